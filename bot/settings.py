@@ -1,0 +1,48 @@
+"""Pintor's settings: environment variables, then a `.env` file, then these defaults.
+`.env.example` lists every one of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    discord_api_base: str = DEFAULT_API_BASE
+    discord_gateway_url: str = DEFAULT_GATEWAY_URL
+    pintor_allow_dms: bool = False
+
+    # Storage
+    database_url: str = "sqlite+aiosqlite:///./data/pintor.db"
+    pintor_data_dir: Path = Path("./data")
+
+    # Generation
+    pintor_models: Path | None = None
+    pintor_default_model: str | None = None
+    pintor_device: str = "auto"
+    pintor_offload: bool | None = None  # unset: offload on GPUs with less than 10 GB
+    pintor_max_loaded_models: int = 1
+    pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process
+    pintor_log_level: str = "INFO"
+
+    @field_validator("discord_guild_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value):
+        if isinstance(value, str):
+            return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("pintor_models", "pintor_offload", "pintor_default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return None if value == "" else value

@@ -1,0 +1,145 @@
+"""The studio: where a member's request becomes a stored, queued job, and where the worker's
+events become stored results. Every front end (Discord, the `pintor` CLI) goes through it, so
+they share one path: parse → persist → queue → worker → files + rows → result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
+from generation.prompt import PromptError, parse_prompt
+from generation.queue import JobQueue
+from generation.registry import Registry, UnknownModelError
+from generation.request import Request, build_request
+from storage.jobs import JobStore, NewImage
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request that cannot be made as asked; str(err) tells the member what to change."""
+
+
+# What a member can get wrong: each carries a message meant for them.
+USER_ERRORS = (PromptError, UnknownModelError, RequestError)
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str = ""
+
+
+@dataclass
+class Submitted:
+    job_id: int
+    position: int
+    request: Request
+    events: AsyncIterator[Event]  # this job's events, each after it is stored; ends with the final one
+
+
+Listener = Callable[[int, Event], Awaitable[None]]
+
+
+class Studio:
+    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue):
+        self.registry = registry
+        self.store = store
+        self.queue = queue
+        self.listeners: list[Listener] = []  # told of every event after it is stored
+        self._watchers: dict[int, list[asyncio.Queue]] = {}
+        self._consumer: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start the worker and queue again every job a crash or a stop left unfinished."""
+        await self.queue.start()
+        self._consumer = asyncio.create_task(self._consume(), name="studio-events")
+        for job in await self.store.unfinished():
+            await self.store.mark_queued(job.id)
+            await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
+            log.info("job %s queued again after a restart", job.id)
+
+    async def close(self) -> None:
+        """Stop the worker after its current step; unfinished jobs stay queued for the next start."""
+        await self.queue.close()
+        if self._consumer is not None:
+            await self._consumer  # the queue's event stream ends once it is closed
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def imagine(self, member: Member, text: str, *, guild_id: int | None = None,
+                      channel_id: int | None = None) -> Submitted:
+        parsed = parse_prompt(text)
+        spec = self.registry.get(parsed.model)
+        if not spec.can_generate:
+            names = ", ".join(m.name for m in self.registry.generators())
+            raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
+        request = build_request(parsed, spec)
+        return await self.submit(member, request, guild_id=guild_id, channel_id=channel_id)
+
+    async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
+                     parent_index: int | None = None, guild_id: int | None = None,
+                     channel_id: int | None = None) -> Submitted:
+        """Store the job, then queue it: a job is in the database before anyone hears 'queued'."""
+        job = await self.store.create_job(
+            user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
+            prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
+            parent_index=parent_index, guild_id=guild_id, channel_id=channel_id)
+        events = self.watch(job.id)
+        position = await self.queue.submit(job.id, member.id, request)
+        return Submitted(job.id, position, request, events)
+
+    async def cancel(self, job_id: int) -> bool:
+        return await self.queue.cancel(job_id)
+
+    def watch(self, job_id: int) -> AsyncIterator[Event]:
+        """The job's events from now on, each after it has been stored."""
+        inbox: asyncio.Queue = asyncio.Queue()
+        self._watchers.setdefault(job_id, []).append(inbox)
+
+        async def stream() -> AsyncIterator[Event]:
+            while True:
+                event = await inbox.get()
+                yield event
+                if isinstance(event, FINAL_EVENTS):
+                    return
+
+        return stream()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        async for event in self.queue.events():
+            try:
+                await self._store_event(event)
+            except Exception:  # noqa: BLE001 - one bad write must not stop every later job's results
+                log.exception("could not store %s", event)
+                if isinstance(event, Done):
+                    event = Failed(event.job_id, "The result could not be saved.")
+                    await self.store.mark_failed(event.job_id, event.reason)
+            for inbox in self._watchers.get(event.job_id, []):
+                inbox.put_nowait(event)
+            if isinstance(event, FINAL_EVENTS):
+                self._watchers.pop(event.job_id, None)
+            for listener in self.listeners:
+                try:
+                    await listener(event.job_id, event)
+                except Exception:  # noqa: BLE001
+                    log.exception("listener failed on %s", event)
+
+    async def _store_event(self, event: Event) -> None:
+        if isinstance(event, Started):
+            await self.store.mark_running(event.job_id)
+        elif isinstance(event, Done):
+            images = [NewImage(i.path, i.width, i.height, i.seed, i.sha256) for i in event.images]
+            await self.store.complete(event.job_id, images, event.grid.path, event.notices)
+        elif isinstance(event, Failed):
+            await self.store.mark_failed(event.job_id, event.reason)
+        elif isinstance(event, Cancelled):
+            await self.store.mark_cancelled(event.job_id)
+        elif isinstance(event, Interrupted):
+            await self.store.mark_queued(event.job_id)

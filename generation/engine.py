@@ -1,0 +1,234 @@
+"""The engine: runs one `Request` through the right diffusers pipeline and returns images.
+
+It reports progress after every step (with a cheap preview on request) and stops at the next
+step when asked to. It runs inside the worker process; nothing here knows about queues,
+databases or Discord.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from generation.devices import DeviceChoice
+from generation.imaging import make_grid
+from generation.pipelines import PipelineCache
+from generation.registry import Registry
+from generation.request import Request
+
+log = logging.getLogger(__name__)
+
+# Stable Diffusion latent channels → RGB, a linear approximation good enough for a preview
+# (no VAE decode, so a preview costs next to nothing).
+_LATENT_RGB = torch.tensor([
+    [0.298, 0.207, 0.208],
+    [0.187, 0.286, 0.173],
+    [-0.158, 0.189, 0.264],
+    [-0.184, -0.271, -0.473],
+])
+PREVIEW_SIDE = 192
+
+# on_step(step, total, make_preview): call make_preview() only when a preview is wanted.
+StepCallback = Callable[[int, int, Callable[[], Image.Image]], None]
+
+
+class GenerationStopped(Exception):
+    """The run was stopped between steps (cancel or shutdown)."""
+
+
+@dataclass
+class Generated:
+    images: list[Image.Image]
+    notices: list[str]
+
+
+def latents_preview(latents: torch.Tensor, width: int, height: int) -> Image.Image:
+    """A small 2×2 preview of a batch of latents, without decoding them."""
+    lat = latents.detach().float().cpu()
+    if lat.shape[1] == 4:
+        rgb = torch.einsum("bchw,cr->brhw", lat, _LATENT_RGB)
+    else:
+        rgb = lat[:, :3]
+    rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    scale = PREVIEW_SIDE / (2 * max(width, height))
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    tiles = [Image.fromarray(tile).resize(size, Image.BILINEAR) for tile in rgb]
+    return make_grid(tiles)
+
+
+def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation: mixes two noise tensors and keeps the mix looking like noise."""
+    cos = (a * b).sum() / (a.norm() * b.norm())
+    omega = torch.acos(cos.clamp(-1, 1))
+    if omega.abs() < 1e-4:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def initial_noise(request: Request, shape: tuple[int, ...]) -> torch.Tensor:
+    """The starting noise of the four images.
+
+    Image i starts from its own seed's noise, pulled towards the shared noise of the grid's
+    seed: `--chaos 0` gives four close takes on one composition, 100 four unrelated ones.
+    """
+    shared = torch.randn(shape, generator=torch.Generator().manual_seed(request.seed))
+    own_share = 0.6 + 0.4 * request.chaos / 100
+    noises = []
+    for i, seed in enumerate(request.seeds()):
+        own = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1_000_003 * (i + 1)))
+        noises.append(own if own_share >= 1 else _slerp(own_share, shared, own))
+    return torch.stack(noises)
+
+
+class Engine:
+    def __init__(self, registry: Registry, device: DeviceChoice, *, max_models: int = 1,
+                 offload: bool | None = None):
+        self.registry = registry
+        self.device = device
+        self.pipelines = PipelineCache(device, max_models=max_models, offload=offload)
+
+    def generate(self, request: Request, on_step: StepCallback,
+                 should_stop: Callable[[], bool]) -> Generated:
+        spec = self.registry.get(request.model)
+        if spec.family in ("kandinsky21", "kandinsky22"):
+            run = self._kandinsky
+        elif request.kind == "upscale":
+            run = self._upscale
+        else:
+            run = self._stable_diffusion
+        notices: list[str] = []
+        images = run(request, spec, notices, self._callback(request, on_step, should_stop))
+        if should_stop():
+            raise GenerationStopped()
+        return Generated(images=images, notices=notices)
+
+    # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
+
+    def _stable_diffusion(self, request, spec, notices, callback):
+        if request.init_image:
+            pipe = self.pipelines.get(spec, "img2img")
+        else:
+            pipe = self.pipelines.get(spec, "text2img")
+        guided = request.guidance > 1.0
+        embeds = self._prompt_embeds(pipe, request, guided, notices)
+        generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
+        kwargs = dict(
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=generators,
+            callback_on_step_end=callback,
+            **embeds,
+        )
+        if request.init_image:
+            kwargs.update(image=[self._open(request.init_image)] * request.count,
+                          strength=request.strength)
+        else:
+            scale = pipe.vae_scale_factor
+            shape = (pipe.unet.config.in_channels, request.height // scale, request.width // scale)
+            kwargs.update(width=request.width, height=request.height,
+                          latents=initial_noise(request, shape).to(self.device.device, self.device.dtype))
+        return pipe(**kwargs).images
+
+    def _prompt_embeds(self, pipe, request, guided: bool, notices: list[str]) -> dict:
+        """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
+
+        Weighting embeddings, not strings, is what makes `::` weights mean something.
+        """
+        device = pipe._execution_device
+        negative = request.negative or None
+        sdxl = hasattr(pipe, "text_encoder_2")
+        encoded = []
+        for text, _ in request.parts:
+            text = self._fit_tokens(pipe.tokenizer, text, notices)
+            if sdxl:
+                encoded.append(pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=guided,
+                                                  negative_prompt=negative))
+            else:
+                encoded.append(pipe.encode_prompt(text, device, 1, guided, negative))
+        # encode_prompt returns (prompt, negative[, pooled prompt, pooled negative]): the prompt
+        # tensors (even positions) are mixed by weight, the negatives are the same for all parts.
+        total = sum(weight for _, weight in request.parts)
+        mixed = list(encoded[0])
+        for i in range(0, len(mixed), 2):
+            mixed[i] = sum(enc[i] * (weight / total) for enc, (_, weight) in zip(encoded, request.parts))
+        names = ["prompt_embeds", "negative_prompt_embeds"]
+        if sdxl:
+            names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+        return {name: t.repeat(request.count, *[1] * (t.dim() - 1))
+                for name, t in zip(names, mixed) if t is not None}
+
+    @staticmethod
+    def _fit_tokens(tokenizer, text: str, notices: list[str]) -> str:
+        """Cut a text to what the text encoder reads, and say what was cut."""
+        limit = tokenizer.model_max_length - 2  # start and end tokens
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) <= limit:
+            return text
+        kept = tokenizer.decode(ids[:limit]).strip()
+        cut = tokenizer.decode(ids[limit:]).strip()
+        notices.append(f"The text encoder reads {limit} tokens; this part of the prompt was cut: “{cut}”")
+        return kept
+
+    # 2. Kandinsky 2.1/2.2: the prior turns text (and images) into an image embedding --------------
+
+    def _kandinsky(self, request, spec, notices, callback):
+        prior = self.pipelines.get(spec, "prior")
+        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
+        generator = torch.Generator().manual_seed(request.seed)
+        items: list = list(texts) + [self._open(p) for p in request.images]
+        weights = [w for _, w in request.parts] + list(request.image_weights)
+        if len(items) == 1:
+            out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
+        else:
+            out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
+                                    generator=generator)
+        embeds = out.image_embeds.repeat(request.count, 1)
+        negative = out.negative_image_embeds.repeat(request.count, 1)
+        generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
+        kwargs = dict(image_embeds=embeds, negative_image_embeds=negative,
+                      num_inference_steps=request.steps, guidance_scale=request.guidance,
+                      generator=generators, callback_on_step_end=callback,
+                      height=request.height, width=request.width)
+        if spec.family == "kandinsky21":
+            kwargs["prompt"] = texts[0]
+        if request.init_image:
+            pipe = self.pipelines.get(spec, "img2img")
+            kwargs.update(image=[self._open(request.init_image)] * request.count,
+                          strength=request.strength)
+        else:
+            pipe = self.pipelines.get(spec, "text2img")
+        return pipe(**kwargs).images
+
+    # 3. Upscaling ----------------------------------------------------------------------------
+
+    def _upscale(self, request, spec, notices, callback):
+        pipe = self.pipelines.get(spec, "upscale")
+        image = self._open(request.init_image)
+        generator = torch.Generator().manual_seed(request.seed)
+        return pipe(prompt=request.prompt, image=image, num_inference_steps=request.steps,
+                    guidance_scale=request.guidance, generator=generator,
+                    callback_on_step_end=callback).images
+
+    # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _open(path: str) -> Image.Image:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    @staticmethod
+    def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool]):
+        def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+            total = getattr(pipe, "_num_timesteps", None) or request.steps
+            latents = tensors.get("latents")
+            on_step(step + 1, total, lambda: latents_preview(latents, request.width, request.height))
+            if should_stop():
+                pipe._interrupt = True  # diffusers skips the remaining steps
+            return tensors
+        return callback
+

@@ -1,0 +1,60 @@
+"""The order jobs run in: round-robin between members, first-in first-out for each member,
+so one member's twenty jobs do not starve another member's one."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+
+class FairQueue:
+    def __init__(self) -> None:
+        # user → their waiting jobs; the dict's order is whose turn comes next.
+        self._jobs: OrderedDict[int, deque[int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._jobs.values())
+
+    def __contains__(self, job_id: int) -> bool:
+        return any(job_id in q for q in self._jobs.values())
+
+    def push(self, job_id: int, user_id: int, *, front: bool = False) -> None:
+        """Add a job; `front` puts it first in line (a job the worker lost is run again first)."""
+        jobs = self._jobs.setdefault(user_id, deque())
+        if front:
+            jobs.appendleft(job_id)
+            self._jobs.move_to_end(user_id, last=False)
+        else:
+            jobs.append(job_id)
+
+    def pop(self) -> int | None:
+        """The next job to run, or None when nothing waits."""
+        if not self._jobs:
+            return None
+        user_id, jobs = next(iter(self._jobs.items()))
+        job_id = jobs.popleft()
+        if jobs:
+            self._jobs.move_to_end(user_id)
+        else:
+            del self._jobs[user_id]
+        return job_id
+
+    def remove(self, job_id: int) -> bool:
+        for user_id, jobs in self._jobs.items():
+            if job_id in jobs:
+                jobs.remove(job_id)
+                if not jobs:
+                    del self._jobs[user_id]
+                return True
+        return False
+
+    def order(self) -> list[int]:
+        """All waiting jobs in the order they will run."""
+        queues = [list(q) for q in self._jobs.values()]
+        result: list[int] = []
+        for depth in range(max((len(q) for q in queues), default=0)):
+            result.extend(q[depth] for q in queues if depth < len(q))
+        return result
+
+    def positions(self) -> dict[int, int]:
+        """job id → its place in line, 1 = next."""
+        return {job_id: i for i, job_id in enumerate(self.order(), start=1)}

@@ -1,0 +1,128 @@
+"""Loading diffusers pipelines from a model's source and keeping them while they are used.
+
+The same code loads a hub id and a local folder: tests load tiny pipelines saved in a temp
+folder through exactly this path.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForText2Image,
+    KandinskyImg2ImgPipeline,
+    KandinskyPipeline,
+    KandinskyPriorPipeline,
+    KandinskyV22Img2ImgPipeline,
+    KandinskyV22Pipeline,
+    KandinskyV22PriorPipeline,
+    StableDiffusionUpscalePipeline,
+)
+
+from generation.devices import DeviceChoice
+from generation.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# family → (text-to-image class, image-to-image class); None = the AutoPipeline classes pick
+_KANDINSKY = {
+    "kandinsky21": (KandinskyPipeline, KandinskyImg2ImgPipeline, KandinskyPriorPipeline),
+    "kandinsky22": (KandinskyV22Pipeline, KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline),
+}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+class PipelineCache:
+    """Pipelines by model, least recently used evicted beyond `max_models`.
+
+    Each model keeps its text-to-image pipeline and, built on demand from the same weights
+    (`from_pipe`, no second copy in memory), its image-to-image and prior pipelines.
+    """
+
+    def __init__(self, device: DeviceChoice, *, max_models: int = 1, offload: bool | None = None):
+        self.device = device
+        self.max_models = max(1, max_models)
+        # None: offload on small GPUs only. Offloading keeps each sub-model on the CPU until
+        # its turn, so SDXL or Kandinsky's prior + decoder fit in 8 GB.
+        self.offload = device.low_vram if offload is None else offload
+        self._models: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def loaded(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, spec: ModelSpec, task: str) -> Any:
+        """`task` is "text2img", "img2img", "prior" or "upscale"."""
+        entry = self._models.get(spec.name)
+        if entry is None:
+            self._evict_for_one_more()
+            entry = self._models[spec.name] = {}
+        self._models.move_to_end(spec.name)
+        if task not in entry:
+            entry[task] = self._build(spec, task, entry)
+        return entry[task]
+
+    def _evict_for_one_more(self) -> None:
+        while len(self._models) >= self.max_models:
+            name, _ = self._models.popitem(last=False)
+            log.info("unloading model %s", name)
+            gc.collect()
+            if self.device.device == "cuda":
+                torch.cuda.empty_cache()
+
+    def _build(self, spec: ModelSpec, task: str, entry: dict[str, Any]) -> Any:
+        if task == "img2img":
+            base = entry.get("text2img") or self.get(spec, "text2img")
+            if spec.family in _KANDINSKY:
+                pipe = _KANDINSKY[spec.family][1](**base.components)
+            else:
+                pipe = AutoPipelineForImage2Image.from_pipe(base)
+            return self._finish(pipe, spec, placed=True)
+        if task == "prior":
+            if spec.family not in _KANDINSKY:
+                raise ModelLoadError(f"model '{spec.name}' has no prior")
+            return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec)
+        if task == "upscale":
+            return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec)
+        if task == "text2img":
+            cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
+            return self._finish(self._load(cls, spec.source, spec), spec)
+        raise ValueError(f"unknown task {task}")
+
+    def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:
+        log.info("loading %s (%s) from %s on %s", spec.name, cls.__name__, source, self.device.device)
+        kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype}
+        if spec.variant and self.device.dtype == torch.float16:
+            kwargs["variant"] = spec.variant
+        try:
+            try:
+                return cls.from_pretrained(source, **kwargs)
+            except (OSError, ValueError):
+                if "variant" not in kwargs:
+                    raise
+                kwargs.pop("variant")  # a source without fp16 files: load the full weights
+                return cls.from_pretrained(source, **kwargs)
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise ModelLoadError(f"cannot load model '{spec.name}' from {source}: {err}") from err
+
+    def _finish(self, pipe: Any, spec: ModelSpec, *, placed: bool = False) -> Any:
+        if spec.scheduler and hasattr(pipe, "scheduler"):
+            scheduler_cls = getattr(diffusers, spec.scheduler, None)
+            if scheduler_cls is None:
+                raise ModelLoadError(f"model '{spec.name}': unknown scheduler {spec.scheduler}")
+            pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        if not placed:
+            if self.offload and self.device.device == "cuda":
+                pipe.enable_model_cpu_offload()
+            else:
+                pipe.to(self.device.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe

@@ -1,0 +1,250 @@
+"""The queue between the front end and the worker.
+
+`JobQueue` is the seam: the front end (Discord, the CLI) submits jobs, cancels them, asks for
+their place in line and reads one stream of typed events. `LocalQueue` is the embedded
+implementation: fair order in this process, and ONE worker process that owns the GPU.
+A Redis-backed queue with remote workers can serve the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from generation.events import FINAL_EVENTS, Cancelled, Event, Failed, Progress, Queued, Started
+from generation.fairness import FairQueue
+from generation.request import Request
+from generation.worker import WorkerConfig, run_worker
+
+log = logging.getLogger(__name__)
+
+# A job whose run killed the worker this many times is failed instead of run again.
+MAX_WORKER_DEATHS_PER_JOB = 3
+STOP_TIMEOUT_S = 120.0
+
+
+class JobQueue(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def submit(self, job_id: int, user_id: int, request: Request) -> int:
+        """Queue a job (already stored by the caller); returns its place in line, 1 = next."""
+    async def cancel(self, job_id: int) -> bool:
+        """Remove a waiting job or stop a running one at its next step; False if unknown."""
+    def position(self, job_id: int) -> int | None:
+        """1 = next to run, 0 = running now, None = not in this queue."""
+    def events(self) -> AsyncIterator[Event]:
+        """Every job's events, in order; one reader."""
+
+
+@dataclass
+class WorkerState:
+    """What the front end knows of the worker, for /info and `pintor doctor`."""
+
+    ready: bool = False
+    device: dict = field(default_factory=dict)
+    error: str | None = None
+    running_job: int | None = None
+    step: int = 0
+    total: int = 0
+    restarts: int = 0
+
+
+class LocalQueue:
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.state = WorkerState()
+        self._waiting = FairQueue()
+        self._jobs: dict[int, tuple[int, Request]] = {}  # job id → (user id, request), waiting or running
+        self._deaths: dict[int, int] = {}
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process = None
+        self._conn = None
+        self._generation = 0  # which worker process the pipe messages come from
+        self._closing = False
+        self._stopped = asyncio.Event()
+
+    # -- the JobQueue interface ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._start_worker()
+
+    async def submit(self, job_id: int, user_id: int, request: Request) -> int:
+        if self.state.error:
+            self._emit(Failed(job_id, f"The generation worker could not start: {self.state.error}"))
+            return 0
+        self._jobs[job_id] = (user_id, request)
+        self._waiting.push(job_id, user_id)
+        position = self._waiting.positions()[job_id]
+        self._emit(Queued(job_id, position))
+        self._dispatch()
+        return self.position(job_id) or 0
+
+    async def cancel(self, job_id: int) -> bool:
+        if self._waiting.remove(job_id):
+            self._jobs.pop(job_id, None)
+            self._emit(Cancelled(job_id))
+            self._announce_positions()
+            return True
+        if job_id == self.state.running_job:
+            self._send("cancel", job_id)
+            return True
+        return False
+
+    def position(self, job_id: int) -> int | None:
+        if job_id == self.state.running_job:
+            return 0
+        return self._waiting.positions().get(job_id)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while (event := await self._events.get()) is not None:  # None: closed
+            yield event
+
+    async def close(self) -> None:
+        """Stop the worker after its current step; a job it was running is reported
+        Interrupted, so the caller can keep it queued for the next start."""
+        self._closing = True
+        if self._process is not None and self._process.is_alive():
+            self._send("stop")
+            try:
+                await asyncio.wait_for(self._stopped.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("worker did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
+                self._process.kill()
+            await asyncio.to_thread(self._process.join, 10)
+        self._events.put_nowait(None)
+
+    # -- queue state ----------------------------------------------------------------------------
+
+    def waiting(self) -> list[int]:
+        return self._waiting.order()
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker (tests use it to show that no job is lost)."""
+        if self._process is not None:
+            self._process.kill()
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    def _announce_positions(self) -> None:
+        for job_id, position in self._waiting.positions().items():
+            self._emit(Queued(job_id, position))
+
+    def _dispatch(self) -> None:
+        if not self.state.ready or self.state.running_job is not None or self._closing:
+            return
+        job_id = self._waiting.pop()
+        if job_id is None:
+            return
+        self.state.running_job, self.state.step, self.state.total = job_id, 0, 0
+        self._send("run", job_id, self._jobs[job_id][1].to_json())
+        self._announce_positions()
+
+    def _send(self, *message) -> None:
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError, AttributeError):
+            pass  # the worker is gone; _on_worker_exit deals with it
+
+    def _start_worker(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads or CUDA
+        parent_conn, child_conn = ctx.Pipe()
+        self._generation += 1
+        self.state.ready = False
+        self._process = ctx.Process(target=run_worker, args=(child_conn, self.config),
+                                    name="pintor-worker", daemon=True)
+        self._process.start()
+        child_conn.close()
+        self._conn = parent_conn
+        threading.Thread(target=self._read, args=(parent_conn, self._generation),
+                         daemon=True, name="worker-reader").start()
+
+    def _read(self, conn, generation: int) -> None:
+        """Thread: pass each message of the worker to the event loop, then its exit."""
+        try:
+            try:
+                while True:
+                    message = conn.recv()
+                    self._loop.call_soon_threadsafe(self._on_message, generation, message)
+            except (EOFError, OSError):
+                self._loop.call_soon_threadsafe(self._on_worker_exit, generation)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is listening any more
+
+    def _on_message(self, generation: int, message: tuple) -> None:
+        if generation != self._generation:
+            return
+        kind = message[0]
+        if kind == "ready":
+            self.state.ready, self.state.device, self.state.error = True, message[1], None
+            log.info("worker ready on %s", message[1].get("device_name"))
+            self._dispatch()
+        elif kind == "fatal":
+            self.state.error = message[1]
+            log.error("worker could not start: %s", message[1])
+            self._fail_all(f"The generation worker could not start: {message[1]}")
+        elif kind == "event":
+            self._on_event(message[1])
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Started):
+            self.state.step = 0
+        elif isinstance(event, Progress):
+            self.state.step, self.state.total = event.step, event.total
+        if isinstance(event, FINAL_EVENTS):
+            self._jobs.pop(event.job_id, None)
+            self._deaths.pop(event.job_id, None)
+            if event.job_id == self.state.running_job:
+                self.state.running_job = None
+        self._emit(event)
+        self._dispatch()
+
+    def _on_worker_exit(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self.state.ready = False
+        if self._closing:
+            job_id = self.state.running_job
+            self.state.running_job = None
+            if job_id is not None and job_id in self._jobs:
+                log.warning("worker stopped while running job %s; it stays queued", job_id)
+            self._stopped.set()
+            return
+        if self.state.error:
+            return  # it could not start: restarting would fail the same way
+        job_id = self.state.running_job
+        self.state.running_job = None
+        self.state.restarts += 1
+        if job_id is not None:
+            self._deaths[job_id] = self._deaths.get(job_id, 0) + 1
+            user_id, _ = self._jobs[job_id]
+            if self._deaths[job_id] >= MAX_WORKER_DEATHS_PER_JOB:
+                log.error("job %s killed the worker %d times; failing it", job_id, self._deaths[job_id])
+                self._jobs.pop(job_id)
+                self._emit(Failed(job_id, "The generation worker crashed on this job several times."))
+            else:
+                log.warning("worker died during job %s; restarting it and running the job again", job_id)
+                self._waiting.push(job_id, user_id, front=True)
+        else:
+            log.warning("worker died; restarting it")
+        self._start_worker()
+
+    def _fail_all(self, reason: str) -> None:
+        for job_id in list(self._jobs):
+            self._waiting.remove(job_id)
+            self._emit(Failed(job_id, reason))
+        self._jobs.clear()
+        self.state.running_job = None

@@ -1,0 +1,163 @@
+"""The model registry: short names → where a pipeline comes from and how to run it.
+
+Admins write a TOML file (its path is a setting); without one, the built-in entries below
+are used. A `source` is anything diffusers' `from_pretrained` accepts: a hub id or a folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+# family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
+# steps without classifier-free guidance.
+FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
+    "sd": (512, 30, 7.0),
+    "sd2": (768, 30, 7.0),
+    "sdxl": (1024, 30, 6.0),
+    "sd-turbo": (512, 2, 0.0),
+    "sdxl-turbo": (512, 2, 0.0),
+    "kandinsky21": (768, 40, 4.0),
+    "kandinsky22": (768, 40, 4.0),
+    "upscale-x4": (512, 20, 0.0),
+}
+TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22"}
+BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
+
+
+class UnknownModelError(LookupError):
+    """A model name that is not configured; str(err) lists the names that are."""
+
+
+class RegistryError(ValueError):
+    """The registry file is malformed; str(err) says which entry and field."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    family: str
+    prior: str | None = None  # Kandinsky: the prior pipeline's source
+    native_side: int = 512
+    steps: int = 30
+    guidance: float = 7.0
+    scheduler: str | None = None  # a diffusers scheduler class name, e.g. "EulerAncestralDiscreteScheduler"
+    variant: str | None = None  # e.g. "fp16" weights on the hub
+    description: str = ""
+
+    @property
+    def can_generate(self) -> bool:
+        return self.family in TEXT_TO_IMAGE_FAMILIES
+
+    @property
+    def can_blend(self) -> bool:
+        return self.family in BLEND_FAMILIES
+
+    @property
+    def is_upscaler(self) -> bool:
+        return self.family.startswith("upscale")
+
+
+def _spec(name: str, source: str, family: str, **overrides) -> ModelSpec:
+    side, steps, guidance = FAMILY_DEFAULTS[family]
+    values = {"native_side": side, "steps": steps, "guidance": guidance} | overrides
+    return ModelSpec(name=name, source=source, family=family, **values)
+
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    _spec("sd-turbo", "stabilityai/sd-turbo", "sd-turbo",
+          description="SD 2.1 Turbo: 1–4 steps, fast on CPUs and small GPUs"),
+    _spec("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl-turbo", variant="fp16",
+          description="SDXL Turbo: 1–4 steps, needs about 8 GB VRAM"),
+    _spec("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd",
+          description="Stable Diffusion 1.5"),
+    _spec("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", variant="fp16",
+          description="Stable Diffusion XL 1.0"),
+    _spec("kandinsky-2.2", "kandinsky-community/kandinsky-2-2-decoder", "kandinsky22",
+          prior="kandinsky-community/kandinsky-2-2-prior",
+          description="Kandinsky 2.2: mixes a text and images (/blend)"),
+    _spec("upscaler", "stabilityai/stable-diffusion-x4-upscaler", "upscale-x4",
+          description="Stable Diffusion x4 upscaler (U1–U4)"),
+)
+BUILTIN_DEFAULT = "sd-turbo"
+
+
+@dataclass(frozen=True)
+class Registry:
+    models: dict[str, ModelSpec]
+    default: str
+    upscaler: str | None = None
+    origin: str = "built-in"  # where the entries came from, for `pintor models`
+
+    def get(self, name: str | None) -> ModelSpec:
+        """The named model, or the default for None; UnknownModelError names the choices."""
+        key = name or self.default
+        spec = self.models.get(key) or self.models.get(key.lower())
+        if spec is None:
+            raise UnknownModelError(f"Unknown model '{key}'. Available: {', '.join(self.names)}.")
+        return spec
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def generators(self) -> list[ModelSpec]:
+        return [m for m in self.models.values() if m.can_generate]
+
+
+_FIELDS = {f.name for f in fields(ModelSpec)} - {"name"}
+
+
+def _parse_entry(name: str, entry: dict) -> ModelSpec:
+    unknown = set(entry) - _FIELDS
+    if unknown:
+        raise RegistryError(f"model '{name}': unknown field(s) {', '.join(sorted(unknown))}")
+    if "source" not in entry or "family" not in entry:
+        raise RegistryError(f"model '{name}': 'source' and 'family' are required")
+    if entry["family"] not in FAMILY_DEFAULTS:
+        raise RegistryError(
+            f"model '{name}': unknown family '{entry['family']}' "
+            f"(one of {', '.join(FAMILY_DEFAULTS)})"
+        )
+    if entry["family"] in BLEND_FAMILIES and not entry.get("prior"):
+        raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
+    values = {k: v for k, v in entry.items() if k not in ("source", "family")}
+    try:
+        return _spec(name, str(entry["source"]), entry["family"], **values)
+    except TypeError as err:
+        raise RegistryError(f"model '{name}': {err}") from None
+
+
+def load_registry(path: Path | None = None, default: str | None = None) -> Registry:
+    """The registry from a TOML file (see docs/models.md), or the built-in one for None.
+
+    File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
+    with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`.
+    """
+    if path is None:
+        models = {m.name: m for m in BUILTIN_MODELS}
+        file_default, upscaler, origin = BUILTIN_DEFAULT, "upscaler", "built-in"
+    else:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise RegistryError(f"cannot read model registry {path}: {err}") from None
+        tables = data.get("models") or {}
+        if not isinstance(tables, dict) or not tables:
+            raise RegistryError(f"{path}: no [models.NAME] entries")
+        models = {name: _parse_entry(name, entry) for name, entry in tables.items()}
+        generators = [m.name for m in models.values() if m.can_generate]
+        file_default = data.get("default") or (generators[0] if generators else None)
+        upscaler = data.get("upscaler") or next((m.name for m in models.values() if m.is_upscaler), None)
+        origin = str(path)
+    chosen = default or file_default
+    if chosen not in models or not models[chosen].can_generate:
+        raise RegistryError(
+            f"default model '{chosen}' is not a configured text-to-image model "
+            f"(configured: {', '.join(models)})"
+        )
+    if upscaler is not None and (upscaler not in models or not models[upscaler].is_upscaler):
+        raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
+    return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin)

@@ -1,0 +1,97 @@
+"""`Request`: what the worker makes, fully resolved (pixels, steps, seeds), JSON-serialisable.
+
+A request is stored with its job before the job is queued, so a job that is re-run after a
+crash makes the same pictures: the seed is chosen here, not in the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+
+from generation.prompt import ParsedPrompt, format_parameters, size_for_aspect
+from generation.registry import ModelSpec
+
+GRID_SIZE = 4
+MAX_SEED = 2**32 - 1
+KINDS = ("imagine", "reroll", "variation", "upscale", "blend")
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    model: str
+    prompt: str  # the display text
+    parts: tuple[tuple[str, float], ...]  # (text, weight) for multi-prompts
+    negative: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    chaos: int = 0
+    count: int = GRID_SIZE
+    parameters: str = ""  # canonical "--ar 3:2 --seed 7 ...", shown with results
+    init_image: str | None = None  # image-to-image / upscale source (a file path)
+    strength: float = 0.0  # image-to-image: how far from init_image (0–1)
+    images: tuple[str, ...] = ()  # blend inputs (file paths)
+    image_weights: tuple[float, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Request:
+        data = json.loads(text)
+        data["parts"] = tuple((str(t), float(w)) for t, w in data["parts"])
+        data["images"] = tuple(data.get("images", ()))
+        data["image_weights"] = tuple(data.get("image_weights", ()))
+        return cls(**data)
+
+    def seeds(self) -> list[int]:
+        """The seed of each image: image i is reproducible from (seed, chaos, i)."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    def replace(self, **changes) -> Request:
+        return dataclasses.replace(self, **changes)
+
+
+def guidance_for(spec: ModelSpec, stylize: int | None) -> float:
+    """--stylize (0–1000, MidJourney's default 100) → classifier-free guidance scale.
+
+    100 keeps the model's own default; the scale grows with the square root (400 doubles it).
+    Models run without guidance (Turbo: 0) keep it off, whatever the stylize value.
+    """
+    if stylize is None or spec.guidance <= 1.0:
+        return spec.guidance
+    return round(min(20.0, max(1.0, spec.guidance * (stylize / 100) ** 0.5)), 2)
+
+
+def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:
+    if parsed.steps is not None:
+        return parsed.steps
+    return max(1, round(spec.steps * parsed.quality))
+
+
+def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine",
+                  rng: random.Random | None = None) -> Request:
+    """Resolve a parsed prompt against a model: pixel size, steps, guidance and the seed."""
+    seed = parsed.seed if parsed.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    width, height = size_for_aspect(parsed.aspect, spec.native_side)
+    return Request(
+        kind=kind,
+        model=spec.name,
+        prompt=parsed.text,
+        parts=tuple((p.text, p.weight) for p in parsed.parts),
+        negative=parsed.negative,
+        width=width,
+        height=height,
+        steps=steps_for(spec, parsed),
+        guidance=guidance_for(spec, parsed.stylize),
+        seed=seed,
+        chaos=parsed.chaos,
+        parameters=format_parameters(dataclasses.replace(
+            parsed, seed=seed, model=spec.name, given=parsed.given | {"seed", "model"})),
+    )

@@ -1,0 +1,161 @@
+"""The worker process: the one process that owns the GPU.
+
+It receives jobs over a pipe, runs them through the engine, writes the image files
+(atomically) and sends back events. It never talks to Discord or to the database, and it
+decides no policy: order, limits and retries belong to the queue in the front end.
+
+Messages in:  ("run", job_id, request_json) · ("cancel", job_id) · ("stop",)
+Messages out: ("ready", info) · ("fatal", reason) · ("event", Event)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
+from generation.imaging import make_grid, png_bytes, sha256, write_atomic
+from generation.request import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    output_dir: str
+    registry_path: str | None = None
+    default_model: str | None = None
+    device: str = "auto"
+    max_models: int = 1
+    offload: bool | None = None
+    preview_interval_s: float = 1.0
+    log_level: str = "INFO"
+
+
+def job_dir(output_dir: str | Path, job_id: int) -> Path:
+    return Path(output_dir) / "jobs" / str(job_id)
+
+
+def save_images(images, request: Request, directory: Path) -> tuple[list[ImageFile], ImageFile]:
+    """Each image and the grid as PNG files, each written atomically."""
+    files = []
+    for i, (image, seed) in enumerate(zip(images, request.seeds())):
+        data = png_bytes(image)
+        path = directory / f"{i + 1}.png"
+        write_atomic(path, data)
+        files.append(ImageFile(str(path), image.width, image.height, seed, sha256(data)))
+    grid = make_grid(images, columns=2 if len(images) > 1 else 1)
+    data = png_bytes(grid)
+    write_atomic(directory / "grid.png", data)
+    return files, ImageFile(str(directory / "grid.png"), grid.width, grid.height, request.seed, sha256(data))
+
+
+class _Worker:
+    def __init__(self, conn, config: WorkerConfig):
+        self.conn = conn
+        self.config = config
+        self.jobs: queue.Queue = queue.Queue()
+        self.cancelled: set[int] = set()
+        self.stopping = threading.Event()
+        self.send_lock = threading.Lock()
+
+    def send(self, *message) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def read_commands(self) -> None:
+        """Runs in a thread so that a cancel or stop arrives while a job is running."""
+        try:
+            while True:
+                message = self.conn.recv()
+                if message[0] == "run":
+                    self.jobs.put((message[1], message[2]))
+                elif message[0] == "cancel":
+                    self.cancelled.add(message[1])
+                elif message[0] == "stop":
+                    break
+        except (EOFError, OSError):
+            pass  # the front end is gone: stop as well
+        self.stopping.set()
+        self.jobs.put(None)
+
+    def run(self) -> None:
+        import diffusers  # heavy imports happen in the child only
+        import transformers
+
+        from generation.devices import choose_device
+        from generation.engine import Engine
+        from generation.registry import load_registry
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+
+        try:
+            registry = load_registry(Path(self.config.registry_path) if self.config.registry_path else None,
+                                     self.config.default_model)
+            device = choose_device(self.config.device)
+            engine = Engine(registry, device, max_models=self.config.max_models, offload=self.config.offload)
+        except Exception as err:  # noqa: BLE001 - reported to the front end, which shows it
+            self.send("fatal", f"{type(err).__name__}: {err}")
+            return
+        self.send("ready", {"device": device.device, "device_name": device.name,
+                            "dtype": str(device.dtype).removeprefix("torch."),
+                            "offload": engine.pipelines.offload})
+        threading.Thread(target=self.read_commands, daemon=True, name="commands").start()
+        while (item := self.jobs.get()) is not None:
+            job_id, request_json = item
+            if job_id in self.cancelled:
+                self.send("event", Cancelled(job_id))
+                continue
+            self.run_job(engine, job_id, Request.from_json(request_json))
+
+    def run_job(self, engine, job_id: int, request: Request) -> None:
+        from generation.engine import GenerationStopped
+
+        self.send("event", Started(job_id))
+        last_preview = 0.0
+
+        def on_step(step: int, total: int, make_preview) -> None:
+            nonlocal last_preview
+            preview = None
+            now = time.monotonic()
+            if now - last_preview >= self.config.preview_interval_s and step < total:
+                preview, last_preview = png_bytes(make_preview()), now
+            self.send("event", Progress(job_id, step, total, preview))
+
+        def should_stop() -> bool:
+            return self.stopping.is_set() or job_id in self.cancelled
+
+        try:
+            result = engine.generate(request, on_step, should_stop)
+            files, grid = save_images(result.images, request, job_dir(self.config.output_dir, job_id))
+            self.send("event", Done(job_id, tuple(files), grid, tuple(result.notices)))
+        except GenerationStopped:
+            self.send("event", Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))
+        except Exception as err:  # noqa: BLE001 - one failed job must not stop the worker
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            self.send("event", Failed(job_id, _reason(err)))
+        finally:
+            self.cancelled.discard(job_id)
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "out of memory" in text.lower():
+        return "The GPU ran out of memory. Try a smaller --ar or fewer --steps, or ask an admin to enable offloading."
+    return f"Generation failed: {text[:300]}"
+
+
+def run_worker(conn, config: WorkerConfig) -> None:
+    """Entry point of the worker process."""
+    # Ctrl-C reaches the whole process group; the front end stops the worker itself, after
+    # the running step, so the worker ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    _Worker(conn, config).run()

@@ -1,0 +1,26 @@
+"""Alembic environment: migrations run on the connection that `storage.db.upgrade` passes in
+(`config.attributes["connection"]`), or on `sqlalchemy.url` from the command line."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from storage.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run(connection) -> None:
+    # batch mode: SQLite can only change a table by copying it
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    run(connection)
+else:
+    url = config.get_main_option("sqlalchemy.url").replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    with create_engine(url).connect() as conn:
+        run(conn)

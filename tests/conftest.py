@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import build_all
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight diffusers pipelines saved with ``save_pretrained``:
+    keys "sd", "sdxl", "kandinsky22-prior", "kandinsky22", "upscaler-x4"."""
+    return build_all(tmp_path_factory.mktemp("models"))
+
+
+def write_registry(path: Path, models: dict[str, Path], *, native_side: int = 128) -> Path:
+    """A models.toml naming the tiny pipelines, as an admin would write it."""
+    path.write_text(f'''
+default = "tiny-sd"
+upscaler = "tiny-upscaler"
+
+[models.tiny-sd]
+source = "{models['sd']}"
+family = "sd"
+native_side = {native_side}
+steps = 2
+guidance = 5.0
+
+[models.tiny-sdxl]
+source = "{models['sdxl']}"
+family = "sdxl"
+native_side = 64
+steps = 2
+
+[models.tiny-kandinsky]
+source = "{models['kandinsky22']}"
+prior = "{models['kandinsky22-prior']}"
+family = "kandinsky22"
+native_side = 64
+steps = 2
+
+[models.tiny-upscaler]
+source = "{models['upscaler-x4']}"
+family = "upscale-x4"
+steps = 2
+''', encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry_file(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_registry(tmp_path_factory.mktemp("registry") / "models.toml", tiny_models)

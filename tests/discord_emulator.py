@@ -1,0 +1,532 @@
+"""A small local Discord (REST + gateway) for end-to-end tests of the real discord.py client.
+
+Point the client at it with ``bot.discord_endpoints.point_discord_at(emu.api_base,
+emu.gateway_url)`` before ``login``. The emulator records every REST request, keeps every
+message the bot created or edited, serves uploaded files, and dispatches slash commands
+and component clicks as INTERACTION_CREATE events over the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import itertools
+import json
+import mimetypes
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import WSMsgType, web
+
+EPHEMERAL, LOADING = 64, 128
+OPTION_TYPES = {bool: 5, int: 4, float: 10, str: 3, dict: 11}  # fallback when the synced tree lacks it
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # relative to the API base, e.g. "/interactions/1/tok/callback"
+    query: dict[str, str]
+    json: Any = None  # the JSON body, or the parsed payload_json of a multipart body
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    status: int = 0
+    at: float = 0.0  # time.monotonic()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    # Exactly "application/json": discord.py parses nothing else (json_response adds a charset).
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
+
+
+def _error(status: int, code: int, message: str) -> tuple[int, dict]:
+    return status, {"message": message, "code": code}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:
+        return None
+
+
+class Interaction:
+    """One INTERACTION_CREATE the emulator dispatched, and what the bot answered."""
+
+    def __init__(self, emu: DiscordEmulator, payload: dict, original_id: int | None = None):
+        self._emu = emu
+        self.payload = payload
+        self.id: int = int(payload["id"])
+        self.token: str = payload["token"]
+        self.type: int = payload["type"]
+        self.callbacks: list[dict] = []  # {"type", "data", "files", "at", "dispatched_at"}
+        self.followups: list[dict] = []
+        self.original_id = original_id  # components: the clicked message is @original
+        self.dispatched_at: float = 0.0
+
+    @property
+    def original(self) -> dict | None:
+        return self._emu.messages.get(self.original_id) if self.original_id else None
+
+    async def wait_callback(self, timeout: float = 5) -> dict:
+        await self._emu._wait(lambda: self.callbacks, timeout)
+        return self.callbacks[0]
+
+    async def wait_original(self, predicate: Callable[[dict], bool], timeout: float = 10) -> dict:
+        await self._emu._wait(lambda: self.original is not None and predicate(self.original), timeout)
+        return self.original  # type: ignore[return-value]
+
+
+class DiscordEmulator:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1_300_000_000_000_000_000)
+        self.application_id = self._snowflake()
+        self.bot_user_id = self._snowflake()
+        self.guild_id = self._snowflake()
+        self.channel_id = self._snowflake()
+        self.user_id = self._snowflake()  # the default user who runs commands and clicks
+        self.bot_user = self.make_user(self.bot_user_id, "pintor", bot=True)
+        self.requests: list[RecordedRequest] = []
+        self.messages: dict[int, dict] = {}
+        self.interactions: dict[int, Interaction] = {}
+        self.commands: dict[int | None, list[dict]] = {}  # synced command trees by guild (None = global)
+        self.channels: dict[int, dict] = {self.channel_id: self._guild_channel(self.channel_id)}
+        self.identify: dict | None = None  # the client's last IDENTIFY payload
+        self.session_id: str | None = None
+        self.gateway_received: list[dict] = []  # every gateway frame the client sent
+        self.api_base = self.gateway_url = self.base_url = ""
+        self._files: dict[int, tuple[bytes, str]] = {}  # served attachments
+        self._ws: web.WebSocketResponse | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._seq = 0
+        self._send_lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._ready = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._routes = [
+            ("GET", r"/users/@me", self._get_me),
+            ("GET", r"/oauth2/applications/@me", self._get_application),
+            ("GET", r"/gateway(?P<bot>/bot)?", self._get_gateway),
+            ("PUT", r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands", self._put_commands),
+            ("GET", r"/applications/(?P<app>\d+)(?:/guilds/(?P<guild>\d+))?/commands", self._get_commands),
+            ("POST", r"/interactions/(?P<iid>\d+)/(?P<token>[^/]+)/callback", self._callback),
+            ("POST", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)", self._followup),
+            ("GET|PATCH|DELETE", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)/messages/(?P<mid>@original|\d+)",
+             self._webhook_message),
+            ("POST", r"/channels/(?P<cid>\d+)/messages", self._create_channel_message),
+            ("GET|PATCH", r"/channels/(?P<cid>\d+)/messages/(?P<mid>\d+)", self._channel_message),
+            ("GET", r"/channels/(?P<cid>\d+)", self._get_channel),
+            ("POST", r"/users/@me/channels", self._create_dm),
+        ]
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{aid}/{filename}", self._serve_attachment)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.api_base = f"{self.base_url}/api/v10"
+        self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> DiscordEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _wait(self, condition: Callable[[], Any], timeout: float) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_ready(self, timeout: float = 10) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def wait_for(self, predicate: Callable[[RecordedRequest], bool], timeout: float = 10) -> RecordedRequest:
+        found: list[RecordedRequest] = []
+
+        def check() -> bool:
+            found[:] = [r for r in self.requests if predicate(r)][:1]
+            return bool(found)
+
+        await self._wait(check, timeout)
+        return found[0]
+
+    # ---- object factories ------------------------------------------------------------
+    def _snowflake(self) -> int:
+        return next(self._ids)
+
+    @staticmethod
+    def make_user(user_id: int, name: str | None = None, *, bot: bool = False) -> dict:
+        name = name or f"user{user_id % 10000}"
+        return {"id": str(user_id), "username": name, "global_name": name, "discriminator": "0",
+                "avatar": None, "bot": bot, "public_flags": 0, "flags": 0}
+
+    def _guild_channel(self, cid: int) -> dict:
+        return {"id": str(cid), "type": 0, "guild_id": str(self.guild_id), "name": "general", "position": 0,
+                "permission_overwrites": [], "nsfw": False, "topic": None, "rate_limit_per_user": 0,
+                "parent_id": None, "last_message_id": None}
+
+    def _dm_channel(self, user_id: int) -> dict:
+        for channel in self.channels.values():
+            if channel["type"] == 1 and channel["recipients"][0]["id"] == str(user_id):
+                return channel
+        cid = self._snowflake()
+        self.channels[cid] = {"id": str(cid), "type": 1, "recipients": [self.make_user(user_id)],
+                              "last_message_id": None}
+        return self.channels[cid]
+
+    def add_attachment(self, filename: str, data: bytes, content_type: str = "image/png") -> dict:
+        """Serve ``data`` on the emulator and return a Discord attachment object for it."""
+        aid = self._snowflake()
+        self._files[aid] = (data, content_type)
+        url = f"{self.base_url}/attachments/{aid}/{filename}"
+        attachment = {"id": str(aid), "filename": filename, "size": len(data), "url": url, "proxy_url": url,
+                      "content_type": content_type}
+        if content_type.startswith("image/") and (size := _image_size(data)):
+            attachment["width"], attachment["height"] = size
+        return attachment
+
+    def _apply(self, msg: dict, body: dict, files: list[tuple[str, bytes]], *, edit: bool) -> dict:
+        """Create/edit semantics of Discord messages: given keys replace, null clears."""
+        for key, empty in (("content", ""), ("embeds", []), ("components", []), ("tts", False)):
+            if key in body:
+                msg[key] = body[key] if body[key] is not None else empty
+        if "flags" in body and body["flags"] is not None:  # the ephemeral bit can't change after creation
+            msg["flags"] = (body["flags"] & ~EPHEMERAL) | (msg["flags"] & EPHEMERAL) if edit else body["flags"]
+        uploaded = [self.add_attachment(n, d, mimetypes.guess_type(n)[0] or "application/octet-stream")
+                    for n, d in files]
+        if "attachments" in body and body["attachments"] is not None:
+            keep = {a["id"]: a for a in msg["attachments"]}
+            result, used = [], set()
+            for ref in body["attachments"]:
+                rid = str(ref.get("id"))
+                if rid in keep:
+                    result.append(keep[rid])
+                elif rid.isdigit() and int(rid) < len(uploaded):
+                    used.add(int(rid))
+                    result.append(uploaded[int(rid)] | {k: ref[k] for k in ("description", "title") if k in ref})
+            msg["attachments"] = result + [a for i, a in enumerate(uploaded) if i not in used]
+        else:
+            msg["attachments"] = msg["attachments"] + uploaded
+        if edit:
+            msg["flags"] &= ~LOADING
+            msg["edited_timestamp"] = _now()
+        return msg
+
+    def _new_message(self, channel_id: int, body: dict, files: list, interaction: Interaction | None = None) -> dict:
+        channel = self.channels.get(channel_id, {})
+        msg = {"id": str(self._snowflake()), "channel_id": str(channel_id), "author": self.bot_user,
+               "content": "", "timestamp": _now(), "edited_timestamp": None, "tts": False,
+               "mention_everyone": False, "mentions": [], "mention_roles": [], "mention_channels": [],
+               "attachments": [], "embeds": [], "reactions": [], "pinned": False, "type": 0, "flags": 0,
+               "components": []}
+        if "guild_id" in channel:
+            msg["guild_id"] = channel["guild_id"]
+        if interaction is not None:
+            p = interaction.payload
+            user = p["member"]["user"] if "member" in p else p["user"]
+            msg.update(type=20 if interaction.type == 2 else 0, webhook_id=str(self.application_id),
+                       application_id=str(self.application_id),
+                       interaction_metadata={"id": p["id"], "type": p["type"], "user": user,
+                                             "authorizing_integration_owners": p["authorizing_integration_owners"]})
+        self._apply(msg, body, files, edit=False)
+        self.messages[int(msg["id"])] = msg
+        return msg
+
+    # ---- REST ------------------------------------------------------------------------
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        rec = RecordedRequest(request.method, path, dict(request.query), at=time.monotonic())
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if part.name == "payload_json":
+                    rec.json = json.loads(await part.text())
+                elif part.filename is not None:
+                    rec.files.append((part.filename, bytes(await part.read())))
+        elif request.can_read_body:
+            text = await request.text()
+            rec.json = json.loads(text) if text else None
+        status, body = _error(404, 0, f"404: Not Found ({request.method} {path})")
+        for methods, pattern, handler in self._routes:
+            match = re.fullmatch(pattern, path)
+            if match and request.method in methods.split("|"):
+                status, body = await handler(rec, **match.groupdict())
+                break
+        rec.status = status
+        self.requests.append(rec)
+        await self._notify()
+        return web.Response(status=204) if body is None else _json(body, status)
+
+    async def _get_me(self, rec):
+        return 200, self.bot_user
+
+    async def _get_application(self, rec):
+        owner = self.make_user(self._snowflake(), "owner")
+        return 200, {"id": str(self.application_id), "name": "Pintor", "description": "", "icon": None,
+                     "bot_public": True, "bot_require_code_grant": False, "owner": owner, "verify_key": "0" * 64,
+                     "flags": 0, "bot": self.bot_user, "summary": "", "team": None}
+
+    async def _get_gateway(self, rec, bot):
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+        return 200, {"url": self.gateway_url} | ({"shards": 1, "session_start_limit": limit} if bot else {})
+
+    async def _put_commands(self, rec, app, guild):
+        if int(app) != self.application_id:
+            return _error(403, 50001, "Missing Access")
+        gid = int(guild) if guild else None
+        old = {(c["name"], c.get("type", 1)): c["id"] for c in self.commands.get(gid, [])}
+        self.commands[gid] = [
+            {"type": 1, "description": "", "options": [], "default_member_permissions": None, **cmd,
+             "id": old.get((cmd["name"], cmd.get("type", 1))) or str(self._snowflake()),
+             "application_id": str(self.application_id), "version": str(self._snowflake()),
+             **({"guild_id": guild} if gid else {})}
+            for cmd in rec.json or []
+        ]
+        return 200, self.commands[gid]
+
+    async def _get_commands(self, rec, app, guild):
+        return 200, self.commands.get(int(guild) if guild else None, [])
+
+    def _interaction(self, app_or_iid: str, token: str, *, by_app: bool) -> Interaction | None:
+        if by_app and int(app_or_iid) != self.application_id:
+            return None
+        inter = next((i for i in self.interactions.values() if i.token == token), None)
+        return inter if inter and (by_app or inter.id == int(app_or_iid)) else None
+
+    async def _callback(self, rec, iid, token):
+        inter = self._interaction(iid, token, by_app=False)
+        if inter is None:
+            return _error(404, 10062, "Unknown interaction")
+        if inter.callbacks:
+            return _error(400, 40060, "Interaction has already been acknowledged.")
+        body, kind = rec.json or {}, (rec.json or {}).get("type")
+        data = body.get("data") or {}
+        inter.callbacks.append({**body, "files": rec.files, "at": rec.at, "dispatched_at": inter.dispatched_at})
+        message = None
+        if kind in (4, 5):  # a new message (5: "thinking..." until edited)
+            flags = (data.get("flags") or 0) | (LOADING if kind == 5 else 0)
+            message = self._new_message(int(inter.payload["channel_id"]), {**data, "flags": flags}, rec.files, inter)
+            inter.original_id = int(message["id"])
+        elif kind == 7 and inter.original is not None:  # a component updates its own message
+            message = self._apply(inter.original, data, rec.files, edit=True)
+        response = {"interaction": {"id": str(inter.id), "type": inter.type,
+                                    "response_message_id": message["id"] if message else None,
+                                    "response_message_loading": kind == 5,
+                                    "response_message_ephemeral": bool(message and message["flags"] & EPHEMERAL)},
+                    "resource": {"type": kind} | ({"message": message} if message else {})}
+        return (200, response) if rec.query.get("with_response") in ("1", "true", "True") else (204, None)
+
+    async def _followup(self, rec, app, token):
+        inter = self._interaction(app, token, by_app=True)
+        if inter is None:
+            return _error(404, 10015, "Unknown Webhook")
+        message = self._new_message(int(inter.payload["channel_id"]), rec.json or {}, rec.files, inter)
+        inter.followups.append(message)
+        return (200, message) if rec.query.get("wait") in ("1", "true", "True") else (204, None)
+
+    async def _webhook_message(self, rec, app, token, mid):
+        inter = self._interaction(app, token, by_app=True)
+        if inter is None:
+            return _error(404, 10015, "Unknown Webhook")
+        ids = {inter.original_id} | {int(m["id"]) for m in inter.followups}
+        msg_id = inter.original_id if mid == "@original" else int(mid)
+        if msg_id not in ids or msg_id not in self.messages:
+            return _error(404, 10008, "Unknown Message")
+        if rec.method == "DELETE":
+            del self.messages[msg_id]
+            return 204, None
+        if rec.method == "PATCH":
+            self._apply(self.messages[msg_id], rec.json or {}, rec.files, edit=True)
+        return 200, self.messages[msg_id]
+
+    async def _create_channel_message(self, rec, cid):
+        if int(cid) not in self.channels:
+            return _error(404, 10003, "Unknown Channel")
+        return 200, self._new_message(int(cid), rec.json or {}, rec.files)
+
+    async def _channel_message(self, rec, cid, mid):
+        msg = self.messages.get(int(mid))
+        if msg is None or msg["channel_id"] != cid:
+            return _error(404, 10008, "Unknown Message")
+        if rec.method == "PATCH":
+            self._apply(msg, rec.json or {}, rec.files, edit=True)
+        return 200, msg
+
+    async def _get_channel(self, rec, cid):
+        channel = self.channels.get(int(cid))
+        return (200, channel) if channel else _error(404, 10003, "Unknown Channel")
+
+    async def _create_dm(self, rec):
+        return 200, self._dm_channel(int((rec.json or {})["recipient_id"]))
+
+    async def _serve_attachment(self, request: web.Request) -> web.Response:
+        data, content_type = self._files.get(int(request.match_info["aid"]), (None, ""))
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type=content_type)
+
+    # ---- gateway ---------------------------------------------------------------------
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        # The client asks for compress=zlib-stream, but reads text frames as plain JSON.
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await self._send(ws, {"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+            async for frame in ws:
+                if frame.type is not WSMsgType.TEXT:
+                    continue
+                payload = json.loads(frame.data)
+                self.gateway_received.append(payload)
+                if payload["op"] == 1:  # heartbeat
+                    await self._send(ws, {"op": 11, "d": None, "s": None, "t": None})
+                elif payload["op"] == 2:  # identify
+                    self.identify, self._ws, self._seq = payload["d"], ws, 0
+                    self.session_id = secrets.token_hex(16)
+                    await self.dispatch("READY", {
+                        "v": 10, "user": self.bot_user, "guilds": [], "session_id": self.session_id,
+                        "resume_gateway_url": self.gateway_url, "shard": payload["d"].get("shard", [0, 1]),
+                        "application": {"id": str(self.application_id), "flags": 0}, "private_channels": []})
+                    self._ready.set()
+                elif payload["op"] == 6:  # resume
+                    self._ws = ws
+                    await self.dispatch("RESUMED", {})
+                    self._ready.set()
+        finally:
+            self._sockets.discard(ws)
+            if self._ws is ws:
+                self._ws = None
+                self._ready.clear()
+        return ws
+
+    async def _send(self, ws: web.WebSocketResponse, payload: dict) -> None:
+        async with self._send_lock:
+            await ws.send_str(json.dumps(payload))
+
+    async def dispatch(self, event: str, data: dict) -> None:
+        """Send a DISPATCH (op 0) event to the connected client."""
+        if self._ws is None:
+            raise RuntimeError("no client is connected to the gateway (call wait_ready first)")
+        self._seq += 1
+        await self._send(self._ws, {"op": 0, "t": event, "s": self._seq, "d": data})
+
+    # ---- interactions ----------------------------------------------------------------
+    def _base_interaction(self, kind: int, data: dict, channel: dict, user_id: int | None,
+                          attachment_size_limit: int, permissions: str) -> dict:
+        user = self.make_user(user_id or self.user_id)
+        payload = {"id": str(self._snowflake()), "application_id": str(self.application_id), "type": kind,
+                   "token": "tok" + secrets.token_hex(24), "version": 1, "data": data,
+                   "channel_id": channel["id"], "channel": channel, "locale": "en-US",
+                   "app_permissions": str((1 << 51) - 1), "entitlements": [], "entitlement_sku_ids": [],
+                   "attachment_size_limit": attachment_size_limit}
+        if channel["type"] == 1:
+            payload.update(user=user, context=1, authorizing_integration_owners={"0": "0"})
+        else:
+            payload.update(
+                guild_id=str(self.guild_id), guild_locale="en-US", context=0,
+                guild={"id": str(self.guild_id), "locale": "en-US", "features": []},
+                authorizing_integration_owners={"0": str(self.guild_id)},
+                member={"user": user, "roles": [], "joined_at": _now(), "deaf": False, "mute": False,
+                        "flags": 0, "pending": False, "nick": None, "avatar": None, "permissions": permissions})
+        return payload
+
+    async def _dispatch_interaction(self, payload: dict, original_id: int | None = None) -> Interaction:
+        inter = Interaction(self, payload, original_id)
+        self.interactions[inter.id] = inter
+        inter.dispatched_at = time.monotonic()
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return inter
+
+    def _find_command(self, name: str, guild: bool) -> dict:
+        for gid in ([self.guild_id] if guild else []) + [None]:
+            for cmd in self.commands.get(gid, []):
+                if cmd["name"] == name and cmd.get("type", 1) == 1:
+                    return cmd
+        raise LookupError(f"/{name} was not synced (commands: {self.commands})")
+
+    async def slash(self, name: str, options: dict | None = None, *, user_id: int | None = None,
+                    guild: bool = True, attachments: dict[str, dict] | None = None,
+                    attachment_size_limit: int = 10 * 1024 * 1024, permissions: str = "0",
+                    subcommand: str | None = None) -> Interaction:
+        """Run ``/name`` (``subcommand`` as "sub" or "group sub") with options given as {name: value}.
+
+        An attachment option takes an attachment object (from ``add_attachment``) or its id
+        (then pass the object in ``attachments``, keyed by id).
+        """
+        cmd = self._find_command(name, guild)
+        resolved = {str(k): v for k, v in (attachments or {}).items()}
+        schema, nested = cmd.get("options", []), []
+        for sub in (subcommand or "").split():
+            spec = next(o for o in schema if o["name"] == sub)
+            nested.append({"name": sub, "type": spec["type"], "options": []})
+            schema = spec.get("options", [])
+        values = []
+        for key, value in (options or {}).items():
+            kind = next((o["type"] for o in schema if o["name"] == key), OPTION_TYPES.get(type(value), 3))
+            if isinstance(value, dict):  # an attachment object
+                resolved[str(value["id"])], value = value, value["id"]
+            value = {3: str, 4: int, 5: bool, 10: float}.get(kind, str)(value)
+            values.append({"name": key, "type": kind, "value": value})
+        if nested:
+            for parent, child in zip(nested, nested[1:]):
+                parent["options"] = [child]
+            nested[-1]["options"], values = values, nested[:1]
+        data = {"id": cmd["id"], "name": name, "type": 1, "options": values}
+        if resolved:
+            data["resolved"] = {"attachments": resolved}
+        if cmd.get("guild_id"):
+            data["guild_id"] = cmd["guild_id"]
+        channel = self.channels[self.channel_id] if guild else self._dm_channel(user_id or self.user_id)
+        payload = self._base_interaction(2, data, channel, user_id, attachment_size_limit, permissions)
+        return await self._dispatch_interaction(payload)
+
+    async def click(self, message_id: int, custom_id: str, *, user_id: int | None = None,
+                    values: list[str] | None = None, attachment_size_limit: int = 10 * 1024 * 1024,
+                    permissions: str = "0") -> Interaction:
+        """Click a button (or pick ``values`` in a select menu) on a message as the bot last left it."""
+        message = self.messages[int(message_id)]
+
+        def walk(components: list[dict]):
+            for c in components:
+                yield c
+                yield from walk(c.get("components", []) + ([c["accessory"]] if "accessory" in c else []))
+
+        component = next((c for c in walk(message["components"]) if c.get("custom_id") == custom_id), None)
+        if component is None:
+            raise LookupError(f"no component {custom_id!r} on message {message_id}")
+        data = {"custom_id": custom_id, "component_type": component["type"]}
+        if values is not None:
+            data["values"] = values
+        channel = self.channels[int(message["channel_id"])]
+        payload = self._base_interaction(3, data, channel, user_id, attachment_size_limit, permissions)
+        payload["message"] = json.loads(json.dumps(message))  # a snapshot, as Discord sends it
+        return await self._dispatch_interaction(payload, original_id=int(message_id))

@@ -1,0 +1,370 @@
+import math
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from generation.prompt import (
+    MAX_PROMPT_CHARS,
+    ParsedPrompt,
+    PromptError,
+    PromptPart,
+    format_parameters,
+    parse_prompt,
+    size_for_aspect,
+)
+
+
+def error_for(text: str, **kwargs) -> str:
+    with pytest.raises(PromptError) as info:
+        parse_prompt(text, **kwargs)
+    return str(info.value)
+
+
+# --- plain text -------------------------------------------------------------
+
+
+def test_plain_prompt_has_defaults():
+    p = parse_prompt("  a red   fox\tin the\nsnow  ")
+    assert p == ParsedPrompt(parts=(PromptPart("a red fox in the snow"),))
+    assert p.text == "a red fox in the snow"
+    assert p.given == frozenset()
+    assert (p.aspect, p.seed, p.chaos, p.stylize, p.quality, p.steps, p.model, p.negative) == (
+        (1, 1), None, 0, None, 1.0, None, None, "")
+    assert format_parameters(p) == ""
+
+
+def test_single_colons_are_text():
+    p = parse_prompt("ratio 3:2 at http://x.org: nice")
+    assert p.parts == (PromptPart("ratio 3:2 at http://x.org: nice"),)
+
+
+def test_lone_dashes_are_text():
+    assert parse_prompt("a — b -- c --5").text == "a — b -- c --5"
+
+
+def test_control_characters_count_as_whitespace():
+    assert parse_prompt("a\x00b\x07 c\x1b").text == "a b c"
+    assert parse_prompt("a\u200b--seed\ufeff 7").seed == 7
+    assert parse_prompt("family 👨\u200d👩\u200d👧").text == "family 👨\u200d👩\u200d👧"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "--ar 16:9", "\x00"])
+def test_empty_prompt(text):
+    assert "no text" in error_for(text)
+
+
+def test_prompt_too_long_says_length_and_limit():
+    assert parse_prompt("x" * MAX_PROMPT_CHARS).text == "x" * MAX_PROMPT_CHARS
+    message = error_for("x" * 1001)
+    assert "1001" in message and "1000" in message
+    message = error_for("abcdef", max_chars=5)
+    assert "6" in message and "5" in message
+
+
+# --- parameters ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("16:9", (16, 9)), ("9:16", (9, 16)), ("1:1", (1, 1)), ("4:2", (2, 1)), ("3:1", (3, 1)),
+    ("1:3", (1, 3)), ("10000:9999", (10000, 9999)), ("300:100", (3, 1)), ("016:09", (16, 9)),
+])
+def test_aspect_accepted(value, expected):
+    for name in ("--ar", "--aspect", "--AR"):
+        p = parse_prompt(f"cat {name} {value}")
+        assert p.aspect == expected
+        assert p.given == {"ar"}
+
+
+@pytest.mark.parametrize("value", [
+    "4:1", "1:4", "301:100", "0:1", "1:0", "0:0", "16x9", "16:9:1", "16", "1.5:1", "-1:1",
+    "10001:10000", "١٦:٩", "a:b", ":", "16:",
+])
+def test_aspect_refused(value):
+    assert "--ar" in error_for(f"cat --ar {value}")
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("7", 7), ("007", 7), (str(2**32 - 1), 2**32 - 1)])
+def test_seed_accepted(value, expected):
+    p = parse_prompt(f"cat --seed {value}")
+    assert p.seed == expected and p.given == {"seed"}
+
+
+@pytest.mark.parametrize("value", [
+    str(2**32), "-1", "+5", "1.0", "1e3", "inf", "nan", "-inf", "١٢", "1_000", "x", "9" * 5000,
+])
+def test_seed_refused(value):
+    message = error_for(f"cat --seed {value}")
+    assert "--seed" in message and "4294967295" in message
+
+
+@pytest.mark.parametrize("name, field, lo, hi", [
+    ("--chaos", "chaos", 0, 100), ("--c", "chaos", 0, 100),
+    ("--stylize", "stylize", 0, 1000), ("--s", "stylize", 0, 1000),
+    ("--steps", "steps", 1, 150),
+])
+def test_integer_parameters(name, field, lo, hi):
+    canonical = "--" + field
+    for value in (lo, (lo + hi) // 2, hi):
+        assert getattr(parse_prompt(f"cat {name} {value}"), field) == value
+    for bad in (lo - 1, hi + 1, "1.5", "ten", "２"):
+        message = error_for(f"cat {name} {bad}")
+        assert canonical in message and str(hi) in message
+
+
+def test_steps_limit_is_configurable():
+    assert parse_prompt("cat --steps 300", max_steps=300).steps == 300
+    assert "1 to 20" in error_for("cat --steps 21", max_steps=20)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (".5", 0.5), ("0.5", 0.5), ("1", 1.0), ("1.0", 1.0), ("2", 2.0), ("2.0", 2.0),
+])
+def test_quality_accepted(value, expected):
+    for name in ("--q", "--quality"):
+        p = parse_prompt(f"cat {name} {value}")
+        assert p.quality == expected and p.given == {"q"}
+
+
+@pytest.mark.parametrize("value", [".25", "0", "3", "1.5", "-1", "inf", "nan", "one", "1e0"])
+def test_quality_refused(value):
+    message = error_for(f"cat --q {value}")
+    assert "--q" in message and "0.5, 1 or 2" in message
+
+
+@pytest.mark.parametrize("value", ["sdxl", "SD-1.5", "flux_dev", "a", "9" + "x" * 63])
+def test_model_accepted(value):
+    assert parse_prompt(f"cat --model {value}").model == value
+
+
+@pytest.mark.parametrize("value", ["-sdxl", ".hidden", "a/b", "a" * 65, "naïve", "x;rm"])
+def test_model_refused(value):
+    assert "--model" in error_for(f"cat --model {value}")
+
+
+def test_negative_prompt_takes_words_until_next_parameter():
+    p = parse_prompt("a street --no people,   cars and  text --ar 2:1")
+    assert p.negative == "people, cars and text"
+    assert p.aspect == (2, 1)
+    assert p.given == {"no", "ar"}
+
+
+def test_negative_prompt_errors():
+    assert "--no" in error_for("cat --no")
+    assert "--no" in error_for("cat --no --ar 1:1")
+    message = error_for("cat --no " + "y" * 20, max_chars=10)
+    assert "--no" in message and "20" in message and "10" in message
+
+
+def test_dashes_from_phones_and_case():
+    p = parse_prompt("cat —ar 16:9 –seed 3 —-chaos 5 --NO Dogs --Model X1")
+    assert (p.aspect, p.seed, p.chaos, p.negative, p.model) == ((16, 9), 3, 5, "Dogs", "X1")
+
+
+def test_unknown_parameter_lists_known_ones():
+    message = error_for("cat --foo 3")
+    assert "Unknown parameter --foo" in message
+    for name in ("--ar", "--seed", "--no", "--chaos", "--stylize", "--q", "--steps", "--model"):
+        assert name in message
+    assert "Unknown parameter --ar16:9" in error_for("cat --ar16:9")
+
+
+@pytest.mark.parametrize("name", ["--ar", "--seed", "--chaos", "--stylize", "--q", "--steps", "--model"])
+def test_missing_value(name):
+    assert name in error_for(f"cat {name}")
+    assert name in error_for(f"cat {name} --no dogs")
+
+
+def test_parameter_given_twice():
+    assert "--seed" in error_for("cat --seed 1 --seed 2")
+    assert "--ar" in error_for("cat --ar 1:1 --aspect 2:1")
+    assert "--no" in error_for("cat --no a --no b")
+
+
+def test_stray_value():
+    message = error_for("cat --seed 1 2")
+    assert "--seed" in message and "'2'" in message
+    assert "--ar" in error_for("--ar 16:9 a cat")
+
+
+# --- multi-prompts --------------------------------------------------------------
+
+
+def test_weights():
+    p = parse_prompt("text::2 other text::1")
+    assert p.parts == (PromptPart("text", 2.0), PromptPart("other text", 1.0))
+    assert p.text == "text::2 other text::1"
+
+
+def test_weights_defaults_and_display():
+    assert parse_prompt("a:: b").parts == (PromptPart("a"), PromptPart("b"))
+    assert parse_prompt("a::0.5 b c").parts == (PromptPart("a", 0.5), PromptPart("b c"))
+    assert parse_prompt("a::.5 b::-0.25").text == "a::0.5 b::-0.25"
+    assert parse_prompt("a:: b").text == "a::1 b::1"
+    assert parse_prompt("hot dog::1.5 --ar 2:1").aspect == (2, 1)
+
+
+def test_single_part_weight_is_normalised():
+    p = parse_prompt("a castle::2")
+    assert p.parts == (PromptPart("a castle", 1.0),)
+    assert p.text == "a castle"
+
+
+@pytest.mark.parametrize("text", ["a::11", "a::-10.5 b", "a::x", "a::2b c", "a::1e999 b", "a::inf b", "a::nan b"])
+def test_weight_refused(text):
+    assert "weight" in error_for(text)
+
+
+@pytest.mark.parametrize("text", ["::2 a", "a::2 ::1", "a:::: b", "::"])
+def test_empty_part_refused(text):
+    assert "empty" in error_for(text)
+
+
+@pytest.mark.parametrize("text", ["a::-1", "a::0", "a::1 b::-1", "a::-2 b::1"])
+def test_weights_must_sum_above_zero(text):
+    assert "more than 0" in error_for(text)
+
+
+def test_part_ending_in_colon_round_trips():
+    p = parse_prompt("ratio 3: ::2 b")
+    assert p.parts == (PromptPart("ratio 3:", 2.0), PromptPart("b"))
+    assert parse_prompt(p.text) == p
+
+
+# --- format_parameters ------------------------------------------------------------
+
+
+def test_format_parameters_is_canonical():
+    p = parse_prompt("cat —aspect 4:2 --SEED 007 --c 5 --s 50 --quality .5 --steps 30 "
+                     "--model sdxl --no dogs,  cats")
+    assert format_parameters(p) == (
+        "--ar 2:1 --seed 7 --no dogs, cats --chaos 5 --stylize 50 --q 0.5 --steps 30 --model sdxl")
+    assert parse_prompt(p.text + " " + format_parameters(p)) == p
+
+
+# --- size_for_aspect -------------------------------------------------------------------
+
+
+def test_size_for_aspect_examples():
+    assert size_for_aspect((1, 1), 512) == (512, 512)
+    assert size_for_aspect((1, 1), 1024) == (1024, 1024)
+    assert size_for_aspect((16, 9), 1024) == (1344, 768)
+    assert size_for_aspect((9, 16), 1024) == (768, 1344)
+    assert size_for_aspect((1, 1), 512, multiple=8) == (512, 512)
+
+
+@pytest.mark.parametrize("aspect", [(1, 1), (16, 9), (9, 16), (4, 3), (3, 4), (3, 2), (2, 3),
+                                    (21, 9), (3, 1), (1, 3), (5, 4)])
+@pytest.mark.parametrize("native", [512, 768, 1024])
+def test_size_for_aspect_properties(aspect, native):
+    w, h = aspect
+    width, height = size_for_aspect(aspect, native)
+    assert width % 64 == 0 and height % 64 == 0
+    assert width >= 64 and height >= 64
+    assert abs(math.log((width / height) / (w / h))) < 0.1
+    assert 0.8 < width * height / native**2 < 1.25
+    if w > h:
+        assert width > height
+    elif w < h:
+        assert width < height
+    else:
+        assert width == height
+
+
+@given(st.integers(1, 10_000), st.integers(1, 10_000), st.integers(64, 2048),
+       st.sampled_from([8, 16, 64]))
+@settings(max_examples=200, deadline=None)
+def test_size_for_aspect_any_ratio(w, h, native, multiple):
+    width, height = size_for_aspect((w, h), native, multiple)
+    assert width % multiple == 0 and height % multiple == 0
+    assert width >= multiple and height >= multiple
+    assert (width >= height) if w >= h else (width <= height)
+
+
+# --- property tests ---------------------------------------------------------------------
+
+# Real parameter tokens and tricky values, mixed with random text, so that random
+# inputs reach deep into the parser rather than failing at the first word.
+TOKENS = st.sampled_from([
+    "--ar", "—ar", "–aspect", "--AR", "--seed", "—seed", "--no", "—no", "--c", "--chaos",
+    "--s", "--stylize", "--q", "--quality", "--steps", "--model", "--foo", "—", "--", "---ar",
+    "::", "::2", "::-1", "::0", "::.5", "::1e999", ":::", ":", "a::", "::x",
+    "16:9", "1:3", "4:1", "0:1", "1:0", "1", "0", "100", "1000", "4294967296", ".5", "2.0",
+    "inf", "nan", "-1", "١٢", "²", "9" * 50, "sdxl", "a cat", "people, text", "\x00", "\u200b",
+])
+WORDS = st.one_of(TOKENS, st.text(max_size=8))
+MIXED = st.lists(WORDS, max_size=14).flatmap(
+    lambda words: st.lists(st.sampled_from([" ", "  ", "\t", "\n", ""]),
+                           min_size=len(words), max_size=len(words))
+    .map(lambda gaps: "".join(g + w for g, w in zip(gaps, words))))
+
+
+def check_parse(text: str) -> None:
+    try:
+        p = parse_prompt(text)
+    except PromptError as err:
+        assert str(err)
+        return
+    assert p.parts and all(part.text for part in p.parts)
+    # Whatever parses, its canonical form parses back to the same thing.
+    assert parse_prompt(p.text + " " + format_parameters(p)) == p
+
+
+@given(st.text())
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_text_raises_only_prompt_error(text):
+    check_parse(text)
+
+
+@given(MIXED)
+@settings(max_examples=400, deadline=None)
+def test_mixed_tokens_raise_only_prompt_error(text):
+    check_parse(text)
+
+
+WORD_CHARS = "abcxyzABC0129,.!?'()éü"
+WORD = st.builds(
+    lambda head, tail: head + (":" + tail if tail else ""),
+    st.text(WORD_CHARS, min_size=1, max_size=8), st.text("ab12", max_size=3))
+PHRASE = st.lists(WORD, min_size=1, max_size=5).map(" ".join)
+WEIGHT = st.floats(-10, 10, allow_nan=False).map(lambda w: w + 0.0)
+
+
+@st.composite
+def parsed_prompts(draw):
+    texts = draw(st.lists(PHRASE, min_size=1, max_size=4))
+    if len(texts) == 1:
+        weights = [1.0]
+    else:
+        weights = draw(st.lists(WEIGHT, min_size=len(texts), max_size=len(texts)))
+        assume(sum(weights) > 0)
+    names = draw(st.sets(st.sampled_from(["ar", "seed", "no", "chaos", "stylize", "q", "steps", "model"])))
+    fields = {}
+    if "ar" in names:
+        w = draw(st.integers(1, 10_000))
+        h = draw(st.integers(max(1, -(-w // 3)), min(10_000, 3 * w)))
+        g = math.gcd(w, h)
+        fields["aspect"] = (w // g, h // g)
+    if "seed" in names:
+        fields["seed"] = draw(st.integers(0, 2**32 - 1))
+    if "no" in names:
+        fields["negative"] = draw(PHRASE)
+    if "chaos" in names:
+        fields["chaos"] = draw(st.integers(0, 100))
+    if "stylize" in names:
+        fields["stylize"] = draw(st.integers(0, 1000))
+    if "q" in names:
+        fields["quality"] = draw(st.sampled_from([0.5, 1.0, 2.0]))
+    if "steps" in names:
+        fields["steps"] = draw(st.integers(1, 150))
+    if "model" in names:
+        fields["model"] = draw(st.text("aZ09", min_size=1, max_size=1)) + draw(
+            st.text("aZ09._-", max_size=63))
+    parts = tuple(PromptPart(t, w) for t, w in zip(texts, weights))
+    return ParsedPrompt(parts=parts, given=frozenset(names), **fields)
+
+
+@given(parsed_prompts())
+@settings(max_examples=300, deadline=None)
+def test_format_parameters_round_trip(p):
+    assert parse_prompt(p.text + " " + format_parameters(p)) == p

@@ -1,0 +1,419 @@
+"""Tiny random-weight diffusers pipelines, built entirely in code (no hub, no downloads).
+
+Each builder creates the components with ``torch.manual_seed(0)`` (deterministic weights), wraps
+them in the real pipeline class and ``save_pretrained``s it into a folder, so tests load them
+through the real ``from_pretrained`` code path. Every model is a few MB and builds in well under a
+second on CPU.
+
+Native image sizes:
+  * ``sd``, ``sdxl``: 64x64 (UNet sample_size 8, VAE scale factor 8), multiples of 8 work.
+  * ``kandinsky22``: 64x64 (MoVQ scale factor 8), multiples of 8 work; the prior takes any image.
+  * ``upscaler-x4``: any low-res image (32x32 is quick), x4 out (32x32 -> 128x128).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    KandinskyV22Pipeline,
+    KandinskyV22PriorPipeline,
+    PriorTransformer,
+    StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+    UnCLIPScheduler,
+    VQModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+__all__ = [
+    "make_clip_tokenizer",
+    "build_sd",
+    "build_sdxl",
+    "build_kandinsky22",
+    "build_upscaler_x4",
+    "build_all",
+    "TEXT_WIDTH",
+]
+
+#: width (hidden size == projection dim) of every tiny CLIP text/vision encoder.
+TEXT_WIDTH = 32
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+
+# A few common English letter pairs (then a few longer pieces built from them) as BPE merges.
+_MERGES: list[tuple[str, str]] = [
+    ("t", "h"), ("e", "r"), ("i", "n"), ("a", "n"), ("o", "n"), ("r", "e"), ("a", "t"),
+    ("e", "n"), ("e", "s"), ("o", "r"), ("s", "t"), ("a", "r"),
+    ("th", "e</w>"), ("a", "t</w>"), ("o", "g</w>"), ("d", "og</w>"), ("c", "at</w>"),
+]
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The GPT-2/CLIP byte-to-unicode table, in byte order (256 printable characters)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return [chr(table[b]) for b in range(256)]
+
+
+def make_clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP BPE tokenizer with a hand-written ~540-token vocabulary.
+
+    Layout like the real CLIP vocab: 256 byte characters, the same 256 + ``</w>``, one token per
+    merge, then ``<|startoftext|>`` and ``<|endoftext|>`` last. Any text tokenizes (byte
+    fallback), ``model_max_length`` is 77, padding uses ``<|endoftext|>`` (SD 1.x style).
+    """
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars]
+    for a, b in _MERGES:
+        merged = a + b
+        if merged not in tokens:
+            tokens.append(merged)
+    tokens += [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=list(_MERGES),
+        unk_token=EOS,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_max_length=77,
+    )
+
+
+def _text_config(tokenizer: CLIPTokenizer, **overrides) -> CLIPTextConfig:
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    kwargs.update(overrides)
+    return CLIPTextConfig(**kwargs)
+
+
+def _vae(blocks: int, scaling_factor: float = 0.18215) -> AutoencoderKL:
+    channels = [16, 16, 32, 32][:blocks] if blocks <= 4 else [16] * blocks
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * blocks,
+        up_block_types=["UpDecoderBlock2D"] * blocks,
+        block_out_channels=channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
+def _sd_scheduler_kwargs() -> dict:
+    return dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def build_sd(path: Path) -> Path:
+    """SD 1.x-style ``StableDiffusionPipeline``; native size 64x64."""
+    path = Path(path)
+    torch.manual_seed(0)
+    tokenizer = make_clip_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = _vae(4)
+    scheduler = EulerDiscreteScheduler(**_sd_scheduler_kwargs(), timestep_spacing="leading")
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        image_encoder=None,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_sdxl(path: Path) -> Path:
+    """Tiny ``StableDiffusionXLPipeline`` (two text encoders); native size 64x64."""
+    path = Path(path)
+    torch.manual_seed(0)
+    tokenizer = make_clip_tokenizer()
+    tokenizer_2 = make_clip_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _text_config(tokenizer_2, projection_dim=TEXT_WIDTH)
+    ).eval()
+    addition_time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=addition_time_embed_dim,
+        # 6 micro-conditioning ints (orig size, crop coords, target size), each time-embedded,
+        # plus the pooled projection of text_encoder_2.
+        projection_class_embeddings_input_dim=6 * addition_time_embed_dim + TEXT_WIDTH,
+        # hidden states of both text encoders are concatenated
+        cross_attention_dim=2 * TEXT_WIDTH,
+        transformer_layers_per_block=1,
+        norm_num_groups=32,
+    )
+    vae = _vae(4, scaling_factor=0.13025)
+    scheduler = EulerDiscreteScheduler(**_sd_scheduler_kwargs(), timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def build_kandinsky22(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]:
+    """Tiny Kandinsky 2.2 prior + decoder; decoder native size 64x64 (MoVQ factor 8)."""
+    prior_path, decoder_path = Path(prior_path), Path(decoder_path)
+    embed_dim = TEXT_WIDTH  # CLIP image-embedding size shared by prior and decoder
+
+    # ---- prior
+    torch.manual_seed(0)
+    tokenizer = make_clip_tokenizer()
+    text_encoder = CLIPTextModelWithProjection(
+        _text_config(tokenizer, projection_dim=embed_dim)
+    ).eval()
+    image_size = 32
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=TEXT_WIDTH,
+            projection_dim=embed_dim,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_channels=3,
+            image_size=image_size,
+            patch_size=8,
+        )
+    ).eval()
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_resize=True,
+        do_center_crop=True,
+        do_normalize=True,
+        resample=3,
+    )
+    prior = PriorTransformer(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        num_layers=1,
+        embedding_dim=embed_dim,
+        num_embeddings=77,
+        additional_embeddings=4,
+    )
+    # A fresh PriorTransformer has clip_std == 0, which makes every embedding all zeros.
+    prior.clip_std = torch.nn.Parameter(torch.ones_like(prior.clip_std))
+    prior_scheduler = UnCLIPScheduler(
+        variance_type="fixed_small_log",
+        prediction_type="sample",
+        num_train_timesteps=1000,
+        clip_sample=True,
+        clip_sample_range=10.0,
+    )
+    KandinskyV22PriorPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=prior_scheduler,
+        image_processor=image_processor,
+    ).save_pretrained(prior_path)
+
+    # ---- decoder
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=8,  # epsilon + learned variance
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        addition_embed_type="image",
+        encoder_hid_dim=embed_dim,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+        norm_num_groups=32,
+    )
+    movq = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
+        # the spatial-norm decoder needs channel counts that are multiples of 32
+        block_out_channels=(32, 32, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        num_vq_embeddings=16,
+        vq_embed_dim=4,
+        norm_num_groups=8,
+        norm_type="spatial",
+        sample_size=64,
+    )
+    decoder_scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        variance_type="learned_range",
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+    KandinskyV22Pipeline(unet=unet, scheduler=decoder_scheduler, movq=movq).save_pretrained(
+        decoder_path
+    )
+    return prior_path, decoder_path
+
+
+def build_upscaler_x4(path: Path) -> Path:
+    """Tiny ``StableDiffusionUpscalePipeline``: low-res image in, x4 out (32x32 -> 128x128)."""
+    path = Path(path)
+    torch.manual_seed(0)
+    tokenizer = make_clip_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=7,  # 4 latent + 3 low-res image channels
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        num_class_embeds=1000,  # noise level is passed as class label; must exceed max_noise_level
+        norm_num_groups=32,
+    )
+    vae = _vae(3, scaling_factor=0.08333)
+    low_res_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
+    scheduler = DDIMScheduler(
+        **_sd_scheduler_kwargs(), clip_sample=False, set_alpha_to_one=False
+    )
+    StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=low_res_scheduler,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        max_noise_level=350,
+    ).save_pretrained(path)
+    return path
+
+
+def build_all(root: Path) -> dict[str, Path]:
+    """Build every tiny pipeline into ``root/<name>``; folders already holding a
+    ``model_index.json`` are kept as they are."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "sd": root / "sd",
+        "sdxl": root / "sdxl",
+        "kandinsky22-prior": root / "kandinsky22-prior",
+        "kandinsky22": root / "kandinsky22",
+        "upscaler-x4": root / "upscaler-x4",
+    }
+
+    def missing(*names: str) -> bool:
+        return any(not (paths[n] / "model_index.json").exists() for n in names)
+
+    if missing("sd"):
+        build_sd(paths["sd"])
+    if missing("sdxl"):
+        build_sdxl(paths["sdxl"])
+    if missing("kandinsky22-prior", "kandinsky22"):
+        build_kandinsky22(paths["kandinsky22-prior"], paths["kandinsky22"])
+    if missing("upscaler-x4"):
+        build_upscaler_x4(paths["upscaler-x4"])
+    return paths
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python tests/tiny_models.py DIR
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    for name, p in build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-models")).items():
+        print(f"{name}: {p}")
+    print(f"built in {time.perf_counter() - t0:.2f}s")

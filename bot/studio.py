@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.prompt import PromptError, parse_prompt
 from generation.queue import JobQueue
 from generation.registry import Registry, UnknownModelError
-from generation.request import Request, build_request
+from generation.upscale import RESAMPLE, can_upscale
+from generation.request import GRID_SIZE, Request, build_request, random_seed
 from storage.jobs import JobStore, NewImage
+from storage.models import DONE, Job
 
 log = logging.getLogger(__name__)
+
+VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
 
 
 class RequestError(ValueError):
@@ -71,15 +77,77 @@ class Studio:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def imagine(self, member: Member, text: str, *, guild_id: int | None = None,
-                      channel_id: int | None = None) -> Submitted:
+    def prepare(self, text: str) -> Request:
+        """Parse a prompt and resolve it against its model. Pure and fast: a front end can call
+        it before acknowledging, to answer bad input with an error only its author sees."""
         parsed = parse_prompt(text)
         spec = self.registry.get(parsed.model)
         if not spec.can_generate:
             names = ", ".join(m.name for m in self.registry.generators())
             raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-        request = build_request(parsed, spec)
-        return await self.submit(member, request, guild_id=guild_id, channel_id=channel_id)
+        return build_request(parsed, spec)
+
+    async def imagine(self, member: Member, text: str, **where) -> Submitted:
+        return await self.submit(member, self.prepare(text), **where)
+
+    async def reroll(self, member: Member, job_id: int, **where) -> Submitted:
+        """The same request again with a new seed."""
+        parent = await self._finished_job(job_id)
+        request = Request.from_json(parent.request)
+        if request.kind not in ("imagine", "reroll", "blend"):
+            raise RequestError("Only a grid can be re-rolled.")
+        request = request.replace(kind="reroll" if request.kind != "blend" else "blend", seed=random_seed())
+        return await self.submit(member, request, parent_id=job_id, **where)
+
+    async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, **where) -> Submitted:
+        """Four new pictures made from image `index` of a job (image to image, new seeds)."""
+        parent, image = await self._image(job_id, index)
+        base = Request.from_json(parent.request)
+        if not self.registry.get(base.model).can_generate:  # an upscale: vary with the default model
+            base = base.replace(model=self.registry.default)
+        strength = VARY_STRONG if strong else VARY_SUBTLE
+        request = base.replace(
+            kind="variation", seed=random_seed(), init_image=image.path, strength=strength,
+            width=image.width, height=image.height, count=GRID_SIZE, images=(), image_weights=(),
+            # image to image runs int(steps × strength) steps: at least one
+            steps=max(base.steps, math.ceil(1 / strength)))
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+
+    async def upscale(self, member: Member, job_id: int, index: int, **where) -> Submitted:
+        """Image `index` of a job, larger: by the configured upscaling model, or resampled
+        (and said so) where there is none or the result would be too large for it."""
+        parent, image = await self._image(job_id, index)
+        base = Request.from_json(parent.request)
+        if not can_upscale(image.width, image.height):
+            raise RequestError(f"This picture is already {image.width}×{image.height}: "
+                               f"it cannot be upscaled further.")
+        upscaler = self.registry.upscaler
+        request = base.replace(
+            kind="upscale", model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
+            width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
+            steps=self.registry.get(upscaler).steps if upscaler else 0,
+            guidance=self.registry.get(upscaler).guidance if upscaler else 0.0)
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+
+    async def job(self, job_id: int) -> Job | None:
+        return await self.store.get(job_id)
+
+    async def _finished_job(self, job_id: int) -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise RequestError(f"There is no job {job_id}.")
+        if job.status != DONE:
+            raise RequestError(f"Job {job_id} is {job.status}, not finished: there is nothing to work on yet.")
+        return job
+
+    async def _image(self, job_id: int, index: int):
+        job = await self._finished_job(job_id)
+        image = next((i for i in job.images if i.index == index), None)
+        if image is None:
+            raise RequestError(f"Job {job_id} has no image {index} (it has {len(job.images)}).")
+        if not Path(image.path).is_file():
+            raise RequestError(f"The files of job {job_id} are gone from the file store.")
+        return job, image
 
     async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
                      parent_index: int | None = None, guild_id: int | None = None,

@@ -19,6 +19,7 @@ from generation.imaging import make_grid
 from generation.pipelines import PipelineCache
 from generation.registry import Registry
 from generation.request import Request
+from generation.upscale import MAX_UPSCALED_SIDE, MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,11 @@ class Engine:
 
     def generate(self, request: Request, on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Generated:
-        spec = self.registry.get(request.model)
-        if spec.family in ("kandinsky21", "kandinsky22"):
-            run = self._kandinsky
-        elif request.kind == "upscale":
-            run = self._upscale
-        else:
-            run = self._stable_diffusion
         notices: list[str] = []
+        if request.kind == "upscale":
+            return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
+        spec = self.registry.get(request.model)
+        run = self._kandinsky if spec.family in ("kandinsky21", "kandinsky22") else self._stable_diffusion
         images = run(request, spec, notices, self._callback(request, on_step, should_stop))
         if should_stop():
             raise GenerationStopped()
@@ -206,13 +204,30 @@ class Engine:
 
     # 3. Upscaling ----------------------------------------------------------------------------
 
-    def _upscale(self, request, spec, notices, callback):
-        pipe = self.pipelines.get(spec, "upscale")
+    def _upscale(self, request, notices, on_step, should_stop) -> Image.Image:
+        """By the upscaling model where it can; otherwise resampled, and the notice says so."""
         image = self._open(request.init_image)
-        generator = torch.Generator().manual_seed(request.seed)
-        return pipe(prompt=request.prompt, image=image, num_inference_steps=request.steps,
-                    guidance_scale=request.guidance, generator=generator,
-                    callback_on_step_end=callback).images
+        if request.model == RESAMPLE:
+            notices.append(f"No upscaling model is configured: enlarged ×{RESAMPLE_FACTOR} by "
+                           f"Lanczos resampling, without new detail.")
+            return resample(image)
+        if max(image.size) * MODEL_FACTOR > MAX_UPSCALED_SIDE:
+            notices.append(f"Too large for the upscaling model: enlarged ×{RESAMPLE_FACTOR} by "
+                           f"Lanczos resampling, without new detail.")
+            return resample(image)
+        spec = self.registry.get(request.model)
+        try:
+            pipe = self.pipelines.get(spec, "upscale")
+            generator = torch.Generator().manual_seed(request.seed)
+            callback = self._callback(request, on_step, should_stop)
+            return pipe(prompt=request.prompt, image=image, num_inference_steps=request.steps,
+                        guidance_scale=request.guidance, generator=generator,
+                        callback_on_step_end=callback).images[0]
+        except torch.OutOfMemoryError:
+            self.pipelines.release()
+            notices.append(f"The upscaling model ran out of GPU memory: enlarged ×{RESAMPLE_FACTOR} "
+                           f"by Lanczos resampling instead, without new detail.")
+            return resample(image)
 
     # ------------------------------------------------------------------------------------------
 

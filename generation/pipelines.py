@@ -70,13 +70,21 @@ class PipelineCache:
             entry[task] = self._build(spec, task, entry)
         return entry[task]
 
+    def release(self) -> None:
+        """Unload every model (after running out of memory)."""
+        self._models.clear()
+        self._free()
+
     def _evict_for_one_more(self) -> None:
         while len(self._models) >= self.max_models:
             name, _ = self._models.popitem(last=False)
             log.info("unloading model %s", name)
-            gc.collect()
-            if self.device.device == "cuda":
-                torch.cuda.empty_cache()
+            self._free()
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.device.device == "cuda":
+            torch.cuda.empty_cache()
 
     def _build(self, spec: ModelSpec, task: str, entry: dict[str, Any]) -> Any:
         if task == "img2img":

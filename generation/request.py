@@ -33,7 +33,7 @@ class Request:
     seed: int
     chaos: int = 0
     count: int = GRID_SIZE
-    parameters: str = ""  # canonical "--ar 3:2 --seed 7 ...", shown with results
+    parameters: str = ""  # canonical "--ar 3:2 --no people ..." (all but the seed), shown with results
     init_image: str | None = None  # image-to-image / upscale source (a file path)
     strength: float = 0.0  # image-to-image: how far from init_image (0–1)
     images: tuple[str, ...] = ()  # blend inputs (file paths)
@@ -58,6 +58,10 @@ class Request:
         return dataclasses.replace(self, **changes)
 
 
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
 def guidance_for(spec: ModelSpec, stylize: int | None) -> float:
     """--stylize (0–1000, MidJourney's default 100) → classifier-free guidance scale.
 
@@ -75,10 +79,9 @@ def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:
     return max(1, round(spec.steps * parsed.quality))
 
 
-def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine",
-                  rng: random.Random | None = None) -> Request:
+def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine") -> Request:
     """Resolve a parsed prompt against a model: pixel size, steps, guidance and the seed."""
-    seed = parsed.seed if parsed.seed is not None else (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    seed = parsed.seed if parsed.seed is not None else random_seed()
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
     return Request(
         kind=kind,
@@ -92,6 +95,7 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine
         guidance=guidance_for(spec, parsed.stylize),
         seed=seed,
         chaos=parsed.chaos,
+        # the seed is shown on its own: a re-roll keeps these parameters with a new seed
         parameters=format_parameters(dataclasses.replace(
-            parsed, seed=seed, model=spec.name, given=parsed.given | {"seed", "model"})),
+            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"})),
     )

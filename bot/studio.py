@@ -51,6 +51,17 @@ class Submitted:
 Listener = Callable[[int, Event], Awaitable[None]]
 
 
+def prepare(registry: Registry, text: str) -> Request:
+    """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
+    before acknowledging, to answer bad input with an error only its author sees."""
+    parsed = parse_prompt(text)
+    spec = registry.get(parsed.model)
+    if not spec.can_generate:
+        names = ", ".join(m.name for m in registry.generators())
+        raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
+    return build_request(parsed, spec)
+
+
 class Studio:
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue):
         self.registry = registry
@@ -78,14 +89,7 @@ class Studio:
     # -- requests -------------------------------------------------------------------------------
 
     def prepare(self, text: str) -> Request:
-        """Parse a prompt and resolve it against its model. Pure and fast: a front end can call
-        it before acknowledging, to answer bad input with an error only its author sees."""
-        parsed = parse_prompt(text)
-        spec = self.registry.get(parsed.model)
-        if not spec.can_generate:
-            names = ", ".join(m.name for m in self.registry.generators())
-            raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-        return build_request(parsed, spec)
+        return prepare(self.registry, text)
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text), **where)

@@ -1,0 +1,104 @@
+"""`pintor doctor`: what this installation has, what is wrong, and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from bot.settings import Settings
+
+OK, PROBLEM = "ok", "PROBLEM"
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+async def doctor(settings: Settings) -> int:
+    problems = 0
+
+    def report(status: str, what: str, detail: str, fix: str = "") -> None:
+        nonlocal problems
+        problems += status == PROBLEM
+        print(f"[{status:>7}] {what}: {detail}")
+        if fix:
+            print(f"{'':10}fix: {fix}")
+
+    report(OK, "python", platform.python_version())
+    for package in ("torch", "diffusers", "transformers", "discord.py", "SQLAlchemy"):
+        report(OK, package, _version(package))
+
+    from generation.devices import LOW_VRAM_BYTES, choose_device
+
+    try:
+        device = choose_device(settings.pintor_device)
+        detail = f"{device.device} ({device.name}), {str(device.dtype).removeprefix('torch.')}"
+        if device.low_vram and settings.pintor_offload is not False:
+            detail += f"; under {LOW_VRAM_BYTES // 1024**3} GiB VRAM: models are offloaded to the CPU between steps"
+        report(OK, "device", detail)
+        if device.device == "cpu":
+            report(OK, "note", "no GPU: generation runs on the CPU (sd-turbo is the model that fits)",
+                   "for a GPU, install the torch build for your CUDA: https://pytorch.org/get-started/")
+    except ValueError as err:
+        report(PROBLEM, "device", str(err), "set PINTOR_DEVICE=auto, or install a torch build for your GPU")
+
+    from storage.db import current_revision, open_engine
+
+    engine = open_engine(settings.database_url)
+    try:
+        current, head = await current_revision(engine)
+        if current == head:
+            report(OK, "database", f"{engine.url.render_as_string(hide_password=True)} at revision {current}")
+        else:
+            report(PROBLEM, "database", f"at revision {current or 'none'}, this version needs {head}",
+                   "run `pintor db upgrade` (pintor run also upgrades on start)")
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
+        report(PROBLEM, "database", f"cannot open {engine.url.render_as_string(hide_password=True)}: {err}",
+               "check DATABASE_URL")
+    finally:
+        await engine.dispose()
+
+    data_dir = settings.pintor_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if os.access(data_dir, os.W_OK):
+        report(OK, "data folder", str(data_dir.resolve()))
+    else:
+        report(PROBLEM, "data folder", f"{data_dir} is not writable", "check PINTOR_DATA_DIR and its permissions")
+
+    from bot.wiring import registry_from
+    from generation.registry import RegistryError
+
+    try:
+        registry = registry_from(settings)
+        report(OK, "models", f"{len(registry.models)} from {registry.origin}, default {registry.default}")
+        for spec in registry.models.values():
+            for source in filter(None, (spec.source, spec.prior)):
+                _check_source(report, spec.name, source)
+    except RegistryError as err:
+        report(PROBLEM, "models", str(err), "fix the file that PINTOR_MODELS names (see docs/models.md)")
+
+    if settings.discord_token is None:
+        report(PROBLEM, "discord", "DISCORD_TOKEN is not set", "put the bot token in .env (see README: Discord)")
+    else:
+        report(OK, "discord", f"token set; API {settings.discord_api_base}")
+
+    print(f"\n{problems} problem(s) found." if problems else "\nAll good.")
+    return 1 if problems else 0
+
+
+def _check_source(report, name: str, source: str) -> None:
+    if Path(source).exists():
+        found = (Path(source) / "model_index.json").is_file()
+        report(OK if found else PROBLEM, f"model {name}", f"local folder {source}" + ("" if found else " has no model_index.json"),
+               "" if found else "point `source` at a folder saved with save_pretrained")
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(source, "model_index.json"), str)
+    report(OK, f"model {name}", f"hub id {source}, " + ("in the local cache" if cached else
+           "not downloaded yet: fetched on first use (needs internet once)"))

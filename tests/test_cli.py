@@ -1,0 +1,88 @@
+"""The `pintor` command as a user runs it: a real subprocess, real worker, real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SECRET = "MTIz.secret-token-value.xyz"
+
+
+@pytest.fixture
+def env(tmp_path: Path, registry_file: Path) -> dict[str, str]:
+    return os.environ | {
+        "PINTOR_MODELS": str(registry_file),
+        "PINTOR_DEVICE": "cpu",
+        "PINTOR_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}",
+        "DISCORD_TOKEN": SECRET,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+
+
+def pintor(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
+
+
+def job_rows(tmp_path: Path) -> list[tuple]:
+    db = tmp_path / "data" / "pintor.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT id, status, request FROM jobs").fetchall()
+
+
+def test_imagine_writes_grid_and_separate_images(env, tmp_path):
+    result = pintor(env, "imagine", "a red fox in the snow --ar 3:2 --seed 7 --no people",
+                    "-o", "fox.png", "--separate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    grid = Image.open(tmp_path / "fox.png")
+    assert grid.size == (384, 256)  # 2×2 tiles of 192×128: 3:2 at a 128 px native budget
+    for i in range(1, 5):
+        assert Image.open(tmp_path / f"fox-{i}.png").size == (192, 128)
+    assert "seed 7" in result.stdout
+    [(job_id, status, request)] = job_rows(tmp_path)
+    assert status == "done" and '"seed": 7' in request and '"negative": "people"' in request
+    assert SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a fox --ar 9:1", "--ar"),
+    ("a fox --model nope", "Unknown model 'nope'"),
+    ("--seed 3", "has no text"),
+    ("x" * 1001, "1000"),
+    ("a fox --foo 1", "Unknown parameter --foo"),
+])
+def test_bad_prompts_change_nothing(env, tmp_path, prompt, message):
+    result = pintor(env, "imagine", prompt, "-o", "out.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message.lower() in result.stderr.lower()
+    assert job_rows(tmp_path) == [] and not (tmp_path / "out.png").exists()
+
+
+def test_unwritable_output_is_refused_before_anything_is_stored(env, tmp_path):
+    result = pintor(env, "imagine", "a fox", "-o", str(tmp_path / "missing" / "x.png"), cwd=tmp_path)
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert job_rows(tmp_path) == []
+
+
+def test_models_doctor_and_db_upgrade(env, tmp_path):
+    models = pintor(env, "models", cwd=tmp_path)
+    assert models.returncode == 0
+    assert "tiny-sd" in models.stdout and "tiny-kandinsky" in models.stdout and "[default]" in models.stdout
+
+    before = pintor(env, "doctor", cwd=tmp_path)
+    assert "pintor db upgrade" in before.stdout  # a fresh database needs its migrations
+    assert pintor(env, "db", "upgrade", cwd=tmp_path).returncode == 0
+    after = pintor(env, "doctor", cwd=tmp_path)
+    assert after.returncode == 0, after.stdout
+    assert "All good." in after.stdout and "device: cpu" in after.stdout
+    assert SECRET not in before.stdout + after.stdout + before.stderr + after.stderr

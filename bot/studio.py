@@ -6,6 +6,7 @@ they share one path: parse → persist → queue → worker → files + rows →
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
-from generation.prompt import PromptError, parse_prompt
+from generation.imaging import png_bytes, sha256, write_atomic
+from generation.inputs import UploadError, open_upload
+from generation.prompt import ParsedPrompt, PromptError, parse_prompt
 from generation.queue import JobQueue
 from generation.registry import Registry, UnknownModelError
 from generation.upscale import RESAMPLE, can_upscale
@@ -24,6 +27,8 @@ from storage.models import DONE, Job
 log = logging.getLogger(__name__)
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
+MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5
+BLEND_DIMENSIONS = {"square": (1, 1), "portrait": (2, 3), "landscape": (3, 2)}
 
 
 class RequestError(ValueError):
@@ -31,7 +36,7 @@ class RequestError(ValueError):
 
 
 # What a member can get wrong: each carries a message meant for them.
-USER_ERRORS = (PromptError, UnknownModelError, RequestError)
+USER_ERRORS = (PromptError, UnknownModelError, RequestError, UploadError)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,23 @@ class Submitted:
 Listener = Callable[[int, Event], Awaitable[None]]
 
 
+def _blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float], float]:
+    """'2,1' → image weights (and, with one more value, the text's weight; default 1)."""
+    if not text.strip():
+        return [1.0] * count, 1.0
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise RequestError(f"weights must be numbers separated by commas, like 2,1 — not '{text[:40]}'.") from None
+    allowed = (count, count + 1) if has_text else (count,)
+    if len(values) not in allowed:
+        expected = f"{count} (one per image{', and one more for the prompt' if has_text else ''})"
+        raise RequestError(f"weights: give {expected}, not {len(values)}.")
+    if any(not 0 < v <= 100 or v != v for v in values):
+        raise RequestError("weights must each be more than 0 and at most 100.")
+    return values[:count], values[count] if len(values) > count else 1.0
+
+
 def prepare(registry: Registry, text: str) -> Request:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees."""
@@ -63,8 +85,10 @@ def prepare(registry: Registry, text: str) -> Request:
 
 
 class Studio:
-    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue):
+    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
+                 inputs_dir: Path | None = None):
         self.registry = registry
+        self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
         self.store = store
         self.queue = queue
         self.listeners: list[Listener] = []  # told of every event after it is stored
@@ -110,9 +134,12 @@ class Studio:
         if not self.registry.get(base.model).can_generate:  # an upscale: vary with the default model
             base = base.replace(model=self.registry.default)
         strength = VARY_STRONG if strong else VARY_SUBTLE
+        # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
+        images = (image.path,) if self.registry.get(base.model).can_blend else ()
         request = base.replace(
             kind="variation", seed=random_seed(), init_image=image.path, strength=strength,
-            width=image.width, height=image.height, count=GRID_SIZE, images=(), image_weights=(),
+            width=image.width, height=image.height, count=GRID_SIZE,
+            images=images, image_weights=(1.0,) * len(images),
             # image to image runs int(steps × strength) steps: at least one
             steps=max(base.steps, math.ceil(1 / strength)))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
@@ -132,6 +159,63 @@ class Studio:
             steps=self.registry.get(upscaler).steps if upscaler else 0,
             guidance=self.registry.get(upscaler).guidance if upscaler else 0.0)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+
+    async def blend(self, member: Member, uploads: list[tuple[str, bytes]], *, prompt: str = "",
+                    weights: str = "", dimensions: str = "square", model: str | None = None,
+                    **where) -> Submitted:
+        """Mix 2–5 uploaded images (and a text) into a new grid through a Kandinsky prior.
+
+        `uploads` are (name, bytes) as downloaded; each is checked by content before anything
+        is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
+        URL has expired.
+        """
+        spec = self._blend_model(model)
+        if not MIN_BLEND_IMAGES <= len(uploads) <= MAX_BLEND_IMAGES:
+            raise RequestError(f"/blend takes {MIN_BLEND_IMAGES} to {MAX_BLEND_IMAGES} images, not {len(uploads)}.")
+        if dimensions not in BLEND_DIMENSIONS:
+            raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
+        parsed = parse_prompt(prompt) if prompt.strip() else ParsedPrompt(parts=())
+        image_weights, text_weight = _blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
+        images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in uploads])
+        paths = await asyncio.to_thread(self._keep_inputs, images)
+
+        if "ar" not in parsed.given:
+            parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
+        total = sum(p.weight for p in parsed.parts)
+        request = build_request(parsed, spec, kind="blend").replace(
+            prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
+            parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
+            images=tuple(paths), image_weights=tuple(image_weights))
+        return await self.submit(member, request, **where)
+
+    def _blend_model(self, name: str | None):
+        if name is not None:
+            spec = self.registry.get(name)
+            if not spec.can_blend:
+                blenders = [m.name for m in self.registry.models.values() if m.can_blend]
+                raise RequestError(f"'{spec.name}' cannot blend images. Models that can: "
+                                   f"{', '.join(blenders) or 'none configured'}.")
+            return spec
+        default = self.registry.get(None)
+        if default.can_blend:
+            return default
+        spec = next((m for m in self.registry.models.values() if m.can_blend), None)
+        if spec is None:
+            raise RequestError("No model that can blend images (Kandinsky 2.1/2.2) is configured; ask an admin.")
+        return spec
+
+    def _keep_inputs(self, images) -> list[str]:
+        """Each input as a PNG named by its checksum (written atomically; kept for the job)."""
+        if self.inputs_dir is None:
+            raise RuntimeError("Studio was built without an inputs_dir")
+        paths = []
+        for image in images:
+            data = png_bytes(image)
+            path = self.inputs_dir / f"{sha256(data)}.png"
+            if not path.exists():
+                write_atomic(path, data)
+            paths.append(str(path))
+        return paths
 
     async def job(self, job_id: int) -> Job | None:
         return await self.store.get(job_id)

@@ -45,7 +45,8 @@ async def open_studio(settings: Settings) -> AsyncIterator[Studio]:
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
-        studio = Studio(registry=registry, store=JobStore(engine), queue=LocalQueue(worker_config(settings)))
+        studio = Studio(registry=registry, store=JobStore(engine), queue=LocalQueue(worker_config(settings)),
+                        inputs_dir=settings.pintor_data_dir / "images" / "inputs")
         await studio.start()
         try:
             yield studio

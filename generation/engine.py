@@ -180,7 +180,9 @@ class Engine:
         generator = torch.Generator().manual_seed(request.seed)
         items: list = list(texts) + [self._open(p) for p in request.images]
         weights = [w for _, w in request.parts] + list(request.image_weights)
-        if len(items) == 1:
+        if not items:
+            raise ValueError("a Kandinsky request needs a text or an image")
+        if len(texts) == 1 and not request.images:
             out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
         else:
             out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
@@ -192,8 +194,8 @@ class Engine:
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
                       generator=generators, callback_on_step_end=callback,
                       height=request.height, width=request.width)
-        if spec.family == "kandinsky21":
-            kwargs["prompt"] = texts[0]
+        if spec.family == "kandinsky21":  # 2.1's decoder reads the text as well
+            kwargs["prompt"] = texts[0] if texts else ""
         if request.init_image:
             pipe = self.pipelines.get(spec, "img2img")
             kwargs.update(image=[self._open(request.init_image)] * request.count,

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
@@ -22,7 +23,7 @@ from generation.registry import Registry, UnknownModelError
 from generation.upscale import RESAMPLE, can_upscale
 from generation.request import GRID_SIZE, Request, build_request, random_seed
 from storage.jobs import JobStore, NewImage
-from storage.models import DONE, Job
+from storage.models import DONE, GuildSettings, Job, MemberSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,18 @@ BLEND_DIMENSIONS = {"square": (1, 1), "portrait": (2, 3), "landscape": (3, 2)}
 
 class RequestError(ValueError):
     """A request that cannot be made as asked; str(err) tells the member what to change."""
+
+
+class LimitError(RequestError):
+    """A server rule (quota, queue limit, allowed models…) refuses the request; says which."""
+
+
+def id_list(text: str | None) -> list[int]:
+    return [int(v) for v in (text or "").split(",") if v.strip().isdigit()]
+
+
+def name_list(text: str | None) -> list[str]:
+    return [v.strip() for v in (text or "").split(",") if v.strip()]
 
 
 # What a member can get wrong: each carries a message meant for them.
@@ -73,10 +86,34 @@ def _blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float
     return values[:count], values[count] if len(values) > count else 1.0
 
 
-def prepare(registry: Registry, text: str) -> Request:
+# prompt parameter → the ParsedPrompt field it sets
+PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
+                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
+
+
+def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPrompt:
+    """A member's /settings fill in what the prompt does not say; the prompt always wins."""
+    chosen = parse_prompt("x " + defaults.append) if defaults.append.strip() else ParsedPrompt(parts=())
+    values = {PARAMETER_FIELDS[name]: getattr(chosen, PARAMETER_FIELDS[name]) for name in chosen.given}
+    if defaults.model:
+        values["model"] = defaults.model
+    if defaults.aspect:
+        w, h = defaults.aspect.split(":")
+        values["aspect"] = (int(w), int(h))
+    if defaults.quality is not None:
+        values["quality"] = defaults.quality
+    if defaults.stylize is not None:
+        values["stylize"] = defaults.stylize
+    given_fields = {PARAMETER_FIELDS[name] for name in parsed.given}
+    return dataclasses.replace(parsed, **{k: v for k, v in values.items() if k not in given_fields})
+
+
+def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None) -> Request:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees."""
     parsed = parse_prompt(text)
+    if defaults is not None:
+        parsed = with_defaults(parsed, defaults)
     spec = registry.get(parsed.model)
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
@@ -94,6 +131,7 @@ class Studio:
         self.listeners: list[Listener] = []  # told of every event after it is stored
         self._watchers: dict[int, list[asyncio.Queue]] = {}
         self._consumer: asyncio.Task | None = None
+        self._submit_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Start the worker and queue again every job a crash or a stop left unfinished."""
@@ -112,8 +150,8 @@ class Studio:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def prepare(self, text: str) -> Request:
-        return prepare(self.registry, text)
+    def prepare(self, text: str, defaults: MemberSettings | None = None) -> Request:
+        return prepare(self.registry, text, defaults)
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text), **where)
@@ -239,15 +277,52 @@ class Studio:
 
     async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
                      parent_index: int | None = None, guild_id: int | None = None,
-                     channel_id: int | None = None) -> Submitted:
-        """Store the job, then queue it: a job is in the database before anyone hears 'queued'."""
-        job = await self.store.create_job(
-            user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
-            prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
-            parent_index=parent_index, guild_id=guild_id, channel_id=channel_id)
+                     channel_id: int | None = None, rules: GuildSettings | None = None) -> Submitted:
+        """Check the server's rules, store the job, then queue it: a job is in the database
+        before anyone hears 'queued'."""
+        # One submission at a time: the limit checks and the insert must not interleave
+        # (twenty simultaneous requests with a limit of three queue exactly three).
+        async with self._submit_lock:
+            if rules is not None:
+                await self._check_rules(member, request, rules, channel_id)
+            job = await self.store.create_job(
+                user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
+                prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id)
         events = self.watch(job.id)
         position = await self.queue.submit(job.id, member.id, request)
         return Submitted(job.id, position, request, events)
+
+    async def _check_rules(self, member: Member, request: Request, rules: GuildSettings,
+                           channel_id: int | None) -> None:
+        if rules.paused:
+            raise LimitError("Pintor is paused on this server by its admins. Try again later.")
+        channels = id_list(rules.channel_ids)
+        if channels and channel_id not in channels:
+            raise LimitError("Pintor does not answer in this channel. Use one of: "
+                             + ", ".join(f"<#{c}>" for c in channels) + ".")
+        allowed = name_list(rules.allowed_models)
+        if allowed and request.model not in allowed and request.kind != "upscale":
+            raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
+        if rules.max_steps and request.steps > rules.max_steps:
+            raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
+                             f"use --steps {rules.max_steps} or a lower --q.")
+        if rules.max_side and max(request.width, request.height) > rules.max_side:
+            raise LimitError(f"{request.width}×{request.height} is over this server's limit of "
+                             f"{rules.max_side} pixels per side.")
+        if rules.max_queued_per_member is not None:
+            waiting = await self.store.count_unfinished(member.id)
+            if waiting >= rules.max_queued_per_member:
+                raise LimitError(f"You already have {waiting} jobs queued or running; this server allows "
+                                 f"{rules.max_queued_per_member}. Wait for one to finish, or /cancel one.")
+        if rules.daily_quota is not None:
+            midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            used = await self.store.count_since(member.id, midnight)
+            if used >= rules.daily_quota:
+                left = midnight + timedelta(days=1) - datetime.now(UTC)
+                hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
+                raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
+                                 f"at 00:00 UTC, in {hours} h {minutes} min.")
 
     async def cancel(self, job_id: int) -> bool:
         return await self.queue.cancel(job_id)

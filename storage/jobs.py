@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from storage.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, Image, Job, User, utcnow
@@ -79,6 +81,38 @@ class JobStore:
                               for i, img in enumerate(images, start=1))
             job.status, job.grid_path, job.finished_at = DONE, grid_path, utcnow()
             job.notices = "\n".join(notices) or None
+
+    async def history(self, user_id: int, *, offset: int, limit: int) -> tuple[Sequence[Job], int]:
+        """A page of a member's jobs, newest first, and how many they have (index-only queries)."""
+        async with self.session() as session:
+            total = await session.scalar(select(func.count()).select_from(Job).where(Job.user_id == user_id))
+            jobs = await session.scalars(select(Job).where(Job.user_id == user_id)
+                                         .order_by(Job.id.desc()).offset(offset).limit(limit))
+            return jobs.all(), total or 0
+
+    async def count_unfinished(self, user_id: int) -> int:
+        async with self.session() as session:
+            return await session.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == user_id, Job.status.in_(UNFINISHED))) or 0
+
+    async def count_since(self, user_id: int, since: datetime) -> int:
+        """Jobs a member asked for since `since` (cancelled and failed ones included)."""
+        async with self.session() as session:
+            return await session.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == user_id, Job.created_at >= since)) or 0
+
+    async def forget_user(self, user_id: int) -> list[str]:
+        """Delete a member's jobs, images, settings and user row; returns the files to delete."""
+        async with self.session.begin() as session:
+            jobs = (await session.scalars(select(Job).where(Job.user_id == user_id))).all()
+            paths = [p for job in jobs for p in [job.grid_path, *(i.path for i in job.images)] if p]
+            ids = [job.id for job in jobs]
+            # other members' jobs made from these (V/U of a grid) keep their own pictures
+            await session.execute(update(Job).where(Job.parent_id.in_(ids)).values(parent_id=None))
+            await session.execute(delete(Image).where(Image.job_id.in_(ids)))
+            await session.execute(delete(Job).where(Job.id.in_(ids)))
+            await session.execute(delete(User).where(User.id == user_id))
+        return paths
 
     async def _set(self, job_id: int, **values) -> None:
         async with self.session.begin() as session:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Job statuses. QUEUED and RUNNING jobs are picked up again when Pintor starts.
@@ -30,7 +31,8 @@ class User(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_user_id_id", "user_id", "id"), Index("ix_jobs_status", "status"))
+    __table_args__ = (Index("ix_jobs_user_id_id", "user_id", "id"), Index("ix_jobs_status", "status"),
+                      Index("ix_jobs_user_id_created_at", "user_id", "created_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
@@ -68,3 +70,46 @@ class Image(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MemberSettings(Base):
+    """A member's defaults (/settings). None = the server's or model's own default."""
+
+    __tablename__ = "member_settings"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str | None] = mapped_column(String(64), default=None)
+    aspect: Mapped[str | None] = mapped_column(String(16), default=None)  # "16:9"
+    quality: Mapped[float | None] = mapped_column(Float, default=None)
+    stylize: Mapped[int | None] = mapped_column(Integer, default=None)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)  # results only to them (ephemeral)
+    append: Mapped[str] = mapped_column(Text, default="")  # parameters added to every prompt
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    @classmethod
+    def new(cls, user_id: int) -> MemberSettings:
+        return cls(user_id=user_id, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
+
+
+class GuildSettings(Base):
+    """A server's rules (/pintor-admin). None = no limit / everything allowed."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    allowed_models: Mapped[str | None] = mapped_column(Text, default=None)  # comma-separated names
+    channel_ids: Mapped[str | None] = mapped_column(Text, default=None)  # comma-separated ids
+    max_queued_per_member: Mapped[int | None] = mapped_column(Integer, default=5)
+    daily_quota: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_steps: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_side: Mapped[int | None] = mapped_column(Integer, default=None)
+    buttons_author_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    nsfw_check: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)  # new jobs refused; queued ones still run
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    @classmethod
+    def new(cls, guild_id: int) -> GuildSettings:
+        return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=5,
+                   daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
+                   nsfw_check=True, paused=False)

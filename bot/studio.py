@@ -69,6 +69,17 @@ class Submitted:
 Listener = Callable[[int, Event], Awaitable[None]]
 
 
+def _delete_files(paths: list[str]) -> int:
+    deleted = 0
+    for path in paths:
+        try:
+            Path(path).unlink()
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
+
+
 def _blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float], float]:
     """'2,1' → image weights (and, with one more value, the text's weight; default 1)."""
     if not text.strip():
@@ -104,8 +115,9 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPromp
         values["quality"] = defaults.quality
     if defaults.stylize is not None:
         values["stylize"] = defaults.stylize
-    given_fields = {PARAMETER_FIELDS[name] for name in parsed.given}
-    return dataclasses.replace(parsed, **{k: v for k, v in values.items() if k not in given_fields})
+    names = {field: name for name, field in PARAMETER_FIELDS.items()}
+    applied = {field: value for field, value in values.items() if names[field] not in parsed.given}
+    return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
 
 
 def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None) -> Request:
@@ -324,8 +336,23 @@ class Studio:
                 raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
                                  f"at 00:00 UTC, in {hours} h {minutes} min.")
 
-    async def cancel(self, job_id: int) -> bool:
+    async def cancel(self, job_id: int, *, member: Member | None = None) -> bool:
+        """Cancel a queued or running job (a running one stops at its next step). With
+        `member`, only their own job; False when there is nothing of theirs to cancel."""
+        if member is not None:
+            job = await self.store.get(job_id)
+            if job is None or job.user_id != member.id:
+                return False
         return await self.queue.cancel(job_id)
+
+    async def forget(self, member: Member) -> int:
+        """Delete a member's jobs, settings and files (after cancelling what still runs).
+        Returns how many files were deleted."""
+        for job in await self.store.unfinished():
+            if job.user_id == member.id:
+                await self.queue.cancel(job.id)
+        paths = await self.store.forget_user(member.id)
+        return await asyncio.to_thread(_delete_files, paths)
 
     def watch(self, job_id: int) -> AsyncIterator[Event]:
         """The job's events from now on, each after it has been stored."""

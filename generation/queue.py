@@ -110,7 +110,9 @@ class LocalQueue:
         """Stop the worker after its current step; a job it was running is reported
         Interrupted, so the caller can keep it queued for the next start."""
         self._closing = True
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._process.is_alive() and self.state.running_job is None:
+            self._process.terminate()  # idle (or still starting): nothing to finish
+        elif self._process is not None and self._process.is_alive():
             self._send("stop")
             try:
                 await asyncio.wait_for(self._stopped.wait(), STOP_TIMEOUT_S)

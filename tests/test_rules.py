@@ -1,0 +1,144 @@
+"""Member settings, server rules and privacy: storage, migration and the studio's checks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from bot.studio import USER_ERRORS, LimitError, Member, Studio, prepare, with_defaults
+from generation.prompt import parse_prompt
+from generation.queue import LocalQueue
+from generation.registry import load_registry
+from generation.worker import WorkerConfig
+from storage.db import current_revision, open_engine, upgrade
+from storage.jobs import JobStore
+from storage.models import GuildSettings, MemberSettings
+from storage.settings import SettingsStore
+
+
+@pytest.fixture
+async def engine(tmp_path: Path):
+    engine = open_engine(f"sqlite+aiosqlite:///{tmp_path / 'pintor.db'}")
+    await upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path):
+    engine = open_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    await upgrade(engine, "0001")
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO users (id, name, created_at) VALUES (42, 'ann', CURRENT_TIMESTAMP)"))
+        await conn.execute(text(
+            "INSERT INTO jobs (user_id, kind, model, prompt, request, status, created_at) "
+            "VALUES (42, 'imagine', 'sd-turbo', 'a fox', '{}', 'done', CURRENT_TIMESTAMP)"))
+    await upgrade(engine)
+    current, head = await current_revision(engine)
+    assert current == head != "0001"
+    jobs, total = await JobStore(engine).history(42, offset=0, limit=10)
+    assert total == 1 and jobs[0].prompt == "a fox"
+    settings = await SettingsStore(engine).update_member(42, private=True, aspect="16:9")
+    assert (await SettingsStore(engine).member(42)).private and settings.aspect == "16:9"
+    await engine.dispose()
+
+
+async def test_history_pages_over_250_jobs(engine):
+    store = JobStore(engine)
+    for i in range(250):
+        await store.create_job(user_id=7, user_name="bo", kind="imagine", model="m", prompt=f"p{i}", request="{}")
+    await store.create_job(user_id=8, user_name="cy", kind="imagine", model="m", prompt="other", request="{}")
+    seen = []
+    for page in range(25):
+        jobs, total = await store.history(7, offset=page * 10, limit=10)
+        assert total == 250 and len(jobs) == 10
+        seen += [job.prompt for job in jobs]
+    assert seen == [f"p{i}" for i in reversed(range(250))]  # newest first, every job once
+    assert (await store.history(7, offset=250, limit=10))[0] == []
+
+
+def test_member_defaults_fill_what_the_prompt_does_not_say():
+    defaults = MemberSettings.new(1)
+    defaults.aspect, defaults.stylize, defaults.append = "16:9", 300, "--no text --chaos 20"
+    merged = with_defaults(parse_prompt("a fox --chaos 5"), defaults)
+    assert merged.aspect == (16, 9) and merged.stylize == 300 and merged.negative == "text"
+    assert merged.chaos == 5  # the prompt wins
+    assert with_defaults(parse_prompt("a fox --ar 1:2"), defaults).aspect == (1, 2)
+
+
+def test_prepare_applies_member_defaults_and_names_them(registry_file):
+    registry = load_registry(registry_file)
+    defaults = MemberSettings.new(1)
+    defaults.model, defaults.aspect = "tiny-sdxl", "2:1"
+    request = prepare(registry, "a fox", defaults)
+    assert request.model == "tiny-sdxl" and request.width == 2 * request.height
+    assert "--ar 2:1" in request.parameters and "--model tiny-sdxl" in request.parameters
+
+
+@pytest.fixture
+async def studio(engine, tmp_path: Path, registry_file: Path):
+    queue = LocalQueue(WorkerConfig(output_dir=str(tmp_path / "images"), registry_path=str(registry_file),
+                                    device="cpu"))
+    studio = Studio(registry=load_registry(registry_file), store=JobStore(engine), queue=queue,
+                    inputs_dir=tmp_path / "inputs")
+    await studio.start()
+    yield studio
+    await studio.close()
+
+
+async def test_twenty_simultaneous_requests_with_a_limit_of_three_queue_three(studio):
+    rules = GuildSettings.new(1)
+    rules.max_queued_per_member = 3
+    member = Member(5, "dee")
+    # many steps: none of the three finishes while the twenty arrive
+    request = studio.prepare("a fox --steps 150")
+    results = await asyncio.gather(*(studio.submit(member, request, rules=rules, guild_id=1) for _ in range(20)),
+                                   return_exceptions=True)
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(accepted) == 3 and len(refused) == 17
+    assert all(isinstance(r, LimitError) and "allows 3" in str(r) for r in refused)
+    assert await studio.store.count_unfinished(member.id) == 3
+    for submitted in accepted:
+        await studio.cancel(submitted.job_id)
+
+
+async def test_rules_refuse_with_a_reason_and_store_nothing(studio):
+    member = Member(6, "eve")
+    cases = [
+        (dict(daily_quota=0), "resets at 00:00 UTC"),
+        (dict(allowed_models="tiny-sdxl"), "not allowed on this server"),
+        (dict(max_steps=1), "over this server's limit of 1"),
+        (dict(max_side=64), "limit of 64 pixels"),
+        (dict(paused=True), "paused"),
+        (dict(channel_ids="111,222"), "<#111>"),
+    ]
+    for values, message in cases:
+        rules = GuildSettings.new(1)
+        for key, value in values.items():
+            setattr(rules, key, value)
+        with pytest.raises(LimitError, match=message):
+            await studio.submit(member, studio.prepare("a fox"), rules=rules, channel_id=333)
+    assert await studio.store.count_unfinished(member.id) == 0
+    assert (await studio.store.history(member.id, offset=0, limit=5))[1] == 0
+
+
+async def test_cancel_only_ones_own_job_and_forget_removes_rows_and_files(studio):
+    ann, bob = Member(11, "ann"), Member(12, "bob")
+    done = await studio.imagine(ann, "a fox --seed 3")
+    async for _ in done.events:
+        pass
+    job = await studio.job(done.job_id)
+    files = [Path(job.grid_path)] + [Path(i.path) for i in job.images]
+    assert job.status == "done" and all(f.is_file() for f in files)
+
+    waiting = await studio.imagine(ann, "a slow fox --steps 150")
+    assert not await studio.cancel(waiting.job_id, member=bob)  # not bob's
+    assert await studio.forget(ann) == len(files)
+    assert not any(f.exists() for f in files)
+    assert await studio.job(done.job_id) is None and await studio.job(waiting.job_id) is None
+    assert (await studio.store.history(ann.id, offset=0, limit=5))[1] == 0
+    with pytest.raises(USER_ERRORS):
+        await studio.upscale(bob, done.job_id, 1)

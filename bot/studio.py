@@ -297,6 +297,7 @@ class Studio:
         async with self._submit_lock:
             if rules is not None:
                 await self._check_rules(member, request, rules, channel_id)
+                request = request.replace(safety_check=rules.nsfw_check)
             job = await self.store.create_job(
                 user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
                 prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
@@ -393,7 +394,7 @@ class Studio:
         if isinstance(event, Started):
             await self.store.mark_running(event.job_id)
         elif isinstance(event, Done):
-            images = [NewImage(i.path, i.width, i.height, i.seed, i.sha256) for i in event.images]
+            images = [NewImage(i.path, i.width, i.height, i.seed, i.sha256, i.flagged) for i in event.images]
             await self.store.complete(event.job_id, images, event.grid.path, event.notices)
         elif isinstance(event, Failed):
             await self.store.mark_failed(event.job_id, event.reason)

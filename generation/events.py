@@ -13,6 +13,7 @@ class ImageFile:
     height: int
     seed: int
     sha256: str
+    flagged: bool = False  # by the NSFW check: blurred, to be shown behind a spoiler
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from diffusers import (
 
 from generation.devices import DeviceChoice
 from generation.registry import ModelSpec
+from generation.safety import SafetyChecker
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ class PipelineCache:
             entry[task] = self._build(spec, task, entry)
         return entry[task]
 
+    def safety_checker(self, spec: ModelSpec) -> SafetyChecker | None:
+        """The model's NSFW checker, if it ships one (after its text-to-image pipeline is loaded)."""
+        self.get(spec, "text2img")
+        return self._models[spec.name].get("safety")
+
     def release(self) -> None:
         """Unload every model (after running out of memory)."""
         self._models.clear()
@@ -102,7 +108,9 @@ class PipelineCache:
             return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec)
         if task == "text2img":
             cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
-            return self._finish(self._load(cls, spec.source, spec), spec)
+            pipe = self._load(cls, spec.source, spec)
+            entry["safety"] = SafetyChecker.take_from(pipe)
+            return self._finish(pipe, spec)
         raise ValueError(f"unknown task {task}")
 
     def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:

@@ -38,6 +38,7 @@ class Request:
     strength: float = 0.0  # image-to-image: how far from init_image (0–1)
     images: tuple[str, ...] = ()  # blend inputs (file paths)
     image_weights: tuple[float, ...] = ()
+    safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -42,18 +42,21 @@ def job_dir(output_dir: str | Path, job_id: int) -> Path:
     return Path(output_dir) / "jobs" / str(job_id)
 
 
-def save_images(images, request: Request, directory: Path) -> tuple[list[ImageFile], ImageFile]:
+def save_images(images, request: Request, directory: Path,
+                flagged: list[bool] | None = None) -> tuple[list[ImageFile], ImageFile]:
     """Each image and the grid as PNG files, each written atomically."""
+    flagged = flagged or [False] * len(images)
     files = []
-    for i, (image, seed) in enumerate(zip(images, request.seeds())):
+    for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged)):
         data = png_bytes(image)
         path = directory / f"{i + 1}.png"
         write_atomic(path, data)
-        files.append(ImageFile(str(path), image.width, image.height, seed, sha256(data)))
+        files.append(ImageFile(str(path), image.width, image.height, seed, sha256(data), bad))
     grid = make_grid(images, columns=2 if len(images) > 1 else 1)
     data = png_bytes(grid)
     write_atomic(directory / "grid.png", data)
-    return files, ImageFile(str(directory / "grid.png"), grid.width, grid.height, request.seed, sha256(data))
+    return files, ImageFile(str(directory / "grid.png"), grid.width, grid.height, request.seed, sha256(data),
+                            any(flagged))
 
 
 class _Worker:
@@ -134,7 +137,8 @@ class _Worker:
 
         try:
             result = engine.generate(request, on_step, should_stop)
-            files, grid = save_images(result.images, request, job_dir(self.config.output_dir, job_id))
+            files, grid = save_images(result.images, request, job_dir(self.config.output_dir, job_id),
+                                      result.flagged)
             self.send("event", Done(job_id, tuple(files), grid, tuple(result.notices)))
         except GenerationStopped:
             self.send("event", Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))

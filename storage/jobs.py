@@ -20,6 +20,7 @@ class NewImage:
     height: int
     seed: int
     sha256: str
+    flagged: bool = False
 
 
 class JobStore:
@@ -77,7 +78,7 @@ class JobStore:
             job.images.clear()  # a job run again after a crash replaces what it had
             await session.flush()
             job.images.extend(Image(index=i, path=img.path, width=img.width, height=img.height,
-                                    seed=img.seed, sha256=img.sha256)
+                                    seed=img.seed, sha256=img.sha256, flagged=img.flagged)
                               for i, img in enumerate(images, start=1))
             job.status, job.grid_path, job.finished_at = DONE, grid_path, utcnow()
             job.notices = "\n".join(notices) or None

@@ -417,3 +417,32 @@ if __name__ == "__main__":  # pragma: no cover - manual use: python tests/tiny_m
     for name, p in build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-models")).items():
         print(f"{name}: {p}")
     print(f"built in {time.perf_counter() - t0:.2f}s")
+
+
+def build_sd_with_safety_checker(path: Path, *, flag_everything: bool) -> Path:
+    """The tiny SD pipeline with a tiny NSFW ``StableDiffusionSafetyChecker``.
+
+    The checker flags an image when an embedding's cosine similarity to a concept is above the
+    concept's threshold: thresholds of -2 flag every image, +2 none (cosines lie in [-1, 1]).
+    """
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    path = Path(path)
+    build_sd(path)
+    torch.manual_seed(0)
+    vision = dict(hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=32, patch_size=8, projection_dim=TEXT_WIDTH)
+    tokenizer = make_clip_tokenizer()
+    config = CLIPConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=vision,
+                        projection_dim=TEXT_WIDTH)
+    checker = StableDiffusionSafetyChecker(config).eval()
+    threshold = -2.0 if flag_everything else 2.0
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    extractor = CLIPImageProcessor(crop_size=32, size=32)
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=checker, feature_extractor=extractor,
+                                                   requires_safety_checker=True)
+    pipe.save_pretrained(path)
+    return path

@@ -1,4 +1,4 @@
-"""member and server settings
+"""member and server settings, NSFW flags on images
 
 Revision ID: 0002
 Revises: 0001
@@ -41,9 +41,13 @@ def upgrade() -> None:
     # history pages and daily quotas read a member's jobs by time
     with op.batch_alter_table("jobs") as batch:
         batch.create_index("ix_jobs_user_id_created_at", ["user_id", "created_at"])
+    with op.batch_alter_table("images") as batch:
+        batch.add_column(sa.Column("flagged", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("images") as batch:
+        batch.drop_column("flagged")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_user_id_created_at")
     op.drop_table("guild_settings")

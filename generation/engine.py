@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -19,6 +19,7 @@ from generation.imaging import make_grid
 from generation.pipelines import PipelineCache
 from generation.registry import Registry
 from generation.request import Request
+from generation.safety import blur
 from generation.upscale import MAX_UPSCALED_SIDE, MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class GenerationStopped(Exception):
 class Generated:
     images: list[Image.Image]
     notices: list[str]
+    flagged: list[bool] = field(default_factory=list)  # by the model's NSFW check, per image
 
 
 def latents_preview(latents: torch.Tensor, width: int, height: int) -> Image.Image:
@@ -102,7 +104,14 @@ class Engine:
         images = run(request, spec, notices, self._callback(request, on_step, should_stop))
         if should_stop():
             raise GenerationStopped()
-        return Generated(images=images, notices=notices)
+        flagged = [False] * len(images)
+        checker = self.pipelines.safety_checker(spec) if request.safety_check else None
+        if checker is not None:
+            flagged = checker.flags(images)
+            images = [blur(image) if bad else image for image, bad in zip(images, flagged)]
+            if any(flagged):
+                notices.append(f"The safety check flagged {sum(flagged)} of {len(images)} images: they are blurred.")
+        return Generated(images=images, notices=notices, flagged=flagged)
 
     # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
 
@@ -222,9 +231,11 @@ class Engine:
             pipe = self.pipelines.get(spec, "upscale")
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
+            # the upscale pipeline only has the older per-step callback (no callback_on_step_end)
             return pipe(prompt=request.prompt, image=image, num_inference_steps=request.steps,
-                        guidance_scale=request.guidance, generator=generator,
-                        callback_on_step_end=callback).images[0]
+                        guidance_scale=request.guidance, generator=generator, callback_steps=1,
+                        callback=lambda step, t, latents: callback(pipe, step, t, {"latents": latents})
+                        ).images[0]
         except torch.OutOfMemoryError:
             self.pipelines.release()
             notices.append(f"The upscaling model ran out of GPU memory: enlarged ×{RESAMPLE_FACTOR} "
@@ -245,7 +256,8 @@ class Engine:
             latents = tensors.get("latents")
             on_step(step + 1, total, lambda: latents_preview(latents, request.width, request.height))
             if should_stop():
-                pipe._interrupt = True  # diffusers skips the remaining steps
+                # raised, not pipe._interrupt: Kandinsky's and the upscaler's loops ignore that flag
+                raise GenerationStopped()
             return tensors
         return callback
 

@@ -30,7 +30,10 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
         raise UploadError(f"{name} is {len(data) / 1024**2:.1f} MB; the limit is {max_bytes / 1024**2:.0f} MB.")
     try:
         # Image.open reads only the header: the size is known before any pixel is decoded.
-        image = Image.open(io.BytesIO(data))
+        # Pillow's own bomb warning is redundant with the pixel limit checked below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise UploadError(f"{name} is not an image (PNG, JPEG, WebP, GIF or BMP).") from None
     except Image.DecompressionBombError:

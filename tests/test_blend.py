@@ -1,0 +1,102 @@
+"""/blend below Discord: uploads checked, inputs kept with the job, weights steer the mix."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.studio import Member, RequestError, Studio
+from generation.inputs import UploadError
+from generation.queue import LocalQueue
+from generation.registry import load_registry
+from generation.request import Request
+from generation.worker import WorkerConfig
+from storage.db import open_engine, upgrade
+from storage.jobs import JobStore
+from tests.test_inputs import bomb_png
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+MEMBER = Member(21, "fay")
+
+
+def png(color, size=(48, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+CAT, TIGER = ("cat.png", png((200, 120, 40))), ("tiger.png", png((30, 160, 220), (64, 64)))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def studio(tmp_path_factory, registry_file):
+    tmp = tmp_path_factory.mktemp("blend")
+    engine = open_engine(f"sqlite+aiosqlite:///{tmp / 'pintor.db'}")
+    await upgrade(engine)
+    queue = LocalQueue(WorkerConfig(output_dir=str(tmp / "images"), registry_path=str(registry_file), device="cpu"))
+    studio = Studio(registry=load_registry(registry_file), store=JobStore(engine), queue=queue,
+                    inputs_dir=tmp / "inputs")
+    await studio.start()
+    yield studio
+    await studio.close()
+    await engine.dispose()
+
+
+async def finish(studio: Studio, submitted):
+    async for event in submitted.events:
+        pass
+    job = await studio.job(submitted.job_id)
+    assert job.status == "done", job.error
+    return job
+
+
+async def test_blend_two_images_with_a_text(studio):
+    job = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat tiger --seed 5",
+                                                  dimensions="landscape"))
+    request = Request.from_json(job.request)
+    assert job.kind == "blend" and job.model == "tiny-kandinsky"
+    assert len(request.images) == 2 and all(Path(p).is_file() for p in request.images)
+    assert request.image_weights == (1.0, 1.0) and request.parts == (("a cat tiger", 1.0),)
+    assert job.images[0].width > job.images[0].height  # landscape
+    assert len(job.images) == 4 and Path(job.grid_path).is_file()
+
+
+async def test_weights_change_the_result(studio):
+    first = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="x --seed 9", weights="3,1"))
+    second = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="x --seed 9", weights="1,3"))
+    again = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="x --seed 9", weights="3,1"))
+    assert [i.sha256 for i in first.images] == [i.sha256 for i in again.images]
+    assert [i.sha256 for i in first.images] != [i.sha256 for i in second.images]
+
+
+async def test_reroll_and_variation_of_a_blend_work_from_the_stored_inputs(studio):
+    blend = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER]))
+    reroll = await finish(studio, await studio.reroll(MEMBER, blend.id))
+    assert reroll.kind == "blend" and Request.from_json(reroll.request).images == Request.from_json(blend.request).images
+    variation = await finish(studio, await studio.vary(MEMBER, blend.id, 2, strong=False))
+    assert variation.kind == "variation" and variation.parent_index == 2
+
+
+@pytest.mark.parametrize("uploads, error, message", [
+    ([CAT, ("notes.png", b"just some text, not a picture\n" * 10)], UploadError, "notes.png is not an image"),
+    ([CAT, ("bomb.png", bomb_png())], UploadError, "bomb.png is 10000×10000"),
+    ([CAT], RequestError, "2 to 5 images"),
+    ([CAT, TIGER], RequestError, "weights"),
+])
+async def test_bad_uploads_change_nothing(studio, uploads, error, message):
+    inputs_before = set(studio.inputs_dir.glob("*")) if studio.inputs_dir.exists() else set()
+    _, jobs_before = await studio.store.history(MEMBER.id, offset=0, limit=1)
+    weights = "1,2,3" if message == "weights" else ""
+    with pytest.raises(error, match=message):
+        await studio.blend(MEMBER, uploads, weights=weights)
+    assert (await studio.store.history(MEMBER.id, offset=0, limit=1))[1] == jobs_before
+    assert (set(studio.inputs_dir.glob("*")) if studio.inputs_dir.exists() else set()) == inputs_before
+
+
+async def test_a_model_that_cannot_blend_is_refused(studio):
+    with pytest.raises(RequestError, match="'tiny-sd' cannot blend"):
+        await studio.blend(MEMBER, [CAT, TIGER], model="tiny-sd")

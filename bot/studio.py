@@ -23,6 +23,7 @@ from generation.registry import Registry, UnknownModelError
 from generation.upscale import RESAMPLE, can_upscale
 from generation.request import GRID_SIZE, Request, build_request, random_seed
 from storage.jobs import JobStore, NewImage
+from storage.settings import SettingsStore
 from storage.models import DONE, GuildSettings, Job, MemberSettings
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Studio:
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
                  inputs_dir: Path | None = None):
         self.registry = registry
+        self.settings = SettingsStore(store.engine)  # members' defaults and servers' rules
         self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
         self.store = store
         self.queue = queue

@@ -28,19 +28,6 @@ MAX_WORKER_DEATHS_PER_JOB = 3
 STOP_TIMEOUT_S = 120.0
 
 
-class JobQueue(Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def submit(self, job_id: int, user_id: int, request: Request) -> int:
-        """Queue a job (already stored by the caller); returns its place in line, 1 = next."""
-    async def cancel(self, job_id: int) -> bool:
-        """Remove a waiting job or stop a running one at its next step; False if unknown."""
-    def position(self, job_id: int) -> int | None:
-        """1 = next to run, 0 = running now, None = not in this queue."""
-    def events(self) -> AsyncIterator[Event]:
-        """Every job's events, in order; one reader."""
-
-
 @dataclass
 class WorkerState:
     """What the front end knows of the worker, for /info and `pintor doctor`."""
@@ -54,6 +41,24 @@ class WorkerState:
     restarts: int = 0
 
 
+class JobQueue(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def submit(self, job_id: int, user_id: int, request: Request) -> int:
+        """Queue a job (already stored by the caller); returns its place in line, 1 = next."""
+    async def cancel(self, job_id: int) -> bool:
+        """Remove a waiting job or stop a running one at its next step; False if unknown."""
+    def position(self, job_id: int) -> int | None:
+        """1 = next to run, 0 = running now, None = not in this queue."""
+    def events(self) -> AsyncIterator[Event]:
+        """Every job's events, in order; one reader."""
+    def waiting(self) -> list[int]:
+        """The waiting jobs in the order they will run."""
+    @property
+    def state(self) -> WorkerState:
+        """What is known of the worker: ready, device, the running job and its step."""
+
+
 class LocalQueue:
     def __init__(self, config: WorkerConfig):
         self.config = config
@@ -61,6 +66,7 @@ class LocalQueue:
         self._waiting = FairQueue()
         self._jobs: dict[int, tuple[int, Request]] = {}  # job id → (user id, request), waiting or running
         self._deaths: dict[int, int] = {}
+        self._start_failures = 0  # worker deaths in a row before it was ready
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process = None
@@ -192,6 +198,7 @@ class LocalQueue:
         kind = message[0]
         if kind == "ready":
             self.state.ready, self.state.device, self.state.error = True, message[1], None
+            self._start_failures = 0
             log.info("worker ready on %s", message[1].get("device_name"))
             self._dispatch()
         elif kind == "fatal":
@@ -217,7 +224,7 @@ class LocalQueue:
     def _on_worker_exit(self, generation: int) -> None:
         if generation != self._generation:
             return
-        self.state.ready = False
+        was_ready, self.state.ready = self.state.ready, False
         if self._closing:
             job_id = self.state.running_job
             self.state.running_job = None
@@ -227,6 +234,14 @@ class LocalQueue:
             return
         if self.state.error:
             return  # it could not start: restarting would fail the same way
+        if not was_ready:
+            # it died while loading (no "fatal" message: a crash at import, the OOM killer...)
+            self._start_failures += 1
+            if self._start_failures >= MAX_WORKER_DEATHS_PER_JOB:
+                self.state.error = f"the worker process died {self._start_failures} times while starting"
+                log.error("%s; not restarting it", self.state.error)
+                self._fail_all(f"The generation worker could not start: {self.state.error}")
+                return
         job_id = self.state.running_job
         self.state.running_job = None
         self.state.restarts += 1

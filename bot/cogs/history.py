@@ -1,0 +1,112 @@
+"""/history: a member's own jobs, newest first, a page at a time (works after restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from bot.studio import Studio
+from generation.request import Request
+from storage.models import Job
+
+PAGE_SIZE = 5  # one embed (with its thumbnail) per job; Discord allows 10 embeds a message
+THUMBNAIL_SIDE = 160
+
+
+def jump_url(job: Job) -> str | None:
+    if job.channel_id is None or job.message_id is None:
+        return None
+    return f"https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/{job.message_id}"
+
+
+def thumbnail(path: str) -> bytes | None:
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=80)
+            return buffer.getvalue()
+    except OSError:
+        return None  # the file is gone: the entry is listed without a picture
+
+
+def job_embed(job: Job) -> discord.Embed:
+    request = Request.from_json(job.request)
+    embed = discord.Embed(title=(job.prompt or job.kind)[:250], timestamp=job.created_at)
+    embed.description = " ".join(filter(None, [request.parameters, f"--seed {request.seed}"]))[:1000]
+    embed.add_field(name="job", value=f"`/show job_id:{job.id}`")
+    embed.add_field(name="kind", value=job.kind)
+    embed.add_field(name="model", value=job.model)
+    embed.add_field(name="status", value=job.status + (f": {job.error[:200]}" if job.error else ""))
+    if url := jump_url(job):
+        embed.add_field(name="message", value=f"[jump to it]({url})")
+    return embed
+
+
+class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pintor:h:(?P<user>\d+):(?P<page>\d+)"):
+    def __init__(self, user_id: int, page: int, label: str, *, disabled: bool = False):
+        super().__init__(discord.ui.Button(label=label, custom_id=f"pintor:h:{user_id}:{page}",
+                                           style=discord.ButtonStyle.secondary, disabled=disabled))
+        self.user_id, self.page = user_id, page
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(int(match["user"]), int(match["page"]), item.label or "")
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.user_id:
+            await interaction.response.send_message("This is someone else's history: use /history for yours.",
+                                                    ephemeral=True)
+            return
+        embeds, files, view = await history_page(interaction.client.studio, self.user_id, self.page)
+        await interaction.response.edit_message(embeds=embeds, attachments=files, view=view)
+
+
+async def history_page(studio: Studio, user_id: int, page: int):
+    jobs, total = await studio.store.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    if page > pages:  # jobs were deleted meanwhile: show the last page
+        page = pages
+        jobs, total = await studio.store.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    thumbnails = await asyncio.to_thread(lambda: [thumbnail(j.grid_path) if j.grid_path else None for j in jobs])
+    embeds, files = [], []
+    for job, data in zip(jobs, thumbnails):
+        embed = job_embed(job)
+        if data is not None:
+            name = f"job{job.id}.jpg"
+            files.append(discord.File(io.BytesIO(data), filename=name))
+            embed.set_thumbnail(url=f"attachment://{name}")
+        embeds.append(embed)
+    if embeds:
+        embeds[-1].set_footer(text=f"page {page} of {pages} · {total} jobs")
+    view = discord.ui.View(timeout=None)
+    view.add_item(PageButton(user_id, page - 1, "◀ newer", disabled=page <= 1))
+    view.add_item(PageButton(user_id, page + 1, "older ▶", disabled=page >= pages))
+    return embeds, files, view
+
+
+class History(commands.Cog):
+    def __init__(self, bot):
+        self.bot = bot
+
+    @app_commands.command(name="history")
+    @app_commands.describe(page="which page (1 = your newest jobs)")
+    async def history(self, interaction: discord.Interaction, page: app_commands.Range[int, 1, 100000] = 1):
+        """Your jobs, newest first (only you see this)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        embeds, files, view = await history_page(self.bot.studio, interaction.user.id, page)
+        if not embeds:
+            await interaction.edit_original_response(content="You have no jobs yet: try /imagine.")
+            return
+        await interaction.edit_original_response(embeds=embeds, attachments=files, view=view)
+
+
+async def setup(bot) -> None:
+    bot.add_dynamic_items(PageButton)
+    await bot.add_cog(History(bot))

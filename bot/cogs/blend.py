@@ -1,0 +1,74 @@
+"""/blend: two to five images (and a text) mixed into a new grid by a Kandinsky prior."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import Delivery
+from bot.downloads import download
+from generation.inputs import MAX_UPLOAD_BYTES
+
+if TYPE_CHECKING:
+    from bot.discord_bot import PintorBot
+
+DIMENSIONS = [app_commands.Choice(name=name, value=name) for name in ("square", "portrait", "landscape")]
+
+
+class Blend(commands.Cog):
+    def __init__(self, bot: PintorBot):
+        self.bot = bot
+        self.http: aiohttp.ClientSession | None = None
+
+    async def cog_load(self) -> None:
+        self.http = aiohttp.ClientSession()
+
+    async def cog_unload(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    @app_commands.command(name="blend")
+    @app_commands.describe(image1="first image", image2="second image", image3="optional third image",
+                           image4="optional fourth image", image5="optional fifth image",
+                           prompt="optional text to mix in, with --parameters",
+                           dimensions="the shape of the result (default square)",
+                           weights="how much each image counts, e.g. 2,1 (one more value weighs the text)")
+    @app_commands.choices(dimensions=DIMENSIONS)
+    async def blend(self, interaction: discord.Interaction, image1: discord.Attachment,
+                    image2: discord.Attachment, image3: discord.Attachment | None = None,
+                    image4: discord.Attachment | None = None, image5: discord.Attachment | None = None,
+                    prompt: str = "", dimensions: app_commands.Choice[str] | None = None,
+                    weights: str = "") -> None:
+        """Mix 2–5 images (and a text) into four new pictures."""
+        received_at = time.monotonic()
+        if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
+            from bot.cogs.imagine import DM_REFUSAL
+
+            await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
+            return
+        attachments = [a for a in (image1, image2, image3, image4, image5) if a is not None]
+        # A declared size is only a hint (the download enforces the cap), but it lets an
+        # obviously too large file be refused before anything is fetched.
+        for attachment in attachments:
+            if attachment.size > MAX_UPLOAD_BYTES:
+                await interaction.response.send_message(
+                    f"⚠️ {attachment.filename} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.", ephemeral=True)
+                return
+        await interaction.response.defer(thinking=True)  # downloads can take a while
+        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at)
+
+        async def submit(member, where):
+            uploads = [(a.filename, await download(self.http, a.url, a.filename)) for a in attachments]
+            return await self.bot.studio.blend(member, uploads, prompt=prompt, weights=weights,
+                                               dimensions=dimensions.value if dimensions else "square", **where)
+
+        await self.bot.start_job(interaction, delivery, submit)
+
+
+async def setup(bot: PintorBot) -> None:
+    await bot.add_cog(Blend(bot))

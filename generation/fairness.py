@@ -10,6 +10,7 @@ class FairQueue:
     def __init__(self) -> None:
         # user → their waiting jobs; the dict's order is whose turn comes next.
         self._jobs: OrderedDict[int, deque[int]] = OrderedDict()
+        self._last_served: int | None = None  # the member whose job was popped last
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._jobs.values())
@@ -19,7 +20,13 @@ class FairQueue:
 
     def push(self, job_id: int, user_id: int, *, front: bool = False) -> None:
         """Add a job; `front` puts it first in line (a job the worker lost is run again first)."""
+        # The member served last waits at the end, their turn of this round had: a newcomer
+        # goes before them (else the member whose job runs now gets two turns before them).
+        last_had_turn = (user_id not in self._jobs and bool(self._jobs)
+                         and next(reversed(self._jobs)) == self._last_served)
         jobs = self._jobs.setdefault(user_id, deque())
+        if last_had_turn:
+            self._jobs.move_to_end(self._last_served)
         if front:
             jobs.appendleft(job_id)
             self._jobs.move_to_end(user_id, last=False)
@@ -32,6 +39,7 @@ class FairQueue:
             return None
         user_id, jobs = next(iter(self._jobs.items()))
         job_id = jobs.popleft()
+        self._last_served = user_id
         if jobs:
             self._jobs.move_to_end(user_id)
         else:

@@ -110,12 +110,27 @@ class Registry:
 _FIELDS = {f.name for f in fields(ModelSpec)} - {"name"}
 
 
+# field → (accepted types, what the value must be, its lowest value); a bad value is an error
+# when the file is read, not a crash when a member first uses the model
+_FIELD_RULES: dict[str, tuple[tuple[type, ...], str, float | None]] = {
+    "native_side": ((int,), "a whole number of pixels, at least 64", 64),
+    "steps": ((int,), "a whole number, at least 1", 1),
+    "guidance": ((int, float), "a number, at least 0", 0),
+}
+
+
 def _parse_entry(name: str, entry: dict) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise RegistryError(f"model '{name}': expected a [models.{name}] table with 'source' and 'family'")
     unknown = set(entry) - _FIELDS
     if unknown:
         raise RegistryError(f"model '{name}': unknown field(s) {', '.join(sorted(unknown))}")
     if "source" not in entry or "family" not in entry:
         raise RegistryError(f"model '{name}': 'source' and 'family' are required")
+    for key, value in entry.items():
+        types, wanted, lowest = _FIELD_RULES.get(key, ((str,), "a string", None))
+        if isinstance(value, bool) or not isinstance(value, types) or (lowest is not None and value < lowest):
+            raise RegistryError(f"model '{name}': '{key}' must be {wanted}, not {value!r}")
     if entry["family"] not in FAMILY_DEFAULTS:
         raise RegistryError(
             f"model '{name}': unknown family '{entry['family']}' "
@@ -142,7 +157,7 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     else:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as err:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise RegistryError(f"cannot read model registry {path}: {err}") from None
         tables = data.get("models") or {}
         if not isinstance(tables, dict) or not tables:
@@ -153,11 +168,11 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
         upscaler = data.get("upscaler") or next((m.name for m in models.values() if m.is_upscaler), None)
         origin = str(path)
     chosen = default or file_default
-    if chosen not in models or not models[chosen].can_generate:
+    if not isinstance(chosen, str) or chosen not in models or not models[chosen].can_generate:
         raise RegistryError(
             f"default model '{chosen}' is not a configured text-to-image model "
             f"(configured: {', '.join(models)})"
         )
-    if upscaler is not None and (upscaler not in models or not models[upscaler].is_upscaler):
+    if upscaler is not None and (not isinstance(upscaler, str) or upscaler not in models or not models[upscaler].is_upscaler):
         raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
     return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin)

@@ -115,6 +115,15 @@ class JobStore:
             await session.execute(delete(User).where(User.id == user_id))
         return paths
 
+    async def undelivered(self, since: datetime, limit: int = 100) -> Sequence[Job]:
+        """Jobs finished since `since` for a channel whose result was never posted there (no
+        message recorded): e.g. done while the front end was stopping. Oldest first."""
+        async with self.session() as session:
+            result = await session.scalars(select(Job).where(
+                Job.status == DONE, Job.channel_id.is_not(None), Job.message_id.is_(None),
+                Job.finished_at >= since).order_by(Job.id).limit(limit))
+            return result.all()
+
     async def _set(self, job_id: int, **values) -> None:
         async with self.session.begin() as session:
             await session.execute(update(Job).where(Job.id == job_id).values(**values))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Job statuses. QUEUED and RUNNING jobs are picked up again when Pintor starts.
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -15,6 +16,25 @@ UNFINISHED = (QUEUED, RUNNING)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that reads back as an aware UTC datetime on every database: SQLite keeps no
+    time zone, so a plain DateTime(timezone=True) returns naive values there (aware ones on
+    PostgreSQL), and naive and aware datetimes cannot even be compared."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)  # SQLite stores the wall time: make it UTC's
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -26,7 +46,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # Discord user id; 0 = CLI
     name: Mapped[str] = mapped_column(String(100), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):
@@ -49,9 +69,9 @@ class Job(Base):
     guild_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     channel_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     message_id: Mapped[int | None] = mapped_column(BigInteger, default=None)  # where the result was posted
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     images: Mapped[list[Image]] = relationship(order_by="Image.index", lazy="selectin",
                                                cascade="all, delete-orphan")
@@ -70,7 +90,7 @@ class Image(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)  # by the NSFW check: blurred, spoilered
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class MemberSettings(Base):
@@ -85,7 +105,7 @@ class MemberSettings(Base):
     stylize: Mapped[int | None] = mapped_column(Integer, default=None)
     private: Mapped[bool] = mapped_column(Boolean, default=False)  # results only to them (ephemeral)
     append: Mapped[str] = mapped_column(Text, default="")  # parameters added to every prompt
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
     def new(cls, user_id: int) -> MemberSettings:
@@ -107,7 +127,7 @@ class GuildSettings(Base):
     buttons_author_only: Mapped[bool] = mapped_column(Boolean, default=False)
     nsfw_check: Mapped[bool] = mapped_column(Boolean, default=True)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)  # new jobs refused; queued ones still run
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
     def new(cls, guild_id: int) -> GuildSettings:

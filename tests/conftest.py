@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.discord_harness import discord_harness, pintor  # noqa: F401 - the Discord tests' shared bot
 from tests.tiny_models import build_all
 
 
@@ -51,3 +52,10 @@ steps = 2
 @pytest.fixture(scope="session")
 def registry_file(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_registry(tmp_path_factory.mktemp("registry") / "models.toml", tiny_models)
+
+
+@pytest.fixture(scope="session")
+def small_registry_file(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny models with "tiny-sd" at a native 64 px: the cheapest grids, for tests
+    that run jobs through the worker process."""
+    return write_registry(tmp_path_factory.mktemp("registry64") / "models.toml", tiny_models, native_side=64)

@@ -1,0 +1,300 @@
+"""generation.engine in this process, on the tiny random-weight pipelines, on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generation.devices import choose_device
+from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise
+from generation.imaging import png_bytes
+from generation.pipelines import ModelLoadError, PipelineCache
+from generation.prompt import parse_prompt
+from generation.registry import Registry, UnknownModelError, load_registry
+from generation.request import Request, build_request
+from generation.upscale import RESAMPLE
+
+CPU = choose_device("cpu")
+
+
+@pytest.fixture(scope="module")
+def registry(small_registry_file: Path) -> Registry:
+    return load_registry(small_registry_file)  # tiny-sd at a native 64 px
+
+
+@pytest.fixture(scope="module")
+def engine(registry: Registry) -> Engine:
+    # room for every tiny model: each is loaded once for the whole module
+    return Engine(registry, CPU, max_models=4)
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory):
+    """A random RGB picture saved as PNG, of any size."""
+    folder = tmp_path_factory.mktemp("pictures")
+
+    def make(width: int, height: int, seed: int = 0) -> str:
+        path = folder / f"{width}x{height}-{seed}.png"
+        if not path.exists():
+            pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path)
+        return str(path)
+
+    return make
+
+
+def request(registry: Registry, text: str, **changes) -> Request:
+    parsed = parse_prompt(text)
+    return build_request(parsed, registry.get(parsed.model)).replace(**changes)
+
+
+def run(engine: Engine, req: Request, stop_after: int | None = None):
+    steps: list[tuple[int, int]] = []
+    previews: list[Image.Image] = []
+
+    def on_step(step, total, make_preview):
+        steps.append((step, total))
+        if len(previews) < 2:
+            previews.append(make_preview())
+
+    result = engine.generate(req, on_step, lambda: stop_after is not None and len(steps) >= stop_after)
+    return result, steps, previews
+
+
+def pixels(images: list[Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.float32) for image in images])
+
+
+def spread(images: list[Image.Image]) -> float:
+    """Mean absolute pixel difference between the pictures of a grid, over every pair."""
+    a = pixels(images)
+    return float(np.mean([np.abs(a[i] - a[j]).mean() for i in range(len(a)) for j in range(i + 1, len(a))]))
+
+
+# -- Stable Diffusion ---------------------------------------------------------------------------
+
+
+def test_same_request_same_pixels_other_seed_other_pixels(engine, registry):
+    first, steps, _ = run(engine, request(registry, "a red fox in the snow --seed 42"))
+    assert len(first.images) == 4 and all(image.size == (64, 64) for image in first.images)
+    assert first.notices == [] and steps == [(1, 2), (2, 2)]
+    again, _, _ = run(engine, request(registry, "a red fox in the snow --seed 42"))
+    assert np.array_equal(pixels(first.images), pixels(again.images))
+    other, _, _ = run(engine, request(registry, "a red fox in the snow --seed 43"))
+    assert np.abs(pixels(first.images) - pixels(other.images)).mean() > 1.0
+    assert spread(first.images) > 1.0  # four different pictures, not one four times
+
+
+def test_chaos_spreads_the_starting_noise():
+    shape = (4, 32, 32)
+    base = request(load_registry(), "a cat --seed 11")
+
+    def mean_cosine(chaos: int) -> float:
+        noise = initial_noise(base.replace(chaos=chaos), shape).flatten(1)
+        assert noise.shape == (4, 4096)
+        assert torch.all((noise.std(dim=1) > 0.9) & (noise.std(dim=1) < 1.1))  # still unit noise
+        unit = noise / noise.norm(dim=1, keepdim=True)
+        cos = unit @ unit.T
+        return float(cos[~torch.eye(4, dtype=torch.bool)].mean())
+
+    calm, medium, wild = mean_cosine(0), mean_cosine(50), mean_cosine(100)
+    assert calm > 0.25 and abs(wild) < 0.1 and wild < medium < calm
+    assert torch.equal(initial_noise(base, shape), initial_noise(base, shape))  # deterministic
+    assert not torch.equal(initial_noise(base, shape)[0], initial_noise(base.replace(seed=12), shape)[0])
+
+
+def test_chaos_zero_grids_are_more_alike_than_chaos_hundred(engine, registry):
+    calm = [spread(run(engine, request(registry, f"a red fox --seed {s} --chaos 0"))[0].images) for s in (1, 2)]
+    wild = [spread(run(engine, request(registry, f"a red fox --seed {s} --chaos 100"))[0].images) for s in (1, 2)]
+    assert min(calm) > 1.0  # chaos 0 still makes four different pictures
+    assert sum(calm) < 0.95 * sum(wild)  # measured: about 37.5 against 43.5 per grid
+
+
+def test_multi_prompt_weights_change_the_picture(engine, registry):
+    even, _, _ = run(engine, request(registry, "a red fox::1 a blue whale::1 --seed 5"))
+    heavy, _, _ = run(engine, request(registry, "a red fox::3 a blue whale::1 --seed 5"))
+    same, _, _ = run(engine, request(registry, "a red fox::2 a blue whale::2 --seed 5"))
+    assert np.abs(pixels(even.images) - pixels(heavy.images)).mean() > 0.3
+    assert np.allclose(pixels(even.images), pixels(same.images), atol=1)  # weights are relative
+
+
+def test_the_negative_prompt_is_used(engine, registry):
+    plain, _, _ = run(engine, request(registry, "a red fox --seed 5"))
+    negative, _, _ = run(engine, request(registry, "a red fox --seed 5 --no snow, trees"))
+    assert np.abs(pixels(plain.images) - pixels(negative.images)).mean() > 0.5
+
+
+def test_on_step_reports_every_step_with_a_small_preview(engine, registry):
+    result, steps, previews = run(engine, request(registry, "a red fox --seed 1 --steps 4"))
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    preview = previews[0]
+    assert max(preview.size) <= PREVIEW_SIDE and min(preview.size) >= 8
+    with Image.open(io.BytesIO(png_bytes(preview))) as decoded:  # what the worker sends
+        assert decoded.size == preview.size
+    assert len(result.images) == 4
+
+
+def test_should_stop_stops_at_the_next_step(engine, registry):
+    with pytest.raises(GenerationStopped):
+        run(engine, request(registry, "a red fox --seed 1 --steps 20"), stop_after=1)
+    # and the cached pipeline is not left stopped for the next job
+    result, steps, _ = run(engine, request(registry, "a red fox --seed 1 --steps 2"))
+    assert len(steps) == 2 and len(result.images) == 4
+
+
+def test_stop_after_one_step_runs_no_more_steps(engine, registry):
+    steps: list[int] = []
+    with pytest.raises(GenerationStopped):
+        engine.generate(request(registry, "a red fox --seed 1 --steps 20"),
+                        lambda step, total, preview: steps.append(step), lambda: bool(steps))
+    assert steps == [1]
+
+
+def test_a_prompt_beyond_the_text_encoder_is_cut_with_a_notice(engine, registry):
+    long = "cat " * 80 + "zebra"  # "cat" is one token of the tiny vocabulary: 80 + 5 > 75
+    result, _, _ = run(engine, request(registry, f"{long} --seed 3"))
+    assert len(result.notices) == 1
+    notice = result.notices[0]
+    assert "75 tokens" in notice and "zebra" in notice and notice.count("cat") == 5
+    short, _, _ = run(engine, request(registry, "cat " * 75 + "--seed 3"))
+    assert short.notices == []
+
+
+def test_variation_from_an_image(engine, registry, picture):
+    init = picture(64, 96)
+    req = request(registry, "a red fox --seed 8", kind="variation", init_image=init, strength=0.5,
+                  width=128, height=128)  # the size comes from the picture
+    result, steps, _ = run(engine, req)
+    assert [image.size for image in result.images] == [(64, 96)] * 4
+    assert steps == [(1, 1)]  # int(2 steps × 0.5)
+    again, _, _ = run(engine, req)
+    assert np.array_equal(pixels(result.images), pixels(again.images))
+    stronger, _, _ = run(engine, req.replace(strength=1.0))
+    assert np.abs(pixels(result.images) - pixels(stronger.images)).mean() > 0.05
+
+
+def test_unknown_model_in_a_request(engine, registry):
+    with pytest.raises(UnknownModelError, match="tiny-sd"):
+        run(engine, request(registry, "a fox").replace(model="gone"))
+
+
+# -- SDXL ---------------------------------------------------------------------------------------
+
+
+def test_sdxl(engine, registry, picture):
+    req = request(registry, "a red fox::2 a blue whale --seed 4 --model tiny-sdxl --no snow")
+    result, steps, _ = run(engine, req)
+    assert [image.size for image in result.images] == [(64, 64)] * 4 and steps == [(1, 2), (2, 2)]
+    again, _, _ = run(engine, req)
+    assert np.array_equal(pixels(result.images), pixels(again.images))
+    variation, _, _ = run(engine, req.replace(kind="variation", init_image=picture(64, 64), strength=0.5))
+    assert [image.size for image in variation.images] == [(64, 64)] * 4
+
+
+# -- Kandinsky 2.2 -------------------------------------------------------------------------------
+
+
+def test_kandinsky_text_to_image(engine, registry):
+    req = request(registry, "a red fox --seed 6 --model tiny-kandinsky")
+    result, steps, previews = run(engine, req)
+    assert [image.size for image in result.images] == [(64, 64)] * 4
+    assert steps == [(1, 2), (2, 2)] and previews
+    again, _, _ = run(engine, req)
+    assert np.array_equal(pixels(result.images), pixels(again.images))
+
+
+def test_kandinsky_blend_weights_change_the_picture(engine, registry, picture):
+    base = request(registry, "a red fox --seed 6 --model tiny-kandinsky",
+                   kind="blend", parts=(), images=(picture(64, 64, 1), picture(48, 80, 2)))
+    even, _, _ = run(engine, base.replace(image_weights=(1.0, 1.0)))
+    uneven, _, _ = run(engine, base.replace(image_weights=(3.0, 0.2)))
+    assert [image.size for image in even.images] == [(64, 64)] * 4
+    assert np.abs(pixels(even.images) - pixels(uneven.images)).mean() > 0.05
+    with_text, _, _ = run(engine, base.replace(parts=(("a red fox", 1.0),), image_weights=(1.0, 1.0)))
+    assert np.abs(pixels(even.images) - pixels(with_text.images)).mean() > 0.05
+
+
+def test_kandinsky_variation_steered_by_its_image(engine, registry, picture):
+    init = picture(64, 64, 3)
+    req = request(registry, "a red fox --seed 6 --model tiny-kandinsky", kind="variation", init_image=init,
+                  strength=0.7, images=(init,), image_weights=(1.0,), steps=2)
+    result, steps, _ = run(engine, req)
+    assert [image.size for image in result.images] == [(64, 64)] * 4 and len(steps) == 1
+    textless, _, _ = run(engine, req.replace(parts=()))  # a variation of a blend without text
+    assert len(textless.images) == 4
+
+
+def test_kandinsky_stops_at_the_next_step(engine, registry):
+    steps: list[int] = []
+    with pytest.raises(GenerationStopped):
+        engine.generate(request(registry, "a red fox --seed 1 --steps 30 --model tiny-kandinsky"),
+                        lambda step, total, preview: steps.append(step), lambda: bool(steps))
+    assert steps == [1]
+
+
+# -- upscaling ----------------------------------------------------------------------------------
+
+
+def upscale_request(registry: Registry, init: str, model: str) -> Request:
+    return request(registry, "a red fox --seed 9", kind="upscale", model=model, init_image=init, count=1,
+                   steps=2, guidance=0.0)
+
+
+def test_upscale_with_the_model_is_four_times_larger(engine, registry, picture):
+    req = upscale_request(registry, picture(32, 48), "tiny-upscaler")
+    result, steps, previews = run(engine, req)
+    assert [image.size for image in result.images] == [(128, 192)]
+    assert result.notices == [] and steps == [(1, 2), (2, 2)] and previews
+    again, _, _ = run(engine, req)
+    assert np.array_equal(pixels(result.images), pixels(again.images))
+
+
+def test_upscale_stops_at_the_next_step(engine, registry, picture):
+    steps: list[int] = []
+    with pytest.raises(GenerationStopped):
+        engine.generate(upscale_request(registry, picture(32, 32), "tiny-upscaler").replace(steps=20),
+                        lambda step, total, preview: steps.append(step), lambda: bool(steps))
+    assert steps == [1]
+
+
+def test_upscale_without_a_model_resamples_twice_and_says_so(engine, registry, picture):
+    result, steps, _ = run(engine, upscale_request(registry, picture(64, 32), RESAMPLE))
+    assert [image.size for image in result.images] == [(128, 64)] and steps == []
+    assert len(result.notices) == 1 and "×2" in result.notices[0] and "Lanczos" in result.notices[0]
+
+
+def test_upscale_too_large_for_the_model_resamples(engine, registry, picture):
+    result, _, _ = run(engine, upscale_request(registry, picture(1100, 64), "tiny-upscaler"))
+    assert [image.size for image in result.images] == [(2200, 128)]
+    assert "Too large" in result.notices[0]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def test_pipeline_cache_evicts_the_least_recently_used(registry):
+    cache = PipelineCache(CPU, max_models=1)
+    sd = cache.get(registry.get("tiny-sd"), "text2img")
+    assert cache.get(registry.get("tiny-sd"), "text2img") is sd  # kept
+    img2img = cache.get(registry.get("tiny-sd"), "img2img")
+    assert img2img.unet is sd.unet  # built from the same weights, not a second copy
+    cache.get(registry.get("tiny-sdxl"), "text2img")
+    assert cache.loaded() == ["tiny-sdxl"]
+
+
+def test_scheduler_override_and_load_errors(registry, tmp_path: Path):
+    cache = PipelineCache(CPU, max_models=3)
+    spec = dataclasses.replace(registry.get("tiny-sd"), scheduler="DDIMScheduler")
+    assert type(cache.get(spec, "text2img").scheduler).__name__ == "DDIMScheduler"
+    with pytest.raises(ModelLoadError, match="unknown scheduler NopeScheduler"):
+        cache.get(dataclasses.replace(spec, name="other", scheduler="NopeScheduler"), "text2img")
+    with pytest.raises(ModelLoadError, match="cannot load model 'missing'"):
+        cache.get(dataclasses.replace(spec, name="missing", source=str(tmp_path / "nothing")), "text2img")
+    with pytest.raises(ModelLoadError, match="has no prior"):
+        cache.get(spec, "prior")

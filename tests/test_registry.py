@@ -1,0 +1,175 @@
+"""generation.registry: the built-in models, the admin's TOML file and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from generation.registry import (
+    BUILTIN_DEFAULT,
+    FAMILY_DEFAULTS,
+    ModelSpec,
+    RegistryError,
+    UnknownModelError,
+    load_registry,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- the built-in registry --------------------------------------------------------------------
+
+
+def test_builtin_registry_has_the_documented_models():
+    registry = load_registry()
+    assert registry.default == BUILTIN_DEFAULT == "sd-turbo"
+    assert registry.origin == "built-in"
+    assert {"sd-turbo", "sd-1.5", "sdxl", "kandinsky-2.2", "upscaler"} <= set(registry.names)
+    assert registry.get(None).name == "sd-turbo"
+    assert registry.get("sd-turbo").steps <= 4 and registry.get("sd-turbo").guidance == 0.0
+
+    kandinsky = registry.get("kandinsky-2.2")
+    assert kandinsky.family == "kandinsky22" and kandinsky.prior and kandinsky.can_blend
+    assert registry.upscaler == "upscaler"
+    upscaler = registry.get("upscaler")
+    assert upscaler.is_upscaler and not upscaler.can_generate
+    assert registry.get("sdxl").native_side == 1024 and registry.get("sd-1.5").native_side == 512
+    assert upscaler not in registry.generators()
+    assert {m.name for m in registry.generators()} >= {"sd-turbo", "sd-1.5", "sdxl", "kandinsky-2.2"}
+
+
+def test_builtin_default_can_be_overridden_but_must_generate():
+    assert load_registry(default="sd-1.5").default == "sd-1.5"
+    with pytest.raises(RegistryError, match="'upscaler' is not a configured text-to-image model"):
+        load_registry(default="upscaler")
+    with pytest.raises(RegistryError, match="'nope'"):
+        load_registry(default="nope")
+
+
+def test_get_unknown_model_lists_the_configured_names():
+    registry = load_registry()
+    with pytest.raises(UnknownModelError) as info:
+        registry.get("midjourney-v6")
+    message = str(info.value)
+    assert "midjourney-v6" in message
+    for name in registry.names:
+        assert name in message
+
+
+def test_get_is_case_insensitive_for_lowercase_names():
+    assert load_registry().get("SD-Turbo").name == "sd-turbo"
+
+
+# -- the TOML file ----------------------------------------------------------------------------
+
+
+def test_toml_entries_take_their_family_defaults(tmp_path: Path):
+    path = write(tmp_path, '''
+default = "xl"
+
+[models.xl]
+source = "stabilityai/stable-diffusion-xl-base-1.0"
+family = "sdxl"
+
+[models.one-five]
+source = "/models/sd15"
+family = "sd"
+
+[models.kandy]
+source = "kandinsky-community/kandinsky-2-2-decoder"
+prior = "kandinsky-community/kandinsky-2-2-prior"
+family = "kandinsky22"
+
+[models.up]
+source = "stabilityai/stable-diffusion-x4-upscaler"
+family = "upscale-x4"
+''')
+    registry = load_registry(path)
+    assert registry.origin == str(path)
+    assert registry.default == "xl"
+    assert registry.upscaler == "up"  # the only upscale model, found without being named
+    for name in ("xl", "one-five", "kandy", "up"):
+        spec = registry.get(name)
+        assert isinstance(spec, ModelSpec) and spec.name == name
+        side, steps, guidance = FAMILY_DEFAULTS[spec.family]
+        assert (spec.native_side, spec.steps, spec.guidance) == (side, steps, guidance)
+    assert registry.get("one-five").source == "/models/sd15"
+    assert registry.get("kandy").prior == "kandinsky-community/kandinsky-2-2-prior"
+    assert registry.get("xl").scheduler is None and registry.get("xl").variant is None
+
+
+def test_toml_overrides_replace_the_defaults(tmp_path: Path):
+    path = write(tmp_path, '''
+[models.fast]
+source = "/models/fast"
+family = "sd-turbo"
+native_side = 384
+steps = 4
+guidance = 1.5
+scheduler = "EulerAncestralDiscreteScheduler"
+variant = "fp16"
+description = "mine"
+''')
+    registry = load_registry(path)
+    spec = registry.get("fast")
+    assert (spec.native_side, spec.steps, spec.guidance) == (384, 4, 1.5)
+    assert spec.scheduler == "EulerAncestralDiscreteScheduler" and spec.variant == "fp16"
+    assert spec.description == "mine"
+    assert registry.default == "fast"  # the first model that generates
+    assert registry.upscaler is None  # none configured: upscaling falls back to resampling
+
+
+def test_the_tiny_test_registry(registry_file: Path):
+    registry = load_registry(registry_file)
+    assert registry.default == "tiny-sd" and registry.upscaler == "tiny-upscaler"
+    assert registry.get(None).native_side == 128 and registry.get(None).steps == 2
+    assert registry.get("tiny-kandinsky").can_blend
+    assert load_registry(registry_file, default="tiny-sdxl").default == "tiny-sdxl"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[models.a]\nsource = "x"\nfamily = "sd3"\n', r"model 'a': unknown family 'sd3' \(one of sd, "),
+    ('[models.a]\nfamily = "sd"\n', "model 'a': 'source' and 'family' are required"),
+    ('[models.a]\nsource = "x"\n', "model 'a': 'source' and 'family' are required"),
+    ('[models.k]\nsource = "x"\nfamily = "kandinsky22"\n', "model 'k': Kandinsky models need a 'prior' source"),
+    ('[models.a]\nsource = "x"\nfamily = "sd"\nstep = 3\n', r"model 'a': unknown field\(s\) step"),
+    ('default = "b"\n[models.a]\nsource = "x"\nfamily = "sd"\n',
+     r"default model 'b' is not a configured text-to-image model \(configured: a\)"),
+    ('default = "u"\n[models.a]\nsource = "x"\nfamily = "sd"\n[models.u]\nsource = "y"\nfamily = "upscale-x4"\n',
+     "default model 'u' is not a configured text-to-image model"),
+    ('[models.u]\nsource = "y"\nfamily = "upscale-x4"\n', "default model 'None' is not a configured text-to-image"),
+    ('upscaler = "a"\n[models.a]\nsource = "x"\nfamily = "sd"\n', "upscaler 'a' is not a configured upscale model"),
+    ('default = "a"\n', "no \\[models.NAME\\] entries"),
+    ('[models.a\nsource = "x"\n', "cannot read model registry"),
+    # values of the wrong type are refused when the file is read, not when a member uses the model
+    ('[models.a]\nsource = "x"\nfamily = "sd"\nsteps = "many"\n', "model 'a': 'steps' must be a whole number"),
+    ('[models.a]\nsource = "x"\nfamily = "sd"\nsteps = 0\n', "model 'a': 'steps' must be a whole number, at least 1"),
+    ('[models.a]\nsource = "x"\nfamily = "sd"\nnative_side = -512\n', "'native_side' must be a whole number of pixels"),
+    ('[models.a]\nsource = "x"\nfamily = "sd"\nguidance = true\n', "'guidance' must be a number"),
+    ('[models.a]\nsource = 5\nfamily = "sd"\n', "'source' must be a string, not 5"),
+    ('[models.a]\nsource = "x"\nfamily = ["sd"]\n', "'family' must be a string"),
+    ('[models]\na = "x"\n', r"model 'a': expected a \[models.a\] table"),
+    ('default = ["a"]\n[models.a]\nsource = "x"\nfamily = "sd"\n', "is not a configured text-to-image model"),
+], ids=["unknown-family", "missing-source", "missing-family", "kandinsky-without-prior", "unknown-field",
+        "default-not-configured", "default-is-upscaler", "no-generator", "upscaler-not-upscale",
+        "no-models", "bad-toml", "steps-not-a-number", "steps-zero", "negative-side", "bool-guidance",
+        "source-not-a-string", "family-not-a-string", "entry-not-a-table", "default-not-a-string"])
+def test_malformed_files_are_registry_errors_with_a_clear_message(tmp_path: Path, text: str, message: str):
+    with pytest.raises(RegistryError, match=message):
+        load_registry(write(tmp_path, text))
+
+
+def test_unreadable_files_are_registry_errors(tmp_path: Path):
+    with pytest.raises(RegistryError, match="cannot read model registry .*missing.toml"):
+        load_registry(tmp_path / "missing.toml")
+    with pytest.raises(RegistryError, match="cannot read model registry"):
+        load_registry(tmp_path)  # a folder
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(RegistryError, match="cannot read model registry"):
+        load_registry(binary)

@@ -1,0 +1,149 @@
+"""generation.request: a parsed prompt resolved against a model into what the worker makes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from generation.prompt import parse_prompt, size_for_aspect
+from generation.registry import load_registry
+from generation.request import GRID_SIZE, KINDS, MAX_SEED, Request, build_request
+
+REGISTRY = load_registry()
+SD15 = REGISTRY.get("sd-1.5")  # native 512, 30 steps, guidance 7
+TURBO = REGISTRY.get("sd-turbo")  # 2 steps, no guidance
+
+
+def build(text: str, spec=SD15) -> Request:
+    return build_request(parse_prompt(text), spec)
+
+
+def test_defaults_come_from_the_model():
+    request = build("a lighthouse at dusk --seed 7")
+    assert request.kind == "imagine" and request.model == "sd-1.5"
+    assert request.prompt == "a lighthouse at dusk" and request.parts == (("a lighthouse at dusk", 1.0),)
+    assert (request.width, request.height) == (512, 512)
+    assert request.steps == 30 and request.guidance == 7.0
+    assert request.seed == 7 and request.chaos == 0 and request.count == GRID_SIZE == 4
+    assert request.negative == "" and request.init_image is None and request.images == ()
+
+
+@pytest.mark.parametrize(("aspect", "size"), [
+    ("1:1", (512, 512)), ("3:2", (576, 384)), ("2:3", (384, 576)), ("16:9", (704, 384)), ("1:3", (320, 896)),
+])
+def test_size_follows_the_aspect_ratio_and_the_native_side(aspect: str, size: tuple[int, int]):
+    request = build(f"a cat --ar {aspect}")
+    assert (request.width, request.height) == size
+    assert request.width % 64 == 0 and request.height % 64 == 0
+    w, h = map(int, aspect.split(":"))
+    assert abs(request.width / request.height - w / h) < 0.2 * w / h
+    # the area stays about the model's native square
+    assert 0.8 < request.width * request.height / 512**2 < 1.25
+
+
+def test_size_scales_with_the_model(registry_file):
+    tiny = load_registry(registry_file).get("tiny-sd")  # native 128
+    request = build("a cat --ar 2:1", tiny)
+    assert (request.width, request.height) == size_for_aspect((2, 1), 128) == (128, 64)
+    sdxl = REGISTRY.get("sdxl")
+    assert (build("a cat", sdxl).width, build("a cat", sdxl).height) == (1024, 1024)
+
+
+@pytest.mark.parametrize(("params", "steps"), [
+    ("", 30), ("--q 0.5", 15), ("--q 1", 30), ("--q 2", 60), ("--steps 7", 7), ("--q 2 --steps 7", 7),
+])
+def test_steps_from_quality_and_steps(params: str, steps: int):
+    assert build(f"a cat {params}").steps == steps
+
+
+def test_quality_never_gives_zero_steps():
+    one_step = dataclasses.replace(TURBO, steps=1)
+    assert build("a cat --q 0.5", one_step).steps == 1
+
+
+@pytest.mark.parametrize(("stylize", "guidance"), [
+    (None, 7.0), (100, 7.0), (400, 14.0), (25, 3.5), (0, 1.0), (1000, 20.0),
+])
+def test_guidance_from_stylize(stylize: int | None, guidance: float):
+    text = "a cat" + (f" --stylize {stylize}" if stylize is not None else "")
+    assert build(text).guidance == guidance
+
+
+def test_models_without_guidance_keep_it_off_whatever_stylize():
+    assert build("a cat --stylize 1000", TURBO).guidance == 0.0
+    assert build("a cat --s 0", TURBO).guidance == 0.0
+
+
+def test_a_random_seed_is_recorded_when_none_is_given():
+    seeds = {build("a cat").seed for _ in range(20)}
+    assert all(isinstance(s, int) and 0 <= s <= MAX_SEED for s in seeds)
+    assert len(seeds) > 1  # chosen at random, not a constant
+
+
+def test_seed_bounds_are_kept():
+    assert build(f"a cat --seed {MAX_SEED}").seed == MAX_SEED
+    assert build("a cat --seed 0").seed == 0
+
+
+def test_parameters_are_canonical_and_leave_out_the_seed():
+    request = build("a cat::1 a dog::3 --seed 7 --no grass, trees --ar 3:2 --chaos 20 --s 200 --q 2")
+    assert request.parameters == "--ar 3:2 --no grass, trees --chaos 20 --stylize 200 --q 2 --model sd-1.5"
+    assert "--seed" not in request.parameters
+    assert request.parts == (("a cat", 1.0), ("a dog", 3.0))
+    assert request.negative == "grass, trees" and request.chaos == 20
+    # prompt + parameters (+ the seed, shown on its own) make the same request again: a re-roll keeps them
+    again = build(f"{request.prompt} {request.parameters} --seed {request.seed}")
+    assert again == request
+
+
+def test_model_is_always_named_in_the_parameters():
+    assert build("a cat").parameters == "--model sd-1.5"
+    assert build("a cat --model sd-1.5").parameters == "--model sd-1.5"
+
+
+def test_json_round_trip():
+    request = build("a cat::2 a dog --seed 9 --no rain").replace(
+        kind="blend", images=("/data/in/a.png", "/data/in/b.png"), image_weights=(2.0, 0.5))
+    text = request.to_json()
+    assert isinstance(text, str)
+    assert Request.from_json(text) == request
+    variation = request.replace(kind="variation", init_image="/data/jobs/1/2.png", strength=0.35)
+    assert Request.from_json(variation.to_json()) == variation
+
+
+_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@given(
+    kind=st.sampled_from(KINDS), prompt=_texts, negative=_texts,
+    parts=st.lists(st.tuples(_texts, _floats), min_size=1, max_size=4),
+    size=st.tuples(st.integers(1, 4096), st.integers(1, 4096)), steps=st.integers(0, 150),
+    guidance=_floats, seed=st.integers(0, MAX_SEED), chaos=st.integers(0, 100), count=st.integers(1, 4),
+    init_image=st.none() | _texts, strength=st.floats(0, 1),
+    images=st.lists(_texts, max_size=5), weights=st.lists(_floats, max_size=5),
+)
+def test_json_round_trip_of_any_request(kind, prompt, negative, parts, size, steps, guidance, seed, chaos,
+                                        count, init_image, strength, images, weights):
+    request = Request(kind=kind, model="m", prompt=prompt, parts=tuple(parts), negative=negative,
+                      width=size[0], height=size[1], steps=steps, guidance=guidance, seed=seed, chaos=chaos,
+                      count=count, parameters="--ar 1:1", init_image=init_image, strength=strength,
+                      images=tuple(images), image_weights=tuple(weights))
+    assert Request.from_json(request.to_json()) == request
+
+
+def test_seeds_one_per_image_and_wrapping():
+    request = build("a cat --seed 5")
+    assert request.seeds() == [5, 6, 7, 8]
+    assert request.replace(seed=MAX_SEED).seeds() == [MAX_SEED, 0, 1, 2]
+    assert request.replace(count=1).seeds() == [5]
+
+
+def test_replace_keeps_the_rest():
+    request = build("a cat --seed 5")
+    changed = request.replace(seed=6, kind="reroll")
+    assert (changed.seed, changed.kind) == (6, "reroll")
+    assert dataclasses.replace(changed, seed=5, kind="imagine") == request

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     discord_api_base: str = DEFAULT_API_BASE
     discord_gateway_url: str = DEFAULT_GATEWAY_URL
     pintor_allow_dms: bool = False
+    pintor_buttons_author_only: bool = False  # buttons answer only the member who asked
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/pintor.db"

@@ -17,7 +17,7 @@ from pathlib import Path
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import UploadError, open_upload
-from generation.prompt import ParsedPrompt, PromptError, parse_prompt
+from generation.prompt import ParsedPrompt, PromptError, parse_prompt, size_for_aspect
 from generation.queue import JobQueue
 from generation.registry import Registry, UnknownModelError
 from generation.upscale import RESAMPLE, can_upscale
@@ -183,14 +183,21 @@ class Studio:
         """Four new pictures made from image `index` of a job (image to image, new seeds)."""
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
-        if not self.registry.get(base.model).can_generate:  # an upscale: vary with the default model
-            base = base.replace(model=self.registry.default)
+        if base.kind == "upscale" or not self.registry.get(base.model).can_generate:
+            # an upscale (by a model, or resampled): vary with the default model and its own
+            # steps and guidance, not the upscaler's (no guidance would ignore the prompt)
+            # and at that model's own pixel budget, not the upscaled size
+            default = self.registry.get(None)
+            width, height = size_for_aspect((image.width, image.height), default.native_side)
+            base = base.replace(model=default.name, steps=default.steps, guidance=default.guidance,
+                                width=width, height=height)
+        else:
+            base = base.replace(width=image.width, height=image.height)
         strength = VARY_STRONG if strong else VARY_SUBTLE
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
         images = (image.path,) if self.registry.get(base.model).can_blend else ()
         request = base.replace(
-            kind="variation", seed=random_seed(), init_image=image.path, strength=strength,
-            width=image.width, height=image.height, count=GRID_SIZE,
+            kind="variation", seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
             images=images, image_weights=(1.0,) * len(images),
             # image to image runs int(steps × strength) steps: at least one
             steps=max(base.steps, math.ceil(1 / strength)))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bot.settings import Settings
 from bot.studio import Studio
 from generation.queue import LocalQueue
@@ -36,6 +38,13 @@ def check_queue_url(settings: Settings) -> None:
         raise SystemExit("PINTOR_QUEUE_URL: only the embedded queue (empty) is available in this version.")
 
 
+def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None) -> Studio:
+    """A studio over an open, migrated database; not started yet (`await studio.start()`)."""
+    return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
+                  queue=LocalQueue(worker_config(settings)),
+                  inputs_dir=settings.pintor_data_dir / "images" / "inputs")
+
+
 @asynccontextmanager
 async def open_studio(settings: Settings) -> AsyncIterator[Studio]:
     """A started studio (migrated database, worker process running); closed on exit, which
@@ -45,8 +54,7 @@ async def open_studio(settings: Settings) -> AsyncIterator[Studio]:
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
-        studio = Studio(registry=registry, store=JobStore(engine), queue=LocalQueue(worker_config(settings)),
-                        inputs_dir=settings.pintor_data_dir / "images" / "inputs")
+        studio = build_studio(settings, engine, registry)
         await studio.start()
         try:
             yield studio

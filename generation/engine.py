@@ -131,7 +131,7 @@ class Engine:
             **embeds,
         )
         if request.init_image:
-            kwargs.update(image=[self._open(request.init_image)] * request.count,
+            kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,
                           strength=request.strength)
         else:
             scale = pipe.vae_scale_factor
@@ -207,7 +207,7 @@ class Engine:
             kwargs["prompt"] = texts[0] if texts else ""
         if request.init_image:
             pipe = self.pipelines.get(spec, "img2img")
-            kwargs.update(image=[self._open(request.init_image)] * request.count,
+            kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,
                           strength=request.strength)
         else:
             pipe = self.pipelines.get(spec, "text2img")
@@ -232,7 +232,8 @@ class Engine:
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
             # the upscale pipeline only has the older per-step callback (no callback_on_step_end)
-            return pipe(prompt=request.prompt, image=image, num_inference_steps=request.steps,
+            prompt = " ".join(text for text, _ in request.parts)  # the words, not the display text
+            return pipe(prompt=prompt, image=image, num_inference_steps=request.steps,
                         guidance_scale=request.guidance, generator=generator, callback_steps=1,
                         callback=lambda step, t, latents: callback(pipe, step, t, {"latents": latents})
                         ).images[0]
@@ -245,9 +246,11 @@ class Engine:
     # ------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _open(path: str) -> Image.Image:
+    def _open(path: str, size: tuple[int, int] | None = None) -> Image.Image:
+        """An input picture as RGB; at `size` when given (image to image works at the request's size)."""
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image = image.convert("RGB")
+        return image if size is None or image.size == size else image.resize(size, Image.LANCZOS)
 
     @staticmethod
     def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool]):

@@ -116,16 +116,18 @@ class LocalQueue:
         """Stop the worker after its current step; a job it was running is reported
         Interrupted, so the caller can keep it queued for the next start."""
         self._closing = True
-        if self._process is not None and self._process.is_alive() and self.state.running_job is None:
-            self._process.terminate()  # idle (or still starting): nothing to finish
-        elif self._process is not None and self._process.is_alive():
-            self._send("stop")
-            try:
-                await asyncio.wait_for(self._stopped.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("worker did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
-                self._process.kill()
-            await asyncio.to_thread(self._process.join, 10)
+        process = self._process
+        if process is not None and process.is_alive():
+            if self.state.running_job is None:
+                process.terminate()  # idle (or still starting): nothing to finish
+            else:
+                self._send("stop")
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), STOP_TIMEOUT_S)
+                except TimeoutError:
+                    log.warning("worker did not stop in %.0f s; killing it", STOP_TIMEOUT_S)
+                    process.kill()
+            await asyncio.to_thread(process.join, 10)
         self._events.put_nowait(None)
 
     # -- queue state ----------------------------------------------------------------------------

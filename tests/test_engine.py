@@ -169,9 +169,11 @@ def test_a_prompt_beyond_the_text_encoder_is_cut_with_a_notice(engine, registry)
 def test_variation_from_an_image(engine, registry, picture):
     init = picture(64, 96)
     req = request(registry, "a red fox --seed 8", kind="variation", init_image=init, strength=0.5,
-                  width=128, height=128)  # the size comes from the picture
+                  width=64, height=96)
     result, steps, _ = run(engine, req)
     assert [image.size for image in result.images] == [(64, 96)] * 4
+    resized, _, _ = run(engine, req.replace(width=128, height=128))  # the request's size wins
+    assert [image.size for image in resized.images] == [(128, 128)] * 4
     assert steps == [(1, 1)]  # int(2 steps × 0.5)
     again, _, _ = run(engine, req)
     assert np.array_equal(pixels(result.images), pixels(again.images))

@@ -221,7 +221,9 @@ async def test_upscale_without_a_model_resamples_and_says_so(env, parent: int, m
     # and the resampled picture can be varied like any other
     variation = await studio.vary(ANN, submitted.job_id, 1, strong=True)
     assert variation.request.model == studio.registry.default
-    assert (variation.request.width, variation.request.height) == (128, 128)
+    # at the model's own pixel budget, not the upscaled size
+    native = studio.registry.get(None).native_side
+    assert (variation.request.width, variation.request.height) == (native, native) != (128, 128)
     await studio.cancel(variation.job_id)
     await collect_until(variation.events, final)
 

@@ -1,0 +1,106 @@
+"""`pintor run`: the Discord bot and its generation worker, from start to a clean stop.
+
+Start: migrate the database, build the studio, log in (which loads the cogs, registers the
+buttons and the studio listener, and syncs the commands), start the studio (the worker
+process; jobs left unfinished by the last run are queued again, and their results are posted
+in their channels), then connect to the gateway.
+
+Stop (SIGTERM, SIGINT/Ctrl-C): close the Discord client, then the studio: the worker finishes
+its current step and stops; the job it was running and every queued job stay queued in the
+database for the next start. Pictures are written under `PINTOR_DATA_DIR/images`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from bot.discord_bot import PintorBot
+from bot.discord_endpoints import point_discord_at
+from bot.settings import Settings
+from bot.studio import Studio
+from bot.wiring import build_studio, check_queue_url, registry_from
+from storage.db import open_engine, upgrade
+
+log = logging.getLogger(__name__)
+
+
+class MissingTokenError(RuntimeError):
+    pass
+
+
+def bot_token(settings: Settings) -> str:
+    token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
+    if not token:
+        raise MissingTokenError(
+            "DISCORD_TOKEN is not set: put the bot token from https://discord.com/developers/applications "
+            "(your application → Bot → Reset Token) in DISCORD_TOKEN, in the environment or in .env.")
+    return token
+
+
+@dataclass
+class Running:
+    bot: PintorBot
+    studio: Studio
+    gateway: asyncio.Task  # the gateway connection; it ends only on a fatal error or close
+
+
+@contextlib.asynccontextmanager
+async def running_bot(settings: Settings, **bot_options: Any) -> AsyncIterator[Running]:
+    """The bot logged in and connecting, its studio started; on exit the bot is closed first,
+    then the studio (the worker finishes its step; unfinished jobs stay queued)."""
+    token = bot_token(settings)
+    check_queue_url(settings)
+    registry = registry_from(settings)  # a broken model registry fails here, before anything starts
+    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+    engine = open_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        studio = build_studio(settings, engine, registry)
+        bot = PintorBot(settings=settings, studio=studio, **bot_options)
+        try:
+            await bot.login(token)  # setup_hook: cogs, buttons, the studio listener, command sync
+            await studio.start()  # after the listener: re-queued jobs' results are posted
+            try:
+                gateway = asyncio.create_task(bot.connect(reconnect=True), name="discord-gateway")
+                try:
+                    yield Running(bot, studio, gateway)
+                finally:
+                    await bot.close()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await gateway
+            finally:
+                await studio.close()
+        finally:
+            await bot.close()
+    finally:
+        await engine.dispose()
+
+
+async def run_bot(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; 0 after a clean stop."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        async with running_bot(settings) as running:
+            log.info("Pintor is starting (data in %s)", settings.pintor_data_dir.resolve())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopping, running.gateway}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if running.gateway.done() and not stop.is_set():
+                running.gateway.result()  # a fatal gateway error (e.g. intents not allowed): raise it
+            log.info("stopping: closing the Discord client, then the worker (unfinished jobs stay queued)")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+    log.info("Pintor stopped")
+    return 0

@@ -1,0 +1,53 @@
+"""/imagine: a prompt becomes a 2×2 grid, shown as it forms."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import Delivery
+from bot.studio import USER_ERRORS
+
+if TYPE_CHECKING:
+    from bot.discord_bot import PintorBot
+
+log = logging.getLogger(__name__)
+
+DM_REFUSAL = ("Pintor makes pictures in server channels, not in direct messages. "
+              "Try `/imagine` in a channel of a server where Pintor is.")
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: PintorBot):
+        self.bot = bot
+
+    @app_commands.command(name="imagine")
+    @app_commands.describe(prompt="What to picture, then any --parameters: a red fox in the snow --ar 3:2 --no people")
+    async def imagine(self, interaction: discord.Interaction, prompt: str) -> None:
+        """Make four pictures from a prompt."""
+        received_at = time.monotonic()
+        if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
+            await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
+            return
+        studio = self.bot.studio
+        defaults = await studio.settings.member(interaction.user.id)
+        try:
+            # the member's /settings fill in what the prompt leaves out; pure and fast: bad
+            # input is answered before anything is stored
+            request = studio.prepare(prompt, defaults)
+        except USER_ERRORS as err:
+            await interaction.response.send_message(f"⚠️ {err}", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True, ephemeral=defaults.private)
+        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
+                                            private=defaults.private)
+        await self.bot.start_job(interaction, delivery, lambda member, where: studio.submit(member, request, **where))
+
+
+async def setup(bot: PintorBot) -> None:
+    await bot.add_cog(Imagine(bot))

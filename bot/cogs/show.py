@@ -1,0 +1,62 @@
+"""/show: a finished job's pictures again, with live buttons."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.imagine import DM_REFUSAL
+from bot.delivery import Delivery
+from bot.results import result_message
+from storage.models import DONE, FAILED
+
+if TYPE_CHECKING:
+    from bot.discord_bot import PintorBot
+
+log = logging.getLogger(__name__)
+
+MAX_JOB_ID = 10**15
+
+
+class Show(commands.Cog):
+    def __init__(self, bot: PintorBot):
+        self.bot = bot
+
+    @app_commands.command(name="show")
+    @app_commands.describe(job_id="The job number shown under a result, e.g. 42")
+    async def show(self, interaction: discord.Interaction, job_id: app_commands.Range[int, 1, MAX_JOB_ID]) -> None:
+        """Post a finished job's pictures again, with working buttons."""
+        received_at = time.monotonic()
+        if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
+            await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
+            return
+        job = await self.bot.studio.job(job_id)
+        # A member sees their own jobs anywhere, and the jobs made in the server they are in.
+        if job is None or not (job.user_id == interaction.user.id
+                               or (job.guild_id is not None and job.guild_id == interaction.guild_id)):
+            await interaction.response.send_message(f"There is no job {job_id} here.", ephemeral=True)
+            return
+        if job.status == FAILED:
+            await interaction.response.send_message(f"Job {job_id} failed: {job.error}", ephemeral=True)
+            return
+        if job.status != DONE:
+            await interaction.response.send_message(
+                f"Job {job_id} is {job.status}; its pictures are posted when it is done.", ephemeral=True)
+            return
+        if not job.grid_path or not Path(job.grid_path).is_file():
+            await interaction.response.send_message(f"The picture files of job {job_id} are gone.", ephemeral=True)
+            return
+        private = (await self.bot.studio.settings.member(interaction.user.id)).private
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at, private=private)
+        await delivery.final(await result_message(self.bot.studio, job, size_limit=delivery.size_limit))
+
+
+async def setup(bot: PintorBot) -> None:
+    await bot.add_cog(Show(bot))

@@ -1,0 +1,155 @@
+"""Where one job's messages go.
+
+While the interaction's token lives (15 minutes after the member's command or click), its
+messages are edits of the interaction's message: the deferred reply to /imagine, or a new
+follow-up message under a pressed button. After that — a job that waited long in the queue,
+or one re-queued after a restart — the result goes out as a new message in the channel, sent
+with the bot token and mentioning the member (for a member whose /settings make results
+private: in a direct message). Progress is not worth a new message then: it is dropped. A
+token Discord refuses (401, unknown webhook) is never tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.utils import MISSING
+
+from bot.attachments import DEFAULT_UPLOAD_LIMIT_BYTES, fit_image
+from bot.results import Outgoing
+
+if TYPE_CHECKING:
+    from bot.discord_bot import PintorBot
+    from storage.models import Job
+
+log = logging.getLogger(__name__)
+
+INTERACTION_TTL_S = 14 * 60  # Discord: interaction tokens work for 15 minutes; keep a margin
+TOKEN_GONE_CODES = {10015, 10062}  # unknown webhook, unknown interaction
+
+
+def _token_gone(err: discord.HTTPException) -> bool:
+    return err.status == 401 or (err.status == 404 and err.code in TOKEN_GONE_CODES)
+
+
+class Delivery:
+    def __init__(self, bot: PintorBot, *, member_id: int, channel_id: int | None, guild_id: int | None,
+                 size_limit: int = DEFAULT_UPLOAD_LIMIT_BYTES, interaction: discord.Interaction | None = None,
+                 new_message: bool = False, received_at: float | None = None, private: bool = False):
+        self.bot = bot
+        self.member_id = member_id
+        self.channel_id = channel_id
+        self.guild_id = guild_id
+        self.size_limit = size_limit
+        self.interaction = interaction
+        self.new_message = new_message  # True: a follow-up message; False: the interaction's own reply
+        self.private = private  # only the member sees the messages (ephemeral; a DM after the token)
+        self.received_at = time.monotonic() if received_at is None else received_at
+        self.message: discord.Message | None = None  # the interaction message, once sent or edited
+        self._token_refused = False
+        self.mentions = discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                                users=[discord.Object(member_id)])
+
+    @classmethod
+    def for_interaction(cls, interaction: discord.Interaction, *, new_message: bool, received_at: float,
+                        private: bool = False) -> Delivery:
+        return cls(interaction.client, member_id=interaction.user.id, channel_id=interaction.channel_id,  # type: ignore[arg-type]
+                   guild_id=interaction.guild_id, size_limit=interaction.filesize_limit,
+                   interaction=interaction, new_message=new_message, received_at=received_at, private=private)
+
+    @classmethod
+    async def for_job(cls, bot: PintorBot, job: Job) -> Delivery:
+        """No interaction: the job's channel (or the member's DMs, if they keep results private)."""
+        guild = bot.get_guild(job.guild_id) if job.guild_id else None
+        private = (await bot.studio.settings.member(job.user_id)).private
+        return cls(bot, member_id=job.user_id, channel_id=job.channel_id, guild_id=job.guild_id,
+                   size_limit=guild.filesize_limit if guild else DEFAULT_UPLOAD_LIMIT_BYTES, private=private)
+
+    @property
+    def token_alive(self) -> bool:
+        return (self.interaction is not None and not self._token_refused
+                and time.monotonic() - self.received_at < self.bot.interaction_ttl_s)
+
+    # -- what the reporter calls ----------------------------------------------------------------
+
+    async def progress(self, content: str, preview: bytes | None = None) -> None:
+        if not self.token_alive:
+            return
+        attachments: Any = MISSING
+        if preview is not None:
+            fitted = await asyncio.to_thread(fit_image, preview, "preview.png", self.size_limit)
+            if fitted is not None:
+                attachments = [Outgoing("", fitted).files()[0]]
+        try:
+            await self._interaction_message(content=content, attachments=attachments)
+        except discord.HTTPException as err:
+            self._refused(err, "a progress update")
+
+    async def final(self, out: Outgoing) -> discord.Message | None:
+        """The last state; always sent: on the interaction while it can be, else in the channel."""
+        if self.token_alive:
+            try:
+                return await self._interaction_message(content=out.content, attachments=out.files(), view=out.view)
+            except discord.HTTPException as err:
+                self._refused(err, "the result")
+        return await self._channel_message(out)
+
+    async def refuse(self, text: str) -> None:
+        """Tell the member why nothing was done, in a message only they see."""
+        quiet = discord.AllowedMentions.none()
+        try:
+            if not self.new_message and self.private:  # an ephemeral reply already
+                await self.interaction.edit_original_response(content=text, allowed_mentions=quiet)
+                return
+            if not self.new_message:
+                # The public "thinking…" reply can't turn ephemeral, and a first follow-up would
+                # only replace it: settle it, answer privately, then remove it.
+                await self.interaction.edit_original_response(content=text, allowed_mentions=quiet)
+            await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet)
+            if not self.new_message:
+                await self.interaction.delete_original_response()
+        except discord.HTTPException as err:
+            self._refused(err, "a refusal")
+
+    # -- the two ways out -----------------------------------------------------------------------
+
+    async def _interaction_message(self, *, content: str, attachments: Any = MISSING,
+                                   view: discord.ui.View | None | Any = MISSING) -> discord.Message:
+        if not self.new_message:
+            self.message = await self.interaction.edit_original_response(
+                content=content, attachments=attachments, view=view, allowed_mentions=self.mentions)
+        elif self.message is None:
+            self.message = await self.interaction.followup.send(
+                content, files=attachments, view=view if view is not None else MISSING,
+                allowed_mentions=self.mentions, ephemeral=self.private, wait=True)
+        else:
+            self.message = await self.message.edit(
+                content=content, attachments=attachments, view=view, allowed_mentions=self.mentions)
+        return self.message
+
+    async def _channel_message(self, out: Outgoing) -> discord.Message | None:
+        if self.channel_id is None and not self.private:
+            log.warning("a result for member %s has no channel to go to", self.member_id)
+            return None
+        try:
+            if self.private:
+                channel: discord.abc.Messageable = await self.bot.create_dm(discord.Object(self.member_id))
+            else:
+                channel = self.bot.get_partial_messageable(self.channel_id, guild_id=self.guild_id)
+            return await channel.send(out.content, files=out.files() or None, view=out.view,
+                                      allowed_mentions=self.mentions)
+        except discord.HTTPException:
+            log.exception("could not post a result for member %s (channel %s, private: %s)",
+                          self.member_id, self.channel_id, self.private)
+            return None
+
+    def _refused(self, err: discord.HTTPException, what: str) -> None:
+        if _token_gone(err):
+            self._token_refused = True
+            log.info("the interaction token was refused (%s); results go to the channel", err.status)
+        else:
+            log.warning("could not send %s: %s", what, err)

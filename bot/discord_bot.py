@@ -1,0 +1,170 @@
+"""The Discord client: slash commands (one cog per feature), persistent buttons, and the
+reporting of each job from "queued" to its result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.buttons import BUTTONS
+from bot.delivery import INTERACTION_TTL_S, Delivery
+from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
+from bot.results import ending_message, progress_text, result_message
+from bot.settings import Settings
+from bot.studio import USER_ERRORS, Member, Studio, Submitted
+from generation.events import Done, Event, Failed
+from storage.models import DONE, GuildSettings, utcnow
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.blend", "bot.cogs.show", "bot.cogs.history", "bot.cogs.preferences",
+              "bot.cogs.account", "bot.cogs.admin")
+UNDELIVERED_MAX_AGE = timedelta(days=7)  # results older than this that never got posted stay unposted
+
+Submit = Callable[[Member, dict[str, Any]], Awaitable[Submitted]]
+
+
+class PintorBot(commands.Bot):
+    # Class attributes, so that tests can shorten them on one bot.
+    progress_interval_s: float = PROGRESS_INTERVAL_S  # at most one progress edit per message per this
+    interaction_ttl_s: float = INTERACTION_TTL_S  # after this, results go to the channel instead
+
+    def __init__(self, *, settings: Settings, studio: Studio, **options: Any):
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Pintor has no voice
+        options.setdefault("intents", discord.Intents.default())  # no privileged intents needed
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())  # each message allows its member
+        super().__init__(command_prefix=commands.when_mentioned, help_command=None, **options)
+        self.settings = settings
+        self.studio = studio
+        self._followed: set[int] = set()  # jobs whose messages a reporter of this bot drives
+        self._tasks: set[asyncio.Task] = set()
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*BUTTONS)
+        self.tree.on_error = self.on_app_command_error
+        self.studio.listeners.append(self.on_job_event)
+        # Results stored while the last run was stopping (or crashing), never posted: post them.
+        # Read before the studio starts, so that no job re-run after the start is among them.
+        for job in await self.studio.store.undelivered(since=utcnow() - UNDELIVERED_MAX_AGE):
+            self._spawn(self._deliver_unfollowed(job.id), f"deliver-job-{job.id}")
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """To the configured servers (commands appear at once), else globally (up to an hour)."""
+        if not self.settings.discord_guild_ids:
+            synced = await self.tree.sync()
+            log.info("registered %d commands globally", len(synced))
+            return
+        for guild_id in self.settings.discord_guild_ids:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            try:
+                synced = await self.tree.sync(guild=guild)
+                log.info("registered %d commands in server %s", len(synced), guild_id)
+            except discord.HTTPException as err:
+                log.error("could not register the commands in server %s: %s (is Pintor invited there "
+                          "with the applications.commands scope?)", guild_id, err)
+
+    async def close(self) -> None:
+        if self.on_job_event in self.studio.listeners:
+            self.studio.listeners.remove(self.on_job_event)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().close()
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def rules(self, guild_id: int | None) -> GuildSettings | None:
+        """A server's rules for a job made there; None in direct messages."""
+        return await self.studio.settings.guild(guild_id) if guild_id is not None else None
+
+    async def start_job(self, interaction: discord.Interaction, delivery: Delivery, submit: Submit, *,
+                        rules: GuildSettings | None = None) -> None:
+        """Store and queue a job for the member of `interaction` (already acknowledged), under
+        the server's rules, then report it through `delivery` in the background."""
+        member = Member(interaction.user.id, interaction.user.name)
+        try:
+            if rules is None:
+                rules = await self.rules(interaction.guild_id)
+            where = {"guild_id": interaction.guild_id, "channel_id": interaction.channel_id, "rules": rules}
+            submitted = await submit(member, where)
+        except USER_ERRORS as err:
+            await delivery.refuse(f"⚠️ {err}")
+            return
+        except Exception:  # noqa: BLE001 - the member hears of it; the log has the rest
+            log.exception("could not submit a job for member %s", member.id)
+            await delivery.refuse("⚠️ Something went wrong on Pintor's side; nothing was queued. Try again.")
+            return
+        self._followed.add(submitted.job_id)  # before any event of the job can reach on_job_event
+        self._spawn(self._report(submitted, delivery, member.id), f"report-job-{submitted.job_id}")
+
+    async def _report(self, submitted: Submitted, delivery: Delivery, member_id: int) -> None:
+        job_id, request = submitted.job_id, submitted.request
+        try:
+            reporter = ProgressReporter(delivery.progress, interval_s=self.progress_interval_s)
+            await reporter.show_now(progress_text(request, member_id, queued_line(submitted.position)))
+            final = await reporter.run(
+                submitted.events, lambda event: progress_text(request, member_id, line)
+                if (line := status_line(event)) else None)
+            if final is not None:
+                await self._finish(job_id, delivery, final)
+        except Exception:  # noqa: BLE001
+            log.exception("reporting job %s failed", job_id)
+        finally:
+            self._followed.discard(job_id)
+
+    async def _finish(self, job_id: int, delivery: Delivery, final: Event | None = None) -> None:
+        """Post a job's end: its pictures and buttons if it is done, else what happened."""
+        job = await self.studio.job(job_id)
+        if job is None:
+            log.warning("job %s ended but is not in the database", job_id)
+            return
+        if job.status == DONE:
+            out = await result_message(self.studio, job, size_limit=delivery.size_limit)
+        else:
+            out = ending_message(job, final)
+        message = await delivery.final(out)
+        if message is not None and job.status == DONE:
+            await self.studio.store.set_message(job_id, message.channel.id, message.id)
+
+    async def on_job_event(self, job_id: int, event: Event) -> None:
+        """Studio listener: results of jobs no reporter follows (queued again after a restart)
+        are posted in their channel, mentioning the member."""
+        if isinstance(event, (Done, Failed)) and job_id not in self._followed:
+            self._spawn(self._deliver_unfollowed(job_id, event), f"deliver-job-{job_id}")
+
+    async def _deliver_unfollowed(self, job_id: int, event: Event | None = None) -> None:
+        job = await self.studio.job(job_id)
+        if job is None or job.channel_id is None or job.message_id is not None:
+            return  # made elsewhere (the CLI), or already posted
+        log.info("posting job %s in channel %s", job_id, job.channel_id)
+        await self._finish(job_id, await Delivery.for_job(self, job), event)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    async def on_app_command_error(self, interaction: discord.Interaction,
+                                   error: app_commands.AppCommandError) -> None:
+        log.error("/%s failed", interaction.command.name if interaction.command else "?", exc_info=error)
+        text = "⚠️ Something went wrong on Pintor's side. Try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            pass

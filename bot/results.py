@@ -1,0 +1,144 @@
+"""What Pintor's messages say and carry: the text of a job in progress, of its result or of
+its failure, the picture (fitted to the upload limit) and the buttons under it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+
+from bot.attachments import FittedImage, fit_image, human_size
+from bot.buttons import grid_view, upscale_view
+from bot.studio import VARY_STRONG, Studio
+from generation.events import Cancelled, Event, Failed, Interrupted
+from generation.request import Request
+from generation.upscale import RESAMPLE
+from storage.models import Job
+
+log = logging.getLogger(__name__)
+
+MAX_CONTENT_CHARS = 2000  # Discord's limit for a message's text
+MAX_PROMPT_SHOWN_CHARS = 1200
+_INLINE_MARKDOWN = re.compile(r"([\\*_~|`\[\]])")  # what could restyle a prompt, or make a masked link
+
+
+@dataclass
+class Outgoing:
+    """One message's text, picture and buttons."""
+
+    content: str
+    image: FittedImage | None = None
+    view: discord.ui.View | None = None
+    spoiler: bool = False  # a picture the NSFW check flagged: shown behind a spoiler
+
+    def files(self) -> list[discord.File]:
+        """Fresh File objects: discord.py consumes them when it sends."""
+        if self.image is None:
+            return []
+        return [discord.File(io.BytesIO(self.image.data), filename=self.image.filename, spoiler=self.spoiler)]
+
+
+def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def escape(text: str) -> str:
+    """Member-written text shown as written: no markdown styling, no masked links."""
+    return _INLINE_MARKDOWN.sub(r"\\\1", text)
+
+
+def headline(prompt: str, parameters: str, user_id: int) -> str:
+    """**the prompt** --ar 3:2 --model sd-turbo — @member"""
+    if len(prompt) > MAX_PROMPT_SHOWN_CHARS:
+        prompt = prompt[:MAX_PROMPT_SHOWN_CHARS - 1] + "…"
+    shown = f"**{escape(prompt)}**" if prompt.strip() else "*(no text)*"
+    return " ".join(part for part in (shown, escape(parameters), f"— <@{user_id}>") if part)
+
+
+def progress_text(request: Request, user_id: int, line: str) -> str:
+    return _limit(f"{headline(request.prompt, request.parameters, user_id)}\n{line}")
+
+
+def _limit(text: str) -> str:
+    return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS - 1] + "…"
+
+
+def _origin(job: Job, request: Request) -> str | None:
+    """What a job was made from, for jobs made by a button."""
+    if job.kind == "reroll" and job.parent_id:
+        return f"🔄 Re-roll of job {job.parent_id}"
+    if job.kind == "variation" and job.parent_id:
+        strength = "Strong" if request.strength >= VARY_STRONG else "Subtle"
+        return f"Variation ({strength}) of image {job.parent_index} of job {job.parent_id}"
+    if job.kind == "upscale" and job.parent_id:
+        how = "resampled" if job.model == RESAMPLE else f"by {job.model}"
+        return f"Image #{job.parent_index} of job {job.parent_id}, upscaled {how}"
+    return None
+
+
+def _notices(job: Job) -> list[str]:
+    return [f"⚠️ {line}" for line in (job.notices or "").splitlines() if line.strip()]
+
+
+async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoing:
+    """A finished job as a message: the grid (or the single upscaled image) and its buttons."""
+    request = Request.from_json(job.request)
+    single = job.kind == "upscale" or len(job.images) == 1
+    shown = job.images[:1] if single else job.images
+    path = job.images[0].path if single and job.images else job.grid_path
+    seed = job.images[0].seed if single and job.images else request.seed
+    lines = [headline(request.prompt, request.parameters, job.user_id)]
+    if origin := _origin(job, request):
+        lines.append(origin)
+    lines.append(f"seed {seed} · {job.model} · job {job.id}")
+    lines += _notices(job)
+
+    image = view = None
+    try:
+        data = await asyncio.to_thread(Path(path).read_bytes) if path else None
+    except OSError:
+        data = None
+    if data is None:
+        log.warning("job %s: its picture %s is gone", job.id, path)
+        lines.append("The picture files of this job are gone from the file store.")
+    else:
+        image = await asyncio.to_thread(fit_image, data, f"pintor-{job.id}.png", size_limit)
+        if image is None:
+            lines.append(f"The picture does not fit the {human_size(size_limit)} upload limit here.")
+        elif image.changed:
+            lines.append(f"🗜️ Sent as {image.changed} to fit the {human_size(size_limit)} upload limit here; "
+                         f"the full-size PNG is kept (`/show job_id:{job.id}`).")
+        if single and job.images:
+            view = upscale_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job))
+        else:
+            view = grid_view(job.id)
+    return Outgoing(_limit("\n".join(lines)), image, view, spoiler=any(i.flagged for i in shown))
+
+
+async def _parent_url(studio: Studio, job: Job) -> str | None:
+    if job.parent_id is None:
+        return None
+    parent = await studio.job(job.parent_id)
+    if parent is None or parent.channel_id is None or parent.message_id is None:
+        return None
+    return jump_url(parent.guild_id, parent.channel_id, parent.message_id)
+
+
+def ending_message(job: Job, event: Event | None) -> Outgoing:
+    """A job that ended without pictures: failed, cancelled, or stopped by a shutdown."""
+    request = Request.from_json(job.request)
+    if isinstance(event, Failed):
+        line = f"❌ {event.reason}"
+    elif isinstance(event, Cancelled):
+        line = f"Cancelled (job {job.id})."
+    elif isinstance(event, Interrupted):
+        line = (f"⏸️ Pintor stopped before job {job.id} was done. It stays queued and will be posted "
+                f"in this channel when Pintor is back.")
+    else:
+        line = f"Job {job.id}: {type(event).__name__.lower()}"
+    return Outgoing(progress_text(request, job.user_id, line))

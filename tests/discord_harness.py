@@ -1,0 +1,153 @@
+"""Pintor as it runs in production — the real discord.py client (PintorBot), the real Studio,
+its worker process and a SQLite file — against the local Discord emulator.
+
+One harness is shared by the Discord end-to-end tests (the worker takes seconds to start):
+the session fixture `discord_harness`, and `pintor`, which every test takes, pointing
+discord.py at the emulator again (other tests point it elsewhere and back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from PIL import Image
+from sqlalchemy import func, select
+
+from bot.app import Running, running_bot
+from bot.discord_bot import PintorBot
+from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
+from bot.settings import Settings
+from bot.studio import Studio
+from storage.models import Job
+from tests.discord_emulator import DiscordEmulator, RecordedRequest
+
+TEST_PROGRESS_INTERVAL_S = 0.25
+TIMEOUT_S = 90.0  # for a job to finish: generous, a loaded CI machine is slow
+
+
+class Harness:
+    def __init__(self, emu: DiscordEmulator, settings: Settings):
+        self.emu = emu
+        self.settings = settings
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.running: Running | None = None
+
+    @property
+    def bot(self) -> PintorBot:
+        return self.running.bot
+
+    @property
+    def studio(self) -> Studio:
+        return self.running.studio
+
+    async def start(self) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        self.running = await self._stack.enter_async_context(running_bot(self.settings, guild_ready_timeout=0))
+        self.bot.progress_interval_s = TEST_PROGRESS_INTERVAL_S
+        await asyncio.wait_for(self.bot.wait_until_ready(), 30)
+
+    async def stop(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = self.running = None
+
+    async def restart(self, settings: Settings | None = None, *, while_stopped=None) -> None:
+        """Stop the bot and its studio (worker included), run `while_stopped()`, start anew
+        over the same database and data folder."""
+        await self.stop()
+        if while_stopped is not None:
+            await while_stopped()
+        self.settings = settings or self.settings
+        await self.start()
+
+    # -- looking at what happened ---------------------------------------------------------------
+
+    async def until(self, condition: Callable[[], Any], timeout: float = TIMEOUT_S) -> None:
+        """Wait until `condition()` holds; checked after each request the emulator receives."""
+        await self.emu._wait(condition, timeout)
+
+    def requests(self, predicate: Callable[[RecordedRequest], bool]) -> list[RecordedRequest]:
+        return [r for r in self.emu.requests if predicate(r)]
+
+    async def job_count(self) -> int:
+        async with self.studio.store.session() as session:
+            return await session.scalar(select(func.count()).select_from(Job))
+
+    async def job(self, job_id: int) -> Job:
+        job = await self.studio.job(job_id)
+        assert job is not None, f"no job {job_id}"
+        return job
+
+    async def posted(self, job_id: int, timeout: float = 10.0) -> Job:
+        """The job once the bot has recorded where its result was posted (right after posting)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (job := await self.job(job_id)).message_id is None:
+            assert loop.time() < deadline, f"job {job_id}: no message recorded"
+            await asyncio.sleep(0.02)
+        return job
+
+    async def fetch(self, attachment: dict) -> bytes:
+        async with aiohttp.ClientSession() as session, session.get(attachment["url"]) as response:
+            assert response.status == 200
+            return await response.read()
+
+    async def picture(self, message: dict) -> Image.Image:
+        [attachment] = message["attachments"]
+        image = Image.open(io.BytesIO(await self.fetch(attachment)))
+        image.load()
+        return image
+
+
+def job_id_of(message: dict) -> int:
+    match = re.search(r"· job (\d+)", message["content"])
+    assert match, message["content"]
+    return int(match[1])
+
+
+def custom_ids(message: dict) -> list[list[str]]:
+    return [[c.get("custom_id") or c.get("url") for c in row["components"]] for row in message["components"]]
+
+
+def is_result(message: dict) -> bool:
+    """A message that reached its final state: a picture and buttons."""
+    return bool(message["attachments"]) and bool(message["components"])
+
+
+def harness_settings(emu: DiscordEmulator, tmp: Path, registry_file: Path, **overrides: Any) -> Settings:
+    values = dict(
+        discord_token="test-token", discord_api_base=emu.api_base, discord_gateway_url=emu.gateway_url,
+        discord_guild_ids=[], pintor_allow_dms=False, pintor_buttons_author_only=False,
+        database_url=f"sqlite+aiosqlite:///{tmp / 'pintor.db'}", pintor_data_dir=tmp / "data",
+        pintor_models=registry_file, pintor_default_model=None, pintor_device="cpu",
+        pintor_max_loaded_models=3, pintor_queue_url="", pintor_log_level="WARNING")
+    return Settings(_env_file=None, **(values | overrides))
+
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("pintor-discord")
+    async with DiscordEmulator() as emu:
+        harness = Harness(emu, harness_settings(emu, tmp, registry_file))
+        try:
+            await harness.start()
+            yield harness
+        finally:
+            await harness.stop()
+            point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
+
+
+@pytest.fixture
+def pintor(discord_harness: Harness) -> Harness:
+    point_discord_at(discord_harness.emu.api_base, discord_harness.emu.gateway_url)
+    return discord_harness

@@ -16,7 +16,9 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NOISY_LOGGERS = ("discord.http", "discord.gateway", "httpx", "urllib3", "alembic.runtime.migration")
+# discord.webhook logs interaction-token URLs at DEBUG: short-lived, but still not for logs
+NOISY_LOGGERS = ("discord.http", "discord.gateway", "discord.webhook", "httpx", "urllib3",
+                 "alembic.runtime.migration")
 
 
 def configure_logging(level: str) -> None:

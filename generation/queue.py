@@ -118,8 +118,8 @@ class LocalQueue:
         self._closing = True
         process = self._process
         if process is not None and process.is_alive():
-            if self.state.running_job is None:
-                process.terminate()  # idle (or still starting): nothing to finish
+            if not self.state.ready:
+                process.terminate()  # still starting: nothing to finish
             else:
                 self._send("stop")
                 try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -150,10 +151,14 @@ class _Worker:
 
 
 def _reason(err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if "out of memory" in text.lower():
+    """What a member is told: no server paths or internals (the log has the traceback)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "out of memory" in text.lower() or isinstance(err, MemoryError):
         return "The GPU ran out of memory. Try a smaller --ar or fewer --steps, or ask an admin to enable offloading."
-    return f"Generation failed: {text[:300]}"
+    if isinstance(err, FileNotFoundError):
+        return "A picture this job starts from is gone from Pintor's file store."
+    text = re.sub(r"(?:[A-Za-z]:)?[/\\][^\s'\"]+", "<path>", text)
+    return f"Generation failed ({type(err).__name__}: {text[:200]})." if text else f"Generation failed ({type(err).__name__})."
 
 
 def run_worker(conn, config: WorkerConfig) -> None:

@@ -17,17 +17,7 @@ class SettingsStore:
             return await session.get(MemberSettings, user_id) or MemberSettings.new(user_id)
 
     async def update_member(self, user_id: int, user_name: str = "", **values) -> MemberSettings:
-        async with self.session.begin() as session:
-            if await session.get(User, user_id) is None:
-                session.add(User(id=user_id, name=user_name[:100]))
-                await session.flush()
-            settings = await session.get(MemberSettings, user_id)
-            if settings is None:
-                settings = MemberSettings.new(user_id)
-                session.add(settings)
-            for key, value in values.items():
-                setattr(settings, key, value)
-        return settings
+        return await self._update(MemberSettings, user_id, user_name=user_name, **values)
 
     async def guild(self, guild_id: int | None) -> GuildSettings:
         """A server's rules; the defaults for a server without stored ones (and for DMs, None)."""
@@ -36,11 +26,18 @@ class SettingsStore:
             return stored or GuildSettings.new(guild_id or 0)
 
     async def update_guild(self, guild_id: int, **values) -> GuildSettings:
+        return await self._update(GuildSettings, guild_id, **values)
+
+    async def _update(self, table, key: int, *, user_name: str | None = None, **values):
+        """Change a settings row, creating it (and for a member, their user row) on first use."""
         async with self.session.begin() as session:
-            settings = await session.get(GuildSettings, guild_id)
-            if settings is None:
-                settings = GuildSettings.new(guild_id)
-                session.add(settings)
-            for key, value in values.items():
-                setattr(settings, key, value)
-        return settings
+            if user_name is not None and await session.get(User, key) is None:
+                session.add(User(id=key, name=user_name[:100]))
+                await session.flush()
+            row = await session.get(table, key)
+            if row is None:
+                row = table.new(key)
+                session.add(row)
+            for name, value in values.items():
+                setattr(row, name, value)
+        return row

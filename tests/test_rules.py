@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import text
 
 from bot.studio import USER_ERRORS, LimitError, Member, Studio, prepare, with_defaults
@@ -77,17 +78,23 @@ def test_prepare_applies_member_defaults_and_names_them(registry_file):
     assert "--ar 2:1" in request.parameters and "--model tiny-sdxl" in request.parameters
 
 
-@pytest.fixture
-async def studio(engine, tmp_path: Path, registry_file: Path):
-    queue = LocalQueue(WorkerConfig(output_dir=str(tmp_path / "images"), registry_path=str(registry_file),
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def studio(tmp_path_factory, registry_file: Path):
+    """One studio (and worker process) for the tests below: each uses its own members."""
+    tmp = tmp_path_factory.mktemp("rules")
+    engine = open_engine(f"sqlite+aiosqlite:///{tmp / 'pintor.db'}")
+    await upgrade(engine)
+    queue = LocalQueue(WorkerConfig(output_dir=str(tmp / "images"), registry_path=str(registry_file),
                                     device="cpu"))
     studio = Studio(registry=load_registry(registry_file), store=JobStore(engine), queue=queue,
-                    inputs_dir=tmp_path / "inputs")
+                    inputs_dir=tmp / "inputs")
     await studio.start()
     yield studio
     await studio.close()
+    await engine.dispose()
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_twenty_simultaneous_requests_with_a_limit_of_three_queue_three(studio):
     rules = GuildSettings.new(1)
     rules.max_queued_per_member = 3
@@ -105,6 +112,7 @@ async def test_twenty_simultaneous_requests_with_a_limit_of_three_queue_three(st
         await studio.cancel(submitted.job_id)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_rules_refuse_with_a_reason_and_store_nothing(studio):
     member = Member(6, "eve")
     cases = [
@@ -125,6 +133,7 @@ async def test_rules_refuse_with_a_reason_and_store_nothing(studio):
     assert (await studio.store.history(member.id, offset=0, limit=5))[1] == 0
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_cancel_only_ones_own_job_and_forget_removes_rows_and_files(studio):
     ann, bob = Member(11, "ann"), Member(12, "bob")
     done = await studio.imagine(ann, "a fox --seed 3")

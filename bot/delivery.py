@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 INTERACTION_TTL_S = 14 * 60  # Discord: interaction tokens work for 15 minutes; keep a margin
 TOKEN_GONE_CODES = {10015, 10062}  # unknown webhook, unknown interaction
+NOT_DONE = "⚠️ Not done."  # what the channel sees, for a moment, of a refusal after a public "thinking…"
 
 
 def _token_gone(err: discord.HTTPException) -> bool:
@@ -107,11 +108,17 @@ class Delivery:
                 return
             if not self.new_message:
                 # The public "thinking…" reply can't turn ephemeral, and a first follow-up would
-                # only replace it: settle it, answer privately, then remove it.
-                await self.interaction.edit_original_response(content=text, allowed_mentions=quiet)
-            await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet)
-            if not self.new_message:
+                # only replace it: settle it (without the reason, which is the member's), answer
+                # privately, then remove it.
+                await self.interaction.edit_original_response(content=NOT_DONE, allowed_mentions=quiet)
+                try:
+                    await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet)
+                except discord.HTTPException:  # no private way left: the public reply says why
+                    await self.interaction.edit_original_response(content=text, allowed_mentions=quiet)
+                    raise
                 await self.interaction.delete_original_response()
+                return
+            await self.interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet)
         except discord.HTTPException as err:
             self._refused(err, "a refusal")
 

@@ -159,6 +159,8 @@ class PintorBot(commands.Bot):
 
     async def on_app_command_error(self, interaction: discord.Interaction,
                                    error: app_commands.AppCommandError) -> None:
+        if isinstance(error, app_commands.CheckFailure) and interaction.response.is_done():
+            return  # the check told the member why (e.g. /pintor-admin without Manage Server)
         log.error("/%s failed", interaction.command.name if interaction.command else "?", exc_info=error)
         text = "⚠️ Something went wrong on Pintor's side. Try again."
         try:

@@ -98,6 +98,24 @@ def _blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float
     return values[:count], values[count] if len(values) > count else 1.0
 
 
+def _blend_prompt(text: str) -> ParsedPrompt:
+    """/blend's prompt: its text is optional (the images are the subject), so parameters
+    alone (`--seed 5`, `--no people`) are fine."""
+    if not text.strip():
+        return ParsedPrompt(parts=())
+    try:
+        return parse_prompt(text)
+    except PromptError:
+        try:
+            # a word in front fixes only the missing text; any other error stays
+            with_text = parse_prompt("x " + text)
+        except PromptError:
+            pass
+        else:
+            return dataclasses.replace(with_text, parts=())
+        raise
+
+
 # prompt parameter → the ParsedPrompt field it sets
 PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
@@ -228,15 +246,15 @@ class Studio:
         is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
         URL has expired.
         """
-        spec = self._blend_model(model)
+        parsed = _blend_prompt(prompt)
+        spec = self._blend_model(model or parsed.model)  # `--model` in the prompt chooses too
         if not MIN_BLEND_IMAGES <= len(uploads) <= MAX_BLEND_IMAGES:
             raise RequestError(f"/blend takes {MIN_BLEND_IMAGES} to {MAX_BLEND_IMAGES} images, not {len(uploads)}.")
         if dimensions not in BLEND_DIMENSIONS:
             raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
-        parsed = parse_prompt(prompt) if prompt.strip() else ParsedPrompt(parts=())
         image_weights, text_weight = _blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
         images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in uploads])
-        paths = await asyncio.to_thread(self._keep_inputs, images)
+        paths, written = await asyncio.to_thread(self._keep_inputs, images)
 
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
@@ -245,7 +263,12 @@ class Studio:
             prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
             images=tuple(paths), image_weights=tuple(image_weights))
-        return await self.submit(member, request, **where)
+        try:
+            return await self.submit(member, request, **where)
+        except BaseException:
+            # refused by a server rule (or not stored): keep no upload that no job refers to
+            await asyncio.to_thread(_delete_files, written)
+            raise
 
     def _blend_model(self, name: str | None):
         if name is not None:
@@ -263,18 +286,20 @@ class Studio:
             raise RequestError("No model that can blend images (Kandinsky 2.1/2.2) is configured; ask an admin.")
         return spec
 
-    def _keep_inputs(self, images) -> list[str]:
-        """Each input as a PNG named by its checksum (written atomically; kept for the job)."""
+    def _keep_inputs(self, images) -> tuple[list[str], list[str]]:
+        """Each input as a PNG named by its checksum (written atomically; kept for the job).
+        Returns the paths, and those of them this call wrote (the others were there already)."""
         if self.inputs_dir is None:
             raise RuntimeError("Studio was built without an inputs_dir")
-        paths = []
+        paths, written = [], []
         for image in images:
             data = png_bytes(image)
             path = self.inputs_dir / f"{sha256(data)}.png"
             if not path.exists():
                 write_atomic(path, data)
+                written.append(str(path))
             paths.append(str(path))
-        return paths
+        return paths, written
 
     async def job(self, job_id: int) -> Job | None:
         return await self.store.get(job_id)
@@ -387,6 +412,8 @@ class Studio:
             except Exception:  # noqa: BLE001 - one bad write must not stop every later job's results
                 log.exception("could not store %s", event)
                 if isinstance(event, Done):
+                    # no row refers to its pictures (the job may be gone: /forget): keep none
+                    await asyncio.to_thread(_delete_files, [i.path for i in event.images] + [event.grid.path])
                     event = Failed(event.job_id, "The result could not be saved.")
                     await self.store.mark_failed(event.job_id, event.reason)
             for inbox in self._watchers.get(event.job_id, []):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -203,8 +204,17 @@ class Engine:
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
                       generator=generators, callback_on_step_end=callback,
                       height=request.height, width=request.width)
-        if spec.family == "kandinsky21":  # 2.1's decoder reads the text as well
-            kwargs["prompt"] = texts[0] if texts else ""
+        if spec.family == "kandinsky21":
+            # 2.1's decoder reads the text as well, one per image like the embeddings (a single
+            # string would make a batch of one), and has only the older per-step callback
+            kwargs["prompt"] = [texts[0] if texts else ""] * request.count
+            if request.negative:
+                kwargs["negative_prompt"] = [request.negative] * request.count
+            steps = min(int(request.steps * request.strength), request.steps) if request.init_image else request.steps
+            progress = SimpleNamespace(_num_timesteps=steps)  # what the 2.2 pipelines report
+            del kwargs["callback_on_step_end"]
+            kwargs.update(callback_steps=1,
+                          callback=lambda step, t, latents: callback(progress, step, t, {"latents": latents}))
         if request.init_image:
             pipe = self.pipelines.get(spec, "img2img")
             kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,

@@ -97,6 +97,10 @@ class PipelineCache:
             base = entry.get("text2img") or self.get(spec, "text2img")
             if spec.family in _KANDINSKY:
                 pipe = _KANDINSKY[spec.family][1](**base.components)
+                # diffusers' Kandinsky img2img calls preprocess(image, width, height) where it takes
+                # (height, width): a non-square picture comes out transposed (2.2) or fails (2.1).
+                # The engine hands pictures at the request's size already: no resizing needed.
+                pipe.image_processor.register_to_config(do_resize=False)
             else:
                 pipe = AutoPipelineForImage2Image.from_pipe(base)
             return self._finish(pipe, spec, placed=True)

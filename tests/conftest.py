@@ -1,11 +1,18 @@
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Tiny models gain nothing from several threads, and the tests run torch in two processes at
+# once (the test's own and the worker it spawned): one thread each avoids oversubscribing the
+# cores. Set before torch is imported; the worker processes inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 from tests.discord_harness import discord_harness, pintor  # noqa: F401 - the Discord tests' shared bot
-from tests.tiny_models import build_all
+from tests.tiny_models import build_all  # noqa: E402
 
 
 @pytest.fixture(scope="session")

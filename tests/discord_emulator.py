@@ -2,8 +2,8 @@
 
 Point the client at it with ``bot.discord_endpoints.point_discord_at(emu.api_base,
 emu.gateway_url)`` before ``login``. The emulator records every REST request, keeps every
-message the bot created or edited, serves uploaded files, and dispatches slash commands
-and component clicks as INTERACTION_CREATE events over the gateway.
+message the bot created or edited, serves uploaded files, and dispatches slash commands,
+component clicks and modal submits as INTERACTION_CREATE events over the gateway.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class DiscordEmulator:
         self.gateway_received: list[dict] = []  # every gateway frame the client sent
         self.api_base = self.gateway_url = self.base_url = ""
         self._files: dict[int, tuple[bytes, str]] = {}  # served attachments
+        self.attachment_gets: list[int] = []  # ids of the attachments fetched, in order (404s included)
         self._ws: web.WebSocketResponse | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._seq = 0
@@ -213,6 +214,10 @@ class DiscordEmulator:
         if content_type.startswith("image/") and (size := _image_size(data)):
             attachment["width"], attachment["height"] = size
         return attachment
+
+    def remove_attachment(self, attachment: dict) -> None:
+        """Stop serving an attachment (as when its signed URL expires): its URL answers 404."""
+        self._files.pop(int(attachment["id"]), None)
 
     def _apply(self, msg: dict, body: dict, files: list[tuple[str, bytes]], *, edit: bool) -> dict:
         """Create/edit semantics of Discord messages: given keys replace, null clears."""
@@ -389,6 +394,7 @@ class DiscordEmulator:
         return 200, self._dm_channel(int((rec.json or {})["recipient_id"]))
 
     async def _serve_attachment(self, request: web.Request) -> web.Response:
+        self.attachment_gets.append(int(request.match_info["aid"]))
         data, content_type = self._files.get(int(request.match_info["aid"]), (None, ""))
         if data is None:
             return web.Response(status=404)
@@ -530,3 +536,29 @@ class DiscordEmulator:
         payload = self._base_interaction(3, data, channel, user_id, attachment_size_limit, permissions)
         payload["message"] = json.loads(json.dumps(message))  # a snapshot, as Discord sends it
         return await self._dispatch_interaction(payload, original_id=int(message_id))
+
+    async def submit_modal(self, opened: Interaction, values: dict[str, str], *,
+                           user_id: int | None = None) -> Interaction:
+        """Fill in and submit the modal the bot answered ``opened`` with (callback type 9).
+
+        ``values`` are keyed by a text input's custom_id or its label; inputs left out are sent
+        empty. A modal opened from a message's button may update that message (callback 7).
+        """
+        modal = next(c["data"] for c in opened.callbacks if c["type"] == 9)
+        inputs: dict[str, str | None] = {}  # custom_id → label
+        for row in modal["components"]:
+            if row["type"] == 18:  # a Label around one input
+                inputs[row["component"]["custom_id"]] = row.get("label")
+            else:  # an action row (the older layout)
+                inputs.update((c["custom_id"], c.get("label")) for c in row["components"])
+        rows = [{"type": 1, "components": [{"type": 4, "custom_id": cid, "value": values.get(cid, values.get(label, ""))}]}
+                for cid, label in inputs.items()]
+        opener = (opened.payload.get("member") or opened.payload)["user"]
+        payload = self._base_interaction(5, {"custom_id": modal["custom_id"], "components": rows},
+                                         opened.payload["channel"], user_id or int(opener["id"]),
+                                         opened.payload["attachment_size_limit"], "0")
+        original_id = None
+        if "message" in opened.payload:  # opened from a button: the submit may edit that message
+            original_id = opened.original_id
+            payload["message"] = json.loads(json.dumps(self.messages.get(original_id, opened.payload["message"])))
+        return await self._dispatch_interaction(payload, original_id=original_id)

@@ -46,6 +46,8 @@ __all__ = [
     "build_sd",
     "build_sdxl",
     "build_kandinsky22",
+    "build_kandinsky21",
+    "make_xlm_roberta_tokenizer",
     "build_upscaler_x4",
     "build_all",
     "TEXT_WIDTH",
@@ -446,3 +448,172 @@ def build_sd_with_safety_checker(path: Path, *, flag_everything: bool) -> Path:
                                                    requires_safety_checker=True)
     pipe.save_pretrained(path)
     return path
+
+
+# -- Kandinsky 2.1 ------------------------------------------------------------------------------
+
+# Whole-word pieces of the tiny XLM-RoBERTa (SentencePiece-style, "▁" marks a word start); any
+# other printable ASCII text falls back to single characters.
+_XLMR_WORDS = (
+    "a an the of in on at with and or by to for from is red blue green white black fox cat dog "
+    "whale snow tree trees forest sea sky city night day sun moon house mountain river portrait "
+    "photo painting oil watercolor style art cute big small old new beautiful light dark"
+).split()
+
+
+def make_xlm_roberta_tokenizer() -> transformers.XLMRobertaTokenizerFast:
+    """An XLM-RoBERTa (Unigram) tokenizer with a hand-written ~260-token vocabulary.
+
+    Layout like the real one: ``<s>``, ``<pad>``, ``</s>``, ``<unk>`` first (ids 0-3), ``<mask>``
+    last. Whole words score higher than the characters they are made of; other printable ASCII
+    falls back to one piece per character, anything else is ``<unk>``. ``model_max_length`` 77.
+    """
+    chars = [chr(c) for c in range(33, 127)]
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("▁", -3.0)] + [("▁" + w, -5.0) for w in _XLMR_WORDS]
+    pieces += [("▁" + c, -9.0) for c in chars] + [(c, -10.0) for c in chars]
+    pieces += [("<mask>", 0.0)]
+    return transformers.XLMRobertaTokenizerFast(vocab=pieces, model_max_length=77)
+
+
+def build_kandinsky21(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]:
+    """Tiny Kandinsky 2.1 prior + decoder; decoder native size 64x64 (MoVQ factor 8).
+
+    The prior is the 2.2 prior's tiny components in a ``KandinskyPriorPipeline``. The decoder
+    (``KandinskyPipeline``) also reads the text: a ``MultilingualCLIP`` (tiny XLM-RoBERTa + a
+    linear map to the image-embedding size) feeds the UNet's ``text_image`` embeddings, so the UNet's
+    ``cross_attention_dim`` is the image-embedding size and its ``encoder_hid_dim`` the XLM-R width.
+    """
+    from diffusers import KandinskyPipeline, KandinskyPriorPipeline
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+    prior_path, decoder_path = Path(prior_path), Path(decoder_path)
+    embed_dim = TEXT_WIDTH  # CLIP image-embedding size shared by prior and decoder
+
+    # ---- prior (the same tiny components as Kandinsky 2.2's)
+    torch.manual_seed(0)
+    tokenizer = make_clip_tokenizer()
+    text_encoder = CLIPTextModelWithProjection(
+        _text_config(tokenizer, projection_dim=embed_dim)
+    ).eval()
+    image_size = 32
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=TEXT_WIDTH,
+            projection_dim=embed_dim,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_channels=3,
+            image_size=image_size,
+            patch_size=8,
+        )
+    ).eval()
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_resize=True,
+        do_center_crop=True,
+        do_normalize=True,
+        resample=3,
+    )
+    prior = PriorTransformer(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        num_layers=1,
+        embedding_dim=embed_dim,
+        num_embeddings=77,
+        additional_embeddings=4,
+    )
+    # A fresh PriorTransformer has clip_std == 0, which makes every embedding all zeros.
+    prior.clip_std = torch.nn.Parameter(torch.ones_like(prior.clip_std))
+    prior_scheduler = UnCLIPScheduler(
+        variance_type="fixed_small_log",
+        prediction_type="sample",
+        num_train_timesteps=1000,
+        clip_sample=True,
+        clip_sample_range=10.0,
+    )
+    KandinskyPriorPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=prior_scheduler,
+        image_processor=image_processor,
+    ).save_pretrained(prior_path)
+
+    # ---- decoder
+    torch.manual_seed(0)
+    xlmr_tokenizer = make_xlm_roberta_tokenizer()
+    xlmr_width = 32
+    mclip = MultilingualCLIP(
+        MCLIPConfig(
+            transformerDimSize=xlmr_width,  # XLM-R hidden size → ...
+            imageDimSize=embed_dim,  # ... the pooled text embedding, in image-embedding space
+            vocab_size=len(xlmr_tokenizer),
+            hidden_size=xlmr_width,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            # XLM-R positions start after the padding id (1): 77 tokens need 79 positions
+            max_position_embeddings=80,
+            type_vocab_size=1,
+            bos_token_id=xlmr_tokenizer.bos_token_id,
+            eos_token_id=xlmr_tokenizer.eos_token_id,
+            pad_token_id=xlmr_tokenizer.pad_token_id,
+        )
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=8,  # epsilon + learned variance (the pipeline splits them under guidance)
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        addition_embed_type="text_image",
+        encoder_hid_dim=xlmr_width,  # XLM-R hidden states → cross-attention tokens
+        encoder_hid_dim_type="text_image_proj",
+        # text_image embeddings take the pooled text and the image embedding at this size
+        cross_attention_dim=embed_dim,
+        attention_head_dim=8,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+        norm_num_groups=32,
+    )
+    movq = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
+        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
+        # the spatial-norm decoder needs channel counts that are multiples of 32
+        block_out_channels=(32, 32, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        num_vq_embeddings=16,
+        vq_embed_dim=4,
+        norm_num_groups=8,
+        norm_type="spatial",
+        sample_size=64,
+    )
+    # what kandinsky-community/kandinsky-2-1 ships: DDIM, linear betas
+    decoder_scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    KandinskyPipeline(
+        text_encoder=mclip,
+        tokenizer=xlmr_tokenizer,
+        unet=unet,
+        scheduler=decoder_scheduler,
+        movq=movq,
+    ).save_pretrained(decoder_path)
+    return prior_path, decoder_path

@@ -59,8 +59,10 @@ class Blend(commands.Cog):
                 await interaction.response.send_message(
                     f"⚠️ {attachment.filename} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.", ephemeral=True)
                 return
-        await interaction.response.defer(thinking=True)  # downloads can take a while
-        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at)
+        private = (await self.bot.studio.settings.member(interaction.user.id)).private
+        await interaction.response.defer(thinking=True, ephemeral=private)  # downloads can take a while
+        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
+                                            private=private)
 
         async def submit(member, where):
             uploads = [(a.filename, await download(self.http, a.url, a.filename)) for a in attachments]

@@ -69,6 +69,7 @@ class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pintor:h:
 
 
 async def history_page(studio: Studio, user_id: int, page: int):
+    page = max(1, page)  # "◀" of page 1 names page 0 (disabled, but a forged press arrives)
     jobs, total = await studio.store.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     if page > pages:  # jobs were deleted meanwhile: show the last page

@@ -6,7 +6,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from generation.prompt import PromptError, parse_prompt
+from bot.studio import USER_ERRORS
 from storage.models import MemberSettings
 
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
@@ -46,8 +46,8 @@ class AppendModal(discord.ui.Modal, title="Always append"):
         value = self.text.value.strip()
         if value:
             try:
-                parse_prompt("x " + value)
-            except PromptError as err:
+                self.view.bot.studio.prepare("x " + value)  # as every prompt will be: unknown models too
+            except USER_ERRORS as err:
                 await interaction.response.send_message(f"⚠️ Not saved: {err}", ephemeral=True)
                 return
         await self.view.save(interaction, append=value)

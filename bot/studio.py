@@ -81,6 +81,14 @@ def _delete_files(paths: list[str]) -> int:
     return deleted
 
 
+def _remove_empty_folders(folders: set[str]) -> None:
+    for folder in folders:
+        try:
+            Path(folder).rmdir()  # only if empty: a job's folder once its pictures are gone
+        except OSError:
+            pass
+
+
 def _blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float], float]:
     """'2,1' → image weights (and, with one more value, the text's weight; default 1)."""
     if not text.strip():
@@ -386,8 +394,14 @@ class Studio:
         for job in await self.store.unfinished():
             if job.user_id == member.id:
                 await self.queue.cancel(job.id)
-        paths = await self.store.forget_user(member.id)
-        return await asyncio.to_thread(_delete_files, paths)
+        paths, requests = await self.store.forget_user(member.id)
+        # their uploads too (/blend inputs), unless another member's job uses the same picture
+        uploads = {path for text in requests for path in Request.from_json(text).images
+                   if self.inputs_dir is not None and Path(path).parent == self.inputs_dir}
+        paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
+        deleted = await asyncio.to_thread(_delete_files, paths)
+        await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
+        return deleted
 
     def watch(self, job_id: int) -> AsyncIterator[Event]:
         """The job's events from now on, each after it has been stored."""

@@ -102,18 +102,26 @@ class JobStore:
             return await session.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == user_id, Job.created_at >= since)) or 0
 
-    async def forget_user(self, user_id: int) -> list[str]:
-        """Delete a member's jobs, images, settings and user row; returns the files to delete."""
+    async def forget_user(self, user_id: int) -> tuple[list[str], list[str]]:
+        """Delete a member's jobs, images, settings and user row. Returns the files to delete
+        (pictures) and the deleted jobs' requests (JSON: they name the member's uploads)."""
         async with self.session.begin() as session:
             jobs = (await session.scalars(select(Job).where(Job.user_id == user_id))).all()
             paths = [p for job in jobs for p in [job.grid_path, *(i.path for i in job.images)] if p]
+            requests = [job.request for job in jobs]
             ids = [job.id for job in jobs]
             # other members' jobs made from these (V/U of a grid) keep their own pictures
             await session.execute(update(Job).where(Job.parent_id.in_(ids)).values(parent_id=None))
             await session.execute(delete(Image).where(Image.job_id.in_(ids)))
             await session.execute(delete(Job).where(Job.id.in_(ids)))
             await session.execute(delete(User).where(User.id == user_id))
-        return paths
+        return paths, requests
+
+    async def mentioned(self, text: str) -> bool:
+        """Whether any job's request contains `text` (e.g. an upload's file name)."""
+        async with self.session() as session:
+            found = await session.scalar(select(Job.id).where(Job.request.contains(text)).limit(1))
+            return found is not None
 
     async def undelivered(self, since: datetime, limit: int = 100) -> Sequence[Job]:
         """Jobs finished since `since` for a channel whose result was never posted there (no

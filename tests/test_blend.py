@@ -100,3 +100,18 @@ async def test_bad_uploads_change_nothing(studio, uploads, error, message):
 async def test_a_model_that_cannot_blend_is_refused(studio):
     with pytest.raises(RequestError, match="'tiny-sd' cannot blend"):
         await studio.blend(MEMBER, [CAT, TIGER], model="tiny-sd")
+
+
+async def test_forget_deletes_a_members_uploads_unless_another_job_uses_them(studio):
+    ann, bob = Member(31, "ann"), Member(32, "bob")
+    only_ann, both = ("mine.png", png((90, 10, 200), (40, 56))), ("ours.png", png((5, 99, 5), (48, 48)))
+    first = await finish(studio, await studio.blend(ann, [both, only_ann]))
+    shared, private = Request.from_json(first.request).images
+    await finish(studio, await studio.blend(bob, [both, TIGER]))
+
+    await studio.forget(ann)
+    assert not Path(private).exists()  # only ann's job used it
+    assert Path(shared).exists()  # bob's blend uses the same picture
+    assert not Path(first.grid_path).parent.exists()  # the job's folder went with its pictures
+    await studio.forget(bob)
+    assert not Path(shared).exists()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DM_REFUSAL = ("Pintor makes pictures in server channels, not in direct messages. "
-              "Try `/imagine` in a channel of a server where Pintor is.")
+              "Use it in a channel of a server where Pintor is.")
 
 
 class Imagine(commands.Cog):

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.studio import Member, Studio, Submitted
+from bot.intake import Member
+
+from bot.studio import Studio, Submitted
 from generation.upscale import can_upscale
 
 if TYPE_CHECKING:

@@ -49,7 +49,7 @@ def _check_writable(paths: list[Path]) -> None:
 async def imagine(settings: Settings, prompt: str, output: Path, separate: bool) -> int:
     from tqdm import tqdm
 
-    from bot.studio import USER_ERRORS, Member, prepare
+    from bot.intake import USER_ERRORS, Member, prepare
     from bot.wiring import open_studio, registry_from
     from generation.events import Done, Failed, Progress, Queued, Started
 

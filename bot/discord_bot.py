@@ -18,7 +18,8 @@ from bot.delivery import INTERACTION_TTL_S, Delivery
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
 from bot.results import ending_message, progress_text, result_message
 from bot.settings import Settings
-from bot.studio import USER_ERRORS, Member, Studio, Submitted
+from bot.intake import USER_ERRORS, Member
+from bot.studio import Studio, Submitted
 from generation.events import Done, Event, Failed
 from storage.models import DONE, GuildSettings, utcnow
 

@@ -14,49 +14,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError,
+                        Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare)
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
-from generation.inputs import UploadError, open_upload
-from generation.prompt import ParsedPrompt, PromptError, parse_prompt, size_for_aspect
+from generation.inputs import open_upload
+from generation.prompt import size_for_aspect
 from generation.queue import JobQueue
-from generation.registry import Registry, UnknownModelError
-from generation.upscale import RESAMPLE, can_upscale
+from generation.registry import Registry
 from generation.request import GRID_SIZE, Request, build_request, random_seed
+from generation.upscale import RESAMPLE, can_upscale
 from storage.jobs import JobStore, NewImage
-from storage.settings import SettingsStore
 from storage.models import DONE, GuildSettings, Job, MemberSettings
+from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
-MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5
-BLEND_DIMENSIONS = {"square": (1, 1), "portrait": (2, 3), "landscape": (3, 2)}
-
-
-class RequestError(ValueError):
-    """A request that cannot be made as asked; str(err) tells the member what to change."""
-
-
-class LimitError(RequestError):
-    """A server rule (quota, queue limit, allowed models…) refuses the request; says which."""
-
-
-def id_list(text: str | None) -> list[int]:
-    return [int(v) for v in (text or "").split(",") if v.strip().isdigit()]
-
-
-def name_list(text: str | None) -> list[str]:
-    return [v.strip() for v in (text or "").split(",") if v.strip()]
-
-
-# What a member can get wrong: each carries a message meant for them.
-USER_ERRORS = (PromptError, UnknownModelError, RequestError, UploadError)
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    name: str = ""
 
 
 @dataclass
@@ -87,77 +61,6 @@ def _remove_empty_folders(folders: set[str]) -> None:
             Path(folder).rmdir()  # only if empty: a job's folder once its pictures are gone
         except OSError:
             pass
-
-
-def _blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float], float]:
-    """'2,1' → image weights (and, with one more value, the text's weight; default 1)."""
-    if not text.strip():
-        return [1.0] * count, 1.0
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise RequestError(f"weights must be numbers separated by commas, like 2,1 — not '{text[:40]}'.") from None
-    allowed = (count, count + 1) if has_text else (count,)
-    if len(values) not in allowed:
-        expected = f"{count} (one per image{', and one more for the prompt' if has_text else ''})"
-        raise RequestError(f"weights: give {expected}, not {len(values)}.")
-    if any(not 0 < v <= 100 or v != v for v in values):
-        raise RequestError("weights must each be more than 0 and at most 100.")
-    return values[:count], values[count] if len(values) > count else 1.0
-
-
-def _blend_prompt(text: str) -> ParsedPrompt:
-    """/blend's prompt: its text is optional (the images are the subject), so parameters
-    alone (`--seed 5`, `--no people`) are fine."""
-    if not text.strip():
-        return ParsedPrompt(parts=())
-    try:
-        return parse_prompt(text)
-    except PromptError:
-        try:
-            # a word in front fixes only the missing text; any other error stays
-            with_text = parse_prompt("x " + text)
-        except PromptError:
-            pass
-        else:
-            return dataclasses.replace(with_text, parts=())
-        raise
-
-
-# prompt parameter → the ParsedPrompt field it sets
-PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
-                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
-
-
-def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPrompt:
-    """A member's /settings fill in what the prompt does not say; the prompt always wins."""
-    chosen = parse_prompt("x " + defaults.append) if defaults.append.strip() else ParsedPrompt(parts=())
-    values = {PARAMETER_FIELDS[name]: getattr(chosen, PARAMETER_FIELDS[name]) for name in chosen.given}
-    if defaults.model:
-        values["model"] = defaults.model
-    if defaults.aspect:
-        w, h = defaults.aspect.split(":")
-        values["aspect"] = (int(w), int(h))
-    if defaults.quality is not None:
-        values["quality"] = defaults.quality
-    if defaults.stylize is not None:
-        values["stylize"] = defaults.stylize
-    names = {field: name for name, field in PARAMETER_FIELDS.items()}
-    applied = {field: value for field, value in values.items() if names[field] not in parsed.given}
-    return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
-
-
-def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None) -> Request:
-    """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
-    before acknowledging, to answer bad input with an error only its author sees."""
-    parsed = parse_prompt(text)
-    if defaults is not None:
-        parsed = with_defaults(parsed, defaults)
-    spec = registry.get(parsed.model)
-    if not spec.can_generate:
-        names = ", ".join(m.name for m in registry.generators())
-        raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    return build_request(parsed, spec)
 
 
 class Studio:
@@ -254,13 +157,13 @@ class Studio:
         is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
         URL has expired.
         """
-        parsed = _blend_prompt(prompt)
+        parsed = blend_prompt(prompt)
         spec = self._blend_model(model or parsed.model)  # `--model` in the prompt chooses too
         if not MIN_BLEND_IMAGES <= len(uploads) <= MAX_BLEND_IMAGES:
             raise RequestError(f"/blend takes {MIN_BLEND_IMAGES} to {MAX_BLEND_IMAGES} images, not {len(uploads)}.")
         if dimensions not in BLEND_DIMENSIONS:
             raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
-        image_weights, text_weight = _blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
+        image_weights, text_weight = blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
         images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in uploads])
         paths, written = await asyncio.to_thread(self._keep_inputs, images)
 

@@ -9,7 +9,9 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.studio import Member, RequestError, Studio
+from bot.intake import Member, RequestError
+
+from bot.studio import Studio
 from generation.inputs import UploadError
 from generation.queue import LocalQueue
 from generation.registry import load_registry

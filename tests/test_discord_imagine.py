@@ -10,7 +10,7 @@ import re
 import pytest
 from PIL import Image
 
-from bot.studio import Member
+from bot.intake import Member
 from generation.events import Progress
 from tests.discord_harness import TEST_PROGRESS_INTERVAL_S, Harness, custom_ids, is_result, job_id_of
 

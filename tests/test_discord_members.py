@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from bot.cogs.account import pintor_version
-from bot.studio import Member
+from bot.intake import Member
 from generation.events import Started
 from generation.request import Request
 from storage.jobs import NewImage

@@ -9,7 +9,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from bot.studio import USER_ERRORS, LimitError, Member, Studio, prepare, with_defaults
+from bot.intake import USER_ERRORS, LimitError, Member, prepare, with_defaults
+
+from bot.studio import Studio
 from generation.prompt import parse_prompt
 from generation.queue import LocalQueue
 from generation.registry import load_registry

@@ -3,7 +3,6 @@ silently blacked out, and a server can switch the check off."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

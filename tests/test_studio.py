@@ -14,7 +14,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 
-from bot.studio import USER_ERRORS, VARY_STRONG, VARY_SUBTLE, Member, RequestError, Studio, prepare
+from bot.intake import USER_ERRORS, Member, RequestError, prepare
+
+from bot.studio import VARY_STRONG, VARY_SUBTLE, Studio
 from generation.events import FINAL_EVENTS, Done, Event, Progress, Queued, Started
 from generation.queue import LocalQueue
 from generation.registry import load_registry

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.studio import Member
+from bot.intake import Member
 from storage.models import RUNNING
 
 FORGET_TIMEOUT_S = 120

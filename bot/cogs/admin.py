@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.studio import id_list, name_list
+from bot.intake import id_list, name_list
 from storage.models import GuildSettings
 
 EVERYTHING = "all"

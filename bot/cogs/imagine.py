@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import Delivery
-from bot.studio import USER_ERRORS
+from bot.intake import USER_ERRORS
 
 if TYPE_CHECKING:
     from bot.discord_bot import PintorBot

@@ -165,7 +165,6 @@ class Studio:
             raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
         image_weights, text_weight = blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
         images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in uploads])
-        paths, written = await asyncio.to_thread(self._keep_inputs, images)
 
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
@@ -173,12 +172,16 @@ class Studio:
         request = build_request(parsed, spec, kind="blend").replace(
             prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
-            images=tuple(paths), image_weights=tuple(image_weights))
+            image_weights=tuple(image_weights))
+        if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
+            await self._check_rules(member, request, where["rules"], where.get("channel_id"))
+        paths, written = await asyncio.to_thread(self._keep_inputs, images)
         try:
-            return await self.submit(member, request, **where)
+            return await self.submit(member, request.replace(images=tuple(paths)), **where)
         except BaseException:
-            # refused by a server rule (or not stored): keep no upload that no job refers to
-            await asyncio.to_thread(_delete_files, written)
+            # not stored: keep no upload that no job refers to (another blend may share the file)
+            unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
+            await asyncio.to_thread(_delete_files, unused)
             raise
 
     def _blend_model(self, name: str | None):

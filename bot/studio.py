@@ -23,7 +23,7 @@ from generation.prompt import size_for_aspect
 from generation.queue import JobQueue
 from generation.registry import Registry
 from generation.request import GRID_SIZE, Request, build_request, random_seed
-from generation.upscale import RESAMPLE, can_upscale
+from generation.upscale import RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import JobStore, NewImage
 from storage.models import DONE, GuildSettings, Job, MemberSettings
 from storage.settings import SettingsStore
@@ -268,9 +268,12 @@ class Studio:
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
-        if rules.max_side and max(request.width, request.height) > rules.max_side:
-            raise LimitError(f"{request.width}×{request.height} is over this server's limit of "
-                             f"{rules.max_side} pixels per side.")
+        width, height = request.width, request.height
+        if request.kind == "upscale":  # what counts is the size it makes
+            factor = upscale_factor(width, height, with_model=request.model != RESAMPLE)
+            width, height = width * factor, height * factor
+        if rules.max_side and max(width, height) > rules.max_side:
+            raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
         if rules.max_queued_per_member is not None:
             waiting = await self.store.count_unfinished(member.id)
             if waiting >= rules.max_queued_per_member:

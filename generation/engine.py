@@ -21,7 +21,7 @@ from generation.pipelines import PipelineCache
 from generation.registry import Registry
 from generation.request import Request
 from generation.safety import blur
-from generation.upscale import MAX_UPSCALED_SIDE, MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample
+from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class Engine:
             notices.append(f"No upscaling model is configured: enlarged ×{RESAMPLE_FACTOR} by "
                            f"Lanczos resampling, without new detail.")
             return resample(image)
-        if max(image.size) * MODEL_FACTOR > MAX_UPSCALED_SIDE:
+        if upscale_factor(*image.size, with_model=True) != MODEL_FACTOR:
             notices.append(f"Too large for the upscaling model: enlarged ×{RESAMPLE_FACTOR} by "
                            f"Lanczos resampling, without new detail.")
             return resample(image)

@@ -14,6 +14,13 @@ def can_upscale(width: int, height: int) -> bool:
     return max(width, height) * RESAMPLE_FACTOR <= MAX_UPSCALED_SIDE
 
 
+def upscale_factor(width: int, height: int, *, with_model: bool) -> int:
+    """How much an upscale enlarges: ×4 by the model while the result stays within the limit,
+    else ×2 by resampling."""
+    fits = max(width, height) * MODEL_FACTOR <= MAX_UPSCALED_SIDE
+    return MODEL_FACTOR if with_model and fits else RESAMPLE_FACTOR
+
+
 def resample(image: Image.Image, factor: int = RESAMPLE_FACTOR) -> Image.Image:
     """Lanczos resampling: sharp, no invented detail."""
     return image.resize((image.width * factor, image.height * factor), Image.LANCZOS)

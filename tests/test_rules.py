@@ -153,3 +153,18 @@ async def test_cancel_only_ones_own_job_and_forget_removes_rows_and_files(studio
     assert (await studio.store.history(ann.id, offset=0, limit=5))[1] == 0
     with pytest.raises(USER_ERRORS):
         await studio.upscale(bob, done.job_id, 1)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_max_side_counts_the_size_an_upscale_makes(studio):
+    member = Member(13, "gus")
+    grid = await studio.imagine(member, "a fox --seed 4")
+    async for _ in grid.events:
+        pass
+    rules = GuildSettings.new(1)
+    rules.max_side = 300  # a 128 px tile passes, its ×4 upscale (512 px) does not
+    with pytest.raises(LimitError, match="512×512 is over this server's limit of 300"):
+        await studio.upscale(member, grid.job_id, 1, rules=rules)
+    rules.max_side = 512
+    upscale = await studio.upscale(member, grid.job_id, 1, rules=rules)
+    await studio.cancel(upscale.job_id)

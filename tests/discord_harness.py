@@ -123,6 +123,15 @@ def is_result(message: dict) -> bool:
     return bool(message["attachments"]) and bool(message["components"])
 
 
+async def acked(inter, *, kind: int | None = None) -> dict:
+    """The interaction's callback, which came within Discord's 3 seconds."""
+    callback = await inter.wait_callback(timeout=5)
+    assert callback["at"] - inter.dispatched_at < 3
+    if kind is not None:
+        assert callback["type"] == kind, callback
+    return callback
+
+
 def harness_settings(emu: DiscordEmulator, tmp: Path, registry_file: Path, **overrides: Any) -> Settings:
     values = dict(
         discord_token="test-token", discord_api_base=emu.api_base, discord_gateway_url=emu.gateway_url,

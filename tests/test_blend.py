@@ -13,12 +13,8 @@ from bot.intake import Member, RequestError
 
 from bot.studio import Studio
 from generation.inputs import UploadError
-from generation.queue import LocalQueue
-from generation.registry import load_registry
 from generation.request import Request
-from generation.worker import WorkerConfig
-from storage.db import open_engine, upgrade
-from storage.jobs import JobStore
+from tests.studio_helpers import started_studio
 from tests.test_inputs import bomb_png
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -36,16 +32,8 @@ CAT, TIGER = ("cat.png", png((200, 120, 40))), ("tiger.png", png((30, 160, 220),
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def studio(tmp_path_factory, registry_file):
-    tmp = tmp_path_factory.mktemp("blend")
-    engine = open_engine(f"sqlite+aiosqlite:///{tmp / 'pintor.db'}")
-    await upgrade(engine)
-    queue = LocalQueue(WorkerConfig(output_dir=str(tmp / "images"), registry_path=str(registry_file), device="cpu"))
-    studio = Studio(registry=load_registry(registry_file), store=JobStore(engine), queue=queue,
-                    inputs_dir=tmp / "inputs")
-    await studio.start()
-    yield studio
-    await studio.close()
-    await engine.dispose()
+    async with started_studio(tmp_path_factory.mktemp("blend"), registry_file) as studio:
+        yield studio
 
 
 async def finish(studio: Studio, submitted):

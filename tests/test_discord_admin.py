@@ -13,7 +13,7 @@ import pytest_asyncio
 from sqlalchemy import func, select, update
 
 from storage.models import DONE, GuildSettings, Job
-from tests.discord_harness import Harness, is_result, job_id_of
+from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -22,15 +22,6 @@ EPHEMERAL = 64
 MANAGE_GUILD = str(1 << 5)
 RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps", "max_side",
          "buttons_author_only", "nsfw_check", "paused")
-
-
-async def acked(inter, *, kind: int | None = None) -> dict:
-    """The interaction's callback, which came within Discord's 3 seconds."""
-    callback = await inter.wait_callback(timeout=5)
-    assert callback["at"] - inter.dispatched_at < 3
-    if kind is not None:
-        assert callback["type"] == kind, callback
-    return callback
 
 
 async def admin(pintor: Harness, subcommand: str, options: dict | None = None, *,

@@ -22,21 +22,12 @@ from generation.events import Started
 from generation.request import Request
 from storage.jobs import NewImage
 from storage.models import DONE, Job, MemberSettings, User
-from tests.discord_harness import Harness, is_result, job_id_of
+from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MESSAGE, DEFERRED, DEFERRED_UPDATE, UPDATE, MODAL = 4, 5, 6, 7, 9
 EPHEMERAL = 64
-
-
-async def acked(inter, *, kind: int | None = None) -> dict:
-    """The interaction's callback, which came within Discord's 3 seconds."""
-    callback = await inter.wait_callback(timeout=5)
-    assert callback["at"] - inter.dispatched_at < 3
-    if kind is not None:
-        assert callback["type"] == kind, callback
-    return callback
 
 
 async def eventually(check, timeout: float = 30.0) -> None:

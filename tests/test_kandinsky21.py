@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from generation.devices import choose_device
 from generation.engine import Engine, GenerationStopped
-from generation.prompt import parse_prompt
 from generation.registry import Registry, load_registry
-from generation.request import Request, build_request
+from tests.engine_helpers import picture_maker, pixels, request, run
 from tests.tiny_models import build_kandinsky21, build_kandinsky22
 
 MODEL = "tiny-kandinsky21"
@@ -57,38 +55,7 @@ def engine(registry: Registry) -> Engine:
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory: pytest.TempPathFactory):
     """A random RGB picture saved as PNG."""
-    folder = tmp_path_factory.mktemp("pictures")
-
-    def make(width: int, height: int, seed: int = 0) -> str:
-        path = folder / f"{width}x{height}-{seed}.png"
-        if not path.exists():
-            pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(path)
-        return str(path)
-
-    return make
-
-
-def request(registry: Registry, text: str, **changes) -> Request:
-    parsed = parse_prompt(text)
-    return build_request(parsed, registry.get(parsed.model)).replace(**changes)
-
-
-def run(engine: Engine, req: Request, stop_after: int | None = None):
-    steps: list[tuple[int, int]] = []
-    previews: list[Image.Image] = []
-
-    def on_step(step, total, make_preview):
-        steps.append((step, total))
-        if len(previews) < 2:
-            previews.append(make_preview())
-
-    result = engine.generate(req, on_step, lambda: stop_after is not None and len(steps) >= stop_after)
-    return result, steps, previews
-
-
-def pixels(images: list[Image.Image]) -> np.ndarray:
-    return np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return picture_maker(tmp_path_factory.mktemp("pictures"))
 
 
 def differ(a, b) -> float:

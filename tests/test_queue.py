@@ -17,7 +17,8 @@ from PIL import Image
 from generation.events import Cancelled, Done, Failed, Interrupted, Progress, Queued, Started
 from generation.queue import LocalQueue
 from generation.request import Request
-from generation.worker import WorkerConfig, job_dir
+from generation.worker import job_dir
+from tests.studio_helpers import local_queue
 from tests.waiting import EventLog
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -37,8 +38,7 @@ def file_sha256(path: str) -> str:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def env(small_registry_file: Path, tmp_path_factory: pytest.TempPathFactory):
     output = tmp_path_factory.mktemp("queue-output")
-    queue = LocalQueue(WorkerConfig(output_dir=str(output), registry_path=str(small_registry_file),
-                                    device="cpu", preview_interval_s=0.0))
+    queue = local_queue(output, small_registry_file, preview_interval_s=0.0)
     await queue.start()
     log = EventLog(queue.events())
     yield queue, log, output
@@ -173,8 +173,7 @@ async def test_close_during_a_job_reports_it_interrupted(env):
 
 
 async def test_a_worker_that_cannot_start_fails_jobs_with_the_reason(tmp_path: Path):
-    queue = LocalQueue(WorkerConfig(output_dir=str(tmp_path), registry_path=str(tmp_path / "missing.toml"),
-                                    device="cpu"))
+    queue = local_queue(tmp_path, tmp_path / "missing.toml")
     await queue.start()
     log = EventLog(queue.events())
     job = await submit(queue, make_request())

@@ -11,15 +11,13 @@ from sqlalchemy import text
 
 from bot.intake import USER_ERRORS, LimitError, Member, prepare, with_defaults
 
-from bot.studio import Studio
 from generation.prompt import parse_prompt
-from generation.queue import LocalQueue
 from generation.registry import load_registry
-from generation.worker import WorkerConfig
 from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import JobStore
 from storage.models import GuildSettings, MemberSettings
 from storage.settings import SettingsStore
+from tests.studio_helpers import started_studio
 
 
 @pytest.fixture
@@ -83,17 +81,8 @@ def test_prepare_applies_member_defaults_and_names_them(registry_file):
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def studio(tmp_path_factory, registry_file: Path):
     """One studio (and worker process) for the tests below: each uses its own members."""
-    tmp = tmp_path_factory.mktemp("rules")
-    engine = open_engine(f"sqlite+aiosqlite:///{tmp / 'pintor.db'}")
-    await upgrade(engine)
-    queue = LocalQueue(WorkerConfig(output_dir=str(tmp / "images"), registry_path=str(registry_file),
-                                    device="cpu"))
-    studio = Studio(registry=load_registry(registry_file), store=JobStore(engine), queue=queue,
-                    inputs_dir=tmp / "inputs")
-    await studio.start()
-    yield studio
-    await studio.close()
-    await engine.dispose()
+    async with started_studio(tmp_path_factory.mktemp("rules"), registry_file) as studio:
+        yield studio
 
 
 @pytest.mark.asyncio(loop_scope="module")

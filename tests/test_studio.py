@@ -16,16 +16,15 @@ from sqlalchemy import func, select
 
 from bot.intake import USER_ERRORS, Member, RequestError, prepare
 
-from bot.studio import VARY_STRONG, VARY_SUBTLE, Studio
+from bot.studio import VARY_STRONG, VARY_SUBTLE
 from generation.events import FINAL_EVENTS, Done, Event, Progress, Queued, Started
-from generation.queue import LocalQueue
 from generation.registry import load_registry
 from generation.request import Request
 from generation.upscale import RESAMPLE
-from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
 from storage.jobs import JobStore, NewImage
 from storage.models import Job
+from tests.studio_helpers import db_url, make_studio, started_studio
 from tests.waiting import TIMEOUT_S, collect_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -33,27 +32,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 ANN = Member(1, "ann")
 
 
-def db_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
-def make_studio(db, root: Path, registry_file: Path) -> Studio:
-    queue = LocalQueue(WorkerConfig(output_dir=str(root / "images"), registry_path=str(registry_file),
-                                    device="cpu"))
-    return Studio(registry=load_registry(registry_file), store=JobStore(db), queue=queue,
-                  inputs_dir=root / "inputs")
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def env(small_registry_file: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("studio")
-    db = open_engine(db_url(root / "pintor.db"))
-    await upgrade(db)
-    studio = make_studio(db, root, small_registry_file)
-    await studio.start()
-    yield SimpleNamespace(studio=studio, root=root, db=db)
-    await studio.close()
-    await db.dispose()
+    async with started_studio(root, small_registry_file) as studio:
+        yield SimpleNamespace(studio=studio, root=root, db=studio.store.engine)
 
 
 def final(event: Event) -> bool:

@@ -109,35 +109,55 @@ def make_clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def _text_config(tokenizer: CLIPTokenizer, **overrides) -> CLIPTextConfig:
-    kwargs = dict(
+#: the layers of every tiny transformer encoder (CLIP text and vision, XLM-RoBERTa).
+_ENCODER_LAYERS = dict(intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+
+#: every tiny CLIP vision encoder (the Kandinsky prior's, the safety checker's): 32x32 images.
+_VISION = dict(_ENCODER_LAYERS, hidden_size=TEXT_WIDTH, projection_dim=TEXT_WIDTH, image_size=32, patch_size=8)
+
+
+def _text_encoder_sizes(tokenizer, width: int) -> dict:
+    """What every tiny text encoder (CLIP text, XLM-RoBERTa) shares: two layers of four heads,
+    ``width`` wide, over ``tokenizer``'s vocabulary and special token ids."""
+    return dict(
+        _ENCODER_LAYERS,
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        layer_norm_eps=1e-5,
+        hidden_size=width,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _text_config(tokenizer: CLIPTokenizer, **overrides) -> CLIPTextConfig:
+    kwargs = dict(
+        _text_encoder_sizes(tokenizer, TEXT_WIDTH),
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
     )
     kwargs.update(overrides)
     return CLIPTextConfig(**kwargs)
 
 
+#: what the tiny image autoencoders (SD's VAEs, Kandinsky's MoVQ) share: RGB in and out,
+#: 4 latent channels, one layer a block.
+_AUTOENCODER = dict(
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+)
+
+
 def _vae(blocks: int, scaling_factor: float = 0.18215) -> AutoencoderKL:
     channels = [16, 16, 32, 32][:blocks] if blocks <= 4 else [16] * blocks
     return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
+        **_AUTOENCODER,
         down_block_types=["DownEncoderBlock2D"] * blocks,
         up_block_types=["UpDecoderBlock2D"] * blocks,
         block_out_channels=channels,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
         scaling_factor=scaling_factor,
     )
 
@@ -153,60 +173,68 @@ def _sd_scheduler_kwargs() -> dict:
     )
 
 
-def build_sd(path: Path) -> Path:
-    """SD 1.x-style ``StableDiffusionPipeline``; native size 64x64."""
-    path = Path(path)
+def _euler_scheduler() -> EulerDiscreteScheduler:
+    """The SD / SDXL text-to-image scheduler."""
+    return EulerDiscreteScheduler(**_sd_scheduler_kwargs(), timestep_spacing="leading")
+
+
+def _clip_text() -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """``torch.manual_seed(0)``, then the tiny CLIP tokenizer and its text encoder."""
     torch.manual_seed(0)
     tokenizer = make_clip_tokenizer()
-    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
-    unet = UNet2DConditionModel(
+    return tokenizer, CLIPTextModel(_text_config(tokenizer)).eval()
+
+
+def _unet(**config) -> UNet2DConditionModel:
+    """A tiny two-level UNet (32 and 64 channels, one layer a block, 8x8 latents of 4 channels
+    in and out); ``config`` sets the block types and conditioning, and may override the rest."""
+    base = dict(
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64),
         layers_per_block=1,
-        cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = _vae(4)
-    scheduler = EulerDiscreteScheduler(**_sd_scheduler_kwargs(), timestep_spacing="leading")
-    pipe = StableDiffusionPipeline(
-        vae=vae,
+    return UNet2DConditionModel(**{**base, **config})
+
+
+def build_sd(path: Path) -> Path:
+    """SD 1.x-style ``StableDiffusionPipeline``; native size 64x64."""
+    path = Path(path)
+    tokenizer, text_encoder = _clip_text()
+    unet = _unet(
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+    )
+    StableDiffusionPipeline(
+        vae=_vae(4),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_euler_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
         image_encoder=None,
-    )
-    pipe.save_pretrained(path)
+    ).save_pretrained(path)
     return path
 
 
 def build_sdxl(path: Path) -> Path:
     """Tiny ``StableDiffusionXLPipeline`` (two text encoders); native size 64x64."""
     path = Path(path)
-    torch.manual_seed(0)
-    tokenizer = make_clip_tokenizer()
+    tokenizer, text_encoder = _clip_text()
     tokenizer_2 = make_clip_tokenizer()
-    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
     text_encoder_2 = CLIPTextModelWithProjection(
         _text_config(tokenizer_2, projection_dim=TEXT_WIDTH)
     ).eval()
     addition_time_embed_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -217,48 +245,33 @@ def build_sdxl(path: Path) -> Path:
         # hidden states of both text encoders are concatenated
         cross_attention_dim=2 * TEXT_WIDTH,
         transformer_layers_per_block=1,
-        norm_num_groups=32,
     )
-    vae = _vae(4, scaling_factor=0.13025)
-    scheduler = EulerDiscreteScheduler(**_sd_scheduler_kwargs(), timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
+    StableDiffusionXLPipeline(
+        vae=_vae(4, scaling_factor=0.13025),
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_euler_scheduler(),
         force_zeros_for_empty_prompt=True,
-    )
-    pipe.save_pretrained(path)
+    ).save_pretrained(path)
     return path
 
 
-def build_kandinsky22(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]:
-    """Tiny Kandinsky 2.2 prior + decoder; decoder native size 64x64 (MoVQ factor 8)."""
-    prior_path, decoder_path = Path(prior_path), Path(decoder_path)
-    embed_dim = TEXT_WIDTH  # CLIP image-embedding size shared by prior and decoder
-
-    # ---- prior
+def _kandinsky_prior_components(embed_dim: int) -> dict:
+    """The tiny components of a Kandinsky prior (2.1 and 2.2 share them), seeded with
+    ``torch.manual_seed(0)``: keyword arguments for ``KandinskyPriorPipeline`` and
+    ``KandinskyV22PriorPipeline`` alike."""
     torch.manual_seed(0)
     tokenizer = make_clip_tokenizer()
     text_encoder = CLIPTextModelWithProjection(
         _text_config(tokenizer, projection_dim=embed_dim)
     ).eval()
-    image_size = 32
     image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=TEXT_WIDTH,
-            projection_dim=embed_dim,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_channels=3,
-            image_size=image_size,
-            patch_size=8,
-        )
+        CLIPVisionConfig(**dict(_VISION, projection_dim=embed_dim))
     ).eval()
+    image_size = _VISION["image_size"]
     image_processor = transformers.CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -277,66 +290,85 @@ def build_kandinsky22(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]
     )
     # A fresh PriorTransformer has clip_std == 0, which makes every embedding all zeros.
     prior.clip_std = torch.nn.Parameter(torch.ones_like(prior.clip_std))
-    prior_scheduler = UnCLIPScheduler(
+    scheduler = UnCLIPScheduler(
         variance_type="fixed_small_log",
         prediction_type="sample",
         num_train_timesteps=1000,
         clip_sample=True,
         clip_sample_range=10.0,
     )
-    KandinskyV22PriorPipeline(
+    return dict(
         prior=prior,
         image_encoder=image_encoder,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler=prior_scheduler,
+        scheduler=scheduler,
         image_processor=image_processor,
-    ).save_pretrained(prior_path)
+    )
 
-    # ---- decoder
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=8,  # epsilon + learned variance
+
+def _kandinsky_unet(**embedding) -> UNet2DConditionModel:
+    """A Kandinsky decoder UNet (2.1 and 2.2 alike); ``embedding`` names how it takes the
+    conditioning (``addition_embed_type``, ``encoder_hid_dim``, ``encoder_hid_dim_type``,
+    ``cross_attention_dim``)."""
+    return _unet(
+        out_channels=8,  # epsilon + learned variance (the pipeline splits them under guidance)
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        addition_embed_type="image",
-        encoder_hid_dim=embed_dim,
-        encoder_hid_dim_type="image_proj",
-        cross_attention_dim=64,
         attention_head_dim=8,
         resnet_time_scale_shift="scale_shift",
         class_embed_type=None,
-        norm_num_groups=32,
+        **embedding,
     )
-    movq = VQModel(
-        in_channels=3,
-        out_channels=3,
+
+
+def _movq() -> VQModel:
+    """The Kandinsky decoders' tiny MoVQ image autoencoder (scale factor 8)."""
+    return VQModel(
+        **_AUTOENCODER,
         down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
         up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
         # the spatial-norm decoder needs channel counts that are multiples of 32
         block_out_channels=(32, 32, 32, 64),
-        layers_per_block=1,
-        latent_channels=4,
         num_vq_embeddings=16,
         vq_embed_dim=4,
-        norm_num_groups=8,
         norm_type="spatial",
-        sample_size=64,
     )
-    decoder_scheduler = DDPMScheduler(
+
+
+def _kandinsky_decoder_scheduler_kwargs() -> dict:
+    """What the Kandinsky decoder schedulers share: linear betas, epsilon prediction."""
+    return dict(
         num_train_timesteps=1000,
         beta_schedule="linear",
         beta_start=0.00085,
         beta_end=0.012,
         clip_sample=False,
-        variance_type="learned_range",
-        prediction_type="epsilon",
         steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def build_kandinsky22(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]:
+    """Tiny Kandinsky 2.2 prior + decoder; decoder native size 64x64 (MoVQ factor 8)."""
+    prior_path, decoder_path = Path(prior_path), Path(decoder_path)
+    embed_dim = TEXT_WIDTH  # CLIP image-embedding size shared by prior and decoder
+
+    # ---- prior
+    KandinskyV22PriorPipeline(**_kandinsky_prior_components(embed_dim)).save_pretrained(prior_path)
+
+    # ---- decoder
+    torch.manual_seed(0)
+    unet = _kandinsky_unet(
+        addition_embed_type="image",
+        encoder_hid_dim=embed_dim,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=64,
+    )
+    movq = _movq()
+    decoder_scheduler = DDPMScheduler(
+        **_kandinsky_decoder_scheduler_kwargs(), variance_type="learned_range"
     )
     KandinskyV22Pipeline(unet=unet, scheduler=decoder_scheduler, movq=movq).save_pretrained(
         decoder_path
@@ -347,22 +379,16 @@ def build_kandinsky22(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]
 def build_upscaler_x4(path: Path) -> Path:
     """Tiny ``StableDiffusionUpscalePipeline``: low-res image in, x4 out (32x32 -> 128x128)."""
     path = Path(path)
-    torch.manual_seed(0)
-    tokenizer = make_clip_tokenizer()
-    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
-    unet = UNet2DConditionModel(
+    tokenizer, text_encoder = _clip_text()
+    unet = _unet(
         sample_size=32,
         in_channels=7,  # 4 latent + 3 low-res image channels
-        out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=8,
         use_linear_projection=True,
         num_class_embeds=1000,  # noise level is passed as class label; must exceed max_noise_level
-        norm_num_groups=32,
     )
     vae = _vae(3, scaling_factor=0.08333)
     low_res_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
@@ -433,10 +459,8 @@ def build_sd_with_safety_checker(path: Path, *, flag_everything: bool) -> Path:
     path = Path(path)
     build_sd(path)
     torch.manual_seed(0)
-    vision = dict(hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=32, patch_size=8, projection_dim=TEXT_WIDTH)
     tokenizer = make_clip_tokenizer()
-    config = CLIPConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=vision,
+    config = CLIPConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=dict(_VISION),
                         projection_dim=TEXT_WIDTH)
     checker = StableDiffusionSafetyChecker(config).eval()
     threshold = -2.0 if flag_everything else 2.0
@@ -491,57 +515,7 @@ def build_kandinsky21(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]
     embed_dim = TEXT_WIDTH  # CLIP image-embedding size shared by prior and decoder
 
     # ---- prior (the same tiny components as Kandinsky 2.2's)
-    torch.manual_seed(0)
-    tokenizer = make_clip_tokenizer()
-    text_encoder = CLIPTextModelWithProjection(
-        _text_config(tokenizer, projection_dim=embed_dim)
-    ).eval()
-    image_size = 32
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=TEXT_WIDTH,
-            projection_dim=embed_dim,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_channels=3,
-            image_size=image_size,
-            patch_size=8,
-        )
-    ).eval()
-    image_processor = transformers.CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        do_resize=True,
-        do_center_crop=True,
-        do_normalize=True,
-        resample=3,
-    )
-    prior = PriorTransformer(
-        num_attention_heads=2,
-        attention_head_dim=12,
-        num_layers=1,
-        embedding_dim=embed_dim,
-        num_embeddings=77,
-        additional_embeddings=4,
-    )
-    # A fresh PriorTransformer has clip_std == 0, which makes every embedding all zeros.
-    prior.clip_std = torch.nn.Parameter(torch.ones_like(prior.clip_std))
-    prior_scheduler = UnCLIPScheduler(
-        variance_type="fixed_small_log",
-        prediction_type="sample",
-        num_train_timesteps=1000,
-        clip_sample=True,
-        clip_sample_range=10.0,
-    )
-    KandinskyPriorPipeline(
-        prior=prior,
-        image_encoder=image_encoder,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=prior_scheduler,
-        image_processor=image_processor,
-    ).save_pretrained(prior_path)
+    KandinskyPriorPipeline(**_kandinsky_prior_components(embed_dim)).save_pretrained(prior_path)
 
     # ---- decoder
     torch.manual_seed(0)
@@ -551,63 +525,23 @@ def build_kandinsky21(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]
         MCLIPConfig(
             transformerDimSize=xlmr_width,  # XLM-R hidden size → ...
             imageDimSize=embed_dim,  # ... the pooled text embedding, in image-embedding space
-            vocab_size=len(xlmr_tokenizer),
-            hidden_size=xlmr_width,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **_text_encoder_sizes(xlmr_tokenizer, xlmr_width),
             # XLM-R positions start after the padding id (1): 77 tokens need 79 positions
             max_position_embeddings=80,
             type_vocab_size=1,
-            bos_token_id=xlmr_tokenizer.bos_token_id,
-            eos_token_id=xlmr_tokenizer.eos_token_id,
-            pad_token_id=xlmr_tokenizer.pad_token_id,
         )
     ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=8,  # epsilon + learned variance (the pipeline splits them under guidance)
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+    unet = _kandinsky_unet(
         addition_embed_type="text_image",
         encoder_hid_dim=xlmr_width,  # XLM-R hidden states → cross-attention tokens
         encoder_hid_dim_type="text_image_proj",
         # text_image embeddings take the pooled text and the image embedding at this size
         cross_attention_dim=embed_dim,
-        attention_head_dim=8,
-        resnet_time_scale_shift="scale_shift",
-        class_embed_type=None,
-        norm_num_groups=32,
     )
-    movq = VQModel(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
-        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
-        # the spatial-norm decoder needs channel counts that are multiples of 32
-        block_out_channels=(32, 32, 32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        num_vq_embeddings=16,
-        vq_embed_dim=4,
-        norm_num_groups=8,
-        norm_type="spatial",
-        sample_size=64,
-    )
+    movq = _movq()
     # what kandinsky-community/kandinsky-2-1 ships: DDIM, linear betas
     decoder_scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
+        **_kandinsky_decoder_scheduler_kwargs(), set_alpha_to_one=False
     )
     KandinskyPipeline(
         text_encoder=mclip,

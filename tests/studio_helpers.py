@@ -1,0 +1,47 @@
+"""A Studio over a fresh SQLite file with a real LocalQueue worker, as the studio-level tests
+(test_studio.py, test_rules.py, test_blend.py) build it; and the worker queue on its own."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.studio import Studio
+from generation.queue import LocalQueue
+from generation.registry import load_registry
+from generation.worker import WorkerConfig
+from storage.db import open_engine, upgrade
+from storage.jobs import JobStore
+
+
+def db_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def local_queue(output_dir: Path, registry_file: Path, **config) -> LocalQueue:
+    """A LocalQueue whose worker process runs on the CPU, writing into ``output_dir``."""
+    return LocalQueue(WorkerConfig(output_dir=str(output_dir), registry_path=str(registry_file),
+                                   device="cpu", **config))
+
+
+def make_studio(db: AsyncEngine, root: Path, registry_file: Path) -> Studio:
+    """A Studio (not started) storing in ``db``, with images and inputs under ``root``."""
+    return Studio(registry=load_registry(registry_file), store=JobStore(db),
+                  queue=local_queue(root / "images", registry_file), inputs_dir=root / "inputs")
+
+
+@asynccontextmanager
+async def started_studio(root: Path, registry_file: Path) -> AsyncIterator[Studio]:
+    """A started Studio over a fresh, upgraded ``root/pintor.db`` (its engine is
+    ``studio.store.engine``); closed, and the engine disposed, on the way out."""
+    async with AsyncExitStack() as cleanup:  # on the way out: close the studio, then the engine
+        db = open_engine(db_url(root / "pintor.db"))
+        cleanup.push_async_callback(db.dispose)
+        await upgrade(db)
+        studio = make_studio(db, root, registry_file)
+        await studio.start()
+        cleanup.push_async_callback(studio.close)
+        yield studio

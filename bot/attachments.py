@@ -18,6 +18,8 @@ from pathlib import PurePath
 
 from PIL import Image, features
 
+from generation.imaging import flatten_to_rgb
+
 log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_LIMIT_BYTES = 10 * 1024 * 1024  # Discord's limit for servers without boosts
@@ -50,18 +52,6 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def _rgb(image: Image.Image) -> Image.Image:
-    """JPEG has no alpha: transparent parts become white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, "white")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
 def fit_image(data: bytes, filename: str, limit_bytes: int) -> FittedImage | None:
     """`data` (an image file) as it is if it fits in `limit_bytes`, else re-encoded to fit.
 
@@ -81,12 +71,12 @@ def fit_image(data: bytes, filename: str, limit_bytes: int) -> FittedImage | Non
                          f"WebP (quality {WEBP_QUALITY})"))
     attempts += [("JPEG", "jpg", {"quality": q, "optimize": True}, f"JPEG (quality {q})") for q in JPEG_QUALITIES]
     for fmt, extension, options, words in attempts:
-        encoded = _encode(image if fmt != "JPEG" else _rgb(image), fmt, **options)
+        encoded = _encode(image if fmt != "JPEG" else flatten_to_rgb(image), fmt, **options)
         if len(encoded) <= limit_bytes:
             return FittedImage(encoded, f"{stem}.{extension}", words)
 
     # Last resort: fewer pixels. JPEG size grows about with the pixel count.
-    small, encoded = _rgb(image), b""
+    small, encoded = flatten_to_rgb(image), b""
     while True:
         size = len(encoded) or len(_encode(small, "JPEG", quality=DOWNSCALE_JPEG_QUALITY))
         scale = min(0.9, math.sqrt(limit_bytes / size) * 0.95)

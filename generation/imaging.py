@@ -21,6 +21,15 @@ def make_grid(images: list[Image.Image], columns: int = 2) -> Image.Image:
     return grid
 
 
+def flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composed onto white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -12,6 +12,8 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from generation.imaging import flatten_to_rgb
+
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 24_000_000  # e.g. 6000×4000; beyond this is refused, not opened
 MIN_UPLOAD_SIDE = 8
@@ -57,13 +59,4 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
             image = ImageOps.exif_transpose(image)
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
             raise UploadError(f"{name} is damaged or truncated ({type(err).__name__}).") from None
-        return _flatten(image)
-
-
-def _flatten(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composed onto white."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        return flatten_to_rgb(image)

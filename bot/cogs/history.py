@@ -11,18 +11,13 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
+from bot.results import jump_url
 from bot.studio import Studio
 from generation.request import Request
 from storage.models import Job
 
 PAGE_SIZE = 5  # one embed (with its thumbnail) per job; Discord allows 10 embeds a message
 THUMBNAIL_SIDE = 160
-
-
-def jump_url(job: Job) -> str | None:
-    if job.channel_id is None or job.message_id is None:
-        return None
-    return f"https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/{job.message_id}"
 
 
 def thumbnail(path: str) -> bytes | None:
@@ -44,7 +39,8 @@ def job_embed(job: Job) -> discord.Embed:
     embed.add_field(name="kind", value=job.kind)
     embed.add_field(name="model", value=job.model)
     embed.add_field(name="status", value=job.status + (f": {job.error[:200]}" if job.error else ""))
-    if url := jump_url(job):
+    if job.channel_id is not None and job.message_id is not None:
+        url = jump_url(job.guild_id, job.channel_id, job.message_id)
         embed.add_field(name="message", value=f"[jump to it]({url})")
     return embed
 

@@ -6,6 +6,7 @@ they share one path: parse → persist → queue → worker → files + rows →
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -338,7 +339,8 @@ class Studio:
                     # no row refers to its pictures (the job may be gone: /forget): keep none
                     await asyncio.to_thread(_delete_files, [i.path for i in event.images] + [event.grid.path])
                     event = Failed(event.job_id, "The result could not be saved.")
-                    await self.store.mark_failed(event.job_id, event.reason)
+                    with contextlib.suppress(Exception):  # the database may be what failed
+                        await self.store.mark_failed(event.job_id, event.reason)
             for inbox in self._watchers.get(event.job_id, []):
                 inbox.put_nowait(event)
             if isinstance(event, FINAL_EVENTS):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -211,10 +210,8 @@ class Engine:
             if request.negative:
                 kwargs["negative_prompt"] = [request.negative] * request.count
             steps = min(int(request.steps * request.strength), request.steps) if request.init_image else request.steps
-            progress = SimpleNamespace(_num_timesteps=steps)  # what the 2.2 pipelines report
             del kwargs["callback_on_step_end"]
-            kwargs.update(callback_steps=1,
-                          callback=lambda step, t, latents: callback(progress, step, t, {"latents": latents}))
+            kwargs.update(callback_steps=1, callback=legacy_callback(callback, total=steps))
         if request.init_image:
             pipe = self.pipelines.get(spec, "img2img")
             kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,
@@ -228,30 +225,27 @@ class Engine:
     def _upscale(self, request, notices, on_step, should_stop) -> Image.Image:
         """By the upscaling model where it can; otherwise resampled, and the notice says so."""
         image = self._open(request.init_image)
+
+        def resampled(why: str) -> Image.Image:
+            notices.append(f"{why}: enlarged ×{RESAMPLE_FACTOR} by Lanczos resampling, without new detail.")
+            return resample(image)
+
         if request.model == RESAMPLE:
-            notices.append(f"No upscaling model is configured: enlarged ×{RESAMPLE_FACTOR} by "
-                           f"Lanczos resampling, without new detail.")
-            return resample(image)
+            return resampled("No upscaling model is configured")
         if upscale_factor(*image.size, with_model=True) != MODEL_FACTOR:
-            notices.append(f"Too large for the upscaling model: enlarged ×{RESAMPLE_FACTOR} by "
-                           f"Lanczos resampling, without new detail.")
-            return resample(image)
+            return resampled("Too large for the upscaling model")
         spec = self.registry.get(request.model)
         try:
             pipe = self.pipelines.get(spec, "upscale")
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
-            # the upscale pipeline only has the older per-step callback (no callback_on_step_end)
             prompt = " ".join(text for text, _ in request.parts)  # the words, not the display text
             return pipe(prompt=prompt, image=image, num_inference_steps=request.steps,
                         guidance_scale=request.guidance, generator=generator, callback_steps=1,
-                        callback=lambda step, t, latents: callback(pipe, step, t, {"latents": latents})
-                        ).images[0]
+                        callback=legacy_callback(callback, total=request.steps)).images[0]
         except torch.OutOfMemoryError:
             self.pipelines.release()
-            notices.append(f"The upscaling model ran out of GPU memory: enlarged ×{RESAMPLE_FACTOR} "
-                           f"by Lanczos resampling instead, without new detail.")
-            return resample(image)
+            return resampled("The upscaling model ran out of GPU memory")
 
     # ------------------------------------------------------------------------------------------
 
@@ -264,8 +258,9 @@ class Engine:
 
     @staticmethod
     def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool]):
-        def callback(pipe, step: int, timestep, tensors: dict) -> dict:
-            total = getattr(pipe, "_num_timesteps", None) or request.steps
+        """A `callback_on_step_end`: progress (with a preview on demand), and stopping."""
+        def callback(pipe, step: int, timestep, tensors: dict, total: int | None = None) -> dict:
+            total = total or getattr(pipe, "_num_timesteps", None) or request.steps
             latents = tensors.get("latents")
             on_step(step + 1, total, lambda: latents_preview(latents, request.width, request.height))
             if should_stop():
@@ -274,3 +269,8 @@ class Engine:
             return tensors
         return callback
 
+
+def legacy_callback(callback, *, total: int):
+    """The same callback for pipelines that only have the older `callback(step, t, latents)`
+    (the x4 upscaler, Kandinsky 2.1); they do not report their number of steps, so it is given."""
+    return lambda step, timestep, latents: callback(None, step, timestep, {"latents": latents}, total)

@@ -301,9 +301,8 @@ class Studio:
     async def forget(self, member: Member) -> int:
         """Delete a member's jobs, settings and files (after cancelling what still runs).
         Returns how many files were deleted."""
-        for job in await self.store.unfinished():
-            if job.user_id == member.id:
-                await self.queue.cancel(job.id)
+        for job in await self.store.unfinished(member.id):
+            await self.queue.cancel(job.id)
         paths, requests = await self.store.forget_user(member.id)
         # their uploads too (/blend inputs), unless another member's job uses the same picture
         uploads = {path for text in requests for path in Request.from_json(text).images

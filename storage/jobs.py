@@ -49,11 +49,14 @@ class JobStore:
         async with self.session() as session:
             return await session.get(Job, job_id)
 
-    async def unfinished(self) -> Sequence[Job]:
-        """Jobs left queued or running (by a crash or a stop), oldest first."""
+    async def unfinished(self, user_id: int | None = None) -> Sequence[Job]:
+        """Jobs queued or running (or left so by a crash or a stop), oldest first; all members'
+        or one member's."""
+        query = select(Job).where(Job.status.in_(UNFINISHED)).order_by(Job.id)
+        if user_id is not None:
+            query = query.where(Job.user_id == user_id)
         async with self.session() as session:
-            result = await session.scalars(select(Job).where(Job.status.in_(UNFINISHED)).order_by(Job.id))
-            return result.all()
+            return (await session.scalars(query)).all()
 
     async def mark_running(self, job_id: int) -> None:
         await self._set(job_id, status=RUNNING, started_at=utcnow())

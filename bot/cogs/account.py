@@ -57,7 +57,7 @@ class Account(commands.Cog):
         """The queue, your jobs in it, your jobs today, and the worker's state (only you see this)."""
         studio = self.bot.studio
         queue = studio.queue
-        mine = [job for job in await studio.store.unfinished() if job.user_id == interaction.user.id]
+        mine = await studio.store.unfinished(interaction.user.id)
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         today = await studio.store.count_since(interaction.user.id, midnight)
         state = queue.state
@@ -91,7 +91,7 @@ class Account(commands.Cog):
         """Cancel your queued or running job (a running one stops at its next step)."""
         member = member_of(interaction)
         if job is None:
-            mine = [j for j in await self.bot.studio.store.unfinished() if j.user_id == member.id]
+            mine = await self.bot.studio.store.unfinished(member.id)
             if not mine:
                 await interaction.response.send_message("You have no queued or running jobs.", ephemeral=True)
                 return

@@ -112,6 +112,9 @@ class MemberSettings(Base):
         return cls(user_id=user_id, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
 
 
+DEFAULT_MAX_QUEUED = 5  # a new server's limit of jobs one member may have queued or running
+
+
 class GuildSettings(Base):
     """A server's rules (/pintor-admin). None = no limit / everything allowed."""
 
@@ -120,7 +123,7 @@ class GuildSettings(Base):
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     allowed_models: Mapped[str | None] = mapped_column(Text, default=None)  # comma-separated names
     channel_ids: Mapped[str | None] = mapped_column(Text, default=None)  # comma-separated ids
-    max_queued_per_member: Mapped[int | None] = mapped_column(Integer, default=5)
+    max_queued_per_member: Mapped[int | None] = mapped_column(Integer, default=None)  # new(): 5
     daily_quota: Mapped[int | None] = mapped_column(Integer, default=None)
     max_steps: Mapped[int | None] = mapped_column(Integer, default=None)
     max_side: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -131,6 +134,6 @@ class GuildSettings(Base):
 
     @classmethod
     def new(cls, guild_id: int) -> GuildSettings:
-        return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=5,
+        return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False)

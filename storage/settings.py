@@ -29,7 +29,12 @@ class SettingsStore:
         return await self._update(GuildSettings, guild_id, **values)
 
     async def _update(self, table, key: int, *, user_name: str | None = None, **values):
-        """Change a settings row, creating it (and for a member, their user row) on first use."""
+        """Change a settings row, creating it (and for a member, their user row) on first use.
+        Returns the row as stored, read back after the write.
+
+        A new row is inserted with its defaults first and changed after: in an INSERT, the ORM
+        treats an attribute set to None as unset and writes the column's default instead (so
+        a first "no limit" would become the default limit); an UPDATE writes NULL."""
         async with self.session.begin() as session:
             if user_name is not None and await session.get(User, key) is None:
                 session.add(User(id=key, name=user_name[:100]))
@@ -38,6 +43,9 @@ class SettingsStore:
             if row is None:
                 row = table.new(key)
                 session.add(row)
+                await session.flush()
             for name, value in values.items():
                 setattr(row, name, value)
+            await session.flush()
+            await session.refresh(row)  # what the database holds, not what was asked
         return row

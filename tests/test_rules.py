@@ -46,6 +46,41 @@ async def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path):
     await engine.dispose()
 
 
+# every value each settings field can take from a command: None (no limit, the server's or
+# model's default), zero and other falsy values, and ordinary ones
+FIRST_WRITES = {
+    GuildSettings: {"allowed_models": [None, "tiny-sd"], "channel_ids": [None, "1,2"],
+                    "max_queued_per_member": [None, 1, 1000], "daily_quota": [None, 1, 7],
+                    "max_steps": [None, 1, 150], "max_side": [None, 64, 8192],
+                    "buttons_author_only": [True, False], "nsfw_check": [True, False], "paused": [True, False]},
+    MemberSettings: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
+                     "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"]},
+}
+
+
+@pytest.mark.parametrize("table", [GuildSettings, MemberSettings], ids=lambda t: t.__name__)
+async def test_a_first_write_stores_exactly_what_was_asked(engine, table):
+    """Each field, each value, as the first write of a new row: the row returned and the row
+    read back later hold the value asked for, never the column's default."""
+    columns = {c.name for c in table.__table__.columns} - {"guild_id", "user_id", "updated_at"}
+    assert set(FIRST_WRITES[table]) == columns, "every field is tried"
+    store = SettingsStore(engine)
+    key = 100
+    for field, values in FIRST_WRITES[table].items():
+        for value in values:
+            key += 1
+            if table is GuildSettings:
+                returned = await store.update_guild(key, **{field: value})
+                stored = await SettingsStore(engine).guild(key)
+            else:
+                returned = await store.update_member(key, f"m{key}", **{field: value})
+                stored = await SettingsStore(engine).member(key)
+            assert (getattr(returned, field), getattr(stored, field)) == (value, value), (field, value)
+            again = await store.update_guild(key, **{field: value}) if table is GuildSettings else \
+                await store.update_member(key, f"m{key}", **{field: value})
+            assert getattr(again, field) == value  # the second write agrees with the first
+
+
 async def test_history_pages_over_250_jobs(engine):
     store = JobStore(engine)
     for i in range(250):

@@ -10,7 +10,7 @@ from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, parse_prompt
 from generation.registry import Registry, UnknownModelError
 from generation.request import Request, build_request
-from storage.models import MemberSettings
+from storage.models import GuildSettings, MemberSettings
 
 MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5
 BLEND_DIMENSIONS = {"square": (1, 1), "portrait": (2, 3), "landscape": (3, 2)}
@@ -101,13 +101,42 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPromp
     return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
 
 
-def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None) -> Request:
+def server_default(registry: Registry, rules: GuildSettings | None) -> str:
+    """The model a prompt that names none uses on a server (`rules`; None in DMs and the CLI):
+    the registry's default where the server allows it, else the first model of the server's
+    allow-list that can make pictures from text (/pintor-admin models requires one)."""
+    allowed = name_list(rules.allowed_models) if rules is not None else []
+    if not allowed or registry.default in allowed:
+        return registry.default
+    makers = [name for name in allowed if name in registry.models and registry.models[name].can_generate]
+    return makers[0] if makers else registry.default  # none left in the registry: the rule refuses, naming them
+
+
+def allowed_default(defaults: MemberSettings, rules: GuildSettings | None) -> MemberSettings:
+    """A member's defaults as they apply on a server: a default model the server does not allow
+    is left out there (the server's default fills in), so that it does not refuse every prompt."""
+    allowed = name_list(rules.allowed_models) if rules is not None else []
+    if not defaults.model or not allowed or defaults.model in allowed:
+        return defaults
+    applied = MemberSettings.new(defaults.user_id)
+    for column in MemberSettings.__table__.columns:
+        setattr(applied, column.key, getattr(defaults, column.key))
+    applied.model = None
+    return applied
+
+
+def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None,
+            rules: GuildSettings | None = None) -> Request:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
-    before acknowledging, to answer bad input with an error only its author sees."""
+    before acknowledging, to answer bad input with an error only its author sees.
+
+    `defaults` (the member's /settings) fill in what the prompt does not say; `rules` (the
+    server's, None in DMs) choose the model of a prompt that names none (`server_default`).
+    Whether the rules allow the request is checked later, when it is submitted."""
     parsed = parse_prompt(text)
     if defaults is not None:
-        parsed = with_defaults(parsed, defaults)
-    spec = registry.get(parsed.model)
+        parsed = with_defaults(parsed, allowed_default(defaults, rules))
+    spec = registry.get(parsed.model or server_default(registry, rules))
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")

@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError,
-                        Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare)
+                        Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare,
+                        server_default)
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
@@ -94,11 +95,17 @@ class Studio:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def prepare(self, text: str, defaults: MemberSettings | None = None) -> Request:
-        return prepare(self.registry, text, defaults)
+    def prepare(self, text: str, defaults: MemberSettings | None = None,
+                rules: GuildSettings | None = None) -> Request:
+        """`bot.intake.prepare` with this studio's registry."""
+        return prepare(self.registry, text, defaults, rules)
+
+    def default_model(self, rules: GuildSettings | None) -> str:
+        """The model of a prompt that names none, under a server's rules (None: no server)."""
+        return server_default(self.registry, rules)
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
-        return await self.submit(member, self.prepare(text), **where)
+        return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
 
     async def reroll(self, member: Member, job_id: int, **where) -> Submitted:
         """The same request again with a new seed."""
@@ -117,7 +124,7 @@ class Studio:
             # an upscale (by a model, or resampled): vary with the default model and its own
             # steps and guidance, not the upscaler's (no guidance would ignore the prompt)
             # and at that model's own pixel budget, not the upscaled size
-            default = self.registry.get(None)
+            default = self.registry.get(self.default_model(where.get("rules")))
             width, height = size_for_aspect((image.width, image.height), default.native_side)
             base = base.replace(model=default.name, steps=default.steps, guidance=default.guidance,
                                 width=width, height=height)
@@ -159,7 +166,7 @@ class Studio:
         URL has expired.
         """
         parsed = blend_prompt(prompt)
-        spec = self._blend_model(model or parsed.model)  # `--model` in the prompt chooses too
+        spec = self._blend_model(model or parsed.model, where.get("rules"))  # `--model` in the prompt too
         if not MIN_BLEND_IMAGES <= len(uploads) <= MAX_BLEND_IMAGES:
             raise RequestError(f"/blend takes {MIN_BLEND_IMAGES} to {MAX_BLEND_IMAGES} images, not {len(uploads)}.")
         if dimensions not in BLEND_DIMENSIONS:
@@ -185,7 +192,9 @@ class Studio:
             await asyncio.to_thread(_delete_files, unused)
             raise
 
-    def _blend_model(self, name: str | None):
+    def _blend_model(self, name: str | None, rules: GuildSettings | None = None):
+        """The named model, which must blend; for None, the server's default model where it
+        blends, else the first blending model the server allows."""
         if name is not None:
             spec = self.registry.get(name)
             if not spec.can_blend:
@@ -193,13 +202,16 @@ class Studio:
                 raise RequestError(f"'{spec.name}' cannot blend images. Models that can: "
                                    f"{', '.join(blenders) or 'none configured'}.")
             return spec
-        default = self.registry.get(None)
-        if default.can_blend:
-            return default
-        spec = next((m for m in self.registry.models.values() if m.can_blend), None)
-        if spec is None:
+        allowed = name_list(rules.allowed_models) if rules is not None else []
+        blenders = [m for m in self.registry.models.values() if m.can_blend]
+        if not blenders:
             raise RequestError("No model that can blend images (Kandinsky 2.1/2.2) is configured; ask an admin.")
-        return spec
+        default = self.registry.get(self.default_model(rules))
+        for spec in [default] + blenders:
+            if spec.can_blend and (not allowed or spec.name in allowed):
+                return spec
+        raise LimitError(f"No model this server allows can blend images. Allowed: {', '.join(allowed)}; "
+                         f"models that blend: {', '.join(m.name for m in blenders)}.")
 
     def _keep_inputs(self, images) -> tuple[list[str], list[str]]:
         """Each input as a PNG named by its checksum (written atomically; kept for the job).

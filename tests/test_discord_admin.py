@@ -185,8 +185,9 @@ async def test_only_allowed_models_may_be_used(server: Harness):
 
 async def test_pintor_answers_only_in_the_chosen_channels(server: Harness):
     emu, studio = server.emu, server.studio
-    elsewhere = emu._snowflake()
-    assert "Mention the channels" in (await admin(server, "channels", {"channels": "the fun one"}))["content"]
+    elsewhere = emu._snowflake()  # another channel of this server
+    emu.channels[elsewhere] = emu._guild_channel(elsewhere) | {"name": "art"}
+    assert "`the` (not a channel mention)" in (await admin(server, "channels", {"channels": "the fun one"}))["content"]
     answer = await admin(server, "channels", {"channels": f"<#{elsewhere}>"})
     assert f"answers in: <#{elsewhere}>" in answer["content"]
 

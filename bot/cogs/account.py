@@ -80,6 +80,9 @@ class Account(commands.Cog):
         embed = discord.Embed(title="Pintor")
         embed.add_field(name="queue", value=f"{len(queue.waiting())} waiting", inline=True)
         embed.add_field(name="your jobs today", value=str(today), inline=True)
+        default = studio.default_model(await self.bot.rules(interaction.guild_id))
+        embed.add_field(name="default model", inline=True, value=default + (
+            " (this server's: Pintor's default is not allowed here)" if default != studio.registry.default else ""))
         embed.add_field(name="your jobs in the queue", value="\n".join(places) or "none", inline=False)
         embed.add_field(name="worker", value=f"{worker} · {device}", inline=False)
         embed.set_footer(text=f"Pintor {pintor_version()}")

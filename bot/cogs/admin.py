@@ -2,33 +2,114 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import id_list, name_list
+from bot.intake import id_list, name_list, server_default
+from generation.registry import Registry, UnknownModelError
 from storage.models import GuildSettings
 
 EVERYTHING = "all"
+MAX_CHANNELS = 25  # keeps the list, and every message that shows it, well inside Discord's 2,000 characters
+CHANNEL_LOOKUP_TIMEOUT_S = 2.0  # channels not in the cache are asked of Discord: answer within its 3 s
+OPERATOR_AUTHOR_ONLY = "set for every server by Pintor's operator (PINTOR_BUTTONS_AUTHOR_ONLY)"
+
+# what a member may write in /pintor-admin channels, one piece at a time
+_CHANNEL_PIECES = re.compile(r"<#(?P<channel>\d+)>|<@&(?P<role>\d+)>|<@!?(?P<member>\d+)>|(?P<id>\d{15,22})(?![\w>])"
+                             r"|(?P<other>[^\s,]+)")
+# channel kinds Pintor cannot answer in as such (their posts or channels have ids of their own)
+_NOT_ANSWERABLE = {discord.ChannelType.category: "a category", discord.ChannelType.forum: "a forum",
+                   discord.ChannelType.media: "a media channel"}
 
 
-def describe(rules: GuildSettings) -> str:
+def describe(rules: GuildSettings, registry: Registry, *, author_only_forced: bool = False) -> str:
+    """The server's rules as in force, for admins. `author_only_forced`: the process setting
+    PINTOR_BUTTONS_AUTHOR_ONLY, which overrides the server's choice of who may press buttons."""
     def limit(value, unit=""):
         return f"{value}{unit}" if value else "no limit"
 
+    allowed = name_list(rules.allowed_models)
+    default = server_default(registry, rules)
+    models = ", ".join(allowed) or "all"
+    missing = [name for name in allowed if name not in registry.models]
+    if missing:
+        models += f" (no longer configured: {', '.join(missing)})"
+    if default == registry.default:
+        models += f" · prompts without --model use {default}"
+    else:
+        models += f" · prompts without --model use {default} (the first allowed that makes pictures; " \
+                  f"Pintor's default {registry.default} is not allowed)"
+    if author_only_forced:
+        own = "" if rules.buttons_author_only else " — this server's own choice (everyone) applies once that is off"
+        buttons = f"only the author, {OPERATOR_AUTHOR_ONLY}{own}"
+    else:
+        buttons = f"{'only the author' if rules.buttons_author_only else 'everyone'} (this server's choice)"
     channels = ", ".join(f"<#{c}>" for c in id_list(rules.channel_ids)) or "all channels"
     return "\n".join([
         "**Pintor on this server**" + (" — ⏸ **paused**: new jobs are refused" if rules.paused else ""),
-        f"models allowed: {', '.join(name_list(rules.allowed_models)) or 'all'}",
+        f"models allowed: {models}",
         f"answers in: {channels}",
         f"jobs one member may have queued: {limit(rules.max_queued_per_member)}",
         f"jobs per member per day: {limit(rules.daily_quota)}",
         f"max steps: {limit(rules.max_steps)} · max side: {limit(rules.max_side, ' px')}",
-        f"buttons: {'only the author' if rules.buttons_author_only else 'everyone'}",
+        f"buttons: {buttons}",
         f"NSFW check: {'on' if rules.nsfw_check else 'off'} (where the model has a checker)",
     ])
+
+
+async def _channel_of(interaction: discord.Interaction, channel_id: int):
+    """The channel with this id from the cache, else from Discord; None where Pintor sees none."""
+    guild = interaction.guild
+    channel = guild.get_channel_or_thread(channel_id) if guild is not None else None
+    if channel is not None:
+        return channel
+    try:
+        return await interaction.client.fetch_channel(channel_id)
+    except (discord.NotFound, discord.Forbidden):
+        return None
+
+
+async def server_channels(interaction: discord.Interaction, text: str) -> tuple[list[int], list[str]]:
+    """The channels of this server that `text` names (mentions or ids, in order, once each) and,
+    for everything else in it, what it is (a role, a member, another server's channel…)."""
+    wanted: list[tuple[int, str]] = []  # (id, as written)
+    refused: list[str] = []
+    for piece in _CHANNEL_PIECES.finditer(text):
+        if piece["channel"] or piece["id"]:
+            wanted.append((int(piece["channel"] or piece["id"]), piece[0]))
+        elif piece["role"]:
+            role = interaction.guild.get_role(int(piece["role"])) if interaction.guild else None
+            refused.append(f"{f'@{role.name}' if role else piece[0]} (a role)")
+        elif piece["member"]:
+            refused.append(f"{piece[0]} (a member)")
+        else:
+            refused.append(f"`{piece[0][:40].replace('`', '')}` (not a channel mention)")
+    ids = list(dict.fromkeys(channel_id for channel_id, _ in wanted))
+    if len(ids) > MAX_CHANNELS:
+        return [], [f"{len(ids)} channels (at most {MAX_CHANNELS})"]
+    try:
+        found = await asyncio.wait_for(asyncio.gather(*(_channel_of(interaction, i) for i in ids)),
+                                       CHANNEL_LOOKUP_TIMEOUT_S)
+    except (TimeoutError, discord.HTTPException):
+        return [], ["the channels (Discord did not answer in time: try again)"]
+    written = dict(reversed(wanted))  # id → how it was first written
+    chosen = []
+    for channel_id, channel in zip(ids, found):
+        guild = getattr(channel, "guild", None)
+        if channel is None:
+            refused.append(f"{written[channel_id]} (no channel Pintor can see)")
+        elif guild is None or guild.id != interaction.guild_id:
+            where = "a direct message" if guild is None else "on another server"
+            refused.append(f"#{getattr(channel, 'name', None) or channel_id} ({where})")
+        elif channel.type in _NOT_ANSWERABLE:
+            refused.append(f"#{channel.name} ({_NOT_ANSWERABLE[channel.type]}: name the channels in it)")
+        else:
+            chosen.append(channel_id)
+    return chosen, refused
 
 
 @app_commands.default_permissions(manage_guild=True)
@@ -48,15 +129,21 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
             return False
         return True
 
-    async def _update(self, interaction: discord.Interaction, **values) -> None:
+    def _describe(self, rules: GuildSettings) -> str:
+        return describe(rules, self.bot.studio.registry,
+                        author_only_forced=self.bot.settings.pintor_buttons_author_only)
+
+    async def _update(self, interaction: discord.Interaction, *, note: str = "", **values) -> None:
+        """Store the values, then answer with the rules as stored (and `note` above them)."""
         rules = await self.bot.studio.settings.update_guild(interaction.guild_id, **values)
-        await interaction.response.send_message(describe(rules), ephemeral=True)
+        await interaction.response.send_message((note + "\n" if note else "") + self._describe(rules),
+                                                ephemeral=True)
 
     @app_commands.command(name="show")
     async def show(self, interaction: discord.Interaction) -> None:
         """This server's Pintor settings."""
-        await interaction.response.send_message(describe(await self.bot.studio.settings.guild(interaction.guild_id)),
-                                                ephemeral=True)
+        rules = await self.bot.studio.settings.guild(interaction.guild_id)
+        await interaction.response.send_message(self._describe(rules), ephemeral=True)
 
     @app_commands.command(name="models")
     @app_commands.describe(names="model names separated by commas, or 'all'")
@@ -64,23 +151,39 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
         """Which models members may use."""
         if names.strip().lower() == EVERYTHING:
             return await self._update(interaction, allowed_models=None)
-        chosen = name_list(names)
-        unknown = [n for n in chosen if n not in self.bot.studio.registry.models]
+        registry = self.bot.studio.registry
+        chosen, unknown = [], []
+        for name in name_list(names):
+            try:
+                chosen.append(registry.get(name).name)  # as the registry spells it
+            except UnknownModelError:
+                unknown.append(name)
         if unknown or not chosen:
             await interaction.response.send_message(
                 f"Unknown model(s): {', '.join(unknown) or '(none given)'}. Configured: "
-                f"{', '.join(self.bot.studio.registry.names)}.", ephemeral=True)
+                f"{', '.join(registry.names)}.", ephemeral=True)
+            return
+        chosen = list(dict.fromkeys(chosen))
+        if not any(registry.get(name).can_generate for name in chosen):
+            makers = ", ".join(m.name for m in registry.generators())
+            await interaction.response.send_message(
+                f"Not changed: {', '.join(chosen)} cannot make pictures from text, so every /imagine would be "
+                f"refused. Allow at least one of: {makers}.", ephemeral=True)
             return
         await self._update(interaction, allowed_models=",".join(chosen))
 
     @app_commands.command(name="channels")
-    @app_commands.describe(channels="channel mentions (#art #bots), or 'all'")
+    @app_commands.describe(channels="this server's channels as mentions (#art #bots), or 'all'")
     async def channels(self, interaction: discord.Interaction, channels: str) -> None:
         """Which channels Pintor answers in."""
         if channels.strip().lower() == EVERYTHING:
             return await self._update(interaction, channel_ids=None)
-        ids = re.findall(r"<#(\d+)>|(\d{15,22})", channels)
-        chosen = [int(a or b) for a, b in ids]
+        chosen, refused = await server_channels(interaction, channels)
+        if refused:
+            await interaction.response.send_message(
+                "Not changed: Pintor can answer only in this server's channels, not in "
+                + ", ".join(refused) + ". Mention the channels (#name), or write 'all'.", ephemeral=True)
+            return
         if not chosen:
             await interaction.response.send_message("Mention the channels (#name), or write 'all'.", ephemeral=True)
             return
@@ -105,7 +208,11 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
     @app_commands.describe(author_only="whether only the member who asked may press a result's buttons")
     async def buttons(self, interaction: discord.Interaction, author_only: bool) -> None:
         """Who may press U/V/🔄 under a result."""
-        await self._update(interaction, buttons_author_only=author_only)
+        note = ""
+        if self.bot.settings.pintor_buttons_author_only and not author_only:
+            note = (f"⚠️ Stored, but not in force: buttons answer only the author, {OPERATOR_AUTHOR_ONLY}. "
+                    f"This server's choice applies once that is off.")
+        await self._update(interaction, note=note, buttons_author_only=author_only)
 
     @app_commands.command(name="nsfw-check")
     @app_commands.describe(on="check results with the model's NSFW checker (flagged ones are blurred)")

@@ -6,8 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import USER_ERRORS
-from storage.models import MemberSettings
+from bot.intake import USER_ERRORS, name_list
+from storage.models import GuildSettings, MemberSettings
 
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
 QUALITIES = {"0.5": 0.5, "1": 1.0, "2": 2.0}
@@ -16,11 +16,18 @@ DEFAULT = "default"  # the option that clears a setting
 SETTINGS_TIMEOUT_S = 600
 
 
-def describe(settings: MemberSettings, default_model: str) -> str:
+def describe(settings: MemberSettings, default_model: str, rules: GuildSettings | None = None) -> str:
+    """A member's defaults as they apply where /settings was used: `default_model` is the model
+    of prompts that name none there (the server's, under `rules`; None in DMs)."""
     private = "on: results are shown only to you" if settings.private else "off"
+    where = "server default" if rules is not None else "default"
+    model = f"`{settings.model or f'{default_model} ({where})'}`"
+    allowed = name_list(rules.allowed_models) if rules is not None else []
+    if settings.model and allowed and settings.model not in allowed:
+        model += f" — not allowed on this server: `{default_model}` (server default) is used here"
     return "\n".join([
         "**Your defaults** (parameters in a prompt always win):",
-        f"model: `{settings.model or f'{default_model} (server default)'}`",
+        f"model: {model}",
         f"aspect ratio: `{settings.aspect or '1:1'}` · quality: `{settings.quality or 1}` · "
         f"stylize: `{settings.stylize if settings.stylize is not None else 'model default'}`",
         f"private mode: {private}",
@@ -94,9 +101,15 @@ class SettingsView(discord.ui.View):
         self.settings = await self.bot.studio.settings.update_member(
             interaction.user.id, interaction.user.name, **values)
         fresh = SettingsView(self.bot, self.settings)
-        content = describe(self.settings, self.bot.studio.registry.default)
+        content = await _describe_here(self.bot, interaction, self.settings)
         await interaction.response.edit_message(content=content, view=fresh)
         self.stop()
+
+
+async def _describe_here(bot, interaction: discord.Interaction, settings: MemberSettings) -> str:
+    """`describe` under the rules of the server where the member is (none in DMs)."""
+    rules = await bot.rules(interaction.guild_id)
+    return describe(settings, bot.studio.default_model(rules), rules)
 
 
 def _convert(field: str, value: str):
@@ -119,7 +132,7 @@ class Preferences(commands.Cog):
     async def settings(self, interaction: discord.Interaction) -> None:
         """Your defaults: model, aspect ratio, quality, stylize, private mode (only you see this)."""
         settings = await self.bot.studio.settings.member(interaction.user.id)
-        await interaction.response.send_message(describe(settings, self.bot.studio.registry.default),
+        await interaction.response.send_message(await _describe_here(self.bot, interaction, settings),
                                                 view=SettingsView(self.bot, settings), ephemeral=True)
 
 

@@ -9,11 +9,12 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.intake import Member, RequestError
+from bot.intake import LimitError, Member, RequestError
 
 from bot.studio import Studio
 from generation.inputs import UploadError
 from generation.request import Request
+from storage.models import GuildSettings
 from tests.studio_helpers import started_studio
 from tests.test_inputs import bomb_png
 
@@ -105,3 +106,19 @@ async def test_forget_deletes_a_members_uploads_unless_another_job_uses_them(stu
     assert not Path(first.grid_path).parent.exists()  # the job's folder went with its pictures
     await studio.forget(bob)
     assert not Path(shared).exists()
+
+
+async def test_blend_without_a_model_uses_one_the_server_allows(studio):
+    """A server whose allow-list has no blending model refuses /blend by its rule, naming the
+    models, and keeps nothing; one that allows a Kandinsky model blends with it."""
+    rules = GuildSettings.new(1)
+    rules.allowed_models = "tiny-sd,tiny-sdxl"
+    member = Member(22, "gil")
+    with pytest.raises(LimitError, match="No model this server allows can blend images. Allowed: tiny-sd, tiny-sdxl; "
+                                         "models that blend: tiny-kandinsky."):
+        await studio.blend(member, [CAT, TIGER], prompt="x --seed 3", rules=rules, guild_id=1)
+    assert await studio.store.count_unfinished(member.id) == 0
+    rules.allowed_models = "tiny-sdxl,tiny-kandinsky"
+    submitted = await studio.blend(member, [CAT, TIGER], prompt="x --seed 3", rules=rules, guild_id=1)
+    await studio.cancel(submitted.job_id)
+    assert (await studio.job(submitted.job_id)).model == "tiny-kandinsky"

@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from bot.intake import USER_ERRORS, LimitError, Member, prepare, with_defaults
+from bot.intake import USER_ERRORS, LimitError, Member, prepare, server_default, with_defaults
 
 from generation.prompt import parse_prompt
 from generation.registry import load_registry
@@ -111,6 +111,25 @@ def test_prepare_applies_member_defaults_and_names_them(registry_file):
     request = prepare(registry, "a fox", defaults)
     assert request.model == "tiny-sdxl" and request.width == 2 * request.height
     assert "--ar 2:1" in request.parameters and "--model tiny-sdxl" in request.parameters
+
+
+def test_the_servers_default_model_is_the_first_allowed_that_makes_pictures(registry_file):
+    registry = load_registry(registry_file)  # default tiny-sd
+    rules = GuildSettings.new(1)
+    assert server_default(registry, None) == server_default(registry, rules) == "tiny-sd"
+    for allowed, default in [("tiny-sdxl,tiny-sd", "tiny-sd"), ("tiny-upscaler,tiny-kandinsky,tiny-sdxl", "tiny-kandinsky"),
+                             ("gone,tiny-sdxl", "tiny-sdxl")]:
+        rules.allowed_models = allowed
+        assert server_default(registry, rules) == default
+        assert prepare(registry, "a fox", rules=rules).model == default
+        assert prepare(registry, "a fox --model tiny-sd", rules=rules).model == "tiny-sd"  # the rule refuses it later
+    # a member's own default the server does not allow gives way to the server's; elsewhere it stays
+    defaults = MemberSettings.new(1)
+    defaults.model, defaults.aspect = "tiny-sd", "2:1"
+    rules.allowed_models = "tiny-sdxl"
+    request = prepare(registry, "a fox", defaults, rules)
+    assert request.model == "tiny-sdxl" and request.width == 2 * request.height
+    assert prepare(registry, "a fox", defaults).model == "tiny-sd" and defaults.model == "tiny-sd"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -261,6 +261,13 @@ async def test_too_many_channels_are_refused(pintor: Harness, new_server: Server
     assert len(content) < 2000 and (await stored(pintor, new_server.guild_id)).channel_ids.count(",") == 24
 
 
+async def test_a_long_text_of_non_channels_gets_an_answer_discord_accepts(pintor: Harness, new_server: Server):
+    text = " ".join(f"<@&{pintor.emu._snowflake()}>" for _ in range(200))  # 6,000 characters of role mentions
+    content = (await admin(pintor, "channels", {"channels": text[:6000]}))["content"]
+    assert len(content) <= 2000 and " more. Mention the channels" in content
+    assert (await stored(pintor, new_server.guild_id)).channel_ids is None
+
+
 # -- 9: models ----------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from storage.models import GuildSettings
 
 EVERYTHING = "all"
 MAX_CHANNELS = 25  # keeps the list, and every message that shows it, well inside Discord's 2,000 characters
+REFUSED_MAX_CHARS = 1500  # what a refusal lists of a long text: its answer stays inside 2,000 characters
 CHANNEL_LOOKUP_TIMEOUT_S = 2.0  # channels not in the cache are asked of Discord: answer within its 3 s
 OPERATOR_AUTHOR_ONLY = "set for every server by Pintor's operator (PINTOR_BUTTONS_AUTHOR_ONLY)"
 
@@ -61,6 +62,16 @@ def describe(rules: GuildSettings, registry: Registry, *, author_only_forced: bo
     ])
 
 
+def _some(names: list[str], max_chars: int = REFUSED_MAX_CHARS) -> str:
+    """`names` joined with commas, cut to "… and N more" where they would pass `max_chars`."""
+    shown: list[str] = []
+    for n, name in enumerate(names):
+        if len(", ".join(shown + [name])) > max_chars:
+            return ", ".join(shown) + f" … and {len(names) - n} more"
+        shown.append(name)
+    return ", ".join(shown)
+
+
 async def _channel_of(interaction: discord.Interaction, channel_id: int):
     """The channel with this id from the cache, else from Discord; None where Pintor sees none."""
     guild = interaction.guild
@@ -95,7 +106,7 @@ async def server_channels(interaction: discord.Interaction, text: str) -> tuple[
         found = await asyncio.wait_for(asyncio.gather(*(_channel_of(interaction, i) for i in ids)),
                                        CHANNEL_LOOKUP_TIMEOUT_S)
     except (TimeoutError, discord.HTTPException):
-        return [], ["the channels (Discord did not answer in time: try again)"]
+        return [], ["channels Pintor could not look up just now (Discord did not answer: try again)"]
     written = dict(reversed(wanted))  # id → how it was first written
     chosen = []
     for channel_id, channel in zip(ids, found):
@@ -182,7 +193,7 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
         if refused:
             await interaction.response.send_message(
                 "Not changed: Pintor can answer only in this server's channels, not in "
-                + ", ".join(refused) + ". Mention the channels (#name), or write 'all'.", ephemeral=True)
+                + _some(refused) + ". Mention the channels (#name), or write 'all'.", ephemeral=True)
             return
         if not chosen:
             await interaction.response.send_message("Mention the channels (#name), or write 'all'.", ephemeral=True)

@@ -11,8 +11,7 @@ import discord.gateway
 import discord.http
 import yarl
 
-DEFAULT_API_BASE = "https://discord.com/api/v10"
-DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
+from bot.settings import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL  # noqa: F401 - Discord's own, the defaults
 
 
 def point_discord_at(api_base: str, gateway_url: str) -> None:

@@ -9,7 +9,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
-from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL
+# Discord's own endpoints (bot.discord_endpoints points discord.py at these settings). Here, not
+# there, so that reading the settings (every `pintor` command does) does not import discord.py.
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
 
 
 class Settings(BaseSettings):

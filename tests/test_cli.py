@@ -86,3 +86,22 @@ def test_models_doctor_and_db_upgrade(env, tmp_path):
     assert after.returncode == 0, after.stdout
     assert "All good." in after.stdout and "device: cpu" in after.stdout
     assert SECRET not in before.stdout + after.stdout + before.stderr + after.stderr
+
+
+def test_cli_commands_do_not_load_discord(env, tmp_path):
+    """Only `pintor run` needs discord.py: the other commands (and reading the settings) never
+    import it, which keeps them quick to start and working where discord.py is broken."""
+    script = (
+        "import sys\n"
+        "from bot.cli import main\n"
+        f"codes = [main(args) for args in (['models'], ['db', 'upgrade'], ['doctor'], ['imagine', 'a --bogus 1'],\n"
+        f"                                 ['imagine', 'a fox --seed 3', '-o', {str(tmp_path / 'fox.png')!r}])]\n"
+        "print(codes)\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'discord'))\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr
+    codes, loaded = done.stdout.strip().splitlines()[-2:]
+    assert codes == "[0, 0, 0, 2, 0]", done.stdout + done.stderr
+    assert loaded == "[]"
+    assert (tmp_path / "fox.png").is_file()

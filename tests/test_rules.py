@@ -117,8 +117,8 @@ def test_the_servers_default_model_is_the_first_allowed_that_makes_pictures(regi
     registry = load_registry(registry_file)  # default tiny-sd
     rules = GuildSettings.new(1)
     assert server_default(registry, None) == server_default(registry, rules) == "tiny-sd"
-    for allowed, default in [("tiny-sdxl,tiny-sd", "tiny-sd"), ("tiny-upscaler,tiny-kandinsky,tiny-sdxl", "tiny-kandinsky"),
-                             ("gone,tiny-sdxl", "tiny-sdxl")]:
+    for allowed, default in [("tiny-sdxl,tiny-sd", "tiny-sd"), ("gone,tiny-sdxl", "tiny-sdxl"),
+                             ("tiny-upscaler,tiny-kandinsky,tiny-sdxl", "tiny-kandinsky")]:
         rules.allowed_models = allowed
         assert server_default(registry, rules) == default
         assert prepare(registry, "a fox", rules=rules).model == default

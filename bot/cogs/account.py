@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import limits
 from bot.intake import Member
 from storage.models import RUNNING
 
@@ -80,8 +81,8 @@ class Account(commands.Cog):
         embed = discord.Embed(title="Pintor")
         embed.add_field(name="queue", value=f"{len(queue.waiting())} waiting", inline=True)
         embed.add_field(name="your jobs today", value=str(today), inline=True)
-        embed.add_field(name="your jobs in the queue", value="\n".join(places) or "none", inline=False)
-        embed.add_field(name="worker", value=f"{worker} · {device}", inline=False)
+        embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
+        embed.add_field(name="worker", value=limits.clip(f"{worker} · {device}", limits.FIELD_VALUE), inline=False)
         embed.set_footer(text=f"Pintor {pintor_version()}")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

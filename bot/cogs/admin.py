@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.intake import id_list, name_list
+from bot.limits import listing, plain
 from storage.models import GuildSettings
 
 EVERYTHING = "all"
@@ -18,10 +19,12 @@ def describe(rules: GuildSettings) -> str:
     def limit(value, unit=""):
         return f"{value}{unit}" if value else "no limit"
 
-    channels = ", ".join(f"<#{c}>" for c in id_list(rules.channel_ids)) or "all channels"
+    # long lists end in "… and N more": the reply stays within Discord's 2,000 characters
+    channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 600, separator=", ", empty="all channels")
+    models = listing(name_list(rules.allowed_models), 600, separator=", ", empty="all")
     return "\n".join([
         "**Pintor on this server**" + (" — ⏸ **paused**: new jobs are refused" if rules.paused else ""),
-        f"models allowed: {', '.join(name_list(rules.allowed_models)) or 'all'}",
+        f"models allowed: {models}",
         f"answers in: {channels}",
         f"jobs one member may have queued: {limit(rules.max_queued_per_member)}",
         f"jobs per member per day: {limit(rules.daily_quota)}",
@@ -67,9 +70,9 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
         chosen = name_list(names)
         unknown = [n for n in chosen if n not in self.bot.studio.registry.models]
         if unknown or not chosen:
-            await interaction.response.send_message(
-                f"Unknown model(s): {', '.join(unknown) or '(none given)'}. Configured: "
-                f"{', '.join(self.bot.studio.registry.names)}.", ephemeral=True)
+            await interaction.response.send_message(plain(
+                f"Unknown model(s): {listing(unknown, 1000, separator=', ', empty='(none given)')}. Configured: "
+                f"{', '.join(self.bot.studio.registry.names)}."), ephemeral=True)
             return
         await self._update(interaction, allowed_models=",".join(chosen))
 

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.delivery import Delivery
 from bot.intake import USER_ERRORS
+from bot.limits import plain
 
 if TYPE_CHECKING:
     from bot.discord_bot import PintorBot
@@ -41,7 +42,7 @@ class Imagine(commands.Cog):
             # input is answered before anything is stored
             request = studio.prepare(prompt, defaults)
         except USER_ERRORS as err:
-            await interaction.response.send_message(f"⚠️ {err}", ephemeral=True)
+            await interaction.response.send_message(plain(f"⚠️ {err}"), ephemeral=True)
             return
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from generation.upscale import RESAMPLE
 from storage.models import Job
 
 log = logging.getLogger(__name__)
+
+_PARAMETER = re.compile(r"\s+(?=--[A-Za-z])")  # "--ar 3:2 --no a b" → "--ar 3:2", "--no a b"
 
 
 @dataclass
@@ -44,10 +47,20 @@ def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
 
 
 def headline(prompt: str, parameters: str, user_id: int) -> list[str | Echo]:
-    """**the prompt** --ar 3:2 --model sd-turbo — @member, as parts for `compose`: the
-    prompt and the parameters (which quote the member, e.g. --no) are echoed member text."""
+    """**the prompt** --ar 3:2 --no people — @member, as parts for `compose`: the prompt and
+    each parameter (--no quotes the member) are echoed member text, so that a long prompt or
+    --no is shortened while the short parameters stay whole."""
     shown: list[str | Echo] = ["**", Echo(prompt), "**"] if prompt.strip() else ["*(no text)*"]
-    return [*shown, " ", Echo(parameters), " " if parameters.strip() else "", f"— <@{user_id}>"]
+    parameter_parts = parameters_shown(parameters)
+    return [*shown, " " if parameter_parts else "", *parameter_parts, f" — <@{user_id}>"]
+
+
+def parameters_shown(parameters: str) -> list[str | Echo]:
+    """"--ar 3:2 --no a b" as parts for `compose`: each parameter echoed on its own."""
+    parts: list[str | Echo] = []
+    for parameter in _PARAMETER.split(parameters.strip()) if parameters.strip() else []:
+        parts += [" " if parts else "", Echo(parameter)]
+    return parts
 
 
 def progress_text(request: Request, user_id: int, line: str) -> str:

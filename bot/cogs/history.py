@@ -13,7 +13,7 @@ from PIL import Image
 
 from bot import limits
 from bot.limits import Echo, compose, echo
-from bot.results import jump_url
+from bot.results import jump_url, parameters_shown
 from bot.studio import Studio
 from generation.request import Request
 from storage.models import Job
@@ -59,7 +59,8 @@ def job_embed(job: Job, budget: int = EMBED_BUDGET) -> discord.Embed:
     caps = [limits.EMBED_TITLE, limits.EMBED_DESCRIPTION - len(seed), limits.FIELD_VALUE - len(status)]
     title_room, parameters_room, reason_room = (min(r, c) for r, c in zip(room, caps))
     embed.title = compose(Echo(prompt), limit=title_room) if prompt else job.kind
-    embed.description = compose(Echo(request.parameters), seed, limit=parameters_room + len(seed)).strip()
+    embed.description = compose(*parameters_shown(request.parameters), seed,
+                                limit=parameters_room + len(seed)).strip()
     if job.error:
         embed.set_field_at(3, name="status", value=compose(status, Echo(job.error), limit=reason_room + len(status)))
     return embed

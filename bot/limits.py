@@ -75,12 +75,12 @@ def length(text: str) -> int:
 
 def clean(text: str) -> str:
     """Member text without direction controls, invisible characters or line breaks."""
-    flags = [m.group() for m in _FLAG_TAGS.finditer(text)]
-    text = _FLAG_TAGS.sub("\U0001f3f4\x00", text)  # keep emoji flags' tags, drop all others
-    text = _TAGS.sub("", _REMOVED.sub("", text))
-    for flag in flags:
-        text = text.replace("\U0001f3f4\x00", flag, 1)
-    return _SPACES.sub(" ", text)
+    kept, last = [], 0
+    for flag in _FLAG_TAGS.finditer(text):  # emoji flags keep their tags; all other tags go
+        kept += [_TAGS.sub("", _REMOVED.sub("", text[last:flag.start()])), flag.group()]
+        last = flag.end()
+    kept.append(_TAGS.sub("", _REMOVED.sub("", text[last:])))
+    return _SPACES.sub(" ", "".join(kept))
 
 
 def _escape(text: str) -> str:
@@ -200,5 +200,6 @@ def embeds_length(embeds: Iterable[dict]) -> int:
     for embed in embeds:
         total += length(embed.get("title") or "") + length(embed.get("description") or "")
         total += sum(length(f.get("name") or "") + length(f.get("value") or "") for f in embed.get("fields") or [])
-        total += length((embed.get("footer") or {}).get("text") or "") + length((embed.get("author") or {}).get("name") or "")
+        total += length((embed.get("footer") or {}).get("text") or "")
+        total += length((embed.get("author") or {}).get("name") or "")
     return total

@@ -130,7 +130,8 @@ def form_errors(body: dict) -> dict:
     for r, row in enumerate(rows):
         items = row.get("components") or []
         if len(items) > ROW_ITEMS_MAX:
-            fail(("components", r, "components"), "BASE_TYPE_MAX_LENGTH", f"Must be {ROW_ITEMS_MAX} or fewer in length.")
+            fail(("components", r, "components"), "BASE_TYPE_MAX_LENGTH",
+                 f"Must be {ROW_ITEMS_MAX} or fewer in length.")
         for i, item in enumerate(items):
             path = ("components", r, "components", i)
             too_long((*path, "custom_id"), item.get("custom_id"), CUSTOM_ID_MAX)
@@ -147,15 +148,17 @@ def form_errors(body: dict) -> dict:
 
 
 def _modal_refused(data: dict) -> tuple[int, dict] | None:
-    errors: dict = {}
+    """Discord's 400 for a modal whose title or an input's label is too long, or None."""
+    too_long = []
     if _length(data.get("title") or "") > MODAL_TITLE_MAX:
-        errors["title"] = {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {MODAL_TITLE_MAX} or fewer in length."}]}
+        too_long.append(("title", MODAL_TITLE_MAX))
     for r, row in enumerate(data.get("components") or []):
         for i, item in enumerate([row["component"]] if "component" in row else row.get("components") or []):
             label = row.get("label") if "component" in row else item.get("label")
             if _length(label or "") > TEXT_INPUT_LABEL_MAX:
-                errors.setdefault("components", {})[f"{r}.{i}.label"] = {"_errors": [
-                    {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {TEXT_INPUT_LABEL_MAX} or fewer in length."}]}
+                too_long.append((f"components.{r}.{i}.label", TEXT_INPUT_LABEL_MAX))
+    errors = {path: {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {limit} or fewer in length."}]}
+              for path, limit in too_long}
     return (400, {"message": "Invalid Form Body", "code": 50035, "errors": errors}) if errors else None
 
 

@@ -76,9 +76,16 @@ ROWS_MAX, ROW_ITEMS_MAX, BUTTON_LABEL_MAX, CUSTOM_ID_MAX = 5, 5, 80, 100
 OPTIONS_MAX, OPTION_TEXT_MAX, PLACEHOLDER_MAX = 25, 100, 150
 MODAL_TITLE_MAX, TEXT_INPUT_LABEL_MAX = 45, 45
 SUPPRESS_EMBEDS, IS_COMPONENTS_V2 = 1 << 2, 1 << 15
-# What Discord unfurls into a preview: a bare URL in the content, unless written <url> (an
-# escaped \<url> still unfurls), or the message has SUPPRESS_EMBEDS.
-_UNFURLED = re.compile(r"(?:(?<!<)|(?<=\\<))(https?://[^\s<]*[^\s<.,:;\"')\]])", re.IGNORECASE)
+# What Discord unfurls into a preview: a URL in the content (as its markdown finds one), unless
+# written as an autolink <url> (whose "<" is not escaped by an odd number of backslashes), or
+# the message has SUPPRESS_EMBEDS.
+_BARE_URL = re.compile(r"https?://[^\s<]*[^\s<.,:;\"')\]]", re.IGNORECASE)
+_AUTOLINK = re.compile(r"(?<!\\)((?:\\\\)*)<https?://[^ >]+>", re.IGNORECASE)
+
+
+def unfurled_links(content: str) -> list[str]:
+    """The links Discord would preview for a message with this content."""
+    return _BARE_URL.findall(_AUTOLINK.sub(lambda m: m.group(1) + " ", content))
 
 
 def _length(text: str) -> int:
@@ -362,7 +369,7 @@ class DiscordEmulator:
             msg["flags"] &= ~LOADING
             msg["edited_timestamp"] = _now()
         if "content" in body and not msg["flags"] & SUPPRESS_EMBEDS:
-            self.unfurled += [(int(msg["id"]), url) for url in _UNFURLED.findall(msg["content"])]
+            self.unfurled += [(int(msg["id"]), url) for url in unfurled_links(msg["content"])]
         return msg
 
     @staticmethod

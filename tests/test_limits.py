@@ -120,3 +120,29 @@ def test_embeds_length_counts_what_discord_counts():
     embed = {"title": "t" * 10, "description": "d" * 20, "fields": [{"name": "n", "value": "v" * 5}],
              "footer": {"text": "f" * 3}, "author": {"name": "a" * 2}, "url": "https://not.counted"}
     assert embeds_length([embed, embed]) == 2 * (10 + 20 + 1 + 5 + 3 + 2)
+
+
+# -- any member text at all (property tests) ---------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.discord_emulator import unfurled_links  # noqa: E402 - what Discord would preview
+
+MEMBER_TEXT = st.text(st.characters(codec="utf-8"), max_size=1500) | st.lists(
+    st.sampled_from(["_", "*", "\\", "`", "|", "<@1>", "https://a.example/x_y", "\u202e", "\u2069", "שלום", "🦊",
+                     " ", "\n", "\u200b", "[", "](", "http://b.example"]), max_size=700).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prompt=MEMBER_TEXT, negative=MEMBER_TEXT)
+def test_any_member_text_fits_keeps_the_fixed_parts_and_cannot_unfurl_or_reorder(prompt, negative):
+    fixed_end = f" {MENTION}\nseed 5 · tiny-sd · job 42"
+    content = compose("**", Echo(prompt), "** ", Echo("--no " + negative), fixed_end)
+    assert length(content) <= CONTENT and content.startswith("**") and content.endswith(fixed_end)
+    echoed = content[:-len(fixed_end)]
+    assert not [c for c in echoed if unicodedata.bidirectional(c) in
+                ("LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI") or c in "\n\r\u200b\u202e"]
+    assert echoed.count(FSI) == echoed.count(PDI) <= 2
+    assert unfurled_links(echoed) == []  # every link Discord would find is in <…>
+    assert "<@" not in echoed.replace("\\<@", "")  # no mention made by the member's text

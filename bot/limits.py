@@ -66,6 +66,7 @@ _SPACES = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _URL = re.compile(r"https?://[^\s<>]*[^\s<>.,:;\"')\]]", re.IGNORECASE)
 _MARKDOWN = re.compile(r"([\\*_~|`\[\]<])")  # what could restyle it, make a masked link or a <@mention>
 _RIGHT_TO_LEFT = {"R", "AL", "AN"}
+_DANGLING = re.compile("[\\s\u200c\u200d\ufe0e\ufe0f\U0001f3f4\U000e0020-\U000e007f]+$")
 
 
 def length(text: str) -> int:
@@ -93,6 +94,11 @@ def _escape(text: str) -> str:
     return "".join(out)
 
 
+def _prefix(cleaned: str, n: int) -> str:
+    """The first `n` characters, without a space, joiner or emoji modifier left dangling at the end."""
+    return _DANGLING.sub("", cleaned[:n])
+
+
 def _render(cleaned: str, cut: bool) -> str:
     text = _escape(cleaned) + (ELLIPSIS if cut else "")
     if any(unicodedata.bidirectional(c) in _RIGHT_TO_LEFT for c in cleaned):
@@ -111,11 +117,11 @@ def echo(text: str, max_chars: int | None = None) -> str:
     low, high = 0, len(cleaned)  # the longest prefix whose rendering fits
     while low < high:
         middle = (low + high + 1) // 2
-        if length(_render(cleaned[:middle].rstrip(), cut=True)) <= max_chars:
+        if length(_render(_prefix(cleaned, middle), cut=True)) <= max_chars:
             low = middle
         else:
             high = middle - 1
-    shown = _render(cleaned[:low].rstrip(), cut=True)
+    shown = _render(_prefix(cleaned, low), cut=True)
     return shown if length(shown) <= max_chars else ""
 
 

@@ -146,3 +146,11 @@ def test_any_member_text_fits_keeps_the_fixed_parts_and_cannot_unfurl_or_reorder
     assert echoed.count(FSI) == echoed.count(PDI) <= 2
     assert unfurled_links(echoed) == []  # every link Discord would find is in <…>
     assert "<@" not in echoed.replace("\\<@", "")  # no mention made by the member's text
+
+
+def test_a_cut_leaves_no_joiner_or_half_flag_dangling():
+    family = "👩\u200d👩\u200d👧"
+    assert echo(f"ab {family} cd", 5) == "ab…"
+    assert echo(f"ab {family} cd", 6) == "ab 👩…"
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    assert echo(f"x{england}", 5) == "x…"

@@ -53,7 +53,8 @@ def test_progress_of_a_long_prompt_keeps_its_state_line(line):
 async def test_a_result_with_long_notices_quoting_the_prompt_keeps_its_seed_line():
     cut = "https://example.com/a_b " + "_" * 990
     notices = f"The text encoder reads 77 tokens; this part of the prompt was cut: “{cut}”\nA second notice."
-    out = await result_message(None, job_for(LONG, notices=notices), size_limit=10 * 1024 * 1024)  # type: ignore[arg-type]
+    job = job_for(LONG, notices=notices)  # no parent: result_message never asks the studio
+    out = await result_message(None, job, size_limit=10 * 1024 * 1024)  # type: ignore[arg-type]
     lines = out.content.split("\n")
     assert length(out.content) <= CONTENT and lines[0].endswith(f"— <@{MEMBER}>")
     assert lines[1] == "seed 9 · sd-1.5 · job 77"

@@ -58,7 +58,8 @@ class Blend(commands.Cog):
         for attachment in attachments:
             if attachment.size > MAX_UPLOAD_BYTES:
                 await interaction.response.send_message(
-                    f"⚠️ {echo(attachment.filename, 200)} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.", ephemeral=True)
+                    f"⚠️ {echo(attachment.filename, 200)} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.",
+                    ephemeral=True)
                 return
         private = (await self.bot.studio.settings.member(interaction.user.id)).private
         await interaction.response.defer(thinking=True, ephemeral=private)  # downloads can take a while

@@ -78,6 +78,8 @@ async def test_a_990_underscore_prompt_keeps_the_mention_parameters_and_job_line
         prompt, rest = headline[2:].split("** ", 1)
         assert ESCAPED_UNDERSCORES.fullmatch(prompt), prompt[-30:]
         assert rest == f"--ar 3:2 --model tiny-sd {mention}"
+    for content in sent[:-1]:  # the state line of each progress edit is whole
+        assert re.fullmatch(r"⏳ queued — position \d+|🎨 starting…|🎨 generating \d+ %", content.split("\n")[1])
     assert sent[-1] == final["content"]
     assert f"seed 9 · tiny-sd · job {job_id}" in final["content"].splitlines()
 
@@ -226,3 +228,15 @@ async def test_history_buttons_after_forget_say_there_are_no_jobs_and_go_away(pi
     after = emu.messages[int(page["id"])]
     assert after["content"].startswith("You have no jobs any more")
     assert after["embeds"] == [] and after["components"] == [] and after["attachments"] == []
+
+
+async def test_show_of_a_job_that_failed_with_a_long_reason_fits_and_does_not_unfurl(pintor: Harness):
+    emu, store = pintor.emu, pintor.studio.store
+    [job] = await store_jobs(pintor, emu.user_id, ["a lantern that failed --seed 2"])
+    async with store.session.begin() as session:  # made in the server, as /show expects
+        await session.execute(update(Job).where(Job.id == job.id).values(guild_id=emu.guild_id))
+    await store.mark_failed(job.id, "could not load https://hub.example/model_x: " + "it broke, " * 400)
+    shown = await emu.slash("show", {"job_id": job.id})
+    content = (await acked(shown, kind=MESSAGE))["data"]["content"]
+    assert length(content) <= CONTENT and content.endswith("…")
+    assert content.startswith(f"Job {job.id} failed: could not load <https://hub.example/model_x>: it broke,")

@@ -4,6 +4,10 @@ Point the client at it with ``bot.discord_endpoints.point_discord_at(emu.api_bas
 emu.gateway_url)`` before ``login``. The emulator records every REST request, keeps every
 message the bot created or edited, serves uploaded files, and dispatches slash commands,
 component clicks and modal submits as INTERACTION_CREATE events over the gateway.
+
+Like Discord, it refuses (400 "Invalid Form Body", code 50035) a message over Discord's limits
+(content, embeds, fields, components, modals: `form_errors`) and (code 50006) one created or
+edited to nothing; and it records in `unfurled` each link Discord would preview (`unfurled_links`).
 """
 
 from __future__ import annotations

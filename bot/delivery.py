@@ -20,6 +20,7 @@ import discord
 from discord.utils import MISSING
 
 from bot.attachments import DEFAULT_UPLOAD_LIMIT_BYTES, fit_image
+from bot.limits import plain
 from bot.results import Outgoing
 
 if TYPE_CHECKING:
@@ -100,8 +101,10 @@ class Delivery:
         return await self._channel_message(out)
 
     async def refuse(self, text: str) -> None:
-        """Tell the member why nothing was done, in a message only they see."""
+        """Tell the member why nothing was done, in a message only they see. `text` may quote
+        the member (a prompt error): it is made safe and short (`bot.limits.plain`)."""
         quiet = discord.AllowedMentions.none()
+        text = plain(text)
         try:
             if not self.new_message and self.private:  # an ephemeral reply already
                 await self.interaction.edit_original_response(content=text, allowed_mentions=quiet)

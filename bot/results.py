@@ -14,6 +14,7 @@ import discord
 
 from bot.attachments import FittedImage, fit_image, human_size
 from bot.buttons import grid_view, upscale_view
+from bot.limits import Echo, compose
 from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
 from generation.request import Request
@@ -22,9 +23,7 @@ from storage.models import Job
 
 log = logging.getLogger(__name__)
 
-MAX_CONTENT_CHARS = 2000  # Discord's limit for a message's text
-MAX_PROMPT_SHOWN_CHARS = 1200
-_INLINE_MARKDOWN = re.compile(r"([\\*_~|`\[\]])")  # what could restyle a prompt, or make a masked link
+_PARAMETER = re.compile(r"\s+(?=--[A-Za-z])")  # "--ar 3:2 --no a b" → "--ar 3:2", "--no a b"
 
 
 @dataclass
@@ -47,25 +46,25 @@ def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
-def escape(text: str) -> str:
-    """Member-written text shown as written: no markdown styling, no masked links."""
-    return _INLINE_MARKDOWN.sub(r"\\\1", text)
+def headline(prompt: str, parameters: str, user_id: int) -> list[str | Echo]:
+    """**the prompt** --ar 3:2 --no people — @member, as parts for `compose`: the prompt and
+    each parameter (--no quotes the member) are echoed member text, so that a long prompt or
+    --no is shortened while the short parameters stay whole."""
+    shown: list[str | Echo] = ["**", Echo(prompt), "**"] if prompt.strip() else ["*(no text)*"]
+    parameter_parts = parameters_shown(parameters)
+    return [*shown, " " if parameter_parts else "", *parameter_parts, f" — <@{user_id}>"]
 
 
-def headline(prompt: str, parameters: str, user_id: int) -> str:
-    """**the prompt** --ar 3:2 --model sd-turbo — @member"""
-    if len(prompt) > MAX_PROMPT_SHOWN_CHARS:
-        prompt = prompt[:MAX_PROMPT_SHOWN_CHARS - 1] + "…"
-    shown = f"**{escape(prompt)}**" if prompt.strip() else "*(no text)*"
-    return " ".join(part for part in (shown, escape(parameters), f"— <@{user_id}>") if part)
+def parameters_shown(parameters: str) -> list[str | Echo]:
+    """"--ar 3:2 --no a b" as parts for `compose`: each parameter echoed on its own."""
+    parts: list[str | Echo] = []
+    for parameter in _PARAMETER.split(parameters.strip()) if parameters.strip() else []:
+        parts += [" " if parts else "", Echo(parameter)]
+    return parts
 
 
 def progress_text(request: Request, user_id: int, line: str) -> str:
-    return _limit(f"{headline(request.prompt, request.parameters, user_id)}\n{line}")
-
-
-def _limit(text: str) -> str:
-    return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS - 1] + "…"
+    return compose(*headline(request.prompt, request.parameters, user_id), "\n", line)
 
 
 def _origin(job: Job, request: Request) -> str | None:
@@ -81,22 +80,23 @@ def _origin(job: Job, request: Request) -> str | None:
     return None
 
 
-def _notices(job: Job) -> list[str]:
-    return [f"⚠️ {line}" for line in (job.notices or "").splitlines() if line.strip()]
+def _notices(job: Job) -> list[str | Echo]:
+    # Notices can quote the member's prompt (the part a text encoder cut): echoed, shortened first.
+    return [part for line in (job.notices or "").splitlines() if line.strip() for part in ("\n⚠️ ", Echo(line))]
 
 
 async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoing:
-    """A finished job as a message: the grid (or the single upscaled image) and its buttons."""
+    """A finished job as a message: the grid (or the single upscaled image) and its buttons.
+    Its text fits Discord's 2,000 characters: only the echoed member text is shortened."""
     request = Request.from_json(job.request)
     single = job.kind == "upscale" or len(job.images) == 1
     shown = job.images[:1] if single else job.images
     path = job.images[0].path if single and job.images else job.grid_path
     seed = job.images[0].seed if single and job.images else request.seed
-    lines = [headline(request.prompt, request.parameters, job.user_id)]
+    lines = []
     if origin := _origin(job, request):
         lines.append(origin)
     lines.append(f"seed {seed} · {job.model} · job {job.id}")
-    lines += _notices(job)
 
     image = view = None
     try:
@@ -117,7 +117,9 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
             view = upscale_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job))
         else:
             view = grid_view(job.id)
-    return Outgoing(_limit("\n".join(lines)), image, view, spoiler=any(i.flagged for i in shown))
+    content = compose(*headline(request.prompt, request.parameters, job.user_id),
+                      *(f"\n{line}" for line in lines), *_notices(job))
+    return Outgoing(content, image, view, spoiler=any(i.flagged for i in shown))
 
 
 async def _parent_url(studio: Studio, job: Job) -> str | None:
@@ -132,9 +134,10 @@ async def _parent_url(studio: Studio, job: Job) -> str | None:
 def ending_message(job: Job, event: Event | None) -> Outgoing:
     """A job that ended without pictures: failed, cancelled, or stopped by a shutdown."""
     request = Request.from_json(job.request)
-    if isinstance(event, Failed):
-        line = f"❌ {event.reason}"
-    elif isinstance(event, Cancelled):
+    if isinstance(event, Failed):  # a reason can quote the member (a model name, a prompt)
+        return Outgoing(compose(*headline(request.prompt, request.parameters, job.user_id), "\n❌ ",
+                                Echo(event.reason)))
+    if isinstance(event, Cancelled):
         line = f"Cancelled (job {job.id})."
     elif isinstance(event, Interrupted):
         line = (f"⏸️ Pintor stopped before job {job.id} was done. It stays queued and will be posted "

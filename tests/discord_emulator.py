@@ -4,6 +4,10 @@ Point the client at it with ``bot.discord_endpoints.point_discord_at(emu.api_bas
 emu.gateway_url)`` before ``login``. The emulator records every REST request, keeps every
 message the bot created or edited, serves uploaded files, and dispatches slash commands,
 component clicks and modal submits as INTERACTION_CREATE events over the gateway.
+
+Like Discord, it refuses (400 "Invalid Form Body", code 50035) a message over Discord's limits
+(content, embeds, fields, components, modals: `form_errors`) and (code 50006) one created or
+edited to nothing; and it records in `unfurled` each link Discord would preview (`unfurled_links`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ class RecordedRequest:
     files: list[tuple[str, bytes]] = field(default_factory=list)
     status: int = 0
     at: float = 0.0  # time.monotonic()
+    answer: Any = None  # the JSON body the emulator answered with
+
+    @property
+    def refused_by_limits(self) -> bool:
+        """Discord would refuse it: "Invalid Form Body" (a limit) or "Cannot send an empty message"."""
+        return self.status == 400 and isinstance(self.answer, dict) and self.answer.get("code") in (50035, 50006)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -58,6 +68,123 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
             return img.size
     except Exception:
         return None
+
+
+# Discord's limits on what a message may carry (developers' docs: resources/message,
+# interactions/message-components, interactions/receiving-and-responding). Lengths are counted
+# in UTF-16 code units, the strictest reading of "characters".
+CONTENT_MAX, EMBEDS_MAX, EMBEDS_TOTAL_MAX, FIELDS_MAX = 2000, 10, 6000, 25
+EMBED_MAX = {"title": 256, "description": 4096}
+FIELD_MAX = {"name": 256, "value": 1024}
+ROWS_MAX, ROW_ITEMS_MAX, BUTTON_LABEL_MAX, CUSTOM_ID_MAX = 5, 5, 80, 100
+OPTIONS_MAX, OPTION_TEXT_MAX, PLACEHOLDER_MAX = 25, 100, 150
+MODAL_TITLE_MAX, TEXT_INPUT_LABEL_MAX = 45, 45
+SUPPRESS_EMBEDS, IS_COMPONENTS_V2 = 1 << 2, 1 << 15
+# What Discord unfurls into a preview: a URL in the content (as its markdown finds one), unless
+# written as an autolink <url> (whose "<" is not escaped by an odd number of backslashes), or
+# the message has SUPPRESS_EMBEDS.
+_BARE_URL = re.compile(r"https?://[^\s<]*[^\s<.,:;\"')\]]", re.IGNORECASE)
+_AUTOLINK = re.compile(r"(?<!\\)((?:\\\\)*)<https?://[^ >]+>", re.IGNORECASE)
+
+
+def unfurled_links(content: str) -> list[str]:
+    """The links Discord would preview for a message with this content."""
+    return _BARE_URL.findall(_AUTOLINK.sub(lambda m: m.group(1) + " ", content))
+
+
+def _length(text: str) -> int:
+    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+
+
+def form_errors(body: dict) -> dict:
+    """What Discord's "Invalid Form Body" (400, code 50035) would list for a message body:
+    {"content": {"_errors": [...]}, "embeds": {"0": {"title": ...}}, ...}; {} when it is valid."""
+    errors: dict = {}
+
+    def fail(path: tuple, code: str, message: str) -> None:
+        node = errors
+        for key in path:
+            node = node.setdefault(str(key), {})
+        node.setdefault("_errors", []).append({"code": code, "message": message})
+
+    def too_long(path: tuple, value: Any, limit: int) -> None:
+        if isinstance(value, str) and _length(value) > limit:
+            fail(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+    too_long(("content",), body.get("content"), CONTENT_MAX)
+    embeds = body.get("embeds") or []
+    if len(embeds) > EMBEDS_MAX:
+        fail(("embeds",), "BASE_TYPE_MAX_LENGTH", f"Must be {EMBEDS_MAX} or fewer in length.")
+    total = 0
+    for e, embed in enumerate(embeds):
+        for key, limit in EMBED_MAX.items():
+            too_long(("embeds", e, key), embed.get(key), limit)
+            total += _length(embed.get(key) or "")
+        fields = embed.get("fields") or []
+        if len(fields) > FIELDS_MAX:
+            fail(("embeds", e, "fields"), "BASE_TYPE_MAX_LENGTH", f"Must be {FIELDS_MAX} or fewer in length.")
+        for f, item in enumerate(fields):
+            for key, limit in FIELD_MAX.items():
+                if not item.get(key):
+                    fail(("embeds", e, "fields", f, key), "BASE_TYPE_REQUIRED", "This field is required")
+                too_long(("embeds", e, "fields", f, key), item.get(key), limit)
+                total += _length(item.get(key) or "")
+        too_long(("embeds", e, "footer", "text"), (embed.get("footer") or {}).get("text"), 2048)
+        too_long(("embeds", e, "author", "name"), (embed.get("author") or {}).get("name"), 256)
+        total += _length((embed.get("footer") or {}).get("text") or "")
+        total += _length((embed.get("author") or {}).get("name") or "")
+    if total > EMBEDS_TOTAL_MAX:
+        fail(("embeds",), "MAX_EMBED_SIZE_EXCEEDED", f"Embed size exceeds maximum size of {EMBEDS_TOTAL_MAX}")
+    rows = body.get("components") or []
+    if len(rows) > ROWS_MAX and not (body.get("flags") or 0) & IS_COMPONENTS_V2:
+        fail(("components",), "BASE_TYPE_MAX_LENGTH", f"Must be {ROWS_MAX} or fewer in length.")
+    for r, row in enumerate(rows):
+        items = row.get("components") or []
+        if len(items) > ROW_ITEMS_MAX:
+            fail(("components", r, "components"), "BASE_TYPE_MAX_LENGTH",
+                 f"Must be {ROW_ITEMS_MAX} or fewer in length.")
+        for i, item in enumerate(items):
+            path = ("components", r, "components", i)
+            too_long((*path, "custom_id"), item.get("custom_id"), CUSTOM_ID_MAX)
+            if item.get("type") == 2:
+                too_long((*path, "label"), item.get("label"), BUTTON_LABEL_MAX)
+            too_long((*path, "placeholder"), item.get("placeholder"), PLACEHOLDER_MAX)
+            options = item.get("options") or []
+            if len(options) > OPTIONS_MAX:
+                fail((*path, "options"), "BASE_TYPE_MAX_LENGTH", f"Must be {OPTIONS_MAX} or fewer in length.")
+            for o, option in enumerate(options):
+                for key in ("label", "value", "description"):
+                    too_long((*path, "options", o, key), option.get(key), OPTION_TEXT_MAX)
+    return errors
+
+
+def _modal_refused(data: dict) -> tuple[int, dict] | None:
+    """Discord's 400 for a modal whose title or an input's label is too long, or None."""
+    too_long = []
+    if _length(data.get("title") or "") > MODAL_TITLE_MAX:
+        too_long.append(("title", MODAL_TITLE_MAX))
+    for r, row in enumerate(data.get("components") or []):
+        for i, item in enumerate([row["component"]] if "component" in row else row.get("components") or []):
+            label = row.get("label") if "component" in row else item.get("label")
+            if _length(label or "") > TEXT_INPUT_LABEL_MAX:
+                too_long.append((f"components.{r}.{i}.label", TEXT_INPUT_LABEL_MAX))
+    errors = {path: {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {limit} or fewer in length."}]}
+              for path, limit in too_long}
+    return (400, {"message": "Invalid Form Body", "code": 50035, "errors": errors}) if errors else None
+
+
+def _is_empty(msg: dict) -> bool:
+    return not (msg.get("content") or msg.get("embeds") or msg.get("attachments") or msg.get("sticker_items")
+                or msg.get("poll") or (msg.get("flags", 0) & IS_COMPONENTS_V2 and msg.get("components")))
+
+
+def _refused(body: dict, message_after: dict | None) -> tuple[int, dict] | None:
+    """Discord's 400 for a message create/edit it would refuse, or None."""
+    if errors := form_errors(body):
+        return 400, {"message": "Invalid Form Body", "code": 50035, "errors": errors}
+    if message_after is not None and _is_empty(message_after):
+        return _error(400, 50006, "Cannot send an empty message")
+    return None
 
 
 class Interaction:
@@ -107,6 +234,7 @@ class DiscordEmulator:
         self.api_base = self.gateway_url = self.base_url = ""
         self._files: dict[int, tuple[bytes, str]] = {}  # served attachments
         self.attachment_gets: list[int] = []  # ids of the attachments fetched, in order (404s included)
+        self.unfurled: list[tuple[int, str]] = []  # (message id, URL) for each link preview Discord would make
         self._ws: web.WebSocketResponse | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._seq = 0
@@ -244,7 +372,22 @@ class DiscordEmulator:
         if edit:
             msg["flags"] &= ~LOADING
             msg["edited_timestamp"] = _now()
+        if "content" in body and not msg["flags"] & SUPPRESS_EMBEDS:
+            self.unfurled += [(int(msg["id"]), url) for url in unfurled_links(msg["content"])]
         return msg
+
+    @staticmethod
+    def _check(body: dict, files: list, msg: dict | None = None) -> tuple[int, dict] | None:
+        """Discord's 400 for creating a message from `body` (or editing `msg` with it), or None."""
+        after = dict(msg or {"content": "", "embeds": [], "attachments": [], "components": [], "flags": 0})
+        for key, empty in (("content", ""), ("embeds", []), ("components", []), ("flags", 0)):
+            if key in body:
+                after[key] = body[key] if body[key] is not None else (after[key] if key == "flags" else empty)
+        if body.get("attachments") is not None:
+            after["attachments"] = list(body["attachments"]) + files
+        else:
+            after["attachments"] = list(after["attachments"]) + files
+        return _refused(body, after)
 
     def _new_message(self, channel_id: int, body: dict, files: list, interaction: Interaction | None = None) -> dict:
         channel = self.channels.get(channel_id, {})
@@ -286,7 +429,7 @@ class DiscordEmulator:
             if match and request.method in methods.split("|"):
                 status, body = await handler(rec, **match.groupdict())
                 break
-        rec.status = status
+        rec.status, rec.answer = status, body
         self.requests.append(rec)
         await self._notify()
         return web.Response(status=204) if body is None else _json(body, status)
@@ -335,6 +478,15 @@ class DiscordEmulator:
             return _error(400, 40060, "Interaction has already been acknowledged.")
         body, kind = rec.json or {}, (rec.json or {}).get("type")
         data = body.get("data") or {}
+        refusal = None
+        if kind == 4:
+            refusal = self._check(data, rec.files)
+        elif kind == 7 and inter.original is not None:
+            refusal = self._check(data, rec.files, inter.original)
+        elif kind == 9:
+            refusal = _modal_refused(data)
+        if refusal is not None:
+            return refusal
         inter.callbacks.append({**body, "files": rec.files, "at": rec.at, "dispatched_at": inter.dispatched_at})
         message = None
         if kind in (4, 5):  # a new message (5: "thinking..." until edited)
@@ -354,6 +506,8 @@ class DiscordEmulator:
         inter = self._interaction(app, token, by_app=True)
         if inter is None:
             return _error(404, 10015, "Unknown Webhook")
+        if refusal := self._check(rec.json or {}, rec.files):
+            return refusal
         message = self._new_message(int(inter.payload["channel_id"]), rec.json or {}, rec.files, inter)
         inter.followups.append(message)
         return (200, message) if rec.query.get("wait") in ("1", "true", "True") else (204, None)
@@ -370,12 +524,16 @@ class DiscordEmulator:
             del self.messages[msg_id]
             return 204, None
         if rec.method == "PATCH":
+            if refusal := self._check(rec.json or {}, rec.files, self.messages[msg_id]):
+                return refusal
             self._apply(self.messages[msg_id], rec.json or {}, rec.files, edit=True)
         return 200, self.messages[msg_id]
 
     async def _create_channel_message(self, rec, cid):
         if int(cid) not in self.channels:
             return _error(404, 10003, "Unknown Channel")
+        if refusal := self._check(rec.json or {}, rec.files):
+            return refusal
         return 200, self._new_message(int(cid), rec.json or {}, rec.files)
 
     async def _channel_message(self, rec, cid, mid):
@@ -383,6 +541,8 @@ class DiscordEmulator:
         if msg is None or msg["channel_id"] != cid:
             return _error(404, 10008, "Unknown Message")
         if rec.method == "PATCH":
+            if refusal := self._check(rec.json or {}, rec.files, msg):
+                return refusal
             self._apply(msg, rec.json or {}, rec.files, edit=True)
         return 200, msg
 

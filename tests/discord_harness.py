@@ -157,6 +157,13 @@ async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def pintor(discord_harness: Harness) -> Harness:
-    point_discord_at(discord_harness.emu.api_base, discord_harness.emu.gateway_url)
-    return discord_harness
+def pintor(discord_harness: Harness):
+    """The shared bot; after the test, nothing it sent broke Discord's limits (the emulator
+    answered 400 like Discord) and no member link was unfurled into a preview."""
+    emu = discord_harness.emu
+    point_discord_at(emu.api_base, emu.gateway_url)
+    requests_before, unfurled_before = len(emu.requests), len(emu.unfurled)
+    yield discord_harness
+    refused = [(r.method, r.path, r.answer) for r in emu.requests[requests_before:] if r.refused_by_limits]
+    assert not refused, f"Discord would refuse these messages: {refused}"
+    assert emu.unfurled[unfurled_before:] == [], "Discord would preview these links in Pintor's messages"

@@ -167,3 +167,69 @@ async def test_unknown_route_is_recorded_as_404(emu: DiscordEmulator, bot: comma
         await bot.http.request(discord.http.Route("GET", "/guilds/{guild_id}/nothing", guild_id=1))
     rec = await emu.wait_for(lambda r: r.status == 404)
     assert rec.path == "/guilds/1/nothing"
+
+
+# -- Discord's limits, as the emulator enforces them --------------------------------------------
+
+
+async def test_messages_over_discords_limits_are_refused_as_discord_does(emu: DiscordEmulator, bot: commands.Bot):
+    channel = bot.get_partial_messageable(emu.channel_id)
+    fits = await channel.send("x" * 2000)
+    assert emu.messages[fits.id]["content"] == "x" * 2000
+    for too_long in ("x" * 2001, "🦊" * 1001):  # an emoji outside the BMP counts twice (UTF-16)
+        with pytest.raises(discord.HTTPException) as refused:
+            await channel.send(too_long)
+        assert (refused.value.status, refused.value.code) == (400, 50035)
+        assert "content" in str(refused.value) and "2000 or fewer" in str(refused.value)
+
+    def embed(**values) -> discord.Embed:
+        made = discord.Embed(title=values.pop("title", "t"), description=values.pop("description", None))
+        for name, value in values.get("fields", []):
+            made.add_field(name=name, value=value)
+        return made
+
+    for bad in (embed(title="t" * 257), embed(description="d" * 4097), embed(fields=[("n", "v" * 1025)]),
+                embed(fields=[("n" * 257, "v")]), embed(fields=[("n", "v")] * 26)):
+        with pytest.raises(discord.HTTPException) as refused:
+            await channel.send(embed=bad)
+        assert (refused.value.status, refused.value.code) == (400, 50035)
+    # each embed within its own limits, but six of them over the 6,000 of a whole message
+    six = [embed(title="t" * 200, description="d" * 900) for _ in range(6)]
+    with pytest.raises(discord.HTTPException) as refused:
+        await channel.send(embeds=six)
+    assert refused.value.code == 50035 and "6000" in str(refused.value)
+    assert (await channel.send(embeds=six[:5])).embeds
+
+    view = discord.ui.View()
+    view.add_item(discord.ui.Button(label="L" * 81, custom_id="long"))
+    with pytest.raises(discord.HTTPException):
+        await channel.send("buttons", view=view)
+    # nothing refused was stored
+    assert [m["content"] for m in emu.messages.values()] == ["x" * 2000, ""]
+
+
+async def test_an_edit_to_an_empty_message_is_refused(emu: DiscordEmulator, bot: commands.Bot):
+    channel = bot.get_partial_messageable(emu.channel_id)
+    sent = await channel.send(embed=discord.Embed(title="a page"))
+    with pytest.raises(discord.HTTPException) as refused:
+        await sent.edit(embeds=[])
+    assert (refused.value.status, refused.value.code) == (400, 50006)
+    assert emu.messages[sent.id]["embeds"][0]["title"] == "a page"
+    await sent.edit(content="no pages any more", embeds=[])
+    assert emu.messages[sent.id]["content"] == "no pages any more" and not emu.messages[sent.id]["embeds"]
+    with pytest.raises(discord.HTTPException) as refused:
+        await channel.send(view=discord.ui.View().add_item(discord.ui.Button(label="only a button", custom_id="b")))
+    assert refused.value.code == 50006
+
+
+async def test_bare_links_are_unfurled_and_wrapped_or_suppressed_ones_are_not(emu: DiscordEmulator,
+                                                                            bot: commands.Bot):
+    channel = bot.get_partial_messageable(emu.channel_id)
+    bare = await channel.send("look https://example.com/a_b and HTTP://shout.example")
+    escaped = await channel.send(r"look \<https://escaped.example>")  # an escaped < is no wrapping
+    await channel.send("look <https://example.com/wrapped> or **<http://bold.example/x>**")
+    await channel.send("look https://example.com/suppressed", suppress_embeds=True)
+    assert emu.unfurled == [(bare.id, "https://example.com/a_b"), (bare.id, "HTTP://shout.example"),
+                            (escaped.id, "https://escaped.example>")]
+    await bare.edit(content="now <https://example.com/a_b>")
+    assert len(emu.unfurled) == 3

@@ -207,7 +207,7 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
     opened = await press(pintor, message_id, member, "Always append…", kind=MODAL)
     saved = await emu.submit_modal(opened, {"Parameters added to every prompt": "--no fog"})
     await acked(saved, kind=UPDATE)
-    assert "always append: `--no fog`" in emu.messages[message_id]["content"]
+    assert "always append: --no fog" in emu.messages[message_id]["content"]
     assert (await studio.settings.member(member)).append == "--no fog"
 
     # /imagine by this member: the defaults fill in; private mode makes the reply ephemeral

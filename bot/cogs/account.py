@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import limits
 from bot.intake import Member
 from storage.models import RUNNING
 
@@ -83,8 +84,8 @@ class Account(commands.Cog):
         default = studio.default_model(await self.bot.rules(interaction.guild_id))
         embed.add_field(name="default model", inline=True, value=default + (
             " (this server's: Pintor's default is not allowed here)" if default != studio.registry.default else ""))
-        embed.add_field(name="your jobs in the queue", value="\n".join(places) or "none", inline=False)
-        embed.add_field(name="worker", value=f"{worker} · {device}", inline=False)
+        embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
+        embed.add_field(name="worker", value=limits.clip(f"{worker} · {device}", limits.FIELD_VALUE), inline=False)
         embed.set_footer(text=f"Pintor {pintor_version()}")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

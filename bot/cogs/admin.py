@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.intake import id_list, name_list, server_default
+from bot.limits import listing, plain
 from generation.registry import Registry, UnknownModelError
 from storage.models import GuildSettings
 
@@ -35,10 +36,10 @@ def describe(rules: GuildSettings, registry: Registry, *, author_only_forced: bo
 
     allowed = name_list(rules.allowed_models)
     default = server_default(registry, rules)
-    models = ", ".join(allowed) or "all"
+    models = listing(allowed, 600, separator=", ", empty="all")
     missing = [name for name in allowed if name not in registry.models]
     if missing:
-        models += f" (no longer configured: {', '.join(missing)})"
+        models += f" (no longer configured: {listing(missing, 300, separator=', ')})"
     if default == registry.default:
         models += f" · prompts without --model use {default}"
     else:
@@ -49,7 +50,8 @@ def describe(rules: GuildSettings, registry: Registry, *, author_only_forced: bo
         buttons = f"only the author, {OPERATOR_AUTHOR_ONLY}{own}"
     else:
         buttons = f"{'only the author' if rules.buttons_author_only else 'everyone'} (this server's choice)"
-    channels = ", ".join(f"<#{c}>" for c in id_list(rules.channel_ids)) or "all channels"
+    # long lists end in "… and N more": the reply stays within Discord's 2,000 characters
+    channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 600, separator=", ", empty="all channels")
     return "\n".join([
         "**Pintor on this server**" + (" — ⏸ **paused**: new jobs are refused" if rules.paused else ""),
         f"models allowed: {models}",
@@ -170,9 +172,9 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
             except UnknownModelError:
                 unknown.append(name)
         if unknown or not chosen:
-            await interaction.response.send_message(
-                f"Unknown model(s): {', '.join(unknown) or '(none given)'}. Configured: "
-                f"{', '.join(registry.names)}.", ephemeral=True)
+            await interaction.response.send_message(plain(
+                f"Unknown model(s): {listing(unknown, 1000, separator=', ', empty='(none given)')}. Configured: "
+                f"{', '.join(registry.names)}."), ephemeral=True)
             return
         chosen = list(dict.fromkeys(chosen))
         if not any(registry.get(name).can_generate for name in chosen):

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.delivery import Delivery
 from bot.downloads import download
+from bot.limits import echo
 from generation.inputs import MAX_UPLOAD_BYTES
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ class Blend(commands.Cog):
         for attachment in attachments:
             if attachment.size > MAX_UPLOAD_BYTES:
                 await interaction.response.send_message(
-                    f"⚠️ {attachment.filename} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.", ephemeral=True)
+                    f"⚠️ {echo(attachment.filename, 200)} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.",
+                    ephemeral=True)
                 return
         private = (await self.bot.studio.settings.member(interaction.user.id)).private
         await interaction.response.defer(thinking=True, ephemeral=private)  # downloads can take a while

@@ -11,13 +11,19 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from bot.results import jump_url
+from bot import limits
+from bot.limits import Echo, compose, echo
+from bot.results import jump_url, parameters_shown
 from bot.studio import Studio
 from generation.request import Request
 from storage.models import Job
 
 PAGE_SIZE = 5  # one embed (with its thumbnail) per job; Discord allows 10 embeds a message
 THUMBNAIL_SIDE = 160
+FOOTER_ROOM = 100  # "page 3 of 12 · 57 jobs"
+# All embeds of a message share Discord's 6,000 characters: each job's embed gets an equal part.
+EMBED_BUDGET = (limits.EMBEDS_TOTAL - FOOTER_ROOM) // PAGE_SIZE
+NO_JOBS_LEFT = "You have no jobs any more (they were deleted): try /imagine."
 
 
 def thumbnail(path: str) -> bytes | None:
@@ -31,17 +37,32 @@ def thumbnail(path: str) -> bytes | None:
         return None  # the file is gone: the entry is listed without a picture
 
 
-def job_embed(job: Job) -> discord.Embed:
+def job_embed(job: Job, budget: int = EMBED_BUDGET) -> discord.Embed:
+    """One job of a /history page in at most `budget` characters (as Discord counts embeds):
+    the fixed fields whole; the prompt (title), the parameters (description) and a failure's
+    reason, all echoed member text, share the rest, each within its own Discord limit."""
     request = Request.from_json(job.request)
-    embed = discord.Embed(title=(job.prompt or job.kind)[:250], timestamp=job.created_at)
-    embed.description = " ".join(filter(None, [request.parameters, f"--seed {request.seed}"]))[:1000]
+    embed = discord.Embed(timestamp=job.created_at)
     embed.add_field(name="job", value=f"`/show job_id:{job.id}`")
     embed.add_field(name="kind", value=job.kind)
-    embed.add_field(name="model", value=job.model)
-    embed.add_field(name="status", value=job.status + (f": {job.error[:200]}" if job.error else ""))
+    embed.add_field(name="model", value=limits.clip(job.model, 100))
+    status = f"{job.status}: " if job.error else job.status
+    embed.add_field(name="status", value=status)
     if job.channel_id is not None and job.message_id is not None:
         url = jump_url(job.guild_id, job.channel_id, job.message_id)
         embed.add_field(name="message", value=f"[jump to it]({url})")
+    seed = f" --seed {request.seed}"
+    prompt = job.prompt if (job.prompt or "").strip() else None
+    wanted = [echo(prompt or job.kind), echo(request.parameters), echo(job.error or "")]
+    fixed = limits.embeds_length([embed.to_dict()]) + len(seed)
+    room = limits.shares([limits.length(text) for text in wanted], budget - fixed)
+    caps = [limits.EMBED_TITLE, limits.EMBED_DESCRIPTION - len(seed), limits.FIELD_VALUE - len(status)]
+    title_room, parameters_room, reason_room = (min(r, c) for r, c in zip(room, caps))
+    embed.title = compose(Echo(prompt), limit=title_room) if prompt else job.kind
+    embed.description = compose(*parameters_shown(request.parameters), seed,
+                                limit=parameters_room + len(seed)).strip()
+    if job.error:
+        embed.set_field_at(3, name="status", value=compose(status, Echo(job.error), limit=reason_room + len(status)))
     return embed
 
 
@@ -61,7 +82,10 @@ class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pintor:h:
                                                     ephemeral=True)
             return
         embeds, files, view = await history_page(interaction.client.studio, self.user_id, self.page)
-        await interaction.response.edit_message(embeds=embeds, attachments=files, view=view)
+        if not embeds:  # all deleted since (/forget): an edit to nothing is refused by Discord
+            await interaction.response.edit_message(content=NO_JOBS_LEFT, embeds=[], attachments=[], view=None)
+            return
+        await interaction.response.edit_message(content=None, embeds=embeds, attachments=files, view=view)
 
 
 async def history_page(studio: Studio, user_id: int, page: int):

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.delivery import Delivery
 from bot.intake import USER_ERRORS
+from bot.limits import plain
 
 if TYPE_CHECKING:
     from bot.discord_bot import PintorBot
@@ -42,7 +43,7 @@ class Imagine(commands.Cog):
             # model where it names none; pure and fast: bad input is answered before anything is stored
             request = studio.prepare(prompt, defaults, rules)
         except USER_ERRORS as err:
-            await interaction.response.send_message(f"⚠️ {err}", ephemeral=True)
+            await interaction.response.send_message(plain(f"⚠️ {err}"), ephemeral=True)
             return
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,

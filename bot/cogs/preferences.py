@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.intake import USER_ERRORS, name_list
+from bot.limits import SELECT_OPTION_TEXT, clip, echo, plain
 from storage.models import GuildSettings, MemberSettings
 
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
@@ -31,13 +32,14 @@ def describe(settings: MemberSettings, default_model: str, rules: GuildSettings 
         f"aspect ratio: `{settings.aspect or '1:1'}` · quality: `{settings.quality or 1}` · "
         f"stylize: `{settings.stylize if settings.stylize is not None else 'model default'}`",
         f"private mode: {private}",
-        f"always append: `{settings.append or '(nothing)'}`",
+        f"always append: {echo(settings.append or '') or '(nothing)'}",  # member text: escaped, not in a code span
     ])
 
 
 def _options(values, current) -> list[discord.SelectOption]:
     return [discord.SelectOption(label=DEFAULT, value=DEFAULT, default=current is None)] + [
-        discord.SelectOption(label=str(v), value=str(v), default=str(v) == str(current)) for v in values]
+        discord.SelectOption(label=clip(str(v), SELECT_OPTION_TEXT), value=str(v), default=str(v) == str(current))
+        for v in values]
 
 
 class AppendModal(discord.ui.Modal, title="Always append"):
@@ -55,7 +57,7 @@ class AppendModal(discord.ui.Modal, title="Always append"):
             try:
                 self.view.bot.studio.prepare("x " + value)  # as every prompt will be: unknown models too
             except USER_ERRORS as err:
-                await interaction.response.send_message(f"⚠️ Not saved: {err}", ephemeral=True)
+                await interaction.response.send_message(plain(f"⚠️ Not saved: {err}"), ephemeral=True)
                 return
         await self.view.save(interaction, append=value)
 

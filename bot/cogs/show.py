@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot.cogs.imagine import DM_REFUSAL
 from bot.delivery import Delivery
+from bot.limits import Echo, compose
 from bot.results import result_message
 from storage.models import DONE, FAILED
 
@@ -43,7 +44,8 @@ class Show(commands.Cog):
             await interaction.response.send_message(f"There is no job {job_id} here.", ephemeral=True)
             return
         if job.status == FAILED:
-            await interaction.response.send_message(f"Job {job_id} failed: {job.error}", ephemeral=True)
+            await interaction.response.send_message(compose(f"Job {job_id} failed: ", Echo(job.error or "")),
+                                                    ephemeral=True)
             return
         if job.status != DONE:
             await interaction.response.send_message(

@@ -90,14 +90,19 @@ class PintorBot(commands.Bot):
         return await self.studio.settings.guild(guild_id) if guild_id is not None else None
 
     async def start_job(self, interaction: discord.Interaction, delivery: Delivery, submit: Submit, *,
-                        rules: GuildSettings | None = None) -> None:
+                        rules: GuildSettings | None = None, origin_guild_id: int | None = None) -> None:
         """Store and queue a job for the member of `interaction` (already acknowledged), under
-        the server's rules, then report it through `delivery` in the background."""
+        the server's rules, then report it through `delivery` in the background.
+
+        `origin_guild_id`: for an interaction in a DM about a server's job (a button under a
+        result sent by DM), that server: its rules apply and the job counts there."""
         member = Member(interaction.user.id, interaction.user.name)
+        guild_id = interaction.guild_id if interaction.guild_id is not None else origin_guild_id
         try:
             if rules is None:
-                rules = await self.rules(interaction.guild_id)
-            where = {"guild_id": interaction.guild_id, "channel_id": interaction.channel_id, "rules": rules}
+                rules = await self.rules(guild_id)
+            where = {"guild_id": guild_id, "channel_id": interaction.channel_id, "rules": rules,
+                     "private": delivery.private, "direct": interaction.guild_id is None and guild_id is not None}
             submitted = await submit(member, where)
         except USER_ERRORS as err:
             await delivery.refuse(f"⚠️ {err}")

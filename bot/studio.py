@@ -64,6 +64,15 @@ def _remove_empty_folders(folders: set[str]) -> None:
             pass
 
 
+def channel_refusal(rules: GuildSettings | None, channel_id: int | None) -> str | None:
+    """Why Pintor does not answer in `channel_id` under a server's channel list; None where it
+    does (no list, or a listed channel)."""
+    channels = id_list(rules.channel_ids) if rules is not None else []
+    if channels and channel_id not in channels:
+        return "Pintor does not answer in this channel. Use one of: " + ", ".join(f"<#{c}>" for c in channels) + "."
+    return None
+
+
 class Studio:
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
                  inputs_dir: Path | None = None):
@@ -238,31 +247,37 @@ class Studio:
 
     async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
                      parent_index: int | None = None, guild_id: int | None = None,
-                     channel_id: int | None = None, rules: GuildSettings | None = None) -> Submitted:
+                     channel_id: int | None = None, rules: GuildSettings | None = None,
+                     private: bool = False, direct: bool = False) -> Submitted:
         """Check the server's rules, store the job, then queue it: a job is in the database
-        before anyone hears 'queued'."""
+        before anyone hears 'queued'.
+
+        `rules` are those of the server `guild_id` (None: no server's, e.g. the CLI or a DM).
+        `private`: the result goes only to the member (stored, so that nobody else can /show
+        it). `direct`: asked in a direct message about a job of that server (a button under
+        a result sent by DM): every rule of the server applies except its channel list, as
+        nothing is posted in the server."""
         # One submission at a time: the limit checks and the insert must not interleave
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:
             if rules is not None:
-                await self._check_rules(member, request, rules, channel_id)
+                await self._check_rules(member, request, rules, None if direct else channel_id,
+                                        check_channel=not direct)
                 request = request.replace(safety_check=rules.nsfw_check)
             job = await self.store.create_job(
                 user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
                 prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
-                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id)
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private)
         events = self.watch(job.id)
         position = await self.queue.submit(job.id, member.id, request)
         return Submitted(job.id, position, request, events)
 
     async def _check_rules(self, member: Member, request: Request, rules: GuildSettings,
-                           channel_id: int | None) -> None:
+                           channel_id: int | None, *, check_channel: bool = True) -> None:
         if rules.paused:
             raise LimitError("Pintor is paused on this server by its admins. Try again later.")
-        channels = id_list(rules.channel_ids)
-        if channels and channel_id not in channels:
-            raise LimitError("Pintor does not answer in this channel. Use one of: "
-                             + ", ".join(f"<#{c}>" for c in channels) + ".")
+        if check_channel and (refusal := channel_refusal(rules, channel_id)):
+            raise LimitError(refusal)
         allowed = name_list(rules.allowed_models)
         if allowed and request.model not in allowed and request.kind != "upscale":
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
@@ -276,13 +291,15 @@ class Studio:
         if rules.max_side and max(width, height) > rules.max_side:
             raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
         if rules.max_queued_per_member is not None:
+            # everywhere (all servers and DMs): the queue and its worker are shared, so jobs
+            # waiting from another server delay this server's members just the same
             waiting = await self.store.count_unfinished(member.id)
             if waiting >= rules.max_queued_per_member:
                 raise LimitError(f"You already have {waiting} jobs queued or running; this server allows "
                                  f"{rules.max_queued_per_member}. Wait for one to finish, or /cancel one.")
         if rules.daily_quota is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            used = await self.store.count_since(member.id, midnight)
+            used = await self.store.count_since(member.id, midnight, guild_id=rules.guild_id)  # this server's
             if used >= rules.daily_quota:
                 left = midnight + timedelta(days=1) - datetime.now(UTC)
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)

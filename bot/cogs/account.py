@@ -59,7 +59,10 @@ class Account(commands.Cog):
         queue = studio.queue
         mine = await studio.store.unfinished(interaction.user.id)
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        today = await studio.store.count_since(interaction.user.id, midnight)
+        # in a server: that server's jobs, as its daily quota counts them; in DMs: all of them
+        today = await studio.store.count_since(interaction.user.id, midnight, guild_id=interaction.guild_id)
+        rules = await self.bot.rules(interaction.guild_id)
+        quota = f" of {rules.daily_quota}" if rules is not None and rules.daily_quota is not None else ""
         state = queue.state
         if state.error:
             worker = f"could not start: {state.error}"
@@ -79,7 +82,8 @@ class Account(commands.Cog):
             places.append(f"job {job.id} ({job.kind}): {where}")
         embed = discord.Embed(title="Pintor")
         embed.add_field(name="queue", value=f"{len(queue.waiting())} waiting", inline=True)
-        embed.add_field(name="your jobs today", value=str(today), inline=True)
+        where = "" if interaction.guild_id is not None else " (all servers and DMs)"
+        embed.add_field(name="your jobs today", value=f"{today}{quota}{where}", inline=True)
         embed.add_field(name="your jobs in the queue", value="\n".join(places) or "none", inline=False)
         embed.add_field(name="worker", value=f"{worker} · {device}", inline=False)
         embed.set_footer(text=f"Pintor {pintor_version()}")

@@ -39,7 +39,10 @@ def job_embed(job: Job) -> discord.Embed:
     embed.add_field(name="kind", value=job.kind)
     embed.add_field(name="model", value=job.model)
     embed.add_field(name="status", value=job.status + (f": {job.error[:200]}" if job.error else ""))
-    if job.channel_id is not None and job.message_id is not None:
+    if job.private and job.message_id is not None:
+        # an ephemeral reply (or a DM) has no jump link anyone can open
+        embed.add_field(name="message", value=f"private: see it again with `/show job_id:{job.id}`")
+    elif job.channel_id is not None and job.message_id is not None:
         url = jump_url(job.guild_id, job.channel_id, job.message_id)
         embed.add_field(name="message", value=f"[jump to it]({url})")
     return embed

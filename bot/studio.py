@@ -64,6 +64,12 @@ def _remove_empty_folders(folders: set[str]) -> None:
             pass
 
 
+def _inputs_of(request_json: str) -> list[str]:
+    """The picture files a stored request starts from (image to image, upscale, blend)."""
+    request = Request.from_json(request_json)
+    return [path for path in (request.init_image, *request.images) if path]
+
+
 def channel_refusal(rules: GuildSettings | None, channel_id: int | None) -> str | None:
     """Why Pintor does not answer in `channel_id` under a server's channel list; None where it
     does (no list, or a listed channel)."""
@@ -85,6 +91,8 @@ class Studio:
         self._watchers: dict[int, list[asyncio.Queue]] = {}
         self._consumer: asyncio.Task | None = None
         self._submit_lock = asyncio.Lock()
+        self._forget_locks: dict[int, asyncio.Lock] = {}
+        self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
 
     async def start(self) -> None:
         """Start the worker and queue again every job a crash or a stop left unfinished."""
@@ -317,17 +325,52 @@ class Studio:
 
     async def forget(self, member: Member) -> int:
         """Delete a member's jobs, settings and files (after cancelling what still runs).
-        Returns how many files were deleted."""
-        for job in await self.store.unfinished(member.id):
-            await self.queue.cancel(job.id)
-        paths, requests = await self.store.forget_user(member.id)
-        # their uploads too (/blend inputs), unless another member's job uses the same picture
-        uploads = {path for text in requests for path in Request.from_json(text).images
-                   if self.inputs_dir is not None and Path(path).parent == self.inputs_dir}
-        paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
-        deleted = await asyncio.to_thread(_delete_files, paths)
-        await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
+        Returns how many files were deleted. One at a time per member: a second call while
+        one runs waits for it (and finds nothing more to delete).
+
+        A picture another member's unfinished job starts from (V or U pressed on this
+        member's grid) is kept until that job ends (`_release_inputs`)."""
+        lock = self._forget_locks.setdefault(member.id, asyncio.Lock())
+        async with lock:
+            unfinished = await self.store.unfinished(member.id)
+            self.forgotten.update(job.id for job in unfinished)  # their messages say so, not "cancelled"
+            for job in unfinished:
+                await self.queue.cancel(job.id)
+            paths, requests = await self.store.forget_user(member.id)
+            # their uploads too (/blend inputs), unless another member's job uses the same picture
+            uploads = {path for text in requests for path in Request.from_json(text).images
+                       if self._is_upload(path)}
+            paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
+            # pictures of others' jobs theirs started from, if nothing refers to them any more
+            paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
+            needed = await self._needed_by_unfinished()
+            paths = [path for path in dict.fromkeys(paths)
+                     if path not in needed and (self._is_upload(path) or not await self.store.refers_to(path))]
+            deleted = await asyncio.to_thread(_delete_files, paths)
+            await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
         return deleted
+
+    def _is_upload(self, path: str) -> bool:
+        return self.inputs_dir is not None and Path(path).parent == self.inputs_dir
+
+    async def _needed_by_unfinished(self) -> set[str]:
+        """The pictures queued and running jobs start from."""
+        return {path for job in await self.store.unfinished() for path in _inputs_of(job.request)}
+
+    async def _release_inputs(self, job_id: int) -> None:
+        """After a job ends: delete the pictures it started from that nothing refers to any
+        more (their job was forgotten while this one waited) and no unfinished job needs."""
+        job = await self.store.get(job_id)
+        if job is None:
+            return
+        candidates = [path for path in _inputs_of(job.request) if not self._is_upload(path)]
+        if not candidates:
+            return
+        needed = await self._needed_by_unfinished()
+        orphans = [path for path in candidates if path not in needed and not await self.store.refers_to(path)]
+        if orphans:
+            await asyncio.to_thread(_delete_files, orphans)
+            await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in orphans})
 
     def watch(self, job_id: int) -> AsyncIterator[Event]:
         """The job's events from now on, each after it has been stored."""
@@ -366,6 +409,11 @@ class Studio:
                     await listener(event.job_id, event)
                 except Exception:  # noqa: BLE001
                     log.exception("listener failed on %s", event)
+            if isinstance(event, FINAL_EVENTS):
+                try:
+                    await self._release_inputs(event.job_id)
+                except Exception:  # noqa: BLE001 - a file left behind is no reason to stop
+                    log.exception("could not release the inputs of job %s", event.job_id)
 
     async def _store_event(self, event: Event) -> None:
         if isinstance(event, Started):

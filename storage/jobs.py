@@ -128,6 +128,13 @@ class JobStore:
             await session.execute(delete(User).where(User.id == user_id))
         return paths, requests
 
+    async def refers_to(self, path: str) -> bool:
+        """Whether a stored job or image row has the picture file `path` as its own."""
+        async with self.session() as session:
+            image = await session.scalar(select(Image.id).where(Image.path == path).limit(1))
+            grid = await session.scalar(select(Job.id).where(Job.grid_path == path).limit(1))
+            return image is not None or grid is not None
+
     async def mentioned(self, text: str) -> bool:
         """Whether any job's request contains `text` (e.g. an upload's file name)."""
         async with self.session() as session:

@@ -60,10 +60,10 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
         if self.answer == "no" and run is None:
             await interaction.response.edit_message(content="Nothing was deleted.", view=None)
             return
-        await interaction.response.defer()
         if run is None:  # the first "Delete everything" of this question; a second click joins it
             run = account.runs[key] = asyncio.ensure_future(
                 interaction.client.studio.forget(Member(self.user_id, interaction.user.name)))
+        await interaction.response.defer()
         deleted = await asyncio.shield(run)
         await interaction.edit_original_response(
             content=f"Done: your jobs, settings and {deleted} picture files are deleted.", view=None)

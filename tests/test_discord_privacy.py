@@ -307,3 +307,15 @@ async def test_the_queue_limit_counts_a_members_unfinished_jobs_everywhere(pinto
     finally:
         for job_id in waiting:
             await studio.store.mark_cancelled(job_id)
+
+
+async def test_buttons_on_a_show_repost_belong_to_the_jobs_author_under_author_only(pintor: Harness, tmp_path: Path):
+    emu, studio = pintor.emu, pintor.studio
+    guild, channel = emu.add_guild()
+    author, reposter = emu._snowflake(), emu._snowflake()
+    job_id = await done_job(pintor, author, tmp_path, prompt="a shared sunset", guild_id=guild, channel_id=channel)
+    await studio.settings.update_guild(guild, buttons_author_only=True)
+    show = await emu.slash("show", {"job_id": job_id}, user_id=reposter, channel_id=channel)
+    repost = await show.wait_original(is_result)
+    says = await refused_press(pintor, repost, f"pintor:u:{job_id}:1", reposter)
+    assert f"Only <@{author}>, who asked for job {job_id}" in says

@@ -103,7 +103,9 @@ class PintorBot(commands.Bot):
             if rules is None:
                 rules = await self.rules(guild_id)
             where = {"guild_id": guild_id, "channel_id": interaction.channel_id, "rules": rules,
-                     "private": delivery.private, "direct": interaction.guild_id is None and guild_id is not None}
+                     # what goes to a DM is private too: nobody else may /show it in the server
+                     "private": delivery.private or interaction.guild_id is None,
+                     "direct": interaction.guild_id is None and guild_id is not None}
             submitted = await submit(member, where)
         except USER_ERRORS as err:
             await delivery.refuse(f"⚠️ {err}")

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import update
 
 from bot.cogs.imagine import DM_REFUSAL
+from bot.intake import Member
 from storage.jobs import NewImage
 from storage.models import CANCELLED, DONE, Job
 from tests.discord_harness import Harness, acked, custom_ids, is_result, job_id_of
@@ -319,3 +320,34 @@ async def test_buttons_on_a_show_repost_belong_to_the_jobs_author_under_author_o
     repost = await show.wait_original(is_result)
     says = await refused_press(pintor, repost, f"pintor:u:{job_id}:1", reposter)
     assert f"Only <@{author}>, who asked for job {job_id}" in says
+
+
+async def test_a_private_job_posted_later_goes_by_dm_even_after_private_mode_is_off(pintor: Harness):
+    """Results nobody follows any more (re-queued after a restart, or the token gone) are posted
+    as the member chose when they asked: a private job by DM, never in the channel."""
+    emu, studio = pintor.emu, pintor.studio
+    member = emu._snowflake()
+    await studio.settings.update_member(member, "changer", private=False)  # off by now
+    submitted = await studio.submit(Member(member, "changer"), studio.prepare("a diary --steps 1"),
+                                    guild_id=emu.guild_id, channel_id=emu.channel_id, private=True)
+    dm = dm_of(pintor, member)
+    await pintor.until(lambda: any(is_result(m) and job_id_of(m) == submitted.job_id for m in in_channel(pintor, dm)))
+    assert not [m for m in in_channel(pintor, emu.channel_id) if "a diary" in m["content"]]
+
+
+async def test_a_job_made_in_a_dm_is_private_whatever_the_members_settings(pintor: Harness, tmp_path: Path):
+    emu = pintor.emu
+    member, other = emu._snowflake(), emu._snowflake()
+    job_id = await done_job(pintor, member, tmp_path, prompt="a postcard --steps 1", guild_id=emu.guild_id,
+                            channel_id=emu.channel_id)
+    show = await emu.slash("show", {"job_id": job_id}, user_id=member)
+    grid = await show.wait_original(is_result)
+    dm_copy = emu._new_message(dm_of(pintor, member), {"content": grid["content"],
+                                                       "components": grid["components"]}, [])
+    click = await emu.click(int(dm_copy["id"]), f"pintor:r:{job_id}", user_id=member)
+    await acked(click, kind=DEFERRED_UPDATE)
+    await pintor.until(lambda: click.followups and is_result(click.followups[0]))
+    job = await pintor.posted(job_id_of(click.followups[0]))
+    assert (job.guild_id, job.private) == (emu.guild_id, True)
+    show = await emu.slash("show", {"job_id": job.id}, user_id=other)
+    assert (await acked(show, kind=MESSAGE))["data"]["content"] == f"There is no job {job.id} here."

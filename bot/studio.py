@@ -269,8 +269,7 @@ class Studio:
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:
             if rules is not None:
-                await self._check_rules(member, request, rules, None if direct else channel_id,
-                                        check_channel=not direct)
+                await self._check_rules(member, request, rules, channel_id, check_channel=not direct)
                 request = request.replace(safety_check=rules.nsfw_check)
             job = await self.store.create_job(
                 user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,

@@ -113,17 +113,25 @@ Action = Callable[[Studio, Member, dict[str, Any]], Awaitable[Submitted]]
 async def press(interaction: discord.Interaction, job_id: int, action: Action) -> None:
     """Acknowledge at once, then make the job for the member who pressed; its progress and
     result go to a new message. Bad cases get a message only the presser sees."""
-    from bot.delivery import Delivery  # delivery → results → this module
+    from bot.cogs.imagine import DM_REFUSAL  # the cogs import results → this module
+    from bot.delivery import Delivery
 
     bot: PintorBot = interaction.client  # type: ignore[assignment]
     received_at = time.monotonic()
     await interaction.response.defer()  # a component: "deferred update", the message stays as it is
     private = (await bot.studio.settings.member(interaction.user.id)).private
     delivery = Delivery.for_interaction(interaction, new_message=True, received_at=received_at, private=private)
-    rules = await bot.rules(interaction.guild_id)
+    job = await bot.studio.job(job_id)
+    # A press in a DM (under a result sent there) belongs to the server its job came from, and
+    # that server's rules apply; one that belongs to no server needs DMs to be allowed.
+    guild_id = interaction.guild_id if interaction.guild_id is not None else (job.guild_id if job else None)
+    if guild_id is None and not bot.settings.pintor_allow_dms:
+        await delivery.refuse(DM_REFUSAL)
+        return
+    rules = await bot.rules(guild_id)
     if bot.settings.pintor_buttons_author_only or (rules is not None and rules.buttons_author_only):
-        job = await bot.studio.job(job_id)
         if job is not None and job.user_id != interaction.user.id:
             await delivery.refuse(f"Only <@{job.user_id}>, who asked for job {job_id}, can use its buttons.")
             return
-    await bot.start_job(interaction, delivery, lambda member, where: action(bot.studio, member, where), rules=rules)
+    await bot.start_job(interaction, delivery, lambda member, where: action(bot.studio, member, where),
+                        rules=rules, origin_guild_id=guild_id)

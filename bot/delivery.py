@@ -65,11 +65,11 @@ class Delivery:
 
     @classmethod
     async def for_job(cls, bot: PintorBot, job: Job) -> Delivery:
-        """No interaction: the job's channel (or the member's DMs, if they keep results private)."""
+        """No interaction: the job's channel (or the member's DMs, for a job asked for in
+        private mode: what the member chose when they asked, whatever their settings say now)."""
         guild = bot.get_guild(job.guild_id) if job.guild_id else None
-        private = (await bot.studio.settings.member(job.user_id)).private
         return cls(bot, member_id=job.user_id, channel_id=job.channel_id, guild_id=job.guild_id,
-                   size_limit=guild.filesize_limit if guild else DEFAULT_UPLOAD_LIMIT_BYTES, private=private)
+                   size_limit=guild.filesize_limit if guild else DEFAULT_UPLOAD_LIMIT_BYTES, private=job.private)
 
     @property
     def token_alive(self) -> bool:

@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.buttons import BUTTONS
 from bot.delivery import INTERACTION_TTL_S, Delivery
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
-from bot.results import ending_message, progress_text, result_message
+from bot.results import Outgoing, ending_message, progress_text, result_message
 from bot.settings import Settings
 from bot.intake import USER_ERRORS, Member
 from bot.studio import Studio, Submitted
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.blend", "bot.cogs.show", "bot.cogs.history", "bot.cogs.preferences",
               "bot.cogs.account", "bot.cogs.admin")
 UNDELIVERED_MAX_AGE = timedelta(days=7)  # results older than this that never got posted stay unposted
+FORGOTTEN = "🗑️ This job was deleted: its author used /forget."
 
 Submit = Callable[[Member, dict[str, Any]], Awaitable[Submitted]]
 
@@ -90,14 +91,21 @@ class PintorBot(commands.Bot):
         return await self.studio.settings.guild(guild_id) if guild_id is not None else None
 
     async def start_job(self, interaction: discord.Interaction, delivery: Delivery, submit: Submit, *,
-                        rules: GuildSettings | None = None) -> None:
+                        rules: GuildSettings | None = None, origin_guild_id: int | None = None) -> None:
         """Store and queue a job for the member of `interaction` (already acknowledged), under
-        the server's rules, then report it through `delivery` in the background."""
+        the server's rules, then report it through `delivery` in the background.
+
+        `origin_guild_id`: for an interaction in a DM about a server's job (a button under a
+        result sent by DM), that server: its rules apply and the job counts there."""
         member = Member(interaction.user.id, interaction.user.name)
+        guild_id = interaction.guild_id if interaction.guild_id is not None else origin_guild_id
         try:
             if rules is None:
-                rules = await self.rules(interaction.guild_id)
-            where = {"guild_id": interaction.guild_id, "channel_id": interaction.channel_id, "rules": rules}
+                rules = await self.rules(guild_id)
+            where = {"guild_id": guild_id, "channel_id": interaction.channel_id, "rules": rules,
+                     # what goes to a DM is private too: nobody else may /show it in the server
+                     "private": delivery.private or interaction.guild_id is None,
+                     "direct": interaction.guild_id is None and guild_id is not None}
             submitted = await submit(member, where)
         except USER_ERRORS as err:
             await delivery.refuse(f"⚠️ {err}")
@@ -127,8 +135,12 @@ class PintorBot(commands.Bot):
     async def _finish(self, job_id: int, delivery: Delivery, final: Event | None = None) -> None:
         """Post a job's end: its pictures and buttons if it is done, else what happened."""
         job = await self.studio.job(job_id)
-        if job is None:
-            log.warning("job %s ended but is not in the database", job_id)
+        if job is None or job_id in self.studio.forgotten:
+            # deleted by its author's /forget while it waited or ran: settle its message (no
+            # prompt, no preview of the forgotten picture); nothing new where none was shown
+            self.studio.forgotten.discard(job_id)
+            if delivery.token_alive:
+                await delivery.final(Outgoing(FORGOTTEN))
             return
         if job.status == DONE:
             out = await result_message(self.studio, job, size_limit=delivery.size_limit)

@@ -126,7 +126,7 @@ async def _parent_url(studio: Studio, job: Job) -> str | None:
     if job.parent_id is None:
         return None
     parent = await studio.job(job.parent_id)
-    if parent is None or parent.channel_id is None or parent.message_id is None:
+    if parent is None or parent.private or parent.channel_id is None or parent.message_id is None:
         return None
     return jump_url(parent.guild_id, parent.channel_id, parent.message_id)
 

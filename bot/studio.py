@@ -65,6 +65,21 @@ def _remove_empty_folders(folders: set[str]) -> None:
             pass
 
 
+def _inputs_of(request_json: str) -> list[str]:
+    """The picture files a stored request starts from (image to image, upscale, blend)."""
+    request = Request.from_json(request_json)
+    return [path for path in (request.init_image, *request.images) if path]
+
+
+def channel_refusal(rules: GuildSettings | None, channel_id: int | None) -> str | None:
+    """Why Pintor does not answer in `channel_id` under a server's channel list; None where it
+    does (no list, or a listed channel)."""
+    channels = id_list(rules.channel_ids) if rules is not None else []
+    if channels and channel_id not in channels:
+        return "Pintor does not answer in this channel. Use one of: " + ", ".join(f"<#{c}>" for c in channels) + "."
+    return None
+
+
 class Studio:
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
                  inputs_dir: Path | None = None):
@@ -77,6 +92,8 @@ class Studio:
         self._watchers: dict[int, list[asyncio.Queue]] = {}
         self._consumer: asyncio.Task | None = None
         self._submit_lock = asyncio.Lock()
+        self._forget_locks: dict[int, asyncio.Lock] = {}
+        self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
 
     async def start(self) -> None:
         """Start the worker and queue again every job a crash or a stop left unfinished."""
@@ -250,31 +267,36 @@ class Studio:
 
     async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
                      parent_index: int | None = None, guild_id: int | None = None,
-                     channel_id: int | None = None, rules: GuildSettings | None = None) -> Submitted:
+                     channel_id: int | None = None, rules: GuildSettings | None = None,
+                     private: bool = False, direct: bool = False) -> Submitted:
         """Check the server's rules, store the job, then queue it: a job is in the database
-        before anyone hears 'queued'."""
+        before anyone hears 'queued'.
+
+        `rules` are those of the server `guild_id` (None: no server's, e.g. the CLI or a DM).
+        `private`: the result goes only to the member (stored, so that nobody else can /show
+        it). `direct`: asked in a direct message about a job of that server (a button under
+        a result sent by DM): every rule of the server applies except its channel list, as
+        nothing is posted in the server."""
         # One submission at a time: the limit checks and the insert must not interleave
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:
             if rules is not None:
-                await self._check_rules(member, request, rules, channel_id)
+                await self._check_rules(member, request, rules, channel_id, check_channel=not direct)
                 request = request.replace(safety_check=rules.nsfw_check)
             job = await self.store.create_job(
                 user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
                 prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
-                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id)
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private)
         events = self.watch(job.id)
         position = await self.queue.submit(job.id, member.id, request)
         return Submitted(job.id, position, request, events)
 
     async def _check_rules(self, member: Member, request: Request, rules: GuildSettings,
-                           channel_id: int | None) -> None:
+                           channel_id: int | None, *, check_channel: bool = True) -> None:
         if rules.paused:
             raise LimitError("Pintor is paused on this server by its admins. Try again later.")
-        channels = id_list(rules.channel_ids)
-        if channels and channel_id not in channels:
-            raise LimitError("Pintor does not answer in this channel. Use one of: "
-                             + ", ".join(f"<#{c}>" for c in channels) + ".")
+        if check_channel and (refusal := channel_refusal(rules, channel_id)):
+            raise LimitError(refusal)
         allowed = name_list(rules.allowed_models)
         if allowed and request.model not in allowed and request.kind != "upscale":
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
@@ -288,13 +310,15 @@ class Studio:
         if rules.max_side and max(width, height) > rules.max_side:
             raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
         if rules.max_queued_per_member is not None:
+            # everywhere (all servers and DMs): the queue and its worker are shared, so jobs
+            # waiting from another server delay this server's members just the same
             waiting = await self.store.count_unfinished(member.id)
             if waiting >= rules.max_queued_per_member:
                 raise LimitError(f"You already have {waiting} jobs queued or running; this server allows "
                                  f"{rules.max_queued_per_member}. Wait for one to finish, or /cancel one.")
         if rules.daily_quota is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            used = await self.store.count_since(member.id, midnight)
+            used = await self.store.count_since(member.id, midnight, guild_id=rules.guild_id)  # this server's
             if used >= rules.daily_quota:
                 left = midnight + timedelta(days=1) - datetime.now(UTC)
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
@@ -312,17 +336,52 @@ class Studio:
 
     async def forget(self, member: Member) -> int:
         """Delete a member's jobs, settings and files (after cancelling what still runs).
-        Returns how many files were deleted."""
-        for job in await self.store.unfinished(member.id):
-            await self.queue.cancel(job.id)
-        paths, requests = await self.store.forget_user(member.id)
-        # their uploads too (/blend inputs), unless another member's job uses the same picture
-        uploads = {path for text in requests for path in Request.from_json(text).images
-                   if self.inputs_dir is not None and Path(path).parent == self.inputs_dir}
-        paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
-        deleted = await asyncio.to_thread(_delete_files, paths)
-        await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
+        Returns how many files were deleted. One at a time per member: a second call while
+        one runs waits for it (and finds nothing more to delete).
+
+        A picture another member's unfinished job starts from (V or U pressed on this
+        member's grid) is kept until that job ends (`_release_inputs`)."""
+        lock = self._forget_locks.setdefault(member.id, asyncio.Lock())
+        async with lock:
+            unfinished = await self.store.unfinished(member.id)
+            self.forgotten.update(job.id for job in unfinished)  # their messages say so, not "cancelled"
+            for job in unfinished:
+                await self.queue.cancel(job.id)
+            paths, requests = await self.store.forget_user(member.id)
+            # their uploads too (/blend inputs), unless another member's job uses the same picture
+            uploads = {path for text in requests for path in Request.from_json(text).images
+                       if self._is_upload(path)}
+            paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
+            # pictures of others' jobs theirs started from, if nothing refers to them any more
+            paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
+            needed = await self._needed_by_unfinished()
+            paths = [path for path in dict.fromkeys(paths)
+                     if path not in needed and (self._is_upload(path) or not await self.store.refers_to(path))]
+            deleted = await asyncio.to_thread(_delete_files, paths)
+            await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
         return deleted
+
+    def _is_upload(self, path: str) -> bool:
+        return self.inputs_dir is not None and Path(path).parent == self.inputs_dir
+
+    async def _needed_by_unfinished(self) -> set[str]:
+        """The pictures queued and running jobs start from."""
+        return {path for job in await self.store.unfinished() for path in _inputs_of(job.request)}
+
+    async def _release_inputs(self, job_id: int) -> None:
+        """After a job ends: delete the pictures it started from that nothing refers to any
+        more (their job was forgotten while this one waited) and no unfinished job needs."""
+        job = await self.store.get(job_id)
+        if job is None:
+            return
+        candidates = [path for path in _inputs_of(job.request) if not self._is_upload(path)]
+        if not candidates:
+            return
+        needed = await self._needed_by_unfinished()
+        orphans = [path for path in candidates if path not in needed and not await self.store.refers_to(path)]
+        if orphans:
+            await asyncio.to_thread(_delete_files, orphans)
+            await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in orphans})
 
     def watch(self, job_id: int) -> AsyncIterator[Event]:
         """The job's events from now on, each after it has been stored."""
@@ -361,6 +420,11 @@ class Studio:
                     await listener(event.job_id, event)
                 except Exception:  # noqa: BLE001
                     log.exception("listener failed on %s", event)
+            if isinstance(event, FINAL_EVENTS):
+                try:
+                    await self._release_inputs(event.job_id)
+                except Exception:  # noqa: BLE001 - a file left behind is no reason to stop
+                    log.exception("could not release the inputs of job %s", event.job_id)
 
     async def _store_event(self, event: Event) -> None:
         if isinstance(event, Started):

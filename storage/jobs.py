@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from storage.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, Image, Job, User, utcnow
@@ -30,8 +30,10 @@ class JobStore:
 
     async def create_job(self, *, user_id: int, user_name: str, kind: str, model: str, prompt: str,
                          request: str, parent_id: int | None = None, parent_index: int | None = None,
-                         guild_id: int | None = None, channel_id: int | None = None) -> Job:
-        """Store a new job as QUEUED (and its member on first sight); committed on return."""
+                         guild_id: int | None = None, channel_id: int | None = None,
+                         private: bool = False) -> Job:
+        """Store a new job as QUEUED (and its member on first sight); committed on return.
+        `private`: its result goes only to its author (their private mode when they asked)."""
         async with self.session.begin() as session:
             user = await session.get(User, user_id)
             if user is None:
@@ -41,7 +43,7 @@ class JobStore:
                 user.name = user_name[:100]
             job = Job(user_id=user_id, kind=kind, model=model, prompt=prompt, request=request,
                       parent_id=parent_id, parent_index=parent_index, guild_id=guild_id,
-                      channel_id=channel_id, status=QUEUED, images=[])
+                      channel_id=channel_id, private=private, status=QUEUED, images=[])
             session.add(job)
         return job
 
@@ -99,11 +101,17 @@ class JobStore:
             return await session.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == user_id, Job.status.in_(UNFINISHED))) or 0
 
-    async def count_since(self, user_id: int, since: datetime) -> int:
-        """Jobs a member asked for since `since` (cancelled and failed ones included)."""
+    async def count_since(self, user_id: int, since: datetime, *, guild_id: int | None = None) -> int:
+        """Jobs a member asked for since `since`: on the server `guild_id` only, or everywhere
+        (servers and DMs) without it. Failed jobs count (the worker ran them); cancelled ones
+        only if they had started (one cancelled while queued cost nothing)."""
+        query = select(func.count()).select_from(Job).where(
+            Job.user_id == user_id, Job.created_at >= since,
+            or_(Job.status != CANCELLED, Job.started_at.is_not(None)))
+        if guild_id is not None:
+            query = query.where(Job.guild_id == guild_id)
         async with self.session() as session:
-            return await session.scalar(select(func.count()).select_from(Job).where(
-                Job.user_id == user_id, Job.created_at >= since)) or 0
+            return await session.scalar(query) or 0
 
     async def forget_user(self, user_id: int) -> tuple[list[str], list[str]]:
         """Delete a member's jobs, images, settings and user row. Returns the files to delete
@@ -119,6 +127,13 @@ class JobStore:
             await session.execute(delete(Job).where(Job.id.in_(ids)))
             await session.execute(delete(User).where(User.id == user_id))
         return paths, requests
+
+    async def refers_to(self, path: str) -> bool:
+        """Whether a stored job or image row has the picture file `path` as its own."""
+        async with self.session() as session:
+            image = await session.scalar(select(Image.id).where(Image.path == path).limit(1))
+            grid = await session.scalar(select(Job.id).where(Job.grid_path == path).limit(1))
+            return image is not None or grid is not None
 
     async def mentioned(self, text: str) -> bool:
         """Whether any job's request contains `text` (e.g. an upload's file name)."""

@@ -69,6 +69,8 @@ class Job(Base):
     guild_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     channel_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     message_id: Mapped[int | None] = mapped_column(BigInteger, default=None)  # where the result was posted
+    # delivered only to its author (private mode: ephemeral, or a DM): nobody else may see it
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

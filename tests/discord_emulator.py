@@ -318,8 +318,21 @@ class DiscordEmulator:
         return {"id": str(user_id), "username": name, "global_name": name, "discriminator": "0",
                 "avatar": None, "bot": bot, "public_flags": 0, "flags": 0}
 
-    def _guild_channel(self, cid: int) -> dict:
-        return {"id": str(cid), "type": 0, "guild_id": str(self.guild_id), "name": "general", "position": 0,
+    def add_guild(self) -> tuple[int, int]:
+        """Another server with one text channel: (guild id, channel id); pass the channel to
+        ``slash(channel_id=…)``."""
+        guild_id, channel_id = self._snowflake(), self._snowflake()
+        self.channels[channel_id] = self._guild_channel(channel_id, guild_id)
+        return guild_id, channel_id
+
+    def add_channel(self, guild_id: int | None = None) -> int:
+        """Another text channel of a server (the default one without ``guild_id``)."""
+        channel_id = self._snowflake()
+        self.channels[channel_id] = self._guild_channel(channel_id, guild_id)
+        return channel_id
+
+    def _guild_channel(self, cid: int, guild_id: int | None = None) -> dict:
+        return {"id": str(cid), "type": 0, "guild_id": str(guild_id or self.guild_id), "name": "general", "position": 0,
                 "permission_overwrites": [], "nsfw": False, "topic": None, "rate_limit_per_user": 0,
                 "parent_id": None, "last_message_id": None}
 
@@ -617,10 +630,11 @@ class DiscordEmulator:
         if channel["type"] == 1:
             payload.update(user=user, context=1, authorizing_integration_owners={"0": "0"})
         else:
+            guild_id = channel["guild_id"]
             payload.update(
-                guild_id=str(self.guild_id), guild_locale="en-US", context=0,
-                guild={"id": str(self.guild_id), "locale": "en-US", "features": []},
-                authorizing_integration_owners={"0": str(self.guild_id)},
+                guild_id=guild_id, guild_locale="en-US", context=0,
+                guild={"id": guild_id, "locale": "en-US", "features": []},
+                authorizing_integration_owners={"0": guild_id},
                 member={"user": user, "roles": [], "joined_at": _now(), "deaf": False, "mute": False,
                         "flags": 0, "pending": False, "nick": None, "avatar": None, "permissions": permissions})
         return payload
@@ -642,7 +656,7 @@ class DiscordEmulator:
     async def slash(self, name: str, options: dict | None = None, *, user_id: int | None = None,
                     guild: bool = True, attachments: dict[str, dict] | None = None,
                     attachment_size_limit: int = 10 * 1024 * 1024, permissions: str = "0",
-                    subcommand: str | None = None) -> Interaction:
+                    subcommand: str | None = None, channel_id: int | None = None) -> Interaction:
         """Run ``/name`` (``subcommand`` as "sub" or "group sub") with options given as {name: value}.
 
         An attachment option takes an attachment object (from ``add_attachment``) or its id
@@ -671,7 +685,7 @@ class DiscordEmulator:
             data["resolved"] = {"attachments": resolved}
         if cmd.get("guild_id"):
             data["guild_id"] = cmd["guild_id"]
-        channel = self.channels[self.channel_id] if guild else self._dm_channel(user_id or self.user_id)
+        channel = self.channels[channel_id or self.channel_id] if guild else self._dm_channel(user_id or self.user_id)
         payload = self._base_interaction(2, data, channel, user_id, attachment_size_limit, permissions)
         return await self._dispatch_interaction(payload)
 

@@ -156,7 +156,7 @@ async def test_the_daily_quota_says_when_it_resets(server: Harness):
     request = studio.prepare("an earlier picture")
     for _ in range(2):
         await studio.store.create_job(user_id=member, user_name="early", kind="imagine", model=request.model,
-                                      prompt=request.prompt, request=request.to_json())
+                                      prompt=request.prompt, request=request.to_json(), guild_id=emu.guild_id)
     async with studio.store.session.begin() as session:
         await session.execute(update(Job).where(Job.user_id == member).values(status=DONE))
 

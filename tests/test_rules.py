@@ -211,3 +211,15 @@ async def test_max_side_counts_the_size_an_upscale_makes(studio):
     rules.max_side = 512
     upscale = await studio.upscale(member, grid.job_id, 1, rules=rules)
     await studio.cancel(upscale.job_id)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_two_forgets_at_once_delete_each_file_once(studio):
+    member = Member(14, "hal")
+    done = await studio.imagine(member, "a lamp --seed 5")
+    async for _ in done.events:
+        pass
+    job = await studio.job(done.job_id)
+    files = [Path(job.grid_path)] + [Path(i.path) for i in job.images]
+    assert sorted(await asyncio.gather(studio.forget(member), studio.forget(member))) == [0, len(files)]
+    assert not any(f.exists() for f in files)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
@@ -27,31 +29,62 @@ def member_of(interaction: discord.Interaction) -> Member:
     return Member(interaction.user.id, interaction.user.name)
 
 
-class ForgetView(discord.ui.View):
-    def __init__(self, bot, member: Member):
-        super().__init__(timeout=FORGET_TIMEOUT_S)
-        self.bot, self.member = bot, member
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"pintor:forget:(?P<user>[0-9]{1,20}):(?P<asked>[0-9]{1,12}):(?P<answer>yes|no)"):
+    """"Delete everything" / "Keep my data" under one /forget question (asked at unix time
+    `asked`). Persistent: answered after restarts too, and after FORGET_TIMEOUT_S with
+    "expired" (the buttons removed)."""
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.member.id
+    def __init__(self, user_id: int, asked: int, answer: str):
+        yes = answer == "yes"
+        super().__init__(discord.ui.Button(
+            label="Delete everything" if yes else "Keep my data",
+            style=discord.ButtonStyle.danger if yes else discord.ButtonStyle.secondary,
+            custom_id=f"pintor:forget:{user_id}:{asked}:{answer}"))
+        self.user_id, self.asked, self.answer = user_id, asked, answer
 
-    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, _button) -> None:
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match) -> ForgetButton:
+        return cls(int(match["user"]), int(match["asked"]), match["answer"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        account: Account = interaction.client.get_cog("Account")  # type: ignore[assignment]
+        if interaction.user.id != self.user_id:
+            await interaction.response.send_message("This question is someone else's.", ephemeral=True)
+            return
+        key = (self.user_id, self.asked)
+        run = account.runs.get(key)
+        if run is None and time.time() - self.asked > account.forget_timeout_s:
+            await interaction.response.edit_message(
+                content="This question expired: nothing was deleted. Run /forget again.", view=None)
+            return
+        if self.answer == "no" and run is None:
+            await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+            return
+        if run is None:  # the first "Delete everything" of this question; a second click joins it
+            run = account.runs[key] = asyncio.ensure_future(
+                interaction.client.studio.forget(Member(self.user_id, interaction.user.name)))
         await interaction.response.defer()
-        deleted = await self.bot.studio.forget(self.member)
+        deleted = await asyncio.shield(run)
         await interaction.edit_original_response(
             content=f"Done: your jobs, settings and {deleted} picture files are deleted.", view=None)
-        self.stop()
 
-    @discord.ui.button(label="Keep my data", style=discord.ButtonStyle.secondary)
-    async def keep(self, interaction: discord.Interaction, _button) -> None:
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
-        self.stop()
+
+def forget_question(user_id: int) -> discord.ui.View:
+    asked = int(time.time())
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton(user_id, asked, "yes"))
+    view.add_item(ForgetButton(user_id, asked, "no"))
+    return view
 
 
 class Account(commands.Cog):
+    forget_timeout_s: float = FORGET_TIMEOUT_S  # a class attribute, so that tests can shorten it
+
     def __init__(self, bot):
         self.bot = bot
+        # "Delete everything" runs by question (member, asked at): a double click runs it once
+        self.runs: dict[tuple[int, int], asyncio.Future[int]] = {}
 
     @app_commands.command(name="info")
     async def info(self, interaction: discord.Interaction) -> None:
@@ -60,7 +93,10 @@ class Account(commands.Cog):
         queue = studio.queue
         mine = await studio.store.unfinished(interaction.user.id)
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        today = await studio.store.count_since(interaction.user.id, midnight)
+        # in a server: that server's jobs, as its daily quota counts them; in DMs: all of them
+        today = await studio.store.count_since(interaction.user.id, midnight, guild_id=interaction.guild_id)
+        rules = await self.bot.rules(interaction.guild_id)
+        quota = f" of {rules.daily_quota}" if rules is not None and rules.daily_quota is not None else ""
         state = queue.state
         if state.error:
             worker = f"could not start: {state.error}"
@@ -80,7 +116,8 @@ class Account(commands.Cog):
             places.append(f"job {job.id} ({job.kind}): {where}")
         embed = discord.Embed(title="Pintor")
         embed.add_field(name="queue", value=f"{len(queue.waiting())} waiting", inline=True)
-        embed.add_field(name="your jobs today", value=str(today), inline=True)
+        where = "" if interaction.guild_id is not None else " (all servers and DMs)"
+        embed.add_field(name="your jobs today", value=f"{today}{quota}{where}", inline=True)
         default = studio.default_model(await self.bot.rules(interaction.guild_id))
         embed.add_field(name="default model", inline=True, value=default + (
             " (this server's: Pintor's default is not allowed here)" if default != studio.registry.default else ""))
@@ -110,9 +147,14 @@ class Account(commands.Cog):
     async def forget(self, interaction: discord.Interaction) -> None:
         """Delete all your jobs, pictures and settings from Pintor (asks first)."""
         await interaction.response.send_message(
-            "This deletes **all** your jobs, their pictures and your settings from Pintor. It cannot be undone.",
-            view=ForgetView(self.bot, member_of(interaction)), ephemeral=True)
+            "This deletes **all** your jobs, their pictures and your settings from Pintor. It cannot be undone. "
+            "Results already posted in channels stay there (delete those messages yourself if you wish).",
+            view=forget_question(interaction.user.id), ephemeral=True)
+        now = time.time()  # answers of expired questions are not needed any more
+        for key in [k for k in self.runs if now - k[1] > 2 * self.forget_timeout_s and self.runs[k].done()]:
+            del self.runs[key]
 
 
 async def setup(bot) -> None:
+    bot.add_dynamic_items(ForgetButton)
     await bot.add_cog(Account(bot))

@@ -48,7 +48,10 @@ def job_embed(job: Job, budget: int = EMBED_BUDGET) -> discord.Embed:
     embed.add_field(name="model", value=limits.clip(job.model, 100))
     status = f"{job.status}: " if job.error else job.status
     embed.add_field(name="status", value=status)
-    if job.channel_id is not None and job.message_id is not None:
+    if job.private and job.message_id is not None:
+        # an ephemeral reply (or a DM) has no jump link anyone can open
+        embed.add_field(name="message", value=f"private: see it again with `/show job_id:{job.id}`")
+    elif job.channel_id is not None and job.message_id is not None:
         url = jump_url(job.guild_id, job.channel_id, job.message_id)
         embed.add_field(name="message", value=f"[jump to it]({url})")
     seed = f" --seed {request.seed}"

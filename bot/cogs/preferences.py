@@ -1,6 +1,11 @@
-"""/settings: a member's defaults, chosen with select menus; explicit parameters still win."""
+"""/settings: a member's defaults, chosen with select menus; explicit parameters still win.
+
+custom_ids: pintor:set:<member>:<model|aspect|quality|stylize|private|append|reset>, and the
+"Always append" modal pintor:append:<member>."""
 
 from __future__ import annotations
+
+import re
 
 import discord
 from discord import app_commands
@@ -14,7 +19,6 @@ ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
 QUALITIES = {"0.5": 0.5, "1": 1.0, "2": 2.0}
 STYLIZES = [0, 50, 100, 250, 500, 750, 1000]
 DEFAULT = "default"  # the option that clears a setting
-SETTINGS_TIMEOUT_S = 600
 
 
 def describe(settings: MemberSettings, default_model: str, rules: GuildSettings | None = None) -> str:
@@ -42,70 +46,111 @@ def _options(values, current) -> list[discord.SelectOption]:
         for v in values]
 
 
-class AppendModal(discord.ui.Modal, title="Always append"):
-    text = discord.ui.TextInput(label="Parameters added to every prompt", required=False, max_length=200,
-                                placeholder="--no text, watermark --chaos 10")
-
-    def __init__(self, view: SettingsView):
-        super().__init__()
-        self.view = view
-        self.text.default = view.settings.append
-
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        value = self.text.value.strip()
-        if value:
-            try:
-                self.view.bot.studio.prepare("x " + value)  # as every prompt will be: unknown models too
-            except USER_ERRORS as err:
-                await interaction.response.send_message(plain(f"⚠️ Not saved: {err}"), ephemeral=True)
-                return
-        await self.view.save(interaction, append=value)
+SETTING = r"pintor:set:(?P<user>[0-9]{1,20}):"
+APPEND_MODAL = re.compile(r"pintor:append:(?P<user>[0-9]{1,20})")
 
 
-class SettingsView(discord.ui.View):
-    """The menus of one /settings message; each change is saved at once."""
+def settings_view(bot, settings: MemberSettings) -> discord.ui.View:
+    """The menus and buttons of a /settings message. Every control is persistent (its
+    custom_id names the member and the setting): it keeps working after restarts, for as long
+    as the message is shown, and each change is saved at once."""
+    view = discord.ui.View(timeout=None)
+    user = settings.user_id
+    models = [m.name for m in bot.studio.registry.generators()][:24]
+    view.add_item(SettingSelect(user, "model", _options(models, settings.model)))
+    view.add_item(SettingSelect(user, "aspect", _options(ASPECTS, settings.aspect)))
+    view.add_item(SettingSelect(user, "quality", _options(list(QUALITIES), _quality_label(settings.quality))))
+    view.add_item(SettingSelect(user, "stylize", _options(STYLIZES, settings.stylize)))
+    for action in ("private", "append", "reset"):
+        view.add_item(SettingButton(user, action))
+    return view
 
-    def __init__(self, bot, settings: MemberSettings):
-        super().__init__(timeout=SETTINGS_TIMEOUT_S)
-        self.bot, self.settings = bot, settings
-        models = [m.name for m in bot.studio.registry.generators()][:24]
-        self.add_item(self._select("model", models, settings.model, "model"))
-        self.add_item(self._select("aspect", ASPECTS, settings.aspect, "aspect ratio"))
-        self.add_item(self._select("quality", list(QUALITIES), _quality_label(settings.quality), "quality"))
-        self.add_item(self._select("stylize", STYLIZES, settings.stylize, "stylize"))
 
-    def _select(self, field: str, values, current, placeholder: str) -> discord.ui.Select:
-        select = discord.ui.Select(placeholder=placeholder, options=_options(values, current), row=None)
+class SettingSelect(discord.ui.DynamicItem[discord.ui.Select],
+                    template=SETTING + r"(?P<field>model|aspect|quality|stylize)"):
+    PLACEHOLDERS = {"model": "model", "aspect": "aspect ratio", "quality": "quality", "stylize": "stylize"}
 
-        async def chosen(interaction: discord.Interaction) -> None:
-            value = select.values[0]
-            await self.save(interaction, **{field: None if value == DEFAULT else _convert(field, value)})
+    def __init__(self, user_id: int, field: str, options: list[discord.SelectOption] | None = None):
+        super().__init__(discord.ui.Select(custom_id=f"pintor:set:{user_id}:{field}", placeholder=self.PLACEHOLDERS[field],
+                                           options=options or [discord.SelectOption(label=DEFAULT)]))
+        self.user_id, self.field = user_id, field
 
-        select.callback = chosen
-        return select
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match) -> SettingSelect:
+        return cls(int(match["user"]), match["field"])
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.settings.user_id
+        return await _own(interaction, self.user_id)
 
-    @discord.ui.button(label="Private mode on/off", style=discord.ButtonStyle.secondary, row=4)
-    async def toggle_private(self, interaction: discord.Interaction, _button) -> None:
-        await self.save(interaction, private=not self.settings.private)
+    async def callback(self, interaction: discord.Interaction) -> None:
+        value = self.item.values[0]
+        await save(interaction, **{self.field: None if value == DEFAULT else _convert(self.field, value)})
 
-    @discord.ui.button(label="Always append…", style=discord.ButtonStyle.secondary, row=4)
-    async def edit_append(self, interaction: discord.Interaction, _button) -> None:
-        await interaction.response.send_modal(AppendModal(self))
 
-    @discord.ui.button(label="Reset all", style=discord.ButtonStyle.danger, row=4)
-    async def reset(self, interaction: discord.Interaction, _button) -> None:
-        await self.save(interaction, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
+class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING + r"(?P<action>private|append|reset)"):
+    LOOKS = {"private": ("Private mode on/off", discord.ButtonStyle.secondary),
+             "append": ("Always append…", discord.ButtonStyle.secondary),
+             "reset": ("Reset all", discord.ButtonStyle.danger)}
 
-    async def save(self, interaction: discord.Interaction, **values) -> None:
-        self.settings = await self.bot.studio.settings.update_member(
-            interaction.user.id, interaction.user.name, **values)
-        fresh = SettingsView(self.bot, self.settings)
-        content = await _describe_here(self.bot, interaction, self.settings)
-        await interaction.response.edit_message(content=content, view=fresh)
-        self.stop()
+    def __init__(self, user_id: int, action: str):
+        label, style = self.LOOKS[action]
+        super().__init__(discord.ui.Button(label=label, style=style, custom_id=f"pintor:set:{user_id}:{action}"), row=4)
+        self.user_id, self.action = user_id, action
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match) -> SettingButton:
+        return cls(int(match["user"]), match["action"])
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return await _own(interaction, self.user_id)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if self.action == "private":
+            settings = await interaction.client.studio.settings.member(self.user_id)
+            await save(interaction, private=not settings.private)
+        elif self.action == "reset":
+            await save(interaction, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
+        else:
+            settings = await interaction.client.studio.settings.member(self.user_id)
+            modal = AppendModal(self.user_id, settings.append)
+            await interaction.response.send_modal(modal)
+            # Its submission is answered by Preferences.on_interaction, which a restart does
+            # not forget: discord.py's own dispatch of a modal lives only in this process.
+            modal.stop()
+
+
+class AppendModal(discord.ui.Modal, title="Always append"):
+    text = discord.ui.TextInput(label="Parameters added to every prompt", required=False, max_length=200,
+                                placeholder="--no text, watermark --chaos 10", custom_id="append")
+
+    def __init__(self, user_id: int, current: str):
+        super().__init__(custom_id=f"pintor:append:{user_id}")
+        self.text.default = current
+
+
+async def _own(interaction: discord.Interaction, user_id: int) -> bool:
+    if interaction.user.id != user_id:
+        await interaction.response.send_message("These are someone else's settings: use /settings for yours.",
+                                                ephemeral=True)
+        return False
+    return True
+
+
+async def save(interaction: discord.Interaction, **values) -> None:
+    """Store the member's change and show the message again with what is stored now."""
+    bot = interaction.client
+    settings = await bot.studio.settings.update_member(interaction.user.id, interaction.user.name, **values)
+    await interaction.response.edit_message(content=await _describe_here(bot, interaction, settings),
+                                            view=settings_view(bot, settings))
+
+
+def _text_value(data: dict, custom_id: str) -> str:
+    """A text input's value in a modal submission (in an action row, or in a label)."""
+    for row in data.get("components", []):
+        for component in row.get("components", []) + ([row["component"]] if "component" in row else []):
+            if component.get("custom_id") == custom_id:
+                return component.get("value") or ""
+    return ""
 
 
 async def _describe_here(bot, interaction: discord.Interaction, settings: MemberSettings) -> str:
@@ -135,8 +180,26 @@ class Preferences(commands.Cog):
         """Your defaults: model, aspect ratio, quality, stylize, private mode (only you see this)."""
         settings = await self.bot.studio.settings.member(interaction.user.id)
         await interaction.response.send_message(await _describe_here(self.bot, interaction, settings),
-                                                view=SettingsView(self.bot, settings), ephemeral=True)
+                                                view=settings_view(self.bot, settings), ephemeral=True)
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """The "Always append" modal's submission (see SettingButton)."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        match = APPEND_MODAL.fullmatch((interaction.data or {}).get("custom_id", ""))
+        if match is None or not await _own(interaction, int(match["user"])):
+            return
+        value = _text_value(interaction.data, "append").strip()
+        if value:
+            try:
+                self.bot.studio.prepare("x " + value)  # as every prompt will be: unknown models too
+            except USER_ERRORS as err:
+                await interaction.response.send_message(plain(f"⚠️ Not saved: {err}"), ephemeral=True)
+                return
+        await save(interaction, append=value)
 
 
 async def setup(bot) -> None:
+    bot.add_dynamic_items(SettingSelect, SettingButton)
     await bot.add_cog(Preferences(bot))

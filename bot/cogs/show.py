@@ -15,7 +15,8 @@ from bot.cogs.imagine import DM_REFUSAL
 from bot.delivery import Delivery
 from bot.limits import Echo, compose
 from bot.results import result_message
-from storage.models import DONE, FAILED
+from bot.studio import channel_refusal
+from storage.models import CANCELLED, DONE, FAILED
 
 if TYPE_CHECKING:
     from bot.discord_bot import PintorBot
@@ -38,13 +39,24 @@ class Show(commands.Cog):
             await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
             return
         job = await self.bot.studio.job(job_id)
-        # A member sees their own jobs anywhere, and the jobs made in the server they are in.
-        if job is None or not (job.user_id == interaction.user.id
-                               or (job.guild_id is not None and job.guild_id == interaction.guild_id)):
+        # A member sees their own jobs anywhere, and the public jobs made in the server they
+        # are in; a job delivered privately does not exist for anyone but its author.
+        own = job is not None and job.user_id == interaction.user.id
+        if job is None or not (own or (not job.private and job.guild_id is not None
+                                       and job.guild_id == interaction.guild_id)):
             await interaction.response.send_message(f"There is no job {job_id} here.", ephemeral=True)
+            return
+        # where Pintor does not answer, it posts nothing either (the rule /imagine follows)
+        refusal = channel_refusal(await self.bot.rules(interaction.guild_id), interaction.channel_id)
+        if refusal:
+            await interaction.response.send_message(f"⚠️ {refusal}", ephemeral=True)
             return
         if job.status == FAILED:
             await interaction.response.send_message(compose(f"Job {job_id} failed: ", Echo(job.error or "")),
+                                                    ephemeral=True)
+            return
+        if job.status == CANCELLED:
+            await interaction.response.send_message(f"Job {job_id} was cancelled: it has no pictures.",
                                                     ephemeral=True)
             return
         if job.status != DONE:

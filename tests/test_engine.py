@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from generation.devices import choose_device
-from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise
+from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise, prior_view
 from generation.imaging import png_bytes
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.registry import Registry, UnknownModelError, load_registry
@@ -189,6 +189,33 @@ def test_kandinsky_blend_weights_change_the_picture(engine, registry, picture):
     assert np.abs(pixels(even.images) - pixels(uneven.images)).mean() > 0.05
     with_text, _, _ = run(engine, base.replace(parts=(("a red fox", 1.0),), image_weights=(1.0, 1.0)))
     assert np.abs(pixels(even.images) - pixels(with_text.images)).mean() > 0.05
+
+
+@pytest.mark.parametrize("size", [(192, 64), (64, 192), (100, 100), (301, 97)])
+def test_the_prior_is_handed_only_the_centre_square_it_looks_at(engine, registry, size):
+    processor = engine.pipelines.get(registry.get("tiny-kandinsky"), "prior").image_processor
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    smooth = np.stack([np.sin(x / 9), np.cos(y / 7), np.sin((x + y) / 13)], axis=-1)  # a photo, not noise
+    image = Image.fromarray(((smooth + 1) * 127.5).astype(np.uint8))
+    view = prior_view(image, processor)
+    assert view.size == (min(size),) * 2
+    seen = processor(image, return_tensors="pt").pixel_values
+    assert seen.shape == processor(view, return_tensors="pt").pixel_values.shape
+    # what the processor makes of the square is what it made of the whole picture, up to the
+    # rounding of where it crops (another square of the picture is far off)
+    assert (seen - processor(view, return_tensors="pt").pixel_values).abs().mean() < 0.15
+    if size[0] != size[1]:
+        corner = image.crop((0, 0, min(size), min(size)))
+        assert (seen - processor(corner, return_tensors="pt").pixel_values).abs().mean() > 0.3
+
+
+def test_a_stored_input_of_any_shape_costs_the_prior_no_more_than_its_pixels(engine, registry, picture, tmp_path):
+    strip = tmp_path / "strip.png"  # 0.8 megapixels: 627 megapixels once scaled to a 224 px short side
+    Image.new("RGB", (100_000, 8), (200, 40, 40)).save(strip)
+    req = request(registry, "x --seed 6 --model tiny-kandinsky", kind="blend", parts=(),
+                  images=(str(strip), picture(64, 64, 1)), image_weights=(1.0, 1.0))
+    result, _, _ = run(engine, req)
+    assert len(result.images) == 4
 
 
 def test_kandinsky_variation_steered_by_its_image(engine, registry, picture):

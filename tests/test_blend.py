@@ -126,3 +126,20 @@ async def test_what_phones_and_editors_save_is_blended_as_a_viewer_shows_it(stud
     assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright
     assert clear.getcolors() == [(48 * 48, (255, 255, 255))]  # not black
     assert len(job.images) == 4
+
+
+async def test_a_scheduler_set_on_the_kandinsky_entry_leaves_imagine_blend_and_vary_working(
+        tmp_path_factory, registry_file):
+    """models.toml gives tiny-kandinsky a scheduler: its decoder takes it, its prior keeps its
+    own (before, every Kandinsky job failed in the prior: "unexpected keyword 'prev_timestep'")."""
+    root = tmp_path_factory.mktemp("scheduled")
+    text = registry_file.read_text(encoding="utf-8").replace(
+        'family = "kandinsky22"\n', 'family = "kandinsky22"\nscheduler = "DPMSolverMultistepScheduler"\n')
+    scheduled = root / "models.toml"
+    scheduled.write_text(text, encoding="utf-8")
+    async with started_studio(root, scheduled) as studio:
+        assert studio.registry.get("tiny-kandinsky").scheduler == "DPMSolverMultistepScheduler"
+        made = await finish(studio, await studio.imagine(MEMBER, "a fox --model tiny-kandinsky --seed 3"))
+        mixed = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat tiger"))
+        varied = await finish(studio, await studio.vary(MEMBER, mixed.id, 1, strong=True))
+        assert [len(job.images) for job in (made, mixed, varied)] == [4, 4, 4]

@@ -290,9 +290,28 @@ def test_scheduler_override_and_load_errors(registry, tmp_path: Path):
     cache = PipelineCache(CPU, max_models=3)
     spec = dataclasses.replace(registry.get("tiny-sd"), scheduler="DDIMScheduler")
     assert type(cache.get(spec, "text2img").scheduler).__name__ == "DDIMScheduler"
-    with pytest.raises(ModelLoadError, match="unknown scheduler NopeScheduler"):
+    with pytest.raises(ModelLoadError, match="model 'other': unknown scheduler 'NopeScheduler'"):
         cache.get(dataclasses.replace(spec, name="other", scheduler="NopeScheduler"), "text2img")
     with pytest.raises(ModelLoadError, match="cannot load model 'missing'"):
         cache.get(dataclasses.replace(spec, name="missing", source=str(tmp_path / "nothing")), "text2img")
     with pytest.raises(ModelLoadError, match="has no prior"):
         cache.get(spec, "prior")
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DPMSolverMultistepScheduler"])
+def test_a_kandinsky_scheduler_replaces_the_decoders_and_leaves_the_prior_its_own(registry, picture, scheduler):
+    """The prior's loop passes `prev_timestep` to its UnCLIPScheduler: any other one fails there."""
+    spec = dataclasses.replace(registry.get("tiny-kandinsky"), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {spec.name: spec}), CPU)
+    cache = engine.pipelines
+    assert type(cache.get(spec, "text2img").scheduler).__name__ == scheduler
+    assert type(cache.get(spec, "img2img").scheduler).__name__ == scheduler
+    assert type(cache.get(spec, "prior").scheduler).__name__ == "UnCLIPScheduler"
+    result, steps, _ = run(engine, request(registry, "a red fox --seed 6 --model tiny-kandinsky"))
+    assert len(result.images) == 4 and steps[-1] == (2, 2)
+    init = picture(64, 64, 3)
+    blend, _, _ = run(engine, request(registry, "x --seed 6 --model tiny-kandinsky", kind="blend", parts=(),
+                                      images=(init, picture(48, 80, 2)), image_weights=(1.0, 1.0)))
+    variation, _, _ = run(engine, request(registry, "a red fox --seed 6 --model tiny-kandinsky", kind="variation",
+                                          init_image=init, strength=0.7, images=(init,), image_weights=(1.0,)))
+    assert len(blend.images) == len(variation.images) == 4

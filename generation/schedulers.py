@@ -4,21 +4,29 @@ A model family runs one or two denoising loops: Stable Diffusion one; Kandinsky 
 prior. Each loop calls its scheduler in its own way, so a scheduler fits a loop only if:
 
 - diffusers lists it as compatible with the loop's own scheduler (`_compatibles`: the DDPM-style
-  samplers interchange; the Kandinsky prior's `UnCLIPScheduler`, whose `step` takes a
-  `prev_timestep`, interchanges with nothing), or it is a distilled-model sampler (LCM, TCD)
-  and the loop is Stable Diffusion's, whose pipelines run them (LCM-LoRA, TCD-LoRA);
+  samplers interchange), or it is a distilled-model sampler (LCM, TCD) and the loop is Stable
+  Diffusion's, whose pipelines run them (LCM-LoRA, TCD-LoRA);
+- it is not for EDM-trained models (EDMEulerScheduler), and it can be built from the
+  configuration of the loop's own scheduler;
+- its `step` takes every keyword the loop passes: the Kandinsky prior passes `prev_timestep`,
+  which only its own `UnCLIPScheduler` takes; the Kandinsky decoders pass `generator`, which
+  DEIS and UniPC do not take (Stable Diffusion's pipelines look at the signature first);
 - the loop scales the model's input (`scale_model_input`) or the scheduler does not need it:
-  sigma-based samplers (Euler, Heun, KDPM2, EDM) start from noise × σ_max and need that scaling,
+  sigma-based samplers (Euler, Heun, KDPM2) start from noise × σ_max and need that scaling,
   which Kandinsky's decoders never do.
 
 `check_scheduler` is called when the registry file is read, so a name that cannot work stops the
-start; `fits` is what the pipeline cache asks before it replaces a loaded pipeline's scheduler.
+start; `fits` is what the pipeline cache asks before it replaces a loaded pipeline's scheduler,
+and `replacement` builds the new scheduler.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -26,6 +34,9 @@ from typing import Any
 # Samplers for distilled models that diffusers' Stable Diffusion pipelines run, though not listed
 # as compatible with their schedulers.
 DISTILLED_SAMPLERS = frozenset({"LCMScheduler", "TCDScheduler"})
+# For models trained in the EDM formulation (diffusers PR #7109: "solely intended for" them),
+# which no family here is, though diffusers lists EDMEulerScheduler as compatible.
+EDM_SAMPLERS = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"})
 
 
 @dataclass(frozen=True)
@@ -33,17 +44,20 @@ class Loop:
     name: str  # in messages: "denoising loop", "decoder", "prior"
     scheduler: str  # the scheduler class its pipelines ship with (diffusers' class name)
     scales_input: bool  # whether it calls scheduler.scale_model_input on the model's input
+    step_keywords: tuple[str, ...] = ()  # what it passes to scheduler.step whatever its signature
     distilled: bool = False  # whether DISTILLED_SAMPLERS run in it
 
 
 _SD = (Loop("denoising loop", "EulerDiscreteScheduler", scales_input=True, distilled=True),)
-_PRIOR = Loop("prior", "UnCLIPScheduler", scales_input=False)
+_PRIOR = Loop("prior", "UnCLIPScheduler", scales_input=False, step_keywords=("generator", "prev_timestep"))
 
-# family → its loops; the first one makes the pictures (text to image, image to image, upscale)
+# family → its loops; the first one makes the pictures (text to image, image to image, upscale).
+# From diffusers 0.42's pipelines: KandinskyV22Pipeline, KandinskyPipeline (and their img2img and
+# prior pipelines), StableDiffusion(XL)Pipeline, StableDiffusionUpscalePipeline.
 FAMILY_LOOPS: dict[str, tuple[Loop, ...]] = {
     "sd": _SD, "sd2": _SD, "sdxl": _SD, "sd-turbo": _SD, "sdxl-turbo": _SD,
-    "kandinsky21": (Loop("decoder", "DDIMScheduler", scales_input=False), _PRIOR),
-    "kandinsky22": (Loop("decoder", "DDPMScheduler", scales_input=False), _PRIOR),
+    "kandinsky21": (Loop("decoder", "DDIMScheduler", scales_input=False, step_keywords=("generator",)), _PRIOR),
+    "kandinsky22": (Loop("decoder", "DDPMScheduler", scales_input=False, step_keywords=("generator",)), _PRIOR),
     "upscale-x4": (Loop("upscaler", "DDIMScheduler", scales_input=True),),
 }
 
@@ -113,6 +127,9 @@ def replacement(name: str, current: Any) -> Any:
     config = dict(current.config)
     if config.get("variance_type") in ("learned", "learned_range") and name != "DDPMScheduler":
         del config["variance_type"]  # (from_config keeps a key the class does not take, even if overridden)
+    if name == "PNDMScheduler":
+        # as Stable Diffusion ships it: PLMS steps only; the Runge–Kutta warm-up needs 4+ steps
+        config["skip_prk_steps"] = True
     return cls.from_config(config)
 
 
@@ -126,9 +143,11 @@ def _usable(loop: Loop) -> frozenset[str]:
     usable = set()
     for name in names:
         cls = getattr(diffusers, name, None)
-        if cls is None or isinstance(cls, DummyObject):
+        if cls is None or isinstance(cls, DummyObject) or name in EDM_SAMPLERS:
             continue
         if not loop.scales_input and not _starts_at_unit_noise(cls):
+            continue
+        if not _takes(cls, loop.step_keywords) or not _builds_from(cls, own):
             continue
         usable.add(name)
     return frozenset(usable)
@@ -138,9 +157,40 @@ def _usable(loop: Loop) -> frozenset[str]:
 def _starts_at_unit_noise(cls: type) -> bool:
     """Whether the scheduler starts from unscaled noise (σ = 1), i.e. needs no input scaling."""
     try:
-        return float(cls().init_noise_sigma) == 1.0
+        with _quiet_diffusers():
+            return float(cls().init_noise_sigma) == 1.0
     except Exception:  # noqa: BLE001 - a scheduler that cannot even be built with defaults
         return False
+
+
+@contextmanager
+def _quiet_diffusers():
+    """diffusers warns about each config key a probe's scheduler does not take: not for the logs."""
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _takes(cls: type, keywords: tuple[str, ...]) -> bool:
+    parameters = inspect.signature(cls.step).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    return all(keyword in parameters for keyword in keywords)
+
+
+def _builds_from(cls: type, own: type) -> bool:
+    # every key explicit, as in a model's saved scheduler_config.json
+    try:
+        with _quiet_diffusers():
+            saved = {k: v for k, v in own().config.items() if k != "_use_default_values"}
+            cls.from_config(saved)
+    except Exception:  # noqa: BLE001 - whatever it raises, it cannot replace that loop's scheduler
+        return False
+    return True
 
 
 @cache

@@ -315,3 +315,37 @@ def test_a_kandinsky_scheduler_replaces_the_decoders_and_leaves_the_prior_its_ow
     variation, _, _ = run(engine, request(registry, "a red fox --seed 6 --model tiny-kandinsky", kind="variation",
                                           init_image=init, strength=0.7, images=(init,), image_weights=(1.0,)))
     assert len(blend.images) == len(variation.images) == 4
+
+
+def _accepted(family: str) -> list[str]:
+    from generation.schedulers import FAMILY_LOOPS, _usable
+
+    return sorted({name for loop in FAMILY_LOOPS[family][:1] for name in _usable(loop)})
+
+
+@pytest.mark.parametrize("model, scheduler", [("tiny-sd", name) for name in _accepted("sd")]
+                         + [("tiny-kandinsky", name) for name in _accepted("kandinsky22")])
+def test_every_scheduler_the_registry_accepts_runs(registry, picture, model, scheduler):
+    """What passes the check at start works on first use: a grid in 1 and 2 steps, and a
+    variation, with it."""
+    spec = dataclasses.replace(registry.get(model), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {spec.name: spec}), CPU)
+    for steps in (1, 2):
+        result, done, _ = run(engine, request(registry, f"a red fox --seed 6 --model {model}", steps=steps))
+        assert len(result.images) == 4 and done and done[-1][0] == done[-1][1]
+        assert np.isfinite(pixels(result.images)).all()
+    assert type(engine.pipelines.get(spec, "text2img").scheduler).__name__ == scheduler
+    init = picture(64, 64, 3)
+    varied, _, _ = run(engine, request(registry, f"a red fox --seed 6 --model {model}", kind="variation",
+                                       init_image=init, strength=0.7, steps=4,
+                                       **({"images": (init,), "image_weights": (1.0,)} if model != "tiny-sd" else {})))
+    assert len(varied.images) == 4 and np.isfinite(pixels(varied.images)).all()
+
+
+@pytest.mark.parametrize("scheduler", _accepted("upscale-x4"))
+def test_every_scheduler_the_registry_accepts_upscales(registry, picture, scheduler):
+    spec = dataclasses.replace(registry.get("tiny-upscaler"), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {spec.name: spec}), CPU)
+    result, _, _ = run(engine, upscale_request(registry, picture(32, 32), "tiny-upscaler"))
+    assert type(engine.pipelines.get(spec, "upscale").scheduler).__name__ == scheduler
+    assert [image.size for image in result.images] == [(128, 128)] and np.isfinite(pixels(result.images)).all()

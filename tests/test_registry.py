@@ -189,7 +189,7 @@ def entry(body: str, scheduler: str) -> str:
     ('source = "x"\nfamily = "sdxl"\n', "EulerAncestralDiscreteScheduler", ["denoising loop"]),
     ('source = "x"\nfamily = "sd"\n', "LCMScheduler", ["denoising loop"]),  # LCM-LoRA
     (KANDINSKY, "DDIMScheduler", ["decoder"]),  # the decoder's; the prior keeps its own
-    (KANDINSKY, "UniPCMultistepScheduler", ["decoder"]),
+    (KANDINSKY, "DPMSolverSinglestepScheduler", ["decoder"]),
     (KANDINSKY.replace("22", "21"), "DPMSolverMultistepScheduler", ["decoder"]),
     (KANDINSKY, "UnCLIPScheduler", ["prior"]),
     ('source = "x"\nfamily = "upscale-x4"\n', "EulerDiscreteScheduler", ["upscaler"]),
@@ -217,8 +217,15 @@ def test_a_scheduler_is_accepted_for_the_loops_it_fits(tmp_path: Path, body, sch
      "model 'm': scheduler 'EulerAncestralDiscreteScheduler' fits none of the kandinsky22 family's decoder and prior"),
     (KANDINSKY, "HeunDiscreteScheduler", "model 'm': .* fits none of the kandinsky22 family"),
     (KANDINSKY, "LCMScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    # the Kandinsky decoders pass step(..., generator=…), which these do not take
+    (KANDINSKY, "UniPCMultistepScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    (KANDINSKY.replace("22", "21"), "DEISMultistepScheduler", "model 'm': .* fits none of the kandinsky21 family"),
+    (KANDINSKY, "PNDMScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    # for EDM-trained models: it cannot be built from a DDPM-style model's configuration
+    ('source = "x"\nfamily = "sd"\n', "EDMEulerScheduler", "model 'm': .* fits none of the sd family"),
 ], ids=["misspelt", "unknown", "not-a-scheduler", "not-a-name", "prior-only-on-sd", "flow-matching-on-sd",
-        "sigma-sampler-on-kandinsky", "heun-on-kandinsky", "lcm-on-kandinsky"])
+        "sigma-sampler-on-kandinsky", "heun-on-kandinsky", "lcm-on-kandinsky", "unipc-on-kandinsky",
+        "deis-on-kandinsky21", "pndm-on-kandinsky", "edm-on-sd"])
 def test_a_scheduler_that_cannot_work_stops_the_start_naming_the_entry(tmp_path: Path, body, scheduler, message):
     with pytest.raises(RegistryError, match=message):
         load_registry(write(tmp_path, entry(body, scheduler)))

@@ -100,6 +100,7 @@ async def imagine(settings: Settings, prompt: str, output: Path, separate: bool)
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
+    from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
     print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}")
@@ -110,6 +111,9 @@ def models(settings: Settings) -> int:
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
         if spec.prior:
             print(f"  {'':<16} prior: {spec.prior}")
+        if spec.scheduler:
+            loops = check_scheduler(spec.scheduler, spec.family)
+            print(f"  {'':<16} scheduler: {spec.scheduler} (for the {' and '.join(loops)})")
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from generation.devices import DeviceChoice
-from generation.imaging import make_grid
+from generation.imaging import flatten_to_rgb, make_grid
 from generation.pipelines import PipelineCache
 from generation.registry import Registry
 from generation.request import Request
@@ -187,7 +187,7 @@ class Engine:
         prior = self.pipelines.get(spec, "prior")
         texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
         generator = torch.Generator().manual_seed(request.seed)
-        items: list = list(texts) + [self._open(p) for p in request.images]
+        items: list = list(texts) + [prior_view(self._open(p), prior.image_processor) for p in request.images]
         weights = [w for _, w in request.parts] + list(request.image_weights)
         if not items:
             raise ValueError("a Kandinsky request needs a text or an image")
@@ -253,7 +253,7 @@ class Engine:
     def _open(path: str, size: tuple[int, int] | None = None) -> Image.Image:
         """An input picture as RGB; at `size` when given (image to image works at the request's size)."""
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = flatten_to_rgb(image)
         return image if size is None or image.size == size else image.resize(size, Image.LANCZOS)
 
     @staticmethod
@@ -268,6 +268,25 @@ class Engine:
                 raise GenerationStopped()
             return tensors
         return callback
+
+
+def prior_view(image: Image.Image, processor) -> Image.Image:
+    """The part of `image` that a Kandinsky prior's CLIP image processor looks at, cut out before
+    the processor runs.
+
+    The processor (CLIPImageProcessor: `shortest_edge` 224, centre crop 224×224) scales the
+    short side to 224 px first, so its work and memory grow with the aspect ratio: a 100000×8
+    picture would become 224×2.8 million pixels before the crop. Its centre square, scaled, is
+    the same crop (up to rounding), at a cost bounded by the pixel count. Pictures for a
+    processor without a square centre crop come back unchanged.
+    """
+    crop = getattr(processor, "crop_size", None) or {}
+    if not getattr(processor, "do_center_crop", False) or crop.get("height") != crop.get("width"):
+        return image
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
 
 
 def legacy_callback(callback, *, total: int):

@@ -1,8 +1,9 @@
 """Images that members upload: hostile until proven otherwise.
 
 `open_upload` decides by content (never by name or declared type), refuses decompression bombs
-before decoding pixels, and hands back a plain RGB picture: first frame of an animation, EXIF
-orientation applied, transparency flattened onto white.
+and extreme shapes before decoding pixels, and hands back a plain RGB picture: first frame of an
+animation (the main picture of an MPO), EXIF orientation applied, high-bit-depth samples scaled to
+8 bits, transparency of any kind flattened onto white.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from generation.imaging import flatten_to_rgb
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 24_000_000  # e.g. 6000×4000; beyond this is refused, not opened
 MIN_UPLOAD_SIDE = 8
-ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
+# Long side at most 8 × the short side (a wide phone panorama fits). Kandinsky's prior (a CLIP
+# image processor) scales the short side to 224 px before it crops, so without a bound its work
+# grows with the ratio, not the pixel count: 100000×8 would become a 627-megapixel intermediate.
+MAX_UPLOAD_ASPECT = 8
+# MPO: a JPEG with a second picture appended (phone portrait photos, many cameras); the first
+# frame is the JPEG itself.
+ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP"}
 
 
 class UploadError(ValueError):
@@ -25,7 +32,15 @@ class UploadError(ValueError):
 
 
 def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
-                max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
+                max_pixels: int = MAX_UPLOAD_PIXELS, max_aspect: float = MAX_UPLOAD_ASPECT) -> Image.Image:
+    """`data` (the bytes of an upload called `name`) as an RGB picture of the same size (sides
+    swapped by an EXIF rotation).
+
+    Raises UploadError, whose text is for the member, for: an empty file or one over
+    `max_bytes`; anything Pillow cannot identify, or a format outside ACCEPTED_FORMATS; over
+    `max_pixels` pixels, a side under MIN_UPLOAD_SIDE px, or a long side over `max_aspect` ×
+    the short one (all three from the header, before any pixel is decoded); damaged pixel data.
+    """
     if len(data) == 0:
         raise UploadError(f"{name} is empty.")
     if len(data) > max_bytes:
@@ -51,8 +66,12 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
             raise UploadError(f"{name} is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.")
         if min(width, height) < MIN_UPLOAD_SIDE:
             raise UploadError(f"{name} is {width}×{height} pixels; each side needs at least {MIN_UPLOAD_SIDE}.")
+        if max(width, height) > max_aspect * min(width, height):
+            raise UploadError(f"{name} is {width}×{height} pixels; the long side may be at most "
+                              f"{max_aspect:g} times the short one ({max_aspect:g}:1). Crop it and send it again.")
         try:
-            image.seek(0)  # an animation: its first frame
+            image.seek(0)  # an animation: its first frame; an MPO: its main picture
+            _key_to_8_bit(image)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image.load()
@@ -60,3 +79,14 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
             raise UploadError(f"{name} is damaged or truncated ({type(err).__name__}).") from None
         return flatten_to_rgb(image)
+
+
+def _key_to_8_bit(image: Image.Image) -> None:
+    """Pillow decodes a 16-bit RGB PNG to 8 bits per channel (the high byte) but keeps its colour
+    key in 16 bits, so no pixel would match it: bring the key to 8 bits the same way. Call it
+    before load(): only the undecoded tile tells the file's bit depth. (Pixels that differ from
+    the key only in their low byte become transparent too: the closest 8 bits can come.)"""
+    key = image.info.get("transparency")
+    if image.format == "PNG" and image.mode == "RGB" and isinstance(key, tuple) and image.tile \
+            and str(image.tile[0][3]).startswith("RGB;16"):
+        image.info["transparency"] = tuple(v >> 8 for v in key)

@@ -11,7 +11,6 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-import diffusers
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
@@ -28,6 +27,7 @@ from diffusers import (
 from generation.devices import DeviceChoice
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
+from generation.schedulers import SchedulerError, fits, loop_for, replacement, scheduler_class
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +103,18 @@ class PipelineCache:
                 pipe.image_processor.register_to_config(do_resize=False)
             else:
                 pipe = AutoPipelineForImage2Image.from_pipe(base)
-            return self._finish(pipe, spec, placed=True)
+            return self._finish(pipe, spec, task, placed=True)
         if task == "prior":
             if spec.family not in _KANDINSKY:
                 raise ModelLoadError(f"model '{spec.name}' has no prior")
-            return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec)
+            return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec, task)
         if task == "upscale":
-            return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec)
+            return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
         if task == "text2img":
             cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
             pipe = self._load(cls, spec.source, spec)
             entry["safety"] = SafetyChecker.take_from(pipe)
-            return self._finish(pipe, spec)
+            return self._finish(pipe, spec, task)
         raise ValueError(f"unknown task {task}")
 
     def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:
@@ -133,12 +133,16 @@ class PipelineCache:
         except (OSError, ValueError, EnvironmentError) as err:
             raise ModelLoadError(f"cannot load model '{spec.name}' from {source}: {err}") from err
 
-    def _finish(self, pipe: Any, spec: ModelSpec, *, placed: bool = False) -> Any:
+    def _finish(self, pipe: Any, spec: ModelSpec, task: str, *, placed: bool = False) -> Any:
+        # the configured scheduler replaces only the schedulers it fits: not the Kandinsky prior's
         if spec.scheduler and hasattr(pipe, "scheduler"):
-            scheduler_cls = getattr(diffusers, spec.scheduler, None)
-            if scheduler_cls is None:
-                raise ModelLoadError(f"model '{spec.name}': unknown scheduler {spec.scheduler}")
-            pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+            try:
+                if fits(spec.scheduler, loop_for(spec.family, task)):
+                    pipe.scheduler = replacement(spec.scheduler, pipe.scheduler)
+                else:
+                    scheduler_class(spec.scheduler)  # a name that works nowhere is still an error
+            except SchedulerError as err:
+                raise ModelLoadError(f"model '{spec.name}': {err}") from None
         if not placed:
             if self.offload and self.device.device == "cuda":
                 pipe.enable_model_cpu_offload()

@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from generation.schedulers import SchedulerError, check_scheduler
+
 # family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
 # steps without classifier-free guidance.
 FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
@@ -43,7 +45,9 @@ class ModelSpec:
     native_side: int = 512
     steps: int = 30
     guidance: float = 7.0
-    scheduler: str | None = None  # a diffusers scheduler class name, e.g. "EulerAncestralDiscreteScheduler"
+    # a diffusers scheduler class name, e.g. "EulerAncestralDiscreteScheduler"; it replaces the
+    # schedulers of the loops it fits (generation/schedulers.py): on Kandinsky the decoder's only
+    scheduler: str | None = None
     variant: str | None = None  # e.g. "fp16" weights on the hub
     description: str = ""
 
@@ -138,6 +142,11 @@ def _parse_entry(name: str, entry: dict) -> ModelSpec:
         )
     if entry["family"] in BLEND_FAMILIES and not entry.get("prior"):
         raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
+    if "scheduler" in entry:
+        try:
+            check_scheduler(entry["scheduler"], entry["family"])
+        except SchedulerError as err:
+            raise RegistryError(f"model '{name}': {err}") from None
     values = {k: v for k, v in entry.items() if k not in ("source", "family")}
     try:
         return _spec(name, str(entry["source"]), entry["family"], **values)

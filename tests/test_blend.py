@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -16,7 +17,7 @@ from generation.inputs import UploadError
 from generation.request import Request
 from storage.models import GuildSettings
 from tests.studio_helpers import started_studio
-from tests.test_inputs import bomb_png
+from tests.test_inputs import bomb_png, grey16_png, mpo
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 MEMBER = Member(21, "fay")
@@ -75,6 +76,8 @@ async def test_reroll_and_variation_of_a_blend_work_from_the_stored_inputs(studi
 @pytest.mark.parametrize("uploads, error, message", [
     ([CAT, ("notes.png", b"just some text, not a picture\n" * 10)], UploadError, "notes.png is not an image"),
     ([CAT, ("bomb.png", bomb_png())], UploadError, "bomb.png is 10000×10000"),
+    ([CAT, ("strip.png", png((0, 0, 0), (100_000, 8)))], UploadError,
+     r"strip.png is 100000×8 pixels; the long side may be at most 8 times the short one \(8:1\)"),
     ([CAT], RequestError, "2 to 5 images"),
     ([CAT, TIGER], RequestError, "weights"),
 ])
@@ -122,3 +125,38 @@ async def test_blend_without_a_model_uses_one_the_server_allows(studio):
     submitted = await studio.blend(member, [CAT, TIGER], prompt="x --seed 3", rules=rules, guild_id=1)
     await studio.cancel(submitted.job_id)
     assert (await studio.job(submitted.job_id)).model == "tiny-kandinsky"
+
+
+async def test_what_phones_and_editors_save_is_blended_as_a_viewer_shows_it(studio):
+    """A 16-bit greyscale PNG, a portrait photo stored as MPO (turned by EXIF) and a PNG whose
+    transparency is a colour key: each kept as the RGB picture an image viewer shows."""
+    mid_grey = grey16_png(np.full((40, 40), 32768))
+    photo = Image.new("RGB", (60, 40), (230, 20, 20))
+    portrait = mpo(photo, Image.new("RGB", (60, 40), (20, 20, 230)), orientation=6)
+    keyed = io.BytesIO()
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(keyed, format="PNG", transparency=(0, 0, 0))
+    job = await finish(studio, await studio.blend(MEMBER, [("grey16.png", mid_grey), ("portrait.jpg", portrait),
+                                                           ("clear.png", keyed.getvalue())]))
+    grey, turned, clear = (Image.open(path) for path in Request.from_json(job.request).images)
+    assert grey.mode == "RGB" and grey.getcolors() == [(1600, (128, 128, 128))]  # not white
+    r, g, b = turned.getpixel((20, 30))
+    assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright
+    assert clear.getcolors() == [(48 * 48, (255, 255, 255))]  # not black
+    assert len(job.images) == 4
+
+
+async def test_a_scheduler_set_on_the_kandinsky_entry_leaves_imagine_blend_and_vary_working(
+        tmp_path_factory, registry_file):
+    """models.toml gives tiny-kandinsky a scheduler: its decoder takes it, its prior keeps its
+    own (before, every Kandinsky job failed in the prior: "unexpected keyword 'prev_timestep'")."""
+    root = tmp_path_factory.mktemp("scheduled")
+    text = registry_file.read_text(encoding="utf-8").replace(
+        'family = "kandinsky22"\n', 'family = "kandinsky22"\nscheduler = "DPMSolverMultistepScheduler"\n')
+    scheduled = root / "models.toml"
+    scheduled.write_text(text, encoding="utf-8")
+    async with started_studio(root, scheduled) as studio:
+        assert studio.registry.get("tiny-kandinsky").scheduler == "DPMSolverMultistepScheduler"
+        made = await finish(studio, await studio.imagine(MEMBER, "a fox --model tiny-kandinsky --seed 3"))
+        mixed = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat tiger"))
+        varied = await finish(studio, await studio.vary(MEMBER, mixed.id, 1, strong=True))
+        assert [len(job.images) for job in (made, mixed, varied)] == [4, 4, 4]

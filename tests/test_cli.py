@@ -105,3 +105,22 @@ def test_cli_commands_do_not_load_discord(env, tmp_path):
     assert codes == "[0, 0, 0, 2, 0]", done.stdout + done.stderr
     assert loaded == "[]"
     assert (tmp_path / "fox.png").is_file()
+
+
+def test_a_scheduler_that_cannot_work_stops_run_and_models_naming_the_entry(env, tmp_path, registry_file):
+    text = registry_file.read_text(encoding="utf-8")
+    kandinsky = 'family = "kandinsky22"\n'
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(text.replace(kandinsky, kandinsky + 'scheduler = "DPMSolverMultistepScheduler"\n'), encoding="utf-8")
+    bad.write_text(text.replace(kandinsky, kandinsky + 'scheduler = "EulerAncestralDiscreteScheduler"\n'),
+                   encoding="utf-8")
+
+    listed = pintor(env | {"PINTOR_MODELS": str(good)}, "models", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "scheduler: DPMSolverMultistepScheduler (for the decoder)" in listed.stdout
+    for command in ("models", "run"):
+        result = pintor(env | {"PINTOR_MODELS": str(bad)}, command, cwd=tmp_path)
+        assert result.returncode == 1
+        assert ("model 'tiny-kandinsky': scheduler 'EulerAncestralDiscreteScheduler' fits none of the "
+                "kandinsky22 family's decoder and prior") in result.stderr
+    assert not (tmp_path / "data" / "pintor.db").exists()  # `run` stopped before anything started

@@ -8,6 +8,7 @@ import dataclasses
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -16,7 +17,7 @@ from bot.discord_endpoints import point_discord_at
 from generation.inputs import MAX_UPLOAD_BYTES
 from generation.request import Request
 from tests.discord_harness import Harness, custom_ids, is_result, job_id_of
-from tests.test_inputs import bomb_png
+from tests.test_inputs import bomb_png, grey16_png, mpo
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -145,6 +146,8 @@ def _hostile_cases():
         pytest.param("notes.png", b"just some text, not a picture\n" * 10, None, "is not an image", id="text"),
         pytest.param("cut.png", good[: len(good) // 2], None, "damaged or truncated", id="truncated"),
         pytest.param("empty.png", b"", None, "is empty", id="zero-bytes"),
+        pytest.param("strip.png", png((0, 0, 0), (100_000, 8)), None,
+                     "100000×8 pixels; the long side may be at most 8 times the short one (8:1)", id="extreme-shape"),
         pytest.param("huge.png", b"\x89PNG" + b"\0" * 1000, MAX_UPLOAD_BYTES + 1, "larger than 10 MB",
                      id="declared-too-large"),
         pytest.param("liar.png", b"\0" * (MAX_UPLOAD_BYTES + 1), 2048, "larger than 10 MB",
@@ -168,6 +171,26 @@ async def test_a_hostile_file_is_refused_privately_and_changes_nothing(
     assert inputs_listing(pintor) == files
     if declared_size is not None and declared_size > MAX_UPLOAD_BYTES:
         assert int(hostile["id"]) not in emu.attachment_gets  # refused on its declared size alone
+
+
+async def test_phone_photos_deep_pngs_and_colour_keys_are_blended_as_a_viewer_shows_them(pintor: Harness):
+    """What members really upload: a portrait photo that Pillow reads as MPO (turned by its EXIF
+    orientation), a 16-bit greyscale PNG, and an RGB PNG made transparent by a colour key."""
+    emu = pintor.emu
+    portrait = mpo(Image.new("RGB", (60, 40), (230, 20, 20)), Image.new("RGB", (60, 40), (20, 20, 230)), 6)
+    keyed = io.BytesIO()
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(keyed, format="PNG", transparency=(0, 0, 0))
+    _, final, _ = await blend(pintor, {
+        "image1": emu.add_attachment("PXL_20261129_portrait.jpg", portrait),
+        "image2": emu.add_attachment("scan16.png", grey16_png(np.full((40, 40), 32768))),
+        "image3": emu.add_attachment("logo.png", keyed.getvalue())})
+    job = await pintor.posted(job_id_of(final))
+    assert job.status == "done" and "blend of 3 images" in final["content"]
+    turned, grey, clear = (Image.open(path) for path in Request.from_json(job.request).images)
+    r, g, b = turned.getpixel((20, 30))
+    assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright
+    assert grey.getcolors() == [(1600, (128, 128, 128))]  # mid grey, not white
+    assert clear.getcolors() == [(48 * 48, (255, 255, 255))]  # white, not black
 
 
 async def test_bad_weights_are_refused_privately(pintor: Harness):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from generation.devices import choose_device
-from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise
+from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise, prior_view
 from generation.imaging import png_bytes
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.registry import Registry, UnknownModelError, load_registry
@@ -191,6 +191,33 @@ def test_kandinsky_blend_weights_change_the_picture(engine, registry, picture):
     assert np.abs(pixels(even.images) - pixels(with_text.images)).mean() > 0.05
 
 
+@pytest.mark.parametrize("size", [(192, 64), (64, 192), (100, 100), (301, 97)])
+def test_the_prior_is_handed_only_the_centre_square_it_looks_at(engine, registry, size):
+    processor = engine.pipelines.get(registry.get("tiny-kandinsky"), "prior").image_processor
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    smooth = np.stack([np.sin(x / 9), np.cos(y / 7), np.sin((x + y) / 13)], axis=-1)  # a photo, not noise
+    image = Image.fromarray(((smooth + 1) * 127.5).astype(np.uint8))
+    view = prior_view(image, processor)
+    assert view.size == (min(size),) * 2
+    seen = processor(image, return_tensors="pt").pixel_values
+    assert seen.shape == processor(view, return_tensors="pt").pixel_values.shape
+    # what the processor makes of the square is what it made of the whole picture, up to the
+    # rounding of where it crops (another square of the picture is far off)
+    assert (seen - processor(view, return_tensors="pt").pixel_values).abs().mean() < 0.15
+    if size[0] != size[1]:
+        corner = image.crop((0, 0, min(size), min(size)))
+        assert (seen - processor(corner, return_tensors="pt").pixel_values).abs().mean() > 0.3
+
+
+def test_a_stored_input_of_any_shape_costs_the_prior_no_more_than_its_pixels(engine, registry, picture, tmp_path):
+    strip = tmp_path / "strip.png"  # 0.8 megapixels: 627 megapixels once scaled to a 224 px short side
+    Image.new("RGB", (100_000, 8), (200, 40, 40)).save(strip)
+    req = request(registry, "x --seed 6 --model tiny-kandinsky", kind="blend", parts=(),
+                  images=(str(strip), picture(64, 64, 1)), image_weights=(1.0, 1.0))
+    result, _, _ = run(engine, req)
+    assert len(result.images) == 4
+
+
 def test_kandinsky_variation_steered_by_its_image(engine, registry, picture):
     init = picture(64, 64, 3)
     req = request(registry, "a red fox --seed 6 --model tiny-kandinsky", kind="variation", init_image=init,
@@ -263,9 +290,62 @@ def test_scheduler_override_and_load_errors(registry, tmp_path: Path):
     cache = PipelineCache(CPU, max_models=3)
     spec = dataclasses.replace(registry.get("tiny-sd"), scheduler="DDIMScheduler")
     assert type(cache.get(spec, "text2img").scheduler).__name__ == "DDIMScheduler"
-    with pytest.raises(ModelLoadError, match="unknown scheduler NopeScheduler"):
+    with pytest.raises(ModelLoadError, match="model 'other': unknown scheduler 'NopeScheduler'"):
         cache.get(dataclasses.replace(spec, name="other", scheduler="NopeScheduler"), "text2img")
     with pytest.raises(ModelLoadError, match="cannot load model 'missing'"):
         cache.get(dataclasses.replace(spec, name="missing", source=str(tmp_path / "nothing")), "text2img")
     with pytest.raises(ModelLoadError, match="has no prior"):
         cache.get(spec, "prior")
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DPMSolverMultistepScheduler"])
+def test_a_kandinsky_scheduler_replaces_the_decoders_and_leaves_the_prior_its_own(registry, picture, scheduler):
+    """The prior's loop passes `prev_timestep` to its UnCLIPScheduler: any other one fails there."""
+    spec = dataclasses.replace(registry.get("tiny-kandinsky"), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {spec.name: spec}), CPU)
+    cache = engine.pipelines
+    assert type(cache.get(spec, "text2img").scheduler).__name__ == scheduler
+    assert type(cache.get(spec, "img2img").scheduler).__name__ == scheduler
+    assert type(cache.get(spec, "prior").scheduler).__name__ == "UnCLIPScheduler"
+    result, steps, _ = run(engine, request(registry, "a red fox --seed 6 --model tiny-kandinsky"))
+    assert len(result.images) == 4 and steps[-1] == (2, 2)
+    init = picture(64, 64, 3)
+    blend, _, _ = run(engine, request(registry, "x --seed 6 --model tiny-kandinsky", kind="blend", parts=(),
+                                      images=(init, picture(48, 80, 2)), image_weights=(1.0, 1.0)))
+    variation, _, _ = run(engine, request(registry, "a red fox --seed 6 --model tiny-kandinsky", kind="variation",
+                                          init_image=init, strength=0.7, images=(init,), image_weights=(1.0,)))
+    assert len(blend.images) == len(variation.images) == 4
+
+
+def _accepted(family: str) -> list[str]:
+    from generation.schedulers import FAMILY_LOOPS, _usable
+
+    return sorted({name for loop in FAMILY_LOOPS[family][:1] for name in _usable(loop)})
+
+
+@pytest.mark.parametrize("model, scheduler", [("tiny-sd", name) for name in _accepted("sd")]
+                         + [("tiny-kandinsky", name) for name in _accepted("kandinsky22")])
+def test_every_scheduler_the_registry_accepts_runs(registry, picture, model, scheduler):
+    """What passes the check at start works on first use: a grid in 1 and 2 steps, and a
+    variation, with it."""
+    spec = dataclasses.replace(registry.get(model), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {spec.name: spec}), CPU)
+    for steps in (1, 2):
+        result, done, _ = run(engine, request(registry, f"a red fox --seed 6 --model {model}", steps=steps))
+        assert len(result.images) == 4 and done and done[-1][0] == done[-1][1]
+        assert np.isfinite(pixels(result.images)).all()
+    assert type(engine.pipelines.get(spec, "text2img").scheduler).__name__ == scheduler
+    init = picture(64, 64, 3)
+    varied, _, _ = run(engine, request(registry, f"a red fox --seed 6 --model {model}", kind="variation",
+                                       init_image=init, strength=0.7, steps=4,
+                                       **({"images": (init,), "image_weights": (1.0,)} if model != "tiny-sd" else {})))
+    assert len(varied.images) == 4 and np.isfinite(pixels(varied.images)).all()
+
+
+@pytest.mark.parametrize("scheduler", _accepted("upscale-x4"))
+def test_every_scheduler_the_registry_accepts_upscales(registry, picture, scheduler):
+    spec = dataclasses.replace(registry.get("tiny-upscaler"), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {spec.name: spec}), CPU)
+    result, _, _ = run(engine, upscale_request(registry, picture(32, 32), "tiny-upscaler"))
+    assert type(engine.pipelines.get(spec, "upscale").scheduler).__name__ == scheduler
+    assert [image.size for image in result.images] == [(128, 128)] and np.isfinite(pixels(result.images)).all()

@@ -7,11 +7,12 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from generation import imaging
-from generation.imaging import make_grid, png_bytes, sha256, write_atomic
+from generation.imaging import flatten_to_rgb, make_grid, png_bytes, sha256, write_atomic
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 
@@ -99,3 +100,71 @@ def test_an_interrupt_mid_write_leaves_the_old_file(tmp_path: Path, monkeypatch:
         write_atomic(path, b"new")
     monkeypatch.undo()
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["grid.png"]
+
+
+# -- flatten_to_rgb: every mode Pillow opens, with a viewer's brightness --------------------
+
+_DTYPES = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I": "<i4", "F": "<f4"}
+
+
+def deep(mode: str, samples) -> Image.Image:
+    """An image of a high-bit-depth mode from its raw samples (one row)."""
+    array = np.asarray([samples], dtype=_DTYPES[mode])
+    return Image.frombytes(mode, (array.shape[1], 1), array.tobytes())
+
+
+@pytest.mark.parametrize("mode, samples", [
+    ("I;16", [0, 257, 32768, 65535]),
+    ("I;16L", [0, 257, 32768, 65535]),
+    ("I;16B", [0, 257, 32768, 65535]),
+    ("I", [0, 257, 32768, 65535]),
+    ("F", [0.0, 1 / 255, 0.5, 1.0]),
+])
+def test_high_bit_depth_is_scaled_to_eight_bits_not_clipped(mode, samples):
+    flat = flatten_to_rgb(deep(mode, samples))
+    assert flat.mode == "RGB"
+    assert [flat.getpixel((x, 0)) for x in range(4)] == [(v, v, v) for v in (0, 1, 128, 255)]
+
+
+@pytest.mark.parametrize("mode, samples, expected", [
+    ("I", [-5, 70_000], [0, 255]),
+    ("F", [-0.5, 3.0], [0, 255]),
+])
+def test_values_beyond_black_and_white_are_clipped_at_the_ends(mode, samples, expected):
+    flat = flatten_to_rgb(deep(mode, samples))
+    assert [flat.getpixel((x, 0))[0] for x in range(2)] == expected
+
+
+def test_a_high_bit_depth_colour_key_becomes_white():
+    image = deep("I;16", [1000, 32768])
+    image.info["transparency"] = 1000
+    flat = flatten_to_rgb(image)
+    assert flat.getpixel((0, 0)) == (255, 255, 255) and flat.getpixel((1, 0)) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)),
+    Image.new("LA", (4, 4), (0, 0)),
+    Image.new("PA", (4, 4), (0, 0)),
+    Image.new("RGBa", (4, 4), (0, 0, 0, 0)),
+    Image.new("La", (4, 4), (0, 0)),
+], ids=lambda image: image.mode)
+def test_every_alpha_mode_is_composed_onto_white(image):
+    assert flatten_to_rgb(image).getcolors() == [(16, (255, 255, 255))]
+
+
+@pytest.mark.parametrize("mode, colour, key", [
+    ("RGB", (9, 9, 9), (9, 9, 9)), ("L", 9, 9), ("1", 1, 1), ("P", 7, 7),
+])
+def test_a_colour_key_is_composed_onto_white(mode, colour, key):
+    image = Image.new(mode, (4, 4), colour)
+    image.info["transparency"] = key
+    assert flatten_to_rgb(image).getcolors() == [(16, (255, 255, 255))]
+
+
+def test_opaque_pictures_keep_their_colours():
+    for image in (Image.new("RGB", (4, 4), (10, 20, 30)), Image.new("CMYK", (4, 4), (0, 0, 0, 0)),
+                  Image.new("L", (4, 4), 77), Image.new("RGBA", (4, 4), (10, 20, 30, 255))):
+        assert len(flatten_to_rgb(image).getcolors()) == 1
+    assert flatten_to_rgb(Image.new("RGB", (4, 4), (10, 20, 30))).getpixel((0, 0)) == (10, 20, 30)
+    assert flatten_to_rgb(Image.new("L", (4, 4), 77)).getpixel((0, 0)) == (77, 77, 77)

@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -90,3 +91,152 @@ def test_exif_orientation_is_applied():
     buffer = io.BytesIO()
     source.save(buffer, format="JPEG", exif=exif)
     assert open_upload(buffer.getvalue(), "photo.jpg").size == (20, 40)
+
+
+# -- what cameras, phones and image editors really write ------------------------------------
+
+
+def raw_png(width: int, height: int, depth: int, colour_type: int, rows: list[bytes],
+            *chunks: tuple[bytes, bytes]) -> bytes:
+    """A PNG written byte by byte, for what Pillow cannot save: 16-bit RGB(A), 16-bit keys."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + b"".join(chunk(k, d) for k, d in chunks)
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def grey16_png(samples: np.ndarray, **params) -> bytes:
+    """A 16-bit greyscale PNG as Pillow saves it (mode I;16)."""
+    image = Image.fromarray(samples.astype(np.uint16))
+    assert image.mode == "I;16"
+    return png(image, **params)
+
+
+def mpo(main: Image.Image, second: Image.Image, orientation: int | None = None) -> bytes:
+    """A JPEG with a second picture appended (MPO), as phones write portrait photos."""
+    exif = Image.Exif()
+    exif[0x010F] = "Phone"  # Make: Pillow writes the MPO index only beside an EXIF block
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    main.save(buffer, format="MPO", save_all=True, append_images=[second], exif=exif)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    return data
+
+
+def grey_of(image: Image.Image, xy=(0, 0)) -> int:
+    r, g, b = image.getpixel(xy)
+    assert r == g == b
+    return r
+
+
+def test_a_mid_grey_16_bit_png_stays_mid_grey():
+    image = open_upload(grey16_png(np.full((16, 16), 32768)), "grey16.png")
+    assert image.mode == "RGB" and grey_of(image) == 128  # not 255: scaled, not clipped
+
+
+def test_a_16_bit_ramp_keeps_its_brightness_from_black_to_white():
+    ramp = np.tile(np.linspace(0, 65535, 256).round(), (32, 1))
+    image = open_upload(grey16_png(ramp), "ramp16.png")
+    row = [grey_of(image, (x, 4)) for x in range(256)]
+    assert row[0] == 0 and row[-1] == 255
+    assert all(abs(value - x) <= 1 for x, value in enumerate(row))  # value / 257: the viewer's grey
+    assert sum(v == 255 for v in row) == 1
+
+
+@pytest.mark.parametrize("colour_type, sample, expected", [
+    (2, struct.pack(">3H", 32768, 16384, 65535), (128, 64, 255)),  # 16-bit RGB
+    (6, struct.pack(">4H", 32768, 16384, 65535, 65535), (128, 64, 255)),  # 16-bit RGBA, opaque
+    (4, struct.pack(">2H", 32768, 65535), (128, 128, 128)),  # 16-bit grey + alpha, opaque
+    (0, struct.pack(">H", 16384), (64, 64, 64)),  # 16-bit grey, written by another encoder
+], ids=["rgb16", "rgba16", "grey-alpha16", "grey16-raw"])
+def test_other_16_bit_pngs_keep_their_brightness(colour_type, sample, expected):
+    image = open_upload(raw_png(8, 8, 16, colour_type, [sample * 8] * 8), "deep.png")
+    assert image.getpixel((3, 3)) == expected
+
+
+def test_an_mpo_photo_is_a_jpeg_whose_main_picture_is_used():
+    data = mpo(Image.new("RGB", (40, 24), (230, 20, 20)), Image.new("RGB", (40, 24), (20, 20, 230)))
+    image = open_upload(data, "portrait.jpg")
+    r, g, b = image.getpixel((20, 12))
+    assert image.size == (40, 24) and r > 200 and b < 60  # the main (red) picture, not the blue one
+
+
+@pytest.mark.parametrize("orientation, size", [(6, (24, 40)), (8, (24, 40)), (3, (40, 24)), (1, (40, 24))])
+def test_an_mpo_photo_is_turned_by_its_exif_orientation(orientation, size):
+    main = Image.new("RGB", (40, 24), (230, 20, 20))
+    main.paste((20, 230, 20), (0, 0, 10, 6))  # a green corner shows which way it turned
+    image = open_upload(mpo(main, Image.new("RGB", (40, 24), (20, 20, 230)), orientation), "camera.jpg")
+    assert image.size == size
+    corner = {1: (2, 2), 3: (37, 21), 6: (21, 2), 8: (2, 37)}[orientation]
+    r, g, b = image.getpixel(corner)
+    assert g > 200 and r < 60, (orientation, image.getpixel(corner))
+
+
+@pytest.mark.parametrize("image, key", [
+    (Image.new("RGB", (16, 16), (0, 0, 0)), (0, 0, 0)),
+    (Image.new("RGB", (16, 16), (12, 200, 90)), (12, 200, 90)),
+    (Image.new("L", (16, 16), 0), 0),
+    (Image.new("1", (16, 16), 0), 0),
+    (Image.new("P", (16, 16), 3), 3),
+], ids=["rgb-black", "rgb-green", "grey", "one-bit", "palette"])
+def test_a_fully_transparent_colour_keyed_png_is_white(image, key):
+    if image.mode == "P":
+        image.putpalette([0, 0, 0] * 256)
+    data = png(image, transparency=key)
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.info["transparency"] == key and opened.mode == image.mode  # the key, not alpha
+    flat = open_upload(data, "clear.png")
+    assert flat.getcolors() == [(256, (255, 255, 255))]
+
+
+def test_a_colour_key_hides_only_its_colour():
+    image = Image.new("RGB", (16, 16), (0, 0, 0))
+    image.paste((40, 80, 160), (0, 0, 8, 16))
+    flat = open_upload(png(image, transparency=(0, 0, 0)), "half.png")
+    assert flat.getpixel((2, 2)) == (40, 80, 160) and flat.getpixel((12, 2)) == (255, 255, 255)
+
+
+def test_a_16_bit_grey_colour_key_is_flattened_onto_white():
+    samples = np.full((16, 16), 32768)
+    samples[:, :8] = 1000
+    flat = open_upload(grey16_png(samples, transparency=1000), "key16.png")
+    assert grey_of(flat, (2, 2)) == 255 and grey_of(flat, (12, 2)) == 128
+
+
+def test_a_16_bit_rgb_colour_key_is_flattened_onto_white():
+    keyed, kept = struct.pack(">3H", 4660, 22136, 39612), struct.pack(">3H", 32768, 32768, 32768)
+    data = raw_png(8, 8, 16, 2, [keyed * 4 + kept * 4] * 8, (b"tRNS", keyed))
+    flat = open_upload(data, "key-rgb16.png")
+    assert flat.getpixel((1, 1)) == (255, 255, 255) and flat.getpixel((6, 1)) == (128, 128, 128)
+
+
+def test_a_colour_key_survives_the_exif_rotation():
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    flat = open_upload(png(image, transparency=(0, 0, 0), exif=exif), "turned.png")
+    assert flat.size == (20, 40) and flat.getcolors() == [(800, (255, 255, 255))]
+
+
+def test_semi_transparent_grey_with_alpha_is_composed_onto_white():
+    flat = open_upload(png(Image.new("LA", (16, 16), (0, 128))), "la.png")
+    assert grey_of(flat) == 127  # half black over white
+
+
+@pytest.mark.parametrize("size", [(100_000, 8), (8, 100_000), (8 * 9, 8), (640, 79)])
+def test_extreme_shapes_are_refused_from_the_header_naming_the_ratio(size):
+    data = png(Image.new("L", size))
+    assert len(data) < 200_000  # small files: only the shape is wrong
+    with pytest.raises(UploadError, match=rf"{size[0]}×{size[1]} pixels; the long side may be at most 8 times .*8:1"):
+        open_upload(data, "strip.png")
+
+
+@pytest.mark.parametrize("size", [(64, 8), (8, 64), (640, 80), (1920, 1080)])
+def test_shapes_up_to_the_ratio_are_accepted(size):
+    assert open_upload(png(Image.new("RGB", size)), "wide.png").size == size

@@ -125,3 +125,22 @@ def test_progress_is_reported_every_step_and_stop_works(engine, registry):
         engine.generate(request(registry, f"a red fox --seed 1 --steps 30 --model {MODEL}"),
                         lambda step, total, preview: seen.append(step), lambda: bool(seen))
     assert seen == [1]
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+                                       "DPMSolverSinglestepScheduler"])
+def test_every_decoder_scheduler_the_registry_accepts_runs_and_the_prior_keeps_its_own(registry, picture, scheduler):
+    import dataclasses
+
+    from generation.schedulers import check_scheduler
+
+    assert check_scheduler(scheduler, "kandinsky21") == ["decoder"]
+    spec = dataclasses.replace(registry.get(MODEL), scheduler=scheduler)
+    engine = Engine(dataclasses.replace(registry, models=registry.models | {MODEL: spec}), choose_device("cpu"))
+    made, _, _ = run(engine, request(registry, f"a red fox --seed 6 --model {MODEL}"))
+    init = picture(64, 64, 3)
+    varied, _, _ = run(engine, request(registry, f"a red fox --seed 6 --model {MODEL}", kind="variation",
+                                       init_image=init, strength=0.7, steps=4, images=(init,), image_weights=(1.0,)))
+    assert len(made.images) == len(varied.images) == 4
+    assert type(engine.pipelines.get(spec, "text2img").scheduler).__name__ == scheduler
+    assert type(engine.pipelines.get(spec, "prior").scheduler).__name__ == "UnCLIPScheduler"

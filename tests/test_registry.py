@@ -173,3 +173,73 @@ def test_unreadable_files_are_registry_errors(tmp_path: Path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(RegistryError, match="cannot read model registry"):
         load_registry(binary)
+
+
+# -- schedulers: checked when the file is read, against the loops they would replace ---------
+
+KANDINSKY = 'source = "k"\nprior = "p"\nfamily = "kandinsky22"\n'
+
+
+def entry(body: str, scheduler: str) -> str:
+    return f'default = "a"\n[models.a]\nsource = "x"\nfamily = "sd"\n[models.m]\n{body}scheduler = "{scheduler}"\n'
+
+
+@pytest.mark.parametrize("body, scheduler, fitting", [
+    ('source = "x"\nfamily = "sd"\n', "DPMSolverMultistepScheduler", ["denoising loop"]),
+    ('source = "x"\nfamily = "sdxl"\n', "EulerAncestralDiscreteScheduler", ["denoising loop"]),
+    ('source = "x"\nfamily = "sd"\n', "LCMScheduler", ["denoising loop"]),  # LCM-LoRA
+    (KANDINSKY, "DDIMScheduler", ["decoder"]),  # the decoder's; the prior keeps its own
+    (KANDINSKY, "DPMSolverSinglestepScheduler", ["decoder"]),
+    (KANDINSKY.replace("22", "21"), "DPMSolverMultistepScheduler", ["decoder"]),
+    (KANDINSKY, "UnCLIPScheduler", ["prior"]),
+    ('source = "x"\nfamily = "upscale-x4"\n', "EulerDiscreteScheduler", ["upscaler"]),
+])
+def test_a_scheduler_is_accepted_for_the_loops_it_fits(tmp_path: Path, body, scheduler, fitting):
+    from generation.schedulers import check_scheduler
+
+    spec = load_registry(write(tmp_path, entry(body, scheduler))).get("m")
+    assert spec.scheduler == scheduler
+    assert check_scheduler(scheduler, spec.family) == fitting
+
+
+@pytest.mark.parametrize("body, scheduler, message", [
+    ('source = "x"\nfamily = "sd"\n', "EulerAncestral",
+     r"model 'm': unknown scheduler 'EulerAncestral' \(did you mean .*EulerAncestralDiscreteScheduler"),
+    ('source = "x"\nfamily = "sd"\n', "NopeScheduler", r"model 'm': unknown scheduler 'NopeScheduler'"),
+    ('source = "x"\nfamily = "sd"\n', "UNet2DConditionModel", "model 'm': unknown scheduler 'UNet2DConditionModel'"),
+    ('source = "x"\nfamily = "sd"\n', "os.system", "model 'm': unknown scheduler 'os.system'"),
+    ('source = "x"\nfamily = "sd"\n', "UnCLIPScheduler",
+     r"model 'm': scheduler 'UnCLIPScheduler' fits none of the sd family's denoising loop; these do: .*DDIMScheduler"),
+    ('source = "x"\nfamily = "sd"\n', "FlowMatchEulerDiscreteScheduler", "model 'm': .* fits none of the sd family"),
+    # Kandinsky's decoders never scale the model's input: sigma-based samplers would start from
+    # noise 157 times too strong; the prior takes only its own UnCLIPScheduler
+    (KANDINSKY, "EulerAncestralDiscreteScheduler",
+     "model 'm': scheduler 'EulerAncestralDiscreteScheduler' fits none of the kandinsky22 family's decoder and prior"),
+    (KANDINSKY, "HeunDiscreteScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    (KANDINSKY, "LCMScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    # the Kandinsky decoders pass step(..., generator=…), which these do not take
+    (KANDINSKY, "UniPCMultistepScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    (KANDINSKY.replace("22", "21"), "DEISMultistepScheduler", "model 'm': .* fits none of the kandinsky21 family"),
+    (KANDINSKY, "PNDMScheduler", "model 'm': .* fits none of the kandinsky22 family"),
+    # for EDM-trained models: it cannot be built from a DDPM-style model's configuration
+    ('source = "x"\nfamily = "sd"\n', "EDMEulerScheduler", "model 'm': .* fits none of the sd family"),
+], ids=["misspelt", "unknown", "not-a-scheduler", "not-a-name", "prior-only-on-sd", "flow-matching-on-sd",
+        "sigma-sampler-on-kandinsky", "heun-on-kandinsky", "lcm-on-kandinsky", "unipc-on-kandinsky",
+        "deis-on-kandinsky21", "pndm-on-kandinsky", "edm-on-sd"])
+def test_a_scheduler_that_cannot_work_stops_the_start_naming_the_entry(tmp_path: Path, body, scheduler, message):
+    with pytest.raises(RegistryError, match=message):
+        load_registry(write(tmp_path, entry(body, scheduler)))
+
+
+@pytest.mark.parametrize("scheduler, package", [
+    ("DPMSolverSDEScheduler", "torchsde"), ("LMSDiscreteScheduler", "scipy"),
+    ("CosineDPMSolverMultistepScheduler", "torchsde"),
+])
+def test_a_scheduler_whose_package_is_missing_stops_the_start_naming_it(tmp_path: Path, scheduler, package):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(RegistryError, match=rf"model 'm': scheduler '{scheduler}' needs {package}, which is "
+                                            rf"not installed \(pip install {package}\)"):
+        load_registry(write(tmp_path, entry('source = "x"\nfamily = "sd"\n', scheduler)))

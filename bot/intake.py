@@ -4,6 +4,7 @@ defaults, /blend's options, and the errors a member can make (each with a messag
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from generation.inputs import UploadError
@@ -101,14 +102,56 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPromp
     return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
 
 
-def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None) -> Request:
+def saved_model_gone(registry: Registry, name: str, allowed: Sequence[str] = ()) -> str | None:
+    """Why a model a member saved in /settings can no longer be used (an admin removed it from
+    models.toml, or from this server's allowed models), as "is …"; None when it can be used.
+    `allowed`: the server's allowed model names (empty: all)."""
+    spec = registry.models.get(name) or registry.models.get(name.lower())
+    if spec is None or not spec.can_generate:
+        return "is no longer available"
+    if allowed and spec.name not in allowed:
+        return "is not allowed on this server"
+    return None
+
+
+def fallback_model(registry: Registry, allowed: Sequence[str] = ()) -> str:
+    """The model used instead of a saved one that is gone: the default, or where this server
+    does not allow it, the first allowed model that makes pictures from text."""
+    default = registry.get(None).name
+    if not allowed or default in allowed:
+        return default
+    return next((m.name for m in registry.generators() if m.name in allowed), default)
+
+
+def prepare_with_notices(registry: Registry, text: str, defaults: MemberSettings | None = None, *,
+                         allowed: Sequence[str] = ()) -> tuple[Request, list[str]]:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
-    before acknowledging, to answer bad input with an error only its author sees."""
+    before acknowledging, to answer bad input with an error only its author sees.
+
+    A model the member saved in /settings (or in "always append") that can no longer be used
+    here is replaced by fallback_model, and a notice for the result says so. Returns the
+    request and those notices; raises the USER_ERRORS for bad input."""
     parsed = parse_prompt(text)
+    notices: list[str] = []
     if defaults is not None:
-        parsed = with_defaults(parsed, defaults)
+        merged = with_defaults(parsed, defaults)
+        gone = None
+        if "model" not in parsed.given and merged.model:  # the prompt's own --model is never replaced
+            gone = saved_model_gone(registry, merged.model, allowed)
+        if gone:
+            instead = fallback_model(registry, allowed)
+            notices.append(f"Your saved model '{merged.model}' {gone}: this used {instead}. "
+                           f"Choose another model with /settings.")
+            merged = dataclasses.replace(merged, model=instead)
+        parsed = merged
     spec = registry.get(parsed.model)
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    return build_request(parsed, spec)
+    return build_request(parsed, spec), notices
+
+
+def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None, *,
+            allowed: Sequence[str] = ()) -> Request:
+    """prepare_with_notices without the notices."""
+    return prepare_with_notices(registry, text, defaults, allowed=allowed)[0]

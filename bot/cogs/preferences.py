@@ -6,7 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import USER_ERRORS
+from bot.intake import USER_ERRORS, fallback_model, name_list, saved_model_gone
+from generation.registry import Registry
 from storage.models import MemberSettings
 
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
@@ -16,11 +17,18 @@ DEFAULT = "default"  # the option that clears a setting
 SETTINGS_TIMEOUT_S = 600
 
 
-def describe(settings: MemberSettings, default_model: str) -> str:
+def describe(settings: MemberSettings, registry: Registry, allowed: list[str] | None = None) -> str:
+    """The member's defaults as /settings shows them; a saved model that can no longer be used
+    (removed by an admin, or not allowed on this server: `allowed`) is said to be gone."""
     private = "on: results are shown only to you" if settings.private else "off"
+    allowed = allowed or []
+    model = f"`{settings.model or f'{fallback_model(registry, allowed)} (server default)'}`"
+    if settings.model and (gone := saved_model_gone(registry, settings.model, allowed)):
+        model = (f"`{settings.model}` — ⚠️ {gone.removeprefix('is ')}: "
+                 f"`{fallback_model(registry, allowed)}` is used instead. Choose another below.")
     return "\n".join([
         "**Your defaults** (parameters in a prompt always win):",
-        f"model: `{settings.model or f'{default_model} (server default)'}`",
+        f"model: {model}",
         f"aspect ratio: `{settings.aspect or '1:1'}` · quality: `{settings.quality or 1}` · "
         f"stylize: `{settings.stylize if settings.stylize is not None else 'model default'}`",
         f"private mode: {private}",
@@ -56,9 +64,9 @@ class AppendModal(discord.ui.Modal, title="Always append"):
 class SettingsView(discord.ui.View):
     """The menus of one /settings message; each change is saved at once."""
 
-    def __init__(self, bot, settings: MemberSettings):
+    def __init__(self, bot, settings: MemberSettings, allowed: list[str] | None = None):
         super().__init__(timeout=SETTINGS_TIMEOUT_S)
-        self.bot, self.settings = bot, settings
+        self.bot, self.settings, self.allowed = bot, settings, allowed or []
         models = [m.name for m in bot.studio.registry.generators()][:24]
         self.add_item(self._select("model", models, settings.model, "model"))
         self.add_item(self._select("aspect", ASPECTS, settings.aspect, "aspect ratio"))
@@ -93,8 +101,8 @@ class SettingsView(discord.ui.View):
     async def save(self, interaction: discord.Interaction, **values) -> None:
         self.settings = await self.bot.studio.settings.update_member(
             interaction.user.id, interaction.user.name, **values)
-        fresh = SettingsView(self.bot, self.settings)
-        content = describe(self.settings, self.bot.studio.registry.default)
+        fresh = SettingsView(self.bot, self.settings, self.allowed)
+        content = describe(self.settings, self.bot.studio.registry, self.allowed)
         await interaction.response.edit_message(content=content, view=fresh)
         self.stop()
 
@@ -119,8 +127,10 @@ class Preferences(commands.Cog):
     async def settings(self, interaction: discord.Interaction) -> None:
         """Your defaults: model, aspect ratio, quality, stylize, private mode (only you see this)."""
         settings = await self.bot.studio.settings.member(interaction.user.id)
-        await interaction.response.send_message(describe(settings, self.bot.studio.registry.default),
-                                                view=SettingsView(self.bot, settings), ephemeral=True)
+        rules = await self.bot.rules(interaction.guild_id)  # what this server allows
+        allowed = name_list(rules.allowed_models) if rules is not None else []
+        await interaction.response.send_message(describe(settings, self.bot.studio.registry, allowed),
+                                                view=SettingsView(self.bot, settings, allowed), ephemeral=True)
 
 
 async def setup(bot) -> None:

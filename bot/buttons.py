@@ -23,6 +23,7 @@ import discord
 from bot.intake import Member
 
 from bot.studio import Studio, Submitted
+from storage.models import DONE, Job
 from generation.upscale import can_upscale
 
 if TYPE_CHECKING:
@@ -105,6 +106,19 @@ def upscale_view(job_id: int, width: int, height: int, grid_url: str | None) -> 
     if grid_url:
         view.add_item(discord.ui.Button(label="Grid", emoji="↩️", url=grid_url))
     return view
+
+
+def already_made_text(job: Job) -> str:
+    """What a second press of a button says when its first press made the same job."""
+    from bot.results import jump_url  # results → this module
+
+    what = f"Image #{job.parent_index} of job {job.parent_id}" if job.parent_id else "This picture"
+    if job.status != DONE:
+        return (f"↪️ {what} is already being upscaled for you: job {job.id} is {job.status}. Its result "
+                f"will be posted when it is done.")
+    where = (f": {jump_url(job.guild_id, job.channel_id, job.message_id)}"
+             if job.channel_id is not None and job.message_id is not None else "")
+    return f"↪️ {what} is already upscaled for you, as job {job.id}{where} (`/show job_id:{job.id}` shows it again)."
 
 
 Action = Callable[[Studio, Member, dict[str, Any]], Awaitable[Submitted]]

@@ -13,13 +13,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import BUTTONS
+from bot.buttons import BUTTONS, already_made_text
 from bot.delivery import INTERACTION_TTL_S, Delivery
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
 from bot.results import Outgoing, ending_message, progress_text, result_message
 from bot.settings import Settings
 from bot.intake import USER_ERRORS, Member
-from bot.studio import Studio, Submitted
+from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
 from storage.models import DONE, GuildSettings, utcnow
 
@@ -107,6 +107,9 @@ class PintorBot(commands.Bot):
                      "private": delivery.private or interaction.guild_id is None,
                      "direct": interaction.guild_id is None and guild_id is not None}
             submitted = await submit(member, where)
+        except AlreadyMade as made:  # a button pressed again: the job its first press made, not a copy
+            await delivery.refuse(already_made_text(made.job))
+            return
         except USER_ERRORS as err:
             await delivery.refuse(f"⚠️ {err}")
             return

@@ -4,6 +4,7 @@ defaults, /blend's options, and the errors a member can make (each with a messag
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from generation.inputs import UploadError
@@ -101,43 +102,71 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPromp
     return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
 
 
-def server_default(registry: Registry, rules: GuildSettings | None) -> str:
-    """The model a prompt that names none uses on a server (`rules`; None in DMs and the CLI):
-    the registry's default where the server allows it, else the first model of the server's
-    allow-list that can make pictures from text (/pintor-admin models requires one)."""
-    allowed = name_list(rules.allowed_models) if rules is not None else []
+def allowed_models(rules: GuildSettings | None) -> list[str]:
+    """The model names a server allows (`rules`; None in DMs and the CLI); empty: all."""
+    return name_list(rules.allowed_models) if rules is not None else []
+
+
+def fallback_model(registry: Registry, allowed: Sequence[str] = ()) -> str:
+    """The model a prompt that names none uses where `allowed` are the server's allowed model
+    names (empty: all): the registry's default where the server allows it, else the first
+    allowed model that can make pictures from text (/pintor-admin models requires one)."""
     if not allowed or registry.default in allowed:
         return registry.default
     makers = [name for name in allowed if name in registry.models and registry.models[name].can_generate]
     return makers[0] if makers else registry.default  # none left in the registry: the rule refuses, naming them
 
 
-def allowed_default(defaults: MemberSettings, rules: GuildSettings | None) -> MemberSettings:
-    """A member's defaults as they apply on a server: a default model the server does not allow
-    is left out there (the server's default fills in), so that it does not refuse every prompt."""
-    allowed = name_list(rules.allowed_models) if rules is not None else []
-    if not defaults.model or not allowed or defaults.model in allowed:
-        return defaults
-    applied = MemberSettings.new(defaults.user_id)
-    for column in MemberSettings.__table__.columns:
-        setattr(applied, column.key, getattr(defaults, column.key))
-    applied.model = None
-    return applied
+def server_default(registry: Registry, rules: GuildSettings | None) -> str:
+    """`fallback_model` under a server's rules (None in DMs and the CLI)."""
+    return fallback_model(registry, allowed_models(rules))
+
+
+def saved_model_gone(registry: Registry, name: str, allowed: Sequence[str] = ()) -> str | None:
+    """Why a model a member saved in /settings can no longer be used (an admin removed it from
+    models.toml, or from this server's allowed models), as "is …"; None when it can be used.
+    `allowed`: the server's allowed model names (empty: all)."""
+    spec = registry.models.get(name) or registry.models.get(name.lower())
+    if spec is None or not spec.can_generate:
+        return "is no longer available"
+    if allowed and spec.name not in allowed:
+        return "is not allowed on this server"
+    return None
 
 
 def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None,
             rules: GuildSettings | None = None) -> Request:
+    """`prepare_with_notices` under a server's `rules` (None in DMs and the CLI), without
+    its notices."""
+    return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules))[0]
+
+
+def prepare_with_notices(registry: Registry, text: str, defaults: MemberSettings | None = None, *,
+                         allowed: Sequence[str] = ()) -> tuple[Request, list[str]]:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees.
 
-    `defaults` (the member's /settings) fill in what the prompt does not say; `rules` (the
-    server's, None in DMs) choose the model of a prompt that names none (`server_default`).
-    Whether the rules allow the request is checked later, when it is submitted."""
+    `defaults` (the member's /settings) fill in what the prompt does not say; `allowed` (the
+    server's allowed model names, empty: all) choose the model of a prompt that names none
+    (`fallback_model`). A model the member saved in /settings (or in "always append") that
+    can no longer be used here is replaced by that model, and a notice for the result says
+    so. Whether the rules allow the request is checked later, when it is submitted.
+    Returns the request and those notices; raises the USER_ERRORS for bad input."""
     parsed = parse_prompt(text)
+    notices: list[str] = []
     if defaults is not None:
-        parsed = with_defaults(parsed, allowed_default(defaults, rules))
-    spec = registry.get(parsed.model or server_default(registry, rules))
+        merged = with_defaults(parsed, defaults)
+        gone = None
+        if "model" not in parsed.given and merged.model:  # the prompt's own --model is never replaced
+            gone = saved_model_gone(registry, merged.model, allowed)
+        if gone:
+            instead = fallback_model(registry, allowed)
+            notices.append(f"Your saved model '{merged.model}' {gone}: this used {instead}. "
+                           f"Choose another model with /settings.")
+            merged = dataclasses.replace(merged, model=instead)
+        parsed = merged
+    spec = registry.get(parsed.model or fallback_model(registry, allowed))
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    return build_request(parsed, spec)
+    return build_request(parsed, spec), notices

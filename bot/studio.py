@@ -10,29 +10,59 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError,
                         Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare,
-                        server_default)
+                        prepare_with_notices, server_default)
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.prompt import size_for_aspect
 from generation.queue import JobQueue
-from generation.registry import Registry
+from generation.registry import ModelSpec, Registry
 from generation.request import GRID_SIZE, Request, build_request, random_seed
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
-from storage.jobs import JobStore, NewImage
+from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import DONE, GuildSettings, Job, MemberSettings
 from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
+
+
+class AlreadyMade(RequestError):
+    """The job asked for would repeat `job` (queued, running or done): nothing new is made."""
+
+    def __init__(self, job: Job):
+        super().__init__(f"Job {job.id} already makes this ({job.status}).")
+        self.job = job
+
+
+def fit_image_to_image(steps: int, strength: float, rules: GuildSettings | None) -> tuple[int, float]:
+    """Steps and strength for an image-to-image job a button makes, within the server's
+    max_steps. Image to image runs int(steps × strength) steps (diffusers' img2img
+    pipelines), so that product must be at least 1: steps are raised to ceil(1 / strength)
+    where the limit allows; under a lower limit the strength is raised instead, up to
+    VARY_STRONG. Returns (steps, strength); raises LimitError when no pair fits (a limit of
+    1 step)."""
+    limit = rules.max_steps if rules is not None and rules.max_steps else None
+    if limit is not None:
+        steps = min(steps, limit)
+    needed = math.ceil(1 / strength - 1e-9)
+    if steps >= needed:
+        return steps, strength
+    if limit is None or needed <= limit:
+        return needed, strength
+    raised = math.ceil(100 / steps) / 100  # the smallest strength in hundredths with steps × it ≥ 1
+    if raised > VARY_STRONG:
+        raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to "
+                         f"vary a picture (Vary needs at least {math.ceil(1 / VARY_STRONG - 1e-9)} steps).")
+    return steps, max(strength, raised)
 
 
 @dataclass
@@ -121,57 +151,121 @@ class Studio:
         """The model of a prompt that names none, under a server's rules (None: no server)."""
         return server_default(self.registry, rules)
 
+    def prepare_with_notices(self, text: str, defaults: MemberSettings | None = None, *,
+                             rules: GuildSettings | None = None) -> tuple[Request, list[str]]:
+        """The request, and notices for its result (a saved model that is gone here)."""
+        allowed = name_list(rules.allowed_models) if rules is not None else []
+        return prepare_with_notices(self.registry, text, defaults, allowed=allowed)
+
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
 
     async def reroll(self, member: Member, job_id: int, **where) -> Submitted:
-        """The same request again with a new seed."""
+        """The same request again with a new seed: a grid from a prompt or a blend, or a
+        variation grid (the same picture varied again, at the same strength)."""
         parent = await self._finished_job(job_id)
         request = Request.from_json(parent.request)
+        if request.kind == "variation":
+            return await self._vary_again(member, parent, request, **where)
         if request.kind not in ("imagine", "reroll", "blend"):
             raise RequestError("Only a grid can be re-rolled.")
+        rules = where.get("rules")
+        if rules is not None and rules.max_steps and request.steps > rules.max_steps:
+            # the member chose these steps (--steps, --q): 🔄 does not change their picture
+            raise LimitError(f"🔄 would make job {job_id} again with its {request.steps} steps, over this "
+                             f"server's limit of {rules.max_steps}.")
         request = request.replace(kind="reroll" if request.kind != "blend" else "blend", seed=random_seed())
         return await self.submit(member, request, parent_id=job_id, **where)
 
+    async def _vary_again(self, member: Member, variation: Job, request: Request, **where) -> Submitted:
+        """🔄 under a variation grid: its picture varied again, at its strength, with new seeds.
+        The new job is another variation of the same picture (same parent and image)."""
+        if not request.init_image or not Path(request.init_image).is_file():
+            raise RequestError(f"The picture job {variation.id} varied is gone from the file store.")
+        strength = VARY_STRONG if request.strength >= VARY_STRONG else VARY_SUBTLE
+        steps, strength = fit_image_to_image(request.steps, strength, where.get("rules"))
+        request = request.replace(seed=random_seed(), steps=steps, strength=strength)
+        return await self.submit(member, request, parent_id=variation.parent_id,
+                                 parent_index=variation.parent_index, **where)
+
     async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, **where) -> Submitted:
-        """Four new pictures made from image `index` of a job (image to image, new seeds)."""
+        """Four new pictures made from image `index` of a job (image to image, new seeds), with
+        the model and settings of the job that made the grid: for an upscale, of the grid it
+        was upscaled from. Server limits are met by adjusting steps and strength (see
+        fit_image_to_image); LimitError where they cannot be."""
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
-        if base.kind == "upscale" or not self.registry.get(base.model).can_generate:
-            # an upscale (by a model, or resampled): vary with the default model and its own
-            # steps and guidance, not the upscaler's (no guidance would ignore the prompt)
-            # and at that model's own pixel budget, not the upscaled size
-            default = self.registry.get(self.default_model(where.get("rules")))
-            width, height = size_for_aspect((image.width, image.height), default.native_side)
-            base = base.replace(model=default.name, steps=default.steps, guidance=default.guidance,
-                                width=width, height=height)
-        else:
+        rules = where.get("rules")
+        grid = base if base.kind != "upscale" else await self._grid_request(parent)
+        spec = self._generator(grid.model) if grid is not None else None
+        if spec is not None and grid is base:
             base = base.replace(width=image.width, height=image.height)
+        elif spec is not None:
+            base = grid  # its model, settings, text and tile size (an upscale keeps the aspect ratio)
+        else:
+            # the grid is gone (deleted with /forget) or its model was removed: the default
+            # model (or one this server allows, one that reads images when there is no text),
+            # with its own steps and guidance, at its own pixel budget
+            spec = self._fallback_vary_model(base, rules)
+            width, height = size_for_aspect((image.width, image.height), spec.native_side)
+            base = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance,
+                                width=width, height=height)
         strength = VARY_STRONG if strong else VARY_SUBTLE
+        steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
-        images = (image.path,) if self.registry.get(base.model).can_blend else ()
+        images = (image.path,) if spec.can_blend else ()
         request = base.replace(
             kind="variation", seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
-            images=images, image_weights=(1.0,) * len(images),
-            # image to image runs int(steps × strength) steps: at least one
-            steps=max(base.steps, math.ceil(1 / strength)))
+            images=images, image_weights=(1.0,) * len(images), steps=steps)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+
+    async def _grid_request(self, upscale: Job) -> Request | None:
+        """The request of the job whose grid an upscale comes from (through "Upscale again"
+        chains); None when that job is gone."""
+        job: Job | None = upscale
+        seen: set[int] = set()
+        while job is not None and job.kind == "upscale" and job.id not in seen:
+            seen.add(job.id)
+            job = await self.store.get(job.parent_id) if job.parent_id is not None else None
+        return Request.from_json(job.request) if job is not None and job.kind != "upscale" else None
+
+    def _generator(self, name: str) -> ModelSpec | None:
+        """The configured model of that name if it makes pictures; None if it was removed."""
+        spec = self.registry.models.get(name)
+        return spec if spec is not None and spec.can_generate else None
+
+    def _fallback_vary_model(self, base: Request, rules: GuildSettings | None) -> ModelSpec:
+        allowed = name_list(rules.allowed_models) if rules is not None else []
+        candidates = [self.registry.get(self.default_model(rules)), *self.registry.generators()]
+        fits = [m for m in candidates if (not allowed or m.name in allowed) and (base.parts or m.can_blend)]
+        if not fits:
+            raise LimitError("No model on this server can vary this picture"
+                             + (" (it has no text: it needs a model that reads images)." if not base.parts else "."))
+        return fits[0]
 
     async def upscale(self, member: Member, job_id: int, index: int, **where) -> Submitted:
         """Image `index` of a job, larger: by the configured upscaling model, or resampled
-        (and said so) where there is none or the result would be too large for it."""
+        (and said so) where there is none or the result would be too large for it.
+
+        A second press for the same picture, by the same member, while the first upscale is
+        queued, running or done, raises AlreadyMade (pointing to it) instead of upscaling twice.
+        """
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         if not can_upscale(image.width, image.height):
             raise RequestError(f"This picture is already {image.width}×{image.height}: "
                                f"it cannot be upscaled further.")
         upscaler = self.registry.upscaler
+        steps = self.registry.get(upscaler).steps if upscaler else 0
+        rules = where.get("rules")
+        if rules is not None and rules.max_steps:
+            steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
         request = base.replace(
             kind="upscale", model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
             width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
-            steps=self.registry.get(upscaler).steps if upscaler else 0,
-            guidance=self.registry.get(upscaler).guidance if upscaler else 0.0)
-        return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+            steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0)
+        key = f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
 
     async def blend(self, member: Member, uploads: list[tuple[str, bytes]], *, prompt: str = "",
                     weights: str = "", dimensions: str = "square", model: str | None = None,
@@ -268,7 +362,8 @@ class Studio:
     async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
                      parent_index: int | None = None, guild_id: int | None = None,
                      channel_id: int | None = None, rules: GuildSettings | None = None,
-                     private: bool = False, direct: bool = False) -> Submitted:
+                     private: bool = False, direct: bool = False, notices: Sequence[str] = (),
+                     result_key: str | None = None) -> Submitted:
         """Check the server's rules, store the job, then queue it: a job is in the database
         before anyone hears 'queued'.
 
@@ -276,20 +371,38 @@ class Studio:
         `private`: the result goes only to the member (stored, so that nobody else can /show
         it). `direct`: asked in a direct message about a job of that server (a button under
         a result sent by DM): every rule of the server applies except its channel list, as
-        nothing is posted in the server."""
+        nothing is posted in the server. `notices` are shown with the result (e.g. a saved
+        model that is gone). With a `result_key`, a job with the same key that is queued,
+        running or done raises AlreadyMade instead (checked before the rules: pointing to it
+        costs nothing)."""
         # One submission at a time: the limit checks and the insert must not interleave
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:
+            if result_key is not None:
+                await self._check_not_made(result_key)
             if rules is not None:
                 await self._check_rules(member, request, rules, channel_id, check_channel=not direct)
                 request = request.replace(safety_check=rules.nsfw_check)
-            job = await self.store.create_job(
-                user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
-                prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
-                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private)
+            try:
+                job = await self.store.create_job(
+                    user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
+                    prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
+                    parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
+                    notices="\n".join(notices) or None, result_key=result_key)
+            except DuplicateJob as duplicate:  # stored by another process since the check
+                raise AlreadyMade(duplicate.job) from None
         events = self.watch(job.id)
         position = await self.queue.submit(job.id, member.id, request)
         return Submitted(job.id, position, request, events)
+
+    async def _check_not_made(self, result_key: str) -> None:
+        existing = await self.store.by_result_key(result_key)
+        if existing is None:
+            return
+        if existing.status == DONE and not all(Path(i.path).is_file() for i in existing.images):
+            await self.store.release_result_key(existing.id)  # its pictures are gone: make it anew
+            return
+        raise AlreadyMade(existing)
 
     async def _check_rules(self, member: Member, request: Request, rules: GuildSettings,
                            channel_id: int | None, *, check_channel: bool = True) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from storage.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, Image, Job, User, utcnow
@@ -23,6 +24,14 @@ class NewImage:
     flagged: bool = False
 
 
+class DuplicateJob(Exception):
+    """A job with the same result_key exists (queued, running or done): `job` is that job."""
+
+    def __init__(self, job: Job):
+        super().__init__(f"job {job.id} has the same result")
+        self.job = job
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -31,9 +40,36 @@ class JobStore:
     async def create_job(self, *, user_id: int, user_name: str, kind: str, model: str, prompt: str,
                          request: str, parent_id: int | None = None, parent_index: int | None = None,
                          guild_id: int | None = None, channel_id: int | None = None,
-                         private: bool = False) -> Job:
+                         private: bool = False, notices: str | None = None,
+                         result_key: str | None = None) -> Job:
         """Store a new job as QUEUED (and its member on first sight); committed on return.
-        `private`: its result goes only to its author (their private mode when they asked)."""
+        `private`: its result goes only to its author (their private mode when they asked).
+
+        With `result_key`, raises DuplicateJob when a queued, running or done job has the same
+        key: the unique index decides, so two writers at once (even two processes) store one.
+        """
+        if result_key is not None and (existing := await self.by_result_key(result_key)) is not None:
+            raise DuplicateJob(existing)
+        try:
+            return await self._insert_job(user_id, user_name, Job(
+                user_id=user_id, kind=kind, model=model, prompt=prompt, request=request, parent_id=parent_id,
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private, status=QUEUED,
+                notices=notices, result_key=result_key, images=[]))
+        except IntegrityError:
+            existing = await self.by_result_key(result_key) if result_key is not None else None
+            if existing is None:
+                raise
+            raise DuplicateJob(existing) from None
+
+    async def by_result_key(self, result_key: str) -> Job | None:
+        async with self.session() as session:
+            return await session.scalar(select(Job).where(Job.result_key == result_key))
+
+    async def release_result_key(self, job_id: int) -> None:
+        """Let a new job take this one's result_key (e.g. its files are gone)."""
+        await self._set(job_id, result_key=None)
+
+    async def _insert_job(self, user_id: int, user_name: str, job: Job) -> Job:
         async with self.session.begin() as session:
             user = await session.get(User, user_id)
             if user is None:
@@ -41,9 +77,6 @@ class JobStore:
                 await session.flush()  # the member's row first: the job refers to it
             elif user_name and user.name != user_name:
                 user.name = user_name[:100]
-            job = Job(user_id=user_id, kind=kind, model=model, prompt=prompt, request=request,
-                      parent_id=parent_id, parent_index=parent_index, guild_id=guild_id,
-                      channel_id=channel_id, private=private, status=QUEUED, images=[])
             session.add(job)
         return job
 
@@ -66,18 +99,20 @@ class JobStore:
     async def mark_queued(self, job_id: int) -> None:
         await self._set(job_id, status=QUEUED, started_at=None)
 
+    # a failed or cancelled job gave no result: a new job may make it (result_key released)
     async def mark_failed(self, job_id: int, reason: str) -> None:
-        await self._set(job_id, status=FAILED, error=reason, finished_at=utcnow())
+        await self._set(job_id, status=FAILED, error=reason, finished_at=utcnow(), result_key=None)
 
     async def mark_cancelled(self, job_id: int) -> None:
-        await self._set(job_id, status=CANCELLED, finished_at=utcnow())
+        await self._set(job_id, status=CANCELLED, finished_at=utcnow(), result_key=None)
 
     async def set_message(self, job_id: int, channel_id: int | None, message_id: int | None) -> None:
         await self._set(job_id, channel_id=channel_id, message_id=message_id)
 
     async def complete(self, job_id: int, images: Sequence[NewImage], grid_path: str,
                        notices: Sequence[str] = ()) -> None:
-        """Record a finished job's images (their files are already on disk)."""
+        """Record a finished job's images (their files are already on disk) and the worker's
+        notices, after those the job was stored with."""
         async with self.session.begin() as session:
             job = await session.get(Job, job_id)
             job.images.clear()  # a job run again after a crash replaces what it had
@@ -86,7 +121,10 @@ class JobStore:
                                     seed=img.seed, sha256=img.sha256, flagged=img.flagged)
                               for i, img in enumerate(images, start=1))
             job.status, job.grid_path, job.finished_at = DONE, grid_path, utcnow()
-            job.notices = "\n".join(notices) or None
+            # the job's own notices (from when it was asked for) first; a re-run adds none twice
+            lines = [line for line in (job.notices or "").splitlines() if line]
+            lines += [line for line in notices if line not in lines]
+            job.notices = "\n".join(lines) or None
 
     async def history(self, user_id: int, *, offset: int, limit: int) -> tuple[Sequence[Job], int]:
         """A page of a member's jobs, newest first, and how many they have (index-only queries)."""

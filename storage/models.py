@@ -52,7 +52,8 @@ class User(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_user_id_id", "user_id", "id"), Index("ix_jobs_status", "status"),
-                      Index("ix_jobs_user_id_created_at", "user_id", "created_at"))
+                      Index("ix_jobs_user_id_created_at", "user_id", "created_at"),
+                      Index("ux_jobs_result_key", "result_key", unique=True))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
@@ -71,6 +72,9 @@ class Job(Base):
     message_id: Mapped[int | None] = mapped_column(BigInteger, default=None)  # where the result was posted
     # delivered only to its author (private mode: ephemeral, or a DM): nobody else may see it
     private: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what makes its result identical to another job's (e.g. "upscale:<member>:<job>:<image>:…"),
+    # unique while the job is queued, running or done; None for jobs that never repeat (new seeds)
+    result_key: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -207,11 +207,11 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
     assert not failure()["attachments"] and not failure()["components"]
     assert (await pintor.job(made["failing"])).status == "failed"
 
-    # The grid's buttons, made before the restart, still work.
-    _, result = await press(pintor, grid, f"pintor:u:{job_id_of(grid)}:2")
+    # The grid's buttons, made before the restart, still work (U4: U2 was upscaled already).
+    _, result = await press(pintor, grid, f"pintor:u:{job_id_of(grid)}:4")
     assert (await pintor.picture(result)).size == (4 * TILE, 4 * TILE)
     job = await pintor.posted(job_id_of(result))
-    assert (job.kind, job.parent_id, job.parent_index) == ("upscale", job_id_of(grid), 2)
+    assert (job.kind, job.parent_id, job.parent_index) == ("upscale", job_id_of(grid), 4)
 
 
 async def test_a_flagged_picture_is_shown_behind_a_spoiler(pintor: Harness, grid: dict):

@@ -327,7 +327,7 @@ async def test_a_members_own_default_model_that_the_server_forbids(pintor: Harne
     await studio.settings.update_member(member, "chooser", model="tiny-sd")
     await admin(pintor, "models", {"names": "tiny-sdxl"})
     _, settings = await open_settings(pintor, member)
-    assert ("model: `tiny-sd` — not allowed on this server: `tiny-sdxl` (server default) is used here") in settings
+    assert "model: `tiny-sd` — ⚠️ not allowed on this server: `tiny-sdxl` is used instead." in settings
     inter = await emu.slash("imagine", {"prompt": "a fox, my way --steps 150"}, user_id=member)
     await acked(inter, kind=DEFERRED)
     try:

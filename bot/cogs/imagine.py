@@ -39,17 +39,17 @@ class Imagine(commands.Cog):
         defaults = await studio.settings.member(interaction.user.id)
         rules = await self.bot.rules(interaction.guild_id)
         try:
-            # the member's /settings fill in what the prompt leaves out, the server's default
-            # model where it names none; pure and fast: bad input is answered before anything is stored
-            request = studio.prepare(prompt, defaults, rules)
+            # the member's /settings fill in what the prompt leaves out; pure and fast: bad
+            # input is answered before anything is stored
+            request, notices = studio.prepare_with_notices(prompt, defaults, rules=rules)
         except USER_ERRORS as err:
             await interaction.response.send_message(plain(f"⚠️ {err}"), ephemeral=True)
             return
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
                                             private=defaults.private)
-        await self.bot.start_job(interaction, delivery, lambda member, where: studio.submit(member, request, **where),
-                                 rules=rules)
+        await self.bot.start_job(interaction, delivery, rules=rules,
+                                 submit=lambda member, where: studio.submit(member, request, notices=notices, **where))
 
 
 async def setup(bot: PintorBot) -> None:

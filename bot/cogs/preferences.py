@@ -11,8 +11,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import USER_ERRORS, name_list
+from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_gone
 from bot.limits import SELECT_OPTION_TEXT, clip, echo, plain
+from generation.registry import Registry
 from storage.models import GuildSettings, MemberSettings
 
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
@@ -21,15 +22,17 @@ STYLIZES = [0, 50, 100, 250, 500, 750, 1000]
 DEFAULT = "default"  # the option that clears a setting
 
 
-def describe(settings: MemberSettings, default_model: str, rules: GuildSettings | None = None) -> str:
-    """A member's defaults as they apply where /settings was used: `default_model` is the model
-    of prompts that name none there (the server's, under `rules`; None in DMs)."""
+def describe(settings: MemberSettings, registry: Registry, rules: GuildSettings | None = None) -> str:
+    """A member's defaults as they apply where /settings was used (under a server's `rules`;
+    None in DMs). A saved model that can no longer be used there (removed by an admin, or not
+    allowed on this server) is said to be gone, with the model used instead."""
     private = "on: results are shown only to you" if settings.private else "off"
+    allowed = allowed_models(rules)
+    default = fallback_model(registry, allowed)
     where = "server default" if rules is not None else "default"
-    model = f"`{settings.model or f'{default_model} ({where})'}`"
-    allowed = name_list(rules.allowed_models) if rules is not None else []
-    if settings.model and allowed and settings.model not in allowed:
-        model += f" — not allowed on this server: `{default_model}` (server default) is used here"
+    model = f"`{settings.model or f'{default} ({where})'}`"
+    if settings.model and (gone := saved_model_gone(registry, settings.model, allowed)):
+        model = f"`{settings.model}` — ⚠️ {gone.removeprefix('is ')}: `{default}` is used instead. Choose another below."
     return "\n".join([
         "**Your defaults** (parameters in a prompt always win):",
         f"model: {model}",
@@ -156,7 +159,7 @@ def _text_value(data: dict, custom_id: str) -> str:
 async def _describe_here(bot, interaction: discord.Interaction, settings: MemberSettings) -> str:
     """`describe` under the rules of the server where the member is (none in DMs)."""
     rules = await bot.rules(interaction.guild_id)
-    return describe(settings, bot.studio.default_model(rules), rules)
+    return describe(settings, bot.studio.registry, rules)
 
 
 def _convert(field: str, value: str):

@@ -1,12 +1,12 @@
 """jobs.private: whether a job's result was delivered only to its author (private mode)
 
-Revision ID: 0003_issue20
+Revision ID: 0003
 Revises: 0002
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_issue20"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None

@@ -203,6 +203,7 @@ def test_compose_refers_only_to_settings_env_example_lists():
     assert unknown_settings(compose, listed) == ["services.pintor.environment.PINTOR_TURBO_MODE", "${PINTOR_TAG}"]
 
 
+@pytest.mark.smoke
 def test_the_base_images_torch_is_what_the_installed_libraries_require():
     image = read_dockerfile()
     assert torch_too_old(image.base) == []

@@ -13,6 +13,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+pytestmark = pytest.mark.smoke  # also run on the dependency floors (constraints-floors.txt)
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS_SCRIPT = ROOT / ".ci" / "floors.py"
 

@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--separate", action="store_true", help="also write the four images as NAME-1.png …")
     commands.add_parser("models", help="the configured models and where each comes from")
     commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
+    commands.add_parser("health", help="cheap check for a container's HEALTHCHECK: database and data folder")
     db = commands.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"], help="apply the migrations")
     return parser
@@ -166,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.doctor import doctor
 
             return asyncio.run(doctor(settings))
+        if args.command == "health":
+            from bot.doctor import health
+
+            return asyncio.run(health(settings))
         if args.command == "db":
             return asyncio.run(db_upgrade(settings))
     except KeyboardInterrupt:

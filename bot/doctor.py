@@ -102,3 +102,31 @@ def _check_source(report, name: str, source: str) -> None:
     cached = isinstance(try_to_load_from_cache(source, "model_index.json"), str)
     report(OK, f"model {name}", f"hub id {source}, " + ("in the local cache" if cached else
            "not downloaded yet: fetched on first use (needs internet once)"))
+
+
+async def health(settings: Settings) -> int:
+    """`pintor health`, the container's HEALTHCHECK: cheap (no torch, no GPU, no network).
+
+    Checks that the database answers at the revision this version needs and that the data
+    folder is writable; prints one line. Returns 0 (healthy) or 1 (unhealthy: the line says why).
+    """
+    from storage.db import current_revision, open_engine
+
+    engine = open_engine(settings.database_url)
+    try:
+        current, head = await current_revision(engine)
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
+        print(f"unhealthy: cannot open the database {engine.url.render_as_string(hide_password=True)}: {err}")
+        return 1
+    finally:
+        await engine.dispose()
+    if current != head:
+        print(f"unhealthy: the database is at revision {current or 'none'}, this version needs {head} "
+              "(`pintor run` upgrades it on start)")
+        return 1
+    data_dir = settings.pintor_data_dir
+    if not (data_dir.is_dir() and os.access(data_dir, os.W_OK)):
+        print(f"unhealthy: the data folder {data_dir} is missing or not writable")
+        return 1
+    print(f"healthy: database at revision {current}, data folder {data_dir} writable")
+    return 0

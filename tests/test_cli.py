@@ -74,6 +74,7 @@ def test_unwritable_output_is_refused_before_anything_is_stored(env, tmp_path):
     assert job_rows(tmp_path) == []
 
 
+@pytest.mark.smoke
 def test_models_doctor_and_db_upgrade(env, tmp_path):
     models = pintor(env, "models", cwd=tmp_path)
     assert models.returncode == 0

@@ -32,6 +32,7 @@ async def test_commands_are_registered(pintor: Harness):
     assert (job_id["name"], job_id["type"], job_id["min_value"]) == ("job_id", 4, 1)
 
 
+@pytest.mark.smoke
 async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness):
     emu = pintor.emu
     # Hold the job's later events back until the bot has shown its first preview, so that the

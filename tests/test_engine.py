@@ -49,6 +49,7 @@ def spread(images: list[Image.Image]) -> float:
 # -- Stable Diffusion ---------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_same_request_same_pixels_other_seed_other_pixels(engine, registry):
     first, steps, _ = run(engine, request(registry, "a red fox in the snow --seed 42"))
     assert len(first.images) == 4 and all(image.size == (64, 64) for image in first.images)
@@ -135,6 +136,7 @@ def test_a_prompt_beyond_the_text_encoder_is_cut_with_a_notice(engine, registry)
     assert short.notices == []
 
 
+@pytest.mark.smoke
 def test_variation_from_an_image(engine, registry, picture):
     init = picture(64, 96)
     req = request(registry, "a red fox --seed 8", kind="variation", init_image=init, strength=0.5,
@@ -158,6 +160,7 @@ def test_unknown_model_in_a_request(engine, registry):
 # -- SDXL ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_sdxl(engine, registry, picture):
     req = request(registry, "a red fox::2 a blue whale --seed 4 --model tiny-sdxl --no snow")
     result, steps, _ = run(engine, req)
@@ -171,6 +174,7 @@ def test_sdxl(engine, registry, picture):
 # -- Kandinsky 2.2 -------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_kandinsky_text_to_image(engine, registry):
     req = request(registry, "a red fox --seed 6 --model tiny-kandinsky")
     result, steps, previews = run(engine, req)
@@ -244,6 +248,7 @@ def upscale_request(registry: Registry, init: str, model: str) -> Request:
                    steps=2, guidance=0.0)
 
 
+@pytest.mark.smoke
 def test_upscale_with_the_model_is_four_times_larger(engine, registry, picture):
     req = upscale_request(registry, picture(32, 48), "tiny-upscaler")
     result, steps, previews = run(engine, req)

@@ -14,6 +14,8 @@ from generation.prompt import (
     size_for_aspect,
 )
 
+pytestmark = pytest.mark.smoke  # also run on the dependency floors (constraints-floors.txt)
+
 
 def error_for(text: str, **kwargs) -> str:
     with pytest.raises(PromptError) as info:

@@ -15,6 +15,8 @@ from generation.registry import (
     load_registry,
 )
 
+pytestmark = pytest.mark.smoke  # also run on the dependency floors (constraints-floors.txt)
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "models.toml"

@@ -73,6 +73,7 @@ async def parent(env) -> int:
 # -- imagine ------------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, monkeypatch):
     studio = env.studio
     status_when_queued = []

@@ -110,6 +110,13 @@ def models(settings: Settings) -> int:
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
         if spec.prior:
             print(f"  {'':<16} prior: {spec.prior}")
+    if registry.selectors:
+        print("MidJourney parameters that choose a model ([midjourney] in the registry file):")
+        for (name, value), model in registry.selectors.items():
+            print(f"  {f'--{name} {value or '(any)'}':<16} → {model}")
+    else:
+        print("MidJourney's --v, --niji and --style choose no model (they are ignored with a notice); "
+              "map them in [midjourney] of the registry file (docs/models.md).")
     return 0
 
 

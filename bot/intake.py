@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from generation.inputs import UploadError
-from generation.prompt import ParsedPrompt, PromptError, parse_prompt
+from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import Registry, UnknownModelError
 from generation.request import Request, build_request
 from storage.models import MemberSettings
@@ -60,22 +60,27 @@ def blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float]
     return values[:count], values[count] if len(values) > count else 1.0
 
 
-def blend_prompt(text: str) -> ParsedPrompt:
+def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
     """/blend's prompt: its text is optional (the images are the subject), so parameters
-    alone (`--seed 5`, `--no people`) are fine."""
+    alone (`--seed 5`, `--no people`) are fine. The same rules as /imagine's otherwise."""
+    return _parameters_only(text, strict=strict) or parse_prompt(text, strict=strict)
+
+
+def _parameters_only(text: str, *, strict: bool = False) -> ParsedPrompt | None:
+    """A text of parameters alone ("--no text --chaos 20") parsed with no prompt text; None when
+    it has words of its own (or nothing at all: then an empty ParsedPrompt)."""
     if not text.strip():
         return ParsedPrompt(parts=())
     try:
-        return parse_prompt(text)
+        parse_prompt(text, strict=strict)
     except PromptError:
         try:
             # a word in front fixes only the missing text; any other error stays
-            with_text = parse_prompt("x " + text)
+            with_text = parse_prompt("x " + text, strict=strict)
         except PromptError:
-            pass
-        else:
-            return dataclasses.replace(with_text, parts=())
-        raise
+            return None
+        return dataclasses.replace(with_text, parts=())
+    return None
 
 
 # prompt parameter → the ParsedPrompt field it sets
@@ -83,9 +88,24 @@ PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
 
 
-def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPrompt:
-    """A member's /settings fill in what the prompt does not say; the prompt always wins."""
-    chosen = parse_prompt("x " + defaults.append) if defaults.append.strip() else ParsedPrompt(parts=())
+def appended(defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
+    """A member's "always append" text, parsed by the prompt rules: its words (if any) as
+    parts, its parameters as given. Raises PromptError as parse_prompt does."""
+    return _parameters_only(defaults.append, strict=strict) or parse_prompt(defaults.append, strict=strict)
+
+
+def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
+    """A member's /settings fill in what the prompt does not say; the prompt always wins.
+    The words of "always append" go at the end of the prompt's text (of its last part)."""
+    chosen = appended(defaults, strict=strict)
+    if chosen.parts:
+        words = " ".join(part.text for part in chosen.parts)
+        last = parsed.parts[-1]
+        parsed = dataclasses.replace(parsed, parts=parsed.parts[:-1] + (
+            PromptPart(f"{last.text}, {words}" if not last.text.endswith(",") else f"{last.text} {words}",
+                       last.weight),))
+    parsed = dataclasses.replace(parsed, notices=tuple(dict.fromkeys(parsed.notices + chosen.notices)),
+                                 selectors=parsed.selectors or chosen.selectors)
     values = {PARAMETER_FIELDS[name]: getattr(chosen, PARAMETER_FIELDS[name]) for name in chosen.given}
     if defaults.model:
         values["model"] = defaults.model
@@ -101,12 +121,39 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPromp
     return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
 
 
-def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None) -> Request:
+def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = False) -> ParsedPrompt:
+    """MidJourney's `--v N`, `--niji [N]` and `--style NAME` choose the model the registry maps
+    them to (like --model; an explicit --model wins); those not mapped are ignored and said
+    (refused with `strict`). Returns the prompt with `model` set and the notices added."""
+    notices, model = list(parsed.notices), parsed.model
+    for name, value in parsed.selectors:
+        typed = f"--{name} {value}".rstrip()
+        mapped = registry.for_selector(name, value)
+        if mapped is None and strict:
+            raise PromptError(f"{quote(typed)} chooses no model on this Pintor; choose one with --model: "
+                              f"{', '.join(m.name for m in registry.generators())}.")
+        if mapped is None:
+            notices.append(f"Ignored {quote(typed)}: no model is mapped to it here; choose one with "
+                           f"--model ({', '.join(m.name for m in registry.generators())}).")
+        elif model is None:
+            model = mapped
+        elif registry.get(model).name != mapped:
+            notices.append(f"Ignored {quote(typed)}: the model is {model} already.")
+    return dataclasses.replace(parsed, model=model, notices=tuple(dict.fromkeys(notices)),
+                               given=parsed.given | ({"model"} if model else set()))
+
+
+def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None, *,
+            strict: bool = False) -> Request:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
-    before acknowledging, to answer bad input with an error only its author sees."""
-    parsed = parse_prompt(text)
+    before acknowledging, to answer bad input with an error only its author sees. `strict`
+    (a server's rule) refuses parameters Pintor does not have instead of ignoring them."""
+    parsed = parse_prompt(text, strict=strict)
+    if parsed.model is None:  # a --v/--niji/--style in the prompt beats the member's default model
+        parsed = choose_model(registry, parsed, strict=strict)
     if defaults is not None:
-        parsed = with_defaults(parsed, defaults)
+        parsed = with_defaults(parsed, defaults, strict=strict)
+    parsed = choose_model(registry, parsed, strict=strict)
     spec = registry.get(parsed.model)
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())

@@ -61,7 +61,17 @@ def headline(prompt: str, parameters: str, user_id: int) -> str:
 
 
 def progress_text(request: Request, user_id: int, line: str) -> str:
-    return _limit(f"{headline(request.prompt, request.parameters, user_id)}\n{line}")
+    """The headline, what Pintor changed in the prompt, then `line` (queued, generating…)."""
+    return _limit("\n".join([headline(request.prompt, request.parameters, user_id),
+                             *prompt_notices(request), line]))
+
+
+def prompt_notices(request: Request) -> list[str]:
+    """What Pintor changed or ignored in the prompt, one line each (they quote member text);
+    said with the grids made from the prompt, not again under an upscale or variation."""
+    if request.kind not in ("imagine", "blend", "reroll"):
+        return []
+    return [f"ℹ️ {escape(notice)}" for notice in request.notices]
 
 
 def _limit(text: str) -> str:
@@ -96,6 +106,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     if origin := _origin(job, request):
         lines.append(origin)
     lines.append(f"seed {seed} · {job.model} · job {job.id}")
+    lines += prompt_notices(request)
     lines += _notices(job)
 
     image = view = None

@@ -20,7 +20,7 @@ from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, Li
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
-from generation.prompt import size_for_aspect
+from generation.prompt import quote, size_for_aspect
 from generation.queue import JobQueue
 from generation.registry import Registry
 from generation.request import GRID_SIZE, Request, build_request, random_seed
@@ -94,8 +94,8 @@ class Studio:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def prepare(self, text: str, defaults: MemberSettings | None = None) -> Request:
-        return prepare(self.registry, text, defaults)
+    def prepare(self, text: str, defaults: MemberSettings | None = None, *, strict: bool = False) -> Request:
+        return prepare(self.registry, text, defaults, strict=strict)
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text), **where)
@@ -158,8 +158,13 @@ class Studio:
         is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
         URL has expired.
         """
-        parsed = blend_prompt(prompt)
+        rules = where.get("rules")
+        parsed = blend_prompt(prompt, strict=rules is not None and rules.strict_parameters)
         spec = self._blend_model(model or parsed.model)  # `--model` in the prompt chooses too
+        if parsed.selectors:  # --v/--niji/--style choose among models that cannot blend
+            ignored = ", ".join(quote(f"--{name} {value}".rstrip()) for name, value in parsed.selectors)
+            parsed = dataclasses.replace(parsed, selectors=(), notices=parsed.notices + (
+                f"Ignored {ignored}: /blend uses a model that can blend images ({spec.name}).",))
         if not MIN_BLEND_IMAGES <= len(uploads) <= MAX_BLEND_IMAGES:
             raise RequestError(f"/blend takes {MIN_BLEND_IMAGES} to {MAX_BLEND_IMAGES} images, not {len(uploads)}.")
         if dimensions not in BLEND_DIMENSIONS:

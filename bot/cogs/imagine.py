@@ -36,17 +36,19 @@ class Imagine(commands.Cog):
             return
         studio = self.bot.studio
         defaults = await studio.settings.member(interaction.user.id)
+        rules = await self.bot.rules(interaction.guild_id)
         try:
             # the member's /settings fill in what the prompt leaves out; pure and fast: bad
             # input is answered before anything is stored
-            request = studio.prepare(prompt, defaults)
+            request = studio.prepare(prompt, defaults, strict=rules is not None and rules.strict_parameters)
         except USER_ERRORS as err:
             await interaction.response.send_message(f"⚠️ {err}", ephemeral=True)
             return
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
                                             private=defaults.private)
-        await self.bot.start_job(interaction, delivery, lambda member, where: studio.submit(member, request, **where))
+        await self.bot.start_job(interaction, delivery, lambda member, where: studio.submit(member, request, **where),
+                                 rules=rules)
 
 
 async def setup(bot: PintorBot) -> None:

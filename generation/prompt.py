@@ -361,7 +361,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     notices: list[str] = []
     text = _CONTROL_RE.sub(" ", text)
     if (imagine := _IMAGINE_RE.match(text)) and text[imagine.end():].strip():
-        notices.append(f"Removed {quote(imagine[0].strip())} from the start: it is part of the "
+        notices.append(f"Removed {quote(' '.join(imagine[0].split()))} from the start: it is part of the "
                        "command, not of the prompt.")
         text = text[imagine.end():]
     table = _param_table(max_steps)

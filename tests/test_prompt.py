@@ -13,8 +13,11 @@ from generation.prompt import (
     PromptPart,
     format_parameters,
     parse_prompt,
-    size_for_aspect,
     _CONTROL_RE,
+    emphasis_segments,
+    has_emphasis,
+    plain_text,
+    size_for_aspect,
 )
 
 
@@ -425,3 +428,204 @@ def parsed_prompts(draw):
 @settings(max_examples=300, deadline=None)
 def test_format_parameters_round_trip(p):
     assert parse_prompt(p.text + " " + format_parameters(p)) == p
+
+
+# --- prompts as members paste them: one table per category --------------------------------------
+# Written after MidJourney's public gallery and Stable Diffusion sharing sites: what members paste.
+
+# (prompt, text made, parameters as given, selectors, notices in order)
+MIDJOURNEY_GALLERY = [
+    ("cinematic still of an old fisherman mending nets at dawn, fog, kodak portra 400 --ar 16:9 --v 6.0 "
+     "--style raw --s 250",
+     "cinematic still of an old fisherman mending nets at dawn, fog, kodak portra 400",
+     "--ar 16:9 --stylize 250", (("v", "6"), ("style", "raw")), ()),
+    ("a cozy ramen shop in the rain at night, studio ghibli style --niji 6 --ar 2:3",
+     "a cozy ramen shop in the rain at night, studio ghibli style", "--ar 2:3", (("niji", "6"),), ()),
+    ("watercolor botanical pattern of ferns and moths --tile --v 5.2",
+     "watercolor botanical pattern of ferns and moths", "", (("v", "5.2"),),
+     ("Ignored what Pintor does not have: “--tile”.",)),
+    ("portrait of a knight in ornate silver armor, baroque painting --sref 2395876241 --sw 300 --p --v 6.1",
+     "portrait of a knight in ornate silver armor, baroque painting", "", (("v", "6.1"),),
+     ("Ignored what Pintor does not have: “--sref 2395876241”, “--sw 300” — image prompts are not "
+      "offered yet; “--p”.",)),
+    ("isometric diorama of a tiny bakery, 3d render, soft light --w 1080 --h 720 --q 2",
+     "isometric diorama of a tiny bakery, 3d render, soft light", "--q 2", (),
+     ("Ignored what Pintor does not have: “--w 1080”, “--h 720” — use --ar for the shape.",)),
+    ("https://s.mj.run/aB3dE5fG7hI cyberpunk street market, neon, rain --iw 1.5 --ar 9:16 --niji",
+     "cyberpunk street market, neon, rain", "--ar 9:16", (("niji", ""),),
+     ("Ignored what Pintor does not have: “--iw 1.5” — image prompts are not offered yet.",
+      "Removed 1 link (“s.mj.run”) from the prompt: image prompts are not offered yet, and a link is "
+      "not words to draw.")),
+    ("product photo of a perfume bottle on wet black stone --ar 4:5 --style raw --stylize 50 --weird 250 "
+     "--chaos 30 --relax",
+     "product photo of a perfume bottle on wet black stone", "--ar 4:5 --chaos 30 --stylize 50",
+     (("style", "raw"),), ("Ignored what Pintor does not have: “--weird 250”, “--relax”.",)),
+    ("character sheet of a fox adventurer --cref https://cdn.midjourney.com/a/0_0.png "
+     "https://cdn.midjourney.com/b/0_1.png --cw 0 --v 6",
+     "character sheet of a fox adventurer", "", (("v", "6"),),
+     None),  # checked apart: the long value is cut
+]
+
+
+@pytest.mark.parametrize("prompt, text, parameters, selectors, notices", MIDJOURNEY_GALLERY)
+def test_midjourney_gallery_prompts(prompt, text, parameters, selectors, notices):
+    p = parse_prompt(prompt)
+    assert (p.text, format_parameters(dataclasses.replace(p, selectors=())), p.selectors) == (
+        text, parameters, selectors)
+    if "cref" in prompt:  # a long value is cut in the notice
+        [notice] = p.notices
+        assert notice.startswith("Ignored what Pintor does not have: “--cref https://cdn.midjourney.com/")
+        assert "“--cw 0” — image prompts are not offered yet." in notice
+    else:
+        assert p.notices == notices
+    for notice in p.notices:
+        assert_names_the_input(notice, prompt)
+    with pytest.raises(PromptError):  # a strict server refuses what it does not know
+        if any(n.startswith("Ignored") for n in p.notices):
+            parse_prompt(prompt, strict=True)
+        else:
+            raise PromptError("nothing unknown")
+
+
+# (prompt, text made, a field and its value, the notice)
+CLAMPED = [
+    ("a panoramic mountain ridge at sunrise --ar 7:2", "aspect", (3, 1),
+     "--ar “7:2”: used 3:1, the nearest ratio Pintor makes (from 3:1 to 1:3)."),
+    ("a lighthouse on a cliff --ar 1:4", "aspect", (1, 3),
+     "--ar “1:4”: used 1:3, the nearest ratio Pintor makes (from 3:1 to 1:3)."),
+    ("anamorphic film still, desert convoy --ar 2.39:1", "aspect", (239, 100),
+     "--ar “2.39:1”: used 239:100, the same ratio (from 3:1 to 1:3)."),
+    ("a moth on lichen, macro --q 4", "quality", 2.0,
+     "--q “4”: used the nearest quality, 2 (one of 0.5, 1, 2)."),
+    ("quick sketch of a cat --q .25", "quality", 0.5,
+     "--q “.25”: used the nearest quality, 0.5 (one of 0.5, 1, 2)."),
+    ("surreal dreamscape of floating islands --chaos 150", "chaos", 100,
+     "--chaos “150” is over the highest value; used 100."),
+    ("oil painting of a harbour --s 2000", "stylize", 1000,
+     "--stylize “2000” is over the highest value; used 1000."),
+    ("a busy street --no cars --no people, text", "negative", "cars, people, text",
+     "Merged the --no lists “cars” and “people, text” into one."),
+]
+
+
+@pytest.mark.parametrize("prompt, field, value, notice", CLAMPED)
+def test_values_with_a_plain_intent_are_brought_into_range_and_said(prompt, field, value, notice):
+    p = parse_prompt(prompt)
+    assert getattr(p, field) == value
+    assert p.notices == (notice,)
+    assert_names_the_input(notice, prompt)
+
+
+@pytest.mark.parametrize("prompt, shown", [
+    ("a castle --ar banana", "“banana”"), ("a castle --ar 0:1", "“0:1”"), ("a castle --seed -1", "“-1”"),
+    ("a castle --chaos -5", "“-5”"), ("a castle --steps 0", "“0”"), ("a castle --q high", "“high”"),
+    ("castle::-1 fog::1", "-1 + 1 = 0"), ("castle::-3", "-3"),
+])
+def test_nonsense_is_refused_showing_the_value(prompt, shown):
+    assert shown in error_for(prompt)
+
+
+# (prompt, text made, parameters as given, notices)
+PASTE_LEFTOVERS = [
+    ("/imagine prompt: a red fox in the snow --ar 3:2", "a red fox in the snow", "--ar 3:2",
+     ("Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",)),
+    ("/Imagine  prompt:a red fox", "a red fox", "",
+     ("Removed “/Imagine prompt:” from the start: it is part of the command, not of the prompt.",)),
+    ("a red fox ——ar 16:9 -—seed 5 –-chaos 20", "a red fox", "--ar 16:9 --seed 5 --chaos 20", ()),
+    ("a red fox −ar 16:9 ‐‐seed 5", "a red fox", "--ar 16:9 --seed 5", ()),
+    ("a red fox -- ar 16:9", "a red fox", "--ar 16:9",
+     ("Read “-- ar” as --ar (write parameters without a space after the dashes).",)),
+    ("a red fox --ar16:9", "a red fox", "--ar 16:9", ("Read “--ar16:9” as --ar 16:9.",)),
+    ("a quiet room — no people, just light", "a quiet room — no people, just light", "", ()),
+    ("a red fox --ar 16:9 in the snow", "a red fox in the snow", "--ar 16:9",
+     ("Read “in the snow” after “--ar” as prompt text.",)),
+    ("a red fox --tile seamless pattern", "a red fox seamless pattern", "",
+     ("Read “seamless pattern” after “--tile” as prompt text.",
+      "Ignored what Pintor does not have: “--tile”.")),
+    ("<https://i.imgur.com/x.png> https://cdn.discordapp.com/a/b.jpg a red fox https://i.imgur.com/y.png",
+     "a red fox", "",
+     ("Removed 3 links (“i.imgur.com”, “cdn.discordapp.com”) from the prompt: image prompts are not "
+      "offered yet, and a link is not words to draw.",)),
+]
+
+
+@pytest.mark.parametrize("prompt, text, parameters, notices", PASTE_LEFTOVERS)
+def test_copy_and_paste_leftovers(prompt, text, parameters, notices):
+    p = parse_prompt(prompt)
+    assert (p.text, format_parameters(p), p.notices) == (text, parameters, notices)
+
+
+# Stable Diffusion prompts as shared on model sites
+STABLE_DIFFUSION = [
+    ("(masterpiece:1.2), best quality, (detailed eyes:1.3), 1girl, silver hair, ((night sky)), [blurry]",
+     "(masterpiece:1.2), best quality, (detailed eyes:1.3), 1girl, silver hair, ((night sky)), [blurry]", ()),
+    ("portrait of a witch <lora:witchcraft_v2:0.8> dark forest, volumetric light",
+     "portrait of a witch dark forest, volumetric light",
+     ("Removed “<lora:witchcraft_v2:0.8>”: LoRA models are not supported yet.",)),
+    ("a castle on a hill BREAK stormy sky, lightning", "a castle on a hill, stormy sky, lightning",
+     ("Read “BREAK” as a comma: Pintor does not split the prompt into chunks.",)),
+    ("a [cat|dog] sitting on a windowsill", "a cat, dog sitting on a windowsill",
+     ("Read “[cat|dog]” as its words separated by commas: Pintor does not alternate words from step to step.",)),
+]
+
+
+@pytest.mark.parametrize("prompt, text, notices", STABLE_DIFFUSION)
+def test_stable_diffusion_prompts(prompt, text, notices):
+    p = parse_prompt(prompt)
+    assert (p.text, p.notices) == (text, notices)
+
+
+@pytest.mark.parametrize("text, segments", [
+    ("a (red:1.5) fox", (("a", 1.0), ("red", 1.5), ("fox", 1.0))),
+    ("((night sky)), [blurry]", (("night sky", 1.21), (",", 1.0), ("blurry", 0.9091))),
+    ("(a (b:2) c)", (("a", 1.1), ("b", 2.2), ("c", 1.1))),
+    ("(a (b:2.0) c:0.5)", (("a", 0.5), ("b", 1.0), ("c", 0.5))),
+    (r"a \(literal\) (x:1.2)", (("a (literal)", 1.0), ("x", 1.2))),
+    ("unclosed (paren and [bracket", (("unclosed (paren and [bracket", 1.0),)),
+    ("(photo:realistic)", (("photo:realistic", 1.1),)),
+])
+def test_emphasis_segments(text, segments):
+    assert emphasis_segments(text) == segments
+
+
+@pytest.mark.parametrize("text, emphasis", [
+    ("a (red:1.5) fox", True), ("((night sky))", True), ("[blurry]", True),
+    ("a cat (orange) on a mat", False),  # single parentheses are prose, as in MidJourney prompts
+    ("a cat", False), ("ratio 3:2 (approx)", False),
+])
+def test_has_emphasis(text, emphasis):
+    assert has_emphasis(text) is emphasis
+    assert (plain_text(text) != text) is emphasis
+
+
+# --- more properties --------------------------------------------------------------------------
+
+PASTED = st.sampled_from([
+    "--v", "6", "6.0", "--niji", "--style", "raw", "--tile", "--sref", "https://x.io/a.png", "1234",
+    "--p", "--w", "1080", "--h", "--iw", "--relax", "--unknown", "/imagine", "prompt:", "(a:1.3)",
+    "((b))", "[c]", "[a|b]", "BREAK", "<lora:x:0.5>", "--", "-- ar", "——ar", "-—seed", "−ar", "7:2",
+    "2.39:1", "--q", "4", ".25", "--chaos", "150", "--no", "a::b", "::20", "::5", "\\(", ")", "(", "“", "”",
+])
+PASTED_MIXED = st.lists(st.one_of(PASTED, TOKENS, st.text(max_size=6)), max_size=16).map(" ".join)
+
+
+@given(PASTED_MIXED, st.booleans())
+@settings(max_examples=500, deadline=None)
+def test_pasted_prompts_raise_only_prompt_error_and_notices_name_the_input(text, strict):
+    try:
+        p = parse_prompt(text, strict=strict)
+    except PromptError as err:
+        assert str(err)
+        return
+    for notice in p.notices:
+        assert_names_the_input(notice, text)
+    assert parse_prompt(p.text + " " + format_parameters(p)) == dataclasses.replace(p, notices=())
+
+
+@given(st.text())
+@settings(max_examples=200, deadline=None)
+def test_emphasis_never_raises_and_keeps_the_words(text):
+    segments = emphasis_segments(text)
+    assert all(fragment.strip() and weight > 0 for fragment, weight in segments)
+    words = " ".join(f for f, _ in segments)
+    assert set(words.replace(" ", "")) <= set(text)

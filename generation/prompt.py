@@ -247,8 +247,9 @@ def selector_value(value: str) -> str:
     """A selector's value, canonical: numbers as written without a trailing '.0' ("6.0" → "6"),
     names in lower case."""
     if _NUMBER_RE.fullmatch(value):
-        number = float(value)
-        return f"{number:g}" if number == int(number) else repr(number)
+        whole, _, fraction = value.partition(".")
+        whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+        return f"{whole}.{fraction}" if fraction else whole
     return value.lower()
 
 
@@ -378,6 +379,10 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
             selectors.append((SELECTORS[group.name], selector_value(group.args[0]) if group.args else ""))
         else:
             ignored.setdefault(group.name, []).append(" ".join([group.typed, *group.args]))
+    if len(values.get("no", [])) > 1:
+        notices.append(f"Merged the --no lists {', '.join(quote(v) for v in values['no'])} into one.")
+    if "no" in values:
+        values["no"] = ", ".join(values["no"])
     if ignored:
         if strict:
             names = ", ".join(quote(uses[0].split()[0]) for uses in ignored.values())
@@ -406,12 +411,8 @@ def _moved_to_text(group: _Group, rest: list[str], notices: list[str]) -> list[s
 def _set_value(values: dict[str, object], param: _Param, group: _Group, notices: list[str]) -> None:
     if not group.args:
         raise PromptError(f"--{param.name} needs a value: {param.allowed}.")
-    if param.multiword:
-        value = " ".join(group.args)
-        if param.name in values:  # --no people --no text: one list
-            notices.append(f"Merged the --no lists {quote(values[param.name])} and {quote(value)} into one.")
-            value = f"{values[param.name]}, {value}"
-        values[param.name] = value
+    if param.multiword:  # --no people --no text: one list (said once all are read)
+        values.setdefault(param.name, []).append(" ".join(group.args))
         return
     if param.name in values:
         raise PromptError(f"--{param.name} is given twice ({quote(group.typed + ' ' + group.args[0])} "

@@ -204,7 +204,7 @@ def test_parameter_given_twice():
     assert "--seed" in error_for("cat --seed 1 --seed 2")
     assert "--ar" in error_for("cat --ar 1:1 --aspect 2:1")
     p = parse_prompt("cat --no a --no b, c")
-    assert p.negative == "a, b, c" and p.notices == ("Merged the --no lists “a” and “b, c” into one.",)
+    assert p.negative == "a, b, c" and p.notices == ("Merged the --no lists “a”, “b, c” into one.",)
 
 
 def test_words_after_a_value_are_prompt_text_and_said():
@@ -504,7 +504,7 @@ CLAMPED = [
     ("oil painting of a harbour --s 2000", "stylize", 1000,
      "--stylize “2000” is over the highest value; used 1000."),
     ("a busy street --no cars --no people, text", "negative", "cars, people, text",
-     "Merged the --no lists “cars” and “people, text” into one."),
+     "Merged the --no lists “cars”, “people, text” into one."),
 ]
 
 

@@ -104,7 +104,7 @@ class MemberSettings(Base):
     quality: Mapped[float | None] = mapped_column(Float, default=None)
     stylize: Mapped[int | None] = mapped_column(Integer, default=None)
     private: Mapped[bool] = mapped_column(Boolean, default=False)  # results only to them (ephemeral)
-    append: Mapped[str] = mapped_column(Text, default="")  # parameters added to every prompt
+    append: Mapped[str] = mapped_column(Text, default="")  # words and parameters added to every prompt
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod

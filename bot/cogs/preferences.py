@@ -34,8 +34,8 @@ def _options(values, current) -> list[discord.SelectOption]:
 
 
 class AppendModal(discord.ui.Modal, title="Always append"):
-    text = discord.ui.TextInput(label="Parameters added to every prompt", required=False, max_length=200,
-                                placeholder="--no text, watermark --chaos 10")
+    text = discord.ui.TextInput(label="Added to every prompt: words, --parameters", required=False,
+                                max_length=200, placeholder="film grain --no text, watermark --chaos 10")
 
     def __init__(self, view: SettingsView):
         super().__init__()

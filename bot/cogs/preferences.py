@@ -46,7 +46,9 @@ class AppendModal(discord.ui.Modal, title="Always append"):
         value = self.text.value.strip()
         if value:
             try:
-                self.view.bot.studio.prepare("x " + value)  # as every prompt will be: unknown models too
+                # as every prompt will be (unknown models too); a setting is written on purpose,
+                # so a parameter Pintor does not have is refused now rather than ignored every time
+                self.view.bot.studio.prepare("x " + value, strict=True)
             except USER_ERRORS as err:
                 await interaction.response.send_message(f"⚠️ Not saved: {err}", ephemeral=True)
                 return

@@ -63,24 +63,7 @@ def blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float]
 def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
     """/blend's prompt: its text is optional (the images are the subject), so parameters
     alone (`--seed 5`, `--no people`) are fine. The same rules as /imagine's otherwise."""
-    return _parameters_only(text, strict=strict) or parse_prompt(text, strict=strict)
-
-
-def _parameters_only(text: str, *, strict: bool = False) -> ParsedPrompt | None:
-    """A text of parameters alone ("--no text --chaos 20") parsed with no prompt text; None when
-    it has words of its own (or nothing at all: then an empty ParsedPrompt)."""
-    if not text.strip():
-        return ParsedPrompt(parts=())
-    try:
-        parse_prompt(text, strict=strict)
-    except PromptError:
-        try:
-            # a word in front fixes only the missing text; any other error stays
-            with_text = parse_prompt("x " + text, strict=strict)
-        except PromptError:
-            return None
-        return dataclasses.replace(with_text, parts=())
-    return None
+    return parse_prompt(text, strict=strict, require_text=False)
 
 
 # prompt parameter → the ParsedPrompt field it sets
@@ -91,7 +74,7 @@ PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "
 def appended(defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
     """A member's "always append" text, parsed by the prompt rules: its words (if any) as
     parts, its parameters as given. Raises PromptError as parse_prompt does."""
-    return _parameters_only(defaults.append, strict=strict) or parse_prompt(defaults.append, strict=strict)
+    return parse_prompt(defaults.append, strict=strict, require_text=False)
 
 
 def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:

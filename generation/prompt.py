@@ -348,12 +348,13 @@ def _take_values(group: _Group, table: dict[str, _Param]) -> list[str]:
 
 
 def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int = MAX_STEPS,
-                 strict: bool = False) -> ParsedPrompt:
+                 strict: bool = False, require_text: bool = True) -> ParsedPrompt:
     """Parse a member's prompt.
 
     Takes the text as typed (any string); `max_chars` is the abuse limit on its length,
     `max_steps` the highest --steps, and `strict` (a server's choice) refuses parameters Pintor
-    does not have instead of ignoring them. Returns a ParsedPrompt whose `notices` say every
+    does not have instead of ignoring them; without `require_text`, parameters alone are fine
+    (/blend's prompt, a member's "always append"): the parts are then empty. Returns a ParsedPrompt whose `notices` say every
     change made and everything ignored. Raises PromptError (and nothing else) for what cannot
     be read: no text, a nonsense value (shown in the message), weights adding up to 0 or less.
     """
@@ -361,7 +362,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
         raise PromptError(f"Your prompt is {len(text)} characters long; the limit is {max_chars}.")
     notices: list[str] = []
     text = _CONTROL_RE.sub(" ", text)
-    if (imagine := _IMAGINE_RE.match(text)) and text[imagine.end():].strip():
+    if (imagine := _IMAGINE_RE.match(text)) and (text[imagine.end():].strip() or not require_text):
         notices.append(f"Removed {quote(' '.join(imagine[0].split()))} from the start: it is part of the "
                        "command, not of the prompt.")
         text = text[imagine.end():]
@@ -386,17 +387,20 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     if ignored:
         if strict:
             names = ", ".join(quote(uses[0].split()[0]) for uses in ignored.values())
-            raise PromptError(f"This server refuses parameters Pintor does not have: {names}. "
-                              + KNOWN_PARAMETERS)
+            raise PromptError(f"Pintor does not have {'this parameter' if len(ignored) == 1 else 'these parameters'}"
+                              f": {names}. " + KNOWN_PARAMETERS)
         notices.append(_ignored_notice(ignored))
 
     prompt_text = _clean_text(" ".join(prompt_words), notices)
-    if not prompt_text.strip():
+    if not prompt_text.strip() and not require_text:
+        parts: tuple[PromptPart, ...] = ()
+    elif not prompt_text.strip():
         raise PromptError("Your prompt has no text: describe the image first, "
                           "then add parameters such as --ar 16:9."
                           + (" (Links are removed: image prompts are not offered yet.)"
                              if _URL_RE.search(text) else ""))
-    parts = _split_parts(prompt_text)
+    else:
+        parts = _split_parts(prompt_text)
     fields = {table[name].field: value for name, value in values.items()}
     return ParsedPrompt(parts=parts, given=frozenset(values), selectors=tuple(selectors),
                         notices=tuple(dict.fromkeys(notices)), **fields)

@@ -629,3 +629,15 @@ def test_emphasis_never_raises_and_keeps_the_words(text):
     assert all(fragment.strip() and weight > 0 for fragment, weight in segments)
     words = " ".join(f for f, _ in segments)
     assert set(words.replace(" ", "")) <= set(text)
+
+
+def test_parameters_alone_when_no_text_is_required():
+    p = parse_prompt("/imagine prompt: --no text --chaos 150 --tile", require_text=False)
+    assert p.parts == () and p.negative == "text" and p.chaos == 100
+    assert p.notices == (
+        "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
+        "--chaos “150” is over the highest value; used 100.",
+        "Ignored what Pintor does not have: “--tile”.")
+    assert parse_prompt("", require_text=False).parts == ()
+    assert parse_prompt("soft light --q 2", require_text=False).text == "soft light"
+    assert "--seed" in error_for("--seed -1", require_text=False)

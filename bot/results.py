@@ -61,9 +61,13 @@ def headline(prompt: str, parameters: str, user_id: int) -> str:
 
 
 def progress_text(request: Request, user_id: int, line: str) -> str:
-    """The headline, what Pintor changed in the prompt, then `line` (queued, generating…)."""
-    return _limit("\n".join([headline(request.prompt, request.parameters, user_id),
-                             *prompt_notices(request), line]))
+    """The headline, what Pintor changed in the prompt, then `line` (queued, generating…);
+    the notices are cut where the whole would pass Discord's limit, never the status line."""
+    head, notes = headline(request.prompt, request.parameters, user_id), "\n".join(prompt_notices(request))
+    room = MAX_CONTENT_CHARS - len(head) - len(line) - 2
+    if len(notes) + 1 > room:
+        notes = notes[:max(0, room - 2)] + "…" if room > 2 else ""
+    return _limit("\n".join(part for part in (head, notes, line) if part))
 
 
 def prompt_notices(request: Request) -> list[str]:

@@ -430,12 +430,15 @@ def _set_value(values: dict[str, object], param: _Param, group: _Group, notices:
 def _ignored_notice(ignored: dict[str, list[str]]) -> str:
     """One sentence naming every ignored parameter once, with advice where Pintor has some."""
     by_advice: dict[str, list[str]] = {}
-    for name, uses in ignored.items():
+    shown_at_most = 12  # keeps the notice short whatever is pasted
+    for name, uses in list(ignored.items())[:shown_at_most]:
         shown = quote(uses[0]) + (f" (×{len(uses)})" if len(uses) > 1 else "")
         foreign = _FOREIGN.get(name)
         by_advice.setdefault(foreign.advice if foreign else "", []).append(shown)
     pieces = [", ".join(shown) + (f" — {advice}" if advice else "") for advice, shown in by_advice.items()]
-    return "Ignored what Pintor does not have: " + "; ".join(pieces) + "."
+    more = len(ignored) - shown_at_most
+    return ("Ignored what Pintor does not have: " + "; ".join(pieces)
+            + (f"; and {more} more." if more > 0 else "."))
 
 
 # --------------------------------------------------------------------------
@@ -530,7 +533,8 @@ def _parse_weight(glued: str) -> float:
 # Stable Diffusion emphasis: (word:1.3), ((word)), [word]
 # --------------------------------------------------------------------------
 
-_EXPLICIT_WEIGHT_RE = re.compile(r":\s*(" + _NUMBER_RE.pattern + r")\s*$")
+# "(word:1.3)"; not "(ratio 16:9)": a weight follows a colon that does not follow a digit
+_EXPLICIT_WEIGHT_RE = re.compile(r"(?<![0-9]):\s*(" + _NUMBER_RE.pattern + r")\s*$")
 
 
 def has_emphasis(text: str) -> bool:
@@ -538,7 +542,7 @@ def has_emphasis(text: str) -> bool:
     square brackets. Single (parentheses) alone are prose, as in MidJourney prompts."""
     segments = emphasis_segments(text)
     return any(weight != 1.0 for _, weight in segments) and (
-        "((" in text or "[" in text or bool(re.search(r":\s*[0-9.]+\s*\)", text)))
+        "((" in text or "[" in text or bool(re.search(r"(?<![0-9]):\s*[0-9.]+\s*\)", text)))
 
 
 def emphasis_segments(text: str) -> tuple[tuple[str, float], ...]:

@@ -255,3 +255,16 @@ async def test_strict_servers_refuse_unknown_parameters(pintor: Harness):
         assert await pintor.job_count() == before
     finally:
         await settings.update_guild(emu.guild_id, strict_parameters=False)
+
+
+def test_prompt_notices_never_push_the_status_line_out_of_a_message():
+    from bot.results import MAX_CONTENT_CHARS, progress_text
+    from generation.prompt import parse_prompt
+    from generation.registry import load_registry
+    from generation.request import build_request
+
+    prompt = "a lighthouse " * 100 + " ".join(f"--unknown{i} {'v' * 30}{i}" for i in range(60))
+    request = build_request(parse_prompt(prompt), load_registry().get(None))
+    text = progress_text(request, 1, "⏳ queued — position 3")
+    assert len(text) <= MAX_CONTENT_CHARS and text.endswith("\n⏳ queued — position 3")
+    assert "ℹ️ Ignored what Pintor does not have" in text

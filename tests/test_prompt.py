@@ -641,3 +641,16 @@ def test_parameters_alone_when_no_text_is_required():
     assert parse_prompt("", require_text=False).parts == ()
     assert parse_prompt("soft light --q 2", require_text=False).text == "soft light"
     assert "--seed" in error_for("--seed -1", require_text=False)
+
+
+def test_many_unknown_parameters_make_one_short_notice():
+    prompt = "a fox " + " ".join(f"--x{i} {i}" for i in range(40))
+    [notice] = parse_prompt(prompt).notices
+    assert notice.endswith("; and 28 more.") and len(notice) < 400
+    assert_names_the_input(notice, prompt)
+
+
+def test_a_ratio_in_parentheses_is_not_a_weight():
+    assert emphasis_segments("(ratio 16:9)") == (("ratio 16:9", 1.1),)
+    assert not has_emphasis("a poster (ratio 16:9)")
+    assert emphasis_segments("(red fox:1.6)") == (("red fox", 1.6),)

@@ -463,7 +463,6 @@ def _clean_text(text: str, notices: list[str]) -> str:
         notices.append(f"Read {quote('BREAK')} as a comma: Pintor does not split the prompt into chunks.")
         text = re.sub(r"\s*(?<!\S)BREAK(?!\S)\s*", ", ", text).strip(" ,")
     for match in dict.fromkeys(_ALTERNATION_RE.findall(text)):
-        choices = [c.strip() for c in match.split("|") if c.strip()]
         notices.append(f"Read {quote('[' + match + ']')} as its words separated by commas: Pintor does "
                        "not alternate words from step to step.")
     text = _ALTERNATION_RE.sub(lambda m: ", ".join(c.strip() for c in m[1].split("|") if c.strip()), text)

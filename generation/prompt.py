@@ -218,12 +218,13 @@ class _Foreign:
     advice: str = ""
 
 
+# After MidJourney's parameter list (docs.midjourney.com, "Parameter List"), v4 to v7 and niji.
 _FOREIGN: dict[str, _Foreign] = {
     **{name: _Foreign(_NONE) for name in (
         "tile", "raw", "uplight", "upbeta", "upanime", "turbo", "relax", "fast", "draft", "hd",
-        "test", "testp", "creative", "video", "loop", "stealth", "public", "fast", "remix")},
+        "test", "testp", "creative", "video", "loop", "stealth", "public")},
     **{name: _Foreign(_ONE) for name in (
-        "stop", "weird", "exp", "repeat", "r", "sameseed", "motion", "bs", "sv", "q2")},
+        "stop", "weird", "exp", "repeat", "r", "sameseed", "motion", "bs", "sv")},
     "v": _Foreign(_ONE, _MODEL), "version": _Foreign(_ONE, _MODEL),
     "niji": _Foreign(_OPTIONAL, _MODEL), "style": _Foreign(_ONE, _MODEL),
     "w": _Foreign(_ONE, _ASPECT), "h": _Foreign(_ONE, _ASPECT),

@@ -654,3 +654,9 @@ def test_a_ratio_in_parentheses_is_not_a_weight():
     assert emphasis_segments("(ratio 16:9)") == (("ratio 16:9", 1.1),)
     assert not has_emphasis("a poster (ratio 16:9)")
     assert emphasis_segments("(red fox:1.6)") == (("red fox", 1.6),)
+
+
+def test_a_parameter_glued_after_double_colon_is_a_parameter():
+    p = parse_prompt("castle::--ar 16:9")
+    assert (p.text, p.aspect) == ("castle", (16, 9))
+    assert "--no" in error_for("a fox::--no")

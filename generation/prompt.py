@@ -266,7 +266,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _FLAG_RE = re.compile(f"([{_DASHES}]{{1,3}})([A-Za-z]\\S*)")
 _LONE_DASHES_RE = re.compile(f"[{_DASHES}]{{1,3}}")
-_GLUED_RE = re.compile(r"(ar|aspect|seed|chaos|c|s|stylize|q|quality|steps)([0-9.:]+)", re.IGNORECASE)
+_GLUED_RE = re.compile(r"(ar|aspect|seed|chaos|c|s|stylize|q|quality|steps)([0-9.][0-9.:]*)", re.IGNORECASE)
 _GLUED_AFTER_WEIGHT_RE = re.compile(f"::(?=[{_DASHES}]{{1,3}}[A-Za-z])")
 _IMAGINE_RE = re.compile(r"\s*/?imagine\s+prompt\s*:\s*", re.IGNORECASE)
 _WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -279,6 +279,16 @@ def _canonical(typed_name: str) -> str:
 
 def _is_known(name: str, table: dict[str, _Param]) -> bool:
     return name in table or name in _FOREIGN
+
+
+def _words(text: str) -> list[str]:
+    """The text's words; "castle::--ar" is two: a parameter glued after '::' is a parameter,
+    not the next part's text."""
+    words = []
+    for word in text.split():
+        glued = None if word.startswith("--") else _GLUED_AFTER_WEIGHT_RE.search(word)
+        words += [word[:glued.start() + 2], word[glued.start() + 2:]] if glued else [word]
+    return words
 
 
 @dataclass
@@ -369,9 +379,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                        "command, not of the prompt.")
         text = text[imagine.end():]
     table = _param_table(max_steps)
-    # "castle::--ar 16:9": a parameter glued after '::' is a parameter, not the next part's text
-    text = _GLUED_AFTER_WEIGHT_RE.sub(":: ", text)
-    prompt_words, groups = _split_words(text.split(), table, notices)
+    prompt_words, groups = _split_words(_words(text), table, notices)
 
     values: dict[str, object] = {}
     selectors: list[tuple[str, str]] = []

@@ -660,3 +660,15 @@ def test_a_parameter_glued_after_double_colon_is_a_parameter():
     p = parse_prompt("castle::--ar 16:9")
     assert (p.text, p.aspect) == ("castle", (16, 9))
     assert "--no" in error_for("a fox::--no")
+
+
+@pytest.mark.parametrize("text", [" —seed::--ar", " —ar::--ar", " : --no — --ara::—ar--ar", "6 --niji 4294967296",
+                                  "6 --no 6 --no 6 --no 6", " — ::: ::: :::  ::--no x"])
+def test_found_by_longer_property_runs(text):
+    check_parse(text)
+    try:
+        p = parse_prompt(text)
+    except PromptError:
+        return
+    for notice in p.notices:
+        assert_names_the_input(notice, text)

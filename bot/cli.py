@@ -64,6 +64,8 @@ async def imagine(settings: Settings, prompt: str, output: Path, separate: bool)
         submitted = await studio.submit(Member(0, "cli"), request)
         print(f"job {submitted.job_id}: {request.width}×{request.height}, {request.steps} steps, "
               f"seed {request.seed}, model {request.model}", file=sys.stderr)
+        for notice in request.notices:  # what was changed or ignored in the prompt
+            print(f"note: {notice}", file=sys.stderr)
         bar = None
         try:
             async for event in submitted.events:
@@ -114,6 +116,14 @@ def models(settings: Settings) -> int:
         if spec.scheduler:
             loops = check_scheduler(spec.scheduler, spec.family)
             print(f"  {'':<16} scheduler: {spec.scheduler} (for the {' and '.join(loops)})")
+    if registry.selectors:
+        print("MidJourney parameters that choose a model ([midjourney] in the registry file):")
+        for (name, value), model in registry.selectors.items():
+            key = f"--{name} {value or '(any)'}"
+            print(f"  {key:<16} → {model}")
+    else:
+        print("MidJourney's --v, --niji and --style choose no model (they are ignored with a notice); "
+              "map them in [midjourney] of the registry file (docs/models.md).")
     return 0
 
 

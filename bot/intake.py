@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from generation.inputs import UploadError
-from generation.prompt import ParsedPrompt, PromptError, parse_prompt
+from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import Registry, UnknownModelError
 from generation.request import Request, build_request
 from storage.models import GuildSettings, MemberSettings
@@ -61,22 +61,10 @@ def blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float]
     return values[:count], values[count] if len(values) > count else 1.0
 
 
-def blend_prompt(text: str) -> ParsedPrompt:
+def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
     """/blend's prompt: its text is optional (the images are the subject), so parameters
-    alone (`--seed 5`, `--no people`) are fine."""
-    if not text.strip():
-        return ParsedPrompt(parts=())
-    try:
-        return parse_prompt(text)
-    except PromptError:
-        try:
-            # a word in front fixes only the missing text; any other error stays
-            with_text = parse_prompt("x " + text)
-        except PromptError:
-            pass
-        else:
-            return dataclasses.replace(with_text, parts=())
-        raise
+    alone (`--seed 5`, `--no people`) are fine. The same rules as /imagine's otherwise."""
+    return parse_prompt(text, strict=strict, require_text=False)
 
 
 # prompt parameter → the ParsedPrompt field it sets
@@ -84,9 +72,24 @@ PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
 
 
-def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings) -> ParsedPrompt:
-    """A member's /settings fill in what the prompt does not say; the prompt always wins."""
-    chosen = parse_prompt("x " + defaults.append) if defaults.append.strip() else ParsedPrompt(parts=())
+def appended(defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
+    """A member's "always append" text, parsed by the prompt rules: its words (if any) as
+    parts, its parameters as given. Raises PromptError as parse_prompt does."""
+    return parse_prompt(defaults.append, strict=strict, require_text=False)
+
+
+def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
+    """A member's /settings fill in what the prompt does not say; the prompt always wins.
+    The words of "always append" go at the end of the prompt's text (of its last part)."""
+    chosen = appended(defaults, strict=strict)
+    if chosen.parts:
+        words = " ".join(part.text for part in chosen.parts)
+        last = parsed.parts[-1]
+        parsed = dataclasses.replace(parsed, parts=parsed.parts[:-1] + (
+            PromptPart(f"{last.text}, {words}" if not last.text.endswith(",") else f"{last.text} {words}",
+                       last.weight),))
+    parsed = dataclasses.replace(parsed, notices=tuple(dict.fromkeys(parsed.notices + chosen.notices)),
+                                 selectors=parsed.selectors or chosen.selectors)
     values = {PARAMETER_FIELDS[name]: getattr(chosen, PARAMETER_FIELDS[name]) for name in chosen.given}
     if defaults.model:
         values["model"] = defaults.model
@@ -134,15 +137,40 @@ def saved_model_gone(registry: Registry, name: str, allowed: Sequence[str] = ())
     return None
 
 
+def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = False) -> ParsedPrompt:
+    """MidJourney's `--v N`, `--niji [N]` and `--style NAME` choose the model the registry maps
+    them to (like --model; an explicit --model wins); those not mapped are ignored and said
+    (refused with `strict`). Returns the prompt with `model` set and the notices added."""
+    notices, model = list(parsed.notices), parsed.model
+    for name, value in parsed.selectors:
+        typed = f"--{name} {value}".rstrip()
+        mapped = registry.for_selector(name, value)
+        if mapped is None and strict:
+            raise PromptError(f"{quote(typed)} chooses no model on this Pintor; choose one with --model: "
+                              f"{', '.join(m.name for m in registry.generators())}.")
+        if mapped is None:
+            notices.append(f"Ignored {quote(typed)}: no model is mapped to it here; choose one with "
+                           f"--model ({', '.join(m.name for m in registry.generators())}).")
+        elif model is None:
+            model = mapped
+        elif registry.get(model).name != mapped:
+            notices.append(f"Ignored {quote(typed)}: the model is {model} already.")
+    return dataclasses.replace(parsed, model=model, notices=tuple(dict.fromkeys(notices)),
+                               given=parsed.given | ({"model"} if model else set()))
+
+
 def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None,
-            rules: GuildSettings | None = None) -> Request:
+            rules: GuildSettings | None = None, *, strict: bool | None = None) -> Request:
     """`prepare_with_notices` under a server's `rules` (None in DMs and the CLI), without
-    its notices."""
-    return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules))[0]
+    its notices. `strict` (default: the server's strict-parameters rule) refuses parameters
+    Pintor does not have instead of ignoring them."""
+    if strict is None:
+        strict = rules is not None and rules.strict_parameters
+    return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules), strict=strict)[0]
 
 
 def prepare_with_notices(registry: Registry, text: str, defaults: MemberSettings | None = None, *,
-                         allowed: Sequence[str] = ()) -> tuple[Request, list[str]]:
+                         allowed: Sequence[str] = (), strict: bool = False) -> tuple[Request, list[str]]:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees.
 
@@ -150,12 +178,16 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberSettings
     server's allowed model names, empty: all) choose the model of a prompt that names none
     (`fallback_model`). A model the member saved in /settings (or in "always append") that
     can no longer be used here is replaced by that model, and a notice for the result says
-    so. Whether the rules allow the request is checked later, when it is submitted.
-    Returns the request and those notices; raises the USER_ERRORS for bad input."""
-    parsed = parse_prompt(text)
+    so. `strict` (a server's rule) refuses parameters Pintor does not have instead of
+    ignoring them. Whether the rules allow the request is checked later, when it is
+    submitted. Returns the request (with the prompt's own notices) and the notices about
+    the member's defaults; raises the USER_ERRORS for bad input."""
+    parsed = parse_prompt(text, strict=strict)
     notices: list[str] = []
+    if parsed.model is None:  # a --v/--niji/--style in the prompt beats the member's default model
+        parsed = choose_model(registry, parsed, strict=strict)
     if defaults is not None:
-        merged = with_defaults(parsed, defaults)
+        merged = with_defaults(parsed, defaults, strict=strict)
         gone = None
         if "model" not in parsed.given and merged.model:  # the prompt's own --model is never replaced
             gone = saved_model_gone(registry, merged.model, allowed)
@@ -165,6 +197,7 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberSettings
                            f"Choose another model with /settings.")
             merged = dataclasses.replace(merged, model=instead)
         parsed = merged
+    parsed = choose_model(registry, parsed, strict=strict)
     spec = registry.get(parsed.model or fallback_model(registry, allowed))
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())

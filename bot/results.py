@@ -64,7 +64,19 @@ def parameters_shown(parameters: str) -> list[str | Echo]:
 
 
 def progress_text(request: Request, user_id: int, line: str) -> str:
-    return compose(*headline(request.prompt, request.parameters, user_id), "\n", line)
+    """The headline, what Pintor changed in the prompt, then `line` (queued, generating…):
+    the echoed texts are shortened where the whole would pass Discord's limit, never the
+    status line."""
+    return compose(*headline(request.prompt, request.parameters, user_id), *prompt_notices(request), "\n", line)
+
+
+def prompt_notices(request: Request) -> list[str | Echo]:
+    """What Pintor changed or ignored in the prompt, a line each, as parts for `compose` (they
+    quote member text); said with the grids made from the prompt, not again under an upscale
+    or variation."""
+    if request.kind not in ("imagine", "blend", "reroll"):
+        return []
+    return [part for notice in request.notices for part in ("\nℹ️ ", Echo(notice))]
 
 
 def _origin(job: Job, request: Request) -> str | None:
@@ -118,7 +130,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
         else:
             view = grid_view(job.id)
     content = compose(*headline(request.prompt, request.parameters, job.user_id),
-                      *(f"\n{line}" for line in lines), *_notices(job))
+                      *(f"\n{line}" for line in lines), *prompt_notices(request), *_notices(job))
     return Outgoing(content, image, view, spoiler=any(i.flagged for i in shown))
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError,
                         Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare,
-                        prepare_with_notices, server_default)
+                        allowed_models, prepare_with_notices, server_default)
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
-from generation.prompt import size_for_aspect
+from generation.prompt import quote, size_for_aspect
 from generation.queue import JobQueue
 from generation.registry import ModelSpec, Registry
 from generation.request import GRID_SIZE, Request, build_request, random_seed
@@ -143,9 +143,9 @@ class Studio:
     # -- requests -------------------------------------------------------------------------------
 
     def prepare(self, text: str, defaults: MemberSettings | None = None,
-                rules: GuildSettings | None = None) -> Request:
+                rules: GuildSettings | None = None, *, strict: bool | None = None) -> Request:
         """`bot.intake.prepare` with this studio's registry."""
-        return prepare(self.registry, text, defaults, rules)
+        return prepare(self.registry, text, defaults, rules, strict=strict)
 
     def default_model(self, rules: GuildSettings | None) -> str:
         """The model of a prompt that names none, under a server's rules (None: no server)."""
@@ -153,9 +153,10 @@ class Studio:
 
     def prepare_with_notices(self, text: str, defaults: MemberSettings | None = None, *,
                              rules: GuildSettings | None = None) -> tuple[Request, list[str]]:
-        """The request, and notices for its result (a saved model that is gone here)."""
-        allowed = name_list(rules.allowed_models) if rules is not None else []
-        return prepare_with_notices(self.registry, text, defaults, allowed=allowed)
+        """The request, and notices for its result (a saved model that is gone here), under
+        a server's rules (allowed models, strict parameters)."""
+        return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
+                                    strict=rules is not None and rules.strict_parameters)
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
@@ -276,8 +277,13 @@ class Studio:
         is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
         URL has expired.
         """
-        parsed = blend_prompt(prompt)
-        spec = self._blend_model(model or parsed.model, where.get("rules"))  # `--model` in the prompt too
+        rules = where.get("rules")
+        parsed = blend_prompt(prompt, strict=rules is not None and rules.strict_parameters)
+        spec = self._blend_model(model or parsed.model, rules)  # `--model` in the prompt chooses too
+        if parsed.selectors:  # --v/--niji/--style choose among models that cannot blend
+            ignored = ", ".join(quote(f"--{name} {value}".rstrip()) for name, value in parsed.selectors)
+            parsed = dataclasses.replace(parsed, selectors=(), notices=parsed.notices + (
+                f"Ignored {ignored}: /blend uses a model that can blend images ({spec.name}).",))
         if not MIN_BLEND_IMAGES <= len(uploads) <= MAX_BLEND_IMAGES:
             raise RequestError(f"/blend takes {MIN_BLEND_IMAGES} to {MAX_BLEND_IMAGES} images, not {len(uploads)}.")
         if dimensions not in BLEND_DIMENSIONS:

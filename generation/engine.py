@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
 from generation.devices import DeviceChoice
 from generation.imaging import flatten_to_rgb, make_grid
 from generation.pipelines import PipelineCache
+from generation.prompt import emphasis_segments, has_emphasis, plain_text
 from generation.registry import Registry
 from generation.request import Request
 from generation.safety import blur
@@ -143,20 +145,25 @@ class Engine:
     def _prompt_embeds(self, pipe, request, guided: bool, notices: list[str]) -> dict:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
 
-        Weighting embeddings, not strings, is what makes `::` weights mean something.
+        Weighting embeddings, not strings, is what makes `::` weights mean something. A part
+        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings.
         """
         device = pipe._execution_device
         negative = request.negative or None
         sdxl = hasattr(pipe, "text_encoder_2")
         encoded = []
-        for text, _ in request.parts:
-            text = self._fit_tokens(pipe.tokenizer, text, notices)
+        for written, _ in request.parts:
+            text = self._fit_tokens(pipe.tokenizer, plain_text(written), notices)
             if sdxl:
-                encoded.append(pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=guided,
-                                                  negative_prompt=negative))
+                tensors = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1,
+                                             do_classifier_free_guidance=guided, negative_prompt=negative)
             else:
-                encoded.append(pipe.encode_prompt(text, device, 1, guided, negative))
+                tensors = pipe.encode_prompt(text, device, 1, guided, negative)
+            if has_emphasis(written):
+                # the weighted words replace the prompt's embeddings; the negative and SDXL's
+                # pooled embedding (which compel does not weight) stay those of the plain words
+                tensors = (weighted_embeds(pipe, written, device).to(tensors[0].dtype), *tensors[1:])
+            encoded.append(tensors)
         # encode_prompt returns (prompt, negative[, pooled prompt, pooled negative]): the prompt
         # tensors (even positions) are mixed by weight, the negatives are the same for all parts.
         total = sum(weight for _, weight in request.parts)
@@ -239,7 +246,7 @@ class Engine:
             pipe = self.pipelines.get(spec, "upscale")
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
-            prompt = " ".join(text for text, _ in request.parts)  # the words, not the display text
+            prompt = " ".join(plain_text(text) for text, _ in request.parts)  # the words, not the display text
             return pipe(prompt=prompt, image=image, num_inference_steps=request.steps,
                         guidance_scale=request.guidance, generator=generator, callback_steps=1,
                         callback=legacy_callback(callback, total=request.steps)).images[0]
@@ -287,6 +294,23 @@ def prior_view(image: Image.Image, processor) -> Image.Image:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return image.crop((left, top, left + side, top + side))
+
+
+def weighted_embeds(pipe, text: str, device) -> torch.Tensor:
+    """The text encoder's embeddings of `text` with its emphasis weights applied, by compel
+    (the field's library for weighted prompts): shape (1, tokens, width); for SDXL both
+    encoders' penultimate hidden states side by side, as diffusers' own encode_prompt gives."""
+    segments = emphasis_segments(text)
+    fragments, weights = [[f for f, _ in segments]], [[w for _, w in segments]]
+    if hasattr(pipe, "text_encoder_2"):
+        provider = EmbeddingsProviderMulti(
+            [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
+            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            requires_pooled_mask=[False, True])
+    else:
+        provider = EmbeddingsProvider(pipe.tokenizer, pipe.text_encoder, truncate=True)
+    with torch.no_grad():
+        return provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
 
 
 def legacy_callback(callback, *, total: int):

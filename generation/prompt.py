@@ -2,10 +2,26 @@
 
     a castle on a hill::2 fog::0.5 --ar 16:9 --seed 7 --no people, text
 
-``parse_prompt`` turns a user's message into a ``ParsedPrompt`` or raises
-``PromptError``, whose message is written to be shown to the user as is.
+``parse_prompt`` turns a member's message into a ``ParsedPrompt`` or raises ``PromptError``,
+whose message is written to be shown to the member as is. It reads prompts as members really
+paste them from MidJourney and Stable Diffusion galleries:
+
+* parameters Pintor does not have (``--tile``, ``--sref …``, ``--w 1080``) are ignored, each
+  named once in ``ParsedPrompt.notices`` with what to type instead where Pintor has an
+  equivalent; with ``strict=True`` (a server's choice) they are refused instead;
+* ``--v N``, ``--niji [N]`` and ``--style NAME`` are kept in ``ParsedPrompt.selectors`` for the
+  model registry to map to a model (``bot.intake`` does);
+* values outside a range whose intent is plain are brought inside it, with a notice
+  (``--ar 7:2`` → 3:1, ``--q 4`` → 2, ``--chaos 150`` → 100, two ``--no`` lists merged);
+* leftovers of copy and paste are cleaned, with a notice: a leading ``/imagine prompt:``,
+  dashes that phones turn into ``—``, links (image prompts are not offered yet), ``<lora:…>``,
+  ``BREAK`` and ``[a|b]``;
+* Stable Diffusion emphasis — ``(word:1.3)``, ``((word))``, ``[word]`` — stays in the text;
+  ``emphasis_segments`` turns it into (text, weight) fragments for weighted embeddings.
+
+Every notice quotes, between “ and ”, what it is about exactly as it appears in the input.
 ``format_parameters`` writes the parameters back in canonical form, so that
-``parse_prompt(p.text + " " + format_parameters(p)) == p``.
+``parse_prompt(p.text + " " + format_parameters(p))`` gives ``p`` again (without notices).
 
 Pure stdlib on purpose: no torch/diffusers/discord here.
 """
@@ -14,19 +30,24 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable
 
-MAX_PROMPT_CHARS = 1000
+# Only text over this many characters is refused (an abuse limit): what the text encoder
+# cannot read of a shorter prompt is cut when the pictures are made, and the result says so.
+MAX_PROMPT_CHARS = 4000
 MAX_STEPS = 150
 MAX_SEED = 2**32 - 1
 MAX_ASPECT_RATIO = 3  # max(W, H) / min(W, H)
 MAX_ASPECT_SIDE = 10_000
-MAX_WEIGHT = 10.0  # multi-prompt weights lie in [-MAX_WEIGHT, MAX_WEIGHT]
+QUALITIES = (0.5, 1.0, 2.0)
+# AUTOMATIC1111's emphasis: (word) multiplies the weight by 1.1, [word] divides it by 1.1
+EMPHASIS_STEP = 1.1
 
 
 class PromptError(ValueError):
-    """A prompt the user has to fix; ``str(err)`` says what and how, in plain words."""
+    """A prompt the member has to fix; ``str(err)`` says what and how, in plain words."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,10 @@ class ParsedPrompt:
     steps: int | None = None
     model: str | None = None
     given: frozenset[str] = frozenset()
+    # MidJourney's model choosers as given, canonical: ("v", "6"), ("niji", ""), ("style", "raw")
+    selectors: tuple[tuple[str, str], ...] = ()
+    # what Pintor changed or ignored, one sentence each, for the member
+    notices: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -56,8 +81,17 @@ class ParsedPrompt:
         return " ".join(_format_part(part) for part in self.parts)
 
 
+def quote(text: str, limit: int = 40) -> str:
+    """“text”, cut to `limit` characters with “…” (a notice's way of naming member text)."""
+    return f"“{_short(text, limit)}”"
+
+
+def _short(value: str, limit: int = 30) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
 # --------------------------------------------------------------------------
-# Parameter table
+# Pintor's parameters
 # --------------------------------------------------------------------------
 
 
@@ -66,7 +100,9 @@ class _Param:
     name: str  # canonical name, as used in ParsedPrompt.given
     field: str  # the ParsedPrompt field it sets
     allowed: str  # what the value may be, for error messages
-    parse: Callable[[str], object]  # raises ValueError for a bad value
+    # (value as typed, notices) → the value; raises ValueError for nonsense, appends a
+    # notice when it brings the value into range
+    parse: Callable[[str, list[str]], object]
     format: Callable[[object], str] = str
     multiword: bool = False  # the value runs until the next parameter
 
@@ -74,48 +110,66 @@ class _Param:
 _ALIASES = {"aspect": "ar", "c": "chaos", "s": "stylize", "quality": "q"}
 
 
-def _int_between(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        # ASCII digits only: int() would also take "١٢", "+5" or "1_000".
-        if not (value.isascii() and value.isdigit()):
+def _whole_number(value: str) -> int:
+    # ASCII digits only: int() would also take "١٢", "+5" or "1_000".
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(value)
+    digits = value.lstrip("0") or "0"
+    if len(digits) > 20:  # int() refuses very long strings; nothing here is that large
+        raise ValueError(value)
+    return int(digits)
+
+
+def _int_between(name: str, lo: int, hi: int, *, clamp: bool) -> Callable[[str, list[str]], int]:
+    """A whole number from lo to hi; with `clamp`, one above hi becomes hi (with a notice)."""
+    def parse(value: str, notices: list[str]) -> int:
+        number = _whole_number(value)
+        if number < lo or (number > hi and not clamp):
             raise ValueError(value)
-        digits = value.lstrip("0") or "0"
-        if len(digits) > 20:  # int() refuses very long strings; this is out of range anyway
-            raise ValueError(value)
-        number = int(digits)
-        if not lo <= number <= hi:
-            raise ValueError(value)
+        if number > hi:
+            notices.append(f"--{name} {quote(value)} is over the highest value; used {hi}.")
+            return hi
         return number
 
     return parse
 
 
-def _parse_aspect(value: str) -> tuple[int, int]:
-    match = re.fullmatch(r"([0-9]{1,6}):([0-9]{1,6})", value)
-    if not match:
-        raise ValueError(value)
-    w, h = int(match[1]), int(match[2])
-    if not (1 <= w <= MAX_ASPECT_SIDE and 1 <= h <= MAX_ASPECT_SIDE):
-        raise ValueError(value)
-    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
-        raise ValueError(value)
-    divisor = math.gcd(w, h)
-    return (w // divisor, h // divisor)
-
-
 _DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
-def _parse_quality(value: str) -> float:
+def _parse_aspect(value: str, notices: list[str]) -> tuple[int, int]:
+    match = re.fullmatch(r"([0-9.]{1,12}):([0-9.]{1,12})", value)
+    if not match or not all(_DECIMAL_RE.fullmatch(side) for side in match.groups()):
+        raise ValueError(value)
+    w, h = Fraction(match[1]), Fraction(match[2])
+    if w <= 0 or h <= 0:
+        raise ValueError(value)
+    ratio = w / h
+    if ratio > MAX_ASPECT_RATIO or ratio < Fraction(1, MAX_ASPECT_RATIO):
+        ratio = Fraction(MAX_ASPECT_RATIO) if ratio > 1 else Fraction(1, MAX_ASPECT_RATIO)
+    elif max(ratio.numerator, ratio.denominator) > MAX_ASPECT_SIDE:
+        ratio = ratio.limit_denominator(MAX_ASPECT_SIDE // MAX_ASPECT_RATIO)
+    aspect = (ratio.numerator, ratio.denominator)
+    if Fraction(*aspect) != w / h or (w.denominator, h.denominator) != (1, 1):
+        how = "the nearest ratio Pintor makes" if Fraction(*aspect) != w / h else "the same ratio"
+        notices.append(f"--ar {quote(value)}: used {aspect[0]}:{aspect[1]}, {how} "
+                       f"(from {MAX_ASPECT_RATIO}:1 to 1:{MAX_ASPECT_RATIO}).")
+    return aspect
+
+
+def _parse_quality(value: str, notices: list[str]) -> float:
     if not _DECIMAL_RE.fullmatch(value):
         raise ValueError(value)
-    quality = float(value)
-    if quality not in (0.5, 1.0, 2.0):
-        raise ValueError(value)
+    typed = float(value)
+    # the nearest allowed quality; a tie goes to the higher one
+    quality = min(QUALITIES, key=lambda q: (abs(q - typed), -q))
+    if quality != typed:
+        notices.append(f"--q {quote(value)}: used the nearest quality, {quality:g} "
+                       f"(one of {', '.join(f'{q:g}' for q in QUALITIES)}).")
     return quality
 
 
-def _parse_model(value: str) -> str:
+def _parse_model(value: str, notices: list[str]) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
         raise ValueError(value)
     return value
@@ -124,16 +178,19 @@ def _parse_model(value: str) -> str:
 def _param_table(max_steps: int) -> dict[str, _Param]:
     params = (
         _Param("ar", "aspect",
-               f"W:H with whole numbers from 1 to {MAX_ASPECT_SIDE}, no wider than "
-               f"{MAX_ASPECT_RATIO}:1 or taller than 1:{MAX_ASPECT_RATIO} (e.g. --ar 16:9)",
+               f"W:H with two positive numbers (e.g. --ar 16:9); ratios beyond "
+               f"{MAX_ASPECT_RATIO}:1 or 1:{MAX_ASPECT_RATIO} are brought to those",
                _parse_aspect, lambda aspect: f"{aspect[0]}:{aspect[1]}"),
-        _Param("seed", "seed", f"a whole number from 0 to {MAX_SEED}", _int_between(0, MAX_SEED)),
+        _Param("seed", "seed", f"a whole number from 0 to {MAX_SEED}",
+               _int_between("seed", 0, MAX_SEED, clamp=False)),
         _Param("no", "negative", "the things to leave out (e.g. --no people, text)",
-               lambda value: value, multiword=True),
-        _Param("chaos", "chaos", "a whole number from 0 to 100", _int_between(0, 100)),
-        _Param("stylize", "stylize", "a whole number from 0 to 1000", _int_between(0, 1000)),
-        _Param("q", "quality", "0.5, 1 or 2", _parse_quality, lambda quality: f"{quality:g}"),
-        _Param("steps", "steps", f"a whole number from 1 to {max_steps}", _int_between(1, max_steps)),
+               lambda value, notices: value, multiword=True),
+        _Param("chaos", "chaos", "a whole number from 0 to 100", _int_between("chaos", 0, 100, clamp=True)),
+        _Param("stylize", "stylize", "a whole number from 0 to 1000",
+               _int_between("stylize", 0, 1000, clamp=True)),
+        _Param("q", "quality", "a number: 0.5, 1 or 2", _parse_quality, lambda quality: f"{quality:g}"),
+        _Param("steps", "steps", f"a whole number from 1 to {max_steps}",
+               _int_between("steps", 1, max_steps, clamp=True)),
         _Param("model", "model",
                "a model name: letters, digits, '.', '_' or '-', at most 64 characters",
                _parse_model),
@@ -141,97 +198,305 @@ def _param_table(max_steps: int) -> dict[str, _Param]:
     return {param.name: param for param in params}
 
 
-_KNOWN = ("Known parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model "
-          "(also --aspect, --c, --s, --quality).")
+KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model "
+                    "(also --aspect, --c, --s, --quality).")
+
+
+# --------------------------------------------------------------------------
+# MidJourney's parameters that Pintor does not have
+# --------------------------------------------------------------------------
+
+_NONE, _ONE, _OPTIONAL, _MANY = "none", "one", "optional", "many"
+_IMAGES = "image prompts are not offered yet"
+_MODEL = "choose a model with --model"
+_ASPECT = "use --ar for the shape"
+
+
+@dataclass(frozen=True)
+class _Foreign:
+    values: str  # _NONE, _ONE, _OPTIONAL (a value only if it looks like one) or _MANY
+    advice: str = ""
+
+
+# After MidJourney's parameter list (docs.midjourney.com, "Parameter List"), v4 to v7 and niji.
+_FOREIGN: dict[str, _Foreign] = {
+    **{name: _Foreign(_NONE) for name in (
+        "tile", "raw", "uplight", "upbeta", "upanime", "turbo", "relax", "fast", "draft", "hd",
+        "test", "testp", "creative", "video", "loop", "stealth", "public")},
+    **{name: _Foreign(_ONE) for name in (
+        "stop", "weird", "exp", "repeat", "r", "sameseed", "motion", "bs", "sv")},
+    "v": _Foreign(_ONE, _MODEL), "version": _Foreign(_ONE, _MODEL),
+    "niji": _Foreign(_OPTIONAL, _MODEL), "style": _Foreign(_ONE, _MODEL),
+    "w": _Foreign(_ONE, _ASPECT), "h": _Foreign(_ONE, _ASPECT),
+    "width": _Foreign(_ONE, _ASPECT), "height": _Foreign(_ONE, _ASPECT),
+    "iw": _Foreign(_ONE, _IMAGES), "sw": _Foreign(_ONE, _IMAGES), "cw": _Foreign(_ONE, _IMAGES),
+    "ow": _Foreign(_ONE, _IMAGES),
+    "sref": _Foreign(_MANY, _IMAGES), "cref": _Foreign(_MANY, _IMAGES), "oref": _Foreign(_MANY, _IMAGES),
+    "p": _Foreign(_MANY), "personalize": _Foreign(_MANY), "profile": _Foreign(_MANY),
+    "end": _Foreign(_MANY),
+}
+# the parameters whose value the model registry may map to a model (docs/models.md)
+SELECTORS = {"v": "v", "version": "v", "niji": "niji", "style": "style"}
+
+_NUMBER_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+_URL_RE = re.compile(r"<?https?://\S+", re.IGNORECASE)
+# a value of --sref/--p…: a link, a number or code with a digit, "random", maybe "::weight"
+_CODE_RE = re.compile(r"(?:<?https?://\S+|random|[A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*)(?:::\S*)?", re.IGNORECASE)
+
+
+def selector_value(value: str) -> str:
+    """A selector's value, canonical: numbers as written without a trailing '.0' ("6.0" → "6"),
+    names in lower case."""
+    if _NUMBER_RE.fullmatch(value):
+        whole, _, fraction = value.partition(".")
+        whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+        return f"{whole}.{fraction}" if fraction else whole
+    return value.lower()
+
+
+# --------------------------------------------------------------------------
+# Words
+# --------------------------------------------------------------------------
+
+# Control characters and invisible spaces (zero-width space, word joiner, BOM) count
+# as whitespace, so "--seed\u200b 7" is not an unknown parameter. (Not the zero-width
+# joiner: emoji sequences need it.)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
+# Dash-like characters: phones turn "--" into "—" or "–"; others come from copy and paste.
+_DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_FLAG_RE = re.compile(f"([{_DASHES}]{{1,3}})([A-Za-z]\\S*)")
+_LONE_DASHES_RE = re.compile(f"[{_DASHES}]{{1,3}}")
+_GLUED_RE = re.compile(r"(ar|aspect|seed|chaos|c|s|stylize|q|quality|steps)([0-9.][0-9.:]*)", re.IGNORECASE)
+_GLUED_AFTER_WEIGHT_RE = re.compile(f"::(?=[{_DASHES}]{{1,3}}[A-Za-z])")
+_IMAGINE_RE = re.compile(r"\s*/?imagine\s+prompt\s*:\s*", re.IGNORECASE)
+_WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _canonical(typed_name: str) -> str:
+    name = typed_name.lower()
+    return _ALIASES.get(name, name)
+
+
+def _is_known(name: str, table: dict[str, _Param]) -> bool:
+    return name in table or name in _FOREIGN
+
+
+def _words(text: str) -> list[str]:
+    """The text's words; "castle::--ar" is two: a parameter glued after '::' is a parameter,
+    not the next part's text."""
+    words = []
+    for word in text.split():
+        glued = None if word.startswith("--") else _GLUED_AFTER_WEIGHT_RE.search(word)
+        words += [word[:glued.start() + 2], word[glued.start() + 2:]] if glued else [word]
+    return words
+
+
+@dataclass
+class _Group:
+    typed: str  # the word that started it, as typed ("—ar", "--sref")
+    name: str  # canonical name
+    args: list[str] = field(default_factory=list)
+
+
+def _split_words(words: list[str], table: dict[str, _Param], notices: list[str]) -> tuple[list[str], list[_Group]]:
+    """Split into the prompt's words and the parameters with the words after each."""
+    prompt_words: list[str] = []
+    groups: list[_Group] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        match = _FLAG_RE.fullmatch(word)
+        if match and (glued := _GLUED_RE.fullmatch(match[2])):
+            # "--ar16:9": the value glued to the name
+            notices.append(f"Read {quote(word)} as --{_canonical(glued[1])} {glued[2]}.")
+            groups.append(_Group(word, _canonical(glued[1]), [glued[2]]))
+        elif match and (match[1] == "--" or _is_known(_canonical(match[2]), table)):
+            groups.append(_Group(word, _canonical(match[2])))
+        elif (_LONE_DASHES_RE.fullmatch(word) and len(word) > 1 and i + 1 < len(words)
+              and len(words[i + 1]) > 1 and _is_known(_canonical(words[i + 1]), table)
+              and (word == "--" or _canonical(words[i + 1]) != "no")):
+            # "-- ar 16:9": a space after the dashes. Not for one letter ("-- c") nor after
+            # phone dashes for "no" ("—— no"): those are often prose.
+            notices.append(f"Read {quote(word + ' ' + words[i + 1])} as --{_canonical(words[i + 1])} "
+                           f"(write parameters without a space after the dashes).")
+            groups.append(_Group(f"{word} {words[i + 1]}", _canonical(words[i + 1])))
+            i += 1
+        elif groups:
+            groups[-1].args.append(word)
+        else:
+            prompt_words.append(word)
+        i += 1
+    return prompt_words, groups
+
+
+def _take_values(group: _Group, table: dict[str, _Param]) -> list[str]:
+    """How many of a group's words are its value; the rest are prompt text (returned)."""
+    if group.name in table:
+        count = len(group.args) if table[group.name].multiword else 1
+        rest = group.args[count:]
+        del group.args[count:]
+        return rest
+    foreign = _FOREIGN.get(group.name)
+    if foreign is None:  # a parameter nobody knows: its value runs to the next parameter
+        return []
+    if foreign.values == _NONE:
+        count = 0
+    elif foreign.values == _ONE:
+        count = 1
+    elif foreign.values == _OPTIONAL:
+        count = 1 if group.args and _NUMBER_RE.fullmatch(group.args[0]) else 0
+    else:
+        count = 0
+        while count < len(group.args) and _CODE_RE.fullmatch(group.args[count]):
+            count += 1
+    rest = group.args[count:]
+    del group.args[count:]
+    return rest
 
 
 # --------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------
 
-# A parameter is a word that starts with "--" followed by a letter. Phones turn
-# "--" into an em dash (or an en dash), so those count as "--" too; so does a dash
-# followed by a hyphen ("—-ar"). A lone "--" or "—" stays plain text.
-_PARAM_RE = re.compile(r"(?:--|[\u2014\u2013])-?([A-Za-z]\S*)")
-# Control characters and invisible spaces (zero-width space, word joiner, BOM) count
-# as whitespace, so "--seed\u200b 7" is not an unknown parameter. (Not the zero-width
-# joiner: emoji sequences need it.)
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
-_WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
+def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int = MAX_STEPS,
+                 strict: bool = False, require_text: bool = True) -> ParsedPrompt:
+    """Parse a member's prompt.
 
-def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS,
-                 max_steps: int = MAX_STEPS) -> ParsedPrompt:
-    """Parse a user's prompt; raise PromptError (and nothing else) when it is invalid."""
-    words = _CONTROL_RE.sub(" ", text).split()
-    prompt_words, groups = _split_words(words)
+    Takes the text as typed (any string); `max_chars` is the abuse limit on its length,
+    `max_steps` the highest --steps, and `strict` (a server's choice) refuses parameters Pintor
+    does not have instead of ignoring them; without `require_text`, parameters alone are fine
+    (/blend's prompt, a member's "always append"): the parts are then empty. Returns a ParsedPrompt whose `notices` say every
+    change made and everything ignored. Raises PromptError (and nothing else) for what cannot
+    be read: no text, a nonsense value (shown in the message), weights adding up to 0 or less.
+    """
+    if len(text) > max_chars:
+        raise PromptError(f"Your prompt is {len(text)} characters long; the limit is {max_chars}.")
+    notices: list[str] = []
+    text = _CONTROL_RE.sub(" ", text)
+    if (imagine := _IMAGINE_RE.match(text)) and (text[imagine.end():].strip() or not require_text):
+        notices.append(f"Removed {quote(' '.join(imagine[0].split()))} from the start: it is part of the "
+                       "command, not of the prompt.")
+        text = text[imagine.end():]
     table = _param_table(max_steps)
+    prompt_words, groups = _split_words(_words(text), table, notices)
 
     values: dict[str, object] = {}
-    for typed_name, args in groups:
-        param = _lookup(table, typed_name)
-        if param.name in values:
-            raise PromptError(f"--{param.name} is given twice; give each parameter once.")
-        values[param.name] = _parse_value(param, args)
-
-    if not prompt_words:
-        raise PromptError("Your prompt has no text: describe the image first, "
-                          "then add parameters such as --ar 16:9.")
-    parts = _split_parts(" ".join(prompt_words))
-    _check_length("Your prompt", " ".join(part.text for part in parts), max_chars)
-    if "no" in values:
-        _check_length("--no", values["no"], max_chars)
-
-    fields = {table[name].field: value for name, value in values.items()}
-    return ParsedPrompt(parts=parts, given=frozenset(values), **fields)
-
-
-def _split_words(words: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Split into the prompt's words and (parameter name as typed, its value words)."""
-    prompt_words: list[str] = []
-    groups: list[tuple[str, list[str]]] = []
-    for word in words:
-        match = _PARAM_RE.fullmatch(word)
-        if match:
-            groups.append((match[1], []))
-        elif groups:
-            groups[-1][1].append(word)
+    selectors: list[tuple[str, str]] = []
+    ignored: dict[str, list[str]] = {}  # canonical name → each use, as typed
+    for group in groups:
+        prompt_words += _moved_to_text(group, _take_values(group, table), notices)
+        if group.name in table:
+            _set_value(values, table[group.name], group, notices)
+        elif group.name in SELECTORS and (group.args or _FOREIGN[group.name].values == _OPTIONAL):
+            selectors.append((SELECTORS[group.name], selector_value(group.args[0]) if group.args else ""))
         else:
-            prompt_words.append(word)
-    return prompt_words, groups
+            ignored.setdefault(group.name, []).append(" ".join([group.typed, *group.args]))
+    if len(values.get("no", [])) > 1:
+        notices.append(f"Merged the --no lists {', '.join(quote(v) for v in values['no'])} into one.")
+    if "no" in values:
+        values["no"] = ", ".join(values["no"])
+    if ignored:
+        if strict:
+            names = ", ".join(quote(uses[0].split()[0]) for uses in ignored.values())
+            raise PromptError(f"Pintor does not have {'this parameter' if len(ignored) == 1 else 'these parameters'}"
+                              f": {names}. " + KNOWN_PARAMETERS)
+        notices.append(_ignored_notice(ignored))
+
+    prompt_text = _clean_text(" ".join(prompt_words), notices)
+    if not prompt_text.strip() and not require_text:
+        parts: tuple[PromptPart, ...] = ()
+    elif not prompt_text.strip():
+        raise PromptError("Your prompt has no text: describe the image first, "
+                          "then add parameters such as --ar 16:9."
+                          + (" (Links are removed: image prompts are not offered yet.)"
+                             if _URL_RE.search(text) else ""))
+    else:
+        parts = _split_parts(prompt_text)
+    fields = {table[name].field: value for name, value in values.items()}
+    return ParsedPrompt(parts=parts, given=frozenset(values), selectors=tuple(selectors),
+                        notices=tuple(dict.fromkeys(notices)), **fields)
 
 
-def _lookup(table: dict[str, _Param], typed_name: str) -> _Param:
-    name = typed_name.lower()
-    param = table.get(_ALIASES.get(name, name))
-    if param is None:
-        raise PromptError(f"Unknown parameter --{_short(typed_name)}. {_KNOWN}")
-    return param
+def _moved_to_text(group: _Group, rest: list[str], notices: list[str]) -> list[str]:
+    if rest:
+        notices.append(f"Read {quote(' '.join(rest))} after {quote(group.typed)} as prompt text.")
+    return rest
 
 
-def _parse_value(param: _Param, args: list[str]) -> object:
-    if not args:
+def _set_value(values: dict[str, object], param: _Param, group: _Group, notices: list[str]) -> None:
+    if not group.args:
         raise PromptError(f"--{param.name} needs a value: {param.allowed}.")
-    if param.multiword:
-        return " ".join(args)
-    if len(args) > 1:
-        raise PromptError(
-            f"Unexpected '{_short(args[1])}' after --{param.name} {_short(args[0])}: "
-            "each parameter takes one value, and the prompt text goes before the parameters.")
+    if param.multiword:  # --no people --no text: one list (said once all are read)
+        values.setdefault(param.name, []).append(" ".join(group.args))
+        return
+    if param.name in values:
+        raise PromptError(f"--{param.name} is given twice ({quote(group.typed + ' ' + group.args[0])} "
+                          "the second time); give it once.")
     try:
-        return param.parse(args[0])
+        values[param.name] = param.parse(group.args[0], notices)
     except ValueError:
-        raise PromptError(
-            f"--{param.name} must be {param.allowed}; got '{_short(args[0])}'.") from None
+        raise PromptError(f"--{param.name} must be {param.allowed}; got {quote(group.args[0])}.") from None
 
 
-def _check_length(what: str, text: str, max_chars: int) -> None:
-    if len(text) > max_chars:
-        raise PromptError(f"{what} is {len(text)} characters long; the limit is {max_chars}.")
+def _ignored_notice(ignored: dict[str, list[str]]) -> str:
+    """One sentence naming every ignored parameter once, with advice where Pintor has some."""
+    by_advice: dict[str, list[str]] = {}
+    shown_at_most = 12  # keeps the notice short whatever is pasted
+    for name, uses in list(ignored.items())[:shown_at_most]:
+        shown = quote(uses[0]) + (f" (×{len(uses)})" if len(uses) > 1 else "")
+        foreign = _FOREIGN.get(name)
+        by_advice.setdefault(foreign.advice if foreign else "", []).append(shown)
+    pieces = [", ".join(shown) + (f" — {advice}" if advice else "") for advice, shown in by_advice.items()]
+    more = len(ignored) - shown_at_most
+    return ("Ignored what Pintor does not have: " + "; ".join(pieces)
+            + (f"; and {more} more." if more > 0 else "."))
+
+
+# --------------------------------------------------------------------------
+# Cleaning the text: links, LoRA tags, BREAK, [a|b]
+# --------------------------------------------------------------------------
+
+_LORA_RE = re.compile(r"<(?:lora|lyco|hypernet):[^<>\s]*>", re.IGNORECASE)
+_ALTERNATION_RE = re.compile(r"\[([^\[\]|]*(?:\|[^\[\]|]*)+)\]")
+
+
+def _clean_text(text: str, notices: list[str]) -> str:
+    links = [word for word in text.split() if _URL_RE.match(word)]
+    if links:
+        hosts = ", ".join(dict.fromkeys(quote(_host(link)) for link in links))
+        notices.append(f"Removed {len(links)} link{'s' if len(links) > 1 else ''} ({hosts}) from the prompt: "
+                       "image prompts are not offered yet, and a link is not words to draw.")
+        text = " ".join(word for word in text.split() if not _URL_RE.match(word))
+    for tag in dict.fromkeys(_LORA_RE.findall(text)):
+        notices.append(f"Removed {quote(tag)}: LoRA models are not supported yet.")
+    text = _LORA_RE.sub(" ", text)
+    if re.search(r"(?<!\S)BREAK(?!\S)", text):
+        notices.append(f"Read {quote('BREAK')} as a comma: Pintor does not split the prompt into chunks.")
+        text = re.sub(r"\s*(?<!\S)BREAK(?!\S)\s*", ", ", text).strip(" ,")
+    for match in dict.fromkeys(_ALTERNATION_RE.findall(text)):
+        notices.append(f"Read {quote('[' + match + ']')} as its words separated by commas: Pintor does "
+                       "not alternate words from step to step.")
+    text = _ALTERNATION_RE.sub(lambda m: ", ".join(c.strip() for c in m[1].split("|") if c.strip()), text)
+    return " ".join(text.split())
+
+
+def _host(link: str) -> str:
+    match = re.match(r"<?https?://([^/\s>?#]+)", link, re.IGNORECASE)
+    return match[1] if match else link
+
+
+# --------------------------------------------------------------------------
+# Multi-prompts: text::weight
+# --------------------------------------------------------------------------
 
 
 def _split_parts(text: str) -> tuple[PromptPart, ...]:
-    """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text."""
+    """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text.
+
+    A weight is a number glued after '::'; anything else after '::' is text (`a::b` means
+    `a:: b`). Weights are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0.
+    """
     chunks = text.split("::")
     if len(chunks) == 1:
         return (PromptPart(text),)
@@ -239,8 +504,9 @@ def _split_parts(text: str) -> tuple[PromptPart, ...]:
     parts = []
     pending = chunks[0]
     for chunk in chunks[1:]:
-        # Whatever is glued right after '::' is the weight of the text before it.
         glued = re.match(r"\S*", chunk)[0]
+        if glued and not _WEIGHT_RE.fullmatch(glued):
+            glued = ""  # "a::b": the text after '::' starts right away
         weight = _parse_weight(glued) if glued else 1.0
         parts.append(_make_part(pending, weight))
         pending = chunk[len(glued):]
@@ -249,7 +515,8 @@ def _split_parts(text: str) -> tuple[PromptPart, ...]:
 
     total = sum(part.weight for part in parts)
     if not total > 0:
-        raise PromptError(f"The weights after '::' add up to {total:g}; "
+        weights = " + ".join(f"{part.weight:g}" for part in parts)
+        raise PromptError(f"The weights after '::' add up to {weights} = {total:g}; "
                           "they must add up to more than 0.")
     if len(parts) == 1:
         # A lone part's weight has nothing to be relative to.
@@ -266,16 +533,100 @@ def _make_part(text: str, weight: float) -> PromptPart:
 
 
 def _parse_weight(glued: str) -> float:
-    weight = float(glued) if _WEIGHT_RE.fullmatch(glued) else math.nan
-    if not -MAX_WEIGHT <= weight <= MAX_WEIGHT:  # also false for NaN
-        raise PromptError(
-            f"Invalid weight '::{_short(glued)}': after '::' write a number from "
-            f"{-MAX_WEIGHT:g} to {MAX_WEIGHT:g} (e.g. castle::2 fog::0.5), or a space.")
+    weight = float(glued)
+    if not math.isfinite(weight):
+        raise PromptError(f"Invalid weight {quote('::' + glued)}: after '::' write a number "
+                          "(e.g. castle::2 fog::0.5), or a space.")
     return weight + 0.0  # turns -0.0 into 0.0
 
 
-def _short(value: str, limit: int = 30) -> str:
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+# --------------------------------------------------------------------------
+# Stable Diffusion emphasis: (word:1.3), ((word)), [word]
+# --------------------------------------------------------------------------
+
+# "(word:1.3)"; not "(ratio 16:9)": a weight follows a colon that does not follow a digit
+_EXPLICIT_WEIGHT_RE = re.compile(r"(?<![0-9]):\s*(" + _NUMBER_RE.pattern + r")\s*$")
+
+
+def has_emphasis(text: str) -> bool:
+    """Whether a text uses Stable Diffusion emphasis: any weighted or doubled parentheses or
+    square brackets. Single (parentheses) alone are prose, as in MidJourney prompts."""
+    segments = emphasis_segments(text)
+    return any(weight != 1.0 for _, weight in segments) and (
+        "((" in text or "[" in text or bool(re.search(r"(?<![0-9]):\s*[0-9.]+\s*\)", text)))
+
+
+def emphasis_segments(text: str) -> tuple[tuple[str, float], ...]:
+    """A text's fragments with AUTOMATIC1111's emphasis weights.
+
+    `(x)` multiplies x's weight by 1.1, `[x]` divides it by 1.1, `(x:1.3)` sets it to 1.3 times
+    the enclosing weight; `\\(` is a literal parenthesis; brackets without a partner are text.
+    Returns ((fragment, weight), …) whose fragments, joined with spaces, are the plain words.
+    Never raises.
+    """
+    segments: list[tuple[str, float]] = []
+
+    def add(fragment: str, weight: float) -> None:
+        fragment = " ".join(fragment.split())
+        if not fragment:
+            return
+        if segments and segments[-1][1] == weight:
+            segments[-1] = (segments[-1][0] + " " + fragment, weight)
+        else:
+            segments.append((fragment, weight))
+
+    def walk(start: int, end: int, weight: float) -> None:
+        i, buffer = start, ""
+        while i < end:
+            char = text[i]
+            if char == "\\" and i + 1 < end and text[i + 1] in "()[]":
+                buffer += text[i + 1]
+                i += 2
+                continue
+            if char in "([":
+                close = _partner(text, i, end)
+                if close is not None:
+                    add(buffer, weight)
+                    buffer = ""
+                    inner_end, factor = close, (EMPHASIS_STEP if char == "(" else 1 / EMPHASIS_STEP)
+                    if char == "(":
+                        explicit = _EXPLICIT_WEIGHT_RE.search(text, i + 1, close)
+                        if explicit:
+                            inner_end, factor = explicit.start(), float(explicit[1])
+                    walk(i + 1, inner_end, weight * factor)
+                    i = close + 1
+                    continue
+            buffer += char
+            i += 1
+        add(buffer, weight)
+
+    walk(0, len(text), 1.0)
+    return tuple((fragment, round(weight, 4)) for fragment, weight in segments)
+
+
+def _partner(text: str, start: int, end: int) -> int | None:
+    """The index of the bracket closing the one at `start` (same kind, nesting counted)."""
+    opening = text[start]
+    closing = ")" if opening == "(" else "]"
+    depth, i = 0, start
+    while i < end:
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == opening:
+            depth += 1
+        elif char == closing:
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def plain_text(text: str) -> str:
+    """A text with its emphasis markup removed (for models that read only plain words)."""
+    return " ".join(fragment for fragment, _ in emphasis_segments(text)) if has_emphasis(text) else text
 
 
 # --------------------------------------------------------------------------
@@ -296,12 +647,11 @@ def _format_part(part: PromptPart) -> str:
 
 
 def format_parameters(p: ParsedPrompt) -> str:
-    """The parameters the user gave, canonically: "--ar 16:9 --seed 7 --no people"."""
-    return " ".join(
-        f"--{param.name} {param.format(getattr(p, param.field))}"
-        for param in _param_table(MAX_STEPS).values()
-        if param.name in p.given
-    )
+    """The parameters the member gave, canonically: "--ar 16:9 --seed 7 --no people --v 6"."""
+    known = [f"--{param.name} {param.format(getattr(p, param.field))}"
+             for param in _param_table(MAX_STEPS).values() if param.name in p.given]
+    chosen = [f"--{name} {value}".rstrip() for name, value in p.selectors]
+    return " ".join(known + chosen)
 
 
 # --------------------------------------------------------------------------

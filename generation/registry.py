@@ -6,11 +6,13 @@ are used. A `source` is anything diffusers' `from_pretrained` accepts: a hub id 
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from generation.schedulers import SchedulerError, check_scheduler
+from generation.prompt import SELECTORS, selector_value
 
 # family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
 # steps without classifier-free guidance.
@@ -26,6 +28,8 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
 }
 TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22"}
 BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
+# families whose text encoders take weighted embeddings (compel): SD emphasis works there
+EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 
 
 class UnknownModelError(LookupError):
@@ -94,6 +98,12 @@ class Registry:
     default: str
     upscaler: str | None = None
     origin: str = "built-in"  # where the entries came from, for `pintor models`
+    # MidJourney's model choosers → model names: ("v", "6") → "sdxl"; ("niji", "") is any --niji
+    selectors: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def for_selector(self, name: str, value: str) -> str | None:
+        """The model an admin mapped `--name value` to (or `--name` with any value); None if none."""
+        return self.selectors.get((name, value)) or self.selectors.get((name, ""))
 
     def get(self, name: str | None) -> ModelSpec:
         """The named model, or the default for None; UnknownModelError names the choices."""
@@ -154,12 +164,32 @@ def _parse_entry(name: str, entry: dict) -> ModelSpec:
         raise RegistryError(f"model '{name}': {err}") from None
 
 
+_SELECTOR_KEY_RE = re.compile(r"--([A-Za-z]+)(?:\s+(\S+))?")
+
+
+def _parse_selectors(table: object, models: dict[str, ModelSpec]) -> dict[tuple[str, str], str]:
+    """[midjourney] "--v 6" = "sdxl", "--niji" = "anime" (any --niji), "--style raw" = "sd-1.5"."""
+    if not isinstance(table, dict):
+        raise RegistryError("[midjourney]: expected a table of \"--v 6\" = \"model name\" entries")
+    selectors = {}
+    for key, model in table.items():
+        match = _SELECTOR_KEY_RE.fullmatch(key.strip())
+        if not match or match[1].lower() not in SELECTORS:
+            raise RegistryError(f"[midjourney]: '{key}' is not one of --v N, --niji [N], --style NAME")
+        if not isinstance(model, str) or model not in models or not models[model].can_generate:
+            raise RegistryError(f"[midjourney]: '{key}' maps to '{model}', which is not a configured "
+                                "text-to-image model")
+        selectors[(SELECTORS[match[1].lower()], selector_value(match[2] or ""))] = model
+    return selectors
+
+
 def load_registry(path: Path | None = None, default: str | None = None) -> Registry:
     """The registry from a TOML file (see docs/models.md), or the built-in one for None.
 
     File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
     with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`.
     """
+    selectors: dict[tuple[str, str], str] = {}
     if path is None:
         models = {m.name: m for m in BUILTIN_MODELS}
         file_default, upscaler, origin = BUILTIN_DEFAULT, "upscaler", "built-in"
@@ -176,6 +206,7 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
         file_default = data.get("default") or (generators[0] if generators else None)
         upscaler = data.get("upscaler") or next((m.name for m in models.values() if m.is_upscaler), None)
         origin = str(path)
+        selectors = _parse_selectors(data.get("midjourney", {}), models)
     chosen = default or file_default
     if not isinstance(chosen, str) or chosen not in models or not models[chosen].can_generate:
         raise RegistryError(
@@ -184,4 +215,4 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
         )
     if upscaler is not None and (not isinstance(upscaler, str) or upscaler not in models or not models[upscaler].is_upscaler):
         raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
-    return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin)
+    return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors)

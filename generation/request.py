@@ -11,8 +11,8 @@ import json
 import random
 from dataclasses import dataclass
 
-from generation.prompt import ParsedPrompt, format_parameters, size_for_aspect
-from generation.registry import ModelSpec
+from generation.prompt import ParsedPrompt, format_parameters, has_emphasis, plain_text, quote, size_for_aspect
+from generation.registry import EMPHASIS_FAMILIES, ModelSpec
 
 GRID_SIZE = 4
 MAX_SEED = 2**32 - 1
@@ -39,6 +39,7 @@ class Request:
     images: tuple[str, ...] = ()  # blend inputs (file paths)
     image_weights: tuple[float, ...] = ()
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
+    notices: tuple[str, ...] = ()  # what was changed or ignored in the prompt, said with the job
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -49,6 +50,7 @@ class Request:
         data["parts"] = tuple((str(t), float(w)) for t, w in data["parts"])
         data["images"] = tuple(data.get("images", ()))
         data["image_weights"] = tuple(data.get("image_weights", ()))
+        data["notices"] = tuple(data.get("notices", ()))
         return cls(**data)
 
     def seeds(self) -> list[int]:
@@ -80,10 +82,37 @@ def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:
     return max(1, round(spec.steps * parsed.quality))
 
 
+NEGATIVE_MIN_GUIDANCE = 1.5  # the least guidance at which a --no list still acts
+
+
 def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine") -> Request:
-    """Resolve a parsed prompt against a model: pixel size, steps, guidance and the seed."""
+    """Resolve a parsed prompt against a model: pixel size, steps, guidance and the seed.
+
+    What the model cannot do with the prompt is said in the request's notices (after the
+    parser's): emphasis on a model without weighted embeddings is read as plain words; a --no
+    list on a model that runs without classifier-free guidance (Turbo) is not applied and not
+    listed; where only a low --stylize would turn guidance off, guidance stays at 1.5.
+    """
     seed = parsed.seed if parsed.seed is not None else random_seed()
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
+    notices = list(parsed.notices)
+    guidance = guidance_for(spec, parsed.stylize)
+    if spec.family not in EMPHASIS_FAMILIES:
+        emphasised = [part.text for part in parsed.parts if has_emphasis(part.text)]
+        if emphasised:
+            notices.append(f"{spec.name} cannot weight words: the emphasis in {quote(emphasised[0])} "
+                           "is read as plain words.")
+            parsed = dataclasses.replace(parsed, parts=tuple(
+                dataclasses.replace(part, text=plain_text(part.text)) for part in parsed.parts))
+    if parsed.negative and guidance <= 1.0:
+        if spec.guidance <= 1.0:
+            notices.append(f"--no {quote(parsed.negative)} was not applied: {spec.name} runs without "
+                           "guidance, which a negative prompt needs.")
+            parsed = dataclasses.replace(parsed, negative="", given=parsed.given - {"no"})
+        else:
+            notices.append(f"--stylize {parsed.stylize} would turn guidance off; it is kept at "
+                           f"{NEGATIVE_MIN_GUIDANCE:g} so that --no {quote(parsed.negative)} applies.")
+            guidance = NEGATIVE_MIN_GUIDANCE
     return Request(
         kind=kind,
         model=spec.name,
@@ -93,10 +122,11 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine
         width=width,
         height=height,
         steps=steps_for(spec, parsed),
-        guidance=guidance_for(spec, parsed.stylize),
+        guidance=guidance,
         seed=seed,
         chaos=parsed.chaos,
         # the seed is shown on its own: a re-roll keeps these parameters with a new seed
         parameters=format_parameters(dataclasses.replace(
-            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"})),
+            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"}, selectors=())),
+        notices=tuple(dict.fromkeys(notices)),
     )

@@ -110,7 +110,7 @@ class MemberSettings(Base):
     quality: Mapped[float | None] = mapped_column(Float, default=None)
     stylize: Mapped[int | None] = mapped_column(Integer, default=None)
     private: Mapped[bool] = mapped_column(Boolean, default=False)  # results only to them (ephemeral)
-    append: Mapped[str] = mapped_column(Text, default="")  # parameters added to every prompt
+    append: Mapped[str] = mapped_column(Text, default="")  # words and parameters added to every prompt
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
@@ -136,10 +136,12 @@ class GuildSettings(Base):
     buttons_author_only: Mapped[bool] = mapped_column(Boolean, default=False)
     nsfw_check: Mapped[bool] = mapped_column(Boolean, default=True)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)  # new jobs refused; queued ones still run
+    # unknown prompt parameters refused (True) or ignored with a notice (False, the default)
+    strict_parameters: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
     def new(cls, guild_id: int) -> GuildSettings:
         return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
-                   nsfw_check=True, paused=False)
+                   nsfw_check=True, paused=False, strict_parameters=False)

@@ -52,6 +52,10 @@ steps = 2
 source = "{models['upscaler-x4']}"
 family = "upscale-x4"
 steps = 2
+
+[midjourney]
+"--v 6" = "tiny-sdxl"
+"--niji" = "tiny-sd"
 ''', encoding="utf-8")
     return path
 

@@ -21,7 +21,7 @@ MESSAGE, DEFERRED, DEFERRED_UPDATE = 4, 5, 6
 EPHEMERAL = 64
 MANAGE_GUILD = str(1 << 5)
 RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps", "max_side",
-         "buttons_author_only", "nsfw_check", "paused")
+         "buttons_author_only", "nsfw_check", "paused", "strict_parameters")
 
 
 async def admin(pintor: Harness, subcommand: str, options: dict | None = None, *,
@@ -76,13 +76,13 @@ async def test_the_group_is_for_server_managers_only(pintor: Harness):
     assert str(group["default_member_permissions"]) == MANAGE_GUILD
     assert group.get("contexts") == [0] or group.get("dm_permission") is False
     assert {o["name"] for o in group["options"]} == {
-        "show", "models", "channels", "limits", "buttons", "nsfw-check", "pause", "resume"}
+        "show", "models", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "pause", "resume"}
 
 
 @pytest.mark.parametrize("subcommand, options", [
     ("show", None), ("models", {"names": "tiny-sdxl"}), ("channels", {"channels": "all"}),
     ("limits", {"max_queued": 1, "daily_quota": 1}), ("buttons", {"author_only": True}),
-    ("nsfw-check", {"on": False}), ("pause", None), ("resume", None)])
+    ("nsfw-check", {"on": False}), ("strict-parameters", {"on": True}), ("pause", None), ("resume", None)])
 async def test_a_member_without_manage_server_is_refused(server: Harness, subcommand: str, options):
     before = await rules_now(server)
     inter = await server.emu.slash("pintor-admin", options, subcommand=subcommand, permissions="0",
@@ -246,3 +246,18 @@ async def test_the_nsfw_check_switch_is_stored(server: Harness):
     assert "NSFW check: on" in (await admin(server, "nsfw-check", {"on": True}))["content"]
     async with studio.store.session() as session:
         assert (await session.get(GuildSettings, emu.guild_id)).nsfw_check is True
+
+
+async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):
+    emu, studio = server.emu, server.studio
+    answer = (await admin(server, "strict-parameters", {"on": True}))["content"]
+    assert "parameters Pintor does not have: refused (strict)" in answer
+    assert (await studio.settings.guild(emu.guild_id)).strict_parameters is True
+    try:
+        inter = await emu.slash("imagine", {"prompt": "a fox --tile --v 5"}, user_id=emu._snowflake())
+        callback = await acked(inter, kind=MESSAGE)
+        assert "“--tile”" in callback["data"]["content"] and callback["data"]["flags"] & EPHEMERAL
+    finally:
+        answer = (await admin(server, "strict-parameters", {"on": False}))["content"]
+    assert "parameters Pintor does not have: ignored, with a notice" in answer
+    assert (await studio.settings.guild(emu.guild_id)).strict_parameters is False

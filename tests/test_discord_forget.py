@@ -193,12 +193,12 @@ async def test_settings_and_forget_controls_keep_answering_after_a_restart(pinto
     await press(pintor, settings.original_id, member, "Private mode on/off")
     assert "private mode: on" in emu.messages[settings.original_id]["content"]
     # a modal opened before the restart, submitted after it
-    saved = await emu.submit_modal(opened_before, {"Parameters added to every prompt": "--no clouds"})
+    saved = await emu.submit_modal(opened_before, {"Added to every prompt: words, --parameters": "--no clouds"})
     await acked(saved, kind=UPDATE)
     assert "always append: --no clouds" in emu.messages[settings.original_id]["content"]
     # and one opened after it
     opened = await press(pintor, settings.original_id, member, "Always append…", kind=MODAL)
-    bad = await emu.submit_modal(opened, {"Parameters added to every prompt": "--chaos 400"})
+    bad = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "--ar banana"})
     refusal = await acked(bad, kind=MESSAGE)
     assert refusal["data"]["flags"] & EPHEMERAL and "Not saved" in refusal["data"]["content"]
     stored = await studio.settings.member(member)

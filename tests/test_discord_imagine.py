@@ -88,10 +88,11 @@ async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness
 
 
 @pytest.mark.parametrize("prompt, says", [
-    ("a fox --ar 9:1", "--ar"),
+    ("a fox --ar banana", "--ar must be W:H"),
+    ("a fox --seed -1", "got “-1”"),
     ("a fox --model nope", "Unknown model 'nope'"),
-    ("a fox --bogus 3", "--bogus"),
     ("--seed 3", "text"),
+    ("https://s.mj.run/abc123 --v 6", "image prompts are not offered yet"),
 ])
 async def test_bad_input_gets_an_ephemeral_message_and_no_job(pintor: Harness, prompt: str, says: str):
     before = await pintor.job_count()
@@ -214,3 +215,58 @@ async def test_a_members_settings_fill_in_the_prompt_and_keep_results_private(pi
     assert final["flags"] & EPHEMERAL
     assert "--ar 3:2" in final["content"]
     assert (await pintor.picture(final)).size == (384, 256)
+
+
+async def test_a_pasted_midjourney_prompt_is_made_and_every_change_is_said(pintor: Harness):
+    emu = pintor.emu
+    prompt = ("/imagine prompt: https://s.mj.run/Xy12ab cinematic photo of a lighthouse in a storm, "
+              "dramatic light —ar 7:2 --v 6.0 --style raw --tile --sref 1234 --sref 5678 --chaos 150 --seed 9")
+    inter = await emu.slash("imagine", {"prompt": prompt})
+    assert (await inter.wait_callback(timeout=3))["type"] == DEFERRED
+    final = await inter.wait_original(is_result, timeout=90)
+    said = [
+        "Removed “/imagine prompt:” from the start",
+        "Ignored what Pintor does not have: “--tile”; “--sref 1234” (×2) — image prompts are not offered yet.",
+        "--ar “7:2”: used 3:1",
+        "--chaos “150” is over the highest value; used 100.",
+        "Removed 1 link (“s.mj.run”)",
+        "Ignored “--style raw”: no model is mapped to it here",
+    ]
+    queued = original_edits(pintor, inter)[0].json["content"]
+    for text in said:  # in the first message, and again with the result, once each
+        assert queued.count(text) == 1, (text, queued)
+        assert final["content"].count(text) == 1, (text, final["content"])
+    # --v 6 is mapped to tiny-sdxl in the test registry: it chose the model, as --model would
+    assert final["content"].startswith("**cinematic photo of a lighthouse in a storm, dramatic light** "
+                                       "--ar 3:1 --chaos 100 --model tiny-sdxl")
+    job = await pintor.posted(job_id_of(final))
+    assert job.status == "done" and job.model == "tiny-sdxl"
+
+
+async def test_strict_servers_refuse_unknown_parameters(pintor: Harness):
+    emu, settings = pintor.emu, pintor.studio.settings
+    await settings.update_guild(emu.guild_id, strict_parameters=True)
+    try:
+        before = await pintor.job_count()
+        inter = await emu.slash("imagine", {"prompt": "a fox --tile --sref 12 --bogus 3"})
+        callback = await inter.wait_callback(timeout=3)
+        assert callback["type"] == MESSAGE and callback["data"]["flags"] & EPHEMERAL
+        for name in ("“--tile”", "“--sref”", "“--bogus”"):
+            assert name in callback["data"]["content"]
+        assert await pintor.job_count() == before
+    finally:
+        await settings.update_guild(emu.guild_id, strict_parameters=False)
+
+
+def test_prompt_notices_never_push_the_status_line_out_of_a_message():
+    from bot.limits import CONTENT, length
+    from bot.results import progress_text
+    from generation.prompt import parse_prompt
+    from generation.registry import load_registry
+    from generation.request import build_request
+
+    prompt = "a lighthouse " * 100 + " ".join(f"--unknown{i} {'v' * 30}{i}" for i in range(60))
+    request = build_request(parse_prompt(prompt), load_registry().get(None))
+    text = progress_text(request, 1, "⏳ queued — position 3")
+    assert length(text) <= CONTENT and text.endswith("\n⏳ queued — position 3")
+    assert "ℹ️ Ignored what Pintor does not have" in text

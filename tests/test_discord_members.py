@@ -196,19 +196,20 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
 
     # "Always append…": a modal; a bad parameter is not saved
     opened = await press(pintor, message_id, member, "Always append…", kind=MODAL)
-    bad = await emu.submit_modal(opened, {"Parameters added to every prompt": "--bogus 3"})
+    bad = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "--bogus 3"})
     refusal = await acked(bad, kind=MESSAGE)
     assert refusal["data"]["flags"] & EPHEMERAL and "Not saved" in refusal["data"]["content"]
+    assert "“--bogus”" in refusal["data"]["content"]
     opened = await press(pintor, message_id, member, "Always append…", kind=MODAL)
-    unknown = await emu.submit_modal(opened, {"Parameters added to every prompt": "--model nope"})
+    unknown = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "--model nope"})
     refusal = await acked(unknown, kind=MESSAGE)
     assert "Not saved" in refusal["data"]["content"] and "Unknown model 'nope'" in refusal["data"]["content"]
     assert (await studio.settings.member(member)).append == ""
     opened = await press(pintor, message_id, member, "Always append…", kind=MODAL)
-    saved = await emu.submit_modal(opened, {"Parameters added to every prompt": "--no fog"})
+    saved = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "film grain --no fog"})
     await acked(saved, kind=UPDATE)
-    assert "always append: --no fog" in emu.messages[message_id]["content"]
-    assert (await studio.settings.member(member)).append == "--no fog"
+    assert "always append: film grain --no fog" in emu.messages[message_id]["content"]
+    assert (await studio.settings.member(member)).append == "film grain --no fog"
 
     # /imagine by this member: the defaults fill in; private mode makes the reply ephemeral
     with_defaults = await emu.slash("imagine", {"prompt": "a harbour at dawn --seed 3"}, user_id=member)
@@ -223,6 +224,7 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
     job = await pintor.job(job_id_of(with_defaults.original))
     request = Request.from_json(job.request)
     assert (request.model, request.steps, request.negative) == ("tiny-sd", 1, "fog")  # q 0.5 of 2 steps
+    assert request.prompt == "a harbour at dawn, film grain"  # the words of "always append" too
     assert request.guidance > 5.0  # stylize 250 of the model's 5.0
     assert "--ar 16:9" in with_defaults.original["content"]
     tile = job.images[0]

@@ -114,8 +114,9 @@ async def test_links_in_a_prompt_are_not_unfurled_in_results_or_reposts(pintor: 
     await acked(inter, kind=DEFERRED)
     final = await inter.wait_original(is_result, timeout=90)
     content = final["content"]
-    assert content.startswith("**a cat <https://example.com/cat_pic.png> beside <HTTP://evil.example/x?a=1&b=_2>, "
-                              r"\[free nitro\](<https://scam.example>)** --no <https://ads.example/banner>")
+    # bare links are taken out of the prompt's text (said in a notice); those left (a masked
+    # link, one in --no) are echoed inside <…>
+    assert content.startswith(r"**a cat beside \[free nitro\](<https://scam.example>)** --no <https://ads.example/banner>")
     assert not [url for message_id, url in emu.unfurled if message_id == int(final["id"])]
 
     shown = await emu.slash("show", {"job_id": job_id_of(final)})
@@ -128,9 +129,9 @@ async def test_links_in_a_prompt_are_not_unfurled_in_results_or_reposts(pintor: 
 
 
 async def test_a_link_in_a_refused_prompt_is_not_unfurled(pintor: Harness):
-    inter = await pintor.emu.slash("imagine", {"prompt": "a cat --https://example.com/x --seed 1"})
+    inter = await pintor.emu.slash("imagine", {"prompt": "a cat --seed https://example.com/x"})
     refusal = (await acked(inter, kind=MESSAGE))["data"]["content"]
-    assert "Unknown parameter" in refusal and not re.findall(r"(?<!<)https?://", refusal)
+    assert "--seed" in refusal and "example.com/x" in refusal and not re.findall(r"(?<!<)https?://", refusal)
 
 
 # -- text direction: the member's text cannot reorder the line with the mention --------------------
@@ -177,7 +178,7 @@ async def test_info_with_forty_unfinished_jobs_lists_what_fits_and_says_how_many
 async def test_history_of_long_prompts_and_long_failures_fits_discords_embed_limits(pintor: Harness):
     emu, store = pintor.emu, pintor.studio.store
     member = emu._snowflake()
-    prompt = "**bold** _a_ ~~b~~ `c` https://example.com/" + "x" * 950
+    prompt = "**bold** _a_ ~~b~~ `c` " + "x" * 970
     jobs = await store_jobs(pintor, member, [f"{prompt}{n} --no {'|' * 990} --seed {n}" for n in range(7)])
     for job in jobs:
         await store.mark_failed(job.id, f"job {job.id} failed: " + "a very long reason " * 100)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from generation.devices import choose_device
-from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise, prior_view
+from generation.engine import PREVIEW_SIDE, Engine, GenerationStopped, initial_noise, prior_view, weighted_embeds
 from generation.imaging import png_bytes
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.registry import Registry, UnknownModelError, load_registry
@@ -155,6 +155,34 @@ def test_variation_from_an_image(engine, registry, picture):
 def test_unknown_model_in_a_request(engine, registry):
     with pytest.raises(UnknownModelError, match="tiny-sd"):
         run(engine, request(registry, "a fox").replace(model="gone"))
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_sd_emphasis_weights_the_embeddings_and_changes_the_picture(engine, registry, model):
+    pipe = engine.pipelines.get(registry.get(model), "text2img")
+    plain = pipe.encode_prompt(prompt="a red fox in the snow", device="cpu", num_images_per_prompt=1,
+                               do_classifier_free_guidance=False)[0]
+    # weight 1 everywhere: compel gives exactly diffusers' own embeddings
+    assert torch.allclose(weighted_embeds(pipe, "a red fox in the snow", "cpu"), plain, atol=1e-5)
+    assert not torch.allclose(weighted_embeds(pipe, "a (red fox:1.6) in the snow", "cpu"), plain, atol=1e-3)
+
+    base, _, _ = run(engine, request(registry, f"a red fox in the snow --seed 5 --model {model}"))
+    strong, _, _ = run(engine, request(registry, f"a (red fox:1.6) in the snow --seed 5 --model {model}"))
+    doubled, _, _ = run(engine, request(registry, f"a ((red fox)) in the snow --seed 5 --model {model}"))
+    assert np.abs(pixels(base.images) - pixels(strong.images)).mean() > 0.3
+    assert np.abs(pixels(base.images) - pixels(doubled.images)).mean() > 0.1
+    assert strong.notices == []
+
+
+def test_kandinsky_reads_emphasis_as_plain_words_and_says_so(engine, registry):
+    req = request(registry, "a (red fox:1.6) in the snow --seed 6 --model tiny-kandinsky")
+    assert req.parts == (("a red fox in the snow", 1.0),)
+    assert req.prompt == "a red fox in the snow"  # what the model reads is what is shown
+    assert req.notices == ("tiny-kandinsky cannot weight words: the emphasis in “a (red fox:1.6) in the "
+                           "snow” is read as plain words.",)
+    result, _, _ = run(engine, req)
+    same, _, _ = run(engine, request(registry, "a red fox in the snow --seed 6 --model tiny-kandinsky"))
+    assert np.array_equal(pixels(result.images), pixels(same.images))
 
 
 # -- SDXL ---------------------------------------------------------------------------------------

@@ -245,3 +245,44 @@ def test_a_scheduler_whose_package_is_missing_stops_the_start_naming_it(tmp_path
     with pytest.raises(RegistryError, match=rf"model 'm': scheduler '{scheduler}' needs {package}, which is "
                                             rf"not installed \(pip install {package}\)"):
         load_registry(write(tmp_path, entry('source = "x"\nfamily = "sd"\n', scheduler)))
+MAPPED = '''
+[models.a]
+source = "x"
+family = "sd"
+[models.anime]
+source = "y"
+family = "sdxl"
+[models.u]
+source = "z"
+family = "upscale-x4"
+[midjourney]
+"--v 6" = "anime"
+"--V 6.1" = "a"
+"--niji" = "anime"
+"--style raw" = "a"
+"--version 5.0" = "a"
+'''
+
+
+def test_midjourney_parameters_map_to_models(tmp_path: Path):
+    registry = load_registry(write(tmp_path, MAPPED))
+    assert registry.selectors == {("v", "6"): "anime", ("v", "6.1"): "a", ("niji", ""): "anime",
+                                  ("style", "raw"): "a", ("v", "5"): "a"}
+    assert registry.for_selector("v", "6") == "anime" and registry.for_selector("v", "7") is None
+    assert registry.for_selector("niji", "6") == "anime" and registry.for_selector("niji", "") == "anime"
+    assert registry.for_selector("style", "raw") == "a" and registry.for_selector("style", "cute") is None
+    assert load_registry().selectors == {}  # the built-in registry maps nothing
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('"--sref 1" = "a"', "'--sref 1' is not one of --v N, --niji"),
+    ('"v 6" = "a"', "'v 6' is not one of"),
+    ('"--v 6" = "nope"', "'--v 6' maps to 'nope', which is not a configured text-to-image model"),
+    ('"--v 6" = "u"', "maps to 'u', which is not a configured text-to-image model"),
+    ('"--v 6" = 6', "maps to '6'"),
+])
+def test_malformed_midjourney_tables(tmp_path: Path, table: str, message: str):
+    text = ('[models.a]\nsource = "x"\nfamily = "sd"\n[models.u]\nsource = "z"\nfamily = "upscale-x4"\n'
+            f"[midjourney]\n{table}\n")
+    with pytest.raises(RegistryError, match=message):
+        load_registry(write(tmp_path, text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given
@@ -147,3 +148,33 @@ def test_replace_keeps_the_rest():
     changed = request.replace(seed=6, kind="reroll")
     assert (changed.seed, changed.kind) == (6, "reroll")
     assert dataclasses.replace(changed, seed=5, kind="imagine") == request
+
+
+def test_a_negative_prompt_on_a_model_without_guidance_is_said_and_not_listed():
+    request = build("a quiet street --no cars, people --seed 3", TURBO)
+    assert request.negative == "" and "--no" not in request.parameters
+    assert request.notices == ("--no “cars, people” was not applied: sd-turbo runs without guidance, "
+                               "which a negative prompt needs.",)
+
+
+def test_a_low_stylize_keeps_guidance_for_a_negative_prompt_and_says_so():
+    request = build("a quiet street --no cars --s 0")
+    assert request.negative == "cars" and request.guidance == 1.5 and "--no cars" in request.parameters
+    assert request.notices == ("--stylize 0 would turn guidance off; it is kept at 1.5 so that --no "
+                               "“cars” applies.",)
+    assert build("a quiet street --s 0").guidance == 1.0 and build("a quiet street --s 0").notices == ()
+
+
+def test_the_parsers_notices_travel_with_the_request_and_its_json():
+    request = build("a red fox --tile --chaos 150")
+    assert request.notices == ("--chaos “150” is over the highest value; used 100.",
+                               "Ignored what Pintor does not have: “--tile”.")
+    assert Request.from_json(request.to_json()) == request
+    data = json.loads(request.to_json())
+    del data["notices"]  # a job stored before notices existed
+    assert Request.from_json(json.dumps(data)).notices == ()
+
+
+def test_selectors_are_not_listed_as_parameters():
+    request = build("a red fox --v 6 --style raw")
+    assert "--v" not in request.parameters and "--style" not in request.parameters

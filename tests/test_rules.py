@@ -52,7 +52,8 @@ FIRST_WRITES = {
     GuildSettings: {"allowed_models": [None, "tiny-sd"], "channel_ids": [None, "1,2"],
                     "max_queued_per_member": [None, 1, 1000], "daily_quota": [None, 1, 7],
                     "max_steps": [None, 1, 150], "max_side": [None, 64, 8192],
-                    "buttons_author_only": [True, False], "nsfw_check": [True, False], "paused": [True, False]},
+                    "buttons_author_only": [True, False], "nsfw_check": [True, False], "paused": [True, False],
+                    "strict_parameters": [True, False]},
     MemberSettings: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
                      "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"]},
 }
@@ -102,6 +103,53 @@ def test_member_defaults_fill_what_the_prompt_does_not_say():
     assert merged.aspect == (16, 9) and merged.stylize == 300 and merged.negative == "text"
     assert merged.chaos == 5  # the prompt wins
     assert with_defaults(parse_prompt("a fox --ar 1:2"), defaults).aspect == (1, 2)
+
+
+@pytest.mark.parametrize("append, prompt, text, negative", [
+    ("highly detailed, 35mm film", "a fox in the snow --ar 3:2", "a fox in the snow, highly detailed, 35mm film", ""),
+    ("highly detailed --no text, watermark", "a fox", "a fox, highly detailed", "text, watermark"),
+    ("--no text", "a fox --no trees", "a fox", "trees"),  # the prompt wins
+    ("soft light", "castle::2 fog::1", "castle::2 fog, soft light::1", ""),
+    ("", "a fox", "a fox", ""),
+])
+def test_always_append_adds_its_words_too(append, prompt, text, negative):
+    defaults = MemberSettings.new(1)
+    defaults.append = append
+    merged = with_defaults(parse_prompt(prompt), defaults)
+    assert (merged.text, merged.negative) == (text, negative)
+
+
+def test_always_append_follows_the_prompt_rules():
+    defaults = MemberSettings.new(1)
+    defaults.append = "sharp focus --tile --chaos 150"
+    merged = with_defaults(parse_prompt("a fox --ar 16:9"), defaults)
+    assert merged.text == "a fox, sharp focus" and merged.chaos == 100 and merged.aspect == (16, 9)
+    assert merged.notices == ("--chaos “150” is over the highest value; used 100.",
+                              "Ignored what Pintor does not have: “--tile”.")
+    with pytest.raises(USER_ERRORS, match="“--tile”"):
+        with_defaults(parse_prompt("a fox"), defaults, strict=True)
+
+
+def test_midjourney_model_choosers_follow_the_registry(registry_file):
+    registry = load_registry(registry_file)  # "--v 6" → tiny-sdxl, any "--niji" → tiny-sd
+    assert prepare(registry, "a fox --v 6.0").model == "tiny-sdxl"
+    assert prepare(registry, "a fox --niji 6").model == "tiny-sd"
+    assert prepare(registry, "a fox --v 6 --model tiny-kandinsky").model == "tiny-kandinsky"
+    request = prepare(registry, "a fox --v 6 --model tiny-kandinsky")
+    assert request.notices == ("Ignored “--v 6”: the model is tiny-kandinsky already.",)
+    request = prepare(registry, "a fox --v 5.2 --style raw")
+    assert request.model == "tiny-sd" and "--v" not in request.parameters
+    assert request.notices == (
+        "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model (tiny-sd, tiny-sdxl, tiny-kandinsky).",
+        "Ignored “--style raw”: no model is mapped to it here; choose one with --model (tiny-sd, tiny-sdxl, tiny-kandinsky).")
+    with pytest.raises(USER_ERRORS, match="“--v 5.2” chooses no model"):
+        prepare(registry, "a fox --v 5.2", strict=True)
+    assert prepare(registry, "a fox --v 6", strict=True).model == "tiny-sdxl"
+    # a chooser in the prompt beats the member's default model, like --model does
+    defaults = MemberSettings.new(1)
+    defaults.model = "tiny-kandinsky"
+    assert prepare(registry, "a fox --v 6", defaults).model == "tiny-sdxl"
+    assert prepare(registry, "a fox", defaults).model == "tiny-kandinsky"
 
 
 def test_prepare_applies_member_defaults_and_names_them(registry_file):

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from bot.intake import USER_ERRORS, Member, RequestError, prepare
 
+from bot.results import prompt_notices
 from bot.studio import VARY_STRONG, VARY_SUBTLE
 from generation.events import FINAL_EVENTS, Done, Event, Progress, Queued, Started
 from generation.registry import load_registry
@@ -125,12 +126,13 @@ async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, m
 @pytest.mark.parametrize(("prompt", "message"), [
     ("", "no text"),
     ("   --ar 16:9", "no text"),
-    ("a cat --ar 9:1", "--ar must be"),
+    ("a cat --ar 9:0", "--ar must be"),
     ("a cat --model nope", "Unknown model 'nope'"),
-    ("x" * 1001, "1001 characters long; the limit is 1000"),
+    ("x" * 4001, "4001 characters long; the limit is 4000"),
     ("a cat --model tiny-upscaler", "cannot make pictures from text"),
-    ("a cat --foo 3", "Unknown parameter --foo"),
     ("a cat --steps 0", "--steps must be"),
+    ("a cat --seed -1", "got “-1”"),
+    ("https://cdn.discordapp.com/attachments/1/2/cat.png", "image prompts are not offered yet"),
 ])
 async def test_bad_input_is_a_user_error_and_changes_nothing(env, prompt: str, message: str):
     jobs_before, files_before = await job_count(env), files(env.root)
@@ -138,6 +140,31 @@ async def test_bad_input_is_a_user_error_and_changes_nothing(env, prompt: str, m
         await env.studio.imagine(ANN, prompt)
     assert await job_count(env) == jobs_before
     assert files(env.root) == files_before
+
+
+async def test_a_pasted_prompt_is_made_and_its_notices_are_kept_with_the_job(env):
+    prompt = ("/imagine prompt: a lighthouse in a storm, oil painting --ar 4:1 --v 5.2 --tile "
+              "--sref 4567 --sref 8910 --chaos 150 --seed 3")
+    submitted = await env.studio.imagine(ANN, prompt)
+    await finish(submitted)
+    job = await env.studio.job(submitted.job_id)
+    request = Request.from_json(job.request)
+    assert job.status == "done" and job.prompt == "a lighthouse in a storm, oil painting"
+    assert (request.chaos, request.width > request.height) == (100, True)
+    assert request.notices == (
+        "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
+        "--ar “4:1”: used 3:1, the nearest ratio Pintor makes (from 3:1 to 1:3).",
+        "--chaos “150” is over the highest value; used 100.",
+        "Ignored what Pintor does not have: “--tile”; “--sref 4567” (×2) — image prompts are not offered yet.",
+        "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model "
+        "(tiny-sd, tiny-sdxl, tiny-kandinsky).")
+    # a re-roll keeps them (the same prompt); an upscale or a variation does not say them again
+    reroll = await env.studio.reroll(ANN, submitted.job_id)
+    await finish(reroll)
+    assert reroll.request.notices == request.notices and prompt_notices(reroll.request)
+    vary = await env.studio.vary(ANN, submitted.job_id, 1, strong=False)
+    await finish(vary)
+    assert prompt_notices(vary.request) == []
 
 
 # -- re-roll, vary, upscale ---------------------------------------------------------------------

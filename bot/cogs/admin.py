@@ -61,6 +61,7 @@ def describe(rules: GuildSettings, registry: Registry, *, author_only_forced: bo
         f"max steps: {limit(rules.max_steps)} · max side: {limit(rules.max_side, ' px')}",
         f"buttons: {buttons}",
         f"NSFW check: {'on' if rules.nsfw_check else 'off'} (where the model has a checker)",
+        f"parameters Pintor does not have: {'refused (strict)' if rules.strict_parameters else 'ignored, with a notice'}",
     ])
 
 
@@ -232,6 +233,13 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
     async def nsfw_check(self, interaction: discord.Interaction, on: bool) -> None:
         """The NSFW check of results, where the model ships a checker."""
         await self._update(interaction, nsfw_check=on)
+
+    @app_commands.command(name="strict-parameters")
+    @app_commands.describe(on="refuse prompts with parameters Pintor does not have (--tile, --sref…) "
+                              "instead of ignoring them with a notice")
+    async def strict_parameters(self, interaction: discord.Interaction, on: bool) -> None:
+        """Whether unknown prompt parameters are refused or ignored with a notice."""
+        await self._update(interaction, strict_parameters=on)
 
     @app_commands.command(name="pause")
     async def pause(self, interaction: discord.Interaction) -> None:

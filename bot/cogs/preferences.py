@@ -123,8 +123,9 @@ class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING 
 
 
 class AppendModal(discord.ui.Modal, title="Always append"):
-    text = discord.ui.TextInput(label="Parameters added to every prompt", required=False, max_length=200,
-                                placeholder="--no text, watermark --chaos 10", custom_id="append")
+    text = discord.ui.TextInput(label="Added to every prompt: words, --parameters", required=False,
+                                max_length=200, placeholder="film grain --no text, watermark --chaos 10",
+                                custom_id="append")
 
     def __init__(self, user_id: int, current: str):
         super().__init__(custom_id=f"pintor:append:{user_id}")
@@ -196,7 +197,9 @@ class Preferences(commands.Cog):
         value = _text_value(interaction.data, "append").strip()
         if value:
             try:
-                self.bot.studio.prepare("x " + value)  # as every prompt will be: unknown models too
+                # as every prompt will be (unknown models too); a setting is written on purpose,
+                # so a parameter Pintor does not have is refused now rather than ignored every time
+                self.bot.studio.prepare("x " + value, strict=True)
             except USER_ERRORS as err:
                 await interaction.response.send_message(plain(f"⚠️ Not saved: {err}"), ephemeral=True)
                 return

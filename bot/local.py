@@ -34,13 +34,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.intake import Member, RequestError
+from bot.intake import USER_ERRORS, Member, RequestError
 from bot.settings import Settings
 from bot.studio import Studio, Submitted
 from bot.wiring import open_studio
 from generation.events import Cancelled, Done, Event, Failed, Interrupted
 from generation.request import Request
 from storage.models import CANCELLED, DONE, FAILED, Job
+
+__all__ = ["USER_ERRORS", "JobFailed", "Pintor", "Result", "SyncPintor", "Watcher"]
 
 OPERATOR = Member(0, "cli")  # whoever runs the machine: the `pintor` command and this interface
 
@@ -138,9 +140,9 @@ JobRef = int | Result
 
 class Pintor:
     """The studio for Python: open it with `async with Pintor() as pintor`. Each method queues
-    one job as the operator and returns its `Result` once done, or raises: `RequestError` (and
-    the other errors of `bot.intake.USER_ERRORS`) for bad input, with the message a Discord
-    member would get and nothing stored; `JobFailed` when the job made no pictures."""
+    one job as the operator and returns its `Result` once done, or raises: one of `USER_ERRORS`
+    (`except USER_ERRORS as err`) for bad input, with the message a Discord member would get
+    and nothing stored; `JobFailed` when the job made no pictures."""
 
     def __init__(self, settings: Settings | None = None, *, watcher: Watcher | None = None):
         self.settings = settings or Settings()

@@ -43,11 +43,11 @@ def jobs(tmp_path: Path) -> list[tuple]:
         return conn.execute("SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
 
 
-def run_main(env: dict[str, str], cwd: Path, *calls: list[str]) -> tuple[list[int], str, str]:
-    """Call `bot.cli.main` once per argument list in ONE Python process (the worker starts once
-    per call, the interpreter once); returns the exit codes, stdout and stderr. Also checks
-    that none of it loaded discord.py."""
-    script = (
+def main_calls_script(*calls: list[str]) -> str:
+    """A Python script that calls `bot.cli.main` once per argument list in ONE process (the
+    interpreter starts once; each call starts the worker), then prints the exit codes and the
+    discord modules it loaded."""
+    return (
         "import json, sys\n"
         "from bot.cli import main\n"
         "codes = []\n"
@@ -59,13 +59,21 @@ def run_main(env: dict[str, str], cwd: Path, *calls: list[str]) -> tuple[list[in
         "    print('---', flush=True)\n"
         "print('CODES', json.dumps(codes))\n"
         "print('DISCORD', sorted(n for n in sys.modules if n.split('.')[0] == 'discord'))\n")
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=400)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+
+
+def codes_of(stdout: str) -> list[int]:
+    """The exit codes a `main_calls_script` printed; fails if it loaded discord.py."""
+    lines = stdout.splitlines()
     assert "DISCORD []" in lines, "a CLI verb loaded discord.py"
-    codes = json.loads(next(line for line in lines if line.startswith("CODES "))[6:])
-    return codes, done.stdout, done.stderr
+    return json.loads(next(line for line in lines if line.startswith("CODES "))[6:])
+
+
+def run_main(env: dict[str, str], cwd: Path, *calls: list[str]) -> tuple[list[int], str, str]:
+    """Run a `main_calls_script`; returns the exit codes, stdout and stderr."""
+    done = subprocess.run([sys.executable, "-c", main_calls_script(*calls)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    return codes_of(done.stdout), done.stdout, done.stderr
 
 
 def test_every_job_verb_from_the_terminal(env, tmp_path):

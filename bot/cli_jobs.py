@@ -44,12 +44,10 @@ class TerminalProgress(Watcher):
     """One job on the terminal: what was queued, its position, notices, a progress bar."""
 
     def __init__(self) -> None:
-        self.job_id: int | None = None
         self._bar = None
 
     def submitted(self, submitted: Submitted) -> None:
         request = submitted.request
-        self.job_id = submitted.job_id
         print(f"job {submitted.job_id}: {request.kind}, {request.width}×{request.height}, {request.steps} steps, "
               f"seed {request.seed}, model {request.model}", file=sys.stderr)
 
@@ -81,12 +79,7 @@ async def run_job(settings: Settings, output: Path | None, separate: bool,
     progress = TerminalProgress()
     try:
         async with Pintor(settings, watcher=progress) as pintor:
-            try:
-                result = await make(pintor)
-            except asyncio.CancelledError:  # Ctrl-C: the operator changed their mind
-                if progress.job_id is not None:
-                    await pintor.cancel(progress.job_id)
-                raise
+            result = await make(pintor)  # Ctrl-C cancels the job (`Pintor.finish`)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -224,7 +217,9 @@ async def imagine_batch(settings: Settings, source: Path, folder: Path, resume: 
     A line is finished when its file exists (files are written by rename, so a file is whole).
     The jobs of unfinished lines are recorded in `folder/.pintor-batch.json`; `--resume` follows
     the jobs a stop left queued (the start queues them again) instead of queueing them twice,
-    and queues anew only lines whose job failed, was cancelled or is gone."""
+    and queues anew only lines whose job failed, was cancelled or is gone. (A stop in the
+    instant between storing a job and recording it in the file would leave one job unrecorded:
+    its line is queued again on resume.)"""
     try:
         lines = read_batch(settings, source)
     except RequestError as err:
@@ -269,7 +264,7 @@ async def imagine_batch(settings: Settings, source: Path, folder: Path, resume: 
             for line in todo:
                 progress.current = line.name
                 try:
-                    result = await pintor.finish(jobs[line])
+                    result = await pintor.finish(jobs[line], cancel_if_interrupted=False)
                 except JobFailed as err:
                     failures += 1
                     progress.bar.write(f"error: {source}:{line.number}: job {err.job_id}: {err}", file=sys.stderr)
@@ -348,6 +343,9 @@ def run_job_command(settings: Settings, args: argparse.Namespace) -> int:
             print("error: give a prompt, or --from FILE with one prompt per line", file=sys.stderr)
             return EXIT_BAD_INPUT
         if args.batch is not None:
+            if args.separate:
+                print("error: --separate is for one prompt; a batch writes one grid per line", file=sys.stderr)
+                return EXIT_BAD_INPUT
             return asyncio.run(imagine_batch(settings, args.batch, args.output or Path("."), args.resume))
         if args.resume:
             print("error: --resume is for batches (--from FILE)", file=sys.stderr)

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from PIL import Image
 
@@ -155,7 +156,7 @@ class Pintor:
         """The same, for code without asyncio: `with Pintor.sync() as pintor: pintor.imagine(…)`."""
         return SyncPintor(cls(settings, watcher=watcher))
 
-    async def __aenter__(self) -> Pintor:
+    async def __aenter__(self) -> Self:
         self._stack = contextlib.AsyncExitStack()
         # the operator's unfinished jobs go on (a batch resumed); Discord's are the bot's to resume
         self.studio = await self._stack.enter_async_context(open_studio(self.settings, resume_user=OPERATOR.id))
@@ -231,9 +232,20 @@ class Pintor:
                                                  limit=page_size)
         return list(jobs), total
 
-    async def finish(self, submitted: Submitted | int) -> Result:
+    async def finish(self, submitted: Submitted | int, *, cancel_if_interrupted: bool = True) -> Result:
         """Wait for a job (just submitted, or stored earlier and queued again by the start) and
-        return its result; raises `JobFailed` when it ends without pictures."""
+        return its result; raises `JobFailed` when it ends without pictures. When the wait is
+        cancelled (Ctrl-C), the job is cancelled too, unless `cancel_if_interrupted` is False
+        (a batch keeps its jobs queued, to be resumed)."""
+        job_id = submitted.job_id if isinstance(submitted, Submitted) else submitted
+        try:
+            return await self._finish(submitted)
+        except asyncio.CancelledError:
+            if cancel_if_interrupted:
+                await asyncio.shield(self.cancel(job_id))
+            raise
+
+    async def _finish(self, submitted: Submitted | int) -> Result:
         studio = self._open()
         if isinstance(submitted, Submitted):
             job_id, events = submitted.job_id, submitted.events
@@ -305,7 +317,7 @@ class SyncPintor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> SyncPintor:
+    def __enter__(self) -> Self:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pintor-loop", daemon=True)
         self._thread.start()
@@ -328,7 +340,12 @@ class SyncPintor:
         self._loop.close()
 
     def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:  # Ctrl-C: the job waited for is cancelled (`Pintor.finish`)
+            future.cancel()
+            raise
 
     def imagine(self, prompt: str) -> Result:
         return self._call(self._pintor.imagine(prompt))

@@ -215,7 +215,7 @@ def test_a_batch_with_bad_lines_names_each_and_stores_nothing(env, tmp_path):
 def readme_python_example() -> str:
     """The README's Python example: the first ```python block of its first screen."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"```python\n(.*?)```", text, re.S)
+    match = re.search(r"```python\n(.*?)```", text, re.DOTALL)
     assert match, "README.md has no Python example"
     assert text.index(match.group(0)) < text.index("## Quick start"), "the example is not on the first screen"
     return match.group(1)

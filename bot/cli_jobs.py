@@ -310,7 +310,8 @@ def add_job_commands(commands) -> None:
     """The job verbs beside `imagine` (added by `bot.cli.build_parser`)."""
     p = commands.add_parser("blend", help="mix 2–5 pictures (and a text) into a new grid, as /blend does")
     p.add_argument("images", nargs="+", type=Path, help="2–5 picture files (PNG, JPEG, WebP, GIF …)")
-    p.add_argument("--prompt", default="", help='optional text and parameters, e.g. "a new animal --seed 5"')
+    p.add_argument("--prompt", default="", help='optional text and parameters, e.g. "a new animal --seed 5" '
+                   '(parameters alone: --prompt="--seed 5")')
     p.add_argument("--weights", default="", help="one per picture, and one more for the prompt: e.g. 1,1,0.5")
     p.add_argument("--dimensions", default="square", help="square, portrait or landscape")
     p.add_argument("--model", default=None, help="a model that can blend (pintor models)")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from bot.cli_jobs import JOB_COMMANDS, add_job_commands, run_job_command
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,79 +24,6 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _output_paths(output: Path, separate: bool) -> list[Path]:
-    """The files `imagine` will write: the grid, and with --separate one per image."""
-    paths = [output]
-    if separate:
-        paths += [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(1, 5)]
-    return paths
-
-
-def _check_writable(paths: list[Path]) -> None:
-    for path in paths:
-        if path.is_dir():
-            raise SystemExit(f"error: {path} is a folder; give a file name such as {path / 'out.png'}")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise SystemExit(f"error: cannot write {path}: the folder {parent} does not exist")
-        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise SystemExit(f"error: cannot write {path}: permission denied")
-
-
-async def imagine(settings: Settings, prompt: str, output: Path, separate: bool) -> int:
-    from tqdm import tqdm
-
-    from bot.intake import USER_ERRORS, Member, prepare
-    from bot.wiring import open_studio, registry_from
-    from generation.events import Done, Failed, Progress, Queued, Started
-
-    paths = _output_paths(output, separate)
-    _check_writable(paths)
-    try:
-        request = prepare(registry_from(settings), prompt)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    async with open_studio(settings) as studio:
-        submitted = await studio.submit(Member(0, "cli"), request)
-        print(f"job {submitted.job_id}: {request.width}×{request.height}, {request.steps} steps, "
-              f"seed {request.seed}, model {request.model}", file=sys.stderr)
-        for notice in request.notices:  # what was changed or ignored in the prompt
-            print(f"note: {notice}", file=sys.stderr)
-        bar = None
-        try:
-            async for event in submitted.events:
-                if isinstance(event, Queued):
-                    print(f"queued — position {event.position}", file=sys.stderr)
-                elif isinstance(event, Started):
-                    for notice in event.notices:
-                        print(f"note: {notice}", file=sys.stderr)
-                elif isinstance(event, Progress):
-                    if bar is None:
-                        bar = tqdm(total=event.total, unit="step", desc="generating", file=sys.stderr)
-                    bar.update(event.step - bar.n)
-                elif isinstance(event, Done):
-                    if bar is not None:
-                        bar.close()
-                    for notice in event.notices:
-                        print(f"note: {notice}", file=sys.stderr)
-                    shutil.copyfile(event.grid.path, paths[0])
-                    for image, path in zip(event.images, paths[1:]):
-                        shutil.copyfile(image.path, path)
-                    print(f"wrote {', '.join(str(p) for p in paths)} (seed {request.seed})")
-                    return 0
-                elif isinstance(event, Failed):
-                    print(f"error: {event.reason}", file=sys.stderr)
-                    return 1
-                else:
-                    print(f"job {submitted.job_id}: {type(event).__name__.lower()}", file=sys.stderr)
-                    return 1
-        except asyncio.CancelledError:  # Ctrl-C: the member changed their mind
-            await studio.cancel(submitted.job_id)
-            raise
-    return 1
 
 
 def models(settings: Settings) -> int:
@@ -144,10 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pintor", description="A self-hosted, MidJourney-style image bot.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start the Discord bot and its generation worker")
-    p = commands.add_parser("imagine", help="make a 2×2 grid from a prompt, as /imagine does")
-    p.add_argument("prompt", help='e.g. "a red fox in the snow --ar 3:2 --seed 7 --no people"')
-    p.add_argument("-o", "--output", type=Path, default=Path("pintor.png"), help="grid file (PNG)")
+    p = commands.add_parser("imagine", help="make a 2×2 grid from a prompt (or one per line of a file), as /imagine does")
+    p.add_argument("prompt", nargs="?", help='e.g. "a red fox in the snow --ar 3:2 --seed 7 --no people"')
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="grid file (PNG; default pintor.png); with --from, the folder for the pictures")
     p.add_argument("--separate", action="store_true", help="also write the four images as NAME-1.png …")
+    p.add_argument("--from", dest="batch", type=Path, default=None, metavar="FILE",
+                   help="a batch: one prompt per line (# comments), written as NNN-<prompt>.png")
+    p.add_argument("--resume", action="store_true", help="finish a batch that was interrupted")
+    add_job_commands(commands)
     commands.add_parser("models", help="the configured models and where each comes from")
     commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
     commands.add_parser("health", help="cheap check for a container's HEALTHCHECK: database and data folder")
@@ -169,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             from bot.app import run_bot
 
             return asyncio.run(run_bot(settings)) or 0
-        if args.command == "imagine":
-            return asyncio.run(imagine(settings, args.prompt, args.output, args.separate))
+        if args.command in JOB_COMMANDS:
+            return run_job_command(settings, args)
         if args.command == "models":
             return models(settings)
         if args.command == "doctor":

@@ -125,11 +125,13 @@ class Studio:
         self._forget_locks: dict[int, asyncio.Lock] = {}
         self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
 
-    async def start(self) -> None:
-        """Start the worker and queue again every job a crash or a stop left unfinished."""
+    async def start(self, *, resume_user: int | None = None) -> None:
+        """Start the worker and queue again every job a crash or a stop left unfinished; with
+        `resume_user`, only that member's (the CLI resumes its own jobs, not those the bot
+        resumes for Discord's members, which may be running beside it)."""
         await self.queue.start()
         self._consumer = asyncio.create_task(self._consume(), name="studio-events")
-        for job in await self.store.unfinished():
+        for job in await self.store.unfinished(resume_user):
             await self.store.mark_queued(job.id)
             await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
             log.info("job %s queued again after a restart", job.id)

@@ -46,16 +46,17 @@ def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | N
 
 
 @asynccontextmanager
-async def open_studio(settings: Settings) -> AsyncIterator[Studio]:
+async def open_studio(settings: Settings, *, resume_user: int | None = None) -> AsyncIterator[Studio]:
     """A started studio (migrated database, worker process running); closed on exit, which
-    lets the worker finish its step and leaves unfinished jobs queued for the next start."""
+    lets the worker finish its step and leaves unfinished jobs queued for the next start.
+    `resume_user`: queue again only that member's unfinished jobs (`Studio.start`)."""
     check_queue_url(settings)
     registry = registry_from(settings)
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
         studio = build_studio(settings, engine, registry)
-        await studio.start()
+        await studio.start(resume_user=resume_user)
         try:
             yield studio
         finally:

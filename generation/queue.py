@@ -9,10 +9,12 @@ A Redis-backed queue with remote workers can serve the same interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +59,25 @@ class JobQueue(Protocol):
     @property
     def state(self) -> WorkerState:
         """What is known of the worker: ready, device, the running job and its step."""
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While the worker is spawned: multiprocessing's spawn runs the parent's main script again
+    in the child (as `__mp_main__`) when it was started as `python script.py`. The worker needs
+    nothing of it, and a script that uses Pintor without an `if __name__ == "__main__":` guard
+    (the README's three lines) would start a second Pintor inside the worker. Without
+    `__file__`, spawn leaves the main module alone, as it does for `python -c` and notebooks."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:  # `-m`: imported by name, harmless
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 class LocalQueue:
@@ -176,7 +197,8 @@ class LocalQueue:
         self.state.ready = False
         self._process = ctx.Process(target=run_worker, args=(child_conn, self.config),
                                     name="pintor-worker", daemon=True)
-        self._process.start()
+        with _main_script_hidden():
+            self._process.start()
         child_conn.close()
         self._conn = parent_conn
         threading.Thread(target=self._read, args=(parent_conn, self._generation),

@@ -134,6 +134,17 @@ class JobStore:
                                          .order_by(Job.id.desc()).offset(offset).limit(limit))
             return jobs.all(), total or 0
 
+    async def shared_history(self, user_id: int, *, offset: int, limit: int) -> tuple[Sequence[Job], int]:
+        """A page of a member's jobs and of every job posted publicly in a server (not private),
+        newest first, and how many there are: what the `pintor` CLI, the machine's operator,
+        may read."""
+        readable = or_(Job.user_id == user_id, (Job.private.is_(False)) & Job.guild_id.is_not(None))
+        async with self.session() as session:
+            total = await session.scalar(select(func.count()).select_from(Job).where(readable))
+            jobs = await session.scalars(select(Job).where(readable).order_by(Job.id.desc())
+                                         .offset(offset).limit(limit))
+            return jobs.all(), total or 0
+
     async def count_unfinished(self, user_id: int) -> int:
         async with self.session() as session:
             return await session.scalar(select(func.count()).select_from(Job).where(

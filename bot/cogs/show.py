@@ -14,6 +14,7 @@ from discord.ext import commands
 from bot.cogs.imagine import DM_REFUSAL
 from bot.delivery import Delivery
 from bot.limits import Echo, compose
+from bot.local import OPERATOR
 from bot.results import result_message
 from bot.studio import channel_refusal
 from storage.models import CANCELLED, DONE, FAILED
@@ -39,11 +40,12 @@ class Show(commands.Cog):
             await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
             return
         job = await self.bot.studio.job(job_id)
-        # A member sees their own jobs anywhere, and the public jobs made in the server they
-        # are in; a job delivered privately does not exist for anyone but its author.
+        # A member sees their own jobs anywhere, the public jobs made in the server they are
+        # in, and the operator's (made with `pintor` or from Python: shared with every server);
+        # a job delivered privately does not exist for anyone but its author.
         own = job is not None and job.user_id == interaction.user.id
-        if job is None or not (own or (not job.private and job.guild_id is not None
-                                       and job.guild_id == interaction.guild_id)):
+        if job is None or not (own or (not job.private and (job.user_id == OPERATOR.id or (
+                job.guild_id is not None and job.guild_id == interaction.guild_id)))):
             await interaction.response.send_message(f"There is no job {job_id} here.", ephemeral=True)
             return
         # where Pintor does not answer, it posts nothing either (the rule /imagine follows)

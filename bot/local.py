@@ -1,0 +1,369 @@
+"""Pintor from Python: every kind of job in a few lines, through the same studio, queue, worker
+and database as Discord and the `pintor` command (so the same prompt language, the same models
+and, for the same seed, the same pictures)::
+
+    from bot.local import Pintor
+
+    async with Pintor() as pintor:
+        mix = await pintor.blend(["cat.png", "tiger.png"], prompt="a new animal")
+        fox = await pintor.imagine("a red fox in the snow --ar 3:2 --seed 7")
+        big = await pintor.upscale(fox, 2)
+    mix.save("new-animal.png")
+
+Scripts and notebooks that do not use asyncio use `Pintor.sync()` the same way, without
+`async`/`await` (it runs its own event loop in a thread, so it works inside Jupyter too).
+
+Settings come from the environment and `.env` as for `pintor run`. Jobs are made by the
+operator (user 0, as `pintor imagine`); a job made in Discord can be read, upscaled or varied
+here when it was posted publicly in a server, never when it was delivered privately (a direct
+message, or a member's private mode): those belong to their author. This module never imports
+discord.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from PIL import Image
+
+from bot.intake import USER_ERRORS, Member, RequestError
+from bot.settings import Settings
+from bot.studio import Studio, Submitted
+from bot.wiring import open_studio
+from generation.events import Cancelled, Done, Event, Failed, Interrupted
+from generation.request import Request
+from storage.models import CANCELLED, DONE, FAILED, Job
+
+__all__ = ["USER_ERRORS", "JobFailed", "Pintor", "Result", "SyncPintor", "Watcher"]
+
+OPERATOR = Member(0, "cli")  # whoever runs the machine: the `pintor` command and this interface
+
+
+class JobFailed(RuntimeError):
+    """A job that was queued but made no pictures (failed, cancelled, or stopped by a shutdown,
+    after which it stays queued for the next start); str(err) says why, for a member."""
+
+    def __init__(self, job_id: int, reason: str):
+        super().__init__(reason)
+        self.job_id = job_id
+
+
+def readable(job: Job | None) -> bool:
+    """Whether the operator may read and build on `job`: their own, or one posted publicly in a
+    server (what any member of that server can /show). A job delivered privately — in a
+    direct message or to a member in private mode — belongs to its author alone."""
+    return job is not None and (job.user_id == OPERATOR.id or (not job.private and job.guild_id is not None))
+
+
+def copy_atomic(source: str | Path, target: Path) -> None:
+    """Copy a file so that `target` either does not exist or is complete (temp + rename): a
+    batch that is interrupted and resumed can trust every file it finds."""
+    partial = target.with_name(f".{target.name}.part")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished job: its grid and pictures as files in Pintor's data folder (PNG), opened as
+    PIL images on demand."""
+
+    job_id: int
+    kind: str  # imagine, reroll, variation, upscale, blend
+    prompt: str  # the display text
+    model: str
+    seed: int  # the job's seed: the same prompt with `--seed` this number makes the same pictures
+    grid_path: Path  # the 2×2 grid (an upscale: the one picture)
+    paths: tuple[Path, ...]  # each picture, index 1–4 as on the U/V buttons
+    notices: tuple[str, ...] = ()  # what the worker had to change (e.g. a prompt cut to 77 tokens)
+
+    @classmethod
+    def of(cls, job: Job) -> Result:
+        request = Request.from_json(job.request)
+        return cls(job.id, job.kind, job.prompt, job.model, request.seed, Path(job.grid_path),
+                   tuple(Path(i.path) for i in job.images), tuple((job.notices or "").splitlines()))
+
+    @property
+    def grid(self) -> Image.Image:
+        """The grid as a PIL image (RGB, loaded)."""
+        return _load(self.grid_path)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The pictures as PIL images, in button order."""
+        return [_load(path) for path in self.paths]
+
+    def save(self, path: str | Path, *, separate: bool = False) -> list[Path]:
+        """Write the grid to `path` (PNG) and with `separate` each picture beside it as
+        NAME-1.png …; returns the files written."""
+        targets = output_paths(Path(path), separate, len(self.paths))
+        for source, target in zip((self.grid_path, *self.paths), targets):
+            copy_atomic(source, target)
+        return targets
+
+
+def _load(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def output_paths(output: Path, separate: bool, count: int = 4) -> list[Path]:
+    """The files a result is saved to: the grid, and with `separate` one per picture."""
+    paths = [output]
+    if separate:
+        paths += [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(1, count + 1)]
+    return paths
+
+
+class Watcher:
+    """Told what happens to each job a `Pintor` runs (the CLI shows it on a terminal); does
+    nothing by default."""
+
+    def submitted(self, submitted: Submitted) -> None:
+        """The job is stored and queued."""
+
+    def event(self, event: Event) -> None:
+        """Each event of the job after it is stored: Queued, Started, Progress, then the final one."""
+
+
+JobRef = int | Result
+
+
+class Pintor:
+    """The studio for Python: open it with `async with Pintor() as pintor`. Each method queues
+    one job as the operator and returns its `Result` once done, or raises: one of `USER_ERRORS`
+    (`except USER_ERRORS as err`) for bad input, with the message a Discord member would get
+    and nothing stored; `JobFailed` when the job made no pictures."""
+
+    def __init__(self, settings: Settings | None = None, *, watcher: Watcher | None = None):
+        self.settings = settings or Settings()
+        self.watcher = watcher or Watcher()
+        self.studio: Studio | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    @classmethod
+    def sync(cls, settings: Settings | None = None, *, watcher: Watcher | None = None) -> SyncPintor:
+        """The same, for code without asyncio: `with Pintor.sync() as pintor: pintor.imagine(…)`."""
+        return SyncPintor(cls(settings, watcher=watcher))
+
+    async def __aenter__(self) -> Self:
+        self._stack = contextlib.AsyncExitStack()
+        # the operator's unfinished jobs go on (a batch resumed); Discord's are the bot's to resume
+        self.studio = await self._stack.enter_async_context(open_studio(self.settings, resume_user=OPERATOR.id))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self.studio = None
+
+    def _open(self) -> Studio:
+        if self.studio is None:
+            raise RuntimeError("use Pintor inside `async with Pintor() as pintor:`")
+        return self.studio
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def imagine(self, prompt: str) -> Result:
+        """A 2×2 grid from a prompt, as /imagine: `"a red fox in the snow --ar 3:2 --seed 7"`."""
+        return await self.finish(await self.submit_imagine(prompt))
+
+    async def submit_imagine(self, prompt: str) -> Submitted:
+        """Store and queue an imagine job without waiting for it (`finish` waits)."""
+        studio = self._open()
+        return self._told(await studio.submit(OPERATOR, studio.prepare(prompt)))
+
+    async def blend(self, images: Sequence[str | Path | bytes | Image.Image], *, prompt: str = "",
+                    weights: str | Sequence[float] = "", dimensions: str = "square",
+                    model: str | None = None) -> Result:
+        """Mix 2–5 pictures (file paths, PNG/JPEG bytes or PIL images) and an optional text, as
+        /blend: `weights` one per picture and optionally one more for the text (e.g. "1,1,0.5"
+        or [1, 1, 0.5]); `dimensions` square, portrait or landscape."""
+        uploads = [await asyncio.to_thread(_upload, image, n) for n, image in enumerate(images, start=1)]
+        if not isinstance(weights, str):
+            weights = ",".join(str(w) for w in weights)
+        submitted = await self._open().blend(OPERATOR, uploads, prompt=prompt, weights=weights,
+                                             dimensions=dimensions, model=model)
+        return await self.finish(self._told(submitted))
+
+    async def upscale(self, job: JobRef, index: int) -> Result:
+        """Picture `index` (1–4) of a finished job, larger (the U buttons)."""
+        job_id = await self._readable(job)
+        return await self.finish(self._told(await self._open().upscale(OPERATOR, job_id, index)))
+
+    async def vary(self, job: JobRef, index: int, *, strong: bool = False) -> Result:
+        """Four variations of picture `index` (1–4) of a finished job (the V buttons)."""
+        job_id = await self._readable(job)
+        return await self.finish(self._told(await self._open().vary(OPERATOR, job_id, index, strong=strong)))
+
+    async def reroll(self, job: JobRef) -> Result:
+        """The same grid request again with a new seed (🔄)."""
+        job_id = await self._readable(job)
+        return await self.finish(self._told(await self._open().reroll(OPERATOR, job_id)))
+
+    async def show(self, job: JobRef) -> Result:
+        """A finished job, as /show gives it (made here or posted publicly in Discord)."""
+        job_id = await self._readable(job)
+        found = await self._open().job(job_id)
+        if found.status == FAILED:
+            raise RequestError(f"Job {job_id} failed: {found.error or 'no reason recorded'}")
+        if found.status == CANCELLED:
+            raise RequestError(f"Job {job_id} was cancelled: it has no pictures.")
+        if found.status != DONE:
+            raise RequestError(f"Job {job_id} is {found.status}; it has no pictures yet.")
+        if not found.grid_path or not Path(found.grid_path).is_file():
+            raise RequestError(f"The picture files of job {job_id} are gone.")
+        return Result.of(found)
+
+    async def history(self, *, page: int = 1, page_size: int = 20) -> tuple[list[Job], int]:
+        """A page of the jobs the operator may read (`readable`), newest first, and how many."""
+        store = self._open().store
+        jobs, total = await store.shared_history(OPERATOR.id, offset=(max(page, 1) - 1) * page_size,
+                                                 limit=page_size)
+        return list(jobs), total
+
+    async def finish(self, submitted: Submitted | int, *, cancel_if_interrupted: bool = True) -> Result:
+        """Wait for a job (just submitted, or stored earlier and queued again by the start) and
+        return its result; raises `JobFailed` when it ends without pictures. When the wait is
+        cancelled (Ctrl-C), the job is cancelled too, unless `cancel_if_interrupted` is False
+        (a batch keeps its jobs queued, to be resumed)."""
+        job_id = submitted.job_id if isinstance(submitted, Submitted) else submitted
+        try:
+            return await self._finish(submitted)
+        except asyncio.CancelledError:
+            if cancel_if_interrupted:
+                await asyncio.shield(self.cancel(job_id))
+            raise
+
+    async def _finish(self, submitted: Submitted | int) -> Result:
+        studio = self._open()
+        if isinstance(submitted, Submitted):
+            job_id, events = submitted.job_id, submitted.events
+        else:
+            job_id, events = submitted, studio.watch(submitted)  # watch first, then look: no gap
+            job = await studio.job(job_id)
+            if job is None:
+                raise RequestError(f"There is no job {job_id}.")
+            if job.status == DONE:
+                return Result.of(job)
+            if job.status in (FAILED, CANCELLED):
+                raise JobFailed(job_id, job.error or f"Job {job_id} was {job.status}.")
+        async for event in events:
+            self.watcher.event(event)
+            if isinstance(event, Done):
+                return Result.of(await studio.job(job_id))
+            if isinstance(event, Failed):
+                raise JobFailed(job_id, event.reason)
+            if isinstance(event, Cancelled):
+                raise JobFailed(job_id, f"Job {job_id} was cancelled.")
+            if isinstance(event, Interrupted):
+                raise JobFailed(job_id, f"Job {job_id} was stopped by a shutdown; it goes on at the next start.")
+        raise JobFailed(job_id, f"Job {job_id} ended without a result.")
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel one of the operator's queued or running jobs."""
+        return await self._open().cancel(job_id, member=OPERATOR)
+
+    def _told(self, submitted: Submitted) -> Submitted:
+        self.watcher.submitted(submitted)
+        return submitted
+
+    async def _readable(self, job: JobRef) -> int:
+        job_id = job.job_id if isinstance(job, Result) else int(job)
+        found = await self._open().job(job_id)
+        if found is None:
+            raise RequestError(f"There is no job {job_id}.")
+        if not readable(found):
+            raise RequestError(f"Job {job_id} was delivered privately: it belongs to its author. "
+                               f"Pintor's operator reads only their own jobs and those posted in a server.")
+        return job_id
+
+
+def _upload(image: str | Path | bytes | Image.Image, n: int) -> tuple[str, bytes]:
+    """A picture as /blend receives it: (name, bytes)."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return f"image{n}.png", buffer.getvalue()
+    if isinstance(image, bytes):
+        return f"image{n}", image
+    path = Path(image)
+    try:
+        return path.name, path.read_bytes()
+    except FileNotFoundError:
+        raise RequestError(f"There is no file {path}.") from None
+    except IsADirectoryError:
+        raise RequestError(f"{path} is a folder, not a picture.") from None
+    except PermissionError:
+        raise RequestError(f"Cannot read {path}: permission denied.") from None
+
+
+class SyncPintor:
+    """`Pintor` without asyncio: the same methods, called plainly. Its event loop runs in a
+    thread of its own, so it also works where a loop is already running (Jupyter)."""
+
+    def __init__(self, pintor: Pintor):
+        self._pintor = pintor
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pintor-loop", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._pintor.__aenter__())
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._call(self._pintor.__aexit__(*exc))
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _call(self, coroutine):
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:  # Ctrl-C: the job waited for is cancelled (`Pintor.finish`)
+            future.cancel()
+            raise
+
+    def imagine(self, prompt: str) -> Result:
+        return self._call(self._pintor.imagine(prompt))
+
+    def blend(self, images, **options) -> Result:
+        return self._call(self._pintor.blend(images, **options))
+
+    def upscale(self, job: JobRef, index: int) -> Result:
+        return self._call(self._pintor.upscale(job, index))
+
+    def vary(self, job: JobRef, index: int, *, strong: bool = False) -> Result:
+        return self._call(self._pintor.vary(job, index, strong=strong))
+
+    def reroll(self, job: JobRef) -> Result:
+        return self._call(self._pintor.reroll(job))
+
+    def show(self, job: JobRef) -> Result:
+        return self._call(self._pintor.show(job))
+
+    def history(self, **options) -> tuple[list[Job], int]:
+        return self._call(self._pintor.history(**options))

@@ -1,0 +1,269 @@
+"""Every job verb of `pintor` as an operator runs it — real subprocesses, the real worker, a real
+SQLite file — and the README's Python example run as a script, as written there."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path, small_registry_file: Path) -> dict[str, str]:
+    return os.environ | {
+        "PINTOR_MODELS": str(small_registry_file),
+        "PINTOR_DEVICE": "cpu",
+        "PINTOR_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> Path:
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def jobs(tmp_path: Path) -> list[tuple]:
+    db = tmp_path / "data" / "pintor.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
+
+
+def main_calls_script(*calls: list[str]) -> str:
+    """A Python script that calls `bot.cli.main` once per argument list in ONE process (the
+    interpreter starts once; each call starts the worker), then prints the exit codes and the
+    discord modules it loaded."""
+    return (
+        "import json, sys\n"
+        "from bot.cli import main\n"
+        "codes = []\n"
+        f"for args in json.loads({json.dumps(json.dumps(calls))}):\n"
+        "    try:\n"
+        "        codes.append(main(args))\n"
+        "    except SystemExit as exit:  # argparse refusing an argument\n"
+        "        codes.append(exit.code)\n"
+        "    print('---', flush=True)\n"
+        "print('CODES', json.dumps(codes))\n"
+        "print('DISCORD', sorted(n for n in sys.modules if n.split('.')[0] == 'discord'))\n")
+
+
+def codes_of(stdout: str) -> list[int]:
+    """The exit codes a `main_calls_script` printed; fails if it loaded discord.py."""
+    lines = stdout.splitlines()
+    assert "DISCORD []" in lines, "a CLI verb loaded discord.py"
+    return json.loads(next(line for line in lines if line.startswith("CODES "))[6:])
+
+
+def run_main(env: dict[str, str], cwd: Path, *calls: list[str]) -> tuple[list[int], str, str]:
+    """Run a `main_calls_script`; returns the exit codes, stdout and stderr."""
+    done = subprocess.run([sys.executable, "-c", main_calls_script(*calls)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    return codes_of(done.stdout), done.stdout, done.stderr
+
+
+def test_every_job_verb_from_the_terminal(env, tmp_path):
+    png(tmp_path / "cat.png", (200, 120, 40))
+    png(tmp_path / "tiger.png", (30, 160, 220), (64, 64))
+    codes, out, err = run_main(
+        env, tmp_path,
+        ["blend", "cat.png", "tiger.png", "--prompt", "a new animal --seed 5", "--weights", "1,1,0.5",
+         "--dimensions", "landscape", "-o", "mix.png", "--separate"],
+        ["upscale", "1", "2", "-o", "big.png"],
+        ["vary", "1", "3", "--strong", "-o", "vary.png"],
+        ["reroll", "1"],  # no -o: pintor-<job>.png
+        ["show", "1", "-o", "shown.png"],
+        ["history"],
+    )
+    assert codes == [0, 0, 0, 0, 0, 0], out + err
+
+    rows = jobs(tmp_path)
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
+        (1, "blend", "done", None, None), (2, "upscale", "done", 1, 2), (3, "variation", "done", 1, 3),
+        (4, "blend", "done", 1, None)]
+    blend = json.loads(rows[0][5])
+    assert blend["image_weights"] == [1.0, 1.0] and blend["parts"] == [["a new animal", 0.5]]
+    assert blend["seed"] == 5 and blend["model"] == "tiny-kandinsky"
+    assert json.loads(rows[2][5])["strength"] == 0.7  # --strong
+
+    mix = Image.open(tmp_path / "mix.png")
+    tile = Image.open(tmp_path / "mix-1.png")
+    assert tile.width > tile.height and mix.size == (2 * tile.width, 2 * tile.height)  # landscape
+    assert (tmp_path / "shown.png").read_bytes() == (tmp_path / "mix.png").read_bytes()
+    big = Image.open(tmp_path / "big.png")
+    assert big.width > tile.width and big.height > tile.height
+    assert Image.open(tmp_path / "vary.png").size == mix.size
+    assert Image.open(tmp_path / "pintor-4.png").size == mix.size
+    assert "wrote mix.png, mix-1.png, mix-2.png, mix-3.png, mix-4.png (job 1, seed 5)" in out
+    # progress on the terminal: what was queued, then the steps
+    assert "job 1: blend" in err and "queued — position" in err and "generating" in err
+    history = out.split("---")[5]
+    assert [int(line.split()[0]) for line in history.strip().splitlines()[:-1]] == [4, 3, 2, 1]
+    assert "a new animal" in history and "4 jobs" in history
+
+
+@pytest.mark.parametrize("args, message", [
+    (["blend", "cat.png"], "takes 2 to 5 images, not 1"),
+    (["blend", "cat.png", "missing.png"], "There is no file missing.png"),
+    (["blend", "cat.png", "notes.txt"], "notes.txt"),
+    (["blend", "cat.png", "cat.png", "--weights", "1,x"], "weights must be numbers"),
+    (["blend", "cat.png", "cat.png", "--weights", "1,1,1,1"], "weights: give 2"),
+    (["blend", "cat.png", "cat.png", "--model", "tiny-sd"], "'tiny-sd' cannot blend"),
+    (["blend", "cat.png", "cat.png", "--dimensions", "round"], "dimensions must be one of"),
+    (["blend", "cat.png", "cat.png", "--prompt", "x --ar banana"], "--ar"),
+    (["upscale", "7", "1"], "There is no job 7"),
+    (["vary", "7", "2"], "There is no job 7"),
+    (["reroll", "7"], "There is no job 7"),
+    (["show", "7"], "There is no job 7"),
+    (["vary", "1", "5"], "picture number must be 1, 2, 3 or 4"),
+    (["upscale", "x", "1"], "a job number such as 42"),
+    (["imagine"], "give a prompt, or --from FILE"),
+])
+def test_bad_input_is_refused_with_the_members_message_and_stores_nothing(env, tmp_path, args, message):
+    png(tmp_path / "cat.png", (200, 120, 40))
+    (tmp_path / "notes.txt").write_text("not a picture", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message.lower() in done.stderr.lower()
+    assert jobs(tmp_path) == []
+    inputs = tmp_path / "data" / "images" / "inputs"
+    assert not inputs.exists() or not list(inputs.iterdir())  # no upload kept
+    assert not list(tmp_path.glob("pintor-*.png"))
+
+
+PROMPTS = """\
+# foxes first
+a red fox in the snow --seed 1
+
+  a Café in Paris, at night! --ar 3:2 --seed 2
+# a comment is not a prompt
+a blue whale --seed 3 --steps 60
+a green frog --seed 4 --steps 60
+"""
+NAMES = ["001-a-red-fox-in-the-snow.png", "002-a-cafe-in-paris-at-night.png", "003-a-blue-whale.png",
+         "004-a-green-frog.png"]
+
+
+def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(env, tmp_path):
+    (tmp_path / "prompts.txt").write_text(PROMPTS, encoding="utf-8")
+    command = [sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"]
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as soon as the first picture is written: the later lines (60 steps each) are still
+    # queued or running
+    line = first.stdout.readline()
+    assert line.startswith("wrote out/001-a-red-fox-in-the-snow.png"), line + first.stderr.read()
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, out + err
+    assert "--resume" in err
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.png")}
+    assert NAMES[0] in written and len(written) < 4
+    before = jobs(tmp_path)
+    assert len(before) == 4  # all queued at once
+    assert [r[2] for r in before if r[2] != "done"], "nothing was left to resume"
+
+    # without --resume, the folder is not overwritten
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert len(jobs(tmp_path)) == 4
+
+    resumed = subprocess.run(command + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{len(written)} of 4 prompts already done" in resumed.stderr
+    assert "following" in resumed.stderr  # the previous run's queued jobs, not new ones
+    after = jobs(tmp_path)
+    assert len(after) == 4 and all(r[2] == "done" for r in after)  # no line queued twice
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == NAMES
+    for name, data in written.items():  # finished lines were not redone
+        assert (tmp_path / "out" / name).read_bytes() == data
+    seeds = [json.loads(r[5])["seed"] for r in after]
+    assert seeds == [1, 2, 3, 4]
+    assert Image.open(tmp_path / "out" / NAMES[1]).size == (256, 128)  # --ar 3:2 at 64 px native: 128×64 tiles
+    # one progress bar for the batch
+    assert "batch" in resumed.stderr and "prompt" in resumed.stderr
+
+
+def test_a_batch_with_bad_lines_names_each_and_stores_nothing(env, tmp_path):
+    (tmp_path / "prompts.txt").write_text("a fox\n# ok\na fox --ar banana\n\n--seed 3\na cat --seed -1\n",
+                                          encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert re.search(r"prompts\.txt:3: .*--ar", done.stderr)
+    assert re.search(r"prompts\.txt:5: .*has no text", done.stderr)
+    assert re.search(r"prompts\.txt:6: .*--seed", done.stderr)
+    assert "prompts.txt:1" not in done.stderr
+    assert jobs(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def readme_python_example() -> str:
+    """The README's Python example: the first ```python block of its first screen."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert match, "README.md has no Python example"
+    assert text.index(match.group(0)) < text.index("## Quick start"), "the example is not on the first screen"
+    return match.group(1)
+
+
+def test_the_readme_python_example_runs_as_written(env, tmp_path):
+    example = readme_python_example()
+    assert "blend" in example and "cat.png" in example and "tiger.png" in example
+    png(tmp_path / "cat.png", (200, 120, 40))
+    png(tmp_path / "tiger.png", (30, 160, 220), (64, 64))
+    (tmp_path / "example.py").write_text(example, encoding="utf-8")
+    done = subprocess.run([sys.executable, "example.py"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = sorted(p.name for p in tmp_path.glob("*.png") if p.name not in ("cat.png", "tiger.png"))
+    assert written, "the example wrote no picture"
+    [blend] = [r for r in jobs(tmp_path) if r[1] == "blend"]
+    assert blend[2] == "done" and "a new animal" in json.loads(blend[5])["prompt"]
+
+
+def test_the_synchronous_interface_gives_pil_images_and_the_same_pictures_for_the_same_seed(env, tmp_path):
+    script = """
+import asyncio
+from bot.local import USER_ERRORS, Pintor
+
+with Pintor.sync() as pintor:
+    one = pintor.imagine("a lighthouse at dusk --seed 9")
+    two = pintor.imagine("a lighthouse at dusk --seed 9")
+    assert one.job_id != two.job_id and one.seed == two.seed == 9
+    assert [i.tobytes() for i in one.images] == [i.tobytes() for i in two.images]
+    assert one.grid.size == (128, 128) and one.grid.mode == "RGB" and len(one.images) == 4
+    try:
+        pintor.imagine("a lighthouse --ar banana")
+    except USER_ERRORS as err:
+        print("refused:", err)
+    shown = pintor.show(one)
+    assert shown.grid.tobytes() == one.grid.tobytes()
+
+async def main():  # the async form, from a running event loop (as in a notebook)
+    async with Pintor() as pintor:
+        jobs, total = await pintor.history()
+        print("history", total, [j.id for j in jobs])
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"refused: .*--ar.*banana", done.stdout)
+    assert "history 2 [2, 1]" in done.stdout
+    assert len(jobs(tmp_path)) == 2

@@ -23,8 +23,8 @@ from bot.attachments import DEFAULT_UPLOAD_LIMIT_BYTES, fit_image
 from bot.limits import plain
 from bot.results import Outgoing
 
-if TYPE_CHECKING:
-    from bot.discord_bot import PintorBot
+if TYPE_CHECKING:  # types only: the bot module imports this one
+    from bot.discord_bot import Interaction, PintorBot
     from storage.models import Job
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _token_gone(err: discord.HTTPException) -> bool:
 
 class Delivery:
     def __init__(self, bot: PintorBot, *, member_id: int, channel_id: int | None, guild_id: int | None,
-                 size_limit: int = DEFAULT_UPLOAD_LIMIT_BYTES, interaction: discord.Interaction | None = None,
+                 size_limit: int = DEFAULT_UPLOAD_LIMIT_BYTES, interaction: Interaction | None = None,
                  new_message: bool = False, received_at: float | None = None, private: bool = False):
         self.bot = bot
         self.member_id = member_id
@@ -57,9 +57,9 @@ class Delivery:
                                                 users=[discord.Object(member_id)])
 
     @classmethod
-    def for_interaction(cls, interaction: discord.Interaction, *, new_message: bool, received_at: float,
+    def for_interaction(cls, interaction: Interaction, *, new_message: bool, received_at: float,
                         private: bool = False) -> Delivery:
-        return cls(interaction.client, member_id=interaction.user.id, channel_id=interaction.channel_id,  # type: ignore[arg-type]
+        return cls(interaction.client, member_id=interaction.user.id, channel_id=interaction.channel_id,
                    guild_id=interaction.guild_id, size_limit=interaction.filesize_limit,
                    interaction=interaction, new_message=new_message, received_at=received_at, private=private)
 

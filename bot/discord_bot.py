@@ -1,5 +1,9 @@
 """The Discord client: slash commands (one cog per feature), persistent buttons, and the
-reporting of each job from "queued" to its result."""
+reporting of each job from "queued" to its result.
+
+The top of the Discord front end: it imports buttons, results, delivery and progress (and
+loads the cogs by name); nothing below imports it except for types (`Interaction`, the
+typed `interaction.client`)."""
 
 from __future__ import annotations
 
@@ -7,21 +11,22 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+import time
+from typing import Any, TypeAlias
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import BUTTONS, already_made_text
+from bot.buttons import BUTTONS, Action
 from bot.delivery import INTERACTION_TTL_S, Delivery
-from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
-from bot.results import Outgoing, ending_message, progress_text, result_message
-from bot.settings import Settings
 from bot.intake import USER_ERRORS, Member
+from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
+from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message, progress_text, result_message
+from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
-from storage.models import DONE, GuildSettings, utcnow
+from storage.models import DONE, GuildSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class PintorBot(commands.Bot):
         self.studio.listeners.append(self.on_job_event)
         # Results stored while the last run was stopping (or crashing), never posted: post them.
         # Read before the studio starts, so that no job re-run after the start is among them.
-        for job in await self.studio.store.undelivered(since=utcnow() - UNDELIVERED_MAX_AGE):
+        for job in await self.studio.undelivered(max_age=UNDELIVERED_MAX_AGE):
             self._spawn(self._deliver_unfollowed(job.id), f"deliver-job-{job.id}")
         await self.sync_commands()
 
@@ -88,9 +93,32 @@ class PintorBot(commands.Bot):
 
     async def rules(self, guild_id: int | None) -> GuildSettings | None:
         """A server's rules for a job made there; None in direct messages."""
-        return await self.studio.settings.guild(guild_id) if guild_id is not None else None
+        return await self.studio.rules(guild_id) if guild_id is not None else None
 
-    async def start_job(self, interaction: discord.Interaction, delivery: Delivery, submit: Submit, *,
+    async def press(self, interaction: Interaction, job_id: int, action: Action) -> None:
+        """A button under job `job_id` pressed (`bot.buttons`): acknowledge at once, then make
+        the job `action` asks the Studio for, for the member who pressed; its progress and
+        result go to a new message. Bad cases get a message only the presser sees."""
+        received_at = time.monotonic()
+        await interaction.response.defer()  # a component: "deferred update", the message stays as it is
+        private = (await self.studio.preferences(interaction.user.id)).private
+        delivery = Delivery.for_interaction(interaction, new_message=True, received_at=received_at, private=private)
+        job = await self.studio.job(job_id)
+        # A press in a DM (under a result sent there) belongs to the server its job came from, and
+        # that server's rules apply; one that belongs to no server needs DMs to be allowed.
+        guild_id = interaction.guild_id if interaction.guild_id is not None else (job.guild_id if job else None)
+        if guild_id is None and not self.settings.pintor_allow_dms:
+            await delivery.refuse(DM_REFUSAL)
+            return
+        rules = await self.rules(guild_id)
+        if self.settings.pintor_buttons_author_only or (rules is not None and rules.buttons_author_only):
+            if job is not None and job.user_id != interaction.user.id:
+                await delivery.refuse(f"Only <@{job.user_id}>, who asked for job {job_id}, can use its buttons.")
+                return
+        await self.start_job(interaction, delivery, lambda member, where: action(self.studio, member, where),
+                             rules=rules, origin_guild_id=guild_id)
+
+    async def start_job(self, interaction: Interaction, delivery: Delivery, submit: Submit, *,
                         rules: GuildSettings | None = None, origin_guild_id: int | None = None) -> None:
         """Store and queue a job for the member of `interaction` (already acknowledged), under
         the server's rules, then report it through `delivery` in the background.
@@ -151,7 +179,7 @@ class PintorBot(commands.Bot):
             out = ending_message(job, final)
         message = await delivery.final(out)
         if message is not None and job.status == DONE:
-            await self.studio.store.set_message(job_id, message.channel.id, message.id)
+            await self.studio.mark_posted(job_id, message.channel.id, message.id)
 
     async def on_job_event(self, job_id: int, event: Event) -> None:
         """Studio listener: results of jobs no reporter follows (queued again after a restart)
@@ -173,7 +201,7 @@ class PintorBot(commands.Bot):
 
     # -- errors -----------------------------------------------------------------------------------
 
-    async def on_app_command_error(self, interaction: discord.Interaction,
+    async def on_app_command_error(self, interaction: Interaction,
                                    error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.CheckFailure) and interaction.response.is_done():
             return  # the check told the member why (e.g. /pintor-admin without Manage Server)
@@ -186,3 +214,8 @@ class PintorBot(commands.Bot):
                 await interaction.response.send_message(text, ephemeral=True)
         except discord.HTTPException:
             pass
+
+
+# `interaction.client` is this bot: cogs and items annotate with this alias (as discord.py's
+# examples do), so the client's attributes (studio, settings, start_job…) are typed.
+Interaction: TypeAlias = discord.Interaction[PintorBot]

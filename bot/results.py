@@ -1,5 +1,7 @@
 """What Pintor's messages say and carry: the text of a job in progress, of its result or of
-its failure, the picture (fitted to the upload limit) and the buttons under it."""
+its failure, the picture (fitted to the upload limit) and the buttons under it, and the
+refusals more than one command or button gives. Builds on `bot.buttons` (the views); the
+delivery, the cogs and the bot build on it."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
 from generation.request import Request
 from generation.upscale import RESAMPLE
-from storage.models import Job
+from storage.models import DONE, Job
 
 log = logging.getLogger(__name__)
+
+DM_REFUSAL = ("Pintor makes pictures in server channels, not in direct messages. "
+              "Use it in a channel of a server where Pintor is.")
 
 _PARAMETER = re.compile(r"\s+(?=--[A-Za-z])")  # "--ar 3:2 --no a b" → "--ar 3:2", "--no a b"
 
@@ -44,6 +49,17 @@ class Outgoing:
 
 def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def already_made_text(job: Job) -> str:
+    """What a second press of a button says when its first press made the same job."""
+    what = f"Image #{job.parent_index} of job {job.parent_id}" if job.parent_id else "This picture"
+    if job.status != DONE:
+        return (f"↪️ {what} is already being upscaled for you: job {job.id} is {job.status}. Its result "
+                f"will be posted when it is done.")
+    where = (f": {jump_url(job.guild_id, job.channel_id, job.message_id)}"
+             if job.channel_id is not None and job.message_id is not None else "")
+    return f"↪️ {what} is already upscaled for you, as job {job.id}{where} (`/show job_id:{job.id}` shows it again)."
 
 
 def headline(prompt: str, parameters: str, user_id: int) -> list[str | Echo]:

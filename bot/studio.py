@@ -22,7 +22,7 @@ from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Inte
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.prompt import quote, size_for_aspect
-from generation.queue import JobQueue
+from generation.queue import JobQueue, WorkerState
 from generation.registry import ModelSpec, Registry
 from generation.request import GRID_SIZE, Request, build_request, random_seed
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
@@ -445,6 +445,66 @@ class Studio:
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
                 raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
                                  f"at 00:00 UTC, in {hours} h {minutes} min.")
+
+    # -- what front ends read and change: the one door (cogs never reach into the stores) ----------
+
+    @property
+    def models(self) -> Registry:
+        """The configured models (read only): their names, which make pictures, the default."""
+        return self.registry
+
+    async def preferences(self, user_id: int) -> MemberSettings:
+        """A member's defaults (/settings); the defaults of a member who never set any."""
+        return await self.settings.member(user_id)
+
+    async def update_preferences(self, user_id: int, user_name: str, **values) -> MemberSettings:
+        """Change a member's defaults (`values`: columns of `MemberSettings`); returns them as stored."""
+        return await self.settings.update_member(user_id, user_name, **values)
+
+    async def rules(self, guild_id: int) -> GuildSettings:
+        """A server's rules (/pintor-admin); the defaults for a server that never set any."""
+        return await self.settings.guild(guild_id)
+
+    async def update_rules(self, guild_id: int, **values) -> GuildSettings:
+        """Change a server's rules (`values`: columns of `GuildSettings`); returns them as stored."""
+        return await self.settings.update_guild(guild_id, **values)
+
+    async def unfinished_jobs(self, user_id: int) -> list[Job]:
+        """A member's queued and running jobs, oldest first."""
+        return list(await self.store.unfinished(user_id))
+
+    async def jobs_today(self, user_id: int, *, guild_id: int | None) -> int:
+        """Jobs a member asked for since 00:00 UTC: on the server `guild_id` (as its daily
+        quota counts them), or everywhere (all servers and DMs) for None."""
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return await self.store.count_since(user_id, midnight, guild_id=guild_id)
+
+    async def history(self, user_id: int, *, offset: int, limit: int) -> tuple[list[Job], int]:
+        """A page of a member's jobs, newest first (at most `limit`, after skipping `offset`),
+        and how many jobs they have in all."""
+        jobs, total = await self.store.history(user_id, offset=offset, limit=limit)
+        return list(jobs), total
+
+    async def undelivered(self, *, max_age: timedelta) -> list[Job]:
+        """Jobs finished in the last `max_age` for a channel whose result was never posted."""
+        return list(await self.store.undelivered(since=datetime.now(UTC) - max_age))
+
+    async def mark_posted(self, job_id: int, channel_id: int, message_id: int) -> None:
+        """Record where a job's result was posted (its jump link; not posted again at start)."""
+        await self.store.set_message(job_id, channel_id, message_id)
+
+    @property
+    def worker_state(self) -> WorkerState:
+        """What is known of the worker now: ready, device, the running job and its step."""
+        return self.queue.state
+
+    def queue_position(self, job_id: int) -> int | None:
+        """1 = next to run, 0 = running now, None = not queued."""
+        return self.queue.position(job_id)
+
+    def waiting_count(self) -> int:
+        """How many jobs wait in the queue (all members')."""
+        return len(self.queue.waiting())
 
     async def cancel(self, job_id: int, *, member: Member | None = None) -> bool:
         """Cancel a queued or running job (a running one stops at its next step). With

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -14,6 +15,9 @@ from discord.ext import commands
 from bot import limits
 from bot.intake import Member
 from storage.models import RUNNING
+
+if TYPE_CHECKING:
+    from bot.discord_bot import Interaction, PintorBot
 
 FORGET_TIMEOUT_S = 120
 
@@ -25,7 +29,7 @@ def pintor_version() -> str:
         return "unknown"
 
 
-def member_of(interaction: discord.Interaction) -> Member:
+def member_of(interaction: Interaction) -> Member:
     return Member(interaction.user.id, interaction.user.name)
 
 
@@ -44,11 +48,13 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
         self.user_id, self.asked, self.answer = user_id, asked, answer
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match) -> ForgetButton:
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> ForgetButton:
         return cls(int(match["user"]), int(match["asked"]), match["answer"])
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        account: Account = interaction.client.get_cog("Account")  # type: ignore[assignment]
+    async def callback(self, interaction: Interaction) -> None:
+        account = interaction.client.get_cog("Account")
+        assert isinstance(account, Account)  # loaded with this item (setup below)
         if interaction.user.id != self.user_id:
             await interaction.response.send_message("This question is someone else's.", ephemeral=True)
             return
@@ -81,23 +87,21 @@ def forget_question(user_id: int) -> discord.ui.View:
 class Account(commands.Cog):
     forget_timeout_s: float = FORGET_TIMEOUT_S  # a class attribute, so that tests can shorten it
 
-    def __init__(self, bot):
+    def __init__(self, bot: PintorBot):
         self.bot = bot
         # "Delete everything" runs by question (member, asked at): a double click runs it once
         self.runs: dict[tuple[int, int], asyncio.Future[int]] = {}
 
     @app_commands.command(name="info")
-    async def info(self, interaction: discord.Interaction) -> None:
+    async def info(self, interaction: Interaction) -> None:
         """The queue, your jobs in it, your jobs today, and the worker's state (only you see this)."""
         studio = self.bot.studio
-        queue = studio.queue
-        mine = await studio.store.unfinished(interaction.user.id)
-        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        mine = await studio.unfinished_jobs(interaction.user.id)
         # in a server: that server's jobs, as its daily quota counts them; in DMs: all of them
-        today = await studio.store.count_since(interaction.user.id, midnight, guild_id=interaction.guild_id)
+        today = await studio.jobs_today(interaction.user.id, guild_id=interaction.guild_id)
         rules = await self.bot.rules(interaction.guild_id)
         quota = f" of {rules.daily_quota}" if rules is not None and rules.daily_quota is not None else ""
-        state = queue.state
+        state = studio.worker_state
         if state.error:
             worker = f"could not start: {state.error}"
         elif not state.ready:
@@ -111,16 +115,16 @@ class Account(commands.Cog):
         device = state.device.get("device_name", "?")
         places = []
         for job in mine:
-            position = queue.position(job.id)
+            position = studio.queue_position(job.id)
             where = "running" if job.status == RUNNING or position == 0 else f"position {position}"
             places.append(f"job {job.id} ({job.kind}): {where}")
         embed = discord.Embed(title="Pintor")
-        embed.add_field(name="queue", value=f"{len(queue.waiting())} waiting", inline=True)
+        embed.add_field(name="queue", value=f"{studio.waiting_count()} waiting", inline=True)
         where = "" if interaction.guild_id is not None else " (all servers and DMs)"
         embed.add_field(name="your jobs today", value=f"{today}{quota}{where}", inline=True)
         default = studio.default_model(await self.bot.rules(interaction.guild_id))
         embed.add_field(name="default model", inline=True, value=default + (
-            " (this server's: Pintor's default is not allowed here)" if default != studio.registry.default else ""))
+            " (this server's: Pintor's default is not allowed here)" if default != studio.models.default else ""))
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
         embed.add_field(name="worker", value=limits.clip(f"{worker} · {device}", limits.FIELD_VALUE), inline=False)
         embed.set_footer(text=f"Pintor {pintor_version()}")
@@ -128,11 +132,11 @@ class Account(commands.Cog):
 
     @app_commands.command(name="cancel")
     @app_commands.describe(job="the job id (from /info or /history); without it, your newest unfinished job")
-    async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
+    async def cancel(self, interaction: Interaction, job: int | None = None) -> None:
         """Cancel your queued or running job (a running one stops at its next step)."""
         member = member_of(interaction)
         if job is None:
-            mine = await self.bot.studio.store.unfinished(member.id)
+            mine = await self.bot.studio.unfinished_jobs(member.id)
             if not mine:
                 await interaction.response.send_message("You have no queued or running jobs.", ephemeral=True)
                 return
@@ -144,7 +148,7 @@ class Account(commands.Cog):
                 f"Job {job} is not one of your queued or running jobs.", ephemeral=True)
 
     @app_commands.command(name="forget")
-    async def forget(self, interaction: discord.Interaction) -> None:
+    async def forget(self, interaction: Interaction) -> None:
         """Delete all your jobs, pictures and settings from Pintor (asks first)."""
         await interaction.response.send_message(
             "This deletes **all** your jobs, their pictures and your settings from Pintor. It cannot be undone. "
@@ -155,6 +159,6 @@ class Account(commands.Cog):
             del self.runs[key]
 
 
-async def setup(bot) -> None:
+async def setup(bot: PintorBot) -> None:
     bot.add_dynamic_items(ForgetButton)
     await bot.add_cog(Account(bot))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -13,6 +14,9 @@ from bot.intake import id_list, name_list, server_default
 from bot.limits import listing, plain
 from generation.registry import Registry, UnknownModelError
 from storage.models import GuildSettings
+
+if TYPE_CHECKING:
+    from bot.discord_bot import Interaction, PintorBot
 
 EVERYTHING = "all"
 MAX_CHANNELS = 25  # keeps the list, and every message that shows it, well inside Discord's 2,000 characters
@@ -75,7 +79,7 @@ def _some(names: list[str], max_chars: int = REFUSED_MAX_CHARS) -> str:
     return ", ".join(shown)
 
 
-async def _channel_of(interaction: discord.Interaction, channel_id: int):
+async def _channel_of(interaction: Interaction, channel_id: int):
     """The channel with this id from the cache, else from Discord; None where Pintor sees none."""
     guild = interaction.guild
     channel = guild.get_channel_or_thread(channel_id) if guild is not None else None
@@ -87,7 +91,7 @@ async def _channel_of(interaction: discord.Interaction, channel_id: int):
         return None
 
 
-async def server_channels(interaction: discord.Interaction, text: str) -> tuple[list[int], list[str]]:
+async def server_channels(interaction: Interaction, text: str) -> tuple[list[int], list[str]]:
     """The channels of this server that `text` names (mentions or ids, in order, once each) and,
     for everything else in it, what it is (a role, a member, another server's channel…)."""
     wanted: list[tuple[int, str]] = []  # (id, as written)
@@ -131,11 +135,11 @@ async def server_channels(interaction: discord.Interaction, text: str) -> tuple[
 class Admin(commands.GroupCog, group_name="pintor-admin"):
     """Server settings for Pintor."""
 
-    def __init__(self, bot):
+    def __init__(self, bot: PintorBot):
         self.bot = bot
         super().__init__()
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:
         # default_permissions hides the commands; server owners can change that, so check too
         if interaction.guild_id is None or not interaction.permissions.manage_guild:
             await interaction.response.send_message("Only members with Manage Server can change Pintor's settings.",
@@ -144,28 +148,28 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
         return True
 
     def _describe(self, rules: GuildSettings) -> str:
-        return describe(rules, self.bot.studio.registry,
+        return describe(rules, self.bot.studio.models,
                         author_only_forced=self.bot.settings.pintor_buttons_author_only)
 
-    async def _update(self, interaction: discord.Interaction, *, note: str = "", **values) -> None:
+    async def _update(self, interaction: Interaction, *, note: str = "", **values) -> None:
         """Store the values, then answer with the rules as stored (and `note` above them)."""
-        rules = await self.bot.studio.settings.update_guild(interaction.guild_id, **values)
+        rules = await self.bot.studio.update_rules(interaction.guild_id, **values)
         await interaction.response.send_message((note + "\n" if note else "") + self._describe(rules),
                                                 ephemeral=True)
 
     @app_commands.command(name="show")
-    async def show(self, interaction: discord.Interaction) -> None:
+    async def show(self, interaction: Interaction) -> None:
         """This server's Pintor settings."""
-        rules = await self.bot.studio.settings.guild(interaction.guild_id)
+        rules = await self.bot.studio.rules(interaction.guild_id)
         await interaction.response.send_message(self._describe(rules), ephemeral=True)
 
     @app_commands.command(name="models")
     @app_commands.describe(names="model names separated by commas, or 'all'")
-    async def models(self, interaction: discord.Interaction, names: str) -> None:
+    async def models(self, interaction: Interaction, names: str) -> None:
         """Which models members may use."""
         if names.strip().lower() == EVERYTHING:
             return await self._update(interaction, allowed_models=None)
-        registry = self.bot.studio.registry
+        registry = self.bot.studio.models
         chosen, unknown = [], []
         for name in name_list(names):
             try:
@@ -188,7 +192,7 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
 
     @app_commands.command(name="channels")
     @app_commands.describe(channels="this server's channels as mentions (#art #bots), or 'all'")
-    async def channels(self, interaction: discord.Interaction, channels: str) -> None:
+    async def channels(self, interaction: Interaction, channels: str) -> None:
         """Which channels Pintor answers in."""
         if channels.strip().lower() == EVERYTHING:
             return await self._update(interaction, channel_ids=None)
@@ -208,7 +212,7 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
                            daily_quota="jobs per member per day (0 = no limit)",
                            max_steps="the most steps a job may take (0 = no limit)",
                            max_side="the longest side of a picture in pixels (0 = no limit)")
-    async def limits(self, interaction: discord.Interaction,
+    async def limits(self, interaction: Interaction,
                      max_queued: app_commands.Range[int, 0, 1000] | None = None,
                      daily_quota: app_commands.Range[int, 0, 100000] | None = None,
                      max_steps: app_commands.Range[int, 0, 150] | None = None,
@@ -220,7 +224,7 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
 
     @app_commands.command(name="buttons")
     @app_commands.describe(author_only="whether only the member who asked may press a result's buttons")
-    async def buttons(self, interaction: discord.Interaction, author_only: bool) -> None:
+    async def buttons(self, interaction: Interaction, author_only: bool) -> None:
         """Who may press U/V/🔄 under a result."""
         note = ""
         if self.bot.settings.pintor_buttons_author_only and not author_only:
@@ -230,27 +234,27 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
 
     @app_commands.command(name="nsfw-check")
     @app_commands.describe(on="check results with the model's NSFW checker (flagged ones are blurred)")
-    async def nsfw_check(self, interaction: discord.Interaction, on: bool) -> None:
+    async def nsfw_check(self, interaction: Interaction, on: bool) -> None:
         """The NSFW check of results, where the model ships a checker."""
         await self._update(interaction, nsfw_check=on)
 
     @app_commands.command(name="strict-parameters")
     @app_commands.describe(on="refuse prompts with parameters Pintor does not have (--tile, --sref…) "
                               "instead of ignoring them with a notice")
-    async def strict_parameters(self, interaction: discord.Interaction, on: bool) -> None:
+    async def strict_parameters(self, interaction: Interaction, on: bool) -> None:
         """Whether unknown prompt parameters are refused or ignored with a notice."""
         await self._update(interaction, strict_parameters=on)
 
     @app_commands.command(name="pause")
-    async def pause(self, interaction: discord.Interaction) -> None:
+    async def pause(self, interaction: Interaction) -> None:
         """Refuse new jobs on this server (queued ones still run)."""
         await self._update(interaction, paused=True)
 
     @app_commands.command(name="resume")
-    async def resume(self, interaction: discord.Interaction) -> None:
+    async def resume(self, interaction: Interaction) -> None:
         """Accept new jobs again."""
         await self._update(interaction, paused=False)
 
 
-async def setup(bot) -> None:
+async def setup(bot: PintorBot) -> None:
     await bot.add_cog(Admin(bot))

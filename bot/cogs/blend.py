@@ -13,10 +13,11 @@ from discord.ext import commands
 from bot.delivery import Delivery
 from bot.downloads import download
 from bot.limits import echo
+from bot.results import DM_REFUSAL
 from generation.inputs import MAX_UPLOAD_BYTES
 
 if TYPE_CHECKING:
-    from bot.discord_bot import PintorBot
+    from bot.discord_bot import Interaction, PintorBot
 
 DIMENSIONS = [app_commands.Choice(name=name, value=name) for name in ("square", "portrait", "landscape")]
 
@@ -40,7 +41,7 @@ class Blend(commands.Cog):
                            dimensions="the shape of the result (default square)",
                            weights="how much each image counts, e.g. 2,1 (one more value weighs the text)")
     @app_commands.choices(dimensions=DIMENSIONS)
-    async def blend(self, interaction: discord.Interaction, image1: discord.Attachment,
+    async def blend(self, interaction: Interaction, image1: discord.Attachment,
                     image2: discord.Attachment, image3: discord.Attachment | None = None,
                     image4: discord.Attachment | None = None, image5: discord.Attachment | None = None,
                     prompt: str = "", dimensions: app_commands.Choice[str] | None = None,
@@ -48,8 +49,6 @@ class Blend(commands.Cog):
         """Mix 2–5 images (and a text) into four new pictures."""
         received_at = time.monotonic()
         if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
-            from bot.cogs.imagine import DM_REFUSAL
-
             await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
             return
         attachments = [a for a in (image1, image2, image3, image4, image5) if a is not None]
@@ -61,7 +60,7 @@ class Blend(commands.Cog):
                     f"⚠️ {echo(attachment.filename, 200)} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.",
                     ephemeral=True)
                 return
-        private = (await self.bot.studio.settings.member(interaction.user.id)).private
+        private = (await self.bot.studio.preferences(interaction.user.id)).private
         await interaction.response.defer(thinking=True, ephemeral=private)  # downloads can take a while
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
                                             private=private)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import re
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from PIL import Image
+from typing import TYPE_CHECKING
 
 from bot import limits
 from bot.limits import Echo, compose, echo
@@ -17,6 +19,9 @@ from bot.results import jump_url, parameters_shown
 from bot.studio import Studio
 from generation.request import Request
 from storage.models import Job
+
+if TYPE_CHECKING:
+    from bot.discord_bot import Interaction, PintorBot
 
 PAGE_SIZE = 5  # one embed (with its thumbnail) per job; Discord allows 10 embeds a message
 THUMBNAIL_SIDE = 160
@@ -76,10 +81,11 @@ class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pintor:h:
         self.user_id, self.page = user_id, page
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match):
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> PageButton:
         return cls(int(match["user"]), int(match["page"]), item.label or "")
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:
         if interaction.user.id != self.user_id:
             await interaction.response.send_message("This is someone else's history: use /history for yours.",
                                                     ephemeral=True)
@@ -93,11 +99,11 @@ class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pintor:h:
 
 async def history_page(studio: Studio, user_id: int, page: int):
     page = max(1, page)  # "◀" of page 1 names page 0 (disabled, but a forged press arrives)
-    jobs, total = await studio.store.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    jobs, total = await studio.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     if page > pages:  # jobs were deleted meanwhile: show the last page
         page = pages
-        jobs, total = await studio.store.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        jobs, total = await studio.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     thumbnails = await asyncio.to_thread(lambda: [thumbnail(j.grid_path) if j.grid_path else None for j in jobs])
     embeds, files = [], []
     for job, data in zip(jobs, thumbnails):
@@ -116,12 +122,12 @@ async def history_page(studio: Studio, user_id: int, page: int):
 
 
 class History(commands.Cog):
-    def __init__(self, bot):
+    def __init__(self, bot: PintorBot):
         self.bot = bot
 
     @app_commands.command(name="history")
     @app_commands.describe(page="which page (1 = your newest jobs)")
-    async def history(self, interaction: discord.Interaction, page: app_commands.Range[int, 1, 100000] = 1):
+    async def history(self, interaction: Interaction, page: app_commands.Range[int, 1, 100000] = 1):
         """Your jobs, newest first (only you see this)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         embeds, files, view = await history_page(self.bot.studio, interaction.user.id, page)
@@ -131,6 +137,6 @@ class History(commands.Cog):
         await interaction.edit_original_response(embeds=embeds, attachments=files, view=view)
 
 
-async def setup(bot) -> None:
+async def setup(bot: PintorBot) -> None:
     bot.add_dynamic_items(PageButton)
     await bot.add_cog(History(bot))

@@ -6,22 +6,18 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import Delivery
 from bot.intake import USER_ERRORS
 from bot.limits import plain
+from bot.results import DM_REFUSAL
 
 if TYPE_CHECKING:
-    from bot.discord_bot import PintorBot
+    from bot.discord_bot import Interaction, PintorBot
 
 log = logging.getLogger(__name__)
-
-DM_REFUSAL = ("Pintor makes pictures in server channels, not in direct messages. "
-              "Use it in a channel of a server where Pintor is.")
-
 
 class Imagine(commands.Cog):
     def __init__(self, bot: PintorBot):
@@ -29,14 +25,14 @@ class Imagine(commands.Cog):
 
     @app_commands.command(name="imagine")
     @app_commands.describe(prompt="What to picture, then any --parameters: a red fox in the snow --ar 3:2 --no people")
-    async def imagine(self, interaction: discord.Interaction, prompt: str) -> None:
+    async def imagine(self, interaction: Interaction, prompt: str) -> None:
         """Make four pictures from a prompt."""
         received_at = time.monotonic()
         if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
             await interaction.response.send_message(DM_REFUSAL, ephemeral=True)
             return
         studio = self.bot.studio
-        defaults = await studio.settings.member(interaction.user.id)
+        defaults = await studio.preferences(interaction.user.id)
         rules = await self.bot.rules(interaction.guild_id)
         try:
             # the member's /settings fill in what the prompt leaves out; pure and fast: bad

@@ -6,6 +6,7 @@ custom_ids: pintor:set:<member>:<model|aspect|quality|stylize|private|append|res
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -15,6 +16,9 @@ from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_
 from bot.limits import SELECT_OPTION_TEXT, clip, echo, plain
 from generation.registry import Registry
 from storage.models import GuildSettings, MemberSettings
+
+if TYPE_CHECKING:
+    from bot.discord_bot import Interaction, PintorBot
 
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9"]
 QUALITIES = {"0.5": 0.5, "1": 1.0, "2": 2.0}
@@ -53,13 +57,13 @@ SETTING = r"pintor:set:(?P<user>[0-9]{1,20}):"
 APPEND_MODAL = re.compile(r"pintor:append:(?P<user>[0-9]{1,20})")
 
 
-def settings_view(bot, settings: MemberSettings) -> discord.ui.View:
+def settings_view(bot: PintorBot, settings: MemberSettings) -> discord.ui.View:
     """The menus and buttons of a /settings message. Every control is persistent (its
     custom_id names the member and the setting): it keeps working after restarts, for as long
     as the message is shown, and each change is saved at once."""
     view = discord.ui.View(timeout=None)
     user = settings.user_id
-    models = [m.name for m in bot.studio.registry.generators()][:24]
+    models = [m.name for m in bot.studio.models.generators()][:24]
     view.add_item(SettingSelect(user, "model", _options(models, settings.model)))
     view.add_item(SettingSelect(user, "aspect", _options(ASPECTS, settings.aspect)))
     view.add_item(SettingSelect(user, "quality", _options(list(QUALITIES), _quality_label(settings.quality))))
@@ -79,13 +83,14 @@ class SettingSelect(discord.ui.DynamicItem[discord.ui.Select],
         self.user_id, self.field = user_id, field
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match) -> SettingSelect:
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Select,
+                             match: re.Match[str]) -> SettingSelect:
         return cls(int(match["user"]), match["field"])
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:
         return await _own(interaction, self.user_id)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:
         value = self.item.values[0]
         await save(interaction, **{self.field: None if value == DEFAULT else _convert(self.field, value)})
 
@@ -101,20 +106,21 @@ class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING 
         self.user_id, self.action = user_id, action
 
     @classmethod
-    async def from_custom_id(cls, interaction, item, match) -> SettingButton:
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> SettingButton:
         return cls(int(match["user"]), match["action"])
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:
         return await _own(interaction, self.user_id)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:
         if self.action == "private":
-            settings = await interaction.client.studio.settings.member(self.user_id)
+            settings = await interaction.client.studio.preferences(self.user_id)
             await save(interaction, private=not settings.private)
         elif self.action == "reset":
             await save(interaction, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
         else:
-            settings = await interaction.client.studio.settings.member(self.user_id)
+            settings = await interaction.client.studio.preferences(self.user_id)
             modal = AppendModal(self.user_id, settings.append)
             await interaction.response.send_modal(modal)
             # Its submission is answered by Preferences.on_interaction, which a restart does
@@ -132,7 +138,7 @@ class AppendModal(discord.ui.Modal, title="Always append"):
         self.text.default = current
 
 
-async def _own(interaction: discord.Interaction, user_id: int) -> bool:
+async def _own(interaction: Interaction, user_id: int) -> bool:
     if interaction.user.id != user_id:
         await interaction.response.send_message("These are someone else's settings: use /settings for yours.",
                                                 ephemeral=True)
@@ -140,10 +146,10 @@ async def _own(interaction: discord.Interaction, user_id: int) -> bool:
     return True
 
 
-async def save(interaction: discord.Interaction, **values) -> None:
+async def save(interaction: Interaction, **values) -> None:
     """Store the member's change and show the message again with what is stored now."""
     bot = interaction.client
-    settings = await bot.studio.settings.update_member(interaction.user.id, interaction.user.name, **values)
+    settings = await bot.studio.update_preferences(interaction.user.id, interaction.user.name, **values)
     await interaction.response.edit_message(content=await _describe_here(bot, interaction, settings),
                                             view=settings_view(bot, settings))
 
@@ -157,10 +163,10 @@ def _text_value(data: dict, custom_id: str) -> str:
     return ""
 
 
-async def _describe_here(bot, interaction: discord.Interaction, settings: MemberSettings) -> str:
+async def _describe_here(bot: PintorBot, interaction: Interaction, settings: MemberSettings) -> str:
     """`describe` under the rules of the server where the member is (none in DMs)."""
     rules = await bot.rules(interaction.guild_id)
-    return describe(settings, bot.studio.registry, rules)
+    return describe(settings, bot.studio.models, rules)
 
 
 def _convert(field: str, value: str):
@@ -176,18 +182,18 @@ def _quality_label(quality: float | None) -> str | None:
 
 
 class Preferences(commands.Cog):
-    def __init__(self, bot):
+    def __init__(self, bot: PintorBot):
         self.bot = bot
 
     @app_commands.command(name="settings")
-    async def settings(self, interaction: discord.Interaction) -> None:
+    async def settings(self, interaction: Interaction) -> None:
         """Your defaults: model, aspect ratio, quality, stylize, private mode (only you see this)."""
-        settings = await self.bot.studio.settings.member(interaction.user.id)
+        settings = await self.bot.studio.preferences(interaction.user.id)
         await interaction.response.send_message(await _describe_here(self.bot, interaction, settings),
                                                 view=settings_view(self.bot, settings), ephemeral=True)
 
     @commands.Cog.listener()
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
+    async def on_interaction(self, interaction: Interaction) -> None:
         """The "Always append" modal's submission (see SettingButton)."""
         if interaction.type is not discord.InteractionType.modal_submit:
             return
@@ -206,6 +212,6 @@ class Preferences(commands.Cog):
         await save(interaction, append=value)
 
 
-async def setup(bot) -> None:
+async def setup(bot: PintorBot) -> None:
     bot.add_dynamic_items(SettingSelect, SettingButton)
     await bot.add_cog(Preferences(bot))

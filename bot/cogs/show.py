@@ -7,20 +7,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.imagine import DM_REFUSAL
 from bot.delivery import Delivery
 from bot.limits import Echo, compose
 from bot.local import OPERATOR
-from bot.results import result_message
+from bot.results import DM_REFUSAL, result_message
 from bot.studio import channel_refusal
 from storage.models import CANCELLED, DONE, FAILED
 
 if TYPE_CHECKING:
-    from bot.discord_bot import PintorBot
+    from bot.discord_bot import Interaction, PintorBot
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ class Show(commands.Cog):
 
     @app_commands.command(name="show")
     @app_commands.describe(job_id="The job number shown under a result, e.g. 42")
-    async def show(self, interaction: discord.Interaction, job_id: app_commands.Range[int, 1, MAX_JOB_ID]) -> None:
+    async def show(self, interaction: Interaction, job_id: app_commands.Range[int, 1, MAX_JOB_ID]) -> None:
         """Post a finished job's pictures again, with working buttons."""
         received_at = time.monotonic()
         if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
@@ -68,7 +66,7 @@ class Show(commands.Cog):
         if not job.grid_path or not Path(job.grid_path).is_file():
             await interaction.response.send_message(f"The picture files of job {job_id} are gone.", ephemeral=True)
             return
-        private = (await self.bot.studio.settings.member(interaction.user.id)).private
+        private = (await self.bot.studio.preferences(interaction.user.id)).private
         await interaction.response.defer(thinking=True, ephemeral=private)
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at, private=private)
         await delivery.final(await result_message(self.bot.studio, job, size_limit=delivery.size_limit))

@@ -1,0 +1,135 @@
+"""The bot package imports one way: each module only from layers below its own.
+
+Read from the source with `ast` (every import, top-level or inside a function), so a cycle
+cannot hide behind an import moved into a function. Imports under `if TYPE_CHECKING:` are
+types only (never run): the one allowed there is the Discord client's type
+(`bot.discord_bot`: `PintorBot`, `Interaction`), as discord.py's examples and RoboDanny do.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Bottom to top. A module may import bot modules of lower layers only (same layer: no).
+LAYERS: list[set[str]] = [
+    {"bot.settings", "bot.limits", "bot.attachments", "bot.downloads", "bot.progress"},  # leaves
+    {"bot.intake"},  # what members ask for, checked
+    {"bot.studio"},  # the one door of every front end
+    {"bot.wiring", "bot.discord_endpoints"},  # building a Studio; Discord's URLs
+    {"bot.local"},  # Python front end
+    {"bot.cli_jobs", "bot.doctor"},  # terminal front end
+    # the Discord front end, bottom to top
+    {"bot.buttons"},  # persistent items and their views; a press goes to interaction.client
+    {"bot.results"},  # message texts, pictures and views
+    {"bot.delivery"},  # where a job's messages go
+    {"bot.cogs.account", "bot.cogs.admin", "bot.cogs.blend", "bot.cogs.history", "bot.cogs.imagine",
+     "bot.cogs.preferences", "bot.cogs.show"},  # one per feature, loaded by name
+    {"bot.discord_bot"},  # the client: loads the cogs, registers the buttons, reports jobs
+    {"bot.app"},  # the process: Studio + client
+    {"bot.cli"},  # `pintor`
+]
+DISCORD_FRONT_END = {"bot.buttons", "bot.results", "bot.delivery", "bot.discord_bot", "bot.progress",
+                     "bot.limits", *LAYERS[-4]}
+TYPE_ONLY_ALLOWED = {"bot.discord_bot"}
+LAYER_OF = {module: n for n, layer in enumerate(LAYERS) for module in layer}
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def bot_modules() -> list[str]:
+    return sorted(name for name in map(module_name, (ROOT / "bot").rglob("*.py"))
+                  if not name.endswith("__init__") and name not in {"bot", "bot.cogs"})
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports_of(module: str) -> list[tuple[str, bool, bool]]:
+    """(imported bot module, at top level, for types only) for each import in `module`."""
+    path = ROOT / Path(*module.split(".")).with_suffix(".py")
+    found: list[tuple[str, bool, bool]] = []
+
+    def visit(node: ast.AST, *, top: bool, types_only: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for stmt in child.body:
+                    visit_stmt(stmt, top=top, types_only=True)
+                for stmt in child.orelse:
+                    visit_stmt(stmt, top=top, types_only=types_only)
+            else:
+                visit_stmt(child, top=top, types_only=types_only)
+
+    def visit_stmt(node: ast.AST, *, top: bool, types_only: bool) -> None:
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from bot import limits` imports the module bot.limits
+            names = [f"{node.module}.{alias.name}" if node.module in ("bot", "bot.cogs") else node.module
+                     for alias in node.names]
+        for name in names:
+            if name.startswith("bot."):
+                found.append((name, top, types_only))
+        inner_top = top and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            visit(node, top=inner_top, types_only=types_only)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), top=True, types_only=False)
+    return found
+
+
+def test_every_bot_module_has_a_layer():
+    assert sorted(LAYER_OF) == bot_modules()
+
+
+@pytest.mark.parametrize("module", bot_modules())
+def test_a_module_imports_only_from_layers_below(module):
+    upward = [(name, top) for name, top, types_only in imports_of(module)
+              if not types_only and LAYER_OF[name] >= LAYER_OF[module]]
+    assert upward == [], f"{module} imports from its own layer or above"
+
+
+@pytest.mark.parametrize("module", bot_modules())
+def test_imports_for_types_only_name_the_client_alone(module):
+    type_only = {name for name, _, types_only in imports_of(module) if types_only}
+    assert type_only <= TYPE_ONLY_ALLOWED
+
+
+@pytest.mark.parametrize("module", sorted(DISCORD_FRONT_END))
+def test_the_discord_front_end_imports_at_the_top(module):
+    """No import inside a function (the old way to hide a cycle)."""
+    assert [name for name, top, _ in imports_of(module) if not top] == []
+
+
+def test_the_bot_loads_only_cogs_of_a_lower_layer():
+    from bot.discord_bot import EXTENSIONS
+
+    assert all(LAYER_OF[name] < LAYER_OF["bot.discord_bot"] for name in EXTENSIONS)
+    assert set(EXTENSIONS) == LAYERS[-4]
+
+
+def test_each_discord_module_imports_first_in_a_fresh_interpreter():
+    """Whatever module is imported first (an entry point, a test), it loads: one fresh
+    interpreter per module."""
+    modules = sorted(DISCORD_FRONT_END)
+    procs = [subprocess.Popen([sys.executable, "-c", f"import {module}"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for module in modules]
+    failures = {}
+    for module, proc in zip(modules, procs):
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode:
+            failures[module] = out[-2000:]
+    assert failures == {}

@@ -23,7 +23,7 @@ from bot.local import JobFailed, Pintor, Result, Watcher, copy_atomic, output_pa
 from bot.settings import Settings
 from bot.studio import Submitted
 from generation.events import Done, Event, Progress, Queued, Started
-from storage.models import CANCELLED, FAILED
+from storage.models import JobStatus
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 MANIFEST = ".pintor-batch.json"  # in a batch's output folder: which job made which line
@@ -252,7 +252,7 @@ async def imagine_batch(settings: Settings, source: Path, folder: Path, resume: 
                 entry = manifest.get(line.name)
                 if entry and entry.get("prompt") == line.prompt:
                     job = await pintor.studio.job(entry["job"])
-                    if job is not None and job.user_id == 0 and job.status not in (FAILED, CANCELLED):
+                    if job is not None and job.user_id == 0 and job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                         jobs[line] = job.id
             followed = len(jobs)
             for line in todo:

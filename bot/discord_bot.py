@@ -26,7 +26,7 @@ from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message,
 from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
-from storage.models import DONE, GuildSettings
+from storage.models import GuildSettings, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,12 @@ class PintorBot(commands.Bot):
             if delivery.token_alive:
                 await delivery.final(Outgoing(FORGOTTEN))
             return
-        if job.status == DONE:
+        if job.status == JobStatus.DONE:
             out = await result_message(self.studio, job, size_limit=delivery.size_limit)
         else:
             out = ending_message(job, final)
         message = await delivery.final(out)
-        if message is not None and job.status == DONE:
+        if message is not None and job.status == JobStatus.DONE:
             await self.studio.mark_posted(job_id, message.channel.id, message.id)
 
     async def on_job_event(self, job_id: int, event: Event) -> None:

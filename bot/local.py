@@ -41,7 +41,7 @@ from bot.studio import Studio, Submitted
 from bot.wiring import open_studio
 from generation.events import Cancelled, Done, Event, Failed, Interrupted
 from generation.request import Request
-from storage.models import CANCELLED, DONE, FAILED, Job
+from storage.models import Job, JobStatus
 
 __all__ = ["USER_ERRORS", "JobFailed", "Pintor", "Result", "SyncPintor", "Watcher"]
 
@@ -215,11 +215,11 @@ class Pintor:
         """A finished job, as /show gives it (made here or posted publicly in Discord)."""
         job_id = await self._readable(job)
         found = await self._open().job(job_id)
-        if found.status == FAILED:
+        if found.status == JobStatus.FAILED:
             raise RequestError(f"Job {job_id} failed: {found.error or 'no reason recorded'}")
-        if found.status == CANCELLED:
+        if found.status == JobStatus.CANCELLED:
             raise RequestError(f"Job {job_id} was cancelled: it has no pictures.")
-        if found.status != DONE:
+        if found.status != JobStatus.DONE:
             raise RequestError(f"Job {job_id} is {found.status}; it has no pictures yet.")
         if not found.grid_path or not Path(found.grid_path).is_file():
             raise RequestError(f"The picture files of job {job_id} are gone.")
@@ -254,9 +254,9 @@ class Pintor:
             job = await studio.job(job_id)
             if job is None:
                 raise RequestError(f"There is no job {job_id}.")
-            if job.status == DONE:
+            if job.status == JobStatus.DONE:
                 return Result.of(job)
-            if job.status in (FAILED, CANCELLED):
+            if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise JobFailed(job_id, job.error or f"Job {job_id} was {job.status}.")
         async for event in events:
             self.watcher.event(event)

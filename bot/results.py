@@ -19,9 +19,9 @@ from bot.buttons import grid_view, upscale_view
 from bot.limits import Echo, compose
 from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
-from generation.request import Request
+from generation.request import JobKind, Request
 from generation.upscale import RESAMPLE
-from storage.models import DONE, Job
+from storage.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
 def already_made_text(job: Job) -> str:
     """What a second press of a button says when its first press made the same job."""
     what = f"Image #{job.parent_index} of job {job.parent_id}" if job.parent_id else "This picture"
-    if job.status != DONE:
+    if job.status != JobStatus.DONE:
         return (f"↪️ {what} is already being upscaled for you: job {job.id} is {job.status}. Its result "
                 f"will be posted when it is done.")
     where = (f": {jump_url(job.guild_id, job.channel_id, job.message_id)}"
@@ -90,19 +90,19 @@ def prompt_notices(request: Request) -> list[str | Echo]:
     """What Pintor changed or ignored in the prompt, a line each, as parts for `compose` (they
     quote member text); said with the grids made from the prompt, not again under an upscale
     or variation."""
-    if request.kind not in ("imagine", "blend", "reroll"):
+    if request.kind not in (JobKind.IMAGINE, JobKind.BLEND, JobKind.REROLL):
         return []
     return [part for notice in request.notices for part in ("\nℹ️ ", Echo(notice))]
 
 
 def _origin(job: Job, request: Request) -> str | None:
     """What a job was made from, for jobs made by a button."""
-    if job.kind == "reroll" and job.parent_id:
+    if job.kind == JobKind.REROLL and job.parent_id:
         return f"🔄 Re-roll of job {job.parent_id}"
-    if job.kind == "variation" and job.parent_id:
+    if job.kind == JobKind.VARIATION and job.parent_id:
         strength = "Strong" if request.strength >= VARY_STRONG else "Subtle"
         return f"Variation ({strength}) of image {job.parent_index} of job {job.parent_id}"
-    if job.kind == "upscale" and job.parent_id:
+    if job.kind == JobKind.UPSCALE and job.parent_id:
         how = "resampled" if job.model == RESAMPLE else f"by {job.model}"
         return f"Image #{job.parent_index} of job {job.parent_id}, upscaled {how}"
     return None
@@ -117,7 +117,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     """A finished job as a message: the grid (or the single upscaled image) and its buttons.
     Its text fits Discord's 2,000 characters: only the echoed member text is shortened."""
     request = Request.from_json(job.request)
-    single = job.kind == "upscale" or len(job.images) == 1
+    single = job.kind == JobKind.UPSCALE or len(job.images) == 1
     shown = job.images[:1] if single else job.images
     path = job.images[0].path if single and job.images else job.grid_path
     seed = job.images[0].seed if single and job.images else request.seed

@@ -24,10 +24,10 @@ from generation.inputs import open_upload
 from generation.prompt import quote, size_for_aspect
 from generation.queue import JobQueue, WorkerState
 from generation.registry import ModelSpec, Registry
-from generation.request import GRID_SIZE, Request, build_request, random_seed
+from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
-from storage.models import DONE, GuildSettings, Job, MemberSettings
+from storage.models import GuildSettings, Job, JobStatus, MemberSettings
 from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
@@ -168,16 +168,16 @@ class Studio:
         variation grid (the same picture varied again, at the same strength)."""
         parent = await self._finished_job(job_id)
         request = Request.from_json(parent.request)
-        if request.kind == "variation":
+        if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
-        if request.kind not in ("imagine", "reroll", "blend"):
+        if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND):
             raise RequestError("Only a grid can be re-rolled.")
         rules = where.get("rules")
         if rules is not None and rules.max_steps and request.steps > rules.max_steps:
             # the member chose these steps (--steps, --q): 🔄 does not change their picture
             raise LimitError(f"🔄 would make job {job_id} again with its {request.steps} steps, over this "
                              f"server's limit of {rules.max_steps}.")
-        request = request.replace(kind="reroll" if request.kind != "blend" else "blend", seed=random_seed())
+        request = request.replace(kind=JobKind.REROLL if request.kind != JobKind.BLEND else JobKind.BLEND, seed=random_seed())
         return await self.submit(member, request, parent_id=job_id, **where)
 
     async def _vary_again(self, member: Member, variation: Job, request: Request, **where) -> Submitted:
@@ -199,7 +199,7 @@ class Studio:
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
-        grid = base if base.kind != "upscale" else await self._grid_request(parent)
+        grid = base if base.kind != JobKind.UPSCALE else await self._grid_request(parent)
         spec = self._generator(grid.model) if grid is not None else None
         if spec is not None and grid is base:
             base = base.replace(width=image.width, height=image.height)
@@ -218,7 +218,7 @@ class Studio:
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
         images = (image.path,) if spec.can_blend else ()
         request = base.replace(
-            kind="variation", seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
+            kind=JobKind.VARIATION, seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
             images=images, image_weights=(1.0,) * len(images), steps=steps)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
@@ -227,10 +227,10 @@ class Studio:
         chains); None when that job is gone."""
         job: Job | None = upscale
         seen: set[int] = set()
-        while job is not None and job.kind == "upscale" and job.id not in seen:
+        while job is not None and job.kind == JobKind.UPSCALE and job.id not in seen:
             seen.add(job.id)
             job = await self.store.get(job.parent_id) if job.parent_id is not None else None
-        return Request.from_json(job.request) if job is not None and job.kind != "upscale" else None
+        return Request.from_json(job.request) if job is not None and job.kind != JobKind.UPSCALE else None
 
     def _generator(self, name: str) -> ModelSpec | None:
         """The configured model of that name if it makes pictures; None if it was removed."""
@@ -264,7 +264,7 @@ class Studio:
         if rules is not None and rules.max_steps:
             steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
         request = base.replace(
-            kind="upscale", model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
+            kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
             width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
             steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0)
         key = f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
@@ -296,7 +296,7 @@ class Studio:
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
         total = sum(p.weight for p in parsed.parts)
-        request = build_request(parsed, spec, kind="blend").replace(
+        request = build_request(parsed, spec, kind=JobKind.BLEND).replace(
             prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
             image_weights=tuple(image_weights))
@@ -354,7 +354,7 @@ class Studio:
         job = await self.store.get(job_id)
         if job is None:
             raise RequestError(f"There is no job {job_id}.")
-        if job.status != DONE:
+        if job.status != JobStatus.DONE:
             raise RequestError(f"Job {job_id} is {job.status}, not finished: there is nothing to work on yet.")
         return job
 
@@ -407,7 +407,7 @@ class Studio:
         existing = await self.store.by_result_key(result_key)
         if existing is None:
             return
-        if existing.status == DONE and not all(Path(i.path).is_file() for i in existing.images):
+        if existing.status == JobStatus.DONE and not all(Path(i.path).is_file() for i in existing.images):
             await self.store.release_result_key(existing.id)  # its pictures are gone: make it anew
             return
         raise AlreadyMade(existing)
@@ -419,13 +419,13 @@ class Studio:
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
         allowed = name_list(rules.allowed_models)
-        if allowed and request.model not in allowed and request.kind != "upscale":
+        if allowed and request.model not in allowed and request.kind != JobKind.UPSCALE:
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
         width, height = request.width, request.height
-        if request.kind == "upscale":  # what counts is the size it makes
+        if request.kind == JobKind.UPSCALE:  # what counts is the size it makes
             factor = upscale_factor(width, height, with_model=request.model != RESAMPLE)
             width, height = width * factor, height * factor
         if rules.max_side and max(width, height) > rules.max_side:

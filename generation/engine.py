@@ -20,7 +20,7 @@ from generation.imaging import flatten_to_rgb, make_grid
 from generation.pipelines import PipelineCache
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
 from generation.registry import Registry
-from generation.request import Request
+from generation.request import JobKind, Request
 from generation.safety import blur
 from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
 
@@ -99,7 +99,7 @@ class Engine:
     def generate(self, request: Request, on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Generated:
         notices: list[str] = []
-        if request.kind == "upscale":
+        if request.kind == JobKind.UPSCALE:
             return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
         spec = self.registry.get(request.model)
         run = self._kandinsky if spec.family in ("kandinsky21", "kandinsky22") else self._stable_diffusion

@@ -10,18 +10,32 @@ import dataclasses
 import json
 import random
 from dataclasses import dataclass
+from enum import StrEnum
 
 from generation.prompt import ParsedPrompt, format_parameters, has_emphasis, plain_text, quote, size_for_aspect
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec
 
 GRID_SIZE = 4
 MAX_SEED = 2**32 - 1
-KINDS = ("imagine", "reroll", "variation", "upscale", "blend")
+
+
+class JobKind(StrEnum):
+    """What a job makes. A StrEnum: stored (the `jobs.kind` column, the request JSON) and
+    compared as its plain value."""
+
+    IMAGINE = "imagine"  # a grid from a prompt
+    REROLL = "reroll"  # 🔄: a prompt's grid again with a new seed
+    VARIATION = "variation"  # V: a grid made from one picture (image to image)
+    UPSCALE = "upscale"  # U: one picture, larger
+    BLEND = "blend"  # a grid mixed from uploaded images (and a text)
+
+
+KINDS = tuple(JobKind)
 
 
 @dataclass(frozen=True)
 class Request:
-    kind: str
+    kind: JobKind
     model: str
     prompt: str  # the display text
     parts: tuple[tuple[str, float], ...]  # (text, weight) for multi-prompts
@@ -40,6 +54,9 @@ class Request:
     image_weights: tuple[float, ...] = ()
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
     notices: tuple[str, ...] = ()  # what was changed or ignored in the prompt, said with the job
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -85,7 +102,7 @@ def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:
 NEGATIVE_MIN_GUIDANCE = 1.5  # the least guidance at which a --no list still acts
 
 
-def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: str = "imagine") -> Request:
+def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobKind.IMAGINE) -> Request:
     """Resolve a parsed prompt against a model: pixel size, steps, guidance and the seed.
 
     What the model cannot do with the prompt is said in the request's notices (after the

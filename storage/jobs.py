@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from storage.models import CANCELLED, DONE, FAILED, QUEUED, RUNNING, UNFINISHED, Image, Job, User, utcnow
+from storage.models import UNFINISHED, Image, Job, JobStatus, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class JobStore:
                          guild_id: int | None = None, channel_id: int | None = None,
                          private: bool = False, notices: str | None = None,
                          result_key: str | None = None) -> Job:
-        """Store a new job as QUEUED (and its member on first sight); committed on return.
+        """Store a new job as JobStatus.QUEUED (and its member on first sight); committed on return.
         `private`: its result goes only to its author (their private mode when they asked).
 
         With `result_key`, raises DuplicateJob when a queued, running or done job has the same
@@ -53,7 +53,7 @@ class JobStore:
         try:
             return await self._insert_job(user_id, user_name, Job(
                 user_id=user_id, kind=kind, model=model, prompt=prompt, request=request, parent_id=parent_id,
-                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private, status=QUEUED,
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private, status=JobStatus.QUEUED,
                 notices=notices, result_key=result_key, images=[]))
         except IntegrityError:
             existing = await self.by_result_key(result_key) if result_key is not None else None
@@ -94,17 +94,17 @@ class JobStore:
             return (await session.scalars(query)).all()
 
     async def mark_running(self, job_id: int) -> None:
-        await self._set(job_id, status=RUNNING, started_at=utcnow())
+        await self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow())
 
     async def mark_queued(self, job_id: int) -> None:
-        await self._set(job_id, status=QUEUED, started_at=None)
+        await self._set(job_id, status=JobStatus.QUEUED, started_at=None)
 
     # a failed or cancelled job gave no result: a new job may make it (result_key released)
     async def mark_failed(self, job_id: int, reason: str) -> None:
-        await self._set(job_id, status=FAILED, error=reason, finished_at=utcnow(), result_key=None)
+        await self._set(job_id, status=JobStatus.FAILED, error=reason, finished_at=utcnow(), result_key=None)
 
     async def mark_cancelled(self, job_id: int) -> None:
-        await self._set(job_id, status=CANCELLED, finished_at=utcnow(), result_key=None)
+        await self._set(job_id, status=JobStatus.CANCELLED, finished_at=utcnow(), result_key=None)
 
     async def set_message(self, job_id: int, channel_id: int | None, message_id: int | None) -> None:
         await self._set(job_id, channel_id=channel_id, message_id=message_id)
@@ -120,7 +120,7 @@ class JobStore:
             job.images.extend(Image(index=i, path=img.path, width=img.width, height=img.height,
                                     seed=img.seed, sha256=img.sha256, flagged=img.flagged)
                               for i, img in enumerate(images, start=1))
-            job.status, job.grid_path, job.finished_at = DONE, grid_path, utcnow()
+            job.status, job.grid_path, job.finished_at = JobStatus.DONE, grid_path, utcnow()
             # the job's own notices (from when it was asked for) first; a re-run adds none twice
             lines = [line for line in (job.notices or "").splitlines() if line]
             lines += [line for line in notices if line not in lines]
@@ -156,7 +156,7 @@ class JobStore:
         only if they had started (one cancelled while queued cost nothing)."""
         query = select(func.count()).select_from(Job).where(
             Job.user_id == user_id, Job.created_at >= since,
-            or_(Job.status != CANCELLED, Job.started_at.is_not(None)))
+            or_(Job.status != JobStatus.CANCELLED, Job.started_at.is_not(None)))
         if guild_id is not None:
             query = query.where(Job.guild_id == guild_id)
         async with self.session() as session:
@@ -195,7 +195,7 @@ class JobStore:
         message recorded): e.g. done while the front end was stopping. Oldest first."""
         async with self.session() as session:
             result = await session.scalars(select(Job).where(
-                Job.status == DONE, Job.channel_id.is_not(None), Job.message_id.is_(None),
+                Job.status == JobStatus.DONE, Job.channel_id.is_not(None), Job.message_id.is_(None),
                 Job.finished_at >= since).order_by(Job.id).limit(limit))
             return result.all()
 

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-# Job statuses. QUEUED and RUNNING jobs are picked up again when Pintor starts.
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-UNFINISHED = (QUEUED, RUNNING)
+
+
+class JobStatus(StrEnum):
+    """Where a job is. A StrEnum: stored in `jobs.status` as its plain value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)  # picked up again when Pintor starts
 
 
 def utcnow() -> datetime:
@@ -63,7 +74,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(64))
     prompt: Mapped[str] = mapped_column(Text)  # display text, for history
     request: Mapped[str] = mapped_column(Text)  # generation.Request as JSON: enough to run it again
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     notices: Mapped[str | None] = mapped_column(Text, default=None)
     grid_path: Mapped[str | None] = mapped_column(Text, default=None)

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select, update
 
-from storage.models import DONE, GuildSettings, Job
+from storage.models import GuildSettings, Job, JobStatus
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -158,7 +158,7 @@ async def test_the_daily_quota_says_when_it_resets(server: Harness):
         await studio.store.create_job(user_id=member, user_name="early", kind="imagine", model=request.model,
                                       prompt=request.prompt, request=request.to_json(), guild_id=emu.guild_id)
     async with studio.store.session.begin() as session:
-        await session.execute(update(Job).where(Job.user_id == member).values(status=DONE))
+        await session.execute(update(Job).where(Job.user_id == member).values(status=JobStatus.DONE))
 
     inter = await emu.slash("imagine", {"prompt": "one picture too many"}, user_id=member)
     text = await refusal(server, inter)

@@ -21,7 +21,7 @@ from bot.intake import Member
 from generation.events import Started
 from generation.request import Request
 from storage.jobs import NewImage
-from storage.models import DONE, Job, MemberSettings, User
+from storage.models import Job, JobStatus, MemberSettings, User
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -49,7 +49,7 @@ async def store_jobs(pintor: Harness, user_id: int, prompts: list[str]) -> list[
             user_id=user_id, user_name=f"member{user_id % 1000}", kind="imagine", model=request.model,
             prompt=request.prompt, request=request.to_json()))  # no channel: nothing to post after a restart
     async with studio.store.session.begin() as session:  # never left queued: a restart would run them
-        await session.execute(update(Job).where(Job.user_id == user_id).values(status=DONE))
+        await session.execute(update(Job).where(Job.user_id == user_id).values(status=JobStatus.DONE))
     return jobs
 
 

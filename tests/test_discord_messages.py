@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import update
 
 from bot.limits import CONTENT, EMBEDS_TOTAL, FIELD_VALUE, FSI, PDI, embeds_length, length
-from storage.models import DONE, Job
+from storage.models import Job, JobStatus
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -32,7 +32,7 @@ def contents_sent(pintor: Harness, inter) -> list[str]:
                                                        and isinstance(r.json, dict) and r.json.get("content"))]
 
 
-async def store_jobs(pintor: Harness, user_id: int, prompts: list[str], status: str = DONE) -> list[Job]:
+async def store_jobs(pintor: Harness, user_id: int, prompts: list[str], status: str = JobStatus.DONE) -> list[Job]:
     """Jobs stored directly (none runs), oldest first."""
     studio, jobs = pintor.studio, []
     for prompt in prompts:

@@ -18,7 +18,7 @@ from sqlalchemy import update
 from bot.cogs.imagine import DM_REFUSAL
 from bot.intake import Member
 from storage.jobs import NewImage
-from storage.models import CANCELLED, DONE, Job
+from storage.models import Job, JobStatus
 from tests.discord_harness import Harness, acked, custom_ids, is_result, job_id_of
 from tests.test_discord_members import fields, png
 
@@ -29,14 +29,14 @@ EPHEMERAL = 64
 
 
 async def done_job(pintor: Harness, member: int, folder: Path, *, prompt: str, guild_id: int | None,
-                   channel_id: int | None = None, private: bool = False, status: str = DONE) -> int:
+                   channel_id: int | None = None, private: bool = False, status: str = JobStatus.DONE) -> int:
     """A job stored directly (none runs), with a grid and four tiles on disk when done."""
     store = pintor.studio.store
     request = pintor.studio.prepare(prompt)
     job = await store.create_job(user_id=member, user_name=f"member{member % 1000}", kind="imagine",
                                  model=request.model, prompt=request.prompt, request=request.to_json(),
                                  guild_id=guild_id, channel_id=channel_id, private=private)
-    if status == DONE:
+    if status == JobStatus.DONE:
         tiles = [png(folder / f"tile{job.id}-{n}.png", (128, 128)) for n in range(1, 5)]
         await store.complete(job.id, [NewImage(p, 128, 128, n, "0" * 64) for n, p in enumerate(tiles)],
                              png(folder / f"grid{job.id}.png"))
@@ -174,7 +174,7 @@ async def test_buttons_in_a_dm_follow_the_rules_of_the_jobs_server(pintor: Harne
         await pintor.until(lambda: len([m for m in in_channel(pintor, dm) if is_result(m)]) == 2)
         [second] = [m for m in in_channel(pintor, dm) if is_result(m) and m["id"] != result["id"]]
         job = await pintor.job(job_id_of(second))
-        assert (job.guild_id, job.private, job.parent_id, job.status) == (guild, True, job_id, DONE)
+        assert (job.guild_id, job.private, job.parent_id, job.status) == (guild, True, job_id, JobStatus.DONE)
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         assert await studio.store.count_since(member, midnight, guild_id=guild) == 2
         assert "used your 2 jobs" in await refused_press(pintor, second, f"pintor:r:{job.id}", member)
@@ -202,7 +202,7 @@ async def test_a_dm_press_that_belongs_to_no_server_needs_dms_allowed(pintor: Ha
         await acked(click, kind=DEFERRED_UPDATE)
         await pintor.until(lambda: click.followups and is_result(click.followups[0]))
         job = await pintor.job(job_id_of(click.followups[0]))
-        assert await pintor.job_count() == before + 1 and job.guild_id is None and job.status == DONE
+        assert await pintor.job_count() == before + 1 and job.guild_id is None and job.status == JobStatus.DONE
     finally:
         bot.settings.pintor_allow_dms = False
 
@@ -230,7 +230,7 @@ async def test_show_follows_the_servers_channel_list(pintor: Harness, tmp_path: 
 
 
 @pytest.mark.parametrize("status, says", [
-    (CANCELLED, "Job {id} was cancelled: it has no pictures."),
+    (JobStatus.CANCELLED, "Job {id} was cancelled: it has no pictures."),
     ("queued", "Job {id} is queued; its pictures are posted when it is done."),
     ("running", "Job {id} is running; its pictures are posted when it is done."),
 ])
@@ -263,8 +263,8 @@ async def test_a_servers_daily_quota_counts_that_servers_jobs(pintor: Harness, t
         await done_job(pintor, member, tmp_path, prompt=f"a harbour on B {n}", guild_id=guild_b, channel_id=channel_b)
     await done_job(pintor, member, tmp_path, prompt="a harbour in DMs", guild_id=None)
     # on server A: one cancelled before it ran (costs nothing), one cancelled while it ran (counts)
-    await done_job(pintor, member, tmp_path, prompt="never ran", guild_id=guild_a, status=CANCELLED)
-    ran = await done_job(pintor, member, tmp_path, prompt="ran a while", guild_id=guild_a, status=CANCELLED)
+    await done_job(pintor, member, tmp_path, prompt="never ran", guild_id=guild_a, status=JobStatus.CANCELLED)
+    ran = await done_job(pintor, member, tmp_path, prompt="ran a while", guild_id=guild_a, status=JobStatus.CANCELLED)
     async with studio.store.session.begin() as session:
         await session.execute(update(Job).where(Job.id == ran).values(started_at=datetime.now(UTC)))
     # yesterday's do not count

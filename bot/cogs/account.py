@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot import limits
 from bot.intake import Member
-from storage.models import RUNNING
+from storage.models import JobStatus
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
@@ -116,7 +116,7 @@ class Account(commands.Cog):
         places = []
         for job in mine:
             position = studio.queue_position(job.id)
-            where = "running" if job.status == RUNNING or position == 0 else f"position {position}"
+            where = "running" if job.status == JobStatus.RUNNING or position == 0 else f"position {position}"
             places.append(f"job {job.id} ({job.kind}): {where}")
         embed = discord.Embed(title="Pintor")
         embed.add_field(name="queue", value=f"{studio.waiting_count()} waiting", inline=True)

@@ -15,7 +15,7 @@ from bot.limits import Echo, compose
 from bot.local import OPERATOR
 from bot.results import DM_REFUSAL, result_message
 from bot.studio import channel_refusal
-from storage.models import CANCELLED, DONE, FAILED
+from storage.models import JobStatus
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
@@ -51,15 +51,15 @@ class Show(commands.Cog):
         if refusal:
             await interaction.response.send_message(f"⚠️ {refusal}", ephemeral=True)
             return
-        if job.status == FAILED:
+        if job.status == JobStatus.FAILED:
             await interaction.response.send_message(compose(f"Job {job_id} failed: ", Echo(job.error or "")),
                                                     ephemeral=True)
             return
-        if job.status == CANCELLED:
+        if job.status == JobStatus.CANCELLED:
             await interaction.response.send_message(f"Job {job_id} was cancelled: it has no pictures.",
                                                     ephemeral=True)
             return
-        if job.status != DONE:
+        if job.status != JobStatus.DONE:
             await interaction.response.send_message(
                 f"Job {job_id} is {job.status}; its pictures are posted when it is done.", ephemeral=True)
             return

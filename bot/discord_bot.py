@@ -26,7 +26,7 @@ from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message,
 from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
-from storage.models import GuildSettings, JobStatus
+from storage.models import ServerRules, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class PintorBot(commands.Bot):
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    async def rules(self, guild_id: int | None) -> GuildSettings | None:
+    async def rules(self, guild_id: int | None) -> ServerRules | None:
         """A server's rules for a job made there; None in direct messages."""
         return await self.studio.rules(guild_id) if guild_id is not None else None
 
@@ -119,7 +119,7 @@ class PintorBot(commands.Bot):
                              rules=rules, origin_guild_id=guild_id)
 
     async def start_job(self, interaction: Interaction, delivery: Delivery, submit: Submit, *,
-                        rules: GuildSettings | None = None, origin_guild_id: int | None = None) -> None:
+                        rules: ServerRules | None = None, origin_guild_id: int | None = None) -> None:
         """Store and queue a job for the member of `interaction` (already acknowledged), under
         the server's rules, then report it through `delivery` in the background.
 

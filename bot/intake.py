@@ -11,7 +11,7 @@ from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import Registry, UnknownModelError
 from generation.request import Request, build_request
-from storage.models import GuildSettings, MemberSettings
+from storage.models import ServerRules, MemberPreferences
 
 MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5
 BLEND_DIMENSIONS = {"square": (1, 1), "portrait": (2, 3), "landscape": (3, 2)}
@@ -72,13 +72,13 @@ PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
 
 
-def appended(defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
+def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
     """A member's "always append" text, parsed by the prompt rules: its words (if any) as
     parts, its parameters as given. Raises PromptError as parse_prompt does."""
     return parse_prompt(defaults.append, strict=strict, require_text=False)
 
 
-def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings, *, strict: bool = False) -> ParsedPrompt:
+def with_defaults(parsed: ParsedPrompt, defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
     """A member's /settings fill in what the prompt does not say; the prompt always wins.
     The words of "always append" go at the end of the prompt's text (of its last part)."""
     chosen = appended(defaults, strict=strict)
@@ -105,7 +105,7 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberSettings, *, strict: boo
     return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
 
 
-def allowed_models(rules: GuildSettings | None) -> list[str]:
+def allowed_models(rules: ServerRules | None) -> list[str]:
     """The model names a server allows (`rules`; None in DMs and the CLI); empty: all."""
     return name_list(rules.allowed_models) if rules is not None else []
 
@@ -120,7 +120,7 @@ def fallback_model(registry: Registry, allowed: Sequence[str] = ()) -> str:
     return makers[0] if makers else registry.default  # none left in the registry: the rule refuses, naming them
 
 
-def server_default(registry: Registry, rules: GuildSettings | None) -> str:
+def server_default(registry: Registry, rules: ServerRules | None) -> str:
     """`fallback_model` under a server's rules (None in DMs and the CLI)."""
     return fallback_model(registry, allowed_models(rules))
 
@@ -159,8 +159,8 @@ def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = Fal
                                given=parsed.given | ({"model"} if model else set()))
 
 
-def prepare(registry: Registry, text: str, defaults: MemberSettings | None = None,
-            rules: GuildSettings | None = None, *, strict: bool | None = None) -> Request:
+def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = None,
+            rules: ServerRules | None = None, *, strict: bool | None = None) -> Request:
     """`prepare_with_notices` under a server's `rules` (None in DMs and the CLI), without
     its notices. `strict` (default: the server's strict-parameters rule) refuses parameters
     Pintor does not have instead of ignoring them."""
@@ -169,7 +169,7 @@ def prepare(registry: Registry, text: str, defaults: MemberSettings | None = Non
     return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules), strict=strict)[0]
 
 
-def prepare_with_notices(registry: Registry, text: str, defaults: MemberSettings | None = None, *,
+def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
                          allowed: Sequence[str] = (), strict: bool = False) -> tuple[Request, list[str]]:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees.

@@ -27,7 +27,7 @@ from generation.registry import ModelSpec, Registry
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
-from storage.models import GuildSettings, Job, JobStatus, MemberSettings
+from storage.models import ServerRules, Job, JobStatus, MemberPreferences
 from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class AlreadyMade(RequestError):
         self.job = job
 
 
-def fit_image_to_image(steps: int, strength: float, rules: GuildSettings | None) -> tuple[int, float]:
+def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None) -> tuple[int, float]:
     """Steps and strength for an image-to-image job a button makes, within the server's
     max_steps. Image to image runs int(steps × strength) steps (diffusers' img2img
     pipelines), so that product must be at least 1: steps are raised to ceil(1 / strength)
@@ -101,7 +101,7 @@ def _inputs_of(request_json: str) -> list[str]:
     return [path for path in (request.init_image, *request.images) if path]
 
 
-def channel_refusal(rules: GuildSettings | None, channel_id: int | None) -> str | None:
+def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | None:
     """Why Pintor does not answer in `channel_id` under a server's channel list; None where it
     does (no list, or a listed channel)."""
     channels = id_list(rules.channel_ids) if rules is not None else []
@@ -144,17 +144,17 @@ class Studio:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def prepare(self, text: str, defaults: MemberSettings | None = None,
-                rules: GuildSettings | None = None, *, strict: bool | None = None) -> Request:
+    def prepare(self, text: str, defaults: MemberPreferences | None = None,
+                rules: ServerRules | None = None, *, strict: bool | None = None) -> Request:
         """`bot.intake.prepare` with this studio's registry."""
         return prepare(self.registry, text, defaults, rules, strict=strict)
 
-    def default_model(self, rules: GuildSettings | None) -> str:
+    def default_model(self, rules: ServerRules | None) -> str:
         """The model of a prompt that names none, under a server's rules (None: no server)."""
         return server_default(self.registry, rules)
 
-    def prepare_with_notices(self, text: str, defaults: MemberSettings | None = None, *,
-                             rules: GuildSettings | None = None) -> tuple[Request, list[str]]:
+    def prepare_with_notices(self, text: str, defaults: MemberPreferences | None = None, *,
+                             rules: ServerRules | None = None) -> tuple[Request, list[str]]:
         """The request, and notices for its result (a saved model that is gone here), under
         a server's rules (allowed models, strict parameters)."""
         return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
@@ -237,7 +237,7 @@ class Studio:
         spec = self.registry.models.get(name)
         return spec if spec is not None and spec.can_generate else None
 
-    def _fallback_vary_model(self, base: Request, rules: GuildSettings | None) -> ModelSpec:
+    def _fallback_vary_model(self, base: Request, rules: ServerRules | None) -> ModelSpec:
         allowed = name_list(rules.allowed_models) if rules is not None else []
         candidates = [self.registry.get(self.default_model(rules)), *self.registry.generators()]
         fits = [m for m in candidates if (not allowed or m.name in allowed) and (base.parts or m.can_blend)]
@@ -311,7 +311,7 @@ class Studio:
             await asyncio.to_thread(_delete_files, unused)
             raise
 
-    def _blend_model(self, name: str | None, rules: GuildSettings | None = None):
+    def _blend_model(self, name: str | None, rules: ServerRules | None = None):
         """The named model, which must blend; for None, the server's default model where it
         blends, else the first blending model the server allows."""
         if name is not None:
@@ -369,7 +369,7 @@ class Studio:
 
     async def submit(self, member: Member, request: Request, *, parent_id: int | None = None,
                      parent_index: int | None = None, guild_id: int | None = None,
-                     channel_id: int | None = None, rules: GuildSettings | None = None,
+                     channel_id: int | None = None, rules: ServerRules | None = None,
                      private: bool = False, direct: bool = False, notices: Sequence[str] = (),
                      result_key: str | None = None) -> Submitted:
         """Check the server's rules, store the job, then queue it: a job is in the database
@@ -412,7 +412,7 @@ class Studio:
             return
         raise AlreadyMade(existing)
 
-    async def _check_rules(self, member: Member, request: Request, rules: GuildSettings,
+    async def _check_rules(self, member: Member, request: Request, rules: ServerRules,
                            channel_id: int | None, *, check_channel: bool = True) -> None:
         if rules.paused:
             raise LimitError("Pintor is paused on this server by its admins. Try again later.")
@@ -453,20 +453,20 @@ class Studio:
         """The configured models (read only): their names, which make pictures, the default."""
         return self.registry
 
-    async def preferences(self, user_id: int) -> MemberSettings:
+    async def preferences(self, user_id: int) -> MemberPreferences:
         """A member's defaults (/settings); the defaults of a member who never set any."""
         return await self.settings.member(user_id)
 
-    async def update_preferences(self, user_id: int, user_name: str, **values) -> MemberSettings:
-        """Change a member's defaults (`values`: columns of `MemberSettings`); returns them as stored."""
+    async def update_preferences(self, user_id: int, user_name: str, **values) -> MemberPreferences:
+        """Change a member's defaults (`values`: columns of `MemberPreferences`); returns them as stored."""
         return await self.settings.update_member(user_id, user_name, **values)
 
-    async def rules(self, guild_id: int) -> GuildSettings:
+    async def rules(self, guild_id: int) -> ServerRules:
         """A server's rules (/pintor-admin); the defaults for a server that never set any."""
         return await self.settings.guild(guild_id)
 
-    async def update_rules(self, guild_id: int, **values) -> GuildSettings:
-        """Change a server's rules (`values`: columns of `GuildSettings`); returns them as stored."""
+    async def update_rules(self, guild_id: int, **values) -> ServerRules:
+        """Change a server's rules (`values`: columns of `ServerRules`); returns them as stored."""
         return await self.settings.update_guild(guild_id, **values)
 
     async def unfinished_jobs(self, user_id: int) -> list[Job]:

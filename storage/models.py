@@ -110,10 +110,10 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class MemberSettings(Base):
+class MemberPreferences(Base):
     """A member's defaults (/settings). None = the server's or model's own default."""
 
-    __tablename__ = "member_settings"
+    __tablename__ = "member_settings"  # named when the class was MemberSettings: kept (no migration)
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     model: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -125,17 +125,17 @@ class MemberSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
-    def new(cls, user_id: int) -> MemberSettings:
+    def new(cls, user_id: int) -> MemberPreferences:
         return cls(user_id=user_id, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
 
 
 DEFAULT_MAX_QUEUED = 5  # a new server's limit of jobs one member may have queued or running
 
 
-class GuildSettings(Base):
+class ServerRules(Base):
     """A server's rules (/pintor-admin). None = no limit / everything allowed."""
 
-    __tablename__ = "guild_settings"
+    __tablename__ = "guild_settings"  # named when the class was GuildSettings: kept (no migration)
 
     guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     allowed_models: Mapped[str | None] = mapped_column(Text, default=None)  # comma-separated names
@@ -152,7 +152,7 @@ class GuildSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
-    def new(cls, guild_id: int) -> GuildSettings:
+    def new(cls, guild_id: int) -> ServerRules:
         return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False, strict_parameters=False)

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from storage.models import GuildSettings, MemberSettings, User
+from storage.models import ServerRules, MemberPreferences, User
 
 
 class SettingsStore:
     def __init__(self, engine: AsyncEngine):
         self.session = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def member(self, user_id: int) -> MemberSettings:
+    async def member(self, user_id: int) -> MemberPreferences:
         """A member's settings; the defaults (not stored) for a member who never set any."""
         async with self.session() as session:
-            return await session.get(MemberSettings, user_id) or MemberSettings.new(user_id)
+            return await session.get(MemberPreferences, user_id) or MemberPreferences.new(user_id)
 
-    async def update_member(self, user_id: int, user_name: str = "", **values) -> MemberSettings:
-        return await self._update(MemberSettings, user_id, user_name=user_name, **values)
+    async def update_member(self, user_id: int, user_name: str = "", **values) -> MemberPreferences:
+        return await self._update(MemberPreferences, user_id, user_name=user_name, **values)
 
-    async def guild(self, guild_id: int | None) -> GuildSettings:
+    async def guild(self, guild_id: int | None) -> ServerRules:
         """A server's rules; the defaults for a server without stored ones (and for DMs, None)."""
         async with self.session() as session:
-            stored = await session.get(GuildSettings, guild_id) if guild_id is not None else None
-            return stored or GuildSettings.new(guild_id or 0)
+            stored = await session.get(ServerRules, guild_id) if guild_id is not None else None
+            return stored or ServerRules.new(guild_id or 0)
 
-    async def update_guild(self, guild_id: int, **values) -> GuildSettings:
-        return await self._update(GuildSettings, guild_id, **values)
+    async def update_guild(self, guild_id: int, **values) -> ServerRules:
+        return await self._update(ServerRules, guild_id, **values)
 
     async def _update(self, table, key: int, *, user_name: str | None = None, **values):
         """Change a settings row, creating it (and for a member, their user row) on first use.

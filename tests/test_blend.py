@@ -16,7 +16,7 @@ from bot.studio import Studio
 from generation.inputs import UploadError
 from generation.prompt import PromptError
 from generation.request import Request
-from storage.models import GuildSettings
+from storage.models import ServerRules
 from tests.studio_helpers import started_studio
 from tests.test_inputs import bomb_png, grey16_png, mpo
 
@@ -115,7 +115,7 @@ async def test_forget_deletes_a_members_uploads_unless_another_job_uses_them(stu
 async def test_blend_without_a_model_uses_one_the_server_allows(studio):
     """A server whose allow-list has no blending model refuses /blend by its rule, naming the
     models, and keeps nothing; one that allows a Kandinsky model blends with it."""
-    rules = GuildSettings.new(1)
+    rules = ServerRules.new(1)
     rules.allowed_models = "tiny-sd,tiny-sdxl"
     member = Member(22, "gil")
     with pytest.raises(LimitError, match="No model this server allows can blend images. Allowed: tiny-sd, tiny-sdxl; "
@@ -172,7 +172,7 @@ async def test_blends_prompt_follows_the_prompt_rules_and_says_what_it_changed(s
         "Ignored “--v 6”: /blend uses a model that can blend images (tiny-kandinsky).")
     await finish(studio, submitted)
     # a strict server refuses it, and nothing is stored
-    rules = GuildSettings.new(77)
+    rules = ServerRules.new(77)
     rules.strict_parameters = True
     before = len(await studio.store.unfinished())
     with pytest.raises(PromptError, match="“--tile”"):

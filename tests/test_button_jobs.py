@@ -21,7 +21,7 @@ from generation.registry import load_registry
 from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import DuplicateJob, JobStore
-from storage.models import GuildSettings, MemberSettings
+from storage.models import ServerRules, MemberPreferences
 from tests.studio_helpers import started_studio
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -38,8 +38,8 @@ def png(color, size=(48, 40)) -> bytes:
 CAT, TIGER = ("cat.png", png((200, 120, 40))), ("tiger.png", png((30, 160, 220), (64, 64)))
 
 
-def rules(**values) -> GuildSettings:
-    rules = GuildSettings.new(1)
+def rules(**values) -> ServerRules:
+    rules = ServerRules.new(1)
     for key, value in values.items():
         setattr(rules, key, value)
     return rules
@@ -286,8 +286,8 @@ async def test_the_database_refuses_a_second_job_with_the_same_result(studio, sd
 # -- a saved model that an admin removed --------------------------------------------------------
 
 
-def saved(model: str | None = None, append: str = "") -> MemberSettings:
-    settings = MemberSettings.new(7)
+def saved(model: str | None = None, append: str = "") -> MemberPreferences:
+    settings = MemberPreferences.new(7)
     settings.model, settings.append = model, append
     return settings
 

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select, update
 
-from storage.models import GuildSettings, Job, JobStatus
+from storage.models import ServerRules, Job, JobStatus
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -245,7 +245,7 @@ async def test_the_nsfw_check_switch_is_stored(server: Harness):
     assert '"safety_check": false' in job.request
     assert "NSFW check: on" in (await admin(server, "nsfw-check", {"on": True}))["content"]
     async with studio.store.session() as session:
-        assert (await session.get(GuildSettings, emu.guild_id)).nsfw_check is True
+        assert (await session.get(ServerRules, emu.guild_id)).nsfw_check is True
 
 
 async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):

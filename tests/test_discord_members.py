@@ -21,7 +21,7 @@ from bot.intake import Member
 from generation.events import Started
 from generation.request import Request
 from storage.jobs import NewImage
-from storage.models import Job, JobStatus, MemberSettings, User
+from storage.models import Job, JobStatus, MemberPreferences, User
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -351,7 +351,7 @@ async def test_forget_deletes_a_members_jobs_files_and_settings_after_confirming
     assert not any(Path(f).exists() for f in files)
     assert (await studio.store.history(member, offset=0, limit=10)) == ([], 0)
     async with studio.store.session() as session:
-        assert await session.get(MemberSettings, member) is None
+        assert await session.get(MemberPreferences, member) is None
         assert await session.get(User, member) is None
         assert (await session.scalars(select(Job).where(Job.id.in_([j.id for j in jobs])))).all() == []
     kept = await pintor.job(theirs.id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from generation.request import Request
-from storage.models import GuildSettings
+from storage.models import ServerRules
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 from tests.test_discord_admin import admin, jobs_of, refusal, stored_jobs
 
@@ -107,7 +107,7 @@ async def cancel_all(pintor: Harness, member: int) -> None:
 async def test_the_first_command_on_a_new_server_stores_what_was_asked(
         pintor: Harness, new_server: Server, subcommand: str, options, column: str, value, says: str):
     async with pintor.studio.store.session() as session:
-        assert await session.get(GuildSettings, new_server.guild_id) is None  # nothing stored yet
+        assert await session.get(ServerRules, new_server.guild_id) is None  # nothing stored yet
     first = (await admin(pintor, subcommand, options))["content"]
     assert getattr(await stored(pintor, new_server.guild_id), column) == value
     assert says in first

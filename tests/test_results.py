@@ -68,10 +68,10 @@ async def test_a_result_with_long_notices_quoting_the_prompt_keeps_its_seed_line
 def test_a_servers_rules_with_hundreds_of_channels_and_models_fit_one_message(registry_file):
     from bot.cogs.admin import describe
     from generation.registry import load_registry
-    from storage.models import GuildSettings
+    from storage.models import ServerRules
 
     channels = [str(10**18 + n) for n in range(300)]
-    rules = GuildSettings(guild_id=1, channel_ids=",".join(channels),
+    rules = ServerRules(guild_id=1, channel_ids=",".join(channels),
                           allowed_models=",".join(f"model-{n}" for n in range(300)))
     content = describe(rules, load_registry(registry_file))  # 300 allowed models no longer configured
     assert length(content) <= CONTENT

@@ -15,7 +15,7 @@ from generation.prompt import parse_prompt
 from generation.registry import load_registry
 from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import JobStore
-from storage.models import GuildSettings, MemberSettings
+from storage.models import ServerRules, MemberPreferences
 from storage.settings import SettingsStore
 from tests.studio_helpers import started_studio
 
@@ -49,17 +49,17 @@ async def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path):
 # every value each settings field can take from a command: None (no limit, the server's or
 # model's default), zero and other falsy values, and ordinary ones
 FIRST_WRITES = {
-    GuildSettings: {"allowed_models": [None, "tiny-sd"], "channel_ids": [None, "1,2"],
+    ServerRules: {"allowed_models": [None, "tiny-sd"], "channel_ids": [None, "1,2"],
                     "max_queued_per_member": [None, 1, 1000], "daily_quota": [None, 1, 7],
                     "max_steps": [None, 1, 150], "max_side": [None, 64, 8192],
                     "buttons_author_only": [True, False], "nsfw_check": [True, False], "paused": [True, False],
                     "strict_parameters": [True, False]},
-    MemberSettings: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
+    MemberPreferences: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
                      "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"]},
 }
 
 
-@pytest.mark.parametrize("table", [GuildSettings, MemberSettings], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("table", [ServerRules, MemberPreferences], ids=lambda t: t.__name__)
 async def test_a_first_write_stores_exactly_what_was_asked(engine, table):
     """Each field, each value, as the first write of a new row: the row returned and the row
     read back later hold the value asked for, never the column's default."""
@@ -70,14 +70,14 @@ async def test_a_first_write_stores_exactly_what_was_asked(engine, table):
     for field, values in FIRST_WRITES[table].items():
         for value in values:
             key += 1
-            if table is GuildSettings:
+            if table is ServerRules:
                 returned = await store.update_guild(key, **{field: value})
                 stored = await SettingsStore(engine).guild(key)
             else:
                 returned = await store.update_member(key, f"m{key}", **{field: value})
                 stored = await SettingsStore(engine).member(key)
             assert (getattr(returned, field), getattr(stored, field)) == (value, value), (field, value)
-            again = await store.update_guild(key, **{field: value}) if table is GuildSettings else \
+            again = await store.update_guild(key, **{field: value}) if table is ServerRules else \
                 await store.update_member(key, f"m{key}", **{field: value})
             assert getattr(again, field) == value  # the second write agrees with the first
 
@@ -97,7 +97,7 @@ async def test_history_pages_over_250_jobs(engine):
 
 
 def test_member_defaults_fill_what_the_prompt_does_not_say():
-    defaults = MemberSettings.new(1)
+    defaults = MemberPreferences.new(1)
     defaults.aspect, defaults.stylize, defaults.append = "16:9", 300, "--no text --chaos 20"
     merged = with_defaults(parse_prompt("a fox --chaos 5"), defaults)
     assert merged.aspect == (16, 9) and merged.stylize == 300 and merged.negative == "text"
@@ -113,14 +113,14 @@ def test_member_defaults_fill_what_the_prompt_does_not_say():
     ("", "a fox", "a fox", ""),
 ])
 def test_always_append_adds_its_words_too(append, prompt, text, negative):
-    defaults = MemberSettings.new(1)
+    defaults = MemberPreferences.new(1)
     defaults.append = append
     merged = with_defaults(parse_prompt(prompt), defaults)
     assert (merged.text, merged.negative) == (text, negative)
 
 
 def test_always_append_follows_the_prompt_rules():
-    defaults = MemberSettings.new(1)
+    defaults = MemberPreferences.new(1)
     defaults.append = "sharp focus --tile --chaos 150"
     merged = with_defaults(parse_prompt("a fox --ar 16:9"), defaults)
     assert merged.text == "a fox, sharp focus" and merged.chaos == 100 and merged.aspect == (16, 9)
@@ -146,7 +146,7 @@ def test_midjourney_model_choosers_follow_the_registry(registry_file):
         prepare(registry, "a fox --v 5.2", strict=True)
     assert prepare(registry, "a fox --v 6", strict=True).model == "tiny-sdxl"
     # a chooser in the prompt beats the member's default model, like --model does
-    defaults = MemberSettings.new(1)
+    defaults = MemberPreferences.new(1)
     defaults.model = "tiny-kandinsky"
     assert prepare(registry, "a fox --v 6", defaults).model == "tiny-sdxl"
     assert prepare(registry, "a fox", defaults).model == "tiny-kandinsky"
@@ -154,7 +154,7 @@ def test_midjourney_model_choosers_follow_the_registry(registry_file):
 
 def test_prepare_applies_member_defaults_and_names_them(registry_file):
     registry = load_registry(registry_file)
-    defaults = MemberSettings.new(1)
+    defaults = MemberPreferences.new(1)
     defaults.model, defaults.aspect = "tiny-sdxl", "2:1"
     request = prepare(registry, "a fox", defaults)
     assert request.model == "tiny-sdxl" and request.width == 2 * request.height
@@ -163,7 +163,7 @@ def test_prepare_applies_member_defaults_and_names_them(registry_file):
 
 def test_the_servers_default_model_is_the_first_allowed_that_makes_pictures(registry_file):
     registry = load_registry(registry_file)  # default tiny-sd
-    rules = GuildSettings.new(1)
+    rules = ServerRules.new(1)
     assert server_default(registry, None) == server_default(registry, rules) == "tiny-sd"
     for allowed, default in [("tiny-sdxl,tiny-sd", "tiny-sd"), ("gone,tiny-sdxl", "tiny-sdxl"),
                              ("tiny-upscaler,tiny-kandinsky,tiny-sdxl", "tiny-kandinsky")]:
@@ -172,7 +172,7 @@ def test_the_servers_default_model_is_the_first_allowed_that_makes_pictures(regi
         assert prepare(registry, "a fox", rules=rules).model == default
         assert prepare(registry, "a fox --model tiny-sd", rules=rules).model == "tiny-sd"  # the rule refuses it later
     # a member's own default the server does not allow gives way to the server's; elsewhere it stays
-    defaults = MemberSettings.new(1)
+    defaults = MemberPreferences.new(1)
     defaults.model, defaults.aspect = "tiny-sd", "2:1"
     rules.allowed_models = "tiny-sdxl"
     request = prepare(registry, "a fox", defaults, rules)
@@ -189,7 +189,7 @@ async def studio(tmp_path_factory, registry_file: Path):
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_twenty_simultaneous_requests_with_a_limit_of_three_queue_three(studio):
-    rules = GuildSettings.new(1)
+    rules = ServerRules.new(1)
     rules.max_queued_per_member = 3
     member = Member(5, "dee")
     # many steps: none of the three finishes while the twenty arrive
@@ -217,7 +217,7 @@ async def test_rules_refuse_with_a_reason_and_store_nothing(studio):
         (dict(channel_ids="111,222"), "<#111>"),
     ]
     for values, message in cases:
-        rules = GuildSettings.new(1)
+        rules = ServerRules.new(1)
         for key, value in values.items():
             setattr(rules, key, value)
         with pytest.raises(LimitError, match=message):
@@ -252,7 +252,7 @@ async def test_max_side_counts_the_size_an_upscale_makes(studio):
     grid = await studio.imagine(member, "a fox --seed 4")
     async for _ in grid.events:
         pass
-    rules = GuildSettings.new(1)
+    rules = ServerRules.new(1)
     rules.max_side = 300  # a 128 px tile passes, its ×4 upscale (512 px) does not
     with pytest.raises(LimitError, match="512×512 is over this server's limit of 300"):
         await studio.upscale(member, grid.job_id, 1, rules=rules)

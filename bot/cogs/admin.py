@@ -13,7 +13,7 @@ from discord.ext import commands
 from bot.intake import id_list, name_list, server_default
 from bot.limits import listing, plain
 from generation.registry import Registry, UnknownModelError
-from storage.models import GuildSettings
+from storage.models import ServerRules
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
@@ -32,7 +32,7 @@ _NOT_ANSWERABLE = {discord.ChannelType.category: "a category", discord.ChannelTy
                    discord.ChannelType.media: "a media channel"}
 
 
-def describe(rules: GuildSettings, registry: Registry, *, author_only_forced: bool = False) -> str:
+def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool = False) -> str:
     """The server's rules as in force, for admins. `author_only_forced`: the process setting
     PINTOR_BUTTONS_AUTHOR_ONLY, which overrides the server's choice of who may press buttons."""
     def limit(value, unit=""):
@@ -147,7 +147,7 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
             return False
         return True
 
-    def _describe(self, rules: GuildSettings) -> str:
+    def _describe(self, rules: ServerRules) -> str:
         return describe(rules, self.bot.studio.models,
                         author_only_forced=self.bot.settings.pintor_buttons_author_only)
 

@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_gone
 from bot.limits import SELECT_OPTION_TEXT, clip, echo, plain
 from generation.registry import Registry
-from storage.models import GuildSettings, MemberSettings
+from storage.models import ServerRules, MemberPreferences
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
@@ -26,7 +26,7 @@ STYLIZES = [0, 50, 100, 250, 500, 750, 1000]
 DEFAULT = "default"  # the option that clears a setting
 
 
-def describe(settings: MemberSettings, registry: Registry, rules: GuildSettings | None = None) -> str:
+def describe(settings: MemberPreferences, registry: Registry, rules: ServerRules | None = None) -> str:
     """A member's defaults as they apply where /settings was used (under a server's `rules`;
     None in DMs). A saved model that can no longer be used there (removed by an admin, or not
     allowed on this server) is said to be gone, with the model used instead."""
@@ -57,7 +57,7 @@ SETTING = r"pintor:set:(?P<user>[0-9]{1,20}):"
 APPEND_MODAL = re.compile(r"pintor:append:(?P<user>[0-9]{1,20})")
 
 
-def settings_view(bot: PintorBot, settings: MemberSettings) -> discord.ui.View:
+def settings_view(bot: PintorBot, settings: MemberPreferences) -> discord.ui.View:
     """The menus and buttons of a /settings message. Every control is persistent (its
     custom_id names the member and the setting): it keeps working after restarts, for as long
     as the message is shown, and each change is saved at once."""
@@ -163,7 +163,7 @@ def _text_value(data: dict, custom_id: str) -> str:
     return ""
 
 
-async def _describe_here(bot: PintorBot, interaction: Interaction, settings: MemberSettings) -> str:
+async def _describe_here(bot: PintorBot, interaction: Interaction, settings: MemberPreferences) -> str:
     """`describe` under the rules of the server where the member is (none in DMs)."""
     rules = await bot.rules(interaction.guild_id)
     return describe(settings, bot.studio.models, rules)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 
 import pytest
@@ -159,7 +160,7 @@ async def test_a_result_over_the_upload_limit_is_reencoded(pintor: Harness):
     job = await pintor.job(job_id_of(final))
     [attachment] = final["attachments"]
     data = await pintor.fetch(attachment)
-    assert len(data) <= limit < len(open(job.grid_path, "rb").read())
+    assert len(data) <= limit < os.path.getsize(job.grid_path)
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format in ("WEBP", "JPEG")
     assert "🗜️" in final["content"] and f"/show job_id:{job.id}" in final["content"]

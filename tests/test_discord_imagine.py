@@ -214,3 +214,16 @@ async def test_a_members_settings_fill_in_the_prompt_and_keep_results_private(pi
     assert final["flags"] & EPHEMERAL
     assert "--ar 3:2" in final["content"]
     assert (await pintor.picture(final)).size == (384, 256)
+
+
+async def test_a_result_posted_as_the_bot_stops_is_not_posted_again(pintor: Harness):
+    """Nothing doubled: the bot stops the moment a result's message went out (the member sees it
+    final); where it went is still stored, so the restarted bot does not post it a second time."""
+    emu = pintor.emu
+    inter = await emu.slash("imagine", {"prompt": "a lantern at closing time --seed 13"})
+    final = await inter.wait_original(is_result, timeout=90)
+    job_id = job_id_of(final)
+    await pintor.restart()  # at once: the bot is still between sending the message and storing its id
+    assert (await pintor.job(job_id)).message_id == int(final["id"])
+    assert not pintor.requests(lambda r: r.method == "POST" and r.path == f"/channels/{emu.channel_id}/messages"
+                               and f"job {job_id}" in (r.json or {}).get("content", ""))

@@ -52,6 +52,7 @@ class PintorBot(commands.Bot):
         self.studio = studio
         self._followed: set[int] = set()  # jobs whose messages a reporter of this bot drives
         self._tasks: set[asyncio.Task] = set()
+        self._posting: set[asyncio.Task] = set()  # jobs' ends being posted and recorded
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -87,6 +88,7 @@ class PintorBot(commands.Bot):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._posting, return_exceptions=True)  # never cancelled: see _finish
         await super().close()
 
     # -- jobs -------------------------------------------------------------------------------------
@@ -177,8 +179,16 @@ class PintorBot(commands.Bot):
             out = await result_message(self.studio, job, size_limit=delivery.size_limit)
         else:
             out = ending_message(job, final)
+        # Posting and recording where it went run to their end even when close() cancels this
+        # task: a result posted but not recorded would be posted a second time after a restart.
+        posting = asyncio.ensure_future(self._post(job_id, job.status == JobStatus.DONE, delivery, out))
+        self._posting.add(posting)
+        posting.add_done_callback(self._posting.discard)
+        await asyncio.shield(posting)
+
+    async def _post(self, job_id: int, done: bool, delivery: Delivery, out: Outgoing) -> None:
         message = await delivery.final(out)
-        if message is not None and job.status == JobStatus.DONE:
+        if message is not None and done:
             await self.studio.mark_posted(job_id, message.channel.id, message.id)
 
     async def on_job_event(self, job_id: int, event: Event) -> None:

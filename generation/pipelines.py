@@ -119,7 +119,7 @@ class PipelineCache:
 
     def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:
         log.info("loading %s (%s) from %s on %s", spec.name, cls.__name__, source, self.device.device)
-        kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype}
+        kwargs: dict[str, Any] = {"dtype": self.device.dtype}  # `dtype`: diffusers >= 0.40 (torch_dtype is deprecated)
         if spec.variant and self.device.dtype == torch.float16:
             kwargs["variant"] = spec.variant
         try:

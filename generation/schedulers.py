@@ -130,6 +130,10 @@ def replacement(name: str, current: Any) -> Any:
     if name == "PNDMScheduler":
         # as Stable Diffusion ships it: PLMS steps only; the Runge–Kutta warm-up needs 4+ steps
         config["skip_prk_steps"] = True
+    if "clip_sample" not in config and name in ("DDIMScheduler", "DDPMScheduler"):
+        # their default (True) clips samples to [-1, 1]: right for pixel-space models, wrong for
+        # latents (Stable Diffusion ships False; diffusers warns when it is left unset)
+        config["clip_sample"] = False
     return cls.from_config(config)
 
 

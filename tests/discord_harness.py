@@ -108,10 +108,19 @@ class Harness:
         return image
 
 
-def job_id_of(message: dict) -> int:
+def job_id_in(message: dict) -> int | None:
+    """The job a message is about (its "· job N"), or None for any other message: the shared
+    emulator also holds /history pages, /settings menus and the like, some with pictures and
+    buttons too."""
     match = re.search(r"· job (\d+)", message["content"])
-    assert match, message["content"]
-    return int(match[1])
+    return int(match[1]) if match else None
+
+
+def job_id_of(message: dict) -> int:
+    """The job a result message is about; the message must be one."""
+    job_id = job_id_in(message)
+    assert job_id is not None, message["content"]
+    return job_id
 
 
 def custom_ids(message: dict) -> list[list[str]]:

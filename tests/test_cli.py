@@ -45,10 +45,11 @@ def test_imagine_writes_grid_and_separate_images(env, tmp_path):
                     "-o", "fox.png", "--separate", cwd=tmp_path)
     assert "note: Ignored what Pintor does not have: “--tile”." in result.stderr
     assert result.returncode == 0, result.stderr
-    grid = Image.open(tmp_path / "fox.png")
-    assert grid.size == (384, 256)  # 2×2 tiles of 192×128: 3:2 at a 128 px native budget
+    with Image.open(tmp_path / "fox.png") as grid:
+        assert grid.size == (384, 256)  # 2×2 tiles of 192×128: 3:2 at a 128 px native budget
     for i in range(1, 5):
-        assert Image.open(tmp_path / f"fox-{i}.png").size == (192, 128)
+        with Image.open(tmp_path / f"fox-{i}.png") as tile:
+            assert tile.size == (192, 128)
     assert "seed 7" in result.stdout
     [(job_id, status, request)] = job_rows(tmp_path)
     assert status == "done" and '"seed": 7' in request and '"negative": "people"' in request

@@ -14,7 +14,7 @@ from bot.results import jump_url
 from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import JobStore, NewImage
-from tests.discord_harness import Harness, custom_ids, is_result, job_id_of
+from tests.discord_harness import Harness, custom_ids, is_result, job_id_in, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -159,7 +159,8 @@ async def copy_of(store: JobStore, grid_job, *, prompt: str, done: bool, flagged
 
 
 def result_of(emu, job_id: int) -> dict | None:
-    return next((m for m in emu.messages.values() if is_result(m) and job_id_of(m) == job_id), None)
+    """The result message of a job, among all the messages of the session's emulator."""
+    return next((m for m in emu.messages.values() if is_result(m) and job_id_in(m) == job_id), None)
 
 
 async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid: dict):

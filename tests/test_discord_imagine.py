@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 
 import pytest
@@ -161,7 +162,7 @@ async def test_a_result_over_the_upload_limit_is_reencoded(pintor: Harness):
     job = await pintor.job(job_id_of(final))
     [attachment] = final["attachments"]
     data = await pintor.fetch(attachment)
-    assert len(data) <= limit < len(open(job.grid_path, "rb").read())
+    assert len(data) <= limit < os.path.getsize(job.grid_path)
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format in ("WEBP", "JPEG")
     assert "🗜️" in final["content"] and f"/show job_id:{job.id}" in final["content"]
@@ -270,3 +271,14 @@ def test_prompt_notices_never_push_the_status_line_out_of_a_message():
     text = progress_text(request, 1, "⏳ queued — position 3")
     assert length(text) <= CONTENT and text.endswith("\n⏳ queued — position 3")
     assert "ℹ️ Ignored what Pintor does not have" in text
+async def test_a_result_posted_as_the_bot_stops_is_not_posted_again(pintor: Harness):
+    """Nothing doubled: the bot stops the moment a result's message went out (the member sees it
+    final); where it went is still stored, so the restarted bot does not post it a second time."""
+    emu = pintor.emu
+    inter = await emu.slash("imagine", {"prompt": "a lantern at closing time --seed 13"})
+    final = await inter.wait_original(is_result, timeout=90)
+    job_id = job_id_of(final)
+    await pintor.restart()  # at once: the bot is still between sending the message and storing its id
+    assert (await pintor.job(job_id)).message_id == int(final["id"])
+    assert not pintor.requests(lambda r: r.method == "POST" and r.path == f"/channels/{emu.channel_id}/messages"
+                               and f"job {job_id}" in (r.json or {}).get("content", ""))

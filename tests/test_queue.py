@@ -158,18 +158,25 @@ async def test_a_killed_worker_restarts_and_the_job_completes_with_the_same_pict
     assert [file_sha256(image.path) for image in done.images] == [image.sha256 for image in done.images]
 
 
-async def test_close_during_a_job_reports_it_interrupted(env):
-    queue, log, _ = env
-    job = await submit(queue, make_request(steps=150))
-    waiting = await submit(queue, make_request(), user=99)
-    await log.wait_for(job, Progress)
-    await queue.close()
-    interrupted = await log.wait_for(job, Interrupted)
-    assert interrupted == Interrupted(job)
-    assert log.task.done()  # the event stream ends once the queue is closed
-    assert not any(isinstance(e, (Done, Cancelled, Failed)) for e in log.of(job))
-    assert all(isinstance(e, Queued) for e in log.of(waiting))  # still waiting, for the next start
-    assert not queue._process.is_alive()
+async def test_close_during_a_job_reports_it_interrupted(small_registry_file: Path, tmp_path: Path):
+    # A queue of its own: closing the module's queue would leave the other tests, in whatever
+    # order they run, waiting for events that never come.
+    queue = local_queue(tmp_path, small_registry_file, preview_interval_s=0.0)
+    await queue.start()
+    log = EventLog(queue.events())
+    try:
+        job = await submit(queue, make_request(steps=150))
+        waiting = await submit(queue, make_request(), user=99)
+        await log.wait_for(job, Progress)
+        await queue.close()
+        interrupted = await log.wait_for(job, Interrupted)
+        assert interrupted == Interrupted(job)
+        assert log.task.done()  # the event stream ends once the queue is closed
+        assert not any(isinstance(e, (Done, Cancelled, Failed)) for e in log.of(job))
+        assert all(isinstance(e, Queued) for e in log.of(waiting))  # still waiting, for the next start
+        assert not queue._process.is_alive()
+    finally:
+        await queue.close()  # the worker stops even if an assertion failed (a second close does nothing)
 
 
 async def test_a_worker_that_cannot_start_fails_jobs_with_the_reason(tmp_path: Path):

@@ -269,17 +269,18 @@ async def test_vary_and_upscale_refuse_what_is_not_there(env, parent: int, tmp_p
     assert await job_count(env) == jobs_before
 
 
-async def test_close_keeps_a_running_job_queued_for_the_next_start(env):
-    """The last test on the module's studio: it closes it."""
-    studio = env.studio
-    submitted = await studio.imagine(ANN, "a slow lighthouse --seed 5 --steps 150")
-    await collect_until(submitted.events, lambda e: isinstance(e, Progress))
-    await studio.close()
-    events = await collect_until(submitted.events, final)
-    assert type(events[-1]).__name__ == "Interrupted"
-    job = await studio.job(submitted.job_id)
-    assert job.status == "queued" and job.started_at is None and job.images == []
-    assert [j.id for j in await studio.store.unfinished()][-1] == submitted.job_id
+async def test_close_keeps_a_running_job_queued_for_the_next_start(small_registry_file: Path, tmp_path: Path):
+    """On a studio of its own: it closes it, and the module's studio serves the other tests
+    in any order."""
+    async with started_studio(tmp_path, small_registry_file) as studio:
+        submitted = await studio.imagine(ANN, "a slow lighthouse --seed 5 --steps 150")
+        await collect_until(submitted.events, lambda e: isinstance(e, Progress))
+        await studio.close()
+        events = await collect_until(submitted.events, final)
+        assert type(events[-1]).__name__ == "Interrupted"
+        job = await studio.job(submitted.job_id)
+        assert job.status == "queued" and job.started_at is None and job.images == []
+        assert [j.id for j in await studio.store.unfinished()] == [submitted.job_id]
 
 
 # -- crash recovery -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _image(size: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_models):
-    pipe = AutoPipelineForText2Image.from_pretrained(tiny_models["sd"], torch_dtype=DTYPE)
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_models["sd"], dtype=DTYPE)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to("cpu")
 
@@ -103,7 +103,7 @@ def test_sd_explicit_latents_and_step_callback(sd_pipe):
 
 
 def test_sd_img2img(tiny_models):
-    pipe = AutoPipelineForImage2Image.from_pretrained(tiny_models["sd"], torch_dtype=DTYPE)
+    pipe = AutoPipelineForImage2Image.from_pretrained(tiny_models["sd"], dtype=DTYPE)
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, diffusers.StableDiffusionImg2ImgPipeline)
     out = pipe("a cat", image=_image(64), strength=0.5, num_inference_steps=4, generator=_gen(0))
@@ -111,7 +111,7 @@ def test_sd_img2img(tiny_models):
 
 
 def test_sdxl_text2img(tiny_models):
-    pipe = AutoPipelineForText2Image.from_pretrained(tiny_models["sdxl"], torch_dtype=DTYPE)
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_models["sdxl"], dtype=DTYPE)
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, diffusers.StableDiffusionXLPipeline)
     out = pipe("a cat", num_inference_steps=2, height=64, width=64, generator=_gen(0))
@@ -119,8 +119,8 @@ def test_sdxl_text2img(tiny_models):
 
 
 def test_kandinsky22(tiny_models):
-    prior = KandinskyV22PriorPipeline.from_pretrained(tiny_models["kandinsky22-prior"], torch_dtype=DTYPE)
-    decoder = KandinskyV22Pipeline.from_pretrained(tiny_models["kandinsky22"], torch_dtype=DTYPE)
+    prior = KandinskyV22PriorPipeline.from_pretrained(tiny_models["kandinsky22-prior"], dtype=DTYPE)
+    decoder = KandinskyV22Pipeline.from_pretrained(tiny_models["kandinsky22"], dtype=DTYPE)
     for p in (prior, decoder):
         p.set_progress_bar_config(disable=True)
 
@@ -147,7 +147,7 @@ def test_kandinsky22(tiny_models):
     torch.testing.assert_close(a.image_embeds, a2.image_embeds)
     assert not torch.allclose(a.image_embeds, b.image_embeds)
 
-    img2img = KandinskyV22Img2ImgPipeline.from_pretrained(tiny_models["kandinsky22"], torch_dtype=DTYPE)
+    img2img = KandinskyV22Img2ImgPipeline.from_pretrained(tiny_models["kandinsky22"], dtype=DTYPE)
     img2img.set_progress_bar_config(disable=True)
     out = img2img(
         image=_image(64),
@@ -163,7 +163,7 @@ def test_kandinsky22(tiny_models):
 
 
 def test_upscaler_x4(tiny_models):
-    pipe = StableDiffusionUpscalePipeline.from_pretrained(tiny_models["upscaler-x4"], torch_dtype=DTYPE)
+    pipe = StableDiffusionUpscalePipeline.from_pretrained(tiny_models["upscaler-x4"], dtype=DTYPE)
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a cat", image=_image(32), num_inference_steps=2, generator=_gen(0)).images[0]
     assert out.size == (128, 128)

@@ -80,7 +80,8 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor
         return cls(int(match["job"]))
 
     async def callback(self, interaction: Interaction) -> None:
-        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.reroll(member, self.job_id, **where))
+        await interaction.client.press(interaction, self.job_id,
+                                       lambda studio, member, where: studio.reroll(member, self.job_id, **where))
 
 
 BUTTONS = (UpscaleButton, VaryButton, RerollButton)

@@ -252,7 +252,8 @@ async def imagine_batch(settings: Settings, source: Path, folder: Path, resume: 
                 entry = manifest.get(line.name)
                 if entry and entry.get("prompt") == line.prompt:
                     job = await pintor.studio.job(entry["job"])
-                    if job is not None and job.user_id == 0 and job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                    ended = (JobStatus.FAILED, JobStatus.CANCELLED)
+                    if job is not None and job.user_id == 0 and job.status not in ended:
                         jobs[line] = job.id
             followed = len(jobs)
             for line in todo:

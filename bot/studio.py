@@ -177,7 +177,8 @@ class Studio:
             # the member chose these steps (--steps, --q): 🔄 does not change their picture
             raise LimitError(f"🔄 would make job {job_id} again with its {request.steps} steps, over this "
                              f"server's limit of {rules.max_steps}.")
-        request = request.replace(kind=JobKind.REROLL if request.kind != JobKind.BLEND else JobKind.BLEND, seed=random_seed())
+        kind = JobKind.BLEND if request.kind == JobKind.BLEND else JobKind.REROLL
+        request = request.replace(kind=kind, seed=random_seed())
         return await self.submit(member, request, parent_id=job_id, **where)
 
     async def _vary_again(self, member: Member, variation: Job, request: Request, **where) -> Submitted:
@@ -461,8 +462,8 @@ class Studio:
         """Change a member's defaults (`values`: columns of `MemberPreferences`); returns them as stored."""
         return await self.settings.update_member(user_id, user_name, **values)
 
-    async def rules(self, guild_id: int) -> ServerRules:
-        """A server's rules (/pintor-admin); the defaults for a server that never set any."""
+    async def rules(self, guild_id: int | None) -> ServerRules:
+        """A server's rules (/pintor-admin); the defaults for a server that never set any (and for None)."""
         return await self.settings.guild(guild_id)
 
     async def update_rules(self, guild_id: int, **values) -> ServerRules:

@@ -24,7 +24,8 @@ from storage.jobs import DuplicateJob, JobStore
 from storage.models import ServerRules, MemberPreferences
 from tests.studio_helpers import started_studio
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# on the async tests only: warnings are errors, and the mark on a plain test is warned about
+module_loop = pytest.mark.asyncio(loop_scope="module")
 
 ANN, BOB = Member(31, "ann"), Member(32, "bob")
 
@@ -77,6 +78,7 @@ async def textless_blend(studio: Studio):
 # -- 🔄 under a variation grid ----------------------------------------------------------------------
 
 
+@module_loop
 @pytest.mark.parametrize("strong", [False, True])
 async def test_reroll_of_a_variation_varies_the_same_picture_again(studio, sdxl_grid, strong: bool):
     variation = await finish(studio, await studio.vary(ANN, sdxl_grid.id, 2, strong=strong))
@@ -97,6 +99,7 @@ async def test_reroll_of_a_variation_varies_the_same_picture_again(studio, sdxl_
     await finish(studio, third)
 
 
+@module_loop
 async def test_reroll_of_a_variation_whose_picture_is_gone_is_refused(studio, sdxl_grid, tmp_path: Path):
     store = studio.store
     variation = await finish(studio, await studio.vary(ANN, sdxl_grid.id, 1, strong=True))
@@ -109,6 +112,7 @@ async def test_reroll_of_a_variation_whose_picture_is_gone_is_refused(studio, sd
         await studio.reroll(ANN, copy.id)
 
 
+@module_loop
 async def test_only_grids_are_rerolled(studio, sdxl_grid):
     upscale = await finish(studio, await studio.upscale(ANN, sdxl_grid.id, 4))
     with pytest.raises(Exception, match="Only a grid can be re-rolled"):
@@ -118,6 +122,7 @@ async def test_only_grids_are_rerolled(studio, sdxl_grid):
 # -- Vary of an upscale --------------------------------------------------------------------------
 
 
+@module_loop
 async def test_vary_of_an_upscale_uses_the_model_and_settings_of_the_grid(studio, sdxl_grid, monkeypatch):
     grid = Request.from_json(sdxl_grid.request)
     upscale = await finish(studio, await studio.upscale(ANN, sdxl_grid.id, 3))
@@ -142,6 +147,7 @@ async def test_vary_of_an_upscale_uses_the_model_and_settings_of_the_grid(studio
     assert {(i.width, i.height) for i in variation.images} == {(grid.width, grid.height)}
 
 
+@module_loop
 @pytest.mark.parametrize("strong", [False, True])
 async def test_vary_of_an_upscaled_textless_blend_uses_kandinsky_and_its_picture(studio, textless_blend,
                                                                                 strong: bool):
@@ -155,6 +161,7 @@ async def test_vary_of_an_upscaled_textless_blend_uses_kandinsky_and_its_picture
     assert len(job.images) == 4
 
 
+@module_loop
 async def test_vary_of_an_upscale_whose_grid_is_gone_falls_back(studio):
     """Bob upscaled Ann's picture; Ann used /forget: the grid's settings are gone with it."""
     dee = Member(33, "dee")
@@ -204,6 +211,7 @@ def test_one_step_is_too_few_to_vary(strength):
         fit_image_to_image(30, strength, rules(max_steps=1))
 
 
+@module_loop
 async def test_buttons_stay_within_max_steps(studio, sdxl_grid):
     two = rules(max_steps=2)
     upscale = await finish(studio, await studio.upscale(ANN, sdxl_grid.id, 2, rules=two))
@@ -232,6 +240,7 @@ async def test_buttons_stay_within_max_steps(studio, sdxl_grid):
 # -- one upscale per picture ---------------------------------------------------------------------
 
 
+@module_loop
 async def test_simultaneous_presses_of_one_upscale_make_one_job(studio, sdxl_grid):
     jobs_before = (await studio.store.history(ANN.id, offset=0, limit=1))[1]
     results = await asyncio.gather(*(studio.upscale(ANN, sdxl_grid.id, 1, rules=rules()) for _ in range(10)),
@@ -263,6 +272,7 @@ async def test_simultaneous_presses_of_one_upscale_make_one_job(studio, sdxl_gri
     await finish(studio, remade)
 
 
+@module_loop
 async def test_the_database_refuses_a_second_job_with_the_same_result(studio, sdxl_grid):
     """Two writers at once on their own connections (as two processes would be): one job."""
     engines = [open_engine(str(studio.store.engine.url)) for _ in range(2)]
@@ -315,6 +325,7 @@ def test_a_saved_model_that_is_gone_falls_back_with_a_notice(small_registry_file
     assert request.model == "tiny-sdxl" and notices == []
 
 
+@module_loop
 async def test_the_notice_is_shown_with_the_result(studio):
     request, notices = studio.prepare_with_notices("a lamp --seed 4", saved("gone-model"))
     job = await finish(studio, await studio.submit(ANN, request, notices=notices))

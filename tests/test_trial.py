@@ -1,0 +1,90 @@
+"""Exploratory trial: Pintor used as new members and admins would, end to end through the
+emulator, looking for faults (prompts pasted from phones and galleries, odd uploads, /history
+after /forget, private jobs, buttons under every kind of result)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.discord_harness import Harness, acked, custom_ids, is_result, job_id_of
+from tests.test_discord_forget import forget, grid_of
+from tests.test_discord_members import DEFERRED, EPHEMERAL, MESSAGE
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def history_text(pintor: Harness, member: int) -> str:
+    inter = await pintor.emu.slash("history", user_id=member)
+    callback = await inter.wait_callback(timeout=5)
+    if callback["type"] == MESSAGE:
+        data = callback["data"]
+    else:
+        data = await inter.wait_original(lambda m: bool(m["content"] or m.get("embeds")))
+    return data["content"] + "".join(str(e) for e in data.get("embeds") or [])
+
+
+async def test_a_990_underscore_prompt_is_shown_within_discords_sizes(pintor: Harness):
+    member = pintor.emu._snowflake()
+    prompt = "_" * 990 + " --steps 1 --seed 3"
+    grid = await grid_of(pintor, member, prompt)
+    assert len(grid["content"]) <= 2000
+    assert f"<@{member}>" in grid["content"] and "seed 3" in grid["content"]
+    history = await history_text(pintor, member)
+    assert str(job_id_of(grid)) in history
+
+
+async def test_rtl_override_and_links_are_shown_safely(pintor: Harness):
+    member = pintor.emu._snowflake()
+    grid = await grid_of(pintor, member, "\u202egnp.exe a cat https://evil.example/x.png [click](https://evil.example) @everyone --steps 1")
+    content = grid["content"]
+    assert "\u202e" not in content
+    assert "](https://evil" not in content
+    assert "<https://evil.example>" in content  # shown as written, unfurl-proof
+
+
+async def test_history_after_forget_is_empty(pintor: Harness):
+    member = pintor.emu._snowflake()
+    grid = await grid_of(pintor, member, "a forgotten lighthouse --steps 1")
+    assert str(job_id_of(grid)) in await history_text(pintor, member)
+    await forget(pintor, member)
+    history = await history_text(pintor, member)
+    assert str(job_id_of(grid)) not in history and "lighthouse" not in history
+
+
+def deep_png() -> bytes:
+    import numpy as np
+    buf = io.BytesIO()
+    Image.fromarray(np.full((60, 100), 40000, dtype=np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mpo_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 60), "red").save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 60), "blue")])
+    return buf.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (120, 80), (200, 30, 30)).save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+async def test_blend_of_phone_photos_with_lying_content_types(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    one = emu.add_attachment("IMG_0001.HEIC.png", deep_png(), "image/png")
+    two = emu.add_attachment("photo.jpg", mpo_jpeg(), "image/png")  # the type Discord was told, not the file's
+    three = emu.add_attachment("rotated", rotated_jpeg(), "application/octet-stream")
+    inter = await emu.slash("blend", {"image1": one, "image2": two, "image3": three,
+                                      "prompt": "—seed 4 a new animal"}, user_id=member)
+    await acked(inter, kind=DEFERRED)
+    result = await inter.wait_original(is_result, timeout=90)
+    assert "seed 4" in result["content"]
+    ids = [c for row in custom_ids(result) for c in row]
+    assert any(i and i.startswith("pintor:u:") for i in ids)

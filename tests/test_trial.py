@@ -88,3 +88,83 @@ async def test_blend_of_phone_photos_with_lying_content_types(pintor: Harness):
     assert "seed 4" in result["content"]
     ids = [c for row in custom_ids(result) for c in row]
     assert any(i and i.startswith("pintor:u:") for i in ids)
+
+
+# -- always append, buttons, /show of unfinished jobs, uploads that fail ---------------------------
+
+from tests.test_discord_members import MODAL, UPDATE, press  # noqa: E402
+
+APPEND = "Added to every prompt: words, --parameters"
+
+
+async def set_append(pintor: Harness, member: int, text: str) -> None:
+    emu = pintor.emu
+    inter = await emu.slash("settings", user_id=member)
+    await acked(inter, kind=MESSAGE)
+    opened = await press(pintor, inter.original_id, member, "Always append…", kind=MODAL)
+    saved = await emu.submit_modal(opened, {APPEND: text})
+    await acked(saved, kind=UPDATE)
+
+
+def seed_of(message: dict) -> int:
+    import re
+    return int(re.search(r"seed (\d+)", message["content"])[1])
+
+
+async def test_reroll_gets_a_new_seed_when_always_append_holds_a_seed(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    await set_append(pintor, member, "film grain --seed 5")
+    grid = await grid_of(pintor, member, "a fox --steps 1")
+    assert seed_of(grid) == 5
+    job_id = job_id_of(grid)
+    click = await emu.click(int(grid["id"]), f"pintor:r:{job_id}", user_id=member)
+    await acked(click)
+    await pintor.until(lambda: click.followups)
+    followup = int(click.followups[0]["id"])
+    await pintor.until(lambda: is_result(emu.messages[followup]))
+    again = emu.messages[followup]
+    assert seed_of(again) != 5, again["content"]
+
+
+async def test_show_of_another_members_queued_job(pintor: Harness):
+    emu, studio = pintor.emu, pintor.studio
+    author, other = emu._snowflake(), emu._snowflake()
+    from storage.models import Job  # noqa: F401
+    request = studio.prepare("a queued harbour")
+    job = await studio.store.create_job(user_id=author, user_name="author", kind="imagine", model=request.model,
+                                        prompt=request.prompt, request=request.to_json(),
+                                        guild_id=emu.guild_id, channel_id=emu.channel_id)
+    try:
+        inter = await emu.slash("show", {"job_id": job.id}, user_id=other)
+        callback = await inter.wait_callback(timeout=5)
+        await pintor.until(lambda: inter.followups or (inter.original and inter.original["content"]))
+        answer = (inter.followups or [inter.original])[-1]
+        assert "not finished" in answer["content"].lower() or "queued" in answer["content"].lower(), answer["content"]
+        assert callback["at"] - inter.dispatched_at < 3
+    finally:
+        await studio.cancel(job.id)
+
+
+async def test_blend_with_an_expired_upload_says_which(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    one = emu.add_attachment("cat.png", rotated_jpeg(), "image/jpeg")
+    two = emu.add_attachment("tiger.png", deep_png(), "image/png")
+    emu.remove_attachment(two)
+    before = await pintor.job_count()
+    inter = await emu.slash("blend", {"image1": one, "image2": two}, user_id=member)
+    await acked(inter, kind=DEFERRED)
+    await pintor.until(lambda: inter.followups)
+    assert "tiger.png" in inter.followups[-1]["content"], inter.followups[-1]["content"]
+    assert inter.followups[-1]["flags"] & EPHEMERAL
+    assert await pintor.job_count() == before
+
+
+async def test_blend_of_the_same_upload_twice(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    one = emu.add_attachment("cat.jpg", rotated_jpeg(), "image/jpeg")
+    inter = await emu.slash("blend", {"image1": one, "image2": one, "prompt": "--seed 2"}, user_id=member)
+    await acked(inter, kind=DEFERRED)
+    await pintor.until(lambda: inter.followups or (inter.original and is_result(inter.original)), timeout=90)

@@ -168,3 +168,20 @@ async def test_blend_of_the_same_upload_twice(pintor: Harness):
     inter = await emu.slash("blend", {"image1": one, "image2": one, "prompt": "--seed 2"}, user_id=member)
     await acked(inter, kind=DEFERRED)
     await pintor.until(lambda: inter.followups or (inter.original and is_result(inter.original)), timeout=90)
+
+
+# -- the terminal ------------------------------------------------------------------------------
+
+from tests.test_cli import env, pintor as pintor_cli  # noqa: E402,F401 - the CLI tests' fixture and runner
+
+
+def test_cli_history_and_show_print_no_direction_controls(env: dict[str, str], tmp_path):
+    """A member's (or a pasted) prompt with a right-to-left override must not reorder the
+    operator's terminal line: `pintor history` and `pintor show` print it cleaned, as Discord does."""
+    made = pintor_cli(env, "imagine", "\u202egnp.exe\u200b a cat\u2066 --steps 1 --seed 1", "-o", "cat.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    history = pintor_cli(env, "history", cwd=tmp_path)
+    shown = pintor_cli(env, "show", "1", cwd=tmp_path)
+    for out in (history.stdout, shown.stdout):
+        assert "gnp.exe a cat" in out
+        assert not any(c in out for c in "\u202e\u200b\u2066"), ascii(out)

@@ -185,3 +185,23 @@ def test_cli_history_and_show_print_no_direction_controls(env: dict[str, str], t
     for out in (history.stdout, shown.stdout):
         assert "gnp.exe a cat" in out
         assert not any(c in out for c in "\u202e\u200b\u2066"), ascii(out)
+
+
+async def test_buttons_and_show_of_a_grid_whose_author_forgot_everything(pintor: Harness):
+    emu = pintor.emu
+    author, other = emu._snowflake(), emu._snowflake()
+    grid = await grid_of(pintor, author, "a forgotten harbour --steps 1")
+    job_id = job_id_of(grid)
+    await forget(pintor, author)
+    before = await pintor.job_count()
+    for custom_id in (f"pintor:u:{job_id}:1", f"pintor:v:{job_id}:2:h", f"pintor:r:{job_id}"):
+        click = await emu.click(int(grid["id"]), custom_id, user_id=other)
+        await acked(click)
+        await pintor.until(lambda: click.followups)
+        assert click.followups[-1]["flags"] & EPHEMERAL, click.followups
+        assert await pintor.job_count() == before
+    show = await emu.slash("show", {"job_id": job_id}, user_id=other)
+    await show.wait_callback(timeout=5)
+    await pintor.until(lambda: show.followups or (show.original and show.original["content"]))
+    answer = (show.followups or [show.original])[-1]
+    assert answer["flags"] & EPHEMERAL and not answer["attachments"], answer

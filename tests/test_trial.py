@@ -205,3 +205,31 @@ async def test_buttons_and_show_of_a_grid_whose_author_forgot_everything(pintor:
     await pintor.until(lambda: show.followups or (show.original and show.original["content"]))
     answer = (show.followups or [show.original])[-1]
     assert answer["flags"] & EPHEMERAL and not answer["attachments"], answer
+
+
+async def test_a_restart_in_the_middle_of_an_imagine_and_a_queued_blend_posts_each_once(pintor: Harness):
+    import re
+    emu = pintor.emu
+    member = emu._snowflake()
+    running = await emu.slash("imagine", {"prompt": "a slow lighthouse --steps 150 --seed 9"}, user_id=member)
+    await acked(running, kind=DEFERRED)
+    one = emu.add_attachment("cat.jpg", rotated_jpeg(), "image/jpeg")
+    two = emu.add_attachment("tiger.png", deep_png(), "image/png")
+    blend = await emu.slash("blend", {"image1": one, "image2": two, "prompt": "a queued animal --seed 4"},
+                            user_id=member)
+    await acked(blend, kind=DEFERRED)
+    await pintor.until(lambda: running.original and "%" in running.original["content"])
+    await pintor.until(lambda: blend.original and "queue" in blend.original["content"].lower())
+    emu.remove_attachment(one)  # Discord's links to the uploads may expire meanwhile
+    emu.remove_attachment(two)
+    await pintor.restart()
+
+    def results(word: str) -> list[dict]:
+        return [m for m in emu.messages.values() if is_result(m) and word in m["content"]
+                and f"<@{member}>" in m["content"]]
+
+    await pintor.until(lambda: results("slow lighthouse") and results("queued animal"), timeout=120)
+    for word in ("slow lighthouse", "queued animal"):
+        ids = {re.search(r"job (\d+)", m["content"])[1] for m in results(word)}
+        assert len(ids) == 1, [m["content"] for m in results(word)]
+        assert len(results(word)) == 1, [m["content"] for m in results(word)]

@@ -233,3 +233,28 @@ async def test_a_restart_in_the_middle_of_an_imagine_and_a_queued_blend_posts_ea
         ids = {re.search(r"job (\d+)", m["content"])[1] for m in results(word)}
         assert len(ids) == 1, [m["content"] for m in results(word)]
         assert len(results(word)) == 1, [m["content"] for m in results(word)]
+
+
+async def test_history_and_info_of_many_markdown_heavy_prompts_fit(pintor: Harness):
+    from tests.test_discord_members import store_jobs
+    emu, studio = pintor.emu, pintor.studio
+    member = emu._snowflake()
+    prompts = ["_" * 990, "*" * 990 + " --no " + "~" * 900, "\u202e" + "|" * 990, "<@&1>" * 190, "`" * 990,
+               "אבג " * 240 + "a cat"] * 3
+    await store_jobs(pintor, member, prompts)
+    history = await history_text(pintor, member)
+    assert history
+    # /info while this member's long prompts wait in the queue
+    queued = []
+    for prompt in prompts[:4]:
+        request = studio.prepare(prompt + " --steps 150")
+        queued.append(await studio.store.create_job(
+            user_id=member, user_name="a" * 32, kind="imagine", model=request.model, prompt=request.prompt,
+            request=request.to_json()))
+    try:
+        inter = await emu.slash("info", user_id=member)
+        callback = await acked(inter)
+        assert callback["type"] in (MESSAGE, DEFERRED)
+    finally:
+        for job in queued:
+            await studio.cancel(job.id)

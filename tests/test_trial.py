@@ -258,3 +258,16 @@ async def test_history_and_info_of_many_markdown_heavy_prompts_fit(pintor: Harne
     finally:
         for job in queued:
             await studio.cancel(job.id)
+
+
+def test_cli_writes_the_format_the_output_name_asks_for(env: dict[str, str], tmp_path):
+    """`-o fox.jpg` is a JPEG file and `-o fox.webp` a WebP one, not PNG bytes under another name
+    (photo apps and upload forms go by the name); a name without a known image extension gets PNG."""
+    made = pintor_cli(env, "imagine", "a fox --steps 1 --seed 2", "-o", "fox.jpg", "--separate", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert Image.open(tmp_path / "fox.jpg").format == "JPEG"
+    assert Image.open(tmp_path / "fox-3.jpg").format == "JPEG"
+    for name, kind in (("fox.webp", "WEBP"), ("FOX.JPEG", "JPEG"), ("fox.png", "PNG"), ("fox", "PNG")):
+        shown = pintor_cli(env, "show", "1", "-o", name, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert Image.open(tmp_path / name).format == kind, name

@@ -271,3 +271,17 @@ def test_cli_writes_the_format_the_output_name_asks_for(env: dict[str, str], tmp
         shown = pintor_cli(env, "show", "1", "-o", name, cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
         assert Image.open(tmp_path / name).format == kind, name
+
+
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://pintor:hunter2@localhost:1/pintor",  # driver not installed
+                                 "postgresql://pintor:hunter2@localhost:1/pintor",  # no async driver named
+                                 "not a database url hunter2"])
+def test_doctor_and_health_name_a_database_url_they_cannot_use(env: dict[str, str], tmp_path, url: str):
+    """`pintor doctor` lists what is wrong (it does not stop at the database) and `pintor
+    health` prints its one line; neither shows the password."""
+    doctor = pintor_cli(env | {"DATABASE_URL": url}, "doctor", cwd=tmp_path)
+    assert doctor.returncode == 1
+    assert "[PROBLEM] database" in doctor.stdout and "data folder" in doctor.stdout, doctor.stdout + doctor.stderr
+    health = pintor_cli(env | {"DATABASE_URL": url}, "health", cwd=tmp_path)
+    assert health.returncode == 1 and health.stdout.startswith("unhealthy: cannot open the database"), health
+    assert "hunter2" not in doctor.stdout + doctor.stderr + health.stdout + health.stderr

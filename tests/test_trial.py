@@ -1,6 +1,6 @@
-"""Exploratory trial: Pintor used as new members and admins would, end to end through the
-emulator, looking for faults (prompts pasted from phones and galleries, odd uploads, /history
-after /forget, private jobs, buttons under every kind of result)."""
+"""Exploratory trial: Pintor used as new members, admins and operators would, end to end through
+the emulator and the `pintor` command, looking for faults (prompts pasted from phones and
+galleries, odd uploads, /history after /forget, restarts, output names, database URLs)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ import pytest
 from PIL import Image
 
 from tests.discord_harness import Harness, acked, custom_ids, is_result, job_id_of
+from tests.test_cli import env  # noqa: F401 - the CLI tests' fixture
+from tests.test_cli import pintor as pintor_cli
 from tests.test_discord_forget import forget, grid_of
-from tests.test_discord_members import DEFERRED, EPHEMERAL, MESSAGE
+from tests.test_discord_members import (
+    DEFERRED,
+    EPHEMERAL,
+    MESSAGE,
+    MODAL,
+    UPDATE,
+    press,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -92,7 +101,6 @@ async def test_blend_of_phone_photos_with_lying_content_types(pintor: Harness):
 
 # -- always append, buttons, /show of unfinished jobs, uploads that fail ---------------------------
 
-from tests.test_discord_members import MODAL, UPDATE, press  # noqa: E402
 
 APPEND = "Added to every prompt: words, --parameters"
 
@@ -172,10 +180,9 @@ async def test_blend_of_the_same_upload_twice(pintor: Harness):
 
 # -- the terminal ------------------------------------------------------------------------------
 
-from tests.test_cli import env, pintor as pintor_cli  # noqa: E402,F401 - the CLI tests' fixture and runner
 
 
-def test_cli_history_and_show_print_no_direction_controls(env: dict[str, str], tmp_path):
+def test_cli_history_and_show_print_no_direction_controls(env: dict[str, str], tmp_path):  # noqa: F811 - the imported fixture
     """A member's (or a pasted) prompt with a right-to-left override must not reorder the
     operator's terminal line: `pintor history` and `pintor show` print it cleaned, as Discord does."""
     made = pintor_cli(env, "imagine", "\u202egnp.exe\u200b a cat\u2066 --steps 1 --seed 1", "-o", "cat.png", cwd=tmp_path)
@@ -197,7 +204,7 @@ async def test_buttons_and_show_of_a_grid_whose_author_forgot_everything(pintor:
     for custom_id in (f"pintor:u:{job_id}:1", f"pintor:v:{job_id}:2:h", f"pintor:r:{job_id}"):
         click = await emu.click(int(grid["id"]), custom_id, user_id=other)
         await acked(click)
-        await pintor.until(lambda: click.followups)
+        await pintor.until(lambda click=click: click.followups)
         assert click.followups[-1]["flags"] & EPHEMERAL, click.followups
         assert await pintor.job_count() == before
     show = await emu.slash("show", {"job_id": job_id}, user_id=other)
@@ -260,7 +267,7 @@ async def test_history_and_info_of_many_markdown_heavy_prompts_fit(pintor: Harne
             await studio.cancel(job.id)
 
 
-def test_cli_writes_the_format_the_output_name_asks_for(env: dict[str, str], tmp_path):
+def test_cli_writes_the_format_the_output_name_asks_for(env: dict[str, str], tmp_path):  # noqa: F811 - the imported fixture
     """`-o fox.jpg` is a JPEG file and `-o fox.webp` a WebP one, not PNG bytes under another name
     (photo apps and upload forms go by the name); a name without a known image extension gets PNG."""
     made = pintor_cli(env, "imagine", "a fox --steps 1 --seed 2", "-o", "fox.jpg", "--separate", cwd=tmp_path)
@@ -276,7 +283,7 @@ def test_cli_writes_the_format_the_output_name_asks_for(env: dict[str, str], tmp
 @pytest.mark.parametrize("url", ["postgresql+asyncpg://pintor:hunter2@localhost:1/pintor",  # driver not installed
                                  "postgresql://pintor:hunter2@localhost:1/pintor",  # no async driver named
                                  "not a database url hunter2"])
-def test_doctor_and_health_name_a_database_url_they_cannot_use(env: dict[str, str], tmp_path, url: str):
+def test_doctor_and_health_name_a_database_url_they_cannot_use(env: dict[str, str], tmp_path, url: str):  # noqa: F811 - the imported fixture
     """`pintor doctor` lists what is wrong (it does not stop at the database) and `pintor
     health` prints its one line; neither shows the password."""
     doctor = pintor_cli(env | {"DATABASE_URL": url}, "doctor", cwd=tmp_path)
@@ -289,7 +296,7 @@ def test_doctor_and_health_name_a_database_url_they_cannot_use(env: dict[str, st
 
 @pytest.mark.xfail(strict=True, reason="open_engine creates the SQLite folder and file: a health check of a "
                    "volume that is not mounted leaves an empty database behind")
-def test_health_creates_no_database_where_there_is_none(env: dict[str, str], tmp_path):
+def test_health_creates_no_database_where_there_is_none(env: dict[str, str], tmp_path):  # noqa: F811 - the imported fixture
     missing = tmp_path / "not-mounted" / "pintor.db"
     health = pintor_cli(env | {"DATABASE_URL": f"sqlite+aiosqlite:///{missing}"}, "health", cwd=tmp_path)
     assert health.returncode == 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.intake import USER_ERRORS, RequestError
+from bot.limits import clean
 from bot.local import JobFailed, Pintor, Result, Watcher, copy_atomic, output_paths
 from bot.settings import Settings
 from bot.studio import Submitted
@@ -115,7 +116,8 @@ async def show(settings: Settings, job_id: int, output: Path | None, separate: b
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"job {result.job_id}: {result.kind}, model {result.model}, seed {result.seed}: {result.prompt}")
+    # member text without direction controls: they would reorder the terminal's line
+    print(f"job {result.job_id}: {result.kind}, model {result.model}, seed {result.seed}: {clean(result.prompt)}")
     for notice in result.notices:
         print(f"note: {notice}")
     if output is None:
@@ -135,7 +137,7 @@ async def history(settings: Settings, page: int) -> int:
     for job in jobs:
         who = "operator" if job.user_id == 0 else f"member {job.user_id}"
         made = job.created_at.strftime("%Y-%m-%d %H:%M")
-        print(f"{job.id:>6}  {job.status:<9} {job.kind:<9} {job.model:<16} {made}  {who:<26} {job.prompt[:80]}")
+        print(f"{job.id:>6}  {job.status:<9} {job.kind:<9} {job.model:<16} {made}  {who:<26} {clean(job.prompt)[:80]}")
     print(f"page {page} · {total} jobs (yours and those posted publicly in a server)")
     return 0
 

@@ -19,6 +19,17 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _shown(url: str) -> str:
+    """DATABASE_URL as it may be printed: its password hidden, or nothing of it if it is no URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "DATABASE_URL (not a database URL)"
+
+
 async def doctor(settings: Settings) -> int:
     problems = 0
 
@@ -49,19 +60,21 @@ async def doctor(settings: Settings) -> int:
 
     from storage.db import current_revision, open_engine
 
-    engine = open_engine(settings.database_url)
-    try:
+    engine = None
+    try:  # opening the engine fails too: a driver not installed, a URL that is no URL
+        engine = open_engine(settings.database_url)
         current, head = await current_revision(engine)
         if current == head:
-            report(OK, "database", f"{engine.url.render_as_string(hide_password=True)} at revision {current}")
+            report(OK, "database", f"{_shown(settings.database_url)} at revision {current}")
         else:
             report(PROBLEM, "database", f"at revision {current or 'none'}, this version needs {head}",
                    "run `pintor db upgrade` (pintor run also upgrades on start)")
     except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
-        report(PROBLEM, "database", f"cannot open {engine.url.render_as_string(hide_password=True)}: {err}",
-               "check DATABASE_URL")
+        report(PROBLEM, "database", f"cannot open {_shown(settings.database_url)}: {err}",
+               "check DATABASE_URL (and that its driver is installed, e.g. postgresql+asyncpg:// needs asyncpg)")
     finally:
-        await engine.dispose()
+        if engine is not None:
+            await engine.dispose()
 
     data_dir = settings.pintor_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -112,14 +125,16 @@ async def health(settings: Settings) -> int:
     """
     from storage.db import current_revision, open_engine
 
-    engine = open_engine(settings.database_url)
+    engine = None
     try:
+        engine = open_engine(settings.database_url)
         current, head = await current_revision(engine)
     except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
-        print(f"unhealthy: cannot open the database {engine.url.render_as_string(hide_password=True)}: {err}")
+        print(f"unhealthy: cannot open the database {_shown(settings.database_url)}: {err}")
         return 1
     finally:
-        await engine.dispose()
+        if engine is not None:
+            await engine.dispose()
     if current != head:
         print(f"unhealthy: the database is at revision {current or 'none'}, this version needs {head} "
               "(`pintor run` upgrades it on start)")

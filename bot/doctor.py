@@ -47,21 +47,16 @@ async def doctor(settings: Settings) -> int:
     except ValueError as err:
         report(PROBLEM, "device", str(err), "set PINTOR_DEVICE=auto, or install a torch build for your GPU")
 
-    from storage.db import current_revision, open_engine
+    from sqlalchemy.engine import make_url
 
-    engine = open_engine(settings.database_url)
-    try:
-        current, head = await current_revision(engine)
-        if current == head:
-            report(OK, "database", f"{engine.url.render_as_string(hide_password=True)} at revision {current}")
-        else:
-            report(PROBLEM, "database", f"at revision {current or 'none'}, this version needs {head}",
-                   "run `pintor db upgrade` (pintor run also upgrades on start)")
-    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
-        report(PROBLEM, "database", f"cannot open {engine.url.render_as_string(hide_password=True)}: {err}",
-               "check DATABASE_URL")
-    finally:
-        await engine.dispose()
+    url = make_url(settings.database_url)
+    database = url.database if url.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:" and not Path(database).exists():
+        # not a problem: `pintor run` (and every job verb) creates it and applies the migrations
+        report(OK, "database", f"{url.render_as_string(hide_password=True)}: does not exist yet, "
+               "created on first start")
+    else:
+        await _check_database(report, settings.database_url)
 
     data_dir = settings.pintor_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -91,17 +86,31 @@ async def doctor(settings: Settings) -> int:
     return 1 if problems else 0
 
 
-def _check_source(report, name: str, source: str) -> None:
-    if Path(source).exists():
-        found = (Path(source) / "model_index.json").is_file()
-        report(OK if found else PROBLEM, f"model {name}", f"local folder {source}" + ("" if found else " has no model_index.json"),
-               "" if found else "point `source` at a folder saved with save_pretrained")
-        return
-    from huggingface_hub import try_to_load_from_cache
+async def _check_database(report, database_url: str) -> None:
+    from storage.db import current_revision, open_engine
 
-    cached = isinstance(try_to_load_from_cache(source, "model_index.json"), str)
-    report(OK, f"model {name}", f"hub id {source}, " + ("in the local cache" if cached else
-           "not downloaded yet: fetched on first use (needs internet once)"))
+    engine = open_engine(database_url)
+    try:
+        current, head = await current_revision(engine)
+        if current == head:
+            report(OK, "database", f"{engine.url.render_as_string(hide_password=True)} at revision {current}")
+        else:
+            report(PROBLEM, "database", f"at revision {current or 'none'}, this version needs {head}",
+                   "run `pintor db upgrade` (pintor run also upgrades on start)")
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
+        report(PROBLEM, "database", f"cannot open {engine.url.render_as_string(hide_password=True)}: {err}",
+               "check DATABASE_URL")
+    finally:
+        await engine.dispose()
+
+
+def _check_source(report, name: str, source: str) -> None:
+    """One line per source: a folder that is (or is not) a pipeline, a hub id downloaded or not;
+    offline, a hub id that is not downloaded is a problem (generation/availability.py)."""
+    from generation.availability import check_source
+
+    state = check_source(name, source)
+    report(OK if state.ok else PROBLEM, f"model {name}", state.detail, state.fix)
 
 
 async def health(settings: Settings) -> int:

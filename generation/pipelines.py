@@ -24,6 +24,7 @@ from diffusers import (
     StableDiffusionUpscalePipeline,
 )
 
+from generation.availability import ModelLoadError, explain, require
 from generation.devices import DeviceChoice
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
@@ -38,8 +39,7 @@ _KANDINSKY = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    pass
+__all__ = ["ModelLoadError", "PipelineCache"]
 
 
 class PipelineCache:
@@ -106,7 +106,7 @@ class PipelineCache:
             return self._finish(pipe, spec, task, placed=True)
         if task == "prior":
             if spec.family not in _KANDINSKY:
-                raise ModelLoadError(f"model '{spec.name}' has no prior")
+                raise ModelLoadError(f"Model '{spec.name}' has no prior.")
             return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec, task)
         if task == "upscale":
             return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
@@ -119,6 +119,9 @@ class PipelineCache:
 
     def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:
         log.info("loading %s (%s) from %s on %s", spec.name, cls.__name__, source, self.device.device)
+        if source is None:
+            raise ModelLoadError(f"Model '{spec.name}' has no source for {cls.__name__}.")
+        require(spec.name, source)  # fails at once, with what to do, when the files cannot be had
         kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype}
         if spec.variant and self.device.dtype == torch.float16:
             kwargs["variant"] = spec.variant
@@ -130,8 +133,8 @@ class PipelineCache:
                     raise
                 kwargs.pop("variant")  # a source without fp16 files: load the full weights
                 return cls.from_pretrained(source, **kwargs)
-        except (OSError, ValueError, EnvironmentError) as err:
-            raise ModelLoadError(f"cannot load model '{spec.name}' from {source}: {err}") from err
+        except (OSError, ValueError) as err:
+            raise explain(spec.name, source, err) from err
 
     def _finish(self, pipe: Any, spec: ModelSpec, task: str, *, placed: bool = False) -> Any:
         # the configured scheduler replaces only the schedulers it fits: not the Kandinsky prior's

@@ -142,7 +142,9 @@ def explain(name: str, source: str, err: BaseException) -> ModelLoadError:
         chain.append(current)
         current = current.__cause__ or current.__context__
     text = " ".join(str(e) for e in chain)
-    if any(isinstance(e, GatedRepoError) for e in chain) or "gated repo" in text:
+    # GatedRepoError before RepositoryNotFoundError, its parent class (the hub's 404 text also
+    # mentions gated repos: only the class tells them apart)
+    if any(isinstance(e, GatedRepoError) for e in chain):
         why = (f"hub id {source} is gated: accept its licence on https://huggingface.co/{source} with the "
                "account whose token Pintor uses (HF_TOKEN), then `pintor models pull " + name + "`")
     elif any(isinstance(e, RepositoryNotFoundError) for e in chain) or "not a valid model identifier" in text:

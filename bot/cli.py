@@ -32,11 +32,11 @@ def _capabilities(spec) -> str:
     return ", ".join(can)
 
 
-def _on_disk(source: str) -> str:
+def _on_disk(source: str, config: str | None = None) -> str:
     from generation.availability import check_source
     from generation.hub import human_size, size_on_disk
 
-    state = check_source("", source)
+    state = check_source("", source, config)
     size = size_on_disk(source)
     if state.downloaded:
         return f"downloaded, {human_size(size or 0)}"
@@ -51,10 +51,13 @@ def models(settings: Settings) -> int:
     print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}")
     for spec in registry.models.values():
         marks = [m for m, on in (("default", spec.name == registry.default), ("blend", spec.can_blend)) if on]
-        where = "local folder" if Path(spec.source).exists() else "hub id"
+        where = ("single-file checkpoint" if spec.single_file else
+                 "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
-        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source)}")
+        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config)}")
+        if spec.config:
+            print(f"  {'':<16} config: {spec.config}")
         if spec.prior:
             print(f"  {'':<16} prior: {spec.prior}; {_on_disk(spec.prior)}")
         if spec.scheduler:
@@ -87,10 +90,10 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     for spec in specs:
         sources = hub_sources(spec)
         if not sources:
-            print(f"{spec.name}: {spec.source} is a local path: nothing to download")
-        for source in sources:
+            print(f"{spec.name}: {spec.source} is here: nothing to download")
+        for source, weights in sources:
             try:
-                found = plan(source, spec.variant if fp16 else None)
+                found = plan(source, spec.variant if fp16 else None, weights=weights)
                 print(f"{spec.name}: {source}: {len(found.files)} files, {human_size(found.total_bytes)}"
                       f" ({human_size(found.missing_bytes)} to download)", flush=True)
                 pull(found)

@@ -73,7 +73,7 @@ async def doctor(settings: Settings) -> int:
         report(OK, "models", f"{len(registry.models)} from {registry.origin}, default {registry.default}")
         for spec in registry.models.values():
             for source in filter(None, (spec.source, spec.prior)):
-                _check_source(report, spec.name, source)
+                _check_source(report, spec.name, source, spec.config if source == spec.source else None)
     except RegistryError as err:
         report(PROBLEM, "models", str(err), "fix the file that PINTOR_MODELS names (see docs/models.md)")
 
@@ -104,12 +104,12 @@ async def _check_database(report, database_url: str) -> None:
         await engine.dispose()
 
 
-def _check_source(report, name: str, source: str) -> None:
+def _check_source(report, name: str, source: str, config: str | None = None) -> None:
     """One line per source: a folder that is (or is not) a pipeline, a hub id downloaded or not;
     offline, a hub id that is not downloaded is a problem (generation/availability.py)."""
     from generation.availability import check_source
 
-    state = check_source(name, source)
+    state = check_source(name, source, config)
     report(OK if state.ok else PROBLEM, f"model {name}", state.detail, state.fix)
 
 

@@ -45,7 +45,7 @@ def check_model_files(registry: Registry, name: str) -> None:
         return
     for source in filter(None, (spec.source, spec.prior)):
         try:
-            require(spec.name, source)
+            require(spec.name, source, spec.config if source == spec.source else None)
         except ModelLoadError as err:
             raise ModelUnavailable(str(err), err.detail) from None
 

@@ -56,14 +56,30 @@ def pull_hint(name: str) -> str:
             "or point the entry's source at a local folder")
 
 
-def check_source(name: str, source: str) -> SourceState:
+def check_source(name: str, source: str, config: str | None = None) -> SourceState:
     """What `source` (of model `name`) is here, without loading it and without the network.
 
     A folder must hold a diffusers pipeline (model_index.json and the sub-folders it names); a
     hub id is downloaded when its model_index.json is in the Hugging Face cache; offline, a hub
-    id that is not downloaded cannot be had.
+    id that is not downloaded cannot be had. A single-file checkpoint (.safetensors, .ckpt) must
+    exist, and its `config` (a folder or hub id) must have its pipeline's configuration here:
+    it is read with local files only, never fetched while loading.
     """
+    from generation.registry import is_single_file
+
     path = Path(source).expanduser()
+    if is_single_file(source):
+        if not path.is_file():
+            return SourceState(False, f"single-file checkpoint {source} does not exist",
+                               "fix the entry's source (the path of the .safetensors or .ckpt file)")
+        if not config:
+            return SourceState(False, f"single-file checkpoint {source} has no 'config'",
+                               "set config to a diffusers folder or hub id of the same architecture")
+        configured = check_source(name, config)
+        if not configured.ok or not configured.downloaded:
+            return SourceState(False, f"single-file checkpoint {source}: its config {configured.detail}",
+                               configured.fix or pull_hint(name))
+        return SourceState(True, f"single-file checkpoint {source} (config: {config})", downloaded=True)
     if path.exists() or looks_like_path(source):
         return _check_folder(name, source, path)
     from huggingface_hub import try_to_load_from_cache
@@ -113,9 +129,9 @@ def _missing_components(path: Path) -> list[str]:
                   and value[0] is not None and value[1] is not None and not (path / key).is_dir())
 
 
-def require(name: str, source: str) -> None:
+def require(name: str, source: str, config: str | None = None) -> None:
     """Raise ModelLoadError when `source` cannot be had here (see `check_source`)."""
-    state = check_source(name, source)
+    state = check_source(name, source, config)
     if not state.ok:
         raise ModelLoadError(member_message(name), f"cannot load model '{name}': {state.detail}; {state.fix}")
 

@@ -36,23 +36,30 @@ class Plan:
     missing_bytes: int  # not yet in the cache: what the download adds to the disk
 
 
-def hub_sources(spec: ModelSpec) -> list[str]:
-    """The hub ids a model loads from (its source and, for Kandinsky, its prior); folders are not pulled."""
-    return [s for s in (spec.source, spec.prior) if s and not looks_like_path(s) and not Path(s).exists()]
+def _is_hub_id(source: str | None) -> bool:
+    return bool(source) and not looks_like_path(source) and not Path(source).exists()
 
 
-def choose_files(paths: list[str], variant: str | None) -> list[str]:
+def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
+    """The hub ids a model loads from, each with whether its weights are needed: its source
+    and, for Kandinsky, its prior (weights), a single-file checkpoint's config (configs and
+    tokenizer only). Folders and files are not pulled."""
+    wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
+    return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]
+
+
+def choose_files(paths: list[str], variant: str | None, *, weights: bool = True) -> list[str]:
     """The files of a diffusers pipeline repo that `from_pretrained` reads: configs, tokenizers
     and, per component folder, the weights of `variant` ("fp16": `*.fp16.safetensors`) where the
     folder has them, else its plain weights; safetensors over .bin. Top-level checkpoints
     (single-file versions of the same model) are left out."""
     chosen = [p for p in paths if any(fnmatch.fnmatch(p, pattern) for pattern in _SMALL_FILES)
               and not p.endswith(_WEIGHTS)]
-    weights: dict[str, list[str]] = {}
+    by_folder: dict[str, list[str]] = {}
     for path in paths:
-        if "/" in path and path.endswith(_WEIGHTS):
-            weights.setdefault(path.rsplit("/", 1)[0], []).append(path)
-    for files in weights.values():
+        if weights and "/" in path and path.endswith(_WEIGHTS):
+            by_folder.setdefault(path.rsplit("/", 1)[0], []).append(path)
+    for files in by_folder.values():
         for ext in _WEIGHTS:
             of_kind = [f for f in files if f.endswith(ext)]
             marked = [f for f in of_kind if variant and f".{variant}." in f.rsplit("/", 1)[1]]
@@ -64,13 +71,14 @@ def choose_files(paths: list[str], variant: str | None) -> list[str]:
     return sorted(set(chosen))
 
 
-def plan(repo_id: str, variant: str | None = None) -> Plan:
-    """The files to pull for `repo_id`, with their sizes from the hub's file listing (no download).
-    Raises the hub's errors (RepositoryNotFoundError, GatedRepoError, connection errors)."""
+def plan(repo_id: str, variant: str | None = None, *, weights: bool = True) -> Plan:
+    """The files to pull for `repo_id` (without weights: configs and tokenizer only), with their
+    sizes from the hub's file listing (no download). Raises the hub's errors
+    (RepositoryNotFoundError, GatedRepoError, connection errors)."""
     from huggingface_hub import HfApi, snapshot_download
 
     paths = HfApi().list_repo_files(repo_id)
-    files = choose_files(paths, variant)
+    files = choose_files(paths, variant, weights=weights)
     infos = snapshot_download(repo_id, allow_patterns=files, dry_run=True)
     total = sum(i.file_size or 0 for i in infos)
     missing = sum(i.file_size or 0 for i in infos if i.will_download)

@@ -21,8 +21,11 @@ from diffusers import (
     KandinskyV22Img2ImgPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
+    StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
+    StableDiffusionXLPipeline,
 )
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from generation.availability import ModelLoadError, explain, require
 from generation.devices import DeviceChoice
@@ -121,8 +124,19 @@ class PipelineCache:
         log.info("loading %s (%s) from %s on %s", spec.name, cls.__name__, source, self.device.device)
         if source is None:
             raise ModelLoadError(f"Model '{spec.name}' has no source for {cls.__name__}.")
-        require(spec.name, source)  # fails at once, with what to do, when the files cannot be had
+        config = spec.config if source == spec.source else None
+        require(spec.name, source, config)  # fails at once, with what to do, when the files cannot be had
         kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype}
+        if spec.single_file and source == spec.source:
+            # the configuration from the entry's config, local files only: never silently from the hub
+            single = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline
+            try:
+                return single.from_single_file(source, config=config, local_files_only=True, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as err:
+                # a checkpoint that does not fit its config (other architecture, missing parts)
+                raise explain(spec.name, source, err) from err
         if spec.variant and self.device.dtype == torch.float16:
             kwargs["variant"] = spec.variant
         try:

@@ -141,3 +141,25 @@ def test_choose_files_takes_what_from_pretrained_reads():
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in fp16
     assert "unet/diffusion_pytorch_model.safetensors" not in fp16
     assert "vae/diffusion_pytorch_model.bin" in fp16  # no fp16 file there: the plain weights
+
+
+def test_a_single_file_checkpoint_pulls_only_its_configs_hub_configuration(env, tmp_path, tiny_models):
+    from tests.tiny_models import build_sd_single_file
+
+    checkpoint = build_sd_single_file(tiny_models["sd"], tmp_path / "mine.safetensors")
+    (tmp_path / "models.toml").write_text(
+        f'[models.mine]\nsource = "{checkpoint}"\nfamily = "sd"\nconfig = "tiny/sd"\nnative_side = 64\nsteps = 2\n',
+        encoding="utf-8")
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    offline = env | {"HF_HUB_OFFLINE": "1"}
+    refused = run_pintor(offline, "imagine", "a fox", "-o", "out.png", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert (f"error: cannot load model 'mine': single-file checkpoint {checkpoint}: its config hub id tiny/sd "
+            "is not downloaded") in refused.stderr
+    with HubServer(hub) as url:
+        pulled = run_pintor(env | {"HF_ENDPOINT": url}, "models", "pull", "mine", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert not any(name.endswith((".safetensors", ".bin")) for name in hub.downloads)  # configs only
+    assert "model_index.json" in hub.downloads and "tokenizer/tokenizer.json" in hub.downloads
+    made = run_pintor(offline, "imagine", "a fox --seed 2", "-o", "out.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr

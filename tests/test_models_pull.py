@@ -163,3 +163,15 @@ def test_a_single_file_checkpoint_pulls_only_its_configs_hub_configuration(env, 
     assert "model_index.json" in hub.downloads and "tokenizer/tokenizer.json" in hub.downloads
     made = run_pintor(offline, "imagine", "a fox --seed 2", "-o", "out.png", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
+
+
+def test_online_a_hub_id_that_does_not_exist_fails_in_the_worker_without_a_traceback(env, tmp_path, tiny_models):
+    (tmp_path / "models.toml").write_text('[models.hub-sd]\nsource = "tiny/nope"\nfamily = "sd"\nsteps = 2\n',
+                                          encoding="utf-8")
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    with HubServer(hub) as url:  # online: not downloaded is no reason to refuse; the hub says it does not exist
+        made = run_pintor(env | {"HF_ENDPOINT": url}, "imagine", "a fox", "-o", "out.png", cwd=tmp_path)
+    assert made.returncode == 1
+    assert "cannot load model 'hub-sd': hub id tiny/nope does not exist on the hub" in made.stderr  # the log
+    assert "error: job 1: Model 'hub-sd' cannot be loaded on this server right now" in made.stderr  # the member's
+    assert "Traceback" not in made.stderr

@@ -27,7 +27,7 @@ from diffusers import (
 )
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-from generation.availability import ModelLoadError, explain, require
+from generation.availability import ModelLoadError, explain, member_message, require
 from generation.devices import DeviceChoice
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
@@ -135,8 +135,11 @@ class PipelineCache:
             except torch.OutOfMemoryError:
                 raise
             except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as err:
-                # a checkpoint that does not fit its config (other architecture, missing parts)
-                raise explain(spec.name, source, err) from err
+                # config and file are both here (require): the checkpoint does not fit its config
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ModelLoadError(member_message(spec.name), (
+                    f"cannot load model '{spec.name}': single-file checkpoint {source} does not fit its config "
+                    f"{config} (another family or size, or parts missing?): {type(err).__name__}: {first}")) from err
         if spec.variant and self.device.dtype == torch.float16:
             kwargs["variant"] = spec.variant
         try:

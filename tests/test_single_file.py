@@ -14,7 +14,7 @@ import torch
 from generation.availability import ModelLoadError, check_source
 from generation.devices import DeviceChoice
 from generation.pipelines import PipelineCache
-from generation.registry import RegistryError, load_registry
+from generation.registry import ModelSpec, RegistryError, load_registry
 from tests.tiny_models import build_sd_single_file
 
 CPU = DeviceChoice("cpu", torch.float32, "CPU")
@@ -37,8 +37,7 @@ def test_a_single_file_checkpoint_loads_the_same_weights_offline(checkpoint, tin
     assert spec.single_file and check_source(spec.name, spec.source, spec.config).ok
     cache = PipelineCache(CPU)
     pipe = cache.get(spec, "text2img")
-    folder = PipelineCache(CPU).get(load_registry(path).get("single").__class__(
-        name="folder", source=str(tiny_models["sd"]), family="sd"), "text2img")
+    folder = PipelineCache(CPU).get(ModelSpec(name="folder", source=str(tiny_models["sd"]), family="sd"), "text2img")
     for component in ("unet", "vae", "text_encoder"):
         mine, theirs = getattr(pipe, component).state_dict(), getattr(folder, component).state_dict()
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
@@ -75,7 +74,8 @@ def test_a_missing_checkpoint_or_config_says_so(checkpoint, tiny_models, tmp_pat
     path.write_text(registry_text(checkpoint, tiny_models["sdxl"], family="sdxl"), encoding="utf-8")
     with pytest.raises(ModelLoadError) as raised:  # a config of another architecture: said, not a traceback
         PipelineCache(CPU).get(load_registry(path).get("single"), "text2img")
-    assert f"cannot load model 'single': {checkpoint}" in raised.value.detail
+    assert (f"cannot load model 'single': single-file checkpoint {checkpoint} does not fit its config "
+            f"{tiny_models['sdxl']}") in raised.value.detail
     assert str(checkpoint) not in str(raised.value)
 
 

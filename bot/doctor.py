@@ -110,6 +110,13 @@ def _check_source(report, name: str, source: str, config: str | None = None) -> 
     from generation.availability import check_source
 
     state = check_source(name, source, config)
+    if state.ok and not state.downloaded:  # online and not downloaded: may it be downloaded?
+        from generation.hub import access_problem
+
+        problem = access_problem(name, source)
+        if problem:
+            report(PROBLEM, f"model {name}", problem.removeprefix(f"cannot load model '{name}': "))
+            return
     report(OK if state.ok else PROBLEM, f"model {name}", state.detail, state.fix)
 
 

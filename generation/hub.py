@@ -71,6 +71,21 @@ def choose_files(paths: list[str], variant: str | None, *, weights: bool = True)
     return sorted(set(chosen))
 
 
+def access_problem(name: str, repo_id: str) -> str | None:
+    """Whether this machine may download `repo_id` now (one small request to the hub): None when
+    it may, else the admin's message (gated, does not exist, hub unreachable), as
+    `generation.availability.explain` words it."""
+    from huggingface_hub import HfApi
+
+    from generation.availability import explain
+
+    try:
+        HfApi().auth_check(repo_id)
+    except Exception as err:  # noqa: BLE001 - the hub's errors and connection errors are the finding
+        return explain(name, repo_id, err).detail
+    return None
+
+
 def plan(repo_id: str, variant: str | None = None, *, weights: bool = True) -> Plan:
     """The files to pull for `repo_id` (without weights: configs and tokenizer only), with their
     sizes from the hub's file listing (no download). Raises the hub's errors

@@ -3,6 +3,7 @@
 It serves what huggingface_hub 2.x asks (read in its source: hf_api.repo_info, list_repo_tree,
 file_download.get_hf_file_metadata and http_get):
 
+- GET  /api/models/{repo}/auth-check             → {} (403/404 as below)
 - GET  /api/models/{repo}/revision/{rev}        → {"id", "sha", "siblings"}
 - GET  /api/models/{repo}/tree/{rev}?recursive=… → [{"type": "file", "path", "size", "oid", "lfs"}]
 - HEAD /{repo}/resolve/{rev}/{path}              → ETag (the sha256), X-Repo-Commit, Content-Length
@@ -79,6 +80,8 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 if repo is None:
                     return
                 files = hub.files(repo)
+                if parts[4] == "auth-check":
+                    return self._json({})
                 if parts[4] == "revision":
                     return self._json({"id": repo, "sha": SHA, "private": False,
                                        "siblings": [{"rfilename": name} for name in files]})

@@ -175,3 +175,18 @@ def test_online_a_hub_id_that_does_not_exist_fails_in_the_worker_without_a_trace
     assert "cannot load model 'hub-sd': hub id tiny/nope does not exist on the hub" in made.stderr  # the log
     assert "error: job 1: Model 'hub-sd' cannot be loaded on this server right now" in made.stderr  # the member's
     assert "Traceback" not in made.stderr
+
+
+def test_doctor_online_says_which_models_can_be_downloaded(env, tmp_path, tiny_models):
+    (tmp_path / "models.toml").write_text(
+        '[models.ready]\nsource = "tiny/sd"\nfamily = "sd"\n'
+        '[models.locked]\nsource = "tiny/gated"\nfamily = "sd"\n'
+        '[models.typo]\nsource = "tiny/nope"\nfamily = "sd"\n', encoding="utf-8")
+    hub = Hub({"tiny/sd": tiny_models["sd"], "tiny/gated": tiny_models["sd"]}, gated={"tiny/gated"})
+    with HubServer(hub) as url:
+        doctor = run_pintor(env | {"HF_ENDPOINT": url}, "doctor", cwd=tmp_path)
+    assert "[     ok] model ready: hub id tiny/sd, not downloaded yet: fetched on first use" in doctor.stdout
+    assert "fix: `pintor models pull ready` downloads it ahead" in doctor.stdout
+    assert "[PROBLEM] model locked: hub id tiny/gated is gated: accept its licence" in doctor.stdout
+    assert "[PROBLEM] model typo: hub id tiny/nope does not exist on the hub" in doctor.stdout
+    assert hub.downloads == []

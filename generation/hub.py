@@ -37,7 +37,7 @@ class Plan:
 
 
 def _is_hub_id(source: str | None) -> bool:
-    return bool(source) and not looks_like_path(source) and not Path(source).exists()
+    return source is not None and source != "" and not looks_like_path(source) and not Path(source).exists()
 
 
 def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:

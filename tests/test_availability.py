@@ -10,7 +10,11 @@ from pathlib import Path
 import httpx2 as httpx  # what huggingface_hub 2.x builds its errors from
 import pytest
 from huggingface_hub import constants
-from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 from generation.availability import ModelLoadError, check_source, explain, require
 from generation.devices import DeviceChoice
@@ -91,7 +95,7 @@ def _as_diffusers_raises(hub_error: Exception) -> OSError:
             raise hub_error
         except RepositoryNotFoundError:
             raise OSError("owner/model is not a local folder and is not a valid model identifier") from None
-        except Exception:
+        except Exception:  # noqa: BLE001 - diffusers catches the rest this broadly
             raise OSError("owner/model does not appear to have a file named model_index.json.")
     except OSError as err:
         return err
@@ -102,11 +106,11 @@ def _http(status: int) -> httpx.Response:
 
 
 @pytest.mark.parametrize("hub_error, expected", [
-    (GatedRepoError("gated", response=_http(403)), "hub id owner/model is gated: accept its licence on "
-                                                    "https://huggingface.co/owner/model"),
+    (GatedRepoError("gated", response=_http(403)), ("hub id owner/model is gated: accept its licence on "
+                                                     "https://huggingface.co/owner/model")),
     (RepositoryNotFoundError("404", response=_http(404)), "hub id owner/model does not exist on the hub"),
-    (LocalEntryNotFoundError("cannot reach"), "owner/model is not downloaded and the hub cannot be reached; "
-                                              "run `pintor models pull m`"),
+    (LocalEntryNotFoundError("cannot reach"), ("owner/model is not downloaded and the hub cannot be reached; "
+                                               "run `pintor models pull m`")),
 ])
 def test_a_failed_load_says_why(hub_error, expected, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

@@ -19,7 +19,7 @@ UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
 def run_pintor(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], check=False, env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=240)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.intake import USER_ERRORS, RequestError
+from bot.intake import USER_ERRORS, ModelUnavailable, RequestError, check_model_files
 from bot.limits import clean
 from bot.local import JobFailed, Pintor, Result, Watcher, copy_atomic, output_paths
 from bot.settings import Settings
@@ -83,6 +83,9 @@ async def run_job(settings: Settings, output: Path | None, separate: bool,
     try:
         async with Pintor(settings, watcher=progress) as pintor:
             result = await make(pintor)  # Ctrl-C cancels the job (`Pintor.finish`)
+    except ModelUnavailable as err:  # the operator is the admin: the hub id or path, what to do
+        print(f"error: {err.detail}", file=sys.stderr)
+        return EXIT_FAILED
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -99,8 +102,12 @@ async def imagine(settings: Settings, prompt: str, output: Path, separate: bool)
     from bot.wiring import registry_from
 
     _check_writable(output_paths(output, separate))
-    try:  # bad prompts are answered before the worker starts
-        prepare(registry_from(settings), prompt)
+    try:  # bad prompts and models that cannot be had are answered before the worker starts
+        registry = registry_from(settings)
+        check_model_files(registry, prepare(registry, prompt).model)
+    except ModelUnavailable as err:
+        print(f"error: {err.detail}", file=sys.stderr)
+        return EXIT_FAILED
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

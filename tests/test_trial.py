@@ -22,7 +22,8 @@ from tests.test_discord_members import (
     press,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# the Discord tests run on the session loop of the shared bot; the CLI tests are plain functions
+session_loop = pytest.mark.asyncio(loop_scope="session")
 
 
 async def history_text(pintor: Harness, member: int) -> str:
@@ -35,6 +36,7 @@ async def history_text(pintor: Harness, member: int) -> str:
     return data["content"] + "".join(str(e) for e in data.get("embeds") or [])
 
 
+@session_loop
 async def test_a_990_underscore_prompt_is_shown_within_discords_sizes(pintor: Harness):
     member = pintor.emu._snowflake()
     prompt = "_" * 990 + " --steps 1 --seed 3"
@@ -45,6 +47,7 @@ async def test_a_990_underscore_prompt_is_shown_within_discords_sizes(pintor: Ha
     assert str(job_id_of(grid)) in history
 
 
+@session_loop
 async def test_rtl_override_and_links_are_shown_safely(pintor: Harness):
     member = pintor.emu._snowflake()
     grid = await grid_of(pintor, member, "\u202egnp.exe a cat https://evil.example/x.png [click](https://evil.example) @everyone --steps 1")
@@ -54,6 +57,7 @@ async def test_rtl_override_and_links_are_shown_safely(pintor: Harness):
     assert "<https://evil.example>" in content  # shown as written, unfurl-proof
 
 
+@session_loop
 async def test_history_after_forget_is_empty(pintor: Harness):
     member = pintor.emu._snowflake()
     grid = await grid_of(pintor, member, "a forgotten lighthouse --steps 1")
@@ -84,6 +88,7 @@ def rotated_jpeg() -> bytes:
     return buf.getvalue()
 
 
+@session_loop
 async def test_blend_of_phone_photos_with_lying_content_types(pintor: Harness):
     emu = pintor.emu
     member = emu._snowflake()
@@ -119,6 +124,7 @@ def seed_of(message: dict) -> int:
     return int(re.search(r"seed (\d+)", message["content"])[1])
 
 
+@session_loop
 async def test_reroll_gets_a_new_seed_when_always_append_holds_a_seed(pintor: Harness):
     emu = pintor.emu
     member = emu._snowflake()
@@ -135,6 +141,7 @@ async def test_reroll_gets_a_new_seed_when_always_append_holds_a_seed(pintor: Ha
     assert seed_of(again) != 5, again["content"]
 
 
+@session_loop
 async def test_show_of_another_members_queued_job(pintor: Harness):
     emu, studio = pintor.emu, pintor.studio
     author, other = emu._snowflake(), emu._snowflake()
@@ -154,6 +161,7 @@ async def test_show_of_another_members_queued_job(pintor: Harness):
         await studio.cancel(job.id)
 
 
+@session_loop
 async def test_blend_with_an_expired_upload_says_which(pintor: Harness):
     emu = pintor.emu
     member = emu._snowflake()
@@ -169,6 +177,7 @@ async def test_blend_with_an_expired_upload_says_which(pintor: Harness):
     assert await pintor.job_count() == before
 
 
+@session_loop
 async def test_blend_of_the_same_upload_twice(pintor: Harness):
     emu = pintor.emu
     member = emu._snowflake()
@@ -194,6 +203,7 @@ def test_cli_history_and_show_print_no_direction_controls(env: dict[str, str], t
         assert not any(c in out for c in "\u202e\u200b\u2066"), ascii(out)
 
 
+@session_loop
 async def test_buttons_and_show_of_a_grid_whose_author_forgot_everything(pintor: Harness):
     emu = pintor.emu
     author, other = emu._snowflake(), emu._snowflake()
@@ -214,6 +224,7 @@ async def test_buttons_and_show_of_a_grid_whose_author_forgot_everything(pintor:
     assert answer["flags"] & EPHEMERAL and not answer["attachments"], answer
 
 
+@session_loop
 async def test_a_restart_in_the_middle_of_an_imagine_and_a_queued_blend_posts_each_once(pintor: Harness):
     import re
     emu = pintor.emu
@@ -242,6 +253,7 @@ async def test_a_restart_in_the_middle_of_an_imagine_and_a_queued_blend_posts_ea
         assert len(results(word)) == 1, [m["content"] for m in results(word)]
 
 
+@session_loop
 async def test_history_and_info_of_many_markdown_heavy_prompts_fit(pintor: Harness):
     from tests.test_discord_members import store_jobs
     emu, studio = pintor.emu, pintor.studio
@@ -267,17 +279,22 @@ async def test_history_and_info_of_many_markdown_heavy_prompts_fit(pintor: Harne
             await studio.cancel(job.id)
 
 
+def format_of(path) -> str | None:
+    with Image.open(path) as picture:
+        return picture.format
+
+
 def test_cli_writes_the_format_the_output_name_asks_for(env: dict[str, str], tmp_path):  # noqa: F811 - the imported fixture
     """`-o fox.jpg` is a JPEG file and `-o fox.webp` a WebP one, not PNG bytes under another name
     (photo apps and upload forms go by the name); a name without a known image extension gets PNG."""
     made = pintor_cli(env, "imagine", "a fox --steps 1 --seed 2", "-o", "fox.jpg", "--separate", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
-    assert Image.open(tmp_path / "fox.jpg").format == "JPEG"
-    assert Image.open(tmp_path / "fox-3.jpg").format == "JPEG"
+    assert format_of(tmp_path / "fox.jpg") == "JPEG"
+    assert format_of(tmp_path / "fox-3.jpg") == "JPEG"
     for name, kind in (("fox.webp", "WEBP"), ("FOX.JPEG", "JPEG"), ("fox.png", "PNG"), ("fox", "PNG")):
         shown = pintor_cli(env, "show", "1", "-o", name, cwd=tmp_path)
         assert shown.returncode == 0, shown.stderr
-        assert Image.open(tmp_path / name).format == kind, name
+        assert format_of(tmp_path / name) == kind, name
 
 
 @pytest.mark.parametrize("url", ["postgresql+asyncpg://pintor:hunter2@localhost:1/pintor",  # driver not installed

@@ -26,6 +26,23 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _capabilities(spec) -> str:
+    can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
+                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
+    return ", ".join(can)
+
+
+def _on_disk(source: str, config: str | None = None) -> str:
+    from generation.availability import check_source
+    from generation.hub import human_size, size_on_disk
+
+    state = check_source("", source, config)
+    size = size_on_disk(source)
+    if state.downloaded:
+        return f"downloaded, {human_size(size or 0)}"
+    return "NOT downloaded" + (f" (partly: {human_size(size)})" if size else "")
+
+
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
     from generation.schedulers import check_scheduler
@@ -34,11 +51,15 @@ def models(settings: Settings) -> int:
     print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}")
     for spec in registry.models.values():
         marks = [m for m, on in (("default", spec.name == registry.default), ("blend", spec.can_blend)) if on]
-        where = "local folder" if Path(spec.source).exists() else "hub id"
+        where = ("single-file checkpoint" if spec.single_file else
+                 "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
+        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config)}")
+        if spec.config:
+            print(f"  {'':<16} config: {spec.config}")
         if spec.prior:
-            print(f"  {'':<16} prior: {spec.prior}")
+            print(f"  {'':<16} prior: {spec.prior}; {_on_disk(spec.prior)}")
         if spec.scheduler:
             loops = check_scheduler(spec.scheduler, spec.family)
             print(f"  {'':<16} scheduler: {spec.scheduler} (for the {' and '.join(loops)})")
@@ -51,6 +72,41 @@ def models(settings: Settings) -> int:
         print("MidJourney's --v, --niji and --style choose no model (they are ignored with a notice); "
               "map them in [midjourney] of the registry file (docs/models.md).")
     return 0
+
+
+def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
+    """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
+    cache; each repo's size is said, and the free disk checked, before its download starts."""
+    from bot.wiring import registry_from
+    from generation.hub import PullError, hub_sources, human_size, plan, pull
+
+    registry = registry_from(settings)
+    specs = [registry.get(name) for name in names] if names else list(registry.models.values())
+    if not fp16:
+        from generation.devices import choose_device
+
+        fp16 = str(choose_device(settings.pintor_device).dtype) == "torch.float16"
+    failed = 0
+    for spec in specs:
+        sources = hub_sources(spec)
+        if not sources:
+            print(f"{spec.name}: {spec.source} is here: nothing to download")
+        for source, weights in sources:
+            try:
+                found = plan(source, spec.variant if fp16 else None, weights=weights)
+                print(f"{spec.name}: {source}: {len(found.files)} files, {human_size(found.total_bytes)}"
+                      f" ({human_size(found.missing_bytes)} to download)", flush=True)
+                pull(found)
+                print(f"{spec.name}: {source} downloaded", flush=True)
+            except PullError as err:
+                failed += 1
+                print(f"error: {spec.name}: {err}", file=sys.stderr)
+            except Exception as err:  # noqa: BLE001 - the hub's errors, said with what to do
+                from generation.availability import explain
+
+                failed += 1
+                print(f"error: {explain(spec.name, source, err).detail}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 async def db_upgrade(settings: Settings) -> int:
@@ -79,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a batch: one prompt per line (# comments), written as NNN-<prompt>.png")
     p.add_argument("--resume", action="store_true", help="finish a batch that was interrupted")
     add_job_commands(commands)
-    commands.add_parser("models", help="the configured models and where each comes from")
+    m = commands.add_parser("models", help="the configured models: where each comes from, downloaded or not, "
+                                           "what it can do; `pintor models pull [NAME…]` downloads them ahead")
+    m.add_argument("action", nargs="?", choices=["pull"], help="pull: download the models into the "
+                   "Hugging Face cache (HF_HOME), with progress, resuming an interrupted download")
+    m.add_argument("names", nargs="*", metavar="NAME", help="the models to pull (default: all)")
+    m.add_argument("--fp16", action="store_true", help="pull the half-precision weights (a GPU server's) even "
+                   "where this machine has no GPU")
     commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
     commands.add_parser("health", help="cheap check for a container's HEALTHCHECK: database and data folder")
     db = commands.add_parser("db", help="database maintenance")
@@ -103,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in JOB_COMMANDS:
             return run_job_command(settings, args)
         if args.command == "models":
+            if args.action == "pull":
+                return pull_models(settings, args.names, args.fp16)
             return models(settings)
         if args.command == "doctor":
             from bot.doctor import doctor

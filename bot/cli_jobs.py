@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.intake import USER_ERRORS, RequestError
+from bot.intake import USER_ERRORS, ModelUnavailable, RequestError, check_model_files
+from bot.limits import clean
 from bot.local import JobFailed, Pintor, Result, Watcher, copy_atomic, output_paths
 from bot.settings import Settings
 from bot.studio import Submitted
@@ -82,6 +83,9 @@ async def run_job(settings: Settings, output: Path | None, separate: bool,
     try:
         async with Pintor(settings, watcher=progress) as pintor:
             result = await make(pintor)  # Ctrl-C cancels the job (`Pintor.finish`)
+    except ModelUnavailable as err:  # the operator is the admin: the hub id or path, what to do
+        print(f"error: {err.detail}", file=sys.stderr)
+        return EXIT_FAILED
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -98,8 +102,12 @@ async def imagine(settings: Settings, prompt: str, output: Path, separate: bool)
     from bot.wiring import registry_from
 
     _check_writable(output_paths(output, separate))
-    try:  # bad prompts are answered before the worker starts
-        prepare(registry_from(settings), prompt)
+    try:  # bad prompts and models that cannot be had are answered before the worker starts
+        registry = registry_from(settings)
+        check_model_files(registry, prepare(registry, prompt).model)
+    except ModelUnavailable as err:
+        print(f"error: {err.detail}", file=sys.stderr)
+        return EXIT_FAILED
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -115,7 +123,8 @@ async def show(settings: Settings, job_id: int, output: Path | None, separate: b
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"job {result.job_id}: {result.kind}, model {result.model}, seed {result.seed}: {result.prompt}")
+    # member text without direction controls: they would reorder the terminal's line
+    print(f"job {result.job_id}: {result.kind}, model {result.model}, seed {result.seed}: {clean(result.prompt)}")
     for notice in result.notices:
         print(f"note: {notice}")
     if output is None:
@@ -135,7 +144,7 @@ async def history(settings: Settings, page: int) -> int:
     for job in jobs:
         who = "operator" if job.user_id == 0 else f"member {job.user_id}"
         made = job.created_at.strftime("%Y-%m-%d %H:%M")
-        print(f"{job.id:>6}  {job.status:<9} {job.kind:<9} {job.model:<16} {made}  {who:<26} {job.prompt[:80]}")
+        print(f"{job.id:>6}  {job.status:<9} {job.kind:<9} {job.model:<16} {made}  {who:<26} {clean(job.prompt)[:80]}")
     print(f"page {page} · {total} jobs (yours and those posted publicly in a server)")
     return 0
 

@@ -19,6 +19,17 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _shown(url: str) -> str:
+    """DATABASE_URL as it may be printed: its password hidden, or nothing of it if it is no URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "DATABASE_URL (not a database URL)"
+
+
 async def doctor(settings: Settings) -> int:
     problems = 0
 
@@ -47,21 +58,19 @@ async def doctor(settings: Settings) -> int:
     except ValueError as err:
         report(PROBLEM, "device", str(err), "set PINTOR_DEVICE=auto, or install a torch build for your GPU")
 
-    from storage.db import current_revision, open_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    engine = open_engine(settings.database_url)
     try:
-        current, head = await current_revision(engine)
-        if current == head:
-            report(OK, "database", f"{engine.url.render_as_string(hide_password=True)} at revision {current}")
-        else:
-            report(PROBLEM, "database", f"at revision {current or 'none'}, this version needs {head}",
-                   "run `pintor db upgrade` (pintor run also upgrades on start)")
-    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
-        report(PROBLEM, "database", f"cannot open {engine.url.render_as_string(hide_password=True)}: {err}",
-               "check DATABASE_URL")
-    finally:
-        await engine.dispose()
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        url = None  # the finding is reported by _check_database
+    database = url.database if url is not None and url.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:" and not Path(database).exists():
+        # not a problem: `pintor run` (and every job verb) creates it and applies the migrations
+        report(OK, "database", f"{_shown(settings.database_url)}: does not exist yet, created on first start")
+    else:
+        await _check_database(report, settings.database_url)
 
     data_dir = settings.pintor_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +87,7 @@ async def doctor(settings: Settings) -> int:
         report(OK, "models", f"{len(registry.models)} from {registry.origin}, default {registry.default}")
         for spec in registry.models.values():
             for source in filter(None, (spec.source, spec.prior)):
-                _check_source(report, spec.name, source)
+                _check_source(report, spec.name, source, spec.config if source == spec.source else None)
     except RegistryError as err:
         report(PROBLEM, "models", str(err), "fix the file that PINTOR_MODELS names (see docs/models.md)")
 
@@ -91,17 +100,40 @@ async def doctor(settings: Settings) -> int:
     return 1 if problems else 0
 
 
-def _check_source(report, name: str, source: str) -> None:
-    if Path(source).exists():
-        found = (Path(source) / "model_index.json").is_file()
-        report(OK if found else PROBLEM, f"model {name}", f"local folder {source}" + ("" if found else " has no model_index.json"),
-               "" if found else "point `source` at a folder saved with save_pretrained")
-        return
-    from huggingface_hub import try_to_load_from_cache
+async def _check_database(report, database_url: str) -> None:
+    from storage.db import current_revision, open_engine
 
-    cached = isinstance(try_to_load_from_cache(source, "model_index.json"), str)
-    report(OK, f"model {name}", f"hub id {source}, " + ("in the local cache" if cached else
-           "not downloaded yet: fetched on first use (needs internet once)"))
+    engine = None
+    try:  # opening the engine fails too: a driver not installed, a URL that is no URL
+        engine = open_engine(database_url)
+        current, head = await current_revision(engine)
+        if current == head:
+            report(OK, "database", f"{_shown(database_url)} at revision {current}")
+        else:
+            report(PROBLEM, "database", f"at revision {current or 'none'}, this version needs {head}",
+                   "run `pintor db upgrade` (pintor run also upgrades on start)")
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
+        report(PROBLEM, "database", f"cannot open {_shown(database_url)}: {err}",
+               "check DATABASE_URL (and that its driver is installed, e.g. postgresql+asyncpg:// needs asyncpg)")
+    finally:
+        if engine is not None:
+            await engine.dispose()
+
+
+def _check_source(report, name: str, source: str, config: str | None = None) -> None:
+    """One line per source: a folder that is (or is not) a pipeline, a hub id downloaded or not;
+    offline, a hub id that is not downloaded is a problem (generation/availability.py)."""
+    from generation.availability import check_source
+
+    state = check_source(name, source, config)
+    if state.ok and not state.downloaded:  # online and not downloaded: may it be downloaded?
+        from generation.hub import access_problem
+
+        problem = access_problem(name, source)
+        if problem:
+            report(PROBLEM, f"model {name}", problem.removeprefix(f"cannot load model '{name}': "))
+            return
+    report(OK if state.ok else PROBLEM, f"model {name}", state.detail, state.fix)
 
 
 async def health(settings: Settings) -> int:
@@ -112,14 +144,16 @@ async def health(settings: Settings) -> int:
     """
     from storage.db import current_revision, open_engine
 
-    engine = open_engine(settings.database_url)
+    engine = None
     try:
+        engine = open_engine(settings.database_url)
         current, head = await current_revision(engine)
     except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
-        print(f"unhealthy: cannot open the database {engine.url.render_as_string(hide_password=True)}: {err}")
+        print(f"unhealthy: cannot open the database {_shown(settings.database_url)}: {err}")
         return 1
     finally:
-        await engine.dispose()
+        if engine is not None:
+            await engine.dispose()
     if current != head:
         print(f"unhealthy: the database is at revision {current or 'none'}, this version needs {head} "
               "(`pintor run` upgrades it on start)")

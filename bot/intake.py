@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from generation.availability import ModelLoadError, require
 from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import Registry, UnknownModelError
@@ -23,6 +24,30 @@ class RequestError(ValueError):
 
 class LimitError(RequestError):
     """A server rule (quota, queue limit, allowed models…) refuses the request; says which."""
+
+
+class ModelUnavailable(RequestError):
+    """The model's files cannot be had here (not downloaded while offline, a folder that is not a
+    pipeline…). str(err): for the member, no server paths; `detail`: for the admin, with the hub
+    id or path and what to do."""
+
+    def __init__(self, member: str, detail: str):
+        super().__init__(member)
+        self.detail = detail
+
+
+def check_model_files(registry: Registry, name: str) -> None:
+    """Raise ModelUnavailable when model `name`'s files cannot be had here: checked from the
+    file system and the Hugging Face cache only (fast, no network), before a job is stored.
+    A name the registry does not hold (Pillow's resampling upscale) needs no files."""
+    spec = registry.models.get(name)
+    if spec is None:
+        return
+    for source in filter(None, (spec.source, spec.prior)):
+        try:
+            require(spec.name, source, spec.config if source == spec.source else None)
+        except ModelLoadError as err:
+            raise ModelUnavailable(str(err), err.detail) from None
 
 
 def id_list(text: str | None) -> list[int]:

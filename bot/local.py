@@ -65,10 +65,17 @@ def readable(job: Job | None) -> bool:
 
 
 def copy_atomic(source: str | Path, target: Path) -> None:
-    """Copy a file so that `target` either does not exist or is complete (temp + rename): a
-    batch that is interrupted and resumed can trust every file it finds."""
+    """Copy a PNG file so that `target` either does not exist or is complete (temp + rename): a
+    batch that is interrupted and resumed can trust every file it finds. A target named for
+    another format Pillow writes (`.jpg`, `.webp` …) is converted to it, so that the file is
+    what its name says; any other name gets the PNG as it is."""
     partial = target.with_name(f".{target.name}.part")
-    shutil.copyfile(source, partial)
+    kind = Image.registered_extensions().get(target.suffix.lower())
+    if kind is None or kind == "PNG" or kind not in Image.SAVE:
+        shutil.copyfile(source, partial)
+    else:
+        with Image.open(source) as image:
+            image.save(partial, format=kind, quality=95)
     os.replace(partial, target)
 
 
@@ -103,8 +110,8 @@ class Result:
         return [_load(path) for path in self.paths]
 
     def save(self, path: str | Path, *, separate: bool = False) -> list[Path]:
-        """Write the grid to `path` (PNG) and with `separate` each picture beside it as
-        NAME-1.png …; returns the files written."""
+        """Write the grid to `path` (PNG, or the format its extension names: `.jpg`, `.webp` …)
+        and with `separate` each picture beside it as NAME-1.png …; returns the files written."""
         targets = output_paths(Path(path), separate, len(self.paths))
         for source, target in zip((self.grid_path, *self.paths), targets):
             copy_atomic(source, target)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError,
+from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError, ModelUnavailable,
                         Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare,
-                        allowed_models, prepare_with_notices, server_default)
+                        allowed_models, check_model_files, prepare_with_notices, server_default)
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
@@ -384,6 +384,11 @@ class Studio:
         model that is gone). With a `result_key`, a job with the same key that is queued,
         running or done raises AlreadyMade instead (checked before the rules: pointing to it
         costs nothing)."""
+        try:  # a model whose files cannot be had is refused now, not after the worker starts
+            check_model_files(self.registry, request.model)
+        except ModelUnavailable as err:
+            log.error("%s", err.detail)
+            raise
         # One submission at a time: the limit checks and the insert must not interleave
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:

@@ -21,9 +21,13 @@ from diffusers import (
     KandinskyV22Img2ImgPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
+    StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
+    StableDiffusionXLPipeline,
 )
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+from generation.availability import ModelLoadError, explain, member_message, require
 from generation.devices import DeviceChoice
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
@@ -38,8 +42,7 @@ _KANDINSKY = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    pass
+__all__ = ["ModelLoadError", "PipelineCache"]
 
 
 class PipelineCache:
@@ -106,7 +109,7 @@ class PipelineCache:
             return self._finish(pipe, spec, task, placed=True)
         if task == "prior":
             if spec.family not in _KANDINSKY:
-                raise ModelLoadError(f"model '{spec.name}' has no prior")
+                raise ModelLoadError(f"Model '{spec.name}' has no prior.")
             return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec, task)
         if task == "upscale":
             return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
@@ -119,7 +122,24 @@ class PipelineCache:
 
     def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:
         log.info("loading %s (%s) from %s on %s", spec.name, cls.__name__, source, self.device.device)
+        if source is None:
+            raise ModelLoadError(f"Model '{spec.name}' has no source for {cls.__name__}.")
+        config = spec.config if source == spec.source else None
+        require(spec.name, source, config)  # fails at once, with what to do, when the files cannot be had
         kwargs: dict[str, Any] = {"dtype": self.device.dtype}  # `dtype`: diffusers >= 0.40 (torch_dtype is deprecated)
+        if spec.single_file and source == spec.source:
+            # the configuration from the entry's config, local files only: never silently from the hub
+            single = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline
+            try:
+                return single.from_single_file(source, config=config, local_files_only=True, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as err:
+                # config and file are both here (require): the checkpoint does not fit its config
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ModelLoadError(member_message(spec.name), (
+                    f"cannot load model '{spec.name}': single-file checkpoint {source} does not fit its config "
+                    f"{config} (another family or size, or parts missing?): {type(err).__name__}: {first}")) from err
         if spec.variant and self.device.dtype == torch.float16:
             kwargs["variant"] = spec.variant
         try:
@@ -130,8 +150,8 @@ class PipelineCache:
                     raise
                 kwargs.pop("variant")  # a source without fp16 files: load the full weights
                 return cls.from_pretrained(source, **kwargs)
-        except (OSError, ValueError, EnvironmentError) as err:
-            raise ModelLoadError(f"cannot load model '{spec.name}' from {source}: {err}") from err
+        except (OSError, ValueError) as err:
+            raise explain(spec.name, source, err) from err
 
     def _finish(self, pipe: Any, spec: ModelSpec, task: str, *, placed: bool = False) -> Any:
         # the configured scheduler replaces only the schedulers it fits: not the Kandinsky prior's

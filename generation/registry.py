@@ -1,7 +1,8 @@
 """The model registry: short names → where a pipeline comes from and how to run it.
 
 Admins write a TOML file (its path is a setting); without one, the built-in entries below
-are used. A `source` is anything diffusers' `from_pretrained` accepts: a hub id or a folder.
+are used. A `source` is anything diffusers' `from_pretrained` accepts (a hub id or a folder), or a
+single-file checkpoint (`.safetensors`, `.ckpt`) read with `from_single_file` and a `config`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
 EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 
 
+# the families diffusers' from_single_file builds here (StableDiffusionPipeline, …XLPipeline)
+SINGLE_FILE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def is_single_file(source: str) -> bool:
+    return source.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
 class UnknownModelError(LookupError):
     """A model name that is not configured; str(err) lists the names that are."""
 
@@ -54,6 +64,14 @@ class ModelSpec:
     scheduler: str | None = None
     variant: str | None = None  # e.g. "fp16" weights on the hub
     description: str = ""
+    # a single-file checkpoint's pipeline configuration (configs, tokenizer, scheduler): a
+    # diffusers folder or a downloaded hub id of the same architecture; never fetched silently
+    config: str | None = None
+
+    @property
+    def single_file(self) -> bool:
+        """True when `source` is one checkpoint file (.safetensors / .ckpt) rather than a pipeline."""
+        return is_single_file(self.source)
 
     @property
     def can_generate(self) -> bool:
@@ -152,6 +170,17 @@ def _parse_entry(name: str, entry: dict) -> ModelSpec:
         )
     if entry["family"] in BLEND_FAMILIES and not entry.get("prior"):
         raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
+    if is_single_file(str(entry["source"])):
+        if entry["family"] not in SINGLE_FILE_FAMILIES:
+            raise RegistryError(f"model '{name}': a single-file checkpoint works for the families "
+                                f"{', '.join(sorted(SINGLE_FILE_FAMILIES))}, not '{entry['family']}'")
+        if not entry.get("config"):
+            raise RegistryError(f"model '{name}': a single-file checkpoint needs 'config', a diffusers folder "
+                                "(or downloaded hub id) of the same architecture whose configs and tokenizer "
+                                "it uses, e.g. \"stable-diffusion-v1-5/stable-diffusion-v1-5\" for SD 1.x "
+                                "(see docs/models.md)")
+    elif "config" in entry:
+        raise RegistryError(f"model '{name}': 'config' is for single-file checkpoints (.safetensors, .ckpt) only")
     if "scheduler" in entry:
         try:
             check_scheduler(entry["scheduler"], entry["family"])
@@ -187,7 +216,8 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     """The registry from a TOML file (see docs/models.md), or the built-in one for None.
 
     File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
-    with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`.
+    with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`,
+    `variant`, `description`, and `config` (required for a single-file checkpoint source).
     """
     selectors: dict[tuple[str, str], str] = {}
     if path is None:

@@ -120,6 +120,7 @@ class _Worker:
             self.run_job(engine, job_id, Request.from_json(request_json))
 
     def run_job(self, engine, job_id: int, request: Request) -> None:
+        from generation.availability import ModelLoadError
         from generation.engine import GenerationStopped
 
         self.send("event", Started(job_id))
@@ -143,11 +144,19 @@ class _Worker:
             self.send("event", Done(job_id, tuple(files), grid, tuple(result.notices)))
         except GenerationStopped:
             self.send("event", Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))
+        except ModelLoadError as err:  # expected (files missing, offline…): the why, not a traceback
+            log.error("job %s failed: %s", job_id, err.detail)
+            self.send("event", Failed(job_id, str(err)))
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the worker
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             self.send("event", Failed(job_id, _reason(err)))
         finally:
             self.cancelled.discard(job_id)
+
+
+# a path starts a word (so a hub id such as "stabilityai/sd-turbo" is left whole): /abs, ~/x,
+# ./x, ../x, C:\x
+_SERVER_PATH = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:|~|\.{1,2})?[/\\][^\s'\"]+")
 
 
 def _reason(err: Exception) -> str:
@@ -157,7 +166,7 @@ def _reason(err: Exception) -> str:
         return "The GPU ran out of memory. Try a smaller --ar or fewer --steps, or ask an admin to enable offloading."
     if isinstance(err, FileNotFoundError):
         return "A picture this job starts from is gone from Pintor's file store."
-    text = re.sub(r"(?:[A-Za-z]:)?[/\\][^\s'\"]+", "<path>", text)
+    text = _SERVER_PATH.sub("<path>", text)
     return f"Generation failed ({type(err).__name__}: {text[:200]})." if text else f"Generation failed ({type(err).__name__})."
 
 

@@ -199,14 +199,14 @@ async def test_vary_of_an_upscale_whose_grid_is_gone_falls_back(studio):
     (30, VARY_STRONG, 2, (2, VARY_STRONG)),
     (1, VARY_STRONG, None, (2, VARY_STRONG)),
 ])
-def test_image_to_image_steps_and_strength_fit_the_limit(steps, strength, max_steps, expected):
+async def test_image_to_image_steps_and_strength_fit_the_limit(steps, strength, max_steps, expected):
     fitted = fit_image_to_image(steps, strength, rules(max_steps=max_steps))
     assert fitted == expected
     assert int(fitted[0] * fitted[1]) >= 1 and (max_steps is None or fitted[0] <= max_steps)
 
 
 @pytest.mark.parametrize("strength", [VARY_SUBTLE, VARY_STRONG])
-def test_one_step_is_too_few_to_vary(strength):
+async def test_one_step_is_too_few_to_vary(strength):
     with pytest.raises(LimitError, match="allows 1 step per job: too few to vary a picture"):
         fit_image_to_image(30, strength, rules(max_steps=1))
 
@@ -311,7 +311,7 @@ def saved(model: str | None = None, append: str = "") -> MemberPreferences:
     (saved("tiny-sdxl"), (), "tiny-sdxl", None),
     (saved("TINY-SDXL"), ("tiny-sdxl",), "tiny-sdxl", None),
 ])
-def test_a_saved_model_that_is_gone_falls_back_with_a_notice(small_registry_file, settings, allowed, used, says):
+async def test_a_saved_model_that_is_gone_falls_back_with_a_notice(small_registry_file, settings, allowed, used, says):
     registry = load_registry(small_registry_file)
     request, notices = prepare_with_notices(registry, "a fox", settings, allowed=allowed)
     assert request.model == used

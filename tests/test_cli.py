@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,9 @@ def test_models_doctor_and_db_upgrade(env, tmp_path):
     assert "--niji (any)" in models.stdout
 
     before = pintor(env, "doctor", cwd=tmp_path)
-    assert "pintor db upgrade" in before.stdout  # a fresh database needs its migrations
+    assert before.returncode == 0, before.stdout  # a database that does not exist yet is no problem
+    assert "does not exist yet, created on first start" in before.stdout
+    assert not (tmp_path / "data" / "pintor.db").exists()  # and the doctor did not create it
     assert pintor(env, "db", "upgrade", cwd=tmp_path).returncode == 0
     after = pintor(env, "doctor", cwd=tmp_path)
     assert after.returncode == 0, after.stdout
@@ -128,3 +131,40 @@ def test_a_scheduler_that_cannot_work_stops_run_and_models_naming_the_entry(env,
         assert ("model 'tiny-kandinsky': scheduler 'EulerAncestralDiscreteScheduler' fits none of the "
                 "kandinsky22 family's decoder and prior") in result.stderr
     assert not (tmp_path / "data" / "pintor.db").exists()  # `run` stopped before anything started
+
+
+def test_offline_a_model_not_downloaded_fails_fast_saying_what_to_do(tmp_path):
+    """As a new user tries it: the built-in registry, no network, an empty Hugging Face cache."""
+    env = os.environ | {
+        "PINTOR_DEVICE": "cpu", "PINTOR_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}",
+        "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    env.pop("PINTOR_MODELS", None)
+    env.pop("HF_HUB_CACHE", None)
+    started = time.monotonic()
+    result = pintor(env, "imagine", "a lighthouse at dusk", "-o", "out.png", cwd=tmp_path)
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1, result.stderr
+    assert ("error: cannot load model 'sd-turbo': hub id stabilityai/sd-turbo is not downloaded and "
+            "HF_HUB_OFFLINE is set; run `pintor models pull sd-turbo` where there is internet") in result.stderr
+    assert "Traceback" not in result.stderr and "<path>" not in result.stderr
+    assert job_rows(tmp_path) == [] and not (tmp_path / "out.png").exists()
+
+    doctor = pintor(env, "doctor", cwd=tmp_path)
+    assert "[PROBLEM] model sd-turbo: hub id stabilityai/sd-turbo is not downloaded" in doctor.stdout
+    assert "fix: run `pintor models pull sd-turbo` where there is internet" in doctor.stdout
+    assert "created on first start" in doctor.stdout
+
+
+def test_doctor_names_what_a_model_folder_lacks(env, tmp_path, tiny_models):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text((tiny_models["sd"] / "model_index.json").read_text())
+    registry = tmp_path / "models.toml"
+    registry.write_text(f'[models.mine]\nsource = "{broken}"\nfamily = "sd"\n', encoding="utf-8")
+    doctor = pintor(env | {"PINTOR_MODELS": str(registry)}, "doctor", cwd=tmp_path)
+    assert doctor.returncode == 1
+    assert f"[PROBLEM] model mine: {broken} is not a complete diffusers pipeline" in doctor.stdout
+    assert "unet/" in doctor.stdout and "vae/" in doctor.stdout

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,13 @@ def jobs(tmp_path: Path) -> list[tuple]:
     db = tmp_path / "data" / "pintor.db"
     if not db.exists():
         return []
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:  # (sqlite3's own `with` commits; it does not close)
         return conn.execute("SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as picture:
+        return picture.size
 
 
 def main_calls_script(*calls: list[str]) -> str:
@@ -100,14 +106,13 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     assert blend["seed"] == 5 and blend["model"] == "tiny-kandinsky"
     assert json.loads(rows[2][5])["strength"] == 0.7  # --strong
 
-    mix = Image.open(tmp_path / "mix.png")
-    tile = Image.open(tmp_path / "mix-1.png")
-    assert tile.width > tile.height and mix.size == (2 * tile.width, 2 * tile.height)  # landscape
+    mix, (tile_width, tile_height) = size_of(tmp_path / "mix.png"), size_of(tmp_path / "mix-1.png")
+    assert tile_width > tile_height and mix == (2 * tile_width, 2 * tile_height)  # landscape
     assert (tmp_path / "shown.png").read_bytes() == (tmp_path / "mix.png").read_bytes()
-    big = Image.open(tmp_path / "big.png")
-    assert big.width > tile.width and big.height > tile.height
-    assert Image.open(tmp_path / "vary.png").size == mix.size
-    assert Image.open(tmp_path / "pintor-4.png").size == mix.size
+    big_width, big_height = size_of(tmp_path / "big.png")
+    assert big_width > tile_width and big_height > tile_height
+    assert size_of(tmp_path / "vary.png") == mix
+    assert size_of(tmp_path / "pintor-4.png") == mix
     assert "wrote mix.png, mix-1.png, mix-2.png, mix-3.png, mix-4.png (job 1, seed 5)" in out
     # progress on the terminal: what was queued, then the steps
     assert "job 1: blend" in err and "queued — position" in err and "generating" in err
@@ -194,7 +199,7 @@ def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(e
         assert (tmp_path / "out" / name).read_bytes() == data
     seeds = [json.loads(r[5])["seed"] for r in after]
     assert seeds == [1, 2, 3, 4]
-    assert Image.open(tmp_path / "out" / NAMES[1]).size == (256, 128)  # --ar 3:2 at 64 px native: 128×64 tiles
+    assert size_of(tmp_path / "out" / NAMES[1]) == (256, 128)  # --ar 3:2 at 64 px native: 128×64 tiles
     # one progress bar for the batch
     assert "batch" in resumed.stderr and "prompt" in resumed.stderr
 

@@ -259,7 +259,7 @@ async def test_strict_servers_refuse_unknown_parameters(pintor: Harness):
         await settings.update_guild(emu.guild_id, strict_parameters=False)
 
 
-def test_prompt_notices_never_push_the_status_line_out_of_a_message():
+async def test_prompt_notices_never_push_the_status_line_out_of_a_message():
     from bot.limits import CONTENT, length
     from bot.results import progress_text
     from generation.prompt import parse_prompt

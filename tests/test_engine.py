@@ -325,8 +325,10 @@ def test_scheduler_override_and_load_errors(registry, tmp_path: Path):
     assert type(cache.get(spec, "text2img").scheduler).__name__ == "DDIMScheduler"
     with pytest.raises(ModelLoadError, match="model 'other': unknown scheduler 'NopeScheduler'"):
         cache.get(dataclasses.replace(spec, name="other", scheduler="NopeScheduler"), "text2img")
-    with pytest.raises(ModelLoadError, match="cannot load model 'missing'"):
+    with pytest.raises(ModelLoadError, match="Model 'missing' cannot be loaded") as raised:
         cache.get(dataclasses.replace(spec, name="missing", source=str(tmp_path / "nothing")), "text2img")
+    assert raised.value.detail == f"cannot load model 'missing': {tmp_path / 'nothing'} does not exist; " \
+        "fix the entry's source (a folder or a hub id)"
     with pytest.raises(ModelLoadError, match="has no prior"):
         cache.get(spec, "prior")
 

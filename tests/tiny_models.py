@@ -551,3 +551,83 @@ def build_kandinsky21(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]
         movq=movq,
     ).save_pretrained(decoder_path)
     return prior_path, decoder_path
+
+
+# ---- single-file checkpoints: a saved pipeline in the original Stable Diffusion (LDM) layout ----
+# The layout users download from model sites: one file, keys under model.diffusion_model. (UNet),
+# first_stage_model. (VAE) and cond_stage_model.transformer. (SD 1.x text encoder). diffusers
+# reads it with from_single_file; this writes it, for any number of levels and layers a block.
+
+def _rename(key: str, renames: list[tuple[str, str]]) -> str:
+    for diffusers_part, ldm_part in renames:
+        key = key.replace(diffusers_part, ldm_part)
+    return key
+
+
+_LDM_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+               ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+
+
+def _ldm_unet(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    config = unet.config
+    per = config.layers_per_block + 1  # an LDM level: its layers and then its down/upsampler
+    levels = len(config.block_out_channels)
+    prefixes = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+                ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+                ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
+                ("mid_block.resnets.1.", "middle_block.2.")]
+    for i in range(levels):
+        for j in range(config.layers_per_block):
+            prefixes += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{i * per + j + 1}.0."),
+                         (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{i * per + j + 1}.1.")]
+        prefixes.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(i + 1) * per}.0.op."))
+        has_attention = "CrossAttn" in config.up_block_types[i]
+        for j in range(per):
+            prefixes += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{i * per + j}.0."),
+                         (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{i * per + j}.1.")]
+        prefixes.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{i * per + per - 1}.{2 if has_attention else 1}."))
+    state = {}
+    for key, value in unet.state_dict().items():
+        prefix = next((p for p in prefixes if key.startswith(p[0])), None)
+        assert prefix is not None, key
+        rest = key[len(prefix[0]):]
+        if "resnets" in prefix[0]:
+            rest = _rename(rest, _LDM_RESNET)
+        state["model.diffusion_model." + prefix[1] + rest] = value
+    return state
+
+
+def _ldm_vae(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    levels = len(vae.config.block_out_channels)
+    renames = [("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"),
+               ("mid_block.resnets.0.", "mid.block_1."), ("mid_block.resnets.1.", "mid.block_2."),
+               ("mid_block.attentions.0.group_norm.", "mid.attn_1.norm."),
+               ("mid_block.attentions.0.to_q.", "mid.attn_1.q."), ("mid_block.attentions.0.to_k.", "mid.attn_1.k."),
+               ("mid_block.attentions.0.to_v.", "mid.attn_1.v."),
+               ("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out.")]
+    for i in range(levels):
+        renames += [(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."),
+                    (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."),
+                    (f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{levels - 1 - i}.block."),
+                    (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample.")]
+    state = {}
+    for key, value in vae.state_dict().items():
+        new = _rename(key, renames)
+        if "mid.attn_1." in new and new.endswith(".weight") and value.ndim == 2:
+            value = value.reshape(*value.shape, 1, 1)  # LDM's attention is 1×1 convolutions
+        state["first_stage_model." + new] = value
+    return state
+
+
+def build_sd_single_file(pipeline_folder: Path, path: Path) -> Path:
+    """The SD 1.x pipeline saved in `pipeline_folder` (`build_sd`) as one `.safetensors`
+    checkpoint in the original layout, as model sites publish them."""
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder)
+    state = {**_ldm_unet(pipe.unet), **_ldm_vae(pipe.vae),
+             # real checkpoints carry transformers 4's names (text_model.…); transformers 5 dropped the prefix
+             **{"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+                for k, v in pipe.text_encoder.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return Path(path)

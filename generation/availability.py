@@ -1,0 +1,174 @@
+"""Whether a model's files can be had here, and what to say when they cannot.
+
+Light on purpose (huggingface_hub and the file system, no torch): the front end asks it before
+a job is stored, so a model that cannot be had is refused at once instead of after the worker
+has started, and `pintor doctor` asks it for every configured model.
+
+Two audiences: `ModelLoadError.detail` is for the admin (the log, the terminal, `pintor doctor`)
+and shows hub ids and paths exactly as configured; `str(err)` is for the member and names no
+server path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# what `from_pretrained` needs in a pipeline folder (diffusers' DiffusionPipeline.config_name)
+PIPELINE_INDEX = "model_index.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded. str(err): the member's short message (no server paths);
+    `detail`: the admin's full message (hub ids and paths intact, what to do)."""
+
+    def __init__(self, member: str, detail: str | None = None):
+        super().__init__(member)
+        self.detail = detail or member
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a source is here. `ok`: loadable as far as can be told without loading it;
+    `detail`: one line for the admin; `fix`: what to do ("" when nothing)."""
+
+    ok: bool
+    detail: str
+    fix: str = ""
+    downloaded: bool = False  # a local folder, or a hub id whose files are in the cache
+
+
+def offline() -> bool:
+    """True when huggingface_hub may not reach the hub (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def looks_like_path(source: str) -> bool:
+    """A source written as a file system path (absolute, ~, ./, ../ or a Windows drive) rather
+    than a hub id ("owner/name")."""
+    return source.startswith(("/", "~", "./", "../", "\\")) or (len(source) > 2 and source[1] == ":")
+
+
+def pull_hint(name: str) -> str:
+    return (f"run `pintor models pull {name}` where there is internet (then copy the Hugging Face cache here), "
+            "or point the entry's source at a local folder")
+
+
+def check_source(name: str, source: str, config: str | None = None) -> SourceState:
+    """What `source` (of model `name`) is here, without loading it and without the network.
+
+    A folder must hold a diffusers pipeline (model_index.json and the sub-folders it names); a
+    hub id is downloaded when its model_index.json is in the Hugging Face cache; offline, a hub
+    id that is not downloaded cannot be had. A single-file checkpoint (.safetensors, .ckpt) must
+    exist, and its `config` (a folder or hub id) must have its pipeline's configuration here:
+    it is read with local files only, never fetched while loading.
+    """
+    from generation.registry import is_single_file
+
+    path = Path(source).expanduser()
+    if is_single_file(source):
+        if not path.is_file():
+            return SourceState(False, f"single-file checkpoint {source} does not exist",
+                               "fix the entry's source (the path of the .safetensors or .ckpt file)")
+        if not config:
+            return SourceState(False, f"single-file checkpoint {source} has no 'config'",
+                               "set config to a diffusers folder or hub id of the same architecture")
+        configured = check_source(name, config)
+        if not configured.ok or not configured.downloaded:
+            return SourceState(False, f"single-file checkpoint {source}: its config {configured.detail}",
+                               configured.fix or pull_hint(name))
+        return SourceState(True, f"single-file checkpoint {source} (config: {config})", downloaded=True)
+    if path.exists() or looks_like_path(source):
+        return _check_folder(name, source, path)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(source, PIPELINE_INDEX), str)
+    except ValueError as err:  # not a valid repo id either (huggingface_hub's HFValidationError)
+        return SourceState(False, f"'{source}' is neither a folder here nor a hub id ({err})",
+                           "set source to a hub id (owner/name) or an existing folder")
+    if cached:
+        return SourceState(True, f"hub id {source}, downloaded (in the Hugging Face cache)", downloaded=True)
+    if offline():
+        return SourceState(False, f"hub id {source} is not downloaded and HF_HUB_OFFLINE is set", pull_hint(name))
+    return SourceState(True, f"hub id {source}, not downloaded yet: fetched on first use (needs internet)",
+                       f"`pintor models pull {name}` downloads it ahead")
+
+
+def _check_folder(name: str, source: str, path: Path) -> SourceState:
+    if not path.exists():
+        return SourceState(False, f"{source} does not exist", "fix the entry's source (a folder or a hub id)")
+    if not path.is_dir():
+        return SourceState(False, f"{source} is a file, not a diffusers pipeline folder",
+                           "point source at a folder saved with save_pretrained")
+    index = path / PIPELINE_INDEX
+    if not index.is_file():
+        return SourceState(False, f"{source} is not a diffusers pipeline: it has no {PIPELINE_INDEX}",
+                           "point source at a folder saved with save_pretrained (it holds model_index.json, "
+                           "unet/, vae/, …)")
+    missing = _missing_components(path)
+    if missing:
+        return SourceState(False, f"{source} is not a complete diffusers pipeline: {PIPELINE_INDEX} names "
+                           f"{', '.join(missing)}, missing from the folder",
+                           "copy the whole pipeline folder (every sub-folder model_index.json names)")
+    return SourceState(True, f"local folder {source}", downloaded=True)
+
+
+def _missing_components(path: Path) -> list[str]:
+    """The sub-folders model_index.json names (as [library, class] pairs) that are not there."""
+    import json
+
+    try:
+        index = json.loads((path / PIPELINE_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"(a readable {PIPELINE_INDEX})"]
+    return sorted(f"{key}/" for key, value in index.items()
+                  if not key.startswith("_") and isinstance(value, list) and len(value) == 2
+                  and value[0] is not None and value[1] is not None and not (path / key).is_dir())
+
+
+def require(name: str, source: str, config: str | None = None) -> None:
+    """Raise ModelLoadError when `source` cannot be had here (see `check_source`)."""
+    state = check_source(name, source, config)
+    if not state.ok:
+        raise ModelLoadError(member_message(name), f"cannot load model '{name}': {state.detail}; {state.fix}")
+
+
+def member_message(name: str) -> str:
+    return (f"Model '{name}' cannot be loaded on this server right now (its files are missing or cannot be "
+            "downloaded). An admin can see why with `pintor doctor`.")
+
+
+def explain(name: str, source: str, err: BaseException) -> ModelLoadError:
+    """The ModelLoadError for a failed `from_pretrained(source)`: why, from the hub's error that
+    diffusers wrapped (it raises a plain OSError inside its `except`, so the hub's error is the
+    `__context__`)."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(e) for e in chain)
+    # GatedRepoError before RepositoryNotFoundError, its parent class (the hub's 404 text also
+    # mentions gated repos: only the class tells them apart)
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        why = (f"hub id {source} is gated: accept its licence on https://huggingface.co/{source} with the "
+               "account whose token Pintor uses (HF_TOKEN), then `pintor models pull " + name + "`")
+    elif any(isinstance(e, RepositoryNotFoundError) for e in chain) or "not a valid model identifier" in text:
+        why = (f"hub id {source} does not exist on the hub (or is private: set HF_TOKEN); "
+               "check the spelling of the entry's source")
+    elif (any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)) for e in chain)
+          or offline()):
+        why = f"{source} is not downloaded and the hub cannot be reached; {pull_hint(name)}"
+    else:
+        why = f"{source}: {str(err).strip()}"
+    return ModelLoadError(member_message(name), f"cannot load model '{name}': {why}")

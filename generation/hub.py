@@ -1,0 +1,144 @@
+"""Models from the Hugging Face hub ahead of use: what `pintor models pull` downloads, how big
+it is, and what is already on disk. huggingface_hub does the downloading (progress bars per
+file, resumption of an interrupted download from its `.incomplete` file); this module chooses
+the files and checks the disk first.
+
+Tests point huggingface_hub at a local stand-in of the hub with HF_ENDPOINT.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from generation.availability import looks_like_path
+from generation.registry import ModelSpec
+
+# the files diffusers reads from a pipeline repo, besides the weights (configs, tokenizers)
+_SMALL_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model")
+_WEIGHTS = (".safetensors", ".bin")
+
+
+class PullError(RuntimeError):
+    """A download that cannot start or did not finish; str(err) says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What pulling one hub repo means: its files, their total size and what is still missing."""
+
+    repo_id: str
+    files: tuple[str, ...]
+    total_bytes: int
+    missing_bytes: int  # not yet in the cache: what the download adds to the disk
+
+
+def _is_hub_id(source: str | None) -> bool:
+    return source is not None and source != "" and not looks_like_path(source) and not Path(source).exists()
+
+
+def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
+    """The hub ids a model loads from, each with whether its weights are needed: its source
+    and, for Kandinsky, its prior (weights), a single-file checkpoint's config (configs and
+    tokenizer only). Folders and files are not pulled."""
+    wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
+    return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]
+
+
+def choose_files(paths: list[str], variant: str | None, *, weights: bool = True) -> list[str]:
+    """The files of a diffusers pipeline repo that `from_pretrained` reads: configs, tokenizers
+    and, per component folder, the weights of `variant` ("fp16": `*.fp16.safetensors`) where the
+    folder has them, else its plain weights; safetensors over .bin. Top-level checkpoints
+    (single-file versions of the same model) are left out."""
+    chosen = [p for p in paths if any(fnmatch.fnmatch(p, pattern) for pattern in _SMALL_FILES)
+              and not p.endswith(_WEIGHTS)]
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        if weights and "/" in path and path.endswith(_WEIGHTS):
+            by_folder.setdefault(path.rsplit("/", 1)[0], []).append(path)
+    for files in by_folder.values():
+        for ext in _WEIGHTS:
+            of_kind = [f for f in files if f.endswith(ext)]
+            marked = [f for f in of_kind if variant and f".{variant}." in f.rsplit("/", 1)[1]]
+            plain = [f for f in of_kind if f.rsplit("/", 1)[1].count(".") == 1]
+            pick = marked or plain
+            if pick:
+                chosen.extend(pick)
+                break
+    return sorted(set(chosen))
+
+
+def access_problem(name: str, repo_id: str) -> str | None:
+    """Whether this machine may download `repo_id` now (one small request to the hub): None when
+    it may, else the admin's message (gated, does not exist, hub unreachable), as
+    `generation.availability.explain` words it."""
+    from huggingface_hub import HfApi
+
+    from generation.availability import explain
+
+    try:
+        HfApi().auth_check(repo_id)
+    except Exception as err:  # noqa: BLE001 - the hub's errors and connection errors are the finding
+        return explain(name, repo_id, err).detail
+    return None
+
+
+def plan(repo_id: str, variant: str | None = None, *, weights: bool = True) -> Plan:
+    """The files to pull for `repo_id` (without weights: configs and tokenizer only), with their
+    sizes from the hub's file listing (no download). Raises the hub's errors
+    (RepositoryNotFoundError, GatedRepoError, connection errors)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    paths = HfApi().list_repo_files(repo_id)
+    files = choose_files(paths, variant, weights=weights)
+    infos = snapshot_download(repo_id, allow_patterns=files, dry_run=True)
+    total = sum(i.file_size or 0 for i in infos)
+    missing = sum(i.file_size or 0 for i in infos if i.will_download)
+    return Plan(repo_id, tuple(files), total, missing)
+
+
+def pull(found: Plan, *, reserve_bytes: int = 1024**3) -> str:
+    """Download a plan's files into the Hugging Face cache (progress bars on stderr; an
+    interrupted download resumes where it stopped). Refuses to start when the cache's disk has
+    less free space than what is missing plus `reserve_bytes` (1 GiB: room for the rest of the
+    system). Returns the snapshot folder; raises PullError."""
+    from huggingface_hub import constants, snapshot_download
+
+    cache = Path(constants.HF_HUB_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    if found.missing_bytes + reserve_bytes > free:
+        raise PullError(f"{found.repo_id} needs {human_size(found.missing_bytes)} more but {cache} has "
+                        f"{human_size(free)} free (and keeps {human_size(reserve_bytes)} spare); free some "
+                        "space or set HF_HOME to a bigger disk")
+    return snapshot_download(found.repo_id, allow_patterns=list(found.files))
+
+
+def size_on_disk(source: str) -> int | None:
+    """Bytes a source takes here: a folder's files, or a hub id's blobs in the cache; None when
+    nothing of it is here."""
+    if looks_like_path(source) or Path(source).exists():
+        path = Path(source).expanduser()
+        if not path.exists():
+            return None
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files)
+    from huggingface_hub import constants
+
+    blobs = Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}" / "blobs"
+    if not blobs.is_dir():
+        return None
+    return sum(os.path.getsize(p) for p in blobs.iterdir() if p.is_file() and not p.name.endswith(".incomplete"))
+
+
+def human_size(count: int) -> str:
+    """1536 → "1.5 KiB" (binary units, as `du -h` prints them)."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,192 @@
+"""`pintor models pull` against a local stand-in of the hub (tests/hub_standin.py), then the
+pulled model used offline, as an admin does on a machine that reaches the internet rarely."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants
+
+from generation.hub import Plan, PullError, choose_files, plan, pull
+from tests.hub_standin import Hub, HubServer
+
+UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
+def run_pintor(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], check=False, env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=240)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    registry = tmp_path / "models.toml"
+    registry.write_text('[models.hub-sd]\nsource = "tiny/sd"\nfamily = "sd"\nsteps = 2\nnative_side = 64\n',
+                        encoding="utf-8")
+    env = os.environ | {
+        "PINTOR_MODELS": str(registry), "PINTOR_DEVICE": "cpu", "PINTOR_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}", "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_HUB_CACHE", None)
+    return env
+
+
+def test_pull_then_list_and_imagine_offline(env, tmp_path, tiny_models):
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    with HubServer(hub) as url:
+        pulled = run_pintor(env | {"HF_ENDPOINT": url}, "models", "pull", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "hub-sd: tiny/sd: 10 files, 4.2 MiB (4.2 MiB to download)" in pulled.stdout
+    assert "hub-sd: tiny/sd downloaded" in pulled.stdout
+    assert "Fetching 10 files" in pulled.stderr  # huggingface_hub's progress bar
+    assert sorted(hub.downloads) == sorted(p.relative_to(tiny_models["sd"]).as_posix()
+                                           for p in tiny_models["sd"].rglob("*") if p.is_file())
+
+    offline = env | {"HF_HUB_OFFLINE": "1"}
+    listed = run_pintor(offline, "models", cwd=tmp_path)
+    assert "can: imagine, vary; downloaded, 4.2 MiB" in listed.stdout, listed.stdout
+    made = run_pintor(offline, "imagine", "a lighthouse at dusk --seed 3", "-o", "out.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_listing_says_not_downloaded(env, tmp_path):
+    listed = run_pintor(env | {"HF_HUB_OFFLINE": "1"}, "models", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "can: imagine, vary; NOT downloaded" in listed.stdout
+
+
+@pytest.mark.parametrize("gated, message", [
+    (True, "hub id tiny/sd is gated: accept its licence on https://huggingface.co/tiny/sd"),
+    (False, "hub id tiny/nope does not exist on the hub"),
+])
+def test_pull_says_gated_or_missing(env, tmp_path, tiny_models, gated, message):
+    hub = Hub({"tiny/sd": tiny_models["sd"]}, gated={"tiny/sd"} if gated else set())
+    source = "tiny/sd" if gated else "tiny/nope"
+    registry = tmp_path / "models.toml"
+    registry.write_text(f'[models.hub-sd]\nsource = "{source}"\nfamily = "sd"\n', encoding="utf-8")
+    with HubServer(hub) as url:
+        pulled = run_pintor(env | {"HF_ENDPOINT": url}, "models", "pull", "hub-sd", cwd=tmp_path)
+    assert pulled.returncode == 1
+    assert f"error: cannot load model 'hub-sd': {message}" in pulled.stderr
+    assert "Traceback" not in pulled.stderr
+    assert hub.downloads == []
+
+
+@pytest.fixture
+def hub_here(tmp_path, monkeypatch):
+    """huggingface_hub in this process pointed at a stand-in and an empty cache."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def serve(hub: Hub) -> HubServer:
+        server = HubServer(hub)
+        url = server.__enter__()
+        # what HF_ENDPOINT sets when huggingface_hub is imported
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        return server
+
+    servers: list[HubServer] = []
+    yield lambda hub: servers.append(serve(hub)) or servers[-1]
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(hub_here, tiny_models, monkeypatch):
+    # huggingface_hub writes what it received in chunks; small chunks so that part of the file
+    # is on disk when the connection drops
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    hub.cut[f"tiny/sd/{UNET}"] = 1024 * 1024  # the line drops after 1 MiB of the UNet's weights
+    hub_here(hub)
+    found = plan("tiny/sd")
+    folder = Path(pull(found))
+    assert [r for r in hub.ranges if r.startswith(UNET)] == [f"{UNET} bytes={1024 * 1024}-"]
+    original = (tiny_models["sd"] / UNET).read_bytes()
+    assert hashlib.sha256((folder / UNET).read_bytes()).digest() == hashlib.sha256(original).digest()
+    again = plan("tiny/sd")
+    assert again.missing_bytes == 0 and again.total_bytes == found.total_bytes
+
+
+def test_pull_refuses_to_start_without_the_disk_space(hub_here, tiny_models):
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    hub_here(hub)
+    found = plan("tiny/sd")
+    huge = Plan(found.repo_id, found.files, found.total_bytes, 10**18)
+    with pytest.raises(PullError, match=r"tiny/sd needs .* more but .* free"):
+        pull(huge)
+    assert hub.downloads == []
+
+
+def test_choose_files_takes_what_from_pretrained_reads():
+    paths = ["model_index.json", "sd_turbo.safetensors", "v2-1.ckpt", "README.md",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.bin",
+             "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
+             "text_encoder/pytorch_model.bin", "tokenizer/vocab.json", "tokenizer/merges.txt",
+             "vae/diffusion_pytorch_model.bin", "vae/config.json"]
+    assert choose_files(paths, None) == [
+        "model_index.json", "text_encoder/model.safetensors", "tokenizer/merges.txt", "tokenizer/vocab.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.bin"]
+    fp16 = choose_files(paths, "fp16")
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fp16
+    assert "unet/diffusion_pytorch_model.safetensors" not in fp16
+    assert "vae/diffusion_pytorch_model.bin" in fp16  # no fp16 file there: the plain weights
+
+
+def test_a_single_file_checkpoint_pulls_only_its_configs_hub_configuration(env, tmp_path, tiny_models):
+    from tests.tiny_models import build_sd_single_file
+
+    checkpoint = build_sd_single_file(tiny_models["sd"], tmp_path / "mine.safetensors")
+    (tmp_path / "models.toml").write_text(
+        f'[models.mine]\nsource = "{checkpoint}"\nfamily = "sd"\nconfig = "tiny/sd"\nnative_side = 64\nsteps = 2\n',
+        encoding="utf-8")
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    offline = env | {"HF_HUB_OFFLINE": "1"}
+    refused = run_pintor(offline, "imagine", "a fox", "-o", "out.png", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert (f"error: cannot load model 'mine': single-file checkpoint {checkpoint}: its config hub id tiny/sd "
+            "is not downloaded") in refused.stderr
+    with HubServer(hub) as url:
+        pulled = run_pintor(env | {"HF_ENDPOINT": url}, "models", "pull", "mine", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert not any(name.endswith((".safetensors", ".bin")) for name in hub.downloads)  # configs only
+    assert "model_index.json" in hub.downloads and "tokenizer/tokenizer.json" in hub.downloads
+    made = run_pintor(offline, "imagine", "a fox --seed 2", "-o", "out.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+
+
+def test_online_a_hub_id_that_does_not_exist_fails_in_the_worker_without_a_traceback(env, tmp_path, tiny_models):
+    (tmp_path / "models.toml").write_text('[models.hub-sd]\nsource = "tiny/nope"\nfamily = "sd"\nsteps = 2\n',
+                                          encoding="utf-8")
+    hub = Hub({"tiny/sd": tiny_models["sd"]})
+    with HubServer(hub) as url:  # online: not downloaded is no reason to refuse; the hub says it does not exist
+        made = run_pintor(env | {"HF_ENDPOINT": url}, "imagine", "a fox", "-o", "out.png", cwd=tmp_path)
+    assert made.returncode == 1
+    assert "cannot load model 'hub-sd': hub id tiny/nope does not exist on the hub" in made.stderr  # the log
+    assert "error: job 1: Model 'hub-sd' cannot be loaded on this server right now" in made.stderr  # the member's
+    assert "Traceback" not in made.stderr
+
+
+def test_doctor_online_says_which_models_can_be_downloaded(env, tmp_path, tiny_models):
+    (tmp_path / "models.toml").write_text(
+        '[models.ready]\nsource = "tiny/sd"\nfamily = "sd"\n'
+        '[models.locked]\nsource = "tiny/gated"\nfamily = "sd"\n'
+        '[models.typo]\nsource = "tiny/nope"\nfamily = "sd"\n', encoding="utf-8")
+    hub = Hub({"tiny/sd": tiny_models["sd"], "tiny/gated": tiny_models["sd"]}, gated={"tiny/gated"})
+    with HubServer(hub) as url:
+        doctor = run_pintor(env | {"HF_ENDPOINT": url}, "doctor", cwd=tmp_path)
+    assert "[     ok] model ready: hub id tiny/sd, not downloaded yet: fetched on first use" in doctor.stdout
+    assert "fix: `pintor models pull ready` downloads it ahead" in doctor.stdout
+    assert "[PROBLEM] model locked: hub id tiny/gated is gated: accept its licence" in doctor.stdout
+    assert "[PROBLEM] model typo: hub id tiny/nope does not exist on the hub" in doctor.stdout
+    assert hub.downloads == []

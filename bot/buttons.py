@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.intake import Member
-
 from bot.studio import Studio, Submitted
-from storage.models import DONE, Job
 from generation.upscale import can_upscale
+from storage.models import DONE, Job
 
 if TYPE_CHECKING:
     from bot.discord_bot import PintorBot

@@ -15,10 +15,10 @@ from discord.ext import commands
 
 from bot.buttons import BUTTONS, already_made_text
 from bot.delivery import INTERACTION_TTL_S, Delivery
+from bot.intake import USER_ERRORS, Member
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
 from bot.results import Outgoing, ending_message, progress_text, result_message
 from bot.settings import Settings
-from bot.intake import USER_ERRORS, Member
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
 from storage.models import DONE, GuildSettings, utcnow

@@ -40,7 +40,8 @@ def jobs(tmp_path: Path) -> list[tuple]:
     if not db.exists():
         return []
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
 
 
 def main_calls_script(*calls: list[str]) -> str:

@@ -51,7 +51,7 @@ async def rules_now(pintor: Harness) -> tuple:
 @pytest_asyncio.fixture(loop_scope="session")
 async def server(pintor: Harness):
     """The harness, with the server's rules put back as they were after the test."""
-    before = dict(zip(RULES, await rules_now(pintor)))
+    before = dict(zip(RULES, await rules_now(pintor), strict=True))
     yield pintor
     await pintor.studio.settings.update_guild(pintor.emu.guild_id, **before)
 

@@ -7,15 +7,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from generation.prompt import (
+    _CONTROL_RE,
     MAX_PROMPT_CHARS,
     ParsedPrompt,
     PromptError,
     PromptPart,
-    format_parameters,
-    parse_prompt,
-    _CONTROL_RE,
     emphasis_segments,
+    format_parameters,
     has_emphasis,
+    parse_prompt,
     plain_text,
     size_for_aspect,
 )
@@ -346,7 +346,7 @@ WORDS = st.one_of(TOKENS, st.text(max_size=8))
 MIXED = st.lists(WORDS, max_size=14).flatmap(
     lambda words: st.lists(st.sampled_from([" ", "  ", "\t", "\n", ""]),
                            min_size=len(words), max_size=len(words))
-    .map(lambda gaps: "".join(g + w for g, w in zip(gaps, words))))
+    .map(lambda gaps: "".join(g + w for g, w in zip(gaps, words, strict=True))))
 
 
 def check_parse(text: str) -> None:
@@ -422,7 +422,7 @@ def parsed_prompts(draw):
     if "model" in names:
         fields["model"] = draw(st.text("aZ09", min_size=1, max_size=1)) + draw(
             st.text("aZ09._-", max_size=63))
-    parts = tuple(PromptPart(t, w) for t, w in zip(texts, weights))
+    parts = tuple(PromptPart(t, w) for t, w in zip(texts, weights, strict=True))
     return ParsedPrompt(parts=parts, given=frozenset(names), **fields)
 
 

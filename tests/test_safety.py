@@ -3,7 +3,6 @@ silently blacked out, and a server can switch the check off."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -45,7 +44,7 @@ def test_flagged_images_are_blurred_and_marked_not_blacked_out(engines):
     unchecked = generate(engines[True], REQUEST.replace(safety_check=False))
     assert checked.flagged == [True] * 4 and unchecked.flagged == [False] * 4
     assert "flagged 4 of 4" in checked.notices[0]
-    for blurred, original in zip(checked.images, unchecked.images):
+    for blurred, original in zip(checked.images, unchecked.images, strict=True):
         assert np.asarray(blurred).max() > 0  # not the black image diffusers would return
         assert detail(blurred) < detail(original) / 2
 

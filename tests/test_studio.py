@@ -15,7 +15,6 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from bot.intake import USER_ERRORS, Member, RequestError, prepare
-
 from bot.results import prompt_notices
 from bot.studio import VARY_STRONG, VARY_SUBTLE
 from generation.events import FINAL_EVENTS, Done, Event, Progress, Queued, Started
@@ -117,7 +116,7 @@ async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, m
     assert job.started_at is not None and job.finished_at is not None and job.error is None
     assert [image.index for image in job.images] == [1, 2, 3, 4]
     assert [image.seed for image in job.images] == [21, 22, 23, 24]
-    for image, made in zip(job.images, done.images):
+    for image, made in zip(job.images, done.images, strict=True):
         assert (image.path, image.sha256) == (made.path, made.sha256)
         assert file_sha256(image.path) == image.sha256 and (image.width, image.height) == (64, 64)
     assert job.grid_path == done.grid.path and file_sha256(job.grid_path) == done.grid.sha256

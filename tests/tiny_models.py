@@ -28,8 +28,8 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
     UnCLIPScheduler,
+    UNet2DConditionModel,
     VQModel,
 )
 from transformers import (
@@ -79,7 +79,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, cs))
+    table = dict(zip(bs, cs, strict=True))
     return [chr(table[b]) for b in range(256)]
 
 

@@ -42,6 +42,7 @@ async def finish(studio: Studio, submitted):
     async for _event in submitted.events:
         pass
     job = await studio.job(submitted.job_id)
+    assert job is not None
     assert job.status == "done", job.error
     return job
 

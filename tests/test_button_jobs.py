@@ -55,6 +55,7 @@ async def finish(studio: Studio, submitted):
     async for _ in submitted.events:
         pass
     job = await studio.job(submitted.job_id)
+    assert job is not None
     assert job.status == "done", job.error
     return job
 
@@ -274,6 +275,7 @@ async def test_the_database_refuses_a_second_job_with_the_same_result(studio, sd
         made = [r for r in results if not isinstance(r, BaseException)]
         assert len(made) == 1 and [type(r) for r in results if r not in made] == [DuplicateJob]
         duplicate = next(r for r in results if r not in made)
+        assert isinstance(duplicate, DuplicateJob)
         assert duplicate.job.id == made[0].id
         await stores[0].mark_failed(made[0].id, "test")  # a failed job gives its key back
         await stores[1].create_job(user_id=ANN.id, user_name="ann", kind="upscale", model="tiny-upscaler",

@@ -42,6 +42,7 @@ CAT, TIGER = png((200, 120, 40)), png((30, 160, 220), (64, 64))
 
 def inputs_listing(pintor: Harness) -> set[str]:
     folder = pintor.studio.inputs_dir
+    assert folder is not None
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 

@@ -161,6 +161,7 @@ async def test_a_result_over_the_upload_limit_is_reencoded(pintor: Harness):
     job = await pintor.job(job_id_of(final))
     [attachment] = final["attachments"]
     data = await pintor.fetch(attachment)
+    assert job.grid_path is not None
     assert len(data) <= limit < len(open(job.grid_path, "rb").read())
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format in ("WEBP", "JPEG")

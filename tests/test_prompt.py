@@ -1,6 +1,7 @@
 import dataclasses
 import math
 import re
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
@@ -401,7 +402,7 @@ def parsed_prompts(draw):
         weights = draw(st.lists(WEIGHT, min_size=len(texts), max_size=len(texts)))
         assume(sum(weights) > 0)
     names = draw(st.sets(st.sampled_from(["ar", "seed", "no", "chaos", "stylize", "q", "steps", "model"])))
-    fields = {}
+    fields: dict[str, Any] = {}  # ParsedPrompt's fields, each of its own type
     if "ar" in names:
         w = draw(st.integers(1, 10_000))
         h = draw(st.integers(max(1, -(-w // 3)), min(10_000, 3 * w)))

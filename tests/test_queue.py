@@ -178,8 +178,10 @@ async def test_a_worker_that_cannot_start_fails_jobs_with_the_reason(tmp_path: P
     log = EventLog(queue.events())
     job = await submit(queue, make_request())
     failed = await log.wait_for(job, Failed)
+    assert isinstance(failed, Failed)
     assert "could not start" in failed.reason and "missing.toml" in failed.reason
     assert queue.state.error and not queue.state.ready
     later = await submit(queue, make_request())
-    assert "could not start" in (await log.wait_for(later, Failed)).reason
+    failed = await log.wait_for(later, Failed)
+    assert isinstance(failed, Failed) and "could not start" in failed.reason
     await queue.close()

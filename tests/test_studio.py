@@ -300,6 +300,7 @@ def run_until_crash(url: str, root: Path, registry_file: Path, request: Request)
         state["job_id"] = submitted.job_id
         await collect_until(submitted.events, lambda e: isinstance(e, Progress))
         # the process dies: nothing more is stored...
+        assert studio._consumer is not None
         studio._consumer.cancel()
         await db.dispose()
 
@@ -335,6 +336,7 @@ async def test_a_job_left_running_by_a_crash_completes_after_a_restart(small_reg
         events = await collect_until(recovered, final)
         assert isinstance(events[0], Queued) and isinstance(events[-1], Done), events
         job = await store.get(job_id)
+        assert job is not None
         assert job.status == "done" and await store.unfinished() == []
         assert [image.seed for image in job.images] == request.seeds() == [77, 78, 79, 80]
 

@@ -114,8 +114,11 @@ def main() -> None:
         for _ in range(REPEATS):  # in turns, so that both see the same machine load
             batch = min(batch, best_of(lambda: run(4), repeats=1))
             single = min(single, best_of(lambda: [run(1) for _ in range(4)], repeats=1))
-        print(f"device: {device.name}; UNet {sum(p.numel() for p in engine.pipelines.get(engine.registry.get('mid'), 'text2img').unet.parameters()) / 1e6:.0f} M parameters, {SIDE}², {STEPS} steps")
-        print(f"1. one batch of 4: {batch:.2f} s; four batches of 1: {single:.2f} s; batching speed-up ×{single / batch:.2f}")
+        unet = engine.pipelines.get(engine.registry.get("mid"), "text2img").unet
+        print(f"device: {device.name}; UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M parameters, "
+              f"{SIDE}², {STEPS} steps")
+        print(f"1. one batch of 4: {batch:.2f} s; four batches of 1: {single:.2f} s; "
+              f"batching speed-up ×{single / batch:.2f}")
 
         step_times.clear()
         run(4)

@@ -84,7 +84,7 @@ def fit_image(data: bytes, filename: str, limit_bytes: int) -> FittedImage | Non
         if min(width, height) < MIN_SIDE_PX:
             log.warning("%s (%d bytes) cannot be made to fit %d bytes", filename, len(data), limit_bytes)
             return None
-        small = small.resize((width, height), Image.LANCZOS)
+        small = small.resize((width, height), Image.Resampling.LANCZOS)
         encoded = _encode(small, "JPEG", quality=DOWNSCALE_JPEG_QUALITY, optimize=True)
         if len(encoded) <= limit_bytes:
             return FittedImage(encoded, f"{stem}.jpg",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-import time
 from typing import Any, TypeAlias
 
 import discord
@@ -26,7 +26,7 @@ from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message,
 from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
-from storage.models import ServerRules, JobStatus
+from storage.models import JobStatus, ServerRules
 
 log = logging.getLogger(__name__)
 

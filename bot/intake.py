@@ -12,7 +12,7 @@ from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import Registry, UnknownModelError
 from generation.request import Request, build_request
-from storage.models import ServerRules, MemberPreferences
+from storage.models import MemberPreferences, ServerRules
 
 MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5
 BLEND_DIMENSIONS = {"square": (1, 1), "portrait": (2, 3), "landscape": (3, 2)}

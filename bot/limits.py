@@ -143,7 +143,7 @@ def compose(*parts: str | Echo | None, limit: int = CONTENT) -> str:
     fixed = sum(length(p) for p in pieces if isinstance(p, str))
     echoes = [i for i, p in enumerate(pieces) if isinstance(p, Echo)]
     full = {i: echo(pieces[i].text) for i in echoes}  # type: ignore[union-attr]  # (echoes are Echo)
-    budget = dict(zip(echoes, shares([length(full[i]) for i in echoes], limit - fixed)))
+    budget = dict(zip(echoes, shares([length(full[i]) for i in echoes], limit - fixed), strict=False))
     rendered = []
     for i, piece in enumerate(pieces):
         if isinstance(piece, Echo):

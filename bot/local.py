@@ -113,7 +113,7 @@ class Result:
         """Write the grid to `path` (PNG, or the format its extension names: `.jpg`, `.webp` …)
         and with `separate` each picture beside it as NAME-1.png …; returns the files written."""
         targets = output_paths(Path(path), separate, len(self.paths))
-        for source, target in zip((self.grid_path, *self.paths), targets):
+        for source, target in zip((self.grid_path, *self.paths), targets, strict=False):
             copy_atomic(source, target)
         return targets
 

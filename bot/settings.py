@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 # Discord's own endpoints (bot.discord_endpoints points discord.py at these settings). Here, not
 # there, so that reading the settings (every `pintor` command does) does not import discord.py.

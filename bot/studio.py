@@ -15,9 +15,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.intake import (BLEND_DIMENSIONS, MAX_BLEND_IMAGES, MIN_BLEND_IMAGES, LimitError, ModelUnavailable,
-                        Member, RequestError, blend_prompt, blend_weights, id_list, name_list, prepare,
-                        allowed_models, check_model_files, prepare_with_notices, server_default)
+from bot.intake import (
+    BLEND_DIMENSIONS,
+    MAX_BLEND_IMAGES,
+    MIN_BLEND_IMAGES,
+    LimitError,
+    Member,
+    ModelUnavailable,
+    RequestError,
+    allowed_models,
+    blend_prompt,
+    blend_weights,
+    check_model_files,
+    id_list,
+    name_list,
+    prepare,
+    prepare_with_notices,
+    server_default,
+)
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
@@ -27,7 +42,7 @@ from generation.registry import ModelSpec, Registry
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
-from storage.models import ServerRules, Job, JobStatus, MemberPreferences
+from storage.models import Job, JobStatus, MemberPreferences, ServerRules
 from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
@@ -67,6 +82,9 @@ def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None) -
 
 @dataclass
 class Submitted:
+    """A stored, queued job: `position` in line (1 = next, 0 = running now or already ended);
+    `events` ends with the job's final event (Done, Failed, Cancelled or Interrupted)."""
+
     job_id: int
     position: int
     request: Request
@@ -111,6 +129,14 @@ def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | 
 
 
 class Studio:
+    """The one path every front end uses. Each request method (imagine, reroll, vary, upscale,
+    blend, submit) returns Submitted once the job is stored and queued, and raises
+    bot.intake.USER_ERRORS for what a member asked wrong (their message is for the member:
+    PromptError, UnknownModelError, RequestError and its LimitError for a server's rules,
+    UploadError) and AlreadyMade for a result that exists; then nothing is stored. Database
+    errors (SQLAlchemy's) pass through. `where` keywords are submit()'s (guild_id, channel_id,
+    rules, private, direct)."""
+
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
                  inputs_dir: Path | None = None):
         self.registry = registry
@@ -349,6 +375,7 @@ class Studio:
         return paths, written
 
     async def job(self, job_id: int) -> Job | None:
+        """The stored job with its images, or None."""
         return await self.store.get(job_id)
 
     async def _finished_job(self, job_id: int) -> Job:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
@@ -19,7 +20,7 @@ from generation.devices import DeviceChoice
 from generation.imaging import flatten_to_rgb, make_grid
 from generation.pipelines import PipelineCache
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
-from generation.registry import Registry
+from generation.registry import ModelSpec, Registry
 from generation.request import JobKind, Request
 from generation.safety import blur
 from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
@@ -27,17 +28,22 @@ from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample
 log = logging.getLogger(__name__)
 
 # Stable Diffusion latent channels → RGB, a linear approximation good enough for a preview
-# (no VAE decode, so a preview costs next to nothing).
+# (no VAE decode, so a preview costs next to nothing): the factors fitted for SD 1.x by keturn,
+# "Decoding latents to RGB without upscaling" (discuss.huggingface.co/t/23204), rows L1–L4.
 _LATENT_RGB = torch.tensor([
     [0.298, 0.207, 0.208],
     [0.187, 0.286, 0.173],
     [-0.158, 0.189, 0.264],
     [-0.184, -0.271, -0.473],
 ])
-PREVIEW_SIDE = 192
+PREVIEW_SIDE = 192  # pixels, the preview grid's longer side: small, to edit into a message once a second
 
-# on_step(step, total, make_preview): call make_preview() only when a preview is wanted.
+# on_step(step, total, make_preview): step counts from 1 to total; call make_preview() only when
+# a preview is wanted (it returns the latents_preview of that step).
 StepCallback = Callable[[int, int, Callable[[], Image.Image]], None]
+# diffusers' `callback_on_step_end(pipe, step, timestep, callback_kwargs) -> callback_kwargs`; the
+# engine's also takes the number of steps for pipelines that do not say it (legacy_callback)
+StepEndCallback = Callable[..., dict[str, Any]]
 
 
 class GenerationStopped(Exception):
@@ -46,22 +52,33 @@ class GenerationStopped(Exception):
 
 @dataclass
 class Generated:
+    """What one run made: `images` are RGB at the request's width × height in pixels (× the
+    upscale factor for an upscale), `request.count` of them (one for an upscale); `notices` say
+    what was changed (a prompt cut to the encoder's tokens, images blurred, a fallback used)."""
+
     images: list[Image.Image]
     notices: list[str]
     flagged: list[bool] = field(default_factory=list)  # by the model's NSFW check, per image
 
 
 def latents_preview(latents: torch.Tensor, width: int, height: int) -> Image.Image:
-    """A small 2×2 preview of a batch of latents, without decoding them."""
+    """A small preview grid (two columns) of a batch of latents, without decoding them.
+
+    `latents`: shape (batch, channels, H/8, W/8), any dtype and device; 4 channels (Stable
+    Diffusion, Kandinsky) are projected to RGB by _LATENT_RGB, other counts show their first
+    three. `width`, `height`: the final image's size in pixels, for the aspect ratio. Returns an
+    RGB image whose longer side is about PREVIEW_SIDE pixels (each tile at least 8×8). Costs a
+    few milliseconds: no VAE decode.
+    """
     lat = latents.detach().float().cpu()
     if lat.shape[1] == 4:
         rgb = torch.einsum("bchw,cr->brhw", lat, _LATENT_RGB)
     else:
         rgb = lat[:, :3]
-    rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     scale = PREVIEW_SIDE / (2 * max(width, height))
     size = (max(8, round(width * scale)), max(8, round(height * scale)))
-    tiles = [Image.fromarray(tile).resize(size, Image.BILINEAR) for tile in rgb]
+    tiles = [Image.fromarray(tile).resize(size, Image.Resampling.BILINEAR) for tile in pixels]
     return make_grid(tiles)
 
 
@@ -75,10 +92,14 @@ def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def initial_noise(request: Request, shape: tuple[int, ...]) -> torch.Tensor:
-    """The starting noise of the four images.
+    """The starting noise of the request's images, reproducible from (seed, chaos, i).
 
-    Image i starts from its own seed's noise, pulled towards the shared noise of the grid's
-    seed: `--chaos 0` gives four close takes on one composition, 100 four unrelated ones.
+    `shape`: one image's latents, (channels, H/8, W/8). Returns a float32 CPU tensor of shape
+    (request.count, *shape), standard normal per image. Image i starts from its own seed's noise
+    (seed + i, offset by 1,000,003·(i + 1), a prime, so that it is not the shared noise of the grid
+    whose seed is seed + i), mixed by slerp with the shared noise of the grid's seed: the own
+    share runs from 0.6 at `--chaos 0` (four close takes on one composition) to 1 at 100 (four
+    unrelated ones); 0.6 is Pintor's choice, not a standard.
     """
     shared = torch.randn(shape, generator=torch.Generator().manual_seed(request.seed))
     own_share = 0.6 + 0.4 * request.chaos / 100
@@ -90,6 +111,9 @@ def initial_noise(request: Request, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class Engine:
+    """Runs requests on one device with the registry's models, keeping up to `max_models`
+    loaded (PipelineCache; `offload`: CPU offload, None = when the device has little memory)."""
+
     def __init__(self, registry: Registry, device: DeviceChoice, *, max_models: int = 1,
                  offload: bool | None = None):
         self.registry = registry
@@ -98,6 +122,16 @@ class Engine:
 
     def generate(self, request: Request, on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Generated:
+        """Make the request's images as one batch (or its one upscaled picture).
+
+        Calls `on_step(step, total, make_preview)` after every denoising step and
+        `should_stop()` after every step and at the end. Returns Generated (images at
+        request.width × request.height pixels; an upscale ×4 by the model or ×2 resampled).
+        Raises GenerationStopped when should_stop() says so, UnknownModelError for a model that
+        is not configured, ModelLoadError when its pipeline cannot be loaded, ValueError for a
+        Kandinsky request without text or image, FileNotFoundError for a missing input picture,
+        and whatever diffusers and torch raise while running (torch.OutOfMemoryError among them).
+        """
         notices: list[str] = []
         if request.kind == JobKind.UPSCALE:
             return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
@@ -110,14 +144,15 @@ class Engine:
         checker = self.pipelines.safety_checker(spec) if request.safety_check else None
         if checker is not None:
             flagged = checker.flags(images)
-            images = [blur(image) if bad else image for image, bad in zip(images, flagged)]
+            images = [blur(image) if bad else image for image, bad in zip(images, flagged, strict=True)]
             if any(flagged):
                 notices.append(f"The safety check flagged {sum(flagged)} of {len(images)} images: they are blurred.")
         return Generated(images=images, notices=notices, flagged=flagged)
 
     # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
 
-    def _stable_diffusion(self, request, spec, notices, callback):
+    def _stable_diffusion(self, request: Request, spec: ModelSpec, notices: list[str],
+                          callback: StepEndCallback) -> list[Image.Image]:
         if request.init_image:
             pipe = self.pipelines.get(spec, "img2img")
         else:
@@ -125,7 +160,7 @@ class Engine:
         guided = request.guidance > 1.0
         embeds = self._prompt_embeds(pipe, request, guided, notices)
         generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             generator=generators,
@@ -140,9 +175,10 @@ class Engine:
             shape = (pipe.unet.config.in_channels, request.height // scale, request.width // scale)
             kwargs.update(width=request.width, height=request.height,
                           latents=initial_noise(request, shape).to(self.device.device, self.device.dtype))
-        return pipe(**kwargs).images
+        images: list[Image.Image] = pipe(**kwargs).images
+        return images
 
-    def _prompt_embeds(self, pipe, request, guided: bool, notices: list[str]) -> dict:
+    def _prompt_embeds(self, pipe: Any, request: Request, guided: bool, notices: list[str]) -> dict[str, torch.Tensor]:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
 
         Weighting embeddings, not strings, is what makes `::` weights mean something. A part
@@ -169,32 +205,34 @@ class Engine:
         total = sum(weight for _, weight in request.parts)
         mixed = list(encoded[0])
         for i in range(0, len(mixed), 2):
-            mixed[i] = sum(enc[i] * (weight / total) for enc, (_, weight) in zip(encoded, request.parts))
+            mixed[i] = sum(enc[i] * (weight / total) for enc, (_, weight) in zip(encoded, request.parts, strict=True))
         names = ["prompt_embeds", "negative_prompt_embeds"]
         if sdxl:
             names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
         return {name: t.repeat(request.count, *[1] * (t.dim() - 1))
-                for name, t in zip(names, mixed) if t is not None}
+                for name, t in zip(names, mixed, strict=False) if t is not None}
 
     @staticmethod
-    def _fit_tokens(tokenizer, text: str, notices: list[str]) -> str:
+    def _fit_tokens(tokenizer: Any, text: str, notices: list[str]) -> str:
         """Cut a text to what the text encoder reads, and say what was cut."""
         limit = tokenizer.model_max_length - 2  # start and end tokens
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) <= limit:
             return text
-        kept = tokenizer.decode(ids[:limit]).strip()
+        kept: str = tokenizer.decode(ids[:limit]).strip()
         cut = tokenizer.decode(ids[limit:]).strip()
         notices.append(f"The text encoder reads {limit} tokens; this part of the prompt was cut: “{cut}”")
         return kept
 
     # 2. Kandinsky 2.1/2.2: the prior turns text (and images) into an image embedding --------------
 
-    def _kandinsky(self, request, spec, notices, callback):
+    def _kandinsky(self, request: Request, spec: ModelSpec, notices: list[str],
+                   callback: StepEndCallback) -> list[Image.Image]:
         prior = self.pipelines.get(spec, "prior")
         texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
         generator = torch.Generator().manual_seed(request.seed)
-        items: list = list(texts) + [prior_view(self._open(p), prior.image_processor) for p in request.images]
+        items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
+                                                    for p in request.images)]
         weights = [w for _, w in request.parts] + list(request.image_weights)
         if not items:
             raise ValueError("a Kandinsky request needs a text or an image")
@@ -206,7 +244,7 @@ class Engine:
         embeds = out.image_embeds.repeat(request.count, 1)
         negative = out.negative_image_embeds.repeat(request.count, 1)
         generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
-        kwargs = dict(image_embeds=embeds, negative_image_embeds=negative,
+        kwargs: dict[str, Any] = dict(image_embeds=embeds, negative_image_embeds=negative,
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
                       generator=generators, callback_on_step_end=callback,
                       height=request.height, width=request.width)
@@ -225,12 +263,16 @@ class Engine:
                           strength=request.strength)
         else:
             pipe = self.pipelines.get(spec, "text2img")
-        return pipe(**kwargs).images
+        images: list[Image.Image] = pipe(**kwargs).images
+        return images
 
     # 3. Upscaling ----------------------------------------------------------------------------
 
-    def _upscale(self, request, notices, on_step, should_stop) -> Image.Image:
+    def _upscale(self, request: Request, notices: list[str], on_step: StepCallback,
+                 should_stop: Callable[[], bool]) -> Image.Image:
         """By the upscaling model where it can; otherwise resampled, and the notice says so."""
+        if request.init_image is None:
+            raise ValueError("an upscale request needs the picture to enlarge (init_image)")
         image = self._open(request.init_image)
 
         def resampled(why: str) -> Image.Image:
@@ -247,9 +289,10 @@ class Engine:
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
             prompt = " ".join(plain_text(text) for text, _ in request.parts)  # the words, not the display text
-            return pipe(prompt=prompt, image=image, num_inference_steps=request.steps,
-                        guidance_scale=request.guidance, generator=generator, callback_steps=1,
-                        callback=legacy_callback(callback, total=request.steps)).images[0]
+            upscaled: Image.Image = pipe(prompt=prompt, image=image, num_inference_steps=request.steps,
+                                         guidance_scale=request.guidance, generator=generator, callback_steps=1,
+                                         callback=legacy_callback(callback, total=request.steps)).images[0]
+            return upscaled
         except torch.OutOfMemoryError:
             self.pipelines.release()
             return resampled("The upscaling model ran out of GPU memory")
@@ -259,17 +302,24 @@ class Engine:
     @staticmethod
     def _open(path: str, size: tuple[int, int] | None = None) -> Image.Image:
         """An input picture as RGB; at `size` when given (image to image works at the request's size)."""
-        with Image.open(path) as image:
-            image = flatten_to_rgb(image)
-        return image if size is None or image.size == size else image.resize(size, Image.LANCZOS)
+        with Image.open(path) as opened:
+            image = flatten_to_rgb(opened)
+        return image if size is None or image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
     @staticmethod
-    def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool]):
+    def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool]) -> StepEndCallback:
         """A `callback_on_step_end`: progress (with a preview on demand), and stopping."""
-        def callback(pipe, step: int, timestep, tensors: dict, total: int | None = None) -> dict:
+        def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any],
+                     total: int | None = None) -> dict[str, Any]:
             total = total or getattr(pipe, "_num_timesteps", None) or request.steps
             latents = tensors.get("latents")
-            on_step(step + 1, total, lambda: latents_preview(latents, request.width, request.height))
+
+            def preview() -> Image.Image:
+                if latents is None:
+                    raise ValueError("this pipeline passes no latents to its step callback")
+                return latents_preview(latents, request.width, request.height)
+
+            on_step(step + 1, total, preview)
             if should_stop():
                 # raised, not pipe._interrupt: Kandinsky's and the upscaler's loops ignore that flag
                 raise GenerationStopped()
@@ -277,7 +327,7 @@ class Engine:
         return callback
 
 
-def prior_view(image: Image.Image, processor) -> Image.Image:
+def prior_view(image: Image.Image, processor: Any) -> Image.Image:
     """The part of `image` that a Kandinsky prior's CLIP image processor looks at, cut out before
     the processor runs.
 
@@ -296,10 +346,13 @@ def prior_view(image: Image.Image, processor) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def weighted_embeds(pipe, text: str, device) -> torch.Tensor:
+def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.Tensor:
     """The text encoder's embeddings of `text` with its emphasis weights applied, by compel
     (the field's library for weighted prompts): shape (1, tokens, width); for SDXL both
-    encoders' penultimate hidden states side by side, as diffusers' own encode_prompt gives."""
+    encoders' penultimate hidden states side by side, as diffusers' own encode_prompt gives.
+
+    `pipe`: a Stable Diffusion or SDXL pipeline (its tokenizers and text encoders); `text`: a
+    prompt part with `(word:1.3)` emphasis. Tokens beyond the encoder's length are cut."""
     segments = emphasis_segments(text)
     fragments, weights = [[f for f, _ in segments]], [[w for _, w in segments]]
     if hasattr(pipe, "text_encoder_2"):
@@ -310,10 +363,11 @@ def weighted_embeds(pipe, text: str, device) -> torch.Tensor:
     else:
         provider = EmbeddingsProvider(pipe.tokenizer, pipe.text_encoder, truncate=True)
     with torch.no_grad():
-        return provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
+        embeds: torch.Tensor = provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
+        return embeds
 
 
-def legacy_callback(callback, *, total: int):
+def legacy_callback(callback: StepEndCallback, *, total: int) -> Callable[[int, Any, torch.Tensor], dict[str, Any]]:
     """The same callback for pipelines that only have the older `callback(step, t, latents)`
     (the x4 upscaler, Kandinsky 2.1); they do not report their number of steps, so it is given."""
     return lambda step, timestep, latents: callback(None, step, timestep, {"latents": latents}, total)

@@ -25,7 +25,7 @@ class FairQueue:
         last_had_turn = (user_id not in self._jobs and bool(self._jobs)
                          and next(reversed(self._jobs)) == self._last_served)
         jobs = self._jobs.setdefault(user_id, deque())
-        if last_had_turn:
+        if last_had_turn and self._last_served is not None:
             self._jobs.move_to_end(self._last_served)
         if front:
             jobs.appendleft(job_id)

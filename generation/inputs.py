@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from generation.imaging import flatten_to_rgb
 
@@ -75,13 +75,13 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image.load()
-            image = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(image)
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
             raise UploadError(f"{name} is damaged or truncated ({type(err).__name__}).") from None
-        return flatten_to_rgb(image)
+        return flatten_to_rgb(upright)
 
 
-def _key_to_8_bit(image: Image.Image) -> None:
+def _key_to_8_bit(image: ImageFile.ImageFile) -> None:
     """Pillow decodes a 16-bit RGB PNG to 8 bits per channel (the high byte) but keeps its colour
     key in 16 bits, so no pixel would match it: bring the key to 8 bits the same way. Call it
     before load(): only the undecoded tile tells the file's bit depth. (Pixels that differ from

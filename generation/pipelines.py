@@ -35,8 +35,9 @@ from generation.schedulers import SchedulerError, fits, loop_for, replacement, s
 
 log = logging.getLogger(__name__)
 
-# family → (text-to-image class, image-to-image class); None = the AutoPipeline classes pick
-_KANDINSKY = {
+# family → (text-to-image class, image-to-image class, prior class); other families: the
+# AutoPipeline classes pick
+_KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
     "kandinsky21": (KandinskyPipeline, KandinskyImg2ImgPipeline, KandinskyPriorPipeline),
     "kandinsky22": (KandinskyV22Pipeline, KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline),
 }
@@ -50,6 +51,10 @@ class PipelineCache:
 
     Each model keeps its text-to-image pipeline and, built on demand from the same weights
     (`from_pipe`, no second copy in memory), its image-to-image and prior pipelines.
+    `max_models` (at least 1) is how many models stay loaded at once; `offload` moves each
+    sub-model to the GPU only for its turn (diffusers' enable_model_cpu_offload), None = on
+    devices with little memory (DeviceChoice.low_vram). Not thread-safe: the worker uses it
+    from one thread.
     """
 
     def __init__(self, device: DeviceChoice, *, max_models: int = 1, offload: bool | None = None):
@@ -61,10 +66,16 @@ class PipelineCache:
         self._models: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def loaded(self) -> list[str]:
+        """The names of the models loaded now, least recently used first."""
         return list(self._models)
 
     def get(self, spec: ModelSpec, task: str) -> Any:
-        """`task` is "text2img", "img2img", "prior" or "upscale"."""
+        """The diffusers pipeline for `spec` and `task` ("text2img", "img2img", "prior" or
+        "upscale"), loaded on first use (which may unload the least recently used model) and
+        placed on the device, in the device's dtype, with the configured scheduler.
+
+        Raises ModelLoadError when the source cannot be loaded (a missing folder, a hub id not in
+        the cache while offline) or the model has no prior, and ValueError for another task."""
         entry = self._models.get(spec.name)
         if entry is None:
             self._evict_for_one_more()
@@ -75,7 +86,8 @@ class PipelineCache:
         return entry[task]
 
     def safety_checker(self, spec: ModelSpec) -> SafetyChecker | None:
-        """The model's NSFW checker, if it ships one (after its text-to-image pipeline is loaded)."""
+        """The model's NSFW checker, if it ships one (loads its text-to-image pipeline first);
+        None for models without one. Raises as get() does."""
         self.get(spec, "text2img")
         return self._models[spec.name].get("safety")
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import Any, Generic, TypeVar
 
 # Only text over this many characters is refused (an abuse limit): what the text encoder
 # cannot read of a shorter prompt is cut when the pictures are made, and the result says so.
@@ -95,15 +96,18 @@ def _short(value: str, limit: int = 30) -> str:
 # --------------------------------------------------------------------------
 
 
+_Value = TypeVar("_Value")
+
+
 @dataclass(frozen=True)
-class _Param:
+class _Param(Generic[_Value]):
     name: str  # canonical name, as used in ParsedPrompt.given
-    field: str  # the ParsedPrompt field it sets
+    field: str  # the ParsedPrompt field it sets, of type _Value
     allowed: str  # what the value may be, for error messages
     # (value as typed, notices) → the value; raises ValueError for nonsense, appends a
     # notice when it brings the value into range
-    parse: Callable[[str, list[str]], object]
-    format: Callable[[object], str] = str
+    parse: Callable[[str, list[str]], _Value]
+    format: Callable[[_Value], str] = str
     multiword: bool = False  # the value runs until the next parameter
 
 
@@ -175,8 +179,10 @@ def _parse_model(value: str, notices: list[str]) -> str:
     return value
 
 
-def _param_table(max_steps: int) -> dict[str, _Param]:
-    params = (
+def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
+    # each parameter's value has its own type (tuple[int, int], int, float, str): the table holds
+    # them as _Param[Any], and ParsedPrompt's fields take them by name
+    params: tuple[_Param[Any], ...] = (
         _Param("ar", "aspect",
                f"W:H with two positive numbers (e.g. --ar 16:9); ratios beyond "
                f"{MAX_ASPECT_RATIO}:1 or 1:{MAX_ASPECT_RATIO} are brought to those",
@@ -277,7 +283,7 @@ def _canonical(typed_name: str) -> str:
     return _ALIASES.get(name, name)
 
 
-def _is_known(name: str, table: dict[str, _Param]) -> bool:
+def _is_known(name: str, table: dict[str, _Param[Any]]) -> bool:
     return name in table or name in _FOREIGN
 
 
@@ -298,7 +304,7 @@ class _Group:
     args: list[str] = field(default_factory=list)
 
 
-def _split_words(words: list[str], table: dict[str, _Param], notices: list[str]) -> tuple[list[str], list[_Group]]:
+def _split_words(words: list[str], table: dict[str, _Param[Any]], notices: list[str]) -> tuple[list[str], list[_Group]]:
     """Split into the prompt's words and the parameters with the words after each."""
     prompt_words: list[str] = []
     groups: list[_Group] = []
@@ -329,7 +335,7 @@ def _split_words(words: list[str], table: dict[str, _Param], notices: list[str])
     return prompt_words, groups
 
 
-def _take_values(group: _Group, table: dict[str, _Param]) -> list[str]:
+def _take_values(group: _Group, table: dict[str, _Param[Any]]) -> list[str]:
     """How many of a group's words are its value; the rest are prompt text (returned)."""
     if group.name in table:
         count = len(group.args) if table[group.name].multiword else 1
@@ -366,9 +372,10 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     Takes the text as typed (any string); `max_chars` is the abuse limit on its length,
     `max_steps` the highest --steps, and `strict` (a server's choice) refuses parameters Pintor
     does not have instead of ignoring them; without `require_text`, parameters alone are fine
-    (/blend's prompt, a member's "always append"): the parts are then empty. Returns a ParsedPrompt whose `notices` say every
-    change made and everything ignored. Raises PromptError (and nothing else) for what cannot
-    be read: no text, a nonsense value (shown in the message), weights adding up to 0 or less.
+    (/blend's prompt, a member's "always append"): the parts are then empty. Returns a
+    ParsedPrompt whose `notices` say every change made and everything ignored. Raises
+    PromptError (and nothing else) for what cannot be read: no text, a nonsense value (shown in
+    the message), weights adding up to 0 or less.
     """
     if len(text) > max_chars:
         raise PromptError(f"Your prompt is {len(text)} characters long; the limit is {max_chars}.")
@@ -381,21 +388,22 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     table = _param_table(max_steps)
     prompt_words, groups = _split_words(_words(text), table, notices)
 
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # canonical name → its _Param's parsed value
+    negatives: list[str] = []  # each --no, merged into one below
     selectors: list[tuple[str, str]] = []
     ignored: dict[str, list[str]] = {}  # canonical name → each use, as typed
     for group in groups:
         prompt_words += _moved_to_text(group, _take_values(group, table), notices)
         if group.name in table:
-            _set_value(values, table[group.name], group, notices)
+            _set_value(values, negatives, table[group.name], group, notices)
         elif group.name in SELECTORS and (group.args or _FOREIGN[group.name].values == _OPTIONAL):
             selectors.append((SELECTORS[group.name], selector_value(group.args[0]) if group.args else ""))
         else:
             ignored.setdefault(group.name, []).append(" ".join([group.typed, *group.args]))
-    if len(values.get("no", [])) > 1:
-        notices.append(f"Merged the --no lists {', '.join(quote(v) for v in values['no'])} into one.")
-    if "no" in values:
-        values["no"] = ", ".join(values["no"])
+    if len(negatives) > 1:
+        notices.append(f"Merged the --no lists {', '.join(quote(v) for v in negatives)} into one.")
+    if negatives:
+        values["no"] = ", ".join(negatives)
     if ignored:
         if strict:
             names = ", ".join(quote(uses[0].split()[0]) for uses in ignored.values())
@@ -424,11 +432,12 @@ def _moved_to_text(group: _Group, rest: list[str], notices: list[str]) -> list[s
     return rest
 
 
-def _set_value(values: dict[str, object], param: _Param, group: _Group, notices: list[str]) -> None:
+def _set_value(values: dict[str, Any], negatives: list[str], param: _Param[Any], group: _Group,
+               notices: list[str]) -> None:
     if not group.args:
         raise PromptError(f"--{param.name} needs a value: {param.allowed}.")
     if param.multiword:  # --no people --no text: one list (said once all are read)
-        values.setdefault(param.name, []).append(" ".join(group.args))
+        negatives.append(" ".join(group.args))
         return
     if param.name in values:
         raise PromptError(f"--{param.name} is given twice ({quote(group.typed + ' ' + group.args[0])} "
@@ -504,7 +513,7 @@ def _split_parts(text: str) -> tuple[PromptPart, ...]:
     parts = []
     pending = chunks[0]
     for chunk in chunks[1:]:
-        glued = re.match(r"\S*", chunk)[0]
+        glued = re.split(r"\s", chunk, maxsplit=1)[0]  # what is glued to '::' (maybe nothing)
         if glued and not _WEIGHT_RE.fullmatch(glued):
             glued = ""  # "a::b": the text after '::' starts right away
         weight = _parse_weight(glued) if glued else 1.0

@@ -16,7 +16,9 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
 
 from generation.events import FINAL_EVENTS, Cancelled, Event, Failed, Progress, Queued, Started
 from generation.fairness import FairQueue
@@ -35,7 +37,7 @@ class WorkerState:
     """What the front end knows of the worker, for /info and `pintor doctor`."""
 
     ready: bool = False
-    device: dict = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     running_job: int | None = None
     step: int = 0
@@ -70,7 +72,7 @@ def _main_script_hidden() -> Iterator[None]:
     `__file__`, spawn leaves the main module alone, as it does for `python -c` and notebooks."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if path is None or getattr(main, "__spec__", None) is not None:  # `-m`: imported by name, harmless
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:  # `-m`: imported by name, harmless
         yield
         return
     del main.__file__
@@ -90,8 +92,8 @@ class LocalQueue:
         self._start_failures = 0  # worker deaths in a row before it was ready
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._process = None
-        self._conn = None
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
         self._generation = 0  # which worker process the pipe messages come from
         self._closing = False
         self._stopped = asyncio.Event()
@@ -184,7 +186,9 @@ class LocalQueue:
         self._send("run", job_id, self._jobs[job_id][1].to_json())
         self._announce_positions()
 
-    def _send(self, *message) -> None:
+    def _send(self, *message: Any) -> None:
+        if self._conn is None:
+            return  # no worker started yet
         try:
             self._conn.send(message)
         except (OSError, ValueError, AttributeError):
@@ -195,28 +199,30 @@ class LocalQueue:
         parent_conn, child_conn = ctx.Pipe()
         self._generation += 1
         self.state.ready = False
-        self._process = ctx.Process(target=run_worker, args=(child_conn, self.config),
-                                    name="pintor-worker", daemon=True)
+        process = ctx.Process(target=run_worker, args=(child_conn, self.config), name="pintor-worker", daemon=True)
+        self._process = process
         with _main_script_hidden():
-            self._process.start()
+            process.start()
         child_conn.close()
         self._conn = parent_conn
         threading.Thread(target=self._read, args=(parent_conn, self._generation),
                          daemon=True, name="worker-reader").start()
 
-    def _read(self, conn, generation: int) -> None:
+    def _read(self, conn: Connection, generation: int) -> None:
         """Thread: pass each message of the worker to the event loop, then its exit."""
+        loop = self._loop
+        assert loop is not None  # set by start(), which starts the first worker
         try:
             try:
                 while True:
                     message = conn.recv()
-                    self._loop.call_soon_threadsafe(self._on_message, generation, message)
+                    loop.call_soon_threadsafe(self._on_message, generation, message)
             except (EOFError, OSError):
-                self._loop.call_soon_threadsafe(self._on_worker_exit, generation)
+                loop.call_soon_threadsafe(self._on_worker_exit, generation)
         except RuntimeError:
             pass  # the event loop is closed: nobody is listening any more
 
-    def _on_message(self, generation: int, message: tuple) -> None:
+    def _on_message(self, generation: int, message: tuple[Any, ...]) -> None:
         if generation != self._generation:
             return
         kind = message[0]

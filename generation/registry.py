@@ -11,9 +11,10 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from generation.schedulers import SchedulerError, check_scheduler
 from generation.prompt import SELECTORS, selector_value
+from generation.schedulers import SchedulerError, check_scheduler
 
 # family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
 # steps without classifier-free guidance.
@@ -86,7 +87,7 @@ class ModelSpec:
         return self.family.startswith("upscale")
 
 
-def _spec(name: str, source: str, family: str, **overrides) -> ModelSpec:
+def _spec(name: str, source: str, family: str, **overrides: Any) -> ModelSpec:
     side, steps, guidance = FAMILY_DEFAULTS[family]
     values = {"native_side": side, "steps": steps, "guidance": guidance} | overrides
     return ModelSpec(name=name, source=source, family=family, **values)
@@ -151,7 +152,7 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str, float | None]] = {
 }
 
 
-def _parse_entry(name: str, entry: dict) -> ModelSpec:
+def _parse_entry(name: str, entry: object) -> ModelSpec:
     if not isinstance(entry, dict):
         raise RegistryError(f"model '{name}': expected a [models.{name}] table with 'source' and 'family'")
     unknown = set(entry) - _FIELDS
@@ -161,7 +162,8 @@ def _parse_entry(name: str, entry: dict) -> ModelSpec:
         raise RegistryError(f"model '{name}': 'source' and 'family' are required")
     for key, value in entry.items():
         types, wanted, lowest = _FIELD_RULES.get(key, ((str,), "a string", None))
-        if isinstance(value, bool) or not isinstance(value, types) or (lowest is not None and value < lowest):
+        if isinstance(value, bool) or not isinstance(value, types) or (
+                lowest is not None and isinstance(value, int | float) and value < lowest):
             raise RegistryError(f"model '{name}': '{key}' must be {wanted}, not {value!r}")
     if entry["family"] not in FAMILY_DEFAULTS:
         raise RegistryError(
@@ -220,6 +222,8 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     `variant`, `description`, and `config` (required for a single-file checkpoint source).
     """
     selectors: dict[tuple[str, str], str] = {}
+    file_default: str | None
+    upscaler: str | None
     if path is None:
         models = {m.name: m for m in BUILTIN_MODELS}
         file_default, upscaler, origin = BUILTIN_DEFAULT, "upscaler", "built-in"
@@ -243,6 +247,7 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
             f"default model '{chosen}' is not a configured text-to-image model "
             f"(configured: {', '.join(models)})"
         )
-    if upscaler is not None and (not isinstance(upscaler, str) or upscaler not in models or not models[upscaler].is_upscaler):
+    if upscaler is not None and (not isinstance(upscaler, str) or upscaler not in models
+                                 or not models[upscaler].is_upscaler):
         raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
     return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors)

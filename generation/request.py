@@ -11,6 +11,7 @@ import json
 import random
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from generation.prompt import ParsedPrompt, format_parameters, has_emphasis, plain_text, quote, size_for_aspect
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec
@@ -74,7 +75,7 @@ class Request:
         """The seed of each image: image i is reproducible from (seed, chaos, i)."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
 
-    def replace(self, **changes) -> Request:
+    def replace(self, **changes: Any) -> Request:
         return dataclasses.replace(self, **changes)
 
 
@@ -90,7 +91,7 @@ def guidance_for(spec: ModelSpec, stylize: int | None) -> float:
     """
     if stylize is None or spec.guidance <= 1.0:
         return spec.guidance
-    return round(min(20.0, max(1.0, spec.guidance * (stylize / 100) ** 0.5)), 2)
+    return round(min(20.0, max(1.0, spec.guidance * float((stylize / 100) ** 0.5))), 2)
 
 
 def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:

@@ -26,6 +26,7 @@ import difflib
 import importlib.util
 import inspect
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -85,8 +86,9 @@ def check_scheduler(name: str, family: str) -> list[str]:
     fitting = [loop.name for loop in FAMILY_LOOPS[family] if fits(name, loop)]
     if not fitting:
         usable = sorted({c for loop in FAMILY_LOOPS[family] for c in _usable(loop)})
+        loops = " and ".join(loop.name for loop in FAMILY_LOOPS[family])
         raise SchedulerError(f"scheduler '{name}' fits none of the {family} family's "
-                             f"{' and '.join(loop.name for loop in FAMILY_LOOPS[family])}; these do: {', '.join(usable)}")
+                             f"{loops}; these do: {', '.join(usable)}")
     return fitting
 
 
@@ -95,7 +97,7 @@ def fits(name: str, loop: Loop) -> bool:
     return name in _usable(loop)
 
 
-def scheduler_class(name: str) -> type:
+def scheduler_class(name: str) -> type[Any]:
     """diffusers' scheduler class called `name`; SchedulerError if there is none or it cannot load."""
     import diffusers
     from diffusers import SchedulerMixin
@@ -158,7 +160,7 @@ def _usable(loop: Loop) -> frozenset[str]:
 
 
 @cache
-def _starts_at_unit_noise(cls: type) -> bool:
+def _starts_at_unit_noise(cls: type[Any]) -> bool:
     """Whether the scheduler starts from unscaled noise (σ = 1), i.e. needs no input scaling."""
     try:
         with _quiet_diffusers():
@@ -168,7 +170,7 @@ def _starts_at_unit_noise(cls: type) -> bool:
 
 
 @contextmanager
-def _quiet_diffusers():
+def _quiet_diffusers() -> Iterator[None]:
     """diffusers warns about each config key a probe's scheduler does not take: not for the logs."""
     logger = logging.getLogger("diffusers")
     level = logger.level
@@ -179,14 +181,14 @@ def _quiet_diffusers():
         logger.setLevel(level)
 
 
-def _takes(cls: type, keywords: tuple[str, ...]) -> bool:
+def _takes(cls: type[Any], keywords: tuple[str, ...]) -> bool:
     parameters = inspect.signature(cls.step).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return True
     return all(keyword in parameters for keyword in keywords)
 
 
-def _builds_from(cls: type, own: type) -> bool:
+def _builds_from(cls: type[Any], own: type[Any]) -> bool:
     # every key explicit, as in a model's saved scheduler_config.json
     try:
         with _quiet_diffusers():

@@ -23,4 +23,4 @@ def upscale_factor(width: int, height: int, *, with_model: bool) -> int:
 
 def resample(image: Image.Image, factor: int = RESAMPLE_FACTOR) -> Image.Image:
     """Lanczos resampling: sharp, no invented detail."""
-    return image.resize((image.width * factor, image.height * factor), Image.LANCZOS)
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.LANCZOS)

@@ -17,12 +17,20 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
 from generation.imaging import make_grid, png_bytes, sha256, write_atomic
 from generation.request import Request
+
+if TYPE_CHECKING:
+    from generation.engine import Engine  # imported in the worker process only: it loads torch
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +51,12 @@ def job_dir(output_dir: str | Path, job_id: int) -> Path:
     return Path(output_dir) / "jobs" / str(job_id)
 
 
-def save_images(images, request: Request, directory: Path,
+def save_images(images: list[Image.Image], request: Request, directory: Path,
                 flagged: list[bool] | None = None) -> tuple[list[ImageFile], ImageFile]:
     """Each image and the grid as PNG files, each written atomically."""
     flagged = flagged or [False] * len(images)
     files = []
-    for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged)):
+    for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
         data = png_bytes(image)
         path = directory / f"{i + 1}.png"
         write_atomic(path, data)
@@ -61,15 +69,15 @@ def save_images(images, request: Request, directory: Path,
 
 
 class _Worker:
-    def __init__(self, conn, config: WorkerConfig):
+    def __init__(self, conn: Connection, config: WorkerConfig):
         self.conn = conn
         self.config = config
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs: queue.Queue[tuple[int, str] | None] = queue.Queue()  # (job id, request JSON); None: stop
         self.cancelled: set[int] = set()
         self.stopping = threading.Event()
         self.send_lock = threading.Lock()
 
-    def send(self, *message) -> None:
+    def send(self, *message: Any) -> None:
         with self.send_lock:
             self.conn.send(message)
 
@@ -98,7 +106,7 @@ class _Worker:
         from generation.registry import load_registry
 
         diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # (untyped there)
 
         try:
             registry = load_registry(Path(self.config.registry_path) if self.config.registry_path else None,
@@ -119,14 +127,14 @@ class _Worker:
                 continue
             self.run_job(engine, job_id, Request.from_json(request_json))
 
-    def run_job(self, engine, job_id: int, request: Request) -> None:
+    def run_job(self, engine: Engine, job_id: int, request: Request) -> None:
         from generation.availability import ModelLoadError
         from generation.engine import GenerationStopped
 
         self.send("event", Started(job_id))
         last_preview = 0.0
 
-        def on_step(step: int, total: int, make_preview) -> None:
+        def on_step(step: int, total: int, make_preview: Callable[[], Image.Image]) -> None:
             nonlocal last_preview
             preview = None
             now = time.monotonic()
@@ -167,10 +175,11 @@ def _reason(err: Exception) -> str:
     if isinstance(err, FileNotFoundError):
         return "A picture this job starts from is gone from Pintor's file store."
     text = _SERVER_PATH.sub("<path>", text)
-    return f"Generation failed ({type(err).__name__}: {text[:200]})." if text else f"Generation failed ({type(err).__name__})."
+    kind = type(err).__name__
+    return f"Generation failed ({kind}: {text[:200]})." if text else f"Generation failed ({kind})."
 
 
-def run_worker(conn, config: WorkerConfig) -> None:
+def run_worker(conn: Connection, config: WorkerConfig) -> None:
     """Entry point of the worker process."""
     # Ctrl-C reaches the whole process group; the front end stops the worker itself, after
     # the running step, so the worker ignores it.

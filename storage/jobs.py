@@ -1,11 +1,17 @@
-"""Queries about jobs and their images. Every function opens its own short transaction."""
+"""Queries about jobs and their images. Every function opens its own short transaction.
+
+Every method raises what SQLAlchemy raises when the database cannot be used
+(sqlalchemy.exc.OperationalError: a locked SQLite file past its 30 s timeout, a server that is
+gone); the errors named in a docstring are the ones it raises on purpose. Times are aware UTC
+datetimes (storage.models.UTCDateTime); statuses are storage.models' QUEUED … CANCELLED.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +22,9 @@ from storage.models import UNFINISHED, Image, Job, JobStatus, User, utcnow
 
 @dataclass(frozen=True)
 class NewImage:
+    """One finished image to record: its PNG file (already written), size in pixels, the seed it
+    was made from, the file's SHA-256 (hex) and whether the NSFW check flagged it."""
+
     path: str
     width: int
     height: int
@@ -33,6 +42,8 @@ class DuplicateJob(Exception):
 
 
 class JobStore:
+    """The jobs table and their images, over an async engine (storage.db.open_engine)."""
+
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
         self.session = async_sessionmaker(engine, expire_on_commit=False)
@@ -53,7 +64,8 @@ class JobStore:
         try:
             return await self._insert_job(user_id, user_name, Job(
                 user_id=user_id, kind=kind, model=model, prompt=prompt, request=request, parent_id=parent_id,
-                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private, status=JobStatus.QUEUED,
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
+                status=JobStatus.QUEUED,
                 notices=notices, result_key=result_key, images=[]))
         except IntegrityError:
             existing = await self.by_result_key(result_key) if result_key is not None else None
@@ -62,6 +74,7 @@ class JobStore:
             raise DuplicateJob(existing) from None
 
     async def by_result_key(self, result_key: str) -> Job | None:
+        """The job holding `result_key` (queued, running or done), or None."""
         async with self.session() as session:
             return await session.scalar(select(Job).where(Job.result_key == result_key))
 
@@ -81,6 +94,7 @@ class JobStore:
         return job
 
     async def get(self, job_id: int) -> Job | None:
+        """The job with its images (loaded eagerly: usable after the session), or None."""
         async with self.session() as session:
             return await session.get(Job, job_id)
 
@@ -94,9 +108,11 @@ class JobStore:
             return (await session.scalars(query)).all()
 
     async def mark_running(self, job_id: int) -> None:
+        """RUNNING since now. A job id that is not stored changes nothing (as for every mark_*)."""
         await self._set(job_id, status=JobStatus.RUNNING, started_at=utcnow())
 
     async def mark_queued(self, job_id: int) -> None:
+        """Back to QUEUED, not started (a job the worker was stopped in, to run again)."""
         await self._set(job_id, status=JobStatus.QUEUED, started_at=None)
 
     # a failed or cancelled job gave no result: a new job may make it (result_key released)
@@ -107,14 +123,19 @@ class JobStore:
         await self._set(job_id, status=JobStatus.CANCELLED, finished_at=utcnow(), result_key=None)
 
     async def set_message(self, job_id: int, channel_id: int | None, message_id: int | None) -> None:
+        """Where the job's result was posted (Discord ids); None, None: nowhere yet."""
         await self._set(job_id, channel_id=channel_id, message_id=message_id)
 
     async def complete(self, job_id: int, images: Sequence[NewImage], grid_path: str,
                        notices: Sequence[str] = ()) -> None:
-        """Record a finished job's images (their files are already on disk) and the worker's
-        notices, after those the job was stored with."""
+        """Record a finished job's images (their files are already on disk; numbered 1… in the
+        order given) and the worker's notices, after those the job was stored with; the job is
+        DONE. Images it had (a job run again after a crash) are replaced. Raises LookupError
+        when no job `job_id` is stored."""
         async with self.session.begin() as session:
             job = await session.get(Job, job_id)
+            if job is None:
+                raise LookupError(f"job {job_id} is not stored")
             job.images.clear()  # a job run again after a crash replaces what it had
             await session.flush()
             job.images.extend(Image(index=i, path=img.path, width=img.width, height=img.height,
@@ -127,7 +148,8 @@ class JobStore:
             job.notices = "\n".join(lines) or None
 
     async def history(self, user_id: int, *, offset: int, limit: int) -> tuple[Sequence[Job], int]:
-        """A page of a member's jobs, newest first, and how many they have (index-only queries)."""
+        """A page of a member's jobs, newest first (`offset` jobs skipped, at most `limit`), and
+        how many they have in all (index-only queries)."""
         async with self.session() as session:
             total = await session.scalar(select(func.count()).select_from(Job).where(Job.user_id == user_id))
             jobs = await session.scalars(select(Job).where(Job.user_id == user_id)
@@ -146,6 +168,7 @@ class JobStore:
             return jobs.all(), total or 0
 
     async def count_unfinished(self, user_id: int) -> int:
+        """How many of the member's jobs are queued or running (a server's max_queued_per_member)."""
         async with self.session() as session:
             return await session.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == user_id, Job.status.in_(UNFINISHED))) or 0
@@ -199,6 +222,6 @@ class JobStore:
                 Job.finished_at >= since).order_by(Job.id).limit(limit))
             return result.all()
 
-    async def _set(self, job_id: int, **values) -> None:
+    async def _set(self, job_id: int, **values: Any) -> None:
         async with self.session.begin() as session:
             await session.execute(update(Job).where(Job.id == job_id).values(**values))

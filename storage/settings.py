@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from storage.models import ServerRules, MemberPreferences, User
+from storage.models import MemberPreferences, ServerRules, User
+
+_Row = TypeVar("_Row", MemberPreferences, ServerRules)
 
 
 class SettingsStore:
@@ -16,7 +20,7 @@ class SettingsStore:
         async with self.session() as session:
             return await session.get(MemberPreferences, user_id) or MemberPreferences.new(user_id)
 
-    async def update_member(self, user_id: int, user_name: str = "", **values) -> MemberPreferences:
+    async def update_member(self, user_id: int, user_name: str = "", **values: Any) -> MemberPreferences:
         return await self._update(MemberPreferences, user_id, user_name=user_name, **values)
 
     async def guild(self, guild_id: int | None) -> ServerRules:
@@ -25,10 +29,10 @@ class SettingsStore:
             stored = await session.get(ServerRules, guild_id) if guild_id is not None else None
             return stored or ServerRules.new(guild_id or 0)
 
-    async def update_guild(self, guild_id: int, **values) -> ServerRules:
+    async def update_guild(self, guild_id: int, **values: Any) -> ServerRules:
         return await self._update(ServerRules, guild_id, **values)
 
-    async def _update(self, table, key: int, *, user_name: str | None = None, **values):
+    async def _update(self, table: type[_Row], key: int, *, user_name: str | None = None, **values: Any) -> _Row:
         """Change a settings row, creating it (and for a member, their user row) on first use.
         Returns the row as stored, read back after the write.
 

@@ -21,8 +21,9 @@ import mimetypes
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -57,7 +58,7 @@ def _error(status: int, code: int, message: str) -> tuple[int, dict]:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return datetime.datetime.now(datetime.UTC).isoformat()
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -677,7 +678,7 @@ class DiscordEmulator:
             value = {3: str, 4: int, 5: bool, 10: float}.get(kind, str)(value)
             values.append({"name": key, "type": kind, "value": value})
         if nested:
-            for parent, child in zip(nested, nested[1:]):
+            for parent, child in zip(nested, nested[1:], strict=False):
                 parent["options"] = [child]
             nested[-1]["options"], values = values, nested[:1]
         data = {"id": cmd["id"], "name": name, "type": 1, "options": values}
@@ -725,7 +726,8 @@ class DiscordEmulator:
                 inputs[row["component"]["custom_id"]] = row.get("label")
             else:  # an action row (the older layout)
                 inputs.update((c["custom_id"], c.get("label")) for c in row["components"])
-        rows = [{"type": 1, "components": [{"type": 4, "custom_id": cid, "value": values.get(cid, values.get(label, ""))}]}
+        rows = [{"type": 1,
+                 "components": [{"type": 4, "custom_id": cid, "value": values.get(cid, values.get(label, ""))}]}
                 for cid, label in inputs.items()]
         opener = (opened.payload.get("member") or opened.payload)["user"]
         payload = self._base_interaction(5, {"custom_id": modal["custom_id"], "components": rows},

@@ -3,8 +3,8 @@ test_kandinsky21.py): requests from prompt text, a run that records steps and pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 

@@ -96,7 +96,7 @@ def _as_diffusers_raises(hub_error: Exception) -> OSError:
         except RepositoryNotFoundError:
             raise OSError("owner/model is not a local folder and is not a valid model identifier") from None
         except Exception:  # noqa: BLE001 - diffusers catches the rest this broadly
-            raise OSError("owner/model does not appear to have a file named model_index.json.")
+            raise OSError("owner/model does not appear to have a file named model_index.json.") from None
     except OSError as err:
         return err
 
@@ -142,7 +142,8 @@ def test_the_pipeline_cache_fails_at_once_with_the_reason(registry_file, tmp_pat
     ("no file in '/srv/models/x'", "no file in '<path>'"),
     ("see ./models/x and ../y/z and ~/m", "see <path> and <path> and <path>"),
     ("under C:\\models\\x.ckpt", "under <path>"),
-    ("kandinsky-community/kandinsky-2-2-decoder (/home/a/.cache/hf)", "kandinsky-community/kandinsky-2-2-decoder (<path>"),
+    ("kandinsky-community/kandinsky-2-2-decoder (/home/a/.cache/hf)",
+     "kandinsky-community/kandinsky-2-2-decoder (<path>"),
 ])
 def test_member_reasons_hide_server_paths_and_keep_hub_ids(text, shown):
     assert shown in _reason(RuntimeError(text))

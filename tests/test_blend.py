@@ -11,7 +11,6 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.intake import LimitError, Member, RequestError
-
 from bot.studio import Studio
 from generation.inputs import UploadError
 from generation.prompt import PromptError
@@ -40,9 +39,10 @@ async def studio(tmp_path_factory, registry_file):
 
 
 async def finish(studio: Studio, submitted):
-    async for event in submitted.events:
+    async for _event in submitted.events:
         pass
     job = await studio.job(submitted.job_id)
+    assert job is not None
     assert job.status == "done", job.error
     return job
 
@@ -69,7 +69,8 @@ async def test_weights_change_the_result(studio):
 async def test_reroll_and_variation_of_a_blend_work_from_the_stored_inputs(studio):
     blend = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER]))
     reroll = await finish(studio, await studio.reroll(MEMBER, blend.id))
-    assert reroll.kind == "blend" and Request.from_json(reroll.request).images == Request.from_json(blend.request).images
+    assert reroll.kind == "blend"
+    assert Request.from_json(reroll.request).images == Request.from_json(blend.request).images
     variation = await finish(studio, await studio.vary(MEMBER, blend.id, 2, strong=False))
     assert variation.kind == "variation" and variation.parent_index == 2
 

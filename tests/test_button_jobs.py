@@ -21,7 +21,7 @@ from generation.registry import load_registry
 from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import DuplicateJob, JobStore
-from storage.models import ServerRules, MemberPreferences
+from storage.models import MemberPreferences, ServerRules
 from tests.studio_helpers import started_studio
 
 # on the async tests only: warnings are errors, and the mark on a plain test is warned about
@@ -56,6 +56,7 @@ async def finish(studio: Studio, submitted):
     async for _ in submitted.events:
         pass
     job = await studio.job(submitted.job_id)
+    assert job is not None
     assert job.status == "done", job.error
     return job
 
@@ -284,6 +285,7 @@ async def test_the_database_refuses_a_second_job_with_the_same_result(studio, sd
         made = [r for r in results if not isinstance(r, BaseException)]
         assert len(made) == 1 and [type(r) for r in results if r not in made] == [DuplicateJob]
         duplicate = next(r for r in results if r not in made)
+        assert isinstance(duplicate, DuplicateJob)
         assert duplicate.job.id == made[0].id
         await stores[0].mark_failed(made[0].id, "test")  # a failed job gives its key back
         await stores[1].create_job(user_id=ANN.id, user_name="ann", kind="upscale", model="tiny-upscaler",

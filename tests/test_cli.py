@@ -118,7 +118,8 @@ def test_a_scheduler_that_cannot_work_stops_run_and_models_naming_the_entry(env,
     text = registry_file.read_text(encoding="utf-8")
     kandinsky = 'family = "kandinsky22"\n'
     good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
-    good.write_text(text.replace(kandinsky, kandinsky + 'scheduler = "DPMSolverMultistepScheduler"\n'), encoding="utf-8")
+    good.write_text(text.replace(kandinsky, kandinsky + 'scheduler = "DPMSolverMultistepScheduler"\n'),
+                    encoding="utf-8")
     bad.write_text(text.replace(kandinsky, kandinsky + 'scheduler = "EulerAncestralDiscreteScheduler"\n'),
                    encoding="utf-8")
 

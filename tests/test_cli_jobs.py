@@ -41,7 +41,8 @@ def jobs(tmp_path: Path) -> list[tuple]:
     if not db.exists():
         return []
     with closing(sqlite3.connect(db)) as conn:  # (sqlite3's own `with` commits; it does not close)
-        return conn.execute("SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT id, kind, status, parent_id, parent_index, request FROM jobs ORDER BY id").fetchall()
 
 
 def size_of(path: Path) -> tuple[int, int]:
@@ -170,6 +171,7 @@ def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(e
     first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Ctrl-C as soon as the first picture is written: the later lines (60 steps each) are still
     # queued or running
+    assert first.stdout is not None and first.stderr is not None
     line = first.stdout.readline()
     assert line.startswith("wrote out/001-a-red-fox-in-the-snow.png"), line + first.stderr.read()
     first.send_signal(signal.SIGINT)

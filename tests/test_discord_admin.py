@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select, update
 
-from storage.models import ServerRules, Job, JobStatus
+from storage.models import Job, JobStatus, ServerRules
 from tests.discord_harness import Harness, acked, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -51,7 +51,7 @@ async def rules_now(pintor: Harness) -> tuple:
 @pytest_asyncio.fixture(loop_scope="session")
 async def server(pintor: Harness):
     """The harness, with the server's rules put back as they were after the test."""
-    before = dict(zip(RULES, await rules_now(pintor)))
+    before = dict(zip(RULES, await rules_now(pintor), strict=True))
     yield pintor
     await pintor.studio.settings.update_guild(pintor.emu.guild_id, **before)
 

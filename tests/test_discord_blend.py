@@ -42,6 +42,7 @@ CAT, TIGER = png((200, 120, 40)), png((30, 160, 220), (64, 64))
 
 def inputs_listing(pintor: Harness) -> set[str]:
     folder = pintor.studio.inputs_dir
+    assert folder is not None
     return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
@@ -71,7 +72,8 @@ async def refused(pintor: Harness, inter) -> str:
     # the channel never sees the reason, not even for a moment, and keeps nothing of it
     assert not [m for m in pintor.emu.messages.values()
                 if not m["flags"] & EPHEMERAL and answer["content"] in m["content"]]
-    public_edits = pintor.requests(lambda r: r.method == "PATCH" and r.path.endswith(f"/{inter.token}/messages/@original"))
+    original = f"/{inter.token}/messages/@original"
+    public_edits = pintor.requests(lambda r: r.method == "PATCH" and r.path.endswith(original))
     assert public_edits and not [e for e in public_edits if answer["content"] in e.json["content"]]
     return answer["content"]
 
@@ -212,7 +214,8 @@ async def test_a_model_that_cannot_blend_is_a_clear_error(pintor: Harness):
     assert "'tiny-sd' cannot blend images" in text and "tiny-kandinsky" in text
 
     registry = studio.registry
-    studio.registry = dataclasses.replace(registry, models={n: m for n, m in registry.models.items() if not m.can_blend})
+    studio.registry = dataclasses.replace(registry,
+                                          models={n: m for n, m in registry.models.items() if not m.can_blend})
     try:
         inter = await emu.slash("blend", {"image1": emu.add_attachment("a.png", CAT),
                                           "image2": emu.add_attachment("b.png", TIGER)})

@@ -177,8 +177,8 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
             made["queued"] = await copy_of(store, parent, prompt="a lantern left in the queue", done=False)
             made["unposted"] = await copy_of(store, parent, prompt="a lantern never posted", done=True)
             made["failing"] = await copy_of(store, parent, prompt="a lantern that cannot be", done=False,
-                                            kind="variation", init_image=str(Path(parent.grid_path).parent / "gone.png"),
-                                            strength=0.7)
+                                            kind="variation", strength=0.7,
+                                            init_image=str(Path(parent.grid_path).parent / "gone.png"))
         finally:
             await engine.dispose()
 
@@ -189,7 +189,7 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
 
     # Both are posted in their channel, mentioning the member, with the bot token.
     for name, prompt in (("queued", "a lantern left in the queue"), ("unposted", "a lantern never posted")):
-        await pintor.until(lambda: result_of(emu, made[name]))
+        await pintor.until(lambda name=name: result_of(emu, made[name]))
         posted = result_of(emu, made[name])
         assert f"<@{emu.user_id}>" in posted["content"] and prompt in posted["content"]
         assert "interaction_metadata" not in posted  # a channel message, not an interaction's

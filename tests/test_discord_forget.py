@@ -14,8 +14,20 @@ from bot.discord_bot import FORGOTTEN
 from bot.intake import Member
 from generation.events import Progress
 from tests.discord_harness import Harness, acked, is_result, job_id_of
-from tests.test_discord_members import (DEFERRED, DEFERRED_UPDATE, EPHEMERAL, MESSAGE, MODAL, UPDATE, choose,
-                                        component, eventually, newest_job, press, until_status)
+from tests.test_discord_members import (
+    DEFERRED,
+    DEFERRED_UPDATE,
+    EPHEMERAL,
+    MESSAGE,
+    MODAL,
+    UPDATE,
+    choose,
+    component,
+    eventually,
+    newest_job,
+    press,
+    until_status,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -65,7 +65,7 @@ async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness
     assert re.search(r"generating \d+ %", progress[0].json["content"])
     # Throttled: the edits before the final one are at least the interval apart.
     starts = [e.at for e in edits[:-1]]
-    assert all(b - a >= TEST_PROGRESS_INTERVAL_S * 0.95 for a, b in zip(starts, starts[1:]))
+    assert all(b - a >= TEST_PROGRESS_INTERVAL_S * 0.95 for a, b in zip(starts, starts[1:], strict=False))
 
     job_id = job_id_of(final)
     content = final["content"]
@@ -82,7 +82,7 @@ async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness
     assert job.status == "done" and job.kind == "imagine" and job.user_id == emu.user_id
     assert (job.channel_id, job.message_id) == (emu.channel_id, int(final["id"]))
     assert [i.seed for i in job.images] == [7, 8, 9, 10]
-    for image, (x, y) in zip(job.images, [(0, 0), (192, 0), (0, 128), (192, 128)]):
+    for image, (x, y) in zip(job.images, [(0, 0), (192, 0), (0, 128), (192, 128)], strict=True):
         with Image.open(image.path) as tile:
             assert tile.size == (192, 128)
             assert grid.crop((x, y, x + 192, y + 128)).tobytes() == tile.convert("RGB").tobytes()
@@ -162,6 +162,7 @@ async def test_a_result_over_the_upload_limit_is_reencoded(pintor: Harness):
     job = await pintor.job(job_id_of(final))
     [attachment] = final["attachments"]
     data = await pintor.fetch(attachment)
+    assert job.grid_path is not None
     assert len(data) <= limit < os.path.getsize(job.grid_path)
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format in ("WEBP", "JPEG")

@@ -186,13 +186,13 @@ async def test_history_of_long_prompts_and_long_failures_fits_discords_embed_lim
     inter = await emu.slash("history", user_id=member)
     await acked(inter, kind=DEFERRED)
     for page in (1, 2):
-        message = await inter.wait_original(lambda m: m["embeds"] and f"page {page} of 2" in
+        message = await inter.wait_original(lambda m, page=page: m["embeds"] and f"page {page} of 2" in
                                             m["embeds"][-1]["footer"]["text"])
         embeds = message["embeds"]
         assert embeds_length(embeds) <= EMBEDS_TOTAL
         newest_first = list(reversed(jobs))[(page - 1) * 5:page * 5]
         assert len(embeds) == len(newest_first)
-        for embed, job in zip(embeds, newest_first):
+        for embed, job in zip(embeds, newest_first, strict=True):
             assert length(embed["title"]) <= 256 and embed["title"].startswith(r"\*\*bold\*\* \_a\_")
             assert embed["title"].endswith("…")
             assert re.fullmatch(r"--no (\\\|)+… --model tiny-sd --seed \d+", embed["description"])

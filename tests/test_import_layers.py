@@ -128,7 +128,7 @@ def test_each_discord_module_imports_first_in_a_fresh_interpreter():
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for module in modules]
     failures = {}
-    for module, proc in zip(modules, procs):
+    for module, proc in zip(modules, procs, strict=True):
         out, _ = proc.communicate(timeout=120)
         if proc.returncode:
             failures[module] = out[-2000:]

@@ -8,7 +8,6 @@ per-step `callback`. A tiny 2.2 sits beside it for what both must do alike.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

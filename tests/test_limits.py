@@ -7,8 +7,21 @@ import unicodedata
 
 import pytest
 
-from bot.limits import (CONTENT, FSI, PDI, Echo, clean, clip, compose, echo, embeds_length, length, listing,
-                        plain, shares)
+from bot.limits import (
+    CONTENT,
+    FSI,
+    PDI,
+    Echo,
+    clean,
+    clip,
+    compose,
+    echo,
+    embeds_length,
+    length,
+    listing,
+    plain,
+    shares,
+)
 
 MENTION = "— <@123456789012345678>"
 ESCAPED_RUN = re.compile(r"(\\[\\*_~|`\[\]<]|[^\\])*")  # text whose every backslash starts an escape

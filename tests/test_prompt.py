@@ -1,21 +1,22 @@
 import dataclasses
 import math
 import re
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from generation.prompt import (
+    _CONTROL_RE,
     MAX_PROMPT_CHARS,
     ParsedPrompt,
     PromptError,
     PromptPart,
-    format_parameters,
-    parse_prompt,
-    _CONTROL_RE,
     emphasis_segments,
+    format_parameters,
     has_emphasis,
+    parse_prompt,
     plain_text,
     size_for_aspect,
 )
@@ -346,7 +347,7 @@ WORDS = st.one_of(TOKENS, st.text(max_size=8))
 MIXED = st.lists(WORDS, max_size=14).flatmap(
     lambda words: st.lists(st.sampled_from([" ", "  ", "\t", "\n", ""]),
                            min_size=len(words), max_size=len(words))
-    .map(lambda gaps: "".join(g + w for g, w in zip(gaps, words))))
+    .map(lambda gaps: "".join(g + w for g, w in zip(gaps, words, strict=True))))
 
 
 def check_parse(text: str) -> None:
@@ -401,7 +402,7 @@ def parsed_prompts(draw):
         weights = draw(st.lists(WEIGHT, min_size=len(texts), max_size=len(texts)))
         assume(sum(weights) > 0)
     names = draw(st.sets(st.sampled_from(["ar", "seed", "no", "chaos", "stylize", "q", "steps", "model"])))
-    fields = {}
+    fields: dict[str, Any] = {}  # ParsedPrompt's fields, each of its own type
     if "ar" in names:
         w = draw(st.integers(1, 10_000))
         h = draw(st.integers(max(1, -(-w // 3)), min(10_000, 3 * w)))
@@ -422,7 +423,7 @@ def parsed_prompts(draw):
     if "model" in names:
         fields["model"] = draw(st.text("aZ09", min_size=1, max_size=1)) + draw(
             st.text("aZ09._-", max_size=63))
-    parts = tuple(PromptPart(t, w) for t, w in zip(texts, weights))
+    parts = tuple(PromptPart(t, w) for t, w in zip(texts, weights, strict=True))
     return ParsedPrompt(parts=parts, given=frozenset(names), **fields)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, Interrupted, Progress, Queued, Started
 from generation.queue import LocalQueue
-from generation.request import Request
+from generation.request import JobKind, Request
 from generation.worker import job_dir
 from tests.studio_helpers import local_queue
 from tests.waiting import EventLog
@@ -27,7 +27,7 @@ _ids = itertools.count(1)
 
 
 def make_request(steps: int = 2, seed: int = 7, prompt: str = "a red fox", **changes) -> Request:
-    return Request(kind="imagine", model="tiny-sd", prompt=prompt, parts=((prompt, 1.0),), negative="",
+    return Request(kind=JobKind.IMAGINE, model="tiny-sd", prompt=prompt, parts=((prompt, 1.0),), negative="",
                    width=64, height=64, steps=steps, guidance=5.0, seed=seed).replace(**changes)
 
 
@@ -174,7 +174,7 @@ async def test_close_during_a_job_reports_it_interrupted(small_registry_file: Pa
         assert log.task.done()  # the event stream ends once the queue is closed
         assert not any(isinstance(e, (Done, Cancelled, Failed)) for e in log.of(job))
         assert all(isinstance(e, Queued) for e in log.of(waiting))  # still waiting, for the next start
-        assert not queue._process.is_alive()
+        assert queue._process is not None and not queue._process.is_alive()
     finally:
         await queue.close()  # the worker stops even if an assertion failed (a second close does nothing)
 
@@ -185,8 +185,10 @@ async def test_a_worker_that_cannot_start_fails_jobs_with_the_reason(tmp_path: P
     log = EventLog(queue.events())
     job = await submit(queue, make_request())
     failed = await log.wait_for(job, Failed)
+    assert isinstance(failed, Failed)
     assert "could not start" in failed.reason and "missing.toml" in failed.reason
     assert queue.state.error and not queue.state.ready
     later = await submit(queue, make_request())
-    assert "could not start" in (await log.wait_for(later, Failed)).reason
+    failed = await log.wait_for(later, Failed)
+    assert isinstance(failed, Failed) and "could not start" in failed.reason
     await queue.close()

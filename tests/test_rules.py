@@ -10,12 +10,11 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from bot.intake import USER_ERRORS, LimitError, Member, prepare, server_default, with_defaults
-
 from generation.prompt import parse_prompt
 from generation.registry import load_registry
 from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import JobStore
-from storage.models import ServerRules, MemberPreferences
+from storage.models import MemberPreferences, ServerRules
 from storage.settings import SettingsStore
 from tests.studio_helpers import started_studio
 
@@ -140,8 +139,10 @@ def test_midjourney_model_choosers_follow_the_registry(registry_file):
     request = prepare(registry, "a fox --v 5.2 --style raw")
     assert request.model == "tiny-sd" and "--v" not in request.parameters
     assert request.notices == (
-        "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model (tiny-sd, tiny-sdxl, tiny-kandinsky).",
-        "Ignored “--style raw”: no model is mapped to it here; choose one with --model (tiny-sd, tiny-sdxl, tiny-kandinsky).")
+        "Ignored “--v 5.2”: no model is mapped to it here; "
+        "choose one with --model (tiny-sd, tiny-sdxl, tiny-kandinsky).",
+        "Ignored “--style raw”: no model is mapped to it here; "
+        "choose one with --model (tiny-sd, tiny-sdxl, tiny-kandinsky).")
     with pytest.raises(USER_ERRORS, match="“--v 5.2” chooses no model"):
         prepare(registry, "a fox --v 5.2", strict=True)
     assert prepare(registry, "a fox --v 6", strict=True).model == "tiny-sdxl"

@@ -3,14 +3,13 @@ silently blacked out, and a server can switch the check off."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 from generation.devices import choose_device
 from generation.engine import Engine
 from generation.registry import load_registry
-from generation.request import Request
+from generation.request import JobKind, Request
 from tests.tiny_models import build_sd_with_safety_checker
 
 
@@ -26,7 +25,7 @@ def engines(tmp_path_factory) -> dict[bool, Engine]:
     return result
 
 
-REQUEST = Request(kind="imagine", model="m", prompt="a fox", parts=(("a fox", 1.0),), negative="",
+REQUEST = Request(kind=JobKind.IMAGINE, model="m", prompt="a fox", parts=(("a fox", 1.0),), negative="",
                   width=64, height=64, steps=2, guidance=5.0, seed=3)
 
 
@@ -45,7 +44,7 @@ def test_flagged_images_are_blurred_and_marked_not_blacked_out(engines):
     unchecked = generate(engines[True], REQUEST.replace(safety_check=False))
     assert checked.flagged == [True] * 4 and unchecked.flagged == [False] * 4
     assert "flagged 4 of 4" in checked.notices[0]
-    for blurred, original in zip(checked.images, unchecked.images):
+    for blurred, original in zip(checked.images, unchecked.images, strict=True):
         assert np.asarray(blurred).max() > 0  # not the black image diffusers would return
         assert detail(blurred) < detail(original) / 2
 

@@ -38,6 +38,13 @@ async def new_job(store: JobStore, user_id: int = 1, name: str = "ann", prompt: 
                                   model="tiny-sd", prompt=prompt, request='{"x": 1}', **kw)
 
 
+async def stored(store: JobStore, job_id: int) -> Job:
+    """The job, which must be stored."""
+    job = await store.get(job_id)
+    assert job is not None, f"job {job_id} is not stored"
+    return job
+
+
 def images(tag: str, count: int = 4) -> list[NewImage]:
     return [NewImage(f"/data/jobs/{tag}/{i}.png", 64, 64, 100 + i, f"{tag}{i}".ljust(64, "0"))
             for i in range(1, count + 1)]
@@ -73,7 +80,7 @@ async def test_data_survives_reopening_the_file(tmp_path: Path):
     job = await new_job(JobStore(engine))
     await engine.dispose()
     engine = open_engine(url(tmp_path / "pintor.db"))
-    assert (await JobStore(engine).get(job.id)).prompt == "a fox"
+    assert (await stored(JobStore(engine), job.id)).prompt == "a fox"
     await engine.dispose()
 
 
@@ -98,7 +105,7 @@ async def test_readers_do_not_wait_for_a_writer(tmp_path: Path):
 async def test_create_and_get(store: JobStore):
     job = await new_job(store, guild_id=5, channel_id=6)
     assert job.id is not None and job.status == "queued"
-    got = await store.get(job.id)
+    got = await stored(store, job.id)
     assert (got.user_id, got.kind, got.model, got.prompt, got.request) == (1, "imagine", "tiny-sd", "a fox", '{"x": 1}')
     assert (got.guild_id, got.channel_id, got.parent_id, got.parent_index) == (5, 6, None, None)
     assert got.images == [] and got.created_at is not None and got.started_at is None
@@ -110,8 +117,9 @@ async def test_times_read_back_as_aware_utc(store: JobStore):
     before = datetime.now(UTC)
     job = await new_job(store)
     await store.mark_running(job.id)
-    got = await store.get(job.id)
+    got = await stored(store, job.id)
     for value in (got.created_at, got.started_at):
+        assert value is not None
         assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
         assert before - timedelta(seconds=5) <= value <= datetime.now(UTC)
     assert got.created_at == job.created_at
@@ -133,7 +141,7 @@ async def test_members_are_created_once_and_renamed(store: JobStore, engine):
 async def test_children_refer_to_their_parent(store: JobStore):
     parent = await new_job(store)
     child = await new_job(store, kind="variation", parent_id=parent.id, parent_index=3)
-    got = await store.get(child.id)
+    got = await stored(store, child.id)
     assert (got.kind, got.parent_id, got.parent_index) == ("variation", parent.id, 3)
 
 
@@ -141,7 +149,7 @@ async def test_complete_stores_images_numbered_one_to_four(store: JobStore):
     job = await new_job(store)
     await store.mark_running(job.id)
     await store.complete(job.id, images("a"), "/data/jobs/a/grid.png", ["cut: “x”", "second"])
-    got = await store.get(job.id)
+    got = await stored(store, job.id)
     assert got.status == "done" and got.grid_path == "/data/jobs/a/grid.png"
     assert got.finished_at is not None and got.started_at is not None
     assert got.notices == "cut: “x”\nsecond"
@@ -155,7 +163,7 @@ async def test_complete_twice_replaces_the_images(store: JobStore, engine):
     job = await new_job(store)
     await store.complete(job.id, images("a"), "/g1.png")
     await store.complete(job.id, images("b"), "/g2.png")  # run again after a crash
-    got = await store.get(job.id)
+    got = await stored(store, job.id)
     assert [i.path for i in got.images] == [f"/data/jobs/b/{n}.png" for n in range(1, 5)]
     assert got.grid_path == "/g2.png" and got.notices is None
     async with engine.connect() as conn:
@@ -165,30 +173,30 @@ async def test_complete_twice_replaces_the_images(store: JobStore, engine):
 async def test_an_upscale_has_one_image(store: JobStore):
     job = await new_job(store, kind="upscale")
     await store.complete(job.id, images("u", count=1), "/u/grid.png")
-    assert [i.index for i in (await store.get(job.id)).images] == [1]
+    assert [i.index for i in (await stored(store, job.id)).images] == [1]
 
 
 async def test_status_changes(store: JobStore):
     job = await new_job(store)
     await store.mark_running(job.id)
-    running = await store.get(job.id)
+    running = await stored(store, job.id)
     assert running.status == "running" and running.started_at is not None
 
     await store.mark_queued(job.id)  # interrupted by a stop: waits for the next start
-    queued = await store.get(job.id)
+    queued = await stored(store, job.id)
     assert queued.status == "queued" and queued.started_at is None
 
     await store.mark_failed(job.id, "The GPU ran out of memory.")
-    failed = await store.get(job.id)
+    failed = await stored(store, job.id)
     assert failed.status == "failed" and failed.error == "The GPU ran out of memory." and failed.finished_at
 
     other = await new_job(store)
     await store.mark_cancelled(other.id)
-    cancelled = await store.get(other.id)
+    cancelled = await stored(store, other.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
 
     await store.set_message(other.id, 11, 22)
-    assert ((await store.get(other.id)).channel_id, (await store.get(other.id)).message_id) == (11, 22)
+    assert ((await stored(store, other.id)).channel_id, (await stored(store, other.id)).message_id) == (11, 22)
 
 
 async def test_unfinished_are_queued_and_running_jobs_oldest_first(store: JobStore):

@@ -15,7 +15,6 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from bot.intake import USER_ERRORS, Member, RequestError, prepare
-
 from bot.results import prompt_notices
 from bot.studio import VARY_STRONG, VARY_SUBTLE
 from generation.events import FINAL_EVENTS, Done, Event, Progress, Queued, Started
@@ -117,7 +116,7 @@ async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, m
     assert job.started_at is not None and job.finished_at is not None and job.error is None
     assert [image.index for image in job.images] == [1, 2, 3, 4]
     assert [image.seed for image in job.images] == [21, 22, 23, 24]
-    for image, made in zip(job.images, done.images):
+    for image, made in zip(job.images, done.images, strict=True):
         assert (image.path, image.sha256) == (made.path, made.sha256)
         assert file_sha256(image.path) == image.sha256 and (image.width, image.height) == (64, 64)
     assert job.grid_path == done.grid.path and file_sha256(job.grid_path) == done.grid.sha256
@@ -279,6 +278,7 @@ async def test_close_keeps_a_running_job_queued_for_the_next_start(small_registr
         events = await collect_until(submitted.events, final)
         assert type(events[-1]).__name__ == "Interrupted"
         job = await studio.job(submitted.job_id)
+        assert job is not None
         assert job.status == "queued" and job.started_at is None and job.images == []
         assert [j.id for j in await studio.store.unfinished()] == [submitted.job_id]
 
@@ -302,6 +302,7 @@ def run_until_crash(url: str, root: Path, registry_file: Path, request: Request)
         state["job_id"] = submitted.job_id
         await collect_until(submitted.events, lambda e: isinstance(e, Progress))
         # the process dies: nothing more is stored...
+        assert studio._consumer is not None
         studio._consumer.cancel()
         await db.dispose()
 
@@ -337,6 +338,7 @@ async def test_a_job_left_running_by_a_crash_completes_after_a_restart(small_reg
         events = await collect_until(recovered, final)
         assert isinstance(events[0], Queued) and isinstance(events[-1], Done), events
         job = await store.get(job_id)
+        assert job is not None
         assert job.status == "done" and await store.unfinished() == []
         assert [image.seed for image in job.images] == request.seeds() == [77, 78, 79, 80]
 

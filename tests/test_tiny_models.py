@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import diffusers
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import diffusers
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForText2Image,
@@ -16,6 +14,7 @@ from diffusers import (
     KandinskyV22PriorPipeline,
     StableDiffusionUpscalePipeline,
 )
+from PIL import Image
 
 from tests.tiny_models import build_all, make_clip_tokenizer
 
@@ -74,7 +73,7 @@ def test_sd_text2img_batch_and_determinism(sd_pipe):
     again = sd_pipe("a cat", generator=_gen(1), **kw).images
     other = sd_pipe("a cat", generator=_gen(2), **kw).images
     arr = [np.asarray(im) for im in out]
-    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(arr, again))
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(arr, again, strict=True))
     assert not np.array_equal(arr[0], np.asarray(other[0]))
     assert not np.array_equal(arr[0], arr[1])  # the batch's two images differ
     assert float(np.std(arr[0])) > 0  # not a flat image

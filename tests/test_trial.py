@@ -50,7 +50,8 @@ async def test_a_990_underscore_prompt_is_shown_within_discords_sizes(pintor: Ha
 @session_loop
 async def test_rtl_override_and_links_are_shown_safely(pintor: Harness):
     member = pintor.emu._snowflake()
-    grid = await grid_of(pintor, member, "\u202egnp.exe a cat https://evil.example/x.png [click](https://evil.example) @everyone --steps 1")
+    pasted = "\u202egnp.exe a cat https://evil.example/x.png [click](https://evil.example) @everyone --steps 1"
+    grid = await grid_of(pintor, member, pasted)
     content = grid["content"]
     assert "\u202e" not in content
     assert "](https://evil" not in content
@@ -76,7 +77,8 @@ def deep_png() -> bytes:
 
 def mpo_jpeg() -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (80, 60), "red").save(buf, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 60), "blue")])
+    second = Image.new("RGB", (80, 60), "blue")
+    Image.new("RGB", (80, 60), "red").save(buf, "MPO", save_all=True, append_images=[second])
     return buf.getvalue()
 
 
@@ -194,7 +196,8 @@ async def test_blend_of_the_same_upload_twice(pintor: Harness):
 def test_cli_history_and_show_print_no_direction_controls(env: dict[str, str], tmp_path):  # noqa: F811 - the imported fixture
     """A member's (or a pasted) prompt with a right-to-left override must not reorder the
     operator's terminal line: `pintor history` and `pintor show` print it cleaned, as Discord does."""
-    made = pintor_cli(env, "imagine", "\u202egnp.exe\u200b a cat\u2066 --steps 1 --seed 1", "-o", "cat.png", cwd=tmp_path)
+    pasted = "\u202egnp.exe\u200b a cat\u2066 --steps 1 --seed 1"
+    made = pintor_cli(env, "imagine", pasted, "-o", "cat.png", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     history = pintor_cli(env, "history", cwd=tmp_path)
     shown = pintor_cli(env, "show", "1", cwd=tmp_path)

@@ -28,8 +28,8 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
     UnCLIPScheduler,
+    UNet2DConditionModel,
     VQModel,
 )
 from transformers import (
@@ -79,7 +79,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, cs))
+    table = dict(zip(bs, cs, strict=True))
     return [chr(table[b]) for b in range(256)]
 
 
@@ -585,7 +585,8 @@ def _ldm_unet(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
         for j in range(per):
             prefixes += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{i * per + j}.0."),
                          (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{i * per + j}.1.")]
-        prefixes.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{i * per + per - 1}.{2 if has_attention else 1}."))
+        upsampler = f"output_blocks.{i * per + per - 1}.{2 if has_attention else 1}."
+        prefixes.append((f"up_blocks.{i}.upsamplers.0.", upsampler))
     state = {}
     for key, value in unet.state_dict().items():
         prefix = next((p for p in prefixes if key.startswith(p[0])), None)

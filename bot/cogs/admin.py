@@ -116,7 +116,7 @@ async def server_channels(interaction: Interaction, text: str) -> tuple[list[int
         return [], ["channels Pintor could not look up just now (Discord did not answer: try again)"]
     written = dict(reversed(wanted))  # id → how it was first written
     chosen = []
-    for channel_id, channel in zip(ids, found):
+    for channel_id, channel in zip(ids, found, strict=False):
         guild = getattr(channel, "guild", None)
         if channel is None:
             refused.append(f"{written[channel_id]} (no channel Pintor can see)")

@@ -6,12 +6,12 @@ import asyncio
 import io
 import math
 import re
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from PIL import Image
-from typing import TYPE_CHECKING
 
 from bot import limits
 from bot.limits import Echo, compose, echo
@@ -65,7 +65,7 @@ def job_embed(job: Job, budget: int = EMBED_BUDGET) -> discord.Embed:
     fixed = limits.embeds_length([embed.to_dict()]) + len(seed)
     room = limits.shares([limits.length(text) for text in wanted], budget - fixed)
     caps = [limits.EMBED_TITLE, limits.EMBED_DESCRIPTION - len(seed), limits.FIELD_VALUE - len(status)]
-    title_room, parameters_room, reason_room = (min(r, c) for r, c in zip(room, caps))
+    title_room, parameters_room, reason_room = (min(r, c) for r, c in zip(room, caps, strict=False))
     embed.title = compose(Echo(prompt), limit=title_room) if prompt else job.kind
     embed.description = compose(*parameters_shown(request.parameters), seed,
                                 limit=parameters_room + len(seed)).strip()
@@ -106,7 +106,7 @@ async def history_page(studio: Studio, user_id: int, page: int):
         jobs, total = await studio.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     thumbnails = await asyncio.to_thread(lambda: [thumbnail(j.grid_path) if j.grid_path else None for j in jobs])
     embeds, files = [], []
-    for job, data in zip(jobs, thumbnails):
+    for job, data in zip(jobs, thumbnails, strict=False):
         embed = job_embed(job)
         if data is not None:
             name = f"job{job.id}.jpg"

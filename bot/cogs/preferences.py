@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_gone
 from bot.limits import SELECT_OPTION_TEXT, clip, echo, plain
 from generation.registry import Registry
-from storage.models import ServerRules, MemberPreferences
+from storage.models import MemberPreferences, ServerRules
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot

@@ -3,6 +3,7 @@
 
 from alembic import context
 from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection
 
 from storage.models import Base
 
@@ -10,7 +11,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def run(connection) -> None:
+def run(connection: Connection) -> None:
     # batch mode: SQLite can only change a table by copying it
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
@@ -21,6 +22,9 @@ connection = config.attributes.get("connection")
 if connection is not None:
     run(connection)
 else:
-    url = config.get_main_option("sqlalchemy.url").replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    given = config.get_main_option("sqlalchemy.url")
+    if given is None:
+        raise RuntimeError("no database: set sqlalchemy.url in the Alembic configuration")
+    url = given.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
     with create_engine(url).connect() as conn:
         run(conn)

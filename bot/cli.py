@@ -122,6 +122,28 @@ async def db_upgrade(settings: Settings) -> int:
     return 0
 
 
+async def db_copy(source_url: str, target_url: str) -> int:
+    """`pintor db copy FROM TO`: every row of FROM into the empty database TO (storage.copy)."""
+    from storage.copy import TargetNotEmpty, copy_database
+    from storage.db import open_engine
+
+    source, target = open_engine(source_url), open_engine(target_url)  # a URL that is none: ArgumentError
+    try:
+        report = await copy_database(source, target)
+    except (TargetNotEmpty, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        await source.dispose()
+        await target.dispose()
+    for table, count in report.rows.items():
+        print(f"  {table:<16} {count} rows")
+    shown = [engine.url.render_as_string(hide_password=True) for engine in (source, target)]
+    print(f"copied {shown[0]} → {shown[1]} (revision {report.revision}); "
+          f"point DATABASE_URL at the new database")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pintor", description="A self-hosted, MidJourney-style image bot.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
     commands.add_parser("health", help="cheap check for a container's HEALTHCHECK: database and data folder")
     db = commands.add_parser("db", help="database maintenance")
-    db.add_argument("action", choices=["upgrade"], help="apply the migrations")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    db_actions.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
+    copy = db_actions.add_parser("copy", help="copy every row (ids kept) of the database FROM into the new, "
+                                              "empty database TO, e.g. SQLite to PostgreSQL (docs/operations.md)")
+    copy.add_argument("source", metavar="FROM", help="a database URL, e.g. sqlite+aiosqlite:///./data/pintor.db")
+    copy.add_argument("target", metavar="TO", help="a database URL, e.g. postgresql+asyncpg://pintor:PASSWORD@host/pintor")
     return parser
 
 
@@ -177,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return asyncio.run(health(settings))
         if args.command == "db":
+            if args.action == "copy":
+                return asyncio.run(db_copy(args.source, args.target))
             return asyncio.run(db_upgrade(settings))
     except KeyboardInterrupt:
         return 130

@@ -7,12 +7,28 @@ import os
 # cores. Set before torch is imported; the worker processes inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from tests.discord_harness import discord_harness, pintor  # noqa: F401 - the Discord tests' shared bot
+from tests.postgres_server import PostgresServer, postgres_server  # noqa: E402
 from tests.tiny_models import build_all  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (tests/postgres_server.py), started by the
+    first test that needs it."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A new empty database on the session's PostgreSQL server (postgresql+asyncpg URL)."""
+    return postgres.create_database()
 
 
 @pytest.fixture(scope="session")

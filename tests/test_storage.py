@@ -1,4 +1,5 @@
-"""storage: migrations on a real SQLite file, WAL mode, and the job queries."""
+"""storage: migrations on a real SQLite file, WAL mode, and the job queries — each query test on
+SQLite and on a throwaway PostgreSQL server (tests/postgres_server.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ def url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-@pytest.fixture
-async def engine(tmp_path: Path):
-    engine = open_engine(url(tmp_path / "data" / "pintor.db"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        engine = open_engine(url(tmp_path / "data" / "pintor.db"))
+    else:
+        engine = open_engine(request.getfixturevalue("postgres_url"))
     await upgrade(engine)
     yield engine
     await engine.dispose()

@@ -20,11 +20,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bot.discord_bot import PintorBot
 from bot.discord_endpoints import point_discord_at
+from bot.metrics import Metrics, WorkerStatus, serve
 from bot.settings import Settings
 from bot.studio import Studio
 from bot.wiring import build_studio, check_queue_url, registry_from
+from generation.queue import WorkerState
 from storage.db import open_engine, upgrade
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,38 @@ class Running:
     bot: PintorBot
     studio: Studio
     gateway: asyncio.Task  # the gateway connection; it ends only on a fatal error or close
+    metrics: Metrics
+    metrics_port: int | None = None  # where /metrics and /healthz are served; None: not served
+
+
+def worker_status(state: WorkerState) -> WorkerStatus:
+    """The local worker process as the metrics show it."""
+    if state.error:
+        return WorkerStatus("local", "down")
+    if state.running_job is not None:
+        return WorkerStatus("local", "busy")
+    return WorkerStatus("local", "idle" if state.ready else "starting")
+
+
+async def health_problems(bot: PintorBot, studio: Studio, engine: AsyncEngine) -> dict[str, str]:
+    """What /healthz reports: {} when the bot is connected to Discord, the database answers and
+    the worker has not given up; else each problem by name (never a secret: no URL, no token)."""
+    problems: dict[str, str] = {}
+    if bot.is_closed() or not bot.is_ready():
+        problems["discord"] = "not connected to Discord"
+    if studio.worker_state.error:
+        problems["worker"] = studio.worker_state.error
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as err:  # noqa: BLE001 - any failure of the database is the finding
+        problems["database"] = f"the database does not answer ({type(err).__name__})"
+    return problems
+
+
+async def _job_kind(studio: Studio, job_id: int) -> str | None:
+    job = await studio.job(job_id)
+    return job.kind if job is not None else None
 
 
 @contextlib.asynccontextmanager
@@ -62,14 +99,23 @@ async def running_bot(settings: Settings, **bot_options: Any) -> AsyncIterator[R
     try:
         await upgrade(engine)
         studio = build_studio(settings, engine, registry)
-        bot = PintorBot(settings=settings, studio=studio, **bot_options)
+        metrics = Metrics(kind_of=lambda job_id: _job_kind(studio, job_id),
+                          workers=lambda: [worker_status(studio.worker_state)])
+        studio.listeners.append(metrics.on_event)  # before the start: re-queued jobs are counted
+        bot = PintorBot(settings=settings, studio=studio, metrics=metrics, **bot_options)
         try:
             await bot.login(token)  # setup_hook: cogs, buttons, the studio listener, command sync
             await studio.start()  # after the listener: re-queued jobs' results are posted
             try:
                 gateway = asyncio.create_task(bot.connect(reconnect=True), name="discord-gateway")
                 try:
-                    yield Running(bot, studio, gateway)
+                    async with contextlib.AsyncExitStack() as served:
+                        port = None
+                        if settings.pintor_metrics_port is not None:
+                            port = await served.enter_async_context(serve(
+                                metrics, lambda: health_problems(bot, studio, engine),
+                                host=settings.pintor_metrics_host, port=settings.pintor_metrics_port))
+                        yield Running(bot, studio, gateway, metrics, port)
                 finally:
                     await bot.close()
                     with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -21,6 +21,7 @@ from discord.ext import commands
 from bot.buttons import BUTTONS, Action
 from bot.delivery import INTERACTION_TTL_S, Delivery
 from bot.intake import USER_ERRORS, Member
+from bot.metrics import Metrics
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
 from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message, progress_text, result_message
 from bot.settings import Settings
@@ -43,7 +44,7 @@ class PintorBot(commands.Bot):
     progress_interval_s: float = PROGRESS_INTERVAL_S  # at most one progress edit per message per this
     interaction_ttl_s: float = INTERACTION_TTL_S  # after this, results go to the channel instead
 
-    def __init__(self, *, settings: Settings, studio: Studio, **options: Any):
+    def __init__(self, *, settings: Settings, studio: Studio, metrics: Metrics | None = None, **options: Any):
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Pintor has no voice
         options.setdefault("intents", discord.Intents.default())  # no privileged intents needed
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())  # each message allows its member
@@ -53,6 +54,24 @@ class PintorBot(commands.Bot):
         self._followed: set[int] = set()  # jobs whose messages a reporter of this bot drives
         self._tasks: set[asyncio.Task] = set()
         self._posting: set[asyncio.Task] = set()  # jobs' ends being posted and recorded
+        if metrics is not None:
+            self._count_discord_errors(metrics)
+
+    def _count_discord_errors(self, metrics: Metrics) -> None:
+        """Every REST request Discord refuses or fails (4xx, 5xx; 429s after discord.py's own
+        retries) counted by status in `metrics`, whether Pintor handles the error or not: the
+        401/403/429 count is what earns a Cloudflare ban (10,000 in 10 minutes). discord.py has
+        no hook for this, so the client's one request method is wrapped, on this bot only."""
+        request = self.http.request
+
+        async def counted(route: discord.http.Route, **kwargs: Any) -> Any:
+            try:
+                return await request(route, **kwargs)
+            except discord.HTTPException as err:
+                metrics.discord_error(err.status)
+                raise
+
+        self.http.request = counted
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process
     pintor_log_level: str = "INFO"
 
+    # Metrics and health (bot.metrics): /metrics (Prometheus) and /healthz on this port; unset:
+    # not served. Loopback by default: set 0.0.0.0 only where the port is not reachable from outside.
+    pintor_metrics_port: int | None = None
+    pintor_metrics_host: str = "127.0.0.1"
+
     @field_validator("discord_guild_ids", mode="before")
     @classmethod
     def _split_ids(cls, value):
@@ -46,7 +51,7 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
         return value
 
-    @field_validator("pintor_models", "pintor_offload", "pintor_default_model", mode="before")
+    @field_validator("pintor_models", "pintor_offload", "pintor_default_model", "pintor_metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value

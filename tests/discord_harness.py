@@ -1,6 +1,10 @@
 """Pintor as it runs in production — the real discord.py client (PintorBot), the real Studio,
 its worker process and a SQLite file — against the local Discord emulator.
 
+With PINTOR_TEST_DATABASE=postgresql the harness's database is a new one on the session's
+throwaway PostgreSQL server (tests/postgres_server.py) instead: the same Discord tests prove
+the bot on PostgreSQL (`.ci/run` runs them so; tests/README.md).
+
 One harness is shared by the Discord end-to-end tests (the worker takes seconds to start):
 the session fixture `discord_harness`, and `pintor`, which every test takes, pointing
 discord.py at the emulator again (other tests point it elsewhere and back).
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +34,7 @@ from bot.settings import Settings
 from bot.studio import Studio
 from storage.models import Job
 from tests.discord_emulator import DiscordEmulator, RecordedRequest
+from tests.postgres_server import DATABASE_VARIABLE
 
 TEST_PROGRESS_INTERVAL_S = 0.25
 TIMEOUT_S = 90.0  # for a job to finish: generous, a loaded CI machine is slow
@@ -147,16 +153,29 @@ def harness_settings(emu: DiscordEmulator, tmp: Path, registry_file: Path, **ove
         discord_guild_ids=[], pintor_allow_dms=False, pintor_buttons_author_only=False,
         database_url=f"sqlite+aiosqlite:///{tmp / 'pintor.db'}", pintor_data_dir=tmp / "data",
         pintor_models=registry_file, pintor_default_model=None, pintor_device="cpu",
-        pintor_max_loaded_models=3, pintor_queue_url="", pintor_log_level="WARNING")
+        pintor_max_loaded_models=3, pintor_queue_url="", pintor_log_level="WARNING",
+        pintor_metrics_port=0)  # /metrics and /healthz on a free loopback port (tests/test_discord_metrics.py)
     return Settings(_env_file=None, **(values | overrides))
 
 
 
+def harness_database(request: pytest.FixtureRequest, tmp: Path) -> str:
+    """The shared bot's database URL: a SQLite file, or with PINTOR_TEST_DATABASE=postgresql a
+    new database on the session's PostgreSQL server."""
+    chosen = os.environ.get(DATABASE_VARIABLE, "sqlite")
+    if chosen == "postgresql":
+        return request.getfixturevalue("postgres").create_database()
+    assert chosen == "sqlite", f"{DATABASE_VARIABLE}={chosen}: sqlite or postgresql"
+    return f"sqlite+aiosqlite:///{tmp / 'pintor.db'}"
+
+
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
-async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPathFactory):
+async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPathFactory,
+                          request: pytest.FixtureRequest):
     tmp = tmp_path_factory.mktemp("pintor-discord")
+    database_url = harness_database(request, tmp)
     async with DiscordEmulator() as emu:
-        harness = Harness(emu, harness_settings(emu, tmp, registry_file))
+        harness = Harness(emu, harness_settings(emu, tmp, registry_file, database_url=database_url))
         try:
             await harness.start()
             yield harness

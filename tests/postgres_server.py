@@ -102,7 +102,8 @@ def postgres_server() -> Iterator[PostgresServer]:
             pytest.fail(message)
         pytest.skip(message)
     user = _unprivileged_user()
-    folder = Path(tempfile.mkdtemp(prefix="pintor-postgres-"))
+    # under /tmp when another user runs the server: a TMPDIR in root's home is closed to it
+    folder = Path(tempfile.mkdtemp(prefix="pintor-postgres-", dir="/tmp" if user is not None else None))
     server = PostgresServer(port=_free_port(), folder=folder, bin=binaries, user=user)
     data = folder / "data"
     if user is not None:

@@ -52,8 +52,10 @@ COMPOSE_SCHEMA = ROOT / "docker" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
 SECRET = "MTIz.docker-test-token.xyz"
 
-# Variables compose may set that are not Pintor settings but are read by its libraries.
-LIBRARY_VARIABLES = {"HF_HOME": "huggingface_hub's cache (the model volume)"}
+# Variables compose may set that are not Pintor settings but are read by its libraries or by
+# the images of the services beside it.
+LIBRARY_VARIABLES = {"HF_HOME": "huggingface_hub's cache (the model volume)",
+                     "POSTGRES_USER": "the postgres image's first user", "POSTGRES_DB": "the postgres image's database"}
 # Base images whose tag starts with the torch version they carry.
 TORCH_IMAGES = ("pytorch/pytorch",)
 
@@ -188,6 +190,49 @@ def test_the_gpu_service_reserves_a_gpu_and_the_cpu_variant_runs_without():
         assert service["environment"]["DATABASE_URL"].endswith("////data/pintor.db")
         assert service["environment"]["HF_HOME"] == "/models"
         assert service["stop_grace_period"] and service["init"] is True
+
+
+def test_the_scaled_setup_is_one_bot_postgres_redis_and_gpu_workers():
+    """Profile "scale": the bot on PostgreSQL and the Redis queue, serving /metrics on the host's
+    loopback; workers that reserve a GPU each, need neither the database nor the bot, and can
+    be scaled (no fixed container name, no host port)."""
+    from sqlalchemy.engine import make_url
+
+    from bot.cli import build_parser
+
+    services = read_compose()["services"]
+    scaled = {name for name, service in services.items() if service.get("profiles") == ["scale"]}
+    assert scaled == {"postgres", "redis", "bot", "worker"}
+    assert "profiles" not in services["pintor"]  # the one-machine service is unchanged
+    # the tests' throwaway server is the same major version as the compose file's
+    from tests.postgres_server import POSTGRES_ROOTS
+
+    if POSTGRES_ROOTS:
+        assert services["postgres"]["image"] == f"postgres:{POSTGRES_ROOTS[0].parent.name}"
+    fill = lambda text: re.sub(r"\$\{(\w+)(:[?-][^}]*)?\}", lambda m: {"REDIS_HOST": "redis"}.get(m[1], "pw"), text)  # noqa: E731
+    bot, worker = services["bot"], services["worker"]
+    url = make_url(fill(bot["environment"]["DATABASE_URL"]))
+    assert (url.drivername, url.host, url.database, url.username) == ("postgresql+asyncpg", "postgres", "pintor",
+                                                                      services["postgres"]["environment"]["POSTGRES_USER"])
+    assert url.database == services["postgres"]["environment"]["POSTGRES_DB"]
+    for service in (bot, worker):
+        assert fill(service["environment"]["PINTOR_QUEUE_URL"]) == "redis://:pw@redis:6379/0"
+    assert bot["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                 "redis": {"condition": "service_healthy"}}
+    assert bot["ports"] == ["127.0.0.1:9464:9464"] and bot["environment"]["PINTOR_METRICS_PORT"] == "9464"
+    # a worker: the GPU, no database, no bot, nothing that stops it being scaled
+    [device] = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert (device["driver"], device["count"], device["capabilities"]) == ("nvidia", 1, ["gpu"])
+    assert "DATABASE_URL" not in worker["environment"] and "depends_on" not in worker
+    assert "container_name" not in worker and "ports" not in worker
+    assert worker["healthcheck"] == {"disable": True} and worker["stop_grace_period"]
+    # the commands are `pintor`'s (what the image's entry point parses)
+    assert bot["command"] == ["pintor", "run"] and build_parser().parse_args(["run"]).command == "run"
+    assert worker["command"] == ["pintor", "worker"]
+    try:
+        build_parser().parse_args(["worker"])
+    except SystemExit:
+        pytest.skip("`pintor worker` comes with issue 12's queue branch (issue12a), not merged here")
 
 
 def test_compose_refers_only_to_settings_env_example_lists():

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.app import MissingTokenError, bot_token, running_bot
@@ -38,8 +40,11 @@ def test_settings_never_show_the_token():
 
 
 async def test_pintor_run_serves_imagine_and_stops_cleanly_on_sigterm(tmp_path: Path, registry_file: Path):
+    with socket.socket() as sock:  # a free port for /metrics (released just before pintor takes it)
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = sock.getsockname()[1]
     async with DiscordEmulator() as emu:
-        env = os.environ | {
+        env = os.environ | {"PINTOR_METRICS_PORT": str(metrics_port),
             "DISCORD_TOKEN": SECRET, "DISCORD_API_BASE": emu.api_base, "DISCORD_GATEWAY_URL": emu.gateway_url,
             "DISCORD_GUILD_IDS": str(emu.guild_id), "PINTOR_MODELS": str(registry_file), "PINTOR_DEVICE": "cpu",
             "PINTOR_DATA_DIR": str(tmp_path / "data"), "PINTOR_LOG_LEVEL": "DEBUG",
@@ -57,6 +62,14 @@ async def test_pintor_run_serves_imagine_and_stops_cleanly_on_sigterm(tmp_path: 
             assert (await inter.wait_callback(timeout=3))["type"] == 5
             final = await inter.wait_original(is_result, timeout=120)
             assert "seed 1" in final["content"]
+            # the process serves its health and metrics on loopback; the job is counted
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{metrics_port}/healthz") as response:
+                    assert response.status == 200 and (await response.json())["status"] == "ok"
+                async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                    page = await response.text()
+            assert 'pintor_jobs_total{kind="imagine",outcome="done"} 1.0' in page
+            assert 'pintor_job_generating_seconds_count{kind="imagine"} 1.0' in page
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -64,4 +77,5 @@ async def test_pintor_run_serves_imagine_and_stops_cleanly_on_sigterm(tmp_path: 
             log = (await output).decode(errors="replace")
     assert returncode == 0, log
     assert "Pintor stopped" in log
+    assert f"metrics and health on http://127.0.0.1:{metrics_port}/metrics" in log
     assert SECRET not in log

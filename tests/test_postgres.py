@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.copy import TargetNotEmpty, copy_database, tables
@@ -123,13 +125,29 @@ def pintor(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=240, check=False)
 
 
-def test_pintor_db_upgrade_and_health_on_postgresql(postgres_url: str, tmp_path: Path):
-    done = pintor("db", "upgrade", database_url=postgres_url, cwd=tmp_path)
+def test_pintor_db_upgrade_doctor_and_health_on_postgresql(postgres_url: str, tmp_path: Path):
+    # a password in the URL (the throwaway server trusts loopback and ignores it) is never shown
+    url = postgres_url.replace("postgres@", "postgres:hunter2@")
+    done = pintor("db", "upgrade", database_url=url, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "database at revision" in done.stdout
     (tmp_path / "data").mkdir()
-    health = pintor("health", database_url=postgres_url, cwd=tmp_path)
+    health = pintor("health", database_url=url, cwd=tmp_path)
     assert health.returncode == 0 and health.stdout.startswith("healthy"), health.stdout + health.stderr
+    doctor = pintor("doctor", database_url=url, cwd=tmp_path)
+    assert "postgresql+asyncpg://postgres:***@127.0.0.1" in doctor.stdout and " at revision " in doctor.stdout
+    assert "hunter2" not in done.stdout + done.stderr + health.stdout + doctor.stdout + doctor.stderr
+    # a server that is not there: unhealthy, said without the password
+    gone = url.replace(f":{make_url(url).port}/", f":{_closed_port()}/")
+    down = pintor("health", database_url=gone, cwd=tmp_path)
+    assert down.returncode == 1 and down.stdout.startswith("unhealthy"), down.stdout + down.stderr
+    assert "hunter2" not in down.stdout + down.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the socket is
 
 
 async def an_installation(engine: AsyncEngine) -> dict[str, int]:

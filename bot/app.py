@@ -3,7 +3,8 @@
 Start: migrate the database, build the studio, log in (which loads the cogs, registers the
 buttons and the studio listener, and syncs the commands), start the studio (the worker
 process; jobs left unfinished by the last run are queued again, and their results are posted
-in their channels), then connect to the gateway.
+in their channels), then connect to the gateway; with PINTOR_METRICS_PORT, serve `/metrics` and
+`/healthz` (bot.metrics) until the stop.
 
 Stop (SIGTERM, SIGINT/Ctrl-C): close the Discord client, then the studio: the worker finishes
 its current step and stops; the job it was running and every queued job stay queued in the

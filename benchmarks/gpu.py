@@ -111,12 +111,62 @@ def sd15_speed(run: Run, model: Model, registry: Path) -> tuple[Any, float]:
             times["plain 4"].append(plain_call(pipe, **kwargs, count=4, seed=i))
             times["whole 4"].append(whole.job(f"{PROMPT} --seed {i + 2}"))
     p1, p4, w4 = (min(times[k]) for k in ("plain 1", "plain 4", "whole 4"))
+    # the worker runs with the fast path's defaults (channels-last on CUDA) and so does the plain
+    # pipeline (load_plain): the overhead above is Pintor's machinery alone
+    fast_path_options(run, pipe, model)
     say(f"plain diffusers, batch 1: {p1:.2f} s ({run.sd_steps / p1:.1f} steps/s)")
     say(f"plain diffusers, batch 4: {p4:.2f} s ({4 * run.sd_steps / p4:.1f} image-steps/s; ×{4 * p1 / p4:.2f} "
         "the image-steps/s of batch 1)")
     say(f"Pintor job (grid of 4) through the whole path: {w4:.2f} s; overhead vs plain batch 4: "
         f"{100 * (w4 / p4 - 1):+.1f} %  (a job is always a grid of 4: batch 1 is plain only)")
     return pipe, p4
+
+
+def fast_path_options(run: Run, pipe: Any, model: Model) -> None:
+    """Each fast-path option alone, on the plain pipeline (batch 4): memory format, dtype, and
+    the VAE decode of one large picture whole vs tiled. Leaves `pipe` as it found it."""
+    kwargs = dict(prompt=PROMPT, side=model.side, steps=run.sd_steps, guidance=7.0, device=run.device.device)
+
+    def formatted(memory_format: torch.memory_format) -> float:
+        for module in (pipe.unet, pipe.vae):
+            module.to(memory_format=memory_format)
+        return best(lambda: plain_call(pipe, **kwargs, count=4, seed=1), run.args.repeats)
+
+    contiguous = formatted(torch.contiguous_format)
+    channels_last = formatted(torch.channels_last)
+    if not run.cuda:
+        formatted(torch.contiguous_format)  # as load_plain left it: channels-last on CUDA only
+    line = (f"batch 4, contiguous {contiguous:.2f} s, channels-last {channels_last:.2f} s "
+            f"(×{contiguous / channels_last:.2f})")
+    if run.cuda and run.device.dtype != torch.bfloat16 and torch.cuda.is_bf16_supported(including_emulation=False):
+        dtype = run.device.dtype
+        pipe.to(dtype=torch.bfloat16)
+        bf16 = best(lambda: plain_call(pipe, **kwargs, count=4, seed=1), run.args.repeats)
+        pipe.to(dtype=dtype)
+        line += f"; bf16 + channels-last {bf16:.2f} s (×{channels_last / bf16:.2f} vs {run.args.dtype_name})"
+    say(f"fast-path options, plain diffusers: {line}")
+    side = 128 if run.quick else 1536  # the default PINTOR_VAE_TILING_PIXELS: 1536²
+    latents = torch.randn(1, 4, side // 8, side // 8, device=run.device.device, dtype=run.device.dtype)
+
+    def decode(tiled: bool) -> float:
+        pipe.vae.enable_tiling() if tiled else pipe.vae.disable_tiling()
+        if run.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sync(run.device.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+        sync(run.device.device)
+        return time.perf_counter() - start
+
+    decode(False)
+    whole = best(lambda: decode(False), 2)
+    whole_peak = torch.cuda.max_memory_allocated() / GIB if run.cuda else float("nan")
+    tiled = best(lambda: decode(True), 2)
+    tiled_peak = torch.cuda.max_memory_allocated() / GIB if run.cuda else float("nan")
+    pipe.vae.disable_tiling()
+    say(f"VAE decode of one {side}² picture: whole {whole:.2f} s (peak {whole_peak:.1f} GiB), "
+        f"tiled {tiled:.2f} s (peak {tiled_peak:.1f} GiB)")
 
 
 def sd15_compiled(run: Run, pipe: Any, model: Model, registry: Path, plain_p4: float) -> None:

@@ -124,7 +124,8 @@ def save(kind: str, folder: Path, *, quick: bool, device: str, dtype: torch.dtyp
         side = 64
     else:
         pipe = sd15(device) if kind == "sd15" else sdxl(device)
-        pipe.to(dtype=dtype)
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
         pipe.save_pretrained(folder)
         side = 512 if kind == "sd15" else 1024
     params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
@@ -161,10 +162,15 @@ def plain_call(pipe: Any, *, prompt: str, side: int, steps: int, guidance: float
 
 
 def load_plain(folder: Path, family: str, device: str, dtype: torch.dtype) -> Any:
-    """The saved stand-in as a plain diffusers pipeline on `device`, as a user of diffusers loads it."""
+    """The saved stand-in as a plain diffusers pipeline on `device`, as a user of diffusers loads it,
+    with UNet and VAE in channels-last memory format on CUDA as Pintor's worker has them (so that
+    a comparison shows Pintor's machinery, not a memory format)."""
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipe: Any = cls.from_pretrained(folder, dtype=dtype)
     pipe.to(device)
+    if device == "cuda":
+        for module in (pipe.unet, pipe.vae):
+            module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

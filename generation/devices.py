@@ -92,7 +92,7 @@ def choose_device(preference: str = "auto", dtype: str = "auto") -> DeviceChoice
 
     `dtype` (PINTOR_DTYPE): "auto", "fp16", "bf16" or "fp32". Auto is, on CUDA, bf16 where the
     card has it (torch.cuda.is_bf16_supported(): Ampere and later; same speed as fp16 and no
-    overflow), else fp16, except fp32 on GTX 16xx cards (they make black pictures in fp16);
+    overflow; native, not emulated), else fp16, except fp32 on GTX 16xx cards (they make black pictures in fp16);
     fp16 on MPS; fp32 on the CPU. Raises ValueError for an unknown name, or fp16 on the CPU
     (most CPU kernels have none)."""
     preference, dtype = preference.lower(), dtype.lower()
@@ -108,7 +108,9 @@ def choose_device(preference: str = "auto", dtype: str = "auto") -> DeviceChoice
         raise ValueError("PINTOR_DEVICE=mps but this torch build has no MPS support")
     if preference in ("auto", "cuda") and cuda:
         props = torch.cuda.get_device_properties(0)
-        chosen = DTYPES[dtype] if dtype != "auto" else cuda_dtype(props.name, torch.cuda.is_bf16_supported())
+        # native bf16 only (compute capability 8+): torch's default also counts cards that emulate it, slowly
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        chosen = DTYPES[dtype] if dtype != "auto" else cuda_dtype(props.name, native_bf16)
         return DeviceChoice("cuda", chosen, f"{props.name} ({props.total_memory / GIB:.1f} GiB)", props.total_memory)
     if preference in ("auto", "mps") and mps:
         return DeviceChoice("mps", DTYPES[dtype] if dtype != "auto" else torch.float16, "Apple MPS")

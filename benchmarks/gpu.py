@@ -111,14 +111,14 @@ def sd15_speed(run: Run, model: Model, registry: Path) -> tuple[Any, float]:
             times["plain 4"].append(plain_call(pipe, **kwargs, count=4, seed=i))
             times["whole 4"].append(whole.job(f"{PROMPT} --seed {i + 2}"))
     p1, p4, w4 = (min(times[k]) for k in ("plain 1", "plain 4", "whole 4"))
-    # the worker runs with the fast path's defaults (channels-last on CUDA) and so does the plain
-    # pipeline (load_plain): the overhead above is Pintor's machinery alone
-    fast_path_options(run, pipe, model)
     say(f"plain diffusers, batch 1: {p1:.2f} s ({run.sd_steps / p1:.1f} steps/s)")
     say(f"plain diffusers, batch 4: {p4:.2f} s ({4 * run.sd_steps / p4:.1f} image-steps/s; ×{4 * p1 / p4:.2f} "
         "the image-steps/s of batch 1)")
     say(f"Pintor job (grid of 4) through the whole path: {w4:.2f} s; overhead vs plain batch 4: "
         f"{100 * (w4 / p4 - 1):+.1f} %  (a job is always a grid of 4: batch 1 is plain only)")
+    # the worker runs with the fast path's defaults (channels-last on CUDA) and so does the plain
+    # pipeline (load_plain): the overhead above is Pintor's machinery alone
+    fast_path_options(run, pipe, model)
     return pipe, p4
 
 

@@ -31,21 +31,23 @@ class Offload(StrEnum):
 
 
 # Peak GPU memory in GiB of one grid (a batch of 4, guided: 8 UNet rows) at the family's native
-# size in fp16/bf16, per offload mode (none, model, sequential), weights included. SD 1.5 and
-# SDXL are what benchmarks/gpu.py measures (its "peak VRAM" lines print this table's rows); until
-# a GPU run replaces them, every row is an estimate: the fp16 weights from the parameter counts
-# (SD 1.5: 1.07 G parameters = 2.0 GiB; SDXL: 3.5 G = 6.5 GiB; Kandinsky 2.2 prior + decoder:
-# 2.2 G; the x4 upscaler: 0.5 G but 2048² outputs) plus activations and the VAE decode of four
-# pictures, rounded up. Families without a row use "sdxl"'s, the largest.
+# size in fp16/bf16, per offload mode (none, model, sequential), weights included, with the VAE
+# decoding as fit_vae sets it (SDXL grids one picture at a time). SD 1.5 and SDXL are what
+# benchmarks/gpu.py measures (its section 4 prints these rows to paste here); until a GPU run
+# replaces them, every row is an estimate: the 16-bit weights from the parameter counts (SD 1.5:
+# 1.07 G parameters = 2.0 GiB; SD 2: 1.3 G; SDXL: 3.5 G = 6.5 GiB, its UNet alone 4.8 GiB;
+# Kandinsky 2.2 prior + decoder: 2.2 G), for "model" the largest sub-model, plus activations
+# and the VAE decode, rounded up; "sequential" holds one layer at a time, so activations
+# dominate. Families without a row use "sdxl"'s, the largest.
 PEAK_GIB: dict[str, tuple[float, float, float]] = {
     "sd": (5.0, 3.5, 1.5),
     "sd-turbo": (5.0, 3.5, 1.5),
-    "sd2": (7.0, 5.0, 2.5),
-    "sdxl": (13.0, 9.0, 4.0),
-    "sdxl-turbo": (9.0, 6.0, 3.0),
-    "kandinsky21": (10.0, 7.0, 3.0),
-    "kandinsky22": (10.0, 7.0, 3.0),
-    "upscale-x4": (9.0, 8.0, 6.0),
+    "sd2": (6.0, 4.0, 2.5),
+    "sdxl": (10.0, 6.5, 3.0),
+    "sdxl-turbo": (8.5, 6.0, 2.5),
+    "kandinsky21": (7.0, 4.5, 2.5),
+    "kandinsky22": (7.0, 4.5, 2.5),
+    "upscale-x4": (8.0, 7.0, 5.0),
 }
 # what is kept free beyond the peak: other processes, the CUDA context, fragmentation
 HEADROOM_BYTES = GIB // 2

@@ -74,10 +74,17 @@ def test_auto_offload_takes_the_fastest_mode_whose_measured_peak_fits(family):
 
 
 def test_sdxl_needs_more_than_sd_and_an_unknown_family_is_taken_for_the_largest():
-    twelve_gib = 12 * GIB
-    assert choose_offload("auto", "sd", twelve_gib) == Offload.NONE
-    assert choose_offload("auto", "sdxl", twelve_gib) == Offload.MODEL
-    assert choose_offload("auto", "some-new-family", twelve_gib) == choose_offload("auto", "sdxl", twelve_gib)
+    nine_gib = 9 * GIB
+    assert choose_offload("auto", "sd", nine_gib) == Offload.NONE
+    assert choose_offload("auto", "sdxl", nine_gib) == Offload.MODEL
+    assert choose_offload("auto", "some-new-family", nine_gib) == choose_offload("auto", "sdxl", nine_gib)
+
+
+def test_an_8_gb_card_runs_sd_whole_and_sdxl_with_model_offloading():
+    """What the 10 GB rule of earlier versions did for SDXL (and SD 1.5 now without offloading)."""
+    free_on_8_gb = int(7.6 * GIB)  # what an 8 GB card has free with the CUDA context loaded
+    assert choose_offload("auto", "sd", free_on_8_gb) == Offload.NONE
+    assert choose_offload("auto", "sdxl", free_on_8_gb) == Offload.MODEL
 
 
 def test_an_explicit_offload_mode_is_kept_and_the_cpu_never_offloads():

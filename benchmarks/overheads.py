@@ -112,7 +112,8 @@ def whole_path_vs_plain(device, side: int, steps: int, repeats: int) -> None:
         prompt = "a red fox in the snow, detailed fur, morning light"
         with WholePath(Path(tmp) / "pintor", registry, device=device.device) as whole:
             whole.ready()
-            whole.job(f"{prompt} --seed 1")  # loads the model in the worker
+            warm = whole.job(f"{prompt} --seed 1")
+            print(f"4. warm-up job: {warm:.2f} s (loads the model in the worker)", flush=True)
             plain_call(plain, prompt=prompt, side=side, steps=steps, guidance=7.0, count=4, seed=1,
                        device=device.device)  # warm-up
             whole_times, plain_times = [], []
@@ -120,6 +121,8 @@ def whole_path_vs_plain(device, side: int, steps: int, repeats: int) -> None:
                 whole_times.append(whole.job(f"{prompt} --seed {i + 2}"))
                 plain_times.append(plain_call(plain, prompt=prompt, side=side, steps=steps, guidance=7.0, count=4,
                                               seed=i + 2, device=device.device))
+                print(f"4. pair {i + 1}: whole path {whole_times[-1]:.2f} s, plain {plain_times[-1]:.2f} s "
+                      f"({100 * (whole_times[-1] / plain_times[-1] - 1):+.1f} %)", flush=True)
         w, p = min(whole_times), min(plain_times)
         print(f"4. {side}², {steps} steps, grid of 4: plain diffusers {p:.2f} s; Pintor's whole path (Studio.imagine → "
               f"queue → worker → PNG files → rows) {w:.2f} s; overhead {100 * (w / p - 1):+.1f} % "

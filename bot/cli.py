@@ -85,7 +85,7 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     if not fp16:
         from generation.devices import choose_device
 
-        fp16 = str(choose_device(settings.pintor_device).dtype) == "torch.float16"
+        fp16 = choose_device(settings.pintor_device, settings.pintor_dtype).half  # fp16 files serve bf16 too
     failed = 0
     for spec in specs:
         sources = hub_sources(spec)

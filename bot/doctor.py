@@ -47,10 +47,11 @@ async def doctor(settings: Settings) -> int:
     from generation.devices import LOW_VRAM_BYTES, choose_device
 
     try:
-        device = choose_device(settings.pintor_device)
+        device = choose_device(settings.pintor_device, settings.pintor_dtype)
         detail = f"{device.device} ({device.name}), {str(device.dtype).removeprefix('torch.')}"
-        if device.low_vram and settings.pintor_offload is not False:
-            detail += f"; under {LOW_VRAM_BYTES // 1024**3} GiB VRAM: models are offloaded to the CPU between steps"
+        if device.low_vram and settings.pintor_offload == "auto":
+            detail += (f"; under {LOW_VRAM_BYTES // 1024**3} GiB VRAM: models that do not fit are offloaded "
+                       "to the CPU between steps (PINTOR_OFFLOAD=auto)")
         report(OK, "device", detail)
         if device.device == "cpu":
             report(OK, "note", "no GPU: generation runs on the CPU (sd-turbo is the model that fits)",

@@ -14,6 +14,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
 
+# generation.devices.Offload's values (not imported: it imports torch)
+OFFLOAD_MODES = ("none", "model", "sequential", "auto")
+# torch.compile's modes (torch.compile(mode=…))
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -34,7 +39,11 @@ class Settings(BaseSettings):
     pintor_models: Path | None = None
     pintor_default_model: str | None = None
     pintor_device: str = "auto"
-    pintor_offload: bool | None = None  # unset: offload on GPUs with less than 10 GB
+    pintor_dtype: str = "auto"  # auto, fp16, bf16, fp32 (auto: bf16 where the GPU has it, else fp16; fp32 on CPUs)
+    pintor_offload: str = "auto"  # none, model, sequential, auto (by free GPU memory; true/false: model/none)
+    pintor_channels_last: bool | None = None  # unset: on CUDA
+    pintor_compile: str | None = None  # off; on (= default), reduce-overhead, max-autotune…: torch.compile mode
+    pintor_vae_tiling_pixels: int = 1536 * 1536  # larger pictures are decoded in tiles
     pintor_max_loaded_models: int = 1
     pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process
     pintor_log_level: str = "INFO"
@@ -51,7 +60,39 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
         return value
 
-    @field_validator("pintor_models", "pintor_offload", "pintor_default_model", "pintor_metrics_port", mode="before")
+    @field_validator("pintor_models", "pintor_default_model", "pintor_channels_last", "pintor_metrics_port",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value
+
+    @field_validator("pintor_offload", mode="before")
+    @classmethod
+    def _offload_mode(cls, value):
+        # true/false: the yes/no setting of earlier versions (true was model offloading)
+        text = str(value).strip().lower() if value is not None else ""
+        text = {"": "auto", "true": "model", "1": "model", "yes": "model",
+                "false": "none", "0": "none", "no": "none"}.get(text, text)
+        if text not in OFFLOAD_MODES:
+            raise ValueError(f"PINTOR_OFFLOAD must be one of {', '.join(OFFLOAD_MODES)}, not '{value}'")
+        return text
+
+    @field_validator("pintor_compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value):
+        text = str(value).strip().lower() if value is not None else ""
+        if text in ("", "off", "false", "0", "no"):
+            return None
+        text = "default" if text in ("on", "true", "1", "yes") else text
+        if text not in COMPILE_MODES:
+            raise ValueError(f"PINTOR_COMPILE must be off, on or one of {', '.join(COMPILE_MODES)}, not '{value}'")
+        return text
+
+    @field_validator("pintor_dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value):
+        text = str(value).strip().lower() if value is not None else ""
+        text = text or "auto"
+        if text not in ("auto", "fp16", "bf16", "fp32"):
+            raise ValueError(f"PINTOR_DTYPE must be auto, fp16, bf16 or fp32, not '{value}'")
+        return text

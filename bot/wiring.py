@@ -28,7 +28,11 @@ def worker_config(settings: Settings) -> WorkerConfig:
         default_model=settings.pintor_default_model,
         device=settings.pintor_device,
         max_models=settings.pintor_max_loaded_models,
+        dtype=settings.pintor_dtype,
         offload=settings.pintor_offload,
+        channels_last=settings.pintor_channels_last,
+        compile=settings.pintor_compile,
+        vae_tiling_pixels=settings.pintor_vae_tiling_pixels,
         log_level=settings.pintor_log_level.upper(),
     )
 

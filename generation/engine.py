@@ -16,9 +16,10 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
-from generation.devices import DeviceChoice
-from generation.imaging import flatten_to_rgb, make_grid
+from generation.devices import DeviceChoice, FastPath
+from generation.imaging import flatten_to_rgb
 from generation.pipelines import PipelineCache
+from generation.previews import PREVIEW_SIDE, Preview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
 from generation.registry import ModelSpec, Registry
 from generation.request import JobKind, Request
@@ -27,16 +28,6 @@ from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample
 
 log = logging.getLogger(__name__)
 
-# Stable Diffusion latent channels → RGB, a linear approximation good enough for a preview
-# (no VAE decode, so a preview costs next to nothing): the factors fitted for SD 1.x by keturn,
-# "Decoding latents to RGB without upscaling" (discuss.huggingface.co/t/23204), rows L1–L4.
-_LATENT_RGB = torch.tensor([
-    [0.298, 0.207, 0.208],
-    [0.187, 0.286, 0.173],
-    [-0.158, 0.189, 0.264],
-    [-0.184, -0.271, -0.473],
-])
-PREVIEW_SIDE = 192  # pixels, the preview grid's longer side: small, to edit into a message once a second
 
 # on_step(step, total, make_preview): step counts from 1 to total; call make_preview() only when
 # a preview is wanted (it returns the latents_preview of that step).
@@ -44,6 +35,9 @@ StepCallback = Callable[[int, int, Callable[[], Image.Image]], None]
 # diffusers' `callback_on_step_end(pipe, step, timestep, callback_kwargs) -> callback_kwargs`; the
 # engine's also takes the number of steps for pipelines that do not say it (legacy_callback)
 StepEndCallback = Callable[..., dict[str, Any]]
+
+
+__all__ = ["PREVIEW_SIDE", "Engine", "GenerationStopped", "Generated", "latents_preview"]
 
 
 class GenerationStopped(Exception):
@@ -59,27 +53,6 @@ class Generated:
     images: list[Image.Image]
     notices: list[str]
     flagged: list[bool] = field(default_factory=list)  # by the model's NSFW check, per image
-
-
-def latents_preview(latents: torch.Tensor, width: int, height: int) -> Image.Image:
-    """A small preview grid (two columns) of a batch of latents, without decoding them.
-
-    `latents`: shape (batch, channels, H/8, W/8), any dtype and device; 4 channels (Stable
-    Diffusion, Kandinsky) are projected to RGB by _LATENT_RGB, other counts show their first
-    three. `width`, `height`: the final image's size in pixels, for the aspect ratio. Returns an
-    RGB image whose longer side is about PREVIEW_SIDE pixels (each tile at least 8×8). Costs a
-    few milliseconds: no VAE decode.
-    """
-    lat = latents.detach().float().cpu()
-    if lat.shape[1] == 4:
-        rgb = torch.einsum("bchw,cr->brhw", lat, _LATENT_RGB)
-    else:
-        rgb = lat[:, :3]
-    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    scale = PREVIEW_SIDE / (2 * max(width, height))
-    size = (max(8, round(width * scale)), max(8, round(height * scale)))
-    tiles = [Image.fromarray(tile).resize(size, Image.Resampling.BILINEAR) for tile in pixels]
-    return make_grid(tiles)
 
 
 def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,13 +85,13 @@ def initial_noise(request: Request, shape: tuple[int, ...]) -> torch.Tensor:
 
 class Engine:
     """Runs requests on one device with the registry's models, keeping up to `max_models`
-    loaded (PipelineCache; `offload`: CPU offload, None = when the device has little memory)."""
+    loaded (PipelineCache, prepared as `fast` says: offload, channels-last, compile)."""
 
     def __init__(self, registry: Registry, device: DeviceChoice, *, max_models: int = 1,
-                 offload: bool | None = None):
+                 fast: FastPath | None = None):
         self.registry = registry
         self.device = device
-        self.pipelines = PipelineCache(device, max_models=max_models, offload=offload)
+        self.pipelines = PipelineCache(device, max_models=max_models, fast=fast)
 
     def generate(self, request: Request, on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Generated:
@@ -137,7 +110,8 @@ class Engine:
             return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
         spec = self.registry.get(request.model)
         run = self._kandinsky if spec.family in ("kandinsky21", "kandinsky22") else self._stable_diffusion
-        images = run(request, spec, notices, self._callback(request, on_step, should_stop))
+        images = run(request, spec, notices, self._callback(request, on_step, should_stop,
+                                                            lambda *a: self.pipelines.preview(spec)(*a)))
         if should_stop():
             raise GenerationStopped()
         flagged = [False] * len(images)
@@ -175,6 +149,7 @@ class Engine:
             shape = (pipe.unet.config.in_channels, request.height // scale, request.width // scale)
             kwargs.update(width=request.width, height=request.height,
                           latents=initial_noise(request, shape).to(self.device.device, self.device.dtype))
+        self.pipelines.fit_vae(pipe, request.width, request.height, request.count)
         images: list[Image.Image] = pipe(**kwargs).images
         return images
 
@@ -307,8 +282,9 @@ class Engine:
         return image if size is None or image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
     @staticmethod
-    def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool]) -> StepEndCallback:
-        """A `callback_on_step_end`: progress (with a preview on demand), and stopping."""
+    def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool],
+                  preview_of: Preview = latents_preview) -> StepEndCallback:
+        """A `callback_on_step_end`: progress (with a preview by `preview_of` on demand), and stopping."""
         def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any],
                      total: int | None = None) -> dict[str, Any]:
             total = total or getattr(pipe, "_num_timesteps", None) or request.steps
@@ -317,7 +293,7 @@ class Engine:
             def preview() -> Image.Image:
                 if latents is None:
                     raise ValueError("this pipeline passes no latents to its step callback")
-                return latents_preview(latents, request.width, request.height)
+                return preview_of(latents, request.width, request.height)
 
             on_step(step + 1, total, preview)
             if should_stop():

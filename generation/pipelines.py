@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +29,8 @@ from diffusers import (
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from generation.availability import ModelLoadError, explain, member_message, require
-from generation.devices import DeviceChoice
+from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
+from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
 from generation.schedulers import SchedulerError, fits, loop_for, replacement, scheduler_class
@@ -45,24 +47,46 @@ _KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
 
 __all__ = ["ModelLoadError", "PipelineCache"]
 
+# compile(module, mode): compiles a module in place (nn.Module.compile: the module keeps its
+# class, so the pipeline still reads its config); injected by tests
+Compiler = Callable[[torch.nn.Module, str], None]
+# the sub-models that run every step or decode pictures: channels-last memory format for these
+_CONVOLUTIONAL = ("unet", "vae", "movq")
+
+
+def compile_module(module: torch.nn.Module, mode: str) -> None:
+    """torch.compile `module` in place with `mode` ("default", "reduce-overhead", …); the
+    compiling itself happens on its first call (the worker's warm-up)."""
+    module.compile(mode=mode)
+
+
+def free_cuda_memory() -> int:
+    """Free memory of the current CUDA device in bytes (torch.cuda.mem_get_info)."""
+    return int(torch.cuda.mem_get_info()[0])
+
 
 class PipelineCache:
     """Pipelines by model, least recently used evicted beyond `max_models`.
 
     Each model keeps its text-to-image pipeline and, built on demand from the same weights
     (`from_pipe`, no second copy in memory), its image-to-image and prior pipelines.
-    `max_models` (at least 1) is how many models stay loaded at once; `offload` moves each
-    sub-model to the GPU only for its turn (diffusers' enable_model_cpu_offload), None = on
-    devices with little memory (DeviceChoice.low_vram). Not thread-safe: the worker uses it
-    from one thread.
+    `max_models` (at least 1) is how many models stay loaded at once. `fast` says how they are
+    prepared on a GPU (FastPath: offload mode, channels-last, torch.compile, VAE tiling);
+    `compiler` and `free_memory` (bytes free on the GPU, None without one) are injected by
+    tests. Not thread-safe: the worker uses it from one thread.
     """
 
-    def __init__(self, device: DeviceChoice, *, max_models: int = 1, offload: bool | None = None):
+    def __init__(self, device: DeviceChoice, *, max_models: int = 1, fast: FastPath | None = None,
+                 compiler: Compiler | None = None, free_memory: Callable[[], int | None] | None = None):
         self.device = device
         self.max_models = max(1, max_models)
-        # None: offload on small GPUs only. Offloading keeps each sub-model on the CPU until
-        # its turn, so SDXL or Kandinsky's prior + decoder fit in 8 GB.
-        self.offload = device.low_vram if offload is None else offload
+        self.fast = fast or FastPath()
+        self.compiler = compiler or compile_module
+        on_cuda = device.device == "cuda"
+        self.free_memory = free_memory or (free_cuda_memory if on_cuda else lambda: None)
+        self.channels_last = on_cuda if self.fast.channels_last is None else self.fast.channels_last
+        self.offload_modes: dict[str, Offload] = {}  # model name → the mode it was loaded with
+        self._previews: dict[str, Preview] = {}  # model name → its preview maker
         self._models: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def loaded(self) -> list[str]:
@@ -91,14 +115,46 @@ class PipelineCache:
         self.get(spec, "text2img")
         return self._models[spec.name].get("safety")
 
+    def preview(self, spec: ModelSpec) -> Preview:
+        """How previews of `spec`'s latents are made: its tiny decoder (the entry's `preview`,
+        loaded on first use and kept while the model is) or, without one or when it cannot be
+        loaded (logged, not raised: a preview is not worth failing a job for), the linear
+        latents_preview."""
+        if spec.preview is None:
+            return latents_preview
+        if spec.name not in self._previews:
+            try:
+                decoder = load_tiny_decoder(spec.preview, self.device.device, self.device.dtype)
+                self._previews[spec.name] = TinyDecoderPreview(decoder)
+            except (OSError, ValueError) as err:
+                log.warning("model %s: preview decoder %s cannot be loaded (%s); linear previews instead",
+                            spec.name, spec.preview, err)
+                self._previews[spec.name] = latents_preview
+        return self._previews[spec.name]
+
+    def fit_vae(self, pipe: Any, width: int, height: int, count: int) -> None:
+        """Decode large pictures in tiles and large batches one picture at a time (FastPath.
+        vae_tiling_pixels), small ones whole: set before each run of `pipe` for `count`
+        pictures of width × height pixels. Pipelines without a tiling VAE are left alone."""
+        vae = getattr(pipe, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            return
+        limit = self.fast.vae_tiling_pixels
+        vae.enable_tiling() if width * height > limit else vae.disable_tiling()
+        vae.enable_slicing() if width * height * count > limit else vae.disable_slicing()
+
     def release(self) -> None:
         """Unload every model (after running out of memory)."""
         self._models.clear()
+        self.offload_modes.clear()
+        self._previews.clear()
         self._free()
 
     def _evict_for_one_more(self) -> None:
         while len(self._models) >= self.max_models:
             name, _ = self._models.popitem(last=False)
+            self.offload_modes.pop(name, None)
+            self._previews.pop(name, None)
             log.info("unloading model %s", name)
             self._free()
 
@@ -152,7 +208,7 @@ class PipelineCache:
                 raise ModelLoadError(member_message(spec.name), (
                     f"cannot load model '{spec.name}': single-file checkpoint {source} does not fit its config "
                     f"{config} (another family or size, or parts missing?): {type(err).__name__}: {first}")) from err
-        if spec.variant and self.device.dtype == torch.float16:
+        if spec.variant and self.device.half:  # fp16 weight files serve bf16 too (cast on load)
             kwargs["variant"] = spec.variant
         try:
             try:
@@ -176,9 +232,23 @@ class PipelineCache:
             except SchedulerError as err:
                 raise ModelLoadError(f"model '{spec.name}': {err}") from None
         if not placed:
-            if self.offload and self.device.device == "cuda":
-                pipe.enable_model_cpu_offload()
+            if self.channels_last:
+                for name in _CONVOLUTIONAL:
+                    module = getattr(pipe, name, None)
+                    if isinstance(module, torch.nn.Module):
+                        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (not in torch's stubs)
+            mode = self.offload_modes[spec.name] = choose_offload(self.fast.offload, spec.family, self.free_memory())
+            log.info("model %s (%s): offload %s, channels-last %s", spec.name, task, mode.value, self.channels_last)
+            if mode == Offload.MODEL:
+                pipe.enable_model_cpu_offload(device=self.device.device)
+            elif mode == Offload.SEQUENTIAL:
+                pipe.enable_sequential_cpu_offload(device=self.device.device)
             else:
                 pipe.to(self.device.device)
+            if self.fast.compile and task == "text2img" and isinstance(getattr(pipe, "unet", None), torch.nn.Module):
+                if mode == Offload.NONE:
+                    self.compiler(pipe.unet, self.fast.compile)  # img2img shares this UNet (from_pipe)
+                else:  # offload hooks move weights between calls: not what a compiled graph expects
+                    log.warning("model %s: not compiled, it is offloaded (%s)", spec.name, mode.value)
         pipe.set_progress_bar_config(disable=True)
         return pipe

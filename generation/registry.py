@@ -68,6 +68,9 @@ class ModelSpec:
     # a single-file checkpoint's pipeline configuration (configs, tokenizer, scheduler): a
     # diffusers folder or a downloaded hub id of the same architecture; never fetched silently
     config: str | None = None
+    # a tiny decoder for progress previews (diffusers' AutoencoderTiny: "madebyollin/taesd" for
+    # SD 1.x/2.x, "madebyollin/taesdxl" for SDXL, or a folder); None: the linear preview
+    preview: str | None = None
 
     @property
     def single_file(self) -> bool:
@@ -219,7 +222,8 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
 
     File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
     with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`,
-    `variant`, `description`, and `config` (required for a single-file checkpoint source).
+    `variant`, `description`, `preview` (a tiny preview decoder), and `config` (required for a
+    single-file checkpoint source).
     """
     selectors: dict[tuple[str, str], str] = {}
     file_default: str | None

@@ -42,7 +42,12 @@ class WorkerConfig:
     default_model: str | None = None
     device: str = "auto"
     max_models: int = 1
-    offload: bool | None = None
+    # the fast path (generation.devices.FastPath; plain values: the front end never imports torch)
+    dtype: str = "auto"
+    offload: str = "auto"
+    channels_last: bool | None = None
+    compile: str | None = None  # a torch.compile mode; warmed up before the worker says it is ready
+    vae_tiling_pixels: int = 1536 * 1536
     preview_interval_s: float = 1.0
     log_level: str = "INFO"
 
@@ -101,9 +106,10 @@ class _Worker:
         import diffusers  # heavy imports happen in the child only
         import transformers
 
-        from generation.devices import choose_device
+        from generation.devices import FastPath, Offload, choose_device
         from generation.engine import Engine
         from generation.registry import load_registry
+        from generation.warmup import warm_up
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # (untyped there)
@@ -111,14 +117,25 @@ class _Worker:
         try:
             registry = load_registry(Path(self.config.registry_path) if self.config.registry_path else None,
                                      self.config.default_model)
-            device = choose_device(self.config.device)
-            engine = Engine(registry, device, max_models=self.config.max_models, offload=self.config.offload)
+            device = choose_device(self.config.device, self.config.dtype)
+            fast = FastPath(offload=Offload(self.config.offload), channels_last=self.config.channels_last,
+                            compile=self.config.compile, vae_tiling_pixels=self.config.vae_tiling_pixels)
+            engine = Engine(registry, device, max_models=self.config.max_models, fast=fast)
         except Exception as err:  # noqa: BLE001 - reported to the front end, which shows it
             self.send("fatal", f"{type(err).__name__}: {err}")
             return
-        self.send("ready", {"device": device.device, "device_name": device.name,
-                            "dtype": str(device.dtype).removeprefix("torch."),
-                            "offload": engine.pipelines.offload})
+        info: dict[str, Any] = {"device": device.device, "device_name": device.name,
+                                "dtype": str(device.dtype).removeprefix("torch."), "offload": fast.offload.value}
+        if fast.compile:
+            # before "ready": the queue sends no job until then, so no member waits for the compiler
+            try:
+                info["warm_up"] = warm_up(engine, fast.compile)
+            except Exception as err:  # noqa: BLE001 - a compiler that fails here would fail every job
+                log.error("compile warm-up failed:\n%s", traceback.format_exc())
+                self.send("fatal", f"the torch.compile warm-up failed (PINTOR_COMPILE): {type(err).__name__}: {err}")
+                return
+            log.info("compile warm-up: %s", info["warm_up"])
+        self.send("ready", info)
         threading.Thread(target=self.read_commands, daemon=True, name="commands").start()
         while (item := self.jobs.get()) is not None:
             job_id, request_json = item

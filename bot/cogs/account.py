@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -27,6 +27,19 @@ def pintor_version() -> str:
         return version("pintor")
     except PackageNotFoundError:
         return "unknown"
+
+
+def device_line(info: dict[str, Any]) -> str:
+    """The worker's device as /info shows it: its name, dtype, and the torch.compile warm-up it
+    made at start (generation.warmup.WarmUp), from the worker's "ready" message `info`."""
+    line = str(info.get("device_name", "?"))
+    if info.get("dtype"):
+        line += f" ({info['dtype']})"
+    warm = info.get("warm_up")
+    if warm:
+        line += (f" · torch.compile ({warm['compile']}) warmed up at start on {warm['model']} "
+                 f"({warm['side']}²) in {warm['seconds']:.0f} s")
+    return line
 
 
 def member_of(interaction: Interaction) -> Member:
@@ -112,7 +125,7 @@ class Account(commands.Cog):
             worker = f"running job {state.running_job} with {model}, step {state.step}/{state.total or '?'}"
         else:
             worker = "idle"
-        device = state.device.get("device_name", "?")
+        device = device_line(state.device)
         places = []
         for job in mine:
             position = studio.queue_position(job.id)

@@ -1,0 +1,25 @@
+"""servers' LoRA rules: which LoRAs members may use, and how many per job
+
+Revision ID: 0006_issue14b
+Revises: 0005
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006_issue14b"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # servers that exist already keep what they had: every configured LoRA, no limit per job
+    with op.batch_alter_table("guild_settings") as batch:
+        batch.add_column(sa.Column("allowed_loras", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("max_loras", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("guild_settings") as batch:
+        batch.drop_column("max_loras")
+        batch.drop_column("allowed_loras")

@@ -20,9 +20,9 @@ from PIL import Image
 from generation import adapters
 from generation.devices import DeviceChoice
 from generation.imaging import flatten_to_rgb, make_grid
-from generation.pipelines import PipelineCache
+from generation.pipelines import ModelLoadError, PipelineCache
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
-from generation.registry import ADDITION_FAMILIES, ModelSpec, Registry
+from generation.registry import ADDITION_FAMILIES, ModelSpec, Registry, UnknownLoraError
 from generation.request import JobKind, Request
 from generation.safety import blur
 from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
@@ -157,7 +157,10 @@ class Engine:
         prompt writes loaded (generation/adapters.py); nothing for families without them."""
         if spec.family not in ADDITION_FAMILIES:
             return nullcontext()
-        loras = [(self.registry.lora(name), weight) for name, weight in request.loras]
+        try:
+            loras = [(self.registry.lora(name), weight) for name, weight in request.loras]
+        except UnknownLoraError as err:  # removed from models.toml since the job was stored
+            raise ModelLoadError(f"{err} It was removed since this job was asked for.") from None
         embeddings = [e for e in self.registry.embeddings.values() if e.fits(spec.family)]
         return adapters.applied(self.pipelines.get(spec, "text2img"), loras, embeddings,
                                 [text for text, _ in request.parts] + [request.negative])

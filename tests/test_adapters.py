@@ -215,3 +215,27 @@ def test_missing_or_unreadable_files_are_clear_errors(registry, files, tmp_path,
     assert "cannot load LoRA 'wrong' from" in raised.value.detail and str(files["xl-ink"]) not in str(raised.value)
     assert "wrong" not in adapters.loaded_loras(pipe)
     assert np.array_equal(pixels(run(engine, plain)[0].images), base)
+
+
+def test_a_single_file_vae_is_read_with_the_models_own_vae_config(tiny_models, files, tmp_path):
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from tests.tiny_models import _ldm_vae
+
+    vae = AutoencoderKL.from_pretrained(files["vae"])
+    single = tmp_path / "tiny-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in _ldm_vae(vae).items()}, str(single))
+    path = tmp_path / "models.toml"
+    path.write_text(registry_text(tiny_models, files).replace(
+        'guidance = 5.0\n', f'guidance = 5.0\nvae = "{single}"\n', 1), encoding="utf-8")
+    spec = load_registry(path).get("tiny-sd")
+    assert spec.vae == str(single)
+    loaded = PipelineCache(CPU).get(spec, "text2img").vae.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in vae.state_dict().items())
+
+
+def test_a_job_whose_lora_was_removed_since_fails_with_a_message(registry):
+    engine = Engine(registry, CPU)
+    with pytest.raises(ModelLoadError, match="Unknown LoRA 'retired'.*removed since this job was asked for"):
+        run(engine, request(registry, "a cat --seed 1").replace(loras=(("retired", 1.0),)))

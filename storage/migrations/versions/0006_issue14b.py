@@ -13,10 +13,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # servers that exist already keep what they had: every configured LoRA, no limit per job
+    # servers that exist already get what a new server gets (ServerRules.new): every configured
+    # LoRA, at most 2 per job (DEFAULT_MAX_LORAS)
     with op.batch_alter_table("guild_settings") as batch:
         batch.add_column(sa.Column("allowed_loras", sa.Text(), nullable=True))
         batch.add_column(sa.Column("max_loras", sa.Integer(), nullable=True))
+    op.execute("UPDATE guild_settings SET max_loras = 2")
 
 
 def downgrade() -> None:

@@ -14,9 +14,8 @@ from bot.intake import USER_ERRORS, LimitError, Member
 from generation.events import FINAL_EVENTS, Done
 from generation.request import JobKind, Request
 from storage.models import Job, ServerRules
+from tests.adapter_helpers import build_additions, registry_text
 from tests.studio_helpers import started_studio
-from tests.test_adapters import registry_text
-from tests.tiny_models import build_embedding, build_lora, build_vae
 from tests.waiting import collect_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -27,15 +26,7 @@ ANN = Member(1, "ann")
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def env(tiny_models, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lora-studio")
-    files = {
-        "ink": build_lora(tiny_models["sd"], root / "loras" / "ink.safetensors", seed=1),
-        "glow": build_lora(tiny_models["sd"], root / "loras" / "glow" / "glow_v2.safetensors", seed=4,
-                           text_encoder=False),
-        "xl-ink": build_lora(tiny_models["sdxl"], root / "loras" / "xl-ink.safetensors", seed=5),
-        "emb": build_embedding(root / "easyneg.safetensors"),
-        "xl-emb": build_embedding(root / "xl-emb.safetensors", sdxl=True),
-        "vae": build_vae(root / "vae"),
-    }
+    files = build_additions(tiny_models, root / "additions")
     registry_file = root / "models.toml"
     registry_file.write_text(registry_text(tiny_models, files), encoding="utf-8")
     async with started_studio(root, registry_file) as studio:

@@ -43,6 +43,13 @@ def _on_disk(source: str, config: str | None = None) -> str:
     return "NOT downloaded" + (f" (partly: {human_size(size)})" if size else "")
 
 
+def _addition_state(kind: str, name: str, source: str, weight_name: str | None = None) -> str:
+    from generation.availability import check_addition
+
+    state = check_addition(kind, name, source, weight_name)
+    return ("here" if state.downloaded else "NOT downloaded") + ("" if state.ok else f" — {state.detail}; {state.fix}")
+
+
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
     from generation.schedulers import check_scheduler
@@ -63,6 +70,19 @@ def models(settings: Settings) -> int:
         if spec.scheduler:
             loops = check_scheduler(spec.scheduler, spec.family)
             print(f"  {'':<16} scheduler: {spec.scheduler} (for the {' and '.join(loops)})")
+        if spec.vae:
+            print(f"  {'':<16} vae: {spec.vae}; {_addition_state('VAE', spec.name, spec.vae)}")
+    for lora in registry.loras.values():
+        triggers = f"; adds “{', '.join(lora.triggers)}”" if lora.triggers else ""
+        print(f"  LoRA {lora.name:<11} for {', '.join(lora.families)}; weight {lora.weight:g}{triggers}; "
+              f"--lora {lora.name}:{lora.weight:g}")
+        print(f"  {'':<16} {lora.source}{' (' + lora.weight_name + ')' if lora.weight_name else ''}; "
+              f"{_addition_state('LoRA', lora.name, lora.source, lora.weight_name)}")
+    for embedding in registry.embeddings.values():
+        print(f"  embedding {embedding.name:<6} for {', '.join(embedding.families)}; write {embedding.token} "
+              f"in the prompt or --no")
+        print(f"  {'':<16} {embedding.source}; "
+              f"{_addition_state('embedding', embedding.name, embedding.source, embedding.weight_name)}")
     if registry.selectors:
         print("MidJourney parameters that choose a model ([midjourney] in the registry file):")
         for (name, value), model in registry.selectors.items():
@@ -78,10 +98,12 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
     cache; each repo's size is said, and the free disk checked, before its download starts."""
     from bot.wiring import registry_from
-    from generation.hub import PullError, hub_sources, human_size, plan, pull
+    from generation.hub import PullError, addition_sources, hub_sources, human_size, plan, plan_files, pull
 
     registry = registry_from(settings)
-    specs = [registry.get(name) for name in names] if names else list(registry.models.values())
+    others = set(registry.loras) | set(registry.embeddings)  # LoRAs and embeddings are pulled by name too
+    specs = ([registry.get(name) for name in names if name not in others] if names
+             else list(registry.models.values()))
     if not fp16:
         from generation.devices import choose_device
 
@@ -106,6 +128,21 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
 
                 failed += 1
                 print(f"error: {explain(spec.name, source, err).detail}", file=sys.stderr)
+    for name, source, files in addition_sources(registry, names or None):
+        try:
+            found = plan_files(source, files)
+            print(f"{name}: {source}: {', '.join(files)}, {human_size(found.total_bytes)}"
+                  f" ({human_size(found.missing_bytes)} to download)", flush=True)
+            pull(found)
+            print(f"{name}: {source} downloaded", flush=True)
+        except PullError as err:
+            failed += 1
+            print(f"error: {name}: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - the hub's errors, said with what to do
+            from generation.availability import explain
+
+            failed += 1
+            print(f"error: {explain(name, source, err).detail}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -89,6 +89,12 @@ async def doctor(settings: Settings) -> int:
         for spec in registry.models.values():
             for source in filter(None, (spec.source, spec.prior)):
                 _check_source(report, spec.name, source, spec.config if source == spec.source else None)
+            if spec.vae:
+                _check_addition(report, "VAE", spec.name, spec.vae)
+        for lora in registry.loras.values():
+            _check_addition(report, "LoRA", lora.name, lora.source, lora.weight_name)
+        for embedding in registry.embeddings.values():
+            _check_addition(report, "embedding", embedding.name, embedding.source, embedding.weight_name)
     except RegistryError as err:
         report(PROBLEM, "models", str(err), "fix the file that PINTOR_MODELS names (see docs/models.md)")
 
@@ -135,6 +141,15 @@ def _check_source(report, name: str, source: str, config: str | None = None) -> 
             report(PROBLEM, f"model {name}", problem.removeprefix(f"cannot load model '{name}': "))
             return
     report(OK if state.ok else PROBLEM, f"model {name}", state.detail, state.fix)
+
+
+def _check_addition(report, kind: str, name: str, source: str, weight_name: str | None = None) -> None:
+    """One line per VAE override, LoRA or embedding: its file here, downloaded or not (offline:
+    a problem), as generation/availability.py's check_addition says."""
+    from generation.availability import check_addition
+
+    state = check_addition(kind, name, source, weight_name)
+    report(OK if state.ok else PROBLEM, f"{kind} {name}", state.detail, state.fix)
 
 
 async def health(settings: Settings) -> int:

@@ -7,10 +7,10 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generation.availability import ModelLoadError, require
+from generation.availability import ModelLoadError, require, require_addition
 from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
-from generation.registry import Registry, UnknownModelError
+from generation.registry import LoraSpec, ModelSpec, Registry, UnknownLoraError, UnknownModelError
 from generation.request import Request, build_request
 from storage.models import MemberPreferences, ServerRules
 
@@ -36,18 +36,23 @@ class ModelUnavailable(RequestError):
         self.detail = detail
 
 
-def check_model_files(registry: Registry, name: str) -> None:
-    """Raise ModelUnavailable when model `name`'s files cannot be had here: checked from the
-    file system and the Hugging Face cache only (fast, no network), before a job is stored.
-    A name the registry does not hold (Pillow's resampling upscale) needs no files."""
+def check_model_files(registry: Registry, name: str, loras: Sequence[str] = ()) -> None:
+    """Raise ModelUnavailable when model `name`'s files (its VAE's too) or those of the `loras`
+    (configured LoRA names) cannot be had here: checked from the file system and the Hugging
+    Face cache only (fast, no network), before a job is stored. A name the registry does not
+    hold (Pillow's resampling upscale) needs no files."""
     spec = registry.models.get(name)
     if spec is None:
         return
-    for source in filter(None, (spec.source, spec.prior)):
-        try:
+    try:
+        for source in filter(None, (spec.source, spec.prior)):
             require(spec.name, source, spec.config if source == spec.source else None)
-        except ModelLoadError as err:
-            raise ModelUnavailable(str(err), err.detail) from None
+        if spec.vae:
+            require_addition("VAE", spec.name, spec.vae)
+        for lora in map(registry.lora, loras):
+            require_addition("LoRA", lora.name, lora.source, lora.weight_name)
+    except ModelLoadError as err:
+        raise ModelUnavailable(str(err), err.detail) from None
 
 
 def id_list(text: str | None) -> list[int]:
@@ -59,7 +64,7 @@ def name_list(text: str | None) -> list[str]:
 
 
 # What a member can get wrong: each carries a message meant for them.
-USER_ERRORS = (PromptError, UnknownModelError, RequestError, UploadError)
+USER_ERRORS = (PromptError, UnknownModelError, UnknownLoraError, RequestError, UploadError)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
 
 # prompt parameter → the ParsedPrompt field it sets
 PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
-                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model"}
+                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras"}
 
 
 def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
@@ -128,6 +133,31 @@ def with_defaults(parsed: ParsedPrompt, defaults: MemberPreferences, *, strict: 
     names = {field: name for name, field in PARAMETER_FIELDS.items()}
     applied = {field: value for field, value in values.items() if names[field] not in parsed.given}
     return dataclasses.replace(parsed, **applied, given=parsed.given | {names[f] for f in applied})
+
+
+def choose_loras(registry: Registry, parsed: ParsedPrompt, spec: ModelSpec) -> list[tuple[LoraSpec, float]]:
+    """The configured LoRAs a prompt names (--lora, <lora:…>), each with its weight (the
+    member's, else the entry's default). Raises UnknownLoraError for a name that is not
+    configured and RequestError for one that does not fit the model's family; whether the
+    server allows them is checked when the job is submitted (`Studio._check_rules`)."""
+    chosen = []
+    for name, weight in parsed.loras:
+        lora = registry.lora(name)
+        if not lora.fits(spec.family):
+            fitting = [m.name for m in registry.generators() if lora.fits(m.family)]
+            raise RequestError(f"The LoRA '{lora.name}' is made for {', '.join(lora.families)} models; {spec.name} "
+                               f"is a {spec.family} model. Use it with --model "
+                               f"{' or '.join(fitting) if fitting else '(no configured model fits it)'}, "
+                               "or leave it out.")
+        chosen.append((lora, lora.weight if weight is None else weight))
+    return chosen
+
+
+def allowed_loras(rules: ServerRules | None) -> list[str] | None:
+    """The LoRA names a server allows (`rules`; None in DMs and the CLI): None for all, [] for none."""
+    if rules is None or rules.allowed_loras is None:
+        return None
+    return name_list(rules.allowed_loras)
 
 
 def allowed_models(rules: ServerRules | None) -> list[str]:
@@ -227,4 +257,4 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    return build_request(parsed, spec), notices
+    return build_request(parsed, spec, loras=choose_loras(registry, parsed, spec)), notices

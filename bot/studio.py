@@ -23,10 +23,12 @@ from bot.intake import (
     Member,
     ModelUnavailable,
     RequestError,
+    allowed_loras,
     allowed_models,
     blend_prompt,
     blend_weights,
     check_model_files,
+    choose_loras,
     id_list,
     name_list,
     prepare,
@@ -239,7 +241,9 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             width, height = size_for_aspect((image.width, image.height), spec.native_side)
             base = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance,
-                                width=width, height=height)
+                                width=width, height=height, loras=tuple(
+                                    (name, weight) for name, weight in base.loras
+                                    if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
@@ -293,7 +297,7 @@ class Studio:
         request = base.replace(
             kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
             width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
-            steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0)
+            steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, loras=())
         key = f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
 
@@ -323,7 +327,8 @@ class Studio:
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
         total = sum(p.weight for p in parsed.parts)
-        request = build_request(parsed, spec, kind=JobKind.BLEND).replace(
+        request = build_request(parsed, spec, kind=JobKind.BLEND,
+                                loras=choose_loras(self.registry, parsed, spec)).replace(
             prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
             image_weights=tuple(image_weights))
@@ -412,7 +417,7 @@ class Studio:
         running or done raises AlreadyMade instead (checked before the rules: pointing to it
         costs nothing)."""
         try:  # a model whose files cannot be had is refused now, not after the worker starts
-            check_model_files(self.registry, request.model)
+            check_model_files(self.registry, request.model, [name for name, _ in request.loras])
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
@@ -454,6 +459,7 @@ class Studio:
         allowed = name_list(rules.allowed_models)
         if allowed and request.model not in allowed and request.kind != JobKind.UPSCALE:
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
+        self._check_loras(request, rules)
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
@@ -478,6 +484,20 @@ class Studio:
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
                 raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
                                  f"at 00:00 UTC, in {hours} h {minutes} min.")
+
+    @staticmethod
+    def _check_loras(request: Request, rules: ServerRules) -> None:
+        """The server's LoRA rules: which LoRAs it allows, how many one job may use."""
+        if not request.loras:
+            return
+        allowed = allowed_loras(rules)
+        refused = [name for name, _ in request.loras if allowed is not None and name not in allowed]
+        if refused:
+            what = f"Allowed: {', '.join(allowed)}." if allowed else "This server allows no LoRAs."
+            raise LimitError(f"The LoRA{'s' if len(refused) > 1 else ''} {', '.join(refused)} "
+                             f"{'are' if len(refused) > 1 else 'is'} not allowed on this server. {what}")
+        if rules.max_loras is not None and len(request.loras) > rules.max_loras:
+            raise LimitError(f"{len(request.loras)} LoRAs is over this server's limit of {rules.max_loras} per job.")
 
     # -- what front ends read and change: the one door (cogs never reach into the stores) ----------
 

@@ -97,6 +97,56 @@ def check_source(name: str, source: str, config: str | None = None) -> SourceSta
                        f"`pintor models pull {name}` downloads it ahead")
 
 
+# the file a hub repo or folder is read from when the entry names none (diffusers' own names:
+# LORA_WEIGHT_NAME_SAFE, TEXT_INVERSION_NAME_SAFE; an AutoencoderKL's config)
+ADDITION_FILES = {"LoRA": "pytorch_lora_weights.safetensors", "embedding": "learned_embeds.safetensors",
+                  "VAE": "config.json"}
+
+
+def check_addition(kind: str, name: str, source: str, weight_name: str | None = None) -> SourceState:
+    """What the `source` of a LoRA, textual-inversion embedding or VAE (`kind`: "LoRA",
+    "embedding", "VAE") of entry `name` is here, without loading it and without the network.
+
+    A path must be a file (for a VAE also a folder with config.json); a hub id is downloaded
+    when its file (`weight_name`, else ADDITION_FILES[kind]) is in the Hugging Face cache, and
+    cannot be had offline otherwise. Returns SourceState (`fix`: what to do)."""
+    wanted = weight_name or ADDITION_FILES[kind]
+    path = Path(source).expanduser()
+    if path.exists() or looks_like_path(source):
+        if path.is_file() or (kind == "VAE" and (path / wanted).is_file()):
+            return SourceState(True, f"{kind} {source}", downloaded=True)
+        if path.is_dir() and (path / wanted).is_file():
+            return SourceState(True, f"{kind} {path / wanted}", downloaded=True)
+        what = "a file" + (" or a folder with config.json" if kind == "VAE" else "")
+        return SourceState(False, f"{kind} {source} " + ("is not " + what if path.exists() else "does not exist"),
+                           f"fix the source of '{name}' ({what})")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(source, wanted), str)
+    except ValueError as err:
+        return SourceState(False, f"{kind} '{source}' is neither a file here nor a hub id ({err})",
+                           f"set the source of '{name}' to a file or a hub id (owner/name)")
+    if cached:
+        return SourceState(True, f"{kind} hub id {source} ({wanted}), downloaded", downloaded=True)
+    if offline():
+        return SourceState(False, f"{kind} hub id {source} ({wanted}) is not downloaded and HF_HUB_OFFLINE is set",
+                           f"run `pintor models pull` where there is internet, or point the source of '{name}' "
+                           "at a local file")
+    return SourceState(True, f"{kind} hub id {source} ({wanted}), not downloaded yet: fetched on first use",
+                       "`pintor models pull` downloads it ahead")
+
+
+def require_addition(kind: str, name: str, source: str, weight_name: str | None = None) -> None:
+    """Raise ModelLoadError when a LoRA's, embedding's or VAE's files cannot be had here
+    (`check_addition`); str(err) names the entry, not its path."""
+    state = check_addition(kind, name, source, weight_name)
+    if not state.ok:
+        raise ModelLoadError(f"The {kind} '{name}' cannot be loaded on this server right now (its file is missing "
+                             "or cannot be downloaded). An admin can see why with `pintor doctor`.",
+                             f"cannot load {kind} '{name}': {state.detail}; {state.fix}")
+
+
 def _check_folder(name: str, source: str, path: Path) -> SourceState:
     if not path.exists():
         return SourceState(False, f"{source} does not exist", "fix the entry's source (a folder or a hub id)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +17,13 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
+from generation import adapters
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
-from generation.pipelines import PipelineCache
+from generation.pipelines import ModelLoadError, PipelineCache
 from generation.previews import PREVIEW_SIDE, Preview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
-from generation.registry import ModelSpec, Registry
+from generation.registry import ADDITION_FAMILIES, ModelSpec, Registry, UnknownLoraError
 from generation.request import JobKind, Request
 from generation.safety import blur
 from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
@@ -110,8 +112,9 @@ class Engine:
             return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
         spec = self.registry.get(request.model)
         run = self._kandinsky if spec.family in ("kandinsky21", "kandinsky22") else self._stable_diffusion
-        images = run(request, spec, notices, self._callback(request, on_step, should_stop,
-                                                            lambda *a: self.pipelines.preview(spec)(*a)))
+        with self._additions(request, spec):
+            images = run(request, spec, notices, self._callback(request, on_step, should_stop,
+                                                                lambda *a: self.pipelines.preview(spec)(*a)))
         if should_stop():
             raise GenerationStopped()
         flagged = [False] * len(images)
@@ -122,6 +125,19 @@ class Engine:
             if any(flagged):
                 notices.append(f"The safety check flagged {sum(flagged)} of {len(images)} images: they are blurred.")
         return Generated(images=images, notices=notices, flagged=flagged)
+
+    def _additions(self, request: Request, spec: ModelSpec) -> AbstractContextManager[None]:
+        """The job's LoRAs switched on for its run (and off after it), and the embeddings its
+        prompt writes loaded (generation/adapters.py); nothing for families without them."""
+        if spec.family not in ADDITION_FAMILIES:
+            return nullcontext()
+        try:
+            loras = [(self.registry.lora(name), weight) for name, weight in request.loras]
+        except UnknownLoraError as err:  # removed from models.toml since the job was stored
+            raise ModelLoadError(f"{err} It was removed since this job was asked for.") from None
+        embeddings = [e for e in self.registry.embeddings.values() if e.fits(spec.family)]
+        return adapters.applied(self.pipelines.get(spec, "text2img"), loras, embeddings,
+                                [text for text, _ in request.parts] + [request.negative])
 
     # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
 

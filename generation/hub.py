@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation.availability import looks_like_path
-from generation.registry import ModelSpec
+from generation.availability import ADDITION_FILES, looks_like_path
+from generation.registry import ModelSpec, Registry
 
 # the files diffusers reads from a pipeline repo, besides the weights (configs, tokenizers)
 _SMALL_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model")
@@ -46,6 +46,34 @@ def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     tokenizer only). Folders and files are not pulled."""
     wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
     return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]
+
+
+def addition_sources(registry: Registry, names: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """The hub ids of the VAE overrides, LoRAs and embeddings (of the entries `names`, all for
+    None) with the files to pull from each: (entry name, hub id, files). A VAE repo gives its
+    config.json and diffusion_pytorch_model.safetensors (what AutoencoderKL.from_pretrained
+    reads), a LoRA or embedding its `weight_name` (else diffusers' default file name)."""
+    wanted = []
+    for spec in registry.models.values():
+        if spec.vae and _is_hub_id(spec.vae) and (names is None or spec.name in names):
+            wanted.append((spec.name, spec.vae, ["config.json", "diffusion_pytorch_model.safetensors"]))
+    for kind, entries in (("LoRA", registry.loras), ("embedding", registry.embeddings)):
+        for entry in entries.values():
+            if _is_hub_id(entry.source) and (names is None or entry.name in names):
+                wanted.append((entry.name, entry.source, [entry.weight_name or ADDITION_FILES[kind]]))
+    return wanted
+
+
+def plan_files(repo_id: str, files: list[str]) -> Plan:
+    """The plan to pull exactly `files` of `repo_id` (sizes from the hub, no download). Raises the
+    hub's errors, as `plan` does."""
+    from huggingface_hub import snapshot_download
+
+    infos = snapshot_download(repo_id, allow_patterns=files, dry_run=True)
+    if not infos:
+        raise PullError(f"{repo_id} has none of {', '.join(files)}; check the entry's weight_name")
+    return Plan(repo_id, tuple(files), sum(i.file_size or 0 for i in infos),
+                sum(i.file_size or 0 for i in infos if i.will_download))
 
 
 def choose_files(paths: list[str], variant: str | None, *, weights: bool = True) -> list[str]:

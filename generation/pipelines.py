@@ -10,10 +10,12 @@ import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     AutoPipelineForImage2Image,
     AutoPipelineForText2Image,
     KandinskyImg2ImgPipeline,
@@ -28,7 +30,7 @@ from diffusers import (
 )
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-from generation.availability import ModelLoadError, explain, member_message, require
+from generation.availability import ModelLoadError, explain, member_message, require, require_addition
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ModelSpec
@@ -45,7 +47,27 @@ _KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
 }
 
 
-__all__ = ["ModelLoadError", "PipelineCache"]
+__all__ = ["ModelLoadError", "PipelineCache", "load_vae"]
+
+
+def load_vae(spec: ModelSpec, dtype: torch.dtype) -> Any:
+    """The AutoencoderKL of a model entry's `vae` override, in `dtype`: a hub id or a folder
+    (`from_pretrained`: config.json and weights at its top), or one .safetensors file
+    (`from_single_file`, configured from the model's own pipeline's vae/ config, local files
+    only). Raises ModelLoadError when it cannot be had or does not load."""
+    if spec.vae is None:
+        raise ValueError(f"model '{spec.name}' has no vae override")
+    require_addition("VAE", spec.name, spec.vae)
+    path = Path(spec.vae).expanduser()
+    try:
+        if path.is_file():
+            return AutoencoderKL.from_single_file(str(path), config=spec.config or spec.source, subfolder="vae",
+                                                  local_files_only=True, dtype=dtype)
+        return AutoencoderKL.from_pretrained(spec.vae, dtype=dtype)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(member_message(spec.name), f"cannot load model '{spec.name}': its VAE {spec.vae} does "
+                             f"not load (another family or size?): {type(err).__name__}: {first}") from err
 
 # compile(module, mode): compiles a module in place (nn.Module.compile: the module keeps its
 # class, so the pipeline still reads its config); injected by tests
@@ -195,6 +217,8 @@ class PipelineCache:
         config = spec.config if source == spec.source else None
         require(spec.name, source, config)  # fails at once, with what to do, when the files cannot be had
         kwargs: dict[str, Any] = {"dtype": self.device.dtype}  # `dtype`: diffusers >= 0.40 (torch_dtype is deprecated)
+        if spec.vae and source == spec.source:
+            kwargs["vae"] = load_vae(spec, self.device.dtype)
         if spec.single_file and source == spec.source:
             # the configuration from the entry's config, local files only: never silently from the hub
             single = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline

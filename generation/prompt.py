@@ -14,8 +14,10 @@ paste them from MidJourney and Stable Diffusion galleries:
 * values outside a range whose intent is plain are brought inside it, with a notice
   (``--ar 7:2`` → 3:1, ``--q 4`` → 2, ``--chaos 150`` → 100, two ``--no`` lists merged);
 * leftovers of copy and paste are cleaned, with a notice: a leading ``/imagine prompt:``,
-  dashes that phones turn into ``—``, links (image prompts are not offered yet), ``<lora:…>``,
+  dashes that phones turn into ``—``, links (image prompts are not offered yet), ``<lyco:…>``,
   ``BREAK`` and ``[a|b]``;
+* ``<lora:NAME:0.7>`` (the form Stable Diffusion galleries paste) means ``--lora NAME:0.7``: both
+  end up in ``ParsedPrompt.loras`` as (name, weight or None for the LoRA's own default);
 * Stable Diffusion emphasis — ``(word:1.3)``, ``((word))``, ``[word]`` — stays in the text;
   ``emphasis_segments`` turns it into (text, weight) fragments for weighted embeddings.
 
@@ -45,6 +47,10 @@ MAX_ASPECT_SIDE = 10_000
 QUALITIES = (0.5, 1.0, 2.0)
 # AUTOMATIC1111's emphasis: (word) multiplies the weight by 1.1, [word] divides it by 1.1
 EMPHASIS_STEP = 1.1
+# a LoRA's weight as members may give it; beyond this the picture is noise (AUTOMATIC1111 and
+# ComfyUI sliders go to about ±2; a negative weight reverses a LoRA)
+LORA_WEIGHT_RANGE = (-2.0, 2.0)
+MAX_LORAS = 8  # LoRAs one prompt may name (an abuse limit; a server's own limit is lower)
 
 
 class PromptError(ValueError):
@@ -71,6 +77,8 @@ class ParsedPrompt:
     given: frozenset[str] = frozenset()
     # MidJourney's model choosers as given, canonical: ("v", "6"), ("niji", ""), ("style", "raw")
     selectors: tuple[tuple[str, str], ...] = ()
+    # --lora NAME[:weight] and <lora:NAME:weight>, in order, once per name; None: the LoRA's default
+    loras: tuple[tuple[str, float | None], ...] = ()
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -179,6 +187,28 @@ def _parse_model(value: str, notices: list[str]) -> str:
     return value
 
 
+def _parse_lora(value: str, notices: list[str]) -> tuple[str, float | None]:
+    """"NAME" or "NAME:0.7" → (name, weight or None); a weight beyond LORA_WEIGHT_RANGE is
+    brought inside it, with a notice."""
+    name, colon, typed = value.partition(":")
+    _parse_model(name, notices)  # the same names as models
+    if not colon:
+        return name, None
+    if not _WEIGHT_RE.fullmatch(typed) or not math.isfinite(float(typed)):
+        raise ValueError(value)
+    low, high = LORA_WEIGHT_RANGE
+    weight = float(typed) + 0.0
+    if not low <= weight <= high:
+        weight = min(high, max(low, weight))
+        notices.append(f"--lora {quote(value)}: a LoRA's weight is from {low:g} to {high:g}; used {weight:g}.")
+    return name, weight
+
+
+def _format_loras(loras: tuple[tuple[str, float | None], ...]) -> str:
+    # one --lora per LoRA: format_parameters writes "--lora " before the first
+    return " --lora ".join(name if weight is None else f"{name}:{_format_weight(weight)}" for name, weight in loras)
+
+
 def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
     # each parameter's value has its own type (tuple[int, int], int, float, str): the table holds
     # them as _Param[Any], and ParsedPrompt's fields take them by name
@@ -200,11 +230,14 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
         _Param("model", "model",
                "a model name: letters, digits, '.', '_' or '-', at most 64 characters",
                _parse_model),
+        _Param("lora", "loras", "a LoRA's name, and its weight after a colon if you want another "
+               f"(e.g. --lora pixel-art:0.7; from {LORA_WEIGHT_RANGE[0]:g} to {LORA_WEIGHT_RANGE[1]:g})",
+               _parse_lora, _format_loras),
     )
     return {param.name: param for param in params}
 
 
-KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model "
+KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora "
                     "(also --aspect, --c, --s, --quality).")
 
 
@@ -390,12 +423,13 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
 
     values: dict[str, Any] = {}  # canonical name → its _Param's parsed value
     negatives: list[str] = []  # each --no, merged into one below
+    loras: list[tuple[str, float | None]] = []  # each --lora and <lora:…> tag
     selectors: list[tuple[str, str]] = []
     ignored: dict[str, list[str]] = {}  # canonical name → each use, as typed
     for group in groups:
         prompt_words += _moved_to_text(group, _take_values(group, table), notices)
         if group.name in table:
-            _set_value(values, negatives, table[group.name], group, notices)
+            _set_value(values, negatives, loras, table[group.name], group, notices)
         elif group.name in SELECTORS and (group.args or _FOREIGN[group.name].values == _OPTIONAL):
             selectors.append((SELECTORS[group.name], selector_value(group.args[0]) if group.args else ""))
         else:
@@ -411,7 +445,11 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                               f": {names}. " + KNOWN_PARAMETERS)
         notices.append(_ignored_notice(ignored))
 
-    prompt_text = _clean_text(" ".join(prompt_words), notices)
+    prompt_text = " ".join(prompt_words)
+    loras += _lora_tags(prompt_text, notices)
+    prompt_text = _clean_text(prompt_text, notices)
+    if loras:
+        values["lora"] = _distinct_loras(loras, notices)
     if not prompt_text.strip() and not require_text:
         parts: tuple[PromptPart, ...] = ()
     elif not prompt_text.strip():
@@ -432,12 +470,18 @@ def _moved_to_text(group: _Group, rest: list[str], notices: list[str]) -> list[s
     return rest
 
 
-def _set_value(values: dict[str, Any], negatives: list[str], param: _Param[Any], group: _Group,
-               notices: list[str]) -> None:
+def _set_value(values: dict[str, Any], negatives: list[str], loras: list[tuple[str, float | None]],
+               param: _Param[Any], group: _Group, notices: list[str]) -> None:
     if not group.args:
         raise PromptError(f"--{param.name} needs a value: {param.allowed}.")
     if param.multiword:  # --no people --no text: one list (said once all are read)
         negatives.append(" ".join(group.args))
+        return
+    if param.name == "lora":  # several LoRAs: one --lora each
+        try:
+            loras.append(param.parse(group.args[0], notices))
+        except ValueError:
+            raise PromptError(f"--lora must be {param.allowed}; got {quote(group.args[0])}.") from None
         return
     if param.name in values:
         raise PromptError(f"--{param.name} is given twice ({quote(group.typed + ' ' + group.args[0])} "
@@ -466,7 +510,39 @@ def _ignored_notice(ignored: dict[str, list[str]]) -> str:
 # Cleaning the text: links, LoRA tags, BREAK, [a|b]
 # --------------------------------------------------------------------------
 
-_LORA_RE = re.compile(r"<(?:lora|lyco|hypernet):[^<>\s]*>", re.IGNORECASE)
+_LORA_RE = re.compile(r"<(?:lyco|hypernet):[^<>\s]*>", re.IGNORECASE)
+# <lora:NAME>, <lora:NAME:0.7>; AUTOMATIC1111's extra fields (<lora:NAME:0.7:0.5>) are read past
+_LORA_TAG_RE = re.compile(r"<lora:([^:<>\s]*)(?::([^:<>\s]*))?((?::[^<>\s]*)?)>", re.IGNORECASE)
+
+
+def _lora_tags(text: str, notices: list[str]) -> list[tuple[str, float | None]]:
+    """The LoRAs that <lora:…> tags in the text name (the tags are removed by _clean_text)."""
+    found = []
+    for match in _LORA_TAG_RE.finditer(text):
+        value = match[1] + (f":{match[2]}" if match[2] is not None else "")
+        try:
+            found.append(_parse_lora(value, notices))
+        except ValueError:
+            raise PromptError(f"{quote(match[0])} must be <lora:NAME> or <lora:NAME:0.7> with a LoRA's name and "
+                              f"a weight from {LORA_WEIGHT_RANGE[0]:g} to {LORA_WEIGHT_RANGE[1]:g}.") from None
+        if match[3]:
+            notices.append(f"Read {quote(match[0])} as --lora {value}: the weights after the first are not used.")
+    return found
+
+
+def _distinct_loras(loras: list[tuple[str, float | None]], notices: list[str]) -> tuple[tuple[str, float | None], ...]:
+    """Each LoRA once (the first mention wins, said), at most MAX_LORAS."""
+    chosen: dict[str, float | None] = {}
+    for name, weight in loras:
+        key = name.lower()
+        if key in chosen:
+            notices.append(f"The LoRA {quote(name)} is named twice; used it once, as first given.")
+        else:
+            chosen[key] = weight
+    if len(chosen) > MAX_LORAS:
+        raise PromptError(f"Your prompt names {len(chosen)} LoRAs; at most {MAX_LORAS} can be used at once.")
+    names = {name.lower(): name for name, _ in reversed(loras)}  # as first written
+    return tuple((names[key], weight) for key, weight in chosen.items())
 _ALTERNATION_RE = re.compile(r"\[([^\[\]|]*(?:\|[^\[\]|]*)+)\]")
 
 
@@ -478,8 +554,9 @@ def _clean_text(text: str, notices: list[str]) -> str:
                        "image prompts are not offered yet, and a link is not words to draw.")
         text = " ".join(word for word in text.split() if not _URL_RE.match(word))
     for tag in dict.fromkeys(_LORA_RE.findall(text)):
-        notices.append(f"Removed {quote(tag)}: LoRA models are not supported yet.")
-    text = _LORA_RE.sub(" ", text)
+        notices.append(f"Removed {quote(tag)}: LyCORIS and hypernetwork tags are not supported; "
+                       "LoRAs are: <lora:NAME:0.7> or --lora NAME:0.7.")
+    text = _LORA_TAG_RE.sub(" ", _LORA_RE.sub(" ", text))
     if re.search(r"(?<!\S)BREAK(?!\S)", text):
         notices.append(f"Read {quote('BREAK')} as a comma: Pintor does not split the prompt into chunks.")
         text = re.sub(r"\s*(?<!\S)BREAK(?!\S)\s*", ", ", text).strip(" ,")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from generation.prompt import SELECTORS, selector_value
+from generation.prompt import LORA_WEIGHT_RANGE, SELECTORS, selector_value
 from generation.schedulers import SchedulerError, check_scheduler
 
 # family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
@@ -32,6 +32,9 @@ TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandin
 BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
 # families whose text encoders take weighted embeddings (compel): SD emphasis works there
 EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
+# families whose pipelines take LoRAs, textual-inversion embeddings and a replacement VAE
+# (diffusers' StableDiffusionLoraLoaderMixin / TextualInversionLoaderMixin, an AutoencoderKL)
+ADDITION_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 
 
 # the families diffusers' from_single_file builds here (StableDiffusionPipeline, …XLPipeline)
@@ -45,6 +48,45 @@ def is_single_file(source: str) -> bool:
 
 class UnknownModelError(LookupError):
     """A model name that is not configured; str(err) lists the names that are."""
+
+
+class UnknownLoraError(LookupError):
+    """A LoRA name that is not configured; str(err) lists the names that are."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA an admin configured (`[loras.NAME]`): `source` is a .safetensors file or a hub id
+    (with `weight_name`, the file in that repo); `families` the model families it fits;
+    `weight` the strength when a member gives none; `triggers` words added to the prompt."""
+
+    name: str
+    source: str
+    families: tuple[str, ...]
+    weight: float = 1.0
+    weight_name: str | None = None
+    triggers: tuple[str, ...] = ()
+    description: str = ""
+
+    def fits(self, family: str) -> bool:
+        return family in self.families
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """A textual-inversion embedding (`[embeddings.NAME]`): `source` a file (.safetensors, .pt,
+    .bin) or a hub id (with `weight_name`); `token` the word members write in a prompt or --no
+    to use it (default: the entry's name); `families` the model families it fits."""
+
+    name: str
+    source: str
+    token: str
+    families: tuple[str, ...]
+    weight_name: str | None = None
+    description: str = ""
+
+    def fits(self, family: str) -> bool:
+        return family in self.families
 
 
 class RegistryError(ValueError):
@@ -71,6 +113,9 @@ class ModelSpec:
     # a tiny decoder for progress previews (diffusers' AutoencoderTiny: "madebyollin/taesd" for
     # SD 1.x/2.x, "madebyollin/taesdxl" for SDXL, or a folder); None: the linear preview
     preview: str | None = None
+    # a VAE replacing the pipeline's own (e.g. "madebyollin/sdxl-vae-fp16-fix"): a hub id or
+    # folder of an AutoencoderKL, or a single .safetensors file
+    vae: str | None = None
 
     @property
     def single_file(self) -> bool:
@@ -122,6 +167,16 @@ class Registry:
     origin: str = "built-in"  # where the entries came from, for `pintor models`
     # MidJourney's model choosers → model names: ("v", "6") → "sdxl"; ("niji", "") is any --niji
     selectors: dict[tuple[str, str], str] = field(default_factory=dict)
+    loras: dict[str, LoraSpec] = field(default_factory=dict)
+    embeddings: dict[str, EmbeddingSpec] = field(default_factory=dict)
+
+    def lora(self, name: str) -> LoraSpec:
+        """The named LoRA (exact name, else in any case); UnknownLoraError names the choices."""
+        spec = self.loras.get(name) or next((s for s in self.loras.values() if s.name.lower() == name.lower()), None)
+        if spec is None:
+            available = ", ".join(self.loras) or "none are configured"
+            raise UnknownLoraError(f"Unknown LoRA '{name}'. Available: {available}.")
+        return spec
 
     def for_selector(self, name: str, value: str) -> str | None:
         """The model an admin mapped `--name value` to (or `--name` with any value); None if none."""
@@ -186,6 +241,9 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
                                 "(see docs/models.md)")
     elif "config" in entry:
         raise RegistryError(f"model '{name}': 'config' is for single-file checkpoints (.safetensors, .ckpt) only")
+    if "vae" in entry and entry["family"] not in ADDITION_FAMILIES:
+        raise RegistryError(f"model '{name}': 'vae' replaces the VAE of the families "
+                            f"{', '.join(sorted(ADDITION_FAMILIES))}, not '{entry['family']}'")
     if "scheduler" in entry:
         try:
             check_scheduler(entry["scheduler"], entry["family"])
@@ -196,6 +254,67 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
         return _spec(name, str(entry["source"]), entry["family"], **values)
     except TypeError as err:
         raise RegistryError(f"model '{name}': {err}") from None
+
+
+def _families(where: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RegistryError(f"{where}: 'families' must be a list of model families, e.g. [\"sd\"]")
+    wrong = [v for v in value if v not in ADDITION_FAMILIES]
+    if wrong:
+        raise RegistryError(f"{where}: family '{wrong[0]}' takes no LoRAs or embeddings "
+                            f"(one of {', '.join(sorted(ADDITION_FAMILIES))})")
+    return tuple(dict.fromkeys(value))
+
+
+def _check_fields(where: str, entry: object, allowed: set[str], required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{where}: expected a table with {', '.join(required)}")
+    unknown = set(entry) - allowed
+    if unknown:
+        raise RegistryError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    missing = [key for key in required if key not in entry]
+    if missing:
+        raise RegistryError(f"{where}: {', '.join(repr(k) for k in missing)} required")
+    for key in ("source", "weight_name", "description", "token"):
+        if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+            raise RegistryError(f"{where}: '{key}' must be a non-empty string, not {entry[key]!r}")
+    return entry
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as --model and --lora read names
+
+
+def _parse_lora(name: str, entry: object) -> LoraSpec:
+    where = f"LoRA '{name}'"
+    if not _NAME_RE.fullmatch(name):
+        raise RegistryError(f"{where}: a name is letters, digits, '.', '_' or '-' (at most 64 characters)")
+    table = _check_fields(where, entry, {"source", "families", "weight", "weight_name", "triggers", "description"},
+                          ("source", "families"))
+    weight = table.get("weight", 1.0)
+    low, high = LORA_WEIGHT_RANGE
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not low <= weight <= high:
+        raise RegistryError(f"{where}: 'weight' must be a number from {low:g} to {high:g}, not {weight!r}")
+    triggers = table.get("triggers", [])
+    if isinstance(triggers, str):
+        triggers = [triggers]
+    if not isinstance(triggers, list) or not all(isinstance(t, str) and t.strip() for t in triggers):
+        raise RegistryError(f"{where}: 'triggers' must be a list of words, e.g. [\"pixel art\"]")
+    return LoraSpec(name=name, source=table["source"], families=_families(where, table["families"]),
+                    weight=float(weight), weight_name=table.get("weight_name"),
+                    triggers=tuple(t.strip() for t in triggers), description=table.get("description", ""))
+
+
+def _parse_embedding(name: str, entry: object) -> EmbeddingSpec:
+    where = f"embedding '{name}'"
+    table = _check_fields(where, entry, {"source", "families", "token", "weight_name", "description"},
+                          ("source", "families"))
+    token = table.get("token", name)
+    if not isinstance(token, str) or not token.strip() or len(token.split()) != 1:
+        raise RegistryError(f"{where}: 'token' must be one word (what members write), not {token!r}")
+    return EmbeddingSpec(name=name, source=table["source"], token=token, families=_families(where, table["families"]),
+                         weight_name=table.get("weight_name"), description=table.get("description", ""))
 
 
 _SELECTOR_KEY_RE = re.compile(r"--([A-Za-z]+)(?:\s+(\S+))?")
@@ -222,10 +341,15 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
 
     File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
     with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`,
-    `variant`, `description`, `preview` (a tiny preview decoder), and `config` (required for a
-    single-file checkpoint source).
+    `variant`, `description`, `preview` (a tiny preview decoder), `vae`, and `config` (required
+    for a single-file checkpoint source);
+    `[loras.NAME]` (`source`, `families`, optional `weight`, `weight_name`, `triggers`,
+    `description`) and `[embeddings.NAME]` (`source`, `families`, optional `token`,
+    `weight_name`, `description`). Raises RegistryError naming the entry and field.
     """
     selectors: dict[tuple[str, str], str] = {}
+    loras: dict[str, LoraSpec] = {}
+    embeddings: dict[str, EmbeddingSpec] = {}
     file_default: str | None
     upscaler: str | None
     if path is None:
@@ -245,6 +369,15 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
         upscaler = data.get("upscaler") or next((m.name for m in models.values() if m.is_upscaler), None)
         origin = str(path)
         selectors = _parse_selectors(data.get("midjourney", {}), models)
+        for kind, table in (("loras", data.get("loras", {})), ("embeddings", data.get("embeddings", {}))):
+            if not isinstance(table, dict):
+                raise RegistryError(f"{path}: [{kind}.NAME] entries expected")
+        loras = {name: _parse_lora(name, entry) for name, entry in data.get("loras", {}).items()}
+        embeddings = {name: _parse_embedding(name, entry) for name, entry in data.get("embeddings", {}).items()}
+        tokens = [e.token for e in embeddings.values()]
+        twice = [t for t in tokens if tokens.count(t) > 1]
+        if twice:
+            raise RegistryError(f"{path}: two embeddings have the token '{twice[0]}'")
     chosen = default or file_default
     if not isinstance(chosen, str) or chosen not in models or not models[chosen].can_generate:
         raise RegistryError(
@@ -254,4 +387,5 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     if upscaler is not None and (not isinstance(upscaler, str) or upscaler not in models
                                  or not models[upscaler].is_upscaler):
         raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
-    return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors)
+    return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors,
+                    loras=loras, embeddings=embeddings)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from generation.prompt import ParsedPrompt, format_parameters, has_emphasis, plain_text, quote, size_for_aspect
-from generation.registry import EMPHASIS_FAMILIES, ModelSpec
+from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec
 
 GRID_SIZE = 4
 MAX_SEED = 2**32 - 1
@@ -54,6 +55,7 @@ class Request:
     images: tuple[str, ...] = ()  # blend inputs (file paths)
     image_weights: tuple[float, ...] = ()
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
+    loras: tuple[tuple[str, float], ...] = ()  # (configured LoRA name, weight), applied for this job only
     notices: tuple[str, ...] = ()  # what was changed or ignored in the prompt, said with the job
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class Request:
         data["images"] = tuple(data.get("images", ()))
         data["image_weights"] = tuple(data.get("image_weights", ()))
         data["notices"] = tuple(data.get("notices", ()))
+        data["loras"] = tuple((str(n), float(w)) for n, w in data.get("loras", ()))
         return cls(**data)
 
     def seeds(self) -> list[int]:
@@ -103,8 +106,30 @@ def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:
 NEGATIVE_MIN_GUIDANCE = 1.5  # the least guidance at which a --no list still acts
 
 
-def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobKind.IMAGINE) -> Request:
+def with_triggers(parsed: ParsedPrompt, loras: Sequence[tuple[LoraSpec, float]]) -> tuple[ParsedPrompt, list[str]]:
+    """The prompt with the trigger words of its LoRAs added at the end of its last part (those
+    not in the prompt already, in any case), and the notices that say so."""
+    written = " ".join(part.text for part in parsed.parts).lower()
+    notices = []
+    added: list[str] = []
+    for lora, _ in loras:
+        missing = [t for t in lora.triggers if t.lower() not in written and t not in added]
+        if missing:
+            added += missing
+            notices.append(f"Added the trigger words {', '.join(quote(t) for t in missing)} of the LoRA {lora.name}.")
+    if not added or not parsed.parts:
+        return parsed, notices
+    last = parsed.parts[-1]
+    text = last.text + ("" if last.text.endswith(",") else ",") + " " + ", ".join(added)
+    return dataclasses.replace(parsed, parts=(*parsed.parts[:-1], dataclasses.replace(last, text=text))), notices
+
+
+def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobKind.IMAGINE,
+                  loras: Sequence[tuple[LoraSpec, float]] = ()) -> Request:
     """Resolve a parsed prompt against a model: pixel size, steps, guidance and the seed.
+
+    `loras`: the configured LoRAs the prompt names with their weights, already checked against
+    the model's family (`bot.intake` does); their trigger words are added to the prompt.
 
     What the model cannot do with the prompt is said in the request's notices (after the
     parser's): emphasis on a model without weighted embeddings is read as plain words; a --no
@@ -113,7 +138,8 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
     """
     seed = parsed.seed if parsed.seed is not None else random_seed()
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
-    notices = list(parsed.notices)
+    parsed, added = with_triggers(parsed, loras)
+    notices = list(parsed.notices) + added
     guidance = guidance_for(spec, parsed.stylize)
     if spec.family not in EMPHASIS_FAMILIES:
         emphasised = [part.text for part in parsed.parts if has_emphasis(part.text)]
@@ -147,4 +173,5 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         parameters=format_parameters(dataclasses.replace(
             parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"}, selectors=())),
         notices=tuple(dict.fromkeys(notices)),
+        loras=tuple((lora.name, weight) for lora, weight in loras),
     )

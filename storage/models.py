@@ -129,6 +129,7 @@ class MemberPreferences(Base):
 
 
 DEFAULT_MAX_QUEUED = 5  # a new server's limit of jobs one member may have queued or running
+DEFAULT_MAX_LORAS = 2  # a new server's limit of LoRAs per job (each one costs loading and memory)
 
 
 class ServerRules(Base):
@@ -148,10 +149,14 @@ class ServerRules(Base):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)  # new jobs refused; queued ones still run
     # unknown prompt parameters refused (True) or ignored with a notice (False, the default)
     strict_parameters: Mapped[bool] = mapped_column(Boolean, default=False)
+    # comma-separated LoRA names members may use; None: all configured, "": none
+    allowed_loras: Mapped[str | None] = mapped_column(Text, default=None)
+    max_loras: Mapped[int | None] = mapped_column(Integer, default=None)  # per job; None: no limit; new(): 2
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
     def new(cls, guild_id: int) -> ServerRules:
         return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
-                   nsfw_check=True, paused=False, strict_parameters=False)
+                   nsfw_check=True, paused=False, strict_parameters=False, allowed_loras=None,
+                   max_loras=DEFAULT_MAX_LORAS)

@@ -169,3 +169,21 @@ def test_doctor_names_what_a_model_folder_lacks(env, tmp_path, tiny_models):
     assert doctor.returncode == 1
     assert f"[PROBLEM] model mine: {broken} is not a complete diffusers pipeline" in doctor.stdout
     assert "unet/" in doctor.stdout and "vae/" in doctor.stdout
+
+
+def test_doctor_checks_vaes_loras_and_embeddings(env, tmp_path, tiny_models):
+    lora = tmp_path / "ink.safetensors"
+    lora.write_bytes(b"not looked into by doctor: only that the file is here")
+    registry = tmp_path / "models.toml"
+    registry.write_text(
+        f'[models.mine]\nsource = "{tiny_models["sd"]}"\nfamily = "sd"\nvae = "{tmp_path / "no-vae"}"\n'
+        f'[loras.ink]\nsource = "{lora}"\nfamilies = ["sd"]\n'
+        '[loras.glow]\nsource = "someone/glow-lora"\nfamilies = ["sd"]\n'
+        f'[embeddings.neg]\nsource = "{tmp_path / "gone.pt"}"\nfamilies = ["sd"]\n', encoding="utf-8")
+    doctor = pintor(env | {"PINTOR_MODELS": str(registry)}, "doctor", cwd=tmp_path)
+    assert doctor.returncode == 1
+    assert f"[PROBLEM] VAE mine: VAE {tmp_path / 'no-vae'} does not exist" in doctor.stdout, doctor.stdout
+    assert f"[     ok] LoRA ink: LoRA {lora}" in doctor.stdout
+    assert ("[PROBLEM] LoRA glow: LoRA hub id someone/glow-lora (pytorch_lora_weights.safetensors) is not "
+            "downloaded and HF_HUB_OFFLINE is set") in doctor.stdout
+    assert f"[PROBLEM] embedding neg: embedding {tmp_path / 'gone.pt'} does not exist" in doctor.stdout

@@ -21,7 +21,7 @@ MESSAGE, DEFERRED, DEFERRED_UPDATE = 4, 5, 6
 EPHEMERAL = 64
 MANAGE_GUILD = str(1 << 5)
 RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps", "max_side",
-         "buttons_author_only", "nsfw_check", "paused", "strict_parameters")
+         "buttons_author_only", "nsfw_check", "paused", "strict_parameters", "allowed_loras", "max_loras")
 
 
 async def admin(pintor: Harness, subcommand: str, options: dict | None = None, *,
@@ -76,7 +76,8 @@ async def test_the_group_is_for_server_managers_only(pintor: Harness):
     assert str(group["default_member_permissions"]) == MANAGE_GUILD
     assert group.get("contexts") == [0] or group.get("dm_permission") is False
     assert {o["name"] for o in group["options"]} == {
-        "show", "models", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "pause", "resume"}
+        "show", "models", "loras", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "pause",
+        "resume"}
 
 
 @pytest.mark.parametrize("subcommand, options", [
@@ -181,6 +182,32 @@ async def test_only_allowed_models_may_be_used(server: Harness):
 
     assert "models allowed: all" in (await admin(server, "models", {"names": "all"}))["content"]
     assert (await server.studio.settings.guild(emu.guild_id)).allowed_models is None
+
+
+async def test_loras_allowed_and_per_job_limit_are_stored_and_unknown_ones_refused(server: Harness):
+    emu = server.emu
+    before = await server.studio.settings.guild(emu.guild_id)
+    answer = await admin(server, "loras", {"names": "nope", "max_per_job": 1})
+    assert "Not changed: unknown LoRA(s): nope. Configured: none. Or write 'all' or 'none'." in answer["content"]
+    stored = await server.studio.settings.guild(emu.guild_id)
+    assert (stored.allowed_loras, stored.max_loras) == (before.allowed_loras, before.max_loras)
+
+    answer = await admin(server, "loras", {"names": "none", "max_per_job": 1})
+    assert "LoRAs allowed: none · at most 1 per job" in answer["content"]
+    stored = await server.studio.settings.guild(emu.guild_id)
+    assert (stored.allowed_loras, stored.max_loras) == ("", 1)
+    answer = await admin(server, "loras", {"names": "all", "max_per_job": 0})
+    assert "LoRAs allowed: all (none are configured) · at most 8 per job" in answer["content"]
+    stored = await server.studio.settings.guild(emu.guild_id)
+    assert (stored.allowed_loras, stored.max_loras) == (None, None)
+
+    # a member's LoRA that is not configured: a private message, nothing stored
+    member = emu._snowflake()
+    inter = await emu.slash("imagine", {"prompt": "a fox <lora:pixel-art:0.7>"}, user_id=member)
+    callback = await inter.wait_callback(timeout=3)
+    assert callback["type"] == MESSAGE and callback["data"]["flags"] & EPHEMERAL
+    assert "Unknown LoRA 'pixel-art'. Available: none are configured." in callback["data"]["content"]
+    assert not await jobs_of(server, member)
 
 
 async def test_pintor_answers_only_in_the_chosen_channels(server: Harness):

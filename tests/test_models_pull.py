@@ -190,3 +190,34 @@ def test_doctor_online_says_which_models_can_be_downloaded(env, tmp_path, tiny_m
     assert "[PROBLEM] model locked: hub id tiny/gated is gated: accept its licence" in doctor.stdout
     assert "[PROBLEM] model typo: hub id tiny/nope does not exist on the hub" in doctor.stdout
     assert hub.downloads == []
+
+
+def test_pull_fetches_vaes_loras_and_embeddings_then_they_work_offline(env, tmp_path, tiny_models):
+    from tests.tiny_models import build_embedding, build_lora, build_vae
+
+    repos = {"tiny/sd": tiny_models["sd"], "tiny/vae": build_vae(tmp_path / "repos" / "vae"),
+             "tiny/ink": tmp_path / "repos" / "ink", "tiny/neg": tmp_path / "repos" / "neg"}
+    build_lora(tiny_models["sd"], repos["tiny/ink"] / "ink_v1.safetensors")
+    repos["tiny/neg"].mkdir(parents=True)
+    build_embedding(repos["tiny/neg"] / "learned_embeds.safetensors")
+    (tmp_path / "models.toml").write_text(
+        '[models.hub-sd]\nsource = "tiny/sd"\nfamily = "sd"\nsteps = 2\nnative_side = 64\nvae = "tiny/vae"\n'
+        '[loras.ink]\nsource = "tiny/ink"\nweight_name = "ink_v1.safetensors"\nfamilies = ["sd"]\n'
+        '[embeddings.neg]\nsource = "tiny/neg"\nfamilies = ["sd"]\n', encoding="utf-8")
+    offline = env | {"HF_HUB_OFFLINE": "1"}
+    listed = run_pintor(offline, "models", cwd=tmp_path)
+    assert "vae: tiny/vae; NOT downloaded — VAE hub id tiny/vae (config.json) is not downloaded" in listed.stdout
+    assert "LoRA ink" in listed.stdout and "embedding neg" in listed.stdout, listed.stdout
+
+    hub = Hub(repos)
+    with HubServer(hub) as url:
+        pulled = run_pintor(env | {"HF_ENDPOINT": url}, "models", "pull", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "hub-sd: tiny/vae: config.json, diffusion_pytorch_model.safetensors" in pulled.stdout
+    assert "ink: tiny/ink downloaded" in pulled.stdout and "neg: tiny/neg downloaded" in pulled.stdout
+
+    listed = run_pintor(offline, "models", cwd=tmp_path)
+    assert "vae: tiny/vae; here" in listed.stdout and "NOT downloaded" not in listed.stdout, listed.stdout
+    made = run_pintor(offline, "imagine", "a fox --lora ink:0.8 --no neg --seed 2", "-o", "out.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "out.png").is_file()

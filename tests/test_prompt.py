@@ -563,8 +563,10 @@ STABLE_DIFFUSION = [
     ("(masterpiece:1.2), best quality, (detailed eyes:1.3), 1girl, silver hair, ((night sky)), [blurry]",
      "(masterpiece:1.2), best quality, (detailed eyes:1.3), 1girl, silver hair, ((night sky)), [blurry]", ()),
     ("portrait of a witch <lora:witchcraft_v2:0.8> dark forest, volumetric light",
-     "portrait of a witch dark forest, volumetric light",
-     ("Removed “<lora:witchcraft_v2:0.8>”: LoRA models are not supported yet.",)),
+     "portrait of a witch dark forest, volumetric light", ()),
+    ("portrait of a witch <lyco:witchcraft_v2:0.8> dark forest", "portrait of a witch dark forest",
+     ("Removed “<lyco:witchcraft_v2:0.8>”: LyCORIS and hypernetwork tags are not supported; "
+      "LoRAs are: <lora:NAME:0.7> or --lora NAME:0.7.",)),
     ("a castle on a hill BREAK stormy sky, lightning", "a castle on a hill, stormy sky, lightning",
      ("Read “BREAK” as a comma: Pintor does not split the prompt into chunks.",)),
     ("a [cat|dog] sitting on a windowsill", "a cat, dog sitting on a windowsill",
@@ -576,6 +578,40 @@ STABLE_DIFFUSION = [
 def test_stable_diffusion_prompts(prompt, text, notices):
     p = parse_prompt(prompt)
     assert (p.text, p.notices) == (text, notices)
+
+
+@pytest.mark.parametrize("prompt, loras, parameters, notices", [
+    ("portrait of a witch <lora:witchcraft_v2:0.8> dark forest", (("witchcraft_v2", 0.8),),
+     "--lora witchcraft_v2:0.8", ()),
+    ("a cat --lora pixel-art", (("pixel-art", None),), "--lora pixel-art", ()),
+    ("a cat --lora ink:0.5 --lora pixel-art:-1", (("ink", 0.5), ("pixel-art", -1.0)),
+     "--lora ink:0.5 --lora pixel-art:-1", ()),
+    ("a cat <lora:ink> —lora glow:1.25", (("glow", 1.25), ("ink", None)), "--lora glow:1.25 --lora ink", ()),
+    ("a cat --lora ink:3", (("ink", 2.0),), "--lora ink:2",
+     ("--lora “ink:3”: a LoRA's weight is from -2 to 2; used 2.",)),
+    ("a cat --lora ink:0.5 <lora:Ink:1>", (("ink", 0.5),), "--lora ink:0.5",
+     ("Read “<lora:Ink:1>” after “--lora” as prompt text.",
+      "The LoRA “Ink” is named twice; used it once, as first given.")),
+    ("a cat <lora:ink:0.8:0.5>", (("ink", 0.8),), "--lora ink:0.8",
+     ("Read “<lora:ink:0.8:0.5>” as --lora ink:0.8: the weights after the first are not used.",)),
+])
+def test_loras_from_parameters_and_pasted_tags(prompt, loras, parameters, notices):
+    p = parse_prompt(prompt)
+    assert (p.loras, format_parameters(p), p.notices) == (loras, parameters, notices)
+    assert "lora" not in p.text and parse_prompt(p.text + " " + parameters).loras == loras
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a cat --lora", "--lora needs a value"),
+    ("a cat --lora ink:strong", "--lora must be a LoRA's name"),
+    ("a cat --lora ../../etc/passwd", "--lora must be a LoRA's name"),
+    ("a cat <lora::0.5>", "must be <lora:NAME> or <lora:NAME:0.7>"),
+    ("a cat <lora:ink:nan>", "must be <lora:NAME> or <lora:NAME:0.7>"),
+    ("a cat " + " ".join(f"--lora l{i}" for i in range(9)), "names 9 LoRAs; at most 8"),
+])
+def test_bad_loras_are_refused_with_what_to_write(prompt, message):
+    with pytest.raises(PromptError, match=re.escape(message)):
+        parse_prompt(prompt)
 
 
 @pytest.mark.parametrize("text, segments", [

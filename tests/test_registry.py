@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from generation.registry import (
     FAMILY_DEFAULTS,
     ModelSpec,
     RegistryError,
+    UnknownLoraError,
     UnknownModelError,
     load_registry,
 )
@@ -286,3 +288,79 @@ def test_malformed_midjourney_tables(tmp_path: Path, table: str, message: str):
             f"[midjourney]\n{table}\n")
     with pytest.raises(RegistryError, match=message):
         load_registry(write(tmp_path, text))
+
+
+# --- LoRAs, embeddings and a VAE override (docs/models.md) -------------------------------------
+
+ADDITIONS = '''
+[models.sd]
+source = "/m/sd"
+family = "sd"
+vae = "madebyollin/sd-vae-ft-mse"
+
+[models.xl]
+source = "/m/xl"
+family = "sdxl"
+
+[loras.pixel-art]
+source = "/loras/pixel.safetensors"
+families = ["sd", "sd2"]
+weight = 0.8
+triggers = ["pixel art", "8-bit"]
+
+[loras.xl-ink]
+source = "someone/xl-ink-lora"
+weight_name = "ink.safetensors"
+families = ["sdxl"]
+
+[embeddings.easyneg]
+source = "/emb/easynegative.safetensors"
+families = ["sd"]
+
+[embeddings.cat-style]
+source = "/emb/cat.pt"
+token = "<cat-style>"
+families = ["sd", "sdxl"]
+'''
+
+
+def test_loras_embeddings_and_a_vae_are_read_with_their_defaults(tmp_path: Path):
+    path = tmp_path / "models.toml"
+    path.write_text(ADDITIONS, encoding="utf-8")
+    registry = load_registry(path)
+    assert registry.models["sd"].vae == "madebyollin/sd-vae-ft-mse" and registry.models["xl"].vae is None
+    pixel = registry.lora("Pixel-Art")  # any case, as members type it
+    assert (pixel.name, pixel.source, pixel.families, pixel.weight, pixel.triggers) == (
+        "pixel-art", "/loras/pixel.safetensors", ("sd", "sd2"), 0.8, ("pixel art", "8-bit"))
+    assert pixel.fits("sd") and not pixel.fits("sdxl")
+    ink = registry.lora("xl-ink")
+    assert (ink.weight, ink.weight_name, ink.triggers) == (1.0, "ink.safetensors", ())
+    assert registry.embeddings["easyneg"].token == "easyneg"  # the name is the token by default
+    assert registry.embeddings["cat-style"].token == "<cat-style>"
+    with pytest.raises(UnknownLoraError, match=r"Unknown LoRA 'nope'\. Available: pixel-art, xl-ink\."):
+        registry.lora("nope")
+    assert load_registry().loras == {} and load_registry().embeddings == {}
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[loras.x]\nfamilies = ["sd"]\n', "LoRA 'x': 'source' required"),
+    ('[loras.x]\nsource = "/a.safetensors"\n', "LoRA 'x': 'families' required"),
+    ('[loras.x]\nsource = "/a.safetensors"\nfamilies = ["kandinsky22"]\n',
+     "LoRA 'x': family 'kandinsky22' takes no LoRAs or embeddings"),
+    ('[loras.x]\nsource = "/a.safetensors"\nfamilies = []\n', "'families' must be a list of model families"),
+    ('[loras.x]\nsource = "/a.safetensors"\nfamilies = ["sd"]\nweight = 5\n',
+     "LoRA 'x': 'weight' must be a number from -2 to 2, not 5"),
+    ('[loras.x]\nsource = "/a.safetensors"\nfamilies = ["sd"]\ntriggers = [1]\n', "'triggers' must be a list"),
+    ('[loras.x]\nsource = "/a.safetensors"\nfamilies = ["sd"]\nstrength = 1\n', "LoRA 'x': unknown field(s) strength"),
+    ('[loras."a b"]\nsource = "/a.safetensors"\nfamilies = ["sd"]\n', "LoRA 'a b': a name is letters"),
+    ('[embeddings.e]\nsource = "/e.pt"\nfamilies = ["sd"]\ntoken = "two words"\n', "'token' must be one word"),
+    ('[embeddings.e]\nsource = "/e.pt"\nfamilies = ["sd"]\n[embeddings.f]\nsource = "/f.pt"\nfamilies = ["sd"]\n'
+     'token = "e"\n', "two embeddings have the token 'e'"),
+    ('[models.k2]\nsource = "k"\nprior = "p"\nfamily = "kandinsky22"\nvae = "v/v"\n',
+     "model 'k2': 'vae' replaces the VAE of the families"),
+])
+def test_malformed_loras_and_embeddings_name_the_entry(tmp_path: Path, table: str, message: str):
+    path = tmp_path / "models.toml"
+    path.write_text('[models.sd]\nsource = "/m/sd"\nfamily = "sd"\n' + table, encoding="utf-8")
+    with pytest.raises(RegistryError, match=re.escape(message)):
+        load_registry(path)

@@ -45,6 +45,20 @@ async def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path):
     await engine.dispose()
 
 
+async def test_servers_stored_before_loras_get_a_new_servers_lora_rules(tmp_path: Path):
+    engine = open_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    await upgrade(engine, "0005")
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO guild_settings (guild_id, buttons_author_only, nsfw_check, paused, strict_parameters, "
+            "updated_at) VALUES (9, 0, 1, 0, 0, CURRENT_TIMESTAMP)"))
+    await upgrade(engine)
+    stored = await SettingsStore(engine).guild(9)
+    new = ServerRules.new(10)
+    assert (stored.allowed_loras, stored.max_loras) == (new.allowed_loras, new.max_loras) == (None, 2)
+    await engine.dispose()
+
+
 # every value each settings field can take from a command: None (no limit, the server's or
 # model's default), zero and other falsy values, and ordinary ones
 FIRST_WRITES = {
@@ -52,7 +66,8 @@ FIRST_WRITES = {
                     "max_queued_per_member": [None, 1, 1000], "daily_quota": [None, 1, 7],
                     "max_steps": [None, 1, 150], "max_side": [None, 64, 8192],
                     "buttons_author_only": [True, False], "nsfw_check": [True, False], "paused": [True, False],
-                    "strict_parameters": [True, False]},
+                    "strict_parameters": [True, False], "allowed_loras": [None, "", "ink,glow"],
+                    "max_loras": [None, 0, 1, 8]},
     MemberPreferences: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
                      "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"]},
 }

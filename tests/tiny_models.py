@@ -632,3 +632,52 @@ def build_sd_single_file(pipeline_folder: Path, path: Path) -> Path:
                 for k, v in pipe.text_encoder.state_dict().items()}}
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return Path(path)
+
+
+# --- LoRAs, embeddings and VAEs for the tiny pipelines (what admins download from model sites) ---
+
+def build_lora(pipeline_folder: Path, path: Path, *, seed: int = 1, text_encoder: bool = True) -> Path:
+    """A LoRA for the tiny SD (or SDXL) pipeline in ``pipeline_folder``, saved as one
+    ``.safetensors`` file in diffusers' LoRA format (what ``load_lora_weights`` reads): peft's
+    LoraConfig on the UNet's attention projections (and, with ``text_encoder``, the first text
+    encoder's), random non-zero weights from ``seed`` so that it changes the pictures."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    path = Path(path)
+    pipe = DiffusionPipeline.from_pretrained(pipeline_folder)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))}
+    if text_encoder:
+        # peft directly: transformers' own add_adapter wants a newer peft than diffusers does
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+                                pipe.text_encoder)
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(pipe.text_encoder))
+    type(pipe).save_lora_weights(path.parent, weight_name=path.name, **layers)
+    return path
+
+
+def build_embedding(path: Path, *, seed: int = 2, vectors: int = 1, sdxl: bool = False) -> Path:
+    """A textual-inversion embedding for the tiny pipelines (width TEXT_WIDTH) as an
+    ``.safetensors`` file: ``{"emb_params": (vectors, width)}`` as kohya/AUTOMATIC1111 save it,
+    or for SDXL ``{"clip_l": …, "clip_g": …}``."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    vector = torch.randn(vectors, TEXT_WIDTH, generator=generator) * 5  # far from any word's
+    tensors = {"clip_l": vector, "clip_g": vector.clone()} if sdxl else {"emb_params": vector}
+    save_file(tensors, str(path))
+    return Path(path)
+
+
+def build_vae(path: Path, *, seed: int = 3) -> Path:
+    """A tiny AutoencoderKL (the SD pipelines' shape, other random weights) saved with
+    ``save_pretrained`` into ``path`` (config.json + weights), as a VAE repo is laid out."""
+    torch.manual_seed(seed)
+    _vae(4).save_pretrained(path)
+    return Path(path)

@@ -10,15 +10,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import id_list, name_list, server_default
+from bot.intake import allowed_loras, id_list, name_list, server_default
 from bot.limits import listing, plain
-from generation.registry import Registry, UnknownModelError
+from generation.prompt import MAX_LORAS
+from generation.registry import Registry, UnknownLoraError, UnknownModelError
 from storage.models import ServerRules
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
 
 EVERYTHING = "all"
+NOTHING = "none"
 MAX_CHANNELS = 25  # keeps the list, and every message that shows it, well inside Discord's 2,000 characters
 REFUSED_MAX_CHARS = 1500  # what a refusal lists of a long text: its answer stays inside 2,000 characters
 CHANNEL_LOOKUP_TIMEOUT_S = 2.0  # channels not in the cache are asked of Discord: answer within its 3 s
@@ -54,11 +56,21 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         buttons = f"only the author, {OPERATOR_AUTHOR_ONLY}{own}"
     else:
         buttons = f"{'only the author' if rules.buttons_author_only else 'everyone'} (this server's choice)"
+    lora_names = allowed_loras(rules)
+    if lora_names is None:
+        loras = "all configured" if registry.loras else "all (none are configured)"
+    else:
+        loras = listing(lora_names, 400, separator=", ", empty="none")
+        gone = [name for name in lora_names if name not in registry.loras]
+        if gone:
+            loras += f" (no longer configured: {listing(gone, 200, separator=', ')})"
+    loras += f" · at most {rules.max_loras if rules.max_loras is not None else MAX_LORAS} per job"
     # long lists end in "… and N more": the reply stays within Discord's 2,000 characters
     channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 600, separator=", ", empty="all channels")
     return "\n".join([
         "**Pintor on this server**" + (" — ⏸ **paused**: new jobs are refused" if rules.paused else ""),
         f"models allowed: {models}",
+        f"LoRAs allowed: {loras}",
         f"answers in: {channels}",
         f"jobs one member may have queued: {limit(rules.max_queued_per_member)}",
         f"jobs per member per day: {limit(rules.daily_quota)}",
@@ -189,6 +201,32 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
                 f"refused. Allow at least one of: {makers}.", ephemeral=True)
             return
         await self._update(interaction, allowed_models=",".join(chosen))
+
+    @app_commands.command(name="loras")
+    @app_commands.describe(names="LoRA names separated by commas, 'all' or 'none'",
+                           max_per_job=f"the most LoRAs one job may use (0 = up to Pintor's own {MAX_LORAS})")
+    async def loras(self, interaction: Interaction, names: str,
+                    max_per_job: app_commands.Range[int, 0, MAX_LORAS] | None = None) -> None:
+        """Which LoRAs members may use (--lora), and how many per job."""
+        values: dict[str, str | int | None] = {}
+        if max_per_job is not None:
+            values["max_loras"] = max_per_job or None
+        choice = names.strip().lower()
+        if choice in (EVERYTHING, NOTHING):
+            return await self._update(interaction, allowed_loras=None if choice == EVERYTHING else "", **values)
+        registry = self.bot.studio.models
+        chosen, unknown = [], []
+        for name in name_list(names):
+            try:
+                chosen.append(registry.lora(name).name)  # as the registry spells it
+            except UnknownLoraError:
+                unknown.append(name)
+        if unknown or not chosen:
+            await interaction.response.send_message(plain(
+                f"Not changed: unknown LoRA(s): {listing(unknown, 1000, separator=', ', empty='(none given)')}. "
+                f"Configured: {', '.join(registry.loras) or 'none'}. Or write 'all' or 'none'."), ephemeral=True)
+            return
+        await self._update(interaction, allowed_loras=",".join(dict.fromkeys(chosen)), **values)
 
     @app_commands.command(name="channels")
     @app_commands.describe(channels="this server's channels as mentions (#art #bots), or 'all'")

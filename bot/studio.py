@@ -33,7 +33,8 @@ from bot.intake import (
     prepare_with_notices,
     server_default,
 )
-from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
+from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
+from generation.files import FileStore
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.prompt import quote, size_for_aspect
@@ -137,9 +138,10 @@ class Studio:
     errors (SQLAlchemy's) pass through. `where` keywords are submit()'s (guild_id, channel_id,
     rules, private, direct)."""
 
-    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
+    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue, files: FileStore,
                  inputs_dir: Path | None = None):
         self.registry = registry
+        self.files = files  # the pictures the worker's events name by key
         self.settings = SettingsStore(store.engine)  # members' defaults and servers' rules
         self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
         self.store = store
@@ -526,18 +528,17 @@ class Studio:
         """Record where a job's result was posted (its jump link; not posted again at start)."""
         await self.store.set_message(job_id, channel_id, message_id)
 
-    @property
-    def worker_state(self) -> WorkerState:
-        """What is known of the worker now: ready, device, the running job and its step."""
-        return self.queue.state
+    async def workers(self) -> list[WorkerState]:
+        """What is known of each worker now: ready, device, models, the running job and its step."""
+        return await self.queue.workers()
 
-    def queue_position(self, job_id: int) -> int | None:
+    async def queue_position(self, job_id: int) -> int | None:
         """1 = next to run, 0 = running now, None = not queued."""
-        return self.queue.position(job_id)
+        return await self.queue.position(job_id)
 
-    def waiting_count(self) -> int:
+    async def waiting_count(self) -> int:
         """How many jobs wait in the queue (all members')."""
-        return len(self.queue.waiting())
+        return len(await self.queue.waiting())
 
     async def cancel(self, job_id: int, *, member: Member | None = None) -> bool:
         """Cancel a queued or running job (a running one stops at its next step). With
@@ -615,16 +616,28 @@ class Studio:
 
     async def _consume(self) -> None:
         async for event in self.queue.events():
+            if await self._already_ended(event):
+                # delivered again (a worker thought dead finished it too): stored and posted once
+                log.info("job %s has ended already: %s not stored again", event.job_id, type(event).__name__)
+                if isinstance(event, FINAL_EVENTS):
+                    await self.queue.acknowledge(event.job_id)
+                continue
             try:
                 await self._store_event(event)
             except Exception:  # noqa: BLE001 - one bad write must not stop every later job's results
                 log.exception("could not store %s", event)
                 if isinstance(event, Done):
                     # no row refers to its pictures (the job may be gone: /forget): keep none
-                    await asyncio.to_thread(_delete_files, [i.path for i in event.images] + [event.grid.path])
+                    paths = [str(self.files.path(i.key)) for i in (*event.images, event.grid)]
+                    await asyncio.to_thread(_delete_files, paths)
                     event = Failed(event.job_id, "The result could not be saved.")
                     with contextlib.suppress(Exception):  # the database may be what failed
                         await self.store.mark_failed(event.job_id, event.reason)
+            if isinstance(event, FINAL_EVENTS):
+                try:
+                    await self.queue.acknowledge(event.job_id)  # stored: the queue may forget it
+                except Exception:  # noqa: BLE001 - unacknowledged, it is delivered again, and skipped then
+                    log.exception("could not acknowledge job %s", event.job_id)
             for inbox in self._watchers.get(event.job_id, []):
                 inbox.put_nowait(event)
             if isinstance(event, FINAL_EVENTS):
@@ -640,12 +653,20 @@ class Studio:
                 except Exception:  # noqa: BLE001 - a file left behind is no reason to stop
                     log.exception("could not release the inputs of job %s", event.job_id)
 
+    async def _already_ended(self, event: Event) -> bool:
+        """Whether the job of `event` (one that changes the job) has ended in the store."""
+        if isinstance(event, Progress) or not isinstance(event, (Started, *FINAL_EVENTS)):
+            return False
+        job = await self.store.get(event.job_id)
+        return job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
     async def _store_event(self, event: Event) -> None:
         if isinstance(event, Started):
             await self.store.mark_running(event.job_id)
         elif isinstance(event, Done):
-            images = [NewImage(i.path, i.width, i.height, i.seed, i.sha256, i.flagged) for i in event.images]
-            await self.store.complete(event.job_id, images, event.grid.path, event.notices)
+            images = [NewImage(str(self.files.path(i.key)), i.width, i.height, i.seed, i.sha256, i.flagged)
+                      for i in event.images]
+            await self.store.complete(event.job_id, images, str(self.files.path(event.grid.key)), event.notices)
         elif isinstance(event, Failed):
             await self.store.mark_failed(event.job_id, event.reason)
         elif isinstance(event, Cancelled):

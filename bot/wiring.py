@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.settings import Settings
 from bot.studio import Studio
+from generation.files import FileStore
 from generation.queue import LocalQueue
 from generation.registry import Registry, load_registry
 from generation.worker import WorkerConfig
@@ -41,7 +42,7 @@ def check_queue_url(settings: Settings) -> None:
 def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None) -> Studio:
     """A studio over an open, migrated database; not started yet (`await studio.start()`)."""
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
-                  queue=LocalQueue(worker_config(settings)),
+                  queue=LocalQueue(worker_config(settings)), files=FileStore(settings.pintor_data_dir / "images"),
                   inputs_dir=settings.pintor_data_dir / "images" / "inputs")
 
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
-from generation.imaging import make_grid, png_bytes, sha256, write_atomic
+from generation.files import FileStore, job_key
+from generation.imaging import make_grid, png_bytes, sha256
 from generation.request import Request
 
 if TYPE_CHECKING:
@@ -48,24 +49,27 @@ class WorkerConfig:
 
 
 def job_dir(output_dir: str | Path, job_id: int) -> Path:
+    """The folder of a job's pictures in a local file store rooted at `output_dir`."""
     return Path(output_dir) / "jobs" / str(job_id)
 
 
-def save_images(images: list[Image.Image], request: Request, directory: Path,
+def save_images(images: list[Image.Image], request: Request, store: FileStore, job_id: int,
                 flagged: list[bool] | None = None) -> tuple[list[ImageFile], ImageFile]:
-    """Each image and the grid as PNG files, each written atomically."""
+    """Each image and the grid as PNG files in `store` (keys "jobs/<job id>/1.png" …
+    "grid.png"), each written atomically. Returns their ImageFiles (keys, pixel sizes, seeds,
+    SHA-256 of the PNG bytes), the images' first."""
     flagged = flagged or [False] * len(images)
     files = []
     for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
         data = png_bytes(image)
-        path = directory / f"{i + 1}.png"
-        write_atomic(path, data)
-        files.append(ImageFile(str(path), image.width, image.height, seed, sha256(data), bad))
+        key = job_key(job_id, f"{i + 1}.png")
+        store.put(key, data)
+        files.append(ImageFile(key, image.width, image.height, seed, sha256(data), bad))
     grid = make_grid(images, columns=2 if len(images) > 1 else 1)
     data = png_bytes(grid)
-    write_atomic(directory / "grid.png", data)
-    return files, ImageFile(str(directory / "grid.png"), grid.width, grid.height, request.seed, sha256(data),
-                            any(flagged))
+    key = job_key(job_id, "grid.png")
+    store.put(key, data)
+    return files, ImageFile(key, grid.width, grid.height, request.seed, sha256(data), any(flagged))
 
 
 class _Worker:
@@ -147,7 +151,7 @@ class _Worker:
 
         try:
             result = engine.generate(request, on_step, should_stop)
-            files, grid = save_images(result.images, request, job_dir(self.config.output_dir, job_id),
+            files, grid = save_images(result.images, request, FileStore(self.config.output_dir), job_id,
                                       result.flagged)
             self.send("event", Done(job_id, tuple(files), grid, tuple(result.notices)))
         except GenerationStopped:

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.studio import Studio
+from generation.files import FileStore
 from generation.queue import LocalQueue
 from generation.registry import load_registry
 from generation.worker import WorkerConfig
@@ -30,7 +31,8 @@ def local_queue(output_dir: Path, registry_file: Path, **config) -> LocalQueue:
 def make_studio(db: AsyncEngine, root: Path, registry_file: Path) -> Studio:
     """A Studio (not started) storing in ``db``, with images and inputs under ``root``."""
     return Studio(registry=load_registry(registry_file), store=JobStore(db),
-                  queue=local_queue(root / "images", registry_file), inputs_dir=root / "inputs")
+                  queue=local_queue(root / "images", registry_file), files=FileStore(root / "images"),
+                  inputs_dir=root / "inputs")
 
 
 @asynccontextmanager

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     pintor_device: str = "auto"
     pintor_offload: bool | None = None  # unset: offload on GPUs with less than 10 GB
     pintor_max_loaded_models: int = 1
-    pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process
+    pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process; redis://…: Redis
+    pintor_local_workers: int = 1  # with a Redis queue: worker processes `pintor run` starts beside the bot
+    pintor_worker_name: str = ""  # `pintor worker`'s name in /info (empty: host name and process id)
     pintor_log_level: str = "INFO"
 
     @field_validator("discord_guild_ids", mode="before")

@@ -3,6 +3,7 @@ The one place that turns `Settings` into explicit arguments for the libraries.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.settings import Settings
 from bot.studio import Studio
 from generation.files import FileStore
-from generation.queue import LocalQueue
+from generation.queue import JobQueue, LocalQueue
+from generation.redis_queue import RedisQueue
+from generation.redis_worker import LocalWorkers
 from generation.registry import Registry, load_registry
 from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
@@ -34,15 +37,37 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def check_queue_url(settings: Settings) -> None:
-    if settings.pintor_queue_url:
-        raise SystemExit("PINTOR_QUEUE_URL: only the embedded queue (empty) is available in this version.")
+    url = settings.pintor_queue_url
+    if url and not url.startswith(REDIS_SCHEMES):
+        raise SystemExit("PINTOR_QUEUE_URL: empty (the embedded queue) or a Redis URL "
+                         "(redis://host:6379/0, rediss://…, unix://…), not this.")
+
+
+def worker_cache(settings: Settings) -> str:
+    """Where a Redis worker keeps the pictures of the job it runs (they travel in the events)."""
+    return str(settings.pintor_data_dir / "worker-cache")
+
+
+def build_queue(settings: Settings, files: FileStore) -> JobQueue:
+    """The embedded queue, or with PINTOR_QUEUE_URL=redis://… the Redis queue with
+    PINTOR_LOCAL_WORKERS worker processes on this machine."""
+    check_queue_url(settings)
+    if not settings.pintor_queue_url:
+        return LocalQueue(worker_config(settings))
+    config = dataclasses.replace(worker_config(settings), output_dir=worker_cache(settings))
+    local = LocalWorkers(settings.pintor_queue_url, config, max(0, settings.pintor_local_workers))
+    return RedisQueue(settings.pintor_queue_url, files, start_workers=local.start, stop_workers=local.stop)
 
 
 def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None) -> Studio:
     """A studio over an open, migrated database; not started yet (`await studio.start()`)."""
+    files = FileStore(settings.pintor_data_dir / "images")
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
-                  queue=LocalQueue(worker_config(settings)), files=FileStore(settings.pintor_data_dir / "images"),
+                  queue=build_queue(settings, files), files=files,
                   inputs_dir=settings.pintor_data_dir / "images" / "inputs")
 
 

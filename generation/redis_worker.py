@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
 import shutil
 import signal
@@ -254,6 +257,42 @@ def _free_memory(device: str) -> str:
         return str(free)
     except Exception:  # noqa: BLE001 - a number for /info, not worth a failure
         return ""
+
+
+class LocalWorkers:
+    """`count` worker processes on this machine (spawned), for `pintor run` with a Redis queue:
+    `start` them, `stop` them (SIGTERM: each finishes its step and hands its job back)."""
+
+    def __init__(self, url: str, config: WorkerConfig, count: int, *, prefix: str = "pintor",
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
+        self.url, self.config, self.count, self.prefix = url, config, count, prefix
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self) -> None:
+        from generation.queue import _main_script_hidden
+
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads or CUDA
+        for n in range(1, self.count + 1):
+            name = f"{default_name()}-local{n}"
+            config = dataclasses.replace(self.config, output_dir=str(Path(self.config.output_dir) / name))
+            process = ctx.Process(target=run_redis_worker, name=f"pintor-{name}", daemon=True,
+                                  args=(self.url, config, name, self.prefix, self.heartbeat_timeout_s))
+            with _main_script_hidden():
+                process.start()
+            self.processes.append(process)
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            process.join(timeout_s)
+            if process.is_alive():
+                log.warning("worker %s did not stop in %.0f s; killing it", process.name, timeout_s)
+                process.kill()
+                process.join(10)
+        self.processes = []
 
 
 def run_redis_worker(url: str, config: WorkerConfig, name: str | None = None, prefix: str = "pintor",

@@ -1,0 +1,114 @@
+"""Two `pintor worker` processes (generation.redis_worker, spawned; tiny models, CPU) behind
+one Studio over a real SQLite file and a throwaway redis-server: jobs from several members are
+each stored and delivered once, and a worker SIGKILLed in the middle of a job loses nothing (its
+job finishes on the other worker, with the same pictures, posted once)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.intake import Member
+from bot.studio import Studio
+from generation.events import Done, Event, Progress, Started
+from generation.files import FileStore
+from generation.redis_queue import RedisQueue
+from generation.registry import load_registry
+from generation.worker import WorkerConfig
+from storage.db import open_engine, upgrade
+from storage.jobs import JobStore
+from storage.models import JobStatus
+from tests.redis_server import HEARTBEAT_TIMEOUT_S, redis_server, spawn_worker, stop_process, wait_for_workers
+from tests.studio_helpers import db_url
+from tests.waiting import TIMEOUT_S, collect_until
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Env:
+    studio: Studio
+    processes: dict[str, BaseProcess]
+    delivered: Counter[tuple[int, str]]  # (job id, event type) → times the listeners heard it
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def env(small_registry_file: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    root = tmp_path_factory.mktemp("redis-workers")
+    with redis_server(root / "redis") as url:
+        async with AsyncExitStack() as stack:
+            processes: dict[str, BaseProcess] = {}
+            for name in ("w1", "w2"):
+                config = WorkerConfig(output_dir=str(root / f"cache-{name}"), registry_path=str(small_registry_file),
+                                      device="cpu", preview_interval_s=0.0)
+                processes[name] = spawn_worker(url, config, name)
+                stack.push_async_callback(asyncio.to_thread, stop_process, processes[name])
+            await wait_for_workers(url, set(processes))
+            db = open_engine(db_url(root / "pintor.db"))
+            stack.push_async_callback(db.dispose)
+            await upgrade(db)
+            files = FileStore(root / "images")
+            studio = Studio(registry=load_registry(small_registry_file), store=JobStore(db),
+                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files,
+                            inputs_dir=root / "images" / "inputs")
+            delivered: Counter[tuple[int, str]] = Counter()
+
+            async def listen(job_id: int, event: Event) -> None:
+                delivered[job_id, type(event).__name__] += 1
+
+            studio.listeners.append(listen)
+            await studio.start()
+            stack.push_async_callback(studio.close)
+            yield Env(studio, processes, delivered)
+
+
+async def test_jobs_of_several_members_on_two_workers_are_each_delivered_once(env: Env):
+    members = [Member(100 + n, f"member{n}") for n in range(4)]
+    submitted = [await env.studio.imagine(member, f"a lighthouse number {i} --steps 2 --seed {i}")
+                 for i in range(3) for member in members]
+    for job in submitted:
+        await collect_until(job.events, lambda e: isinstance(e, Done))
+    workers = await env.studio.workers()
+    assert sorted(w.name for w in workers) == ["w1", "w2"] and all(w.ready for w in workers)
+    for job in submitted:
+        stored = await env.studio.job(job.job_id)
+        assert stored is not None and stored.status == JobStatus.DONE and len(stored.images) == 4
+        assert all(Path(image.path).is_file() for image in stored.images)
+        assert env.delivered[job.job_id, "Done"] == 1
+    assert await env.studio.waiting_count() == 0
+
+
+async def test_a_worker_killed_mid_job_loses_nothing_and_posts_once(env: Env):
+    member = Member(200, "killer")
+    reference = await env.studio.imagine(member, "a red fox --steps 30 --seed 77")
+    [reference_done] = [e for e in await collect_until(reference.events, lambda e: isinstance(e, Done))
+                        if isinstance(e, Done)]
+
+    job = await env.studio.imagine(member, "a red fox --steps 30 --seed 77")
+    await collect_until(job.events, lambda e: isinstance(e, Progress))
+    running = {w.name: w.running_job for w in await env.studio.workers()}
+    async with asyncio.timeout(TIMEOUT_S):  # the heartbeat says who runs it within a second
+        while job.job_id not in running.values():
+            await asyncio.sleep(0.1)
+            running = {w.name: w.running_job for w in await env.studio.workers()}
+    victim = next(name for name, job_id in running.items() if job_id == job.job_id)
+    env.processes[victim].kill()  # SIGKILL: no goodbye, no hand-back
+
+    events = await collect_until(job.events, lambda e: isinstance(e, Done))
+    done = events[-1]
+    assert isinstance(done, Done)
+    stored = await env.studio.job(job.job_id)
+    assert stored is not None and stored.status == JobStatus.DONE
+    assert env.delivered[job.job_id, "Done"] == 1
+    assert env.delivered[job.job_id, "Started"] == 2  # really run again, on the other worker
+    assert [i.sha256 for i in done.images] == [i.sha256 for i in reference_done.images]  # its recorded seed
+    assert not any(isinstance(e, Started) for e in events[events.index(done):][1:])
+    assert [w.name for w in await env.studio.workers()] == [n for n in ("w1", "w2") if n != victim]

@@ -61,7 +61,7 @@ async def running_bot(settings: Settings, **bot_options: Any) -> AsyncIterator[R
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
-        studio = build_studio(settings, engine, registry)
+        studio = build_studio(settings, engine, registry, owner="bot")
         bot = PintorBot(settings=settings, studio=studio, **bot_options)
         try:
             await bot.login(token)  # setup_hook: cogs, buttons, the studio listener, command sync

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,11 +45,16 @@ from generation.request import GRID_SIZE, JobKind, Request, build_request, rando
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Job, JobStatus, MemberPreferences, ServerRules
+from storage.owners import OwnerStore, this_host
 from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
+
+
+class OwnerBusy(RuntimeError):
+    """Another live process runs under this studio's owner name (a second `pintor run`)."""
 
 
 class AlreadyMade(RequestError):
@@ -139,8 +145,14 @@ class Studio:
     rules, private, direct)."""
 
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue, files: FileStore,
-                 inputs_dir: Path | None = None):
+                 inputs_dir: Path | None = None, owner: str | None = None, queue_kind: str = "embedded"):
         self.registry = registry
+        # who holds the jobs this studio queues (storage.owners): "bot" for `pintor run`
+        self.owner = owner or f"cli-{this_host()}-{os.getpid()}-{id(self):x}"
+        self.owners = OwnerStore(store.engine)
+        self.queue_kind = queue_kind  # "embedded" (a worker in this process) or "redis"
+        self.refusal: str | None = None  # why this studio makes no jobs (set by start)
+        self._beat: asyncio.Task | None = None
         self.files = files  # the pictures the worker's events name by key
         self.settings = SettingsStore(store.engine)  # members' defaults and servers' rules
         self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
@@ -154,21 +166,56 @@ class Studio:
         self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
 
     async def start(self, *, resume_user: int | None = None) -> None:
-        """Start the worker and queue again every job a crash or a stop left unfinished; with
-        `resume_user`, only that member's (the CLI resumes its own jobs, not those the bot
-        resumes for Discord's members, which may be running beside it)."""
+        """Start the worker and queue again the jobs a crash or a stop left unfinished whose
+        owner is gone (storage.owners: a front end still running beside this one keeps its
+        own); with `resume_user`, only that member's (the CLI resumes its own jobs, not those
+        the bot resumes for Discord's members).
+
+        Raises OwnerBusy when this studio's owner name is held by a live process (a second
+        `pintor run` on one database). With the embedded queue beside another live front end,
+        nothing is resumed and `refusal` says why jobs are refused (a second worker would load
+        the models again on the same GPUs and run beside the first)."""
+        others = await self.owners.alive(exclude=None)
+        if any(o.name == self.owner and o.pid != os.getpid() for o in others):
+            holder = next(o for o in others if o.name == self.owner)
+            raise OwnerBusy(f"Pintor ({self.owner}) is already running on this database (process {holder.pid} "
+                            f"on {holder.host}). Stop it first.")
+        others = [o for o in others if o.name != self.owner]
+        if self.queue_kind == "embedded" and others:
+            self.refusal = (f"Pintor is running on this database ({others[0].name}, process {others[0].pid} on "
+                            f"{others[0].host}) with its own worker: a second one here would load the models "
+                            "again and run beside it. Stop it, or run both with PINTOR_QUEUE_URL=redis://… "
+                            "to share workers.")
+        await self.owners.register(self.owner, self.queue_kind)
+        self._beat = asyncio.create_task(self._heartbeat(), name="studio-lease")
         await self.queue.start()
         self._consumer = asyncio.create_task(self._consume(), name="studio-events")
-        for job in await self.store.unfinished(resume_user):
+        if self.refusal is not None:
+            return
+        for job in await self.owners.claim_unfinished(self.owner, resume_user):
             await self.store.mark_queued(job.id)
             await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
             log.info("job %s queued again after a restart", job.id)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.owners.lease_s / 3)
+            try:
+                await self.owners.beat(self.owner)
+            except Exception:  # noqa: BLE001 - the database away for a moment: beat again later
+                log.exception("could not renew the lease of %s", self.owner)
 
     async def close(self) -> None:
         """Stop the worker after its current step; unfinished jobs stay queued for the next start."""
         await self.queue.close()
         if self._consumer is not None:
             await self._consumer  # the queue's event stream ends once it is closed
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+            await self.owners.remove(self.owner)  # what it left unfinished is anyone's now
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -413,6 +460,8 @@ class Studio:
         model that is gone). With a `result_key`, a job with the same key that is queued,
         running or done raises AlreadyMade instead (checked before the rules: pointing to it
         costs nothing)."""
+        if self.refusal is not None:
+            raise RequestError(self.refusal)
         try:  # a model whose files cannot be had is refused now, not after the worker starts
             check_model_files(self.registry, request.model)
         except ModelUnavailable as err:
@@ -431,7 +480,7 @@ class Studio:
                     user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
                     prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
                     parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
-                    notices="\n".join(notices) or None, result_key=result_key)
+                    notices="\n".join(notices) or None, result_key=result_key, owner=self.owner)
             except DuplicateJob as duplicate:  # stored by another process since the check
                 raise AlreadyMade(duplicate.job) from None
         events = self.watch(job.id)

@@ -4,6 +4,7 @@ The one place that turns `Settings` into explicit arguments for the libraries.""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from generation.registry import Registry, load_registry
 from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
 from storage.jobs import JobStore
+from storage.owners import OwnerStore, this_host
 
 
 def registry_from(settings: Settings) -> Registry:
@@ -52,23 +54,29 @@ def worker_cache(settings: Settings) -> str:
     return str(settings.pintor_data_dir / "worker-cache")
 
 
-def build_queue(settings: Settings, files: FileStore) -> JobQueue:
+def build_queue(settings: Settings, files: FileStore, owner: str, local_workers: int | None = None) -> JobQueue:
     """The embedded queue, or with PINTOR_QUEUE_URL=redis://… the Redis queue with
-    PINTOR_LOCAL_WORKERS worker processes on this machine."""
+    `local_workers` (default PINTOR_LOCAL_WORKERS) worker processes on this machine."""
     check_queue_url(settings)
     if not settings.pintor_queue_url:
         return LocalQueue(worker_config(settings))
     config = dataclasses.replace(worker_config(settings), output_dir=worker_cache(settings))
-    local = LocalWorkers(settings.pintor_queue_url, config, max(0, settings.pintor_local_workers))
-    return RedisQueue(settings.pintor_queue_url, files, start_workers=local.start, stop_workers=local.stop)
+    count = settings.pintor_local_workers if local_workers is None else local_workers
+    local = LocalWorkers(settings.pintor_queue_url, config, max(0, count))
+    return RedisQueue(settings.pintor_queue_url, files, owner=owner, start_workers=local.start,
+                      stop_workers=local.stop)
 
 
-def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None) -> Studio:
-    """A studio over an open, migrated database; not started yet (`await studio.start()`)."""
+def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None, *,
+                 owner: str | None = None, local_workers: int | None = None) -> Studio:
+    """A studio over an open, migrated database; not started yet (`await studio.start()`).
+    `owner`: "bot" for `pintor run`; None: a `pintor` verb's own name (storage.owners)."""
     files = FileStore(settings.pintor_data_dir / "images")
+    owner = owner or f"cli-{this_host()}-{os.getpid()}"
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
-                  queue=build_queue(settings, files), files=files,
-                  inputs_dir=settings.pintor_data_dir / "images" / "inputs")
+                  queue=build_queue(settings, files, owner, local_workers), files=files,
+                  inputs_dir=settings.pintor_data_dir / "images" / "inputs", owner=owner,
+                  queue_kind="redis" if settings.pintor_queue_url else "embedded")
 
 
 @asynccontextmanager
@@ -81,7 +89,10 @@ async def open_studio(settings: Settings, *, resume_user: int | None = None) -> 
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
-        studio = build_studio(settings, engine, registry)
+        # beside a running front end on Redis: hand the jobs to its workers, start none here
+        others = await OwnerStore(engine).alive()
+        shared = bool(settings.pintor_queue_url) and any(o.queue == "redis" for o in others)
+        studio = build_studio(settings, engine, registry, local_workers=0 if shared else None)
         await studio.start(resume_user=resume_user)
         try:
             yield studio

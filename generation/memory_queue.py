@@ -11,6 +11,7 @@ same contract tests run against it as against the real queues.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 
@@ -53,6 +54,7 @@ class MemoryQueue:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._cancelled: set[int] = set()
         self._closing = False
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -60,6 +62,7 @@ class MemoryQueue:
 
     async def close(self) -> None:
         self._closing = True
+        self._stop.set()
         if self._task is not None:
             await self._task
         self._events.put_nowait(None)
@@ -133,7 +136,8 @@ class MemoryQueue:
             return Failed(job_id, f"Unknown model '{request.model}'.")
         pictures = plain_pictures(request)
         for step in range(1, request.steps + 1):
-            await asyncio.sleep(self.step_s)
+            with contextlib.suppress(TimeoutError):  # a step's time, cut short by close()
+                await asyncio.wait_for(self._stop.wait(), self.step_s)
             if job_id in self._cancelled:
                 return Cancelled(job_id)
             if self._closing:

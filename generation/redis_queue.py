@@ -13,8 +13,9 @@ Keys (under a prefix, "pintor" by default):
   member exactly once: a job already ended is not ended (or posted) again.
 - `<p>:events`, a stream of every job's events as JSON (generation.events codec), pictures
   included (Done carries the PNG bytes: the workers share no disk with the front end). The
-  front end reads it from where it stopped (`<p>:events:read`), so events sent while it was
-  down are read at its next start.
+  front end (its owner name: "bot", or a `pintor` verb's) reads it from where it stopped
+  (`<p>:events:read:<owner>`), so events sent while it was down are read at its next start,
+  and passes on the events of its own jobs only.
 - `<p>:cancel:<job id>`: set by `cancel`; a worker checks it before a job and every quarter
   second while it runs it (the job stops at its next step).
 - `<p>:worker:<name>`: a hash each worker refreshes every heartbeat and lets expire after
@@ -74,9 +75,8 @@ class RedisKeys:
     def events(self) -> str:
         return f"{self.prefix}:events"
 
-    @property
-    def events_read(self) -> str:
-        return f"{self.prefix}:events:read"
+    def events_read(self, owner: str) -> str:
+        return f"{self.prefix}:events:read:{owner}"
 
     def cancel(self, job_id: int) -> str:
         return f"{self.prefix}:cancel:{job_id}"
@@ -122,15 +122,17 @@ def _input_key(path: str, data: bytes) -> str:
 class RedisQueue:
     """The front end's side (see the module's docstring). `url`: redis://…; `files`: the front
     end's FileStore, where the pictures of Done events are written before the event is passed
-    on; `start_workers`/`stop_workers`: start and stop this machine's own workers (none by
-    default: they may all run elsewhere)."""
+    on; `owner`: the front end's name (its jobs' entries carry it: several front ends can share
+    the workers); `start_workers`/`stop_workers`: start and stop this machine's own workers
+    (none by default: they may all run elsewhere)."""
 
-    def __init__(self, url: str, files: FileStore, *, keys: RedisKeys | None = None,
+    def __init__(self, url: str, files: FileStore, *, owner: str = "bot", keys: RedisKeys | None = None,
                  heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
                  start_workers: Callable[[], None] | None = None,
                  stop_workers: Callable[[], None] | None = None):
         self.url = url
         self.files = files
+        self.owner = owner
         self.keys = keys or RedisKeys()
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._start_workers, self._stop_workers = start_workers, stop_workers
@@ -159,8 +161,9 @@ class RedisQueue:
         await ensure_group(self.client, self.keys)
         # entries released by an earlier run and not acknowledged: still the workers'
         for entry_id, fields in await self.client.xrange(self.keys.jobs):
-            self._released[int(fields["job"])] = entry_id
-        last = await self.client.get(self.keys.events_read)
+            if fields.get("owner") == self.owner:
+                self._released[int(fields["job"])] = entry_id
+        last = await self.client.get(self.keys.events_read(self.owner))
         if last is None:
             newest = await self.client.xrevrange(self.keys.events, count=1)
             last = newest[0][0] if newest else "0-0"
@@ -286,7 +289,7 @@ class RedisQueue:
             request = request.replace(init_image=by_key(request.init_image))
         if request.images:
             request = request.replace(images=tuple(by_key(path) for path in request.images))
-        return {"job": str(job_id), "model": request.model, "request": request.to_json(),
+        return {"job": str(job_id), "owner": self.owner, "model": request.model, "request": request.to_json(),
                 "inputs": json.dumps(inputs)}
 
     async def _tick(self) -> None:
@@ -318,10 +321,12 @@ class RedisQueue:
                     else:
                         await self._on_event(event)
                     last = entry_id
-                await self.client.set(self.keys.events_read, last)
+                await self.client.set(self.keys.events_read(self.owner), last)
 
     async def _on_event(self, event: Event) -> None:
         job_id = event.job_id
+        if job_id not in self._released:
+            return  # another front end's job, or one acknowledged already (delivered again)
         if isinstance(event, Started):
             self._running.add(job_id)
         if isinstance(event, Done):

@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from bot.intake import Member
 from bot.studio import Studio
-from generation.events import Done, Event, Progress, Started
+from generation.events import Done, Event, Interrupted, Progress, Started
 from generation.files import FileStore
 from generation.redis_queue import RedisQueue
 from generation.registry import load_registry
@@ -38,6 +38,8 @@ class Env:
     studio: Studio
     processes: dict[str, BaseProcess]
     delivered: Counter[tuple[int, str]]  # (job id, event type) → times the listeners heard it
+    url: str
+    configs: dict[str, WorkerConfig]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -46,11 +48,17 @@ async def env(small_registry_file: Path, tmp_path_factory: pytest.TempPathFactor
     with redis_server(root / "redis") as url:
         async with AsyncExitStack() as stack:
             processes: dict[str, BaseProcess] = {}
+            configs = {}
             for name in ("w1", "w2"):
-                config = WorkerConfig(output_dir=str(root / f"cache-{name}"), registry_path=str(small_registry_file),
-                                      device="cpu", preview_interval_s=0.0)
-                processes[name] = spawn_worker(url, config, name)
-                stack.push_async_callback(asyncio.to_thread, stop_process, processes[name])
+                configs[name] = WorkerConfig(output_dir=str(root / f"cache-{name}"), device="cpu",
+                                             registry_path=str(small_registry_file), preview_interval_s=0.0)
+                processes[name] = spawn_worker(url, configs[name], name)
+
+            async def stop_all() -> None:
+                for process in processes.values():
+                    await asyncio.to_thread(stop_process, process)
+
+            stack.push_async_callback(stop_all)
             await wait_for_workers(url, set(processes))
             db = open_engine(db_url(root / "pintor.db"))
             stack.push_async_callback(db.dispose)
@@ -67,7 +75,7 @@ async def env(small_registry_file: Path, tmp_path_factory: pytest.TempPathFactor
             studio.listeners.append(listen)
             await studio.start()
             stack.push_async_callback(studio.close)
-            yield Env(studio, processes, delivered)
+            yield Env(studio, processes, delivered, url, configs)
 
 
 async def test_jobs_of_several_members_on_two_workers_are_each_delivered_once(env: Env):
@@ -86,6 +94,36 @@ async def test_jobs_of_several_members_on_two_workers_are_each_delivered_once(en
     assert await env.studio.waiting_count() == 0
 
 
+async def runner_of(env: Env, job_id: int) -> str:
+    """The name of the worker that runs `job_id` (its heartbeat says so within a second)."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            running = {w.name: w.running_job for w in await env.studio.workers()}
+            if job_id in running.values():
+                return next(name for name, job in running.items() if job == job_id)
+            await asyncio.sleep(0.1)
+
+
+async def test_a_worker_stopped_with_sigterm_hands_its_job_to_the_other(env: Env):
+    member = Member(300, "stopper")
+    job = await env.studio.imagine(member, "a blue whale --steps 30 --seed 5")
+    await collect_until(job.events, lambda e: isinstance(e, Progress))
+    victim = await runner_of(env, job.job_id)
+    process = env.processes[victim]
+    process.terminate()  # SIGTERM: the step ends, the job goes back to the stream
+    await asyncio.to_thread(process.join, 60)
+    assert process.exitcode == 0
+
+    events = await collect_until(job.events, lambda e: isinstance(e, Done))
+    assert env.delivered[job.job_id, "Done"] == 1 and env.delivered[job.job_id, "Started"] == 2
+    assert not any(isinstance(e, Interrupted) for e in events)  # nothing for the member to see
+    stored = await env.studio.job(job.job_id)
+    assert stored is not None and stored.status == JobStatus.DONE
+
+    env.processes[victim] = spawn_worker(env.url, env.configs[victim], victim)  # back to two, for what follows
+    await wait_for_workers(env.url, {victim})
+
+
 async def test_a_worker_killed_mid_job_loses_nothing_and_posts_once(env: Env):
     member = Member(200, "killer")
     reference = await env.studio.imagine(member, "a red fox --steps 30 --seed 77")
@@ -94,12 +132,7 @@ async def test_a_worker_killed_mid_job_loses_nothing_and_posts_once(env: Env):
 
     job = await env.studio.imagine(member, "a red fox --steps 30 --seed 77")
     await collect_until(job.events, lambda e: isinstance(e, Progress))
-    running = {w.name: w.running_job for w in await env.studio.workers()}
-    async with asyncio.timeout(TIMEOUT_S):  # the heartbeat says who runs it within a second
-        while job.job_id not in running.values():
-            await asyncio.sleep(0.1)
-            running = {w.name: w.running_job for w in await env.studio.workers()}
-    victim = next(name for name, job_id in running.items() if job_id == job.job_id)
+    victim = await runner_of(env, job.job_id)
     env.processes[victim].kill()  # SIGKILL: no goodbye, no hand-back
 
     events = await collect_until(job.events, lambda e: isinstance(e, Done))

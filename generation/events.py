@@ -36,6 +36,7 @@ class Queued:
 class Started:
     job_id: int
     notices: tuple[str, ...] = ()  # e.g. what the text encoder had to cut from the prompt
+    worker: str = ""  # the name of the worker that runs it (Redis workers say it)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def event_from_json(text: str | bytes) -> Event:
         if kind is Progress:
             return Progress(int(data["job_id"]), int(data["step"]), int(data["total"]), _unb64(data.get("preview")))
         if kind is Started:
-            return Started(int(data["job_id"]), tuple(data.get("notices", ())))
+            return Started(int(data["job_id"]), tuple(data.get("notices", ())), str(data.get("worker", "")))
         return kind(**data)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
         raise ValueError(f"not a Pintor event: {err}") from err

@@ -17,6 +17,7 @@ once for another worker (its idle time set past the timeout), nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -33,10 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from generation.events import Cancelled, Done, Event, Failed, ImageFile, Interrupted, Progress, event_to_json
+from generation.events import Cancelled, Done, Event, Failed, ImageFile, Interrupted, Progress, Started, event_to_json
 from generation.files import FileStore
 from generation.queue import MAX_WORKER_DEATHS_PER_JOB, loaded_after
-from generation.redis_queue import EVENTS_MAXLEN, GROUP, HEARTBEAT_TIMEOUT_S, RedisClient, RedisKeys, ensure_group
+from generation.redis_queue import (
+    EVENTS_MAXLEN,
+    GROUP,
+    HEARTBEAT_TIMEOUT_S,
+    RedisClient,
+    RedisKeys,
+    ensure_group,
+    list_workers,
+)
 from generation.request import Request
 from generation.worker import WorkerConfig, _Worker
 
@@ -74,6 +83,7 @@ class RedisWorker(_Worker):
         self.running: tuple[int, str] | None = None  # (job id, stream entry id)
         self.step = self.total = 0
         self.interrupted = False
+        self.finished: collections.deque[str] = collections.deque(maxlen=100)  # run here, maybe not acked
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
         self._engine: Engine | None = None
@@ -85,6 +95,8 @@ class RedisWorker(_Worker):
         if isinstance(event, Interrupted):
             self.interrupted = True  # stopping: the job goes back to the stream, not to the member
             return
+        if isinstance(event, Started):
+            event = Started(event.job_id, event.notices, self.name)
         if isinstance(event, Progress):
             self.step, self.total = event.step, event.total
         if isinstance(event, Done):
@@ -153,20 +165,42 @@ class RedisWorker(_Worker):
         return engine
 
     async def _take(self, client: RedisClient) -> tuple[str, dict[str, str], int] | None:
-        """The next entry and how often it was delivered: a dead worker's first."""
+        """The next entry and how often it was delivered: one handed to this worker first (by a
+        worker without its model), then a dead worker's, then a new one. A new one for a model
+        this worker has not loaded goes to an idle worker that has it, if there is one."""
+        batches = await client.xreadgroup(GROUP, self.name, {self.keys.jobs: "0"}, count=10)
+        for _, entries in batches or []:
+            for entry_id, fields in entries:
+                if fields and entry_id not in self.finished:  # run here and not acknowledged yet: skip
+                    return entry_id, fields, await self._deliveries(client, entry_id)
         timeout_ms = int(self.heartbeat_timeout_s * 1000)
         _, claimed, *_ = await client.xautoclaim(self.keys.jobs, GROUP, self.name, min_idle_time=timeout_ms,
                                                  start_id="0-0", count=1)
         if claimed:
             entry_id, fields = claimed[0]
-            pending = await client.xpending_range(self.keys.jobs, GROUP, min=entry_id, max=entry_id, count=1)
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
             log.warning("taking over job %s of a worker that stopped answering", fields.get("job"))
-            return entry_id, fields, deliveries
+            return entry_id, fields, await self._deliveries(client, entry_id)
         batches = await client.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=1, block=500)
         for _, entries in batches or []:
             for entry_id, fields in entries:
+                model = fields.get("model", "")
+                if model not in self.models and (other := await self._idle_worker_with(client, model)):
+                    # JUSTID: not counted as a delivery (that count is the crashes' budget)
+                    await client.xclaim(self.keys.jobs, GROUP, other, 0, [entry_id], justid=True)
+                    log.info("job %s handed to worker %s, which has %s loaded", fields.get("job"), other, model)
+                    return None
                 return entry_id, fields, 1
+        return None
+
+    async def _deliveries(self, client: RedisClient, entry_id: str) -> int:
+        pending = await client.xpending_range(self.keys.jobs, GROUP, min=entry_id, max=entry_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _idle_worker_with(self, client: RedisClient, model: str) -> str | None:
+        """The name of another live, idle worker that has `model` loaded, or None."""
+        for state in await list_workers(client, self.keys):
+            if state.name != self.name and state.ready and state.running_job is None and model in state.models:
+                return state.name
         return None
 
     async def _run_entry(self, client: RedisClient, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
@@ -174,9 +208,11 @@ class RedisWorker(_Worker):
         if deliveries > MAX_WORKER_DEATHS_PER_JOB:
             log.error("job %s was taken %d times by workers that died; failing it", job_id, deliveries)
             await self._xadd(client, Failed(job_id, "The generation worker crashed on this job several times."))
+            self.finished.append(entry_id)
             return
         if await client.exists(self.keys.cancel(job_id)):
             await self._xadd(client, Cancelled(job_id))
+            self.finished.append(entry_id)
             return
         request = Request.from_json(fields["request"])
         request = await asyncio.to_thread(self._with_local_inputs, request, json.loads(fields.get("inputs", "{}")))
@@ -186,6 +222,8 @@ class RedisWorker(_Worker):
         try:
             await asyncio.to_thread(self.run_job, self._engine, job_id, request)
             await self._outbox.join()  # every event of the job is in the stream
+            if not self.interrupted:
+                self.finished.append(entry_id)
         finally:
             self.running = None
             await asyncio.to_thread(shutil.rmtree, self.cache.path(f"jobs/{job_id}"), True)
@@ -228,6 +266,12 @@ class RedisWorker(_Worker):
                     await self._announce(client)
                     if self.running is not None:  # the job is alive: reset its idle time
                         await client.xclaim(self.keys.jobs, GROUP, self.name, 0, [self.running[1]], justid=True)
+                    if self.finished:  # run here, its result on its way: not a dead worker's to take
+                        held = list(self.finished)
+                        kept = set(await client.xclaim(self.keys.jobs, GROUP, self.name, 0, held, justid=True))
+                        for entry_id in held:
+                            if entry_id not in kept:  # acknowledged: forget it
+                                self.finished.remove(entry_id)
                 if self.running is not None and await client.exists(self.keys.cancel(self.running[0])):
                     self.cancelled.add(self.running[0])
             except Exception:  # noqa: BLE001 - Redis away for a moment: try again

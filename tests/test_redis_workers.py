@@ -82,8 +82,11 @@ async def test_jobs_of_several_members_on_two_workers_are_each_delivered_once(en
     members = [Member(100 + n, f"member{n}") for n in range(4)]
     submitted = [await env.studio.imagine(member, f"a lighthouse number {i} --steps 2 --seed {i}")
                  for i in range(3) for member in members]
+    runners = set()
     for job in submitted:
-        await collect_until(job.events, lambda e: isinstance(e, Done))
+        events = await collect_until(job.events, lambda e: isinstance(e, Done))
+        runners |= {e.worker for e in events if isinstance(e, Started)}
+    assert runners == {"w1", "w2"}  # both took their share
     workers = await env.studio.workers()
     assert sorted(w.name for w in workers) == ["w1", "w2"] and all(w.ready for w in workers)
     for job in submitted:
@@ -102,6 +105,30 @@ async def runner_of(env: Env, job_id: int) -> str:
             if job_id in running.values():
                 return next(name for name, job in running.items() if job == job_id)
             await asyncio.sleep(0.1)
+
+
+async def all_idle(env: Env) -> None:
+    """Until every worker's heartbeat says it is idle (and which models it holds)."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while any(w.running_job is not None for w in await env.studio.workers()):
+            await asyncio.sleep(0.1)
+
+
+async def test_jobs_go_to_a_free_worker_that_has_their_model_loaded(env: Env):
+    member = Member(400, "loader")
+
+    async def runner(prompt: str) -> str:
+        await all_idle(env)
+        job = await env.studio.imagine(member, prompt)
+        events = await collect_until(job.events, lambda e: isinstance(e, Done))
+        return next(e.worker for e in events if isinstance(e, Started))
+
+    assert all("tiny-sd" in w.models for w in await env.studio.workers())  # both ran the jobs above
+    sdxl = await runner("a castle --model tiny-sdxl --steps 1")  # it holds one model: now tiny-sdxl only
+    sd = ({"w1", "w2"} - {sdxl}).pop()
+    for n in range(3):  # whichever worker reads the job first, the one with the model runs it
+        assert await runner(f"a castle {n} --model tiny-sdxl --steps 1") == sdxl
+        assert await runner(f"a castle {n} --steps 1") == sd
 
 
 async def test_a_worker_stopped_with_sigterm_hands_its_job_to_the_other(env: Env):

@@ -59,12 +59,17 @@ class Running:
 
 
 def worker_status(state: WorkerState) -> WorkerStatus:
-    """The local worker process as the metrics show it."""
+    """A worker as the metrics show it (named by its queue: "local" for the embedded one)."""
+    name = state.name or "local"
     if state.error:
-        return WorkerStatus("local", "down")
+        return WorkerStatus(name, "down")
     if state.running_job is not None:
-        return WorkerStatus("local", "busy")
-    return WorkerStatus("local", "idle" if state.ready else "starting")
+        return WorkerStatus(name, "busy")
+    return WorkerStatus(name, "idle" if state.ready else "starting")
+
+
+async def _worker_statuses(studio: Studio) -> list[WorkerStatus]:
+    return [worker_status(state) for state in await studio.workers()]
 
 
 async def health_problems(bot: PintorBot, studio: Studio, engine: AsyncEngine) -> dict[str, str]:
@@ -73,8 +78,9 @@ async def health_problems(bot: PintorBot, studio: Studio, engine: AsyncEngine) -
     problems: dict[str, str] = {}
     if bot.is_closed() or not bot.is_ready():
         problems["discord"] = "not connected to Discord"
-    if studio.worker_state.error:
-        problems["worker"] = studio.worker_state.error
+    errors = [state.error for state in await studio.workers() if state.error]
+    if errors:
+        problems["worker"] = "; ".join(errors)
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -99,9 +105,8 @@ async def running_bot(settings: Settings, **bot_options: Any) -> AsyncIterator[R
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
-        studio = build_studio(settings, engine, registry)
-        metrics = Metrics(kind_of=lambda job_id: _job_kind(studio, job_id),
-                          workers=lambda: [worker_status(studio.worker_state)])
+        studio = build_studio(settings, engine, registry, owner="bot")
+        metrics = Metrics(kind_of=lambda job_id: _job_kind(studio, job_id), workers=lambda: _worker_statuses(studio))
         studio.listeners.append(metrics.on_event)  # before the start: re-queued jobs are counted
         bot = PintorBot(settings=settings, studio=studio, metrics=metrics, **bot_options)
         try:

@@ -179,12 +179,30 @@ async def db_copy(source_url: str, target_url: str) -> int:
     print(f"copied {shown[0]} → {shown[1]} (revision {report.revision}); "
           f"point DATABASE_URL at the new database")
     return 0
+def worker(settings: Settings) -> int:
+    """`pintor worker`: one generation worker serving the Redis queue at PINTOR_QUEUE_URL. It
+    needs no database and no shared disk: only the queue URL, the models and a device."""
+    import dataclasses
+
+    from bot.wiring import REDIS_SCHEMES, worker_cache, worker_config
+    from generation.redis_worker import default_name, run_redis_worker
+
+    url = settings.pintor_queue_url
+    if not url.startswith(REDIS_SCHEMES):
+        print("error: `pintor worker` serves a Redis queue: set PINTOR_QUEUE_URL=redis://host:6379/0 "
+              "(the embedded queue's worker runs inside `pintor run`).", file=sys.stderr)
+        return 2
+    name = settings.pintor_worker_name or default_name()
+    config = dataclasses.replace(worker_config(settings), output_dir=str(Path(worker_cache(settings)) / name))
+    return run_redis_worker(url, config, name)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pintor", description="A self-hosted, MidJourney-style image bot.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start the Discord bot and its generation worker")
+    commands.add_parser("worker", help="run one generation worker for a Redis queue (PINTOR_QUEUE_URL; "
+                                       "PINTOR_DEVICE=cuda:N picks its GPU); SIGTERM stops it after its step")
     p = commands.add_parser("imagine", help="make a 2×2 grid from a prompt (or one per line of a file), as /imagine does")
     p.add_argument("prompt", nargs="?", help='e.g. "a red fox in the snow --ar 3:2 --seed 7 --no people"')
     p.add_argument("-o", "--output", type=Path, default=None,
@@ -220,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(f"error: invalid settings:\n{err}", file=sys.stderr)
         return 2
-    configure_logging(settings.pintor_log_level if args.command == "run" else "WARNING")
+    configure_logging(settings.pintor_log_level if args.command in ("run", "worker") else "WARNING")
     try:
         if args.command == "run":
             from bot.app import run_bot
 
             return asyncio.run(run_bot(settings)) or 0
+        if args.command == "worker":
+            return worker(settings)
         if args.command in JOB_COMMANDS:
             return run_job_command(settings, args)
         if args.command == "models":

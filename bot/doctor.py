@@ -103,8 +103,36 @@ async def doctor(settings: Settings) -> int:
     else:
         report(OK, "discord", f"token set; API {settings.discord_api_base}")
 
+    if settings.pintor_queue_url:
+        await _check_workers(report, settings)
+
     print(f"\n{problems} problem(s) found." if problems else "\nAll good.")
     return 1 if problems else 0
+
+
+async def _check_workers(report, settings: Settings) -> None:
+    """The Redis queue and every worker that answers on it."""
+    import redis.asyncio as aioredis
+
+    from generation.redis_queue import RedisKeys, list_workers
+
+    client = aioredis.Redis.from_url(settings.pintor_queue_url, decode_responses=True)
+    try:
+        workers = await list_workers(client, RedisKeys())
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the finding
+        report(PROBLEM, "queue", f"cannot reach the Redis queue: {type(err).__name__}",
+               "check PINTOR_QUEUE_URL and that Redis runs")
+        return
+    finally:
+        await client.aclose()
+    report(OK, "queue", f"Redis; {len(workers)} worker(s) connected" + ("" if workers else
+           f" (`pintor run` starts {settings.pintor_local_workers} beside the bot)"))
+    for state in workers:
+        free = f", {state.free_memory_bytes / 1024**3:.1f} GiB free" if state.free_memory_bytes is not None else ""
+        doing = f"running job {state.running_job}" if state.running_job is not None else "idle"
+        report(OK if state.ready else PROBLEM, f"worker {state.name}",
+               f"{state.device.get('device_name', '?')}{free}; models: {', '.join(state.models) or 'none yet'}; "
+               f"{doing}" + (f"; could not start: {state.error}" if state.error else ""))
 
 
 async def _check_database(report, database_url: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -58,11 +59,12 @@ class _Tracked:
 class _WorkersCollector(Collector):
     """`pintor_workers{state}` and `pintor_worker_up{worker,state}`, read at each scrape."""
 
-    def __init__(self, workers: Callable[[], Iterable[WorkerStatus]]):
+    def __init__(self, workers: Callable[[], Iterable[WorkerStatus] | Awaitable[Iterable[WorkerStatus]]]):
         self.workers = workers
+        self.snapshot: list[WorkerStatus] | None = None  # set by Metrics.refresh_workers
 
     def collect(self) -> Iterator[Metric]:
-        statuses = list(self.workers())
+        statuses = self.snapshot if self.snapshot is not None else list(self.workers())  # type: ignore[arg-type]
         counts = GaugeMetricFamily("pintor_workers", "Generation workers by state", labels=["state"])
         for state in WORKER_STATES:
             counts.add_metric([state], sum(s.state == state for s in statuses))
@@ -76,10 +78,11 @@ class _WorkersCollector(Collector):
 
 class Metrics:
     """One process's metrics. `kind_of(job_id)` (async) names a job's kind (imagine, upscale…)
-    for jobs this process did not see queued; `workers()` lists the workers now."""
+    for jobs this process did not see queued; `workers()` lists the workers now (a plain or an
+    async function: the workers of a Redis queue are asked over the network, before each scrape)."""
 
     def __init__(self, *, kind_of: Callable[[int], Awaitable[str | None]] | None = None,
-                 workers: Callable[[], Iterable[WorkerStatus]] = tuple):
+                 workers: Callable[[], Iterable[WorkerStatus] | Awaitable[Iterable[WorkerStatus]]] = tuple):
         self.registry = CollectorRegistry()
         self._kind_of = kind_of
         self._jobs: dict[int, _Tracked] = {}
@@ -102,7 +105,8 @@ class Metrics:
                                       registry=r)
         self.discord_errors = Counter("pintor_discord_errors", "Requests Discord refused or failed, by HTTP status",
                                       ["status"], registry=r)
-        r.register(_WorkersCollector(workers))
+        self._workers = _WorkersCollector(workers)
+        r.register(self._workers)
 
     async def on_event(self, job_id: int, event: Event) -> None:
         """A Studio listener: each job event after it is stored."""
@@ -140,6 +144,13 @@ class Metrics:
         """Count one request Discord answered with an error (4xx/5xx) or that failed (status 0)."""
         self.discord_errors.labels(str(status)).inc()
 
+    async def refresh_workers(self) -> None:
+        """Ask `workers()` now (awaited when it is async); the next exposition shows the answer."""
+        answer = self._workers.workers()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        self._workers.snapshot = list(answer)
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format, as /metrics serves them."""
         return generate_latest(self.registry)
@@ -150,6 +161,7 @@ HealthCheck = Callable[[], Awaitable[dict[str, str]]]
 
 def _app(metrics: Metrics, health: HealthCheck) -> web.Application:
     async def metrics_page(_request: web.Request) -> web.Response:
+        await metrics.refresh_workers()
         response = web.Response(body=metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     pintor_compile: str | None = None  # off; on (= default), reduce-overhead, max-autotune…: torch.compile mode
     pintor_vae_tiling_pixels: int = 1536 * 1536  # larger pictures are decoded in tiles
     pintor_max_loaded_models: int = 1
-    pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process
+    pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process; redis://…: Redis
+    pintor_local_workers: int = 1  # with a Redis queue: worker processes `pintor run` starts beside the bot
+    pintor_worker_name: str = ""  # `pintor worker`'s name in /info (empty: host name and process id)
     pintor_log_level: str = "INFO"
 
     # Metrics and health (bot.metrics): /metrics (Prometheus) and /healthz on this port; unset:

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,8 @@ from bot.intake import (
     prepare_with_notices,
     server_default,
 )
-from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Started
+from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
+from generation.files import FileStore
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.prompt import quote, size_for_aspect
@@ -45,11 +47,16 @@ from generation.request import GRID_SIZE, JobKind, Request, build_request, rando
 from generation.upscale import RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Job, JobStatus, MemberPreferences, ServerRules
+from storage.owners import OwnerStore, this_host
 from storage.settings import SettingsStore
 
 log = logging.getLogger(__name__)
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
+
+
+class OwnerBusy(RuntimeError):
+    """Another live process runs under this studio's owner name (a second `pintor run`)."""
 
 
 class AlreadyMade(RequestError):
@@ -139,9 +146,16 @@ class Studio:
     errors (SQLAlchemy's) pass through. `where` keywords are submit()'s (guild_id, channel_id,
     rules, private, direct)."""
 
-    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue,
-                 inputs_dir: Path | None = None):
+    def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue, files: FileStore,
+                 inputs_dir: Path | None = None, owner: str | None = None, queue_kind: str = "embedded"):
         self.registry = registry
+        # who holds the jobs this studio queues (storage.owners): "bot" for `pintor run`
+        self.owner = owner or f"cli-{this_host()}-{os.getpid()}-{id(self):x}"
+        self.owners = OwnerStore(store.engine)
+        self.queue_kind = queue_kind  # "embedded" (a worker in this process) or "redis"
+        self.refusal: str | None = None  # why this studio makes no jobs (set by start)
+        self._beat: asyncio.Task | None = None
+        self.files = files  # the pictures the worker's events name by key
         self.settings = SettingsStore(store.engine)  # members' defaults and servers' rules
         self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
         self.store = store
@@ -154,21 +168,56 @@ class Studio:
         self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
 
     async def start(self, *, resume_user: int | None = None) -> None:
-        """Start the worker and queue again every job a crash or a stop left unfinished; with
-        `resume_user`, only that member's (the CLI resumes its own jobs, not those the bot
-        resumes for Discord's members, which may be running beside it)."""
+        """Start the worker and queue again the jobs a crash or a stop left unfinished whose
+        owner is gone (storage.owners: a front end still running beside this one keeps its
+        own); with `resume_user`, only that member's (the CLI resumes its own jobs, not those
+        the bot resumes for Discord's members).
+
+        Raises OwnerBusy when this studio's owner name is held by a live process (a second
+        `pintor run` on one database). With the embedded queue beside another live front end,
+        nothing is resumed and `refusal` says why jobs are refused (a second worker would load
+        the models again on the same GPUs and run beside the first)."""
+        others = await self.owners.alive(exclude=None)
+        if any(o.name == self.owner and o.pid != os.getpid() for o in others):
+            holder = next(o for o in others if o.name == self.owner)
+            raise OwnerBusy(f"Pintor ({self.owner}) is already running on this database (process {holder.pid} "
+                            f"on {holder.host}). Stop it first.")
+        others = [o for o in others if o.name != self.owner]
+        if self.queue_kind == "embedded" and others:
+            self.refusal = (f"Pintor is running on this database ({others[0].name}, process {others[0].pid} on "
+                            f"{others[0].host}) with its own worker: a second one here would load the models "
+                            "again and run beside it. Stop it, or run both with PINTOR_QUEUE_URL=redis://… "
+                            "to share workers.")
+        await self.owners.register(self.owner, self.queue_kind)
+        self._beat = asyncio.create_task(self._heartbeat(), name="studio-lease")
         await self.queue.start()
         self._consumer = asyncio.create_task(self._consume(), name="studio-events")
-        for job in await self.store.unfinished(resume_user):
+        if self.refusal is not None:
+            return
+        for job in await self.owners.claim_unfinished(self.owner, resume_user):
             await self.store.mark_queued(job.id)
             await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
             log.info("job %s queued again after a restart", job.id)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.owners.lease_s / 3)
+            try:
+                await self.owners.beat(self.owner)
+            except Exception:  # noqa: BLE001 - the database away for a moment: beat again later
+                log.exception("could not renew the lease of %s", self.owner)
 
     async def close(self) -> None:
         """Stop the worker after its current step; unfinished jobs stay queued for the next start."""
         await self.queue.close()
         if self._consumer is not None:
             await self._consumer  # the queue's event stream ends once it is closed
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+            await self.owners.remove(self.owner)  # what it left unfinished is anyone's now
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -416,6 +465,8 @@ class Studio:
         model that is gone). With a `result_key`, a job with the same key that is queued,
         running or done raises AlreadyMade instead (checked before the rules: pointing to it
         costs nothing)."""
+        if self.refusal is not None:
+            raise RequestError(self.refusal)
         try:  # a model whose files cannot be had is refused now, not after the worker starts
             check_model_files(self.registry, request.model, [name for name, _ in request.loras])
         except ModelUnavailable as err:
@@ -434,7 +485,7 @@ class Studio:
                     user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
                     prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
                     parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
-                    notices="\n".join(notices) or None, result_key=result_key)
+                    notices="\n".join(notices) or None, result_key=result_key, owner=self.owner)
             except DuplicateJob as duplicate:  # stored by another process since the check
                 raise AlreadyMade(duplicate.job) from None
         events = self.watch(job.id)
@@ -546,18 +597,17 @@ class Studio:
         """Record where a job's result was posted (its jump link; not posted again at start)."""
         await self.store.set_message(job_id, channel_id, message_id)
 
-    @property
-    def worker_state(self) -> WorkerState:
-        """What is known of the worker now: ready, device, the running job and its step."""
-        return self.queue.state
+    async def workers(self) -> list[WorkerState]:
+        """What is known of each worker now: ready, device, models, the running job and its step."""
+        return await self.queue.workers()
 
-    def queue_position(self, job_id: int) -> int | None:
+    async def queue_position(self, job_id: int) -> int | None:
         """1 = next to run, 0 = running now, None = not queued."""
-        return self.queue.position(job_id)
+        return await self.queue.position(job_id)
 
-    def waiting_count(self) -> int:
+    async def waiting_count(self) -> int:
         """How many jobs wait in the queue (all members')."""
-        return len(self.queue.waiting())
+        return len(await self.queue.waiting())
 
     async def cancel(self, job_id: int, *, member: Member | None = None) -> bool:
         """Cancel a queued or running job (a running one stops at its next step). With
@@ -635,16 +685,28 @@ class Studio:
 
     async def _consume(self) -> None:
         async for event in self.queue.events():
+            if await self._already_ended(event):
+                # delivered again (a worker thought dead finished it too): stored and posted once
+                log.info("job %s has ended already: %s not stored again", event.job_id, type(event).__name__)
+                if isinstance(event, FINAL_EVENTS):
+                    await self.queue.acknowledge(event.job_id)
+                continue
             try:
                 await self._store_event(event)
             except Exception:  # noqa: BLE001 - one bad write must not stop every later job's results
                 log.exception("could not store %s", event)
                 if isinstance(event, Done):
                     # no row refers to its pictures (the job may be gone: /forget): keep none
-                    await asyncio.to_thread(_delete_files, [i.path for i in event.images] + [event.grid.path])
+                    paths = [str(self.files.path(i.key)) for i in (*event.images, event.grid)]
+                    await asyncio.to_thread(_delete_files, paths)
                     event = Failed(event.job_id, "The result could not be saved.")
                     with contextlib.suppress(Exception):  # the database may be what failed
                         await self.store.mark_failed(event.job_id, event.reason)
+            if isinstance(event, FINAL_EVENTS):
+                try:
+                    await self.queue.acknowledge(event.job_id)  # stored: the queue may forget it
+                except Exception:  # noqa: BLE001 - unacknowledged, it is delivered again, and skipped then
+                    log.exception("could not acknowledge job %s", event.job_id)
             for inbox in self._watchers.get(event.job_id, []):
                 inbox.put_nowait(event)
             if isinstance(event, FINAL_EVENTS):
@@ -660,12 +722,20 @@ class Studio:
                 except Exception:  # noqa: BLE001 - a file left behind is no reason to stop
                     log.exception("could not release the inputs of job %s", event.job_id)
 
+    async def _already_ended(self, event: Event) -> bool:
+        """Whether the job of `event` (one that changes the job) has ended in the store."""
+        if isinstance(event, Progress) or not isinstance(event, (Started, *FINAL_EVENTS)):
+            return False
+        job = await self.store.get(event.job_id)
+        return job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
     async def _store_event(self, event: Event) -> None:
         if isinstance(event, Started):
             await self.store.mark_running(event.job_id)
         elif isinstance(event, Done):
-            images = [NewImage(i.path, i.width, i.height, i.seed, i.sha256, i.flagged) for i in event.images]
-            await self.store.complete(event.job_id, images, event.grid.path, event.notices)
+            images = [NewImage(str(self.files.path(i.key)), i.width, i.height, i.seed, i.sha256, i.flagged)
+                      for i in event.images]
+            await self.store.complete(event.job_id, images, str(self.files.path(event.grid.key)), event.notices)
         elif isinstance(event, Failed):
             await self.store.mark_failed(event.job_id, event.reason)
         elif isinstance(event, Cancelled):

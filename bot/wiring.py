@@ -3,6 +3,8 @@ The one place that turns `Settings` into explicit arguments for the libraries.""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,11 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.settings import Settings
 from bot.studio import Studio
-from generation.queue import LocalQueue
+from generation.files import FileStore
+from generation.queue import JobQueue, LocalQueue
+from generation.redis_queue import RedisQueue
+from generation.redis_worker import LocalWorkers
 from generation.registry import Registry, load_registry
 from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
 from storage.jobs import JobStore
+from storage.owners import OwnerStore, this_host
 
 
 def registry_from(settings: Settings) -> Registry:
@@ -37,16 +43,44 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def check_queue_url(settings: Settings) -> None:
-    if settings.pintor_queue_url:
-        raise SystemExit("PINTOR_QUEUE_URL: only the embedded queue (empty) is available in this version.")
+    url = settings.pintor_queue_url
+    if url and not url.startswith(REDIS_SCHEMES):
+        raise SystemExit("PINTOR_QUEUE_URL: empty (the embedded queue) or a Redis URL "
+                         "(redis://host:6379/0, rediss://…, unix://…), not this.")
 
 
-def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None) -> Studio:
-    """A studio over an open, migrated database; not started yet (`await studio.start()`)."""
+def worker_cache(settings: Settings) -> str:
+    """Where a Redis worker keeps the pictures of the job it runs (they travel in the events)."""
+    return str(settings.pintor_data_dir / "worker-cache")
+
+
+def build_queue(settings: Settings, files: FileStore, owner: str, local_workers: int | None = None) -> JobQueue:
+    """The embedded queue, or with PINTOR_QUEUE_URL=redis://… the Redis queue with
+    `local_workers` (default PINTOR_LOCAL_WORKERS) worker processes on this machine."""
+    check_queue_url(settings)
+    if not settings.pintor_queue_url:
+        return LocalQueue(worker_config(settings))
+    config = dataclasses.replace(worker_config(settings), output_dir=worker_cache(settings))
+    count = settings.pintor_local_workers if local_workers is None else local_workers
+    local = LocalWorkers(settings.pintor_queue_url, config, max(0, count))
+    return RedisQueue(settings.pintor_queue_url, files, owner=owner, start_workers=local.start,
+                      stop_workers=local.stop)
+
+
+def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None, *,
+                 owner: str | None = None, local_workers: int | None = None) -> Studio:
+    """A studio over an open, migrated database; not started yet (`await studio.start()`).
+    `owner`: "bot" for `pintor run`; None: a `pintor` verb's own name (storage.owners)."""
+    files = FileStore(settings.pintor_data_dir / "images")
+    owner = owner or f"cli-{this_host()}-{os.getpid()}"
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
-                  queue=LocalQueue(worker_config(settings)),
-                  inputs_dir=settings.pintor_data_dir / "images" / "inputs")
+                  queue=build_queue(settings, files, owner, local_workers), files=files,
+                  inputs_dir=settings.pintor_data_dir / "images" / "inputs", owner=owner,
+                  queue_kind="redis" if settings.pintor_queue_url else "embedded")
 
 
 @asynccontextmanager
@@ -59,7 +93,10 @@ async def open_studio(settings: Settings, *, resume_user: int | None = None) -> 
     engine = open_engine(settings.database_url)
     try:
         await upgrade(engine)
-        studio = build_studio(settings, engine, registry)
+        # beside a running front end on Redis: hand the jobs to its workers, start none here
+        others = await OwnerStore(engine).alive()
+        shared = bool(settings.pintor_queue_url) and any(o.queue == "redis" for o in others)
+        studio = build_studio(settings, engine, registry, local_workers=0 if shared else None)
         await studio.start(resume_user=resume_user)
         try:
             yield studio

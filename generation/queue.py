@@ -1,9 +1,14 @@
-"""The queue between the front end and the worker.
+"""The queue between the front end and the workers.
 
 `JobQueue` is the seam: the front end (Discord, the CLI) submits jobs, cancels them, asks for
-their place in line and reads one stream of typed events. `LocalQueue` is the embedded
-implementation: fair order in this process, and ONE worker process that owns the GPU.
-A Redis-backed queue with remote workers can serve the same interface.
+their place in line and the workers' state, and reads one stream of typed events. Every
+method is async, so that an implementation may ask a server. Three implementations serve it,
+and tests/test_queue_contract.py runs the same tests against each:
+
+- `LocalQueue` (here): fair order in this process, and ONE worker process that owns the GPU;
+- `generation.memory_queue.MemoryQueue`: no worker at all, for fast tests of the front end;
+- `generation.redis_queue.RedisQueue`: fair order in the front end, jobs released to a Redis
+  stream that `pintor worker` processes on any number of machines read.
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ STOP_TIMEOUT_S = 120.0
 
 @dataclass
 class WorkerState:
-    """What the front end knows of the worker, for /info and `pintor doctor`."""
+    """What the front end knows of a worker, for /info and `pintor doctor`: its `name`, its
+    `device` (what the worker said: "device", "device_name", "dtype", "offload"), the models it
+    has loaded and its device's free memory in bytes (None: not known, e.g. the CPU)."""
 
+    name: str = "local"
     ready: bool = False
     device: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -43,24 +51,39 @@ class WorkerState:
     step: int = 0
     total: int = 0
     restarts: int = 0
+    models: tuple[str, ...] = ()
+    free_memory_bytes: int | None = None
 
 
 class JobQueue(Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
+    async def start(self) -> None:
+        """Connect, start the local worker(s) if any; before any other call."""
+    async def close(self) -> None:
+        """Stop; a running job (here) stops after its step and is reported Interrupted. The
+        event stream ends."""
     async def submit(self, job_id: int, user_id: int, request: Request) -> int:
         """Queue a job (already stored by the caller); returns its place in line, 1 = next."""
     async def cancel(self, job_id: int) -> bool:
         """Remove a waiting job or stop a running one at its next step; False if unknown."""
-    def position(self, job_id: int) -> int | None:
+    async def position(self, job_id: int) -> int | None:
         """1 = next to run, 0 = running now, None = not in this queue."""
     def events(self) -> AsyncIterator[Event]:
-        """Every job's events, in order; one reader."""
-    def waiting(self) -> list[int]:
+        """Every job's events, in order; one reader. A final event (Done, Failed, Cancelled,
+        Interrupted) may come twice for one job where delivery is at least once (Redis): the
+        reader's store decides (a job already ended is not ended again)."""
+    async def acknowledge(self, job_id: int) -> None:
+        """The job's final event is stored: the queue may forget it (Redis: XACK). Before
+        that, a queue that loses its worker runs the job again."""
+    async def waiting(self) -> list[int]:
         """The waiting jobs in the order they will run."""
-    @property
-    def state(self) -> WorkerState:
-        """What is known of the worker: ready, device, the running job and its step."""
+    async def workers(self) -> list[WorkerState]:
+        """What is known of each worker: ready, device, models, the running job and its step."""
+
+
+def loaded_after(models: tuple[str, ...], model: str, max_models: int) -> tuple[str, ...]:
+    """The models a worker holds after running one with `model`: the pipeline cache keeps the
+    `max_models` used last (generation.pipelines.PipelineCache), the last used first."""
+    return (model, *(m for m in models if m != model))[:max(1, max_models)]
 
 
 @contextlib.contextmanager
@@ -113,7 +136,7 @@ class LocalQueue:
         position = self._waiting.positions()[job_id]
         self._emit(Queued(job_id, position))
         self._dispatch()
-        return self.position(job_id) or 0
+        return await self.position(job_id) or 0
 
     async def cancel(self, job_id: int) -> bool:
         if self._waiting.remove(job_id):
@@ -126,7 +149,7 @@ class LocalQueue:
             return True
         return False
 
-    def position(self, job_id: int) -> int | None:
+    async def position(self, job_id: int) -> int | None:
         if job_id == self.state.running_job:
             return 0
         return self._waiting.positions().get(job_id)
@@ -155,8 +178,14 @@ class LocalQueue:
 
     # -- queue state ----------------------------------------------------------------------------
 
-    def waiting(self) -> list[int]:
+    async def waiting(self) -> list[int]:
         return self._waiting.order()
+
+    async def acknowledge(self, job_id: int) -> None:
+        """Nothing to do: the job left this queue with its final event."""
+
+    async def workers(self) -> list[WorkerState]:
+        return [self.state]
 
     def kill_worker(self) -> None:
         """SIGKILL the worker (tests use it to show that no job is lost)."""
@@ -183,7 +212,9 @@ class LocalQueue:
         if job_id is None:
             return
         self.state.running_job, self.state.step, self.state.total = job_id, 0, 0
-        self._send("run", job_id, self._jobs[job_id][1].to_json())
+        request = self._jobs[job_id][1]
+        self.state.models = loaded_after(self.state.models, request.model, self.config.max_models)
+        self._send("run", job_id, request.to_json())
         self._announce_positions()
 
     def _send(self, *message: Any) -> None:

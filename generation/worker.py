@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
-from generation.imaging import make_grid, png_bytes, sha256, write_atomic
+from generation.files import FileStore, job_key
+from generation.imaging import make_grid, png_bytes, sha256
 from generation.request import Request
 
 if TYPE_CHECKING:
@@ -53,24 +54,65 @@ class WorkerConfig:
 
 
 def job_dir(output_dir: str | Path, job_id: int) -> Path:
+    """The folder of a job's pictures in a local file store rooted at `output_dir`."""
     return Path(output_dir) / "jobs" / str(job_id)
 
 
-def save_images(images: list[Image.Image], request: Request, directory: Path,
+def save_images(images: list[Image.Image], request: Request, store: FileStore, job_id: int,
                 flagged: list[bool] | None = None) -> tuple[list[ImageFile], ImageFile]:
-    """Each image and the grid as PNG files, each written atomically."""
+    """Each image and the grid as PNG files in `store` (keys "jobs/<job id>/1.png" …
+    "grid.png"), each written atomically. Returns their ImageFiles (keys, pixel sizes, seeds,
+    SHA-256 of the PNG bytes), the images' first."""
     flagged = flagged or [False] * len(images)
     files = []
     for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
         data = png_bytes(image)
-        path = directory / f"{i + 1}.png"
-        write_atomic(path, data)
-        files.append(ImageFile(str(path), image.width, image.height, seed, sha256(data), bad))
+        key = job_key(job_id, f"{i + 1}.png")
+        store.put(key, data)
+        files.append(ImageFile(key, image.width, image.height, seed, sha256(data), bad))
     grid = make_grid(images, columns=2 if len(images) > 1 else 1)
     data = png_bytes(grid)
-    write_atomic(directory / "grid.png", data)
-    return files, ImageFile(str(directory / "grid.png"), grid.width, grid.height, request.seed, sha256(data),
-                            any(flagged))
+    key = job_key(job_id, "grid.png")
+    store.put(key, data)
+    return files, ImageFile(key, grid.width, grid.height, request.seed, sha256(data), any(flagged))
+
+
+class WarmUpFailed(RuntimeError):
+    """The torch.compile warm-up failed at start (it would fail every job)."""
+
+
+def start_engine(config: WorkerConfig) -> tuple[Engine, dict[str, Any]]:
+    """The worker's engine, built from `config` in this (child) process, and what the worker
+    announces about itself: device, device_name, dtype, offload and, with torch.compile on,
+    the warm-up made here before any job (generation.warmup). Raises WarmUpFailed when the
+    warm-up fails, and whatever loading the registry or choosing the device raises."""
+    import diffusers  # heavy imports happen in the child only
+    import transformers
+
+    from generation.devices import FastPath, Offload, choose_device
+    from generation.engine import Engine
+    from generation.registry import load_registry
+    from generation.warmup import warm_up
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # (untyped there)
+    registry = load_registry(Path(config.registry_path) if config.registry_path else None, config.default_model)
+    device = choose_device(config.device, config.dtype)
+    fast = FastPath(offload=Offload(config.offload), channels_last=config.channels_last,
+                    compile=config.compile, vae_tiling_pixels=config.vae_tiling_pixels)
+    engine = Engine(registry, device, max_models=config.max_models, fast=fast)
+    info: dict[str, Any] = {"device": device.device, "device_name": device.name,
+                            "dtype": str(device.dtype).removeprefix("torch."), "offload": fast.offload.value}
+    if fast.compile:
+        # before "ready": the queue sends no job until then, so no member waits for the compiler
+        try:
+            info["warm_up"] = warm_up(engine, fast.compile)
+        except Exception as err:
+            log.error("compile warm-up failed:\n%s", traceback.format_exc())
+            raise WarmUpFailed(f"the torch.compile warm-up failed (PINTOR_COMPILE): "
+                               f"{type(err).__name__}: {err}") from err
+        log.info("compile warm-up: %s", info["warm_up"])
+    return engine, info
 
 
 class _Worker:
@@ -103,38 +145,14 @@ class _Worker:
         self.jobs.put(None)
 
     def run(self) -> None:
-        import diffusers  # heavy imports happen in the child only
-        import transformers
-
-        from generation.devices import FastPath, Offload, choose_device
-        from generation.engine import Engine
-        from generation.registry import load_registry
-        from generation.warmup import warm_up
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # (untyped there)
-
         try:
-            registry = load_registry(Path(self.config.registry_path) if self.config.registry_path else None,
-                                     self.config.default_model)
-            device = choose_device(self.config.device, self.config.dtype)
-            fast = FastPath(offload=Offload(self.config.offload), channels_last=self.config.channels_last,
-                            compile=self.config.compile, vae_tiling_pixels=self.config.vae_tiling_pixels)
-            engine = Engine(registry, device, max_models=self.config.max_models, fast=fast)
+            engine, info = start_engine(self.config)
+        except WarmUpFailed as err:
+            self.send("fatal", str(err))
+            return
         except Exception as err:  # noqa: BLE001 - reported to the front end, which shows it
             self.send("fatal", f"{type(err).__name__}: {err}")
             return
-        info: dict[str, Any] = {"device": device.device, "device_name": device.name,
-                                "dtype": str(device.dtype).removeprefix("torch."), "offload": fast.offload.value}
-        if fast.compile:
-            # before "ready": the queue sends no job until then, so no member waits for the compiler
-            try:
-                info["warm_up"] = warm_up(engine, fast.compile)
-            except Exception as err:  # noqa: BLE001 - a compiler that fails here would fail every job
-                log.error("compile warm-up failed:\n%s", traceback.format_exc())
-                self.send("fatal", f"the torch.compile warm-up failed (PINTOR_COMPILE): {type(err).__name__}: {err}")
-                return
-            log.info("compile warm-up: %s", info["warm_up"])
         self.send("ready", info)
         threading.Thread(target=self.read_commands, daemon=True, name="commands").start()
         while (item := self.jobs.get()) is not None:
@@ -164,7 +182,7 @@ class _Worker:
 
         try:
             result = engine.generate(request, on_step, should_stop)
-            files, grid = save_images(result.images, request, job_dir(self.config.output_dir, job_id),
+            files, grid = save_images(result.images, request, FileStore(self.config.output_dir), job_id,
                                       result.flagged)
             self.send("event", Done(job_id, tuple(files), grid, tuple(result.notices)))
         except GenerationStopped:

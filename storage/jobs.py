@@ -52,9 +52,10 @@ class JobStore:
                          request: str, parent_id: int | None = None, parent_index: int | None = None,
                          guild_id: int | None = None, channel_id: int | None = None,
                          private: bool = False, notices: str | None = None,
-                         result_key: str | None = None) -> Job:
+                         result_key: str | None = None, owner: str | None = None) -> Job:
         """Store a new job as JobStatus.QUEUED (and its member on first sight); committed on return.
         `private`: its result goes only to its author (their private mode when they asked).
+        `owner`: the front end that queues it (storage.owners).
 
         With `result_key`, raises DuplicateJob when a queued, running or done job has the same
         key: the unique index decides, so two writers at once (even two processes) store one.
@@ -66,7 +67,7 @@ class JobStore:
                 user_id=user_id, kind=kind, model=model, prompt=prompt, request=request, parent_id=parent_id,
                 parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
                 status=JobStatus.QUEUED,
-                notices=notices, result_key=result_key, images=[]))
+                notices=notices, result_key=result_key, owner=owner, images=[]))
         except IntegrityError:
             existing = await self.by_result_key(result_key) if result_key is not None else None
             if existing is None:

@@ -88,6 +88,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # the front end (an Owner's name) that queued it; another may queue it again only once that
+    # one's lease has run out (storage.owners)
+    owner: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
 
     images: Mapped[list[Image]] = relationship(order_by="Image.index", lazy="selectin",
                                                cascade="all, delete-orphan")
@@ -160,3 +163,16 @@ class ServerRules(Base):
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False, strict_parameters=False, allowed_loras=None,
                    max_loras=DEFAULT_MAX_LORAS)
+
+
+class Owner(Base):
+    """A running front end (`pintor run`, a `pintor` job verb, Python) that holds jobs: its lease
+    lasts while it beats (heartbeat_at is renewed every few seconds)."""
+
+    __tablename__ = "owners"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "bot", or "cli-<host>-<pid>"
+    queue: Mapped[str] = mapped_column(String(16))  # "embedded" or "redis": where its jobs run
+    host: Mapped[str] = mapped_column(String(100))
+    pid: Mapped[int] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

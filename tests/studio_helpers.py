@@ -1,5 +1,6 @@
 """A Studio over a fresh SQLite file with a real LocalQueue worker, as the studio-level tests
-(test_studio.py, test_rules.py, test_blend.py) build it; and the worker queue on its own."""
+(test_studio.py, test_blend.py) build it, or on the MemoryQueue where no worker is needed
+(test_rules.py); and the worker queue on its own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.studio import Studio
+from generation.files import FileStore
+from generation.memory_queue import MemoryQueue
 from generation.queue import LocalQueue
 from generation.registry import load_registry
 from generation.worker import WorkerConfig
@@ -27,21 +30,26 @@ def local_queue(output_dir: Path, registry_file: Path, **config) -> LocalQueue:
                                    device="cpu", **config))
 
 
-def make_studio(db: AsyncEngine, root: Path, registry_file: Path) -> Studio:
-    """A Studio (not started) storing in ``db``, with images and inputs under ``root``."""
-    return Studio(registry=load_registry(registry_file), store=JobStore(db),
-                  queue=local_queue(root / "images", registry_file), inputs_dir=root / "inputs")
+def make_studio(db: AsyncEngine, root: Path, registry_file: Path, *, worker: bool = True) -> Studio:
+    """A Studio (not started) storing in ``db``, with images and inputs under ``root``; with
+    `worker=False` on the MemoryQueue (no worker process: flat pictures, for tests of what is
+    in front of the worker)."""
+    files = FileStore(root / "images")
+    queue = local_queue(files.root, registry_file) if worker else MemoryQueue(files, step_s=0.02)
+    return Studio(registry=load_registry(registry_file), store=JobStore(db), queue=queue, files=files,
+                  inputs_dir=root / "inputs")
 
 
 @asynccontextmanager
-async def started_studio(root: Path, registry_file: Path) -> AsyncIterator[Studio]:
+async def started_studio(root: Path, registry_file: Path, *, worker: bool = True) -> AsyncIterator[Studio]:
     """A started Studio over a fresh, upgraded ``root/pintor.db`` (its engine is
-    ``studio.store.engine``); closed, and the engine disposed, on the way out."""
+    ``studio.store.engine``; `worker`: as make_studio's); closed, and the engine disposed, on
+    the way out."""
     async with AsyncExitStack() as cleanup:  # on the way out: close the studio, then the engine
         db = open_engine(db_url(root / "pintor.db"))
         cleanup.push_async_callback(db.dispose)
         await upgrade(db)
-        studio = make_studio(db, root, registry_file)
+        studio = make_studio(db, root, registry_file, worker=worker)
         await studio.start()
         cleanup.push_async_callback(studio.close)
         yield studio

@@ -49,27 +49,30 @@ async def test_the_terminal_and_discord_read_each_others_jobs(pintor: Harness, t
     stored = await pintor.posted(discord_job)
     secret = await done_job(pintor, emu._snowflake(), tmp_path, prompt="my secret garden",
                             guild_id=emu.guild_id, private=True)
+    cli_job = await done_job(pintor, 0, tmp_path, prompt="a lighthouse made in the terminal", guild_id=None)
+    jobs_before = await pintor.job_count()
 
     codes, out, err = await cli(pintor, tmp_path,
                                 ["show", str(discord_job), "-o", "from-discord.png"],
                                 ["imagine", prompt, "-o", "from-cli.png"],
                                 ["show", str(secret), "-o", "secret.png"],
                                 ["history"])
-    assert codes == [0, 0, 2, 0], out + err
+    assert codes == [0, 2, 2, 0], out + err
     # `pintor show` wrote the very file Discord posted
     assert (tmp_path / "from-discord.png").read_bytes() == Path(stored.grid_path).read_bytes()
-    # the same prompt and seed from the terminal: the same pictures
-    assert pixels((tmp_path / "from-cli.png").read_bytes()) == pixels(Path(stored.grid_path).read_bytes())
+    # beside the running bot (embedded queue) a new job is refused: no second worker, no job stored,
+    # and none of the bot's jobs run here
+    assert "Pintor is running on this database" in err and "PINTOR_QUEUE_URL=redis://" in err
+    assert not (tmp_path / "from-cli.png").exists() and await pintor.job_count() == jobs_before
     # a job delivered privately belongs to its author
     assert f"Job {secret} was delivered privately" in err and not (tmp_path / "secret.png").exists()
     history = out.split("---")[3]
     listed = [int(line.split()[0]) for line in history.strip().splitlines()[:-1]]
-    assert discord_job in listed and secret not in listed
-    cli_job = listed[0]  # the newest the operator may read: the terminal's own
-    assert (await pintor.job(cli_job)).user_id == 0 and (await pintor.job(cli_job)).kind == "imagine"
+    assert discord_job in listed and secret not in listed and cli_job in listed
 
     # /show in Discord posts the terminal's job, whoever asks
     show = await emu.slash("show", {"job_id": cli_job}, user_id=emu._snowflake())
     posted = await show.wait_original(is_result, timeout=30)
-    assert "a harbour at dawn" in posted["content"]
-    assert pixels(await pintor.fetch(posted["attachments"][0])) == pixels((tmp_path / "from-cli.png").read_bytes())
+    assert "a lighthouse made in the terminal" in posted["content"]
+    grid = (await pintor.job(cli_job)).grid_path
+    assert grid is not None and pixels(await pintor.fetch(posted["attachments"][0])) == pixels(Path(grid).read_bytes())

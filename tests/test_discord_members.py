@@ -380,7 +380,7 @@ async def test_forget_while_a_result_is_being_stored_keeps_no_picture(pintor: Ha
         folder = pintor.settings.pintor_data_dir / "images" / "jobs" / str(job_id)
 
         async def finished() -> bool:
-            return (folder / "grid.png").exists() and studio.queue.state.running_job != job_id
+            return (folder / "grid.png").exists() and (await studio.queue.position(job_id)) is None
 
         await eventually(finished)
         ask = await emu.slash("forget", user_id=member)

@@ -199,7 +199,7 @@ def test_the_servers_default_model_is_the_first_allowed_that_makes_pictures(regi
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def studio(tmp_path_factory, registry_file: Path):
     """One studio (and worker process) for the tests below: each uses its own members."""
-    async with started_studio(tmp_path_factory.mktemp("rules"), registry_file) as studio:
+    async with started_studio(tmp_path_factory.mktemp("rules"), registry_file, worker=False) as studio:
         yield studio
 
 

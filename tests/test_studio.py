@@ -117,9 +117,9 @@ async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, m
     assert [image.index for image in job.images] == [1, 2, 3, 4]
     assert [image.seed for image in job.images] == [21, 22, 23, 24]
     for image, made in zip(job.images, done.images, strict=True):
-        assert (image.path, image.sha256) == (made.path, made.sha256)
+        assert (image.path, image.sha256) == (str(studio.files.path(made.key)), made.sha256)
         assert file_sha256(image.path) == image.sha256 and (image.width, image.height) == (64, 64)
-    assert job.grid_path == done.grid.path and file_sha256(job.grid_path) == done.grid.sha256
+    assert job.grid_path == str(studio.files.path(done.grid.key)) and file_sha256(job.grid_path) == done.grid.sha256
 
 
 @pytest.mark.parametrize(("prompt", "message"), [

@@ -114,32 +114,38 @@ class Account(commands.Cog):
         today = await studio.jobs_today(interaction.user.id, guild_id=interaction.guild_id)
         rules = await self.bot.rules(interaction.guild_id)
         quota = f" of {rules.daily_quota}" if rules is not None and rules.daily_quota is not None else ""
-        state = studio.worker_state
-        if state.error:
-            worker = f"could not start: {state.error}"
-        elif not state.ready:
-            worker = "starting"
-        elif state.running_job is not None:
-            running = next((j for j in mine if j.id == state.running_job), None) or await studio.job(state.running_job)
-            model = running.model if running else "?"
-            worker = f"running job {state.running_job} with {model}, step {state.step}/{state.total or '?'}"
-        else:
-            worker = "idle"
-        device = device_line(state.device)
+        workers = []
+        for state in await studio.workers():
+            if state.error:
+                doing = f"could not start: {state.error}"
+            elif not state.ready:
+                doing = "starting"
+            elif state.running_job is not None:
+                running = (next((j for j in mine if j.id == state.running_job), None)
+                           or await studio.job(state.running_job))
+                model = running.model if running else "?"
+                doing = f"running job {state.running_job} with {model}, step {state.step}/{state.total or '?'}"
+            else:
+                doing = "idle"
+            workers.append(f"{doing} · {device_line(state.device)}")
         places = []
         for job in mine:
-            position = studio.queue_position(job.id)
+            position = await studio.queue_position(job.id)
             where = "running" if job.status == JobStatus.RUNNING or position == 0 else f"position {position}"
             places.append(f"job {job.id} ({job.kind}): {where}")
         embed = discord.Embed(title="Pintor")
-        embed.add_field(name="queue", value=f"{studio.waiting_count()} waiting", inline=True)
+        embed.add_field(name="queue", value=f"{await studio.waiting_count()} waiting", inline=True)
         where = "" if interaction.guild_id is not None else " (all servers and DMs)"
         embed.add_field(name="your jobs today", value=f"{today}{quota}{where}", inline=True)
         default = studio.default_model(await self.bot.rules(interaction.guild_id))
         embed.add_field(name="default model", inline=True, value=default + (
             " (this server's: Pintor's default is not allowed here)" if default != studio.models.default else ""))
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
-        embed.add_field(name="worker", value=limits.clip(f"{worker} · {device}", limits.FIELD_VALUE), inline=False)
+        if len(workers) == 1:
+            embed.add_field(name="worker", value=limits.clip(workers[0], limits.FIELD_VALUE), inline=False)
+        else:
+            embed.add_field(name=f"workers ({len(workers)})", inline=False,
+                            value=limits.listing(workers, limits.FIELD_VALUE) if workers else "none connected")
         embed.set_footer(text=f"Pintor {pintor_version()}")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

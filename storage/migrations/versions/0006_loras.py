@@ -1,12 +1,12 @@
 """servers' LoRA rules: which LoRAs members may use, and how many per job
 
-Revision ID: 0006_issue14b
+Revision ID: 0006
 Revises: 0005
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_issue14b"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,68 @@
+"""Pictures by key: the one way pictures (results, uploads, the inputs of a job) are written
+and read across the worker seam.
+
+A key is a relative POSIX path inside the store ("jobs/12/1.png", "inputs/<sha256>.png");
+`FileStore` keeps each under its root folder, written atomically (temp file, fsync, rename).
+Keys, not paths, cross the seam: a worker on another machine has its own store, and the
+pictures travel with the events (the Redis queue) into the front end's store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from generation.imaging import write_atomic
+
+
+class BadKey(ValueError):
+    """A key that is not a plain relative path inside the store (absolute, "..", empty)."""
+
+
+def job_key(job_id: int, name: str) -> str:
+    """The key of a file a job made: "jobs/<job id>/<name>" (name e.g. "1.png", "grid.png")."""
+    return f"jobs/{job_id}/{name}"
+
+
+class FileStore:
+    """Files by key under `root` (a local folder; created on the first write)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        """The local file of `key` (which need not exist). Raises BadKey for a key that would
+        leave the root ("../x", "/etc/x", "C:x", "")."""
+        pure = PurePosixPath(key)
+        if not key or pure.is_absolute() or ".." in pure.parts or "\\" in key or ":" in key:
+            raise BadKey(f"not a file-store key: {key!r}")
+        return self.root.joinpath(*pure.parts)
+
+    def put(self, key: str, data: bytes) -> Path:
+        """Write `data` under `key` atomically (a reader sees the old file or all of the new);
+        returns its local path."""
+        path = self.path(key)
+        write_atomic(path, data)
+        return path
+
+    def get(self, key: str) -> bytes:
+        """The bytes stored under `key`; FileNotFoundError when there are none."""
+        return self.path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def key_of(self, path: str | Path) -> str | None:
+        """The key of a local file inside the root, or None for a file elsewhere."""
+        try:
+            relative = Path(path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return None
+        return relative.as_posix()
+
+    def delete(self, key: str) -> bool:
+        """Remove the file of `key`; False when there was none."""
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True

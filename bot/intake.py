@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from generation.availability import ModelLoadError, require
 from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
-from generation.registry import Registry, UnknownModelError
+from generation.registry import WEIGHTS_FILE_FAMILIES, Registry, UnknownModelError
 from generation.request import Request, build_request
 from storage.models import MemberPreferences, ServerRules
 
@@ -45,7 +45,8 @@ def check_model_files(registry: Registry, name: str) -> None:
         return
     for source in filter(None, (spec.source, spec.prior)):
         try:
-            require(spec.name, source, spec.config if source == spec.source else None)
+            require(spec.name, source, spec.config if source == spec.source else None,
+                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES)
         except ModelLoadError as err:
             raise ModelUnavailable(str(err), err.detail) from None
 

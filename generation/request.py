@@ -29,6 +29,8 @@ class JobKind(StrEnum):
     VARIATION = "variation"  # V: a grid made from one picture (image to image)
     UPSCALE = "upscale"  # U: one picture, larger
     BLEND = "blend"  # a grid mixed from uploaded images (and a text)
+    PICK = "pick"  # U: one picture of a grid, alone, at its size (from the file store: no worker job)
+    OUTPAINT = "outpaint"  # Zoom Out, Pan, Make Square: a grid from a picture on a larger canvas
 
 
 KINDS = tuple(JobKind)
@@ -55,6 +57,12 @@ class Request:
     image_weights: tuple[float, ...] = ()
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
     notices: tuple[str, ...] = ()  # what was changed or ignored in the prompt, said with the job
+    # Upscale (Creative): the upscaler (a model name, or "resample") run before the image-to-image
+    # pass that `model` makes at `strength`; None for Upscale (Subtle), where `model` is the upscaler
+    upscaler: str | None = None
+    # Zoom Out, Pan, Make Square: how far the canvas extends beyond init_image on each side
+    # (left, top, right, bottom), as fractions of its width and height
+    outpaint: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -69,6 +77,9 @@ class Request:
         data["images"] = tuple(data.get("images", ()))
         data["image_weights"] = tuple(data.get("image_weights", ()))
         data["notices"] = tuple(data.get("notices", ()))
+        if data.get("outpaint") is not None:
+            left, top, right, bottom = (float(v) for v in data["outpaint"])
+            data["outpaint"] = (left, top, right, bottom)
         return cls(**data)
 
     def seeds(self) -> list[int]:

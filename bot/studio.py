@@ -365,7 +365,8 @@ class Studio:
             raise RequestError(f"The picture would become {width}×{height}, beyond {MAX_ASPECT_RATIO}:1: "
                                "Pan the other way, or Zoom Out.")
         # brought back to the model's pixel budget: repeated zooms never grow past it
-        width, height = size_for_aspect((width, height), spec.native_side)
+        # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape)
+        width, height = size_for_aspect((width, height), spec.native_side, multiple=8)
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=(), image_weights=(),

@@ -75,7 +75,7 @@ async def grid(discord_harness: Harness) -> dict:
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def upscaled(discord_harness: Harness, grid: dict) -> dict:
     point_discord_at(discord_harness.emu.api_base, discord_harness.emu.gateway_url)
-    return await result(discord_harness, grid, f"pintor:u:{job_id_of(grid)}:1")
+    return await result(discord_harness, grid, f"pintor:x:{job_id_of(grid)}:1:s")
 
 
 # -- item 5: every button shown works ------------------------------------------------------------
@@ -113,9 +113,13 @@ async def test_every_button_under_every_kind_of_result_works(pintor: Harness, gr
     for kind, message in kinds.items():
         job_id = job_id_of(message)
         shown = [cid for row in custom_ids(message) for cid in row if cid.startswith("pintor:")]
-        if kind == "an upscale":
-            assert shown == [f"pintor:v:{job_id}:1:s", f"pintor:v:{job_id}:1:h", f"pintor:u:{job_id}:1"]
-            pressed = shown
+        if kind == "an upscale":  # the picture alone's buttons (a square picture: no Make Square)
+            assert shown == [f"pintor:x:{job_id}:1:s", f"pintor:x:{job_id}:1:c", f"pintor:v:{job_id}:1:s",
+                             f"pintor:v:{job_id}:1:h", f"pintor:z:{job_id}:1:20", f"pintor:z:{job_id}:1:15",
+                             f"pintor:zc:{job_id}:1", *(f"pintor:p:{job_id}:1:{way}" for way in "lrud")]
+            # Custom Zoom opens a form (tests/test_discord_zoom.py); Creative of this 256-pixel
+            # picture repaints 121 tiles (a smaller one in test_discord_zoom.py)
+            pressed = [cid for cid in shown if not cid.startswith(("pintor:zc:", "pintor:x:")) or cid.endswith(":s")]
         else:
             assert f"pintor:r:{job_id}" in shown and len(shown) == 9
             pressed = [f"pintor:u:{job_id}:2", f"pintor:r:{job_id}", f"pintor:v:{job_id}:4:h"]
@@ -183,7 +187,7 @@ async def test_buttons_meet_max_steps_or_say_why_the_button_cannot(pintor: Harne
 
 async def test_u_pressed_twice_at_once_makes_one_upscale_and_points_to_it(pintor: Harness, grid: dict):
     emu = pintor.emu
-    grid_id, custom_id = job_id_of(grid), f"pintor:u:{job_id_of(grid)}:3"
+    grid_id, custom_id = job_id_of(grid), f"pintor:x:{job_id_of(grid)}:3:s"
     before = await pintor.job_count()
     presses = await asyncio.gather(emu.click(int(grid["id"]), custom_id), emu.click(int(grid["id"]), custom_id))
     for pressed in presses:

@@ -102,7 +102,7 @@ async def test_a_kept_picture_goes_when_the_job_that_needs_it_is_cancelled(pinto
     long = await studio.submit(Member(other, "other"), studio.prepare("a long wait --steps 150"))
     try:
         await until_status(pintor, long.job_id, "running")
-        click = await emu.click(int(grid["id"]), f"pintor:u:{grid_job.id}:3", user_id=other)
+        click = await emu.click(int(grid["id"]), f"pintor:x:{grid_job.id}:3:s", user_id=other)
         await acked(click, kind=DEFERRED_UPDATE)
         upscale_id = await newest_job(pintor, other, newer_than=long.job_id)
         assert await forget(pintor, owner) == done_text(4)

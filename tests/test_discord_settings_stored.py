@@ -365,7 +365,7 @@ async def test_vary_of_an_upscale_uses_the_servers_default(pintor: Harness, new_
     inter = await emu.slash("imagine", {"prompt": "a fox to enlarge --seed 8"}, user_id=member)
     await acked(inter, kind=DEFERRED)
     grid = await inter.wait_original(is_result, timeout=90)
-    upscale = await emu.click(int(grid["id"]), f"pintor:u:{job_id_of(grid)}:1", user_id=member)
+    upscale = await emu.click(int(grid["id"]), f"pintor:x:{job_id_of(grid)}:1:s", user_id=member)
     await acked(upscale, kind=DEFERRED_UPDATE)
     await pintor.until(lambda: any(is_result(m) for m in upscale.followups), timeout=90)
     jobs = await stored_jobs(pintor, member, 2)

@@ -1,13 +1,20 @@
-"""The buttons under a result: U1–U4 (upscale), V1–V4 (vary), 🔄 (re-roll), and under an
-upscaled image Vary (Subtle), Vary (Strong), Upscale again and a link back to the grid.
+"""The buttons under a result: U1–U4 (the picture alone, at once), V1–V4 (vary), 🔄 (re-roll),
+and under a picture alone Upscale (Subtle), Upscale (Creative), Vary (Subtle), Vary (Strong),
+Zoom Out 2×, Zoom Out 1.5×, Custom Zoom, Make Square (non-square pictures), ⬅️ ➡️ ⬆️ ⬇️ (Pan)
+and a link back to the grid.
 
 Each is a persistent `DynamicItem`: everything it needs is in its custom_id, and the rest
 comes from the database, so buttons work after restarts and for as long as the message
 exists. custom_ids (all far below Discord's 100 characters):
 
-    pintor:u:<job>:<n>          upscale image n (1–4) of job
+    pintor:u:<job>:<n>          image n (1–4) of job alone (U; before: an upscale, same id)
     pintor:v:<job>:<n>:<s|h>    vary image n of job, s = subtle, h = strong (high)
     pintor:r:<job>              re-roll job (same prompt, new seed)
+    pintor:x:<job>:<n>:<s|c>    upscale image n of job, s = subtle, c = creative
+    pintor:z:<job>:<n>:<tenths> zoom out image n of job by tenths / 10 (20: 2×, 15: 1.5×)
+    pintor:zc:<job>:<n>         Custom Zoom: a form asking the factor and a new prompt
+    pintor:p:<job>:<n>:<l|r|u|d> pan image n of job left, right, up, down
+    pintor:sq:<job>:<n>         make image n of job square
 
 A press is handled by the bot (`PintorBot.press`, reached as `interaction.client`): this
 module only knows which Studio action a button stands for, so it imports nothing of the
@@ -47,8 +54,7 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pinto
         return cls(int(match["job"]), int(match["n"]))
 
     async def callback(self, interaction: Interaction) -> None:
-        await interaction.client.press(interaction, self.job_id,
-                    lambda studio, member, where: studio.upscale(member, self.job_id, self.n, **where))
+        await interaction.client.pick(interaction, self.job_id, self.n)
 
 
 class VaryButton(discord.ui.DynamicItem[discord.ui.Button],
@@ -84,7 +90,129 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor
                                        lambda studio, member, where: studio.reroll(member, self.job_id, **where))
 
 
-BUTTONS = (UpscaleButton, VaryButton, RerollButton)
+class UpscaleModeButton(discord.ui.DynamicItem[discord.ui.Button],
+                        template=rf"pintor:x:{JOB}:(?P<n>[1-4]):(?P<mode>[sc])"):
+    def __init__(self, job_id: int, n: int, *, creative: bool, row: int | None = None):
+        super().__init__(discord.ui.Button(label="Upscale (Creative)" if creative else "Upscale (Subtle)",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"pintor:x:{job_id}:{n}:{'c' if creative else 's'}"), row=row)
+        self.job_id, self.n, self.creative = job_id, n, creative
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> UpscaleModeButton:
+        return cls(int(match["job"]), int(match["n"]), creative=match["mode"] == "c")
+
+    async def callback(self, interaction: Interaction) -> None:
+        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.upscale(
+            member, self.job_id, self.n, creative=self.creative, **where))
+
+
+ZOOMS = {20: "Zoom Out 2x", 15: "Zoom Out 1.5x"}  # tenths → label
+
+
+class ZoomButton(discord.ui.DynamicItem[discord.ui.Button],
+                 template=rf"pintor:z:{JOB}:(?P<n>[1-4]):(?P<tenths>1[1-9]|20)"):
+    def __init__(self, job_id: int, n: int, *, tenths: int, row: int | None = None):
+        super().__init__(discord.ui.Button(label=ZOOMS.get(tenths, f"Zoom Out {tenths / 10:g}x"), emoji="🔍",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"pintor:z:{job_id}:{n}:{tenths}"), row=row)
+        self.job_id, self.n, self.tenths = job_id, n, tenths
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> ZoomButton:
+        return cls(int(match["job"]), int(match["n"]), tenths=int(match["tenths"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.zoom_out(
+            member, self.job_id, self.n, factor=self.tenths / 10, **where))
+
+
+class CustomZoomForm(discord.ui.Modal, title="Custom Zoom"):
+    """The factor (1–2) and, optionally, a new prompt; submitted, it makes the zoom like the
+    buttons do. Opened fresh by each press: nothing to keep across restarts."""
+
+    factor: discord.ui.TextInput = discord.ui.TextInput(label="Zoom out by (more than 1, at most 2)", default="1.5",
+                                                        max_length=6)
+    prompt: discord.ui.TextInput = discord.ui.TextInput(
+        label="New prompt (empty: keep the picture's)", style=discord.TextStyle.paragraph, required=False,
+        max_length=1500)
+
+    def __init__(self, job_id: int, n: int, prompt: str):
+        super().__init__(custom_id=f"pintor:zm:{job_id}:{n}", timeout=900)
+        self.job_id, self.n = job_id, n
+        self.prompt.default = prompt[:1500] or None
+
+    async def on_submit(self, interaction: Interaction) -> None:
+        text = self.factor.value.strip().replace(",", ".").removesuffix("x").removesuffix("×")
+        try:
+            factor = float(text)
+        except ValueError:
+            factor = 0.0
+        if not 1 < factor <= 2:
+            await interaction.response.send_message(
+                f"⚠️ The zoom out factor is a number above 1 and at most 2 (e.g. 1.5), not “{text[:20]}”.",
+                ephemeral=True)
+            return
+        prompt = self.prompt.value.strip() or None
+        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.zoom_out(
+            member, self.job_id, self.n, factor=factor, prompt=prompt, **where))
+
+
+class CustomZoomButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:zc:{JOB}:(?P<n>[1-4])"):
+    def __init__(self, job_id: int, n: int, *, row: int | None = None):
+        super().__init__(discord.ui.Button(label="Custom Zoom", emoji="🔍", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"pintor:zc:{job_id}:{n}"), row=row)
+        self.job_id, self.n = job_id, n
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> CustomZoomButton:
+        return cls(int(match["job"]), int(match["n"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        job = await interaction.client.studio.job(self.job_id)  # one read: the form opens within 3 s
+        await interaction.response.send_modal(CustomZoomForm(self.job_id, self.n, job.prompt if job else ""))
+
+
+PANS = {"l": ("left", "⬅️"), "r": ("right", "➡️"), "u": ("up", "⬆️"), "d": ("down", "⬇️")}
+
+
+class PanButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:p:{JOB}:(?P<n>[1-4]):(?P<way>[lrud])"):
+    def __init__(self, job_id: int, n: int, *, way: str, row: int | None = None):
+        super().__init__(discord.ui.Button(emoji=PANS[way][1], style=discord.ButtonStyle.secondary,
+                                           custom_id=f"pintor:p:{job_id}:{n}:{way}"), row=row)
+        self.job_id, self.n, self.way = job_id, n, way
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> PanButton:
+        return cls(int(match["job"]), int(match["n"]), way=match["way"])
+
+    async def callback(self, interaction: Interaction) -> None:
+        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.pan(
+            member, self.job_id, self.n, direction=PANS[self.way][0], **where))
+
+
+class SquareButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:sq:{JOB}:(?P<n>[1-4])"):
+    def __init__(self, job_id: int, n: int, *, row: int | None = None):
+        super().__init__(discord.ui.Button(label="Make Square", emoji="🔳", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"pintor:sq:{job_id}:{n}"), row=row)
+        self.job_id, self.n = job_id, n
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> SquareButton:
+        return cls(int(match["job"]), int(match["n"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.make_square(
+            member, self.job_id, self.n, **where))
+
+
+BUTTONS = (UpscaleButton, VaryButton, RerollButton, UpscaleModeButton, ZoomButton, CustomZoomButton, PanButton,
+           SquareButton)
 
 
 def grid_view(job_id: int) -> discord.ui.View:
@@ -98,15 +226,26 @@ def grid_view(job_id: int) -> discord.ui.View:
     return view
 
 
-def upscale_view(job_id: int, width: int, height: int, grid_url: str | None) -> discord.ui.View:
-    """Vary (Subtle) · Vary (Strong) · Upscale again · ↩ Grid"""
+def picture_view(job_id: int, width: int, height: int, grid_url: str | None) -> discord.ui.View:
+    """Under a picture alone (U, an upscale): Upscale (Subtle) · Upscale (Creative) · Vary
+    (Subtle) · Vary (Strong) / Zoom Out 2x · Zoom Out 1.5x · Custom Zoom · Make Square / ⬅️ ➡️ ⬆️ ⬇️ ↩️
+    (Upscale where the result stays within the size limit; Make Square for non-square pictures;
+    ↩️ where the grid's message can be linked)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(VaryButton(job_id, 1, strong=False, label="Vary (Subtle)"))
-    view.add_item(VaryButton(job_id, 1, strong=True, label="Vary (Strong)"))
     if can_upscale(width, height):
-        view.add_item(UpscaleButton(job_id, 1, label="Upscale again"))
+        view.add_item(UpscaleModeButton(job_id, 1, creative=False, row=0))
+        view.add_item(UpscaleModeButton(job_id, 1, creative=True, row=0))
+    view.add_item(VaryButton(job_id, 1, strong=False, label="Vary (Subtle)", row=0))
+    view.add_item(VaryButton(job_id, 1, strong=True, label="Vary (Strong)", row=0))
+    for tenths in ZOOMS:
+        view.add_item(ZoomButton(job_id, 1, tenths=tenths, row=1))
+    view.add_item(CustomZoomButton(job_id, 1, row=1))
+    if width != height:
+        view.add_item(SquareButton(job_id, 1, row=1))
+    for way in PANS:
+        view.add_item(PanButton(job_id, 1, way=way, row=2))
     if grid_url:
-        view.add_item(discord.ui.Button(label="Grid", emoji="↩️", url=grid_url))
+        view.add_item(discord.ui.Button(label="Grid", emoji="↩️", url=grid_url, row=2))
     return view
 
 

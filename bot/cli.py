@@ -32,11 +32,11 @@ def _capabilities(spec) -> str:
     return ", ".join(can)
 
 
-def _on_disk(source: str, config: str | None = None) -> str:
+def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False) -> str:
     from generation.availability import check_source
     from generation.hub import human_size, size_on_disk
 
-    state = check_source("", source, config)
+    state = check_source("", source, config, weights_file=weights_file)
     size = size_on_disk(source)
     if state.downloaded:
         return f"downloaded, {human_size(size or 0)}"
@@ -52,6 +52,7 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
+    from generation.registry import WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
@@ -62,7 +63,7 @@ def models(settings: Settings) -> int:
                  "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
-        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config)}")
+        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES)}")
         if spec.config:
             print(f"  {'':<16} config: {spec.config}")
         if spec.prior:

@@ -120,6 +120,39 @@ class PintorBot(commands.Bot):
         """A button under job `job_id` pressed (`bot.buttons`): acknowledge at once, then make
         the job `action` asks the Studio for, for the member who pressed; its progress and
         result go to a new message. Bad cases get a message only the presser sees."""
+        pressed = await self._pressed(interaction, job_id)
+        if pressed is not None:
+            delivery, rules, guild_id = pressed
+            await self.start_job(interaction, delivery, lambda member, where: action(self.studio, member, where),
+                                 rules=rules, origin_guild_id=guild_id)
+
+    async def pick(self, interaction: Interaction, job_id: int, index: int) -> None:
+        """U1–U4 pressed under job `job_id`: acknowledge at once, then post picture `index` alone
+        with its buttons (`Studio.pick`: from the file store, no worker job) as a new message,
+        recorded like any result (a restart before it is posted posts it then)."""
+        pressed = await self._pressed(interaction, job_id)
+        if pressed is None:
+            return
+        delivery, rules, guild_id = pressed
+        member = Member(interaction.user.id, interaction.user.name)
+        try:
+            picked = await self.studio.pick(
+                member, job_id, index, guild_id=guild_id, channel_id=interaction.channel_id, rules=rules,
+                private=delivery.private or interaction.guild_id is None,
+                direct=interaction.guild_id is None and guild_id is not None)
+        except USER_ERRORS as err:
+            await delivery.refuse(f"⚠️ {err}")
+            return
+        except Exception:  # noqa: BLE001 - the member hears of it; the log has the rest
+            log.exception("could not show image %s of job %s for member %s", index, job_id, member.id)
+            await delivery.refuse("⚠️ Something went wrong on Pintor's side. Try again.")
+            return
+        await self._finish(picked.id, delivery)
+
+    async def _pressed(self, interaction: Interaction, job_id: int) -> tuple[Delivery, ServerRules | None,
+                                                                             int | None] | None:
+        """A press acknowledged, and the delivery, rules and server it is made under; None when
+        it is refused (said to the presser only)."""
         received_at = time.monotonic()
         await interaction.response.defer()  # a component: "deferred update", the message stays as it is
         private = (await self.studio.preferences(interaction.user.id)).private
@@ -130,14 +163,13 @@ class PintorBot(commands.Bot):
         guild_id = interaction.guild_id if interaction.guild_id is not None else (job.guild_id if job else None)
         if guild_id is None and not self.settings.pintor_allow_dms:
             await delivery.refuse(DM_REFUSAL)
-            return
+            return None
         rules = await self.rules(guild_id)
         if self.settings.pintor_buttons_author_only or (rules is not None and rules.buttons_author_only):
             if job is not None and job.user_id != interaction.user.id:
                 await delivery.refuse(f"Only <@{job.user_id}>, who asked for job {job_id}, can use its buttons.")
-                return
-        await self.start_job(interaction, delivery, lambda member, where: action(self.studio, member, where),
-                             rules=rules, origin_guild_id=guild_id)
+                return None
+        return delivery, rules, guild_id
 
     async def start_job(self, interaction: Interaction, delivery: Delivery, submit: Submit, *,
                         rules: ServerRules | None = None, origin_guild_id: int | None = None) -> None:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from generation.availability import ModelLoadError, require, require_addition
 from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
-from generation.registry import LoraSpec, ModelSpec, Registry, UnknownLoraError, UnknownModelError
+from generation.registry import (
+    WEIGHTS_FILE_FAMILIES,
+    LoraSpec,
+    ModelSpec,
+    Registry,
+    UnknownLoraError,
+    UnknownModelError,
+)
 from generation.request import Request, build_request
 from storage.models import MemberPreferences, ServerRules
 
@@ -46,7 +53,8 @@ def check_model_files(registry: Registry, name: str, loras: Sequence[str] = ()) 
         return
     try:
         for source in filter(None, (spec.source, spec.prior)):
-            require(spec.name, source, spec.config if source == spec.source else None)
+            require(spec.name, source, spec.config if source == spec.source else None,
+                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES)
         if spec.vae:
             require_addition("VAE", spec.name, spec.vae)
         for lora in map(registry.lora, loras):

@@ -15,7 +15,7 @@ from pathlib import Path
 import discord
 
 from bot.attachments import FittedImage, fit_image, human_size
-from bot.buttons import grid_view, upscale_view
+from bot.buttons import grid_view, picture_view
 from bot.limits import Echo, compose
 from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
@@ -90,7 +90,7 @@ def prompt_notices(request: Request) -> list[str | Echo]:
     """What Pintor changed or ignored in the prompt, a line each, as parts for `compose` (they
     quote member text); said with the grids made from the prompt, not again under an upscale
     or variation."""
-    if request.kind not in (JobKind.IMAGINE, JobKind.BLEND, JobKind.REROLL):
+    if request.kind not in (JobKind.IMAGINE, JobKind.BLEND, JobKind.REROLL, JobKind.OUTPAINT):
         return []
     return [part for notice in request.notices for part in ("\nℹ️ ", Echo(notice))]
 
@@ -102,10 +102,29 @@ def _origin(job: Job, request: Request) -> str | None:
     if job.kind == JobKind.VARIATION and job.parent_id:
         strength = "Strong" if request.strength >= VARY_STRONG else "Subtle"
         return f"Variation ({strength}) of image {job.parent_index} of job {job.parent_id}"
+    if job.kind == JobKind.UPSCALE and job.parent_id and request.strength > 0:
+        how = "resampled" if request.upscaler in (None, RESAMPLE) else f"by {request.upscaler}"
+        return (f"Image #{job.parent_index} of job {job.parent_id}, Upscale (Creative): enlarged {how}, "
+                f"repainted by {job.model}")
     if job.kind == JobKind.UPSCALE and job.parent_id:
         how = "resampled" if job.model == RESAMPLE else f"by {job.model}"
         return f"Image #{job.parent_index} of job {job.parent_id}, upscaled {how}"
+    if job.kind == JobKind.PICK and job.parent_id:
+        return f"Image #{job.parent_index} of job {job.parent_id}"
+    if job.kind == JobKind.OUTPAINT and job.parent_id and request.outpaint is not None:
+        return f"{outpaint_name(request.outpaint)} of image {job.parent_index} of job {job.parent_id}"
     return None
+
+
+def outpaint_name(extension: tuple[float, float, float, float]) -> str:
+    """What a canvas extension was asked as: Zoom Out 2x, Pan ⬅️, Make Square."""
+    left, top, right, bottom = extension
+    if left == top == right == bottom:
+        return f"Zoom Out {1 + 2 * left:g}x"
+    ways = [emoji for share, emoji in ((left, "⬅️"), (right, "➡️"), (top, "⬆️"), (bottom, "⬇️")) if share > 0]
+    if len(ways) == 1:
+        return f"Pan {ways[0]}"
+    return "Make Square"
 
 
 def _notices(job: Job) -> list[str | Echo]:
@@ -117,7 +136,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     """A finished job as a message: the grid (or the single upscaled image) and its buttons.
     Its text fits Discord's 2,000 characters: only the echoed member text is shortened."""
     request = Request.from_json(job.request)
-    single = job.kind == JobKind.UPSCALE or len(job.images) == 1
+    single = job.kind in (JobKind.UPSCALE, JobKind.PICK) or len(job.images) == 1
     shown = job.images[:1] if single else job.images
     path = job.images[0].path if single and job.images else job.grid_path
     seed = job.images[0].seed if single and job.images else request.seed
@@ -142,7 +161,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
             lines.append(f"🗜️ Sent as {image.changed} to fit the {human_size(size_limit)} upload limit here; "
                          f"the full-size PNG is kept (`/show job_id:{job.id}`).")
         if single and job.images:
-            view = upscale_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job))
+            view = picture_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job))
         else:
             view = grid_view(job.id)
     content = compose(*headline(request.prompt, request.parameters, job.user_id),

@@ -40,11 +40,12 @@ from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Inte
 from generation.files import FileStore
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
-from generation.prompt import quote, size_for_aspect
+from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
+from generation.prompt import MAX_ASPECT_RATIO, quote, size_for_aspect
 from generation.queue import JobQueue, WorkerState
-from generation.registry import ModelSpec, Registry
+from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
-from generation.upscale import RESAMPLE, can_upscale, upscale_factor
+from generation.upscale import CREATIVE_STRENGTH, RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Job, JobStatus, MemberPreferences, ServerRules
 from storage.owners import OwnerStore, this_host
@@ -53,6 +54,9 @@ from storage.settings import SettingsStore
 log = logging.getLogger(__name__)
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
+MAX_ZOOM = 2.0  # Custom Zoom's largest factor, as MidJourney's
+OUTPAINT_FAMILIES = EMPHASIS_FAMILIES  # the Stable Diffusion families: an inpainting pipeline from their parts
+FREE_KINDS = (JobKind.PICK,)  # jobs no worker runs: not counted by a server's daily quota
 
 
 class OwnerBusy(RuntimeError):
@@ -247,13 +251,18 @@ class Studio:
         request = Request.from_json(parent.request)
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
-        if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND):
+        if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT):
             raise RequestError("Only a grid can be re-rolled.")
         rules = where.get("rules")
         if rules is not None and rules.max_steps and request.steps > rules.max_steps:
             # the member chose these steps (--steps, --q): 🔄 does not change their picture
             raise LimitError(f"🔄 would make job {job_id} again with its {request.steps} steps, over this "
                              f"server's limit of {rules.max_steps}.")
+        if request.kind == JobKind.OUTPAINT:  # the same canvas painted again: the same picture's job
+            if not request.init_image or not Path(request.init_image).is_file():
+                raise RequestError(f"The picture job {job_id} painted around is gone from the file store.")
+            return await self.submit(member, request.replace(seed=random_seed()), parent_id=parent.parent_id,
+                                     parent_index=parent.parent_index, **where)
         kind = JobKind.BLEND if request.kind == JobKind.BLEND else JobKind.REROLL
         request = request.replace(kind=kind, seed=random_seed())
         return await self.submit(member, request, parent_id=job_id, **where)
@@ -277,7 +286,7 @@ class Studio:
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
-        grid = base if base.kind != JobKind.UPSCALE else await self._grid_request(parent)
+        grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
         spec = self._generator(grid.model) if grid is not None else None
         if spec is not None and grid is base:
             base = base.replace(width=image.width, height=image.height)
@@ -299,7 +308,7 @@ class Studio:
         images = (image.path,) if spec.can_blend else ()
         request = base.replace(
             kind=JobKind.VARIATION, seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
-            images=images, image_weights=(1.0,) * len(images), steps=steps)
+            images=images, image_weights=(1.0,) * len(images), steps=steps, upscaler=None, outpaint=None)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
     async def _grid_request(self, upscale: Job) -> Request | None:
@@ -307,10 +316,11 @@ class Studio:
         chains); None when that job is gone."""
         job: Job | None = upscale
         seen: set[int] = set()
-        while job is not None and job.kind == JobKind.UPSCALE and job.id not in seen:
+        while job is not None and job.kind in (JobKind.UPSCALE, JobKind.PICK) and job.id not in seen:
             seen.add(job.id)
             job = await self.store.get(job.parent_id) if job.parent_id is not None else None
-        return Request.from_json(job.request) if job is not None and job.kind != JobKind.UPSCALE else None
+        return (Request.from_json(job.request)
+                if job is not None and job.kind not in (JobKind.UPSCALE, JobKind.PICK) else None)
 
     def _generator(self, name: str) -> ModelSpec | None:
         """The configured model of that name if it makes pictures; None if it was removed."""
@@ -326,9 +336,104 @@ class Studio:
                              + (" (it has no text: it needs a model that reads images)." if not base.parts else "."))
         return fits[0]
 
-    async def upscale(self, member: Member, job_id: int, index: int, **where) -> Submitted:
-        """Image `index` of a job, larger: by the configured upscaling model, or resampled
-        (and said so) where there is none or the result would be too large for it.
+    async def pick(self, member: Member, job_id: int, index: int, *, guild_id: int | None = None,
+                   channel_id: int | None = None, rules: ServerRules | None = None, private: bool = False,
+                   direct: bool = False) -> Job:
+        """U1–U4: image `index` of a job, alone, at the size it was made, from the file store: a
+        job of kind PICK stored as done at once (no worker job; not counted by a daily quota),
+        whose result is posted like any other and survives restarts, and whose buttons
+        (Upscale, Vary, Zoom Out, Pan, Make Square) work on that picture. A second press by
+        the same member gives the same job again. Raises RequestError for a job or picture that
+        is not there, LimitError where the server is paused or Pintor does not answer in that
+        channel."""
+        parent, image = await self._image(job_id, index)
+        if rules is not None and rules.paused:
+            raise LimitError("Pintor is paused on this server by its admins. Try again later.")
+        if rules is not None and not direct and (refusal := channel_refusal(rules, channel_id)):
+            raise LimitError(refusal)
+        key = f"pick:{member.id}:{job_id}:{index}"
+        existing = await self.store.by_result_key(key)
+        if existing is not None:
+            return existing
+        base = Request.from_json(parent.request)
+        grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else (await self._grid_request(parent) or base)
+        request = grid.replace(kind=JobKind.PICK, init_image=image.path, seed=image.seed, width=image.width,
+                               height=image.height, count=1, strength=0.0, upscaler=None, outpaint=None)
+        try:
+            return await self.store.create_finished_job(
+                user_id=member.id, user_name=member.name, kind=JobKind.PICK, model=parent.model,
+                prompt=request.prompt, request=request.to_json(), parent_id=job_id, parent_index=index,
+                guild_id=guild_id, channel_id=channel_id, private=private, result_key=key,
+                images=[NewImage(image.path, image.width, image.height, image.seed, image.sha256, image.flagged)],
+                grid_path=image.path)
+        except DuplicateJob as duplicate:  # pressed twice at once: the first press's job
+            return duplicate.job
+
+    async def zoom_out(self, member: Member, job_id: int, index: int, *, factor: float, prompt: str | None = None,
+                       **where) -> Submitted:
+        """Zoom Out ×`factor` (1 < factor ≤ 2) of image `index` of a job, optionally with a new
+        prompt (Custom Zoom): a new grid of four (see outpaint)."""
+        if not 1 < factor <= MAX_ZOOM:
+            raise RequestError(f"A zoom out factor is a number above 1 and at most {MAX_ZOOM:g}, not {factor:g}.")
+        return await self.outpaint(member, job_id, index, zoom_extension(factor), prompt=prompt, **where)
+
+    async def pan(self, member: Member, job_id: int, index: int, *, direction: str, **where) -> Submitted:
+        """Pan ⬅️ ➡️ ⬆️ ⬇️ (`direction`: left, right, up, down): the picture extended by half its
+        side that way, a new grid of four (see outpaint)."""
+        if direction not in PAN_DIRECTIONS:
+            raise RequestError(f"Pan goes {', '.join(PAN_DIRECTIONS)}, not {direction}.")
+        return await self.outpaint(member, job_id, index, PAN_DIRECTIONS[direction], **where)
+
+    async def make_square(self, member: Member, job_id: int, index: int, **where) -> Submitted:
+        """Make Square: a non-square picture's short side extended to its long one (see outpaint)."""
+        _, image = await self._image(job_id, index)
+        if image.width == image.height:
+            raise RequestError("This picture is square already.")
+        return await self.outpaint(member, job_id, index, square_extension(image.width, image.height), **where)
+
+    async def outpaint(self, member: Member, job_id: int, index: int, extension: tuple[float, float, float, float],
+                       *, prompt: str | None = None, **where) -> Submitted:
+        """Image `index` of a job on a canvas grown by `extension` (left, top, right, bottom,
+        fractions of its sides), the border painted by the model that made it (its grid's model,
+        text and settings; with `prompt`, that text parsed as a new prompt for the same model),
+        at that model's pixel budget: four new pictures with new seeds. RequestError for a
+        canvas beyond 3:1 or a model that cannot paint a border (Kandinsky)."""
+        parent, image = await self._image(job_id, index)
+        base = Request.from_json(parent.request)
+        rules = where.get("rules")
+        grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
+        spec = self._generator(grid.model) if grid is not None else None
+        if grid is None or spec is None:
+            spec = self._fallback_vary_model(base, rules)
+            grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
+        if prompt is not None and prompt.strip():
+            fresh = self.prepare(f"{prompt} --model {spec.name}", rules=rules)
+            grid = grid.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative,
+                                parameters=fresh.parameters, notices=fresh.notices)
+        if spec.family not in OUTPAINT_FAMILIES:
+            raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
+                               "need a Stable Diffusion model.")
+        width, height = canvas_size(image.width, image.height, extension)
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise RequestError(f"The picture would become {width}×{height}, beyond {MAX_ASPECT_RATIO}:1: "
+                               "Pan the other way, or Zoom Out.")
+        # brought back to the model's pixel budget: repeated zooms never grow past it
+        # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape)
+        width, height = size_for_aspect((width, height), spec.native_side, multiple=8)
+        request = grid.replace(
+            kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
+            height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=(), image_weights=(),
+            upscaler=None)
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+
+    async def upscale(self, member: Member, job_id: int, index: int, *, creative: bool = False,
+                      **where) -> Submitted:
+        """Image `index` of a job, larger. Upscale (Subtle): by the configured upscaler (an
+        ESRGAN-family network ×2, the SD x4 upscaler ×4), or resampled ×2 (and said so) where
+        there is none or the result would be too large for it. Upscale (Creative): that
+        enlargement, then repainted at CREATIVE_STRENGTH by the model that made the picture
+        (its grid's model and settings; the server's default model where that is gone), with
+        steps and strength fitted to the server's max_steps as a variation's are.
 
         A second press for the same picture, by the same member, while the first upscale is
         queued, running or done, raises AlreadyMade (pointing to it) instead of upscaling twice.
@@ -339,15 +444,29 @@ class Studio:
             raise RequestError(f"This picture is already {image.width}×{image.height}: "
                                f"it cannot be upscaled further.")
         upscaler = self.registry.upscaler
-        steps = self.registry.get(upscaler).steps if upscaler else 0
         rules = where.get("rules")
-        if rules is not None and rules.max_steps:
-            steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
-        request = base.replace(
-            kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
-            width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
-            steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, loras=())
-        key = f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
+        if creative:
+            grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
+            spec = self._generator(grid.model) if grid is not None else None
+            if grid is None or spec is None:
+                spec = self._fallback_vary_model(base, rules)
+                grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
+            steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
+            request = grid.replace(
+                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
+                seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
+                image_weights=(), steps=steps, outpaint=None)
+        else:
+            steps = self.registry.get(upscaler).steps if upscaler else 0
+            if rules is not None and rules.max_steps:
+                steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
+            request = base.replace(
+                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
+                width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
+                steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
+                outpaint=None, loras=())
+        key = (f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
+               + (f":creative:{request.upscaler}" if creative else ""))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
 
     async def blend(self, member: Member, uploads: list[tuple[str, bytes]], *, prompt: str = "",
@@ -516,7 +635,8 @@ class Studio:
                              f"use --steps {rules.max_steps} or a lower --q.")
         width, height = request.width, request.height
         if request.kind == JobKind.UPSCALE:  # what counts is the size it makes
-            factor = upscale_factor(width, height, with_model=request.model != RESAMPLE)
+            upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
+            factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
             width, height = width * factor, height * factor
         if rules.max_side and max(width, height) > rules.max_side:
             raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
@@ -529,7 +649,8 @@ class Studio:
                                  f"{rules.max_queued_per_member}. Wait for one to finish, or /cancel one.")
         if rules.daily_quota is not None:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            used = await self.store.count_since(member.id, midnight, guild_id=rules.guild_id)  # this server's
+            used = await self.store.count_since(member.id, midnight, guild_id=rules.guild_id,  # this server's
+                                                free_kinds=FREE_KINDS)
             if used >= rules.daily_quota:
                 left = midnight + timedelta(days=1) - datetime.now(UTC)
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
@@ -581,7 +702,7 @@ class Studio:
         """Jobs a member asked for since 00:00 UTC: on the server `guild_id` (as its daily
         quota counts them), or everywhere (all servers and DMs) for None."""
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return await self.store.count_since(user_id, midnight, guild_id=guild_id)
+        return await self.store.count_since(user_id, midnight, guild_id=guild_id, free_kinds=FREE_KINDS)
 
     async def history(self, user_id: int, *, offset: int, limit: int) -> tuple[list[Job], int]:
         """A page of a member's jobs, newest first (at most `limit`, after skipping `offset`),

@@ -56,18 +56,25 @@ def pull_hint(name: str) -> str:
             "or point the entry's source at a local folder")
 
 
-def check_source(name: str, source: str, config: str | None = None) -> SourceState:
+def check_source(name: str, source: str, config: str | None = None, *, weights_file: bool = False) -> SourceState:
     """What `source` (of model `name`) is here, without loading it and without the network.
 
     A folder must hold a diffusers pipeline (model_index.json and the sub-folders it names); a
     hub id is downloaded when its model_index.json is in the Hugging Face cache; offline, a hub
     id that is not downloaded cannot be had. A single-file checkpoint (.safetensors, .ckpt) must
     exist, and its `config` (a folder or hub id) must have its pipeline's configuration here:
-    it is read with local files only, never fetched while loading.
+    it is read with local files only, never fetched while loading. With `weights_file`, the
+    source is an upscaler's weights file (`.pth`, `.safetensors`: generation/esrgan.py), which
+    must exist.
     """
     from generation.registry import is_single_file
 
     path = Path(source).expanduser()
+    if weights_file:
+        if not path.is_file():
+            return SourceState(False, f"weights file {source} does not exist",
+                               "fix the entry's source (the path of the .pth or .safetensors file)")
+        return SourceState(True, f"weights file {source}", downloaded=True)
     if is_single_file(source):
         if not path.is_file():
             return SourceState(False, f"single-file checkpoint {source} does not exist",
@@ -179,9 +186,9 @@ def _missing_components(path: Path) -> list[str]:
                   and value[0] is not None and value[1] is not None and not (path / key).is_dir())
 
 
-def require(name: str, source: str, config: str | None = None) -> None:
+def require(name: str, source: str, config: str | None = None, *, weights_file: bool = False) -> None:
     """Raise ModelLoadError when `source` cannot be had here (see `check_source`)."""
-    state = check_source(name, source, config)
+    state = check_source(name, source, config, weights_file=weights_file)
     if not state.ok:
         raise ModelLoadError(member_message(name), f"cannot load model '{name}': {state.detail}; {state.fix}")
 

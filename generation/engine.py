@@ -17,16 +17,18 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
-from generation import adapters
+from generation import adapters, esrgan, outpaint
+from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.previews import PREVIEW_SIDE, Preview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
-from generation.registry import ADDITION_FAMILIES, ModelSpec, Registry, UnknownLoraError
+from generation.registry import ADDITION_FAMILIES, EMPHASIS_FAMILIES, ModelSpec, Registry, UnknownLoraError
 from generation.request import JobKind, Request
 from generation.safety import blur
-from generation.upscale import MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
+from generation.tiling import Stop
+from generation.upscale import ESRGAN_FACTOR, MODEL_FACTOR, RESAMPLE, RESAMPLE_FACTOR, resample, upscale_factor
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ class Engine:
             return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
         spec = self.registry.get(request.model)
         run = self._kandinsky if spec.family in ("kandinsky21", "kandinsky22") else self._stable_diffusion
+        if request.kind == JobKind.OUTPAINT:
+            run = self._outpaint
         with self._additions(request, spec):
             images = run(request, spec, notices, self._callback(request, on_step, should_stop,
                                                                 lambda *a: self.pipelines.preview(spec)(*a)))
@@ -168,6 +172,19 @@ class Engine:
         self.pipelines.fit_vae(pipe, request.width, request.height, request.count)
         images: list[Image.Image] = pipe(**kwargs).images
         return images
+
+    def _outpaint(self, request: Request, spec: ModelSpec, notices: list[str],
+                  callback: StepEndCallback) -> list[Image.Image]:
+        """Zoom Out, Pan, Make Square: generation/outpaint.py with the model's inpainting pipeline."""
+        if request.init_image is None or request.outpaint is None:
+            raise ValueError("an outpaint request needs the picture (init_image) and its extension (outpaint)")
+        if spec.family not in EMPHASIS_FAMILIES:
+            raise ValueError(f"{spec.name} cannot paint a canvas's border here (a Stable Diffusion model can)")
+        pipe = self.pipelines.get(spec, "inpaint")
+        embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
+        return outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
+                              height=request.height, steps=request.steps, guidance=request.guidance,
+                              seeds=request.seeds(), embeds=embeds, callback=callback)
 
     def _prompt_embeds(self, pipe: Any, request: Request, guided: bool, notices: list[str]) -> dict[str, torch.Tensor]:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
@@ -261,28 +278,60 @@ class Engine:
 
     def _upscale(self, request: Request, notices: list[str], on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Image.Image:
-        """By the upscaling model where it can; otherwise resampled, and the notice says so."""
+        """Upscale (Subtle): by the upscaler `request.model` (an ESRGAN-family network ×2, the
+        SD x4 upscaler ×4) where it can; otherwise resampled ×2, and the notice says so.
+        Upscale (Creative) (`request.strength` > 0): by `request.upscaler`, then repainted at
+        that strength by `request.model`, the model that made the picture (generation/creative.py)."""
         if request.init_image is None:
             raise ValueError("an upscale request needs the picture to enlarge (init_image)")
         image = self._open(request.init_image)
+        if request.strength <= 0:
+            return self._enlarge(image, request.model, request, notices, on_step, should_stop)
+        enlarged = self._enlarge(image, request.upscaler or RESAMPLE, request, notices, on_step, should_stop)
+        spec = self.registry.get(request.model)
+        if spec.family not in EMPHASIS_FAMILIES:
+            notices.append(f"{spec.name} cannot repaint an enlarged picture here: upscaled without the creative pass.")
+            return enlarged
+        pipe = self.pipelines.get(spec, "img2img")
+        embeds = self._prompt_embeds(pipe, request.replace(count=1), request.guidance > 1.0, notices)
+        try:
+            return repaint(pipe, enlarged, strength=request.strength, steps=request.steps, guidance=request.guidance,
+                           seed=request.seed, embeds=embeds, tile=spec.native_side,
+                           callback=self._callback(request, on_step, should_stop), should_stop=should_stop)
+        except Stop:
+            raise GenerationStopped() from None
 
+    def _enlarge(self, image: Image.Image, upscaler: str, request: Request, notices: list[str],
+                 on_step: StepCallback, should_stop: Callable[[], bool]) -> Image.Image:
         def resampled(why: str) -> Image.Image:
             notices.append(f"{why}: enlarged ×{RESAMPLE_FACTOR} by Lanczos resampling, without new detail.")
             return resample(image)
 
-        if request.model == RESAMPLE:
+        if upscaler == RESAMPLE:
             return resampled("No upscaling model is configured")
+        spec = self.registry.get(upscaler)
+        if spec.family == "esrgan":
+            try:
+                model = self.pipelines.get(spec, "esrgan")
+                return esrgan.enlarge(model, image, ESRGAN_FACTOR, should_stop=should_stop,
+                                      on_tile=lambda done, total: on_step(done, total, lambda: image))
+            except Stop:
+                raise GenerationStopped() from None
+            except torch.OutOfMemoryError:  # one tile did not fit: nothing else will
+                self.pipelines.release()
+                return resampled("The upscaling model ran out of GPU memory")
         if upscale_factor(*image.size, with_model=True) != MODEL_FACTOR:
             return resampled("Too large for the upscaling model")
-        spec = self.registry.get(request.model)
+        # the x4 upscaler's own steps: a creative request's steps are those of its second pass
+        steps, guidance = (request.steps, request.guidance) if request.strength <= 0 else (spec.steps, spec.guidance)
         try:
             pipe = self.pipelines.get(spec, "upscale")
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
             prompt = " ".join(plain_text(text) for text, _ in request.parts)  # the words, not the display text
-            upscaled: Image.Image = pipe(prompt=prompt, image=image, num_inference_steps=request.steps,
-                                         guidance_scale=request.guidance, generator=generator, callback_steps=1,
-                                         callback=legacy_callback(callback, total=request.steps)).images[0]
+            upscaled: Image.Image = pipe(prompt=prompt, image=image, num_inference_steps=steps,
+                                         guidance_scale=guidance, generator=generator, callback_steps=1,
+                                         callback=legacy_callback(callback, total=steps)).images[0]
             return upscaled
         except torch.OutOfMemoryError:
             self.pipelines.release()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generation.availability import ADDITION_FILES, looks_like_path
-from generation.registry import ModelSpec, Registry
+from generation.registry import WEIGHTS_FILE_FAMILIES, ModelSpec, Registry
 
 # the files diffusers reads from a pipeline repo, besides the weights (configs, tokenizers)
 _SMALL_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model")
@@ -43,8 +43,11 @@ def _is_hub_id(source: str | None) -> bool:
 def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     """The hub ids a model loads from, each with whether its weights are needed: its source
     and, for Kandinsky, its prior (weights), a single-file checkpoint's config (configs and
-    tokenizer only). Folders and files are not pulled."""
+    tokenizer only), a dedicated inpainting pipeline (weights). Folders and files are not pulled."""
+    if spec.family in WEIGHTS_FILE_FAMILIES:
+        return []  # an upscaler's weights file: a local file, never pulled
     wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
+    wanted.append((spec.inpaint, True))  # a dedicated inpainting pipeline (Zoom Out, Pan)
     return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]
 
 

@@ -17,6 +17,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     KandinskyImg2ImgPipeline,
     KandinskyPipeline,
@@ -32,6 +33,7 @@ from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from generation.availability import ModelLoadError, explain, member_message, require, require_addition
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
+from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
@@ -116,9 +118,10 @@ class PipelineCache:
         return list(self._models)
 
     def get(self, spec: ModelSpec, task: str) -> Any:
-        """The diffusers pipeline for `spec` and `task` ("text2img", "img2img", "prior" or
-        "upscale"), loaded on first use (which may unload the least recently used model) and
-        placed on the device, in the device's dtype, with the configured scheduler.
+        """The diffusers pipeline for `spec` and `task` ("text2img", "img2img", "prior",
+        "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry), loaded on first
+        use (which may unload the least recently used model) and placed on the device, in the
+        device's dtype, with the configured scheduler.
 
         Raises ModelLoadError when the source cannot be loaded (a missing folder, a hub id not in
         the cache while offline) or the model has no prior, and ValueError for another task."""
@@ -197,12 +200,23 @@ class PipelineCache:
             else:
                 pipe = AutoPipelineForImage2Image.from_pipe(base)
             return self._finish(pipe, spec, task, placed=True)
+        if task == "inpaint":  # Zoom Out, Pan, Make Square (generation/outpaint.py)
+            if spec.inpaint:  # a dedicated inpainting checkpoint (its UNet reads the mask)
+                return self._finish(self._load(AutoPipelineForInpainting, spec.inpaint, spec), spec, task)
+            base = entry.get("text2img") or self.get(spec, "text2img")
+            return self._finish(AutoPipelineForInpainting.from_pipe(base), spec, task, placed=True)
         if task == "prior":
             if spec.family not in _KANDINSKY:
                 raise ModelLoadError(f"Model '{spec.name}' has no prior.")
             return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec, task)
         if task == "upscale":
-            return self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
+            pipe = self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
+            # the sizes Pintor sends it (a 512-pixel cell: a 2048-pixel decode) fit 8 GB this way
+            pipe.enable_attention_slicing()
+            pipe.vae.enable_tiling()
+            return pipe
+        if task == "esrgan":  # an ESRGAN-family network (spandrel), not a diffusers pipeline
+            return load_esrgan(spec.name, spec.source, self.device)
         if task == "text2img":
             cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
             pipe = self._load(cls, spec.source, spec)

@@ -27,6 +27,7 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
     "kandinsky21": (768, 40, 4.0),
     "kandinsky22": (768, 40, 4.0),
     "upscale-x4": (512, 20, 0.0),
+    "esrgan": (512, 1, 0.0),  # a super-resolution network (generation/esrgan.py): no steps, no guidance
 }
 TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22"}
 BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
@@ -36,6 +37,11 @@ EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 # (diffusers' StableDiffusionLoraLoaderMixin / TextualInversionLoaderMixin, an AutoencoderKL)
 ADDITION_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 
+
+UPSCALER_FAMILIES = {"upscale-x4", "esrgan"}
+# families whose source is one weights file read by spandrel (generation/esrgan.py), not diffusers
+WEIGHTS_FILE_FAMILIES = {"esrgan"}
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 
 # the families diffusers' from_single_file builds here (StableDiffusionPipeline, …XLPipeline)
 SINGLE_FILE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
@@ -116,11 +122,16 @@ class ModelSpec:
     # a VAE replacing the pipeline's own (e.g. "madebyollin/sdxl-vae-fp16-fix"): a hub id or
     # folder of an AutoencoderKL, or a single .safetensors file
     vae: str | None = None
+    # Zoom Out, Pan, Make Square: a dedicated inpainting pipeline (hub id or folder, e.g.
+    # "stable-diffusion-v1-5/stable-diffusion-inpainting"); without one the model's own
+    # components paint (diffusers' AutoPipelineForInpainting.from_pipe)
+    inpaint: str | None = None
 
     @property
     def single_file(self) -> bool:
-        """True when `source` is one checkpoint file (.safetensors / .ckpt) rather than a pipeline."""
-        return is_single_file(self.source)
+        """True when `source` is one diffusers checkpoint file (.safetensors / .ckpt) rather than a
+        pipeline (an upscaler's weights file is not one: spandrel reads it)."""
+        return self.family not in WEIGHTS_FILE_FAMILIES and is_single_file(self.source)
 
     @property
     def can_generate(self) -> bool:
@@ -132,7 +143,7 @@ class ModelSpec:
 
     @property
     def is_upscaler(self) -> bool:
-        return self.family.startswith("upscale")
+        return self.family in UPSCALER_FAMILIES
 
 
 def _spec(name: str, source: str, family: str, **overrides: Any) -> ModelSpec:
@@ -230,7 +241,12 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
         )
     if entry["family"] in BLEND_FAMILIES and not entry.get("prior"):
         raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
-    if is_single_file(str(entry["source"])):
+    if entry["family"] in WEIGHTS_FILE_FAMILIES:
+        if not str(entry["source"]).lower().endswith(WEIGHTS_SUFFIXES) or "config" in entry:
+            raise RegistryError(f"model '{name}': an {entry['family']} upscaler's source is its weights file "
+                                f"({', '.join(WEIGHTS_SUFFIXES)}), e.g. \"/models/4x-UltraSharp.pth\", without "
+                                "'config' (see docs/models.md)")
+    elif is_single_file(str(entry["source"])):
         if entry["family"] not in SINGLE_FILE_FAMILIES:
             raise RegistryError(f"model '{name}': a single-file checkpoint works for the families "
                                 f"{', '.join(sorted(SINGLE_FILE_FAMILIES))}, not '{entry['family']}'")

@@ -30,6 +30,8 @@ class JobKind(StrEnum):
     VARIATION = "variation"  # V: a grid made from one picture (image to image)
     UPSCALE = "upscale"  # U: one picture, larger
     BLEND = "blend"  # a grid mixed from uploaded images (and a text)
+    PICK = "pick"  # U: one picture of a grid, alone, at its size (from the file store: no worker job)
+    OUTPAINT = "outpaint"  # Zoom Out, Pan, Make Square: a grid from a picture on a larger canvas
 
 
 KINDS = tuple(JobKind)
@@ -57,6 +59,12 @@ class Request:
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
     loras: tuple[tuple[str, float], ...] = ()  # (configured LoRA name, weight), applied for this job only
     notices: tuple[str, ...] = ()  # what was changed or ignored in the prompt, said with the job
+    # Upscale (Creative): the upscaler (a model name, or "resample") run before the image-to-image
+    # pass that `model` makes at `strength`; None for Upscale (Subtle), where `model` is the upscaler
+    upscaler: str | None = None
+    # Zoom Out, Pan, Make Square: how far the canvas extends beyond init_image on each side
+    # (left, top, right, bottom), as fractions of its width and height
+    outpaint: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -72,6 +80,9 @@ class Request:
         data["image_weights"] = tuple(data.get("image_weights", ()))
         data["notices"] = tuple(data.get("notices", ()))
         data["loras"] = tuple((str(n), float(w)) for n, w in data.get("loras", ()))
+        if data.get("outpaint") is not None:
+            left, top, right, bottom = (float(v) for v in data["outpaint"])
+            data["outpaint"] = (left, top, right, bottom)
         return cls(**data)
 
     def seeds(self) -> list[int]:

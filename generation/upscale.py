@@ -1,4 +1,5 @@
-"""Upscaling without a model: the honest fallback when none is configured or it cannot run."""
+"""How much an upscale enlarges, and upscaling without a model: the honest fallback when none is
+configured or it cannot run."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from PIL import Image
 
 RESAMPLE = "resample"  # the model name of an upscale job that no model serves
 RESAMPLE_FACTOR = 2
+ESRGAN_FACTOR = 2  # Upscale (Subtle) / (Creative): ×2, as MidJourney's, whatever the network's own scale
 MODEL_FACTOR = 4  # Stable Diffusion x4 upscaler
 MAX_UPSCALED_SIDE = 4096
+CREATIVE_STRENGTH = 0.3  # image to image after the upscale: new detail, the same picture
 
 
 def can_upscale(width: int, height: int) -> bool:
@@ -15,8 +18,8 @@ def can_upscale(width: int, height: int) -> bool:
 
 
 def upscale_factor(width: int, height: int, *, with_model: bool) -> int:
-    """How much an upscale enlarges: ×4 by the model while the result stays within the limit,
-    else ×2 by resampling."""
+    """How much an upscale enlarges: ×4 by the SD x4 upscaler (`with_model`) while the result
+    stays within the limit, else ×2 (an ESRGAN-family network, or resampling)."""
     fits = max(width, height) * MODEL_FACTOR <= MAX_UPSCALED_SIDE
     return MODEL_FACTOR if with_model and fits else RESAMPLE_FACTOR
 

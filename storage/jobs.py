@@ -74,6 +74,31 @@ class JobStore:
                 raise
             raise DuplicateJob(existing) from None
 
+    async def create_finished_job(self, *, user_id: int, user_name: str, kind: str, model: str, prompt: str,
+                                  request: str, images: Sequence[NewImage], grid_path: str,
+                                  parent_id: int | None = None, parent_index: int | None = None,
+                                  guild_id: int | None = None, channel_id: int | None = None,
+                                  private: bool = False, result_key: str | None = None) -> Job:
+        """Store a job that is done as it is asked for (U: a picture of a grid shown alone, from
+        files already on disk), with its images, as JobStatus.DONE in one transaction: never seen
+        queued, so a restart has nothing to run for it. With `result_key`, raises DuplicateJob
+        as create_job does."""
+        if result_key is not None and (existing := await self.by_result_key(result_key)) is not None:
+            raise DuplicateJob(existing)
+        now = utcnow()
+        try:
+            return await self._insert_job(user_id, user_name, Job(
+                user_id=user_id, kind=kind, model=model, prompt=prompt, request=request, parent_id=parent_id,
+                parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
+                status=JobStatus.DONE, grid_path=grid_path, finished_at=now, result_key=result_key,
+                images=[Image(index=i, path=img.path, width=img.width, height=img.height, seed=img.seed,
+                              sha256=img.sha256, flagged=img.flagged) for i, img in enumerate(images, start=1)]))
+        except IntegrityError:
+            existing = await self.by_result_key(result_key) if result_key is not None else None
+            if existing is None:
+                raise
+            raise DuplicateJob(existing) from None
+
     async def by_result_key(self, result_key: str) -> Job | None:
         """The job holding `result_key` (queued, running or done), or None."""
         async with self.session() as session:
@@ -174,12 +199,14 @@ class JobStore:
             return await session.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == user_id, Job.status.in_(UNFINISHED))) or 0
 
-    async def count_since(self, user_id: int, since: datetime, *, guild_id: int | None = None) -> int:
+    async def count_since(self, user_id: int, since: datetime, *, guild_id: int | None = None,
+                          free_kinds: Sequence[str] = ()) -> int:
         """Jobs a member asked for since `since`: on the server `guild_id` only, or everywhere
         (servers and DMs) without it. Failed jobs count (the worker ran them); cancelled ones
-        only if they had started (one cancelled while queued cost nothing)."""
+        only if they had started (one cancelled while queued cost nothing); jobs of `free_kinds`
+        (that no worker runs) never."""
         query = select(func.count()).select_from(Job).where(
-            Job.user_id == user_id, Job.created_at >= since,
+            Job.user_id == user_id, Job.created_at >= since, Job.kind.not_in(free_kinds),
             or_(Job.status != JobStatus.CANCELLED, Job.started_at.is_not(None)))
         if guild_id is not None:
             query = query.where(Job.guild_id == guild_id)

@@ -75,7 +75,8 @@ async def grid(discord_harness: Harness) -> dict:
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def upscaled(discord_harness: Harness, grid: dict) -> dict:
     point_discord_at(discord_harness.emu.api_base, discord_harness.emu.gateway_url)
-    return await result(discord_harness, grid, f"pintor:u:{job_id_of(grid)}:1")
+    picked = await result(discord_harness, grid, f"pintor:u:{job_id_of(grid)}:1")  # the picture alone
+    return await result(discord_harness, picked, f"pintor:x:{job_id_of(picked)}:1:s")
 
 
 # -- item 5: every button shown works ------------------------------------------------------------
@@ -113,9 +114,13 @@ async def test_every_button_under_every_kind_of_result_works(pintor: Harness, gr
     for kind, message in kinds.items():
         job_id = job_id_of(message)
         shown = [cid for row in custom_ids(message) for cid in row if cid.startswith("pintor:")]
-        if kind == "an upscale":
-            assert shown == [f"pintor:v:{job_id}:1:s", f"pintor:v:{job_id}:1:h", f"pintor:u:{job_id}:1"]
-            pressed = shown
+        if kind == "an upscale":  # the picture alone's buttons (a square picture: no Make Square)
+            assert shown == [f"pintor:x:{job_id}:1:s", f"pintor:x:{job_id}:1:c", f"pintor:v:{job_id}:1:s",
+                             f"pintor:v:{job_id}:1:h", f"pintor:z:{job_id}:1:20", f"pintor:z:{job_id}:1:15",
+                             f"pintor:zc:{job_id}:1", *(f"pintor:p:{job_id}:1:{way}" for way in "lrud")]
+            # Custom Zoom opens a form (tests/test_discord_zoom.py); Creative of this 256-pixel
+            # picture repaints 121 tiles (a smaller one in test_discord_zoom.py)
+            pressed = [cid for cid in shown if not cid.startswith(("pintor:zc:", "pintor:x:")) or cid.endswith(":s")]
         else:
             assert f"pintor:r:{job_id}" in shown and len(shown) == 9
             pressed = [f"pintor:u:{job_id}:2", f"pintor:r:{job_id}", f"pintor:v:{job_id}:4:h"]
@@ -181,9 +186,11 @@ async def test_buttons_meet_max_steps_or_say_why_the_button_cannot(pintor: Harne
 # -- item 8: one upscale per picture -------------------------------------------------------------
 
 
-async def test_u_pressed_twice_at_once_makes_one_upscale_and_points_to_it(pintor: Harness, grid: dict):
+async def test_upscale_pressed_twice_at_once_makes_one_upscale_and_points_to_it(pintor: Harness, grid: dict):
     emu = pintor.emu
-    grid_id, custom_id = job_id_of(grid), f"pintor:u:{job_id_of(grid)}:3"
+    picked = await result(pintor, grid, f"pintor:u:{job_id_of(grid)}:3")  # the picture alone
+    grid_id, custom_id = job_id_of(picked), f"pintor:x:{job_id_of(picked)}:1:s"
+    grid = picked  # below, "the grid" is the message pressed: the picture alone, image #1 of its job
     before = await pintor.job_count()
     presses = await asyncio.gather(emu.click(int(grid["id"]), custom_id), emu.click(int(grid["id"]), custom_id))
     for pressed in presses:
@@ -195,10 +202,10 @@ async def test_u_pressed_twice_at_once_makes_one_upscale_and_points_to_it(pintor
     assert is_result(made) and not made["flags"] & EPHEMERAL
     up_id = job_id_of(made)
     assert pointer["flags"] & EPHEMERAL and not pointer["attachments"]
-    assert f"Image #3 of job {grid_id} is already" in pointer["content"] and f"job {up_id}" in pointer["content"]
+    assert f"Image #1 of job {grid_id} is already" in pointer["content"] and f"job {up_id}" in pointer["content"]
     assert await pintor.job_count() == before + 1
     assert len([m for m in emu.messages.values() if is_result(m) and f"job {grid_id}, upscaled" in m["content"]
-                and "Image #3" in m["content"]]) == 1
+                and "Image #1" in m["content"]]) == 1
 
     # pressed again later: the link to the result
     job = await pintor.posted(up_id)

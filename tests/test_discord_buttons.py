@@ -1,5 +1,6 @@
-"""The buttons under a result, end to end: U (upscale), V (vary), 🔄 (re-roll), refusals,
-/show of an upscale, and buttons that keep working across a restart of the bot."""
+"""The buttons under a result, end to end: U (the picture alone, at once), Upscale (Subtle), V
+(vary), 🔄 (re-roll), refusals, /show of an upscale, and buttons that keep working across a
+restart of the bot."""
 
 from __future__ import annotations
 
@@ -41,37 +42,73 @@ async def press(pintor: Harness, message: dict, custom_id: str, **kwargs) -> tup
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def upscaled(discord_harness: Harness, grid: dict) -> dict:
-    """The message U2 of the grid made."""
+async def picked(discord_harness: Harness, grid: dict) -> dict:
+    """The message U2 of the grid made: the picture alone, at once."""
     point_discord_at(discord_harness.emu.api_base, discord_harness.emu.gateway_url)
     _, result = await press(discord_harness, grid, f"pintor:u:{job_id_of(grid)}:2")
     return result
 
 
-async def test_u2_upscales_the_second_image_into_a_new_message(pintor: Harness, grid: dict, upscaled: dict):
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def upscaled(discord_harness: Harness, picked: dict) -> dict:
+    """The message Upscale (Subtle) under U2's picture made (by the x4 upscaler here)."""
+    point_discord_at(discord_harness.emu.api_base, discord_harness.emu.gateway_url)
+    _, result = await press(discord_harness, picked, f"pintor:x:{job_id_of(picked)}:1:s")
+    return result
+
+
+def picture_buttons(job_id: int, grid_url: str | None, *, square: bool = True) -> list[list[str]]:
+    return [[f"pintor:x:{job_id}:1:s", f"pintor:x:{job_id}:1:c", f"pintor:v:{job_id}:1:s", f"pintor:v:{job_id}:1:h"],
+            [f"pintor:z:{job_id}:1:20", f"pintor:z:{job_id}:1:15", f"pintor:zc:{job_id}:1",
+             *([] if square else [f"pintor:sq:{job_id}:1"])],
+            [f"pintor:p:{job_id}:1:{way}" for way in "lrud"] + ([grid_url] if grid_url else [])]
+
+
+async def test_u2_shows_the_second_image_alone_at_once_with_its_buttons(pintor: Harness, grid: dict, picked: dict):
     emu = pintor.emu
     grid_id = job_id_of(grid)
-    result = upscaled
+    result = picked
     assert result["id"] != grid["id"] and not result["flags"] & EPHEMERAL
-    assert (await pintor.picture(result)).size == (4 * TILE, 4 * TILE)
-    up_id = job_id_of(result)
-    assert f"Image #2 of job {grid_id}, upscaled by tiny-upscaler" in result["content"]
-    assert f"<@{emu.user_id}>" in result["content"]
-    assert custom_ids(result) == [[f"pintor:v:{up_id}:1:s", f"pintor:v:{up_id}:1:h", f"pintor:u:{up_id}:1",
-                                   jump_url(emu.guild_id, emu.channel_id, int(grid["id"]))]]
-    labels = [c.get("label") for c in result["components"][0]["components"]]
-    assert labels == ["Vary (Subtle)", "Vary (Strong)", "Upscale again", "Grid"]
+    assert (await pintor.picture(result)).size == (TILE, TILE)  # as it was made
+    pick_id = job_id_of(result)
+    assert f"Image #2 of job {grid_id}" in result["content"] and f"<@{emu.user_id}>" in result["content"]
+    assert custom_ids(result) == picture_buttons(pick_id, jump_url(emu.guild_id, emu.channel_id, int(grid["id"])))
+    labels = [c.get("label") or c["emoji"]["name"] for row in result["components"] for c in row["components"]]
+    assert labels == ["Upscale (Subtle)", "Upscale (Creative)", "Vary (Subtle)", "Vary (Strong)", "Zoom Out 2x",
+                      "Zoom Out 1.5x", "Custom Zoom", "⬅️", "➡️", "⬆️", "⬇️", "Grid"]
     assert grid["components"] == emu.messages[int(grid["id"])]["components"]  # the grid is left as it was
 
-    job, parent = await pintor.posted(up_id), await pintor.job(grid_id)
-    assert (job.kind, job.parent_id, job.parent_index, job.status) == ("upscale", grid_id, 2, "done")
-    assert job.model == "tiny-upscaler" and job.message_id == int(result["id"])
-    assert job.images[0].seed == parent.images[1].seed
+    job, parent = await pintor.posted(pick_id), await pintor.job(grid_id)
+    assert (job.kind, job.parent_id, job.parent_index, job.status) == ("pick", grid_id, 2, "done")
+    assert job.started_at is None  # no worker job
+    assert job.images[0].path == parent.images[1].path and job.images[0].seed == parent.images[1].seed
+
+    # pressed again: the same job, posted again; /show and /history know it
+    _, again = await press(pintor, grid, f"pintor:u:{grid_id}:2")
+    assert job_id_of(again) == pick_id
+    show = await emu.slash("show", {"job_id": pick_id})
+    assert custom_ids(await show.wait_original(is_result)) == custom_ids(result)
+    history = await emu.slash("history", {})
+    page = await history.wait_original(lambda m: bool(m["embeds"]))
+    [entry] = [e for e in page["embeds"] if any(f["value"] == f"`/show job_id:{pick_id}`" for f in e["fields"])]
+    assert {"name": "kind", "value": "pick", "inline": True} in entry["fields"]
+
+
+async def test_upscale_subtle_under_the_picture_upscales_it(pintor: Harness, picked: dict, upscaled: dict):
+    emu = pintor.emu
+    pick_id, up_id = job_id_of(picked), job_id_of(upscaled)
+    assert (await pintor.picture(upscaled)).size == (4 * TILE, 4 * TILE)
+    assert f"Image #1 of job {pick_id}, upscaled by tiny-upscaler" in upscaled["content"]
+    pick = await pintor.job(pick_id)  # ↩️ leads to where the picture was last posted (U2 was pressed twice)
+    assert custom_ids(upscaled) == picture_buttons(up_id, jump_url(emu.guild_id, emu.channel_id, pick.message_id))
+    job = await pintor.posted(up_id)
+    assert (job.kind, job.parent_id, job.parent_index, job.status) == ("upscale", pick_id, 1, "done")
+    assert job.model == "tiny-upscaler" and job.message_id == int(upscaled["id"])
 
     # /show of an upscale posts the single picture with its own buttons again
     show = await emu.slash("show", {"job_id": up_id})
     again = await show.wait_original(is_result)
-    assert custom_ids(again) == custom_ids(result)
+    assert custom_ids(again) == custom_ids(upscaled)
     assert (await pintor.picture(again)).size == (4 * TILE, 4 * TILE)
 
 
@@ -208,11 +245,11 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
     assert not failure()["attachments"] and not failure()["components"]
     assert (await pintor.job(made["failing"])).status == "failed"
 
-    # The grid's buttons, made before the restart, still work (U4: U2 was upscaled already).
+    # The grid's buttons, made before the restart, still work: U4 (posted before, now at once).
     _, result = await press(pintor, grid, f"pintor:u:{job_id_of(grid)}:4")
-    assert (await pintor.picture(result)).size == (4 * TILE, 4 * TILE)
+    assert (await pintor.picture(result)).size == (TILE, TILE)
     job = await pintor.posted(job_id_of(result))
-    assert (job.kind, job.parent_id, job.parent_index) == ("upscale", job_id_of(grid), 4)
+    assert (job.kind, job.parent_id, job.parent_index) == ("pick", job_id_of(grid), 4)
 
 
 async def test_a_flagged_picture_is_shown_behind_a_spoiler(pintor: Harness, grid: dict):

@@ -102,15 +102,21 @@ async def test_a_kept_picture_goes_when_the_job_that_needs_it_is_cancelled(pinto
     long = await studio.submit(Member(other, "other"), studio.prepare("a long wait --steps 150"))
     try:
         await until_status(pintor, long.job_id, "running")
-        click = await emu.click(int(grid["id"]), f"pintor:u:{grid_job.id}:3", user_id=other)
+        click = await emu.click(int(grid["id"]), f"pintor:u:{grid_job.id}:3", user_id=other)  # the picture alone
         await acked(click, kind=DEFERRED_UPDATE)
-        upscale_id = await newest_job(pintor, other, newer_than=long.job_id)
+        await pintor.until(lambda: click.followups and is_result(click.followups[0]))
+        pick_id = job_id_of(click.followups[0])
+        click = await emu.click(int(click.followups[0]["id"]), f"pintor:x:{pick_id}:1:s", user_id=other)
+        await acked(click, kind=DEFERRED_UPDATE)
+        upscale_id = await newest_job(pintor, other, newer_than=pick_id)
         assert await forget(pintor, owner) == done_text(4)
         assert tile.is_file()
         assert await studio.cancel(upscale_id, member=Member(other))
         await until_status(pintor, upscale_id, "cancelled")
     finally:
         await studio.cancel(long.job_id)
+    assert tile.is_file()  # the other member's picture alone (U3, theirs) still shows it
+    await forget(pintor, other)
 
     async def released() -> bool:
         return not tile.exists()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import io
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bot.discord_bot import PintorBot
 from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
 from bot.settings import Settings
 from bot.studio import Studio
+from generation.events import Event
 from storage.models import Job
 from tests.discord_emulator import DiscordEmulator, RecordedRequest
 
@@ -106,6 +107,26 @@ class Harness:
         image = Image.open(io.BytesIO(await self.fetch(attachment)))
         image.load()
         return image
+
+
+@contextlib.asynccontextmanager
+async def held(harness: Harness, when: Callable[[int, Event], Awaitable[bool]]) -> AsyncIterator[asyncio.Event]:
+    """Hold the Studio back at the first event for which `when(job_id, event)` is true, until
+    the block ends (listeners run in line with storing: nothing after that event is stored
+    meanwhile). Yields an asyncio.Event that is set once the Studio is held."""
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(job_id: int, event: Event) -> None:
+        if not reached.is_set() and await when(job_id, event):
+            reached.set()
+            await release.wait()
+
+    harness.studio.listeners.append(hold)
+    try:
+        yield reached
+    finally:
+        release.set()
+        harness.studio.listeners.remove(hold)
 
 
 def job_id_in(message: dict) -> int | None:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.studio import Studio
+from bot.studio import Studio, Submitted
 from generation.queue import LocalQueue
 from generation.registry import load_registry
 from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
 from storage.jobs import JobStore
+from storage.models import Job
 
 
 def db_url(path: Path) -> str:
@@ -45,3 +46,13 @@ async def started_studio(root: Path, registry_file: Path) -> AsyncIterator[Studi
         await studio.start()
         cleanup.push_async_callback(studio.close)
         yield studio
+
+
+async def finish(studio: Studio, submitted: Submitted) -> Job:
+    """The job once its events have ended; it must be done (else its error fails the test)."""
+    async for _event in submitted.events:
+        pass
+    job = await studio.job(submitted.job_id)
+    assert job is not None
+    assert job.status == "done", job.error
+    return job

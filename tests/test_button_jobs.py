@@ -22,7 +22,7 @@ from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import DuplicateJob, JobStore
 from storage.models import MemberPreferences, ServerRules
-from tests.studio_helpers import started_studio
+from tests.studio_helpers import finish, started_studio
 
 # on the async tests only: warnings are errors, and the mark on a plain test is warned about
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -50,15 +50,6 @@ def rules(**values) -> ServerRules:
 async def studio(tmp_path_factory, small_registry_file: Path):
     async with started_studio(tmp_path_factory.mktemp("buttons"), small_registry_file) as studio:
         yield studio
-
-
-async def finish(studio: Studio, submitted):
-    async for _ in submitted.events:
-        pass
-    job = await studio.job(submitted.job_id)
-    assert job is not None
-    assert job.status == "done", job.error
-    return job
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -337,4 +328,5 @@ async def test_a_saved_model_that_is_gone_falls_back_with_a_notice(small_registr
 async def test_the_notice_is_shown_with_the_result(studio):
     request, notices = studio.prepare_with_notices("a lamp --seed 4", saved("gone-model"))
     job = await finish(studio, await studio.submit(ANN, request, notices=notices))
+    assert job.notices is not None
     assert job.model == "tiny-sd" and job.notices.splitlines()[0] == notices[0]

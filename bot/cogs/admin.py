@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import id_list, name_list, server_default
+from bot.intake import fallback_model, id_list, name_list
 from bot.limits import listing, plain
 from generation.registry import Registry, UnknownModelError
 from storage.models import ServerRules
@@ -39,7 +39,7 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         return f"{value}{unit}" if value else "no limit"
 
     allowed = name_list(rules.allowed_models)
-    default = server_default(registry, rules)
+    default = fallback_model(registry, allowed)
     models = listing(allowed, 600, separator=", ", empty="all")
     missing = [name for name in allowed if name not in registry.models]
     if missing:

@@ -183,9 +183,11 @@ def fallback_model(registry: Registry, allowed: Sequence[str] = ()) -> str:
     return makers[0] if makers else registry.default  # none left in the registry: the rule refuses, naming them
 
 
-def server_default(registry: Registry, rules: ServerRules | None) -> str:
-    """`fallback_model` under a server's rules (None in DMs and the CLI)."""
-    return fallback_model(registry, allowed_models(rules))
+def refuses_unknown_parameters(rules: ServerRules | None) -> bool:
+    """Whether prompts are read strictly under a server's rules (its strict-parameters rule;
+    None, in DMs and the CLI: not strict): parameters Pintor does not have are refused instead
+    of ignored with a notice."""
+    return rules is not None and rules.strict_parameters
 
 
 def saved_model_gone(registry: Registry, name: str, allowed: Sequence[str] = ()) -> str | None:
@@ -228,7 +230,7 @@ def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = 
     its notices. `strict` (default: the server's strict-parameters rule) refuses parameters
     Pintor does not have instead of ignoring them."""
     if strict is None:
-        strict = rules is not None and rules.strict_parameters
+        strict = refuses_unknown_parameters(rules)
     return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules), strict=strict)[0]
 
 

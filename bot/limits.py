@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 CONTENT = 2000  # a message's content
 EMBED_TITLE = 256
@@ -199,7 +200,7 @@ def listing(lines: Sequence[str], limit: int, *, empty: str = "none", separator:
     return clip(separator.join([*shown, MORE.format(len(lines) - len(shown))]), limit)
 
 
-def embeds_length(embeds: Iterable[dict]) -> int:
+def embeds_length(embeds: Iterable[Mapping[str, Any]]) -> int:
     """The characters Discord counts toward the 6,000 of all of a message's embeds (from their
     dict form: title, description, field names and values, footer text, author name)."""
     total = 0

@@ -30,11 +30,12 @@ from bot.intake import (
     blend_weights,
     check_model_files,
     choose_loras,
+    fallback_model,
     id_list,
     name_list,
     prepare,
     prepare_with_notices,
-    server_default,
+    refuses_unknown_parameters,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
 from generation.files import FileStore
@@ -49,7 +50,7 @@ from generation.upscale import CREATIVE_STRENGTH, RESAMPLE, can_upscale, upscale
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Job, JobStatus, MemberPreferences, ServerRules
 from storage.owners import OwnerStore, this_host
-from storage.settings import SettingsStore
+from storage.settings import PreferencesAndRulesStore
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Studio:
         self.refusal: str | None = None  # why this studio makes no jobs (set by start)
         self._beat: asyncio.Task | None = None
         self.files = files  # the pictures the worker's events name by key
-        self.settings = SettingsStore(store.engine)  # members' defaults and servers' rules
+        self.preferences_and_rules = PreferencesAndRulesStore(store.engine)  # members' defaults and servers' rules
         self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
         self.store = store
         self.queue = queue
@@ -232,14 +233,14 @@ class Studio:
 
     def default_model(self, rules: ServerRules | None) -> str:
         """The model of a prompt that names none, under a server's rules (None: no server)."""
-        return server_default(self.registry, rules)
+        return fallback_model(self.registry, allowed_models(rules))
 
     def prepare_with_notices(self, text: str, defaults: MemberPreferences | None = None, *,
                              rules: ServerRules | None = None) -> tuple[Request, list[str]]:
         """The request, and notices for its result (a saved model that is gone here), under
         a server's rules (allowed models, strict parameters)."""
         return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
-                                    strict=rules is not None and rules.strict_parameters)
+                                    strict=refuses_unknown_parameters(rules))
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
@@ -290,7 +291,7 @@ class Studio:
         spec = self._generator(grid.model) if grid is not None else None
         if spec is not None and grid is base:
             base = base.replace(width=image.width, height=image.height)
-        elif spec is not None:
+        elif spec is not None and grid is not None:  # (spec is None when grid is)
             base = grid  # its model, settings, text and tile size (an upscale keeps the aspect ratio)
         else:
             # the grid is gone (deleted with /forget) or its model was removed: the default
@@ -517,9 +518,9 @@ class Studio:
         if name is not None:
             spec = self.registry.get(name)
             if not spec.can_blend:
-                blenders = [m.name for m in self.registry.models.values() if m.can_blend]
+                can = [m.name for m in self.registry.models.values() if m.can_blend]
                 raise RequestError(f"'{spec.name}' cannot blend images. Models that can: "
-                                   f"{', '.join(blenders) or 'none configured'}.")
+                                   f"{', '.join(can) or 'none configured'}.")
             return spec
         allowed = name_list(rules.allowed_models) if rules is not None else []
         blenders = [m for m in self.registry.models.values() if m.can_blend]
@@ -680,19 +681,19 @@ class Studio:
 
     async def preferences(self, user_id: int) -> MemberPreferences:
         """A member's defaults (/settings); the defaults of a member who never set any."""
-        return await self.settings.member(user_id)
+        return await self.preferences_and_rules.member(user_id)
 
     async def update_preferences(self, user_id: int, user_name: str, **values) -> MemberPreferences:
         """Change a member's defaults (`values`: columns of `MemberPreferences`); returns them as stored."""
-        return await self.settings.update_member(user_id, user_name, **values)
+        return await self.preferences_and_rules.update_member(user_id, user_name, **values)
 
     async def rules(self, guild_id: int | None) -> ServerRules:
         """A server's rules (/pintor-admin); the defaults for a server that never set any (and for None)."""
-        return await self.settings.guild(guild_id)
+        return await self.preferences_and_rules.guild(guild_id)
 
     async def update_rules(self, guild_id: int, **values) -> ServerRules:
         """Change a server's rules (`values`: columns of `ServerRules`); returns them as stored."""
-        return await self.settings.update_guild(guild_id, **values)
+        return await self.preferences_and_rules.update_guild(guild_id, **values)
 
     async def unfinished_jobs(self, user_id: int) -> list[Job]:
         """A member's queued and running jobs, oldest first."""
@@ -740,7 +741,7 @@ class Studio:
         return await self.queue.cancel(job_id)
 
     async def forget(self, member: Member) -> int:
-        """Delete a member's jobs, settings and files (after cancelling what still runs).
+        """Delete a member's jobs, preferences and files (after cancelling what still runs).
         Returns how many files were deleted. One at a time per member: a second call while
         one runs waits for it (and finds nothing more to delete).
 

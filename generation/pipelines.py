@@ -37,7 +37,7 @@ from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ModelSpec
 from generation.safety import SafetyChecker
-from generation.schedulers import SchedulerError, fits, loop_for, replacement, scheduler_class
+from generation.schedulers import PipelineTask, SchedulerError, fits, loop_for, replacement, scheduler_class
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
 }
 
 
-__all__ = ["ModelLoadError", "PipelineCache", "load_vae"]
+__all__ = ["ModelLoadError", "PipelineCache", "PipelineTask", "load_vae"]
 
 
 def load_vae(spec: ModelSpec, dtype: torch.dtype) -> Any:
@@ -117,11 +117,11 @@ class PipelineCache:
         """The names of the models loaded now, least recently used first."""
         return list(self._models)
 
-    def get(self, spec: ModelSpec, task: str) -> Any:
-        """The diffusers pipeline for `spec` and `task` ("text2img", "img2img", "prior",
-        "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry), loaded on first
-        use (which may unload the least recently used model) and placed on the device, in the
-        device's dtype, with the configured scheduler.
+    def get(self, spec: ModelSpec, task: PipelineTask) -> Any:
+        """The diffusers pipeline for `spec` and `task` (a PipelineTask: "text2img", "img2img",
+        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry),
+        loaded on first use (which may unload the least recently used model) and placed on the
+        device, in the device's dtype, with the configured scheduler.
 
         Raises ModelLoadError when the source cannot be loaded (a missing folder, a hub id not in
         the cache while offline) or the model has no prior, and ValueError for another task."""
@@ -188,7 +188,7 @@ class PipelineCache:
         if self.device.device == "cuda":
             torch.cuda.empty_cache()
 
-    def _build(self, spec: ModelSpec, task: str, entry: dict[str, Any]) -> Any:
+    def _build(self, spec: ModelSpec, task: PipelineTask, entry: dict[str, Any]) -> Any:
         if task == "img2img":
             base = entry.get("text2img") or self.get(spec, "text2img")
             if spec.family in _KANDINSKY:
@@ -259,7 +259,7 @@ class PipelineCache:
         except (OSError, ValueError) as err:
             raise explain(spec.name, source, err) from err
 
-    def _finish(self, pipe: Any, spec: ModelSpec, task: str, *, placed: bool = False) -> Any:
+    def _finish(self, pipe: Any, spec: ModelSpec, task: PipelineTask, *, placed: bool = False) -> Any:
         # the configured scheduler replaces only the schedulers it fits: not the Kandinsky prior's
         if spec.scheduler and hasattr(pipe, "scheduler"):
             try:

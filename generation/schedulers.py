@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 # Samplers for distilled models that diffusers' Stable Diffusion pipelines run, though not listed
 # as compatible with their schedulers.
@@ -67,8 +67,15 @@ class SchedulerError(ValueError):
     """A scheduler name that cannot work; str(err) says why, for the admin."""
 
 
-def loop_for(family: str, task: str) -> Loop:
-    """The loop that runs `task` ("text2img", "img2img", "upscale" or "prior") in `family`."""
+# What a model's pipelines do, one diffusers pipeline each (PipelineCache.get): text to image,
+# image to image (built from the text-to-image weights), the ×4 upscale, and Kandinsky's prior.
+# A Literal, not a StrEnum: it is never stored or listed, only passed as a constant, and mypy
+# checks every call site's string.
+PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan"]
+
+
+def loop_for(family: str, task: PipelineTask) -> Loop:
+    """The loop that runs `task` in `family`."""
     loops = FAMILY_LOOPS[family]
     if task == "prior":
         return next(loop for loop in loops if loop is _PRIOR)

@@ -11,12 +11,16 @@ from storage.models import MemberPreferences, ServerRules, User
 _Row = TypeVar("_Row", MemberPreferences, ServerRules)
 
 
-class SettingsStore:
+class PreferencesAndRulesStore:
+    """Members' preferences (`MemberPreferences`, their /settings) and servers' rules
+    (`ServerRules`, /pintor-admin): the rows people change by hand, one per member or server.
+    ("Settings" alone is the process configuration, bot/settings.py.)"""
+
     def __init__(self, engine: AsyncEngine):
         self.session = async_sessionmaker(engine, expire_on_commit=False)
 
     async def member(self, user_id: int) -> MemberPreferences:
-        """A member's settings; the defaults (not stored) for a member who never set any."""
+        """A member's preferences; the defaults (not stored) for a member who never set any."""
         async with self.session() as session:
             return await session.get(MemberPreferences, user_id) or MemberPreferences.new(user_id)
 
@@ -33,7 +37,7 @@ class SettingsStore:
         return await self._update(ServerRules, guild_id, **values)
 
     async def _update(self, table: type[_Row], key: int, *, user_name: str | None = None, **values: Any) -> _Row:
-        """Change a settings row, creating it (and for a member, their user row) on first use.
+        """Change preferences or rules, creating the row (and for a member, their user row) on first use.
         Returns the row as stored, read back after the write.
 
         A new row is inserted with its defaults first and changed after: in an INSERT, the ORM

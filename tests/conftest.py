@@ -76,6 +76,20 @@ steps = 2
     return path
 
 
+def cli_env(tmp_path: Path, registry: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `pintor` subprocess as an operator sets it up: the models file
+    `registry`, the CPU, a data folder and SQLite file under `tmp_path/data`, offline, this
+    checkout's code first on the import path; `extra` variables on top."""
+    return os.environ | {
+        "PINTOR_MODELS": str(registry),
+        "PINTOR_DEVICE": "cpu",
+        "PINTOR_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    } | extra
+
+
 @pytest.fixture(scope="session")
 def registry_file(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_registry(tmp_path_factory.mktemp("registry") / "models.toml", tiny_models)

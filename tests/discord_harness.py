@@ -17,7 +17,7 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from bot.discord_bot import PintorBot
 from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
 from bot.settings import Settings
 from bot.studio import Studio
+from generation.events import Event
 from storage.models import Job
 from tests.discord_emulator import DiscordEmulator, RecordedRequest
 from tests.postgres_server import DATABASE_VARIABLE
@@ -114,6 +115,26 @@ class Harness:
         return image
 
 
+@contextlib.asynccontextmanager
+async def held(harness: Harness, when: Callable[[int, Event], Awaitable[bool]]) -> AsyncIterator[asyncio.Event]:
+    """Hold the Studio back at the first event for which `when(job_id, event)` is true, until
+    the block ends (listeners run in line with storing: nothing after that event is stored
+    meanwhile). Yields an asyncio.Event that is set once the Studio is held."""
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(job_id: int, event: Event) -> None:
+        if not reached.is_set() and await when(job_id, event):
+            reached.set()
+            await release.wait()
+
+    harness.studio.listeners.append(hold)
+    try:
+        yield reached
+    finally:
+        release.set()
+        harness.studio.listeners.remove(hold)
+
+
 def job_id_in(message: dict) -> int | None:
     """The job a message is about (its "· job N"), or None for any other message: the shared
     emulator also holds /history pages, /settings menus and the like, some with pictures and
@@ -184,14 +205,66 @@ async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPath
             point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
 
 
-@pytest.fixture
-def pintor(discord_harness: Harness):
-    """The shared bot; after the test, nothing it sent broke Discord's limits (the emulator
-    answered 400 like Discord) and no member link was unfurled into a preview."""
+SHARED_RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps",
+                "max_side", "buttons_author_only", "nsfw_check", "paused", "strict_parameters")
+SHARED_PREFERENCES = ("model", "aspect", "quality", "stylize", "private", "append")
+IDLE_TIMEOUT_S = 2 * TIMEOUT_S  # for the jobs a test left running to finish and be posted
+
+
+async def shared_state(harness: Harness) -> dict[str, Any]:
+    """What every test shares and must leave as it found it (tests/README.md, rules 3 and 4):
+    the emulator's current server and channel, that server's rules, the default member's
+    preferences and how many listeners the Studio has."""
+    emu, studio = harness.emu, harness.studio
+    rules = await studio.rules(emu.guild_id)
+    preferences = await studio.preferences(emu.user_id)
+    return {"guild and channel": (emu.guild_id, emu.channel_id),
+            "server rules": {name: getattr(rules, name) for name in SHARED_RULES},
+            "member preferences": {name: getattr(preferences, name) for name in SHARED_PREFERENCES},
+            "studio listeners": len(studio.listeners)}
+
+
+async def until_idle(harness: Harness, timeout: float = IDLE_TIMEOUT_S) -> None:
+    """Wait until the shared bot has no unfinished job and nothing left to post: the jobs a test
+    started run in its own time, not in the next test's (a grid queued behind them, or refused by
+    the server's limit of queued jobs per member). Polled: no request announces the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        unfinished = [job.id for job in await harness.studio.store.unfinished()]
+        busy = [task.get_name() for task in (*harness.bot._tasks, *harness.bot._posting)]
+        if not unfinished and not busy:
+            return
+        if loop.time() > deadline:
+            for job_id in unfinished:  # so that the tests after it are not its victims
+                if not await harness.studio.cancel(job_id):  # stored directly: in no queue
+                    await harness.studio.store.mark_cancelled(job_id)
+            raise AssertionError(f"the test left jobs {unfinished} unfinished, tasks {busy} running")
+        await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pintor(discord_harness: Harness):
+    """The shared bot. After the test: nothing it sent broke Discord's limits (the emulator
+    answered 400 like Discord), no member link was unfurled into a preview, the jobs it started
+    are finished and posted, and what every test shares is as it was (else the test fails here,
+    and the state is put back so that the tests after it are not its victims)."""
     emu = discord_harness.emu
     point_discord_at(emu.api_base, emu.gateway_url)
     requests_before, unfurled_before = len(emu.requests), len(emu.unfurled)
+    before = await shared_state(discord_harness)
     yield discord_harness
+    if discord_harness.running is None:
+        return  # stopped by the test, which failed before it started the bot again
+    await until_idle(discord_harness)
+    after = await shared_state(discord_harness)
+    changed = [name for name in before if after[name] != before[name]]
+    if changed:
+        emu.guild_id, emu.channel_id = before["guild and channel"]
+        await discord_harness.studio.update_rules(emu.guild_id, **before["server rules"])
+        await discord_harness.studio.update_preferences(emu.user_id, "", **before["member preferences"])
+        del discord_harness.studio.listeners[before["studio listeners"]:]
+    assert not changed, f"the test left the shared {', '.join(changed)} changed: {before} → {after}"
     refused = [(r.method, r.path, r.answer) for r in emu.requests[requests_before:] if r.refused_by_limits]
     assert not refused, f"Discord would refuse these messages: {refused}"
     assert emu.unfurled[unfurled_before:] == [], "Discord would preview these links in Pintor's messages"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.studio import Studio
+from bot.studio import Studio, Submitted
 from generation.files import FileStore
 from generation.memory_queue import MemoryQueue
 from generation.queue import LocalQueue
@@ -18,6 +18,7 @@ from generation.registry import load_registry
 from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
 from storage.jobs import JobStore
+from storage.models import Job
 
 
 def db_url(path: Path) -> str:
@@ -53,3 +54,13 @@ async def started_studio(root: Path, registry_file: Path, *, worker: bool = True
         await studio.start()
         cleanup.push_async_callback(studio.close)
         yield studio
+
+
+async def finish(studio: Studio, submitted: Submitted) -> Job:
+    """The job once its events have ended; it must be done (else its error fails the test)."""
+    async for _event in submitted.events:
+        pass
+    job = await studio.job(submitted.job_id)
+    assert job is not None
+    assert job.status == "done", job.error
+    return job

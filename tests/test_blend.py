@@ -11,12 +11,11 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.intake import LimitError, Member, RequestError
-from bot.studio import Studio
 from generation.inputs import UploadError
 from generation.prompt import PromptError
 from generation.request import Request
 from storage.models import ServerRules
-from tests.studio_helpers import started_studio
+from tests.studio_helpers import finish, started_studio
 from tests.test_inputs import bomb_png, grey16_png, mpo
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -38,15 +37,6 @@ async def studio(tmp_path_factory, registry_file):
         yield studio
 
 
-async def finish(studio: Studio, submitted):
-    async for _event in submitted.events:
-        pass
-    job = await studio.job(submitted.job_id)
-    assert job is not None
-    assert job.status == "done", job.error
-    return job
-
-
 async def test_blend_two_images_with_a_text(studio):
     job = await finish(studio, await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat tiger --seed 5",
                                                   dimensions="landscape"))
@@ -55,6 +45,7 @@ async def test_blend_two_images_with_a_text(studio):
     assert len(request.images) == 2 and all(Path(p).is_file() for p in request.images)
     assert request.image_weights == (1.0, 1.0) and request.parts == (("a cat tiger", 1.0),)
     assert job.images[0].width > job.images[0].height  # landscape
+    assert job.grid_path is not None
     assert len(job.images) == 4 and Path(job.grid_path).is_file()
 
 
@@ -108,6 +99,7 @@ async def test_forget_deletes_a_members_uploads_unless_another_job_uses_them(stu
     await studio.forget(ann)
     assert not Path(private).exists()  # only ann's job used it
     assert Path(shared).exists()  # bob's blend uses the same picture
+    assert first.grid_path is not None
     assert not Path(first.grid_path).parent.exists()  # the job's folder went with its pictures
     await studio.forget(bob)
     assert not Path(shared).exists()

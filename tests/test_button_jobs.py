@@ -22,7 +22,7 @@ from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import DuplicateJob, JobStore
 from storage.models import MemberPreferences, ServerRules
-from tests.studio_helpers import started_studio
+from tests.studio_helpers import finish, started_studio
 
 # on the async tests only: warnings are errors, and the mark on a plain test is warned about
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -50,15 +50,6 @@ def rules(**values) -> ServerRules:
 async def studio(tmp_path_factory, small_registry_file: Path):
     async with started_studio(tmp_path_factory.mktemp("buttons"), small_registry_file) as studio:
         yield studio
-
-
-async def finish(studio: Studio, submitted):
-    async for _ in submitted.events:
-        pass
-    job = await studio.job(submitted.job_id)
-    assert job is not None
-    assert job.status == "done", job.error
-    return job
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -277,10 +268,13 @@ async def test_simultaneous_presses_of_one_upscale_make_one_job(studio, sdxl_gri
 async def test_the_database_refuses_a_second_job_with_the_same_result(studio, sdxl_grid):
     """Two writers at once on their own connections (as two processes would be): one job."""
     engines = [open_engine(str(studio.store.engine.url)) for _ in range(2)]
+    # a real job's request: the rows stay readable by the tests after this one (/forget reads them)
+    request = Request.from_json(sdxl_grid.request).replace(kind="upscale", model="tiny-upscaler").to_json()
+    stores = [JobStore(engine) for engine in engines]
+    made: list = []
     try:
-        stores = [JobStore(engine) for engine in engines]
         results = await asyncio.gather(*(store.create_job(
-            user_id=ANN.id, user_name="ann", kind="upscale", model="tiny-upscaler", prompt="p", request="{}",
+            user_id=ANN.id, user_name="ann", kind="upscale", model="tiny-upscaler", prompt="p", request=request,
             result_key="test:race") for store in stores), return_exceptions=True)
         made = [r for r in results if not isinstance(r, BaseException)]
         assert len(made) == 1 and [type(r) for r in results if r not in made] == [DuplicateJob]
@@ -288,9 +282,12 @@ async def test_the_database_refuses_a_second_job_with_the_same_result(studio, sd
         assert isinstance(duplicate, DuplicateJob)
         assert duplicate.job.id == made[0].id
         await stores[0].mark_failed(made[0].id, "test")  # a failed job gives its key back
-        await stores[1].create_job(user_id=ANN.id, user_name="ann", kind="upscale", model="tiny-upscaler",
-                                   prompt="p", request="{}", result_key="test:race")
+        made.append(await stores[1].create_job(user_id=ANN.id, user_name="ann", kind="upscale",
+                                               model="tiny-upscaler", prompt="p", request=request,
+                                               result_key="test:race"))
     finally:
+        for job in made:  # leave nothing queued (tests/README.md, rule 4): no worker ever runs these
+            await stores[0].mark_failed(job.id, "test")
         for engine in engines:
             await engine.dispose()
 
@@ -331,4 +328,5 @@ async def test_a_saved_model_that_is_gone_falls_back_with_a_notice(small_registr
 async def test_the_notice_is_shown_with_the_result(studio):
     request, notices = studio.prepare_with_notices("a lamp --seed 4", saved("gone-model"))
     job = await finish(studio, await studio.submit(ANN, request, notices=notices))
+    assert job.notices is not None
     assert job.model == "tiny-sd" and job.notices.splitlines()[0] == notices[0]

@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import cli_env
+
 SECRET = "MTIz.secret-token-value.xyz"
 
 
 @pytest.fixture
 def env(tmp_path: Path, registry_file: Path) -> dict[str, str]:
-    return os.environ | {
-        "PINTOR_MODELS": str(registry_file),
-        "PINTOR_DEVICE": "cpu",
-        "PINTOR_DATA_DIR": str(tmp_path / "data"),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}",
-        "DISCORD_TOKEN": SECRET,
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }
+    return cli_env(tmp_path, registry_file, DISCORD_TOKEN=SECRET)
 
 
 def pintor(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:

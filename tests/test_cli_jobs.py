@@ -4,7 +4,6 @@ SQLite file — and the README's Python example run as a script, as written ther
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -16,19 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def env(tmp_path: Path, small_registry_file: Path) -> dict[str, str]:
-    return os.environ | {
-        "PINTOR_MODELS": str(small_registry_file),
-        "PINTOR_DEVICE": "cpu",
-        "PINTOR_DATA_DIR": str(tmp_path / "data"),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
-    }
+    return cli_env(tmp_path, small_registry_file)
 
 
 def png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> Path:

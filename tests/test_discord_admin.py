@@ -44,7 +44,7 @@ async def refusal(pintor: Harness, inter) -> str:
 
 
 async def rules_now(pintor: Harness) -> tuple:
-    rules = await pintor.studio.settings.guild(pintor.emu.guild_id)
+    rules = await pintor.studio.preferences_and_rules.guild(pintor.emu.guild_id)
     return tuple(getattr(rules, name) for name in RULES)
 
 
@@ -53,7 +53,7 @@ async def server(pintor: Harness):
     """The harness, with the server's rules put back as they were after the test."""
     before = dict(zip(RULES, await rules_now(pintor), strict=True))
     yield pintor
-    await pintor.studio.settings.update_guild(pintor.emu.guild_id, **before)
+    await pintor.studio.preferences_and_rules.update_guild(pintor.emu.guild_id, **before)
 
 
 async def jobs_of(pintor: Harness, member: int) -> list[Job]:
@@ -106,8 +106,9 @@ async def test_it_is_refused_in_direct_messages(pintor: Harness):
 
 
 async def test_show_describes_the_servers_rules(server: Harness):
-    await server.studio.settings.update_guild(server.emu.guild_id, max_queued_per_member=5, daily_quota=None,
-                                             allowed_models=None, channel_ids=None, paused=False)
+    await server.studio.preferences_and_rules.update_guild(server.emu.guild_id, max_queued_per_member=5,
+                                                           daily_quota=None, allowed_models=None, channel_ids=None,
+                                                           paused=False)
     content = (await admin(server, "show"))["content"]
     assert content.splitlines()[0] == "**Pintor on this server**"
     assert "models allowed: all" in content and "answers in: all channels" in content
@@ -118,7 +119,7 @@ async def test_at_most_max_queued_jobs_of_twenty_simultaneous_imagines(server: H
     emu, studio = server.emu, server.studio
     answer = await admin(server, "limits", {"max_queued": 3, "max_steps": 150})
     assert "jobs one member may have queued: 3" in answer["content"]
-    assert (await studio.settings.guild(emu.guild_id)).max_queued_per_member == 3
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).max_queued_per_member == 3
 
     member = emu._snowflake()
     inters = await asyncio.gather(*(
@@ -146,7 +147,7 @@ async def test_at_most_max_queued_jobs_of_twenty_simultaneous_imagines(server: H
     # 0 = no limit
     content = (await admin(server, "limits", {"max_queued": 0, "max_steps": 0}))["content"]
     assert "jobs one member may have queued: no limit" in content and "max steps: no limit" in content
-    rules = await studio.settings.guild(emu.guild_id)
+    rules = await studio.preferences_and_rules.guild(emu.guild_id)
     assert (rules.max_queued_per_member, rules.max_steps) == (None, None)
 
 
@@ -171,7 +172,7 @@ async def test_only_allowed_models_may_be_used(server: Harness):
     emu = server.emu
     answer = await admin(server, "models", {"names": "nope, tiny-sd"})
     assert "Unknown model(s): nope" in answer["content"]
-    assert (await server.studio.settings.guild(emu.guild_id)).allowed_models is None
+    assert (await server.studio.preferences_and_rules.guild(emu.guild_id)).allowed_models is None
 
     assert "models allowed: tiny-sd" in (await admin(server, "models", {"names": "tiny-sd"}))["content"]
     member = emu._snowflake()
@@ -181,24 +182,24 @@ async def test_only_allowed_models_may_be_used(server: Harness):
     assert not await jobs_of(server, member)
 
     assert "models allowed: all" in (await admin(server, "models", {"names": "all"}))["content"]
-    assert (await server.studio.settings.guild(emu.guild_id)).allowed_models is None
+    assert (await server.studio.preferences_and_rules.guild(emu.guild_id)).allowed_models is None
 
 
 async def test_loras_allowed_and_per_job_limit_are_stored_and_unknown_ones_refused(server: Harness):
     emu = server.emu
-    before = await server.studio.settings.guild(emu.guild_id)
+    before = await server.studio.preferences_and_rules.guild(emu.guild_id)
     answer = await admin(server, "loras", {"names": "nope", "max_per_job": 1})
     assert "Not changed: unknown LoRA(s): nope. Configured: none. Or write 'all' or 'none'." in answer["content"]
-    stored = await server.studio.settings.guild(emu.guild_id)
+    stored = await server.studio.preferences_and_rules.guild(emu.guild_id)
     assert (stored.allowed_loras, stored.max_loras) == (before.allowed_loras, before.max_loras)
 
     answer = await admin(server, "loras", {"names": "none", "max_per_job": 1})
     assert "LoRAs allowed: none · at most 1 per job" in answer["content"]
-    stored = await server.studio.settings.guild(emu.guild_id)
+    stored = await server.studio.preferences_and_rules.guild(emu.guild_id)
     assert (stored.allowed_loras, stored.max_loras) == ("", 1)
     answer = await admin(server, "loras", {"names": "all", "max_per_job": 0})
     assert "LoRAs allowed: all (none are configured) · at most 8 per job" in answer["content"]
-    stored = await server.studio.settings.guild(emu.guild_id)
+    stored = await server.studio.preferences_and_rules.guild(emu.guild_id)
     assert (stored.allowed_loras, stored.max_loras) == (None, None)
 
     # a member's LoRA that is not configured: a private message, nothing stored
@@ -224,7 +225,7 @@ async def test_pintor_answers_only_in_the_chosen_channels(server: Harness):
     assert not await jobs_of(server, member)
 
     await admin(server, "channels", {"channels": f"<#{elsewhere}> <#{emu.channel_id}>"})
-    assert (await studio.settings.guild(emu.guild_id)).channel_ids == f"{elsewhere},{emu.channel_id}"
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).channel_ids == f"{elsewhere},{emu.channel_id}"
     accepted = await emu.slash("imagine", {"prompt": "a fox in the right channel --steps 150"}, user_id=member)
     await acked(accepted, kind=DEFERRED)
     [job] = await stored_jobs(server, member, 1)
@@ -263,7 +264,7 @@ async def test_pause_resume_and_author_only_buttons(server: Harness):
 async def test_the_nsfw_check_switch_is_stored(server: Harness):
     emu, studio = server.emu, server.studio
     assert "NSFW check: off" in (await admin(server, "nsfw-check", {"on": False}))["content"]
-    assert (await studio.settings.guild(emu.guild_id)).nsfw_check is False
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).nsfw_check is False
     member = emu._snowflake()
     inter = await emu.slash("imagine", {"prompt": "an unchecked fox --steps 150"}, user_id=member)
     await acked(inter, kind=DEFERRED)
@@ -279,7 +280,7 @@ async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):
     emu, studio = server.emu, server.studio
     answer = (await admin(server, "strict-parameters", {"on": True}))["content"]
     assert "parameters Pintor does not have: refused (strict)" in answer
-    assert (await studio.settings.guild(emu.guild_id)).strict_parameters is True
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).strict_parameters is True
     try:
         inter = await emu.slash("imagine", {"prompt": "a fox --tile --v 5"}, user_id=emu._snowflake())
         callback = await acked(inter, kind=MESSAGE)
@@ -287,4 +288,4 @@ async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):
     finally:
         answer = (await admin(server, "strict-parameters", {"on": False}))["content"]
     assert "parameters Pintor does not have: ignored, with a notice" in answer
-    assert (await studio.settings.guild(emu.guild_id)).strict_parameters is False
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).strict_parameters is False

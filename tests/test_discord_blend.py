@@ -228,26 +228,26 @@ async def test_a_model_that_cannot_blend_is_a_clear_error(pintor: Harness):
 
 async def test_a_refused_blend_keeps_no_upload(pintor: Harness):
     """A server rule refuses the job after the uploads were checked: none of them is kept."""
-    emu, settings = pintor.emu, pintor.studio.settings
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
     jobs, files = await pintor.job_count(), inputs_listing(pintor)
-    await settings.update_guild(emu.guild_id, paused=True)
+    await stored.update_guild(emu.guild_id, paused=True)
     try:
         inter = await emu.slash("blend", {"image1": emu.add_attachment("a.png", png((1, 2, 3))),
                                           "image2": emu.add_attachment("b.png", png((4, 5, 6)))})
         text = await refused(pintor, inter)
     finally:
-        await settings.update_guild(emu.guild_id, paused=False)
+        await stored.update_guild(emu.guild_id, paused=False)
     assert "paused" in text
     assert await pintor.job_count() == jobs and inputs_listing(pintor) == files
 
 
 async def test_a_members_private_setting_keeps_the_blend_private(pintor: Harness):
-    settings = pintor.studio.settings
-    await settings.update_member(pintor.emu.user_id, "member", private=True)
+    stored = pintor.studio.preferences_and_rules
+    await stored.update_member(pintor.emu.user_id, "member", private=True)
     try:
         inter, final, _ = await blend(pintor, {"prompt": "--seed 8"})
     finally:
-        await settings.update_member(pintor.emu.user_id, private=False)
+        await stored.update_member(pintor.emu.user_id, private=False)
     assert inter.callbacks[0]["data"]["flags"] & EPHEMERAL
     assert final["flags"] & EPHEMERAL
 

@@ -144,8 +144,8 @@ async def test_vary_of_an_upscale_keeps_the_grids_model_and_settings(pintor: Har
 
 
 async def test_a_textless_blend_upscaled_then_varied_on_a_kandinsky_only_server(pintor: Harness):
-    emu, settings = pintor.emu, pintor.studio.settings
-    await settings.update_guild(emu.guild_id, allowed_models="tiny-kandinsky")
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    await stored.update_guild(emu.guild_id, allowed_models="tiny-kandinsky")
     try:
         inter = await emu.slash("blend", {"image1": emu.add_attachment("a.png", png((220, 30, 30))),
                                           "image2": emu.add_attachment("b.png", png((30, 30, 220), (64, 64)))})
@@ -159,28 +159,28 @@ async def test_a_textless_blend_upscaled_then_varied_on_a_kandinsky_only_server(
             assert request.images == ((await pintor.job(job_id_of(upscale))).images[0].path,)  # its own steering
             assert "blend of 2 images" in made["content"] and "tiny-kandinsky" in made["content"]
     finally:
-        await settings.update_guild(emu.guild_id, allowed_models=None)
+        await stored.update_guild(emu.guild_id, allowed_models=None)
 
 
 # -- item 7: steps Pintor chooses stay within the server's limit ----------------------------------
 
 
 async def test_buttons_meet_max_steps_or_say_why_the_button_cannot(pintor: Harness, grid: dict, upscaled: dict):
-    emu, settings = pintor.emu, pintor.studio.settings
-    await settings.update_guild(emu.guild_id, max_steps=2)
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    await stored.update_guild(emu.guild_id, max_steps=2)
     try:
         made = await result(pintor, upscaled, button(upscaled, "Vary (Subtle)"))
         request = Request.from_json((await pintor.posted(job_id_of(made))).request)
         assert request.steps == 2 and int(request.steps * request.strength) >= 1
         await result(pintor, made, f"pintor:r:{job_id_of(made)}")  # 🔄 of it, within the limit too
 
-        await settings.update_guild(emu.guild_id, max_steps=1)
+        await stored.update_guild(emu.guild_id, max_steps=1)
         text = await refusal(pintor, upscaled, button(upscaled, "Vary (Strong)"))
         assert "allows 1 step per job: too few to vary a picture" in text and "--steps" not in text
         text = await refusal(pintor, grid, f"pintor:r:{job_id_of(grid)}")
         assert f"🔄 would make job {job_id_of(grid)} again with its 2 steps" in text and "--steps" not in text
     finally:
-        await settings.update_guild(emu.guild_id, max_steps=None)
+        await stored.update_guild(emu.guild_id, max_steps=None)
 
 
 # -- item 8: one upscale per picture -------------------------------------------------------------
@@ -224,7 +224,7 @@ async def test_upscale_pressed_twice_at_once_makes_one_upscale_and_points_to_it(
 async def test_a_saved_model_that_was_removed_falls_back_with_a_notice(pintor: Harness):
     emu, studio = pintor.emu, pintor.studio
     member = emu._snowflake()
-    await studio.settings.update_member(member, "member", model="tiny-sdxl")
+    await studio.preferences_and_rules.update_member(member, "member", model="tiny-sdxl")
     registry = studio.registry
     studio.registry = dataclasses.replace(registry, models={n: m for n, m in registry.models.items()
                                                             if n != "tiny-sdxl"})  # the admin removed it
@@ -242,14 +242,14 @@ async def test_a_saved_model_that_was_removed_falls_back_with_a_notice(pintor: H
     assert "model: `tiny-sdxl` — ⚠️ no longer available: `tiny-sd` is used instead" in shown
 
     # …or took it off this server's allowed models
-    await studio.settings.update_guild(emu.guild_id, allowed_models="tiny-sd,tiny-kandinsky")
+    await studio.preferences_and_rules.update_guild(emu.guild_id, allowed_models="tiny-sd,tiny-kandinsky")
     try:
         inter = await emu.slash("imagine", {"prompt": "a tin robot --seed 5"}, user_id=member)
         final = await inter.wait_original(is_result, timeout=90)
         settings = await emu.slash("settings", user_id=member)
         shown = (await settings.wait_callback(timeout=3))["data"]["content"]
     finally:
-        await studio.settings.update_guild(emu.guild_id, allowed_models=None)
+        await studio.preferences_and_rules.update_guild(emu.guild_id, allowed_models=None)
     assert (await pintor.job(job_id_of(final))).model == "tiny-sd"
     assert "Your saved model 'tiny-sdxl' is not allowed on this server: this used tiny-sd" in final["content"]
     assert "⚠️ not allowed on this server" in shown

@@ -262,8 +262,8 @@ async def test_a_flagged_picture_is_shown_behind_a_spoiler(pintor: Harness, grid
 
 
 async def test_server_rules_apply_to_buttons(pintor: Harness, grid: dict):
-    emu, settings = pintor.emu, pintor.studio.settings
-    await settings.update_guild(emu.guild_id, paused=True)
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    await stored.update_guild(emu.guild_id, paused=True)
     try:
         before = await pintor.job_count()
         click = await emu.click(int(grid["id"]), f"pintor:r:{job_id_of(grid)}")
@@ -271,10 +271,10 @@ async def test_server_rules_apply_to_buttons(pintor: Harness, grid: dict):
         assert click.followups[0]["flags"] & EPHEMERAL and "paused" in click.followups[0]["content"]
         assert await pintor.job_count() == before
 
-        await settings.update_guild(emu.guild_id, paused=False, buttons_author_only=True)
+        await stored.update_guild(emu.guild_id, paused=False, buttons_author_only=True)
         click = await emu.click(int(grid["id"]), f"pintor:r:{job_id_of(grid)}", user_id=emu._snowflake())
         await pintor.until(lambda: click.followups)
         assert click.followups[0]["flags"] & EPHEMERAL and "Only" in click.followups[0]["content"]
         assert await pintor.job_count() == before
     finally:
-        await settings.update_guild(emu.guild_id, paused=False, buttons_author_only=False)
+        await stored.update_guild(emu.guild_id, paused=False, buttons_author_only=False)

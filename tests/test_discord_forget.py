@@ -13,7 +13,7 @@ import pytest
 from bot.discord_bot import FORGOTTEN
 from bot.intake import Member
 from generation.events import Progress
-from tests.discord_harness import Harness, acked, is_result, job_id_of
+from tests.discord_harness import Harness, acked, held, is_result, job_id_of
 from tests.test_discord_members import (
     DEFERRED,
     DEFERRED_UPDATE,
@@ -163,16 +163,11 @@ async def test_a_double_click_on_delete_everything_deletes_once_and_says_what(pi
 async def test_forget_settles_the_messages_of_running_and_queued_jobs(pintor: Harness):
     emu, studio = pintor.emu, pintor.studio
     member = emu._snowflake()
-    shown, release = asyncio.Event(), asyncio.Event()
 
-    async def hold_after_a_preview(job_id: int, event) -> None:  # listeners run in line with storing
-        if isinstance(event, Progress) and event.preview and not shown.is_set():
-            if (await pintor.job(job_id)).user_id == member:
-                shown.set()
-                await release.wait()
+    async def a_preview_of_theirs(job_id: int, event) -> bool:
+        return isinstance(event, Progress) and bool(event.preview) and (await pintor.job(job_id)).user_id == member
 
-    studio.listeners.append(hold_after_a_preview)
-    try:
+    async with held(pintor, a_preview_of_theirs) as shown:
         running = await emu.slash("imagine", {"prompt": "a forgotten lighthouse --steps 150"}, user_id=member)
         await acked(running, kind=DEFERRED)
         waiting = await emu.slash("imagine", {"prompt": "a forgotten harbour --steps 150"}, user_id=member)
@@ -181,9 +176,6 @@ async def test_forget_settles_the_messages_of_running_and_queued_jobs(pintor: Ha
         await running.wait_original(lambda m: "generating" in m["content"] and m["attachments"])
         await waiting.wait_original(lambda m: "queued" in m["content"])
         assert await forget(pintor, member) == done_text(0)
-    finally:
-        release.set()
-        studio.listeners.remove(hold_after_a_preview)
 
     for inter in (running, waiting):
         settled = await inter.wait_original(lambda m: m["content"] == FORGOTTEN, timeout=30)
@@ -219,19 +211,19 @@ async def test_settings_and_forget_controls_keep_answering_after_a_restart(pinto
     bad = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "--ar banana"})
     refusal = await acked(bad, kind=MESSAGE)
     assert refusal["data"]["flags"] & EPHEMERAL and "Not saved" in refusal["data"]["content"]
-    stored = await studio.settings.member(member)
+    stored = await studio.preferences_and_rules.member(member)
     assert (stored.aspect, stored.private, stored.append) == ("3:2", True, "--no clouds")
 
     await press(pintor, ask.original_id, member, "Keep my data")
     assert emu.messages[ask.original_id]["content"] == "Nothing was deleted."
     assert not emu.messages[ask.original_id]["components"]
-    assert (await studio.settings.member(member)).aspect == "3:2"
+    assert (await studio.preferences_and_rules.member(member)).aspect == "3:2"
 
 
 async def test_an_expired_forget_question_says_so_and_deletes_nothing(pintor: Harness):
     emu, studio = pintor.emu, pintor.studio
     member = emu._snowflake()
-    await studio.settings.update_member(member, "slow", aspect="2:3")
+    await studio.preferences_and_rules.update_member(member, "slow", aspect="2:3")
     account = pintor.bot.get_cog("Account")
     account.forget_timeout_s = -1  # every question has expired
     try:
@@ -244,7 +236,7 @@ async def test_an_expired_forget_question_says_so_and_deletes_nothing(pintor: Ha
             assert not answer["components"]
     finally:
         del account.forget_timeout_s
-    assert (await studio.settings.member(member)).aspect == "2:3"
+    assert (await studio.preferences_and_rules.member(member)).aspect == "2:3"
 
 
 async def test_someone_elses_settings_controls_are_refused(pintor: Harness):
@@ -256,5 +248,5 @@ async def test_someone_elses_settings_controls_are_refused(pintor: Harness):
     click = await emu.click(settings.original_id, select["custom_id"], values=["16:9"], user_id=other)
     answer = await acked(click, kind=MESSAGE)
     assert answer["data"]["flags"] & EPHEMERAL and "someone else's settings" in answer["data"]["content"]
-    assert (await studio.settings.member(member)).aspect is None
-    assert (await studio.settings.member(other)).aspect is None
+    assert (await studio.preferences_and_rules.member(member)).aspect is None
+    assert (await studio.preferences_and_rules.member(other)).aspect is None

@@ -190,8 +190,8 @@ async def test_show_posts_a_finished_job_again(pintor: Harness):
 
 
 async def test_server_rules_are_applied_with_a_private_answer(pintor: Harness):
-    emu, settings = pintor.emu, pintor.studio.settings
-    await settings.update_guild(emu.guild_id, paused=True)
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    await stored.update_guild(emu.guild_id, paused=True)
     try:
         before = await pintor.job_count()
         inter = await emu.slash("imagine", {"prompt": "a fox in a paused server"})
@@ -201,19 +201,19 @@ async def test_server_rules_are_applied_with_a_private_answer(pintor: Harness):
         assert answer["flags"] & EPHEMERAL and "paused" in answer["content"]
         assert await pintor.job_count() == before
     finally:
-        await settings.update_guild(emu.guild_id, paused=False)
+        await stored.update_guild(emu.guild_id, paused=False)
 
 
 async def test_a_members_settings_fill_in_the_prompt_and_keep_results_private(pintor: Harness):
-    emu, settings = pintor.emu, pintor.studio.settings
-    await settings.update_member(emu.user_id, "member", aspect="3:2", private=True)
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    await stored.update_member(emu.user_id, "member", aspect="3:2", private=True)
     try:
         inter = await emu.slash("imagine", {"prompt": "a secret garden --seed 4"})
         callback = await inter.wait_callback(timeout=3)
         assert callback["type"] == DEFERRED and callback["data"]["flags"] & EPHEMERAL
         final = await inter.wait_original(is_result, timeout=90)
     finally:
-        await settings.update_member(emu.user_id, aspect=None, private=False)
+        await stored.update_member(emu.user_id, aspect=None, private=False)
     assert final["flags"] & EPHEMERAL
     assert "--ar 3:2" in final["content"]
     assert (await pintor.picture(final)).size == (384, 256)
@@ -246,8 +246,8 @@ async def test_a_pasted_midjourney_prompt_is_made_and_every_change_is_said(pinto
 
 
 async def test_strict_servers_refuse_unknown_parameters(pintor: Harness):
-    emu, settings = pintor.emu, pintor.studio.settings
-    await settings.update_guild(emu.guild_id, strict_parameters=True)
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    await stored.update_guild(emu.guild_id, strict_parameters=True)
     try:
         before = await pintor.job_count()
         inter = await emu.slash("imagine", {"prompt": "a fox --tile --sref 12 --bogus 3"})
@@ -257,7 +257,7 @@ async def test_strict_servers_refuse_unknown_parameters(pintor: Harness):
             assert name in callback["data"]["content"]
         assert await pintor.job_count() == before
     finally:
-        await settings.update_guild(emu.guild_id, strict_parameters=False)
+        await stored.update_guild(emu.guild_id, strict_parameters=False)
 
 
 async def test_prompt_notices_never_push_the_status_line_out_of_a_message():

@@ -22,7 +22,7 @@ from generation.events import Started
 from generation.request import Request
 from storage.jobs import NewImage
 from storage.models import Job, JobStatus, MemberPreferences, User
-from tests.discord_harness import Harness, acked, is_result, job_id_of
+from tests.discord_harness import Harness, acked, held, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -190,7 +190,7 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
     assert chosen == {"tiny-sd", "16:9", "0.5", "250"}
     await press(pintor, message_id, member, "Private mode on/off")
     assert "private mode: on" in emu.messages[message_id]["content"]
-    stored = await studio.settings.member(member)
+    stored = await studio.preferences_and_rules.member(member)
     assert (stored.model, stored.aspect, stored.quality, stored.stylize, stored.private) == (
         "tiny-sd", "16:9", 0.5, 250, True)
 
@@ -204,12 +204,12 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
     unknown = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "--model nope"})
     refusal = await acked(unknown, kind=MESSAGE)
     assert "Not saved" in refusal["data"]["content"] and "Unknown model 'nope'" in refusal["data"]["content"]
-    assert (await studio.settings.member(member)).append == ""
+    assert (await studio.preferences_and_rules.member(member)).append == ""
     opened = await press(pintor, message_id, member, "Always append…", kind=MODAL)
     saved = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "film grain --no fog"})
     await acked(saved, kind=UPDATE)
     assert "always append: film grain --no fog" in emu.messages[message_id]["content"]
-    assert (await studio.settings.member(member)).append == "film grain --no fog"
+    assert (await studio.preferences_and_rules.member(member)).append == "film grain --no fog"
 
     # /imagine by this member: the defaults fill in; private mode makes the reply ephemeral
     with_defaults = await emu.slash("imagine", {"prompt": "a harbour at dawn --seed 3"}, user_id=member)
@@ -236,7 +236,7 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
     # Reset all: the defaults are gone
     await press(pintor, message_id, member, "Reset all")
     assert "(server default)" in emu.messages[message_id]["content"]
-    stored = await studio.settings.member(member)
+    stored = await studio.preferences_and_rules.member(member)
     assert (stored.model, stored.aspect, stored.quality, stored.stylize, stored.private, stored.append) == (
         None, None, None, None, False, "")
 
@@ -325,7 +325,7 @@ async def test_forget_deletes_a_members_jobs_files_and_settings_after_confirming
         tiles = [png(tmp_path / f"tile{job.id}-{n}.png", (128, 128)) for n in (1, 2)]
         await studio.store.complete(job.id, [NewImage(p, 128, 128, n, "0" * 64) for n, p in enumerate(tiles)], grid)
         files += [grid, *tiles]
-    await studio.settings.update_member(member, "diarist", aspect="2:3")
+    await studio.preferences_and_rules.update_member(member, "diarist", aspect="2:3")
     [theirs] = await store_jobs(pintor, other, ["a copy of a diary page"])
     async with studio.store.session.begin() as session:  # made from the member's grid, as V/U would
         await session.execute(update(Job).where(Job.id == theirs.id).values(parent_id=jobs[0].id))
@@ -339,7 +339,7 @@ async def test_forget_deletes_a_members_jobs_files_and_settings_after_confirming
         ask.original_id]["components"]
     assert all(Path(f).exists() for f in files)
     assert len((await studio.store.history(member, offset=0, limit=10))[0]) == 2
-    assert (await studio.settings.member(member)).aspect == "2:3"
+    assert (await studio.preferences_and_rules.member(member)).aspect == "2:3"
 
     # "Delete everything"
     ask = await emu.slash("forget", user_id=member)
@@ -364,15 +364,11 @@ async def test_forget_while_a_result_is_being_stored_keeps_no_picture(pintor: Ha
     pictures, which no row refers to any more, must not stay on disk."""
     emu, studio = pintor.emu, pintor.studio
     member = emu._snowflake()
-    started, release = asyncio.Event(), asyncio.Event()
 
-    async def hold_the_results_back(job_id: int, event) -> None:  # listeners run in line with storing
-        if isinstance(event, Started) and (await pintor.job(job_id)).user_id == member:
-            started.set()
-            await release.wait()
+    async def their_start(job_id: int, event) -> bool:  # holds the results back: stored after it
+        return isinstance(event, Started) and (await pintor.job(job_id)).user_id == member
 
-    studio.listeners.append(hold_the_results_back)
-    try:
+    async with held(pintor, their_start) as started:
         inter = await emu.slash("imagine", {"prompt": "a secret drawing --steps 1 --seed 2"}, user_id=member)
         await acked(inter, kind=DEFERRED)
         await asyncio.wait_for(started.wait(), 60)
@@ -387,9 +383,6 @@ async def test_forget_while_a_result_is_being_stored_keeps_no_picture(pintor: Ha
         await acked(ask, kind=MESSAGE)
         await press(pintor, ask.original_id, member, "Delete everything", kind=DEFERRED_UPDATE)
         await ask.wait_original(lambda m: m["content"].startswith("Done"))
-    finally:
-        release.set()
-        studio.listeners.remove(hold_the_results_back)
 
     async def no_pictures_left() -> bool:
         return not list(folder.glob("*.png"))

@@ -72,7 +72,7 @@ async def refused_press(pintor: Harness, message: dict, custom_id: str, member: 
 async def test_a_private_result_exists_only_for_its_author(pintor: Harness):
     emu, studio = pintor.emu, pintor.studio
     author, other = emu._snowflake(), emu._snowflake()
-    await studio.settings.update_member(author, "author", private=True)
+    await studio.preferences_and_rules.update_member(author, "author", private=True)
     inter = await emu.slash("imagine", {"prompt": "my secret garden --steps 1 --seed 5"}, user_id=author)
     await acked(inter, kind=DEFERRED)
     result = await inter.wait_original(is_result, timeout=90)
@@ -88,7 +88,7 @@ async def test_a_private_result_exists_only_for_its_author(pintor: Harness):
         answer = (await acked(show, kind=MESSAGE))["data"]
         assert answer["flags"] & EPHEMERAL and answer["content"] == f"There is no job {asked} here."
     # Private mode off later: what was delivered privately stays private.
-    await studio.settings.update_member(author, private=False)
+    await studio.preferences_and_rules.update_member(author, private=False)
     show = await emu.slash("show", {"job_id": job_id}, user_id=other)
     assert (await acked(show, kind=MESSAGE))["data"]["content"] == f"There is no job {job_id} here."
     assert not [m for m in emu.messages.values() if "my secret garden" in m["content"] and not m["flags"] & EPHEMERAL]
@@ -113,7 +113,7 @@ async def test_a_private_members_button_job_is_private_too(pintor: Harness, tmp_
                              guild_id=emu.guild_id, channel_id=emu.channel_id)
     show = await emu.slash("show", {"job_id": grid_id}, user_id=owner)
     grid = await show.wait_original(is_result)
-    await studio.settings.update_member(presser, "presser", private=True)
+    await studio.preferences_and_rules.update_member(presser, "presser", private=True)
     click = await emu.click(int(grid["id"]), f"pintor:r:{grid_id}", user_id=presser)
     await acked(click, kind=DEFERRED_UPDATE)
     await pintor.until(lambda: click.followups and is_result(click.followups[0]))
@@ -135,7 +135,7 @@ async def test_buttons_in_a_dm_follow_the_rules_of_the_jobs_server(pintor: Harne
     emu, studio, bot = pintor.emu, pintor.studio, pintor.bot
     guild, channel = emu.add_guild()
     member = emu._snowflake()
-    await studio.settings.update_member(member, "dreamer", private=True)
+    await studio.preferences_and_rules.update_member(member, "dreamer", private=True)
     bot.interaction_ttl_s = 0  # the token is gone before the result: a private result goes by DM
     try:
         inter = await emu.slash("imagine", {"prompt": "a night ferry --steps 1 --seed 9"}, user_id=member,
@@ -156,8 +156,8 @@ async def test_buttons_in_a_dm_follow_the_rules_of_the_jobs_server(pintor: Harne
                             (dict(max_side=64), "limit of 64 pixels"),
                             (dict(max_queued_per_member=0), "allows 0"),
                             (dict(buttons_author_only=True), None)):
-            await studio.settings.update_guild(guild, **(dict(paused=False, daily_quota=None, allowed_models=None,
-                                                              max_side=None, max_queued_per_member=5) | rules))
+            await studio.preferences_and_rules.update_guild(guild, **(dict(
+                paused=False, daily_quota=None, allowed_models=None, max_side=None, max_queued_per_member=5) | rules))
             if says is not None:
                 assert says in await refused_press(pintor, result, reroll, member)
         # the server's author-only rule: another member's press in a DM is refused as well
@@ -167,7 +167,7 @@ async def test_buttons_in_a_dm_follow_the_rules_of_the_jobs_server(pintor: Harne
 
         # A press the rules allow: the job counts on that server (its quota, its rules); the
         # channel list does not apply, as nothing is posted in the server.
-        await studio.settings.update_guild(guild, buttons_author_only=False, daily_quota=2,
+        await studio.preferences_and_rules.update_guild(guild, buttons_author_only=False, daily_quota=2,
                                            channel_ids=str(emu.add_channel(guild)))
         click = await emu.click(int(result["id"]), reroll, user_id=member)
         await acked(click, kind=DEFERRED_UPDATE)
@@ -216,7 +216,7 @@ async def test_show_follows_the_servers_channel_list(pintor: Harness, tmp_path: 
     listed = emu.add_channel(guild)
     member = emu._snowflake()
     job_id = await done_job(pintor, member, tmp_path, prompt="a quiet pond", guild_id=guild, channel_id=listed)
-    await studio.settings.update_guild(guild, channel_ids=str(listed))
+    await studio.preferences_and_rules.update_guild(guild, channel_ids=str(listed))
 
     show = await emu.slash("show", {"job_id": job_id}, user_id=member, channel_id=quiet)
     answer = (await acked(show, kind=MESSAGE))["data"]
@@ -271,7 +271,7 @@ async def test_a_servers_daily_quota_counts_that_servers_jobs(pintor: Harness, t
     old = await done_job(pintor, member, tmp_path, prompt="yesterday", guild_id=guild_a)
     async with studio.store.session.begin() as session:
         await session.execute(update(Job).where(Job.id == old).values(created_at=datetime.now(UTC) - timedelta(days=1)))
-    await studio.settings.update_guild(guild_a, daily_quota=3)
+    await studio.preferences_and_rules.update_guild(guild_a, daily_quota=3)
 
     assert await info_today(pintor, member, channel_id=channel_a) == "1 of 3"
     assert await info_today(pintor, member, channel_id=channel_b) == "3"
@@ -300,7 +300,7 @@ async def test_the_queue_limit_counts_a_members_unfinished_jobs_everywhere(pinto
     waiting = [await done_job(pintor, member, tmp_path, prompt=f"waiting on B {n}", guild_id=guild_b,
                               channel_id=channel_b, status="queued") for n in range(2)]
     try:
-        await studio.settings.update_guild(guild_a, max_queued_per_member=2)
+        await studio.preferences_and_rules.update_guild(guild_a, max_queued_per_member=2)
         inter = await emu.slash("imagine", {"prompt": "one more on A"}, user_id=member, channel_id=channel_a)
         await acked(inter, kind=DEFERRED)
         await pintor.until(lambda: inter.followups)
@@ -315,7 +315,7 @@ async def test_buttons_on_a_show_repost_belong_to_the_jobs_author_under_author_o
     guild, channel = emu.add_guild()
     author, reposter = emu._snowflake(), emu._snowflake()
     job_id = await done_job(pintor, author, tmp_path, prompt="a shared sunset", guild_id=guild, channel_id=channel)
-    await studio.settings.update_guild(guild, buttons_author_only=True)
+    await studio.preferences_and_rules.update_guild(guild, buttons_author_only=True)
     show = await emu.slash("show", {"job_id": job_id}, user_id=reposter, channel_id=channel)
     repost = await show.wait_original(is_result)
     says = await refused_press(pintor, repost, f"pintor:u:{job_id}:1", reposter)
@@ -327,7 +327,7 @@ async def test_a_private_job_posted_later_goes_by_dm_even_after_private_mode_is_
     as the member chose when they asked: a private job by DM, never in the channel."""
     emu, studio = pintor.emu, pintor.studio
     member = emu._snowflake()
-    await studio.settings.update_member(member, "changer", private=False)  # off by now
+    await studio.preferences_and_rules.update_member(member, "changer", private=False)  # off by now
     submitted = await studio.submit(Member(member, "changer"), studio.prepare("a diary --steps 1"),
                                     guild_id=emu.guild_id, channel_id=emu.channel_id, private=True)
     dm = dm_of(pintor, member)

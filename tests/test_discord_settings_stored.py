@@ -75,7 +75,7 @@ def new_server(pintor: Harness) -> Iterator[Server]:
 
 
 async def stored(pintor: Harness, guild_id: int):
-    return await pintor.studio.settings.guild(guild_id)
+    return await pintor.studio.preferences_and_rules.guild(guild_id)
 
 
 async def cancel_all(pintor: Harness, member: int) -> None:
@@ -185,7 +185,7 @@ async def test_a_new_members_first_settings_change_stores_what_was_chosen(
         click = await emu.click(message_id, component(emu.messages[message_id], placeholder=control)["custom_id"],
                                 values=[value], user_id=member)
     await acked(click, kind=UPDATE)
-    assert getattr(await pintor.studio.settings.member(member), column) == expected
+    assert getattr(await pintor.studio.preferences_and_rules.member(member), column) == expected
     # the message says what is stored: the same as a fresh /settings
     assert emu.messages[message_id]["content"] == (await open_settings(pintor, member))[1]
 
@@ -324,7 +324,7 @@ async def test_a_members_own_default_model_that_the_server_forbids(pintor: Harne
     tiny-sd is refused by the rule."""
     emu, studio = pintor.emu, pintor.studio
     member = emu._snowflake()
-    await studio.settings.update_member(member, "chooser", model="tiny-sd")
+    await studio.preferences_and_rules.update_member(member, "chooser", model="tiny-sd")
     await admin(pintor, "models", {"names": "tiny-sdxl"})
     _, settings = await open_settings(pintor, member)
     assert "model: `tiny-sd` — ⚠️ not allowed on this server: `tiny-sdxl` is used instead." in settings

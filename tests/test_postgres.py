@@ -26,7 +26,7 @@ from storage.copy import TargetNotEmpty, copy_database, tables
 from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Base, JobStatus
-from storage.settings import SettingsStore
+from storage.settings import PreferencesAndRulesStore
 
 ROOT = Path(__file__).resolve().parents[1]
 # Discord snowflakes are 64-bit: a member id of today (~1.2e18) and the largest signed one
@@ -73,7 +73,7 @@ async def test_the_migrations_build_the_models_schema_on_postgresql(postgres_url
 
 
 async def test_discord_ids_and_times_round_trip(pg: AsyncEngine):
-    store, settings = JobStore(pg), SettingsStore(pg)
+    store, settings = JobStore(pg), PreferencesAndRulesStore(pg)
     job = await store.create_job(user_id=DISCORD_ID, user_name="ann", kind="imagine", model="tiny-sd",
                                  prompt="a fox", request="{}", guild_id=LARGEST_ID, channel_id=LARGEST_ID - 1)
     await store.set_message(job.id, LARGEST_ID - 1, LARGEST_ID - 2)
@@ -154,7 +154,7 @@ async def an_installation(engine: AsyncEngine) -> dict[str, int]:
     """A SQLite installation as months of use leave it: members with Discord ids, jobs of every
     kind and status with their images, a U of a grid, an upscale holding its result_key, gaps
     in the ids (a forgotten member), member defaults and server rules."""
-    store, settings = JobStore(engine), SettingsStore(engine)
+    store, settings = JobStore(engine), PreferencesAndRulesStore(engine)
     ids: dict[str, int] = {}
     grid = await store.create_job(user_id=DISCORD_ID, user_name="ann", kind="imagine", model="tiny-sd",
                                   prompt="a fox --ar 3:2", request='{"seed": 7}', guild_id=LARGEST_ID,

@@ -9,13 +9,13 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from bot.intake import USER_ERRORS, LimitError, Member, prepare, server_default, with_defaults
+from bot.intake import USER_ERRORS, LimitError, Member, allowed_models, fallback_model, prepare, with_defaults
 from generation.prompt import parse_prompt
 from generation.registry import load_registry
 from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import JobStore
 from storage.models import MemberPreferences, ServerRules
-from storage.settings import SettingsStore
+from storage.settings import PreferencesAndRulesStore
 from tests.studio_helpers import started_studio
 
 
@@ -40,8 +40,8 @@ async def test_upgrade_from_the_first_schema_keeps_the_data(tmp_path: Path):
     assert current == head != "0001"
     jobs, total = await JobStore(engine).history(42, offset=0, limit=10)
     assert total == 1 and jobs[0].prompt == "a fox"
-    settings = await SettingsStore(engine).update_member(42, private=True, aspect="16:9")
-    assert (await SettingsStore(engine).member(42)).private and settings.aspect == "16:9"
+    preferences = await PreferencesAndRulesStore(engine).update_member(42, private=True, aspect="16:9")
+    assert (await PreferencesAndRulesStore(engine).member(42)).private and preferences.aspect == "16:9"
     await engine.dispose()
 
 
@@ -53,7 +53,7 @@ async def test_servers_stored_before_loras_get_a_new_servers_lora_rules(tmp_path
             "INSERT INTO guild_settings (guild_id, buttons_author_only, nsfw_check, paused, strict_parameters, "
             "updated_at) VALUES (9, 0, 1, 0, 0, CURRENT_TIMESTAMP)"))
     await upgrade(engine)
-    stored = await SettingsStore(engine).guild(9)
+    stored = await PreferencesAndRulesStore(engine).guild(9)
     new = ServerRules.new(10)
     assert (stored.allowed_loras, stored.max_loras) == (new.allowed_loras, new.max_loras) == (None, 2)
     await engine.dispose()
@@ -79,17 +79,17 @@ async def test_a_first_write_stores_exactly_what_was_asked(engine, table):
     read back later hold the value asked for, never the column's default."""
     columns = {c.name for c in table.__table__.columns} - {"guild_id", "user_id", "updated_at"}
     assert set(FIRST_WRITES[table]) == columns, "every field is tried"
-    store = SettingsStore(engine)
+    store = PreferencesAndRulesStore(engine)
     key = 100
     for field, values in FIRST_WRITES[table].items():
         for value in values:
             key += 1
             if table is ServerRules:
                 returned = await store.update_guild(key, **{field: value})
-                stored = await SettingsStore(engine).guild(key)
+                stored = await PreferencesAndRulesStore(engine).guild(key)
             else:
                 returned = await store.update_member(key, f"m{key}", **{field: value})
-                stored = await SettingsStore(engine).member(key)
+                stored = await PreferencesAndRulesStore(engine).member(key)
             assert (getattr(returned, field), getattr(stored, field)) == (value, value), (field, value)
             again = await store.update_guild(key, **{field: value}) if table is ServerRules else \
                 await store.update_member(key, f"m{key}", **{field: value})
@@ -180,11 +180,12 @@ def test_prepare_applies_member_defaults_and_names_them(registry_file):
 def test_the_servers_default_model_is_the_first_allowed_that_makes_pictures(registry_file):
     registry = load_registry(registry_file)  # default tiny-sd
     rules = ServerRules.new(1)
-    assert server_default(registry, None) == server_default(registry, rules) == "tiny-sd"
+    assert fallback_model(registry, allowed_models(None)) == "tiny-sd"
+    assert fallback_model(registry, allowed_models(rules)) == "tiny-sd"
     for allowed, default in [("tiny-sdxl,tiny-sd", "tiny-sd"), ("gone,tiny-sdxl", "tiny-sdxl"),
                              ("tiny-upscaler,tiny-kandinsky,tiny-sdxl", "tiny-kandinsky")]:
         rules.allowed_models = allowed
-        assert server_default(registry, rules) == default
+        assert fallback_model(registry, allowed_models(rules)) == default
         assert prepare(registry, "a fox", rules=rules).model == default
         assert prepare(registry, "a fox --model tiny-sd", rules=rules).model == "tiny-sd"  # the rule refuses it later
     # a member's own default the server does not allow gives way to the server's; elsewhere it stays

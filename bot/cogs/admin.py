@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import allowed_loras, id_list, name_list, server_default
+from bot.intake import allowed_loras, fallback_model, id_list, name_list
 from bot.limits import listing, plain
 from generation.prompt import MAX_LORAS
 from generation.registry import Registry, UnknownLoraError, UnknownModelError
@@ -41,7 +41,7 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         return f"{value}{unit}" if value else "no limit"
 
     allowed = name_list(rules.allowed_models)
-    default = server_default(registry, rules)
+    default = fallback_model(registry, allowed)
     models = listing(allowed, 600, separator=", ", empty="all")
     missing = [name for name in allowed if name not in registry.models]
     if missing:

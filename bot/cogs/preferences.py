@@ -129,7 +129,7 @@ class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING 
 
 
 class AppendModal(discord.ui.Modal, title="Always append"):
-    text = discord.ui.TextInput(label="Added to every prompt: words, --parameters", required=False,
+    text: discord.ui.TextInput[AppendModal] = discord.ui.TextInput(label="Added to every prompt: words, --parameters", required=False,
                                 max_length=200, placeholder="film grain --no text, watermark --chaos 10",
                                 custom_id="append")
 

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     pintor_device: str = "auto"
     pintor_offload: bool | None = None  # unset: offload on GPUs with less than 10 GB
     pintor_max_loaded_models: int = 1
+    # most images in one pipeline call, several members' jobs together (unset: per model family
+    # and device, generation.batching.DEFAULT_BATCH_IMAGES: 16 for SD and 8 for SDXL on CUDA,
+    # one job of 4 on a CPU; 4 or less: one job at a time)
+    pintor_batch_images: int | None = None
     pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process
     pintor_log_level: str = "INFO"
 
@@ -46,7 +50,8 @@ class Settings(BaseSettings):
             return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
         return value
 
-    @field_validator("pintor_models", "pintor_offload", "pintor_default_model", mode="before")
+    @field_validator("pintor_models", "pintor_offload", "pintor_default_model", "pintor_batch_images",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value == "" else value

@@ -29,6 +29,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         device=settings.pintor_device,
         max_models=settings.pintor_max_loaded_models,
         offload=settings.pintor_offload,
+        batch_images=settings.pintor_batch_images,
         log_level=settings.pintor_log_level.upper(),
     )
 

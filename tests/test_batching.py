@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from bot.settings import Settings
+from bot.wiring import worker_config
 from generation.batching import DEFAULT_BATCH_IMAGES, ONE_JOB, batch_key, max_batch_images
 from generation.devices import choose_device
 from generation.engine import BatchJob, Engine, GenerationStopped
@@ -232,3 +234,10 @@ def test_with_the_plain_kernels_a_batch_differs_at_most_in_the_last_bit(engine, 
     for one, batched in zip(alone, together, strict=True):
         assert batched is not None
         assert np.abs(pixels(one.images) - pixels(batched.images)).max() <= 2
+
+
+def test_the_operator_sets_the_limit_with_pintor_batch_images(monkeypatch):
+    monkeypatch.setenv("PINTOR_BATCH_IMAGES", "")
+    assert worker_config(Settings(_env_file=None)).batch_images is None  # per family and device
+    monkeypatch.setenv("PINTOR_BATCH_IMAGES", "12")
+    assert worker_config(Settings(_env_file=None)).batch_images == 12

@@ -135,3 +135,20 @@ async def test_a_job_that_fails_in_a_batch_fails_alone(env, tmp_path: Path):
     assert "gone from Pintor's file store" in failed.reason
     done = await log.wait_for(good, Done)
     assert len(done.images) == 4 and ran_together(log, [good, bad])
+
+
+async def test_a_batch_whose_worker_dies_runs_again_as_one_batch_in_its_order(env):
+    queue, log = env
+    blocker = await occupy(queue, log)
+    p = await submit(queue, make_request(steps=30, seed=11), user=1)
+    q = await submit(queue, make_request(steps=30, seed=12), user=2)
+    await queue.cancel(blocker)
+    await log.wait_for(q, Progress)
+    assert queue.state.running_jobs == (p, q)
+    queue.kill_worker()  # SIGKILL in the middle of the batch
+    for job in (p, q):
+        await log.wait_for(job, Done)
+        assert sum(isinstance(e, Started) for e in log.of(job)) == 2  # really run a second time
+        assert not any(isinstance(e, Failed) for e in log.of(job))
+    second_starts = [e.job_id for e in log.events if isinstance(e, Started) and e.job_id in (p, q)][2:]
+    assert second_starts == [p, q]

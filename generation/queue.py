@@ -194,17 +194,21 @@ class LocalQueue:
     def _next_batch(self) -> list[int]:
         """The next job in fair order and the waiting jobs that may share its pipeline call
         (generation.batching.batch_key), up to the worker's image limit for its model, taken
-        from the next (limit ÷ its images − 1) jobs in line (FairQueue.pop_batch)."""
+        from the next (limit ÷ its images − 1) jobs in line (FairQueue.pop_batch). A job that
+        was running when the worker died runs alone (the batch's size may have killed it)."""
         order = self._waiting.order()
         if not order:
             return []
         first = self._jobs[order[0]][1]
         key, limit = batch_key(first), self.state.batch_images.get(first.model, 0)
+        if order[0] in self._deaths:
+            limit = 0
 
         def joins(batch: list[int], job_id: int) -> bool:
             request = self._jobs[job_id][1]
             images = sum(self._jobs[j][1].count for j in batch) + request.count
-            return key is not None and batch_key(request) == key and images <= limit
+            return (key is not None and batch_key(request) == key and images <= limit
+                    and job_id not in self._deaths)
 
         return self._waiting.pop_batch(joins, window=limit // max(1, first.count))
 

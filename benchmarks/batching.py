@@ -2,7 +2,7 @@
 measured side by side in one run (machines are noisy: compare the ratio, not the seconds).
 
     python benchmarks/batching.py            # CPU or GPU, whatever PINTOR_DEVICE / auto picks
-    python benchmarks/batching.py --images 32 --rounds 3
+    python benchmarks/batching.py --images 32 --rounds 3 --side 128
 
 Two LocalQueues with their own worker process serve the same mid-size random-weight SD model
 (built in code, no downloads): one with PINTOR_BATCH_IMAGES=4 (one job of four images per
@@ -104,9 +104,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=16, help="most images per pipeline call when batching")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--side", type=int, help="picture side in pixels (default: 256 on a CPU, 512 on CUDA)")
     args = parser.parse_args()
     device = choose_device(os.environ.get("PINTOR_DEVICE", "auto"))
-    side = SIDE.get(device.device, SIDE["cpu"])
+    side = args.side or SIDE.get(device.device, SIDE["cpu"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_mid_model(Path(tmp) / "mid", side=side)
         registry_file = Path(tmp) / "models.toml"

@@ -29,10 +29,10 @@ PER_JOB_FIELDS = frozenset({
 
 # Images per pipeline call, unless the operator sets PINTOR_BATCH_IMAGES. On CUDA: SD 1.x/2.x
 # four jobs of four (public figures: most of the batching gain is reached by then), SDXL two
-# (its 1024² latents take four times the memory). On a CPU or Apple GPU one job: the cores are
-# busy at batch 4 already (benchmarks/batching.py: no gain measured on a 2-core CPU), and there
-# the kernels pick their blocking by batch size, so a batch differs from a job run alone in
-# the last bit of some pixels.
+# (its 1024² latents take four times the memory). On a CPU or Apple GPU one job: at real sizes
+# the cores are busy at batch 4 already (benchmarks/README.md: ×1.09 for 4 images in one call
+# vs four at 256²; batching only pays where fixed costs per call dominate, ×2.8 with 16² latents
+# on a loaded machine), while every member of a batch waits for the whole batch.
 DEFAULT_BATCH_IMAGES: Mapping[str, Mapping[str, int]] = {
     "cuda": {"sd": 16, "sd2": 16, "sd-turbo": 16, "sdxl": 8, "sdxl-turbo": 16},
 }

@@ -45,12 +45,14 @@ from tests.tiny_models import TEXT_WIDTH, build_sd  # noqa: E402
 SIDE, STEPS, REPEATS = 256, 4, 3
 
 
-def build_mid_model(folder: Path) -> Path:
+def build_mid_model(folder: Path, side: int = SIDE) -> Path:
+    """The tiny SD pipeline with an 18 M-parameter UNet (random weights) whose native side is
+    `side` pixels, saved into `folder`."""
     build_sd(folder)
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     torch.manual_seed(0)
     pipe.unet = UNet2DConditionModel(
-        sample_size=SIDE // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=side // 8, in_channels=4, out_channels=4, layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(64, 128, 256), cross_attention_dim=TEXT_WIDTH, attention_head_dim=8)

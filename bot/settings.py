@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     pintor_queue_url: str = ""  # empty: the embedded queue with one local worker process; redis://…: Redis
     pintor_local_workers: int = 1  # with a Redis queue: worker processes `pintor run` starts beside the bot
     pintor_worker_name: str = ""  # `pintor worker`'s name in /info (empty: host name and process id)
+    # most images in one pipeline call, several members' jobs together (unset: per model family
+    # and device, generation.batching.DEFAULT_BATCH_IMAGES: 16 for SD and 8 for SDXL on CUDA,
+    # one job of 4 on a CPU; 4 or less: one job at a time)
+    pintor_batch_images: int | None = None
     pintor_log_level: str = "INFO"
 
     # Metrics and health (bot.metrics): /metrics (Prometheus) and /healthz on this port; unset:
@@ -63,6 +67,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("pintor_models", "pintor_default_model", "pintor_channels_last", "pintor_metrics_port",
+                     "pintor_batch_images",
                      mode="before")
     @classmethod
     def _empty_is_unset(cls, value):

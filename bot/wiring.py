@@ -39,6 +39,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         channels_last=settings.pintor_channels_last,
         compile=settings.pintor_compile,
         vae_tiling_pixels=settings.pintor_vae_tiling_pixels,
+        batch_images=settings.pintor_batch_images,
         log_level=settings.pintor_log_level.upper(),
     )
 

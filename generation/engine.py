@@ -1,14 +1,15 @@
-"""The engine: runs one `Request` through the right diffusers pipeline and returns images.
+"""The engine: runs a `Request` (or a batch of compatible ones, generation.batching) through
+the right diffusers pipeline and returns images.
 
 It reports progress after every step (with a cheap preview on request) and stops at the next
-step when asked to. It runs inside the worker process; nothing here knows about queues,
-databases or Discord.
+step when asked to; in a batch each job has its own progress and its own stop. It runs
+inside the worker process; nothing here knows about queues, databases or Discord.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMul
 from PIL import Image
 
 from generation import adapters, esrgan, outpaint
+from generation.batching import BATCH_FAMILIES, batch_key
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
@@ -87,6 +89,16 @@ def initial_noise(request: Request, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack(noises)
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """One job of a batch: its request, and its own progress and stop callbacks (see
+    Engine.generate_batch)."""
+
+    request: Request
+    on_step: StepCallback
+    should_stop: Callable[[], bool]
+
+
 class Engine:
     """Runs requests on one device with the registry's models, keeping up to `max_models`
     loaded (PipelineCache, prepared as `fast` says: offload, channels-last, compile)."""
@@ -99,28 +111,72 @@ class Engine:
 
     def generate(self, request: Request, on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Generated:
-        """Make the request's images as one batch (or its one upscaled picture).
+        """Make the request's images as one batch (or its one upscaled picture): a batch of one
+        job (generate_batch).
 
         Calls `on_step(step, total, make_preview)` after every denoising step and
         `should_stop()` after every step and at the end. Returns Generated (images at
         request.width × request.height pixels; an upscale ×4 by the model or ×2 resampled).
-        Raises GenerationStopped when should_stop() says so, UnknownModelError for a model that
-        is not configured, ModelLoadError when its pipeline cannot be loaded, ValueError for a
-        Kandinsky request without text or image, FileNotFoundError for a missing input picture,
-        and whatever diffusers and torch raise while running (torch.OutOfMemoryError among them).
+        Raises GenerationStopped when should_stop() says so, and what generate_batch raises.
         """
-        notices: list[str] = []
-        if request.kind == JobKind.UPSCALE:
-            return Generated(images=[self._upscale(request, notices, on_step, should_stop)], notices=notices)
-        spec = self.registry.get(request.model)
-        run = self._kandinsky if spec.family in ("kandinsky21", "kandinsky22") else self._stable_diffusion
-        if request.kind == JobKind.OUTPAINT:
-            run = self._outpaint
-        with self._additions(request, spec):
-            images = run(request, spec, notices, self._callback(request, on_step, should_stop,
-                                                                lambda *a: self.pipelines.preview(spec)(*a)))
-        if should_stop():
+        result = self.generate_batch([BatchJob(request, on_step, should_stop)])[0]
+        if result is None:
             raise GenerationStopped()
+        return result
+
+    def generate_batch(self, jobs: Sequence[BatchJob]) -> list[Generated | None]:
+        """Make the images of several jobs in one pipeline call, each job as it would be alone.
+
+        `jobs`: one or more; more than one must share generation.batching.batch_key and be of a
+        family in BATCH_FAMILIES (else ValueError). Each job keeps its own prompt embeddings
+        (weights, emphasis, negative), starting noise (seed, --chaos), generators (one per
+        image, seeded as alone), input picture, NSFW check and notices; `job.on_step` is called
+        after every step with a preview of that job's images only; a job whose `should_stop()`
+        says so gets no more progress calls and its images are dropped, while the others go on.
+
+        Returns, in the order of `jobs`, each job's Generated, or None for a job that was
+        stopped. Raises GenerationStopped when every job is stopped, UnknownModelError for a
+        model that is not configured, ModelLoadError when its pipeline cannot be loaded,
+        ValueError for a Kandinsky request without text or image, FileNotFoundError for a
+        missing input picture, and whatever diffusers and torch raise while running
+        (torch.OutOfMemoryError among them): any of these ends the whole batch.
+        """
+        if not jobs:
+            return []
+        first = jobs[0].request
+        if len(jobs) > 1:
+            key = batch_key(first)
+            if key is None or any(batch_key(job.request) != key for job in jobs[1:]):
+                raise ValueError("these requests cannot share one pipeline call (generation.batching.batch_key)")
+        if first.kind == JobKind.UPSCALE:
+            job = jobs[0]
+            notices: list[str] = []
+            image = self._upscale(first, notices, job.on_step, job.should_stop)
+            return [Generated(images=[image], notices=notices)]
+        spec = self.registry.get(first.model)
+        if len(jobs) > 1 and spec.family not in BATCH_FAMILIES:
+            raise ValueError(f"{spec.family} jobs run one at a time")
+        stopped = [False] * len(jobs)
+        callback = self._batch_callback(jobs, stopped, lambda *a: self.pipelines.preview(spec)(*a))
+        notices_per_job: list[list[str]] = [[] for _ in jobs]
+        with self._additions([job.request for job in jobs], spec):
+            if first.kind == JobKind.OUTPAINT:
+                batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
+            elif spec.family in ("kandinsky21", "kandinsky22"):
+                batches = [self._kandinsky(first, spec, notices_per_job[0], callback)]
+            else:
+                batches = self._stable_diffusion(jobs, spec, notices_per_job, callback)
+        results: list[Generated | None] = []
+        for i, (job, images, notices) in enumerate(zip(jobs, batches, notices_per_job, strict=True)):
+            stopped[i] = stopped[i] or job.should_stop()
+            results.append(None if stopped[i] else self._checked(job.request, spec, images, notices))
+        if all(stopped):
+            raise GenerationStopped()
+        return results
+
+    def _checked(self, request: Request, spec: ModelSpec, images: list[Image.Image],
+                 notices: list[str]) -> Generated:
+        """The job's images after the model's NSFW check (flagged ones blurred), as Generated."""
         flagged = [False] * len(images)
         checker = self.pipelines.safety_checker(spec) if request.safety_check else None
         if checker is not None:
@@ -130,48 +186,58 @@ class Engine:
                 notices.append(f"The safety check flagged {sum(flagged)} of {len(images)} images: they are blurred.")
         return Generated(images=images, notices=notices, flagged=flagged)
 
-    def _additions(self, request: Request, spec: ModelSpec) -> AbstractContextManager[None]:
-        """The job's LoRAs switched on for its run (and off after it), and the embeddings its
-        prompt writes loaded (generation/adapters.py); nothing for families without them."""
+    def _additions(self, requests: Sequence[Request], spec: ModelSpec) -> AbstractContextManager[None]:
+        """The jobs' LoRAs (the same for every job of a batch: generation.batching.batch_key)
+        switched on for their run (and off after it), and the embeddings their prompts write
+        loaded (generation/adapters.py); nothing for families without them."""
         if spec.family not in ADDITION_FAMILIES:
             return nullcontext()
+        request = requests[0]
         try:
             loras = [(self.registry.lora(name), weight) for name, weight in request.loras]
         except UnknownLoraError as err:  # removed from models.toml since the job was stored
             raise ModelLoadError(f"{err} It was removed since this job was asked for.") from None
         embeddings = [e for e in self.registry.embeddings.values() if e.fits(spec.family)]
         return adapters.applied(self.pipelines.get(spec, "text2img"), loras, embeddings,
-                                [text for text, _ in request.parts] + [request.negative])
+                                [text for r in requests for text, _ in r.parts] + [r.negative for r in requests])
 
     # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
 
-    def _stable_diffusion(self, request: Request, spec: ModelSpec, notices: list[str],
-                          callback: StepEndCallback) -> list[Image.Image]:
-        if request.init_image:
-            pipe = self.pipelines.get(spec, "img2img")
-        else:
-            pipe = self.pipelines.get(spec, "text2img")
-        guided = request.guidance > 1.0
-        embeds = self._prompt_embeds(pipe, request, guided, notices)
-        generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
+    def _stable_diffusion(self, jobs: Sequence[BatchJob], spec: ModelSpec, notices: list[list[str]],
+                          callback: StepEndCallback) -> list[list[Image.Image]]:
+        """One pipeline call for every job (they share batch_key); returns each job's images."""
+        first = jobs[0].request
+        pipe = self.pipelines.get(spec, "img2img" if first.init_image else "text2img")
+        guided = first.guidance > 1.0
+        # per job, exactly as alone, then one after another along the batch dimension
+        embeds = [self._prompt_embeds(pipe, job.request, guided, job_notices)
+                  for job, job_notices in zip(jobs, notices, strict=True)]
+        generators = [torch.Generator().manual_seed(s) for job in jobs for s in job.request.seeds()]
         kwargs: dict[str, Any] = dict(
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
             generator=generators,
             callback_on_step_end=callback,
-            **embeds,
+            **{name: torch.cat([e[name] for e in embeds]) for name in embeds[0]},
         )
-        if request.init_image:
-            kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,
-                          strength=request.strength)
+        if first.init_image:
+            kwargs.update(image=[self._open(job.request.init_image, (first.width, first.height))
+                                 for job in jobs if job.request.init_image
+                                 for _ in range(job.request.count)],
+                          strength=first.strength)
         else:
             scale = pipe.vae_scale_factor
-            shape = (pipe.unet.config.in_channels, request.height // scale, request.width // scale)
-            kwargs.update(width=request.width, height=request.height,
-                          latents=initial_noise(request, shape).to(self.device.device, self.device.dtype))
-        self.pipelines.fit_vae(pipe, request.width, request.height, request.count)
+            shape = (pipe.unet.config.in_channels, first.height // scale, first.width // scale)
+            latents = torch.cat([initial_noise(job.request, shape) for job in jobs])
+            kwargs.update(width=first.width, height=first.height,
+                          latents=latents.to(self.device.device, self.device.dtype))
+        self.pipelines.fit_vae(pipe, first.width, first.height, sum(job.request.count for job in jobs))
         images: list[Image.Image] = pipe(**kwargs).images
-        return images
+        per_job, start = [], 0
+        for job in jobs:
+            per_job.append(images[start:start + job.request.count])
+            start += job.request.count
+        return per_job
 
     def _outpaint(self, request: Request, spec: ModelSpec, notices: list[str],
                   callback: StepEndCallback) -> list[Image.Image]:
@@ -349,19 +415,35 @@ class Engine:
     @staticmethod
     def _callback(request: Request, on_step: StepCallback, should_stop: Callable[[], bool],
                   preview_of: Preview = latents_preview) -> StepEndCallback:
-        """A `callback_on_step_end`: progress (with a preview by `preview_of` on demand), and stopping."""
+        """A `callback_on_step_end` for one job: progress (with a preview by `preview_of` on
+        demand), and stopping."""
+        return Engine._batch_callback([BatchJob(request, on_step, should_stop)], [False], preview_of)
+
+    @staticmethod
+    def _batch_callback(jobs: Sequence[BatchJob], stopped: list[bool],
+                        preview_of: Preview = latents_preview) -> StepEndCallback:
+        """A `callback_on_step_end` for a batch: each job that still runs hears its progress
+        (its preview, by `preview_of`, shows its own images: the batch's latents are the jobs'
+        images one job after another), then is asked whether to stop; `stopped[i]` is set for
+        job i when it says so. Raises GenerationStopped when every job is stopped."""
         def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any],
                      total: int | None = None) -> dict[str, Any]:
-            total = total or getattr(pipe, "_num_timesteps", None) or request.steps
             latents = tensors.get("latents")
+            start = 0
+            for i, job in enumerate(jobs):
+                request, end = job.request, start + job.request.count
+                if not stopped[i]:
+                    job_total = total or getattr(pipe, "_num_timesteps", None) or request.steps
 
-            def preview() -> Image.Image:
-                if latents is None:
-                    raise ValueError("this pipeline passes no latents to its step callback")
-                return preview_of(latents, request.width, request.height)
+                    def preview(request: Request = request, start: int = start, end: int = end) -> Image.Image:
+                        if latents is None:
+                            raise ValueError("this pipeline passes no latents to its step callback")
+                        return preview_of(latents[start:end], request.width, request.height)
 
-            on_step(step + 1, total, preview)
-            if should_stop():
+                    job.on_step(step + 1, job_total, preview)
+                    stopped[i] = job.should_stop()
+                start = end
+            if all(stopped):
                 # raised, not pipe._interrupt: Kandinsky's and the upscaler's loops ignore that flag
                 raise GenerationStopped()
             return tensors

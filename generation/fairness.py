@@ -4,6 +4,7 @@ so one member's twenty jobs do not starve another member's one."""
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 
 class FairQueue:
@@ -45,6 +46,37 @@ class FairQueue:
         else:
             del self._jobs[user_id]
         return job_id
+
+    def pop_batch(self, joins: Callable[[list[int], int], bool], window: int) -> list[int]:
+        """The next job, then the jobs among the `window - 1` after it in line that may join it.
+
+        `joins(batch, job_id)`: whether `job_id` may join the jobs taken so far (`batch`, the
+        next job first); asked in line order. A member's jobs join in their own order: once one
+        of a member's jobs may not join, none of that member's later ones is asked. Each job
+        taken is served as `pop` serves it: its member's turn is used. So no job is run before
+        one that is more than `window - 1` places ahead of it, and a member's jobs never
+        overtake each other. Returns the jobs taken, in line order ([] when nothing waits).
+        """
+        first = self.pop()
+        if first is None:
+            return []
+        batch, passed = [first], set()
+        for job_id in self.order()[:max(0, window - 1)]:
+            user_id = next(user for user, jobs in self._jobs.items() if job_id in jobs)
+            if user_id in passed:
+                continue
+            if not joins(batch, job_id):
+                passed.add(user_id)
+                continue
+            jobs = self._jobs[user_id]
+            jobs.remove(job_id)  # the first of that member's jobs still waiting
+            self._last_served = user_id
+            if jobs:
+                self._jobs.move_to_end(user_id)
+            else:
+                del self._jobs[user_id]
+            batch.append(job_id)
+        return batch
 
     def remove(self, job_id: int) -> bool:
         for user_id, jobs in self._jobs.items():

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
+from generation.batching import batch_key
 from generation.events import FINAL_EVENTS, Cancelled, Event, Failed, Progress, Queued, Started
 from generation.fairness import FairQueue
 from generation.request import Request
@@ -47,7 +48,9 @@ class WorkerState:
     ready: bool = False
     device: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    running_job: int | None = None
+    running_job: int | None = None  # the first of running_jobs
+    running_jobs: tuple[int, ...] = ()  # the jobs of the batch running now, in line order
+    batch_images: dict[str, int] = field(default_factory=dict)  # model → most images per call (the worker's)
     step: int = 0
     total: int = 0
     restarts: int = 0
@@ -64,7 +67,8 @@ class JobQueue(Protocol):
     async def submit(self, job_id: int, user_id: int, request: Request) -> int:
         """Queue a job (already stored by the caller); returns its place in line, 1 = next."""
     async def cancel(self, job_id: int) -> bool:
-        """Remove a waiting job or stop a running one at its next step; False if unknown."""
+        """Remove a waiting job or stop a running one at its next step (the other jobs of its
+        batch go on); False if unknown."""
     async def position(self, job_id: int) -> int | None:
         """1 = next to run, 0 = running now, None = not in this queue."""
     def events(self) -> AsyncIterator[Event]:
@@ -144,13 +148,13 @@ class LocalQueue:
             self._emit(Cancelled(job_id))
             self._announce_positions()
             return True
-        if job_id == self.state.running_job:
+        if job_id in self.state.running_jobs:
             self._send("cancel", job_id)
             return True
         return False
 
     async def position(self, job_id: int) -> int | None:
-        if job_id == self.state.running_job:
+        if job_id in self.state.running_jobs:
             return 0
         return self._waiting.positions().get(job_id)
 
@@ -206,16 +210,41 @@ class LocalQueue:
             self._emit(Queued(job_id, position))
 
     def _dispatch(self) -> None:
-        if not self.state.ready or self.state.running_job is not None or self._closing:
+        if not self.state.ready or self.state.running_jobs or self._closing:
             return
-        job_id = self._waiting.pop()
-        if job_id is None:
+        batch = self._next_batch()
+        if not batch:
             return
-        self.state.running_job, self.state.step, self.state.total = job_id, 0, 0
-        request = self._jobs[job_id][1]
-        self.state.models = loaded_after(self.state.models, request.model, self.config.max_models)
-        self._send("run", job_id, request.to_json())
+        self._set_running(batch)
+        self.state.step, self.state.total = 0, 0
+        self.state.models = loaded_after(self.state.models, self._jobs[batch[0]][1].model, self.config.max_models)
+        self._send("run", [(job_id, self._jobs[job_id][1].to_json()) for job_id in batch])
         self._announce_positions()
+
+    def _next_batch(self) -> list[int]:
+        """The next job in fair order and the waiting jobs that may share its pipeline call
+        (generation.batching.batch_key), up to the worker's image limit for its model, taken
+        from the next (limit ÷ its images − 1) jobs in line (FairQueue.pop_batch). A job that
+        was running when the worker died runs alone (the batch's size may have killed it)."""
+        order = self._waiting.order()
+        if not order:
+            return []
+        first = self._jobs[order[0]][1]
+        key, limit = batch_key(first), self.state.batch_images.get(first.model, 0)
+        if order[0] in self._deaths:
+            limit = 0
+
+        def joins(batch: list[int], job_id: int) -> bool:
+            request = self._jobs[job_id][1]
+            images = sum(self._jobs[j][1].count for j in batch) + request.count
+            return (key is not None and batch_key(request) == key and images <= limit
+                    and job_id not in self._deaths)
+
+        return self._waiting.pop_batch(joins, window=limit // max(1, first.count))
+
+    def _set_running(self, jobs: list[int]) -> None:
+        self.state.running_jobs = tuple(jobs)
+        self.state.running_job = jobs[0] if jobs else None
 
     def _send(self, *message: Any) -> None:
         if self._conn is None:
@@ -258,7 +287,9 @@ class LocalQueue:
             return
         kind = message[0]
         if kind == "ready":
-            self.state.ready, self.state.device, self.state.error = True, message[1], None
+            info = dict(message[1])
+            self.state.batch_images = dict(info.pop("batch_images", {}))
+            self.state.ready, self.state.device, self.state.error = True, info, None
             self._start_failures = 0
             log.info("worker ready on %s", message[1].get("device_name"))
             self._dispatch()
@@ -277,8 +308,8 @@ class LocalQueue:
         if isinstance(event, FINAL_EVENTS):
             self._jobs.pop(event.job_id, None)
             self._deaths.pop(event.job_id, None)
-            if event.job_id == self.state.running_job:
-                self.state.running_job = None
+            if event.job_id in self.state.running_jobs:
+                self._set_running([j for j in self.state.running_jobs if j != event.job_id])
         self._emit(event)
         self._dispatch()
 
@@ -287,10 +318,11 @@ class LocalQueue:
             return
         was_ready, self.state.ready = self.state.ready, False
         if self._closing:
-            job_id = self.state.running_job
-            self.state.running_job = None
-            if job_id is not None and job_id in self._jobs:
-                log.warning("worker stopped while running job %s; it stays queued", job_id)
+            running = self.state.running_jobs
+            self._set_running([])
+            for job_id in running:
+                if job_id in self._jobs:
+                    log.warning("worker stopped while running job %s; it stays queued", job_id)
             self._stopped.set()
             return
         if self.state.error:
@@ -303,10 +335,10 @@ class LocalQueue:
                 log.error("%s; not restarting it", self.state.error)
                 self._fail_all(f"The generation worker could not start: {self.state.error}")
                 return
-        job_id = self.state.running_job
-        self.state.running_job = None
+        running = self.state.running_jobs
+        self._set_running([])
         self.state.restarts += 1
-        if job_id is not None:
+        for job_id in reversed(running):  # each pushed to the front: the batch's order is kept
             self._deaths[job_id] = self._deaths.get(job_id, 0) + 1
             user_id, _ = self._jobs[job_id]
             if self._deaths[job_id] >= MAX_WORKER_DEATHS_PER_JOB:
@@ -316,7 +348,7 @@ class LocalQueue:
             else:
                 log.warning("worker died during job %s; restarting it and running the job again", job_id)
                 self._waiting.push(job_id, user_id, front=True)
-        else:
+        if not running:
             log.warning("worker died; restarting it")
         self._start_worker()
 
@@ -325,4 +357,4 @@ class LocalQueue:
             self._waiting.remove(job_id)
             self._emit(Failed(job_id, reason))
         self._jobs.clear()
-        self.state.running_job = None
+        self._set_running([])

@@ -4,8 +4,11 @@ It receives jobs over a pipe, runs them through the engine, writes the image fil
 (atomically) and sends back events. It never talks to Discord or to the database, and it
 decides no policy: order, limits and retries belong to the queue in the front end.
 
-Messages in:  ("run", job_id, request_json) · ("cancel", job_id) · ("stop",)
+Messages in:  ("run", [(job_id, request_json), …]) · ("cancel", job_id) · ("stop",)
 Messages out: ("ready", info) · ("fatal", reason) · ("event", Event)
+
+A "run" carries one job or a batch of jobs that share one pipeline call (the queue picks them:
+generation.batching); "ready" tells the queue how many images one call may hold per model.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class WorkerConfig:
     vae_tiling_pixels: int = 1536 * 1536
     preview_interval_s: float = 1.0
     log_level: str = "INFO"
+    # most images in one pipeline call, the jobs of several members together (None: per family
+    # and device, generation.batching.DEFAULT_BATCH_IMAGES; 4 or less: one job at a time)
+    batch_images: int | None = None
 
 
 def job_dir(output_dir: str | Path, job_id: int) -> Path:
@@ -119,7 +125,8 @@ class _Worker:
     def __init__(self, conn: Connection, config: WorkerConfig):
         self.conn = conn
         self.config = config
-        self.jobs: queue.Queue[tuple[int, str] | None] = queue.Queue()  # (job id, request JSON); None: stop
+        # the batches to run: [(job id, request JSON), …]; None: stop
+        self.jobs: queue.Queue[list[tuple[int, str]] | None] = queue.Queue()
         self.cancelled: set[int] = set()
         self.stopping = threading.Event()
         self.send_lock = threading.Lock()
@@ -134,7 +141,7 @@ class _Worker:
             while True:
                 message = self.conn.recv()
                 if message[0] == "run":
-                    self.jobs.put((message[1], message[2]))
+                    self.jobs.put([(job_id, request_json) for job_id, request_json in message[1]])
                 elif message[0] == "cancel":
                     self.cancelled.add(message[1])
                 elif message[0] == "stop":
@@ -153,47 +160,98 @@ class _Worker:
         except Exception as err:  # noqa: BLE001 - reported to the front end, which shows it
             self.send("fatal", f"{type(err).__name__}: {err}")
             return
+        from generation.batching import max_batch_images
+
+        batch_images = {name: max_batch_images(spec.family, info["device"], self.config.batch_images)
+                        for name, spec in engine.registry.models.items()}
+        info["batch_images"] = batch_images
         self.send("ready", info)
         threading.Thread(target=self.read_commands, daemon=True, name="commands").start()
-        while (item := self.jobs.get()) is not None:
-            job_id, request_json = item
-            if job_id in self.cancelled:
-                self.send("event", Cancelled(job_id))
-                continue
-            self.run_job(engine, job_id, Request.from_json(request_json))
+        while (batch := self.jobs.get()) is not None:
+            jobs = []
+            for job_id, request_json in batch:
+                if job_id in self.cancelled:  # cancelled before it started
+                    self.cancelled.discard(job_id)
+                    self.send("event", Cancelled(job_id))
+                else:
+                    jobs.append((job_id, Request.from_json(request_json)))
+            for job_id, _ in jobs:
+                self.send("event", Started(job_id))
+            if jobs:
+                self.run_batch(engine, jobs)
 
     def run_job(self, engine: Engine, job_id: int, request: Request) -> None:
-        from generation.availability import ModelLoadError
-        from generation.engine import GenerationStopped
-
+        """Run one job alone, from its Started to its end (the Redis worker's way)."""
         self.send("event", Started(job_id))
-        last_preview = 0.0
+        self.run_batch(engine, [(job_id, request)])
 
-        def on_step(step: int, total: int, make_preview: Callable[[], Image.Image]) -> None:
-            nonlocal last_preview
-            preview = None
-            now = time.monotonic()
-            if now - last_preview >= self.config.preview_interval_s and step < total:
-                preview, last_preview = png_bytes(make_preview()), now
-            self.send("event", Progress(job_id, step, total, preview))
+    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]]) -> None:
+        """Run jobs (already reported Started) as one pipeline call and report each one's end.
 
-        def should_stop() -> bool:
-            return self.stopping.is_set() or job_id in self.cancelled
+        A job cancelled while the batch runs is reported Cancelled at once (its images are
+        dropped, the others go on). If a batch of several fails, each job still running is run
+        again alone, so that one job's fault (a missing input picture, say) is its own."""
+        from generation.availability import ModelLoadError
+        from generation.engine import BatchJob, GenerationStopped
+
+        ended: set[int] = set()  # jobs whose final event was sent
+
+        def end(event: Cancelled | Interrupted | Done | Failed) -> None:
+            ended.add(event.job_id)
+            self.send("event", event)
+
+        def callbacks(job_id: int) -> tuple[Callable[[int, int, Callable[[], Image.Image]], None], Callable[[], bool]]:
+            last_preview = 0.0
+
+            def on_step(step: int, total: int, make_preview: Callable[[], Image.Image]) -> None:
+                nonlocal last_preview
+                preview = None
+                now = time.monotonic()
+                if now - last_preview >= self.config.preview_interval_s and step < total:
+                    preview, last_preview = png_bytes(make_preview()), now
+                self.send("event", Progress(job_id, step, total, preview))
+
+            def should_stop() -> bool:
+                if job_id in self.cancelled:
+                    if job_id not in ended:
+                        end(Cancelled(job_id))
+                    return True
+                return self.stopping.is_set()
+
+            return on_step, should_stop
 
         try:
-            result = engine.generate(request, on_step, should_stop)
-            files, grid = save_images(result.images, request, FileStore(self.config.output_dir), job_id,
-                                      result.flagged)
-            self.send("event", Done(job_id, tuple(files), grid, tuple(result.notices)))
+            results = engine.generate_batch([BatchJob(request, *callbacks(job_id)) for job_id, request in jobs])
+            for (job_id, request), result in zip(jobs, results, strict=True):
+                if result is None or job_id in ended:
+                    continue  # stopped: reported below
+                files, grid = save_images(result.images, request, FileStore(self.config.output_dir), job_id,
+                                          result.flagged)
+                end(Done(job_id, tuple(files), grid, tuple(result.notices)))
         except GenerationStopped:
-            self.send("event", Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))
-        except ModelLoadError as err:  # expected (files missing, offline…): the why, not a traceback
-            log.error("job %s failed: %s", job_id, err.detail)
-            self.send("event", Failed(job_id, str(err)))
+            pass
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the worker
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            self.send("event", Failed(job_id, _reason(err)))
-        finally:
+            still = [(job_id, request) for job_id, request in jobs if job_id not in ended]
+            if len(jobs) > 1 and not self.stopping.is_set():
+                log.warning("a batch of %d jobs failed (%s: %s); running each alone", len(jobs),
+                            type(err).__name__, err)
+                for job in still:
+                    if job[0] in self.cancelled:
+                        end(Cancelled(job[0]))
+                    else:
+                        self.run_batch(engine, [job])
+                        ended.add(job[0])
+            elif isinstance(err, ModelLoadError):  # expected (files missing, offline…): the why, not a traceback
+                log.error("job %s failed: %s", jobs[0][0], err.detail)
+                for job_id, _ in still:
+                    end(Failed(job_id, str(err)))
+            else:
+                log.error("job %s failed:\n%s", jobs[0][0], traceback.format_exc())
+                for job_id, _ in still:
+                    end(Failed(job_id, _reason(err)))
+        for job_id, _ in jobs:
+            if job_id not in ended:  # stopped: by a cancel, or by the worker's stop
+                end(Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))
             self.cancelled.discard(job_id)
 
 

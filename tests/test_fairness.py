@@ -130,3 +130,72 @@ def test_any_sequence_pops_each_job_once_fifo_per_member_in_the_announced_order(
     for user in set(owner.values()):
         mine = [job for job in done if owner[job] == user]
         assert mine == sorted(mine)  # first in, first out for each member
+
+
+# -- batches (FairQueue.pop_batch): only jobs that fairness would run soon ------------------------
+
+
+def fill(queue: FairQueue, jobs: dict[int, int]) -> None:
+    for job, user in jobs.items():
+        queue.push(job, user)
+
+
+def test_a_batch_takes_the_next_jobs_in_fair_order_and_uses_their_turns():
+    queue = FairQueue()
+    fill(queue, {10: A, 11: A, 12: A, 20: B, 21: B, 30: C})
+    assert queue.order() == [10, 20, 30, 11, 21, 12]
+    assert queue.pop_batch(lambda batch, job: True, window=4) == [10, 20, 30, 11]
+    assert queue.order() == [21, 12]  # B then A: each member's turn was used in line order
+
+
+def test_a_job_that_cannot_join_keeps_its_place_first_in_line():
+    queue = FairQueue()
+    fill(queue, {10: A, 11: A, 20: B, 30: C})  # line: 10 20 30 11; B's job cannot join
+    assert queue.pop_batch(lambda batch, job: job != 20, window=4) == [10, 30, 11]
+    assert queue.order() == [20]
+
+
+def test_the_window_bounds_how_far_back_a_batch_reaches():
+    queue = FairQueue()
+    fill(queue, {10: A, 20: B, 30: C, 40: 4, 50: 5})
+    assert queue.pop_batch(lambda batch, job: job in (20, 50), window=3) == [10, 20]  # 50 is 5th
+    assert queue.order() == [30, 40, 50]
+    assert queue.pop_batch(lambda batch, job: True, window=1) == [30]
+
+
+def test_a_members_jobs_join_in_their_own_order():
+    queue = FairQueue()
+    fill(queue, {10: A, 11: A, 12: A, 20: B})  # line: 10 20 11 12; 11 cannot join, 12 could
+    assert queue.pop_batch(lambda batch, job: job != 11, window=4) == [10, 20]
+    assert queue.order() == [11, 12]
+
+
+def test_joins_sees_the_batch_so_far():
+    queue = FairQueue()
+    fill(queue, {10: A, 20: B, 30: C, 40: 4})
+    seen: list[list[int]] = []
+
+    def joins(batch: list[int], job: int) -> bool:
+        seen.append(list(batch))
+        return len(batch) < 2
+
+    assert queue.pop_batch(joins, window=4) == [10, 20]
+    assert seen == [[10], [10, 20], [10, 20]]
+    assert FairQueue().pop_batch(lambda batch, job: True, window=4) == []
+
+
+@given(st.lists(st.integers(0, 4), max_size=30), st.sets(st.integers(0, 29)), st.integers(1, 6))
+def test_any_batch_is_the_head_and_jobs_from_the_window_fifo_per_member(users, refused, window):
+    queue = FairQueue()
+    owner = dict(enumerate(users))
+    fill(queue, owner)
+    before = queue.order()
+    batch = queue.pop_batch(lambda taken, job: job not in refused, window)
+    assert batch[:1] == before[:1]
+    assert set(batch) <= set(before[:window]) and batch == [job for job in before if job in batch]
+    assert not set(batch[1:]) & refused
+    for user in set(users):  # each member's taken jobs are their first ones
+        mine = [job for job in before if owner[job] == user]
+        taken = [job for job in batch if owner[job] == user]
+        assert taken == mine[:len(taken)]
+    assert sorted(queue.order() + batch) == sorted(before)  # nothing lost, nothing doubled

@@ -78,7 +78,7 @@ async def test_waiting_jobs_that_share_a_call_run_as_one_batch_in_fair_order(env
     b = await submit(queue, make_request(steps=3), user=2)  # other steps: it cannot join
     c = await submit(queue, make_request(seed=3, prompt="a blue whale", chaos=60), user=3)
     d = await submit(queue, make_request(seed=4), user=1)  # 4th in line: beyond the window of 3
-    assert queue.waiting() == [a, b, c, d]
+    assert await queue.waiting() == [a, b, c, d]
     await queue.cancel(blocker)
 
     done = {job: await log.wait_for(job, Done) for job in (a, c, b, d)}
@@ -109,11 +109,11 @@ async def test_cancelling_one_job_of_a_batch_leaves_the_others_running(env):
     x, y, z = [await submit(queue, make_request(steps=30, seed=seed), user) for seed, user in ((1, 1), (2, 2), (3, 3))]
     await queue.cancel(blocker)
     await log.wait_for(y, Progress, where=lambda e: e.step >= 2)
-    assert queue.state.running_jobs == (x, y, z) and queue.position(y) == 0
+    assert queue.state.running_jobs == (x, y, z) and await queue.position(y) == 0
 
     assert await queue.cancel(y)
     cancelled = await log.wait_for(y, Cancelled)
-    assert queue.position(y) is None and queue.position(x) == 0
+    assert await queue.position(y) is None and await queue.position(x) == 0
     first_done = await log.wait_for(x, Done)
     await log.wait_for(z, Done)
     assert log.events.index(cancelled) < log.events.index(first_done)  # at once, not at the batch's end

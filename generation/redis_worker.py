@@ -204,6 +204,7 @@ class RedisWorker(_Worker):
         request = await asyncio.to_thread(self._with_local_inputs, request, json.loads(fields.get("inputs", "{}")))
         self.running, self.step, self.total, self.interrupted = (job_id, entry_id), 0, 0, False
         self.models = loaded_after(self.models, request.model, self.config.max_models)
+        await self._announce(client)  # the running job and the models now, not at the next heartbeat
         assert self._engine is not None
         try:
             await asyncio.to_thread(self.run_job, self._engine, job_id, request)

@@ -273,7 +273,7 @@ def test_the_worker_warms_up_before_it_says_ready_and_the_first_job_compiles_not
     worker = threading.Thread(target=_Worker(there, config).run, daemon=True)
     worker.start()
     registry = load_registry(small_registry_file)
-    here.send(("run", 1, request(registry, "a red fox --seed 7").to_json()))  # waiting before the worker is ready
+    here.send(("run", [(1, request(registry, "a red fox --seed 7").to_json())]))  # before the worker is ready
     assert here.poll(120)
     kind, info = here.recv()
     assert kind == "ready"

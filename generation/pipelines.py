@@ -274,7 +274,7 @@ class PipelineCache:
                 for name in _CONVOLUTIONAL:
                     module = getattr(pipe, name, None)
                     if isinstance(module, torch.nn.Module):
-                        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (not in torch's stubs)
+                        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload, unused-ignore]  # (not in torch 2.13's stubs)
             mode = self.offload_modes[spec.name] = choose_offload(self.fast.offload, spec.family, self.free_memory())
             log.info("model %s (%s): offload %s, channels-last %s", spec.name, task, mode.value, self.channels_last)
             if mode == Offload.MODEL:

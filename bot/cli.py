@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -99,7 +102,7 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
     cache; each repo's size is said, and the free disk checked, before its download starts."""
     from bot.wiring import registry_from
-    from generation.hub import PullError, addition_sources, hub_sources, human_size, plan, plan_files, pull
+    from generation.hub import addition_sources, hub_sources, plan, plan_files
 
     registry = registry_from(settings)
     others = set(registry.loras) | set(registry.embeddings)  # LoRAs and embeddings are pulled by name too
@@ -115,36 +118,34 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
         if not sources:
             print(f"{spec.name}: {spec.source} is here: nothing to download")
         for source, weights in sources:
-            try:
-                found = plan(source, spec.variant if fp16 else None, weights=weights)
-                print(f"{spec.name}: {source}: {len(found.files)} files, {human_size(found.total_bytes)}"
-                      f" ({human_size(found.missing_bytes)} to download)", flush=True)
-                pull(found)
-                print(f"{spec.name}: {source} downloaded", flush=True)
-            except PullError as err:
-                failed += 1
-                print(f"error: {spec.name}: {err}", file=sys.stderr)
-            except Exception as err:  # noqa: BLE001 - the hub's errors, said with what to do
-                from generation.availability import explain
-
-                failed += 1
-                print(f"error: {explain(spec.name, source, err).detail}", file=sys.stderr)
+            variant = spec.variant if fp16 else None
+            failed += not _pull_repo(spec.name, source, functools.partial(plan, source, variant, weights=weights))
     for name, source, files in addition_sources(registry, names or None):
-        try:
-            found = plan_files(source, files)
-            print(f"{name}: {source}: {', '.join(files)}, {human_size(found.total_bytes)}"
-                  f" ({human_size(found.missing_bytes)} to download)", flush=True)
-            pull(found)
-            print(f"{name}: {source} downloaded", flush=True)
-        except PullError as err:
-            failed += 1
-            print(f"error: {name}: {err}", file=sys.stderr)
-        except Exception as err:  # noqa: BLE001 - the hub's errors, said with what to do
-            from generation.availability import explain
-
-            failed += 1
-            print(f"error: {explain(name, source, err).detail}", file=sys.stderr)
+        failed += not _pull_repo(name, source, functools.partial(plan_files, source, files), ", ".join(files))
     return 1 if failed else 0
+
+
+def _pull_repo(name: str, source: str, make_plan: Callable[[], Any], listing: str | None = None) -> bool:
+    """One repo of `pintor models pull`: plan its download (`make_plan`: generation.hub.plan or
+    plan_files), say its size (and `listing`, else its number of files), pull it. Returns False
+    when it failed, said on stderr with what to do (the hub's errors through
+    generation.availability.explain)."""
+    from generation.hub import PullError, human_size, pull
+
+    try:
+        found = make_plan()
+        print(f"{name}: {source}: {listing or f'{len(found.files)} files'}, {human_size(found.total_bytes)}"
+              f" ({human_size(found.missing_bytes)} to download)", flush=True)
+        pull(found)
+        print(f"{name}: {source} downloaded", flush=True)
+        return True
+    except PullError as err:
+        print(f"error: {name}: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - the hub's errors, said with what to do
+        from generation.availability import explain
+
+        print(f"error: {explain(name, source, err).detail}", file=sys.stderr)
+    return False
 
 
 async def db_upgrade(settings: Settings) -> int:

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     pintor_batch_images: int | None = None
     pintor_log_level: str = "INFO"
 
+    # Outbound fetches (bot.downloads): attachments and image prompts' links come only from these
+    # hosts, over https at public addresses; `local` hosts also over http at any address (the
+    # Discord emulator in tests, a mirror on your own network; never a host members control)
+    pintor_fetch_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["cdn.discordapp.com", "media.discordapp.net"])
+    pintor_fetch_local_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Metrics and health (bot.metrics): /metrics (Prometheus) and /healthz on this port; unset:
     # not served. Loopback by default: set 0.0.0.0 only where the port is not reachable from outside.
     pintor_metrics_port: int | None = None
@@ -64,6 +71,13 @@ class Settings(BaseSettings):
     def _split_ids(cls, value):
         if isinstance(value, str):
             return [int(part) for part in value.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("pintor_fetch_hosts", "pintor_fetch_local_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
         return value
 
     @field_validator("pintor_models", "pintor_default_model", "pintor_channels_last", "pintor_metrics_port",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.downloads import Fetcher
 from bot.intake import (
     BLEND_DIMENSIONS,
     MAX_BLEND_IMAGES,
@@ -152,8 +153,11 @@ class Studio:
     rules, private, direct)."""
 
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue, files: FileStore,
-                 inputs_dir: Path | None = None, owner: str | None = None, queue_kind: str = "embedded"):
+                 inputs_dir: Path | None = None, owner: str | None = None, queue_kind: str = "embedded",
+                 fetcher: Fetcher | None = None):
         self.registry = registry
+        # every URL this studio fetches (attachments, image prompts' links): Discord's hosts by default
+        self.fetcher = fetcher or Fetcher()
         # who holds the jobs this studio queues (storage.owners): "bot" for `pintor run`
         self.owner = owner or f"cli-{this_host()}-{os.getpid()}-{id(self):x}"
         self.owners = OwnerStore(store.engine)
@@ -214,6 +218,7 @@ class Studio:
 
     async def close(self) -> None:
         """Stop the worker after its current step; unfinished jobs stay queued for the next start."""
+        await self.fetcher.close()
         await self.queue.close()
         if self._consumer is not None:
             await self._consumer  # the queue's event stream ends once it is closed
@@ -225,6 +230,12 @@ class Studio:
             await self.owners.remove(self.owner)  # what it left unfinished is anyone's now
 
     # -- requests -------------------------------------------------------------------------------
+
+    async def fetch(self, url: str, name: str) -> bytes:
+        """The bytes at `url` (an attachment or a link a member sent, `name` in messages), through
+        the one outbound door (bot.downloads.Fetcher: allowed hosts, public addresses, size and
+        time caps). Raises FetchError (an UploadError) with a message for the member."""
+        return await self.fetcher.fetch(url, name)
 
     def prepare(self, text: str, defaults: MemberPreferences | None = None,
                 rules: ServerRules | None = None, *, strict: bool | None = None) -> Request:

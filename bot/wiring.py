@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.downloads import Fetcher, FetchPolicy
 from bot.settings import Settings
 from bot.studio import Studio
 from generation.files import FileStore
@@ -72,6 +73,11 @@ def build_queue(settings: Settings, files: FileStore, owner: str, local_workers:
                       stop_workers=local.stop)
 
 
+def fetcher_from(settings: Settings) -> Fetcher:
+    """The one way Pintor fetches URLs (attachments, image prompts), with the admin's hosts."""
+    return Fetcher(FetchPolicy.of(settings.pintor_fetch_hosts, settings.pintor_fetch_local_hosts))
+
+
 def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | None = None, *,
                  owner: str | None = None, local_workers: int | None = None) -> Studio:
     """A studio over an open, migrated database; not started yet (`await studio.start()`).
@@ -81,7 +87,7 @@ def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | N
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
                   queue=build_queue(settings, files, owner, local_workers), files=files,
                   inputs_dir=settings.pintor_data_dir / "images" / "inputs", owner=owner,
-                  queue_kind="redis" if settings.pintor_queue_url else "embedded")
+                  queue_kind="redis" if settings.pintor_queue_url else "embedded", fetcher=fetcher_from(settings))
 
 
 @asynccontextmanager

@@ -175,6 +175,7 @@ def harness_settings(emu: DiscordEmulator, tmp: Path, registry_file: Path, **ove
         database_url=f"sqlite+aiosqlite:///{tmp / 'pintor.db'}", pintor_data_dir=tmp / "data",
         pintor_models=registry_file, pintor_default_model=None, pintor_device="cpu",
         pintor_max_loaded_models=3, pintor_queue_url="", pintor_log_level="WARNING",
+        pintor_fetch_local_hosts=["127.0.0.1"],  # the emulator serves attachments over http on loopback
         pintor_metrics_port=0)  # /metrics and /healthz on a free loopback port (tests/test_discord_metrics.py)
     return Settings(_env_file=None, **(values | overrides))
 

@@ -1,20 +1,48 @@
-"""Attachment downloads stop at the size cap and the time limit, against a real local server."""
+"""Every outbound fetch (bot/downloads.py) against a real local server on 127.0.0.1 (allowed
+explicitly as a local host for these tests): size caps, a total deadline, and hosts and
+addresses refused at every redirect. Names other than 127.0.0.1 resolve through a stand-in
+resolver (tests never reach DNS): the addresses are the point, not the names."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
 
-import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.downloads import download
+from bot.downloads import Fetcher, FetchError, FetchPolicy, refused_address
 from generation.inputs import UploadError
+
+NAMES = {"pics.test": ["127.0.0.1"], "metadata.test": ["169.254.169.254"], "internal.test": ["10.1.2.3"],
+         "mixed.test": ["93.184.216.34", "192.168.0.7"], "v6.test": ["::ffff:127.0.0.1"]}
+
+
+class StandIn(AbstractResolver):
+    """Resolves NAMES; everything else is an unknown name. Records what was asked."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        self.asked.append(host)
+        if host not in NAMES:
+            raise OSError(f"unknown name {host}")
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": 0} for address in NAMES[host]]
+
+    async def close(self) -> None:
+        pass
 
 
 @pytest.fixture
 async def server():
-    stall = asyncio.Event()
+    stop = asyncio.Event()
+    served: list[str] = []
 
     async def small(request):
         return web.Response(body=b"x" * 1000)
@@ -22,47 +50,181 @@ async def server():
     async def endless(request):  # no Content-Length, streams far past any cap
         response = web.StreamResponse()
         await response.prepare(request)
-        for _ in range(1000):
-            await response.write(b"y" * 65536)
+        with contextlib.suppress(ConnectionError):  # the client hangs up at its cap
+            for _ in range(1000):
+                await response.write(b"y" * 65536)
+        return response
+
+    async def drip(request):  # a byte every 50 ms, for ever: each read is quick, the whole is not
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while not stop.is_set():
+                await response.write(b"z")
+                await asyncio.sleep(0.05)
         return response
 
     async def slow(request):
-        await stall.wait()
+        await stop.wait()
         return web.Response(body=b"late")
+
+    async def declared_huge(request):
+        response = web.StreamResponse(headers={"Content-Length": str(50 * 1024 * 1024)})
+        await response.prepare(request)
+        await response.write(b"a" * 1000)
+        return response
 
     async def gone(request):
         return web.Response(status=404)
 
+    async def redirect(request):
+        served.append(request.query["to"])
+        raise web.HTTPFound(request.query["to"])
+
+    async def loop(request):
+        raise web.HTTPFound("/loop")
+
+    async def nowhere(request):
+        return web.Response(status=302)
+
     app = web.Application()
-    app.router.add_get("/small", small)
-    app.router.add_get("/endless", endless)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/gone", gone)
-    runner = web.AppRunner(app)
+    for path, handler in (("/small", small), ("/endless", endless), ("/drip", drip), ("/slow", slow),
+                          ("/declared-huge", declared_huge), ("/gone", gone), ("/redirect", redirect),
+                          ("/loop", loop), ("/nowhere", nowhere)):
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    async with aiohttp.ClientSession() as session:
-        yield session, f"http://127.0.0.1:{port}"
-    stall.set()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", served
+    stop.set()
     await runner.cleanup()
 
 
-async def test_download_within_the_cap(server):
-    session, base = server
-    assert await download(session, f"{base}/small", "a.png", max_bytes=2000) == b"x" * 1000
+@pytest.fixture
+async def lying_server():
+    """A raw HTTP server whose Content-Length lies: /more says 100 bytes and sends 5 MB, /less
+    says 100 000 and sends 10, then hangs up."""
+    async def answer(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        more = head.startswith(b"GET /more")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                     % (100 if more else 100_000))
+        with contextlib.suppress(ConnectionError, OSError):
+            for _ in range(80 if more else 1):
+                writer.write(b"L" * (65536 if more else 10))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.close()
 
 
-async def test_stops_at_the_cap_without_content_length(server):
-    session, base = server
-    with pytest.raises(UploadError, match="big.png is larger than"):
-        await download(session, f"{base}/endless", "big.png", max_bytes=200_000)
+@pytest.fixture
+async def fetcher():
+    resolver = StandIn()
+    made = Fetcher(FetchPolicy.of(["pics.test", "metadata.test", "internal.test", "mixed.test", "v6.test",
+                                   "10.0.0.1", "cdn.discordapp.com"], ["127.0.0.1"],
+                                  max_bytes=200_000, timeout_s=2.0), resolver)
+    yield made
+    await made.close()
 
 
-async def test_time_limit_and_http_errors(server):
-    session, base = server
-    with pytest.raises(UploadError, match="longer than"):
-        await download(session, f"{base}/slow", "slow.png", timeout_s=0.5)
-    with pytest.raises(UploadError, match="HTTP 404"):
-        await download(session, f"{base}/gone", "gone.png")
+async def test_a_file_within_the_cap(fetcher, server):
+    base, _ = server
+    assert await fetcher.fetch(f"{base}/small", "a.png") == b"x" * 1000
+
+
+async def test_size_caps_streamed_and_declared(fetcher, server):
+    base, _ = server
+    with pytest.raises(FetchError, match="big.png is larger than 0.191 MB"):
+        await fetcher.fetch(f"{base}/endless", "big.png")  # no Content-Length: counted as it streams
+    with pytest.raises(FetchError, match="huge.png is larger than"):
+        await fetcher.fetch(f"{base}/declared-huge", "huge.png")  # refused on the header alone
+
+
+async def test_a_lying_content_length_is_refused(fetcher, lying_server):
+    # more bytes than declared: aiohttp's parser refuses the data after the declared body
+    with pytest.raises(FetchError, match="^more.png could not be downloaded"):
+        await fetcher.fetch(f"{lying_server}/more", "more.png")
+    # fewer: the body is incomplete
+    with pytest.raises(FetchError, match="^less.png could not be downloaded"):
+        await fetcher.fetch(f"{lying_server}/less", "less.png")
+
+
+async def test_a_total_deadline_not_a_per_read_one(fetcher, server):
+    base, _ = server
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="drip.png took longer than 2 s"):
+        await fetcher.fetch(f"{base}/drip", "drip.png")  # a byte every 50 ms never idles a read
+    assert time.monotonic() - started < 3.5
+    with pytest.raises(FetchError, match="longer than"):
+        await fetcher.fetch(f"{base}/slow", "slow.png")
+
+
+async def test_http_errors_and_redirects_without_a_target(fetcher, server):
+    base, _ = server
+    with pytest.raises(FetchError, match="gone.png could not be downloaded \\(HTTP 404\\)"):
+        await fetcher.fetch(f"{base}/gone", "gone.png")
+    with pytest.raises(FetchError, match="leads nowhere"):
+        await fetcher.fetch(f"{base}/nowhere", "x.png")
+
+
+async def test_a_redirect_within_the_allowed_hosts_is_followed(fetcher, server):
+    base, _ = server
+    assert await fetcher.fetch(f"{base}/redirect?to={base}/small", "a.png") == b"x" * 1000
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("https://evil.example/x.png", "not from evil.example"),
+    ("http://169.254.169.254/latest/meta-data/", "not from 169.254.169.254"),  # the cloud's metadata service
+    ("http://10.0.0.2/", "not from 10.0.0.2"),
+    ("http://localhost:8080/", "not from localhost"),
+    ("https://metadata.test/x.png", "metadata.test resolves to a link-local address \\(169.254.169.254\\)"),
+    ("https://internal.test/x.png", "internal.test resolves to a private address \\(10.1.2.3\\)"),
+    ("https://pics.test/x.png", "pics.test resolves to a loopback address \\(127.0.0.1\\)"),
+    ("https://mixed.test/x.png", "mixed.test resolves to a private address \\(192.168.0.7\\)"),
+    ("https://v6.test/x.png", "v6.test resolves to a loopback address"),
+    ("https://10.0.0.1/x.png", "10.0.0.1 is a private address"),  # even where an admin listed it
+    ("http://cdn.discordapp.com/x.png", "over https only"),
+    ("https://cdn.discordapp.com:8443/x.png", "over https only \\(port 443\\)"),
+    ("https://user:secret@cdn.discordapp.com/x.png", "user name or password"),
+    ("file:///etc/passwd", "not an http\\(s\\) link"),
+])
+async def test_a_redirect_to_a_refused_host_or_address_is_not_followed(fetcher, server, target, why):
+    base, served = server
+    with pytest.raises(FetchError, match=f"^cat.png: .*{why}|^cat.png is {why}"):
+        await fetcher.fetch(f"{base}/redirect?to={target}", "cat.png")
+    assert served == [target]  # the first hop was served; the second was never asked for
+
+
+async def test_the_same_rules_for_the_first_url(fetcher):
+    for url, why in (("https://metadata.test/x", "link-local"), ("https://evil.example/x", "evil.example"),
+                     ("http://[::1]/x", "::1")):
+        with pytest.raises(FetchError, match=why):
+            await fetcher.fetch(url, "x")
+
+
+async def test_redirect_loops_stop(fetcher, server):
+    base, _ = server
+    with pytest.raises(FetchError, match="more than 3 redirects"):
+        await fetcher.fetch(f"{base}/loop", "loop.png")
+
+
+async def test_fetch_errors_are_upload_errors_for_the_member():
+    assert issubclass(FetchError, UploadError)  # bot.intake.USER_ERRORS answers them
+
+
+def test_refused_addresses():
+    assert refused_address("8.8.8.8") is None and refused_address("2606:4700::1111") is None
+    assert {a: refused_address(a) for a in ("127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1",
+                                            "169.254.169.254", "224.0.0.1", "0.0.0.0", "240.0.0.1",
+                                            "::1", "fe80::1%eth0", "fc00::1", "::ffff:10.0.0.1",
+                                            "2002:7f00:1::", "100.64.0.1")} == {
+        "127.0.0.1": "loopback", "10.0.0.1": "private", "172.16.0.1": "private", "192.168.1.1": "private",
+        "169.254.169.254": "link-local", "224.0.0.1": "multicast", "0.0.0.0": "private",
+        "240.0.0.1": "private", "::1": "loopback", "fe80::1%eth0": "link-local", "fc00::1": "private",
+        "::ffff:10.0.0.1": "private", "2002:7f00:1::": "loopback", "100.64.0.1": "not a public address"}

@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import Delivery
-from bot.downloads import download
 from bot.limits import echo
 from bot.results import DM_REFUSAL
 from generation.inputs import MAX_UPLOAD_BYTES
@@ -25,14 +23,6 @@ DIMENSIONS = [app_commands.Choice(name=name, value=name) for name in ("square", 
 class Blend(commands.Cog):
     def __init__(self, bot: PintorBot):
         self.bot = bot
-        self.http: aiohttp.ClientSession | None = None
-
-    async def cog_load(self) -> None:
-        self.http = aiohttp.ClientSession()
-
-    async def cog_unload(self) -> None:
-        if self.http is not None:
-            await self.http.close()
 
     @app_commands.command(name="blend")
     @app_commands.describe(image1="first image", image2="second image", image3="optional third image",
@@ -66,7 +56,7 @@ class Blend(commands.Cog):
                                             private=private)
 
         async def submit(member, where):
-            uploads = [(a.filename, await download(self.http, a.url, a.filename)) for a in attachments]
+            uploads = [(a.filename, await self.bot.studio.fetch(a.url, a.filename)) for a in attachments]
             return await self.bot.studio.blend(member, uploads, prompt=prompt, weights=weights,
                                                dimensions=dimensions.value if dimensions else "square", **where)
 

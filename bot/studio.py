@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from PIL import Image, ImageOps
 
 from bot.downloads import Fetcher
 from bot.intake import (
@@ -132,6 +135,51 @@ def _inputs_of(request_json: str) -> list[str]:
     """The picture files a stored request starts from (image to image, upscale, blend)."""
     request = Request.from_json(request_json)
     return [path for path in (request.init_image, *request.images) if path]
+
+
+def link_name(url: str, limit: int = 60) -> str:
+    """A link as messages name it: host and file name without the scheme or query (Discord's
+    signed attachment links are long; the scheme would make Discord preview them)."""
+    parsed = urlsplit(url)
+    path = parsed.path.rstrip("/")
+    file = path.rsplit("/", 1)[-1]
+    name = f"{parsed.hostname or ''}{'/…/' if path.count('/') > 1 else '/'}{file}" if file else parsed.hostname or url
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+# Stable Diffusion image prompts: image to image from the picture, at a strength that falls as
+# --iw rises: strength = 1 − iw / 4 (--iw 0: 1.0, the picture drowned in noise; the default 1:
+# 0.75, diffusers' own img2img default; 3: 0.25, close to the picture).
+def image_prompt_strength(image_weight: float) -> float:
+    """The image-to-image strength (0.25–1) for --iw (0–3) on a Stable Diffusion model."""
+    return round(1.0 - image_weight / 4, 4)
+
+
+def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: ServerRules | None) -> Request:
+    """How `count` image prompts steer a prompt's grid on model `spec`, weighted by the request's
+    --iw (`image_weight`). Kandinsky (a model that blends): the pictures are mixed with the text
+    through the prior, as /blend mixes them: the text's parts share 1 / (1 + iw) of the weight
+    and the pictures iw / (1 + iw), equally. Stable Diffusion: image to image from the (first,
+    already cropped) picture at image_prompt_strength(iw), with steps raised where steps ×
+    strength < 1 (fit_image_to_image, within the server's max_steps). Returns the request with
+    the weights or strength, and a notice saying what was done; the caller sets the pictures'
+    paths (`images` or `init_image`). Raises LimitError where the server's steps cannot fit."""
+    iw = request.image_weight
+    shown = f"{count} image prompt{'s' if count > 1 else ''}" + (f" at --iw {iw:g}" if iw != 1 else "")
+    names = ", ".join(request.image_prompts)
+    if spec.can_blend:
+        total = sum(weight for _, weight in request.parts)
+        text_share, image_share = 1 / (1 + iw), iw / (1 + iw)
+        notice = f"🖼️ {shown} ({names}), mixed with the text by {spec.name}."
+        return request.replace(
+            parts=tuple((text, text_share * weight / total) for text, weight in request.parts),
+            image_weights=(image_share / count,) * count, notices=(*request.notices, notice))
+    steps, strength = fit_image_to_image(request.steps, image_prompt_strength(iw), rules)
+    unused = len(request.image_prompts) - 1
+    notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
+              f"{strength:g})." + (f" It uses the first image prompt only; the other {unused} were not used "
+                                   "(a Kandinsky model mixes several)." if unused else ""))
+    return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice))
 
 
 def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | None:
@@ -253,8 +301,60 @@ class Studio:
         return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
                                     strict=refuses_unknown_parameters(rules))
 
-    async def imagine(self, member: Member, text: str, **where) -> Submitted:
-        return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
+    async def imagine(self, member: Member, text: str, *, uploads: Sequence[tuple[str, str]] = (),
+                      **where) -> Submitted:
+        """A prompt's grid: `prepare` then `submit_prompt` (which fetches its image prompts)."""
+        request = self.prepare(text, rules=where.get("rules"))
+        self.check_image_prompts(request)
+        return await self.submit_prompt(member, request, uploads=uploads, **where)
+
+    def check_image_prompts(self, request: Request) -> None:
+        """Refuse, before anything is fetched or stored, an image prompt link Pintor will not
+        fetch (a host the admin does not allow, not https…): raises FetchError naming the link.
+        Pure and fast: a front end calls it before acknowledging."""
+        for url in request.image_prompts:
+            self.fetcher.policy.check(url, link_name(url))
+
+    async def submit_prompt(self, member: Member, request: Request, *, uploads: Sequence[tuple[str, str]] = (),
+                            **where) -> Submitted:
+        """Submit a prepared prompt's request with its image prompts: the links at the start of
+        its prompt (`request.image_prompts`) and `uploads` ((file name, URL) of attachments),
+        each fetched through `fetch`, checked by content as /blend's uploads are
+        (generation.inputs.open_upload) and kept in the file store before the job is stored, so
+        🔄, V and a restart never need the links again. How the pictures steer the grid:
+        `image_prompt_request`. Without image prompts, the request is submitted as it is (a
+        --iw is said to have had nothing to weigh). Raises the USER_ERRORS (FetchError,
+        UploadError, RequestError…) with nothing stored."""
+        sources = [(link_name(url), url) for url in request.image_prompts] + list(uploads)
+        if not sources:
+            if "--iw" in request.parameters:
+                request = request.replace(notices=(*request.notices, "--iw was not used: this prompt has no "
+                                                   "image prompt (links at its start, or the image option)."))
+            return await self.submit(member, request, **where)
+        self.check_image_prompts(request)
+        names = [name for name, _ in sources]
+        request = request.replace(image_prompts=tuple(names))
+        data = [(name, await self.fetch(url, name)) for name, url in sources]
+        images = await asyncio.to_thread(lambda: [open_upload(blob, name) for name, blob in data])
+        spec = self.registry.get(request.model)
+        if not spec.can_blend and spec.family not in EMPHASIS_FAMILIES:
+            users = [m.name for m in self.registry.generators() if m.can_blend or m.family in EMPHASIS_FAMILIES]
+            raise RequestError(f"{spec.name} cannot use image prompts. Models that can: {', '.join(users) or 'none'}.")
+        if spec.family in EMPHASIS_FAMILIES:
+            # image to image from the first picture, cropped to the grid's shape (not stretched)
+            images = [await asyncio.to_thread(ImageOps.fit, images[0], (request.width, request.height),
+                                              Image.Resampling.LANCZOS)]
+        request = image_prompt_request(request, spec, len(images), where.get("rules"))
+        rules = where.get("rules")
+        if rules is not None:  # a refusal writes nothing (submit checks again, atomically)
+            await self._check_rules(member, request, rules, where.get("channel_id"))
+
+        def with_inputs(paths: list[str]) -> Request:
+            if spec.can_blend:
+                return request.replace(images=tuple(paths))
+            return request.replace(init_image=paths[0])
+
+        return await self._submit_with_inputs(member, images, with_inputs, **where)
 
     async def reroll(self, member: Member, job_id: int, **where) -> Submitted:
         """The same request again with a new seed: a grid from a prompt or a blend, or a
@@ -276,6 +376,9 @@ class Studio:
             return await self.submit(member, request.replace(seed=random_seed()), parent_id=parent.parent_id,
                                      parent_index=parent.parent_index, **where)
         kind = JobKind.BLEND if request.kind == JobKind.BLEND else JobKind.REROLL
+        if any(not Path(path).is_file() for path in _inputs_of(parent.request)):
+            # a blend's or image prompts' pictures: kept in the file store (never fetched again)
+            raise RequestError(f"The pictures job {job_id} was made from are gone from the file store.")
         request = request.replace(kind=kind, seed=random_seed())
         return await self.submit(member, request, parent_id=job_id, **where)
 
@@ -514,11 +617,18 @@ class Studio:
             image_weights=tuple(image_weights))
         if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
             await self._check_rules(member, request, where["rules"], where.get("channel_id"))
+        return await self._submit_with_inputs(member, images, lambda paths: request.replace(images=tuple(paths)),
+                                              **where)
+
+    async def _submit_with_inputs(self, member: Member, images: Sequence[Image.Image],
+                                  request_for: Callable[[list[str]], Request], **where) -> Submitted:
+        """Keep `images` in the file store (`_keep_inputs`), then submit `request_for(their paths)`.
+        If the job is not stored, the files this call wrote that no job refers to are deleted
+        again (another job may share a file: they are named by content)."""
         paths, written = await asyncio.to_thread(self._keep_inputs, images)
         try:
-            return await self.submit(member, request.replace(images=tuple(paths)), **where)
+            return await self.submit(member, request_for(paths), **where)
         except BaseException:
-            # not stored: keep no upload that no job refers to (another blend may share the file)
             unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
             await asyncio.to_thread(_delete_files, unused)
             raise

@@ -25,6 +25,9 @@ PER_JOB_FIELDS = frozenset({
     "prompt", "parts", "negative", "seed", "chaos", "count", "parameters",
     "init_image",  # each job its own picture; whether there is one is in the key
     "safety_check", "notices",
+    # where a job's image prompts came from and their --iw: shown with it; what they do to the
+    # call is in init_image and strength (SD), which are handled as above
+    "image_prompts", "image_weight",
 })
 
 # Images per pipeline call, unless the operator sets PINTOR_BATCH_IMAGES. On CUDA: SD 1.x/2.x

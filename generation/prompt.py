@@ -13,8 +13,12 @@ paste them from MidJourney and Stable Diffusion galleries:
   model registry to map to a model (``bot.intake`` does);
 * values outside a range whose intent is plain are brought inside it, with a notice
   (``--ar 7:2`` → 3:1, ``--q 4`` → 2, ``--chaos 150`` → 100, two ``--no`` lists merged);
+* links at the start of a prompt are image prompts (MidJourney's order:
+  ``https://…/a.png https://…/b.png a cat --iw 1.5``): taken out of the text into
+  ``ParsedPrompt.image_urls``; ``--iw`` (0–3, default 1) is their weight against the text. Which
+  hosts may be fetched is the bot's business (``bot.downloads``), not the parser's;
 * leftovers of copy and paste are cleaned, with a notice: a leading ``/imagine prompt:``,
-  dashes that phones turn into ``—``, links (image prompts are not offered yet), ``<lyco:…>``,
+  dashes that phones turn into ``—``, links further on in the text, ``<lyco:…>``,
   ``BREAK`` and ``[a|b]``;
 * ``<lora:NAME:0.7>`` (the form Stable Diffusion galleries paste) means ``--lora NAME:0.7``: both
   end up in ``ParsedPrompt.loras`` as (name, weight or None for the LoRA's own default);
@@ -51,6 +55,9 @@ EMPHASIS_STEP = 1.1
 # ComfyUI sliders go to about ±2; a negative weight reverses a LoRA)
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 MAX_LORAS = 8  # LoRAs one prompt may name (an abuse limit; a server's own limit is lower)
+MAX_IMAGE_PROMPTS = 5  # links at the start of a prompt (as /blend's images: more dilute each one to nothing)
+# --iw: how much the image prompts count against the text (MidJourney's range for v6/v7: 0–3, default 1)
+IMAGE_WEIGHT_RANGE = (0.0, 3.0)
 
 
 class PromptError(ValueError):
@@ -79,6 +86,9 @@ class ParsedPrompt:
     selectors: tuple[tuple[str, str], ...] = ()
     # --lora NAME[:weight] and <lora:NAME:weight>, in order, once per name; None: the LoRA's default
     loras: tuple[tuple[str, float | None], ...] = ()
+    # image prompts: the links at the start of the prompt, in order (without <…>), and --iw
+    image_urls: tuple[str, ...] = ()
+    image_weight: float = 1.0
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -204,6 +214,18 @@ def _parse_lora(value: str, notices: list[str]) -> tuple[str, float | None]:
     return name, weight
 
 
+def _parse_image_weight(value: str, notices: list[str]) -> float:
+    """--iw's value: a number from 0 to 3 (IMAGE_WEIGHT_RANGE); anything else is refused, not
+    brought into range: a weight of 4 or -1 says something Pintor cannot guess."""
+    if not _DECIMAL_RE.fullmatch(value):
+        raise ValueError(value)
+    weight = float(value)
+    low, high = IMAGE_WEIGHT_RANGE
+    if not low <= weight <= high:
+        raise ValueError(value)
+    return weight
+
+
 def _format_loras(loras: tuple[tuple[str, float | None], ...]) -> str:
     # one --lora per LoRA: format_parameters writes "--lora " before the first
     return " --lora ".join(name if weight is None else f"{name}:{_format_weight(weight)}" for name, weight in loras)
@@ -233,11 +255,14 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
         _Param("lora", "loras", "a LoRA's name, and its weight after a colon if you want another "
                f"(e.g. --lora pixel-art:0.7; from {LORA_WEIGHT_RANGE[0]:g} to {LORA_WEIGHT_RANGE[1]:g})",
                _parse_lora, _format_loras),
+        _Param("iw", "image_weight",
+               f"a number from {IMAGE_WEIGHT_RANGE[0]:g} to {IMAGE_WEIGHT_RANGE[1]:g}: how much the image prompts "
+               "count against the text (default 1)", _parse_image_weight, lambda weight: _format_weight(weight)),
     )
     return {param.name: param for param in params}
 
 
-KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora "
+KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, --iw "
                     "(also --aspect, --c, --s, --quality).")
 
 
@@ -246,7 +271,7 @@ KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize
 # --------------------------------------------------------------------------
 
 _NONE, _ONE, _OPTIONAL, _MANY = "none", "one", "optional", "many"
-_IMAGES = "image prompts are not offered yet"
+_IMAGES = "Pintor has image prompts (links at the start of the prompt, --iw), not style or character references"
 _MODEL = "choose a model with --model"
 _ASPECT = "use --ar for the shape"
 
@@ -268,7 +293,7 @@ _FOREIGN: dict[str, _Foreign] = {
     "niji": _Foreign(_OPTIONAL, _MODEL), "style": _Foreign(_ONE, _MODEL),
     "w": _Foreign(_ONE, _ASPECT), "h": _Foreign(_ONE, _ASPECT),
     "width": _Foreign(_ONE, _ASPECT), "height": _Foreign(_ONE, _ASPECT),
-    "iw": _Foreign(_ONE, _IMAGES), "sw": _Foreign(_ONE, _IMAGES), "cw": _Foreign(_ONE, _IMAGES),
+    "sw": _Foreign(_ONE, _IMAGES), "cw": _Foreign(_ONE, _IMAGES),
     "ow": _Foreign(_ONE, _IMAGES),
     "sref": _Foreign(_MANY, _IMAGES), "cref": _Foreign(_MANY, _IMAGES), "oref": _Foreign(_MANY, _IMAGES),
     "p": _Foreign(_MANY), "personalize": _Foreign(_MANY), "profile": _Foreign(_MANY),
@@ -419,7 +444,14 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                        "command, not of the prompt.")
         text = text[imagine.end():]
     table = _param_table(max_steps)
-    prompt_words, groups = _split_words(_words(text), table, notices)
+    words = _words(text)
+    image_urls: list[str] = []
+    while words and _URL_RE.fullmatch(words[0]):  # image prompts: the links before any word
+        image_urls.append(words.pop(0).removeprefix("<").removesuffix(">"))
+    if len(image_urls) > MAX_IMAGE_PROMPTS:
+        raise PromptError(f"Your prompt starts with {len(image_urls)} links; at most {MAX_IMAGE_PROMPTS} "
+                          "image prompts can be used at once.")
+    prompt_words, groups = _split_words(words, table, notices)
 
     values: dict[str, Any] = {}  # canonical name → its _Param's parsed value
     negatives: list[str] = []  # each --no, merged into one below
@@ -453,15 +485,18 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     if not prompt_text.strip() and not require_text:
         parts: tuple[PromptPart, ...] = ()
     elif not prompt_text.strip():
+        if image_urls:
+            raise PromptError("Your prompt has image links but no text: after the links, describe the picture "
+                              "you want, e.g. https://…/cat.png a cat in a spacesuit --iw 1.5.")
         raise PromptError("Your prompt has no text: describe the image first, "
                           "then add parameters such as --ar 16:9."
-                          + (" (Links are removed: image prompts are not offered yet.)"
+                          + (" (A link is an image prompt only at the start of the prompt.)"
                              if _URL_RE.search(text) else ""))
     else:
         parts = _split_parts(prompt_text)
     fields = {table[name].field: value for name, value in values.items()}
     return ParsedPrompt(parts=parts, given=frozenset(values), selectors=tuple(selectors),
-                        notices=tuple(dict.fromkeys(notices)), **fields)
+                        image_urls=tuple(image_urls), notices=tuple(dict.fromkeys(notices)), **fields)
 
 
 def _moved_to_text(group: _Group, rest: list[str], notices: list[str]) -> list[str]:
@@ -551,7 +586,8 @@ def _clean_text(text: str, notices: list[str]) -> str:
     if links:
         hosts = ", ".join(dict.fromkeys(quote(_host(link)) for link in links))
         notices.append(f"Removed {len(links)} link{'s' if len(links) > 1 else ''} ({hosts}) from the prompt: "
-                       "image prompts are not offered yet, and a link is not words to draw.")
+                       "a link is an image prompt only at the start of the prompt, and elsewhere not words "
+                       "to draw.")
         text = " ".join(word for word in text.split() if not _URL_RE.match(word))
     for tag in dict.fromkeys(_LORA_RE.findall(text)):
         notices.append(f"Removed {quote(tag)}: LyCORIS and hypernetwork tags are not supported; "

@@ -65,6 +65,13 @@ class Request:
     # Zoom Out, Pan, Make Square: how far the canvas extends beyond init_image on each side
     # (left, top, right, bottom), as fractions of its width and height
     outpaint: tuple[float, float, float, float] | None = None
+    # Image prompts (/imagine's image option, links at the start of the prompt): where each came
+    # from (the link, or the attachment's file name), shown with the prompt; their pictures are
+    # kept in the file store and named by `images` (Kandinsky: mixed through the prior with
+    # `image_weights`) or `init_image` (Stable Diffusion: image to image at `strength`). The
+    # links are never fetched again: they expire, the stored pictures stay.
+    image_prompts: tuple[str, ...] = ()
+    image_weight: float = 1.0  # --iw (0–3): how much the image prompts count against the text
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -79,6 +86,7 @@ class Request:
         data["images"] = tuple(data.get("images", ()))
         data["image_weights"] = tuple(data.get("image_weights", ()))
         data["notices"] = tuple(data.get("notices", ()))
+        data["image_prompts"] = tuple(data.get("image_prompts", ()))
         data["loras"] = tuple((str(n), float(w)) for n, w in data.get("loras", ()))
         if data.get("outpaint") is not None:
             left, top, right, bottom = (float(v) for v in data["outpaint"])
@@ -185,4 +193,6 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
             parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"}, selectors=())),
         notices=tuple(dict.fromkeys(notices)),
         loras=tuple((lora.name, weight) for lora, weight in loras),
+        image_prompts=parsed.image_urls,
+        image_weight=parsed.image_weight,
     )

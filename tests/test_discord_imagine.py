@@ -27,7 +27,8 @@ def original_edits(pintor: Harness, inter) -> list:
 async def test_commands_are_registered(pintor: Harness):
     commands = {c["name"]: c for c in pintor.emu.commands[None]}
     assert {"imagine", "show"} <= set(commands)
-    assert [(o["name"], o["type"], o["required"]) for o in commands["imagine"]["options"]] == [("prompt", 3, True)]
+    assert [(o["name"], o["type"], o.get("required", False)) for o in commands["imagine"]["options"]] == [
+        ("prompt", 3, True), ("image", 11, False)]  # an optional image prompt (tests/test_discord_image_prompts.py)
     assert commands["imagine"]["description"] == "Make four pictures from a prompt."
     [job_id] = commands["show"]["options"]
     assert (job_id["name"], job_id["type"], job_id["min_value"]) == ("job_id", 4, 1)
@@ -93,7 +94,7 @@ async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness
     ("a fox --seed -1", "got “-1”"),
     ("a fox --model nope", "Unknown model 'nope'"),
     ("--seed 3", "text"),
-    ("https://s.mj.run/abc123 --v 6", "image prompts are not offered yet"),
+    ("https://s.mj.run/abc123 --v 6", "image links but no text"),
 ])
 async def test_bad_input_gets_an_ephemeral_message_and_no_job(pintor: Harness, prompt: str, says: str):
     before = await pintor.job_count()
@@ -221,14 +222,15 @@ async def test_a_members_settings_fill_in_the_prompt_and_keep_results_private(pi
 
 async def test_a_pasted_midjourney_prompt_is_made_and_every_change_is_said(pintor: Harness):
     emu = pintor.emu
-    prompt = ("/imagine prompt: https://s.mj.run/Xy12ab cinematic photo of a lighthouse in a storm, "
+    prompt = ("/imagine prompt: cinematic photo of a lighthouse in a storm, https://s.mj.run/Xy12ab "
               "dramatic light —ar 7:2 --v 6.0 --style raw --tile --sref 1234 --sref 5678 --chaos 150 --seed 9")
     inter = await emu.slash("imagine", {"prompt": prompt})
     assert (await inter.wait_callback(timeout=3))["type"] == DEFERRED
     final = await inter.wait_original(is_result, timeout=90)
     said = [
         "Removed “/imagine prompt:” from the start",
-        "Ignored what Pintor does not have: “--tile”; “--sref 1234” (×2) — image prompts are not offered yet.",
+        "Ignored what Pintor does not have: “--tile”; “--sref 1234” (×2) — Pintor has image prompts (links at the "
+        "start of the prompt, --iw), not style or character references.",
         "--ar “7:2”: used 3:1",
         "--chaos “150” is over the highest value; used 100.",
         "Removed 1 link (“s.mj.run”)",

@@ -194,7 +194,8 @@ def test_unknown_parameters_in_strict_mode_are_refused_all_named():
     p = parse_prompt("cat --foo 3 --tile --sref 12 --foo 4")
     assert p.text == "cat"
     assert p.notices == ("Ignored what Pintor does not have: “--foo 3” (×2), “--tile”; "
-                         "“--sref 12” — image prompts are not offered yet.",)
+                         "“--sref 12” — Pintor has image prompts (links at the start of the prompt, --iw), "
+                         "not style or character references.",)
 
 
 @pytest.mark.parametrize("name", ["--ar", "--seed", "--chaos", "--stylize", "--q", "--steps", "--model"])
@@ -358,7 +359,8 @@ def check_parse(text: str) -> None:
         return
     assert p.parts and all(part.text for part in p.parts)
     # Whatever parses, its canonical form parses back to the same thing.
-    assert parse_prompt(p.text + " " + format_parameters(p)) == dataclasses.replace(p, notices=())
+    again = parse_prompt(" ".join([*p.image_urls, p.text, format_parameters(p)]))
+    assert again == dataclasses.replace(p, notices=())
     # every notice names something that really is in the input
     for notice in p.notices:
         assert_names_the_input(notice, text)
@@ -449,16 +451,13 @@ MIDJOURNEY_GALLERY = [
      ("Ignored what Pintor does not have: “--tile”.",)),
     ("portrait of a knight in ornate silver armor, baroque painting --sref 2395876241 --sw 300 --p --v 6.1",
      "portrait of a knight in ornate silver armor, baroque painting", "", (("v", "6.1"),),
-     ("Ignored what Pintor does not have: “--sref 2395876241”, “--sw 300” — image prompts are not "
-      "offered yet; “--p”.",)),
+     ("Ignored what Pintor does not have: “--sref 2395876241”, “--sw 300” — Pintor has image prompts "
+      "(links at the start of the prompt, --iw), not style or character references; “--p”.",)),
     ("isometric diorama of a tiny bakery, 3d render, soft light --w 1080 --h 720 --q 2",
      "isometric diorama of a tiny bakery, 3d render, soft light", "--q 2", (),
      ("Ignored what Pintor does not have: “--w 1080”, “--h 720” — use --ar for the shape.",)),
     ("https://s.mj.run/aB3dE5fG7hI cyberpunk street market, neon, rain --iw 1.5 --ar 9:16 --niji",
-     "cyberpunk street market, neon, rain", "--ar 9:16", (("niji", ""),),
-     ("Ignored what Pintor does not have: “--iw 1.5” — image prompts are not offered yet.",
-      "Removed 1 link (“s.mj.run”) from the prompt: image prompts are not offered yet, and a link is "
-      "not words to draw.")),
+     "cyberpunk street market, neon, rain", "--ar 9:16 --iw 1.5", (("niji", ""),), ()),
     ("product photo of a perfume bottle on wet black stone --ar 4:5 --style raw --stylize 50 --weird 250 "
      "--chaos 30 --relax",
      "product photo of a perfume bottle on wet black stone", "--ar 4:5 --chaos 30 --stylize 50",
@@ -478,7 +477,7 @@ def test_midjourney_gallery_prompts(prompt, text, parameters, selectors, notices
     if "cref" in prompt:  # a long value is cut in the notice
         [notice] = p.notices
         assert notice.startswith("Ignored what Pintor does not have: “--cref https://cdn.midjourney.com/")
-        assert "“--cw 0” — image prompts are not offered yet." in notice
+        assert "“--cw 0” — Pintor has image prompts (links at the start of the prompt, --iw), not style" in notice
     else:
         assert p.notices == notices
     for notice in p.notices:
@@ -545,10 +544,10 @@ PASTE_LEFTOVERS = [
     ("a red fox --tile seamless pattern", "a red fox seamless pattern", "",
      ("Read “seamless pattern” after “--tile” as prompt text.",
       "Ignored what Pintor does not have: “--tile”.")),
-    ("<https://i.imgur.com/x.png> https://cdn.discordapp.com/a/b.jpg a red fox https://i.imgur.com/y.png",
-     "a red fox", "",
-     ("Removed 3 links (“i.imgur.com”, “cdn.discordapp.com”) from the prompt: image prompts are not "
-      "offered yet, and a link is not words to draw.",)),
+    ("a red fox https://i.imgur.com/y.png in <https://cdn.discordapp.com/a/b.jpg> snow",
+     "a red fox in snow", "",
+     ("Removed 2 links (“i.imgur.com”, “cdn.discordapp.com”) from the prompt: a link is an image prompt "
+      "only at the start of the prompt, and elsewhere not words to draw.",)),
 ]
 
 
@@ -658,7 +657,8 @@ def test_pasted_prompts_raise_only_prompt_error_and_notices_name_the_input(text,
         return
     for notice in p.notices:
         assert_names_the_input(notice, text)
-    assert parse_prompt(p.text + " " + format_parameters(p)) == dataclasses.replace(p, notices=())
+    again = parse_prompt(" ".join([*p.image_urls, p.text, format_parameters(p)]))
+    assert again == dataclasses.replace(p, notices=())
 
 
 @given(st.text())
@@ -711,3 +711,38 @@ def test_found_by_longer_property_runs(text):
         return
     for notice in p.notices:
         assert_names_the_input(notice, text)
+
+
+# --- image prompts ------------------------------------------------------------------------------
+
+def test_links_at_the_start_are_image_prompts_with_their_weight():
+    p = parse_prompt("<https://cdn.discordapp.com/attachments/1/2/a.png> https://media.discordapp.net/b.webp?ex=1 "
+                     "a cat in the style of ukiyo-e --iw 1.5 --ar 3:2")
+    assert p.image_urls == ("https://cdn.discordapp.com/attachments/1/2/a.png",
+                            "https://media.discordapp.net/b.webp?ex=1")
+    assert (p.text, p.image_weight, p.aspect, p.notices) == ("a cat in the style of ukiyo-e", 1.5, (3, 2), ())
+    assert format_parameters(p) == "--ar 3:2 --iw 1.5"
+    plain = parse_prompt("https://cdn.discordapp.com/a.png a cat")
+    assert (plain.image_urls, plain.image_weight, "iw" in plain.given) == (("https://cdn.discordapp.com/a.png",), 1.0,
+                                                                          False)
+    assert parse_prompt("/imagine prompt: https://x.io/a.png a cat").image_urls == ("https://x.io/a.png",)
+    # a link after the first word is not an image prompt
+    later = parse_prompt("a cat https://x.io/a.png")
+    assert later.image_urls == () and later.text == "a cat" and "only at the start" in later.notices[0]
+
+
+@pytest.mark.parametrize("value", ["0", "0.25", "1", "2.5", "3", "3.0", ".5"])
+def test_image_weight_from_0_to_3(value):
+    assert parse_prompt(f"https://x.io/a.png a cat --iw {value}").image_weight == float(value)
+
+
+@pytest.mark.parametrize("value", ["4", "3.01", "-1", "abc", "1e2", "nan"])
+def test_image_weight_outside_0_to_3_is_refused(value):
+    message = error_for(f"https://x.io/a.png a cat --iw {value}")
+    assert message == (f"--iw must be a number from 0 to 3: how much the image prompts count against the text "
+                       f"(default 1); got “{value}”.")
+
+
+def test_image_prompts_need_a_text_and_are_at_most_five():
+    assert "image links but no text" in error_for("https://x.io/a.png https://x.io/b.png --iw 2")
+    assert "at most 5 image prompts" in error_for(" ".join(f"https://x.io/{n}.png" for n in range(6)) + " a cat")

@@ -131,7 +131,9 @@ async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, m
     ("a cat --model tiny-upscaler", "cannot make pictures from text"),
     ("a cat --steps 0", "--steps must be"),
     ("a cat --seed -1", "got “-1”"),
-    ("https://cdn.discordapp.com/attachments/1/2/cat.png", "image prompts are not offered yet"),
+    ("https://cdn.discordapp.com/attachments/1/2/cat.png", "image links but no text"),
+    ("https://i.imgur.com/cat.png a cat", "not from i.imgur.com"),  # a host Pintor does not fetch from
+    ("https://cdn.discordapp.com/a.png a cat --iw 3.5", "--iw must be a number from 0 to 3"),
 ])
 async def test_bad_input_is_a_user_error_and_changes_nothing(env, prompt: str, message: str):
     jobs_before, files_before = await job_count(env), files(env.root)
@@ -154,7 +156,8 @@ async def test_a_pasted_prompt_is_made_and_its_notices_are_kept_with_the_job(env
         "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
         "--ar “4:1”: used 3:1, the nearest ratio Pintor makes (from 3:1 to 1:3).",
         "--chaos “150” is over the highest value; used 100.",
-        "Ignored what Pintor does not have: “--tile”; “--sref 4567” (×2) — image prompts are not offered yet.",
+        "Ignored what Pintor does not have: “--tile”; “--sref 4567” (×2) — Pintor has image prompts (links at "
+        "the start of the prompt, --iw), not style or character references.",
         "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model "
         "(tiny-sd, tiny-sdxl, tiny-kandinsky).")
     # a re-roll keeps them (the same prompt); an upscale or a variation does not say them again

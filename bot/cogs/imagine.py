@@ -6,13 +6,15 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.delivery import Delivery
 from bot.intake import USER_ERRORS
-from bot.limits import plain
+from bot.limits import echo, plain
 from bot.results import DM_REFUSAL
+from generation.inputs import MAX_UPLOAD_BYTES
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
@@ -24,8 +26,9 @@ class Imagine(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="imagine")
-    @app_commands.describe(prompt="What to picture, then any --parameters: a red fox in the snow --ar 3:2 --no people")
-    async def imagine(self, interaction: Interaction, prompt: str) -> None:
+    @app_commands.describe(prompt="What to picture, then any --parameters: a red fox in the snow --ar 3:2 --no people",
+                           image="optional image prompt: a picture to start from (weight it with --iw 0–3)")
+    async def imagine(self, interaction: Interaction, prompt: str, image: discord.Attachment | None = None) -> None:
         """Make four pictures from a prompt."""
         received_at = time.monotonic()
         if interaction.guild_id is None and not self.bot.settings.pintor_allow_dms:
@@ -38,14 +41,21 @@ class Imagine(commands.Cog):
             # the member's /settings fill in what the prompt leaves out; pure and fast: bad
             # input is answered before anything is stored
             request, notices = studio.prepare_with_notices(prompt, defaults, rules=rules)
+            studio.check_image_prompts(request)  # a link from a host Pintor does not fetch
         except USER_ERRORS as err:
             await interaction.response.send_message(plain(f"⚠️ {err}"), ephemeral=True)
             return
+        if image is not None and image.size > MAX_UPLOAD_BYTES:  # a hint: the download enforces the cap
+            await interaction.response.send_message(
+                f"⚠️ {echo(image.filename, 200)} is larger than {MAX_UPLOAD_BYTES // 1024**2} MB.", ephemeral=True)
+            return
+        uploads = [(image.filename, image.url)] if image is not None else []
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
         delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
                                             private=defaults.private)
         await self.bot.start_job(interaction, delivery, rules=rules,
-                                 submit=lambda member, where: studio.submit(member, request, notices=notices, **where))
+                                 submit=lambda member, where: studio.submit_prompt(
+                                     member, request, uploads=uploads, notices=notices, **where))
 
 
 async def setup(bot: PintorBot) -> None:

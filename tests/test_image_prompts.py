@@ -1,0 +1,68 @@
+"""How image prompts steer a grid (bot/studio.py: image_prompt_request, image_prompt_strength,
+link_name), without a worker: the figures each model family gets from --iw. End to end through
+the emulator: tests/test_discord_image_prompts.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.intake import LimitError
+from bot.studio import image_prompt_request, image_prompt_strength, link_name
+from generation.prompt import parse_prompt
+from generation.registry import load_registry
+from generation.request import build_request
+from storage.models import ServerRules
+
+REGISTRY = load_registry()
+
+
+def request_for(text: str, model: str):
+    return build_request(parse_prompt(text), REGISTRY.get(model))
+
+
+@pytest.mark.parametrize("iw, strength", [(0, 1.0), (0.5, 0.875), (1, 0.75), (1.5, 0.625), (2, 0.5), (3, 0.25)])
+def test_stable_diffusion_strength_falls_as_the_image_weight_rises(iw, strength):
+    assert image_prompt_strength(iw) == strength
+
+
+def test_stable_diffusion_starts_from_the_first_picture_and_says_so():
+    request = request_for("https://a.test/x.png https://a.test/y.png a cat --iw 1.5", "sd-1.5")
+    request = request.replace(image_prompts=("a.test/x.png", "a.test/y.png"))
+    made = image_prompt_request(request, REGISTRY.get("sd-1.5"), 1, None)
+    assert (made.strength, made.steps, made.parts) == (0.625, 30, request.parts)
+    assert made.notices[-1] == ("🖼️ 1 image prompt at --iw 1.5 (a.test/x.png, a.test/y.png): sd-1.5 starts from "
+                                "the picture (image to image, strength 0.625). It uses the first image prompt only; "
+                                "the other 1 were not used (a Kandinsky model mixes several).")
+
+
+def test_steps_are_raised_where_steps_times_strength_is_under_one():
+    # sd-turbo makes 2 steps; --iw 3 is strength 0.25: image to image would run int(0.5) = 0 steps
+    request = request_for("https://a.test/x.png a cat --iw 3", "sd-turbo").replace(image_prompts=("x.png",))
+    made = image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, None)
+    assert (made.steps, made.strength) == (4, 0.25) and int(made.steps * made.strength) >= 1
+    # under a server's limit of 2 steps the strength is raised instead
+    rules = ServerRules(guild_id=1, max_steps=2)
+    assert (image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules).steps,
+            image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules).strength) == (2, 0.5)
+    with pytest.raises(LimitError, match="1 step"):
+        image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, ServerRules(guild_id=1, max_steps=1))
+
+
+@pytest.mark.parametrize("iw, text_share, image_share", [(1, 0.5, 0.5), (3, 0.25, 0.75), (0, 1.0, 0.0)])
+def test_kandinsky_mixes_text_and_pictures_by_the_image_weight(iw, text_share, image_share):
+    request = request_for(f"a castle::3 fog::1 --iw {iw}", "kandinsky-2.2").replace(image_prompts=("a.png", "b.png"))
+    made = image_prompt_request(request, REGISTRY.get("kandinsky-2.2"), 2, None)
+    assert made.parts == (("a castle", text_share * 0.75), ("fog", text_share * 0.25))
+    assert made.image_weights == (image_share / 2, image_share / 2)
+    assert made.strength == 0.0 and made.init_image is None
+    assert sum(w for _, w in made.parts) + sum(made.image_weights) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("url, name", [
+    ("https://cdn.discordapp.com/attachments/1/2/cat.png?ex=65&is=66&hm=abc", "cdn.discordapp.com/…/cat.png"),
+    ("https://media.discordapp.net/cat.webp", "media.discordapp.net/cat.webp"),
+    ("https://x.io/", "x.io"),
+    ("https://x.io/" + "a" * 100 + ".png", "x.io/" + "a" * 54 + "…"),
+])
+def test_links_are_named_without_their_scheme_or_query(url, name):
+    assert link_name(url) == name

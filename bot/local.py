@@ -188,7 +188,7 @@ class Pintor:
     async def submit_imagine(self, prompt: str) -> Submitted:
         """Store and queue an imagine job without waiting for it (`finish` waits)."""
         studio = self._open()
-        return self._told(await studio.submit(OPERATOR, studio.prepare(prompt)))
+        return self._told(await studio.imagine(OPERATOR, prompt))  # links at its start: image prompts
 
     async def blend(self, images: Sequence[str | Path | bytes | Image.Image], *, prompt: str = "",
                     weights: str | Sequence[float] = "", dimensions: str = "square",

@@ -596,6 +596,11 @@ class Studio:
         rules = where.get("rules")
         parsed = blend_prompt(prompt, strict=rules is not None and rules.strict_parameters)
         spec = self._blend_model(model or parsed.model, rules)  # `--model` in the prompt chooses too
+        if parsed.image_urls:  # /blend's pictures are its uploads
+            parsed = dataclasses.replace(parsed, image_urls=(), notices=parsed.notices + (
+                f"Ignored the link{'s' if len(parsed.image_urls) > 1 else ''} at the start of the prompt "
+                f"({', '.join(quote(link_name(u)) for u in parsed.image_urls)}): /blend mixes the images "
+                "you upload with it.",))
         if parsed.selectors:  # --v/--niji/--style choose among models that cannot blend
             ignored = ", ".join(quote(f"--{name} {value}".rstrip()) for name, value in parsed.selectors)
             parsed = dataclasses.replace(parsed, selectors=(), notices=parsed.notices + (
@@ -708,6 +713,9 @@ class Studio:
         costs nothing)."""
         if self.refusal is not None:
             raise RequestError(self.refusal)
+        if request.image_prompts and not (request.images or request.init_image):
+            # a front end that skipped submit_prompt: the links would be silently dropped
+            raise RequestError("This prompt's image prompts were not fetched; nothing was made.")
         try:  # a model whose files cannot be had is refused now, not after the worker starts
             check_model_files(self.registry, request.model, [name for name, _ in request.loras])
         except ModelUnavailable as err:

@@ -4,14 +4,21 @@ the emulator: tests/test_discord_image_prompts.py."""
 
 from __future__ import annotations
 
-import pytest
+import io
 
-from bot.intake import LimitError
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from PIL import Image
+
+from bot.downloads import Fetcher, FetchPolicy
+from bot.intake import LimitError, Member, RequestError
 from bot.studio import image_prompt_request, image_prompt_strength, link_name
 from generation.prompt import parse_prompt
 from generation.registry import load_registry
 from generation.request import build_request
 from storage.models import ServerRules
+from tests.studio_helpers import started_studio
 
 REGISTRY = load_registry()
 
@@ -66,3 +73,67 @@ def test_kandinsky_mixes_text_and_pictures_by_the_image_weight(iw, text_share, i
 ])
 def test_links_are_named_without_their_scheme_or_query(url, name):
     assert link_name(url) == name
+
+
+# --- the Studio's way (every front end's: the CLI and `bot.local` too), on the MemoryQueue -----------
+
+ANN = Member(1, "ann")
+
+
+@pytest_asyncio.fixture
+async def picture_server():
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 90)).save(buffer, format="PNG")
+
+    async def picture(request):
+        return web.Response(body=buffer.getvalue(), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/p/cat.png", picture)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def studio(tmp_path, registry_file):
+    async with started_studio(tmp_path, registry_file, worker=False) as made:
+        await made.fetcher.close()
+        made.fetcher = Fetcher(FetchPolicy.of(["cdn.discordapp.com"], ["127.0.0.1"]))
+        yield made
+
+
+async def test_the_studio_fetches_and_keeps_a_prompts_image_links(studio, picture_server):
+    submitted = await studio.imagine(ANN, f"{picture_server}/p/cat.png a cat --seed 3 --model tiny-kandinsky")
+    request = submitted.request
+    assert request.prompt == "a cat" and request.image_prompts == ("127.0.0.1/…/cat.png",)
+    assert len(request.images) == 1 and studio.inputs_dir is not None
+    with Image.open(request.images[0]) as kept:
+        assert kept.size == (40, 30) and kept.getpixel((1, 1)) == (10, 200, 90)
+
+
+async def test_a_request_whose_links_were_not_fetched_is_refused(studio, picture_server):
+    request = studio.prepare(f"{picture_server}/p/cat.png a cat")
+    with pytest.raises(RequestError, match="not fetched"):
+        await studio.submit(ANN, request)  # a front end that skipped submit_prompt
+    assert await studio.store.count_unfinished(ANN.id) == 0
+
+
+async def test_iw_without_an_image_prompt_is_said(studio):
+    submitted = await studio.imagine(ANN, "a cat --iw 2")
+    assert submitted.request.notices[-1] == ("--iw was not used: this prompt has no image prompt (links at its "
+                                             "start, or the image option).")
+    assert submitted.request.init_image is None and submitted.request.images == ()
+
+
+async def test_blend_says_it_ignores_links_in_its_prompt(studio):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, format="PNG")
+    pictures = [("a.png", buffer.getvalue()), ("b.png", buffer.getvalue())]
+    submitted = await studio.blend(ANN, pictures, prompt="https://cdn.discordapp.com/x/y/c.png a cat")
+    assert submitted.request.prompt == "blend of 2 images: a cat"
+    assert ("Ignored the link at the start of the prompt (“cdn.discordapp.com/…/c.png”): /blend mixes the "
+            "images you upload with it.") in submitted.request.notices

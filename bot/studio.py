@@ -174,7 +174,13 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
         return request.replace(
             parts=tuple((text, text_share * weight / total) for text, weight in request.parts),
             image_weights=(image_share / count,) * count, notices=(*request.notices, notice))
-    steps, strength = fit_image_to_image(request.steps, image_prompt_strength(iw), rules)
+    try:
+        steps, strength = fit_image_to_image(request.steps, image_prompt_strength(iw), rules)
+    except LimitError:
+        limit = rules.max_steps if rules is not None else 0
+        raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to start "
+                         f"from a picture at --iw {iw:g} on {spec.name}. Use a lower --iw (--iw 0 needs one step), "
+                         "or a Kandinsky model.") from None
     unused = len(request.image_prompts) - 1
     notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
               f"{strength:g})." + (f" It uses the first image prompt only; the other {unused} were not used "

@@ -51,7 +51,7 @@ def test_steps_are_raised_where_steps_times_strength_is_under_one():
     rules = ServerRules(guild_id=1, max_steps=2)
     assert (image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules).steps,
             image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules).strength) == (2, 0.5)
-    with pytest.raises(LimitError, match="1 step"):
+    with pytest.raises(LimitError, match="allows 1 step per job: too few to start from a picture at --iw 3"):
         image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, ServerRules(guild_id=1, max_steps=1))
 
 

@@ -311,7 +311,6 @@ class Studio:
                       **where) -> Submitted:
         """A prompt's grid: `prepare` then `submit_prompt` (which fetches its image prompts)."""
         request = self.prepare(text, rules=where.get("rules"))
-        self.check_image_prompts(request)
         return await self.submit_prompt(member, request, uploads=uploads, **where)
 
     def check_image_prompts(self, request: Request) -> None:
@@ -338,14 +337,14 @@ class Studio:
                                                    "image prompt (links at its start, or the image option)."))
             return await self.submit(member, request, **where)
         self.check_image_prompts(request)
-        names = [name for name, _ in sources]
-        request = request.replace(image_prompts=tuple(names))
-        data = [(name, await self.fetch(url, name)) for name, url in sources]
-        images = await asyncio.to_thread(lambda: [open_upload(blob, name) for name, blob in data])
         spec = self.registry.get(request.model)
         if not spec.can_blend and spec.family not in EMPHASIS_FAMILIES:
             users = [m.name for m in self.registry.generators() if m.can_blend or m.family in EMPHASIS_FAMILIES]
             raise RequestError(f"{spec.name} cannot use image prompts. Models that can: {', '.join(users) or 'none'}.")
+        names = [name for name, _ in sources]
+        request = request.replace(image_prompts=tuple(names))
+        data = [(name, await self.fetch(url, name)) for name, url in sources]
+        images = await asyncio.to_thread(lambda: [open_upload(blob, name) for name, blob in data])
         if spec.family in EMPHASIS_FAMILIES:
             # image to image from the first picture, cropped to the grid's shape (not stretched)
             images = [await asyncio.to_thread(ImageOps.fit, images[0], (request.width, request.height),

@@ -17,13 +17,16 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from generation.inputs import MAX_UPLOAD_BYTES, UploadError
+
+if TYPE_CHECKING:  # aiohttp ≥ 3.10 names the resolver's results; the floor (3.9) returns plain dicts
+    from aiohttp.abc import ResolveResult
 
 DOWNLOAD_TIMEOUT_S = 20.0  # the whole fetch, redirects and body included
 CHUNK_BYTES = 64 * 1024
@@ -40,7 +43,7 @@ class FetchError(UploadError):
 
 class AddressRefused(OSError):
     """A host name resolved to an address Pintor never connects to (raised by the resolver, so
-    that aiohttp hands it back inside its ClientConnectorDNSError)."""
+    that aiohttp hands it back inside its ClientConnectorError)."""
 
 
 def refused_address(address: str) -> str | None:
@@ -197,10 +200,10 @@ class Fetcher:
                 raise FetchError(f"{name} could not be downloaded: more than {policy.max_redirects} redirects.")
         except TimeoutError:
             raise FetchError(f"{name} took longer than {policy.timeout_s:g} s to download.") from None
-        except aiohttp.ClientConnectorDNSError as err:
+        except aiohttp.ClientConnectorError as err:  # the resolver's refusal arrives inside it
             if isinstance(err.os_error, AddressRefused):
                 raise FetchError(f"{name}: {err.os_error}") from None
-            raise FetchError(f"{name} could not be downloaded (its host name is unknown).") from None
+            raise FetchError(f"{name} could not be downloaded (its host could not be reached).") from None
         except aiohttp.InvalidURL:
             raise FetchError(f"{name} is not a link Pintor can read.") from None
         except aiohttp.ClientError as err:

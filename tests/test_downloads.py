@@ -9,13 +9,17 @@ import asyncio
 import contextlib
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 
 from bot.downloads import Fetcher, FetchError, FetchPolicy, refused_address
 from generation.inputs import UploadError
+
+if TYPE_CHECKING:  # not in aiohttp 3.9, Pintor's floor
+    from aiohttp.abc import ResolveResult
 
 NAMES = {"pics.test": ["127.0.0.1"], "metadata.test": ["169.254.169.254"], "internal.test": ["10.1.2.3"],
          "mixed.test": ["93.184.216.34", "192.168.0.7"], "v6.test": ["::ffff:127.0.0.1"]}

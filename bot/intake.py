@@ -107,7 +107,8 @@ def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
 
 # prompt parameter → the ParsedPrompt field it sets
 PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
-                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras"}
+                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras",
+                    "tile": "tile", "repeat": "repeat"}
 
 
 def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:

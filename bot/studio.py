@@ -424,7 +424,7 @@ class Studio:
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=(), image_weights=(),
-            upscaler=None)
+            upscaler=None, tile=False)  # a picture on a larger canvas is no tile: its border is new
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
     async def upscale(self, member: Member, job_id: int, index: int, *, creative: bool = False,
@@ -456,7 +456,8 @@ class Studio:
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
-                image_weights=(), steps=steps, outpaint=None)
+                image_weights=(), steps=steps, outpaint=None,
+                tile=False)  # the repaint runs tile by tile over the enlarged picture: not circular
         else:
             steps = self.registry.get(upscaler).steps if upscaler else 0
             if rules is not None and rules.max_steps:

@@ -18,7 +18,7 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
-from generation import adapters, esrgan, outpaint
+from generation import adapters, esrgan, outpaint, seamless
 from generation.batching import BATCH_FAMILIES, batch_key
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
@@ -232,7 +232,8 @@ class Engine:
             kwargs.update(width=first.width, height=first.height,
                           latents=latents.to(self.device.device, self.device.dtype))
         self.pipelines.fit_vae(pipe, first.width, first.height, sum(job.request.count for job in jobs))
-        images: list[Image.Image] = pipe(**kwargs).images
+        with seamless.circular(pipe, first.tile):  # --tile (the same for the whole batch: batch_key)
+            images: list[Image.Image] = pipe(**kwargs).images
         per_job, start = [], 0
         for job in jobs:
             per_job.append(images[start:start + job.request.count])
@@ -337,7 +338,8 @@ class Engine:
                           strength=request.strength)
         else:
             pipe = self.pipelines.get(spec, "text2img")
-        images: list[Image.Image] = pipe(**kwargs).images
+        with seamless.circular(pipe, request.tile):
+            images: list[Image.Image] = pipe(**kwargs).images
         return images
 
     # 3. Upscaling ----------------------------------------------------------------------------
@@ -351,6 +353,10 @@ class Engine:
         if request.init_image is None:
             raise ValueError("an upscale request needs the picture to enlarge (init_image)")
         image = self._open(request.init_image)
+        if request.strength <= 0 and request.tile and min(image.size) >= seamless.WRAP_MARGIN:
+            # a tiling picture is enlarged with its opposite edges around it, so it still tiles
+            enlarged = self._enlarge(seamless.wrap_pad(image), request.model, request, notices, on_step, should_stop)
+            return seamless.unpad(enlarged, image.size)
         if request.strength <= 0:
             return self._enlarge(image, request.model, request, notices, on_step, should_stop)
         enlarged = self._enlarge(image, request.upscaler or RESAMPLE, request, notices, on_step, should_stop)

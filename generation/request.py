@@ -65,6 +65,8 @@ class Request:
     # Zoom Out, Pan, Make Square: how far the canvas extends beyond init_image on each side
     # (left, top, right, bottom), as fractions of its width and height
     outpaint: tuple[float, float, float, float] | None = None
+    # --tile: the pictures repeat seamlessly (circular padding in the UNet's and VAE's convolutions)
+    tile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -180,9 +182,11 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         guidance=guidance,
         seed=seed,
         chaos=parsed.chaos,
-        # the seed is shown on its own: a re-roll keeps these parameters with a new seed
+        # the seed is shown on its own: a re-roll keeps these parameters with a new seed; a
+        # request is one grid, --repeat is the command's (Studio.submit_many)
         parameters=format_parameters(dataclasses.replace(
-            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"}, selectors=())),
+            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed", "repeat"}, selectors=())),
         notices=tuple(dict.fromkeys(notices)),
         loras=tuple((lora.name, weight) for lora, weight in loras),
+        tile=parsed.tile,
     )

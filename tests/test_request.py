@@ -166,9 +166,9 @@ def test_a_low_stylize_keeps_guidance_for_a_negative_prompt_and_says_so():
 
 
 def test_the_parsers_notices_travel_with_the_request_and_its_json():
-    request = build("a red fox --tile --chaos 150")
+    request = build("a red fox --raw --chaos 150")
     assert request.notices == ("--chaos “150” is over the highest value; used 100.",
-                               "Ignored what Pintor does not have: “--tile”.")
+                               "Ignored what Pintor does not have: “--raw”.")
     assert Request.from_json(request.to_json()) == request
     data = json.loads(request.to_json())
     del data["notices"]  # a job stored before notices existed

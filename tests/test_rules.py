@@ -135,12 +135,12 @@ def test_always_append_adds_its_words_too(append, prompt, text, negative):
 
 def test_always_append_follows_the_prompt_rules():
     defaults = MemberPreferences.new(1)
-    defaults.append = "sharp focus --tile --chaos 150"
+    defaults.append = "sharp focus --raw --chaos 150"
     merged = with_defaults(parse_prompt("a fox --ar 16:9"), defaults)
     assert merged.text == "a fox, sharp focus" and merged.chaos == 100 and merged.aspect == (16, 9)
     assert merged.notices == ("--chaos “150” is over the highest value; used 100.",
-                              "Ignored what Pintor does not have: “--tile”.")
-    with pytest.raises(USER_ERRORS, match="“--tile”"):
+                              "Ignored what Pintor does not have: “--raw”.")
+    with pytest.raises(USER_ERRORS, match="“--raw”"):
         with_defaults(parse_prompt("a fox"), defaults, strict=True)
 
 

@@ -34,6 +34,7 @@ from bot.intake import (
     id_list,
     name_list,
     prepare,
+    prepare_repeated,
     prepare_with_notices,
     refuses_unknown_parameters,
 )
@@ -241,6 +242,13 @@ class Studio:
         a server's rules (allowed models, strict parameters)."""
         return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
                                     strict=refuses_unknown_parameters(rules))
+
+    def prepare_repeated(self, text: str, defaults: MemberPreferences | None = None, *,
+                         rules: ServerRules | None = None) -> tuple[list[Request], list[str]]:
+        """`prepare_with_notices` for every grid the prompt's --repeat asks for (one request
+        each, with its own seed: `bot.intake.repeated`); submit them with `submit_many`."""
+        return prepare_repeated(self.registry, text, defaults, allowed=allowed_models(rules),
+                                strict=refuses_unknown_parameters(rules))
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
@@ -586,10 +594,30 @@ class Studio:
         model that is gone). With a `result_key`, a job with the same key that is queued,
         running or done raises AlreadyMade instead (checked before the rules: pointing to it
         costs nothing)."""
+        submitted = await self.submit_many(
+            member, [request], parent_id=parent_id, parent_index=parent_index, guild_id=guild_id,
+            channel_id=channel_id, rules=rules, private=private, direct=direct, notices=notices,
+            result_key=result_key)
+        return submitted[0]
+
+    async def submit_many(self, member: Member, requests: Sequence[Request], *, parent_id: int | None = None,
+                          parent_index: int | None = None, guild_id: int | None = None,
+                          channel_id: int | None = None, rules: ServerRules | None = None,
+                          private: bool = False, direct: bool = False, notices: Sequence[str] = (),
+                          result_key: str | None = None) -> list[Submitted]:
+        """`submit` for several jobs asked for at once (--repeat: one request per grid), all
+        or none: the server's rules are checked for all of them together (the queue limit and
+        the daily quota count each one), and a refusal stores nothing. Returns one Submitted
+        per request, in order. `result_key` only with a single request."""
+        if not requests:
+            return []
+        if result_key is not None and len(requests) > 1:
+            raise ValueError("a result_key names one job")
         if self.refusal is not None:
             raise RequestError(self.refusal)
         try:  # a model whose files cannot be had is refused now, not after the worker starts
-            check_model_files(self.registry, request.model, [name for name, _ in request.loras])
+            for request in requests:
+                check_model_files(self.registry, request.model, [name for name, _ in request.loras])
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
@@ -599,19 +627,26 @@ class Studio:
             if result_key is not None:
                 await self._check_not_made(result_key)
             if rules is not None:
-                await self._check_rules(member, request, rules, channel_id, check_channel=not direct)
-                request = request.replace(safety_check=rules.nsfw_check)
-            try:
-                job = await self.store.create_job(
-                    user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
-                    prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
-                    parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
-                    notices="\n".join(notices) or None, result_key=result_key, owner=self.owner)
-            except DuplicateJob as duplicate:  # stored by another process since the check
-                raise AlreadyMade(duplicate.job) from None
-        events = self.watch(job.id)
-        position = await self.queue.submit(job.id, member.id, request)
-        return Submitted(job.id, position, request, events)
+                for request in requests:
+                    await self._check_rules(member, request, rules, channel_id, check_channel=not direct,
+                                            jobs=len(requests))
+                requests = [request.replace(safety_check=rules.nsfw_check) for request in requests]
+            jobs = []
+            for request in requests:
+                try:
+                    jobs.append(await self.store.create_job(
+                        user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
+                        prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
+                        parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
+                        notices="\n".join(notices) or None, result_key=result_key, owner=self.owner))
+                except DuplicateJob as duplicate:  # stored by another process since the check
+                    raise AlreadyMade(duplicate.job) from None
+        submitted = []
+        for job, request in zip(jobs, requests, strict=True):
+            events = self.watch(job.id)
+            position = await self.queue.submit(job.id, member.id, request)
+            submitted.append(Submitted(job.id, position, request, events))
+        return submitted
 
     async def _check_not_made(self, result_key: str) -> None:
         existing = await self.store.by_result_key(result_key)
@@ -623,7 +658,9 @@ class Studio:
         raise AlreadyMade(existing)
 
     async def _check_rules(self, member: Member, request: Request, rules: ServerRules,
-                           channel_id: int | None, *, check_channel: bool = True) -> None:
+                           channel_id: int | None, *, check_channel: bool = True, jobs: int = 1) -> None:
+        """Raise LimitError where the server's rules refuse `request`, asked for `jobs` times
+        at once (--repeat: every one must fit the queue limit and the daily quota)."""
         if rules.paused:
             raise LimitError("Pintor is paused on this server by its admins. Try again later.")
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
@@ -646,6 +683,10 @@ class Studio:
             # everywhere (all servers and DMs): the queue and its worker are shared, so jobs
             # waiting from another server delay this server's members just the same
             waiting = await self.store.count_unfinished(member.id)
+            if jobs > 1 and waiting + jobs > rules.max_queued_per_member:
+                raise LimitError(f"--repeat {jobs} makes {jobs} jobs; with the {waiting} you have queued or "
+                                 f"running that is over this server's limit of {rules.max_queued_per_member}. "
+                                 "Nothing was queued: ask for fewer, or wait for yours to finish.")
             if waiting >= rules.max_queued_per_member:
                 raise LimitError(f"You already have {waiting} jobs queued or running; this server allows "
                                  f"{rules.max_queued_per_member}. Wait for one to finish, or /cancel one.")
@@ -653,9 +694,13 @@ class Studio:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
             used = await self.store.count_since(member.id, midnight, guild_id=rules.guild_id,  # this server's
                                                 free_kinds=FREE_KINDS)
-            if used >= rules.daily_quota:
+            if used + jobs > rules.daily_quota:
                 left = midnight + timedelta(days=1) - datetime.now(UTC)
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
+                if jobs > 1 and used < rules.daily_quota:
+                    raise LimitError(f"--repeat {jobs} makes {jobs} jobs; you have {rules.daily_quota - used} of "
+                                     f"your {rules.daily_quota} jobs for today left. Nothing was queued: ask for "
+                                     f"fewer. The quota resets at 00:00 UTC, in {hours} h {minutes} min.")
                 raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
                                  f"at 00:00 UTC, in {hours} h {minutes} min.")
 

@@ -37,15 +37,17 @@ class Imagine(commands.Cog):
         try:
             # the member's /settings fill in what the prompt leaves out; pure and fast: bad
             # input is answered before anything is stored
-            request, notices = studio.prepare_with_notices(prompt, defaults, rules=rules)
+            # one request per grid (--repeat N: N jobs, each with its own seed)
+            requests, notices = studio.prepare_repeated(prompt, defaults, rules=rules)
         except USER_ERRORS as err:
             await interaction.response.send_message(plain(f"⚠️ {err}"), ephemeral=True)
             return
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
-        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
-                                            private=defaults.private)
-        await self.bot.start_job(interaction, delivery, rules=rules,
-                                 submit=lambda member, where: studio.submit(member, request, notices=notices, **where))
+        # the first grid in the reply, each other one in a follow-up message of its own
+        deliveries = [Delivery.for_interaction(interaction, new_message=i > 0, received_at=received_at,
+                                               private=defaults.private) for i in range(len(requests))]
+        await self.bot.start_jobs(interaction, deliveries, rules=rules, submit=lambda member, where: studio.submit_many(
+            member, requests, notices=notices, **where))
 
 
 async def setup(bot: PintorBot) -> None:

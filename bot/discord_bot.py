@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import BUTTONS, Action
+from bot.buttons import BUTTONS, Action, form_submitted
 from bot.delivery import INTERACTION_TTL_S, Delivery
 from bot.intake import USER_ERRORS, Member
 from bot.metrics import Metrics
@@ -78,6 +78,7 @@ class PintorBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*BUTTONS)
+        self.add_listener(form_submitted, "on_interaction")  # Custom Zoom's and Remix's forms, by custom_id
         self.tree.on_error = self.on_app_command_error
         self.studio.listeners.append(self.on_job_event)
         # Results stored while the last run was stopping (or crashing), never posted: post them.

@@ -250,14 +250,31 @@ class Studio:
         return prepare_repeated(self.registry, text, defaults, allowed=allowed_models(rules),
                                 strict=refuses_unknown_parameters(rules))
 
+    def remixed(self, request: Request, prompt: str | None, rules: ServerRules | None) -> Request:
+        """`request` with the words of `prompt` (Remix, Custom Zoom: a member's new prompt for a
+        button's job), parsed as /imagine parses a prompt, for the request's own model: its
+        text, weights, --no list, parameters and notices; the picture's size, steps, seed and
+        LoRAs stay the job's. None or blank: `request` unchanged. Raises the USER_ERRORS of a
+        prompt (a parameter that does not parse, --model given: the model is the picture's)."""
+        if prompt is None or not prompt.strip():
+            return request
+        fresh = self.prepare(f"{prompt} --model {request.model}", rules=rules)
+        return request.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative,
+                               parameters=fresh.parameters, notices=fresh.notices, tile=fresh.tile)
+
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
 
-    async def reroll(self, member: Member, job_id: int, **where) -> Submitted:
+    async def reroll(self, member: Member, job_id: int, *, prompt: str | None = None, **where) -> Submitted:
         """The same request again with a new seed: a grid from a prompt or a blend, or a
-        variation grid (the same picture varied again, at the same strength)."""
+        variation grid (the same picture varied again, at the same strength). With `prompt`
+        (Remix), its words instead of the job's (`remixed`); not for a blend, whose words
+        are mixed with its pictures."""
         parent = await self._finished_job(job_id)
         request = Request.from_json(parent.request)
+        if request.kind == JobKind.BLEND and prompt is not None and prompt.strip():
+            raise RequestError("A blend is re-rolled with its own words: use /blend for new ones.")
+        request = self.remixed(request, prompt, where.get("rules"))
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
         if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT):
@@ -287,7 +304,8 @@ class Studio:
         return await self.submit(member, request, parent_id=variation.parent_id,
                                  parent_index=variation.parent_index, **where)
 
-    async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, **where) -> Submitted:
+    async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, prompt: str | None = None,
+                   **where) -> Submitted:
         """Four new pictures made from image `index` of a job (image to image, new seeds), with
         the model and settings of the job that made the grid: for an upscale, of the grid it
         was upscaled from. Server limits are met by adjusting steps and strength (see
@@ -311,6 +329,7 @@ class Studio:
                                 width=width, height=height, loras=tuple(
                                     (name, weight) for name, weight in base.loras
                                     if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
+        base = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
@@ -386,12 +405,13 @@ class Studio:
             raise RequestError(f"A zoom out factor is a number above 1 and at most {MAX_ZOOM:g}, not {factor:g}.")
         return await self.outpaint(member, job_id, index, zoom_extension(factor), prompt=prompt, **where)
 
-    async def pan(self, member: Member, job_id: int, index: int, *, direction: str, **where) -> Submitted:
+    async def pan(self, member: Member, job_id: int, index: int, *, direction: str, prompt: str | None = None,
+                  **where) -> Submitted:
         """Pan ⬅️ ➡️ ⬆️ ⬇️ (`direction`: left, right, up, down): the picture extended by half its
-        side that way, a new grid of four (see outpaint)."""
+        side that way, a new grid of four (see outpaint), with `prompt`'s words (Remix)."""
         if direction not in PAN_DIRECTIONS:
             raise RequestError(f"Pan goes {', '.join(PAN_DIRECTIONS)}, not {direction}.")
-        return await self.outpaint(member, job_id, index, PAN_DIRECTIONS[direction], **where)
+        return await self.outpaint(member, job_id, index, PAN_DIRECTIONS[direction], prompt=prompt, **where)
 
     async def make_square(self, member: Member, job_id: int, index: int, **where) -> Submitted:
         """Make Square: a non-square picture's short side extended to its long one (see outpaint)."""
@@ -415,10 +435,7 @@ class Studio:
         if grid is None or spec is None:
             spec = self._fallback_vary_model(base, rules)
             grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
-        if prompt is not None and prompt.strip():
-            fresh = self.prepare(f"{prompt} --model {spec.name}", rules=rules)
-            grid = grid.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative,
-                                parameters=fresh.parameters, notices=fresh.notices)
+        grid = self.remixed(grid.replace(model=spec.name), prompt, rules)
         if spec.family not in OUTPAINT_FAMILIES:
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
                                "need a Stable Diffusion model.")

@@ -133,3 +133,33 @@ def test_an_upscaled_tile_still_tiles(engine, registry, tmp_path):
     assert np.abs(pixels(wrapped.images) - pixels([middle])).max() <= 1
     assert np.abs(pixels(plain.images) - pixels([middle])).max() > 10
     assert wrapped.notices == plain.notices  # said once: resampled, without new detail
+
+
+def test_kandinsky_tiles_too_and_is_restored(engine, registry):
+    """Kandinsky 2.2's decoder: its UNet and MoVQ wrap around, and are put back after."""
+    text = "a seamless moss texture --seed 11 --model tiny-kandinsky"
+    before, _, _ = run(engine, request(registry, text))
+    tiled, _, _ = run(engine, request(registry, text + " --tile"))
+    after, _, _ = run(engine, request(registry, text))
+    assert np.array_equal(pixels(before.images), pixels(after.images))
+    assert not np.array_equal(pixels(before.images), pixels(tiled.images))
+    pipe = engine.pipelines.get(registry.get("tiny-kandinsky"), "text2img")
+    convolutions = seamless.picture_convolutions(pipe)
+    assert len(convolutions) > 10 and {conv.padding_mode for conv in convolutions} == {"zeros"}
+    # on a torus the decoder's parts have no edge: rolled latents give rolled results (a grid of
+    # four random tiny pictures is too few to measure a seam by its columns here)
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
+    embeds = torch.randn((1, pipe.unet.config.encoder_hid_dim), generator=torch.Generator().manual_seed(3))
+
+    def unet(x: torch.Tensor) -> torch.Tensor:
+        return pipe.unet(x, torch.tensor([10]), encoder_hidden_states=None,
+                         added_cond_kwargs={"image_embeds": embeds}).sample
+
+    def movq(x: torch.Tensor) -> torch.Tensor:
+        return pipe.movq.decode(x, force_not_quantize=True).sample
+
+    with torch.no_grad(), seamless.circular(pipe):
+        assert (unet(torch.roll(latents, 2, dims=3)) - torch.roll(unet(latents), 2, dims=3)).abs().max() < 1e-4
+        assert (movq(torch.roll(latents, 2, dims=3)) - torch.roll(movq(latents), 16, dims=3)).abs().max() < 1e-4
+    with torch.no_grad():
+        assert (movq(torch.roll(latents, 2, dims=3)) - torch.roll(movq(latents), 16, dims=3)).abs().max() > 1e-2

@@ -436,19 +436,25 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
         grid = self.remixed(grid.replace(model=spec.name), prompt, rules)
-        if spec.family not in OUTPAINT_FAMILIES:
+        if spec.family not in OUTPAINT_FAMILIES and not (spec.family == "kandinsky22" and spec.inpaint):
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
-                               "need a Stable Diffusion model.")
+                               "need a Stable Diffusion model, or a Kandinsky 2.2 model whose entry names its "
+                               "inpainting decoder.")
         width, height = canvas_size(image.width, image.height, extension)
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise RequestError(f"The picture would become {width}×{height}, beyond {MAX_ASPECT_RATIO}:1: "
                                "Pan the other way, or Zoom Out.")
         # brought back to the model's pixel budget: repeated zooms never grow past it
-        # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape)
-        width, height = size_for_aspect((width, height), spec.native_side, multiple=8)
+        # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape; of
+        # 64 for Kandinsky 2.2, whose decoders round their latents up to 64 pixels)
+        width, height = size_for_aspect((width, height), spec.native_side,
+                                        multiple=64 if spec.family == "kandinsky22" else 8)
+        # Kandinsky's border is steered by the picture's own image embedding with the words (as its V)
+        images = (image.path,) if spec.family == "kandinsky22" else ()
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
-            height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=(), image_weights=(),
+            height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=images,
+            image_weights=(1.0,) * len(images),
             upscaler=None, tile=False)  # a picture on a larger canvas is no tile: its border is new
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 

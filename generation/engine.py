@@ -245,10 +245,14 @@ class Engine:
         """Zoom Out, Pan, Make Square: generation/outpaint.py with the model's inpainting pipeline."""
         if request.init_image is None or request.outpaint is None:
             raise ValueError("an outpaint request needs the picture (init_image) and its extension (outpaint)")
-        if spec.family not in EMPHASIS_FAMILIES:
+        if spec.family not in EMPHASIS_FAMILIES and spec.family != "kandinsky22":
             raise ValueError(f"{spec.name} cannot paint a canvas's border here (a Stable Diffusion model can)")
         pipe = self.pipelines.get(spec, "inpaint")
-        embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
+        if spec.family == "kandinsky22":  # the prior's image embeddings steer its inpainting decoder
+            image_embeds, negative, _ = self._image_embeds(request, spec, notices)
+            embeds = {"image_embeds": image_embeds, "negative_image_embeds": negative}
+        else:
+            embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
         return outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
                               height=request.height, steps=request.steps, guidance=request.guidance,
                               seeds=request.seeds(), embeds=embeds, callback=callback)
@@ -303,21 +307,7 @@ class Engine:
 
     def _kandinsky(self, request: Request, spec: ModelSpec, notices: list[str],
                    callback: StepEndCallback) -> list[Image.Image]:
-        prior = self.pipelines.get(spec, "prior")
-        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
-        generator = torch.Generator().manual_seed(request.seed)
-        items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
-                                                    for p in request.images)]
-        weights = [w for _, w in request.parts] + list(request.image_weights)
-        if not items:
-            raise ValueError("a Kandinsky request needs a text or an image")
-        if len(texts) == 1 and not request.images:
-            out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
-        else:
-            out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
-                                    generator=generator)
-        embeds = out.image_embeds.repeat(request.count, 1)
-        negative = out.negative_image_embeds.repeat(request.count, 1)
+        embeds, negative, texts = self._image_embeds(request, spec, notices)
         generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
         kwargs: dict[str, Any] = dict(image_embeds=embeds, negative_image_embeds=negative,
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
@@ -341,6 +331,26 @@ class Engine:
         with seamless.circular(pipe, request.tile):
             images: list[Image.Image] = pipe(**kwargs).images
         return images
+
+    def _image_embeds(self, request: Request, spec: ModelSpec,
+                      notices: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """The Kandinsky prior's image embeddings of the request's texts and images (mixed by
+        weight) and the negative ones, each (request.count, width); and the texts as read
+        (cut to the prior's tokens)."""
+        prior = self.pipelines.get(spec, "prior")
+        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
+        generator = torch.Generator().manual_seed(request.seed)
+        items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
+                                                    for p in request.images)]
+        weights = [w for _, w in request.parts] + list(request.image_weights)
+        if not items:
+            raise ValueError("a Kandinsky request needs a text or an image")
+        if len(texts) == 1 and not request.images:
+            out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
+        else:
+            out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
+                                    generator=generator)
+        return out.image_embeds.repeat(request.count, 1), out.negative_image_embeds.repeat(request.count, 1), texts
 
     # 3. Upscaling ----------------------------------------------------------------------------
 

@@ -237,9 +237,14 @@ def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = 
 
 def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
                          allowed: Sequence[str] = (), strict: bool = False) -> tuple[Request, list[str]]:
-    """`prepare_repeated`'s first request (one grid, whatever --repeat says) and notices."""
+    """`prepare_repeated`'s first request and notices: one grid (a --repeat asking for more is
+    said in the request's notices: only /imagine makes several)."""
     requests, notices = prepare_repeated(registry, text, defaults, allowed=allowed, strict=strict)
-    return requests[0], notices
+    request = requests[0]
+    if len(requests) > 1:
+        request = request.replace(notices=(*request.notices, f"--repeat {len(requests)} makes several grids in "
+                                           "Discord's /imagine only: this made one."))
+    return request, notices
 
 
 def repeated(request: Request, count: int, *, seed_given: bool) -> list[Request]:

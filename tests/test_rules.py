@@ -69,7 +69,8 @@ FIRST_WRITES = {
                     "strict_parameters": [True, False], "allowed_loras": [None, "", "ink,glow"],
                     "max_loras": [None, 0, 1, 8]},
     MemberPreferences: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
-                     "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"]},
+                     "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"],
+                     "remix": [True, False]},
 }
 
 

@@ -16,6 +16,13 @@ exists. custom_ids (all far below Discord's 100 characters):
     pintor:p:<job>:<n>:<l|r|u|d> pan image n of job left, right, up, down
     pintor:sq:<job>:<n>         make image n of job square
 
+and the forms some of them open (Discord's modals), answered by `form_submitted` whatever
+process opened them (a bot restarted in between included):
+
+    pintor:zm:<job>:<n>         Custom Zoom's form: factor, prompt
+    pintor:rm:<job>:<n>:<what>  Remix's form (prompt) for the button <what>: vs, vh (vary subtle,
+                                strong), r (re-roll; n is 0), z<tenths> (zoom out), p<l|r|u|d> (pan)
+
 A press is handled by the bot (`PintorBot.press`, reached as `interaction.client`): this
 module only knows which Studio action a button stands for, so it imports nothing of the
 Discord front end above it (results and the bot build on it).
@@ -32,6 +39,7 @@ import discord
 
 from bot.intake import Member
 from bot.studio import Studio, Submitted
+from generation.request import JobKind, Request
 from generation.upscale import can_upscale
 
 if TYPE_CHECKING:  # the client's type only: the bot module imports this one
@@ -40,6 +48,10 @@ if TYPE_CHECKING:  # the client's type only: the bot module imports this one
 log = logging.getLogger(__name__)
 
 JOB = r"(?P<job>[0-9]{1,18})"  # at most 18 digits: always a valid 64-bit database id
+
+# What a button asks of the Studio for the member who pressed it, with where it was pressed
+# (`PintorBot.start_job`'s `where`: guild, channel, rules, privacy).
+Action = Callable[[Studio, Member, dict[str, Any]], Awaitable[Submitted]]
 
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:u:{JOB}:(?P<n>[1-4])"):
@@ -70,8 +82,10 @@ class VaryButton(discord.ui.DynamicItem[discord.ui.Button],
         return cls(int(match["job"]), int(match["n"]), strong=match["strength"] == "h")
 
     async def callback(self, interaction: Interaction) -> None:
-        await interaction.client.press(interaction, self.job_id,
-                    lambda studio, member, where: studio.vary(member, self.job_id, self.n, strong=self.strong, **where))
+        if await open_remix(interaction, self.job_id, self.n, "vh" if self.strong else "vs"):
+            return
+        await interaction.client.press(interaction, self.job_id, remix_action(self.job_id, self.n,
+                                                                              "vh" if self.strong else "vs", None))
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:r:{JOB}"):
@@ -86,8 +100,9 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor
         return cls(int(match["job"]))
 
     async def callback(self, interaction: Interaction) -> None:
-        await interaction.client.press(interaction, self.job_id,
-                                       lambda studio, member, where: studio.reroll(member, self.job_id, **where))
+        if await open_remix(interaction, self.job_id, 0, "r"):
+            return
+        await interaction.client.press(interaction, self.job_id, remix_action(self.job_id, 0, "r", None))
 
 
 class UpscaleModeButton(discord.ui.DynamicItem[discord.ui.Button],
@@ -125,27 +140,111 @@ class ZoomButton(discord.ui.DynamicItem[discord.ui.Button],
         return cls(int(match["job"]), int(match["n"]), tenths=int(match["tenths"]))
 
     async def callback(self, interaction: Interaction) -> None:
-        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.zoom_out(
-            member, self.job_id, self.n, factor=self.tenths / 10, **where))
+        if await open_remix(interaction, self.job_id, self.n, f"z{self.tenths}"):
+            return
+        await interaction.client.press(interaction, self.job_id, remix_action(self.job_id, self.n, f"z{self.tenths}",
+                                                                              None))
+
+
+ZOOM_FORM = re.compile(rf"pintor:zm:{JOB}:(?P<n>[1-4])")
+REMIX_FORM = re.compile(rf"pintor:rm:{JOB}:(?P<n>[0-4]):(?P<what>v[sh]|r|z(?:1[1-9]|20)|p[lrud])")
+PROMPT_CHARS = 1500  # what a form's prompt field holds (Discord allows 4000; a prompt's words fit)
+
+
+def editable_prompt(request: Request) -> str:
+    """What a form shows of a job's prompt to be changed: its words (with their weights), its
+    --no list and --tile: what `Studio.remixed` reads back. The model and the picture's
+    settings are the job's and are not shown."""
+    return " ".join(filter(None, (request.prompt, f"--no {request.negative}" if request.negative else "",
+                                  "--tile" if request.tile else "")))
 
 
 class CustomZoomForm(discord.ui.Modal, title="Custom Zoom"):
     """The factor (1–2) and, optionally, a new prompt; submitted, it makes the zoom like the
-    buttons do. Opened fresh by each press: nothing to keep across restarts."""
+    buttons do. Its submission is answered by `form_submitted` from its custom_id alone."""
 
     factor: discord.ui.TextInput = discord.ui.TextInput(label="Zoom out by (more than 1, at most 2)", default="1.5",
-                                                        max_length=6)
+                                                        max_length=6, custom_id="factor")
     prompt: discord.ui.TextInput = discord.ui.TextInput(
         label="New prompt (empty: keep the picture's)", style=discord.TextStyle.paragraph, required=False,
-        max_length=1500)
+        max_length=PROMPT_CHARS, custom_id="prompt")
 
     def __init__(self, job_id: int, n: int, prompt: str):
-        super().__init__(custom_id=f"pintor:zm:{job_id}:{n}", timeout=900)
-        self.job_id, self.n = job_id, n
-        self.prompt.default = prompt[:1500] or None
+        super().__init__(custom_id=f"pintor:zm:{job_id}:{n}")
+        self.prompt.default = prompt[:PROMPT_CHARS] or None
 
-    async def on_submit(self, interaction: Interaction) -> None:
-        text = self.factor.value.strip().replace(",", ".").removesuffix("x").removesuffix("×")
+
+class RemixForm(discord.ui.Modal, title="Remix"):
+    """Remix mode: the job's prompt, to change before the job a button asks for runs."""
+
+    prompt: discord.ui.TextInput = discord.ui.TextInput(
+        label="Prompt (change it, then Submit)", style=discord.TextStyle.paragraph, required=False,
+        max_length=PROMPT_CHARS, custom_id="prompt")
+
+    def __init__(self, job_id: int, n: int, what: str, prompt: str):
+        super().__init__(custom_id=f"pintor:rm:{job_id}:{n}:{what}")
+        self.prompt.default = prompt[:PROMPT_CHARS] or None
+
+
+async def send_form(interaction: Interaction, form: discord.ui.Modal) -> None:
+    """Open `form`. Its submission is answered by `form_submitted` (a listener, by custom_id),
+    which a restart does not forget: discord.py's own dispatch of a modal lives only in this
+    process, so the form is dropped from it at once."""
+    await interaction.response.send_modal(form)
+    form.stop()
+
+
+def remix_action(job_id: int, n: int, what: str, prompt: str | None) -> Action:
+    """The Studio action of the button `what` (REMIX_FORM's codes) for image `n` of a job,
+    with the member's new `prompt` (None: the job's own)."""
+    if what.startswith("v"):
+        return lambda studio, member, where: studio.vary(member, job_id, n, strong=what == "vh", prompt=prompt, **where)
+    if what.startswith("z"):
+        return lambda studio, member, where: studio.zoom_out(member, job_id, n, factor=int(what[1:]) / 10,
+                                                             prompt=prompt, **where)
+    if what.startswith("p"):
+        return lambda studio, member, where: studio.pan(member, job_id, n, direction=PANS[what[1]][0], prompt=prompt,
+                                                        **where)
+    return lambda studio, member, where: studio.reroll(member, job_id, prompt=prompt, **where)
+
+
+async def open_remix(interaction: Interaction, job_id: int, n: int, what: str) -> bool:
+    """For a member in Remix mode (/settings), open the Remix form for button `what` under job
+    `job_id` and say True; False (the button acts at once) otherwise, and for a job whose
+    words are not a prompt (a blend) or that is gone (the press says so)."""
+    studio = interaction.client.studio
+    if not (await studio.preferences(interaction.user.id)).remix:
+        return False
+    job = await studio.job(job_id)  # two reads in all: the form opens well within 3 s
+    if job is None:
+        return False
+    request = Request.from_json(job.request)
+    if request.kind == JobKind.BLEND:
+        return False
+    await send_form(interaction, RemixForm(job_id, n, what, editable_prompt(request)))
+    return True
+
+
+def _text_value(data: Any, custom_id: str) -> str:
+    """A text input's value in a modal submission (in an action row, or in a label)."""
+    for row in data.get("components", []):
+        for component in row.get("components", []) + ([row["component"]] if "component" in row else []):
+            if component.get("custom_id") == custom_id:
+                return str(component.get("value") or "")
+    return ""
+
+
+async def form_submitted(interaction: Interaction) -> None:
+    """A listener for every interaction: answers the submission of a Custom Zoom or Remix form
+    (by its custom_id: it works after a restart) by making the job its button stands for, with
+    the prompt as the member wrote it (parsed like /imagine's: a bad one is refused with the
+    reason, and nothing is stored). Anything else is left alone."""
+    if interaction.type is not discord.InteractionType.modal_submit:
+        return
+    data: Any = interaction.data or {}
+    custom_id = str(data.get("custom_id", ""))
+    if zoom := ZOOM_FORM.fullmatch(custom_id):
+        text = _text_value(data, "factor").strip().replace(",", ".").removesuffix("x").removesuffix("×")
         try:
             factor = float(text)
         except ValueError:
@@ -155,9 +254,13 @@ class CustomZoomForm(discord.ui.Modal, title="Custom Zoom"):
                 f"⚠️ The zoom out factor is a number above 1 and at most 2 (e.g. 1.5), not “{text[:20]}”.",
                 ephemeral=True)
             return
-        prompt = self.prompt.value.strip() or None
-        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.zoom_out(
-            member, self.job_id, self.n, factor=factor, prompt=prompt, **where))
+        job_id, n, prompt = int(zoom["job"]), int(zoom["n"]), _text_value(data, "prompt").strip() or None
+        await interaction.client.press(interaction, job_id, lambda studio, member, where: studio.zoom_out(
+            member, job_id, n, factor=factor, prompt=prompt, **where))
+    elif remix := REMIX_FORM.fullmatch(custom_id):
+        job_id = int(remix["job"])
+        await interaction.client.press(interaction, job_id, remix_action(
+            job_id, int(remix["n"]), remix["what"], _text_value(data, "prompt").strip() or None))
 
 
 class CustomZoomButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:zc:{JOB}:(?P<n>[1-4])"):
@@ -173,7 +276,8 @@ class CustomZoomButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pi
 
     async def callback(self, interaction: Interaction) -> None:
         job = await interaction.client.studio.job(self.job_id)  # one read: the form opens within 3 s
-        await interaction.response.send_modal(CustomZoomForm(self.job_id, self.n, job.prompt if job else ""))
+        prompt = editable_prompt(Request.from_json(job.request)) if job else ""
+        await send_form(interaction, CustomZoomForm(self.job_id, self.n, prompt))
 
 
 PANS = {"l": ("left", "⬅️"), "r": ("right", "➡️"), "u": ("up", "⬆️"), "d": ("down", "⬇️")}
@@ -191,8 +295,10 @@ class PanButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:p:
         return cls(int(match["job"]), int(match["n"]), way=match["way"])
 
     async def callback(self, interaction: Interaction) -> None:
-        await interaction.client.press(interaction, self.job_id, lambda studio, member, where: studio.pan(
-            member, self.job_id, self.n, direction=PANS[self.way][0], **where))
+        if await open_remix(interaction, self.job_id, self.n, f"p{self.way}"):
+            return
+        await interaction.client.press(interaction, self.job_id, remix_action(self.job_id, self.n, f"p{self.way}",
+                                                                              None))
 
 
 class SquareButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:sq:{JOB}:(?P<n>[1-4])"):
@@ -248,8 +354,4 @@ def picture_view(job_id: int, width: int, height: int, grid_url: str | None) -> 
         view.add_item(discord.ui.Button(label="Grid", emoji="↩️", url=grid_url, row=2))
     return view
 
-
-# What a button asks of the Studio for the member who pressed it, with where it was pressed
-# (`PintorBot.start_job`'s `where`: guild, channel, rules, privacy).
-Action = Callable[[Studio, Member, dict[str, Any]], Awaitable[Submitted]]
 

@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import BUTTONS, Action
+from bot.buttons import BUTTONS, Action, form_submitted
 from bot.delivery import INTERACTION_TTL_S, Delivery
 from bot.intake import USER_ERRORS, Member
 from bot.metrics import Metrics
@@ -37,6 +37,7 @@ UNDELIVERED_MAX_AGE = timedelta(days=7)  # results older than this that never go
 FORGOTTEN = "🗑️ This job was deleted: its author used /forget."
 
 Submit = Callable[[Member, dict[str, Any]], Awaitable[Submitted]]
+SubmitMany = Callable[[Member, dict[str, Any]], Awaitable[list[Submitted]]]
 
 
 class PintorBot(commands.Bot):
@@ -77,6 +78,7 @@ class PintorBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*BUTTONS)
+        self.add_listener(form_submitted, "on_interaction")  # Custom Zoom's and Remix's forms, by custom_id
         self.tree.on_error = self.on_app_command_error
         self.studio.listeners.append(self.on_job_event)
         # Results stored while the last run was stopping (or crashing), never posted: post them.
@@ -178,6 +180,17 @@ class PintorBot(commands.Bot):
 
         `origin_guild_id`: for an interaction in a DM about a server's job (a button under a
         result sent by DM), that server: its rules apply and the job counts there."""
+        async def one(member: Member, where: dict[str, Any]) -> list[Submitted]:
+            return [await submit(member, where)]
+
+        await self.start_jobs(interaction, [delivery], one, rules=rules, origin_guild_id=origin_guild_id)
+
+    async def start_jobs(self, interaction: Interaction, deliveries: list[Delivery], submit: SubmitMany, *,
+                         rules: ServerRules | None = None, origin_guild_id: int | None = None) -> None:
+        """`start_job` for several jobs asked for at once (--repeat): `submit` stores and queues
+        them all or none (`Studio.submit_many`), job i is reported through `deliveries[i]`; a
+        refusal goes through the first."""
+        delivery = deliveries[0]
         member = Member(interaction.user.id, interaction.user.name)
         guild_id = interaction.guild_id if interaction.guild_id is not None else origin_guild_id
         try:
@@ -187,7 +200,7 @@ class PintorBot(commands.Bot):
                      # what goes to a DM is private too: nobody else may /show it in the server
                      "private": delivery.private or interaction.guild_id is None,
                      "direct": interaction.guild_id is None and guild_id is not None}
-            submitted = await submit(member, where)
+            submitted_jobs = await submit(member, where)
         except AlreadyMade as made:  # a button pressed again: the job its first press made, not a copy
             await delivery.refuse(already_made_text(made.job))
             return
@@ -198,8 +211,9 @@ class PintorBot(commands.Bot):
             log.exception("could not submit a job for member %s", member.id)
             await delivery.refuse("⚠️ Something went wrong on Pintor's side; nothing was queued. Try again.")
             return
-        self._followed.add(submitted.job_id)  # before any event of the job can reach on_job_event
-        self._spawn(self._report(submitted, delivery, member.id), f"report-job-{submitted.job_id}")
+        for submitted, job_delivery in zip(submitted_jobs, deliveries, strict=True):
+            self._followed.add(submitted.job_id)  # before any event of the job can reach on_job_event
+            self._spawn(self._report(submitted, job_delivery, member.id), f"report-job-{submitted.job_id}")
 
     async def _report(self, submitted: Submitted, delivery: Delivery, member_id: int) -> None:
         job_id, request = submitted.job_id, submitted.request

@@ -18,7 +18,7 @@ from generation.registry import (
     UnknownLoraError,
     UnknownModelError,
 )
-from generation.request import Request, build_request
+from generation.request import GRID_SIZE, MAX_SEED, Request, build_request, random_seed
 from storage.models import MemberPreferences, ServerRules
 
 MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5
@@ -108,7 +108,8 @@ def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
 # prompt parameter → the ParsedPrompt field it sets
 PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras",
-                    "iw": "image_weight"}
+                    "iw": "image_weight",
+                    "tile": "tile", "repeat": "repeat"}
 
 
 def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
@@ -237,6 +238,26 @@ def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = 
 
 def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
                          allowed: Sequence[str] = (), strict: bool = False) -> tuple[Request, list[str]]:
+    """`prepare_repeated`'s first request and notices: one grid (a --repeat asking for more is
+    said in the request's notices: only /imagine makes several)."""
+    requests, notices = prepare_repeated(registry, text, defaults, allowed=allowed, strict=strict)
+    request = requests[0]
+    if len(requests) > 1:
+        request = request.replace(notices=(*request.notices, f"--repeat {len(requests)} makes several grids in "
+                                           "Discord's /imagine only: this made one."))
+    return request, notices
+
+
+def repeated(request: Request, count: int, *, seed_given: bool) -> list[Request]:
+    """`count` requests for `--repeat count`: `request` and copies with other seeds. With a
+    --seed (`seed_given`), copy k takes seed + 4k (each grid's four pictures use seed … seed +
+    3, so no picture repeats another, and the command is reproducible); else random seeds."""
+    return [request] + [request.replace(seed=(request.seed + GRID_SIZE * k) % (MAX_SEED + 1) if seed_given
+                                        else random_seed()) for k in range(1, count)]
+
+
+def prepare_repeated(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
+                     allowed: Sequence[str] = (), strict: bool = False) -> tuple[list[Request], list[str]]:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees.
 
@@ -246,8 +267,9 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     can no longer be used here is replaced by that model, and a notice for the result says
     so. `strict` (a server's rule) refuses parameters Pintor does not have instead of
     ignoring them. Whether the rules allow the request is checked later, when it is
-    submitted. Returns the request (with the prompt's own notices) and the notices about
-    the member's defaults; raises the USER_ERRORS for bad input."""
+    submitted. Returns the requests (one per grid --repeat asks for: `repeated`; each with
+    the prompt's own notices) and the notices about the member's defaults; raises the
+    USER_ERRORS for bad input."""
     parsed = parse_prompt(text, strict=strict)
     notices: list[str] = []
     if parsed.model is None:  # a --v/--niji/--style in the prompt beats the member's default model
@@ -268,4 +290,5 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    return build_request(parsed, spec, loras=choose_loras(registry, parsed, spec)), notices
+    request = build_request(parsed, spec, loras=choose_loras(registry, parsed, spec))
+    return repeated(request, parsed.repeat, seed_given=parsed.seed is not None), notices

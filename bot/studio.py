@@ -38,6 +38,7 @@ from bot.intake import (
     id_list,
     name_list,
     prepare,
+    prepare_repeated,
     prepare_with_notices,
     refuses_unknown_parameters,
 )
@@ -311,7 +312,7 @@ class Studio:
                       **where) -> Submitted:
         """A prompt's grid: `prepare` then `submit_prompt` (which fetches its image prompts)."""
         request = self.prepare(text, rules=where.get("rules"))
-        return await self.submit_prompt(member, request, uploads=uploads, **where)
+        return (await self.submit_prompt(member, [request], uploads=uploads, **where))[0]
 
     def check_image_prompts(self, request: Request) -> None:
         """Refuse, before anything is fetched or stored, an image prompt link Pintor will not
@@ -320,9 +321,10 @@ class Studio:
         for url in request.image_prompts:
             self.fetcher.policy.check(url, link_name(url))
 
-    async def submit_prompt(self, member: Member, request: Request, *, uploads: Sequence[tuple[str, str]] = (),
-                            **where) -> Submitted:
-        """Submit a prepared prompt's request with its image prompts: the links at the start of
+    async def submit_prompt(self, member: Member, requests: Sequence[Request], *,
+                            uploads: Sequence[tuple[str, str]] = (), **where) -> list[Submitted]:
+        """Submit a prepared prompt's requests (one per grid: --repeat; `submit_many`, all or
+        none) with their image prompts: the links at the start of
         its prompt (`request.image_prompts`) and `uploads` ((file name, URL) of attachments),
         each fetched through `fetch`, checked by content as /blend's uploads are
         (generation.inputs.open_upload) and kept in the file store before the job is stored, so
@@ -330,42 +332,69 @@ class Studio:
         `image_prompt_request`. Without image prompts, the request is submitted as it is (a
         --iw is said to have had nothing to weigh). Raises the USER_ERRORS (FetchError,
         UploadError, RequestError…) with nothing stored."""
+        request = requests[0]  # the grids of one prompt differ only in their seeds
         sources = [(link_name(url), url) for url in request.image_prompts] + list(uploads)
         if not sources:
             if "--iw" in request.parameters:
-                request = request.replace(notices=(*request.notices, "--iw was not used: this prompt has no "
-                                                   "image prompt (links at its start, or the image option)."))
-            return await self.submit(member, request, **where)
+                unused = ("--iw was not used: this prompt has no image prompt (links at its start, or the "
+                          "image option).")
+                requests = [each.replace(notices=(*each.notices, unused)) for each in requests]
+            return await self.submit_many(member, requests, **where)
         self.check_image_prompts(request)
         spec = self.registry.get(request.model)
         if not spec.can_blend and spec.family not in EMPHASIS_FAMILIES:
             users = [m.name for m in self.registry.generators() if m.can_blend or m.family in EMPHASIS_FAMILIES]
             raise RequestError(f"{spec.name} cannot use image prompts. Models that can: {', '.join(users) or 'none'}.")
         names = [name for name, _ in sources]
-        request = request.replace(image_prompts=tuple(names))
         data = [(name, await self.fetch(url, name)) for name, url in sources]
         images = await asyncio.to_thread(lambda: [open_upload(blob, name) for name, blob in data])
         if spec.family in EMPHASIS_FAMILIES:
             # image to image from the first picture, cropped to the grid's shape (not stretched)
             images = [await asyncio.to_thread(ImageOps.fit, images[0], (request.width, request.height),
                                               Image.Resampling.LANCZOS)]
-        request = image_prompt_request(request, spec, len(images), where.get("rules"))
         rules = where.get("rules")
-        if rules is not None:  # a refusal writes nothing (submit checks again, atomically)
-            await self._check_rules(member, request, rules, where.get("channel_id"))
+        requests = [image_prompt_request(each.replace(image_prompts=tuple(names)), spec, len(images), rules)
+                    for each in requests]
+        if rules is not None:  # a refusal writes nothing (submit_many checks again, atomically)
+            await self._check_rules(member, requests[0], rules, where.get("channel_id"), jobs=len(requests))
 
-        def with_inputs(paths: list[str]) -> Request:
+        def with_inputs(paths: list[str]) -> list[Request]:
             if spec.can_blend:
-                return request.replace(images=tuple(paths))
-            return request.replace(init_image=paths[0])
+                return [each.replace(images=tuple(paths)) for each in requests]
+            return [each.replace(init_image=paths[0]) for each in requests]
 
         return await self._submit_with_inputs(member, images, with_inputs, **where)
 
-    async def reroll(self, member: Member, job_id: int, **where) -> Submitted:
+    def prepare_repeated(self, text: str, defaults: MemberPreferences | None = None, *,
+                         rules: ServerRules | None = None) -> tuple[list[Request], list[str]]:
+        """`prepare_with_notices` for every grid the prompt's --repeat asks for (one request
+        each, with its own seed: `bot.intake.repeated`); submit them with `submit_many`."""
+        return prepare_repeated(self.registry, text, defaults, allowed=allowed_models(rules),
+                                strict=refuses_unknown_parameters(rules))
+
+    def remixed(self, request: Request, prompt: str | None, rules: ServerRules | None) -> Request:
+        """`request` with the words of `prompt` (Remix, Custom Zoom: a member's new prompt for a
+        button's job), parsed as /imagine parses a prompt, for the request's own model: its
+        text, weights, --no list, parameters and notices; the picture's size, steps, seed and
+        LoRAs stay the job's. None or blank: `request` unchanged. Raises the USER_ERRORS of a
+        prompt (a parameter that does not parse, --model given: the model is the picture's)."""
+        if prompt is None or not prompt.strip():
+            return request
+        fresh = self.prepare(f"{prompt} --model {request.model}", rules=rules)
+        return request.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative,
+                               parameters=fresh.parameters, notices=fresh.notices, tile=fresh.tile)
+
+
+    async def reroll(self, member: Member, job_id: int, *, prompt: str | None = None, **where) -> Submitted:
         """The same request again with a new seed: a grid from a prompt or a blend, or a
-        variation grid (the same picture varied again, at the same strength)."""
+        variation grid (the same picture varied again, at the same strength). With `prompt`
+        (Remix), its words instead of the job's (`remixed`); not for a blend, whose words
+        are mixed with its pictures."""
         parent = await self._finished_job(job_id)
         request = Request.from_json(parent.request)
+        if request.kind == JobKind.BLEND and prompt is not None and prompt.strip():
+            raise RequestError("A blend is re-rolled with its own words: use /blend for new ones.")
+        request = self.remixed(request, prompt, where.get("rules"))
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
         if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT):
@@ -398,7 +427,8 @@ class Studio:
         return await self.submit(member, request, parent_id=variation.parent_id,
                                  parent_index=variation.parent_index, **where)
 
-    async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, **where) -> Submitted:
+    async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, prompt: str | None = None,
+                   **where) -> Submitted:
         """Four new pictures made from image `index` of a job (image to image, new seeds), with
         the model and settings of the job that made the grid: for an upscale, of the grid it
         was upscaled from. Server limits are met by adjusting steps and strength (see
@@ -422,6 +452,7 @@ class Studio:
                                 width=width, height=height, loras=tuple(
                                     (name, weight) for name, weight in base.loras
                                     if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
+        base = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
@@ -497,12 +528,13 @@ class Studio:
             raise RequestError(f"A zoom out factor is a number above 1 and at most {MAX_ZOOM:g}, not {factor:g}.")
         return await self.outpaint(member, job_id, index, zoom_extension(factor), prompt=prompt, **where)
 
-    async def pan(self, member: Member, job_id: int, index: int, *, direction: str, **where) -> Submitted:
+    async def pan(self, member: Member, job_id: int, index: int, *, direction: str, prompt: str | None = None,
+                  **where) -> Submitted:
         """Pan ⬅️ ➡️ ⬆️ ⬇️ (`direction`: left, right, up, down): the picture extended by half its
-        side that way, a new grid of four (see outpaint)."""
+        side that way, a new grid of four (see outpaint), with `prompt`'s words (Remix)."""
         if direction not in PAN_DIRECTIONS:
             raise RequestError(f"Pan goes {', '.join(PAN_DIRECTIONS)}, not {direction}.")
-        return await self.outpaint(member, job_id, index, PAN_DIRECTIONS[direction], **where)
+        return await self.outpaint(member, job_id, index, PAN_DIRECTIONS[direction], prompt=prompt, **where)
 
     async def make_square(self, member: Member, job_id: int, index: int, **where) -> Submitted:
         """Make Square: a non-square picture's short side extended to its long one (see outpaint)."""
@@ -526,24 +558,27 @@ class Studio:
         if grid is None or spec is None:
             spec = self._fallback_vary_model(base, rules)
             grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
-        if prompt is not None and prompt.strip():
-            fresh = self.prepare(f"{prompt} --model {spec.name}", rules=rules)
-            grid = grid.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative,
-                                parameters=fresh.parameters, notices=fresh.notices)
-        if spec.family not in OUTPAINT_FAMILIES:
+        grid = self.remixed(grid.replace(model=spec.name), prompt, rules)
+        if spec.family not in OUTPAINT_FAMILIES and not (spec.family == "kandinsky22" and spec.inpaint):
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
-                               "need a Stable Diffusion model.")
+                               "need a Stable Diffusion model, or a Kandinsky 2.2 model whose entry names its "
+                               "inpainting decoder.")
         width, height = canvas_size(image.width, image.height, extension)
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise RequestError(f"The picture would become {width}×{height}, beyond {MAX_ASPECT_RATIO}:1: "
                                "Pan the other way, or Zoom Out.")
         # brought back to the model's pixel budget: repeated zooms never grow past it
-        # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape)
-        width, height = size_for_aspect((width, height), spec.native_side, multiple=8)
+        # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape; of
+        # 64 for Kandinsky 2.2, whose decoders round their latents up to 64 pixels)
+        width, height = size_for_aspect((width, height), spec.native_side,
+                                        multiple=64 if spec.family == "kandinsky22" else 8)
+        # Kandinsky's border is steered by the picture's own image embedding with the words (as its V)
+        images = (image.path,) if spec.family == "kandinsky22" else ()
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
-            height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=(), image_weights=(),
-            upscaler=None)
+            height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=images,
+            image_weights=(1.0,) * len(images),
+            upscaler=None, tile=False)  # a picture on a larger canvas is no tile: its border is new
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
     async def upscale(self, member: Member, job_id: int, index: int, *, creative: bool = False,
@@ -575,7 +610,8 @@ class Studio:
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
-                image_weights=(), steps=steps, outpaint=None)
+                image_weights=(), steps=steps, outpaint=None,
+                tile=False)  # the repaint runs tile by tile over the enlarged picture: not circular
         else:
             steps = self.registry.get(upscaler).steps if upscaler else 0
             if rules is not None and rules.max_steps:
@@ -627,17 +663,19 @@ class Studio:
             image_weights=tuple(image_weights))
         if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
             await self._check_rules(member, request, where["rules"], where.get("channel_id"))
-        return await self._submit_with_inputs(member, images, lambda paths: request.replace(images=tuple(paths)),
-                                              **where)
+        submitted = await self._submit_with_inputs(member, images, lambda paths: [request.replace(images=tuple(paths))],
+                                                   **where)
+        return submitted[0]
 
     async def _submit_with_inputs(self, member: Member, images: Sequence[Image.Image],
-                                  request_for: Callable[[list[str]], Request], **where) -> Submitted:
-        """Keep `images` in the file store (`_keep_inputs`), then submit `request_for(their paths)`.
+                                  requests_for: Callable[[list[str]], list[Request]], **where) -> list[Submitted]:
+        """Keep `images` in the file store (`_keep_inputs`), then submit `requests_for(their paths)`
+        (`submit_many`).
         If the job is not stored, the files this call wrote that no job refers to are deleted
         again (another job may share a file: they are named by content)."""
         paths, written = await asyncio.to_thread(self._keep_inputs, images)
         try:
-            return await self.submit(member, request_for(paths), **where)
+            return await self.submit_many(member, requests_for(paths), **where)
         except BaseException:
             unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
             await asyncio.to_thread(_delete_files, unused)
@@ -716,13 +754,33 @@ class Studio:
         model that is gone). With a `result_key`, a job with the same key that is queued,
         running or done raises AlreadyMade instead (checked before the rules: pointing to it
         costs nothing)."""
+        submitted = await self.submit_many(
+            member, [request], parent_id=parent_id, parent_index=parent_index, guild_id=guild_id,
+            channel_id=channel_id, rules=rules, private=private, direct=direct, notices=notices,
+            result_key=result_key)
+        return submitted[0]
+
+    async def submit_many(self, member: Member, requests: Sequence[Request], *, parent_id: int | None = None,
+                          parent_index: int | None = None, guild_id: int | None = None,
+                          channel_id: int | None = None, rules: ServerRules | None = None,
+                          private: bool = False, direct: bool = False, notices: Sequence[str] = (),
+                          result_key: str | None = None) -> list[Submitted]:
+        """`submit` for several jobs asked for at once (--repeat: one request per grid), all
+        or none: the server's rules are checked for all of them together (the queue limit and
+        the daily quota count each one), and a refusal stores nothing. Returns one Submitted
+        per request, in order. `result_key` only with a single request."""
+        if not requests:
+            return []
+        if result_key is not None and len(requests) > 1:
+            raise ValueError("a result_key names one job")
         if self.refusal is not None:
             raise RequestError(self.refusal)
-        if request.image_prompts and not (request.images or request.init_image):
+        if any(each.image_prompts and not (each.images or each.init_image) for each in requests):
             # a front end that skipped submit_prompt: the links would be silently dropped
             raise RequestError("This prompt's image prompts were not fetched; nothing was made.")
         try:  # a model whose files cannot be had is refused now, not after the worker starts
-            check_model_files(self.registry, request.model, [name for name, _ in request.loras])
+            for request in requests:
+                check_model_files(self.registry, request.model, [name for name, _ in request.loras])
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
@@ -732,19 +790,26 @@ class Studio:
             if result_key is not None:
                 await self._check_not_made(result_key)
             if rules is not None:
-                await self._check_rules(member, request, rules, channel_id, check_channel=not direct)
-                request = request.replace(safety_check=rules.nsfw_check)
-            try:
-                job = await self.store.create_job(
-                    user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
-                    prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
-                    parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
-                    notices="\n".join(notices) or None, result_key=result_key, owner=self.owner)
-            except DuplicateJob as duplicate:  # stored by another process since the check
-                raise AlreadyMade(duplicate.job) from None
-        events = self.watch(job.id)
-        position = await self.queue.submit(job.id, member.id, request)
-        return Submitted(job.id, position, request, events)
+                for request in requests:
+                    await self._check_rules(member, request, rules, channel_id, check_channel=not direct,
+                                            jobs=len(requests))
+                requests = [request.replace(safety_check=rules.nsfw_check) for request in requests]
+            jobs = []
+            for request in requests:
+                try:
+                    jobs.append(await self.store.create_job(
+                        user_id=member.id, user_name=member.name, kind=request.kind, model=request.model,
+                        prompt=request.prompt, request=request.to_json(), parent_id=parent_id,
+                        parent_index=parent_index, guild_id=guild_id, channel_id=channel_id, private=private,
+                        notices="\n".join(notices) or None, result_key=result_key, owner=self.owner))
+                except DuplicateJob as duplicate:  # stored by another process since the check
+                    raise AlreadyMade(duplicate.job) from None
+        submitted = []
+        for job, request in zip(jobs, requests, strict=True):
+            events = self.watch(job.id)
+            position = await self.queue.submit(job.id, member.id, request)
+            submitted.append(Submitted(job.id, position, request, events))
+        return submitted
 
     async def _check_not_made(self, result_key: str) -> None:
         existing = await self.store.by_result_key(result_key)
@@ -756,7 +821,9 @@ class Studio:
         raise AlreadyMade(existing)
 
     async def _check_rules(self, member: Member, request: Request, rules: ServerRules,
-                           channel_id: int | None, *, check_channel: bool = True) -> None:
+                           channel_id: int | None, *, check_channel: bool = True, jobs: int = 1) -> None:
+        """Raise LimitError where the server's rules refuse `request`, asked for `jobs` times
+        at once (--repeat: every one must fit the queue limit and the daily quota)."""
         if rules.paused:
             raise LimitError("Pintor is paused on this server by its admins. Try again later.")
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
@@ -779,6 +846,10 @@ class Studio:
             # everywhere (all servers and DMs): the queue and its worker are shared, so jobs
             # waiting from another server delay this server's members just the same
             waiting = await self.store.count_unfinished(member.id)
+            if jobs > 1 and waiting + jobs > rules.max_queued_per_member:
+                raise LimitError(f"--repeat {jobs} makes {jobs} jobs; with the {waiting} you have queued or "
+                                 f"running that is over this server's limit of {rules.max_queued_per_member}. "
+                                 "Nothing was queued: ask for fewer, or wait for yours to finish.")
             if waiting >= rules.max_queued_per_member:
                 raise LimitError(f"You already have {waiting} jobs queued or running; this server allows "
                                  f"{rules.max_queued_per_member}. Wait for one to finish, or /cancel one.")
@@ -786,9 +857,13 @@ class Studio:
             midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
             used = await self.store.count_since(member.id, midnight, guild_id=rules.guild_id,  # this server's
                                                 free_kinds=FREE_KINDS)
-            if used >= rules.daily_quota:
+            if used + jobs > rules.daily_quota:
                 left = midnight + timedelta(days=1) - datetime.now(UTC)
                 hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
+                if jobs > 1 and used < rules.daily_quota:
+                    raise LimitError(f"--repeat {jobs} makes {jobs} jobs; you have {rules.daily_quota - used} of "
+                                     f"your {rules.daily_quota} jobs for today left. Nothing was queued: ask for "
+                                     f"fewer. The quota resets at 00:00 UTC, in {hours} h {minutes} min.")
                 raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
                                  f"at 00:00 UTC, in {hours} h {minutes} min.")
 

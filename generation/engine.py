@@ -18,7 +18,7 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
-from generation import adapters, esrgan, outpaint
+from generation import adapters, esrgan, outpaint, seamless
 from generation.batching import BATCH_FAMILIES, batch_key
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
@@ -232,7 +232,8 @@ class Engine:
             kwargs.update(width=first.width, height=first.height,
                           latents=latents.to(self.device.device, self.device.dtype))
         self.pipelines.fit_vae(pipe, first.width, first.height, sum(job.request.count for job in jobs))
-        images: list[Image.Image] = pipe(**kwargs).images
+        with seamless.circular(pipe, first.tile):  # --tile (the same for the whole batch: batch_key)
+            images: list[Image.Image] = pipe(**kwargs).images
         per_job, start = [], 0
         for job in jobs:
             per_job.append(images[start:start + job.request.count])
@@ -244,10 +245,14 @@ class Engine:
         """Zoom Out, Pan, Make Square: generation/outpaint.py with the model's inpainting pipeline."""
         if request.init_image is None or request.outpaint is None:
             raise ValueError("an outpaint request needs the picture (init_image) and its extension (outpaint)")
-        if spec.family not in EMPHASIS_FAMILIES:
+        if spec.family not in EMPHASIS_FAMILIES and spec.family != "kandinsky22":
             raise ValueError(f"{spec.name} cannot paint a canvas's border here (a Stable Diffusion model can)")
         pipe = self.pipelines.get(spec, "inpaint")
-        embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
+        if spec.family == "kandinsky22":  # the prior's image embeddings steer its inpainting decoder
+            image_embeds, negative, _ = self._image_embeds(request, spec, notices)
+            embeds = {"image_embeds": image_embeds, "negative_image_embeds": negative}
+        else:
+            embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
         return outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
                               height=request.height, steps=request.steps, guidance=request.guidance,
                               seeds=request.seeds(), embeds=embeds, callback=callback)
@@ -302,21 +307,7 @@ class Engine:
 
     def _kandinsky(self, request: Request, spec: ModelSpec, notices: list[str],
                    callback: StepEndCallback) -> list[Image.Image]:
-        prior = self.pipelines.get(spec, "prior")
-        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
-        generator = torch.Generator().manual_seed(request.seed)
-        items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
-                                                    for p in request.images)]
-        weights = [w for _, w in request.parts] + list(request.image_weights)
-        if not items:
-            raise ValueError("a Kandinsky request needs a text or an image")
-        if len(texts) == 1 and not request.images:
-            out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
-        else:
-            out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
-                                    generator=generator)
-        embeds = out.image_embeds.repeat(request.count, 1)
-        negative = out.negative_image_embeds.repeat(request.count, 1)
+        embeds, negative, texts = self._image_embeds(request, spec, notices)
         generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
         kwargs: dict[str, Any] = dict(image_embeds=embeds, negative_image_embeds=negative,
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
@@ -337,8 +328,29 @@ class Engine:
                           strength=request.strength)
         else:
             pipe = self.pipelines.get(spec, "text2img")
-        images: list[Image.Image] = pipe(**kwargs).images
+        with seamless.circular(pipe, request.tile):
+            images: list[Image.Image] = pipe(**kwargs).images
         return images
+
+    def _image_embeds(self, request: Request, spec: ModelSpec,
+                      notices: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """The Kandinsky prior's image embeddings of the request's texts and images (mixed by
+        weight) and the negative ones, each (request.count, width); and the texts as read
+        (cut to the prior's tokens)."""
+        prior = self.pipelines.get(spec, "prior")
+        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
+        generator = torch.Generator().manual_seed(request.seed)
+        items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
+                                                    for p in request.images)]
+        weights = [w for _, w in request.parts] + list(request.image_weights)
+        if not items:
+            raise ValueError("a Kandinsky request needs a text or an image")
+        if len(texts) == 1 and not request.images:
+            out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
+        else:
+            out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
+                                    generator=generator)
+        return out.image_embeds.repeat(request.count, 1), out.negative_image_embeds.repeat(request.count, 1), texts
 
     # 3. Upscaling ----------------------------------------------------------------------------
 
@@ -351,6 +363,10 @@ class Engine:
         if request.init_image is None:
             raise ValueError("an upscale request needs the picture to enlarge (init_image)")
         image = self._open(request.init_image)
+        if request.strength <= 0 and request.tile and min(image.size) >= seamless.WRAP_MARGIN:
+            # a tiling picture is enlarged with its opposite edges around it, so it still tiles
+            enlarged = self._enlarge(seamless.wrap_pad(image), request.model, request, notices, on_step, should_stop)
+            return seamless.unpad(enlarged, image.size)
         if request.strength <= 0:
             return self._enlarge(image, request.model, request, notices, on_step, should_stop)
         enlarged = self._enlarge(image, request.upscaler or RESAMPLE, request, notices, on_step, should_stop)

@@ -23,6 +23,7 @@ from diffusers import (
     KandinskyPipeline,
     KandinskyPriorPipeline,
     KandinskyV22Img2ImgPipeline,
+    KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
     StableDiffusionPipeline,
@@ -201,6 +202,12 @@ class PipelineCache:
                 pipe = AutoPipelineForImage2Image.from_pipe(base)
             return self._finish(pipe, spec, task, placed=True)
         if task == "inpaint":  # Zoom Out, Pan, Make Square (generation/outpaint.py)
+            if spec.family == "kandinsky22":
+                # its decoder's UNet reads 4 latent channels: painting needs the inpainting
+                # decoder (9: latents, masked picture, mask), which the entry must name
+                if not spec.inpaint:
+                    raise ModelLoadError(f"Model '{spec.name}' has no inpainting decoder ('inpaint').")
+                return self._finish(self._load(KandinskyV22InpaintPipeline, spec.inpaint, spec), spec, task)
             if spec.inpaint:  # a dedicated inpainting checkpoint (its UNet reads the mask)
                 return self._finish(self._load(AutoPipelineForInpainting, spec.inpaint, spec), spec, task)
             base = entry.get("text2img") or self.get(spec, "text2img")

@@ -6,7 +6,7 @@
 whose message is written to be shown to the member as is. It reads prompts as members really
 paste them from MidJourney and Stable Diffusion galleries:
 
-* parameters Pintor does not have (``--tile``, ``--sref …``, ``--w 1080``) are ignored, each
+* parameters Pintor does not have (``--sref …``, ``--weird 50``, ``--w 1080``) are ignored, each
   named once in ``ParsedPrompt.notices`` with what to type instead where Pintor has an
   equivalent; with ``strict=True`` (a server's choice) they are refused instead;
 * ``--v N``, ``--niji [N]`` and ``--style NAME`` are kept in ``ParsedPrompt.selectors`` for the
@@ -58,6 +58,9 @@ MAX_LORAS = 8  # LoRAs one prompt may name (an abuse limit; a server's own limit
 MAX_IMAGE_PROMPTS = 5  # links at the start of a prompt (as /blend's images: more dilute each one to nothing)
 # --iw: how much the image prompts count against the text (MidJourney's range for v6/v7: 0–3, default 1)
 IMAGE_WEIGHT_RANGE = (0.0, 3.0)
+# grids one command may make with --repeat (each a job of its own, counted by a server's limits);
+# MidJourney allows 40 on its largest plans, Pintor's worker is one GPU shared by a server
+MAX_REPEAT = 4
 
 
 class PromptError(ValueError):
@@ -89,6 +92,8 @@ class ParsedPrompt:
     # image prompts: the links at the start of the prompt, in order (without <…>), and --iw
     image_urls: tuple[str, ...] = ()
     image_weight: float = 1.0
+    tile: bool = False  # --tile: pictures that repeat seamlessly (circular padding)
+    repeat: int = 1  # --repeat N: the command makes N grids (N jobs)
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -127,9 +132,10 @@ class _Param(Generic[_Value]):
     parse: Callable[[str, list[str]], _Value]
     format: Callable[[_Value], str] = str
     multiword: bool = False  # the value runs until the next parameter
+    flag: bool = False  # takes no value: given means True (--tile)
 
 
-_ALIASES = {"aspect": "ar", "c": "chaos", "s": "stylize", "quality": "q"}
+_ALIASES = {"aspect": "ar", "c": "chaos", "s": "stylize", "quality": "q", "r": "repeat"}
 
 
 def _whole_number(value: str) -> int:
@@ -258,12 +264,15 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
         _Param("iw", "image_weight",
                f"a number from {IMAGE_WEIGHT_RANGE[0]:g} to {IMAGE_WEIGHT_RANGE[1]:g}: how much the image prompts "
                "count against the text (default 1)", _parse_image_weight, lambda weight: _format_weight(weight)),
+        _Param("tile", "tile", "given alone, without a value", lambda value, notices: True, flag=True),
+        _Param("repeat", "repeat", f"a whole number from 1 to {MAX_REPEAT}",
+               _int_between("repeat", 1, MAX_REPEAT, clamp=True)),
     )
     return {param.name: param for param in params}
 
 
-KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, --iw "
-                    "(also --aspect, --c, --s, --quality).")
+KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, --iw, "
+                    "--tile, --repeat (also --aspect, --c, --s, --quality, --r).")
 
 
 # --------------------------------------------------------------------------
@@ -285,10 +294,10 @@ class _Foreign:
 # After MidJourney's parameter list (docs.midjourney.com, "Parameter List"), v4 to v7 and niji.
 _FOREIGN: dict[str, _Foreign] = {
     **{name: _Foreign(_NONE) for name in (
-        "tile", "raw", "uplight", "upbeta", "upanime", "turbo", "relax", "fast", "draft", "hd",
+        "raw", "uplight", "upbeta", "upanime", "turbo", "relax", "fast", "draft", "hd",
         "test", "testp", "creative", "video", "loop", "stealth", "public")},
     **{name: _Foreign(_ONE) for name in (
-        "stop", "weird", "exp", "repeat", "r", "sameseed", "motion", "bs", "sv")},
+        "stop", "weird", "exp", "sameseed", "motion", "bs", "sv")},
     "v": _Foreign(_ONE, _MODEL), "version": _Foreign(_ONE, _MODEL),
     "niji": _Foreign(_OPTIONAL, _MODEL), "style": _Foreign(_ONE, _MODEL),
     "w": _Foreign(_ONE, _ASPECT), "h": _Foreign(_ONE, _ASPECT),
@@ -396,7 +405,8 @@ def _split_words(words: list[str], table: dict[str, _Param[Any]], notices: list[
 def _take_values(group: _Group, table: dict[str, _Param[Any]]) -> list[str]:
     """How many of a group's words are its value; the rest are prompt text (returned)."""
     if group.name in table:
-        count = len(group.args) if table[group.name].multiword else 1
+        param = table[group.name]
+        count = 0 if param.flag else len(group.args) if param.multiword else 1
         rest = group.args[count:]
         del group.args[count:]
         return rest
@@ -507,6 +517,9 @@ def _moved_to_text(group: _Group, rest: list[str], notices: list[str]) -> list[s
 
 def _set_value(values: dict[str, Any], negatives: list[str], loras: list[tuple[str, float | None]],
                param: _Param[Any], group: _Group, notices: list[str]) -> None:
+    if param.flag:  # --tile --tile: still one
+        values[param.name] = True
+        return
     if not group.args:
         raise PromptError(f"--{param.name} needs a value: {param.allowed}.")
     if param.multiword:  # --no people --no text: one list (said once all are read)
@@ -770,7 +783,7 @@ def _format_part(part: PromptPart) -> str:
 
 def format_parameters(p: ParsedPrompt) -> str:
     """The parameters the member gave, canonically: "--ar 16:9 --seed 7 --no people --v 6"."""
-    known = [f"--{param.name} {param.format(getattr(p, param.field))}"
+    known = [f"--{param.name}" if param.flag else f"--{param.name} {param.format(getattr(p, param.field))}"
              for param in _param_table(MAX_STEPS).values() if param.name in p.given]
     chosen = [f"--{name} {value}".rstrip() for name, value in p.selectors]
     return " ".join(known + chosen)

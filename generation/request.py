@@ -72,6 +72,8 @@ class Request:
     # links are never fetched again: they expire, the stored pictures stay.
     image_prompts: tuple[str, ...] = ()
     image_weight: float = 1.0  # --iw (0–3): how much the image prompts count against the text
+    # --tile: the pictures repeat seamlessly (circular padding in the UNet's and VAE's convolutions)
+    tile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -188,11 +190,13 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         guidance=guidance,
         seed=seed,
         chaos=parsed.chaos,
-        # the seed is shown on its own: a re-roll keeps these parameters with a new seed
+        # the seed is shown on its own: a re-roll keeps these parameters with a new seed; a
+        # request is one grid, --repeat is the command's (Studio.submit_many)
         parameters=format_parameters(dataclasses.replace(
-            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"}, selectors=())),
+            parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed", "repeat"}, selectors=())),
         notices=tuple(dict.fromkeys(notices)),
         loras=tuple((lora.name, weight) for lora, weight in loras),
         image_prompts=parsed.image_urls,
         image_weight=parsed.image_weight,
+        tile=parsed.tile,
     )

@@ -124,11 +124,14 @@ class MemberPreferences(Base):
     stylize: Mapped[int | None] = mapped_column(Integer, default=None)
     private: Mapped[bool] = mapped_column(Boolean, default=False)  # results only to them (ephemeral)
     append: Mapped[str] = mapped_column(Text, default="")  # words and parameters added to every prompt
+    # Remix mode: V, 🔄, Zoom Out and Pan open a form with the prompt, to change it before the job runs
+    remix: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
     def new(cls, user_id: int) -> MemberPreferences:
-        return cls(user_id=user_id, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
+        return cls(user_id=user_id, model=None, aspect=None, quality=None, stylize=None, private=False, append="",
+                   remix=False)
 
 
 DEFAULT_MAX_QUEUED = 5  # a new server's limit of jobs one member may have queued or running

@@ -155,19 +155,19 @@ async def test_a_scheduler_set_on_the_kandinsky_entry_leaves_imagine_blend_and_v
         varied = await finish(studio, await studio.vary(MEMBER, mixed.id, 1, strong=True))
         assert [len(job.images) for job in (made, mixed, varied)] == [4, 4, 4]
 async def test_blends_prompt_follows_the_prompt_rules_and_says_what_it_changed(studio):
-    submitted = await studio.blend(MEMBER, [CAT, TIGER], prompt="/imagine prompt: --v 6 --tile --chaos 150 --seed 3")
+    submitted = await studio.blend(MEMBER, [CAT, TIGER], prompt="/imagine prompt: --v 6 --raw --chaos 150 --seed 3")
     request = submitted.request
     assert request.parts == () and request.chaos == 100 and request.model == "tiny-kandinsky"
     assert request.notices == (
         "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
         "--chaos “150” is over the highest value; used 100.",
-        "Ignored what Pintor does not have: “--tile”.",
+        "Ignored what Pintor does not have: “--raw”.",
         "Ignored “--v 6”: /blend uses a model that can blend images (tiny-kandinsky).")
     await finish(studio, submitted)
     # a strict server refuses it, and nothing is stored
     rules = ServerRules.new(77)
     rules.strict_parameters = True
     before = len(await studio.store.unfinished())
-    with pytest.raises(PromptError, match="“--tile”"):
-        await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat --tile", rules=rules, guild_id=77, channel_id=1)
+    with pytest.raises(PromptError, match="“--raw”"):
+        await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat --raw", rules=rules, guild_id=77, channel_id=1)
     assert len(await studio.store.unfinished()) == before

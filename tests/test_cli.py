@@ -36,9 +36,9 @@ def job_rows(tmp_path: Path) -> list[tuple]:
 
 
 def test_imagine_writes_grid_and_separate_images(env, tmp_path):
-    result = pintor(env, "imagine", "a red fox in the snow --ar 3:2 --seed 7 --no people --tile",
+    result = pintor(env, "imagine", "a red fox in the snow --ar 3:2 --seed 7 --no people --raw",
                     "-o", "fox.png", "--separate", cwd=tmp_path)
-    assert "note: Ignored what Pintor does not have: “--tile”." in result.stderr
+    assert "note: Ignored what Pintor does not have: “--raw”." in result.stderr
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "fox.png") as grid:
         assert grid.size == (384, 256)  # 2×2 tiles of 192×128: 3:2 at a 128 px native budget

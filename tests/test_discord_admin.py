@@ -282,9 +282,9 @@ async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):
     assert "parameters Pintor does not have: refused (strict)" in answer
     assert (await studio.preferences_and_rules.guild(emu.guild_id)).strict_parameters is True
     try:
-        inter = await emu.slash("imagine", {"prompt": "a fox --tile --v 5"}, user_id=emu._snowflake())
+        inter = await emu.slash("imagine", {"prompt": "a fox --raw --v 5"}, user_id=emu._snowflake())
         callback = await acked(inter, kind=MESSAGE)
-        assert "“--tile”" in callback["data"]["content"] and callback["data"]["flags"] & EPHEMERAL
+        assert "“--raw”" in callback["data"]["content"] and callback["data"]["flags"] & EPHEMERAL
     finally:
         answer = (await admin(server, "strict-parameters", {"on": False}))["content"]
     assert "parameters Pintor does not have: ignored, with a notice" in answer

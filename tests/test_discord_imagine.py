@@ -223,13 +223,13 @@ async def test_a_members_settings_fill_in_the_prompt_and_keep_results_private(pi
 async def test_a_pasted_midjourney_prompt_is_made_and_every_change_is_said(pintor: Harness):
     emu = pintor.emu
     prompt = ("/imagine prompt: cinematic photo of a lighthouse in a storm, https://s.mj.run/Xy12ab "
-              "dramatic light —ar 7:2 --v 6.0 --style raw --tile --sref 1234 --sref 5678 --chaos 150 --seed 9")
+              "dramatic light —ar 7:2 --v 6.0 --style raw --raw --sref 1234 --sref 5678 --chaos 150 --seed 9")
     inter = await emu.slash("imagine", {"prompt": prompt})
     assert (await inter.wait_callback(timeout=3))["type"] == DEFERRED
     final = await inter.wait_original(is_result, timeout=90)
     said = [
         "Removed “/imagine prompt:” from the start",
-        "Ignored what Pintor does not have: “--tile”; “--sref 1234” (×2) — Pintor has image prompts (links at the "
+        "Ignored what Pintor does not have: “--raw”; “--sref 1234” (×2) — Pintor has image prompts (links at the "
         "start of the prompt, --iw), not style or character references.",
         "--ar “7:2”: used 3:1",
         "--chaos “150” is over the highest value; used 100.",
@@ -252,10 +252,10 @@ async def test_strict_servers_refuse_unknown_parameters(pintor: Harness):
     await stored.update_guild(emu.guild_id, strict_parameters=True)
     try:
         before = await pintor.job_count()
-        inter = await emu.slash("imagine", {"prompt": "a fox --tile --sref 12 --bogus 3"})
+        inter = await emu.slash("imagine", {"prompt": "a fox --raw --sref 12 --bogus 3"})
         callback = await inter.wait_callback(timeout=3)
         assert callback["type"] == MESSAGE and callback["data"]["flags"] & EPHEMERAL
-        for name in ("“--tile”", "“--sref”", "“--bogus”"):
+        for name in ("“--raw”", "“--sref”", "“--bogus”"):
             assert name in callback["data"]["content"]
         assert await pintor.job_count() == before
     finally:

@@ -177,7 +177,7 @@ async def test_settings_menus_store_defaults_that_imagine_uses(pintor: Harness):
     assert callback["data"]["flags"] & EPHEMERAL and "**Your defaults**" in callback["data"]["content"]
     message_id = inter.original_id
     menus = [c.get("placeholder") for row in emu.messages[message_id]["components"] for c in row["components"]]
-    assert menus == ["model", "aspect ratio", "quality", "stylize", None, None, None]
+    assert menus == ["model", "aspect ratio", "quality", "stylize", None, None, None, None]
 
     await choose(pintor, message_id, member, "model", "tiny-sd")
     await choose(pintor, message_id, member, "aspect ratio", "16:9")

@@ -173,6 +173,7 @@ async def open_settings(pintor: Harness, member: int, *, guild: bool = True) -> 
     ("quality", "default", "quality", None), ("quality", "0.5", "quality", 0.5),
     ("stylize", "0", "stylize", 0), ("stylize", "default", "stylize", None), ("stylize", "1000", "stylize", 1000),
     ("Private mode on/off", None, "private", True), ("Reset all", None, "private", False),
+    ("Remix mode on/off", None, "remix", True), ("Reset all", None, "remix", False),
 ])
 async def test_a_new_members_first_settings_change_stores_what_was_chosen(
         pintor: Harness, control: str, value: str | None, column: str, expected):

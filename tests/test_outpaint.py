@@ -18,11 +18,13 @@ from generation.devices import choose_device
 from generation.engine import Engine
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Interrupted, Progress
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, prepare, square_extension, zoom_extension
+from generation.pipelines import ModelLoadError
 from generation.prompt import size_for_aspect
 from generation.registry import load_registry
 from generation.request import Request
 from tests.engine_helpers import picture_maker, request, run
 from tests.studio_helpers import started_studio
+from tests.tiny_models import build_kandinsky22_inpaint
 from tests.waiting import collect_until
 
 ANN = Member(1, "ann")
@@ -225,3 +227,82 @@ async def test_an_outpaint_job_left_queued_is_made_after_a_restart(small_registr
         job = await studio.job(zoom.job_id)
         assert job is not None and job.status == "done" and len(job.images) == 4
         assert [j.id for j in await studio.store.unfinished()] == []
+
+
+# -- Kandinsky 2.2, with an inpainting decoder ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kandinsky_registry(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-kandinsky with a tiny inpainting decoder (`inpaint`), and tiny-sd as the default."""
+    folder = tmp_path_factory.mktemp("kandinsky-inpaint")
+    decoder = build_kandinsky22_inpaint(folder / "decoder-inpaint")
+    path = folder / "models.toml"
+    path.write_text(f'''
+default = "tiny-sd"
+
+[models.tiny-sd]
+source = "{tiny_models['sd']}"
+family = "sd"
+native_side = 64
+steps = 2
+
+[models.tiny-kandinsky]
+source = "{tiny_models['kandinsky22']}"
+prior = "{tiny_models['kandinsky22-prior']}"
+inpaint = "{decoder}"
+family = "kandinsky22"
+native_side = 64
+steps = 2
+
+[models.plain-kandinsky]
+source = "{tiny_models['kandinsky22']}"
+prior = "{tiny_models['kandinsky22-prior']}"
+family = "kandinsky22"
+native_side = 64
+steps = 2
+''', encoding="utf-8")
+    return path
+
+
+def test_kandinsky_paints_the_border_with_its_inpainting_decoder(kandinsky_registry, tmp_path_factory):
+    registry = load_registry(kandinsky_registry)
+    engine = Engine(registry, choose_device("cpu"))
+    source = picture_maker(tmp_path_factory.mktemp("pictures"))(64, 64)
+    width, height = size_for_aspect(canvas_size(64, 64, PAN_DIRECTIONS["right"]), 64, multiple=64)
+    req = request(registry, "a red fox --seed 3 --model tiny-kandinsky", kind="outpaint", init_image=source,
+                  outpaint=PAN_DIRECTIONS["right"], width=width, height=height, strength=1.0,
+                  images=(source,), image_weights=(1.0,))
+    result, steps, _ = run(engine, req)
+    assert len(result.images) == 4 and {image.size for image in result.images} == {(width, height)}
+    assert steps and steps[-1][0] == steps[-1][1]
+    canvas, mask, blend = prepare(Image.open(source).convert("RGB"), PAN_DIRECTIONS["right"], (width, height))
+    keep = np.asarray(blend) == 0
+    assert keep.mean() > 0.3 and not keep[:, -width // 3:].any()
+    for image in result.images:
+        assert np.array_equal(np.asarray(image)[keep], np.asarray(canvas)[keep])
+    border = np.asarray(mask) == 255
+    borders = [np.asarray(image, dtype=np.int16)[border] for image in result.images]
+    assert np.abs(borders[0] - borders[1]).mean() > 1
+    # without an inpainting decoder the engine says what is missing
+    with pytest.raises(ModelLoadError, match="no inpainting decoder"):
+        run(engine, req.replace(model="plain-kandinsky"))
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_kandinsky_zoom_and_pan_through_the_studio(kandinsky_registry, tmp_path: Path):
+    async with started_studio(tmp_path, kandinsky_registry) as studio:
+        made = await studio.imagine(ANN, "a lighthouse on a cliff --model tiny-kandinsky --seed 5")
+        assert isinstance((await collect_until(made.events, final))[-1], Done)
+        zoomed = await studio.zoom_out(ANN, made.job_id, 2, factor=2.0, prompt="a lighthouse in fog")
+        events = await collect_until(zoomed.events, final)
+        assert isinstance(events[-1], Done), events[-1]
+        job = await studio.job(zoomed.job_id)
+        assert job is not None
+        request = Request.from_json(job.request)
+        assert (job.kind, request.model, request.prompt, len(job.images)) == (
+            "outpaint", "tiny-kandinsky", "a lighthouse in fog", 4)
+        plain = await studio.imagine(ANN, "a lighthouse --model plain-kandinsky --seed 5")
+        assert isinstance((await collect_until(plain.events, final))[-1], Done)
+        with pytest.raises(USER_ERRORS, match="Kandinsky 2.2 model whose entry names its inpainting decoder"):
+            await studio.pan(ANN, plain.job_id, 1, direction="left")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from generation.prompt import (
     _CONTROL_RE,
     MAX_PROMPT_CHARS,
+    MAX_REPEAT,
     ParsedPrompt,
     PromptError,
     PromptPart,
@@ -186,14 +187,14 @@ def test_dashes_from_phones_and_case():
 
 
 def test_unknown_parameters_in_strict_mode_are_refused_all_named():
-    message = error_for("cat --foo 3 --tile --sref 12 --foo 4", strict=True)
-    assert "“--foo”" in message and "“--tile”" in message and "“--sref”" in message
+    message = error_for("cat --foo 3 --raw --sref 12 --foo 4", strict=True)
+    assert "“--foo”" in message and "“--raw”" in message and "“--sref”" in message
     for name in ("--ar", "--seed", "--no", "--chaos", "--stylize", "--q", "--steps", "--model"):
         assert name in message
     # the same prompt, not strict: made, every one named once
-    p = parse_prompt("cat --foo 3 --tile --sref 12 --foo 4")
+    p = parse_prompt("cat --foo 3 --raw --sref 12 --foo 4")
     assert p.text == "cat"
-    assert p.notices == ("Ignored what Pintor does not have: “--foo 3” (×2), “--tile”; "
+    assert p.notices == ("Ignored what Pintor does not have: “--foo 3” (×2), “--raw”; "
                          "“--sref 12” — Pintor has image prompts (links at the start of the prompt, --iw), "
                          "not style or character references.",)
 
@@ -447,8 +448,10 @@ MIDJOURNEY_GALLERY = [
     ("a cozy ramen shop in the rain at night, studio ghibli style --niji 6 --ar 2:3",
      "a cozy ramen shop in the rain at night, studio ghibli style", "--ar 2:3", (("niji", "6"),), ()),
     ("watercolor botanical pattern of ferns and moths --tile --v 5.2",
+     "watercolor botanical pattern of ferns and moths", "--tile", (("v", "5.2"),), ()),
+    ("watercolor botanical pattern of ferns and moths --raw --v 5.2",
      "watercolor botanical pattern of ferns and moths", "", (("v", "5.2"),),
-     ("Ignored what Pintor does not have: “--tile”.",)),
+     ("Ignored what Pintor does not have: “--raw”.",)),
     ("portrait of a knight in ornate silver armor, baroque painting --sref 2395876241 --sw 300 --p --v 6.1",
      "portrait of a knight in ornate silver armor, baroque painting", "", (("v", "6.1"),),
      ("Ignored what Pintor does not have: “--sref 2395876241”, “--sw 300” — Pintor has image prompts "
@@ -541,9 +544,9 @@ PASTE_LEFTOVERS = [
     ("a quiet room — no people, just light", "a quiet room — no people, just light", "", ()),
     ("a red fox --ar 16:9 in the snow", "a red fox in the snow", "--ar 16:9",
      ("Read “in the snow” after “--ar” as prompt text.",)),
-    ("a red fox --tile seamless pattern", "a red fox seamless pattern", "",
-     ("Read “seamless pattern” after “--tile” as prompt text.",
-      "Ignored what Pintor does not have: “--tile”.")),
+    ("a red fox --raw seamless pattern", "a red fox seamless pattern", "",
+     ("Read “seamless pattern” after “--raw” as prompt text.",
+      "Ignored what Pintor does not have: “--raw”.")),
     ("a red fox https://i.imgur.com/y.png in <https://cdn.discordapp.com/a/b.jpg> snow",
      "a red fox in snow", "",
      ("Removed 2 links (“i.imgur.com”, “cdn.discordapp.com”) from the prompt: a link is an image prompt "
@@ -639,7 +642,8 @@ def test_has_emphasis(text, emphasis):
 # --- more properties --------------------------------------------------------------------------
 
 PASTED = st.sampled_from([
-    "--v", "6", "6.0", "--niji", "--style", "raw", "--tile", "--sref", "https://x.io/a.png", "1234",
+    "--v", "6", "6.0", "--niji", "--style", "raw", "--raw", "--tile", "--repeat", "--r", "3", "--sref",
+    "https://x.io/a.png", "1234",
     "--p", "--w", "1080", "--h", "--iw", "--relax", "--unknown", "/imagine", "prompt:", "(a:1.3)",
     "((b))", "[c]", "[a|b]", "BREAK", "<lora:x:0.5>", "--", "-- ar", "——ar", "-—seed", "−ar", "7:2",
     "2.39:1", "--q", "4", ".25", "--chaos", "150", "--no", "a::b", "::20", "::5", "\\(", ")", "(", "“", "”",
@@ -671,12 +675,12 @@ def test_emphasis_never_raises_and_keeps_the_words(text):
 
 
 def test_parameters_alone_when_no_text_is_required():
-    p = parse_prompt("/imagine prompt: --no text --chaos 150 --tile", require_text=False)
+    p = parse_prompt("/imagine prompt: --no text --chaos 150 --raw", require_text=False)
     assert p.parts == () and p.negative == "text" and p.chaos == 100
     assert p.notices == (
         "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
         "--chaos “150” is over the highest value; used 100.",
-        "Ignored what Pintor does not have: “--tile”.")
+        "Ignored what Pintor does not have: “--raw”.")
     assert parse_prompt("", require_text=False).parts == ()
     assert parse_prompt("soft light --q 2", require_text=False).text == "soft light"
     assert "--seed" in error_for("--seed -1", require_text=False)
@@ -746,3 +750,29 @@ def test_image_weight_outside_0_to_3_is_refused(value):
 def test_image_prompts_need_a_text_and_are_at_most_five():
     assert "image links but no text" in error_for("https://x.io/a.png https://x.io/b.png --iw 2")
     assert "at most 5 image prompts" in error_for(" ".join(f"https://x.io/{n}.png" for n in range(6)) + " a cat")
+
+
+# --- --tile and --repeat ------------------------------------------------------------------------
+
+
+def test_tile_takes_no_value_and_repeat_takes_a_count():
+    p = parse_prompt("a moss texture --tile --repeat 3 --ar 3:2")
+    assert p.text == "a moss texture" and p.tile and p.repeat == 3 and p.aspect == (3, 2)
+    assert p.notices == () and format_parameters(p) == "--ar 3:2 --tile --repeat 3"
+    assert parse_prompt("a moss texture").tile is False and parse_prompt("a moss texture").repeat == 1
+    # "—tile" from a phone, --r for --repeat (MidJourney's short form), a second --tile is still one
+    p = parse_prompt("a moss texture —tile --r 2 --tile")
+    assert p.tile and p.repeat == 2 and p.text == "a moss texture"
+    # a word after --tile is prompt text, said
+    p = parse_prompt("a red fox --tile seamless pattern")
+    assert p.tile and p.text == "a red fox seamless pattern"
+    assert p.notices == ("Read “seamless pattern” after “--tile” as prompt text.",)
+
+
+def test_repeat_out_of_range():
+    p = parse_prompt("a fox --repeat 40")
+    assert p.repeat == MAX_REPEAT
+    assert p.notices == (f"--repeat “40” is over the highest value; used {MAX_REPEAT}.",)
+    for typed in ("0", "-2", "two", "1.5"):
+        assert "--repeat must be a whole number from 1 to" in error_for(f"a fox --repeat {typed}")
+    assert "--repeat needs a value" in error_for("a fox --repeat")

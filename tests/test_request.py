@@ -166,9 +166,9 @@ def test_a_low_stylize_keeps_guidance_for_a_negative_prompt_and_says_so():
 
 
 def test_the_parsers_notices_travel_with_the_request_and_its_json():
-    request = build("a red fox --tile --chaos 150")
+    request = build("a red fox --raw --chaos 150")
     assert request.notices == ("--chaos “150” is over the highest value; used 100.",
-                               "Ignored what Pintor does not have: “--tile”.")
+                               "Ignored what Pintor does not have: “--raw”.")
     assert Request.from_json(request.to_json()) == request
     data = json.loads(request.to_json())
     del data["notices"]  # a job stored before notices existed
@@ -178,3 +178,18 @@ def test_the_parsers_notices_travel_with_the_request_and_its_json():
 def test_selectors_are_not_listed_as_parameters():
     request = build("a red fox --v 6 --style raw")
     assert "--v" not in request.parameters and "--style" not in request.parameters
+
+
+
+def test_repeat_makes_one_request_per_grid_where_a_single_one_is_asked_it_says_so():
+    from bot.intake import prepare, prepare_repeated
+
+    requests, _ = prepare_repeated(REGISTRY, "a fox --repeat 3 --seed 4294967294")
+    assert len(requests) == 3 and [r.seed for r in requests] == [4294967294, 2, 6]  # seed + 4k, wrapped
+    assert {r.prompt for r in requests} == {"a fox"} and len({r.to_json() for r in requests}) == 3
+    assert all("--repeat" not in r.parameters for r in requests)
+    unseeded, _ = prepare_repeated(REGISTRY, "a fox --repeat 2")
+    assert unseeded[0].seed != unseeded[1].seed
+    single = prepare(REGISTRY, "a fox --repeat 2")
+    assert single.notices == ("--repeat 2 makes several grids in Discord's /imagine only: this made one.",)
+    assert prepare(REGISTRY, "a fox").notices == () and len(prepare_repeated(REGISTRY, "a fox")[0]) == 1

@@ -69,7 +69,8 @@ FIRST_WRITES = {
                     "strict_parameters": [True, False], "allowed_loras": [None, "", "ink,glow"],
                     "max_loras": [None, 0, 1, 8]},
     MemberPreferences: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
-                     "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"]},
+                     "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"],
+                     "remix": [True, False]},
 }
 
 
@@ -135,12 +136,12 @@ def test_always_append_adds_its_words_too(append, prompt, text, negative):
 
 def test_always_append_follows_the_prompt_rules():
     defaults = MemberPreferences.new(1)
-    defaults.append = "sharp focus --tile --chaos 150"
+    defaults.append = "sharp focus --raw --chaos 150"
     merged = with_defaults(parse_prompt("a fox --ar 16:9"), defaults)
     assert merged.text == "a fox, sharp focus" and merged.chaos == 100 and merged.aspect == (16, 9)
     assert merged.notices == ("--chaos “150” is over the highest value; used 100.",
-                              "Ignored what Pintor does not have: “--tile”.")
-    with pytest.raises(USER_ERRORS, match="“--tile”"):
+                              "Ignored what Pintor does not have: “--raw”.")
+    with pytest.raises(USER_ERRORS, match="“--raw”"):
         with_defaults(parse_prompt("a fox"), defaults, strict=True)
 
 
@@ -288,3 +289,24 @@ async def test_two_forgets_at_once_delete_each_file_once(studio):
     files = [Path(job.grid_path)] + [Path(i.path) for i in job.images]
     assert sorted(await asyncio.gather(studio.forget(member), studio.forget(member))) == [0, len(files)]
     assert not any(f.exists() for f in files)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_repeat_is_all_or_nothing_within_the_daily_quota_and_the_queue_limit(studio):
+    member = Member(13, "rita")
+    requests, _ = studio.prepare_repeated("a fox --repeat 3 --steps 150")
+    assert len(requests) == 3 and len({r.seed for r in requests}) == 3
+    rules = ServerRules.new(1)
+    rules.daily_quota = 2
+    with pytest.raises(LimitError, match="--repeat 3 makes 3 jobs; you have 2 of your 2 jobs for today left"):
+        await studio.submit_many(member, requests, rules=rules, guild_id=1)
+    rules.daily_quota, rules.max_queued_per_member = None, 4
+    first = await studio.submit(member, requests[0], rules=rules, guild_id=1)
+    with pytest.raises(LimitError, match="with the 1 you have queued or running that is over this server's limit of 4"):
+        await studio.submit_many(member, [*requests, requests[0]], rules=rules, guild_id=1)
+    assert await studio.store.count_unfinished(member.id) == 1  # nothing of the refused command stored
+    made = await studio.submit_many(member, requests[1:], rules=rules, guild_id=1)
+    assert [s.request.seed for s in made] == [r.seed for r in requests[1:]]
+    assert await studio.store.count_unfinished(member.id) == 3
+    for submitted in [first, *made]:
+        await studio.cancel(submitted.job_id)

@@ -144,7 +144,7 @@ async def test_bad_input_is_a_user_error_and_changes_nothing(env, prompt: str, m
 
 
 async def test_a_pasted_prompt_is_made_and_its_notices_are_kept_with_the_job(env):
-    prompt = ("/imagine prompt: a lighthouse in a storm, oil painting --ar 4:1 --v 5.2 --tile "
+    prompt = ("/imagine prompt: a lighthouse in a storm, oil painting --ar 4:1 --v 5.2 --raw "
               "--sref 4567 --sref 8910 --chaos 150 --seed 3")
     submitted = await env.studio.imagine(ANN, prompt)
     await finish(submitted)
@@ -156,7 +156,7 @@ async def test_a_pasted_prompt_is_made_and_its_notices_are_kept_with_the_job(env
         "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
         "--ar “4:1”: used 3:1, the nearest ratio Pintor makes (from 3:1 to 1:3).",
         "--chaos “150” is over the highest value; used 100.",
-        "Ignored what Pintor does not have: “--tile”; “--sref 4567” (×2) — Pintor has image prompts (links at "
+        "Ignored what Pintor does not have: “--raw”; “--sref 4567” (×2) — Pintor has image prompts (links at "
         "the start of the prompt, --iw), not style or character references.",
         "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model "
         "(tiny-sd, tiny-sdxl, tiny-kandinsky).")

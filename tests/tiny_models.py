@@ -22,6 +22,7 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     EulerDiscreteScheduler,
+    KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
     PriorTransformer,
@@ -374,6 +375,18 @@ def build_kandinsky22(prior_path: Path, decoder_path: Path) -> tuple[Path, Path]
         decoder_path
     )
     return prior_path, decoder_path
+
+
+def build_kandinsky22_inpaint(path: Path) -> Path:
+    """A tiny Kandinsky 2.2 inpainting decoder (``KandinskyV22InpaintPipeline``: its UNet reads
+    the latents, the masked picture's latents and the mask, 4 + 4 + 1 channels), to pair with
+    build_kandinsky22's prior as a model entry's ``inpaint`` pipeline."""
+    torch.manual_seed(1)
+    unet = _kandinsky_unet(addition_embed_type="image", encoder_hid_dim=TEXT_WIDTH,
+                           encoder_hid_dim_type="image_proj", cross_attention_dim=64, in_channels=9)
+    scheduler = DDPMScheduler(**_kandinsky_decoder_scheduler_kwargs(), variance_type="learned_range")
+    KandinskyV22InpaintPipeline(unet=unet, scheduler=scheduler, movq=_movq()).save_pretrained(path)
+    return Path(path)
 
 
 def build_upscaler_x4(path: Path) -> Path:

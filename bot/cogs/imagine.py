@@ -40,8 +40,9 @@ class Imagine(commands.Cog):
         try:
             # the member's /settings fill in what the prompt leaves out; pure and fast: bad
             # input is answered before anything is stored
-            request, notices = studio.prepare_with_notices(prompt, defaults, rules=rules)
-            studio.check_image_prompts(request)  # a link from a host Pintor does not fetch
+            # one request per grid (--repeat N: N jobs, each with its own seed)
+            requests, notices = studio.prepare_repeated(prompt, defaults, rules=rules)
+            studio.check_image_prompts(requests[0])  # a link from a host Pintor does not fetch
         except USER_ERRORS as err:
             await interaction.response.send_message(plain(f"⚠️ {err}"), ephemeral=True)
             return
@@ -51,11 +52,12 @@ class Imagine(commands.Cog):
             return
         uploads = [(image.filename, image.url)] if image is not None else []
         await interaction.response.defer(thinking=True, ephemeral=defaults.private)
-        delivery = Delivery.for_interaction(interaction, new_message=False, received_at=received_at,
-                                            private=defaults.private)
-        await self.bot.start_job(interaction, delivery, rules=rules,
-                                 submit=lambda member, where: studio.submit_prompt(
-                                     member, request, uploads=uploads, notices=notices, **where))
+        # the first grid in the reply, each other one in a follow-up message of its own
+        deliveries = [Delivery.for_interaction(interaction, new_message=i > 0, received_at=received_at,
+                                               private=defaults.private) for i in range(len(requests))]
+        await self.bot.start_jobs(interaction, deliveries, rules=rules,
+                                  submit=lambda member, where: studio.submit_prompt(
+                                      member, requests, uploads=uploads, notices=notices, **where))
 
 
 async def setup(bot: PintorBot) -> None:

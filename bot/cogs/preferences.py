@@ -1,6 +1,6 @@
 """/settings: a member's defaults, chosen with select menus; explicit parameters still win.
 
-custom_ids: pintor:set:<member>:<model|aspect|quality|stylize|private|append|reset>, and the
+custom_ids: pintor:set:<member>:<model|aspect|quality|stylize|private|remix|append|reset>, and the
 "Always append" modal pintor:append:<member>."""
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def describe(settings: MemberPreferences, registry: Registry, rules: ServerRules
         f"aspect ratio: `{settings.aspect or '1:1'}` · quality: `{settings.quality or 1}` · "
         f"stylize: `{settings.stylize if settings.stylize is not None else 'model default'}`",
         f"private mode: {private}",
+        "remix mode: " + ("on: V, 🔄, Zoom Out and Pan first show the prompt, to change it" if settings.remix
+                          else "off"),
         f"always append: {echo(settings.append or '') or '(nothing)'}",  # member text: escaped, not in a code span
     ])
 
@@ -68,7 +70,7 @@ def settings_view(bot: PintorBot, settings: MemberPreferences) -> discord.ui.Vie
     view.add_item(SettingSelect(user, "aspect", _options(ASPECTS, settings.aspect)))
     view.add_item(SettingSelect(user, "quality", _options(list(QUALITIES), _quality_label(settings.quality))))
     view.add_item(SettingSelect(user, "stylize", _options(STYLIZES, settings.stylize)))
-    for action in ("private", "append", "reset"):
+    for action in ("private", "remix", "append", "reset"):
         view.add_item(SettingButton(user, action))
     return view
 
@@ -95,8 +97,9 @@ class SettingSelect(discord.ui.DynamicItem[discord.ui.Select],
         await save(interaction, **{self.field: None if value == DEFAULT else _convert(self.field, value)})
 
 
-class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING + r"(?P<action>private|append|reset)"):
+class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING + r"(?P<action>private|remix|append|reset)"):
     LOOKS = {"private": ("Private mode on/off", discord.ButtonStyle.secondary),
+             "remix": ("Remix mode on/off", discord.ButtonStyle.secondary),
              "append": ("Always append…", discord.ButtonStyle.secondary),
              "reset": ("Reset all", discord.ButtonStyle.danger)}
 
@@ -117,8 +120,12 @@ class SettingButton(discord.ui.DynamicItem[discord.ui.Button], template=SETTING 
         if self.action == "private":
             settings = await interaction.client.studio.preferences(self.user_id)
             await save(interaction, private=not settings.private)
+        elif self.action == "remix":
+            settings = await interaction.client.studio.preferences(self.user_id)
+            await save(interaction, remix=not settings.remix)
         elif self.action == "reset":
-            await save(interaction, model=None, aspect=None, quality=None, stylize=None, private=False, append="")
+            await save(interaction, model=None, aspect=None, quality=None, stylize=None, private=False, append="",
+                       remix=False)
         else:
             settings = await interaction.client.studio.preferences(self.user_id)
             modal = AppendModal(self.user_id, settings.append)
@@ -187,7 +194,7 @@ class Preferences(commands.Cog):
 
     @app_commands.command(name="settings")
     async def settings(self, interaction: Interaction) -> None:
-        """Your defaults: model, aspect ratio, quality, stylize, private mode (only you see this)."""
+        """Your defaults: model, aspect ratio, quality, stylize, private and remix mode (only you see this)."""
         settings = await self.bot.studio.preferences(interaction.user.id)
         await interaction.response.send_message(await _describe_here(self.bot, interaction, settings),
                                                 view=settings_view(self.bot, settings), ephemeral=True)

@@ -281,3 +281,42 @@ def test_the_key_reaches_the_worker_from_either_setting_and_not_its_repr(tmp_pat
     assert (config.openai_api_key, config.openai_base_url) == (TEST_KEY, "http://127.0.0.1:9/v1")
     assert TEST_KEY not in repr(config) and TEST_KEY not in repr(both)
     assert worker_config(Settings(**base | {"openai_api_key": ""})).openai_api_key is None
+
+
+# -- what the operator sees: pintor models, pintor doctor --------------------------------------------
+
+def _settings(tmp_path: Path, **values: Any) -> Settings:
+    path = tmp_path / "models.toml"
+    path.write_text(REMOTE_REGISTRY, encoding="utf-8")
+    return Settings(**{"_env_file": None, "pintor_data_dir": tmp_path / "data", "pintor_models": path,
+                       "database_url": f"sqlite+aiosqlite:///{tmp_path / 'pintor.db'}"} | values)
+
+
+def test_pintor_models_lists_remote_entries_and_never_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from bot.cli import models
+
+    assert models(_settings(tmp_path, openai_api_key=TEST_KEY)) == 0
+    out = capsys.readouterr().out
+    assert "dalle3           openai       remote: dall-e-3 through the API at https://api.openai.com/v1" in out
+    assert "no vary (the API has no variation or edit call)" in out and "vary (API variations)" in out
+    assert "imagine (1 picture, no grid)" in out and "API key set" in out and TEST_KEY not in out
+    assert models(_settings(tmp_path)) == 0
+    assert "API key NOT set (OPENAI_API_KEY)" in capsys.readouterr().out
+
+
+def test_pintor_doctor_checks_the_key_without_printing_it(tmp_path: Path, api: OpenAIStandIn,
+                                                         capsys: pytest.CaptureFixture[str]):
+    import asyncio
+
+    from bot.doctor import doctor
+
+    asyncio.run(doctor(_settings(tmp_path), reach=True))
+    assert "[PROBLEM] remote models: dalle3, dalle2, gpt, dalle3-one need an OpenAI API key" in capsys.readouterr().out
+    asyncio.run(doctor(_settings(tmp_path, openai_api_key=TEST_KEY, openai_base_url=api.base_url), reach=True))
+    out = capsys.readouterr().out
+    assert "[     ok] remote models: dalle3, dalle2, gpt, dalle3-one: API key set (not shown)" in out
+    assert f"[     ok] remote API: {api.base_url} answers to the key" in out and TEST_KEY not in out
+    asyncio.run(doctor(_settings(tmp_path, openai_api_key="sk-wrong", openai_base_url=api.base_url), reach=True))
+    out = capsys.readouterr().out
+    assert f"[PROBLEM] remote API: {api.base_url} refuses the key (401)" in out
+    assert "sk-wrong" not in out and TEST_KEY not in out and REQUEST_ID not in out

@@ -136,6 +136,12 @@ async def test_a_server_refuses_remote_models_until_an_admin_allows_them(remote)
     assert "remote models (each picture costs money): allowed (dalle2, dalle3, dalle3-one)" in answer
     assert (await harness.studio.rules(emu.guild_id)).remote_models
 
+    info = await emu.slash("info")
+    [embed] = (await acked(info))["data"]["embeds"]
+    field = next(f for f in embed["fields"] if f["name"] == "remote models")
+    assert field["value"] == ("dalle2 (OpenAI dall-e-2), dalle3 (OpenAI dall-e-3), dalle3-one (OpenAI dall-e-3) "
+                              "· allowed here")
+
 
 async def test_dall_e_3_posts_a_grid_of_four_from_four_requests(remote):
     harness, api = remote

@@ -320,3 +320,11 @@ def test_pintor_doctor_checks_the_key_without_printing_it(tmp_path: Path, api: O
     out = capsys.readouterr().out
     assert f"[PROBLEM] remote API: {api.base_url} refuses the key (401)" in out
     assert "sk-wrong" not in out and TEST_KEY not in out and REQUEST_ID not in out
+
+
+def test_the_compile_warm_up_never_asks_the_paid_api(engine: Engine, api: OpenAIStandIn):
+    from generation.warmup import warm_up
+
+    report = warm_up(engine, "default")  # the registry's default is dalle3, and every model is remote
+    assert report == {"compile": "default", "model": "none (remote models only)", "side": 0, "seconds": 0.0}
+    assert api.calls == []

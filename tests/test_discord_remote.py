@@ -6,6 +6,7 @@ stand-in's URL), so the shared bot's models stay as the other tests know them.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -203,15 +204,31 @@ async def test_v_on_dall_e_2_uses_variations_and_upscale_runs_here(remote):
     ("bad_key", "refused Pintor's API key. Tell Pintor's operator."),
     ("quota", "quota with the image provider is used up"),
 ])
-async def test_provider_refusals_reach_the_member_without_key_or_request_id(remote, mode: str, says: str):
+async def test_provider_refusals_reach_the_member_without_key_or_request_id(
+        remote, caplog: pytest.LogCaptureFixture, mode: str, says: str):
     harness, api = remote
     api.mode = mode
+    caplog.set_level(logging.DEBUG)  # the bot's own logs (the worker's: tests/test_remote.py)
     content, job_id = await failure_of(harness, f"a forbidden thing {mode}")
     assert says in content
     job = await harness.job(job_id)
     assert job.status == "failed" and says in (job.error or "")
     for secret in (TEST_KEY, REQUEST_ID, TEST_KEY[-8:]):
-        assert secret not in content and secret not in (job.error or "")
+        assert secret not in content and secret not in (job.error or "") and secret not in caplog.text
+
+
+async def test_remote_models_are_refused_in_direct_messages(remote):
+    harness, api = remote
+    harness.bot.settings.pintor_allow_dms = True
+    try:
+        before = await harness.job_count()
+        inter = await harness.emu.slash("imagine", {"prompt": "a fox --model dalle3"}, guild=False)
+        await acked(inter)
+        await harness.until(lambda: inter.followups)
+        assert "not in direct messages" in inter.followups[-1]["content"]
+        assert await harness.job_count() == before and api.calls == []
+    finally:
+        harness.bot.settings.pintor_allow_dms = False
 
 
 async def test_a_queued_remote_job_is_delivered_once_after_a_restart(remote):

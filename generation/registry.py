@@ -58,22 +58,24 @@ REMOTE_FAMILIES = {"openai"}
 class RemoteLimits:
     """What one of OpenAI's image models can do, from its API reference (platform.openai.com/
     docs/api-reference/images, November 2026): `sizes` (width, height) in pixels it makes,
-    `max_n` images per request, whether it has the variations call (`varies`) and the edits
-    call (`edits`), and whether it takes `response_format` (gpt-image models always answer
-    with base64 and refuse the parameter)."""
+    `max_n` images per request, the longest prompt in characters (`max_prompt_chars`), whether
+    it has the variations call (`varies`) and the edits call (`edits`), and whether it takes
+    `response_format` (gpt-image models always answer with base64 and refuse the parameter)."""
 
     sizes: tuple[tuple[int, int], ...]
     max_n: int
+    max_prompt_chars: int
     varies: bool = False
     edits: bool = False
     response_format: bool = True
 
 
 OPENAI_MODELS: dict[str, RemoteLimits] = {
-    "dall-e-2": RemoteLimits(sizes=((256, 256), (512, 512), (1024, 1024)), max_n=10, varies=True, edits=True),
-    "dall-e-3": RemoteLimits(sizes=((1024, 1024), (1792, 1024), (1024, 1792)), max_n=1),
-    "gpt-image-1": RemoteLimits(sizes=((1024, 1024), (1536, 1024), (1024, 1536)), max_n=10, edits=True,
-                                response_format=False),
+    "dall-e-2": RemoteLimits(sizes=((256, 256), (512, 512), (1024, 1024)), max_n=10, max_prompt_chars=1000,
+                             varies=True, edits=True),
+    "dall-e-3": RemoteLimits(sizes=((1024, 1024), (1792, 1024), (1024, 1792)), max_n=1, max_prompt_chars=4000),
+    "gpt-image-1": RemoteLimits(sizes=((1024, 1024), (1536, 1024), (1024, 1536)), max_n=10,
+                                max_prompt_chars=32000, edits=True, response_format=False),
 }
 # images per grid an admin may set with `images`: a grid of four, or one picture
 REMOTE_IMAGES = (1, 4)

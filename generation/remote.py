@@ -109,8 +109,7 @@ Call = Callable[[openai.OpenAI], Any]
 def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: str) -> list[Call]:
     """The API calls that make the request's pictures, in order."""
     fmt: dict[str, Any] = {"response_format": "b64_json"} if limits.response_format else {}
-    # the words of the prompt's parts (the API reads one text: `::` weights and emphasis do not apply)
-    prompt = " ".join(plain_text(text) for text, _ in request.parts).strip() or "a picture"
+    prompt = remote_prompt(request, limits)
     if request.kind == JobKind.VARIATION:
         if request.init_image is None:
             raise ValueError("a variation needs its picture (init_image)")
@@ -132,6 +131,13 @@ def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: 
         return [lambda client: client.images.generate(prompt=prompt, model=model, n=request.count, size=size, **fmt)]
     return [lambda client: client.images.generate(prompt=prompt, model=model, n=1, size=size, **fmt)
             for _ in range(request.count)]
+
+
+def remote_prompt(request: Request, limits: RemoteLimits) -> str:
+    """The text the API reads: the words of the prompt's parts (one text: `::` weights and
+    emphasis do not apply), cut to the model's `max_prompt_chars`."""
+    text = " ".join(plain_text(text) for text, _ in request.parts).strip() or "a picture"
+    return text[:limits.max_prompt_chars]
 
 
 def _picture(item: Any, timeout_s: float) -> Image.Image:

@@ -159,6 +159,10 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         if "ar" in parsed.given and width * parsed.aspect[1] != height * parsed.aspect[0]:
             notices.append(f"{spec.name} makes {width}×{height} for --ar {parsed.aspect[0]}:{parsed.aspect[1]} "
                            "(the nearest of the sizes it makes).")
+        words = " ".join(plain_text(part.text) for part in parsed.parts)
+        if len(words) > limits.max_prompt_chars:
+            notices.append(f"{spec.name} reads {limits.max_prompt_chars} characters of a prompt; this part was cut: "
+                           f"{quote(words[limits.max_prompt_chars:])}")
         if parsed.seed is not None:
             notices.append(f"{spec.name} takes no seed: --seed {parsed.seed} will not make the same pictures again.")
         if parsed.negative:

@@ -328,3 +328,14 @@ def test_the_compile_warm_up_never_asks_the_paid_api(engine: Engine, api: OpenAI
     report = warm_up(engine, "default")  # the registry's default is dalle3, and every model is remote
     assert report == {"compile": "default", "model": "none (remote models only)", "side": 0, "seconds": 0.0}
     assert api.calls == []
+
+
+def test_a_prompt_longer_than_the_model_reads_is_cut_and_said(engine: Engine, registry: Registry,
+                                                               api: OpenAIStandIn):
+    words = "a very long description of a harbour at night " * 30  # 1,410 characters
+    req = request(registry, f"{words} --model dalle2")
+    assert any("reads 1000 characters" in notice for notice in req.notices)
+    run(engine, req)
+    [call] = api.image_calls("generations")
+    assert call.fields["prompt"] == words.strip()[:1000]
+    assert not any("reads" in n for n in request(registry, f"{words} --model dalle3").notices)

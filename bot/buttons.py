@@ -332,17 +332,25 @@ def grid_view(job_id: int) -> discord.ui.View:
     return view
 
 
-def picture_view(job_id: int, width: int, height: int, grid_url: str | None) -> discord.ui.View:
+def picture_view(job_id: int, width: int, height: int, grid_url: str | None, *, vary: bool = True,
+                 repaint: bool = True) -> discord.ui.View:
     """Under a picture alone (U, an upscale): Upscale (Subtle) · Upscale (Creative) · Vary
     (Subtle) · Vary (Strong) / Zoom Out 2x · Zoom Out 1.5x · Custom Zoom · Make Square / ⬅️ ➡️ ⬆️ ⬇️ ↩️
     (Upscale where the result stays within the size limit; Make Square for non-square pictures;
-    ↩️ where the grid's message can be linked)."""
+    ↩️ where the grid's message can be linked). `vary` False: no Vary buttons; `repaint` False: no
+    Upscale (Creative), Zoom, Pan or Make Square (a remote model's picture: the API can do none)."""
     view = discord.ui.View(timeout=None)
     if can_upscale(width, height):
         view.add_item(UpscaleModeButton(job_id, 1, creative=False, row=0))
-        view.add_item(UpscaleModeButton(job_id, 1, creative=True, row=0))
-    view.add_item(VaryButton(job_id, 1, strong=False, label="Vary (Subtle)", row=0))
-    view.add_item(VaryButton(job_id, 1, strong=True, label="Vary (Strong)", row=0))
+        if repaint:
+            view.add_item(UpscaleModeButton(job_id, 1, creative=True, row=0))
+    if vary:
+        view.add_item(VaryButton(job_id, 1, strong=False, label="Vary (Subtle)", row=0))
+        view.add_item(VaryButton(job_id, 1, strong=True, label="Vary (Strong)", row=0))
+    if not repaint:
+        if grid_url:
+            view.add_item(discord.ui.Button(label="Grid", emoji="↩️", url=grid_url, row=1))
+        return view
     for tenths in ZOOMS:
         view.add_item(ZoomButton(job_id, 1, tenths=tenths, row=1))
     view.add_item(CustomZoomButton(job_id, 1, row=1))

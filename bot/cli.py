@@ -19,8 +19,9 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 # discord.webhook logs interaction-token URLs at DEBUG: short-lived, but still not for logs
+# openai logs request ids at DEBUG (generation.remote.PROVIDER_LOGGERS)
 NOISY_LOGGERS = ("discord.http", "discord.gateway", "discord.webhook", "httpx", "urllib3",
-                 "alembic.runtime.migration")
+                 "alembic.runtime.migration", "openai", "httpx2", "httpcore2")
 
 
 def configure_logging(level: str) -> None:
@@ -33,6 +34,16 @@ def _capabilities(spec) -> str:
     can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
                                  ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
     return ", ".join(can)
+
+
+def remote_capabilities(spec) -> str:
+    """What a remote model can do, for `pintor models` and /info: imagine (a grid of four or one
+    picture), vary (by the API's variations or edits call, or not at all), upscale (locally)."""
+    limits = spec.remote_limits
+    grid = "imagine (a grid of 4)" if spec.images == 4 else "imagine (1 picture, no grid)"
+    vary = ("vary (API variations)" if limits.varies else "vary (API edits)" if limits.edits
+            else "no vary (the API has no variation or edit call)")
+    return f"{grid}, {vary}, upscale (here, as any picture)"
 
 
 def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False) -> str:
@@ -62,6 +73,15 @@ def models(settings: Settings) -> int:
     print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}")
     for spec in registry.models.values():
         marks = [m for m, on in (("default", spec.name == registry.default), ("blend", spec.can_blend)) if on]
+        if (limits := spec.remote_limits) is not None:
+            print(f"  {spec.name:<16} {spec.family:<12} remote: {spec.model} through the API at "
+                  f"{spec.base_url or settings.openai_base_url or 'https://api.openai.com/v1'}"
+                  f"{'  [' + ', '.join(marks) + ']' if marks else ''}")
+            print(f"  {'':<16} can: {remote_capabilities(spec)}; sizes "
+                  f"{', '.join(f'{w}x{h}' for w, h in limits.sizes)}; costs money per picture: servers "
+                  f"allow it with /pintor-admin remote-models; API key "
+                  f"{'set' if settings.openai_key() else 'NOT set (OPENAI_API_KEY)'}")
+            continue
         where = ("single-file checkpoint" if spec.single_file else
                  "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
@@ -221,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("names", nargs="*", metavar="NAME", help="the models to pull (default: all)")
     m.add_argument("--fp16", action="store_true", help="pull the half-precision weights (a GPU server's) even "
                    "where this machine has no GPU")
-    commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
+    d = commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
+    d.add_argument("--reach", action="store_true", help="also ask each remote model's API (OpenAI) whether "
+                   "it answers to Pintor's key (lists its models: costs nothing)")
     commands.add_parser("health", help="cheap check for a container's HEALTHCHECK: database and data folder")
     db = commands.add_parser("db", help="database maintenance")
     db_actions = db.add_subparsers(dest="action", required=True)
@@ -257,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             from bot.doctor import doctor
 
-            return asyncio.run(doctor(settings))
+            return asyncio.run(doctor(settings, reach=args.reach))
         if args.command == "health":
             from bot.doctor import health
 

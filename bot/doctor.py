@@ -30,7 +30,9 @@ def _shown(url: str) -> str:
         return "DATABASE_URL (not a database URL)"
 
 
-async def doctor(settings: Settings) -> int:
+async def doctor(settings: Settings, *, reach: bool = False) -> int:
+    """Print each check's finding with its fix; returns 1 when a problem was found, else 0.
+    `reach`: also ask each remote model's API whether it answers to the key (pintor doctor --reach)."""
     problems = 0
 
     def report(status: str, what: str, detail: str, fix: str = "") -> None:
@@ -86,7 +88,12 @@ async def doctor(settings: Settings) -> int:
     try:
         registry = registry_from(settings)
         report(OK, "models", f"{len(registry.models)} from {registry.origin}, default {registry.default}")
+        remote = [spec for spec in registry.models.values() if spec.is_remote]
+        if remote:
+            await _check_remote(report, settings, remote, reach)
         for spec in registry.models.values():
+            if spec.is_remote:
+                continue
             for source in filter(None, (spec.source, spec.prior, spec.inpaint)):
                 _check_source(report, spec.name, source, spec.config if source == spec.source else None,
                               weights_file=spec.family in WEIGHTS_FILE_FAMILIES)
@@ -109,6 +116,42 @@ async def doctor(settings: Settings) -> int:
 
     print(f"\n{problems} problem(s) found." if problems else "\nAll good.")
     return 1 if problems else 0
+
+
+REACH_TIMEOUT_S = 10.0
+
+
+async def _check_remote(report, settings: Settings, specs, reach: bool) -> None:
+    """Remote models (generation/remote.py): the API key is set (never printed), and with
+    `reach` each API base URL answers to it (GET /models: free)."""
+    import asyncio
+
+    names = ", ".join(spec.name for spec in specs)
+    key = settings.openai_key()
+    if key is None:
+        report(PROBLEM, "remote models", f"{names} need an OpenAI API key, and none is set",
+               "set OPENAI_API_KEY (or PINTOR_OPENAI_API_KEY) in .env")
+        return
+    report(OK, "remote models", f"{names}: API key set (not shown)"
+           + ("" if reach else "; `pintor doctor --reach` asks the API whether it answers to it"))
+    if not reach:
+        return
+    import openai
+
+    for base_url in dict.fromkeys(spec.base_url or settings.openai_base_url for spec in specs):
+        shown = base_url or "https://api.openai.com/v1"
+        client = openai.OpenAI(api_key=key, base_url=base_url, timeout=REACH_TIMEOUT_S, max_retries=0)
+        try:
+            await asyncio.to_thread(client.models.list)
+            report(OK, "remote API", f"{shown} answers to the key")
+        except openai.AuthenticationError:
+            report(PROBLEM, "remote API", f"{shown} refuses the key (401)", "check OPENAI_API_KEY")
+        except openai.APIError as err:  # the kind only: a message could quote the key, a request id
+            status = getattr(err, "status_code", None)
+            report(PROBLEM, "remote API", f"{shown}: {type(err).__name__}" + (f" (HTTP {status})" if status else ""),
+                   "check OPENAI_BASE_URL (or the entry's base_url) and this machine's network")
+        finally:
+            client.close()
 
 
 async def _check_workers(report, settings: Settings) -> None:

@@ -47,9 +47,9 @@ def check_model_files(registry: Registry, name: str, loras: Sequence[str] = ()) 
     """Raise ModelUnavailable when model `name`'s files (its VAE's too) or those of the `loras`
     (configured LoRA names) cannot be had here: checked from the file system and the Hugging
     Face cache only (fast, no network), before a job is stored. A name the registry does not
-    hold (Pillow's resampling upscale) needs no files."""
+    hold (Pillow's resampling upscale) and a remote model (a provider's API) need no files."""
     spec = registry.models.get(name)
-    if spec is None:
+    if spec is None or spec.is_remote:  # a provider's API makes its pictures: nothing to download
         return
     try:
         for source in filter(None, (spec.source, spec.prior)):
@@ -73,6 +73,9 @@ def name_list(text: str | None) -> list[str]:
 
 # What a member can get wrong: each carries a message meant for them.
 USER_ERRORS = (PromptError, UnknownModelError, UnknownLoraError, RequestError, UploadError)
+
+
+OPERATOR_ID = 0  # the operator's member id: the `pintor` command and Python (bot/local.py)
 
 
 @dataclass(frozen=True)

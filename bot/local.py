@@ -35,7 +35,7 @@ from typing import Self
 
 from PIL import Image
 
-from bot.intake import USER_ERRORS, Member, RequestError
+from bot.intake import OPERATOR_ID, USER_ERRORS, Member, RequestError
 from bot.settings import Settings
 from bot.studio import Studio, Submitted
 from bot.wiring import open_studio
@@ -45,7 +45,7 @@ from storage.models import Job, JobStatus
 
 __all__ = ["USER_ERRORS", "JobFailed", "Pintor", "Result", "SyncPintor", "Watcher"]
 
-OPERATOR = Member(0, "cli")  # whoever runs the machine: the `pintor` command and this interface
+OPERATOR = Member(OPERATOR_ID, "cli")  # whoever runs the machine: the `pintor` command and this interface
 
 
 class JobFailed(RuntimeError):

@@ -161,7 +161,10 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
             lines.append(f"🗜️ Sent as {image.changed} to fit the {human_size(size_limit)} upload limit here; "
                          f"the full-size PNG is kept (`/show job_id:{job.id}`).")
         if single and job.images:
-            view = picture_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job))
+            # a remote model's picture: no repainting (Zoom, Pan, Creative), and V only where its API varies
+            limits = spec.remote_limits if (spec := studio.models.models.get(request.model)) is not None else None
+            view = picture_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job),
+                                vary=limits is None or limits.varies or limits.edits, repaint=limits is None)
         else:
             view = grid_view(job.id)
     content = compose(*headline(request.prompt, request.parameters, job.user_id),

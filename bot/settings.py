@@ -61,6 +61,16 @@ class Settings(BaseSettings):
         default_factory=lambda: ["cdn.discordapp.com", "media.discordapp.net"])
     pintor_fetch_local_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Remote models (family "openai" in the registry; generation/remote.py): the API key (the
+    # openai client's own variable; PINTOR_OPENAI_API_KEY wins where both are set), the API's base
+    # URL (unset: https://api.openai.com/v1; a registry entry's base_url wins), the time one
+    # request may take, and how often a rate limit or server error is tried again
+    openai_api_key: SecretStr | None = None
+    pintor_openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    pintor_remote_timeout_s: float = Field(default=120.0, gt=0)
+    pintor_remote_max_retries: int = Field(default=2, ge=0, le=10)
+
     # Metrics and health (bot.metrics): /metrics (Prometheus) and /healthz on this port; unset:
     # not served. Loopback by default: set 0.0.0.0 only where the port is not reachable from outside.
     pintor_metrics_port: int | None = None
@@ -81,7 +91,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("pintor_models", "pintor_default_model", "pintor_channels_last", "pintor_metrics_port",
-                     "pintor_batch_images",
+                     "pintor_batch_images", "openai_api_key", "pintor_openai_api_key", "openai_base_url",
                      mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
@@ -117,3 +127,9 @@ class Settings(BaseSettings):
         if text not in ("auto", "fp16", "bf16", "fp32"):
             raise ValueError(f"PINTOR_DTYPE must be auto, fp16, bf16 or fp32, not '{value}'")
         return text
+
+    def openai_key(self) -> str | None:
+        """The OpenAI API key for remote models: PINTOR_OPENAI_API_KEY, else OPENAI_API_KEY;
+        None when neither is set. Handed to the worker only, never logged or shown."""
+        key = self.pintor_openai_api_key or self.openai_api_key
+        return key.get_secret_value() if key is not None else None

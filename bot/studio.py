@@ -24,6 +24,7 @@ from bot.intake import (
     BLEND_DIMENSIONS,
     MAX_BLEND_IMAGES,
     MIN_BLEND_IMAGES,
+    OPERATOR_ID,
     LimitError,
     Member,
     ModelUnavailable,
@@ -49,7 +50,7 @@ from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
 from generation.prompt import MAX_ASPECT_RATIO, quote, size_for_aspect
 from generation.queue import JobQueue, WorkerState
-from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry
+from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import CREATIVE_STRENGTH, RESAMPLE, can_upscale, upscale_factor
 from storage.jobs import DuplicateJob, JobStore, NewImage
@@ -457,8 +458,16 @@ class Studio:
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
         images = (image.path,) if spec.can_blend else ()
+        count = GRID_SIZE
+        if (limits := spec.remote_limits) is not None:
+            # the provider's variations or edits call makes them, at a size it makes
+            if not (limits.varies or limits.edits):
+                raise RequestError(f"{spec.name} ({spec.model}) cannot vary a picture: OpenAI's API has no "
+                                   "variation or edit call for it. Upscale it, or 🔄 for new pictures.")
+            width, height = nearest_size(limits, image.width, image.height)
+            base, count = base.replace(width=width, height=height), spec.images
         request = base.replace(
-            kind=JobKind.VARIATION, seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
+            kind=JobKind.VARIATION, seed=random_seed(), init_image=image.path, strength=strength, count=count,
             images=images, image_weights=(1.0,) * len(images), steps=steps, upscaler=None, outpaint=None)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
@@ -794,6 +803,9 @@ class Studio:
                     await self._check_rules(member, request, rules, channel_id, check_channel=not direct,
                                             jobs=len(requests))
                 requests = [request.replace(safety_check=rules.nsfw_check) for request in requests]
+            elif member.id != OPERATOR_ID:  # a direct message: no server has allowed what costs money
+                for request in requests:
+                    self._check_remote_in_dm(request)
             jobs = []
             for request in requests:
                 try:
@@ -831,6 +843,12 @@ class Studio:
         allowed = name_list(rules.allowed_models)
         if allowed and request.model not in allowed and request.kind != JobKind.UPSCALE:
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
+        spec = self.registry.models.get(request.model)
+        # an upscale runs here (a creative one only names the picture's model: it cannot repaint it)
+        if spec is not None and spec.is_remote and not rules.remote_models and request.kind != JobKind.UPSCALE:
+            raise LimitError(f"{request.model} is a remote model (OpenAI's API; each picture costs money): "
+                             "this server has not allowed remote models. An admin can, with "
+                             "/pintor-admin remote-models.")
         self._check_loras(request, rules)
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
@@ -866,6 +884,12 @@ class Studio:
                                      f"fewer. The quota resets at 00:00 UTC, in {hours} h {minutes} min.")
                 raise LimitError(f"You have used your {rules.daily_quota} jobs for today. The quota resets "
                                  f"at 00:00 UTC, in {hours} h {minutes} min.")
+
+    def _check_remote_in_dm(self, request: Request) -> None:
+        spec = self.registry.models.get(request.model)
+        if spec is not None and spec.is_remote and request.kind != JobKind.UPSCALE:
+            raise LimitError(f"{request.model} is a remote model (each picture costs money): it can be used "
+                             "only in a server whose admins allow remote models, not in direct messages.")
 
     @staticmethod
     def _check_loras(request: Request, rules: ServerRules) -> None:

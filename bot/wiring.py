@@ -42,6 +42,10 @@ def worker_config(settings: Settings) -> WorkerConfig:
         vae_tiling_pixels=settings.pintor_vae_tiling_pixels,
         batch_images=settings.pintor_batch_images,
         log_level=settings.pintor_log_level.upper(),
+        openai_api_key=settings.openai_key(),
+        openai_base_url=settings.openai_base_url,
+        remote_timeout_s=settings.pintor_remote_timeout_s,
+        remote_max_retries=settings.pintor_remote_max_retries,
     )
 
 

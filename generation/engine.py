@@ -18,7 +18,7 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
-from generation import adapters, esrgan, outpaint, seamless
+from generation import adapters, esrgan, outpaint, remote, seamless
 from generation.batching import BATCH_FAMILIES, batch_key
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
@@ -104,9 +104,11 @@ class Engine:
     loaded (PipelineCache, prepared as `fast` says: offload, channels-last, compile)."""
 
     def __init__(self, registry: Registry, device: DeviceChoice, *, max_models: int = 1,
-                 fast: FastPath | None = None):
+                 fast: FastPath | None = None, remote_settings: remote.RemoteSettings | None = None):
         self.registry = registry
         self.device = device
+        # how remote models' API is reached (key, base URL, timeout, retries): generation/remote.py
+        self.remote = remote_settings or remote.RemoteSettings()
         self.pipelines = PipelineCache(device, max_models=max_models, fast=fast)
 
     def generate(self, request: Request, on_step: StepCallback,
@@ -156,6 +158,8 @@ class Engine:
         spec = self.registry.get(first.model)
         if len(jobs) > 1 and spec.family not in BATCH_FAMILIES:
             raise ValueError(f"{spec.family} jobs run one at a time")
+        if spec.is_remote:
+            return [self._remote(jobs[0], spec)]
         stopped = [False] * len(jobs)
         callback = self._batch_callback(jobs, stopped, lambda *a: self.pipelines.preview(spec)(*a))
         notices_per_job: list[list[str]] = [[] for _ in jobs]
@@ -352,7 +356,20 @@ class Engine:
                                     generator=generator)
         return out.image_embeds.repeat(request.count, 1), out.negative_image_embeds.repeat(request.count, 1), texts
 
-    # 3. Upscaling ----------------------------------------------------------------------------
+    # 3. A provider's API (OpenAI): no pipeline, no steps; progress is pictures received -------
+
+    def _remote(self, job: BatchJob, spec: ModelSpec) -> Generated:
+        """The job's pictures from the provider (generation/remote.py); RemoteRefusal when it
+        makes none (the worker tells the member its text)."""
+        def on_image(done: int, total: int, latest: Image.Image) -> None:
+            job.on_step(done, total, lambda: latest)
+
+        images = remote.generate(spec, job.request, self.remote, on_image=on_image, should_stop=job.should_stop)
+        if job.should_stop():
+            raise GenerationStopped()
+        return Generated(images=images, notices=[], flagged=[False] * len(images))
+
+    # 4. Upscaling ----------------------------------------------------------------------------
 
     def _upscale(self, request: Request, notices: list[str], on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Image.Image:

@@ -44,8 +44,8 @@ def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     """The hub ids a model loads from, each with whether its weights are needed: its source
     and, for Kandinsky, its prior (weights), a single-file checkpoint's config (configs and
     tokenizer only), a dedicated inpainting pipeline (weights). Folders and files are not pulled."""
-    if spec.family in WEIGHTS_FILE_FAMILIES:
-        return []  # an upscaler's weights file: a local file, never pulled
+    if spec.family in WEIGHTS_FILE_FAMILIES or spec.is_remote:
+        return []  # an upscaler's weights file (a local file, never pulled); a provider's API
     wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
     wanted.append((spec.inpaint, True))  # a dedicated inpainting pipeline (Zoom Out, Pan)
     return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]

@@ -7,6 +7,7 @@ single-file checkpoint (`.safetensors`, `.ckpt`) read with `from_single_file` an
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -28,8 +29,9 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
     "kandinsky22": (768, 40, 4.0),
     "upscale-x4": (512, 20, 0.0),
     "esrgan": (512, 1, 0.0),  # a super-resolution network (generation/esrgan.py): no steps, no guidance
+    "openai": (1024, 1, 0.0),  # OpenAI's image API (generation/remote.py): one request, no steps, no guidance
 }
-TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22"}
+TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22", "openai"}
 BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
 # families whose text encoders take weighted embeddings (compel): SD emphasis works there
 EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
@@ -46,6 +48,46 @@ WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 # the families diffusers' from_single_file builds here (StableDiffusionPipeline, …XLPipeline)
 SINGLE_FILE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+# families whose pictures a provider's API makes (generation/remote.py): nothing is downloaded
+# or loaded here, the worker only calls the API, and each job costs the operator money
+REMOTE_FAMILIES = {"openai"}
+
+
+@dataclass(frozen=True)
+class RemoteLimits:
+    """What one of OpenAI's image models can do, from its API reference (platform.openai.com/
+    docs/api-reference/images, November 2026): `sizes` (width, height) in pixels it makes,
+    `max_n` images per request, the longest prompt in characters (`max_prompt_chars`), whether
+    it has the variations call (`varies`) and the edits call (`edits`), and whether it takes
+    `response_format` (gpt-image models always answer with base64 and refuse the parameter)."""
+
+    sizes: tuple[tuple[int, int], ...]
+    max_n: int
+    max_prompt_chars: int
+    varies: bool = False
+    edits: bool = False
+    response_format: bool = True
+
+
+OPENAI_MODELS: dict[str, RemoteLimits] = {
+    "dall-e-2": RemoteLimits(sizes=((256, 256), (512, 512), (1024, 1024)), max_n=10, max_prompt_chars=1000,
+                             varies=True, edits=True),
+    "dall-e-3": RemoteLimits(sizes=((1024, 1024), (1792, 1024), (1024, 1792)), max_n=1, max_prompt_chars=4000),
+    "gpt-image-1": RemoteLimits(sizes=((1024, 1024), (1536, 1024), (1024, 1536)), max_n=10,
+                                max_prompt_chars=32000, edits=True, response_format=False),
+}
+# images per grid an admin may set with `images`: a grid of four, or one picture
+REMOTE_IMAGES = (1, 4)
+
+
+def nearest_size(limits: RemoteLimits, width: int, height: int) -> tuple[int, int]:
+    """The size of `limits.sizes` whose aspect ratio is nearest to width:height (compared as
+    the logarithm of the ratio, so 2:1 and 1:2 are as far from 1:1); among sizes of the same
+    ratio (dall-e-2's squares) the one nearest in pixel count. Returns (width, height) in pixels."""
+    wanted = math.log(width / height)
+    return min(limits.sizes, key=lambda size: (round(abs(math.log(size[0] / size[1]) - wanted), 6),
+                                              abs(size[0] * size[1] - width * height)))
 
 
 def is_single_file(source: str) -> bool:
@@ -126,6 +168,11 @@ class ModelSpec:
     # "stable-diffusion-v1-5/stable-diffusion-inpainting"); without one the model's own
     # components paint (diffusers' AutoPipelineForInpainting.from_pipe)
     inpaint: str | None = None
+    # a remote family's (REMOTE_FAMILIES): the provider's model name ("dall-e-3"), its API's base
+    # URL when not the operator's (OPENAI_BASE_URL), and the pictures per grid (4, or 1: no grid)
+    model: str | None = None
+    base_url: str | None = None
+    images: int = 4
 
     @property
     def single_file(self) -> bool:
@@ -144,6 +191,16 @@ class ModelSpec:
     @property
     def is_upscaler(self) -> bool:
         return self.family in UPSCALER_FAMILIES
+
+    @property
+    def is_remote(self) -> bool:
+        """True when a provider's API makes the pictures (REMOTE_FAMILIES): nothing to download."""
+        return self.family in REMOTE_FAMILIES
+
+    @property
+    def remote_limits(self) -> RemoteLimits | None:
+        """What the provider's model can do (OPENAI_MODELS); None for a local model."""
+        return OPENAI_MODELS.get(self.model or "") if self.is_remote else None
 
 
 def _spec(name: str, source: str, family: str, **overrides: Any) -> ModelSpec:
@@ -218,7 +275,11 @@ _FIELD_RULES: dict[str, tuple[tuple[type, ...], str, float | None]] = {
     "native_side": ((int,), "a whole number of pixels, at least 64", 64),
     "steps": ((int,), "a whole number, at least 1", 1),
     "guidance": ((int, float), "a number, at least 0", 0),
+    "images": ((int,), "1 or 4", 1),
 }
+# the fields of a remote entry (the rest are about local pipelines)
+_REMOTE_FIELDS = {"family", "model", "base_url", "images", "native_side", "description"}
+_REMOTE_ONLY = {"model", "base_url", "images"}
 
 
 def _parse_entry(name: str, entry: object) -> ModelSpec:
@@ -227,6 +288,11 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
     unknown = set(entry) - _FIELDS
     if unknown:
         raise RegistryError(f"model '{name}': unknown field(s) {', '.join(sorted(unknown))}")
+    if isinstance(entry.get("family"), str) and entry["family"] in REMOTE_FAMILIES:
+        return _parse_remote(name, entry)
+    if set(entry) & _REMOTE_ONLY:
+        raise RegistryError(f"model '{name}': {', '.join(sorted(set(entry) & _REMOTE_ONLY))} "
+                            f"belong to remote families ({', '.join(sorted(REMOTE_FAMILIES))}) only")
     if "source" not in entry or "family" not in entry:
         raise RegistryError(f"model '{name}': 'source' and 'family' are required")
     for key, value in entry.items():
@@ -270,6 +336,36 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
         return _spec(name, str(entry["source"]), entry["family"], **values)
     except TypeError as err:
         raise RegistryError(f"model '{name}': {err}") from None
+
+
+def _parse_remote(name: str, entry: dict[str, Any]) -> ModelSpec:
+    """A `family = "openai"` entry: `model` (one of OPENAI_MODELS), optional `base_url`,
+    `images` (1 or 4), `native_side` (the pixel budget that picks among sizes of one shape:
+    256 gives dall-e-2's cheapest) and `description`; its `source` is "openai:<model>"."""
+    unknown = set(entry) - _REMOTE_FIELDS
+    if unknown:
+        raise RegistryError(f"model '{name}': a remote ({entry['family']}) entry has no "
+                            f"{', '.join(sorted(unknown))} (its fields: {', '.join(sorted(_REMOTE_FIELDS))})")
+    model = entry.get("model")
+    if model not in OPENAI_MODELS:
+        raise RegistryError(f"model '{name}': 'model' must be one of {', '.join(OPENAI_MODELS)} "
+                            f"(OpenAI's image models Pintor knows the limits of), not {model!r}")
+    images = entry.get("images", 4)
+    if isinstance(images, bool) or images not in REMOTE_IMAGES:
+        raise RegistryError(f"model '{name}': 'images' must be 1 (one picture, no grid) or 4 (a grid), "
+                            f"not {images!r}")
+    side = entry.get("native_side", FAMILY_DEFAULTS[entry["family"]][0])
+    if isinstance(side, bool) or not isinstance(side, int) or side < 64:
+        raise RegistryError(f"model '{name}': 'native_side' must be a whole number of pixels, at least 64, "
+                            f"not {side!r}")
+    for key in ("base_url", "description"):
+        if key in entry and not isinstance(entry[key], str):
+            raise RegistryError(f"model '{name}': '{key}' must be a string, not {entry[key]!r}")
+    base_url = entry.get("base_url") or None
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise RegistryError(f"model '{name}': 'base_url' must be an http(s) URL, e.g. \"https://api.openai.com/v1\"")
+    return _spec(name, f"openai:{model}", entry["family"], model=model, base_url=base_url, images=images,
+                 native_side=side, description=entry.get("description", ""))
 
 
 def _families(where: str, value: object) -> tuple[str, ...]:
@@ -358,7 +454,8 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
     with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`,
     `variant`, `description`, `preview` (a tiny preview decoder), `vae`, and `config` (required
-    for a single-file checkpoint source);
+    for a single-file checkpoint source); a remote entry (`family = "openai"`) has `model`
+    and optional `base_url`, `images`, `native_side`, `description` instead (_parse_remote);
     `[loras.NAME]` (`source`, `families`, optional `weight`, `weight_name`, `triggers`,
     `description`) and `[embeddings.NAME]` (`source`, `families`, optional `token`,
     `weight_name`, `description`). Raises RegistryError naming the entry and field.

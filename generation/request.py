@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from generation.prompt import ParsedPrompt, format_parameters, has_emphasis, plain_text, quote, size_for_aspect
-from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec
+from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec, nearest_size
 
 GRID_SIZE = 4
 MAX_SEED = 2**32 - 1
@@ -161,6 +161,24 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
     parsed, added = with_triggers(parsed, loras)
     notices = list(parsed.notices) + added
+    count = GRID_SIZE
+    if (limits := spec.remote_limits) is not None:
+        # a provider makes a few sizes only: the one nearest the aspect ratio; no seed, no negative
+        width, height = nearest_size(limits, width, height)
+        count = spec.images
+        if "ar" in parsed.given and width * parsed.aspect[1] != height * parsed.aspect[0]:
+            notices.append(f"{spec.name} makes {width}×{height} for --ar {parsed.aspect[0]}:{parsed.aspect[1]} "
+                           "(the nearest of the sizes it makes).")
+        words = " ".join(plain_text(part.text) for part in parsed.parts)
+        if len(words) > limits.max_prompt_chars:
+            notices.append(f"{spec.name} reads {limits.max_prompt_chars} characters of a prompt; this part was cut: "
+                           f"{quote(words[limits.max_prompt_chars:])}")
+        if parsed.seed is not None:
+            notices.append(f"{spec.name} takes no seed: --seed {parsed.seed} will not make the same pictures again.")
+        if parsed.negative:
+            notices.append(f"--no {quote(parsed.negative)} was not applied: {spec.name}'s API takes no "
+                           "negative prompt.")
+            parsed = dataclasses.replace(parsed, negative="", given=parsed.given - {"no"})
     guidance = guidance_for(spec, parsed.stylize)
     if spec.family not in EMPHASIS_FAMILIES:
         emphasised = [part.text for part in parsed.parts if has_emphasis(part.text)]
@@ -194,6 +212,7 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         # request is one grid, --repeat is the command's (Studio.submit_many)
         parameters=format_parameters(dataclasses.replace(
             parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed", "repeat"}, selectors=())),
+        count=count,
         notices=tuple(dict.fromkeys(notices)),
         loras=tuple((lora.name, weight) for lora, weight in loras),
         image_prompts=parsed.image_urls,

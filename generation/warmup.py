@@ -24,7 +24,8 @@ WARM_UP_STEPS = 2  # compiled graphs do not depend on the number of steps: two a
 
 
 def warm_up(engine: Engine, mode: str, model: str | None = None) -> WarmUp:
-    """Run `model` (the registry's default for None) once, through the engine exactly as a job
+    """Run `model` (the registry's default for None; the first local text-to-image model where
+    that is remote, and nothing where every model is) once, through the engine exactly as a job
     runs, at its native square size with a grid of GRID_SIZE pictures and its usual guidance:
     the shapes of most jobs, so their graphs are compiled here. Other sizes compile on their
     first use (torch.compile then marks the sizes dynamic, once).
@@ -32,6 +33,11 @@ def warm_up(engine: Engine, mode: str, model: str | None = None) -> WarmUp:
     `mode`: the compile mode, for the report. Returns a WarmUp. Raises what Engine.generate
     raises (a model that cannot be loaded, a compiler that fails)."""
     spec = engine.registry.get(model)
+    if spec.is_remote:  # a provider's API makes its pictures: nothing to compile, and each one costs money
+        local = [m for m in engine.registry.generators() if not m.is_remote]
+        if not local:
+            return WarmUp(compile=mode, model="none (remote models only)", side=0, seconds=0.0)
+        spec = local[0]
     side = spec.native_side // 8 * 8
     request = Request(kind=JobKind.IMAGINE, model=spec.name, prompt="warm-up", parts=(("warm-up", 1.0),),
                       negative="", width=side, height=side, steps=WARM_UP_STEPS, guidance=spec.guidance,

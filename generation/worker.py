@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,12 @@ class WorkerConfig:
     # most images in one pipeline call, the jobs of several members together (None: per family
     # and device, generation.batching.DEFAULT_BATCH_IMAGES; 4 or less: one job at a time)
     batch_images: int | None = None
+    # remote models (generation/remote.py): the provider's API key (kept out of repr and logs),
+    # its base URL (None: the client's default), per-request timeout and the client's retries
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    remote_timeout_s: float = 120.0
+    remote_max_retries: int = 2
 
 
 def job_dir(output_dir: str | Path, job_id: int) -> Path:
@@ -98,6 +104,7 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, dict[str, Any]]:
     from generation.devices import FastPath, Offload, choose_device
     from generation.engine import Engine
     from generation.registry import load_registry
+    from generation.remote import RemoteSettings, quiet_provider_logs
     from generation.warmup import warm_up
 
     diffusers.utils.logging.disable_progress_bar()
@@ -106,7 +113,11 @@ def start_engine(config: WorkerConfig) -> tuple[Engine, dict[str, Any]]:
     device = choose_device(config.device, config.dtype)
     fast = FastPath(offload=Offload(config.offload), channels_last=config.channels_last,
                     compile=config.compile, vae_tiling_pixels=config.vae_tiling_pixels)
-    engine = Engine(registry, device, max_models=config.max_models, fast=fast)
+    remote = RemoteSettings(api_key=config.openai_api_key, base_url=config.openai_base_url,
+                            timeout_s=config.remote_timeout_s, max_retries=config.remote_max_retries)
+    if any(spec.is_remote for spec in registry.models.values()):
+        quiet_provider_logs()
+    engine = Engine(registry, device, max_models=config.max_models, fast=fast, remote_settings=remote)
     info: dict[str, Any] = {"device": device.device, "device_name": device.name,
                             "dtype": str(device.dtype).removeprefix("torch."), "offload": fast.offload.value}
     if fast.compile:
@@ -193,6 +204,7 @@ class _Worker:
         again alone, so that one job's fault (a missing input picture, say) is its own."""
         from generation.availability import ModelLoadError
         from generation.engine import BatchJob, GenerationStopped
+        from generation.remote import RemoteRefusal
 
         ended: set[int] = set()  # jobs whose final event was sent
 
@@ -243,6 +255,10 @@ class _Worker:
                         ended.add(job[0])
             elif isinstance(err, ModelLoadError):  # expected (files missing, offline…): the why, not a traceback
                 log.error("job %s failed: %s", jobs[0][0], err.detail)
+                for job_id, _ in still:
+                    end(Failed(job_id, str(err)))
+            elif isinstance(err, RemoteRefusal):  # the provider refused: said for the member, no traceback
+                log.warning("job %s failed: %s", jobs[0][0], err)
                 for job_id, _ in still:
                     end(Failed(job_id, str(err)))
             else:

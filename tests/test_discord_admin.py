@@ -76,7 +76,8 @@ async def test_the_group_is_for_server_managers_only(pintor: Harness):
     assert str(group["default_member_permissions"]) == MANAGE_GUILD
     assert group.get("contexts") == [0] or group.get("dm_permission") is False
     assert {o["name"] for o in group["options"]} == {
-        "show", "models", "loras", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "pause",
+        "show", "models", "loras", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "remote-models",
+        "pause",
         "resume"}
 
 

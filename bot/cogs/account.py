@@ -140,6 +140,13 @@ class Account(commands.Cog):
         default = studio.default_model(await self.bot.rules(interaction.guild_id))
         embed.add_field(name="default model", inline=True, value=default + (
             " (this server's: Pintor's default is not allowed here)" if default != studio.models.default else ""))
+        remote = [spec for spec in studio.models.models.values() if spec.is_remote]
+        if remote:
+            allowed = rules is not None and rules.remote_models
+            embed.add_field(name="remote models", inline=False, value=limits.clip(
+                ", ".join(f"{spec.name} (OpenAI {spec.model})" for spec in remote)
+                + (" · allowed here" if allowed else " · not allowed here (an admin can allow them)"),
+                limits.FIELD_VALUE))
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
         if len(workers) == 1:
             embed.add_field(name="worker", value=limits.clip(workers[0], limits.FIELD_VALUE), inline=False)

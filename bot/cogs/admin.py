@@ -77,8 +77,16 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         f"max steps: {limit(rules.max_steps)} · max side: {limit(rules.max_side, ' px')}",
         f"buttons: {buttons}",
         f"NSFW check: {'on' if rules.nsfw_check else 'off'} (where the model has a checker)",
+        f"remote models (each picture costs money): {_remote_line(rules, registry)}",
         f"parameters Pintor does not have: {'refused (strict)' if rules.strict_parameters else 'ignored, with a notice'}",
     ])
+
+
+def _remote_line(rules: ServerRules, registry: Registry) -> str:
+    """Whether the server allows remote models, and which are configured."""
+    remote = [spec.name for spec in registry.models.values() if spec.is_remote]
+    names = listing(remote, 200, separator=", ", empty="none are configured")
+    return f"{'allowed' if rules.remote_models else 'not allowed'} ({names})"
 
 
 def _some(names: list[str], max_chars: int = REFUSED_MAX_CHARS) -> str:
@@ -275,6 +283,13 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
     async def nsfw_check(self, interaction: Interaction, on: bool) -> None:
         """The NSFW check of results, where the model ships a checker."""
         await self._update(interaction, nsfw_check=on)
+
+    @app_commands.command(name="remote-models")
+    @app_commands.describe(allowed="let members use models that a provider's API makes (OpenAI's DALL·E, "
+                                   "gpt-image-1): each picture costs Pintor's operator money")
+    async def remote_models(self, interaction: Interaction, allowed: bool) -> None:
+        """Allow or refuse remote models (OpenAI) on this server; refused until allowed."""
+        await self._update(interaction, remote_models=allowed)
 
     @app_commands.command(name="strict-parameters")
     @app_commands.describe(on="refuse prompts with parameters Pintor does not have (--tile, --sref…) "

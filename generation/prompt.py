@@ -51,6 +51,12 @@ EMPHASIS_STEP = 1.1
 # ComfyUI sliders go to about ±2; a negative weight reverses a LoRA)
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 MAX_LORAS = 8  # LoRAs one prompt may name (an abuse limit; a server's own limit is lower)
+# ControlNet: what a control image shows (--cn KIND; the lllyasviel ControlNet 1.1 names), and
+# "none" for an upload that already is a control image; --cw is diffusers'
+# controlnet_conditioning_scale (0: no effect, 1: as trained; beyond 2 the picture breaks up)
+CONTROL_KINDS = ("canny", "depth", "pose", "scribble", "lineart")
+CONTROL_AS_IS = "none"
+CONTROL_WEIGHT_RANGE = (0.0, 2.0)
 
 
 class PromptError(ValueError):
@@ -79,6 +85,9 @@ class ParsedPrompt:
     selectors: tuple[tuple[str, str], ...] = ()
     # --lora NAME[:weight] and <lora:NAME:weight>, in order, once per name; None: the LoRA's default
     loras: tuple[tuple[str, float | None], ...] = ()
+    # --cn KIND (a CONTROL_KINDS name or "none") and --cw weight: how a control: upload steers
+    control_kind: str | None = None
+    control_weight: float | None = None
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -204,6 +213,25 @@ def _parse_lora(value: str, notices: list[str]) -> tuple[str, float | None]:
     return name, weight
 
 
+def _parse_control_kind(value: str, notices: list[str]) -> str:
+    kind = value.lower()
+    if kind not in (*CONTROL_KINDS, CONTROL_AS_IS):
+        raise ValueError(value)
+    return kind
+
+
+def _parse_control_weight(value: str, notices: list[str]) -> float:
+    """0–2 (CONTROL_WEIGHT_RANGE); a number above 2 becomes 2, with a notice."""
+    if not _DECIMAL_RE.fullmatch(value):
+        raise ValueError(value)
+    low, high = CONTROL_WEIGHT_RANGE
+    weight = float(value)
+    if weight > high:
+        notices.append(f"--cw {quote(value)} is over the highest value; used {high:g}.")
+        return high
+    return max(low, weight)
+
+
 def _format_loras(loras: tuple[tuple[str, float | None], ...]) -> str:
     # one --lora per LoRA: format_parameters writes "--lora " before the first
     return " --lora ".join(name if weight is None else f"{name}:{_format_weight(weight)}" for name, weight in loras)
@@ -233,11 +261,16 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
         _Param("lora", "loras", "a LoRA's name, and its weight after a colon if you want another "
                f"(e.g. --lora pixel-art:0.7; from {LORA_WEIGHT_RANGE[0]:g} to {LORA_WEIGHT_RANGE[1]:g})",
                _parse_lora, _format_loras),
+        _Param("cn", "control_kind", f"what the control: image becomes: {', '.join(CONTROL_KINDS)}, or "
+               f"{CONTROL_AS_IS} when it already is a control image (e.g. --cn canny)", _parse_control_kind),
+        _Param("cw", "control_weight", f"a number from {CONTROL_WEIGHT_RANGE[0]:g} to {CONTROL_WEIGHT_RANGE[1]:g}: "
+               "how strongly the control image holds (default 1)", _parse_control_weight, _format_weight),
     )
     return {param.name: param for param in params}
 
 
-KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora "
+KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, "
+                    "--cn, --cw "
                     "(also --aspect, --c, --s, --quality).")
 
 
@@ -268,7 +301,7 @@ _FOREIGN: dict[str, _Foreign] = {
     "niji": _Foreign(_OPTIONAL, _MODEL), "style": _Foreign(_ONE, _MODEL),
     "w": _Foreign(_ONE, _ASPECT), "h": _Foreign(_ONE, _ASPECT),
     "width": _Foreign(_ONE, _ASPECT), "height": _Foreign(_ONE, _ASPECT),
-    "iw": _Foreign(_ONE, _IMAGES), "sw": _Foreign(_ONE, _IMAGES), "cw": _Foreign(_ONE, _IMAGES),
+    "iw": _Foreign(_ONE, _IMAGES), "sw": _Foreign(_ONE, _IMAGES),
     "ow": _Foreign(_ONE, _IMAGES),
     "sref": _Foreign(_MANY, _IMAGES), "cref": _Foreign(_MANY, _IMAGES), "oref": _Foreign(_MANY, _IMAGES),
     "p": _Foreign(_MANY), "personalize": _Foreign(_MANY), "profile": _Foreign(_MANY),

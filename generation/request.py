@@ -65,6 +65,13 @@ class Request:
     # Zoom Out, Pan, Make Square: how far the canvas extends beyond init_image on each side
     # (left, top, right, bottom), as fractions of its width and height
     outpaint: tuple[float, float, float, float] | None = None
+    # ControlNet: the stored upload (a file path) the worker makes the control image from, what
+    # it becomes (generation.prompt.CONTROL_KINDS, or "none": it is one already), the configured
+    # ControlNet (a registry name) and its controlnet_conditioning_scale (0–2)
+    control: str | None = None
+    control_kind: str | None = None
+    controlnet: str | None = None
+    control_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE

@@ -29,6 +29,7 @@ from bot.intake import (
     blend_prompt,
     blend_weights,
     check_model_files,
+    choose_control,
     choose_loras,
     fallback_model,
     id_list,
@@ -36,9 +37,10 @@ from bot.intake import (
     prepare,
     prepare_with_notices,
     refuses_unknown_parameters,
+    with_control,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
-from generation.files import FileStore
+from generation.files import CONTROL_FILE, FileStore
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
@@ -130,7 +132,7 @@ def _remove_empty_folders(folders: set[str]) -> None:
 def _inputs_of(request_json: str) -> list[str]:
     """The picture files a stored request starts from (image to image, upscale, blend)."""
     request = Request.from_json(request_json)
-    return [path for path in (request.init_image, *request.images) if path]
+    return [path for path in (request.init_image, *request.images, request.control) if path]
 
 
 def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | None:
@@ -236,11 +238,43 @@ class Studio:
         return fallback_model(self.registry, allowed_models(rules))
 
     def prepare_with_notices(self, text: str, defaults: MemberPreferences | None = None, *,
-                             rules: ServerRules | None = None) -> tuple[Request, list[str]]:
+                             rules: ServerRules | None = None, control: bool = False) -> tuple[Request, list[str]]:
         """The request, and notices for its result (a saved model that is gone here), under
-        a server's rules (allowed models, strict parameters)."""
+        a server's rules (allowed models, strict parameters); with `control`, a control image
+        comes with it (its ControlNet chosen; `controlled` stores the upload and submits)."""
         return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
-                                    strict=refuses_unknown_parameters(rules))
+                                    strict=refuses_unknown_parameters(rules), control=control)
+
+    async def controlled(self, member: Member, request: Request, upload: tuple[str, bytes], *,
+                         notices: Sequence[str] = (), **where) -> Submitted:
+        """Submit a request prepared with `control=True` with its control image: the upload
+        (name, bytes as downloaded) is checked by content as /blend's are (generation.inputs:
+        bombs, extreme shapes, damaged files refused with UploadError), the server's rules
+        are checked (ControlNet allowed?), then it is stored under images/inputs/ before the
+        job, which refers to it (🔄, V and /show keep it). A refusal stores nothing."""
+        if request.controlnet is None:
+            raise ValueError("this request was not prepared with a control image")
+        name, data = upload
+        image = await asyncio.to_thread(open_upload, data, name)
+        if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
+            await self._check_rules(member, request, where["rules"], where.get("channel_id"))
+        return await self._submit_with_inputs(member, request, [image],
+                                              lambda paths: request.replace(control=paths[0]),
+                                              notices=notices, **where)
+
+    async def _submit_with_inputs(self, member: Member, request: Request, images, attach,
+                                  **where) -> Submitted:
+        """Keep the uploaded `images` (PIL pictures) in the inputs folder, then submit
+        `attach(paths)` (the request referring to them); if it is not stored, the files this
+        call wrote and no job refers to are deleted again."""
+        paths, written = await asyncio.to_thread(self._keep_inputs, images)
+        try:
+            return await self.submit(member, attach(paths), **where)
+        except BaseException:
+            # not stored: keep no upload that no job refers to (another job may share the file)
+            unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
+            await asyncio.to_thread(_delete_files, unused)
+            raise
 
     async def imagine(self, member: Member, text: str, **where) -> Submitted:
         return await self.submit(member, self.prepare(text, rules=where.get("rules")), **where)
@@ -264,6 +298,8 @@ class Studio:
                 raise RequestError(f"The picture job {job_id} painted around is gone from the file store.")
             return await self.submit(member, request.replace(seed=random_seed()), parent_id=parent.parent_id,
                                      parent_index=parent.parent_index, **where)
+        if request.control and not Path(request.control).is_file():
+            raise RequestError(f"The control image of job {job_id} is gone from the file store.")
         kind = JobKind.BLEND if request.kind == JobKind.BLEND else JobKind.REROLL
         request = request.replace(kind=kind, seed=random_seed())
         return await self.submit(member, request, parent_id=job_id, **where)
@@ -303,6 +339,9 @@ class Studio:
                                 width=width, height=height, loras=tuple(
                                     (name, weight) for name, weight in base.loras
                                     if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
+            steering = self.registry.controlnets.get(base.controlnet or "")
+            if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
+                base = base.replace(control=None, control_kind=None, controlnet=None)
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
@@ -472,12 +511,13 @@ class Studio:
 
     async def blend(self, member: Member, uploads: list[tuple[str, bytes]], *, prompt: str = "",
                     weights: str = "", dimensions: str = "square", model: str | None = None,
-                    **where) -> Submitted:
+                    control: tuple[str, bytes] | None = None, **where) -> Submitted:
         """Mix 2–5 uploaded images (and a text) into a new grid through a Kandinsky prior.
 
         `uploads` are (name, bytes) as downloaded; each is checked by content before anything
-        is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
-        URL has expired.
+        is stored. `control`: an upload whose depth map steers the decoder (Kandinsky 2.2's
+        ControlNet; --cn/--cw in the prompt as for /imagine). The inputs are kept with the
+        job, so 🔄 and /show work after the upload's URL has expired.
         """
         rules = where.get("rules")
         parsed = blend_prompt(prompt, strict=rules is not None and rules.strict_parameters)
@@ -491,7 +531,9 @@ class Studio:
         if dimensions not in BLEND_DIMENSIONS:
             raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
         image_weights, text_weight = blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
-        images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in uploads])
+        controlnet = choose_control(self.registry, parsed, spec, control is not None)
+        everything = [*uploads, *([control] if control is not None else [])]
+        images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in everything])
 
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
@@ -501,16 +543,14 @@ class Studio:
             prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
             image_weights=tuple(image_weights))
+        request = with_control(request, parsed, controlnet)
         if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
             await self._check_rules(member, request, where["rules"], where.get("channel_id"))
-        paths, written = await asyncio.to_thread(self._keep_inputs, images)
-        try:
-            return await self.submit(member, request.replace(images=tuple(paths)), **where)
-        except BaseException:
-            # not stored: keep no upload that no job refers to (another blend may share the file)
-            unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
-            await asyncio.to_thread(_delete_files, unused)
-            raise
+        count = len(uploads)
+        return await self._submit_with_inputs(
+            member, request, images,
+            lambda paths: request.replace(images=tuple(paths[:count]), control=paths[count] if control else None),
+            **where)
 
     def _blend_model(self, name: str | None, rules: ServerRules | None = None):
         """The named model, which must blend; for None, the server's default model where it
@@ -588,7 +628,7 @@ class Studio:
         if self.refusal is not None:
             raise RequestError(self.refusal)
         try:  # a model whose files cannot be had is refused now, not after the worker starts
-            check_model_files(self.registry, request.model, [name for name, _ in request.loras])
+            check_model_files(self.registry, request.model, [name for name, _ in request.loras], request.controlnet)
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
@@ -631,6 +671,9 @@ class Studio:
         if allowed and request.model not in allowed and request.kind != JobKind.UPSCALE:
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
         self._check_loras(request, rules)
+        if request.controlnet is not None and not rules.allow_controlnet:
+            raise LimitError("ControlNet (a control image with --cn) is not allowed on this server. Send the prompt "
+                             "without the control image.")
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
@@ -755,8 +798,9 @@ class Studio:
                 await self.queue.cancel(job.id)
             paths, requests = await self.store.forget_user(member.id)
             # their uploads too (/blend inputs), unless another member's job uses the same picture
-            uploads = {path for text in requests for path in Request.from_json(text).images
-                       if self._is_upload(path)}
+            uploads = {path for text in requests for path in _inputs_of(text) if self._is_upload(path)}
+            # the control images made for them, beside their grids (no row names them)
+            paths += [str(Path(path).with_name(CONTROL_FILE)) for path in paths if Path(path).name == "grid.png"]
             paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
             # pictures of others' jobs theirs started from, if nothing refers to them any more
             paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
@@ -819,7 +863,8 @@ class Studio:
                 log.exception("could not store %s", event)
                 if isinstance(event, Done):
                     # no row refers to its pictures (the job may be gone: /forget): keep none
-                    paths = [str(self.files.path(i.key)) for i in (*event.images, event.grid)]
+                    control = () if event.control is None else (event.control,)
+                    paths = [str(self.files.path(i.key)) for i in (*event.images, event.grid, *control)]
                     await asyncio.to_thread(_delete_files, paths)
                     event = Failed(event.job_id, "The result could not be saved.")
                     with contextlib.suppress(Exception):  # the database may be what failed

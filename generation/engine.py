@@ -192,8 +192,8 @@ class Engine:
         (generation/control.py) at the request's size; None for a job without one. Raises
         ModelLoadError for a ControlNet removed from models.toml, one of another family, or one
         whose control image cannot be made here (pose without an estimator)."""
-        if request.control is None or request.controlnet is None:
-            return None
+        if request.control is None or request.controlnet is None or request.kind == JobKind.OUTPAINT:
+            return None  # (Zoom Out and Pan paint a canvas's border: no ControlNet there)
         controlnet = self.registry.controlnets.get(request.controlnet)
         if controlnet is None or not controlnet.fits(spec.family):
             raise ModelLoadError(f"The ControlNet '{request.controlnet}' is no longer configured for {spec.name}; "

@@ -168,7 +168,8 @@ class PipelineCache:
         if spec.family == "kandinsky22":
             if img2img:  # the same decoder's weights (its text-to-image pipeline's components)
                 base = self.controlled(spec, controlnet)
-                pipe = KandinskyV22ControlnetImg2ImgPipeline(**base.components)
+                decoder: Any = KandinskyV22ControlnetImg2ImgPipeline  # (untyped in diffusers)
+                pipe = decoder(**base.components)
                 # as for Kandinsky's img2img (_build): pictures arrive at the request's size, and
                 # its preprocess(image, width, height) swaps the sides
                 pipe.image_processor.register_to_config(do_resize=False)

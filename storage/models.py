@@ -155,6 +155,8 @@ class ServerRules(Base):
     # comma-separated LoRA names members may use; None: all configured, "": none
     allowed_loras: Mapped[str | None] = mapped_column(Text, default=None)
     max_loras: Mapped[int | None] = mapped_column(Integer, default=None)  # per job; None: no limit; new(): 2
+    # whether members may steer pictures with a control image (ControlNet); allowed by default
+    allow_controlnet: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
@@ -162,7 +164,7 @@ class ServerRules(Base):
         return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False, strict_parameters=False, allowed_loras=None,
-                   max_loras=DEFAULT_MAX_LORAS)
+                   max_loras=DEFAULT_MAX_LORAS, allow_controlnet=True)
 
 
 class Owner(Base):

@@ -177,9 +177,9 @@ def choose_control(registry: Registry, parsed: ParsedPrompt, spec: ModelSpec,
     here) and "depth" on a ControlNet without a depth `estimator`. Whether the server allows
     ControlNet is checked when the job is submitted (`Studio._check_rules`)."""
     if not has_control:
-        if {"cn", "cw"} & parsed.given:
-            raise RequestError("--cn and --cw steer the picture by a control image: attach one to the `control` "
-                               "option, or leave them out.")
+        if "cn" in parsed.given:
+            raise RequestError("--cn steers the picture by a control image: attach one to the `control` option, "
+                               "or leave it out.")
         return None
     fitting = [c for c in registry.controlnets.values() if c.fits(spec.family)]
     if not fitting:
@@ -299,7 +299,8 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     (`fallback_model`). A model the member saved in /settings (or in "always append") that
     can no longer be used here is replaced by that model, and a notice for the result says
     so. `strict` (a server's rule) refuses parameters Pintor does not have instead of
-    ignoring them. `control`: a control image comes with the prompt (its ControlNet is
+    ignoring them. `control`: a control image comes with the prompt (without one, a --cw
+    is ignored with a notice: MidJourney's --cw weighs its --cref) (its ControlNet is
     chosen here: `choose_control`; the upload is stored with the job later). Whether the
     rules allow the request is checked later, when it is submitted. Returns the request
     (with the prompt's own notices) and the notices about the member's defaults; raises the
@@ -325,8 +326,13 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    if not control:  # a --cn/--cw of "always append" waits for a prompt that has a control image
+    if not control:
+        # a --cn/--cw of "always append" waits for a prompt that has a control image
         parsed = dataclasses.replace(parsed, given=parsed.given - ({"cn", "cw"} - typed))
+        if "cw" in parsed.given:
+            parsed = dataclasses.replace(parsed, given=parsed.given - {"cw"}, notices=parsed.notices + (
+                f"Ignored --cw {parsed.control_weight:g}: it sets how strongly a control image holds "
+                "(ControlNet), and none is attached.",))
     controlnet = choose_control(registry, parsed, spec, control)
     return with_control(build_request(parsed, spec, loras=choose_loras(registry, parsed, spec)), parsed,
                         controlnet), notices

@@ -215,6 +215,18 @@ def with_control(request: Request, parsed: ParsedPrompt, controlnet: ControlNetS
                            control_weight=weight)
 
 
+def abilities(registry: Registry, spec: ModelSpec, *, controlnet: bool = True) -> list[str]:
+    """What a model can do here, in words: imagine, vary, blend, upscale, and "ControlNet
+    (canny, depth)" with the kinds configured for its family (where `controlnet`: a server
+    that denies it shows none)."""
+    can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
+                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
+    kinds = registry.control_kinds(spec.family) if spec.can_generate and controlnet else []
+    if kinds:
+        can.append(f"ControlNet ({', '.join(kinds)})")
+    return can
+
+
 def allowed_loras(rules: ServerRules | None) -> list[str] | None:
     """The LoRA names a server allows (`rules`; None in DMs and the CLI): None for all, [] for none."""
     if rules is None or rules.allowed_loras is None:

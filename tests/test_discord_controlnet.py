@@ -77,7 +77,7 @@ async def imagine(pintor: Harness, prompt: str, control: bytes | None = None) ->
 
 
 async def pictures(pintor: Harness, message: dict) -> dict[str, Image.Image]:
-    found = {}
+    found: dict[str, Image.Image] = {}
     for attachment in message["attachments"]:
         image = Image.open(io.BytesIO(await pintor.fetch(attachment)))
         image.load()
@@ -107,7 +107,7 @@ async def test_canny_control_posts_the_grid_and_the_control_image(pintor: Harnes
     control = np.asarray(shown[f"pintor-{job.id}-control.png"])
     assert control.shape == (64, 64, 3) and set(np.unique(control)) == {0, 255}  # white edges on black
     assert "Steered by the canny control image" in canny_grid["content"] and "--cn canny" in canny_grid["content"]
-    assert Path(job.grid_path).with_name(CONTROL_FILE).is_file()
+    assert job.grid_path is not None and Path(job.grid_path).with_name(CONTROL_FILE).is_file()
 
 
 async def test_the_control_changes_the_result_and_cw_0_does_not(pintor: Harness, canny_grid: dict):

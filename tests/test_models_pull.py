@@ -253,9 +253,10 @@ def test_pull_fetches_controlnets_and_depth_estimators_then_they_work_offline(en
         "from generation.devices import choose_device\nfrom generation.engine import Engine\n"
         "from generation.registry import load_registry\nfrom tests.engine_helpers import request, run\n"
         "registry = load_registry(__import__('pathlib').Path('models.toml'))\n"
-        "req = request(registry, 'a fox --seed 1').replace(control=%r, control_kind='depth', controlnet='depth')\n"
+        f"req = request(registry, 'a fox --seed 1').replace(control={str(picture)!r}, control_kind='depth', "
+        "controlnet='depth')\n"
         "result, _, _ = run(Engine(registry, choose_device('cpu')), req)\n"
-        "print('made', len(result.images), result.control.size)\n" % str(picture))
+        "print('made', len(result.images), result.control.size)\n")
     made = subprocess.run([sys.executable, "-c", script], env=offline, cwd=tmp_path, capture_output=True, text=True,
                           timeout=240, check=False)
     assert made.returncode == 0, made.stderr

@@ -176,3 +176,74 @@ def test_a_controlnet_removed_since_the_job_fails_it_clearly(engine: Engine, reg
                                                                       controlnet="gone")
     with pytest.raises(ModelLoadError, match="ControlNet 'gone' is no longer configured"):
         run(engine, req)
+
+
+@pytest.mark.parametrize("prompt, kind, weight, notice", [
+    ("a fox --cn canny", "canny", None, None),
+    ("a fox --cn DEPTH --cw 0.5", "depth", 0.5, None),
+    ("a fox --cn none --cw 0", "none", 0.0, None),
+    ("a fox --cw 3", None, 2.0, "--cw “3” is over the highest value; used 2."),
+])
+def test_cn_and_cw_are_read_and_written_back(prompt: str, kind, weight, notice):
+    from generation.prompt import format_parameters, parse_prompt
+
+    parsed = parse_prompt(prompt)
+    assert (parsed.control_kind, parsed.control_weight) == (kind, weight)
+    assert parsed.notices == ((notice,) if notice else ())
+    again = parse_prompt(parsed.text + " " + format_parameters(parsed))
+    assert (again.control_kind, again.control_weight) == (kind, weight)
+
+
+@pytest.mark.parametrize("prompt, problem", [
+    ("a fox --cn sketch", "--cn must be what the control: image becomes: canny, depth, pose, scribble, lineart"),
+    ("a fox --cw -1", "--cw must be a number from 0 to 2"),
+    ("a fox --cw strong", "“strong”"),
+    ("a fox --cn", "--cn needs a value"),
+])
+def test_bad_cn_and_cw_values_are_clear_errors(prompt: str, problem: str):
+    from generation.prompt import PromptError, parse_prompt
+
+    with pytest.raises(PromptError) as caught:
+        parse_prompt(prompt)
+    assert problem in str(caught.value), str(caught.value)
+
+
+def test_prepare_chooses_the_controlnet_and_says_what_cannot_be(registry: Registry):
+    from bot.intake import RequestError, prepare_with_notices
+    from storage.models import MemberPreferences
+
+    request, _ = prepare_with_notices(registry, "a fox --cn depth --cw 0.7", control=True)
+    assert (request.controlnet, request.control_kind, request.control_weight) == ("sd-depth", "depth", 0.7)
+    request, _ = prepare_with_notices(registry, "a fox", control=True)  # no --cn: the family's first
+    assert (request.controlnet, request.control_kind) == ("sd-canny", "canny")
+    request, _ = prepare_with_notices(registry, "a fox --cn none --model tiny-sdxl", control=True)
+    assert (request.controlnet, request.control_kind) == ("sdxl-canny", "none")
+    request, _ = prepare_with_notices(registry, "a fox --cw 0.5")  # MidJourney's --cw, without an image
+    assert request.controlnet is None and "--cw" not in request.parameters
+    assert any("Ignored --cw 0.5" in n for n in request.notices)
+    # "always append" may hold a --cw: it waits for a prompt with a control image
+    defaults = MemberPreferences.new(1)
+    defaults.append = "--cw 0.4"
+    plain, _ = prepare_with_notices(registry, "a fox", defaults)
+    steered, _ = prepare_with_notices(registry, "a fox", defaults, control=True)
+    assert plain.controlnet is None and not plain.notices and steered.control_weight == 0.4
+    for text, problem in (("a fox --model tiny-sdxl --cn depth", "No depth ControlNet is configured for tiny-sdxl"),
+                          ("a fox --cn pose", "no pose estimator is configured"),
+                          ("a fox --cn canny --model tiny-sdxl", None)):
+        if problem is None:
+            prepare_with_notices(registry, text, control=True)
+            continue
+        with pytest.raises(RequestError, match=problem):
+            prepare_with_notices(registry, text, control=True)
+    with pytest.raises(RequestError, match="attach one to the `control` option"):
+        prepare_with_notices(registry, "a fox --cn canny")
+
+
+def test_a_model_without_controlnets_names_those_that_have_one(registry: Registry):
+    from bot.intake import RequestError, prepare_with_notices
+
+    plain = load_registry(None)  # the built-in models: no ControlNets at all
+    with pytest.raises(RequestError, match="No model here can: ask an admin"):
+        prepare_with_notices(plain, "a fox", control=True)
+    with pytest.raises(RequestError, match="tiny-upscaler"):  # (not a text-to-image model)
+        prepare_with_notices(registry, "a fox --model tiny-upscaler", control=True)

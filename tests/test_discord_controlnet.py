@@ -133,6 +133,39 @@ async def test_reroll_of_a_controlled_grid_keeps_the_control(pintor: Harness, ca
     assert f"pintor-{job.id}-control.png" in {a["filename"] for a in result["attachments"]}
 
 
+async def test_variation_of_a_controlled_grid_keeps_the_control(pintor: Harness, canny_grid: dict):
+    grid_id = job_id_of(canny_grid)
+    click = await pintor.emu.click(int(canny_grid["id"]), f"pintor:v:{grid_id}:2:h")
+    callback = await click.wait_callback(timeout=3)
+    assert callback["type"] == DEFERRED_UPDATE
+    await pintor.until(lambda: click.followups and is_result(click.followups[0]), timeout=90)
+    [result] = click.followups
+    job = await pintor.job(job_id_of(result))
+    varied = Request.from_json(job.request)
+    assert job.kind == "variation" and varied.init_image is not None
+    assert varied.controlnet == "sd-canny" and varied.control is not None
+    assert f"pintor-{job.id}-control.png" in {a["filename"] for a in result["attachments"]}
+
+
+async def test_info_says_what_each_model_can_do(pintor: Harness):
+    emu, studio = pintor.emu, pintor.studio
+
+    async def models_field() -> str:
+        inter = await emu.slash("info")
+        callback = await inter.wait_callback(timeout=3)
+        [embed] = callback["data"]["embeds"]
+        return next(f["value"] for f in embed["fields"] if f["name"] == "models")
+
+    shown = await models_field()
+    assert "tiny-sd: imagine, vary, ControlNet (canny, depth)" in shown
+    assert "tiny-kandinsky: imagine, vary, blend, ControlNet (depth)" in shown
+    await studio.update_rules(emu.guild_id, allow_controlnet=False)
+    try:
+        assert "ControlNet" not in await models_field()  # where a server denies it
+    finally:
+        await studio.update_rules(emu.guild_id, allow_controlnet=True)
+
+
 async def test_show_of_a_controlled_grid_shows_its_control_image(pintor: Harness, canny_grid: dict):
     grid_id = job_id_of(canny_grid)
     inter = await pintor.emu.slash("show", {"job_id": grid_id})

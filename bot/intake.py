@@ -205,6 +205,16 @@ def choose_control(registry: Registry, parsed: ParsedPrompt, spec: ModelSpec,
     return chosen
 
 
+def without_control_weight(parsed: ParsedPrompt) -> ParsedPrompt:
+    """A prompt without a control image: its --cw is ignored, with a notice (MidJourney's
+    --cw weighs a --cref, which is ignored too)."""
+    if "cw" not in parsed.given:
+        return parsed
+    return dataclasses.replace(parsed, given=parsed.given - {"cw"}, control_weight=None, notices=parsed.notices + (
+        f"Ignored --cw {parsed.control_weight:g}: it sets how strongly a control image holds (ControlNet), and "
+        "none is attached.",))
+
+
 def with_control(request: Request, parsed: ParsedPrompt, controlnet: ControlNetSpec | None) -> Request:
     """The request with its ControlNet, what the upload becomes (--cn, else the ControlNet's
     kind) and its weight (--cw, else 1); the upload's path is set when it is stored."""
@@ -340,11 +350,7 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
     if not control:
         # a --cn/--cw of "always append" waits for a prompt that has a control image
-        parsed = dataclasses.replace(parsed, given=parsed.given - ({"cn", "cw"} - typed))
-        if "cw" in parsed.given:
-            parsed = dataclasses.replace(parsed, given=parsed.given - {"cw"}, notices=parsed.notices + (
-                f"Ignored --cw {parsed.control_weight:g}: it sets how strongly a control image holds "
-                "(ControlNet), and none is attached.",))
+        parsed = without_control_weight(dataclasses.replace(parsed, given=parsed.given - ({"cn", "cw"} - typed)))
     controlnet = choose_control(registry, parsed, spec, control)
     return with_control(build_request(parsed, spec, loras=choose_loras(registry, parsed, spec)), parsed,
                         controlnet), notices

@@ -38,6 +38,7 @@ from bot.intake import (
     prepare_with_notices,
     refuses_unknown_parameters,
     with_control,
+    without_control_weight,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
 from generation.files import CONTROL_FILE, FileStore
@@ -532,6 +533,8 @@ class Studio:
             raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
         image_weights, text_weight = blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
         controlnet = choose_control(self.registry, parsed, spec, control is not None)
+        if control is None:
+            parsed = without_control_weight(parsed)
         everything = [*uploads, *([control] if control is not None else [])]
         images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in everything])
 

@@ -27,7 +27,8 @@ def original_edits(pintor: Harness, inter) -> list:
 async def test_commands_are_registered(pintor: Harness):
     commands = {c["name"]: c for c in pintor.emu.commands[None]}
     assert {"imagine", "show"} <= set(commands)
-    assert [(o["name"], o["type"], o["required"]) for o in commands["imagine"]["options"]] == [("prompt", 3, True)]
+    assert [(o["name"], o["type"], o["required"]) for o in commands["imagine"]["options"]] == [
+        ("prompt", 3, True), ("control", 11, False)]  # control: an attachment (ControlNet)
     assert commands["imagine"]["description"] == "Make four pictures from a prompt."
     [job_id] = commands["show"]["options"]
     assert (job_id["name"], job_id["type"], job_id["min_value"]) == ("job_id", 4, 1)

@@ -13,6 +13,8 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
+from bot.intake import Member
+from generation.events import Done
 from generation.files import CONTROL_FILE
 from generation.request import Request
 from tests.controlnet_helpers import build_controlnets, write_controlnet_registry
@@ -20,6 +22,7 @@ from tests.discord_emulator import DiscordEmulator
 from tests.discord_harness import Harness, harness_settings, is_result, job_id_of, until_idle
 from tests.test_discord_blend import refused
 from tests.test_inputs import bomb_png
+from tests.waiting import collect_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -250,3 +253,17 @@ async def test_blend_takes_a_control_image_for_kandinsky_depth(pintor: Harness):
     assert (request.model, request.controlnet, request.control_kind) == ("tiny-kandinsky", "kandinsky-depth", "depth")
     assert len(request.images) == 2 and request.control not in request.images
     assert f"pintor-{job.id}-control.png" in {a["filename"] for a in final["attachments"]}
+
+
+async def test_forget_deletes_the_control_upload_and_the_control_image(pintor: Harness):
+    studio = pintor.studio
+    member = Member(pintor.emu._snowflake(), "leaving")
+    request, notices = studio.prepare_with_notices("a fox --seed 9 --cn canny", control=True)
+    submitted = await studio.controlled(member, request, ("mine.png", shapes_png(90)), notices=notices)
+    await collect_until(submitted.events, lambda e: isinstance(e, Done))
+    job = await pintor.job(submitted.job_id)
+    assert job.grid_path is not None
+    control, upload = Path(job.grid_path).with_name(CONTROL_FILE), Path(str(Request.from_json(job.request).control))
+    assert control.is_file() and upload.is_file()
+    await studio.forget(member)
+    assert not control.exists() and not upload.exists() and not control.parent.exists()

@@ -30,10 +30,10 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _capabilities(spec) -> str:
-    can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
-                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
-    return ", ".join(can)
+def _capabilities(spec, registry) -> str:
+    from bot.intake import abilities
+
+    return ", ".join(abilities(registry, spec))
 
 
 def remote_capabilities(spec) -> str:
@@ -66,6 +66,7 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
+    from generation.availability import check_controlnet
     from generation.registry import WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
@@ -86,7 +87,7 @@ def models(settings: Settings) -> int:
                  "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
-        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES)}")
+        print(f"  {'':<16} can: {_capabilities(spec, registry)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES)}")
         if spec.config:
             print(f"  {'':<16} config: {spec.config}")
         if spec.prior:
@@ -107,6 +108,13 @@ def models(settings: Settings) -> int:
               f"in the prompt or --no")
         print(f"  {'':<16} {embedding.source}; "
               f"{_addition_state('embedding', embedding.name, embedding.source, embedding.weight_name)}")
+    for controlnet in registry.controlnets.values():
+        print(f"  ControlNet {controlnet.name:<5} {controlnet.kind} for {controlnet.family}; --cn {controlnet.kind} "
+              "with a control image")
+        for what, state in check_controlnet(controlnet):
+            source = controlnet.source if what == "ControlNet" else controlnet.estimator
+            print(f"  {'':<16} {what}: {source}; " + ("here" if state.downloaded else "NOT downloaded")
+                  + ("" if state.ok else f" — {state.detail}; {state.fix}"))
     if registry.selectors:
         print("MidJourney parameters that choose a model ([midjourney] in the registry file):")
         for (name, value), model in registry.selectors.items():
@@ -122,10 +130,11 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
     cache; each repo's size is said, and the free disk checked, before its download starts."""
     from bot.wiring import registry_from
-    from generation.hub import addition_sources, hub_sources, plan, plan_files
+    from generation.hub import addition_sources, controlnet_sources, hub_sources, plan, plan_files
 
     registry = registry_from(settings)
-    others = set(registry.loras) | set(registry.embeddings)  # LoRAs and embeddings are pulled by name too
+    # LoRAs, embeddings and ControlNets are pulled by name too
+    others = set(registry.loras) | set(registry.embeddings) | set(registry.controlnets)
     specs = ([registry.get(name) for name in names if name not in others] if names
              else list(registry.models.values()))
     if not fp16:
@@ -142,6 +151,10 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
             failed += not _pull_repo(spec.name, source, functools.partial(plan, source, variant, weights=weights))
     for name, source, files in addition_sources(registry, names or None):
         failed += not _pull_repo(name, source, functools.partial(plan_files, source, files), ", ".join(files))
+    for name, source, maybe_files in controlnet_sources(registry, names or None):
+        making = (functools.partial(plan, source) if maybe_files is None
+                  else functools.partial(plan_files, source, maybe_files))
+        failed += not _pull_repo(name, source, making, ", ".join(maybe_files) if maybe_files else None)
     return 1 if failed else 0
 
 

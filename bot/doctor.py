@@ -103,6 +103,11 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
             _check_addition(report, "LoRA", lora.name, lora.source, lora.weight_name)
         for embedding in registry.embeddings.values():
             _check_addition(report, "embedding", embedding.name, embedding.source, embedding.weight_name)
+        from generation.availability import check_controlnet
+
+        for controlnet in registry.controlnets.values():
+            for what, state in check_controlnet(controlnet):
+                report(OK if state.ok else PROBLEM, f"{what} {controlnet.name}", state.detail, state.fix)
     except RegistryError as err:
         report(PROBLEM, "models", str(err), "fix the file that PINTOR_MODELS names (see docs/models.md)")
 

@@ -7,11 +7,12 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generation.availability import ModelLoadError, require, require_addition
+from generation.availability import ModelLoadError, require, require_addition, require_controlnet
 from generation.inputs import UploadError
-from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
+from generation.prompt import CONTROL_AS_IS, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
     WEIGHTS_FILE_FAMILIES,
+    ControlNetSpec,
     LoraSpec,
     ModelSpec,
     Registry,
@@ -43,11 +44,12 @@ class ModelUnavailable(RequestError):
         self.detail = detail
 
 
-def check_model_files(registry: Registry, name: str, loras: Sequence[str] = ()) -> None:
+def check_model_files(registry: Registry, name: str, loras: Sequence[str] = (), controlnet: str | None = None) -> None:
     """Raise ModelUnavailable when model `name`'s files (its VAE's too) or those of the `loras`
-    (configured LoRA names) cannot be had here: checked from the file system and the Hugging
-    Face cache only (fast, no network), before a job is stored. A name the registry does not
-    hold (Pillow's resampling upscale) and a remote model (a provider's API) need no files."""
+    (configured LoRA names) or of the `controlnet` (a configured name; its depth estimator's
+    too) cannot be had here: checked from the file system and the Hugging Face cache only
+    (fast, no network), before a job is stored. A name the registry does not hold (Pillow's
+    resampling upscale) and a remote model (a provider's API) need no files."""
     spec = registry.models.get(name)
     if spec is None or spec.is_remote:  # a provider's API makes its pictures: nothing to download
         return
@@ -59,6 +61,8 @@ def check_model_files(registry: Registry, name: str, loras: Sequence[str] = ()) 
             require_addition("VAE", spec.name, spec.vae)
         for lora in map(registry.lora, loras):
             require_addition("LoRA", lora.name, lora.source, lora.weight_name)
+        if controlnet is not None and controlnet in registry.controlnets:
+            require_controlnet(registry.controlnets[controlnet])
     except ModelLoadError as err:
         raise ModelUnavailable(str(err), err.detail) from None
 
@@ -112,7 +116,8 @@ def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
 PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras",
                     "iw": "image_weight",
-                    "tile": "tile", "repeat": "repeat"}
+                    "tile": "tile", "repeat": "repeat",
+                    "cn": "control_kind", "cw": "control_weight"}
 
 
 def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
@@ -164,6 +169,77 @@ def choose_loras(registry: Registry, parsed: ParsedPrompt, spec: ModelSpec) -> l
                                "or leave it out.")
         chosen.append((lora, lora.weight if weight is None else weight))
     return chosen
+
+
+def choose_control(registry: Registry, parsed: ParsedPrompt, spec: ModelSpec,
+                   has_control: bool) -> ControlNetSpec | None:
+    """The configured ControlNet a request with a `control:` upload (`has_control`) uses, by
+    its `--cn KIND`: of that kind for the model's family; with `--cn none` (the upload already
+    is a control image) or no --cn, the family's first in models.toml. None without an upload.
+
+    Raises RequestError (said to the member, nothing stored) for --cn/--cw without an upload,
+    a model without ControlNets, a kind not configured for it, "pose" (no pose estimator
+    here) and "depth" on a ControlNet without a depth `estimator`. Whether the server allows
+    ControlNet is checked when the job is submitted (`Studio._check_rules`)."""
+    if not has_control:
+        if "cn" in parsed.given:
+            raise RequestError("--cn steers the picture by a control image: attach one to the `control` option, "
+                               "or leave it out.")
+        return None
+    fitting = [c for c in registry.controlnets.values() if c.fits(spec.family)]
+    if not fitting:
+        able = [m.name for m in registry.generators() if registry.control_kinds(m.family)]
+        raise RequestError(f"{spec.name} has no ControlNet configured here, so it cannot follow a control image. "
+                           + (f"Models that can: {', '.join(able)} (--model NAME)." if able
+                              else "No model here can: ask an admin."))
+    kind = parsed.control_kind
+    if kind is None or kind == CONTROL_AS_IS:
+        return fitting[0]
+    if kind == "pose":
+        raise RequestError("Pintor cannot find the pose in a photo here (no pose estimator is configured). If your "
+                           "picture already is an OpenPose skeleton, send it with --cn none"
+                           + (f" (it uses the ControlNet {fitting[0].name}, a {fitting[0].kind} one)." if
+                              fitting[0].kind != "pose" or len(fitting) > 1 else "."))
+    chosen = registry.controlnet_for(spec.family, kind)
+    if chosen is None:
+        raise RequestError(f"No {kind} ControlNet is configured for {spec.name}; it has: "
+                           f"{', '.join(registry.control_kinds(spec.family))} (--cn KIND), or --cn none.")
+    if kind == "depth" and not chosen.estimator:
+        raise RequestError(f"The depth ControlNet {chosen.name} has no depth estimator configured here: send a depth "
+                           "map with --cn none.")
+    return chosen
+
+
+def without_control_weight(parsed: ParsedPrompt) -> ParsedPrompt:
+    """A prompt without a control image: its --cw is ignored, with a notice (MidJourney's
+    --cw weighs a --cref, which is ignored too)."""
+    if "cw" not in parsed.given:
+        return parsed
+    return dataclasses.replace(parsed, given=parsed.given - {"cw"}, control_weight=None, notices=parsed.notices + (
+        f"Ignored --cw {parsed.control_weight:g}: it sets how strongly a control image holds (ControlNet), and "
+        "none is attached.",))
+
+
+def with_control(request: Request, parsed: ParsedPrompt, controlnet: ControlNetSpec | None) -> Request:
+    """The request with its ControlNet, what the upload becomes (--cn, else the ControlNet's
+    kind) and its weight (--cw, else 1); the upload's path is set when it is stored."""
+    if controlnet is None:
+        return request
+    weight = 1.0 if parsed.control_weight is None else parsed.control_weight
+    return request.replace(controlnet=controlnet.name, control_kind=parsed.control_kind or controlnet.kind,
+                           control_weight=weight)
+
+
+def abilities(registry: Registry, spec: ModelSpec, *, controlnet: bool = True) -> list[str]:
+    """What a model can do here, in words: imagine, vary, blend, upscale, and "ControlNet
+    (canny, depth)" with the kinds configured for its family (where `controlnet`: a server
+    that denies it shows none)."""
+    can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
+                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
+    kinds = registry.control_kinds(spec.family) if spec.can_generate and controlnet else []
+    if kinds:
+        can.append(f"ControlNet ({', '.join(kinds)})")
+    return can
 
 
 def allowed_loras(rules: ServerRules | None) -> list[str] | None:
@@ -240,10 +316,11 @@ def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = 
 
 
 def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
-                         allowed: Sequence[str] = (), strict: bool = False) -> tuple[Request, list[str]]:
+                         allowed: Sequence[str] = (), strict: bool = False,
+                         control: bool = False) -> tuple[Request, list[str]]:
     """`prepare_repeated`'s first request and notices: one grid (a --repeat asking for more is
     said in the request's notices: only /imagine makes several)."""
-    requests, notices = prepare_repeated(registry, text, defaults, allowed=allowed, strict=strict)
+    requests, notices = prepare_repeated(registry, text, defaults, allowed=allowed, strict=strict, control=control)
     request = requests[0]
     if len(requests) > 1:
         request = request.replace(notices=(*request.notices, f"--repeat {len(requests)} makes several grids in "
@@ -260,7 +337,8 @@ def repeated(request: Request, count: int, *, seed_given: bool) -> list[Request]
 
 
 def prepare_repeated(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
-                     allowed: Sequence[str] = (), strict: bool = False) -> tuple[list[Request], list[str]]:
+                     allowed: Sequence[str] = (), strict: bool = False,
+                     control: bool = False) -> tuple[list[Request], list[str]]:
     """Parse a prompt and resolve it against its model. Pure and fast: a front end calls it
     before acknowledging, to answer bad input with an error only its author sees.
 
@@ -269,11 +347,15 @@ def prepare_repeated(registry: Registry, text: str, defaults: MemberPreferences 
     (`fallback_model`). A model the member saved in /settings (or in "always append") that
     can no longer be used here is replaced by that model, and a notice for the result says
     so. `strict` (a server's rule) refuses parameters Pintor does not have instead of
-    ignoring them. Whether the rules allow the request is checked later, when it is
-    submitted. Returns the requests (one per grid --repeat asks for: `repeated`; each with
-    the prompt's own notices) and the notices about the member's defaults; raises the
+    ignoring them. `control`: a control image comes with the prompt (without one, a --cw
+    is ignored with a notice: MidJourney's --cw weighs its --cref) (its ControlNet is
+    chosen here: `choose_control`; the upload is stored with the job later). Whether the
+    rules allow the request is checked later, when it is submitted. Returns the requests
+    (one per grid --repeat asks for: `repeated`; each with the prompt's own notices) and the
+    notices about the member's defaults; raises the
     USER_ERRORS for bad input."""
     parsed = parse_prompt(text, strict=strict)
+    typed = parsed.given
     notices: list[str] = []
     if parsed.model is None:  # a --v/--niji/--style in the prompt beats the member's default model
         parsed = choose_model(registry, parsed, strict=strict)
@@ -293,5 +375,10 @@ def prepare_repeated(registry: Registry, text: str, defaults: MemberPreferences 
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
-    request = build_request(parsed, spec, loras=choose_loras(registry, parsed, spec))
+    if not control:
+        # a --cn/--cw of "always append" waits for a prompt that has a control image
+        parsed = without_control_weight(dataclasses.replace(parsed, given=parsed.given - ({"cn", "cw"} - typed)))
+    controlnet = choose_control(registry, parsed, spec, control)
+    request = with_control(build_request(parsed, spec, loras=choose_loras(registry, parsed, spec)), parsed,
+                           controlnet)
     return repeated(request, parsed.repeat, seed_given=parsed.seed is not None), notices

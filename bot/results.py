@@ -19,6 +19,7 @@ from bot.buttons import grid_view, picture_view
 from bot.limits import Echo, compose
 from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
+from generation.files import CONTROL_FILE
 from generation.request import JobKind, Request
 from generation.upscale import RESAMPLE
 from storage.models import Job, JobStatus
@@ -39,12 +40,16 @@ class Outgoing:
     image: FittedImage | None = None
     view: discord.ui.View | None = None
     spoiler: bool = False  # a picture the NSFW check flagged: shown behind a spoiler
+    control: FittedImage | None = None  # a ControlNet job's control image, attached beside the grid
 
     def files(self) -> list[discord.File]:
         """Fresh File objects: discord.py consumes them when it sends."""
         if self.image is None:
             return []
-        return [discord.File(io.BytesIO(self.image.data), filename=self.image.filename, spoiler=self.spoiler)]
+        files = [discord.File(io.BytesIO(self.image.data), filename=self.image.filename, spoiler=self.spoiler)]
+        if self.control is not None:
+            files.append(discord.File(io.BytesIO(self.control.data), filename=self.control.filename))
+        return files
 
 
 def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
@@ -167,9 +172,25 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
                                 vary=limits is None or limits.varies or limits.edits, repaint=limits is None)
         else:
             view = grid_view(job.id)
+    control = await _control_image(job, request, size_limit) if image is not None and not single else None
+    if control is not None:
+        lines.append(f"🎛️ Steered by the {request.control_kind} control image attached "
+                     f"(ControlNet {request.controlnet}, --cw {request.control_weight:g}).")
     content = compose(*headline(request.prompt, request.parameters, job.user_id),
                       *(f"\n{line}" for line in lines), *prompt_notices(request), *_notices(job))
-    return Outgoing(content, image, view, spoiler=any(i.flagged for i in shown))
+    return Outgoing(content, image, view, spoiler=any(i.flagged for i in shown), control=control)
+
+
+async def _control_image(job: Job, request: Request, size_limit: int) -> FittedImage | None:
+    """The control image a ControlNet grid was steered by (the worker keeps it beside the grid),
+    fitted to the upload limit; None for other jobs, or when it is gone."""
+    if request.controlnet is None or not job.grid_path:
+        return None
+    try:
+        data = await asyncio.to_thread(Path(job.grid_path).with_name(CONTROL_FILE).read_bytes)
+    except OSError:
+        return None
+    return await asyncio.to_thread(fit_image, data, f"pintor-{job.id}-control.png", size_limit)
 
 
 async def _parent_url(studio: Studio, job: Job) -> str | None:

@@ -34,6 +34,7 @@ from bot.intake import (
     blend_prompt,
     blend_weights,
     check_model_files,
+    choose_control,
     choose_loras,
     fallback_model,
     id_list,
@@ -42,9 +43,11 @@ from bot.intake import (
     prepare_repeated,
     prepare_with_notices,
     refuses_unknown_parameters,
+    with_control,
+    without_control_weight,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
-from generation.files import FileStore
+from generation.files import CONTROL_FILE, FileStore
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
@@ -136,7 +139,7 @@ def _remove_empty_folders(folders: set[str]) -> None:
 def _inputs_of(request_json: str) -> list[str]:
     """The picture files a stored request starts from (image to image, upscale, blend)."""
     request = Request.from_json(request_json)
-    return [path for path in (request.init_image, *request.images) if path]
+    return [path for path in (request.init_image, *request.images, request.control) if path]
 
 
 def link_name(url: str, limit: int = 60) -> str:
@@ -303,11 +306,34 @@ class Studio:
         return fallback_model(self.registry, allowed_models(rules))
 
     def prepare_with_notices(self, text: str, defaults: MemberPreferences | None = None, *,
-                             rules: ServerRules | None = None) -> tuple[Request, list[str]]:
+                             rules: ServerRules | None = None, control: bool = False) -> tuple[Request, list[str]]:
         """The request, and notices for its result (a saved model that is gone here), under
-        a server's rules (allowed models, strict parameters)."""
+        a server's rules (allowed models, strict parameters); with `control`, a control image
+        comes with it (its ControlNet chosen; `controlled` stores the upload and submits)."""
         return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
-                                    strict=refuses_unknown_parameters(rules))
+                                    strict=refuses_unknown_parameters(rules), control=control)
+
+    async def controlled(self, member: Member, request: Request, upload: tuple[str, bytes], *,
+                         notices: Sequence[str] = (), **where) -> Submitted:
+        """Submit a request prepared with `control=True` with its control image: the upload
+        (name, bytes as downloaded) is checked by content as /blend's are (generation.inputs:
+        bombs, extreme shapes, damaged files refused with UploadError), the server's rules
+        are checked (ControlNet allowed?), then it is stored under images/inputs/ before the
+        job, which refers to it (🔄, V and /show keep it). A refusal stores nothing."""
+        return (await self._controlled_many(member, [request], upload, notices=notices, **where))[0]
+
+    async def _controlled_many(self, member: Member, requests: Sequence[Request], upload: tuple[str, bytes],
+                               **where) -> list[Submitted]:
+        """`controlled` for the grids of one prompt (--repeat), all or none."""
+        if any(request.controlnet is None for request in requests):
+            raise ValueError("this request was not prepared with a control image")
+        name, data = upload
+        image = await asyncio.to_thread(open_upload, data, name)
+        if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
+            await self._check_rules(member, requests[0], where["rules"], where.get("channel_id"), jobs=len(requests))
+        return await self._submit_with_inputs(member, [image],
+                                              lambda paths: [each.replace(control=paths[0]) for each in requests],
+                                              **where)
 
     async def imagine(self, member: Member, text: str, *, uploads: Sequence[tuple[str, str]] = (),
                       **where) -> Submitted:
@@ -323,7 +349,8 @@ class Studio:
             self.fetcher.policy.check(url, link_name(url))
 
     async def submit_prompt(self, member: Member, requests: Sequence[Request], *,
-                            uploads: Sequence[tuple[str, str]] = (), **where) -> list[Submitted]:
+                            uploads: Sequence[tuple[str, str]] = (), control: tuple[str, str] | None = None,
+                            **where) -> list[Submitted]:
         """Submit a prepared prompt's requests (one per grid: --repeat; `submit_many`, all or
         none) with their image prompts: the links at the start of
         its prompt (`request.image_prompts`) and `uploads` ((file name, URL) of attachments),
@@ -331,7 +358,8 @@ class Studio:
         (generation.inputs.open_upload) and kept in the file store before the job is stored, so
         🔄, V and a restart never need the links again. How the pictures steer the grid:
         `image_prompt_request`. Without image prompts, the request is submitted as it is (a
-        --iw is said to have had nothing to weigh). Raises the USER_ERRORS (FetchError,
+        --iw is said to have had nothing to weigh). `control`: (file name, URL) of a control
+        image, for requests prepared with `control=True` (`controlled`). Raises the USER_ERRORS (FetchError,
         UploadError, RequestError…) with nothing stored."""
         request = requests[0]  # the grids of one prompt differ only in their seeds
         sources = [(link_name(url), url) for url in request.image_prompts] + list(uploads)
@@ -340,6 +368,9 @@ class Studio:
                 unused = ("--iw was not used: this prompt has no image prompt (links at its start, or the "
                           "image option).")
                 requests = [each.replace(notices=(*each.notices, unused)) for each in requests]
+            if control is not None:
+                return await self._controlled_many(member, requests, (control[0], await self.fetch(control[1], control[0])),
+                                                   **where)
             return await self.submit_many(member, requests, **where)
         self.check_image_prompts(request)
         spec = self.registry.get(request.model)
@@ -353,25 +384,33 @@ class Studio:
             # image to image from the first picture, cropped to the grid's shape (not stretched)
             images = [await asyncio.to_thread(ImageOps.fit, images[0], (request.width, request.height),
                                               Image.Resampling.LANCZOS)]
+        steering = []  # the control image, stored with the image prompts
+        if control is not None:
+            blob = await self.fetch(control[1], control[0])
+            steering = [await asyncio.to_thread(open_upload, blob, control[0])]
         rules = where.get("rules")
         requests = [image_prompt_request(each.replace(image_prompts=tuple(names)), spec, len(images), rules)
                     for each in requests]
         if rules is not None:  # a refusal writes nothing (submit_many checks again, atomically)
             await self._check_rules(member, requests[0], rules, where.get("channel_id"), jobs=len(requests))
 
-        def with_inputs(paths: list[str]) -> list[Request]:
-            if spec.can_blend:
-                return [each.replace(images=tuple(paths)) for each in requests]
-            return [each.replace(init_image=paths[0]) for each in requests]
+        count = len(images)
 
-        return await self._submit_with_inputs(member, images, with_inputs, **where)
+        def with_inputs(paths: list[str]) -> list[Request]:
+            kept = paths[:count]
+            controlled = [each.replace(control=paths[count]) if steering else each for each in requests]
+            if spec.can_blend:
+                return [each.replace(images=tuple(kept)) for each in controlled]
+            return [each.replace(init_image=kept[0]) for each in controlled]
+
+        return await self._submit_with_inputs(member, [*images, *steering], with_inputs, **where)
 
     def prepare_repeated(self, text: str, defaults: MemberPreferences | None = None, *,
-                         rules: ServerRules | None = None) -> tuple[list[Request], list[str]]:
+                         rules: ServerRules | None = None, control: bool = False) -> tuple[list[Request], list[str]]:
         """`prepare_with_notices` for every grid the prompt's --repeat asks for (one request
         each, with its own seed: `bot.intake.repeated`); submit them with `submit_many`."""
         return prepare_repeated(self.registry, text, defaults, allowed=allowed_models(rules),
-                                strict=refuses_unknown_parameters(rules))
+                                strict=refuses_unknown_parameters(rules), control=control)
 
     def remixed(self, request: Request, prompt: str | None, rules: ServerRules | None) -> Request:
         """`request` with the words of `prompt` (Remix, Custom Zoom: a member's new prompt for a
@@ -410,6 +449,8 @@ class Studio:
                 raise RequestError(f"The picture job {job_id} painted around is gone from the file store.")
             return await self.submit(member, request.replace(seed=random_seed()), parent_id=parent.parent_id,
                                      parent_index=parent.parent_index, **where)
+        if request.control and not Path(request.control).is_file():
+            raise RequestError(f"The control image of job {job_id} is gone from the file store.")
         kind = JobKind.BLEND if request.kind == JobKind.BLEND else JobKind.REROLL
         if any(not Path(path).is_file() for path in _inputs_of(parent.request)):
             # a blend's or image prompts' pictures: kept in the file store (never fetched again)
@@ -453,6 +494,9 @@ class Studio:
                                 width=width, height=height, loras=tuple(
                                     (name, weight) for name, weight in base.loras
                                     if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
+            steering = self.registry.controlnets.get(base.controlnet or "")
+            if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
+                base = base.replace(control=None, control_kind=None, controlnet=None)
         base = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
@@ -636,12 +680,13 @@ class Studio:
 
     async def blend(self, member: Member, uploads: list[tuple[str, bytes]], *, prompt: str = "",
                     weights: str = "", dimensions: str = "square", model: str | None = None,
-                    **where) -> Submitted:
+                    control: tuple[str, bytes] | None = None, **where) -> Submitted:
         """Mix 2–5 uploaded images (and a text) into a new grid through a Kandinsky prior.
 
         `uploads` are (name, bytes) as downloaded; each is checked by content before anything
-        is stored. The inputs are kept with the job, so 🔄 and /show work after the upload's
-        URL has expired.
+        is stored. `control`: an upload whose depth map steers the decoder (Kandinsky 2.2's
+        ControlNet; --cn/--cw in the prompt as for /imagine). The inputs are kept with the
+        job, so 🔄 and /show work after the upload's URL has expired.
         """
         rules = where.get("rules")
         parsed = blend_prompt(prompt, strict=rules is not None and rules.strict_parameters)
@@ -660,7 +705,11 @@ class Studio:
         if dimensions not in BLEND_DIMENSIONS:
             raise RequestError(f"dimensions must be one of {', '.join(BLEND_DIMENSIONS)}.")
         image_weights, text_weight = blend_weights(weights, len(uploads), has_text=bool(parsed.parts))
-        images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in uploads])
+        controlnet = choose_control(self.registry, parsed, spec, control is not None)
+        if control is None:
+            parsed = without_control_weight(parsed)
+        everything = [*uploads, *([control] if control is not None else [])]
+        images = await asyncio.to_thread(lambda: [open_upload(data, name) for name, data in everything])
 
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
@@ -670,18 +719,21 @@ class Studio:
             prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
             image_weights=tuple(image_weights))
+        request = with_control(request, parsed, controlnet)
         if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
             await self._check_rules(member, request, where["rules"], where.get("channel_id"))
-        submitted = await self._submit_with_inputs(member, images, lambda paths: [request.replace(images=tuple(paths))],
-                                                   **where)
+        count = len(uploads)
+        submitted = await self._submit_with_inputs(
+            member, images,
+            lambda paths: [request.replace(images=tuple(paths[:count]), control=paths[count] if control else None)],
+            **where)
         return submitted[0]
 
     async def _submit_with_inputs(self, member: Member, images: Sequence[Image.Image],
                                   requests_for: Callable[[list[str]], list[Request]], **where) -> list[Submitted]:
         """Keep `images` in the file store (`_keep_inputs`), then submit `requests_for(their paths)`
-        (`submit_many`).
-        If the job is not stored, the files this call wrote that no job refers to are deleted
-        again (another job may share a file: they are named by content)."""
+        (`submit_many`). If the job is not stored, the files this call wrote that no job refers
+        to are deleted again (another job may share a file: they are named by content)."""
         paths, written = await asyncio.to_thread(self._keep_inputs, images)
         try:
             return await self.submit_many(member, requests_for(paths), **where)
@@ -789,7 +841,8 @@ class Studio:
             raise RequestError("This prompt's image prompts were not fetched; nothing was made.")
         try:  # a model whose files cannot be had is refused now, not after the worker starts
             for request in requests:
-                check_model_files(self.registry, request.model, [name for name, _ in request.loras])
+                check_model_files(self.registry, request.model, [name for name, _ in request.loras],
+                                  request.controlnet)
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
@@ -850,6 +903,9 @@ class Studio:
                              "this server has not allowed remote models. An admin can, with "
                              "/pintor-admin remote-models.")
         self._check_loras(request, rules)
+        if request.controlnet is not None and not rules.allow_controlnet:
+            raise LimitError("ControlNet (a control image with --cn) is not allowed on this server. Send the prompt "
+                             "without the control image.")
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
@@ -988,8 +1044,9 @@ class Studio:
                 await self.queue.cancel(job.id)
             paths, requests = await self.store.forget_user(member.id)
             # their uploads too (/blend inputs), unless another member's job uses the same picture
-            uploads = {path for text in requests for path in Request.from_json(text).images
-                       if self._is_upload(path)}
+            uploads = {path for text in requests for path in _inputs_of(text) if self._is_upload(path)}
+            # the control images made for them, beside their grids (no row names them)
+            paths += [str(Path(path).with_name(CONTROL_FILE)) for path in paths if Path(path).name == "grid.png"]
             paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
             # pictures of others' jobs theirs started from, if nothing refers to them any more
             paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
@@ -1052,7 +1109,8 @@ class Studio:
                 log.exception("could not store %s", event)
                 if isinstance(event, Done):
                     # no row refers to its pictures (the job may be gone: /forget): keep none
-                    paths = [str(self.files.path(i.key)) for i in (*event.images, event.grid)]
+                    control = () if event.control is None else (event.control,)
+                    paths = [str(self.files.path(i.key)) for i in (*event.images, event.grid, *control)]
                     await asyncio.to_thread(_delete_files, paths)
                     event = Failed(event.job_id, "The result could not be saved.")
                     with contextlib.suppress(Exception):  # the database may be what failed

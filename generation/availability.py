@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from generation.registry import ControlNetSpec
 
 # what `from_pretrained` needs in a pipeline folder (diffusers' DiffusionPipeline.config_name)
 PIPELINE_INDEX = "model_index.json"
@@ -107,24 +111,29 @@ def check_source(name: str, source: str, config: str | None = None, *, weights_f
 # the file a hub repo or folder is read from when the entry names none (diffusers' own names:
 # LORA_WEIGHT_NAME_SAFE, TEXT_INVERSION_NAME_SAFE; an AutoencoderKL's config)
 ADDITION_FILES = {"LoRA": "pytorch_lora_weights.safetensors", "embedding": "learned_embeds.safetensors",
-                  "VAE": "config.json"}
+                  "VAE": "config.json", "ControlNet": "config.json", "depth estimator": "config.json"}
+# the kinds whose source may be a folder (a model saved with save_pretrained: config.json at its top)
+FOLDER_KINDS = {"VAE", "ControlNet", "depth estimator"}
 
 
 def check_addition(kind: str, name: str, source: str, weight_name: str | None = None) -> SourceState:
     """What the `source` of a LoRA, textual-inversion embedding or VAE (`kind`: "LoRA",
     "embedding", "VAE") of entry `name` is here, without loading it and without the network.
 
-    A path must be a file (for a VAE also a folder with config.json); a hub id is downloaded
+    A path must be a file (for a VAE, ControlNet or depth estimator also a folder with
+    config.json: FOLDER_KINDS); a hub id is downloaded
     when its file (`weight_name`, else ADDITION_FILES[kind]) is in the Hugging Face cache, and
     cannot be had offline otherwise. Returns SourceState (`fix`: what to do)."""
     wanted = weight_name or ADDITION_FILES[kind]
     path = Path(source).expanduser()
     if path.exists() or looks_like_path(source):
-        if path.is_file() or (kind == "VAE" and (path / wanted).is_file()):
+        if (path.is_file() and kind not in FOLDER_KINDS - {"VAE"}) or (kind in FOLDER_KINDS
+                                                                         and (path / wanted).is_file()):
             return SourceState(True, f"{kind} {source}", downloaded=True)
         if path.is_dir() and (path / wanted).is_file():
             return SourceState(True, f"{kind} {path / wanted}", downloaded=True)
-        what = "a file" + (" or a folder with config.json" if kind == "VAE" else "")
+        what = {"VAE": "a file or a folder with config.json"}.get(
+            kind, "a folder with config.json" if kind in FOLDER_KINDS else "a file")
         return SourceState(False, f"{kind} {source} " + ("is not " + what if path.exists() else "does not exist"),
                            f"fix the source of '{name}' ({what})")
     from huggingface_hub import try_to_load_from_cache
@@ -152,6 +161,31 @@ def require_addition(kind: str, name: str, source: str, weight_name: str | None 
         raise ModelLoadError(f"The {kind} '{name}' cannot be loaded on this server right now (its file is missing "
                              "or cannot be downloaded). An admin can see why with `pintor doctor`.",
                              f"cannot load {kind} '{name}': {state.detail}; {state.fix}")
+
+
+def check_controlnet(controlnet: ControlNetSpec) -> list[tuple[str, SourceState]]:
+    """What the files of a configured ControlNet are here, without loading them and without the
+    network: its own (a diffusers ControlNetModel: config.json, as check_addition; a Kandinsky
+    2.2 ControlNet is a whole decoder pipeline: check_source) and its depth estimator's (a
+    transformers model folder or hub id: config.json). Returns (what, SourceState) pairs."""
+    if controlnet.family == "kandinsky22":
+        states = [("ControlNet", check_source(controlnet.name, controlnet.source))]
+    else:
+        states = [("ControlNet", check_addition("ControlNet", controlnet.name, controlnet.source))]
+    if controlnet.estimator:
+        states.append(("depth estimator", check_addition("depth estimator", controlnet.name, controlnet.estimator)))
+    return states
+
+
+def require_controlnet(controlnet: ControlNetSpec) -> None:
+    """Raise ModelLoadError when a ControlNet's files (or its depth estimator's) cannot be had
+    here (`check_controlnet`); str(err) names the entry, not its path."""
+    for what, state in check_controlnet(controlnet):
+        if not state.ok:
+            raise ModelLoadError(f"The ControlNet '{controlnet.name}' cannot be loaded on this server right now (its "
+                                 "files are missing or cannot be downloaded). An admin can see why with "
+                                 "`pintor doctor`.",
+                                 f"cannot load ControlNet '{controlnet.name}' ({what}): {state.detail}; {state.fix}")
 
 
 def _check_folder(name: str, source: str, path: Path) -> SourceState:

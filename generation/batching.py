@@ -50,8 +50,9 @@ def batch_key(request: Request) -> Hashable | None:
     The key is the model (and with it the pipeline family and scheduler), text to image or
     image to image, and every request field not in PER_JOB_FIELDS: size in pixels, steps,
     guidance scale (so guidance on or off), image-to-image strength, and any field added later
-    (a request's `loras`, for one). Lists and dicts are made hashable."""
-    if request.kind in (JobKind.UPSCALE, JobKind.OUTPAINT, JobKind.PICK):
+    (a request's `loras`, for one). Lists and dicts are made hashable. A job steered by a
+    ControlNet (`control`) runs alone: its control image is made for it in the worker."""
+    if request.kind in (JobKind.UPSCALE, JobKind.OUTPAINT, JobKind.PICK) or request.control is not None:
         return None
     shared = tuple((f.name, _hashable(getattr(request, f.name)))
                    for f in dataclasses.fields(request) if f.name not in PER_JOB_FIELDS)

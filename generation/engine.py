@@ -20,13 +20,21 @@ from PIL import Image
 
 from generation import adapters, esrgan, outpaint, remote, seamless
 from generation.batching import BATCH_FAMILIES, batch_key
+from generation.control import ControlError, depth_hint, make_control_image
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.previews import PREVIEW_SIDE, Preview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
-from generation.registry import ADDITION_FAMILIES, EMPHASIS_FAMILIES, ModelSpec, Registry, UnknownLoraError
+from generation.registry import (
+    ADDITION_FAMILIES,
+    EMPHASIS_FAMILIES,
+    ControlNetSpec,
+    ModelSpec,
+    Registry,
+    UnknownLoraError,
+)
 from generation.request import JobKind, Request
 from generation.safety import blur
 from generation.tiling import Stop
@@ -59,6 +67,7 @@ class Generated:
     images: list[Image.Image]
     notices: list[str]
     flagged: list[bool] = field(default_factory=list)  # by the model's NSFW check, per image
+    control: Image.Image | None = None  # the ControlNet's control image, shown beside the grid
 
 
 def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -163,20 +172,44 @@ class Engine:
         stopped = [False] * len(jobs)
         callback = self._batch_callback(jobs, stopped, lambda *a: self.pipelines.preview(spec)(*a))
         notices_per_job: list[list[str]] = [[] for _ in jobs]
+        control = self._control(first, spec)  # a controlled job runs alone (batch_key)
         with self._additions([job.request for job in jobs], spec):
             if first.kind == JobKind.OUTPAINT:
                 batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
             elif spec.family in ("kandinsky21", "kandinsky22"):
-                batches = [self._kandinsky(first, spec, notices_per_job[0], callback)]
+                batches = [self._kandinsky(first, spec, notices_per_job[0], callback, control)]
             else:
-                batches = self._stable_diffusion(jobs, spec, notices_per_job, callback)
+                batches = self._stable_diffusion(jobs, spec, notices_per_job, callback, control)
         results: list[Generated | None] = []
         for i, (job, images, notices) in enumerate(zip(jobs, batches, notices_per_job, strict=True)):
             stopped[i] = stopped[i] or job.should_stop()
-            results.append(None if stopped[i] else self._checked(job.request, spec, images, notices))
+            result = None if stopped[i] else self._checked(job.request, spec, images, notices)
+            if result is not None and control is not None:
+                result.control = control[1]
+            results.append(result)
         if all(stopped):
             raise GenerationStopped()
         return results
+
+    def _control(self, request: Request, spec: ModelSpec) -> tuple[ControlNetSpec, Image.Image] | None:
+        """The request's ControlNet and its control image, made here from the stored upload
+        (generation/control.py) at the request's size; None for a job without one. Raises
+        ModelLoadError for a ControlNet removed from models.toml, one of another family, or one
+        whose control image cannot be made here (pose without an estimator)."""
+        if request.control is None or request.controlnet is None or request.kind == JobKind.OUTPAINT:
+            return None  # (Zoom Out and Pan paint a canvas's border: no ControlNet there)
+        controlnet = self.registry.controlnets.get(request.controlnet)
+        if controlnet is None or not controlnet.fits(spec.family):
+            raise ModelLoadError(f"The ControlNet '{request.controlnet}' is no longer configured for {spec.name}; "
+                                 "it was removed since this job was asked for.")
+        kind = request.control_kind or controlnet.kind
+        depth = self.pipelines.depth_estimator(controlnet) if kind == "depth" else None
+        try:
+            picture = make_control_image(self._open(request.control), kind, (request.width, request.height),
+                                         depth=depth)
+        except ControlError as err:
+            raise ModelLoadError(f"The control image cannot be made: {err}.") from None
+        return controlnet, picture
 
     def _checked(self, request: Request, spec: ModelSpec, images: list[Image.Image],
                  notices: list[str]) -> Generated:
@@ -208,10 +241,15 @@ class Engine:
     # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
 
     def _stable_diffusion(self, jobs: Sequence[BatchJob], spec: ModelSpec, notices: list[list[str]],
-                          callback: StepEndCallback) -> list[list[Image.Image]]:
-        """One pipeline call for every job (they share batch_key); returns each job's images."""
+                          callback: StepEndCallback,
+                          control: tuple[ControlNetSpec, Image.Image] | None = None) -> list[list[Image.Image]]:
+        """One pipeline call for every job (they share batch_key); returns each job's images.
+        With `control` (a job alone): the family's ControlNet pipeline, steered by the image."""
         first = jobs[0].request
-        pipe = self.pipelines.get(spec, "img2img" if first.init_image else "text2img")
+        if control is not None:
+            pipe = self.pipelines.controlled(spec, control[0], img2img=first.init_image is not None)
+        else:
+            pipe = self.pipelines.get(spec, "img2img" if first.init_image else "text2img")
         guided = first.guidance > 1.0
         # per job, exactly as alone, then one after another along the batch dimension
         embeds = [self._prompt_embeds(pipe, job.request, guided, job_notices)
@@ -235,6 +273,10 @@ class Engine:
             latents = torch.cat([initial_noise(job.request, shape) for job in jobs])
             kwargs.update(width=first.width, height=first.height,
                           latents=latents.to(self.device.device, self.device.dtype))
+        if control is not None:
+            # text to image takes the control image as `image`; image to image as `control_image`
+            kwargs["control_image" if first.init_image else "image"] = control[1]
+            kwargs["controlnet_conditioning_scale"] = first.control_weight
         self.pipelines.fit_vae(pipe, first.width, first.height, sum(job.request.count for job in jobs))
         with seamless.circular(pipe, first.tile):  # --tile (the same for the whole batch: batch_key)
             images: list[Image.Image] = pipe(**kwargs).images
@@ -310,7 +352,8 @@ class Engine:
     # 2. Kandinsky 2.1/2.2: the prior turns text (and images) into an image embedding --------------
 
     def _kandinsky(self, request: Request, spec: ModelSpec, notices: list[str],
-                   callback: StepEndCallback) -> list[Image.Image]:
+                   callback: StepEndCallback,
+                   control: tuple[ControlNetSpec, Image.Image] | None = None) -> list[Image.Image]:
         embeds, negative, texts = self._image_embeds(request, spec, notices)
         generators = [torch.Generator().manual_seed(s) for s in request.seeds()]
         kwargs: dict[str, Any] = dict(image_embeds=embeds, negative_image_embeds=negative,
@@ -326,7 +369,22 @@ class Engine:
             steps = min(int(request.steps * request.strength), request.steps) if request.init_image else request.steps
             del kwargs["callback_on_step_end"]
             kwargs.update(callback_steps=1, callback=legacy_callback(callback, total=steps))
-        if request.init_image:
+        if control is not None:
+            # Kandinsky 2.2's ControlNet decoder: the depth map as `hint`, one per image; it has
+            # no conditioning scale (the hint enters its UNet as is) and the older callback
+            pipe = self.pipelines.controlled(spec, control[0], img2img=request.init_image is not None)
+            kwargs["hint"] = depth_hint(control[1]).repeat(request.count, 1, 1, 1).to(self.device.device,
+                                                                                      self.device.dtype)
+            steps = (min(int(request.steps * request.strength), request.steps) if request.init_image
+                     else request.steps)
+            del kwargs["callback_on_step_end"]
+            kwargs.update(callback_steps=1, callback=legacy_callback(callback, total=steps))
+            if request.control_weight != 1.0:
+                notices.append("Kandinsky's ControlNet has no strength setting: --cw was not used.")
+            if request.init_image:
+                kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,
+                              strength=request.strength)
+        elif request.init_image:
             pipe = self.pipelines.get(spec, "img2img")
             kwargs.update(image=[self._open(request.init_image, (request.width, request.height))] * request.count,
                           strength=request.strength)

@@ -53,6 +53,8 @@ class Done:
     images: tuple[ImageFile, ...]
     grid: ImageFile
     notices: tuple[str, ...] = field(default=())
+    # the control image a ControlNet job was steered by ("jobs/12/control.png"), shown beside the grid
+    control: ImageFile | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def event_from_json(text: str | bytes) -> Event:
         kind = EVENT_TYPES[data.pop("type")]
         if kind is Done:
             return Done(job_id=int(data["job_id"]), images=tuple(_image_from_dict(i) for i in data["images"]),
-                        grid=_image_from_dict(data["grid"]), notices=tuple(data.get("notices", ())))
+                        grid=_image_from_dict(data["grid"]), notices=tuple(data.get("notices", ())),
+                        control=_image_from_dict(data["control"]) if data.get("control") else None)
         if kind is Progress:
             return Progress(int(data["job_id"]), int(data["step"]), int(data["total"]), _unb64(data.get("preview")))
         if kind is Started:

@@ -18,6 +18,9 @@ class BadKey(ValueError):
     """A key that is not a plain relative path inside the store (absolute, "..", empty)."""
 
 
+CONTROL_FILE = "control.png"  # a ControlNet job's control image, beside its grid
+
+
 def job_key(job_id: int, name: str) -> str:
     """The key of a file a job made: "jobs/<job id>/<name>" (name e.g. "1.png", "grid.png")."""
     return f"jobs/{job_id}/{name}"

@@ -67,6 +67,27 @@ def addition_sources(registry: Registry, names: list[str] | None = None) -> list
     return wanted
 
 
+# what ControlNetModel.from_pretrained and a transformers depth model read from a hub repo
+CONTROLNET_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+DEPTH_ESTIMATOR_FILES = ["config.json", "preprocessor_config.json", "model.safetensors"]
+
+
+def controlnet_sources(registry: Registry, names: list[str] | None = None) -> list[tuple[str, str, list[str] | None]]:
+    """The hub ids of the ControlNets (of the entries `names`, all for None) and of their depth
+    estimators, with the files to pull from each: (entry name, hub id, files), files None for
+    a whole pipeline (a Kandinsky 2.2 ControlNet decoder: pulled as `plan` chooses)."""
+    wanted: list[tuple[str, str, list[str] | None]] = []
+    for controlnet in registry.controlnets.values():
+        if names is not None and controlnet.name not in names:
+            continue
+        if _is_hub_id(controlnet.source):
+            files = None if controlnet.family == "kandinsky22" else CONTROLNET_FILES
+            wanted.append((controlnet.name, controlnet.source, files))
+        if controlnet.estimator and _is_hub_id(controlnet.estimator):
+            wanted.append((controlnet.name, controlnet.estimator, DEPTH_ESTIMATOR_FILES))
+    return wanted
+
+
 def plan_files(repo_id: str, files: list[str]) -> Plan:
     """The plan to pull exactly `files` of `repo_id` (sizes from the hub, no download). Raises the
     hub's errors, as `plan` does."""

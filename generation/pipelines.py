@@ -19,24 +19,39 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
+    ControlNetModel,
     KandinskyImg2ImgPipeline,
     KandinskyPipeline,
     KandinskyPriorPipeline,
+    KandinskyV22ControlnetImg2ImgPipeline,
+    KandinskyV22ControlnetPipeline,
     KandinskyV22Img2ImgPipeline,
     KandinskyV22InpaintPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetPipeline,
     StableDiffusionXLPipeline,
 )
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-from generation.availability import ModelLoadError, explain, member_message, require, require_addition
+from generation.availability import (
+    ModelLoadError,
+    explain,
+    member_message,
+    require,
+    require_addition,
+    require_controlnet,
+)
+from generation.control import DepthEstimator
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
 from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
-from generation.registry import ModelSpec
+from generation.registry import ControlNetSpec, ModelSpec
 from generation.safety import SafetyChecker
 from generation.schedulers import PipelineTask, SchedulerError, fits, loop_for, replacement, scheduler_class
 
@@ -112,6 +127,7 @@ class PipelineCache:
         self.channels_last = on_cuda if self.fast.channels_last is None else self.fast.channels_last
         self.offload_modes: dict[str, Offload] = {}  # model name → the mode it was loaded with
         self._previews: dict[str, Preview] = {}  # model name → its preview maker
+        self._estimators: dict[str, DepthEstimator] = {}  # depth estimator source → the model
         self._models: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def loaded(self) -> list[str]:
@@ -134,6 +150,78 @@ class PipelineCache:
         if task not in entry:
             entry[task] = self._build(spec, task, entry)
         return entry[task]
+
+    def controlled(self, spec: ModelSpec, controlnet: ControlNetSpec, *, img2img: bool = False) -> Any:
+        """`spec`'s pipeline steered by `controlnet`: for SD and SDXL the family's ControlNet
+        pipeline (text to image, or image to image with `img2img`) built with `from_pipe` from
+        the model's cached text-to-image pipeline (the same UNet, VAE and text encoders in
+        memory) and the ControlNetModel loaded once and kept with the model; for Kandinsky 2.2
+        the ControlNet decoder pipeline `controlnet.source` names (KandinskyV22Controlnet(Img2Img)
+        Pipeline: its own UNet reads the depth hint), its prior the model's. Raises
+        ModelLoadError when the ControlNet's files cannot be had or do not load, and as get()."""
+        key = f"controlnet:{controlnet.name}:{'img2img' if img2img else 'text2img'}"
+        entry = self._models.get(spec.name)
+        if entry is not None and key in entry:
+            self._models.move_to_end(spec.name)
+            return entry[key]
+        require_controlnet(controlnet)
+        task: PipelineTask = "img2img" if img2img else "text2img"
+        if spec.family == "kandinsky22":
+            if img2img:  # the same decoder's weights (its text-to-image pipeline's components)
+                base = self.controlled(spec, controlnet)
+                decoder: Any = KandinskyV22ControlnetImg2ImgPipeline  # (untyped in diffusers)
+                pipe = decoder(**base.components)
+                # as for Kandinsky's img2img (_build): pictures arrive at the request's size, and
+                # its preprocess(image, width, height) swaps the sides
+                pipe.image_processor.register_to_config(do_resize=False)
+                pipe = self._finish(pipe, spec, task, placed=True)
+            else:
+                pipe = self._finish(self._load(KandinskyV22ControlnetPipeline, controlnet.source, spec), spec, task)
+        else:
+            base = self.get(spec, "text2img")
+            entry = self._models[spec.name]
+            model = entry.get(f"controlnet:{controlnet.name}") or self._load_controlnet(spec, controlnet)
+            entry[f"controlnet:{controlnet.name}"] = model
+            sdxl = spec.family.startswith("sdxl")
+            cls = ((StableDiffusionXLControlNetImg2ImgPipeline if img2img else StableDiffusionXLControlNetPipeline)
+                   if sdxl else (StableDiffusionControlNetImg2ImgPipeline if img2img
+                                 else StableDiffusionControlNetPipeline))
+            pipe = self._finish(cls.from_pipe(base, controlnet=model), spec, task, placed=True)
+        self._models[spec.name][key] = pipe
+        return pipe
+
+    def _load_controlnet(self, spec: ModelSpec, controlnet: ControlNetSpec) -> Any:
+        log.info("loading ControlNet %s from %s for %s", controlnet.name, controlnet.source, spec.name)
+        try:
+            model = ControlNetModel.from_pretrained(controlnet.source, dtype=self.device.dtype)  # type: ignore[no-untyped-call]
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(f"The ControlNet '{controlnet.name}' cannot be used on this server right now (its "
+                                 "files do not load). An admin can see why with `pintor doctor`.",
+                                 f"cannot load ControlNet '{controlnet.name}' from {controlnet.source}: "
+                                 f"{type(err).__name__}: {first}") from err
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload, unused-ignore]
+        return model.to(self.device.device)
+
+    def depth_estimator(self, controlnet: ControlNetSpec) -> DepthEstimator:
+        """The depth-estimation model a depth ControlNet names (`estimator`), loaded once (kept
+        until release()). Raises ModelLoadError when it cannot be had or does not load, and
+        ValueError for a ControlNet without one."""
+        if not controlnet.estimator:
+            raise ValueError(f"ControlNet '{controlnet.name}' has no depth estimator")
+        if controlnet.estimator not in self._estimators:
+            require_controlnet(controlnet)
+            log.info("loading depth estimator %s", controlnet.estimator)
+            try:
+                self._estimators[controlnet.estimator] = DepthEstimator(controlnet.estimator, self.device.device)
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ModelLoadError(f"The depth estimator of ControlNet '{controlnet.name}' cannot be used on this "
+                                     "server right now. An admin can see why with `pintor doctor`.",
+                                     f"cannot load depth estimator {controlnet.estimator} of ControlNet "
+                                     f"'{controlnet.name}': {type(err).__name__}: {first}") from err
+        return self._estimators[controlnet.estimator]
 
     def safety_checker(self, spec: ModelSpec) -> SafetyChecker | None:
         """The model's NSFW checker, if it ships one (loads its text-to-image pipeline first);
@@ -174,6 +262,7 @@ class PipelineCache:
         self._models.clear()
         self.offload_modes.clear()
         self._previews.clear()
+        self._estimators.clear()
         self._free()
 
     def _evict_for_one_more(self) -> None:

@@ -61,6 +61,12 @@ IMAGE_WEIGHT_RANGE = (0.0, 3.0)
 # grids one command may make with --repeat (each a job of its own, counted by a server's limits);
 # MidJourney allows 40 on its largest plans, Pintor's worker is one GPU shared by a server
 MAX_REPEAT = 4
+# ControlNet: what a control image shows (--cn KIND; the lllyasviel ControlNet 1.1 names), and
+# "none" for an upload that already is a control image; --cw is diffusers'
+# controlnet_conditioning_scale (0: no effect, 1: as trained; beyond 2 the picture breaks up)
+CONTROL_KINDS = ("canny", "depth", "pose", "scribble", "lineart")
+CONTROL_AS_IS = "none"
+CONTROL_WEIGHT_RANGE = (0.0, 2.0)
 
 
 class PromptError(ValueError):
@@ -94,6 +100,9 @@ class ParsedPrompt:
     image_weight: float = 1.0
     tile: bool = False  # --tile: pictures that repeat seamlessly (circular padding)
     repeat: int = 1  # --repeat N: the command makes N grids (N jobs)
+    # --cn KIND (a CONTROL_KINDS name or "none") and --cw weight: how a control: upload steers
+    control_kind: str | None = None
+    control_weight: float | None = None
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -230,6 +239,23 @@ def _parse_image_weight(value: str, notices: list[str]) -> float:
     if not low <= weight <= high:
         raise ValueError(value)
     return weight
+def _parse_control_kind(value: str, notices: list[str]) -> str:
+    kind = value.lower()
+    if kind not in (*CONTROL_KINDS, CONTROL_AS_IS):
+        raise ValueError(value)
+    return kind
+
+
+def _parse_control_weight(value: str, notices: list[str]) -> float:
+    """0–2 (CONTROL_WEIGHT_RANGE); a number above 2 becomes 2, with a notice."""
+    if not _DECIMAL_RE.fullmatch(value):
+        raise ValueError(value)
+    low, high = CONTROL_WEIGHT_RANGE
+    weight = float(value)
+    if weight > high:
+        notices.append(f"--cw {quote(value)} is over the highest value; used {high:g}.")
+        return high
+    return max(low, weight)
 
 
 def _format_loras(loras: tuple[tuple[str, float | None], ...]) -> str:
@@ -267,12 +293,16 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
         _Param("tile", "tile", "given alone, without a value", lambda value, notices: True, flag=True),
         _Param("repeat", "repeat", f"a whole number from 1 to {MAX_REPEAT}",
                _int_between("repeat", 1, MAX_REPEAT, clamp=True)),
+        _Param("cn", "control_kind", f"what the control: image becomes: {', '.join(CONTROL_KINDS)}, or "
+               f"{CONTROL_AS_IS} when it already is a control image (e.g. --cn canny)", _parse_control_kind),
+        _Param("cw", "control_weight", f"a number from {CONTROL_WEIGHT_RANGE[0]:g} to {CONTROL_WEIGHT_RANGE[1]:g}: "
+               "how strongly the control image holds (default 1)", _parse_control_weight, _format_weight),
     )
     return {param.name: param for param in params}
 
 
 KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, --iw, "
-                    "--tile, --repeat (also --aspect, --c, --s, --quality, --r).")
+                    "--tile, --repeat, --cn, --cw (also --aspect, --c, --s, --quality, --r).")
 
 
 # --------------------------------------------------------------------------
@@ -302,7 +332,7 @@ _FOREIGN: dict[str, _Foreign] = {
     "niji": _Foreign(_OPTIONAL, _MODEL), "style": _Foreign(_ONE, _MODEL),
     "w": _Foreign(_ONE, _ASPECT), "h": _Foreign(_ONE, _ASPECT),
     "width": _Foreign(_ONE, _ASPECT), "height": _Foreign(_ONE, _ASPECT),
-    "sw": _Foreign(_ONE, _IMAGES), "cw": _Foreign(_ONE, _IMAGES),
+    "sw": _Foreign(_ONE, _IMAGES),
     "ow": _Foreign(_ONE, _IMAGES),
     "sref": _Foreign(_MANY, _IMAGES), "cref": _Foreign(_MANY, _IMAGES), "oref": _Foreign(_MANY, _IMAGES),
     "p": _Foreign(_MANY), "personalize": _Foreign(_MANY), "profile": _Foreign(_MANY),

@@ -289,6 +289,8 @@ class RedisQueue:
             request = request.replace(init_image=by_key(request.init_image))
         if request.images:
             request = request.replace(images=tuple(by_key(path) for path in request.images))
+        if request.control:
+            request = request.replace(control=by_key(request.control))
         return {"job": str(job_id), "owner": self.owner, "model": request.model, "request": request.to_json(),
                 "inputs": json.dumps(inputs)}
 
@@ -347,12 +349,15 @@ class RedisQueue:
         """The pictures that came with a Done event, written into the front end's store
         (atomically) before anyone hears of it; the event then carries keys only."""
         images = []
-        for image in (*event.images, event.grid):
+        control = () if event.control is None else (event.control,)
+        for image in (*event.images, event.grid, *control):
             if image.data is not None:
                 if sha256(image.data) != image.sha256:
                     raise ValueError(f"job {event.job_id}: {image.key} arrived damaged")
                 self.files.put(image.key, image.data)
             images.append(image.__class__(image.key, image.width, image.height, image.seed, image.sha256,
                                           image.flagged))
-        return Done(event.job_id, tuple(images[:-1]), images[-1], event.notices)
+        if control:
+            *images, kept_control = images
+        return Done(event.job_id, tuple(images[:-1]), images[-1], event.notices, kept_control if control else None)
 

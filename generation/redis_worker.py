@@ -108,7 +108,8 @@ class RedisWorker(_Worker):
         def loaded(image: ImageFile) -> ImageFile:
             return ImageFile(image.key, image.width, image.height, image.seed, image.sha256, image.flagged,
                              self.cache.get(image.key))
-        return Done(event.job_id, tuple(loaded(i) for i in event.images), loaded(event.grid), event.notices)
+        return Done(event.job_id, tuple(loaded(i) for i in event.images), loaded(event.grid), event.notices,
+                    loaded(event.control) if event.control is not None else None)
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT (or `stopping` is set); returns the exit status (1 when the
@@ -229,6 +230,8 @@ class RedisWorker(_Worker):
             request = request.replace(init_image=str(self.cache.path(request.init_image)))
         if request.images:
             request = request.replace(images=tuple(str(self.cache.path(key)) for key in request.images))
+        if request.control:
+            request = request.replace(control=str(self.cache.path(request.control)))
         return request
 
     async def _xadd(self, client: RedisClient, event: Event) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from generation.prompt import LORA_WEIGHT_RANGE, SELECTORS, selector_value
+from generation.prompt import CONTROL_KINDS, LORA_WEIGHT_RANGE, SELECTORS, selector_value
 from generation.schedulers import SchedulerError, check_scheduler
 
 # family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
@@ -137,6 +137,37 @@ class EmbeddingSpec:
         return family in self.families
 
 
+# ControlNet conditioning kinds (the lllyasviel ControlNet 1.1 names). What makes the control
+# image from an upload (generation/control.py): "canny", "scribble", "lineart" with OpenCV,
+# "depth" with the entry's depth `estimator`; "pose" has no estimator here: a pose ControlNet
+# takes an OpenPose skeleton the member sends (--cn none).
+# families with a ControlNet pipeline in diffusers (StableDiffusion(XL)ControlNetPipeline,
+# KandinskyV22ControlnetPipeline: depth "hint" only)
+CONTROLNET_FAMILIES = {"sd": ("sd",), "sdxl": ("sdxl", "sdxl-turbo"), "kandinsky22": ("kandinsky22",)}
+KANDINSKY_CONTROL_KINDS = ("depth",)
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """A ControlNet an admin configured (`[controlnets.NAME]`): `source` a hub id or folder of a
+    diffusers ControlNetModel (for `family = "kandinsky22"`: a KandinskyV22ControlnetPipeline
+    decoder folder or hub id, e.g. "kandinsky-community/kandinsky-2-2-controlnet-depth");
+    `family` the model family it was trained for ("sd", "sdxl", "kandinsky22"); `kind` what
+    its control image shows (CONTROL_KINDS); `estimator` (depth only) a transformers
+    depth-estimation model (DPT, Depth Anything: hub id or folder) that makes depth maps."""
+
+    name: str
+    source: str
+    family: str
+    kind: str
+    estimator: str | None = None
+    description: str = ""
+
+    def fits(self, family: str) -> bool:
+        """Whether this ControlNet steers models of `family` (sdxl-turbo shares SDXL's)."""
+        return family in CONTROLNET_FAMILIES.get(self.family, ())
+
+
 class RegistryError(ValueError):
     """The registry file is malformed; str(err) says which entry and field."""
 
@@ -237,6 +268,17 @@ class Registry:
     selectors: dict[tuple[str, str], str] = field(default_factory=dict)
     loras: dict[str, LoraSpec] = field(default_factory=dict)
     embeddings: dict[str, EmbeddingSpec] = field(default_factory=dict)
+    controlnets: dict[str, ControlNetSpec] = field(default_factory=dict)
+
+    def controlnet_for(self, family: str, kind: str | None) -> ControlNetSpec | None:
+        """The first configured ControlNet (in models.toml's order) that fits `family` and is of
+        `kind` (None: of any kind); None when there is none."""
+        return next((c for c in self.controlnets.values() if c.fits(family) and kind in (None, c.kind)), None)
+
+    def control_kinds(self, family: str) -> list[str]:
+        """The kinds of ControlNet configured for `family`, in CONTROL_KINDS order."""
+        kinds = {c.kind for c in self.controlnets.values() if c.fits(family)}
+        return [k for k in CONTROL_KINDS if k in kinds]
 
     def lora(self, name: str) -> LoraSpec:
         """The named LoRA (exact name, else in any case); UnknownLoraError names the choices."""
@@ -429,6 +471,27 @@ def _parse_embedding(name: str, entry: object) -> EmbeddingSpec:
                          weight_name=table.get("weight_name"), description=table.get("description", ""))
 
 
+def _parse_controlnet(name: str, entry: object) -> ControlNetSpec:
+    where = f"ControlNet '{name}'"
+    if not _NAME_RE.fullmatch(name):
+        raise RegistryError(f"{where}: a name is letters, digits, '.', '_' or '-' (at most 64 characters)")
+    table = _check_fields(where, entry, {"source", "family", "kind", "estimator", "description"},
+                          ("source", "family", "kind"))
+    family, kind = table["family"], table["kind"]
+    if family not in CONTROLNET_FAMILIES:
+        raise RegistryError(f"{where}: 'family' must be one of {', '.join(CONTROLNET_FAMILIES)}, not {family!r}")
+    if kind not in CONTROL_KINDS:
+        raise RegistryError(f"{where}: 'kind' must be one of {', '.join(CONTROL_KINDS)}, not {kind!r}")
+    if family == "kandinsky22" and kind not in KANDINSKY_CONTROL_KINDS:
+        raise RegistryError(f"{where}: Kandinsky 2.2's ControlNet takes depth maps only (kind = \"depth\")")
+    estimator = table.get("estimator")
+    if estimator is not None and (not isinstance(estimator, str) or not estimator.strip() or kind != "depth"):
+        raise RegistryError(f"{where}: 'estimator' is a depth-estimation model (hub id or folder) "
+                            "of a kind = \"depth\" ControlNet")
+    return ControlNetSpec(name=name, source=table["source"], family=family, kind=kind, estimator=estimator,
+                          description=table.get("description", ""))
+
+
 _SELECTOR_KEY_RE = re.compile(r"--([A-Za-z]+)(?:\s+(\S+))?")
 
 
@@ -458,9 +521,11 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     and optional `base_url`, `images`, `native_side`, `description` instead (_parse_remote);
     `[loras.NAME]` (`source`, `families`, optional `weight`, `weight_name`, `triggers`,
     `description`) and `[embeddings.NAME]` (`source`, `families`, optional `token`,
-    `weight_name`, `description`). Raises RegistryError naming the entry and field.
+    `weight_name`, `description`); `[controlnets.NAME]` (`source`, `family`, `kind`, optional
+    `estimator` for depth, `description`). Raises RegistryError naming the entry and field.
     """
     selectors: dict[tuple[str, str], str] = {}
+    controlnets: dict[str, ControlNetSpec] = {}
     loras: dict[str, LoraSpec] = {}
     embeddings: dict[str, EmbeddingSpec] = {}
     file_default: str | None
@@ -482,11 +547,13 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
         upscaler = data.get("upscaler") or next((m.name for m in models.values() if m.is_upscaler), None)
         origin = str(path)
         selectors = _parse_selectors(data.get("midjourney", {}), models)
-        for kind, table in (("loras", data.get("loras", {})), ("embeddings", data.get("embeddings", {}))):
+        for kind, table in (("loras", data.get("loras", {})), ("embeddings", data.get("embeddings", {})),
+                            ("controlnets", data.get("controlnets", {}))):
             if not isinstance(table, dict):
                 raise RegistryError(f"{path}: [{kind}.NAME] entries expected")
         loras = {name: _parse_lora(name, entry) for name, entry in data.get("loras", {}).items()}
         embeddings = {name: _parse_embedding(name, entry) for name, entry in data.get("embeddings", {}).items()}
+        controlnets = {name: _parse_controlnet(name, entry) for name, entry in data.get("controlnets", {}).items()}
         tokens = [e.token for e in embeddings.values()]
         twice = [t for t in tokens if tokens.count(t) > 1]
         if twice:
@@ -501,4 +568,4 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
                                  or not models[upscaler].is_upscaler):
         raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
     return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors,
-                    loras=loras, embeddings=embeddings)
+                    loras=loras, embeddings=embeddings, controlnets=controlnets)

@@ -74,6 +74,13 @@ class Request:
     image_weight: float = 1.0  # --iw (0–3): how much the image prompts count against the text
     # --tile: the pictures repeat seamlessly (circular padding in the UNet's and VAE's convolutions)
     tile: bool = False
+    # ControlNet: the stored upload (a file path) the worker makes the control image from, what
+    # it becomes (generation.prompt.CONTROL_KINDS, or "none": it is one already), the configured
+    # ControlNet (a registry name) and its controlnet_conditioning_scale (0–2)
+    control: str | None = None
+    control_kind: str | None = None
+    controlnet: str | None = None
+    control_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
-from generation.files import FileStore, job_key
+from generation.files import CONTROL_FILE, FileStore, job_key
 from generation.imaging import make_grid, png_bytes, sha256
 from generation.request import Request
 
@@ -68,6 +68,15 @@ class WorkerConfig:
 def job_dir(output_dir: str | Path, job_id: int) -> Path:
     """The folder of a job's pictures in a local file store rooted at `output_dir`."""
     return Path(output_dir) / "jobs" / str(job_id)
+
+
+def save_control(control: Image.Image, request: Request, store: FileStore, job_id: int) -> ImageFile:
+    """A ControlNet job's control image as "jobs/<job id>/control.png" in `store` (atomically);
+    returns its ImageFile (seed: the grid's)."""
+    data = png_bytes(control)
+    key = job_key(job_id, CONTROL_FILE)
+    store.put(key, data)
+    return ImageFile(key, control.width, control.height, request.seed, sha256(data))
 
 
 def save_images(images: list[Image.Image], request: Request, store: FileStore, job_id: int,
@@ -237,9 +246,10 @@ class _Worker:
             for (job_id, request), result in zip(jobs, results, strict=True):
                 if result is None or job_id in ended:
                     continue  # stopped: reported below
-                files, grid = save_images(result.images, request, FileStore(self.config.output_dir), job_id,
-                                          result.flagged)
-                end(Done(job_id, tuple(files), grid, tuple(result.notices)))
+                store = FileStore(self.config.output_dir)
+                files, grid = save_images(result.images, request, store, job_id, result.flagged)
+                control = save_control(result.control, request, store, job_id) if result.control else None
+                end(Done(job_id, tuple(files), grid, tuple(result.notices), control))
         except GenerationStopped:
             pass
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the worker

@@ -161,6 +161,8 @@ class ServerRules(Base):
     # models a provider's API makes (OpenAI's: each picture costs the operator money): refused
     # until an admin opts in (/pintor-admin remote-models)
     remote_models: Mapped[bool] = mapped_column(Boolean, default=False)
+    # whether members may steer pictures with a control image (ControlNet); allowed by default
+    allow_controlnet: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
@@ -168,7 +170,8 @@ class ServerRules(Base):
         return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False, strict_parameters=False, allowed_loras=None,
-                   max_loras=DEFAULT_MAX_LORAS, remote_models=False)
+                   max_loras=DEFAULT_MAX_LORAS, remote_models=False,
+                   allow_controlnet=True)
 
 
 class Owner(Base):

@@ -21,7 +21,8 @@ MESSAGE, DEFERRED, DEFERRED_UPDATE = 4, 5, 6
 EPHEMERAL = 64
 MANAGE_GUILD = str(1 << 5)
 RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps", "max_side",
-         "buttons_author_only", "nsfw_check", "paused", "strict_parameters", "allowed_loras", "max_loras")
+         "buttons_author_only", "nsfw_check", "paused", "strict_parameters", "allowed_loras", "max_loras",
+         "allow_controlnet")
 
 
 async def admin(pintor: Harness, subcommand: str, options: dict | None = None, *,
@@ -77,6 +78,7 @@ async def test_the_group_is_for_server_managers_only(pintor: Harness):
     assert group.get("contexts") == [0] or group.get("dm_permission") is False
     assert {o["name"] for o in group["options"]} == {
         "show", "models", "loras", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "remote-models",
+        "controlnet",
         "pause",
         "resume"}
 
@@ -275,6 +277,16 @@ async def test_the_nsfw_check_switch_is_stored(server: Harness):
     assert "NSFW check: on" in (await admin(server, "nsfw-check", {"on": True}))["content"]
     async with studio.store.session() as session:
         assert (await session.get(ServerRules, emu.guild_id)).nsfw_check is True
+
+
+async def test_controlnet_switch_is_stored_and_shown(server: Harness):
+    emu, studio = server.emu, server.studio
+    assert "ControlNet (control images): allowed" in (await admin(server, "show"))["content"]  # the default
+    answer = (await admin(server, "controlnet", {"on": False}))["content"]
+    assert "ControlNet (control images): not allowed" in answer
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).allow_controlnet is False
+    answer = (await admin(server, "controlnet", {"on": True}))["content"]
+    assert "ControlNet (control images): allowed" in answer
 
 
 async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):

@@ -28,7 +28,8 @@ async def test_commands_are_registered(pintor: Harness):
     commands = {c["name"]: c for c in pintor.emu.commands[None]}
     assert {"imagine", "show"} <= set(commands)
     assert [(o["name"], o["type"], o.get("required", False)) for o in commands["imagine"]["options"]] == [
-        ("prompt", 3, True), ("image", 11, False)]  # an optional image prompt (tests/test_discord_image_prompts.py)
+        ("prompt", 3, True), ("image", 11, False), ("control", 11, False)]
+    # optional: an image prompt (tests/test_discord_image_prompts.py), a control image (ControlNet)
     assert commands["imagine"]["description"] == "Make four pictures from a prompt."
     [job_id] = commands["show"]["options"]
     assert (job_id["name"], job_id["type"], job_id["min_value"]) == ("job_id", 4, 1)

@@ -221,3 +221,43 @@ def test_pull_fetches_vaes_loras_and_embeddings_then_they_work_offline(env, tmp_
     made = run_pintor(offline, "imagine", "a fox --lora ink:0.8 --no neg --seed 2", "-o", "out.png", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "out.png").is_file()
+
+
+def test_pull_fetches_controlnets_and_depth_estimators_then_they_work_offline(env, tmp_path, tiny_models):
+    from tests.tiny_models import build_controlnet, build_depth_estimator
+
+    repos = {"tiny/sd": tiny_models["sd"], "tiny/canny": build_controlnet(tiny_models["sd"], tmp_path / "r" / "canny"),
+             "tiny/depth": build_depth_estimator(tmp_path / "r" / "depth")}
+    (tmp_path / "models.toml").write_text(
+        '[models.hub-sd]\nsource = "tiny/sd"\nfamily = "sd"\nsteps = 2\nnative_side = 64\n'
+        '[controlnets.depth]\nsource = "tiny/canny"\nfamily = "sd"\nkind = "depth"\nestimator = "tiny/depth"\n',
+        encoding="utf-8")
+    offline = env | {"HF_HUB_OFFLINE": "1"}
+    listed = run_pintor(offline, "models", cwd=tmp_path)
+    assert "can: imagine, vary, ControlNet (depth)" in listed.stdout, listed.stdout
+    assert "ControlNet: tiny/canny; NOT downloaded" in listed.stdout
+    doctor = run_pintor(offline, "doctor", cwd=tmp_path)
+    assert ("[PROBLEM] depth estimator depth: depth estimator hub id tiny/depth (config.json) is not downloaded"
+            in doctor.stdout), doctor.stdout
+
+    with HubServer(Hub(repos)) as url:
+        pulled = run_pintor(env | {"HF_ENDPOINT": url}, "models", "pull", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "depth: tiny/canny: config.json, diffusion_pytorch_model.safetensors" in pulled.stdout
+    assert "depth: tiny/depth: config.json, preprocessor_config.json, model.safetensors" in pulled.stdout
+
+    picture = tmp_path / "photo.png"
+    from PIL import Image
+    Image.effect_noise((80, 60), 60).convert("RGB").save(picture)
+    script = (  # the worker's path: the registry, the engine, the ControlNet and estimator from the cache
+        "from generation.devices import choose_device\nfrom generation.engine import Engine\n"
+        "from generation.registry import load_registry\nfrom tests.engine_helpers import request, run\n"
+        "registry = load_registry(__import__('pathlib').Path('models.toml'))\n"
+        f"req = request(registry, 'a fox --seed 1').replace(control={str(picture)!r}, control_kind='depth', "
+        "controlnet='depth')\n"
+        "result, _, _ = run(Engine(registry, choose_device('cpu')), req)\n"
+        "print('made', len(result.images), result.control.size)\n")
+    made = subprocess.run([sys.executable, "-c", script], env=offline, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert made.returncode == 0, made.stderr
+    assert "made 4 (64, 64)" in made.stdout

@@ -50,6 +50,9 @@ __all__ = [
     "build_kandinsky21",
     "make_xlm_roberta_tokenizer",
     "build_upscaler_x4",
+    "build_controlnet",
+    "build_depth_estimator",
+    "build_kandinsky22_controlnet",
     "build_all",
     "TEXT_WIDTH",
 ]
@@ -720,3 +723,53 @@ def build_esrgan(path: Path, *, arch: str = "compact", scale: int = 2) -> Path:
     else:
         torch.save(state, path)
     return path
+
+
+def build_controlnet(pipeline_folder: Path, path: Path, *, seed: int = 4) -> Path:
+    """A ControlNetModel matching the UNet of the tiny pipeline in ``pipeline_folder``
+    (``ControlNetModel.from_unet``: the UNet's encoder half copied), its zero convolutions
+    given small random weights so that a control image changes the result (fresh ones are
+    zeros: no effect at all, as a ControlNet starts its training); saved with save_pretrained."""
+    from diffusers import ControlNetModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline_folder) / "unet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "conv_out" in name:
+                parameter.copy_(torch.randn_like(parameter) * 0.5)
+    controlnet.save_pretrained(path)
+    return Path(path)
+
+
+def build_depth_estimator(path: Path, *, seed: int = 5) -> Path:
+    """A tiny DPT depth-estimation model (transformers ``DPTForDepthEstimation``: a 2-layer ViT
+    of width 32 on 32-pixel inputs) with its ``DPTImageProcessor``, saved with save_pretrained:
+    ``AutoModelForDepthEstimation``/``AutoImageProcessor`` load the folder."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
+                       image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+                       neck_hidden_sizes=[16, 16, 32, 32],
+                       fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], head_in_index=-1)
+    DPTForDepthEstimation(config).eval().save_pretrained(path)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False,
+                      do_pad=False).save_pretrained(path)
+    return Path(path)
+
+
+def build_kandinsky22_controlnet(path: Path) -> Path:
+    """A tiny Kandinsky 2.2 ControlNet decoder (``KandinskyV22ControlnetPipeline``: a UNet with
+    ``addition_embed_type="image_hint"`` that reads a depth hint beside the image embedding, the
+    MoVQ and scheduler of the tiny decoder); native size 64x64; fits the tiny 2.2 prior."""
+    from diffusers import KandinskyV22ControlnetPipeline
+
+    torch.manual_seed(6)
+    # the hint, embedded to 4 channels, is concatenated to the 4 latent channels: 8 in
+    unet = _kandinsky_unet(in_channels=8, addition_embed_type="image_hint", encoder_hid_dim=TEXT_WIDTH,
+                           encoder_hid_dim_type="image_proj", cross_attention_dim=64)
+    scheduler = DDPMScheduler(**_kandinsky_decoder_scheduler_kwargs(), variance_type="learned_range")
+    KandinskyV22ControlnetPipeline(unet=unet, scheduler=scheduler, movq=_movq()).save_pretrained(path)
+    return Path(path)

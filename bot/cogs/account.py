@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import limits
-from bot.intake import Member
+from bot.intake import Member, abilities, allowed_models
 from storage.models import JobStatus
 
 if TYPE_CHECKING:
@@ -142,11 +142,17 @@ class Account(commands.Cog):
             " (this server's: Pintor's default is not allowed here)" if default != studio.models.default else ""))
         remote = [spec for spec in studio.models.models.values() if spec.is_remote]
         if remote:
-            allowed = rules is not None and rules.remote_models
+            remote_allowed = rules is not None and rules.remote_models
             embed.add_field(name="remote models", inline=False, value=limits.clip(
                 ", ".join(f"{spec.name} (OpenAI {spec.model})" for spec in remote)
-                + (" · allowed here" if allowed else " · not allowed here (an admin can allow them)"),
+                + (" · allowed here" if remote_allowed else " · not allowed here (an admin can allow them)"),
                 limits.FIELD_VALUE))
+        allowed = allowed_models(rules)
+        controlnet = rules is None or rules.allow_controlnet
+        offered = [f"{spec.name}: {', '.join(abilities(studio.models, spec, controlnet=controlnet))}"
+                   for spec in studio.models.models.values()
+                   if spec.can_generate and (not allowed or spec.name in allowed)]
+        embed.add_field(name="models", value=limits.listing(offered, limits.FIELD_VALUE), inline=False)
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
         if len(workers) == 1:
             embed.add_field(name="worker", value=limits.clip(workers[0], limits.FIELD_VALUE), inline=False)

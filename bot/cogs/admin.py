@@ -79,6 +79,7 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         f"NSFW check: {'on' if rules.nsfw_check else 'off'} (where the model has a checker)",
         f"remote models (each picture costs money): {_remote_line(rules, registry)}",
         f"parameters Pintor does not have: {'refused (strict)' if rules.strict_parameters else 'ignored, with a notice'}",
+        f"ControlNet (control images): {'allowed' if rules.allow_controlnet else 'not allowed'}",
     ])
 
 
@@ -297,6 +298,12 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
     async def strict_parameters(self, interaction: Interaction, on: bool) -> None:
         """Whether unknown prompt parameters are refused or ignored with a notice."""
         await self._update(interaction, strict_parameters=on)
+
+    @app_commands.command(name="controlnet")
+    @app_commands.describe(on="let members steer pictures with a control image (/imagine control:, --cn)")
+    async def controlnet(self, interaction: Interaction, on: bool) -> None:
+        """Whether members may use ControlNet (control images) on this server."""
+        await self._update(interaction, allow_controlnet=on)
 
     @app_commands.command(name="pause")
     async def pause(self, interaction: Interaction) -> None:

@@ -1,12 +1,12 @@
 """members' Remix mode: V, 🔄, Zoom Out and Pan open a form with the prompt before the job runs
 
-Revision ID: 0008_h15r
+Revision ID: 0008
 Revises: 0007
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_h15r"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None

@@ -1,13 +1,13 @@
 """remote models per server: guild_settings.remote_models (off until an admin opts in: they cost money)
 
-Revision ID: 0008_h16o
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_h16o"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

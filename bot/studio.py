@@ -519,7 +519,9 @@ class Studio:
             spec = self.registry.get(name)
             if not spec.can_blend:
                 can = [m.name for m in self.registry.models.values() if m.can_blend]
-                raise RequestError(f"'{spec.name}' cannot blend images. Models that can: "
+                why = (" (Kandinsky 3 reads only text: it has no prior to mix images with)"
+                       if spec.family == "kandinsky3" else "")
+                raise RequestError(f"'{spec.name}' cannot blend images{why}. Models that can: "
                                    f"{', '.join(can) or 'none configured'}.")
             return spec
         allowed = name_list(rules.allowed_models) if rules is not None else []

@@ -164,6 +164,8 @@ class Engine:
                 batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
             elif spec.family in ("kandinsky21", "kandinsky22"):
                 batches = [self._kandinsky(first, spec, notices_per_job[0], callback)]
+            elif spec.family == "kandinsky3":
+                batches = [self._kandinsky3(first, spec, notices_per_job[0], callback)]
             else:
                 batches = self._stable_diffusion(jobs, spec, notices_per_job, callback)
         results: list[Generated | None] = []
@@ -287,9 +289,10 @@ class Engine:
                 for name, t in zip(names, mixed, strict=False) if t is not None}
 
     @staticmethod
-    def _fit_tokens(tokenizer: Any, text: str, notices: list[str]) -> str:
-        """Cut a text to what the text encoder reads, and say what was cut."""
-        limit = tokenizer.model_max_length - 2  # start and end tokens
+    def _fit_tokens(tokenizer: Any, text: str, notices: list[str], limit: int | None = None) -> str:
+        """Cut a text to what the text encoder reads (`limit` tokens; default: the tokenizer's
+        length less its start and end tokens), and say what was cut."""
+        limit = limit if limit is not None else tokenizer.model_max_length - 2  # start and end tokens
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) <= limit:
             return text
@@ -340,7 +343,39 @@ class Engine:
         images: list[Image.Image] = pipe(**kwargs).images
         return images
 
-    # 3. Upscaling ----------------------------------------------------------------------------
+    # 3. Kandinsky 3: a T5 encoder reads the text, the UNet draws; no prior, no images to mix ---
+
+    def _kandinsky3(self, request: Request, spec: ModelSpec, notices: list[str],
+                    callback: StepEndCallback) -> list[Image.Image]:
+        """The request's pictures by Kandinsky3Pipeline (text to image, from the seed's noise)
+        or Kandinsky3Img2ImgPipeline (a variation of init_image at `strength`). Multi-prompt
+        parts are mixed by weight as embeddings, as for Stable Diffusion. Raises ValueError for
+        a request without text (Kandinsky 3 reads no images)."""
+        if not request.parts:
+            raise ValueError("a Kandinsky 3 request needs a text: it cannot read images")
+        pipe = self.pipelines.get(spec, "img2img" if request.init_image else "text2img")
+        guided = request.guidance > 1.0
+        texts = [self._fit_tokens(pipe.tokenizer, plain_text(t), notices, KANDINSKY3_TOKENS - 1)  # + </s>
+                 for t, _ in request.parts]
+        kwargs: dict[str, Any] = dict(
+            num_inference_steps=request.steps, guidance_scale=request.guidance, num_images_per_prompt=request.count,
+            generator=[torch.Generator().manual_seed(s) for s in request.seeds()], callback_on_step_end=callback)
+        if len(texts) == 1:
+            kwargs.update(prompt=texts[0], negative_prompt=request.negative or None)
+        else:
+            kwargs.update(kandinsky3_mix(pipe, texts, [w for _, w in request.parts], request.negative, guided))
+        if request.init_image:
+            kwargs.update(image=self._open(request.init_image, (request.width, request.height)),
+                          strength=request.strength)
+        else:
+            # the pipeline's latents: H/8 × W/8 (sides are multiples of 64 here: size_for_aspect)
+            shape = (pipe.unet.config.in_channels, request.height // 8, request.width // 8)
+            kwargs.update(width=request.width, height=request.height,
+                          latents=initial_noise(request, shape).to(self.device.device, self.device.dtype))
+        images: list[Image.Image] = pipe(**kwargs).images
+        return images
+
+    # 4. Upscaling ----------------------------------------------------------------------------
 
     def _upscale(self, request: Request, notices: list[str], on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Image.Image:
@@ -488,6 +523,28 @@ def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.T
     with torch.no_grad():
         embeds: torch.Tensor = provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
         return embeds
+
+
+KANDINSKY3_TOKENS = 128  # what Kandinsky 3's pipelines pad and cut a text to (diffusers 0.42)
+
+
+def kandinsky3_mix(pipe: Any, texts: Sequence[str], weights: Sequence[float], negative: str,
+                   guided: bool) -> dict[str, torch.Tensor]:
+    """A multi-prompt's parts as one text embedding for Kandinsky3Pipeline: each part's T5
+    embeddings (1, KANDINSKY3_TOKENS, width), padding zeroed, mixed by weight; the attention
+    mask is every token any part has. Returns the pipeline's keyword arguments `prompt_embeds`,
+    `attention_mask` and, when `guided`, `negative_prompt_embeds` and `negative_attention_mask`
+    (of `negative`, the same for every part)."""
+    device = pipe._execution_device
+    total = sum(weights)
+    encoded = [pipe.encode_prompt(text, guided, num_images_per_prompt=1, device=device,
+                                  negative_prompt=negative or None, _cut_context=False) for text in texts]
+    mixed = sum(embeds * (weight / total) for (embeds, *_), weight in zip(encoded, weights, strict=True))
+    mask = torch.stack([mask for _, _, mask, _ in encoded]).amax(dim=0)
+    result = {"prompt_embeds": mixed, "attention_mask": mask}
+    if guided:
+        result |= {"negative_prompt_embeds": encoded[0][1], "negative_attention_mask": encoded[0][3]}
+    return result
 
 
 def legacy_callback(callback: StepEndCallback, *, total: int) -> Callable[[int, Any, torch.Tensor], dict[str, Any]]:

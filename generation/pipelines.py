@@ -19,6 +19,8 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
+    Kandinsky3Img2ImgPipeline,
+    Kandinsky3Pipeline,
     KandinskyImg2ImgPipeline,
     KandinskyPipeline,
     KandinskyPriorPipeline,
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 _KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
     "kandinsky21": (KandinskyPipeline, KandinskyImg2ImgPipeline, KandinskyPriorPipeline),
     "kandinsky22": (KandinskyV22Pipeline, KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline),
+}
+# family → (text-to-image class, image-to-image class) of Kandinsky-like families without a prior
+# (Kandinsky 3: a T5 text encoder feeds its UNet directly)
+_NO_PRIOR: dict[str, tuple[Any, Any]] = {
+    "kandinsky3": (Kandinsky3Pipeline, Kandinsky3Img2ImgPipeline),
 }
 
 
@@ -197,6 +204,8 @@ class PipelineCache:
                 # (height, width): a non-square picture comes out transposed (2.2) or fails (2.1).
                 # The engine hands pictures at the request's size already: no resizing needed.
                 pipe.image_processor.register_to_config(do_resize=False)
+            elif spec.family in _NO_PRIOR:
+                pipe = _NO_PRIOR[spec.family][1](**base.components)
             else:
                 pipe = AutoPipelineForImage2Image.from_pipe(base)
             return self._finish(pipe, spec, task, placed=True)
@@ -218,7 +227,8 @@ class PipelineCache:
         if task == "esrgan":  # an ESRGAN-family network (spandrel), not a diffusers pipeline
             return load_esrgan(spec.name, spec.source, self.device)
         if task == "text2img":
-            cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
+            cls = (_KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else
+                   _NO_PRIOR[spec.family][0] if spec.family in _NO_PRIOR else AutoPipelineForText2Image)
             pipe = self._load(cls, spec.source, spec)
             entry["safety"] = SafetyChecker.take_from(pipe)
             return self._finish(pipe, spec, task)

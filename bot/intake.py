@@ -11,6 +11,7 @@ from generation.availability import ModelLoadError, require, require_addition
 from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
+    CLIP_GUIDANCE_FAMILIES,
     WEIGHTS_FILE_FAMILIES,
     LoraSpec,
     ModelSpec,
@@ -107,7 +108,8 @@ def blend_prompt(text: str, *, strict: bool = False) -> ParsedPrompt:
 
 # prompt parameter → the ParsedPrompt field it sets
 PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "chaos",
-                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras"}
+                    "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras",
+                    "clip": "clip"}
 
 
 def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
@@ -224,6 +226,16 @@ def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = Fal
                                given=parsed.given | ({"model"} if model else set()))
 
 
+def clip_refusal(registry: Registry, spec: ModelSpec) -> str:
+    """Why --clip cannot be used with `spec`, with the models that take it."""
+    able = [m.name for m in registry.generators() if m.can_clip_guide]
+    why = (f"'{spec.name}' has no CLIP model configured (an admin names one as clip_model in models.toml)"
+           if spec.family in CLIP_GUIDANCE_FAMILIES else
+           f"CLIP guidance steers Stable Diffusion models, and '{spec.name}' is a {spec.family} model")
+    return (f"--clip cannot be used here: {why}. "
+            + (f"Models with CLIP guidance: {', '.join(able)}." if able else "No model here has CLIP guidance."))
+
+
 def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = None,
             rules: ServerRules | None = None, *, strict: bool | None = None) -> Request:
     """`prepare_with_notices` under a server's `rules` (None in DMs and the CLI), without
@@ -267,4 +279,6 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
+    if parsed.clip and not spec.can_clip_guide:
+        raise RequestError(clip_refusal(registry, spec))
     return build_request(parsed, spec, loras=choose_loras(registry, parsed, spec)), notices

@@ -456,7 +456,7 @@ class Studio:
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
-                image_weights=(), steps=steps, outpaint=None)
+                image_weights=(), steps=steps, outpaint=None, clip=0.0)  # the repaint is not CLIP-guided
         else:
             steps = self.registry.get(upscaler).steps if upscaler else 0
             if rules is not None and rules.max_steps:
@@ -465,7 +465,7 @@ class Studio:
                 kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
                 width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
                 steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
-                outpaint=None, loras=())
+                outpaint=None, loras=(), clip=0.0)
         key = (f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
                + (f":creative:{request.upscaler}" if creative else ""))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
@@ -633,6 +633,10 @@ class Studio:
         if allowed and request.model not in allowed and request.kind != JobKind.UPSCALE:
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
         self._check_loras(request, rules)
+        if request.clip > 0 and not rules.clip_guidance:
+            raise LimitError("CLIP guidance (--clip) is turned off on this server by its admins: ask without --clip"
+                             + (" (this picture was made with it: V and 🔄 would use it again)."
+                                if request.kind in (JobKind.VARIATION, JobKind.REROLL, JobKind.OUTPAINT) else "."))
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")

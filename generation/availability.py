@@ -107,7 +107,7 @@ def check_source(name: str, source: str, config: str | None = None, *, weights_f
 # the file a hub repo or folder is read from when the entry names none (diffusers' own names:
 # LORA_WEIGHT_NAME_SAFE, TEXT_INVERSION_NAME_SAFE; an AutoencoderKL's config)
 ADDITION_FILES = {"LoRA": "pytorch_lora_weights.safetensors", "embedding": "learned_embeds.safetensors",
-                  "VAE": "config.json"}
+                  "VAE": "config.json", "CLIP model": "config.json"}
 
 
 def check_addition(kind: str, name: str, source: str, weight_name: str | None = None) -> SourceState:

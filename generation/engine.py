@@ -9,6 +9,7 @@ inside the worker process; nothing here knows about queues, databases or Discord
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ from PIL import Image
 
 from generation import adapters, esrgan, outpaint
 from generation.batching import BATCH_FAMILIES, batch_key
+from generation.clip_guidance import ClipGuide, slower_notice, steering, vae_decoder
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
-from generation.previews import PREVIEW_SIDE, Preview, latents_preview
+from generation.previews import PREVIEW_SIDE, Preview, TinyDecoderPreview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
 from generation.registry import ADDITION_FAMILIES, EMPHASIS_FAMILIES, ModelSpec, Registry, UnknownLoraError
 from generation.request import JobKind, Request
@@ -234,7 +236,7 @@ class Engine:
             kwargs.update(width=first.width, height=first.height,
                           latents=latents.to(self.device.device, self.device.dtype))
         self.pipelines.fit_vae(pipe, first.width, first.height, sum(job.request.count for job in jobs))
-        images: list[Image.Image] = pipe(**kwargs).images
+        images: list[Image.Image] = self._run_guided(pipe, spec, [job.request for job in jobs], notices, kwargs)
         per_job, start = [], 0
         for job in jobs:
             per_job.append(images[start:start + job.request.count])
@@ -250,9 +252,46 @@ class Engine:
             raise ValueError(f"{spec.name} cannot paint a canvas's border here (a Stable Diffusion model can)")
         pipe = self.pipelines.get(spec, "inpaint")
         embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
-        return outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
-                              height=request.height, steps=request.steps, guidance=request.guidance,
-                              seeds=request.seeds(), embeds=embeds, callback=callback)
+        guide = self._clip_guide(pipe, spec, [request]) if request.clip > 0 else None
+        started = time.perf_counter()
+        with steering(pipe.scheduler, guide) if guide is not None else nullcontext():
+            images = outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
+                                    height=request.height, steps=request.steps, guidance=request.guidance,
+                                    seeds=request.seeds(), embeds=embeds, callback=callback)
+        if guide is not None:
+            notices.append(slower_notice(request.clip, time.perf_counter() - started, guide.seconds))
+        return images
+
+    def _run_guided(self, pipe: Any, spec: ModelSpec, requests: Sequence[Request], notices: list[list[str]],
+                    kwargs: dict[str, Any]) -> list[Image.Image]:
+        """`pipe(**kwargs).images`, steered by CLIP guidance when the requests ask for it
+        (`clip` > 0; the same for every job of a batch: batch_key), each job's result then
+        saying how much slower it was."""
+        first = requests[0]
+        if first.clip <= 0:
+            images: list[Image.Image] = pipe(**kwargs).images
+            return images
+        guide = self._clip_guide(pipe, spec, requests)
+        started = time.perf_counter()
+        with steering(pipe.scheduler, guide):
+            images = pipe(**kwargs).images
+        notice = slower_notice(first.clip, time.perf_counter() - started, guide.seconds)
+        for job_notices in notices:
+            job_notices.append(notice)
+        return images
+
+    def _clip_guide(self, pipe: Any, spec: ModelSpec, requests: Sequence[Request]) -> ClipGuide:
+        """CLIP guidance for one pipeline call of `requests` (generation/clip_guidance.py): the
+        entry's CLIP model, each picture's prompt (its parts' words) as its target, the model's
+        tiny preview decoder (else its VAE) to decode predictions. Raises ModelLoadError for a
+        model without a CLIP model (refused before it is queued: bot.intake)."""
+        if not spec.can_clip_guide:
+            raise ModelLoadError(f"Model '{spec.name}' has no CLIP model for --clip (clip_model in models.toml).")
+        scorer = self.pipelines.get(spec, "clip")
+        texts = [" ".join(plain_text(text) for text, _ in r.parts) for r in requests for _ in range(r.count)]
+        preview = self.pipelines.preview(spec)
+        decoder = preview.decoder if isinstance(preview, TinyDecoderPreview) else pipe.vae
+        return ClipGuide(scorer, scorer.text_features(texts), vae_decoder(decoder), requests[0].clip)
 
     def _prompt_embeds(self, pipe: Any, request: Request, guided: bool, notices: list[str]) -> dict[str, torch.Tensor]:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).

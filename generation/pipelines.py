@@ -34,6 +34,7 @@ from diffusers import (
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from generation.availability import ModelLoadError, explain, member_message, require, require_addition
+from generation.clip_guidance import load_clip
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
 from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
@@ -126,7 +127,8 @@ class PipelineCache:
 
     def get(self, spec: ModelSpec, task: PipelineTask) -> Any:
         """The diffusers pipeline for `spec` and `task` (a PipelineTask: "text2img", "img2img",
-        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry),
+        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry;
+        "clip": the entry's CLIP model for --clip, a generation.clip_guidance.ClipScorer),
         loaded on first use (which may unload the least recently used model) and placed on the
         device, in the device's dtype, with the configured scheduler.
 
@@ -224,6 +226,14 @@ class PipelineCache:
             pipe.enable_attention_slicing()
             pipe.vae.enable_tiling()
             return pipe
+        if task == "clip":  # --clip: the entry's CLIP model (generation/clip_guidance.py)
+            if spec.clip_model is None:
+                raise ModelLoadError(f"Model '{spec.name}' has no CLIP model for --clip.")
+            require_addition("CLIP model", spec.name, spec.clip_model)
+            try:
+                return load_clip(spec.clip_model, self.device.device, self.device.dtype)
+            except (OSError, ValueError) as err:
+                raise explain(spec.name, spec.clip_model, err) from err
         if task == "esrgan":  # an ESRGAN-family network (spandrel), not a diffusers pipeline
             return load_esrgan(spec.name, spec.source, self.device)
         if task == "text2img":

@@ -51,6 +51,8 @@ EMPHASIS_STEP = 1.1
 # ComfyUI sliders go to about ±2; a negative weight reverses a LoRA)
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 MAX_LORAS = 8  # LoRAs one prompt may name (an abuse limit; a server's own limit is lower)
+# --clip's highest strength (generation/clip_guidance.py: diffusers' CLIP-guided example uses 100)
+MAX_CLIP_STRENGTH = 1000
 
 
 class PromptError(ValueError):
@@ -79,6 +81,7 @@ class ParsedPrompt:
     selectors: tuple[tuple[str, str], ...] = ()
     # --lora NAME[:weight] and <lora:NAME:weight>, in order, once per name; None: the LoRA's default
     loras: tuple[tuple[str, float | None], ...] = ()
+    clip: int = 0  # --clip: CLIP guidance strength, 0 (off) to MAX_CLIP_STRENGTH
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -233,12 +236,14 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
         _Param("lora", "loras", "a LoRA's name, and its weight after a colon if you want another "
                f"(e.g. --lora pixel-art:0.7; from {LORA_WEIGHT_RANGE[0]:g} to {LORA_WEIGHT_RANGE[1]:g})",
                _parse_lora, _format_loras),
+        _Param("clip", "clip", f"a whole number from 0 (off) to {MAX_CLIP_STRENGTH}: how strongly CLIP guidance "
+               "steers towards the prompt (e.g. --clip 100)", _int_between("clip", 0, MAX_CLIP_STRENGTH, clamp=True)),
     )
     return {param.name: param for param in params}
 
 
-KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora "
-                    "(also --aspect, --c, --s, --quality).")
+KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, "
+                    "--clip (also --aspect, --c, --s, --quality).")
 
 
 # --------------------------------------------------------------------------

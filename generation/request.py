@@ -65,6 +65,8 @@ class Request:
     # Zoom Out, Pan, Make Square: how far the canvas extends beyond init_image on each side
     # (left, top, right, bottom), as fractions of its width and height
     outpaint: tuple[float, float, float, float] | None = None
+    # --clip: CLIP guidance strength (0: off; generation/clip_guidance.py)
+    clip: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -185,4 +187,5 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
             parsed, model=spec.name, given=(parsed.given | {"model"}) - {"seed"}, selectors=())),
         notices=tuple(dict.fromkeys(notices)),
         loras=tuple((lora.name, weight) for lora, weight in loras),
+        clip=float(parsed.clip),
     )

@@ -155,6 +155,9 @@ class ServerRules(Base):
     # comma-separated LoRA names members may use; None: all configured, "": none
     allowed_loras: Mapped[str | None] = mapped_column(Text, default=None)
     max_loras: Mapped[int | None] = mapped_column(Integer, default=None)  # per job; None: no limit; new(): 2
+    # --clip (CLIP guidance) allowed: on by default, as the operator opted in by naming a model's
+    # clip_model; admins turn it off where its several-fold run time is not worth the queue
+    clip_guidance: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
@@ -162,7 +165,7 @@ class ServerRules(Base):
         return cls(guild_id=guild_id, allowed_models=None, channel_ids=None, max_queued_per_member=DEFAULT_MAX_QUEUED,
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False, strict_parameters=False, allowed_loras=None,
-                   max_loras=DEFAULT_MAX_LORAS)
+                   max_loras=DEFAULT_MAX_LORAS, clip_guidance=True)
 
 
 class Owner(Base):

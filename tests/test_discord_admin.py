@@ -21,7 +21,8 @@ MESSAGE, DEFERRED, DEFERRED_UPDATE = 4, 5, 6
 EPHEMERAL = 64
 MANAGE_GUILD = str(1 << 5)
 RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps", "max_side",
-         "buttons_author_only", "nsfw_check", "paused", "strict_parameters", "allowed_loras", "max_loras")
+         "buttons_author_only", "nsfw_check", "paused", "strict_parameters", "allowed_loras", "max_loras",
+         "clip_guidance")
 
 
 async def admin(pintor: Harness, subcommand: str, options: dict | None = None, *,

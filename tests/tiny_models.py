@@ -763,3 +763,24 @@ def build_kandinsky3(path: Path) -> Path:
     Kandinsky3Pipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
                        movq=_movq()).save_pretrained(path)
     return path
+
+
+# -- CLIP (for --clip, CLIP guidance) -----------------------------------------------------------
+
+def build_clip(path: Path, *, seed: int = 0) -> Path:
+    """A tiny transformers ``CLIPModel`` (the tiny CLIP text encoder and a 32x32 vision encoder,
+    projections of TEXT_WIDTH) with its tokenizer and image processor, saved with
+    ``save_pretrained`` into ``path`` as a CLIP repo is laid out (what an entry's
+    ``clip_model`` names)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = make_clip_tokenizer()
+    config = CLIPConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=dict(_VISION),
+                        projection_dim=TEXT_WIDTH)
+    CLIPModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    size = _VISION["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path

@@ -78,6 +78,8 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         f"buttons: {buttons}",
         f"NSFW check: {'on' if rules.nsfw_check else 'off'} (where the model has a checker)",
         f"parameters Pintor does not have: {'refused (strict)' if rules.strict_parameters else 'ignored, with a notice'}",
+        f"CLIP guidance (--clip): {'allowed' if rules.clip_guidance else 'refused'} "
+        f"(models that have it: {', '.join(m.name for m in registry.generators() if m.can_clip_guide) or 'none'})",
     ])
 
 
@@ -282,6 +284,12 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
     async def strict_parameters(self, interaction: Interaction, on: bool) -> None:
         """Whether unknown prompt parameters are refused or ignored with a notice."""
         await self._update(interaction, strict_parameters=on)
+
+    @app_commands.command(name="clip-guidance")
+    @app_commands.describe(on="allow --clip (CLIP guidance: pictures closer to the prompt, runs several times slower)")
+    async def clip_guidance(self, interaction: Interaction, on: bool) -> None:
+        """Whether members may use CLIP guidance (--clip)."""
+        await self._update(interaction, clip_guidance=on)
 
     @app_commands.command(name="pause")
     async def pause(self, interaction: Interaction) -> None:

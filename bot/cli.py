@@ -30,9 +30,7 @@ def configure_logging(level: str) -> None:
 
 
 def _capabilities(spec) -> str:
-    can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
-                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
-    return ", ".join(can)
+    return ", ".join(spec.capabilities())
 
 
 def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False) -> str:
@@ -55,7 +53,7 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
-    from generation.registry import WEIGHTS_FILE_FAMILIES
+    from generation.registry import KANDINSKY_20, WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
@@ -76,6 +74,9 @@ def models(settings: Settings) -> int:
             print(f"  {'':<16} scheduler: {spec.scheduler} (for the {' and '.join(loops)})")
         if spec.vae:
             print(f"  {'':<16} vae: {spec.vae}; {_addition_state('VAE', spec.name, spec.vae)}")
+        if spec.clip_model:
+            print(f"  {'':<16} CLIP model (--clip): {spec.clip_model}; "
+                  f"{_addition_state('CLIP model', spec.name, spec.clip_model)}")
     for lora in registry.loras.values():
         triggers = f"; adds “{', '.join(lora.triggers)}”" if lora.triggers else ""
         print(f"  LoRA {lora.name:<11} for {', '.join(lora.families)}; weight {lora.weight:g}{triggers}; "
@@ -95,6 +96,7 @@ def models(settings: Settings) -> int:
     else:
         print("MidJourney's --v, --niji and --style choose no model (they are ignored with a notice); "
               "map them in [midjourney] of the registry file (docs/models.md).")
+    print(f"Not offered: {KANDINSKY_20}")
     return 0
 
 

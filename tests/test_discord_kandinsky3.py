@@ -87,3 +87,13 @@ async def test_blend_with_kandinsky3_is_refused_plainly_and_stores_nothing(k3: H
     assert await k3.job_count() == before
     assert (set(inputs.iterdir()) if inputs is not None and inputs.exists() else set()) == kept_before
     assert Path(k3.settings.pintor_data_dir).exists()
+
+
+async def test_info_lists_what_each_model_can_do(k3: Harness):
+    point_discord_at(k3.emu.api_base, k3.emu.gateway_url)
+    info = await k3.emu.slash("info")
+    callback = await info.wait_callback(timeout=3)
+    [embed] = callback["data"]["embeds"]
+    models = next(field["value"] for field in embed["fields"] if field["name"] == "models")
+    assert models.splitlines() == ["`tiny-sd`: text to image, image to image (V), zoom/pan (inpaint)",
+                                   "`tiny-kandinsky3`: text to image, image to image (V)"]

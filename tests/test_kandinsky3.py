@@ -150,3 +150,22 @@ def test_fields_kandinsky3_has_no_use_for_are_refused(tmp_path, extra, error):
     path.write_text(f'[models.k3]\nsource = "k"\nfamily = "kandinsky3"\n{extra}', encoding="utf-8")
     with pytest.raises(RegistryError, match=error.replace("(", r"\(").replace(")", r"\)")):
         load_registry(path)
+
+
+def test_pintor_models_lists_kandinsky3_and_says_kandinsky_20_is_not_offered(registry, monkeypatch, tmp_path,
+                                                                           capsys):
+    from bot.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    monkeypatch.setenv("PINTOR_MODELS", registry.origin)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"{MODEL:<16} kandinsky3" in out
+    assert "can: text to image, image to image (V); downloaded" in out
+    assert f"Not offered: {KANDINSKY_20}" in out
+
+    old = tmp_path / "old.toml"
+    old.write_text('[models.old]\nsource = "ai-forever/Kandinsky_2.0"\nfamily = "kandinsky20"\n', encoding="utf-8")
+    monkeypatch.setenv("PINTOR_MODELS", str(old))
+    assert main(["models"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: model 'old': {KANDINSKY_20}"

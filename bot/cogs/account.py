@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import limits
-from bot.intake import Member
+from bot.intake import Member, name_list
 from storage.models import JobStatus
 
 if TYPE_CHECKING:
@@ -140,6 +140,11 @@ class Account(commands.Cog):
         default = studio.default_model(await self.bot.rules(interaction.guild_id))
         embed.add_field(name="default model", inline=True, value=default + (
             " (this server's: Pintor's default is not allowed here)" if default != studio.models.default else ""))
+        # what each model members may use here can do (its registry entry's capabilities)
+        allowed = name_list(rules.allowed_models) if rules is not None else []
+        models = [f"`{spec.name}`: {', '.join(spec.capabilities())}" for spec in studio.models.generators()
+                  if not allowed or spec.name in allowed]
+        embed.add_field(name="models", value=limits.listing(models, limits.FIELD_VALUE), inline=False)
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
         if len(workers) == 1:
             embed.add_field(name="worker", value=limits.clip(workers[0], limits.FIELD_VALUE), inline=False)

@@ -130,6 +130,22 @@ def test_a_variation_is_steered_too(engine, registry, scorer, tmp_path):
     assert any(n.startswith("CLIP guidance --clip 100:") for n in guided.notices)
 
 
+def test_zoom_and_pan_are_steered_too(engine, registry, scorer, tmp_path):
+    from generation.outpaint import PAN_DIRECTIONS, canvas_size
+    from generation.prompt import size_for_aspect
+
+    source = picture_maker(tmp_path)(64, 64, 5)
+    width, height = size_for_aspect(canvas_size(64, 64, PAN_DIRECTIONS["left"]), 64, multiple=8)
+    base = request(registry, f"{PROMPT} --seed 3", kind="outpaint", init_image=source,
+                   outpaint=PAN_DIRECTIONS["left"], width=width, height=height, strength=1.0)
+    plain, _, _ = run(engine, base)
+    guided, _, _ = run(engine, base.replace(clip=100.0))
+    assert {image.size for image in guided.images} == {(width, height)}
+    assert any(n.startswith("CLIP guidance --clip 100:") for n in guided.notices)
+    assert not any(n.startswith("CLIP guidance") for n in plain.notices)
+    assert clip_scores(scorer, guided.images).mean() > clip_scores(scorer, plain.images).mean()
+
+
 @pytest.mark.parametrize("scheduler", [EulerDiscreteScheduler, DDIMScheduler])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_the_predicted_picture_is_the_schedulers_own(scheduler, prediction):

@@ -30,6 +30,7 @@ from bot.intake import (
     blend_weights,
     check_model_files,
     choose_loras,
+    clip_refusal,
     fallback_model,
     id_list,
     name_list,
@@ -594,6 +595,10 @@ class Studio:
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
+        spec = self.registry.models.get(request.model)
+        if request.clip > 0 and spec is not None and not spec.can_clip_guide:
+            # a V or 🔄 of a guided grid whose model lost its clip_model since (or a fallback model)
+            raise RequestError(clip_refusal(self.registry, spec))
         # One submission at a time: the limit checks and the insert must not interleave
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:

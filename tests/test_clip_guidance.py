@@ -241,3 +241,12 @@ async def test_a_server_decides_and_a_refused_job_stores_nothing(env):
     varied = await finish(env.studio, await env.studio.vary(ANN, job.id, 1, strong=True, rules=server(),
                                                              guild_id=77))
     assert (varied.kind, Request.from_json(varied.request).clip) == (JobKind.VARIATION, 100.0)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_guided_request_for_a_model_without_clip_is_refused_before_it_is_stored(env, registry):
+    before = await job_count(env)
+    request_ = prepare(registry, f"{PROMPT} --seed 4 --clip 100").replace(model="plain-sd")  # as a stored V would
+    with pytest.raises(RequestError, match="'plain-sd' has no CLIP model configured"):
+        await env.studio.submit(ANN, request_)
+    assert await job_count(env) == before

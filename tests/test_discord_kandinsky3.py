@@ -97,3 +97,22 @@ async def test_info_lists_what_each_model_can_do(k3: Harness):
     models = next(field["value"] for field in embed["fields"] if field["name"] == "models")
     assert models.splitlines() == ["`tiny-sd`: text to image, image to image (V), zoom/pan (inpaint)",
                                    "`tiny-kandinsky3`: text to image, image to image (V)"]
+
+
+@pytest.mark.parametrize("button", ["z:{job}:1:20", "p:{job}:1:l", "sq:{job}:1"])
+async def test_zoom_pan_and_square_on_a_kandinsky3_picture_are_refused_plainly(k3: Harness, button: str):
+    point_discord_at(k3.emu.api_base, k3.emu.gateway_url)
+    emu = k3.emu
+    inter = await emu.slash("imagine", {"prompt": "a red fox --model tiny-kandinsky3 --seed 4 --ar 2:1"})
+    grid = await inter.wait_original(is_result, timeout=90)
+    _, picked = await press(k3, grid, f"pintor:u:{job_id_of(grid)}:1")
+    custom_id = "pintor:" + button.format(job=job_id_of(picked))
+    assert custom_id in [c for row in custom_ids(picked) for c in row]
+    before = await k3.job_count()
+    click = await emu.click(int(picked["id"]), custom_id)
+    await k3.until(lambda: click.followups)
+    [refusal] = click.followups
+    assert refusal["flags"] & 64  # only the member sees it
+    assert ("tiny-kandinsky3 cannot paint around a picture here: Zoom Out, Pan and Make Square need a "
+            "Stable Diffusion model.") in refusal["content"]
+    assert await k3.job_count() == before

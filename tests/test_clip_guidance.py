@@ -250,3 +250,15 @@ async def test_a_guided_request_for_a_model_without_clip_is_refused_before_it_is
     with pytest.raises(RequestError, match="'plain-sd' has no CLIP model configured"):
         await env.studio.submit(ANN, request_)
     assert await job_count(env) == before
+
+
+def test_models_pull_plans_a_hub_clip_model_and_skips_a_folder(registry):
+    import dataclasses
+
+    from generation.hub import CLIP_FILES, addition_sources
+
+    hub = dataclasses.replace(registry.get("tiny-sd"), clip_model="laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+    pulled = addition_sources(dataclasses.replace(registry, models=registry.models | {"tiny-sd": hub}))
+    assert pulled == [("tiny-sd", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", CLIP_FILES)]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(CLIP_FILES)
+    assert addition_sources(registry) == []  # the tiny CLIP is a folder: nothing to pull

@@ -36,16 +36,6 @@ def _capabilities(spec, registry) -> str:
     return ", ".join(abilities(registry, spec))
 
 
-def remote_capabilities(spec) -> str:
-    """What a remote model can do, for `pintor models` and /info: imagine (a grid of four or one
-    picture), vary (by the API's variations or edits call, or not at all), upscale (locally)."""
-    limits = spec.remote_limits
-    grid = "imagine (a grid of 4)" if spec.images == 4 else "imagine (1 picture, no grid)"
-    vary = ("vary (API variations)" if limits.varies else "vary (API edits)" if limits.edits
-            else "no vary (the API has no variation or edit call)")
-    return f"{grid}, {vary}, upscale (here, as any picture)"
-
-
 def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False) -> str:
     from generation.availability import check_source
     from generation.hub import human_size, size_on_disk
@@ -67,7 +57,7 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
     from generation.availability import check_controlnet
-    from generation.registry import WEIGHTS_FILE_FAMILIES
+    from generation.registry import KANDINSKY_20, WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
@@ -78,7 +68,7 @@ def models(settings: Settings) -> int:
             print(f"  {spec.name:<16} {spec.family:<12} remote: {spec.model} through the API at "
                   f"{spec.base_url or settings.openai_base_url or 'https://api.openai.com/v1'}"
                   f"{'  [' + ', '.join(marks) + ']' if marks else ''}")
-            print(f"  {'':<16} can: {remote_capabilities(spec)}; sizes "
+            print(f"  {'':<16} can: {_capabilities(spec, registry)}; sizes "
                   f"{', '.join(f'{w}x{h}' for w, h in limits.sizes)}; costs money per picture: servers "
                   f"allow it with /pintor-admin remote-models; API key "
                   f"{'set' if settings.openai_key() else 'NOT set (OPENAI_API_KEY)'}")
@@ -97,6 +87,9 @@ def models(settings: Settings) -> int:
             print(f"  {'':<16} scheduler: {spec.scheduler} (for the {' and '.join(loops)})")
         if spec.vae:
             print(f"  {'':<16} vae: {spec.vae}; {_addition_state('VAE', spec.name, spec.vae)}")
+        if spec.clip_model:
+            print(f"  {'':<16} CLIP model (--clip): {spec.clip_model}; "
+                  f"{_addition_state('CLIP model', spec.name, spec.clip_model)}")
     for lora in registry.loras.values():
         triggers = f"; adds “{', '.join(lora.triggers)}”" if lora.triggers else ""
         print(f"  LoRA {lora.name:<11} for {', '.join(lora.families)}; weight {lora.weight:g}{triggers}; "
@@ -123,6 +116,7 @@ def models(settings: Settings) -> int:
     else:
         print("MidJourney's --v, --niji and --style choose no model (they are ignored with a notice); "
               "map them in [midjourney] of the registry file (docs/models.md).")
+    print(f"Not offered: {KANDINSKY_20}")
     return 0
 
 

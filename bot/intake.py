@@ -11,6 +11,7 @@ from generation.availability import ModelLoadError, require, require_addition, r
 from generation.inputs import UploadError
 from generation.prompt import CONTROL_AS_IS, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
+    CLIP_GUIDANCE_FAMILIES,
     WEIGHTS_FILE_FAMILIES,
     ControlNetSpec,
     LoraSpec,
@@ -117,7 +118,8 @@ PARAMETER_FIELDS = {"ar": "aspect", "seed": "seed", "no": "negative", "chaos": "
                     "stylize": "stylize", "q": "quality", "steps": "steps", "model": "model", "lora": "loras",
                     "iw": "image_weight",
                     "tile": "tile", "repeat": "repeat",
-                    "cn": "control_kind", "cw": "control_weight"}
+                    "cn": "control_kind", "cw": "control_weight",
+                    "clip": "clip"}
 
 
 def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
@@ -231,11 +233,10 @@ def with_control(request: Request, parsed: ParsedPrompt, controlnet: ControlNetS
 
 
 def abilities(registry: Registry, spec: ModelSpec, *, controlnet: bool = True) -> list[str]:
-    """What a model can do here, in words: imagine, vary, blend, upscale, and "ControlNet
-    (canny, depth)" with the kinds configured for its family (where `controlnet`: a server
-    that denies it shows none)."""
-    can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
-                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
+    """What a model can do here, in words (`pintor models`, /info): its entry's capabilities
+    (ModelSpec.capabilities) and "ControlNet (canny, depth)" with the kinds configured for its
+    family (where `controlnet`: a server that denies it shows none)."""
+    can = spec.capabilities()
     kinds = registry.control_kinds(spec.family) if spec.can_generate and controlnet else []
     if kinds:
         can.append(f"ControlNet ({', '.join(kinds)})")
@@ -303,6 +304,16 @@ def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = Fal
             notices.append(f"Ignored {quote(typed)}: the model is {model} already.")
     return dataclasses.replace(parsed, model=model, notices=tuple(dict.fromkeys(notices)),
                                given=parsed.given | ({"model"} if model else set()))
+
+
+def clip_refusal(registry: Registry, spec: ModelSpec) -> str:
+    """Why --clip cannot be used with `spec`, with the models that take it."""
+    able = [m.name for m in registry.generators() if m.can_clip_guide]
+    why = (f"'{spec.name}' has no CLIP model configured (an admin names one as clip_model in models.toml)"
+           if spec.family in CLIP_GUIDANCE_FAMILIES else
+           f"CLIP guidance steers Stable Diffusion models, and '{spec.name}' is a {spec.family} model")
+    return (f"--clip cannot be used here: {why}. "
+            + (f"Models with CLIP guidance: {', '.join(able)}." if able else "No model here has CLIP guidance."))
 
 
 def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = None,
@@ -375,6 +386,8 @@ def prepare_repeated(registry: Registry, text: str, defaults: MemberPreferences 
     if not spec.can_generate:
         names = ", ".join(m.name for m in registry.generators())
         raise RequestError(f"'{spec.name}' cannot make pictures from text. Choose one of: {names}.")
+    if parsed.clip and not spec.can_clip_guide:
+        raise RequestError(clip_refusal(registry, spec))
     if not control:
         # a --cn/--cw of "always append" waits for a prompt that has a control image
         parsed = without_control_weight(dataclasses.replace(parsed, given=parsed.given - ({"cn", "cw"} - typed)))

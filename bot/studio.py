@@ -36,6 +36,7 @@ from bot.intake import (
     check_model_files,
     choose_control,
     choose_loras,
+    clip_refusal,
     fallback_model,
     id_list,
     name_list,
@@ -663,7 +664,7 @@ class Studio:
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
-                image_weights=(), steps=steps, outpaint=None,
+                image_weights=(), steps=steps, outpaint=None, clip=0.0,  # the repaint is not CLIP-guided
                 tile=False)  # the repaint runs tile by tile over the enlarged picture: not circular
         else:
             steps = self.registry.get(upscaler).steps if upscaler else 0
@@ -673,7 +674,7 @@ class Studio:
                 kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
                 width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
                 steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
-                outpaint=None, loras=())
+                outpaint=None, loras=(), clip=0.0)
         key = (f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
                + (f":creative:{request.upscaler}" if creative else ""))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
@@ -749,7 +750,9 @@ class Studio:
             spec = self.registry.get(name)
             if not spec.can_blend:
                 can = [m.name for m in self.registry.models.values() if m.can_blend]
-                raise RequestError(f"'{spec.name}' cannot blend images. Models that can: "
+                why = (" (Kandinsky 3 reads only text: it has no prior to mix images with)"
+                       if spec.family == "kandinsky3" else "")
+                raise RequestError(f"'{spec.name}' cannot blend images{why}. Models that can: "
                                    f"{', '.join(can) or 'none configured'}.")
             return spec
         allowed = name_list(rules.allowed_models) if rules is not None else []
@@ -846,6 +849,10 @@ class Studio:
         except ModelUnavailable as err:
             log.error("%s", err.detail)
             raise
+        spec = self.registry.models.get(request.model)
+        if request.clip > 0 and spec is not None and not spec.can_clip_guide:
+            # a V or 🔄 of a guided grid whose model lost its clip_model since (or a fallback model)
+            raise RequestError(clip_refusal(self.registry, spec))
         # One submission at a time: the limit checks and the insert must not interleave
         # (twenty simultaneous requests with a limit of three queue exactly three).
         async with self._submit_lock:
@@ -906,6 +913,10 @@ class Studio:
         if request.controlnet is not None and not rules.allow_controlnet:
             raise LimitError("ControlNet (a control image with --cn) is not allowed on this server. Send the prompt "
                              "without the control image.")
+        if request.clip > 0 and not rules.clip_guidance:
+            raise LimitError("CLIP guidance (--clip) is turned off on this server by its admins: ask without --clip"
+                             + (" (this picture was made with it: V and 🔄 would use it again)."
+                                if request.kind in (JobKind.VARIATION, JobKind.REROLL, JobKind.OUTPAINT) else "."))
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")

@@ -111,9 +111,10 @@ def check_source(name: str, source: str, config: str | None = None, *, weights_f
 # the file a hub repo or folder is read from when the entry names none (diffusers' own names:
 # LORA_WEIGHT_NAME_SAFE, TEXT_INVERSION_NAME_SAFE; an AutoencoderKL's config)
 ADDITION_FILES = {"LoRA": "pytorch_lora_weights.safetensors", "embedding": "learned_embeds.safetensors",
-                  "VAE": "config.json", "ControlNet": "config.json", "depth estimator": "config.json"}
+                  "VAE": "config.json", "ControlNet": "config.json", "depth estimator": "config.json",
+                  "CLIP model": "config.json"}
 # the kinds whose source may be a folder (a model saved with save_pretrained: config.json at its top)
-FOLDER_KINDS = {"VAE", "ControlNet", "depth estimator"}
+FOLDER_KINDS = {"VAE", "ControlNet", "depth estimator", "CLIP model"}
 
 
 def check_addition(kind: str, name: str, source: str, weight_name: str | None = None) -> SourceState:

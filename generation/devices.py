@@ -36,7 +36,7 @@ class Offload(StrEnum):
 # benchmarks/gpu.py measures (its section 4 prints these rows to paste here); until a GPU run
 # replaces them, every row is an estimate: the 16-bit weights from the parameter counts (SD 1.5:
 # 1.07 G parameters = 2.0 GiB; SD 2: 1.3 G; SDXL: 3.5 G = 6.5 GiB, its UNet alone 4.8 GiB;
-# Kandinsky 2.2 prior + decoder: 2.2 G), for "model" the largest sub-model, plus activations
+# Kandinsky 2.2 prior + decoder: 2.2 G; Kandinsky 3: 11.9 G), for "model" the largest sub-model, plus activations
 # and the VAE decode, rounded up; "sequential" holds one layer at a time, so activations
 # dominate. Families without a row use "sdxl"'s, the largest.
 PEAK_GIB: dict[str, tuple[float, float, float]] = {
@@ -47,6 +47,9 @@ PEAK_GIB: dict[str, tuple[float, float, float]] = {
     "sdxl-turbo": (8.5, 6.0, 2.5),
     "kandinsky21": (7.0, 4.5, 2.5),
     "kandinsky22": (7.0, 4.5, 2.5),
+    # Kandinsky 3: 11.9 G parameters, the FLAN-UL2 T5 encoder alone 8.6 G (16 GiB in 16 bits),
+    # the UNet 3 G (5.6 GiB): an estimate, as the rows above
+    "kandinsky3": (25.0, 18.0, 4.0),
     "upscale-x4": (8.0, 7.0, 5.0),
 }
 # what is kept free beyond the peak: other processes, the CUDA context, fragmentation

@@ -9,6 +9,7 @@ inside the worker process; nothing here knows about queues, databases or Discord
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from PIL import Image
 
 from generation import adapters, esrgan, outpaint, remote, seamless
 from generation.batching import BATCH_FAMILIES, batch_key
+from generation.clip_guidance import ClipGuide, slower_notice, steering, vae_decoder
 from generation.control import ControlError, depth_hint, make_control_image
 from generation.creative import repaint
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
-from generation.previews import PREVIEW_SIDE, Preview, latents_preview
+from generation.previews import PREVIEW_SIDE, Preview, TinyDecoderPreview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text
 from generation.registry import (
     ADDITION_FAMILIES,
@@ -178,6 +180,8 @@ class Engine:
                 batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
             elif spec.family in ("kandinsky21", "kandinsky22"):
                 batches = [self._kandinsky(first, spec, notices_per_job[0], callback, control)]
+            elif spec.family == "kandinsky3":
+                batches = [self._kandinsky3(first, spec, notices_per_job[0], callback)]
             else:
                 batches = self._stable_diffusion(jobs, spec, notices_per_job, callback, control)
         results: list[Generated | None] = []
@@ -279,7 +283,7 @@ class Engine:
             kwargs["controlnet_conditioning_scale"] = first.control_weight
         self.pipelines.fit_vae(pipe, first.width, first.height, sum(job.request.count for job in jobs))
         with seamless.circular(pipe, first.tile):  # --tile (the same for the whole batch: batch_key)
-            images: list[Image.Image] = pipe(**kwargs).images
+            images: list[Image.Image] = self._run_guided(pipe, spec, [job.request for job in jobs], notices, kwargs)
         per_job, start = [], 0
         for job in jobs:
             per_job.append(images[start:start + job.request.count])
@@ -299,9 +303,46 @@ class Engine:
             embeds = {"image_embeds": image_embeds, "negative_image_embeds": negative}
         else:
             embeds = self._prompt_embeds(pipe, request, request.guidance > 1.0, notices)
-        return outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
-                              height=request.height, steps=request.steps, guidance=request.guidance,
-                              seeds=request.seeds(), embeds=embeds, callback=callback)
+        guide = self._clip_guide(pipe, spec, [request]) if request.clip > 0 else None
+        started = time.perf_counter()
+        with steering(pipe.scheduler, guide) if guide is not None else nullcontext():
+            images = outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
+                                    height=request.height, steps=request.steps, guidance=request.guidance,
+                                    seeds=request.seeds(), embeds=embeds, callback=callback)
+        if guide is not None:
+            notices.append(slower_notice(request.clip, time.perf_counter() - started, guide.seconds))
+        return images
+
+    def _run_guided(self, pipe: Any, spec: ModelSpec, requests: Sequence[Request], notices: list[list[str]],
+                    kwargs: dict[str, Any]) -> list[Image.Image]:
+        """`pipe(**kwargs).images`, steered by CLIP guidance when the requests ask for it
+        (`clip` > 0; the same for every job of a batch: batch_key), each job's result then
+        saying how much slower it was."""
+        first = requests[0]
+        if first.clip <= 0:
+            images: list[Image.Image] = pipe(**kwargs).images
+            return images
+        guide = self._clip_guide(pipe, spec, requests)
+        started = time.perf_counter()
+        with steering(pipe.scheduler, guide):
+            images = pipe(**kwargs).images
+        notice = slower_notice(first.clip, time.perf_counter() - started, guide.seconds)
+        for job_notices in notices:
+            job_notices.append(notice)
+        return images
+
+    def _clip_guide(self, pipe: Any, spec: ModelSpec, requests: Sequence[Request]) -> ClipGuide:
+        """CLIP guidance for one pipeline call of `requests` (generation/clip_guidance.py): the
+        entry's CLIP model, each picture's prompt (its parts' words) as its target, the model's
+        tiny preview decoder (else its VAE) to decode predictions. Raises ModelLoadError for a
+        model without a CLIP model (refused before it is queued: bot.intake)."""
+        if not spec.can_clip_guide:
+            raise ModelLoadError(f"Model '{spec.name}' has no CLIP model for --clip (clip_model in models.toml).")
+        scorer = self.pipelines.get(spec, "clip")
+        texts = [" ".join(plain_text(text) for text, _ in r.parts) for r in requests for _ in range(r.count)]
+        preview = self.pipelines.preview(spec)
+        decoder = preview.decoder if isinstance(preview, TinyDecoderPreview) else pipe.vae
+        return ClipGuide(scorer, scorer.text_features(texts), vae_decoder(decoder), requests[0].clip)
 
     def _prompt_embeds(self, pipe: Any, request: Request, guided: bool, notices: list[str]) -> dict[str, torch.Tensor]:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
@@ -338,9 +379,10 @@ class Engine:
                 for name, t in zip(names, mixed, strict=False) if t is not None}
 
     @staticmethod
-    def _fit_tokens(tokenizer: Any, text: str, notices: list[str]) -> str:
-        """Cut a text to what the text encoder reads, and say what was cut."""
-        limit = tokenizer.model_max_length - 2  # start and end tokens
+    def _fit_tokens(tokenizer: Any, text: str, notices: list[str], limit: int | None = None) -> str:
+        """Cut a text to what the text encoder reads (`limit` tokens; default: the tokenizer's
+        length less its start and end tokens), and say what was cut."""
+        limit = limit if limit is not None else tokenizer.model_max_length - 2  # start and end tokens
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) <= limit:
             return text
@@ -414,7 +456,40 @@ class Engine:
                                     generator=generator)
         return out.image_embeds.repeat(request.count, 1), out.negative_image_embeds.repeat(request.count, 1), texts
 
-    # 3. A provider's API (OpenAI): no pipeline, no steps; progress is pictures received -------
+    # 3. Kandinsky 3: a T5 encoder reads the text, the UNet draws; no prior, no images to mix ---
+
+    def _kandinsky3(self, request: Request, spec: ModelSpec, notices: list[str],
+                    callback: StepEndCallback) -> list[Image.Image]:
+        """The request's pictures by Kandinsky3Pipeline (text to image, from the seed's noise)
+        or Kandinsky3Img2ImgPipeline (a variation of init_image at `strength`). Multi-prompt
+        parts are mixed by weight as embeddings, as for Stable Diffusion. Raises ValueError for
+        a request without text (Kandinsky 3 reads no images)."""
+        if not request.parts:
+            raise ValueError("a Kandinsky 3 request needs a text: it cannot read images")
+        pipe = self.pipelines.get(spec, "img2img" if request.init_image else "text2img")
+        guided = request.guidance > 1.0
+        texts = [self._fit_tokens(pipe.tokenizer, plain_text(t), notices, KANDINSKY3_TOKENS - 1)  # + </s>
+                 for t, _ in request.parts]
+        kwargs: dict[str, Any] = dict(
+            num_inference_steps=request.steps, guidance_scale=request.guidance, num_images_per_prompt=request.count,
+            generator=[torch.Generator().manual_seed(s) for s in request.seeds()], callback_on_step_end=callback)
+        if len(texts) == 1:
+            kwargs.update(prompt=texts[0], negative_prompt=request.negative or None)
+        else:
+            kwargs.update(kandinsky3_mix(pipe, texts, [w for _, w in request.parts], request.negative, guided))
+        if request.init_image:
+            kwargs.update(image=self._open(request.init_image, (request.width, request.height)),
+                          strength=request.strength)
+        else:
+            # the pipeline's latents: H/8 × W/8 (sides are multiples of 64 here: size_for_aspect)
+            shape = (pipe.unet.config.in_channels, request.height // 8, request.width // 8)
+            kwargs.update(width=request.width, height=request.height,
+                          latents=initial_noise(request, shape).to(self.device.device, self.device.dtype))
+        with seamless.circular(pipe, request.tile):
+            images: list[Image.Image] = pipe(**kwargs).images
+        return images
+
+    # 4. A provider's API (OpenAI): no pipeline, no steps; progress is pictures received -------
 
     def _remote(self, job: BatchJob, spec: ModelSpec) -> Generated:
         """The job's pictures from the provider (generation/remote.py); RemoteRefusal when it
@@ -427,7 +502,7 @@ class Engine:
             raise GenerationStopped()
         return Generated(images=images, notices=[], flagged=[False] * len(images))
 
-    # 4. Upscaling ----------------------------------------------------------------------------
+    # 5. Upscaling ----------------------------------------------------------------------------
 
     def _upscale(self, request: Request, notices: list[str], on_step: StepCallback,
                  should_stop: Callable[[], bool]) -> Image.Image:
@@ -579,6 +654,28 @@ def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.T
     with torch.no_grad():
         embeds: torch.Tensor = provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
         return embeds
+
+
+KANDINSKY3_TOKENS = 128  # what Kandinsky 3's pipelines pad and cut a text to (diffusers 0.42)
+
+
+def kandinsky3_mix(pipe: Any, texts: Sequence[str], weights: Sequence[float], negative: str,
+                   guided: bool) -> dict[str, torch.Tensor]:
+    """A multi-prompt's parts as one text embedding for Kandinsky3Pipeline: each part's T5
+    embeddings (1, KANDINSKY3_TOKENS, width), padding zeroed, mixed by weight; the attention
+    mask is every token any part has. Returns the pipeline's keyword arguments `prompt_embeds`,
+    `attention_mask` and, when `guided`, `negative_prompt_embeds` and `negative_attention_mask`
+    (of `negative`, the same for every part)."""
+    device = pipe._execution_device
+    total = sum(weights)
+    encoded = [pipe.encode_prompt(text, guided, num_images_per_prompt=1, device=device,
+                                  negative_prompt=negative or None, _cut_context=False) for text in texts]
+    mixed = sum(embeds * (weight / total) for (embeds, *_), weight in zip(encoded, weights, strict=True))
+    mask = torch.stack([mask for _, _, mask, _ in encoded]).amax(dim=0)
+    result = {"prompt_embeds": mixed, "attention_mask": mask}
+    if guided:
+        result |= {"negative_prompt_embeds": encoded[0][1], "negative_attention_mask": encoded[0][3]}
+    return result
 
 
 def legacy_callback(callback: StepEndCallback, *, total: int) -> Callable[[int, Any, torch.Tensor], dict[str, Any]]:

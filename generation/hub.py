@@ -51,15 +51,23 @@ def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]
 
 
+# what CLIPModel, its tokenizer and its image processor read from a CLIP repo (--clip)
+CLIP_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+              "merges.txt", "special_tokens_map.json", "preprocessor_config.json"]
+
+
 def addition_sources(registry: Registry, names: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
-    """The hub ids of the VAE overrides, LoRAs and embeddings (of the entries `names`, all for
-    None) with the files to pull from each: (entry name, hub id, files). A VAE repo gives its
-    config.json and diffusion_pytorch_model.safetensors (what AutoencoderKL.from_pretrained
-    reads), a LoRA or embedding its `weight_name` (else diffusers' default file name)."""
+    """The hub ids of the VAE overrides, CLIP models (--clip), LoRAs and embeddings (of the
+    entries `names`, all for None) with the files to pull from each: (entry name, hub id,
+    files). A VAE repo gives its config.json and diffusion_pytorch_model.safetensors (what
+    AutoencoderKL.from_pretrained reads), a CLIP repo CLIP_FILES, a LoRA or embedding its
+    `weight_name` (else diffusers' default file name)."""
     wanted = []
     for spec in registry.models.values():
         if spec.vae and _is_hub_id(spec.vae) and (names is None or spec.name in names):
             wanted.append((spec.name, spec.vae, ["config.json", "diffusion_pytorch_model.safetensors"]))
+        if spec.clip_model and _is_hub_id(spec.clip_model) and (names is None or spec.name in names):
+            wanted.append((spec.name, spec.clip_model, CLIP_FILES))
     for kind, entries in (("LoRA", registry.loras), ("embedding", registry.embeddings)):
         for entry in entries.values():
             if _is_hub_id(entry.source) and (names is None or entry.name in names):

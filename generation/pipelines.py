@@ -20,6 +20,8 @@ from diffusers import (
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     ControlNetModel,
+    Kandinsky3Img2ImgPipeline,
+    Kandinsky3Pipeline,
     KandinskyImg2ImgPipeline,
     KandinskyPipeline,
     KandinskyPriorPipeline,
@@ -47,6 +49,7 @@ from generation.availability import (
     require_addition,
     require_controlnet,
 )
+from generation.clip_guidance import load_clip
 from generation.control import DepthEstimator
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
 from generation.esrgan import load_esrgan
@@ -62,6 +65,11 @@ log = logging.getLogger(__name__)
 _KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
     "kandinsky21": (KandinskyPipeline, KandinskyImg2ImgPipeline, KandinskyPriorPipeline),
     "kandinsky22": (KandinskyV22Pipeline, KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline),
+}
+# family → (text-to-image class, image-to-image class) of Kandinsky-like families without a prior
+# (Kandinsky 3: a T5 text encoder feeds its UNet directly)
+_NO_PRIOR: dict[str, tuple[Any, Any]] = {
+    "kandinsky3": (Kandinsky3Pipeline, Kandinsky3Img2ImgPipeline),
 }
 
 
@@ -136,7 +144,8 @@ class PipelineCache:
 
     def get(self, spec: ModelSpec, task: PipelineTask) -> Any:
         """The diffusers pipeline for `spec` and `task` (a PipelineTask: "text2img", "img2img",
-        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry),
+        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry;
+        "clip": the entry's CLIP model for --clip, a generation.clip_guidance.ClipScorer),
         loaded on first use (which may unload the least recently used model) and placed on the
         device, in the device's dtype, with the configured scheduler.
 
@@ -287,6 +296,8 @@ class PipelineCache:
                 # (height, width): a non-square picture comes out transposed (2.2) or fails (2.1).
                 # The engine hands pictures at the request's size already: no resizing needed.
                 pipe.image_processor.register_to_config(do_resize=False)
+            elif spec.family in _NO_PRIOR:
+                pipe = _NO_PRIOR[spec.family][1](**base.components)
             else:
                 pipe = AutoPipelineForImage2Image.from_pipe(base)
             return self._finish(pipe, spec, task, placed=True)
@@ -311,10 +322,19 @@ class PipelineCache:
             pipe.enable_attention_slicing()
             pipe.vae.enable_tiling()
             return pipe
+        if task == "clip":  # --clip: the entry's CLIP model (generation/clip_guidance.py)
+            if spec.clip_model is None:
+                raise ModelLoadError(f"Model '{spec.name}' has no CLIP model for --clip.")
+            require_addition("CLIP model", spec.name, spec.clip_model)
+            try:
+                return load_clip(spec.clip_model, self.device.device, self.device.dtype)
+            except (OSError, ValueError) as err:
+                raise explain(spec.name, spec.clip_model, err) from err
         if task == "esrgan":  # an ESRGAN-family network (spandrel), not a diffusers pipeline
             return load_esrgan(spec.name, spec.source, self.device)
         if task == "text2img":
-            cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
+            cls = (_KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else
+                   _NO_PRIOR[spec.family][0] if spec.family in _NO_PRIOR else AutoPipelineForText2Image)
             pipe = self._load(cls, spec.source, spec)
             entry["safety"] = SafetyChecker.take_from(pipe)
             return self._finish(pipe, spec, task)

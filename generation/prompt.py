@@ -67,6 +67,8 @@ MAX_REPEAT = 4
 CONTROL_KINDS = ("canny", "depth", "pose", "scribble", "lineart")
 CONTROL_AS_IS = "none"
 CONTROL_WEIGHT_RANGE = (0.0, 2.0)
+# --clip's highest strength (generation/clip_guidance.py: diffusers' CLIP-guided example uses 100)
+MAX_CLIP_STRENGTH = 1000
 
 
 class PromptError(ValueError):
@@ -103,6 +105,7 @@ class ParsedPrompt:
     # --cn KIND (a CONTROL_KINDS name or "none") and --cw weight: how a control: upload steers
     control_kind: str | None = None
     control_weight: float | None = None
+    clip: int = 0  # --clip: CLIP guidance strength, 0 (off) to MAX_CLIP_STRENGTH
     # what Pintor changed or ignored, one sentence each, for the member
     notices: tuple[str, ...] = ()
 
@@ -297,12 +300,14 @@ def _param_table(max_steps: int) -> dict[str, _Param[Any]]:
                f"{CONTROL_AS_IS} when it already is a control image (e.g. --cn canny)", _parse_control_kind),
         _Param("cw", "control_weight", f"a number from {CONTROL_WEIGHT_RANGE[0]:g} to {CONTROL_WEIGHT_RANGE[1]:g}: "
                "how strongly the control image holds (default 1)", _parse_control_weight, _format_weight),
+        _Param("clip", "clip", f"a whole number from 0 (off) to {MAX_CLIP_STRENGTH}: how strongly CLIP guidance "
+               "steers towards the prompt (e.g. --clip 100)", _int_between("clip", 0, MAX_CLIP_STRENGTH, clamp=True)),
     )
     return {param.name: param for param in params}
 
 
 KNOWN_PARAMETERS = ("Pintor's parameters: --ar, --seed, --no, --chaos, --stylize, --q, --steps, --model, --lora, --iw, "
-                    "--tile, --repeat, --cn, --cw (also --aspect, --c, --s, --quality, --r).")
+                    "--tile, --repeat, --cn, --cw, --clip (also --aspect, --c, --s, --quality, --r).")
 
 
 # --------------------------------------------------------------------------

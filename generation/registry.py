@@ -27,12 +27,32 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
     "sdxl-turbo": (512, 2, 0.0),
     "kandinsky21": (768, 40, 4.0),
     "kandinsky22": (768, 40, 4.0),
+    # kandinsky-community/kandinsky-3's own defaults (its pipelines: 1024², 25 steps, guidance 3)
+    "kandinsky3": (1024, 25, 3.0),
     "upscale-x4": (512, 20, 0.0),
     "esrgan": (512, 1, 0.0),  # a super-resolution network (generation/esrgan.py): no steps, no guidance
     "openai": (1024, 1, 0.0),  # OpenAI's image API (generation/remote.py): one request, no steps, no guidance
 }
-TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22", "openai"}
+TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22", "kandinsky3",
+                          "openai"}
+# families that mix a text with images (/blend): a prior turns both into one image embedding.
+# Kandinsky 3 has no prior (its UNet reads T5 text embeddings only): it cannot blend.
 BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
+# families whose text-to-image and image-to-image runs CLIP guidance can steer (--clip,
+# generation/clip_guidance.py): Stable Diffusion's loops, with a VAE to decode predictions
+CLIP_GUIDANCE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
+# families whose parts make an inpainting pipeline (Zoom Out, Pan, Make Square)
+INPAINT_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
+
+# family names admins write that no library here can run, and what to use instead: said when
+# the registry file is read (docs/models.md). Kandinsky 2.0 was published only as its authors'
+# own code (ai-forever/Kandinsky-2, never on PyPI); diffusers has 2.1, 2.2 and 3.
+KANDINSKY_20 = ("Kandinsky 2.0 exists neither in diffusers nor as a package on PyPI (only as its "
+                "authors' research code), so Pintor cannot run it. Use Kandinsky 2.1 (family "
+                "\"kandinsky21\"), 2.2 (\"kandinsky22\", which also blends images) or 3 (\"kandinsky3\") "
+                "instead; see docs/models.md.")
+UNAVAILABLE_FAMILIES = {name: KANDINSKY_20 for name in (
+    "kandinsky2", "kandinsky20", "kandinsky2.0", "kandinsky-2", "kandinsky-2.0", "kandinsky-20")}
 # families whose text encoders take weighted embeddings (compel): SD emphasis works there
 EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 # families whose pipelines take LoRAs, textual-inversion embeddings and a replacement VAE
@@ -204,6 +224,11 @@ class ModelSpec:
     model: str | None = None
     base_url: str | None = None
     images: int = 4
+    # --clip: the CLIP model that steers generation towards the prompt (a hub id or folder of a
+    # transformers CLIPModel with its tokenizer and image processor, e.g.
+    # "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", what diffusers' CLIP-guided example uses); None:
+    # --clip is refused for this model
+    clip_model: str | None = None
 
     @property
     def single_file(self) -> bool:
@@ -232,6 +257,27 @@ class ModelSpec:
     def remote_limits(self) -> RemoteLimits | None:
         """What the provider's model can do (OPENAI_MODELS); None for a local model."""
         return OPENAI_MODELS.get(self.model or "") if self.is_remote else None
+
+    @property
+    def can_clip_guide(self) -> bool:
+        """True when --clip works with this model: a Stable Diffusion family and a `clip_model`."""
+        return self.family in CLIP_GUIDANCE_FAMILIES and self.clip_model is not None
+
+    def capabilities(self) -> list[str]:
+        """What members can do with this model, in words (`pintor models`, /info): "text to
+        image", "image to image (V)", "blend", "zoom/pan (inpaint)", "CLIP guidance", "upscale";
+        a remote model's: a grid of four or one picture, V by the API's variations or edits call
+        or none, upscale (here, as any picture)."""
+        if (limits := self.remote_limits) is not None:
+            vary = ("vary (API variations)" if limits.varies else "vary (API edits)" if limits.edits
+                    else "no vary (the API has no variation or edit call)")
+            return ["imagine (a grid of 4)" if self.images == 4 else "imagine (1 picture, no grid)", vary,
+                    "upscale (here, as any picture)"]
+        can = [what for what, on in (
+            ("text to image", self.can_generate), ("image to image (V)", self.can_generate),
+            ("blend", self.can_blend), ("zoom/pan (inpaint)", self.family in INPAINT_FAMILIES),
+            ("CLIP guidance (--clip)", self.can_clip_guide), ("upscale", self.is_upscaler)) if on]
+        return can
 
 
 def _spec(name: str, source: str, family: str, **overrides: Any) -> ModelSpec:
@@ -342,6 +388,8 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
         if isinstance(value, bool) or not isinstance(value, types) or (
                 lowest is not None and isinstance(value, int | float) and value < lowest):
             raise RegistryError(f"model '{name}': '{key}' must be {wanted}, not {value!r}")
+    if str(entry["family"]).lower() in UNAVAILABLE_FAMILIES:
+        raise RegistryError(f"model '{name}': {UNAVAILABLE_FAMILIES[str(entry['family']).lower()]}")
     if entry["family"] not in FAMILY_DEFAULTS:
         raise RegistryError(
             f"model '{name}': unknown family '{entry['family']}' "
@@ -349,6 +397,13 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
         )
     if entry["family"] in BLEND_FAMILIES and not entry.get("prior"):
         raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
+    if "prior" in entry and entry["family"] not in BLEND_FAMILIES:
+        raise RegistryError(f"model '{name}': 'prior' is for Kandinsky 2.1 and 2.2; the {entry['family']} "
+                            "family has none" + (" (Kandinsky 3 reads the text itself)"
+                                                 if entry["family"] == "kandinsky3" else ""))
+    if "clip_model" in entry and entry["family"] not in CLIP_GUIDANCE_FAMILIES:
+        raise RegistryError(f"model '{name}': 'clip_model' (CLIP guidance, --clip) works with the families "
+                            f"{', '.join(sorted(CLIP_GUIDANCE_FAMILIES))}, not '{entry['family']}'")
     if entry["family"] in WEIGHTS_FILE_FAMILIES:
         if not str(entry["source"]).lower().endswith(WEIGHTS_SUFFIXES) or "config" in entry:
             raise RegistryError(f"model '{name}': an {entry['family']} upscaler's source is its weights file "
@@ -516,9 +571,10 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
 
     File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
     with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`,
-    `variant`, `description`, `preview` (a tiny preview decoder), `vae`, and `config` (required
-    for a single-file checkpoint source); a remote entry (`family = "openai"`) has `model`
-    and optional `base_url`, `images`, `native_side`, `description` instead (_parse_remote);
+    `variant`, `description`, `preview` (a tiny preview decoder), `vae`, `clip_model` (--clip),
+    and `config` (required for a single-file checkpoint source); a remote entry (`family =
+    "openai"`) has `model` and optional `base_url`, `images`, `native_side`, `description`
+    instead (_parse_remote);
     `[loras.NAME]` (`source`, `families`, optional `weight`, `weight_name`, `triggers`,
     `description`) and `[embeddings.NAME]` (`source`, `families`, optional `token`,
     `weight_name`, `description`); `[controlnets.NAME]` (`source`, `family`, `kind`, optional

@@ -81,6 +81,8 @@ class Request:
     control_kind: str | None = None
     controlnet: str | None = None
     control_weight: float = 1.0
+    # --clip: CLIP guidance strength (0: off; generation/clip_guidance.py)
+    clip: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", JobKind(self.kind))  # a stored or given "imagine" → JobKind.IMAGINE
@@ -225,4 +227,5 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         image_prompts=parsed.image_urls,
         image_weight=parsed.image_weight,
         tile=parsed.tile,
+        clip=float(parsed.clip),
     )

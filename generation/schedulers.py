@@ -54,11 +54,13 @@ _PRIOR = Loop("prior", "UnCLIPScheduler", scales_input=False, step_keywords=("ge
 
 # family → its loops; the first one makes the pictures (text to image, image to image, upscale).
 # From diffusers 0.42's pipelines: KandinskyV22Pipeline, KandinskyPipeline (and their img2img and
-# prior pipelines), StableDiffusion(XL)Pipeline, StableDiffusionUpscalePipeline.
+# prior pipelines), Kandinsky3Pipeline, StableDiffusion(XL)Pipeline, StableDiffusionUpscalePipeline.
 FAMILY_LOOPS: dict[str, tuple[Loop, ...]] = {
     "sd": _SD, "sd2": _SD, "sdxl": _SD, "sd-turbo": _SD, "sdxl-turbo": _SD,
     "kandinsky21": (Loop("decoder", "DDIMScheduler", scales_input=False, step_keywords=("generator",)), _PRIOR),
     "kandinsky22": (Loop("decoder", "DDPMScheduler", scales_input=False, step_keywords=("generator",)), _PRIOR),
+    # Kandinsky3Pipeline: one loop, DDPM, no input scaling, `generator` passed to step
+    "kandinsky3": (Loop("denoising loop", "DDPMScheduler", scales_input=False, step_keywords=("generator",)),),
     "upscale-x4": (Loop("upscaler", "DDIMScheduler", scales_input=True),),
 }
 
@@ -71,7 +73,7 @@ class SchedulerError(ValueError):
 # image to image (built from the text-to-image weights), the ×4 upscale, and Kandinsky's prior.
 # A Literal, not a StrEnum: it is never stored or listed, only passed as a constant, and mypy
 # checks every call site's string.
-PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan"]
+PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan", "clip"]
 
 
 def loop_for(family: str, task: PipelineTask) -> Loop:

@@ -163,6 +163,9 @@ class ServerRules(Base):
     remote_models: Mapped[bool] = mapped_column(Boolean, default=False)
     # whether members may steer pictures with a control image (ControlNet); allowed by default
     allow_controlnet: Mapped[bool] = mapped_column(Boolean, default=True)
+    # --clip (CLIP guidance) allowed: on by default, as the operator opted in by naming a model's
+    # clip_model; admins turn it off where its several-fold run time is not worth the queue
+    clip_guidance: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @classmethod
@@ -171,7 +174,7 @@ class ServerRules(Base):
                    daily_quota=None, max_steps=None, max_side=None, buttons_author_only=False,
                    nsfw_check=True, paused=False, strict_parameters=False, allowed_loras=None,
                    max_loras=DEFAULT_MAX_LORAS, remote_models=False,
-                   allow_controlnet=True)
+                   allow_controlnet=True, clip_guidance=True)
 
 
 class Owner(Base):

@@ -208,7 +208,7 @@ async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPath
 
 SHARED_RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps",
                 "max_side", "buttons_author_only", "nsfw_check", "paused", "strict_parameters",
-                "allow_controlnet")
+                "allow_controlnet", "clip_guidance")
 SHARED_PREFERENCES = ("model", "aspect", "quality", "stylize", "private", "append", "remix")
 IDLE_TIMEOUT_S = 2 * TIMEOUT_S  # for the jobs a test left running to finish and be posted
 

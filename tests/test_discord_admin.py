@@ -22,7 +22,7 @@ EPHEMERAL = 64
 MANAGE_GUILD = str(1 << 5)
 RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps", "max_side",
          "buttons_author_only", "nsfw_check", "paused", "strict_parameters", "allowed_loras", "max_loras",
-         "allow_controlnet")
+         "allow_controlnet", "clip_guidance")
 
 
 async def admin(pintor: Harness, subcommand: str, options: dict | None = None, *,
@@ -78,7 +78,7 @@ async def test_the_group_is_for_server_managers_only(pintor: Harness):
     assert group.get("contexts") == [0] or group.get("dm_permission") is False
     assert {o["name"] for o in group["options"]} == {
         "show", "models", "loras", "channels", "limits", "buttons", "nsfw-check", "strict-parameters", "remote-models",
-        "controlnet",
+        "controlnet", "clip-guidance",
         "pause",
         "resume"}
 
@@ -302,3 +302,16 @@ async def test_strict_parameters_switch_is_stored_and_applied(server: Harness):
         answer = (await admin(server, "strict-parameters", {"on": False}))["content"]
     assert "parameters Pintor does not have: ignored, with a notice" in answer
     assert (await studio.preferences_and_rules.guild(emu.guild_id)).strict_parameters is False
+
+
+async def test_clip_guidance_switch_is_stored_and_shown(server: Harness):
+    emu, studio = server.emu, server.studio
+    assert "CLIP guidance (--clip): allowed (models that have it: none)" in (await admin(server, "show"))["content"]
+    try:
+        answer = (await admin(server, "clip-guidance", {"on": False}))["content"]
+        assert "CLIP guidance (--clip): refused" in answer
+        assert (await studio.preferences_and_rules.guild(emu.guild_id)).clip_guidance is False
+    finally:
+        answer = (await admin(server, "clip-guidance", {"on": True}))["content"]
+    assert "CLIP guidance (--clip): allowed" in answer
+    assert (await studio.preferences_and_rules.guild(emu.guild_id)).clip_guidance is True

@@ -159,9 +159,10 @@ async def test_info_says_what_each_model_can_do(pintor: Harness):
         [embed] = callback["data"]["embeds"]
         return next(f["value"] for f in embed["fields"] if f["name"] == "models")
 
-    shown = await models_field()
-    assert "tiny-sd: imagine, vary, ControlNet (canny, depth)" in shown
-    assert "tiny-kandinsky: imagine, vary, blend, ControlNet (depth)" in shown
+    lines = {line.split(":")[0]: line for line in (await models_field()).splitlines()}
+    assert lines["`tiny-sd`"].startswith("`tiny-sd`: text to image, image to image (V)")
+    assert lines["`tiny-sd`"].endswith(", ControlNet (canny, depth)")
+    assert lines["`tiny-kandinsky`"].endswith("blend, ControlNet (depth)")
     await studio.update_rules(emu.guild_id, allow_controlnet=False)
     try:
         assert "ControlNet" not in await models_field()  # where a server denies it

@@ -51,7 +51,8 @@ def test_pull_then_list_and_imagine_offline(env, tmp_path, tiny_models):
 
     offline = env | {"HF_HUB_OFFLINE": "1"}
     listed = run_pintor(offline, "models", cwd=tmp_path)
-    assert "can: imagine, vary; downloaded, 4.2 MiB" in listed.stdout, listed.stdout
+    assert "can: text to image, image to image (V), zoom/pan (inpaint); downloaded, 4.2 MiB" in listed.stdout, \
+        listed.stdout
     made = run_pintor(offline, "imagine", "a lighthouse at dusk --seed 3", "-o", "out.png", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "out.png").is_file()
@@ -60,7 +61,7 @@ def test_pull_then_list_and_imagine_offline(env, tmp_path, tiny_models):
 def test_listing_says_not_downloaded(env, tmp_path):
     listed = run_pintor(env | {"HF_HUB_OFFLINE": "1"}, "models", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert "can: imagine, vary; NOT downloaded" in listed.stdout
+    assert "can: text to image, image to image (V), zoom/pan (inpaint); NOT downloaded" in listed.stdout
 
 
 @pytest.mark.parametrize("gated, message", [
@@ -234,7 +235,8 @@ def test_pull_fetches_controlnets_and_depth_estimators_then_they_work_offline(en
         encoding="utf-8")
     offline = env | {"HF_HUB_OFFLINE": "1"}
     listed = run_pintor(offline, "models", cwd=tmp_path)
-    assert "can: imagine, vary, ControlNet (depth)" in listed.stdout, listed.stdout
+    assert "can: text to image, image to image (V), zoom/pan (inpaint), ControlNet (depth);" in listed.stdout, \
+        listed.stdout
     assert "ControlNet: tiny/canny; NOT downloaded" in listed.stdout
     doctor = run_pintor(offline, "doctor", cwd=tmp_path)
     assert ("[PROBLEM] depth estimator depth: depth estimator hub id tiny/depth (config.json) is not downloaded"

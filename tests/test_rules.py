@@ -68,7 +68,7 @@ FIRST_WRITES = {
                     "buttons_author_only": [True, False], "nsfw_check": [True, False], "paused": [True, False],
                     "strict_parameters": [True, False], "allowed_loras": [None, "", "ink,glow"],
                     "max_loras": [None, 0, 1, 8], "remote_models": [True, False],
-                    "allow_controlnet": [True, False]},
+                    "allow_controlnet": [True, False], "clip_guidance": [True, False]},
     MemberPreferences: {"model": [None, "tiny-sdxl"], "aspect": [None, "16:9"], "quality": [None, 0.5, 2.0],
                      "stylize": [None, 0, 1000], "private": [True, False], "append": ["", "--no fog"],
                      "remix": [True, False]},

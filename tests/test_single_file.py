@@ -93,4 +93,4 @@ def test_imagine_with_a_single_file_checkpoint(checkpoint, tiny_models, tmp_path
     assert (tmp_path / "out.png").is_file()
     listed = subprocess.run([sys.executable, "-m", "bot.cli", "models"], check=False, env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
-    assert "can: imagine, vary; downloaded" in listed.stdout, listed.stdout
+    assert "can: text to image, image to image (V), zoom/pan (inpaint); downloaded" in listed.stdout, listed.stdout

@@ -8,6 +8,7 @@ second on CPU.
 Native image sizes:
   * ``sd``, ``sdxl``: 64x64 (UNet sample_size 8, VAE scale factor 8), multiples of 8 work.
   * ``kandinsky22``: 64x64 (MoVQ scale factor 8), multiples of 8 work; the prior takes any image.
+  * ``kandinsky3``: 64x64 (MoVQ scale factor 8); its pipelines round sides up to multiples of 64.
   * ``upscaler-x4``: any low-res image (32x32 is quick), x4 out (32x32 -> 128x128).
 """
 
@@ -48,6 +49,8 @@ __all__ = [
     "build_sdxl",
     "build_kandinsky22",
     "build_kandinsky21",
+    "build_kandinsky3",
+    "make_t5_tokenizer",
     "make_xlm_roberta_tokenizer",
     "build_upscaler_x4",
     "build_controlnet",
@@ -773,3 +776,77 @@ def build_kandinsky22_controlnet(path: Path) -> Path:
     scheduler = DDPMScheduler(**_kandinsky_decoder_scheduler_kwargs(), variance_type="learned_range")
     KandinskyV22ControlnetPipeline(unet=unet, scheduler=scheduler, movq=_movq()).save_pretrained(path)
     return Path(path)
+
+
+# -- Kandinsky 3 --------------------------------------------------------------------------------
+
+def make_t5_tokenizer() -> transformers.T5TokenizerFast:
+    """A T5 (Unigram) tokenizer with a hand-written ~250-token vocabulary, built offline.
+
+    Layout like the real one: ``<pad>``, ``</s>``, ``<unk>`` first (ids 0-2); whole words (the
+    tiny XLM-RoBERTa's word list) score higher than the characters they are made of, and other
+    printable ASCII falls back to one piece per character. No sentinel tokens (``extra_ids=0``);
+    ``model_max_length`` 128, what Kandinsky 3's pipelines pad to.
+    """
+    chars = [chr(c) for c in range(33, 127)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [("▁" + w, -5.0) for w in _XLMR_WORDS]
+    pieces += [("▁" + c, -9.0) for c in chars] + [(c, -10.0) for c in chars]
+    return transformers.T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=128)
+
+
+def build_kandinsky3(path: Path) -> Path:
+    """Tiny ``Kandinsky3Pipeline`` (T5 encoder, Kandinsky3UNet, MoVQ); native size 64x64.
+
+    Kandinsky 3's pipelines make latents of H/8 × W/8 (sizes rounded up to multiples of 64) and
+    decode them with the MoVQ: the tiny MoVQ of the 2.x decoders (scale factor 8) fits. The
+    UNet's ``encoder_hid_dim`` is the T5 width; the scheduler is what kandinsky-community/
+    kandinsky-3 ships (DDPM, squared-cosine betas)."""
+    from diffusers import Kandinsky3Pipeline, Kandinsky3UNet
+    from transformers import T5Config, T5EncoderModel
+
+    path = Path(path)
+    torch.manual_seed(0)
+    tokenizer = make_t5_tokenizer()
+    t5_width = 32
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=t5_width, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )).eval()
+    unet = Kandinsky3UNet(
+        in_channels=4,
+        time_embedding_dim=4,
+        groups=2,
+        attention_head_dim=4,
+        layers_per_block=3,
+        block_out_channels=(32, 64),
+        cross_attention_dim=4,
+        encoder_hid_dim=t5_width,
+    )
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                              beta_schedule="squaredcos_cap_v2", clip_sample=True, thresholding=False)
+    Kandinsky3Pipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
+                       movq=_movq()).save_pretrained(path)
+    return path
+
+
+# -- CLIP (for --clip, CLIP guidance) -----------------------------------------------------------
+
+def build_clip(path: Path, *, seed: int = 0) -> Path:
+    """A tiny transformers ``CLIPModel`` (the tiny CLIP text encoder and a 32x32 vision encoder,
+    projections of TEXT_WIDTH) with its tokenizer and image processor, saved with
+    ``save_pretrained`` into ``path`` as a CLIP repo is laid out (what an entry's
+    ``clip_model`` names)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = make_clip_tokenizer()
+    config = CLIPConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=dict(_VISION),
+                        projection_dim=TEXT_WIDTH)
+    CLIPModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    size = _VISION["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path

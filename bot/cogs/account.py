@@ -149,9 +149,9 @@ class Account(commands.Cog):
                 limits.FIELD_VALUE))
         allowed = allowed_models(rules)
         controlnet = rules is None or rules.allow_controlnet
-        offered = [f"{spec.name}: {', '.join(abilities(studio.models, spec, controlnet=controlnet))}"
-                   for spec in studio.models.models.values()
-                   if spec.can_generate and (not allowed or spec.name in allowed)]
+        # what each model members may use here can do
+        offered = [f"`{spec.name}`: {', '.join(abilities(studio.models, spec, controlnet=controlnet))}"
+                   for spec in studio.models.generators() if not allowed or spec.name in allowed]
         embed.add_field(name="models", value=limits.listing(offered, limits.FIELD_VALUE), inline=False)
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
         if len(workers) == 1:

@@ -80,6 +80,8 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         f"remote models (each picture costs money): {_remote_line(rules, registry)}",
         f"parameters Pintor does not have: {'refused (strict)' if rules.strict_parameters else 'ignored, with a notice'}",
         f"ControlNet (control images): {'allowed' if rules.allow_controlnet else 'not allowed'}",
+        f"CLIP guidance (--clip): {'allowed' if rules.clip_guidance else 'refused'} "
+        f"(models that have it: {', '.join(m.name for m in registry.generators() if m.can_clip_guide) or 'none'})",
     ])
 
 
@@ -304,6 +306,12 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
     async def controlnet(self, interaction: Interaction, on: bool) -> None:
         """Whether members may use ControlNet (control images) on this server."""
         await self._update(interaction, allow_controlnet=on)
+
+    @app_commands.command(name="clip-guidance")
+    @app_commands.describe(on="allow --clip (CLIP guidance: pictures closer to the prompt, runs several times slower)")
+    async def clip_guidance(self, interaction: Interaction, on: bool) -> None:
+        """Whether members may use CLIP guidance (--clip)."""
+        await self._update(interaction, clip_guidance=on)
 
     @app_commands.command(name="pause")
     async def pause(self, interaction: Interaction) -> None:

@@ -31,15 +31,17 @@ def configure_logging(level: str) -> None:
 
 def _capabilities(spec) -> str:
     can = [what for what, on in (("imagine", spec.can_generate), ("vary", spec.can_generate),
-                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler)) if on]
+                                 ("blend", spec.can_blend), ("upscale", spec.is_upscaler),
+                                 ("describe", spec.is_captioner)) if on]
     return ", ".join(can)
 
 
-def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False) -> str:
+def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False,
+             index: str = "model_index.json") -> str:
     from generation.availability import check_source
     from generation.hub import human_size, size_on_disk
 
-    state = check_source("", source, config, weights_file=weights_file)
+    state = check_source("", source, config, weights_file=weights_file, index=index)
     size = size_on_disk(source)
     if state.downloaded:
         return f"downloaded, {human_size(size or 0)}"
@@ -55,18 +57,22 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
+    from generation.availability import index_for
     from generation.registry import WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
-    print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}")
+    print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}; "
+          f"captioner (/describe): {registry.captioner or 'none'}")
     for spec in registry.models.values():
         marks = [m for m, on in (("default", spec.name == registry.default), ("blend", spec.can_blend)) if on]
         where = ("single-file checkpoint" if spec.single_file else
                  "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
-        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES)}")
+        print(f"  {'':<16} can: {_capabilities(spec)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))}")
+        if spec.clip:
+            print(f"  {'':<16} clip (style words): {spec.clip}; {_on_disk(spec.clip, index='config.json')}")
         if spec.config:
             print(f"  {'':<16} config: {spec.config}")
         if spec.prior:

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generation.availability import ModelLoadError, require, require_addition
+from generation.availability import ModelLoadError, index_for, require, require_addition
 from generation.inputs import UploadError
 from generation.prompt import ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
@@ -52,9 +52,9 @@ def check_model_files(registry: Registry, name: str, loras: Sequence[str] = ()) 
     if spec is None:
         return
     try:
-        for source in filter(None, (spec.source, spec.prior)):
+        for source in filter(None, (spec.source, spec.prior, spec.clip)):
             require(spec.name, source, spec.config if source == spec.source else None,
-                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES)
+                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))
         if spec.vae:
             require_addition("VAE", spec.name, spec.vae)
         for lora in map(registry.lora, loras):

@@ -32,6 +32,7 @@ from diffusers import (
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from generation.availability import ModelLoadError, explain, member_message, require, require_addition
+from generation.captions import load_captioner
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
 from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
@@ -119,7 +120,8 @@ class PipelineCache:
 
     def get(self, spec: ModelSpec, task: PipelineTask) -> Any:
         """The diffusers pipeline for `spec` and `task` (a PipelineTask: "text2img", "img2img",
-        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry),
+        "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry;
+        "caption": the generation.captions.Captioner of a captioning entry),
         loaded on first use (which may unload the least recently used model) and placed on the
         device, in the device's dtype, with the configured scheduler.
 
@@ -217,6 +219,8 @@ class PipelineCache:
             return pipe
         if task == "esrgan":  # an ESRGAN-family network (spandrel), not a diffusers pipeline
             return load_esrgan(spec.name, spec.source, self.device)
+        if task == "caption":  # /describe: BLIP (and CLIP) from transformers, not a diffusers pipeline
+            return load_captioner(spec, self.device)
         if task == "text2img":
             cls = _KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else AutoPipelineForText2Image
             pipe = self._load(cls, spec.source, spec)

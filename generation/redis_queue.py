@@ -354,5 +354,5 @@ class RedisQueue:
                 self.files.put(image.key, image.data)
             images.append(image.__class__(image.key, image.width, image.height, image.seed, image.sha256,
                                           image.flagged))
-        return Done(event.job_id, tuple(images[:-1]), images[-1], event.notices)
+        return Done(event.job_id, tuple(images[:-1]), images[-1], event.notices, event.captions)
 

@@ -108,7 +108,7 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
     cache; each repo's size is said, and the free disk checked, before its download starts."""
     from bot.wiring import registry_from
-    from generation.hub import addition_sources, hub_sources, plan, plan_files
+    from generation.hub import addition_sources, hub_sources, model_sources, plan, plan_files, plan_model
 
     registry = registry_from(settings)
     others = set(registry.loras) | set(registry.embeddings)  # LoRAs and embeddings are pulled by name too
@@ -120,12 +120,14 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
         fp16 = choose_device(settings.pintor_device, settings.pintor_dtype).half  # fp16 files serve bf16 too
     failed = 0
     for spec in specs:
-        sources = hub_sources(spec)
-        if not sources:
+        sources, models = hub_sources(spec), model_sources(spec)
+        if not sources and not models:
             print(f"{spec.name}: {spec.source} is here: nothing to download")
         for source, weights in sources:
             variant = spec.variant if fp16 else None
             failed += not _pull_repo(spec.name, source, functools.partial(plan, source, variant, weights=weights))
+        for source in models:  # a captioner's transformers models (BLIP, CLIP)
+            failed += not _pull_repo(spec.name, source, functools.partial(plan_model, source))
     for name, source, files in addition_sources(registry, names or None):
         failed += not _pull_repo(name, source, functools.partial(plan_files, source, files), ", ".join(files))
     return 1 if failed else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +53,15 @@ ARTISTS = ("Claude Monet", "Vincent van Gogh", "Hokusai", "Alphonse Mucha", "Gre
            "Annie Leibovitz", "Makoto Shinkai", "J. M. W. Turner", "Gustav Klimt")
 
 # aspect ratios a describe prompt may name (--ar), landscape; portrait ones are their inverses
-COMMON_RATIOS = ((1, 1), (5, 4), (4, 3), (3, 2), (16, 10), (16, 9), (2, 1), (7, 3), (3, 1))
+COMMON_RATIOS = ((1, 1), (5, 4), (4, 3), (3, 2), (8, 5), (16, 9), (2, 1), (7, 3), (3, 1))  # reduced, as --ar reads
 
 _SPECIAL = re.compile(r"\[[A-Z]+\]|<\|?[a-z_]+\|?>|</?s>")  # [SEP], [unused0]-like, <|endoftext|>, <s>
 # BLIP's known artefact words (from its training captions' "a rafed …"): "arafed", "araffe", "arafly"…
 _ARAFED = re.compile(r"\bar+af+[a-z]*\b", re.IGNORECASE)
 _REPEATED_WORD = re.compile(r"\b(\w+)(\s+\1\b)+", re.IGNORECASE)
+# dash-like characters starting a word: the prompt parser reads "-ar", "—no" as parameters
+# (generation.prompt: phones turn "--" into "—")
+_WORD_DASHES = re.compile("(?:^|(?<=\\s))[-\u2010-\u2015\u2212\ufe58\ufe63\uff0d]+")
 
 
 @dataclass
@@ -150,13 +154,18 @@ def _caption(captioner: Captioner, picture: Image.Image, seed: int | None) -> st
 
 
 def clean_caption(text: str) -> str:
-    """A caption as a prompt: special tokens that survived decoding removed, BLIP's "arafed"
+    """A caption as a prompt: control and invisible characters and special tokens that
+    survived decoding removed, BLIP's "arafed"
     artefact words removed, a word repeated at once kept once ("cat cat" → "cat"),
-    whitespace collapsed, stray punctuation at the ends stripped, `--` removed (it would be
-    read as a parameter), at most MAX_CAPTION_CHARS (cut at a word). May return ""."""
+    whitespace collapsed, stray punctuation at the ends stripped, dashes that start a word
+    and `::` removed (a prompt reads them as parameters and weights), at most
+    MAX_CAPTION_CHARS (cut at a word). May return ""."""
+    # control and invisible characters (Unicode's C categories) are spaces to a prompt's parser
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
     text = _SPECIAL.sub(" ", text)
     text = _ARAFED.sub(" ", text)
-    text = text.replace("--", " ").replace("::", " ")
+    text = text.replace("::", " ")
+    text = _WORD_DASHES.sub(" ", " ".join(text.split()))
     text = " ".join(text.split())
     text = _REPEATED_WORD.sub(r"\1", text)
     text = text.strip(" ,.;:-_'\"`")

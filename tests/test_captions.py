@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from generation.availability import MODEL_CONFIG, check_source
@@ -19,10 +21,12 @@ from generation.captions import (
     aspect_parameter,
     clean_caption,
     fill_neutral,
+    prompts_for,
 )
 from generation.devices import choose_device
 from generation.engine import Engine, GenerationStopped
 from generation.events import Done, ImageFile, event_from_json, event_to_json
+from generation.prompt import parse_prompt
 from generation.registry import RegistryError, load_registry
 from generation.request import JobKind, Request
 from tests.describe_helpers import build_describers, write_describe_registry
@@ -76,6 +80,8 @@ def describe(engine: Engine, request: Request, stop_after: int | None = None):
     ("[SEP] a dog [PAD] [UNK] in the snow [SEP]", "a dog in the snow"),
     ("<|endoftext|>a red fox<|endoftext|>", "a red fox"),
     ("  a bridge --ar 16:9 at night ::2 ", "a bridge ar 16:9 at night 2"),
+    ("a well-known —no -c cat", "a well-known no c cat"),
+    ("\x08a\u200bcat\ufeff\n", "a cat"),
     ("  , . a boat. ", "a boat"),
     ("[SEP] [PAD]", ""),
     ("", ""),
@@ -83,6 +89,20 @@ def describe(engine: Engine, request: Request, stop_after: int | None = None):
 ])
 def test_a_caption_is_cleaned_into_a_prompt(raw: str, clean: str):
     assert clean_caption(raw) == clean
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.text(), styled=st.booleans(), size=st.tuples(st.integers(1, 5000), st.integers(1, 5000)))
+def test_whatever_a_model_writes_becomes_a_prompt_that_parses_as_its_words_and_shape(raw, styled, size):
+    """Any text (a model's words, tokens, dashes, weights, emphasis, controls) cleaned into a
+    prompt parses without error as text plus the picture's --ar, and nothing else."""
+    caption = clean_caption(raw) or NEUTRAL_CAPTIONS[0]
+    styles = {"medium": list(MEDIUMS), "style": ["bokeh"], "artist": list(ARTISTS)} if styled else None
+    [prompt] = prompts_for([caption], styles, *size)
+    parsed = parse_prompt(prompt)
+    assert parsed.given <= {"ar"} and parsed.text.strip()
+    if "ar" in parsed.given:
+        assert f"--ar {parsed.aspect[0]}:{parsed.aspect[1]}" == aspect_parameter(*size)
 
 
 def test_a_caption_is_cut_at_a_word():
@@ -100,7 +120,7 @@ def test_missing_captions_are_filled_with_neutral_ones_never_twice():
     ((512, 512), ""), ((768, 512), "--ar 3:2"), ((512, 768), "--ar 2:3"), ((1920, 1080), "--ar 16:9"),
     ((4032, 3024), "--ar 4:3"), ((3024, 4032), "--ar 3:4"), ((4031, 3023), "--ar 4:3"),
     ((1000, 999), ""), ((8000, 1000), "--ar 3:1"), ((1000, 8000), "--ar 1:3"), ((2560, 1080), "--ar 7:3"),
-    ((20, 40), "--ar 1:2"),
+    ((20, 40), "--ar 1:2"), ((17, 27), "--ar 5:8"),
 ])
 def test_the_aspect_parameter_is_the_pictures_shape_within_pintors_limits(size, parameter):
     assert aspect_parameter(*size) == parameter

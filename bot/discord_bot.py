@@ -28,6 +28,7 @@ from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message,
 from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
+from generation.request import JobKind
 from storage.models import JobStatus, ServerRules
 
 log = logging.getLogger(__name__)
@@ -226,10 +227,11 @@ class PintorBot(commands.Bot):
         job_id, request = submitted.job_id, submitted.request
         try:
             reporter = ProgressReporter(delivery.progress, interval_s=self.progress_interval_s)
+            doing = "describing" if request.kind == JobKind.DESCRIBE else "generating"
             await reporter.show_now(progress_text(request, member_id, queued_line(submitted.position)))
             final = await reporter.run(
                 submitted.events, lambda event: progress_text(request, member_id, line)
-                if (line := status_line(event)) else None)
+                if (line := status_line(event, doing=doing)) else None)
             if final is not None:
                 await self._finish(job_id, delivery, final)
         except Exception:  # noqa: BLE001

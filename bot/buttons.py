@@ -1,7 +1,7 @@
 """The buttons under a result: U1–U4 (the picture alone, at once), V1–V4 (vary), 🔄 (re-roll),
 and under a picture alone Upscale (Subtle), Upscale (Creative), Vary (Subtle), Vary (Strong),
 Zoom Out 2×, Zoom Out 1.5×, Custom Zoom, Make Square (non-square pictures), ⬅️ ➡️ ⬆️ ⬇️ (Pan)
-and a link back to the grid.
+and a link back to the grid; under a /describe 1️⃣–4️⃣ (imagine that prompt) and Imagine all.
 
 Each is a persistent `DynamicItem`: everything it needs is in its custom_id, and the rest
 comes from the database, so buttons work after restarts and for as long as the message
@@ -15,6 +15,7 @@ exists. custom_ids (all far below Discord's 100 characters):
     pintor:zc:<job>:<n>         Custom Zoom: a form asking the factor and a new prompt
     pintor:p:<job>:<n>:<l|r|u|d> pan image n of job left, right, up, down
     pintor:sq:<job>:<n>         make image n of job square
+    pintor:d:<job>:<n|a>        under a /describe: imagine its prompt n (1–4), or all four (a)
 
 and the forms some of them open (Discord's modals), answered by `form_submitted` whatever
 process opened them (a bot restarted in between included):
@@ -317,8 +318,43 @@ class SquareButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor
             member, self.job_id, self.n, **where))
 
 
+DESCRIBED = 4  # prompts under a /describe (bot.studio.CAPTION_COUNT)
+NUMBERS = ("1️⃣", "2️⃣", "3️⃣", "4️⃣")
+
+
+class DescribeButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pintor:d:{JOB}:(?P<n>[1-4]|a)"):
+    """Under a /describe: 1️⃣–4️⃣ imagine that prompt; Imagine all (n = None) imagines the four,
+    each a job of its own, as far as the member's queue limit goes."""
+
+    def __init__(self, job_id: int, n: int | None, *, row: int | None = None):
+        button: discord.ui.Button = (
+            discord.ui.Button(emoji=NUMBERS[n - 1], style=discord.ButtonStyle.secondary,
+                              custom_id=f"pintor:d:{job_id}:{n}") if n is not None else
+            discord.ui.Button(label="Imagine all", emoji="🎨", style=discord.ButtonStyle.primary,
+                              custom_id=f"pintor:d:{job_id}:a"))
+        super().__init__(button, row=row)
+        self.job_id, self.n = job_id, n
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> DescribeButton:
+        return cls(int(match["job"]), None if match["n"] == "a" else int(match["n"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        numbers = [self.n] if self.n is not None else list(range(1, DESCRIBED + 1))
+        await interaction.client.press_all(interaction, self.job_id, [_imagine_described(self.job_id, n)
+                                                                      for n in numbers])
+
+
+def _imagine_described(job_id: int, n: int) -> Action:
+    """The action of button n under the /describe job `job_id`."""
+    def action(studio: Studio, member: Member, where: dict[str, Any]) -> Awaitable[Submitted]:
+        return studio.imagine_described(member, job_id, n, **where)
+    return action
+
+
 BUTTONS = (UpscaleButton, VaryButton, RerollButton, UpscaleModeButton, ZoomButton, CustomZoomButton, PanButton,
-           SquareButton)
+           SquareButton, DescribeButton)
 
 
 def grid_view(job_id: int) -> discord.ui.View:
@@ -362,4 +398,12 @@ def picture_view(job_id: int, width: int, height: int, grid_url: str | None, *, 
         view.add_item(discord.ui.Button(label="Grid", emoji="↩️", url=grid_url, row=2))
     return view
 
+
+def describe_view(job_id: int) -> discord.ui.View:
+    """Under a /describe: 1️⃣ 2️⃣ 3️⃣ 4️⃣ Imagine all"""
+    view = discord.ui.View(timeout=None)
+    for n in range(1, DESCRIBED + 1):
+        view.add_item(DescribeButton(job_id, n, row=0))
+    view.add_item(DescribeButton(job_id, None, row=0))
+    return view
 

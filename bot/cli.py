@@ -36,11 +36,12 @@ def _capabilities(spec, registry) -> str:
     return ", ".join(abilities(registry, spec))
 
 
-def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False) -> str:
+def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False,
+             index: str = "model_index.json") -> str:
     from generation.availability import check_source
     from generation.hub import human_size, size_on_disk
 
-    state = check_source("", source, config, weights_file=weights_file)
+    state = check_source("", source, config, weights_file=weights_file, index=index)
     size = size_on_disk(source)
     if state.downloaded:
         return f"downloaded, {human_size(size or 0)}"
@@ -56,12 +57,13 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
-    from generation.availability import check_controlnet
+    from generation.availability import check_controlnet, index_for
     from generation.registry import KANDINSKY_20, WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
-    print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}")
+    print(f"models from {registry.origin}; default: {registry.default}; upscaler: {registry.upscaler or 'none'}; "
+          f"captioner (/describe): {registry.captioner or 'none'}")
     for spec in registry.models.values():
         marks = [m for m, on in (("default", spec.name == registry.default), ("blend", spec.can_blend)) if on]
         if (limits := spec.remote_limits) is not None:
@@ -77,7 +79,9 @@ def models(settings: Settings) -> int:
                  "local folder" if Path(spec.source).exists() else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
-        print(f"  {'':<16} can: {_capabilities(spec, registry)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES)}")
+        print(f"  {'':<16} can: {_capabilities(spec, registry)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))}")
+        if spec.clip:
+            print(f"  {'':<16} clip (style words): {spec.clip}; {_on_disk(spec.clip, index='config.json')}")
         if spec.config:
             print(f"  {'':<16} config: {spec.config}")
         if spec.prior:
@@ -124,7 +128,15 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
     cache; each repo's size is said, and the free disk checked, before its download starts."""
     from bot.wiring import registry_from
-    from generation.hub import addition_sources, controlnet_sources, hub_sources, plan, plan_files
+    from generation.hub import (
+        addition_sources,
+        controlnet_sources,
+        hub_sources,
+        model_sources,
+        plan,
+        plan_files,
+        plan_model,
+    )
 
     registry = registry_from(settings)
     # LoRAs, embeddings and ControlNets are pulled by name too
@@ -137,12 +149,14 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
         fp16 = choose_device(settings.pintor_device, settings.pintor_dtype).half  # fp16 files serve bf16 too
     failed = 0
     for spec in specs:
-        sources = hub_sources(spec)
-        if not sources:
+        sources, models = hub_sources(spec), model_sources(spec)
+        if not sources and not models:
             print(f"{spec.name}: {spec.source} is here: nothing to download")
         for source, weights in sources:
             variant = spec.variant if fp16 else None
             failed += not _pull_repo(spec.name, source, functools.partial(plan, source, variant, weights=weights))
+        for source in models:  # a captioner's transformers models (BLIP, CLIP)
+            failed += not _pull_repo(spec.name, source, functools.partial(plan_model, source))
     for name, source, files in addition_sources(registry, names or None):
         failed += not _pull_repo(name, source, functools.partial(plan_files, source, files), ", ".join(files))
     for name, source, maybe_files in controlnet_sources(registry, names or None):

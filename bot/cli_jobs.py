@@ -1,4 +1,4 @@
-"""The `pintor` verbs that make and read pictures (imagine, blend, upscale, vary, reroll, show,
+"""The `pintor` verbs that make and read pictures (imagine, blend, describe, upscale, vary, reroll, show,
 history, and batches of prompts): each runs through `bot.local.Pintor` — the same studio, queue,
 worker and database as Discord — shows progress on the terminal, writes its pictures where
 `-o` says, and exits 2 with the member-facing message on bad input (nothing stored), 1 when a
@@ -92,6 +92,12 @@ async def run_job(settings: Settings, output: Path | None, separate: bool,
     except JobFailed as err:
         print(f"error: job {err.job_id}: {err}", file=sys.stderr)
         return EXIT_FAILED
+    if result.prompts:  # a describe: its prompts are the result (its picture only with -o)
+        for n, prompt in enumerate(result.prompts, start=1):
+            print(f"{n}. {prompt}")
+        print(f"(job {result.job_id}: `pintor imagine \"PROMPT\"` makes one)", file=sys.stderr)
+        if output is None:
+            return 0
     written = result.save(output or Path(f"pintor-{result.job_id}.png"), separate=separate)
     print(f"wrote {', '.join(str(p) for p in written)} (job {result.job_id}, seed {result.seed})")
     return 0
@@ -328,6 +334,11 @@ def add_job_commands(commands) -> None:
     p.add_argument("--dimensions", default="square", help="square, portrait or landscape")
     p.add_argument("--model", default=None, help="a model that can blend (pintor models)")
     _outputs(p)
+    p = commands.add_parser("describe", help="four prompts that describe a picture, as /describe does")
+    p.add_argument("image", type=Path, help="a picture file (PNG, JPEG, WebP, GIF …)")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="also write the picture as described (upright PNG) here")
+    p.set_defaults(separate=False)
     p = commands.add_parser("upscale", help="picture N of a job, larger (U1–U4)")
     p.add_argument("job", type=_job_id)
     p.add_argument("index", type=_index, metavar="N")
@@ -371,6 +382,7 @@ def run_job_command(settings: Settings, args: argparse.Namespace) -> int:
     makers = {
         "blend": lambda p: p.blend(args.images, prompt=args.prompt, weights=args.weights,
                                    dimensions=args.dimensions, model=args.model),
+        "describe": lambda p: p.describe(args.image),
         "upscale": lambda p: p.upscale(args.job, args.index),
         "vary": lambda p: p.vary(args.job, args.index, strong=getattr(args, "strong", False)),
         "reroll": lambda p: p.reroll(args.job),
@@ -378,4 +390,4 @@ def run_job_command(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run_job(settings, args.output, args.separate, makers[command]))
 
 
-JOB_COMMANDS = ("imagine", "blend", "upscale", "vary", "reroll", "show", "history")
+JOB_COMMANDS = ("imagine", "blend", "describe", "upscale", "vary", "reroll", "show", "history")

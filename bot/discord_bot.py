@@ -8,9 +8,10 @@ typed `interaction.client`)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -27,12 +28,13 @@ from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message,
 from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
+from generation.request import JobKind
 from storage.models import JobStatus, ServerRules
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.blend", "bot.cogs.show", "bot.cogs.history", "bot.cogs.preferences",
-              "bot.cogs.account", "bot.cogs.admin")
+EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.blend", "bot.cogs.describe", "bot.cogs.show", "bot.cogs.history",
+              "bot.cogs.preferences", "bot.cogs.account", "bot.cogs.admin")
 UNDELIVERED_MAX_AGE = timedelta(days=7)  # results older than this that never got posted stay unposted
 FORGOTTEN = "🗑️ This job was deleted: its author used /forget."
 
@@ -128,6 +130,24 @@ class PintorBot(commands.Bot):
             await self.start_job(interaction, delivery, lambda member, where: action(self.studio, member, where),
                                  rules=rules, origin_guild_id=guild_id)
 
+    async def press_all(self, interaction: Interaction, job_id: int, actions: Sequence[Action]) -> None:
+        """A button under job `job_id` that makes several jobs (Imagine all under a /describe):
+        as `press`, each action a job of its own with its own message, one after another; the
+        first refused (the member's queue limit reached, say) is said to the presser and the
+        rest are not asked for."""
+        pressed = await self._pressed(interaction, job_id)
+        if pressed is None:
+            return
+        delivery, rules, guild_id = pressed
+        for i, action in enumerate(actions):
+            if i:  # each job's progress and result in its own follow-up message
+                delivery = Delivery.for_interaction(interaction, new_message=True, received_at=delivery.received_at,
+                                                    private=delivery.private)
+            queued = await self.start_job(interaction, delivery, functools.partial(action, self.studio),
+                                          rules=rules, origin_guild_id=guild_id)
+            if not queued:
+                return
+
     async def pick(self, interaction: Interaction, job_id: int, index: int) -> None:
         """U1–U4 pressed under job `job_id`: acknowledge at once, then post picture `index` alone
         with its buttons (`Studio.pick`: from the file store, no worker job) as a new message,
@@ -174,22 +194,23 @@ class PintorBot(commands.Bot):
         return delivery, rules, guild_id
 
     async def start_job(self, interaction: Interaction, delivery: Delivery, submit: Submit, *,
-                        rules: ServerRules | None = None, origin_guild_id: int | None = None) -> None:
+                        rules: ServerRules | None = None, origin_guild_id: int | None = None) -> bool:
         """Store and queue a job for the member of `interaction` (already acknowledged), under
-        the server's rules, then report it through `delivery` in the background.
+        the server's rules, then report it through `delivery` in the background. Returns
+        whether it was queued (False: refused, and said so through `delivery`).
 
         `origin_guild_id`: for an interaction in a DM about a server's job (a button under a
         result sent by DM), that server: its rules apply and the job counts there."""
         async def one(member: Member, where: dict[str, Any]) -> list[Submitted]:
             return [await submit(member, where)]
 
-        await self.start_jobs(interaction, [delivery], one, rules=rules, origin_guild_id=origin_guild_id)
+        return await self.start_jobs(interaction, [delivery], one, rules=rules, origin_guild_id=origin_guild_id)
 
     async def start_jobs(self, interaction: Interaction, deliveries: list[Delivery], submit: SubmitMany, *,
-                         rules: ServerRules | None = None, origin_guild_id: int | None = None) -> None:
+                         rules: ServerRules | None = None, origin_guild_id: int | None = None) -> bool:
         """`start_job` for several jobs asked for at once (--repeat): `submit` stores and queues
         them all or none (`Studio.submit_many`), job i is reported through `deliveries[i]`; a
-        refusal goes through the first."""
+        refusal goes through the first. Returns whether they were queued."""
         delivery = deliveries[0]
         member = Member(interaction.user.id, interaction.user.name)
         guild_id = interaction.guild_id if interaction.guild_id is not None else origin_guild_id
@@ -203,26 +224,28 @@ class PintorBot(commands.Bot):
             submitted_jobs = await submit(member, where)
         except AlreadyMade as made:  # a button pressed again: the job its first press made, not a copy
             await delivery.refuse(already_made_text(made.job))
-            return
+            return False
         except USER_ERRORS as err:
             await delivery.refuse(f"⚠️ {err}")
-            return
+            return False
         except Exception:  # noqa: BLE001 - the member hears of it; the log has the rest
             log.exception("could not submit a job for member %s", member.id)
             await delivery.refuse("⚠️ Something went wrong on Pintor's side; nothing was queued. Try again.")
-            return
+            return False
         for submitted, job_delivery in zip(submitted_jobs, deliveries, strict=True):
             self._followed.add(submitted.job_id)  # before any event of the job can reach on_job_event
             self._spawn(self._report(submitted, job_delivery, member.id), f"report-job-{submitted.job_id}")
+        return True
 
     async def _report(self, submitted: Submitted, delivery: Delivery, member_id: int) -> None:
         job_id, request = submitted.job_id, submitted.request
         try:
             reporter = ProgressReporter(delivery.progress, interval_s=self.progress_interval_s)
+            doing = "describing" if request.kind == JobKind.DESCRIBE else "generating"
             await reporter.show_now(progress_text(request, member_id, queued_line(submitted.position)))
             final = await reporter.run(
                 submitted.events, lambda event: progress_text(request, member_id, line)
-                if (line := status_line(event)) else None)
+                if (line := status_line(event, doing=doing)) else None)
             if final is not None:
                 await self._finish(job_id, delivery, final)
         except Exception:  # noqa: BLE001

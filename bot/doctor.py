@@ -83,6 +83,7 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
         report(PROBLEM, "data folder", f"{data_dir} is not writable", "check PINTOR_DATA_DIR and its permissions")
 
     from bot.wiring import registry_from
+    from generation.availability import index_for
     from generation.registry import WEIGHTS_FILE_FAMILIES, RegistryError
 
     try:
@@ -94,9 +95,9 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
         for spec in registry.models.values():
             if spec.is_remote:
                 continue
-            for source in filter(None, (spec.source, spec.prior, spec.inpaint)):
+            for source in filter(None, (spec.source, spec.prior, spec.inpaint, spec.clip)):
                 _check_source(report, spec.name, source, spec.config if source == spec.source else None,
-                              weights_file=spec.family in WEIGHTS_FILE_FAMILIES)
+                              weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))
             if spec.vae:
                 _check_addition(report, "VAE", spec.name, spec.vae)
         for lora in registry.loras.values():
@@ -204,12 +205,13 @@ async def _check_database(report, database_url: str) -> None:
             await engine.dispose()
 
 
-def _check_source(report, name: str, source: str, config: str | None = None, *, weights_file: bool = False) -> None:
+def _check_source(report, name: str, source: str, config: str | None = None, *, weights_file: bool = False,
+                  index: str = "model_index.json") -> None:
     """One line per source: a folder that is (or is not) a pipeline, a hub id downloaded or not;
     offline, a hub id that is not downloaded is a problem (generation/availability.py)."""
     from generation.availability import check_source
 
-    state = check_source(name, source, config, weights_file=weights_file)
+    state = check_source(name, source, config, weights_file=weights_file, index=index)
     if state.ok and not state.downloaded:  # online and not downloaded: may it be downloaded?
         from generation.hub import access_problem
 

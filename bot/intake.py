@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generation.availability import ModelLoadError, require, require_addition, require_controlnet
+from generation.availability import ModelLoadError, index_for, require, require_addition, require_controlnet
 from generation.inputs import UploadError
 from generation.prompt import CONTROL_AS_IS, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
@@ -55,9 +55,9 @@ def check_model_files(registry: Registry, name: str, loras: Sequence[str] = (), 
     if spec is None or spec.is_remote:  # a provider's API makes its pictures: nothing to download
         return
     try:
-        for source in filter(None, (spec.source, spec.prior)):
+        for source in filter(None, (spec.source, spec.prior, spec.clip)):
             require(spec.name, source, spec.config if source == spec.source else None,
-                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES)
+                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))
         if spec.vae:
             require_addition("VAE", spec.name, spec.vae)
         for lora in map(registry.lora, loras):

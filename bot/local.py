@@ -85,19 +85,21 @@ class Result:
     PIL images on demand."""
 
     job_id: int
-    kind: str  # imagine, reroll, variation, upscale, blend
+    kind: str  # imagine, reroll, variation, upscale, blend, describe…
     prompt: str  # the display text
     model: str
     seed: int  # the job's seed: the same prompt with `--seed` this number makes the same pictures
     grid_path: Path  # the 2×2 grid (an upscale: the one picture)
     paths: tuple[Path, ...]  # each picture, index 1–4 as on the U/V buttons
     notices: tuple[str, ...] = ()  # what the worker had to change (e.g. a prompt cut to 77 tokens)
+    prompts: tuple[str, ...] = ()  # a describe: the four prompts written for its picture (grid_path)
 
     @classmethod
     def of(cls, job: Job) -> Result:
         request = Request.from_json(job.request)
         return cls(job.id, job.kind, job.prompt, job.model, request.seed, Path(job.grid_path),
-                   tuple(Path(i.path) for i in job.images), tuple((job.notices or "").splitlines()))
+                   tuple(Path(i.path) for i in job.images), tuple((job.notices or "").splitlines()),
+                   tuple(job.prompts))
 
     @property
     def grid(self) -> Image.Image:
@@ -202,6 +204,12 @@ class Pintor:
         submitted = await self._open().blend(OPERATOR, uploads, prompt=prompt, weights=weights,
                                              dimensions=dimensions, model=model)
         return await self.finish(self._told(submitted))
+
+    async def describe(self, image: str | Path | bytes | Image.Image) -> Result:
+        """Four prompts that describe a picture (a file path, PNG/JPEG bytes or a PIL image), as
+        /describe: `Result.prompts`; its `grid` is the picture as read (upright, RGB)."""
+        name, data = await asyncio.to_thread(_upload, image, 1)
+        return await self.finish(self._told(await self._open().describe(OPERATOR, name, data)))
 
     async def upscale(self, job: JobRef, index: int) -> Result:
         """Picture `index` (1–4) of a finished job, larger (the U buttons)."""
@@ -359,6 +367,9 @@ class SyncPintor:
 
     def blend(self, images, **options) -> Result:
         return self._call(self._pintor.blend(images, **options))
+
+    def describe(self, image) -> Result:
+        return self._call(self._pintor.describe(image))
 
     def upscale(self, job: JobRef, index: int) -> Result:
         return self._call(self._pintor.upscale(job, index))

@@ -24,15 +24,16 @@ PROGRESS_INTERVAL_S = 2.0
 Show = Callable[[str, bytes | None], Awaitable[None]]  # (text, a new preview PNG or None)
 
 
-def status_line(event: Event) -> str | None:
-    """What a progress message says about a job now; None for events that change nothing."""
+def status_line(event: Event, *, doing: str = "generating") -> str | None:
+    """What a progress message says about a job now (`doing`: what its steps do, "describing"
+    for a /describe); None for events that change nothing."""
     if isinstance(event, Queued):
         return queued_line(event.position)
     if isinstance(event, Started):
         return "🎨 starting…"
     if isinstance(event, Progress):
         percent = round(100 * event.step / event.total) if event.total else 0
-        return f"🎨 generating {percent} %"
+        return f"🎨 {doing} {percent} %"
     return None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import discord
 
 from bot.attachments import FittedImage, fit_image, human_size
-from bot.buttons import grid_view, picture_view
+from bot.buttons import NUMBERS, describe_view, grid_view, picture_view
 from bot.limits import Echo, compose
 from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
@@ -102,6 +102,8 @@ def prompt_notices(request: Request) -> list[str | Echo]:
 
 def _origin(job: Job, request: Request) -> str | None:
     """What a job was made from, for jobs made by a button."""
+    if job.kind == JobKind.IMAGINE and job.parent_id:  # a /describe's button
+        return f"Prompt {job.parent_index} of /describe job {job.parent_id}"
     if job.kind == JobKind.REROLL and job.parent_id:
         return f"🔄 Re-roll of job {job.parent_id}"
     if job.kind == JobKind.VARIATION and job.parent_id:
@@ -141,6 +143,8 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     """A finished job as a message: the grid (or the single upscaled image) and its buttons.
     Its text fits Discord's 2,000 characters: only the echoed member text is shortened."""
     request = Request.from_json(job.request)
+    if job.kind == JobKind.DESCRIBE:
+        return await _described(job, request, size_limit)
     single = job.kind in (JobKind.UPSCALE, JobKind.PICK) or len(job.images) == 1
     shown = job.images[:1] if single else job.images
     path = job.images[0].path if single and job.images else job.grid_path
@@ -191,6 +195,28 @@ async def _control_image(job: Job, request: Request, size_limit: int) -> FittedI
     except OSError:
         return None
     return await asyncio.to_thread(fit_image, data, f"pintor-{job.id}-control.png", size_limit)
+
+
+async def _described(job: Job, request: Request, size_limit: int) -> Outgoing:
+    """A finished /describe: its four prompts numbered (the model's words, echoed as member
+    text is: escaped, shortened where the whole would pass Discord's limit), the picture, and
+    the buttons 1️⃣–4️⃣ and Imagine all."""
+    prompts: list[str | Echo] = []
+    for number, prompt in zip(NUMBERS, job.prompts, strict=False):
+        prompts += [f"\n{number} ", Echo(prompt)]
+    lines = [f"\ndescribed by {job.model} · job {job.id}"]
+    image = view = None
+    try:
+        data = await asyncio.to_thread(Path(job.grid_path).read_bytes) if job.grid_path else None
+    except OSError:
+        data = None
+    if data is None:
+        lines.append("\nThe picture is gone from the file store.")
+    else:
+        image = await asyncio.to_thread(fit_image, data, f"pintor-{job.id}.png", size_limit)
+    if job.prompts:
+        view = describe_view(job.id)
+    return Outgoing(compose(*headline(request.prompt, "", job.user_id), *prompts, *lines, *_notices(job)), image, view)
 
 
 async def _parent_url(studio: Studio, job: Job) -> str | None:

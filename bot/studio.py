@@ -68,6 +68,9 @@ VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle)
 MAX_ZOOM = 2.0  # Custom Zoom's largest factor, as MidJourney's
 OUTPAINT_FAMILIES = EMPHASIS_FAMILIES  # the Stable Diffusion families: an inpainting pipeline from their parts
 FREE_KINDS = (JobKind.PICK,)  # jobs no worker runs: not counted by a server's daily quota
+CAPTION_COUNT = 4  # prompts per /describe, as MidJourney's (generation.captions.CAPTION_COUNT)
+NO_CAPTIONER = ("/describe needs a captioning model, and none is configured on this Pintor. An admin can add "
+                "one (a BLIP entry in models.toml: see docs/models.md).")
 
 
 class OwnerBusy(RuntimeError):
@@ -679,6 +682,52 @@ class Studio:
                + (f":creative:{request.upscaler}" if creative else ""))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
 
+    async def describe(self, member: Member, name: str, data: bytes, **where) -> Submitted:
+        """/describe: four prompts for an uploaded picture, written by the registry's captioner
+        in the worker (a job of kind DESCRIBE; its Done carries the prompts, stored with it).
+
+        `name` and `data` are the upload as downloaded; it is checked by content (the checks
+        /blend makes: generation.inputs.open_upload) and kept with the job before the job is
+        stored, so the job survives restarts and /show shows the picture. Raises RequestError
+        where no captioner is configured, UploadError for a file that is not a usable picture,
+        and what submit raises; then nothing is stored."""
+        if self.registry.captioner is None:
+            raise RequestError(NO_CAPTIONER)
+        image = await asyncio.to_thread(open_upload, data, name)
+        request = Request(kind=JobKind.DESCRIBE, model=self.registry.captioner, prompt=f"/describe {name}",
+                          parts=(), negative="", width=image.width, height=image.height, steps=1, guidance=0.0,
+                          seed=random_seed(), count=CAPTION_COUNT)
+        if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
+            await self._check_rules(member, request, where["rules"], where.get("channel_id"))
+        paths, written = await asyncio.to_thread(self._keep_inputs, [image])
+        try:
+            return await self.submit(member, request.replace(images=tuple(paths)), **where)
+        except BaseException:
+            unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
+            await asyncio.to_thread(_delete_files, unused)
+            raise
+
+    async def described_prompt(self, job_id: int, n: int) -> str:
+        """Prompt `n` (1–4) that the /describe job `job_id` wrote. RequestError for a job that
+        is not a finished /describe or has no prompt `n`."""
+        job = await self._finished_job(job_id)
+        if job.kind != JobKind.DESCRIBE:
+            raise RequestError(f"Job {job_id} is not a /describe: it has no prompts to imagine.")
+        prompts = job.prompts
+        if not 1 <= n <= len(prompts):
+            raise RequestError(f"Job {job_id} has no prompt {n} (it has {len(prompts)}).")
+        return prompts[n - 1]
+
+    async def imagine_described(self, member: Member, job_id: int, n: int, **where) -> Submitted:
+        """Buttons 1–4 under a /describe: its prompt `n` imagined as the member's own /imagine
+        would be (their /settings fill in what the prompt leaves out, under the server's
+        rules), a grid job with the /describe as its parent. Raises what described_prompt and
+        submit raise, and the prompt's errors (a server that refuses its --ar, say)."""
+        text = await self.described_prompt(job_id, n)
+        defaults = await self.preferences(member.id)
+        request, notices = self.prepare_with_notices(text, defaults, rules=where.get("rules"))
+        return await self.submit(member, request, parent_id=job_id, parent_index=n, notices=notices, **where)
+
     async def blend(self, member: Member, uploads: list[tuple[str, bytes]], *, prompt: str = "",
                     weights: str = "", dimensions: str = "square", model: str | None = None,
                     control: tuple[str, bytes] | None = None, **where) -> Submitted:
@@ -901,7 +950,8 @@ class Studio:
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
         allowed = name_list(rules.allowed_models)
-        if allowed and request.model not in allowed and request.kind != JobKind.UPSCALE:
+        # an upscaler or a captioner is not a model members choose: the server's list is of pictures' models
+        if allowed and request.model not in allowed and request.kind not in (JobKind.UPSCALE, JobKind.DESCRIBE):
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")
         spec = self.registry.models.get(request.model)
         # an upscale runs here (a creative one only names the picture's model: it cannot repaint it)
@@ -925,7 +975,7 @@ class Studio:
             upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
             factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
             width, height = width * factor, height * factor
-        if rules.max_side and max(width, height) > rules.max_side:
+        if rules.max_side and max(width, height) > rules.max_side and request.kind != JobKind.DESCRIBE:
             raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
         if rules.max_queued_per_member is not None:
             # everywhere (all servers and DMs): the queue and its worker are shared, so jobs
@@ -1159,7 +1209,8 @@ class Studio:
         elif isinstance(event, Done):
             images = [NewImage(str(self.files.path(i.key)), i.width, i.height, i.seed, i.sha256, i.flagged)
                       for i in event.images]
-            await self.store.complete(event.job_id, images, str(self.files.path(event.grid.key)), event.notices)
+            await self.store.complete(event.job_id, images, str(self.files.path(event.grid.key)), event.notices,
+                                      event.captions)
         elif isinstance(event, Failed):
             await self.store.mark_failed(event.job_id, event.reason)
         elif isinstance(event, Cancelled):

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 # what `from_pretrained` needs in a pipeline folder (diffusers' DiffusionPipeline.config_name)
 PIPELINE_INDEX = "model_index.json"
+# what `from_pretrained` needs in a transformers model folder (a captioner, a CLIP model)
+MODEL_CONFIG = "config.json"
+
+
+def index_for(family: str) -> str:
+    """The file that makes a folder or hub repo a model of `family`: a transformers model's
+    config.json for the captioners (generation.registry.CAPTION_FAMILIES), else diffusers'
+    model_index.json."""
+    from generation.registry import CAPTION_FAMILIES
+
+    return MODEL_CONFIG if family in CAPTION_FAMILIES else PIPELINE_INDEX
 
 
 class ModelLoadError(RuntimeError):
@@ -60,7 +71,8 @@ def pull_hint(name: str) -> str:
             "or point the entry's source at a local folder")
 
 
-def check_source(name: str, source: str, config: str | None = None, *, weights_file: bool = False) -> SourceState:
+def check_source(name: str, source: str, config: str | None = None, *, weights_file: bool = False,
+                 index: str = PIPELINE_INDEX) -> SourceState:
     """What `source` (of model `name`) is here, without loading it and without the network.
 
     A folder must hold a diffusers pipeline (model_index.json and the sub-folders it names); a
@@ -69,7 +81,8 @@ def check_source(name: str, source: str, config: str | None = None, *, weights_f
     exist, and its `config` (a folder or hub id) must have its pipeline's configuration here:
     it is read with local files only, never fetched while loading. With `weights_file`, the
     source is an upscaler's weights file (`.pth`, `.safetensors`: generation/esrgan.py), which
-    must exist.
+    must exist. With `index` MODEL_CONFIG, the source is a transformers model (a captioner, a
+    CLIP model): a folder or downloaded hub id with its config.json.
     """
     from generation.registry import is_single_file
 
@@ -79,7 +92,7 @@ def check_source(name: str, source: str, config: str | None = None, *, weights_f
             return SourceState(False, f"weights file {source} does not exist",
                                "fix the entry's source (the path of the .pth or .safetensors file)")
         return SourceState(True, f"weights file {source}", downloaded=True)
-    if is_single_file(source):
+    if is_single_file(source) and index == PIPELINE_INDEX:
         if not path.is_file():
             return SourceState(False, f"single-file checkpoint {source} does not exist",
                                "fix the entry's source (the path of the .safetensors or .ckpt file)")
@@ -92,11 +105,11 @@ def check_source(name: str, source: str, config: str | None = None, *, weights_f
                                configured.fix or pull_hint(name))
         return SourceState(True, f"single-file checkpoint {source} (config: {config})", downloaded=True)
     if path.exists() or looks_like_path(source):
-        return _check_folder(name, source, path)
+        return _check_folder(name, source, path, index)
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        cached = isinstance(try_to_load_from_cache(source, PIPELINE_INDEX), str)
+        cached = isinstance(try_to_load_from_cache(source, index), str)
     except ValueError as err:  # not a valid repo id either (huggingface_hub's HFValidationError)
         return SourceState(False, f"'{source}' is neither a folder here nor a hub id ({err})",
                            "set source to a hub id (owner/name) or an existing folder")
@@ -189,14 +202,18 @@ def require_controlnet(controlnet: ControlNetSpec) -> None:
                                  f"cannot load ControlNet '{controlnet.name}' ({what}): {state.detail}; {state.fix}")
 
 
-def _check_folder(name: str, source: str, path: Path) -> SourceState:
+def _check_folder(name: str, source: str, path: Path, index: str = PIPELINE_INDEX) -> SourceState:
     if not path.exists():
         return SourceState(False, f"{source} does not exist", "fix the entry's source (a folder or a hub id)")
+    if index == MODEL_CONFIG:
+        if not (path / MODEL_CONFIG).is_file():
+            return SourceState(False, f"{source} is not a transformers model: it has no {MODEL_CONFIG}",
+                               "point source at a folder saved with save_pretrained (config.json and weights)")
+        return SourceState(True, f"local folder {source}", downloaded=True)
     if not path.is_dir():
         return SourceState(False, f"{source} is a file, not a diffusers pipeline folder",
                            "point source at a folder saved with save_pretrained")
-    index = path / PIPELINE_INDEX
-    if not index.is_file():
+    if not (path / PIPELINE_INDEX).is_file():
         return SourceState(False, f"{source} is not a diffusers pipeline: it has no {PIPELINE_INDEX}",
                            "point source at a folder saved with save_pretrained (it holds model_index.json, "
                            "unet/, vae/, …)")
@@ -221,9 +238,10 @@ def _missing_components(path: Path) -> list[str]:
                   and value[0] is not None and value[1] is not None and not (path / key).is_dir())
 
 
-def require(name: str, source: str, config: str | None = None, *, weights_file: bool = False) -> None:
+def require(name: str, source: str, config: str | None = None, *, weights_file: bool = False,
+            index: str = PIPELINE_INDEX) -> None:
     """Raise ModelLoadError when `source` cannot be had here (see `check_source`)."""
-    state = check_source(name, source, config, weights_file=weights_file)
+    state = check_source(name, source, config, weights_file=weights_file, index=index)
     if not state.ok:
         raise ModelLoadError(member_message(name), f"cannot load model '{name}': {state.detail}; {state.fix}")
 

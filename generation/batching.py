@@ -44,7 +44,7 @@ ONE_JOB = 4  # images: Pintor's grid
 
 def batch_key(request: Request) -> Hashable | None:
     """What two requests must share to run in one pipeline call, or None when `request` never
-    shares one (an upscale, a Zoom Out or Pan, a picked picture; Kandinsky is kept apart by its
+    shares one (an upscale, a Zoom Out or Pan, a picked picture, a /describe; Kandinsky is kept apart by its
     batch limit, which needs the family).
 
     The key is the model (and with it the pipeline family and scheduler), text to image or
@@ -52,7 +52,8 @@ def batch_key(request: Request) -> Hashable | None:
     guidance scale (so guidance on or off), image-to-image strength, and any field added later
     (a request's `loras`, for one). Lists and dicts are made hashable. A job steered by a
     ControlNet (`control`) runs alone: its control image is made for it in the worker."""
-    if request.kind in (JobKind.UPSCALE, JobKind.OUTPAINT, JobKind.PICK) or request.control is not None:
+    if (request.kind in (JobKind.UPSCALE, JobKind.OUTPAINT, JobKind.PICK, JobKind.DESCRIBE)
+            or request.control is not None):
         return None
     shared = tuple((f.name, _hashable(getattr(request, f.name)))
                    for f in dataclasses.fields(request) if f.name not in PER_JOB_FIELDS)

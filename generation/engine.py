@@ -19,7 +19,7 @@ import torch
 from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
 from PIL import Image
 
-from generation import adapters, esrgan, outpaint, remote, seamless
+from generation import adapters, captions, esrgan, outpaint, remote, seamless
 from generation.batching import BATCH_FAMILIES, batch_key
 from generation.clip_guidance import ClipGuide, slower_notice, steering, vae_decoder
 from generation.control import ControlError, depth_hint, make_control_image
@@ -70,6 +70,8 @@ class Generated:
     notices: list[str]
     flagged: list[bool] = field(default_factory=list)  # by the model's NSFW check, per image
     control: Image.Image | None = None  # the ControlNet's control image, shown beside the grid
+    # /describe: the prompts written for the picture (its one image, as the engine read it)
+    captions: list[str] = field(default_factory=list)
 
 
 def _slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,6 +163,8 @@ class Engine:
             key = batch_key(first)
             if key is None or any(batch_key(job.request) != key for job in jobs[1:]):
                 raise ValueError("these requests cannot share one pipeline call (generation.batching.batch_key)")
+        if first.kind == JobKind.DESCRIBE:
+            return [self._describe(first, jobs[0].on_step, jobs[0].should_stop)]
         if first.kind == JobKind.UPSCALE:
             job = jobs[0]
             notices: list[str] = []
@@ -568,6 +572,30 @@ class Engine:
         except torch.OutOfMemoryError:
             self.pipelines.release()
             return resampled("The upscaling model ran out of GPU memory")
+
+    # 4. /describe ------------------------------------------------------------------------------
+
+    def _describe(self, request: Request, on_step: StepCallback, should_stop: Callable[[], bool]) -> Generated:
+        """Four prompts for the picture `request.images[0]` by the captioner `request.model`
+        (generation/captions.py; seeded by `request.seed`); progress after each caption, with
+        the picture itself as the preview. Generated holds the picture (as read: RGB) and the
+        prompts. Raises GenerationStopped when should_stop() says so, ValueError for a request
+        without a picture or a model that is not a captioner, and what loading raises."""
+        if not request.images:
+            raise ValueError("a describe request needs the picture to describe (images)")
+        spec = self.registry.get(request.model)
+        if not spec.is_captioner:
+            raise ValueError(f"{spec.name} is not a captioning model")
+        captioner = self.pipelines.get(spec, "caption")
+        picture = self._open(request.images[0])
+        preview = picture.copy()
+        preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        prompts = captions.describe(captioner, picture, seed=request.seed, count=request.count,
+                                    on_caption=lambda done, total: on_step(done, total, lambda: preview),
+                                    should_stop=should_stop)
+        if should_stop():
+            raise GenerationStopped()
+        return Generated(images=[picture], notices=[], captions=prompts)
 
     # ------------------------------------------------------------------------------------------
 

@@ -50,11 +50,12 @@ class Progress:
 @dataclass(frozen=True)
 class Done:
     job_id: int
-    images: tuple[ImageFile, ...]
+    images: tuple[ImageFile, ...]  # none for a /describe: its grid is the picture it described
     grid: ImageFile
     notices: tuple[str, ...] = field(default=())
     # the control image a ControlNet job was steered by ("jobs/12/control.png"), shown beside the grid
     control: ImageFile | None = None
+    captions: tuple[str, ...] = field(default=())  # /describe: the prompts written for the picture
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ def event_from_json(text: str | bytes) -> Event:
         if kind is Done:
             return Done(job_id=int(data["job_id"]), images=tuple(_image_from_dict(i) for i in data["images"]),
                         grid=_image_from_dict(data["grid"]), notices=tuple(data.get("notices", ())),
-                        control=_image_from_dict(data["control"]) if data.get("control") else None)
+                        control=_image_from_dict(data["control"]) if data.get("control") else None,
+                        captions=tuple(str(c) for c in data.get("captions", ())))
         if kind is Progress:
             return Progress(int(data["job_id"]), int(data["step"]), int(data["total"]), _unb64(data.get("preview")))
         if kind is Started:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generation.availability import ADDITION_FILES, looks_like_path
-from generation.registry import WEIGHTS_FILE_FAMILIES, ModelSpec, Registry
+from generation.registry import CAPTION_FAMILIES, WEIGHTS_FILE_FAMILIES, ModelSpec, Registry
 
 # the files diffusers reads from a pipeline repo, besides the weights (configs, tokenizers)
 _SMALL_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model")
@@ -46,6 +46,8 @@ def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     tokenizer only), a dedicated inpainting pipeline (weights). Folders and files are not pulled."""
     if spec.family in WEIGHTS_FILE_FAMILIES or spec.is_remote:
         return []  # an upscaler's weights file (a local file, never pulled); a provider's API
+    if spec.family in CAPTION_FAMILIES:
+        return []  # transformers repos: model_sources
     wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
     wanted.append((spec.inpaint, True))  # a dedicated inpainting pipeline (Zoom Out, Pan)
     return [(source, weights) for source, weights in wanted if source and _is_hub_id(source)]
@@ -54,6 +56,38 @@ def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
 # what CLIPModel, its tokenizer and its image processor read from a CLIP repo (--clip)
 CLIP_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.json",
               "merges.txt", "special_tokens_map.json", "preprocessor_config.json"]
+
+
+def model_sources(spec: ModelSpec) -> list[str]:
+    """The hub ids of a captioner's transformers models (its BLIP source, its CLIP), pulled
+    with plan_model; [] for other entries and for folders."""
+    if spec.family not in CAPTION_FAMILIES:
+        return []
+    return [source for source in (spec.source, spec.clip) if source and _is_hub_id(source)]
+
+
+def choose_model_files(paths: list[str]) -> list[str]:
+    """The files of a transformers model repo that `from_pretrained` reads: its top-level
+    configs, tokenizer and processor files, and its weights as safetensors where the repo has
+    them (one file or shards with their index), else as PyTorch .bin; the TensorFlow, Flax and
+    other copies of the same weights are left out."""
+    top = [p for p in paths if "/" not in p]
+    chosen = [p for p in top if p.endswith((".json", ".txt", ".model")) and not p.endswith(".index.json")]
+    for stem in ("model", "pytorch_model"):
+        ext = ".safetensors" if stem == "model" else ".bin"
+        weights = [p for p in top if p == f"{stem}{ext}" or (p.startswith(f"{stem}-") and p.endswith(ext))]
+        if weights:
+            index = f"{stem}{ext}.index.json"
+            return sorted(chosen + weights + ([index] if index in top else []))
+    return sorted(chosen)
+
+
+def plan_model(repo_id: str) -> Plan:
+    """The plan to pull a transformers model repo (choose_model_files), with sizes from the
+    hub (no download). Raises the hub's errors, as `plan` does."""
+    from huggingface_hub import HfApi
+
+    return plan_files(repo_id, choose_model_files(HfApi().list_repo_files(repo_id)))
 
 
 def addition_sources(registry: Registry, names: list[str] | None = None) -> list[tuple[str, str, list[str]]]:

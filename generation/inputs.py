@@ -56,6 +56,8 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
     except Image.DecompressionBombError:
         raise UploadError(f"{name} has far too many pixels (a decompression bomb?); "
                           f"the limit is {max_pixels / 1e6:.0f} megapixels.") from None
+    except (OSError, EOFError) as err:  # the header itself is cut short (a partial download, a cut file)
+        raise UploadError(f"{name} is damaged or truncated ({type(err).__name__}).") from None
     except Exception as err:  # noqa: BLE001 - any parser failure means the same to the member
         raise UploadError(f"{name} could not be read as an image ({type(err).__name__}).") from None
     with image:

@@ -3,7 +3,8 @@ everything in front of the worker (the Studio, the Discord cogs, limits, history
 
 It keeps the same fair order as the other queues (generation.fairness) and plays a worker in
 this event loop: Started, one Progress per step (`step_s` apart), then Done with four plain
-pictures (a colour drawn from each image's seed) written to its FileStore. A request for a
+pictures (a colour drawn from each image's seed) written to its FileStore (for a /describe,
+plain prompts). A request for a
 model named in `failing_models` ends Failed. It is the StubBroker of dramatiq's tests: the
 same contract tests run against it as against the real queues.
 """
@@ -23,15 +24,22 @@ from generation.files import FileStore
 from generation.imaging import png_bytes
 from generation.queue import WorkerState, loaded_after
 from generation.request import JobKind, Request
-from generation.worker import save_images
+from generation.worker import save_images, save_picture
 
 
 def plain_pictures(request: Request) -> list[Image.Image]:
     """One flat-coloured RGB picture per image of `request` (its seed picks the colour), at the
-    request's size (×2 for an upscale, which makes one)."""
+    request's size (×2 for an upscale, which makes one; one for a /describe, the picture)."""
+    if request.kind == JobKind.DESCRIBE:
+        return [Image.new("RGB", (request.width, request.height), _colour(request.seed))]
     if request.kind == JobKind.UPSCALE:
         return [Image.new("RGB", (request.width * 2, request.height * 2), _colour(request.seed))]
     return [Image.new("RGB", (request.width, request.height), _colour(seed)) for seed in request.seeds()]
+
+
+def plain_captions(request: Request) -> tuple[str, ...]:
+    """The prompts a pretend captioner writes for a /describe: "plain picture N" for each."""
+    return tuple(f"a plain picture, number {n}" for n in range(1, request.count + 1))
 
 
 def _colour(seed: int) -> tuple[int, int, int]:
@@ -145,5 +153,8 @@ class MemoryQueue:
             self.state.step, self.state.total = step, request.steps
             preview = png_bytes(pictures[0].resize((8, 8))) if step == 1 else None
             self._events.put_nowait(Progress(job_id, step, request.steps, preview))
+        if request.kind == JobKind.DESCRIBE:  # plain prompts for the picture, as a captioner writes them
+            picture = await asyncio.to_thread(save_picture, pictures[0], request, self.files, job_id)
+            return Done(job_id, (), picture, captions=plain_captions(request))
         files, grid = await asyncio.to_thread(save_images, pictures, request, self.files, job_id)
         return Done(job_id, tuple(files), grid)

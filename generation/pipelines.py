@@ -49,6 +49,7 @@ from generation.availability import (
     require_addition,
     require_controlnet,
 )
+from generation.captions import load_captioner
 from generation.clip_guidance import load_clip
 from generation.control import DepthEstimator
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
@@ -146,6 +147,7 @@ class PipelineCache:
         """The diffusers pipeline for `spec` and `task` (a PipelineTask: "text2img", "img2img",
         "prior", "upscale", "inpaint"; "esrgan": the spandrel model of an ESRGAN-family entry;
         "clip": the entry's CLIP model for --clip, a generation.clip_guidance.ClipScorer),
+        "caption": the generation.captions.Captioner of a captioning entry),
         loaded on first use (which may unload the least recently used model) and placed on the
         device, in the device's dtype, with the configured scheduler.
 
@@ -332,6 +334,8 @@ class PipelineCache:
                 raise explain(spec.name, spec.clip_model, err) from err
         if task == "esrgan":  # an ESRGAN-family network (spandrel), not a diffusers pipeline
             return load_esrgan(spec.name, spec.source, self.device)
+        if task == "caption":  # /describe: BLIP (and CLIP) from transformers, not a diffusers pipeline
+            return load_captioner(spec, self.device)
         if task == "text2img":
             cls = (_KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else
                    _NO_PRIOR[spec.family][0] if spec.family in _NO_PRIOR else AutoPipelineForText2Image)

@@ -359,5 +359,6 @@ class RedisQueue:
                                           image.flagged))
         if control:
             *images, kept_control = images
-        return Done(event.job_id, tuple(images[:-1]), images[-1], event.notices, kept_control if control else None)
+        return Done(event.job_id, tuple(images[:-1]), images[-1], event.notices, kept_control if control else None,
+                    event.captions)
 

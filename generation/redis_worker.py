@@ -109,7 +109,8 @@ class RedisWorker(_Worker):
             return ImageFile(image.key, image.width, image.height, image.seed, image.sha256, image.flagged,
                              self.cache.get(image.key))
         return Done(event.job_id, tuple(loaded(i) for i in event.images), loaded(event.grid), event.notices,
-                    loaded(event.control) if event.control is not None else None)
+                    loaded(event.control) if event.control is not None else None,
+                    event.captions)
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT (or `stopping` is set); returns the exit status (1 when the

@@ -32,6 +32,7 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
     "upscale-x4": (512, 20, 0.0),
     "esrgan": (512, 1, 0.0),  # a super-resolution network (generation/esrgan.py): no steps, no guidance
     "openai": (1024, 1, 0.0),  # OpenAI's image API (generation/remote.py): one request, no steps, no guidance
+    "blip": (384, 1, 0.0),  # a captioning model for /describe (generation/captions.py): BLIP's 384-px input
 }
 TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22", "kandinsky3",
                           "openai"}
@@ -64,6 +65,10 @@ UPSCALER_FAMILIES = {"upscale-x4", "esrgan"}
 # families whose source is one weights file read by spandrel (generation/esrgan.py), not diffusers
 WEIGHTS_FILE_FAMILIES = {"esrgan"}
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
+
+# families of captioning models (/describe: generation/captions.py), transformers folders or hub
+# ids (config.json, not a diffusers model_index.json)
+CAPTION_FAMILIES = {"blip"}
 
 # the families diffusers' from_single_file builds here (StableDiffusionPipeline, …XLPipeline)
 SINGLE_FILE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
@@ -229,6 +234,9 @@ class ModelSpec:
     # "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", what diffusers' CLIP-guided example uses); None:
     # --clip is refused for this model
     clip_model: str | None = None
+    # /describe: a CLIP model (transformers CLIPModel: a hub id such as
+    # "openai/clip-vit-base-patch32", or a folder) that ranks style words for a captioner's prompts
+    clip: str | None = None
 
     @property
     def single_file(self) -> bool:
@@ -276,8 +284,13 @@ class ModelSpec:
         can = [what for what, on in (
             ("text to image", self.can_generate), ("image to image (V)", self.can_generate),
             ("blend", self.can_blend), ("zoom/pan (inpaint)", self.family in INPAINT_FAMILIES),
-            ("CLIP guidance (--clip)", self.can_clip_guide), ("upscale", self.is_upscaler)) if on]
+            ("CLIP guidance (--clip)", self.can_clip_guide), ("upscale", self.is_upscaler),
+            ("describe", self.is_captioner)) if on]
         return can
+
+    @property
+    def is_captioner(self) -> bool:
+        return self.family in CAPTION_FAMILIES
 
 
 def _spec(name: str, source: str, family: str, **overrides: Any) -> ModelSpec:
@@ -310,6 +323,7 @@ class Registry:
     default: str
     upscaler: str | None = None
     origin: str = "built-in"  # where the entries came from, for `pintor models`
+    captioner: str | None = None  # the model /describe uses (a CAPTION_FAMILIES entry); None: no /describe
     # MidJourney's model choosers → model names: ("v", "6") → "sdxl"; ("niji", "") is any --niji
     selectors: dict[tuple[str, str], str] = field(default_factory=dict)
     loras: dict[str, LoraSpec] = field(default_factory=dict)
@@ -409,7 +423,7 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
             raise RegistryError(f"model '{name}': an {entry['family']} upscaler's source is its weights file "
                                 f"({', '.join(WEIGHTS_SUFFIXES)}), e.g. \"/models/4x-UltraSharp.pth\", without "
                                 "'config' (see docs/models.md)")
-    elif is_single_file(str(entry["source"])):
+    elif is_single_file(str(entry["source"])) and entry["family"] not in CAPTION_FAMILIES:
         if entry["family"] not in SINGLE_FILE_FAMILIES:
             raise RegistryError(f"model '{name}': a single-file checkpoint works for the families "
                                 f"{', '.join(sorted(SINGLE_FILE_FAMILIES))}, not '{entry['family']}'")
@@ -420,6 +434,12 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
                                 "(see docs/models.md)")
     elif "config" in entry:
         raise RegistryError(f"model '{name}': 'config' is for single-file checkpoints (.safetensors, .ckpt) only")
+    if "clip" in entry and entry["family"] not in CAPTION_FAMILIES:
+        raise RegistryError(f"model '{name}': 'clip' ranks style words for a captioner (family "
+                            f"{', '.join(sorted(CAPTION_FAMILIES))}), not for '{entry['family']}'")
+    if entry["family"] in CAPTION_FAMILIES and is_single_file(str(entry["source"])):
+        raise RegistryError(f"model '{name}': a captioner's source is a transformers folder or hub id "
+                            "(e.g. \"Salesforce/blip-image-captioning-base\"), not a single file")
     if "vae" in entry and entry["family"] not in ADDITION_FAMILIES:
         raise RegistryError(f"model '{name}': 'vae' replaces the VAE of the families "
                             f"{', '.join(sorted(ADDITION_FAMILIES))}, not '{entry['family']}'")
@@ -569,9 +589,11 @@ def _parse_selectors(table: object, models: dict[str, ModelSpec]) -> dict[tuple[
 def load_registry(path: Path | None = None, default: str | None = None) -> Registry:
     """The registry from a TOML file (see docs/models.md), or the built-in one for None.
 
-    File layout: `default = "name"`, optional `upscaler = "name"` and `[models.NAME]` tables
+    File layout: `default = "name"`, optional `upscaler = "name"`, optional `captioner = "name"`
+    (/describe's model; else the first entry of a caption family) and `[models.NAME]` tables
     with `source`, `family` and optional `prior`, `native_side`, `steps`, `guidance`, `scheduler`,
-    `variant`, `description`, `preview` (a tiny preview decoder), `vae`, `clip_model` (--clip),
+    `variant`, `description`, `preview` (a tiny preview decoder), `vae`, `clip_model` (--clip), `clip` (a captioner's
+    style-word ranker),
     and `config` (required for a single-file checkpoint source); a remote entry (`family =
     "openai"`) has `model` and optional `base_url`, `images`, `native_side`, `description`
     instead (_parse_remote);
@@ -586,6 +608,7 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     embeddings: dict[str, EmbeddingSpec] = {}
     file_default: str | None
     upscaler: str | None
+    captioner: str | None = None
     if path is None:
         models = {m.name: m for m in BUILTIN_MODELS}
         file_default, upscaler, origin = BUILTIN_DEFAULT, "upscaler", "built-in"
@@ -601,6 +624,7 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
         generators = [m.name for m in models.values() if m.can_generate]
         file_default = data.get("default") or (generators[0] if generators else None)
         upscaler = data.get("upscaler") or next((m.name for m in models.values() if m.is_upscaler), None)
+        captioner = data.get("captioner") or next((m.name for m in models.values() if m.is_captioner), None)
         origin = str(path)
         selectors = _parse_selectors(data.get("midjourney", {}), models)
         for kind, table in (("loras", data.get("loras", {})), ("embeddings", data.get("embeddings", {})),
@@ -623,5 +647,10 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     if upscaler is not None and (not isinstance(upscaler, str) or upscaler not in models
                                  or not models[upscaler].is_upscaler):
         raise RegistryError(f"upscaler '{upscaler}' is not a configured upscale model")
+    if captioner is not None and (not isinstance(captioner, str) or captioner not in models
+                                  or not models[captioner].is_captioner):
+        raise RegistryError(f"captioner '{captioner}' is not a configured captioning model "
+                            f"(family {', '.join(sorted(CAPTION_FAMILIES))})")
     return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors,
-                    loras=loras, embeddings=embeddings, controlnets=controlnets)
+                    loras=loras, embeddings=embeddings, controlnets=controlnets,
+                    captioner=captioner)

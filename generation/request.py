@@ -32,6 +32,7 @@ class JobKind(StrEnum):
     BLEND = "blend"  # a grid mixed from uploaded images (and a text)
     PICK = "pick"  # U: one picture of a grid, alone, at its size (from the file store: no worker job)
     OUTPAINT = "outpaint"  # Zoom Out, Pan, Make Square: a grid from a picture on a larger canvas
+    DESCRIBE = "describe"  # /describe: four prompts for an uploaded picture, by the captioner (no pictures made)
 
 
 KINDS = tuple(JobKind)
@@ -54,7 +55,7 @@ class Request:
     parameters: str = ""  # canonical "--ar 3:2 --no people ..." (all but the seed), shown with results
     init_image: str | None = None  # image-to-image / upscale source (a file path)
     strength: float = 0.0  # image-to-image: how far from init_image (0–1)
-    images: tuple[str, ...] = ()  # blend inputs (file paths)
+    images: tuple[str, ...] = ()  # blend inputs, the picture a /describe describes (file paths)
     image_weights: tuple[float, ...] = ()
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
     loras: tuple[tuple[str, float], ...] = ()  # (configured LoRA name, weight), applied for this job only

@@ -73,7 +73,7 @@ class SchedulerError(ValueError):
 # image to image (built from the text-to-image weights), the ×4 upscale, and Kandinsky's prior.
 # A Literal, not a StrEnum: it is never stored or listed, only passed as a constant, and mypy
 # checks every call site's string.
-PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan", "clip"]
+PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan", "clip", "caption"]
 
 
 def loop_for(family: str, task: PipelineTask) -> Loop:

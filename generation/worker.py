@@ -31,7 +31,7 @@ from PIL import Image
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
 from generation.files import CONTROL_FILE, FileStore, job_key
 from generation.imaging import make_grid, png_bytes, sha256
-from generation.request import Request
+from generation.request import JobKind, Request
 
 if TYPE_CHECKING:
     from generation.engine import Engine  # imported in the worker process only: it loads torch
@@ -96,6 +96,15 @@ def save_images(images: list[Image.Image], request: Request, store: FileStore, j
     key = job_key(job_id, "grid.png")
     store.put(key, data)
     return files, ImageFile(key, grid.width, grid.height, request.seed, sha256(data), any(flagged))
+
+
+def save_picture(image: Image.Image, request: Request, store: FileStore, job_id: int) -> ImageFile:
+    """The one picture of a job without images of its own (the picture a /describe described)
+    as its grid, "jobs/<job id>/grid.png", written atomically. Returns its ImageFile."""
+    data = png_bytes(image)
+    key = job_key(job_id, "grid.png")
+    store.put(key, data)
+    return ImageFile(key, image.width, image.height, request.seed, sha256(data))
 
 
 class WarmUpFailed(RuntimeError):
@@ -247,6 +256,10 @@ class _Worker:
                 if result is None or job_id in ended:
                     continue  # stopped: reported below
                 store = FileStore(self.config.output_dir)
+                if request.kind == JobKind.DESCRIBE:  # prompts, and the picture they describe
+                    picture = save_picture(result.images[0], request, store, job_id)
+                    end(Done(job_id, (), picture, tuple(result.notices), captions=tuple(result.captions)))
+                    continue
                 files, grid = save_images(result.images, request, store, job_id, result.flagged)
                 control = save_control(result.control, request, store, job_id) if result.control else None
                 end(Done(job_id, tuple(files), grid, tuple(result.notices), control))

@@ -8,6 +8,7 @@ datetimes (storage.models.UTCDateTime); statuses are storage.models' QUEUED … 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -153,11 +154,12 @@ class JobStore:
         await self._set(job_id, channel_id=channel_id, message_id=message_id)
 
     async def complete(self, job_id: int, images: Sequence[NewImage], grid_path: str,
-                       notices: Sequence[str] = ()) -> None:
+                       notices: Sequence[str] = (), captions: Sequence[str] = ()) -> None:
         """Record a finished job's images (their files are already on disk; numbered 1… in the
-        order given) and the worker's notices, after those the job was stored with; the job is
-        DONE. Images it had (a job run again after a crash) are replaced. Raises LookupError
-        when no job `job_id` is stored."""
+        order given), the worker's notices, after those the job was stored with, and a
+        /describe's prompts (`captions`, stored as a JSON list); the job is DONE. Images it had
+        (a job run again after a crash) are replaced. Raises LookupError when no job `job_id`
+        is stored."""
         async with self.session.begin() as session:
             job = await session.get(Job, job_id)
             if job is None:
@@ -168,6 +170,7 @@ class JobStore:
                                     seed=img.seed, sha256=img.sha256, flagged=img.flagged)
                               for i, img in enumerate(images, start=1))
             job.status, job.grid_path, job.finished_at = JobStatus.DONE, grid_path, utcnow()
+            job.captions = json.dumps(list(captions)) if captions else None
             # the job's own notices (from when it was asked for) first; a re-run adds none twice
             lines = [line for line in (job.notices or "").splitlines() if line]
             lines += [line for line in notices if line not in lines]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -67,7 +68,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    kind: Mapped[str] = mapped_column(String(16))  # imagine, reroll, variation, upscale, blend
+    kind: Mapped[str] = mapped_column(String(16))  # a JobKind: imagine, reroll, variation, upscale, blend, describe…
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
     parent_index: Mapped[int | None] = mapped_column(Integer, default=None)  # which image of the parent
     model: Mapped[str] = mapped_column(String(64))
@@ -91,6 +92,13 @@ class Job(Base):
     # the front end (an Owner's name) that queued it; another may queue it again only once that
     # one's lease has run out (storage.owners)
     owner: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
+    # /describe: the prompts written for its picture, a JSON list of strings (None for other jobs)
+    captions: Mapped[str | None] = mapped_column(Text, default=None)
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts a /describe job wrote (`captions`, read from its JSON); [] for others."""
+        return [str(p) for p in json.loads(self.captions)] if self.captions else []
 
     images: Mapped[list[Image]] = relationship(order_by="Image.index", lazy="selectin",
                                                cascade="all, delete-orphan")

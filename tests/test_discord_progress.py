@@ -50,6 +50,7 @@ async def test_status_lines():
     assert status_line(Queued(1, 3)) == "⏳ queued — position 3"
     assert status_line(Started(1)) == "🎨 starting…"
     assert status_line(Progress(1, 2, 5)) == "🎨 generating 40 %"
+    assert status_line(Progress(1, 3, 4), doing="describing") == "🎨 describing 75 %"
     assert status_line(DONE) is None
 
 

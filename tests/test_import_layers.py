@@ -29,7 +29,8 @@ LAYERS: list[set[str]] = [
     {"bot.buttons"},  # persistent items and their views; a press goes to interaction.client
     {"bot.results"},  # message texts, pictures and views
     {"bot.delivery"},  # where a job's messages go
-    {"bot.cogs.account", "bot.cogs.admin", "bot.cogs.blend", "bot.cogs.history", "bot.cogs.imagine",
+    {"bot.cogs.account", "bot.cogs.admin", "bot.cogs.blend", "bot.cogs.describe", "bot.cogs.history",
+     "bot.cogs.imagine",
      "bot.cogs.preferences", "bot.cogs.show"},  # one per feature, loaded by name
     {"bot.discord_bot"},  # the client: loads the cogs, registers the buttons, reports jobs
     {"bot.app"},  # the process: Studio + client

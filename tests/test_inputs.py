@@ -63,6 +63,19 @@ def test_truncated_png_is_refused():
         open_upload(data[: len(data) // 2], "cut.png")
 
 
+@pytest.mark.parametrize("kept", [300, 600, 2000])
+def test_a_photo_cut_inside_its_header_is_called_truncated(kept: int):
+    """A phone JPEG (EXIF block first) cut off early, as a broken download leaves it: Pillow
+    fails while reading the header, before any pixel. Found by /describe's tests."""
+    exif = Image.Exif()
+    exif[0x010F] = "Phone"
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.effect_noise((480, 320), 50).convert("RGB").save(buffer, format="JPEG", exif=exif)
+    with pytest.raises(UploadError, match="cut.jpg is damaged or truncated"):
+        open_upload(buffer.getvalue()[:kept], "cut.jpg")
+
+
 def test_too_many_bytes_and_too_few_pixels():
     with pytest.raises(UploadError, match="the limit is"):
         open_upload(png(Image.new("RGB", (32, 32))), "big.png", max_bytes=50)

@@ -56,6 +56,9 @@ __all__ = [
     "build_controlnet",
     "build_depth_estimator",
     "build_kandinsky22_controlnet",
+    "build_blip",
+    "make_bert_tokenizer",
+    "build_clip",
     "build_all",
     "TEXT_WIDTH",
 ]
@@ -849,4 +852,40 @@ def build_clip(path: Path, *, seed: int = 0) -> Path:
     tokenizer.save_pretrained(path)
     size = _VISION["image_size"]
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path
+
+
+# -- /describe: a captioner (BLIP) and a style-word ranker (CLIP) --------------------------------
+
+#: a few words, so that random weights caption in words (gibberish, but words)
+_CAPTION_WORDS = ("a photo of the cat dog sitting on red blue house tree person in with and "
+                  "street beach painting window woman man field sky").split()
+
+
+def make_bert_tokenizer() -> transformers.BertTokenizerFast:
+    """A WordPiece tokenizer as BLIP's (BERT's special tokens and BLIP's ``[DEC]`` start token)
+    over `_CAPTION_WORDS`."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *_CAPTION_WORDS]
+    return transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, bos_token="[DEC]",
+                                          model_max_length=64)
+
+
+def build_blip(path: Path, *, seed: int = 4) -> Path:
+    """A random-weight ``BlipForConditionalGeneration`` (two-layer ViT on 32×32 images, a
+    two-layer text decoder 32 wide) with its ``BlipProcessor``, saved with ``save_pretrained``
+    into ``path`` as a captioning repo is laid out (config.json, weights, processor files)."""
+    torch.manual_seed(seed)
+    tokenizer = make_bert_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    text = transformers.BlipTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, encoder_hidden_size=TEXT_WIDTH,
+        max_position_embeddings=64, pad_token_id=ids("[PAD]"), bos_token_id=ids("[DEC]"),
+        eos_token_id=ids("[SEP]"), sep_token_id=ids("[SEP]"), **_ENCODER_LAYERS)
+    vision = transformers.BlipVisionConfig(hidden_size=TEXT_WIDTH, image_size=32, patch_size=8, **_ENCODER_LAYERS)
+    config = transformers.BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                     projection_dim=TEXT_WIDTH)
+    transformers.BlipForConditionalGeneration(config).eval().save_pretrained(path)
+    processor = transformers.BlipProcessor(
+        image_processor=transformers.BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    processor.save_pretrained(path)
     return path

@@ -13,6 +13,7 @@ generation.batching); "ready" tells the queue how many images one call may hold 
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import re
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
-from generation.files import FileStore, job_key
+from generation.files import FileStore, job_folder, job_key
 from generation.imaging import make_grid, png_bytes, sha256
 from generation.request import Request
 
@@ -68,18 +69,30 @@ def save_images(images: list[Image.Image], request: Request, store: FileStore, j
                 flagged: list[bool] | None = None) -> tuple[list[ImageFile], ImageFile]:
     """Each image and the grid as PNG files in `store` (keys "jobs/<job id>/1.png" …
     "grid.png"), each written atomically. Returns their ImageFiles (keys, pixel sizes, seeds,
-    SHA-256 of the PNG bytes), the images' first."""
+    SHA-256 of the PNG bytes), the images' first.
+
+    All or nothing: when a write fails (OSError, e.g. ENOSPC: the disk is full) the files
+    already written for the job are removed before the error is raised; temp files that a
+    worker killed mid-write left for this job are removed first."""
     flagged = flagged or [False] * len(images)
-    files = []
-    for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
-        data = png_bytes(image)
-        key = job_key(job_id, f"{i + 1}.png")
+    files: list[ImageFile] = []
+    written: list[str] = []
+    store.remove_partial(job_folder(job_id))
+    try:
+        for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
+            data = png_bytes(image)
+            key = job_key(job_id, f"{i + 1}.png")
+            store.put(key, data)
+            written.append(key)
+            files.append(ImageFile(key, image.width, image.height, seed, sha256(data), bad))
+        grid = make_grid(images, columns=2 if len(images) > 1 else 1)
+        data = png_bytes(grid)
+        key = job_key(job_id, "grid.png")
         store.put(key, data)
-        files.append(ImageFile(key, image.width, image.height, seed, sha256(data), bad))
-    grid = make_grid(images, columns=2 if len(images) > 1 else 1)
-    data = png_bytes(grid)
-    key = job_key(job_id, "grid.png")
-    store.put(key, data)
+    except OSError:
+        for key in written:
+            store.delete(key)
+        raise
     return files, ImageFile(key, grid.width, grid.height, request.seed, sha256(data), any(flagged))
 
 
@@ -267,6 +280,8 @@ def _reason(err: Exception) -> str:
         return "The GPU ran out of memory. Try a smaller --ar or fewer --steps, or ask an admin to enable offloading."
     if isinstance(err, FileNotFoundError):
         return "A picture this job starts from is gone from Pintor's file store."
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "The server's disk is full: the pictures could not be saved. Tell an admin; try again later."
     text = _SERVER_PATH.sub("<path>", text)
     kind = type(err).__name__
     return f"Generation failed ({kind}: {text[:200]})." if text else f"Generation failed ({kind})."

@@ -198,12 +198,16 @@ class _Worker:
         self.send("event", Started(job_id))
         self.run_batch(engine, [(job_id, request)])
 
-    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]]) -> None:
+    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]], *, offloaded: bool = False) -> None:
         """Run jobs (already reported Started) as one pipeline call and report each one's end.
 
         A job cancelled while the batch runs is reported Cancelled at once (its images are
         dropped, the others go on). If a batch of several fails, each job still running is run
-        again alone, so that one job's fault (a missing input picture, say) is its own."""
+        again alone, so that one job's fault (a missing input picture, say) is its own. A job
+        alone that runs out of memory runs once more with offloading on (`offloaded`:
+        PipelineCache.offloaded), then fails with the reason; the worker goes on serving."""
+        import torch
+
         from generation.availability import ModelLoadError
         from generation.engine import BatchJob, GenerationStopped
 
@@ -254,6 +258,11 @@ class _Worker:
                     else:
                         self.run_batch(engine, [job])
                         ended.add(job[0])
+            elif isinstance(err, torch.OutOfMemoryError) and not offloaded and not self.stopping.is_set():
+                log.warning("job %s ran out of memory; running it again with offloading on", jobs[0][0])
+                with engine.pipelines.offloaded():
+                    self.run_batch(engine, still, offloaded=True)
+                ended.update(job_id for job_id, _ in still)
             elif isinstance(err, ModelLoadError):  # expected (files missing, offline…): the why, not a traceback
                 log.error("job %s failed: %s", jobs[0][0], err.detail)
                 for job_id, _ in still:
@@ -277,7 +286,7 @@ def _reason(err: Exception) -> str:
     """What a member is told: no server paths or internals (the log has the traceback)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if "out of memory" in text.lower() or isinstance(err, MemoryError):
-        return "The GPU ran out of memory. Try a smaller --ar or fewer --steps, or ask an admin to enable offloading."
+        return "The GPU ran out of memory, even with offloading. Try a smaller --ar or fewer --steps."
     if isinstance(err, FileNotFoundError):
         return "A picture this job starts from is gone from Pintor's file store."
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -5,7 +5,11 @@ channel, a dropped gateway loses nothing — and every job's result is posted ex
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -157,3 +161,32 @@ async def test_a_dropped_gateway_mid_job_loses_nothing(pintor: Harness):
     after = await emu.slash("imagine", {"prompt": "after the drop --seed 17"})  # it still answers
     await acked(after, kind=5)
     await pintor.posted(await job_of(pintor, after))
+
+
+async def test_a_database_locked_for_two_seconds_delays_the_job_and_the_bot_keeps_answering(pintor: Harness):
+    url = pintor.settings.database_url
+    if not url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    path = url.split(":///", 1)[1]
+    emu = pintor.emu
+    member = emu._snowflake()
+    before = await pintor.job_count()
+
+    def hold_the_write_lock(locked: threading.Event, seconds: float) -> None:
+        with sqlite3.connect(path, timeout=30) as db:
+            db.execute("BEGIN IMMEDIATE")  # another process writing: every other writer waits
+            locked.set()
+            time.sleep(seconds)
+            db.rollback()
+
+    locked = threading.Event()
+    holder = asyncio.get_running_loop().run_in_executor(None, hold_the_write_lock, locked, 2.0)
+    await asyncio.to_thread(locked.wait, 10)
+    inter = await emu.slash("imagine", {"prompt": "a locked database --seed 18"}, user_id=member)
+    await acked(inter, kind=5)  # within 3 s, while the database is locked
+    info = await emu.slash("info", user_id=member)  # another command is answered meanwhile
+    await acked(info)
+    await holder
+    job_id = await job_of(pintor, inter)
+    await pintor.posted(job_id)
+    assert await pintor.job_count() == before + 1 and len(results_of(pintor, job_id)) == 1

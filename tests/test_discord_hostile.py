@@ -66,6 +66,7 @@ async def test_imagine_answers_any_prompt_in_time_and_stores_nothing_for_a_refus
     guild_id, channel_id = emu.add_guild()
     await pintor.studio.update_rules(guild_id, max_queued_per_member=100)
     member = emu._snowflake()
+    outcomes = []
     try:
         for prompt in drawn(ANY_TEXT, 30):
             before = await pintor.job_count()
@@ -73,10 +74,13 @@ async def test_imagine_answers_any_prompt_in_time_and_stores_nothing_for_a_refus
             callback = await acked(inter)  # within 3 s
             await emu._wait(partial(answered, inter, callback), 30)
             assert BROKEN not in said(inter), (prompt, said(inter))
-            if outcome(inter) != "queued":  # refused: with a message, nothing stored
+            outcomes.append(outcome(inter) == "queued")
+            if not outcomes[-1]:  # refused: with a message, nothing stored
                 assert await pintor.job_count() == before, prompt
     finally:
         await cancel_all(pintor.studio, [member])
+    print(f"{sum(outcomes)} of {len(outcomes)} drawn prompts queued")
+    assert any(outcomes) and not all(outcomes)  # the drawn prompts met both ways
 
 
 def item_templates() -> list[str]:

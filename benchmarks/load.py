@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class LoadReport:
     refused: Counter[str] = field(default_factory=Counter)  # the refusal texts (their limit)
     dropped: int = 0  # neither queued nor refused within the wait
     behind: int = 0  # fairness: the jobs of one member queued before a newcomer's first
-    jobs_before_newcomer: int | None = None  # fairness: jobs started between arrival and start
+    jobs_before_newcomer: int | None = None  # fairness: jobs started between its job stored and started
     problems: list[str] = field(default_factory=list)
 
     def percentile(self, p: float) -> float:
@@ -109,15 +110,17 @@ async def settle(emu: DiscordEmulator, sent: list[Interaction], report: LoadRepo
 
 async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> int:
     """Member A queues `behind` jobs (in a server allowing that many), then member B one: how
-    many jobs start between B being told "queued" and B's job's start."""
+    many jobs start between B's job being stored (its row's created_at: it is queued right
+    after) and B's job's start. Counted on the Studio's events, not on Discord's messages,
+    which may lag behind the queue when the bot is busy."""
     guild_id, channel_id = emu.add_guild()
     await studio.update_rules(guild_id, max_queued_per_member=behind + 10)
     first, newcomer = emu._snowflake(), emu._snowflake()
-    started: list[int] = []
+    started: list[tuple[int, datetime]] = []  # (job id, when its Started event was stored)
 
     async def listen(job_id: int, event: Event) -> None:
         if isinstance(event, Started):
-            started.append(job_id)
+            started.append((job_id, datetime.now(UTC)))
 
     studio.listeners.append(listen)
     try:
@@ -126,13 +129,14 @@ async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> i
         await emu._wait(lambda: all(outcome(i) for i in many), 120)
         inter = await emu.slash("imagine", {"prompt": "the newcomer --seed 7"}, user_id=newcomer, channel_id=channel_id)
         await emu._wait(lambda: outcome(inter) is not None, 30)
-        arrived = len(started)  # counted from when the member is told "queued" (the job is in line)
         [job] = await studio.unfinished_jobs(newcomer)
+        stored = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
         deadline = time.monotonic() + 300
-        while job.id not in started:
+        while job.id not in [job_id for job_id, _ in started]:
             assert time.monotonic() < deadline, "the newcomer's job never started"
             await asyncio.sleep(0.05)
-        return started.index(job.id) - arrived
+        return sum(1 for job_id, at in started if job_id != job.id and at > stored
+                   and at <= next(when for i, when in started if i == job.id))
     finally:
         studio.listeners.remove(listen)
 

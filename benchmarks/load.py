@@ -45,6 +45,7 @@ class LoadReport:
     refused: Counter[str] = field(default_factory=Counter)  # the refusal texts (their limit)
     dropped: int = 0  # neither queued nor refused within the wait
     behind: int = 0  # fairness: the jobs of one member queued before a newcomer's first
+    newcomer_position: int | None = None  # fairness: the position in line the newcomer was told
     jobs_before_newcomer: int | None = None  # fairness: jobs started between its job stored and started
     problems: list[str] = field(default_factory=list)
 
@@ -57,8 +58,9 @@ class LoadReport:
         return (f"{self.sent} /imagine: acknowledged p50 {self.percentile(50) * 1000:.0f} ms, p99 "
                 f"{self.percentile(99) * 1000:.0f} ms, max {max(self.ack_s, default=0) * 1000:.0f} ms; "
                 f"{self.late} late; {self.queued} queued, {sum(self.refused.values())} refused ({refused}); "
-                f"{self.dropped} dropped. Fairness: a newcomer behind {self.behind} jobs of one member started after "
-                f"{self.jobs_before_newcomer} other job(s). Problems: {self.problems or 'none'}")
+                f"{self.dropped} dropped. Fairness: a newcomer behind {self.behind} jobs of one member was told "
+                f"position {self.newcomer_position}; {self.jobs_before_newcomer} other job(s) started (as stored) "
+                f"between its job stored and started. Problems: {self.problems or 'none'}")
 
 
 def outcome(inter: Interaction) -> str | None:
@@ -108,11 +110,12 @@ async def settle(emu: DiscordEmulator, sent: list[Interaction], report: LoadRepo
             report.refused[re.sub(r"\d+", "N", result)] += 1
 
 
-async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> int:
+async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> tuple[int, int]:
     """Member A queues `behind` jobs (in a server allowing that many), then member B one: how
     many jobs start between B's job being stored (its row's created_at: it is queued right
-    after) and B's job's start. Counted on the Studio's events, not on Discord's messages,
-    which may lag behind the queue when the bot is busy."""
+    after) and B's job's start, counted on the Studio's stored Started events (which lag behind
+    the worker when the bot is saturated); and the position in line B was told
+    ("queued — position N"; 0 for "starting"). Returns (position told, jobs started)."""
     guild_id, channel_id = emu.add_guild()
     await studio.update_rules(guild_id, max_queued_per_member=behind + 10)
     first, newcomer = emu._snowflake(), emu._snowflake()
@@ -135,8 +138,11 @@ async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> i
         while job.id not in [job_id for job_id, _ in started]:
             assert time.monotonic() < deadline, "the newcomer's job never started"
             await asyncio.sleep(0.05)
-        return sum(1 for job_id, at in started if job_id != job.id and at > stored
-                   and at <= next(when for i, when in started if i == job.id))
+        first_edit = next((r.json.get("content", "") for r in emu.requests if r.method == "PATCH"
+                      and f"/{inter.token}/" in r.path and r.json and r.json.get("content")), "")
+        told = re.search(r"position (\d+)", first_edit)  # what the first edit said (later ones move on)
+        return int(told[1]) if told else 0, sum(1 for job_id, at in started if job_id != job.id and at > stored
+                                                 and at <= next(when for i, when in started if i == job.id))
     finally:
         studio.listeners.remove(listen)
 
@@ -161,7 +167,7 @@ async def measure(emu: DiscordEmulator, studio: Any, *, members: int, per_member
         await cancel_all(studio, ids)  # fairness is measured between two members alone
         if behind:
             report.behind = behind
-            report.jobs_before_newcomer = await fairness(emu, studio, behind=behind)
+            report.newcomer_position, report.jobs_before_newcomer = await fairness(emu, studio, behind=behind)
     finally:
         everyone = ids + [int(i.payload["member"]["user"]["id"]) for i in emu.interactions.values()
                           if "member" in i.payload]

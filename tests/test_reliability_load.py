@@ -23,4 +23,5 @@ async def test_a_hundred_imagines_in_bursts_are_all_answered_in_time_and_fairly(
     assert report.late == 0 and report.percentile(99) < 3
     assert report.queued + sum(report.refused.values()) == 100 and report.queued >= 60 and report.refused
     assert all("this server allows N" in text for text in report.refused)  # each refusal names its limit
+    assert report.newcomer_position is not None and report.newcomer_position <= 2  # next after the running job
     assert report.jobs_before_newcomer is not None and report.jobs_before_newcomer <= 2

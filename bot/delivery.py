@@ -7,6 +7,15 @@ or one re-queued after a restart — the result goes out as a new message in the
 with the bot token and mentioning the member (for a member whose /settings make results
 private: in a direct message). Progress is not worth a new message then: it is dropped. A
 token Discord refuses (401, unknown webhook) is never tried again.
+
+When Discord misbehaves: discord.py itself waits out each 429's `retry_after` and retries
+server errors (5 tries of one request, 1 + 3 + 5 + 7 s apart; webhooks on any 5xx, the bot's
+REST on 500/502/504/524). What it does not do is give up on a request Discord never answers
+(aiohttp's own limit is 5 minutes): Pintor sends a result within `PintorBot.send_timeout_s`, at
+most `SEND_TRIES` times — a channel message with a nonce Discord enforces (`job-<id>`), so a
+try after a time-out never makes a second message; an edit of the interaction's message is
+the same edit again. When the pictures cannot go out at all, a text (the `fallback`) tells the
+member so, and how to see them.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord.utils import MISSING
@@ -28,9 +39,13 @@ if TYPE_CHECKING:  # types only: the bot module imports this one
     from storage.models import Job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INTERACTION_TTL_S = 14 * 60  # Discord: interaction tokens work for 15 minutes; keep a margin
 TOKEN_GONE_CODES = {10015, 10062}  # unknown webhook, unknown interaction
+SEND_TRIES = 3  # Pintor's tries of one result that got no answer in time (discord.py retries 429s, 5xx)
+SEND_BACKOFF_S = 1.0  # before the second try; twice that before the third
+SEND_TIMEOUT_S = 60.0  # one message sent or edited, its picture uploaded (PintorBot.send_timeout_s)
 NOT_DONE = "⚠️ Not done."  # what the channel sees, for a moment, of a refusal after a public "thinking…"
 
 
@@ -87,18 +102,55 @@ class Delivery:
             if fitted is not None:
                 attachments = [Outgoing("", fitted).files()[0]]
         try:
-            await self._interaction_message(content=content, attachments=attachments)
+            await asyncio.wait_for(self._interaction_message(content=content, attachments=attachments),
+                                   self.bot.send_timeout_s)
         except discord.HTTPException as err:
             self._refused(err, "a progress update")
+        except TimeoutError:
+            log.warning("a progress update took over %s s; dropped", self.bot.send_timeout_s)
 
-    async def final(self, out: Outgoing) -> discord.Message | None:
-        """The last state; always sent: on the interaction while it can be, else in the channel."""
-        if self.token_alive:
+    async def final(self, out: Outgoing, *, nonce: str | None = None,
+                    fallback: Outgoing | None = None) -> discord.Message | None:
+        """The last state; always sent: on the interaction while it can be, else in the channel
+        (a message carrying `nonce`, which Discord makes once however often it is sent). Each way
+        is tried `SEND_TRIES` times; when `out` cannot go (Discord's errors, time-outs),
+        `fallback` — a text without pictures — tells the member. Returns the message, or None
+        when nothing could be sent (logged)."""
+        for message in (out, fallback) if fallback is not None else (out,):
+            if self.token_alive:
+                try:
+                    return await self._tried(partial(self._interaction_message, content=message.content,
+                                                     attachments=message.files(), view=message.view))
+                except discord.HTTPException as err:
+                    self._refused(err, "the result")
+                    if not self._token_refused:
+                        continue
+                except TimeoutError:
+                    log.warning("could not send the result: no answer in %s s", self.bot.send_timeout_s)
+                    continue
             try:
-                return await self._interaction_message(content=out.content, attachments=out.files(), view=out.view)
-            except discord.HTTPException as err:
-                self._refused(err, "the result")
-        return await self._channel_message(out)
+                return await self._tried(partial(self._channel_message, message, nonce))
+            except (discord.HTTPException, TimeoutError):
+                log.exception("could not post a result for member %s (channel %s, private: %s)",
+                              self.member_id, self.channel_id, self.private)
+            if nonce is not None:
+                nonce = f"{nonce}-t"  # the fallback is another message
+        return None
+
+    async def _tried(self, send: Callable[[], Awaitable[T]]) -> T:
+        """`await send()` within the send time-out, up to SEND_TRIES times while Discord does not
+        answer in time (discord.py has retried its errors already); raises the last TimeoutError,
+        or discord.HTTPException at once."""
+        for attempt in range(1, SEND_TRIES + 1):
+            try:
+                return await asyncio.wait_for(send(), self.bot.send_timeout_s)
+            except TimeoutError:
+                if attempt == SEND_TRIES:
+                    raise
+                log.warning("sending a result got no answer in %s s, try %d of %d", self.bot.send_timeout_s,
+                            attempt, SEND_TRIES)
+                await asyncio.sleep(SEND_BACKOFF_S * attempt)  # no storm: 1 s, then 2 s
+        raise AssertionError("unreachable")
 
     async def refuse(self, text: str) -> None:
         """Tell the member why nothing was done, in a message only they see. `text` may quote
@@ -141,21 +193,16 @@ class Delivery:
                 content=content, attachments=attachments, view=view, allowed_mentions=self.mentions)
         return self.message
 
-    async def _channel_message(self, out: Outgoing) -> discord.Message | None:
+    async def _channel_message(self, out: Outgoing, nonce: str | None = None) -> discord.Message | None:
         if self.channel_id is None and not self.private:
             log.warning("a result for member %s has no channel to go to", self.member_id)
             return None
-        try:
-            if self.private:
-                channel: discord.abc.Messageable = await self.bot.create_dm(discord.Object(self.member_id))
-            else:
-                channel = self.bot.get_partial_messageable(self.channel_id, guild_id=self.guild_id)
-            return await channel.send(out.content, files=out.files() or None, view=out.view,
-                                      allowed_mentions=self.mentions)
-        except discord.HTTPException:
-            log.exception("could not post a result for member %s (channel %s, private: %s)",
-                          self.member_id, self.channel_id, self.private)
-            return None
+        if self.private:
+            channel: discord.abc.Messageable = await self.bot.create_dm(discord.Object(self.member_id))
+        else:
+            channel = self.bot.get_partial_messageable(self.channel_id, guild_id=self.guild_id)
+        return await channel.send(out.content, files=out.files() or None, view=out.view,
+                                  allowed_mentions=self.mentions, nonce=nonce)
 
     def _refused(self, err: discord.HTTPException, what: str) -> None:
         if _token_gone(err):

@@ -20,16 +20,24 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.buttons import BUTTONS, Action, form_submitted
-from bot.delivery import INTERACTION_TTL_S, Delivery
+from bot.delivery import INTERACTION_TTL_S, SEND_TIMEOUT_S, Delivery
 from bot.intake import USER_ERRORS, Member
 from bot.metrics import Metrics
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
-from bot.results import DM_REFUSAL, Outgoing, already_made_text, ending_message, progress_text, result_message
+from bot.results import (
+    DM_REFUSAL,
+    Outgoing,
+    already_made_text,
+    ending_message,
+    progress_text,
+    result_message,
+    unsent_message,
+)
 from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
 from generation.request import JobKind
-from storage.models import JobStatus, ServerRules
+from storage.models import Job, JobStatus, ServerRules
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ class PintorBot(commands.Bot):
     # Class attributes, so that tests can shorten them on one bot.
     progress_interval_s: float = PROGRESS_INTERVAL_S  # at most one progress edit per message per this
     interaction_ttl_s: float = INTERACTION_TTL_S  # after this, results go to the channel instead
+    send_timeout_s: float = SEND_TIMEOUT_S  # one message sent or edited (an upload) takes at most this
 
     def __init__(self, *, settings: Settings, studio: Studio, metrics: Metrics | None = None, **options: Any):
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Pintor has no voice
@@ -269,15 +278,18 @@ class PintorBot(commands.Bot):
             out = ending_message(job, final)
         # Posting and recording where it went run to their end even when close() cancels this
         # task: a result posted but not recorded would be posted a second time after a restart.
-        posting = asyncio.ensure_future(self._post(job_id, job.status == JobStatus.DONE, delivery, out))
+        posting = asyncio.ensure_future(self._post(job, delivery, out))
         self._posting.add(posting)
         posting.add_done_callback(self._posting.discard)
         await asyncio.shield(posting)
 
-    async def _post(self, job_id: int, done: bool, delivery: Delivery, out: Outgoing) -> None:
-        message = await delivery.final(out)
+    async def _post(self, job: Job, delivery: Delivery, out: Outgoing) -> None:
+        done = job.status == JobStatus.DONE
+        # a text instead, when Discord takes no picture: the member hears the job is done
+        fallback = unsent_message(job) if done else None
+        message = await delivery.final(out, nonce=f"job-{job.id}", fallback=fallback)
         if message is not None and done:
-            await self.studio.mark_posted(job_id, message.channel.id, message.id)
+            await self.studio.mark_posted(job.id, message.channel.id, message.id)
 
     async def on_job_event(self, job_id: int, event: Event) -> None:
         """Studio listener: results of jobs no reporter follows (queued again after a restart)

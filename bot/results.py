@@ -228,6 +228,14 @@ async def _parent_url(studio: Studio, job: Job) -> str | None:
     return jump_url(parent.guild_id, parent.channel_id, parent.message_id)
 
 
+def unsent_message(job: Job) -> Outgoing:
+    """What the member hears of a finished job whose picture Discord would not take (server
+    errors, time-outs, after every retry): that it is done and how to see it."""
+    request = Request.from_json(job.request)
+    return Outgoing(progress_text(request, job.user_id, f"⚠️ Job {job.id} is done, but Discord did not take its "
+                                  f"picture. `/show job_id:{job.id}` posts it again."))
+
+
 def ending_message(job: Job, event: Event | None) -> Outgoing:
     """A job that ended without pictures: failed, cancelled, or stopped by a shutdown."""
     request = Request.from_json(job.request)

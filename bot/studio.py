@@ -48,7 +48,7 @@ from bot.intake import (
     without_control_weight,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
-from generation.files import CONTROL_FILE, FileStore
+from generation.files import CONTROL_FILE, FileStore, job_folder
 from generation.imaging import png_bytes, sha256, write_atomic
 from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
@@ -267,6 +267,9 @@ class Studio:
         if self.refusal is not None:
             return
         for job in await self.owners.claim_unfinished(self.owner, resume_user):
+            # a worker killed while it wrote this job's pictures left temp files: never finished
+            if partial := await asyncio.to_thread(self.files.remove_partial, job_folder(job.id)):
+                log.info("job %s: removed %s, left half-written by a stopped worker", job.id, ", ".join(partial))
             await self.store.mark_queued(job.id)
             await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
             log.info("job %s queued again after a restart", job.id)

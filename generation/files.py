@@ -21,9 +21,14 @@ class BadKey(ValueError):
 CONTROL_FILE = "control.png"  # a ControlNet job's control image, beside its grid
 
 
+def job_folder(job_id: int) -> str:
+    """The key of the folder of the files a job made: "jobs/<job id>"."""
+    return f"jobs/{job_id}"
+
+
 def job_key(job_id: int, name: str) -> str:
     """The key of a file a job made: "jobs/<job id>/<name>" (name e.g. "1.png", "grid.png")."""
-    return f"jobs/{job_id}/{name}"
+    return f"{job_folder(job_id)}/{name}"
 
 
 class FileStore:
@@ -61,6 +66,18 @@ class FileStore:
         except ValueError:
             return None
         return relative.as_posix()
+
+    def remove_partial(self, folder_key: str) -> list[str]:
+        """Remove the temp files that a writer killed mid-write (SIGKILL, power loss) left in
+        the folder `folder_key` ("jobs/12"): `write_atomic` names them ".<name>.<random>.tmp"
+        and renames them when whole, so one still there was never finished. Call it only for a
+        folder no writer uses now (a job being queued again). Returns the keys removed."""
+        folder = self.path(folder_key)
+        removed = []
+        for partial in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+            partial.unlink(missing_ok=True)
+            removed.append(f"{folder_key}/{partial.name}")
+        return removed
 
     def delete(self, key: str) -> bool:
         """Remove the file of `key`; False when there was none."""

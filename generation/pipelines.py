@@ -6,10 +6,12 @@ folder through exactly this path.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +269,22 @@ class PipelineCache:
         limit = self.fast.vae_tiling_pixels
         vae.enable_tiling() if width * height > limit else vae.disable_tiling()
         vae.enable_slicing() if width * height * count > limit else vae.disable_slicing()
+
+    @contextlib.contextmanager
+    def offloaded(self) -> Iterator[None]:
+        """Within the block, models load with offloading on (model offload; sequential where
+        model offload was configured already): how a job that ran out of GPU memory runs again.
+        Every model is unloaded before the block and after it, so the next job loads as
+        configured. On a CPU offloading means nothing (choose_offload) and the job just runs again."""
+        before = self.fast
+        stronger = Offload.SEQUENTIAL if Offload(before.offload) == Offload.MODEL else Offload.MODEL
+        self.release()
+        self.fast = dataclasses.replace(before, offload=stronger)
+        try:
+            yield
+        finally:
+            self.release()
+            self.fast = before
 
     def release(self) -> None:
         """Unload every model (after running out of memory)."""

@@ -13,6 +13,7 @@ generation.batching); "ready" tells the queue how many images one call may hold 
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import re
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from generation.events import Cancelled, Done, Failed, ImageFile, Interrupted, Progress, Started
-from generation.files import CONTROL_FILE, FileStore, job_key
+from generation.files import CONTROL_FILE, FileStore, job_folder, job_key
 from generation.imaging import make_grid, png_bytes, sha256
 from generation.request import JobKind, Request
 
@@ -83,18 +84,30 @@ def save_images(images: list[Image.Image], request: Request, store: FileStore, j
                 flagged: list[bool] | None = None) -> tuple[list[ImageFile], ImageFile]:
     """Each image and the grid as PNG files in `store` (keys "jobs/<job id>/1.png" …
     "grid.png"), each written atomically. Returns their ImageFiles (keys, pixel sizes, seeds,
-    SHA-256 of the PNG bytes), the images' first."""
+    SHA-256 of the PNG bytes), the images' first.
+
+    All or nothing: when a write fails (OSError, e.g. ENOSPC: the disk is full) the files
+    already written for the job are removed before the error is raised; temp files that a
+    worker killed mid-write left for this job are removed first."""
     flagged = flagged or [False] * len(images)
-    files = []
-    for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
-        data = png_bytes(image)
-        key = job_key(job_id, f"{i + 1}.png")
+    files: list[ImageFile] = []
+    written: list[str] = []
+    store.remove_partial(job_folder(job_id))
+    try:
+        for i, (image, seed, bad) in enumerate(zip(images, request.seeds(), flagged, strict=False)):
+            data = png_bytes(image)
+            key = job_key(job_id, f"{i + 1}.png")
+            store.put(key, data)
+            written.append(key)
+            files.append(ImageFile(key, image.width, image.height, seed, sha256(data), bad))
+        grid = make_grid(images, columns=2 if len(images) > 1 else 1)
+        data = png_bytes(grid)
+        key = job_key(job_id, "grid.png")
         store.put(key, data)
-        files.append(ImageFile(key, image.width, image.height, seed, sha256(data), bad))
-    grid = make_grid(images, columns=2 if len(images) > 1 else 1)
-    data = png_bytes(grid)
-    key = job_key(job_id, "grid.png")
-    store.put(key, data)
+    except OSError:
+        for key in written:
+            store.delete(key)
+        raise
     return files, ImageFile(key, grid.width, grid.height, request.seed, sha256(data), any(flagged))
 
 
@@ -214,12 +227,16 @@ class _Worker:
         self.send("event", Started(job_id))
         self.run_batch(engine, [(job_id, request)])
 
-    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]]) -> None:
+    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]], *, offloaded: bool = False) -> None:
         """Run jobs (already reported Started) as one pipeline call and report each one's end.
 
         A job cancelled while the batch runs is reported Cancelled at once (its images are
         dropped, the others go on). If a batch of several fails, each job still running is run
-        again alone, so that one job's fault (a missing input picture, say) is its own."""
+        again alone, so that one job's fault (a missing input picture, say) is its own. A job
+        alone that runs out of memory runs once more with offloading on (`offloaded`:
+        PipelineCache.offloaded), then fails with the reason; the worker goes on serving."""
+        import torch
+
         from generation.availability import ModelLoadError
         from generation.engine import BatchJob, GenerationStopped
         from generation.remote import RemoteRefusal
@@ -276,6 +293,11 @@ class _Worker:
                     else:
                         self.run_batch(engine, [job])
                         ended.add(job[0])
+            elif isinstance(err, torch.OutOfMemoryError) and not offloaded and not self.stopping.is_set():
+                log.warning("job %s ran out of memory; running it again with offloading on", jobs[0][0])
+                with engine.pipelines.offloaded():
+                    self.run_batch(engine, still, offloaded=True)
+                ended.update(job_id for job_id, _ in still)
             elif isinstance(err, ModelLoadError):  # expected (files missing, offline…): the why, not a traceback
                 log.error("job %s failed: %s", jobs[0][0], err.detail)
                 for job_id, _ in still:
@@ -303,9 +325,11 @@ def _reason(err: Exception) -> str:
     """What a member is told: no server paths or internals (the log has the traceback)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if "out of memory" in text.lower() or isinstance(err, MemoryError):
-        return "The GPU ran out of memory. Try a smaller --ar or fewer --steps, or ask an admin to enable offloading."
+        return "The GPU ran out of memory, even with offloading. Try a smaller --ar or fewer --steps."
     if isinstance(err, FileNotFoundError):
         return "A picture this job starts from is gone from Pintor's file store."
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "The server's disk is full: the pictures could not be saved. Tell an admin; try again later."
     text = _SERVER_PATH.sub("<path>", text)
     kind = type(err).__name__
     return f"Generation failed ({kind}: {text[:200]})." if text else f"Generation failed ({kind})."

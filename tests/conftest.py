@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 
 # Tiny models gain nothing from several threads, and the tests run torch in two processes at
@@ -14,7 +15,25 @@ import pytest  # noqa: E402
 
 from tests.discord_harness import discord_harness, pintor  # noqa: F401 - the Discord tests' shared bot
 from tests.postgres_server import PostgresServer, postgres_server  # noqa: E402
+from tests.secrets_check import LogCollector  # noqa: E402
 from tests.tiny_models import build_all  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secrets_stay_out_of_logs() -> Iterator[LogCollector]:
+    """Every log record of the session (INFO and up, tracebacks included) is read for the
+    registered secrets (tests/secrets_check.py); one found fails the session at its end."""
+    collector = LogCollector()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(collector)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield collector
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(level)
+    assert not collector.leaked, f"a secret was logged: {collector.leaked[:5]}"
 
 
 @pytest.fixture(scope="session")

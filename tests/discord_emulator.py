@@ -188,6 +188,30 @@ def _refused(body: dict, message_after: dict | None) -> tuple[int, dict] | None:
     return None
 
 
+@dataclass
+class Fault:
+    """A misbehaviour of the emulated Discord (`DiscordEmulator.fault`): the next `times` REST
+    requests whose method and path (a regular expression, matched whole against the path under
+    the API base) match are delayed by `delay_s`, then answered with `status` (a 429 with
+    `retry_after` as Discord's rate limits are, with the `Via` header discord.py wants; `when`
+narrows it to requests with such a body), or, with
+    `status` 0, served as usual after the delay (a response that comes too late: Discord got
+    the request). `hits` holds when each matching request arrived (time.monotonic())."""
+    method: str
+    path: str
+    status: int = 0
+    times: int = 1
+    retry_after: float | None = None
+    delay_s: float = 0.0
+    code: int = 0
+    when: Callable[[RecordedRequest], bool] | None = None  # only requests with this body (e.g. with files)
+    hits: list[float] = field(default_factory=list)
+
+    def matches(self, rec: RecordedRequest) -> bool:
+        return (self.times > 0 and rec.method == self.method and re.fullmatch(self.path, rec.path) is not None
+                and (self.when is None or self.when(rec)))
+
+
 class Interaction:
     """One INTERACTION_CREATE the emulator dispatched, and what the bot answered."""
 
@@ -236,6 +260,8 @@ class DiscordEmulator:
         self._files: dict[int, tuple[bytes, str]] = {}  # served attachments
         self.attachment_gets: list[int] = []  # ids of the attachments fetched, in order (404s included)
         self.unfurled: list[tuple[int, str]] = []  # (message id, URL) for each link preview Discord would make
+        self.faults: list[Fault] = []  # misbehaviours to come (`fault`)
+        self._nonces: dict[tuple[int, str], int] = {}  # (channel, enforced nonce) → the message it made
         self._ws: web.WebSocketResponse | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._seq = 0
@@ -280,6 +306,20 @@ class DiscordEmulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def fault(self, method: str, path: str, *, status: int = 0, times: int = 1, retry_after: float | None = None,
+              delay_s: float = 0.0, code: int = 0, when: Callable[[RecordedRequest], bool] | None = None) -> Fault:
+        """Misbehave on the next `times` requests `method path` (see `Fault`); returns the fault,
+        whose `hits` record each request it met. A test removes it with `emu.faults.remove`."""
+        fault = Fault(method, path, status, times, retry_after, delay_s, code, when)
+        self.faults.append(fault)
+        return fault
+
+    async def drop_gateway(self, code: int = 4000) -> None:
+        """Close the client's gateway connection (as Discord does on an outage or a restart of its
+        gateway): discord.py resumes, or identifies anew, on its own."""
+        if self._ws is not None:
+            await self._ws.close(code=code, message=b"dropped by the emulator")
 
     async def __aenter__(self) -> DiscordEmulator:
         await self.start()
@@ -438,6 +478,16 @@ class DiscordEmulator:
             text = await request.text()
             rec.json = json.loads(text) if text else None
         status, body = _error(404, 0, f"404: Not Found ({request.method} {path})")
+        fault = next((f for f in self.faults if f.matches(rec)), None)
+        if fault is not None:
+            fault.times -= 1
+            fault.hits.append(rec.at)
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            if fault.status:
+                response = self._faulted(rec, fault)
+                await self._notify()
+                return response
         for methods, pattern, handler in self._routes:
             match = re.fullmatch(pattern, path)
             if match and request.method in methods.split("|"):
@@ -447,6 +497,19 @@ class DiscordEmulator:
         self.requests.append(rec)
         await self._notify()
         return web.Response(status=204) if body is None else _json(body, status)
+
+    def _faulted(self, rec: RecordedRequest, fault: Fault) -> web.Response:
+        if fault.status == 429:
+            body = {"message": "You are being rate limited.", "retry_after": fault.retry_after or 0.0,
+                    "global": False, "code": 0}
+            headers = {"Via": "1.1 google", "Retry-After": str(fault.retry_after or 0)}
+        else:
+            body, headers = {"message": f"{fault.status}: emulated fault", "code": fault.code}, {}
+        rec.status, rec.answer = fault.status, body
+        self.requests.append(rec)
+        response = _json(body, fault.status)
+        response.headers.update(headers)
+        return response
 
     async def _get_me(self, rec):
         return 200, self.bot_user
@@ -548,7 +611,14 @@ class DiscordEmulator:
             return _error(404, 10003, "Unknown Channel")
         if refusal := self._check(rec.json or {}, rec.files):
             return refusal
-        return 200, self._new_message(int(cid), rec.json or {}, rec.files)
+        body = rec.json or {}
+        nonce = (int(cid), str(body["nonce"])) if body.get("enforce_nonce") and body.get("nonce") else None
+        if nonce in self._nonces and self._nonces[nonce] in self.messages:  # Discord: the message it made
+            return 200, self.messages[self._nonces[nonce]]
+        message = self._new_message(int(cid), body, rec.files)
+        if nonce is not None:
+            self._nonces[nonce] = int(message["id"])
+        return 200, message
 
     async def _channel_message(self, rec, cid, mid):
         msg = self.messages.get(int(mid))

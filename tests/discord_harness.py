@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,8 +37,10 @@ from generation.events import Event
 from storage.models import Job
 from tests.discord_emulator import DiscordEmulator, RecordedRequest
 from tests.postgres_server import DATABASE_VARIABLE
+from tests.secrets_check import leaks, secret
 
 TEST_PROGRESS_INTERVAL_S = 0.25
+HARNESS_TOKEN = secret("MTIz.harness-bot-token.secret")
 TIMEOUT_S = 90.0  # for a job to finish: generous, a loaded CI machine is slow
 
 
@@ -170,7 +173,7 @@ async def acked(inter, *, kind: int | None = None) -> dict:
 
 def harness_settings(emu: DiscordEmulator, tmp: Path, registry_file: Path, **overrides: Any) -> Settings:
     values = dict(
-        discord_token="test-token", discord_api_base=emu.api_base, discord_gateway_url=emu.gateway_url,
+        discord_token=HARNESS_TOKEN, discord_api_base=emu.api_base, discord_gateway_url=emu.gateway_url,
         discord_guild_ids=[], pintor_allow_dms=False, pintor_buttons_author_only=False,
         database_url=f"sqlite+aiosqlite:///{tmp / 'pintor.db'}", pintor_data_dir=tmp / "data",
         pintor_models=registry_file, pintor_default_model=None, pintor_device="cpu",
@@ -204,6 +207,9 @@ async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPath
         finally:
             await harness.stop()
             point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
+        # no secret in any message the bot left or request body it sent (errors included)
+        assert not leaks(json.dumps(m) for m in emu.messages.values())
+        assert not leaks(json.dumps(r.json, default=str) for r in emu.requests if r.json is not None)
 
 
 SHARED_RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps",

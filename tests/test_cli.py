@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import cli_env
+from tests.secrets_check import secret
 
-SECRET = "MTIz.secret-token-value.xyz"
+SECRET = secret("MTIz.secret-token-value.xyz")
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from bot.app import MissingTokenError, bot_token, running_bot
 from bot.settings import Settings
 from tests.discord_emulator import DiscordEmulator
 from tests.discord_harness import is_result
+from tests.secrets_check import secret
 
-SECRET = "MTIz.this-is-the-bot-token.xyz"
+SECRET = secret("MTIz.this-is-the-bot-token.xyz")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -43,6 +43,7 @@ from packaging.version import Version
 from tests.conftest import write_registry
 from tests.discord_emulator import DiscordEmulator
 from tests.discord_harness import is_result
+from tests.secrets_check import secret
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -50,7 +51,7 @@ DOCKERIGNORE = ROOT / "docker" / "Dockerfile.dockerignore"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 COMPOSE_SCHEMA = ROOT / "docker" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
-SECRET = "MTIz.docker-test-token.xyz"
+SECRET = secret("MTIz.docker-test-token.xyz")
 
 # Variables compose may set that are not Pintor settings but are read by its libraries or by
 # the images of the services beside it.

@@ -1,0 +1,102 @@
+"""The machine misbehaving inside the worker: the disk full while pictures are written, and the
+GPU out of memory. The worker's own code (`_Worker.run_batch`) runs in this process on a real
+tiny pipeline; its events come back over a real pipe."""
+
+from __future__ import annotations
+
+import errno
+from multiprocessing import Pipe
+from pathlib import Path
+
+import pytest
+import torch
+
+import generation.worker as worker_module
+from generation.devices import Offload, choose_device
+from generation.engine import Engine
+from generation.events import Done, Failed
+from generation.files import FileStore
+from generation.registry import load_registry
+from generation.worker import WorkerConfig, _Worker
+from tests.engine_helpers import request
+
+
+@pytest.fixture(scope="module")
+def engine(small_registry_file: Path) -> Engine:
+    return Engine(load_registry(small_registry_file), choose_device("cpu"))
+
+
+def run(engine: Engine, output: Path, jobs: list[tuple[int, str]]) -> list:
+    """Run each (job id, prompt) alone through the worker's code; the events it sent."""
+    ours, theirs = Pipe()
+    worker = _Worker(theirs, WorkerConfig(output_dir=str(output)))
+    for job_id, prompt in jobs:
+        worker.run_batch(engine, [(job_id, request(engine.registry, prompt))])
+    events = []
+    while ours.poll():
+        kind, event = ours.recv()
+        assert kind == "event"
+        events.append(event)
+    return [e for e in events if isinstance(e, (Done, Failed))]
+
+
+class FullDisk(FileStore):
+    """A file store on a disk that fills up after `room` files: what a full disk does to a
+    write (OSError ENOSPC), the temp file cleaned up as write_atomic does."""
+
+    room = 2
+
+    def put(self, key: str, data: bytes) -> Path:
+        if FullDisk.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        FullDisk.room -= 1
+        return super().put(key, data)
+
+
+def test_a_full_disk_fails_the_job_with_a_clear_reason_leaves_no_file_and_the_next_job_works(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(worker_module, "FileStore", FullDisk)
+    FullDisk.room = 2  # two of the four pictures fit, then the disk is full
+    [failed] = run(engine, tmp_path, [(1, "a lighthouse --seed 1")])
+    assert isinstance(failed, Failed) and "disk is full" in failed.reason
+    assert str(tmp_path) not in failed.reason
+    assert not (tmp_path / "jobs" / "1").exists() or list((tmp_path / "jobs" / "1").iterdir()) == []
+    FullDisk.room = 100  # space is back
+    [done] = run(engine, tmp_path, [(2, "a lighthouse --seed 1")])
+    assert isinstance(done, Done)
+    assert sorted(p.name for p in (tmp_path / "jobs" / "2").iterdir()) == ["1.png", "2.png", "3.png", "4.png",
+                                                                            "grid.png"]
+
+
+def out_of_memory_in(engine: Engine, monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """The engine's pipeline call raises torch.OutOfMemoryError `times` times, then runs; returns
+    the offload mode the pipeline cache was set to at each call."""
+    real = engine._stable_diffusion
+    modes: list[str] = []
+
+    def flaky(*args, **kwargs):
+        modes.append(Offload(engine.pipelines.fast.offload).value)
+        if len(modes) <= times:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_stable_diffusion", flaky)
+    return modes
+
+
+def test_out_of_memory_runs_the_job_again_once_with_offloading_on(engine: Engine, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    modes = out_of_memory_in(engine, monkeypatch, times=1)
+    [done] = run(engine, tmp_path, [(3, "a harbour --seed 2")])
+    assert isinstance(done, Done)
+    assert modes == ["auto", "model"]  # the second try with offloading on
+    assert Offload(engine.pipelines.fast.offload) == Offload.AUTO  # the next job loads as configured
+
+
+def test_out_of_memory_twice_fails_the_job_with_the_reason_and_the_worker_serves_on(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    modes = out_of_memory_in(engine, monkeypatch, times=2)
+    failed, done = run(engine, tmp_path, [(4, "a harbour --seed 3"), (5, "a harbour --seed 4")])
+    assert isinstance(failed, Failed) and failed.job_id == 4 and "ran out of memory" in failed.reason
+    assert modes == ["auto", "model", "auto"]  # tried twice, not more; the next job ran as configured
+    assert isinstance(done, Done) and done.job_id == 5

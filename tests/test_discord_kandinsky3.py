@@ -114,5 +114,6 @@ async def test_zoom_pan_and_square_on_a_kandinsky3_picture_are_refused_plainly(k
     [refusal] = click.followups
     assert refusal["flags"] & 64  # only the member sees it
     assert ("tiny-kandinsky3 cannot paint around a picture here: Zoom Out, Pan and Make Square need a "
-            "Stable Diffusion model.") in refusal["content"]
+            "Stable Diffusion model, or a Kandinsky 2.2 model whose entry names its inpainting decoder."
+            ) in refusal["content"]
     assert await k3.job_count() == before

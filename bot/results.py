@@ -10,7 +10,6 @@ import io
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import discord
 
@@ -138,7 +137,8 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     request = Request.from_json(job.request)
     single = job.kind in (JobKind.UPSCALE, JobKind.PICK) or len(job.images) == 1
     shown = job.images[:1] if single else job.images
-    path = job.images[0].path if single and job.images else job.grid_path
+    stored = job.images[0].path if single and job.images else job.grid_path
+    path = studio.picture(stored) if stored else None
     seed = job.images[0].seed if single and job.images else request.seed
     lines = []
     if origin := _origin(job, request):
@@ -147,7 +147,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
 
     image = view = None
     try:
-        data = await asyncio.to_thread(Path(path).read_bytes) if path else None
+        data = await asyncio.to_thread(path.read_bytes) if path else None
     except OSError:
         data = None
     if data is None:

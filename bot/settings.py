@@ -103,3 +103,8 @@ class Settings(BaseSettings):
         if text not in ("auto", "fp16", "bf16", "fp32"):
             raise ValueError(f"PINTOR_DTYPE must be auto, fp16, bf16 or fp32, not '{value}'")
         return text
+
+    @property
+    def pictures_dir(self) -> Path:
+        """The file store's folder (generation.files.FileStore): results, uploads, inputs."""
+        return self.pintor_data_dir / "images"

@@ -306,9 +306,10 @@ class Studio:
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
-        images = (image.path,) if spec.can_blend else ()
+        source = str(self.picture(image.path))
+        images = (source,) if spec.can_blend else ()
         request = base.replace(
-            kind=JobKind.VARIATION, seed=random_seed(), init_image=image.path, strength=strength, count=GRID_SIZE,
+            kind=JobKind.VARIATION, seed=random_seed(), init_image=source, strength=strength, count=GRID_SIZE,
             images=images, image_weights=(1.0,) * len(images), steps=steps, upscaler=None, outpaint=None)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
@@ -358,7 +359,7 @@ class Studio:
             return existing
         base = Request.from_json(parent.request)
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else (await self._grid_request(parent) or base)
-        request = grid.replace(kind=JobKind.PICK, init_image=image.path, seed=image.seed, width=image.width,
+        request = grid.replace(kind=JobKind.PICK, init_image=str(self.picture(image.path)), seed=image.seed, width=image.width,
                                height=image.height, count=1, strength=0.0, upscaler=None, outpaint=None)
         try:
             return await self.store.create_finished_job(
@@ -422,7 +423,7 @@ class Studio:
         # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape)
         width, height = size_for_aspect((width, height), spec.native_side, multiple=8)
         request = grid.replace(
-            kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
+            kind=JobKind.OUTPAINT, model=spec.name, init_image=str(self.picture(image.path)), outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=(), image_weights=(),
             upscaler=None)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
@@ -454,7 +455,7 @@ class Studio:
                 grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
             steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
             request = grid.replace(
-                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
+                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=str(self.picture(image.path)),
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
                 image_weights=(), steps=steps, outpaint=None)
         else:
@@ -462,7 +463,7 @@ class Studio:
             if rules is not None and rules.max_steps:
                 steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
             request = base.replace(
-                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
+                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=str(self.picture(image.path)), seed=image.seed,
                 width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
                 steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
                 outpaint=None, loras=())
@@ -565,7 +566,7 @@ class Studio:
         image = next((i for i in job.images if i.index == index), None)
         if image is None:
             raise RequestError(f"Job {job_id} has no image {index} (it has {len(job.images)}).")
-        if not Path(image.path).is_file():
+        if not self.picture(image.path).is_file():
             raise RequestError(f"The files of job {job_id} are gone from the file store.")
         return job, image
 
@@ -616,7 +617,7 @@ class Studio:
         existing = await self.store.by_result_key(result_key)
         if existing is None:
             return
-        if existing.status == JobStatus.DONE and not all(Path(i.path).is_file() for i in existing.images):
+        if existing.status == JobStatus.DONE and not all(self.picture(i.path).is_file() for i in existing.images):
             await self.store.release_result_key(existing.id)  # its pictures are gone: make it anew
             return
         raise AlreadyMade(existing)
@@ -753,7 +754,8 @@ class Studio:
             self.forgotten.update(job.id for job in unfinished)  # their messages say so, not "cancelled"
             for job in unfinished:
                 await self.queue.cancel(job.id)
-            paths, requests = await self.store.forget_user(member.id)
+            stored, requests = await self.store.forget_user(member.id)
+            paths = [str(self.picture(value)) for value in stored]
             # their uploads too (/blend inputs), unless another member's job uses the same picture
             uploads = {path for text in requests for path in Request.from_json(text).images
                        if self._is_upload(path)}
@@ -762,10 +764,19 @@ class Studio:
             paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
             needed = await self._needed_by_unfinished()
             paths = [path for path in dict.fromkeys(paths)
-                     if path not in needed and (self._is_upload(path) or not await self.store.refers_to(path))]
+                     if path not in needed and (self._is_upload(path) or not await self._refers_to(path))]
             deleted = await asyncio.to_thread(_delete_files, paths)
             await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
         return deleted
+
+    async def _refers_to(self, path: str) -> bool:
+        """Whether a stored job or image has the local picture file `path` as its own."""
+        return await self.store.refers_to(self.files.stored(path))
+
+    def picture(self, stored: str) -> Path:
+        """The local file of a picture as a job stores it (Image.path, Job.grid_path: a
+        file-store key; an absolute path in rows older than migration 0008); it may be gone."""
+        return self.files.local(stored)
 
     def _is_upload(self, path: str) -> bool:
         return self.inputs_dir is not None and Path(path).parent == self.inputs_dir
@@ -784,7 +795,7 @@ class Studio:
         if not candidates:
             return
         needed = await self._needed_by_unfinished()
-        orphans = [path for path in candidates if path not in needed and not await self.store.refers_to(path)]
+        orphans = [path for path in candidates if path not in needed and not await self._refers_to(path)]
         if orphans:
             await asyncio.to_thread(_delete_files, orphans)
             await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in orphans})
@@ -855,9 +866,9 @@ class Studio:
         if isinstance(event, Started):
             await self.store.mark_running(event.job_id)
         elif isinstance(event, Done):
-            images = [NewImage(str(self.files.path(i.key)), i.width, i.height, i.seed, i.sha256, i.flagged)
-                      for i in event.images]
-            await self.store.complete(event.job_id, images, str(self.files.path(event.grid.key)), event.notices)
+            # stored by key (generation/files.py): the database names no folder of this machine
+            images = [NewImage(i.key, i.width, i.height, i.seed, i.sha256, i.flagged) for i in event.images]
+            await self.store.complete(event.job_id, images, event.grid.key, event.notices)
         elif isinstance(event, Failed):
             await self.store.mark_failed(event.job_id, event.reason)
         elif isinstance(event, Cancelled):

@@ -75,4 +75,5 @@ async def test_the_terminal_and_discord_read_each_others_jobs(pintor: Harness, t
     posted = await show.wait_original(is_result, timeout=30)
     assert "a lighthouse made in the terminal" in posted["content"]
     grid = (await pintor.job(cli_job)).grid_path
-    assert grid is not None and pixels(await pintor.fetch(posted["attachments"][0])) == pixels(Path(grid).read_bytes())
+    assert grid is not None
+    assert pixels(await pintor.fetch(posted["attachments"][0])) == pixels(pintor.studio.picture(grid).read_bytes())

@@ -5,7 +5,6 @@ restart of the bot."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -122,7 +121,7 @@ async def test_v1_makes_a_new_grid_from_the_first_image(pintor: Harness, grid: d
 
     job, parent = await pintor.posted(var_id), await pintor.job(grid_id)
     assert (job.kind, job.parent_id, job.parent_index, job.status) == ("variation", grid_id, 1, "done")
-    assert Request.from_json(job.request).init_image == parent.images[0].path
+    assert Request.from_json(job.request).init_image == str(pintor.studio.picture(parent.images[0].path))
     assert not {i.seed for i in job.images} & {i.seed for i in parent.images}
 
 
@@ -215,7 +214,7 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
             made["unposted"] = await copy_of(store, parent, prompt="a lantern never posted", done=True)
             made["failing"] = await copy_of(store, parent, prompt="a lantern that cannot be", done=False,
                                             kind="variation", strength=0.7,
-                                            init_image=str(Path(parent.grid_path).parent / "gone.png"))
+                                            init_image=str(pintor.studio.picture(parent.grid_path).parent / "gone.png"))
         finally:
             await engine.dispose()
 

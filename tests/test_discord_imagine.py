@@ -83,7 +83,7 @@ async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness
     assert (job.channel_id, job.message_id) == (emu.channel_id, int(final["id"]))
     assert [i.seed for i in job.images] == [7, 8, 9, 10]
     for image, (x, y) in zip(job.images, [(0, 0), (192, 0), (0, 128), (192, 128)], strict=True):
-        with Image.open(image.path) as tile:
+        with Image.open(pintor.studio.picture(image.path)) as tile:
             assert tile.size == (192, 128)
             assert grid.crop((x, y, x + 192, y + 128)).tobytes() == tile.convert("RGB").tobytes()
 

@@ -54,7 +54,12 @@ class Setup:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         assert self.bot.stdout is not None
         self._output = asyncio.create_task(self.bot.stdout.read())
-        await self.emu.wait_ready(timeout=120)
+        ready = asyncio.create_task(self.emu.wait_ready(timeout=120))
+        await asyncio.wait([ready, self._output], return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # it ended before it connected: say why
+            ready.cancel()
+            raise AssertionError(f"`pintor run` ended: {(await self._output).decode(errors='replace')}")
+        ready.result()
         await self.until(lambda: self.emu.commands.get(self.emu.guild_id))  # commands synced: it serves
 
     async def stop_bot(self, sig: signal.Signals) -> int:

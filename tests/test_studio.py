@@ -58,7 +58,7 @@ def files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("pintor.db")}
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

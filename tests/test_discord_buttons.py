@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from bot.discord_endpoints import point_discord_at
 from bot.results import jump_url
+from generation.files import FileStore
 from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import JobStore, NewImage
@@ -207,6 +208,7 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
         """While Pintor is down: a job stored as queued (a stop in mid-queue leaves it so), and
         one done but never posted (done while the bot was stopping)."""
         engine = open_engine(pintor.settings.database_url)
+        pictures = FileStore(pintor.settings.pictures_dir)  # the stopped bot's file store
         try:
             store = JobStore(engine)
             parent = await store.get(job_id_of(grid))
@@ -214,7 +216,7 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
             made["unposted"] = await copy_of(store, parent, prompt="a lantern never posted", done=True)
             made["failing"] = await copy_of(store, parent, prompt="a lantern that cannot be", done=False,
                                             kind="variation", strength=0.7,
-                                            init_image=str(pintor.studio.picture(parent.grid_path).parent / "gone.png"))
+                                            init_image=str(pictures.local(parent.grid_path).parent / "gone.png"))
         finally:
             await engine.dispose()
 

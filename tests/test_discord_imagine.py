@@ -163,7 +163,7 @@ async def test_a_result_over_the_upload_limit_is_reencoded(pintor: Harness):
     [attachment] = final["attachments"]
     data = await pintor.fetch(attachment)
     assert job.grid_path is not None
-    assert len(data) <= limit < os.path.getsize(job.grid_path)
+    assert len(data) <= limit < os.path.getsize(pintor.studio.picture(job.grid_path))
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format in ("WEBP", "JPEG")
     assert "🗜️" in final["content"] and f"/show job_id:{job.id}" in final["content"]

@@ -104,7 +104,7 @@ async def running_bot(settings: Settings, **bot_options: Any) -> AsyncIterator[R
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
     engine = open_engine(settings.database_url)
     try:
-        await upgrade(engine)
+        await upgrade(engine, pictures_root=settings.pictures_dir)
         studio = build_studio(settings, engine, registry, owner="bot")
         metrics = Metrics(kind_of=lambda job_id: _job_kind(studio, job_id), workers=lambda: _worker_statuses(studio))
         studio.listeners.append(metrics.on_event)  # before the start: re-queued jobs are counted

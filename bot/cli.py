@@ -194,7 +194,7 @@ async def db_upgrade(settings: Settings) -> int:
 
     engine = open_engine(settings.database_url)
     try:
-        await upgrade(engine)
+        await upgrade(engine, pictures_root=settings.pictures_dir)
         current, _ = await current_revision(engine)
         print(f"database at revision {current}")
     finally:

@@ -95,10 +95,11 @@ class Result:
     prompts: tuple[str, ...] = ()  # a describe: the four prompts written for its picture (grid_path)
 
     @classmethod
-    def of(cls, job: Job) -> Result:
+    def of(cls, job: Job, studio: Studio) -> Result:
+        """`job` (a finished one), its pictures found through `studio`'s file store."""
         request = Request.from_json(job.request)
-        return cls(job.id, job.kind, job.prompt, job.model, request.seed, Path(job.grid_path),
-                   tuple(Path(i.path) for i in job.images), tuple((job.notices or "").splitlines()),
+        return cls(job.id, job.kind, job.prompt, job.model, request.seed, studio.picture(job.grid_path or ""),
+                   tuple(studio.picture(i.path) for i in job.images), tuple((job.notices or "").splitlines()),
                    tuple(job.prompts))
 
     @property
@@ -236,9 +237,9 @@ class Pintor:
             raise RequestError(f"Job {job_id} was cancelled: it has no pictures.")
         if found.status != JobStatus.DONE:
             raise RequestError(f"Job {job_id} is {found.status}; it has no pictures yet.")
-        if not found.grid_path or not Path(found.grid_path).is_file():
+        if not found.grid_path or not self._open().picture(found.grid_path).is_file():
             raise RequestError(f"The picture files of job {job_id} are gone.")
-        return Result.of(found)
+        return Result.of(found, self._open())
 
     async def history(self, *, page: int = 1, page_size: int = 20) -> tuple[list[Job], int]:
         """A page of the jobs the operator may read (`readable`), newest first, and how many."""
@@ -270,13 +271,13 @@ class Pintor:
             if job is None:
                 raise RequestError(f"There is no job {job_id}.")
             if job.status == JobStatus.DONE:
-                return Result.of(job)
+                return Result.of(job, studio)
             if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise JobFailed(job_id, job.error or f"Job {job_id} was {job.status}.")
         async for event in events:
             self.watcher.event(event)
             if isinstance(event, Done):
-                return Result.of(await studio.job(job_id))
+                return Result.of(await studio.job(job_id), studio)
             if isinstance(event, Failed):
                 raise JobFailed(job_id, event.reason)
             if isinstance(event, Cancelled):

@@ -10,7 +10,6 @@ import io
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import discord
 
@@ -144,10 +143,11 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     Its text fits Discord's 2,000 characters: only the echoed member text is shortened."""
     request = Request.from_json(job.request)
     if job.kind == JobKind.DESCRIBE:
-        return await _described(job, request, size_limit)
+        return await _described(studio, job, request, size_limit)
     single = job.kind in (JobKind.UPSCALE, JobKind.PICK) or len(job.images) == 1
     shown = job.images[:1] if single else job.images
-    path = job.images[0].path if single and job.images else job.grid_path
+    stored = job.images[0].path if single and job.images else job.grid_path
+    path = studio.picture(stored) if stored else None
     seed = job.images[0].seed if single and job.images else request.seed
     lines = []
     if origin := _origin(job, request):
@@ -156,7 +156,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
 
     image = view = None
     try:
-        data = await asyncio.to_thread(Path(path).read_bytes) if path else None
+        data = await asyncio.to_thread(path.read_bytes) if path else None
     except OSError:
         data = None
     if data is None:
@@ -176,7 +176,7 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
                                 vary=limits is None or limits.varies or limits.edits, repaint=limits is None)
         else:
             view = grid_view(job.id)
-    control = await _control_image(job, request, size_limit) if image is not None and not single else None
+    control = await _control_image(studio, job, request, size_limit) if image is not None and not single else None
     if control is not None:
         lines.append(f"🎛️ Steered by the {request.control_kind} control image attached "
                      f"(ControlNet {request.controlnet}, --cw {request.control_weight:g}).")
@@ -185,19 +185,19 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
     return Outgoing(content, image, view, spoiler=any(i.flagged for i in shown), control=control)
 
 
-async def _control_image(job: Job, request: Request, size_limit: int) -> FittedImage | None:
+async def _control_image(studio: Studio, job: Job, request: Request, size_limit: int) -> FittedImage | None:
     """The control image a ControlNet grid was steered by (the worker keeps it beside the grid),
     fitted to the upload limit; None for other jobs, or when it is gone."""
     if request.controlnet is None or not job.grid_path:
         return None
     try:
-        data = await asyncio.to_thread(Path(job.grid_path).with_name(CONTROL_FILE).read_bytes)
+        data = await asyncio.to_thread(studio.picture(job.grid_path).with_name(CONTROL_FILE).read_bytes)
     except OSError:
         return None
     return await asyncio.to_thread(fit_image, data, f"pintor-{job.id}-control.png", size_limit)
 
 
-async def _described(job: Job, request: Request, size_limit: int) -> Outgoing:
+async def _described(studio: Studio, job: Job, request: Request, size_limit: int) -> Outgoing:
     """A finished /describe: its four prompts numbered (the model's words, echoed as member
     text is: escaped, shortened where the whole would pass Discord's limit), the picture, and
     the buttons 1️⃣–4️⃣ and Imagine all."""
@@ -207,7 +207,7 @@ async def _described(job: Job, request: Request, size_limit: int) -> Outgoing:
     lines = [f"\ndescribed by {job.model} · job {job.id}"]
     image = view = None
     try:
-        data = await asyncio.to_thread(Path(job.grid_path).read_bytes) if job.grid_path else None
+        data = await asyncio.to_thread(studio.picture(job.grid_path).read_bytes) if job.grid_path else None
     except OSError:
         data = None
     if data is None:

@@ -133,3 +133,8 @@ class Settings(BaseSettings):
         None when neither is set. Handed to the worker only, never logged or shown."""
         key = self.pintor_openai_api_key or self.openai_api_key
         return key.get_secret_value() if key is not None else None
+
+    @property
+    def pictures_dir(self) -> Path:
+        """The file store's folder (generation.files.FileStore): results, uploads, inputs."""
+        return self.pintor_data_dir / "images"

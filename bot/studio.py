@@ -508,7 +508,8 @@ class Studio:
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
-        images = (image.path,) if spec.can_blend else ()
+        source = str(self.picture(image.path))
+        images = (source,) if spec.can_blend else ()
         count = GRID_SIZE
         if (limits := spec.remote_limits) is not None:
             # the provider's variations or edits call makes them, at a size it makes
@@ -518,7 +519,7 @@ class Studio:
             width, height = nearest_size(limits, image.width, image.height)
             base, count = base.replace(width=width, height=height), spec.images
         request = base.replace(
-            kind=JobKind.VARIATION, seed=random_seed(), init_image=image.path, strength=strength, count=count,
+            kind=JobKind.VARIATION, seed=random_seed(), init_image=source, strength=strength, count=count,
             images=images, image_weights=(1.0,) * len(images), steps=steps, upscaler=None, outpaint=None)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
 
@@ -568,7 +569,7 @@ class Studio:
             return existing
         base = Request.from_json(parent.request)
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else (await self._grid_request(parent) or base)
-        request = grid.replace(kind=JobKind.PICK, init_image=image.path, seed=image.seed, width=image.width,
+        request = grid.replace(kind=JobKind.PICK, init_image=str(self.picture(image.path)), seed=image.seed, width=image.width,
                                height=image.height, count=1, strength=0.0, upscaler=None, outpaint=None)
         try:
             return await self.store.create_finished_job(
@@ -633,9 +634,10 @@ class Studio:
         width, height = size_for_aspect((width, height), spec.native_side,
                                         multiple=64 if spec.family == "kandinsky22" else 8)
         # Kandinsky's border is steered by the picture's own image embedding with the words (as its V)
-        images = (image.path,) if spec.family == "kandinsky22" else ()
+        source = str(self.picture(image.path))
+        images = (source,) if spec.family == "kandinsky22" else ()
         request = grid.replace(
-            kind=JobKind.OUTPAINT, model=spec.name, init_image=image.path, outpaint=extension, width=width,
+            kind=JobKind.OUTPAINT, model=spec.name, init_image=source, outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=images,
             image_weights=(1.0,) * len(images),
             upscaler=None, tile=False)  # a picture on a larger canvas is no tile: its border is new
@@ -668,7 +670,7 @@ class Studio:
                 grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
             steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
             request = grid.replace(
-                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
+                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=str(self.picture(image.path)),
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
                 image_weights=(), steps=steps, outpaint=None, clip=0.0,  # the repaint is not CLIP-guided
                 tile=False)  # the repaint runs tile by tile over the enlarged picture: not circular
@@ -677,7 +679,7 @@ class Studio:
             if rules is not None and rules.max_steps:
                 steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
             request = base.replace(
-                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
+                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=str(self.picture(image.path)), seed=image.seed,
                 width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
                 steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
                 outpaint=None, loras=(), clip=0.0)
@@ -850,7 +852,7 @@ class Studio:
         image = next((i for i in job.images if i.index == index), None)
         if image is None:
             raise RequestError(f"Job {job_id} has no image {index} (it has {len(job.images)}).")
-        if not Path(image.path).is_file():
+        if not self.picture(image.path).is_file():
             raise RequestError(f"The files of job {job_id} are gone from the file store.")
         return job, image
 
@@ -939,7 +941,7 @@ class Studio:
         existing = await self.store.by_result_key(result_key)
         if existing is None:
             return
-        if existing.status == JobStatus.DONE and not all(Path(i.path).is_file() for i in existing.images):
+        if existing.status == JobStatus.DONE and not all(self.picture(i.path).is_file() for i in existing.images):
             await self.store.release_result_key(existing.id)  # its pictures are gone: make it anew
             return
         raise AlreadyMade(existing)
@@ -1106,7 +1108,8 @@ class Studio:
             self.forgotten.update(job.id for job in unfinished)  # their messages say so, not "cancelled"
             for job in unfinished:
                 await self.queue.cancel(job.id)
-            paths, requests = await self.store.forget_user(member.id)
+            stored, requests = await self.store.forget_user(member.id)
+            paths = [str(self.picture(value)) for value in stored]
             # their uploads too (/blend inputs), unless another member's job uses the same picture
             uploads = {path for text in requests for path in _inputs_of(text) if self._is_upload(path)}
             # the control images made for them, beside their grids (no row names them)
@@ -1116,10 +1119,19 @@ class Studio:
             paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
             needed = await self._needed_by_unfinished()
             paths = [path for path in dict.fromkeys(paths)
-                     if path not in needed and (self._is_upload(path) or not await self.store.refers_to(path))]
+                     if path not in needed and (self._is_upload(path) or not await self._refers_to(path))]
             deleted = await asyncio.to_thread(_delete_files, paths)
             await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in paths})
         return deleted
+
+    async def _refers_to(self, path: str) -> bool:
+        """Whether a stored job or image has the local picture file `path` as its own."""
+        return await self.store.refers_to(self.files.stored(path))
+
+    def picture(self, stored: str) -> Path:
+        """The local file of a picture as a job stores it (Image.path, Job.grid_path: a
+        file-store key; an absolute path in rows older than migration 0008); it may be gone."""
+        return self.files.local(stored)
 
     def _is_upload(self, path: str) -> bool:
         return self.inputs_dir is not None and Path(path).parent == self.inputs_dir
@@ -1138,7 +1150,7 @@ class Studio:
         if not candidates:
             return
         needed = await self._needed_by_unfinished()
-        orphans = [path for path in candidates if path not in needed and not await self.store.refers_to(path)]
+        orphans = [path for path in candidates if path not in needed and not await self._refers_to(path)]
         if orphans:
             await asyncio.to_thread(_delete_files, orphans)
             await asyncio.to_thread(_remove_empty_folders, {str(Path(p).parent) for p in orphans})
@@ -1210,10 +1222,9 @@ class Studio:
         if isinstance(event, Started):
             await self.store.mark_running(event.job_id)
         elif isinstance(event, Done):
-            images = [NewImage(str(self.files.path(i.key)), i.width, i.height, i.seed, i.sha256, i.flagged)
-                      for i in event.images]
-            await self.store.complete(event.job_id, images, str(self.files.path(event.grid.key)), event.notices,
-                                      event.captions)
+            # stored by key (generation/files.py): the database names no folder of this machine
+            images = [NewImage(i.key, i.width, i.height, i.seed, i.sha256, i.flagged) for i in event.images]
+            await self.store.complete(event.job_id, images, event.grid.key, event.notices, event.captions)
         elif isinstance(event, Failed):
             await self.store.mark_failed(event.job_id, event.reason)
         elif isinstance(event, Cancelled):

@@ -86,7 +86,7 @@ def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | N
                  owner: str | None = None, local_workers: int | None = None) -> Studio:
     """A studio over an open, migrated database; not started yet (`await studio.start()`).
     `owner`: "bot" for `pintor run`; None: a `pintor` verb's own name (storage.owners)."""
-    files = FileStore(settings.pintor_data_dir / "images")
+    files = FileStore(settings.pictures_dir)
     owner = owner or f"cli-{this_host()}-{os.getpid()}"
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
                   queue=build_queue(settings, files, owner, local_workers), files=files,
@@ -103,7 +103,7 @@ async def open_studio(settings: Settings, *, resume_user: int | None = None) -> 
     registry = registry_from(settings)
     engine = open_engine(settings.database_url)
     try:
-        await upgrade(engine)
+        await upgrade(engine, pictures_root=settings.pictures_dir)
         # beside a running front end on Redis: hand the jobs to its workers, start none here
         others = await OwnerStore(engine).alive()
         shared = bool(settings.pintor_queue_url) and any(o.queue == "redis" for o in others)

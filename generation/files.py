@@ -59,6 +59,18 @@ class FileStore:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def local(self, stored: str) -> Path:
+        """The local file of a picture as the database stores it (images.path, jobs.grid_path):
+        a key ("jobs/12/1.png"), or an absolute path (a row older than migration 0008 whose
+        file lay outside the store, which the migration left as it was). Raises BadKey for
+        anything else."""
+        return Path(stored) if Path(stored).is_absolute() else self.path(stored)
+
+    def stored(self, path: str | Path) -> str:
+        """How the database refers to the local file `path`: its key when it lies in the store,
+        else the path itself (the inverse of `local`)."""
+        return self.key_of(path) or str(path)
+
     def key_of(self, path: str | Path) -> str | None:
         """The key of a local file inside the root, or None for a file elsewhere."""
         try:

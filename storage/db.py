@@ -43,13 +43,31 @@ def alembic_config() -> Config:
     return config
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Apply the migrations up to `revision` (all by default) on this engine's database."""
+async def upgrade(engine: AsyncEngine, revision: str = "head", *, pictures_root: Path | None = None) -> None:
+    """Apply the migrations up to `revision` (all by default) on this engine's database.
+    `pictures_root`: the file store's folder (generation.files.FileStore), for migration
+    0013, which turns the absolute paths of the pictures in it into keys (without it,
+    those rows keep their paths, which `FileStore.local` still reads)."""
 
     def run(connection: Connection) -> None:
         config = alembic_config()
         config.attributes["connection"] = connection
+        config.attributes["pictures_root"] = pictures_root
         command.upgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def downgrade(engine: AsyncEngine, revision: str, *, pictures_root: Path | None = None) -> None:
+    """Undo the migrations above `revision` on this engine's database (`pictures_root` as for
+    `upgrade`: 0013 needs it to turn keys back into paths)."""
+
+    def run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        config.attributes["pictures_root"] = pictures_root
+        command.downgrade(config, revision)
 
     async with engine.begin() as connection:
         await connection.run_sync(run)

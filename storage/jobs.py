@@ -217,8 +217,9 @@ class JobStore:
             return await session.scalar(query) or 0
 
     async def forget_user(self, user_id: int) -> tuple[list[str], list[str]]:
-        """Delete a member's jobs, images, settings and user row. Returns the files to delete
-        (pictures) and the deleted jobs' requests (JSON: they name the member's uploads)."""
+        """Delete a member's jobs, images, settings and user row. Returns the pictures to delete
+        as the rows named them (file-store keys: Image.path, Job.grid_path) and the deleted
+        jobs' requests (JSON: they name the member's uploads)."""
         async with self.session.begin() as session:
             jobs = (await session.scalars(select(Job).where(Job.user_id == user_id))).all()
             paths = [p for job in jobs for p in [job.grid_path, *(i.path for i in job.images)] if p]
@@ -232,7 +233,8 @@ class JobStore:
         return paths, requests
 
     async def refers_to(self, path: str) -> bool:
-        """Whether a stored job or image row has the picture file `path` as its own."""
+        """Whether a stored job or image row has the picture `path` (as rows name pictures: a
+        file-store key) as its own."""
         async with self.session() as session:
             image = await session.scalar(select(Image.id).where(Image.path == path).limit(1))
             grid = await session.scalar(select(Job.id).where(Job.grid_path == path).limit(1))

@@ -46,7 +46,7 @@ async def test_blend_two_images_with_a_text(studio):
     assert request.image_weights == (1.0, 1.0) and request.parts == (("a cat tiger", 1.0),)
     assert job.images[0].width > job.images[0].height  # landscape
     assert job.grid_path is not None
-    assert len(job.images) == 4 and Path(job.grid_path).is_file()
+    assert len(job.images) == 4 and studio.picture(job.grid_path).is_file()
 
 
 async def test_weights_change_the_result(studio):
@@ -100,7 +100,7 @@ async def test_forget_deletes_a_members_uploads_unless_another_job_uses_them(stu
     assert not Path(private).exists()  # only ann's job used it
     assert Path(shared).exists()  # bob's blend uses the same picture
     assert first.grid_path is not None
-    assert not Path(first.grid_path).parent.exists()  # the job's folder went with its pictures
+    assert not studio.picture(first.grid_path).parent.exists()  # the job's folder went with its pictures
     await studio.forget(bob)
     assert not Path(shared).exists()
 

@@ -59,7 +59,7 @@ async def test_the_terminal_and_discord_read_each_others_jobs(pintor: Harness, t
                                 ["history"])
     assert codes == [0, 2, 2, 0], out + err
     # `pintor show` wrote the very file Discord posted
-    assert (tmp_path / "from-discord.png").read_bytes() == Path(stored.grid_path).read_bytes()
+    assert (tmp_path / "from-discord.png").read_bytes() == pintor.studio.picture(stored.grid_path).read_bytes()
     # beside the running bot (embedded queue) a new job is refused: no second worker, no job stored,
     # and none of the bot's jobs run here
     assert "Pintor is running on this database" in err and "PINTOR_QUEUE_URL=redis://" in err
@@ -75,4 +75,5 @@ async def test_the_terminal_and_discord_read_each_others_jobs(pintor: Harness, t
     posted = await show.wait_original(is_result, timeout=30)
     assert "a lighthouse made in the terminal" in posted["content"]
     grid = (await pintor.job(cli_job)).grid_path
-    assert grid is not None and pixels(await pintor.fetch(posted["attachments"][0])) == pixels(Path(grid).read_bytes())
+    assert grid is not None
+    assert pixels(await pintor.fetch(posted["attachments"][0])) == pixels(pintor.studio.picture(grid).read_bytes())

@@ -288,7 +288,8 @@ async def test_v1_of_a_blend_makes_variations_with_kandinsky(pintor: Harness, bl
     assert (job.kind, job.model, job.parent_id, job.parent_index, job.status) == (
         "variation", "tiny-kandinsky", parent.id, 1, "done")
     request = Request.from_json(job.request)
-    assert request.init_image == parent.images[0].path and request.images == (parent.images[0].path,)
+    source = str(pintor.studio.picture(parent.images[0].path))
+    assert request.init_image == source and request.images == (source,)
     tile = parent.images[0]
     assert (await pintor.picture(result)).size == (2 * tile.width, 2 * tile.height)
     assert f"<@{pintor.emu.user_id}>" in result["content"]

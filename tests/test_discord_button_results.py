@@ -156,7 +156,8 @@ async def test_a_textless_blend_upscaled_then_varied_on_a_kandinsky_only_server(
             job = await pintor.posted(job_id_of(made))
             request = Request.from_json(job.request)
             assert (job.model, request.parts) == ("tiny-kandinsky", ())
-            assert request.images == ((await pintor.job(job_id_of(upscale))).images[0].path,)  # its own steering
+            steering = (await pintor.job(job_id_of(upscale))).images[0].path
+            assert request.images == (str(pintor.studio.picture(steering)),)  # its own steering
             assert "blend of 2 images" in made["content"] and "tiny-kandinsky" in made["content"]
     finally:
         await stored.update_guild(emu.guild_id, allowed_models=None)

@@ -5,13 +5,13 @@ restart of the bot."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.discord_endpoints import point_discord_at
 from bot.results import jump_url
+from generation.files import FileStore
 from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import JobStore, NewImage
@@ -122,7 +122,7 @@ async def test_v1_makes_a_new_grid_from_the_first_image(pintor: Harness, grid: d
 
     job, parent = await pintor.posted(var_id), await pintor.job(grid_id)
     assert (job.kind, job.parent_id, job.parent_index, job.status) == ("variation", grid_id, 1, "done")
-    assert Request.from_json(job.request).init_image == parent.images[0].path
+    assert Request.from_json(job.request).init_image == str(pintor.studio.picture(parent.images[0].path))
     assert not {i.seed for i in job.images} & {i.seed for i in parent.images}
 
 
@@ -208,6 +208,7 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
         """While Pintor is down: a job stored as queued (a stop in mid-queue leaves it so), and
         one done but never posted (done while the bot was stopping)."""
         engine = open_engine(pintor.settings.database_url)
+        pictures = FileStore(pintor.settings.pictures_dir)  # the stopped bot's file store
         try:
             store = JobStore(engine)
             parent = await store.get(job_id_of(grid))
@@ -215,7 +216,7 @@ async def test_buttons_and_stopped_jobs_survive_a_restart(pintor: Harness, grid:
             made["unposted"] = await copy_of(store, parent, prompt="a lantern never posted", done=True)
             made["failing"] = await copy_of(store, parent, prompt="a lantern that cannot be", done=False,
                                             kind="variation", strength=0.7,
-                                            init_image=str(Path(parent.grid_path).parent / "gone.png"))
+                                            init_image=str(pictures.local(parent.grid_path).parent / "gone.png"))
         finally:
             await engine.dispose()
 

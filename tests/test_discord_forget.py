@@ -6,7 +6,6 @@ and controls that outlive their time-out or a restart.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -60,8 +59,8 @@ async def test_forget_keeps_a_picture_another_members_queued_job_needs(pintor: H
     owner, other = emu._snowflake(), emu._snowflake()
     grid = await grid_of(pintor, owner, "a tide pool --steps 1 --seed 4")
     grid_job = await pintor.job(job_id_of(grid))
-    tiles = [Path(i.path) for i in grid_job.images]
-    folder = Path(grid_job.grid_path).parent
+    tiles = [studio.picture(i.path) for i in grid_job.images]
+    folder = studio.picture(grid_job.grid_path).parent
 
     # Two long jobs of the other member keep the worker busy: their V1 waits behind them.
     long = [await studio.submit(Member(other, "other"), studio.prepare(f"a long wait {n} --steps 150"))
@@ -76,7 +75,7 @@ async def test_forget_keeps_a_picture_another_members_queued_job_needs(pintor: H
         assert await forget(pintor, owner) == done_text(4)  # the grid and tiles 2–4
         assert (await pintor.job(vary_id)).status == "queued"  # the premise: it has not started
         assert tiles[0].is_file() and not any(t.exists() for t in tiles[1:])
-        assert not Path(grid_job.grid_path).exists() and await studio.job(grid_job.id) is None
+        assert not studio.picture(grid_job.grid_path).exists() and await studio.job(grid_job.id) is None
     finally:
         for submitted in long:
             await studio.cancel(submitted.job_id)
@@ -90,7 +89,7 @@ async def test_forget_keeps_a_picture_another_members_queued_job_needs(pintor: H
         return not tiles[0].exists() and not folder.exists()
 
     await eventually(released, timeout=10)
-    assert all(Path(i.path).is_file() for i in vary.images)  # the variation's own pictures stay
+    assert all(studio.picture(i.path).is_file() for i in vary.images)  # the variation's own pictures stay
 
 
 async def test_a_kept_picture_goes_when_the_job_that_needs_it_is_cancelled(pintor: Harness):
@@ -98,7 +97,7 @@ async def test_a_kept_picture_goes_when_the_job_that_needs_it_is_cancelled(pinto
     owner, other = emu._snowflake(), emu._snowflake()
     grid = await grid_of(pintor, owner, "a red kite --steps 1 --seed 6")
     grid_job = await pintor.job(job_id_of(grid))
-    tile = Path(grid_job.images[2].path)
+    tile = studio.picture(grid_job.images[2].path)
     long = await studio.submit(Member(other, "other"), studio.prepare("a long wait --steps 150"))
     try:
         await until_status(pintor, long.job_id, "running")
@@ -131,7 +130,7 @@ async def test_a_double_click_on_delete_everything_deletes_once_and_says_what(pi
     emu = pintor.emu
     member = emu._snowflake()
     grid = await grid_of(pintor, member, "a snow globe --steps 1 --seed 2")
-    files = [Path(i.path) for i in (await pintor.job(job_id_of(grid))).images]
+    files = [pintor.studio.picture(i.path) for i in (await pintor.job(job_id_of(grid))).images]
     ask = await emu.slash("forget", user_id=member)
     await acked(ask, kind=MESSAGE)
     question = dict(emu.messages[ask.original_id])

@@ -85,7 +85,7 @@ async def test_imagine_shows_progress_then_the_grid_with_buttons(pintor: Harness
     assert (job.channel_id, job.message_id) == (emu.channel_id, int(final["id"]))
     assert [i.seed for i in job.images] == [7, 8, 9, 10]
     for image, (x, y) in zip(job.images, [(0, 0), (192, 0), (0, 128), (192, 128)], strict=True):
-        with Image.open(image.path) as tile:
+        with Image.open(pintor.studio.picture(image.path)) as tile:
             assert tile.size == (192, 128)
             assert grid.crop((x, y, x + 192, y + 128)).tobytes() == tile.convert("RGB").tobytes()
 
@@ -165,7 +165,7 @@ async def test_a_result_over_the_upload_limit_is_reencoded(pintor: Harness):
     [attachment] = final["attachments"]
     data = await pintor.fetch(attachment)
     assert job.grid_path is not None
-    assert len(data) <= limit < os.path.getsize(job.grid_path)
+    assert len(data) <= limit < os.path.getsize(pintor.studio.picture(job.grid_path))
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.format in ("WEBP", "JPEG")
     assert "🗜️" in final["content"] and f"/show job_id:{job.id}" in final["content"]

@@ -92,7 +92,7 @@ async def test_jobs_of_several_members_on_two_workers_are_each_delivered_once(en
     for job in submitted:
         stored = await env.studio.job(job.job_id)
         assert stored is not None and stored.status == JobStatus.DONE and len(stored.images) == 4
-        assert all(Path(image.path).is_file() for image in stored.images)
+        assert all(env.studio.picture(image.path).is_file() for image in stored.images)
         assert env.delivered[job.job_id, "Done"] == 1
     assert await env.studio.waiting_count() == 0
 

@@ -252,7 +252,7 @@ async def test_cancel_only_ones_own_job_and_forget_removes_rows_and_files(studio
     async for _ in done.events:
         pass
     job = await studio.job(done.job_id)
-    files = [Path(job.grid_path)] + [Path(i.path) for i in job.images]
+    files = [studio.picture(job.grid_path)] + [studio.picture(i.path) for i in job.images]
     assert job.status == "done" and all(f.is_file() for f in files)
 
     waiting = await studio.imagine(ann, "a slow fox --steps 150")
@@ -287,7 +287,7 @@ async def test_two_forgets_at_once_delete_each_file_once(studio):
     async for _ in done.events:
         pass
     job = await studio.job(done.job_id)
-    files = [Path(job.grid_path)] + [Path(i.path) for i in job.images]
+    files = [studio.picture(job.grid_path)] + [studio.picture(i.path) for i in job.images]
     assert sorted(await asyncio.gather(studio.forget(member), studio.forget(member))) == [0, len(files)]
     assert not any(f.exists() for f in files)
 

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 
-from storage.db import current_revision, open_engine, upgrade
+from storage.db import current_revision, downgrade, open_engine, upgrade
 from storage.jobs import JobStore, NewImage
 from storage.models import Base, Image, Job, User
 
@@ -75,6 +75,47 @@ async def test_migrations_create_the_tables_on_a_fresh_file(tmp_path: Path):
     assert current == head and head is not None
     await upgrade(engine)  # again: nothing to do, nothing breaks
     assert await current_revision(engine) == (head, head)
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_migration_0008_stores_pictures_by_key_and_back(database: str, tmp_path: Path,
+                                                              request: pytest.FixtureRequest):
+    """Rows of 0007 name pictures by absolute path; 0013 turns those inside the pictures
+    folder into file-store keys (a "..", a file elsewhere and a missing grid stay as they were),
+    and its downgrade turns the keys back into the same paths."""
+    engine = open_engine(url(tmp_path / "old.db") if database == "sqlite" else request.getfixturevalue("postgres_url"))
+    root = tmp_path / "data" / "images"
+    await upgrade(engine, "0007")
+    inside = [f"{root}/jobs/7/{n}.png" for n in (1, 2)]
+    elsewhere = "/srv/old-pintor/jobs/7/3.png"
+    odd = f"{root}/../images-other/jobs/7/4.png"  # beside the folder, not in it
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO users (id, name, created_at) VALUES (42, 'ann', CURRENT_TIMESTAMP)"))
+        await conn.execute(text(
+            "INSERT INTO jobs (id, user_id, kind, model, prompt, request, status, grid_path, created_at) VALUES "
+            "(7, 42, 'imagine', 'tiny-sd', 'a fox', '{}', 'done', :grid, CURRENT_TIMESTAMP), "
+            "(8, 42, 'imagine', 'tiny-sd', 'a fox', '{}', 'queued', NULL, CURRENT_TIMESTAMP)"),
+            {"grid": f"{root}/jobs/7/grid.png"})
+        for index, path in enumerate([*inside, elsewhere, odd], start=1):
+            await conn.execute(text(
+                "INSERT INTO images (job_id, \"index\", path, width, height, seed, sha256, flagged, created_at) "
+                "VALUES (7, :index, :path, 64, 64, 1, :sha, false, CURRENT_TIMESTAMP)"),
+                {"index": index, "path": path, "sha": "0" * 64})
+
+    async def pictures() -> tuple[list[str | None], list[str]]:
+        async with engine.connect() as conn:
+            grids = (await conn.execute(text("SELECT grid_path FROM jobs ORDER BY id"))).scalars().all()
+            paths = (await conn.execute(text('SELECT path FROM images ORDER BY "index"'))).scalars().all()
+        return list(grids), list(paths)
+
+    await upgrade(engine, pictures_root=root)
+    assert await pictures() == (["jobs/7/grid.png", None], ["jobs/7/1.png", "jobs/7/2.png", elsewhere, odd])
+    await downgrade(engine, "0007", pictures_root=root)
+    assert await pictures() == ([f"{root}/jobs/7/grid.png", None], [*inside, elsewhere, odd])
+    with pytest.raises(RuntimeError, match="pictures folder"):  # keys without their folder: refused
+        await upgrade(engine, pictures_root=root)
+        await downgrade(engine, "0007")
     await engine.dispose()
 
 

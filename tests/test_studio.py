@@ -58,7 +58,7 @@ def files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("pintor.db")}
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -117,9 +117,9 @@ async def test_imagine_stores_the_job_before_queueing_it_then_its_results(env, m
     assert [image.index for image in job.images] == [1, 2, 3, 4]
     assert [image.seed for image in job.images] == [21, 22, 23, 24]
     for image, made in zip(job.images, done.images, strict=True):
-        assert (image.path, image.sha256) == (str(studio.files.path(made.key)), made.sha256)
-        assert file_sha256(image.path) == image.sha256 and (image.width, image.height) == (64, 64)
-    assert job.grid_path == str(studio.files.path(done.grid.key)) and file_sha256(job.grid_path) == done.grid.sha256
+        assert (image.path, image.sha256) == (made.key, made.sha256)  # by key: no folder of this machine
+        assert file_sha256(studio.picture(image.path)) == image.sha256 and (image.width, image.height) == (64, 64)
+    assert job.grid_path == done.grid.key and file_sha256(studio.picture(job.grid_path)) == done.grid.sha256
 
 
 @pytest.mark.parametrize(("prompt", "message"), [
@@ -191,7 +191,8 @@ async def test_vary_makes_four_from_one_image(env, parent: int, strong: bool, st
     source = (await studio.job(parent)).images[1]
     submitted = await studio.vary(ANN, parent, 2, strong=strong)
     request = submitted.request
-    assert (request.kind, request.init_image, request.strength) == ("variation", source.path, strength)
+    assert (request.kind, request.init_image, request.strength) == (
+        "variation", str(studio.picture(source.path)), strength)
     assert (request.width, request.height, request.count) == (source.width, source.height, 4)
     assert int(request.steps * request.strength) >= 1  # image to image runs at least one step
     done = await finish(submitted)
@@ -207,13 +208,13 @@ async def test_upscale_one_image_with_the_model(env, parent: int):
     submitted = await studio.upscale(ANN, parent, 3)
     request = submitted.request
     assert (request.kind, request.model, request.count) == ("upscale", "tiny-upscaler", 1)
-    assert request.seed == source.seed and request.init_image == source.path
+    assert request.seed == source.seed and request.init_image == str(studio.picture(source.path))
     done = await finish(submitted)
     job = await studio.job(submitted.job_id)
     assert (job.kind, job.parent_id, job.parent_index) == ("upscale", parent, 3)
     assert [(image.index, image.width, image.height, image.seed) for image in job.images] == [
         (1, 256, 256, source.seed)]
-    assert file_sha256(job.images[0].path) == done.images[0].sha256
+    assert file_sha256(studio.picture(job.images[0].path)) == done.images[0].sha256
 
     # a variation of the upscaled picture runs on the default model, with that model's settings
     variation = await studio.vary(ANN, submitted.job_id, 1, strong=False)
@@ -347,7 +348,7 @@ async def test_a_job_left_running_by_a_crash_completes_after_a_restart(small_reg
 
         reference = await finish(await studio.submit(ANN, request))  # the same request, never interrupted
         assert [image.sha256 for image in job.images] == [image.sha256 for image in reference.images]
-        assert [file_sha256(image.path) for image in job.images] == [image.sha256 for image in job.images]
+        assert [file_sha256(studio.picture(i.path)) for i in job.images] == [i.sha256 for i in job.images]
     finally:
         await studio.close()
         await db.dispose()

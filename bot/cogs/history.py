@@ -6,6 +6,7 @@ import asyncio
 import io
 import math
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
@@ -31,7 +32,7 @@ EMBED_BUDGET = (limits.EMBEDS_TOTAL - FOOTER_ROOM) // PAGE_SIZE
 NO_JOBS_LEFT = "You have no jobs any more (they were deleted): try /imagine."
 
 
-def thumbnail(path: str) -> bytes | None:
+def thumbnail(path: str | Path) -> bytes | None:
     try:
         with Image.open(path) as image:
             image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
@@ -104,7 +105,8 @@ async def history_page(studio: Studio, user_id: int, page: int):
     if page > pages:  # jobs were deleted meanwhile: show the last page
         page = pages
         jobs, total = await studio.history(user_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
-    thumbnails = await asyncio.to_thread(lambda: [thumbnail(j.grid_path) if j.grid_path else None for j in jobs])
+    thumbnails = await asyncio.to_thread(
+        lambda: [thumbnail(studio.picture(j.grid_path)) if j.grid_path else None for j in jobs])
     embeds, files = [], []
     for job, data in zip(jobs, thumbnails, strict=False):
         embed = job_embed(job)

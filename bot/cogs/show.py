@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from discord import app_commands
@@ -63,7 +62,7 @@ class Show(commands.Cog):
             await interaction.response.send_message(
                 f"Job {job_id} is {job.status}; its pictures are posted when it is done.", ephemeral=True)
             return
-        if not job.grid_path or not Path(job.grid_path).is_file():
+        if not job.grid_path or not self.bot.studio.picture(job.grid_path).is_file():
             await interaction.response.send_message(f"The picture files of job {job_id} are gone.", ephemeral=True)
             return
         private = (await self.bot.studio.preferences(interaction.user.id)).private

@@ -60,7 +60,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     root = _root()
     if root is None:
-        raise RuntimeError("downgrading 0008_h12 needs the pictures folder: "
+        raise RuntimeError("downgrading 0013 needs the pictures folder: "
                            "storage.db.upgrade/downgrade(..., pictures_root=PINTOR_DATA_DIR/images)")
 
     def to_path(value: str) -> str | None:

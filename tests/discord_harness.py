@@ -199,17 +199,27 @@ async def discord_harness(registry_file: Path, tmp_path_factory: pytest.TempPath
                           request: pytest.FixtureRequest):
     tmp = tmp_path_factory.mktemp("pintor-discord")
     database_url = harness_database(request, tmp)
+    async with bot_of_its_own(tmp, registry_file, database_url=database_url) as harness:
+        yield harness
+    emu = harness.emu
+    # no secret in any message the bot left or request body it sent (errors included)
+    assert not leaks(json.dumps(m) for m in emu.messages.values())
+    assert not leaks(json.dumps(r.json, default=str) for r in emu.requests if r.json is not None)
+
+
+@contextlib.asynccontextmanager
+async def bot_of_its_own(tmp: Path, registry_file: Path, **overrides: Any) -> AsyncIterator[Harness]:
+    """A started bot with an emulator of its own, its data in `tmp` and its models from
+    `registry_file` (`harness_settings` with `overrides`): the shared bot's, or one for a
+    module whose models differ; stopped after, and Discord pointed back at the default."""
     async with DiscordEmulator() as emu:
-        harness = Harness(emu, harness_settings(emu, tmp, registry_file, database_url=database_url))
+        harness = Harness(emu, harness_settings(emu, tmp, registry_file, **overrides))
         try:
             await harness.start()
             yield harness
         finally:
             await harness.stop()
             point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
-        # no secret in any message the bot left or request body it sent (errors included)
-        assert not leaks(json.dumps(m) for m in emu.messages.values())
-        assert not leaks(json.dumps(r.json, default=str) for r in emu.requests if r.json is not None)
 
 
 SHARED_RULES = ("allowed_models", "channel_ids", "max_queued_per_member", "daily_quota", "max_steps",

@@ -12,14 +12,13 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
+from bot.discord_endpoints import point_discord_at
 from bot.intake import Member
 from generation.events import Done
 from generation.files import CONTROL_FILE
 from generation.request import Request
 from tests.controlnet_helpers import build_controlnets, write_controlnet_registry
-from tests.discord_emulator import DiscordEmulator
-from tests.discord_harness import Harness, harness_settings, is_result, job_id_of, until_idle
+from tests.discord_harness import Harness, bot_of_its_own, is_result, job_id_of, until_idle
 from tests.test_discord_blend import refused
 from tests.test_inputs import bomb_png
 from tests.waiting import collect_until
@@ -45,14 +44,8 @@ async def cn(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp("pintor-controlnet")
     controlnets = build_controlnets(tiny_models, tmp / "controlnets")
     registry = write_controlnet_registry(tmp / "models.toml", tiny_models, controlnets)
-    async with DiscordEmulator() as emu:
-        harness = Harness(emu, harness_settings(emu, tmp, registry))
-        try:
-            await harness.start()
-            yield harness
-        finally:
-            await harness.stop()
-            point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
+    async with bot_of_its_own(tmp, registry) as harness:
+        yield harness
 
 
 @pytest_asyncio.fixture(loop_scope="session")

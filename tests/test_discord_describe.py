@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
+from bot.discord_endpoints import point_discord_at
 from bot.studio import NO_CAPTIONER
 from generation.request import Request
 from storage.db import open_engine
 from storage.jobs import JobStore
 from tests.describe_helpers import build_describers, phone_jpeg, write_describe_registry
-from tests.discord_emulator import DiscordEmulator
-from tests.discord_harness import Harness, custom_ids, harness_settings, is_result, job_id_in, job_id_of, until_idle
+from tests.discord_harness import Harness, bot_of_its_own, custom_ids, is_result, job_id_in, job_id_of, until_idle
 from tests.test_discord_blend import noise_png, refused
 from tests.test_inputs import bomb_png
 
@@ -35,14 +34,8 @@ async def describer(tiny_models, tmp_path_factory: pytest.TempPathFactory):
     """A bot of its own whose models.toml has the tiny captioner (with CLIP)."""
     tmp = tmp_path_factory.mktemp("pintor-describe")
     registry = write_describe_registry(tmp / "models.toml", tiny_models, build_describers(tmp / "models"))
-    async with DiscordEmulator() as emu:
-        harness = Harness(emu, harness_settings(emu, tmp, registry))
-        try:
-            await harness.start()
-            yield harness
-        finally:
-            await harness.stop()
-            point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
+    async with bot_of_its_own(tmp, registry) as harness:
+        yield harness
 
 
 @pytest_asyncio.fixture(loop_scope="session")

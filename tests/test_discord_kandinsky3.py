@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
+from bot.discord_endpoints import point_discord_at
 from generation.request import Request
-from tests.discord_emulator import DiscordEmulator
-from tests.discord_harness import Harness, custom_ids, harness_settings, is_result, job_id_of
+from tests.discord_harness import Harness, bot_of_its_own, custom_ids, is_result, job_id_of
 from tests.test_discord_blend import CAT, TIGER, refused
 from tests.test_discord_buttons import press
 from tests.tiny_models import build_kandinsky3, build_sd
@@ -41,14 +40,8 @@ family = "kandinsky3"
 native_side = 64
 steps = 2
 ''', encoding="utf-8")
-    async with DiscordEmulator() as emu:
-        harness = Harness(emu, harness_settings(emu, tmp, registry))
-        try:
-            await harness.start()
-            yield harness
-        finally:
-            await harness.stop()
-            point_discord_at(DEFAULT_API_BASE, DEFAULT_GATEWAY_URL)
+    async with bot_of_its_own(tmp, registry) as harness:
+        yield harness
 
 
 async def test_imagine_posts_a_grid_and_v_varies_a_picture(k3: Harness):

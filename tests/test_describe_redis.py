@@ -55,5 +55,5 @@ async def test_a_describe_runs_on_a_redis_worker_that_shares_no_disk(tiny_models
             assert job is not None and job.status == "done" and job.prompts == list(done.captions)
             assert all(p.endswith(" --ar 2:3") and "in the style of" in p for p in job.prompts)
             # the picture came back with the event, into the front end's own store
-            assert job.grid_path is not None and Path(job.grid_path).is_file()
-            assert Path(job.grid_path).is_relative_to(tmp_path / "images")
+            assert job.grid_path is not None and studio.picture(job.grid_path).is_file()
+            assert studio.picture(job.grid_path).is_relative_to(tmp_path / "images")

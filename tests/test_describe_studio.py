@@ -58,7 +58,7 @@ async def test_a_describe_is_stored_queued_and_done_with_its_prompts(studio):
     assert isinstance(events[-1], Done) and len(events[-1].captions) == 4
     job = await studio.job(submitted.job_id)
     assert job.status == "done" and job.prompts == list(events[-1].captions) and not job.images
-    assert Path(job.grid_path).is_file()
+    assert job.grid_path is not None and studio.picture(job.grid_path).is_file()
 
 
 async def test_a_describes_prompts_are_imagined_as_the_members_own_imagine(studio):
@@ -129,6 +129,7 @@ async def test_forget_deletes_a_describes_upload_and_picture(studio):
     described = await finish(studio, await studio.describe(member, "mine.png", png((64, 64), (77, 1, 1))))
     upload, picture = Request.from_json(described.request).images[0], described.grid_path
     assert picture is not None
+    picture = str(studio.picture(picture))
     assert Path(upload).is_file() and Path(picture).is_file()
     assert await studio.forget(member) >= 2
     assert not Path(upload).exists() and not Path(picture).exists()

@@ -103,7 +103,7 @@ async def test_canny_control_posts_the_grid_and_the_control_image(pintor: Harnes
     control = np.asarray(shown[f"pintor-{job.id}-control.png"])
     assert control.shape == (64, 64, 3) and set(np.unique(control)) == {0, 255}  # white edges on black
     assert "Steered by the canny control image" in canny_grid["content"] and "--cn canny" in canny_grid["content"]
-    assert job.grid_path is not None and Path(job.grid_path).with_name(CONTROL_FILE).is_file()
+    assert job.grid_path is not None and pintor.studio.picture(job.grid_path).with_name(CONTROL_FILE).is_file()
 
 
 async def test_the_control_changes_the_result_and_cw_0_does_not(pintor: Harness, canny_grid: dict):
@@ -257,7 +257,8 @@ async def test_forget_deletes_the_control_upload_and_the_control_image(pintor: H
     await collect_until(submitted.events, lambda e: isinstance(e, Done))
     job = await pintor.job(submitted.job_id)
     assert job.grid_path is not None
-    control, upload = Path(job.grid_path).with_name(CONTROL_FILE), Path(str(Request.from_json(job.request).control))
+    control = studio.picture(job.grid_path).with_name(CONTROL_FILE)
+    upload = Path(str(Request.from_json(job.request).control))
     assert control.is_file() and upload.is_file()
     await studio.forget(member)
     assert not control.exists() and not upload.exists() and not control.parent.exists()

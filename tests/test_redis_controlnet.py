@@ -61,7 +61,7 @@ async def test_a_controlled_job_on_a_redis_worker_brings_its_control_image_back(
                 assert isinstance(done, Done) and done.control is not None and done.control.data is None
                 job = await studio.job(submitted.job_id)
                 assert job is not None and job.grid_path is not None
-                control = Path(job.grid_path).with_name(CONTROL_FILE)
+                control = studio.picture(job.grid_path).with_name(CONTROL_FILE)
                 assert control == files.path(done.control.key) and control.is_file()
                 with Image.open(control) as made:
                     assert made.size == (64, 64) and set(np.unique(np.asarray(made))) == {0, 255}

@@ -1,7 +1,9 @@
 """Hostile input through the emulator: /imagine prompts of any text (random, huge, empty,
-unicode, control characters) drawn by hypothesis, forged button custom_ids of every template
-(jobs that do not exist, other members' jobs), replayed interactions — each answered within 3
-seconds, none with an unhandled error, nothing stored for a refusal.
+unicode, control characters) drawn by hypothesis, and so every other command's options (/blend,
+/describe, /show, /history, /cancel, the /settings "Always append" form, /pintor-admin by members
+without Manage Server and by admins), forged button custom_ids of every template (jobs that do
+not exist, other members' jobs), replayed interactions — each answered within 3 seconds, none
+with an unhandled error, nothing stored for a refusal.
 
 Hypothesis draws the values (`drawn`); the test sends them one by one on the shared bot's event
 loop (hypothesis cannot drive an async test on a session loop): what it finds is not shrunk."""

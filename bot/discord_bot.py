@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -22,6 +22,7 @@ from discord.ext import commands
 from bot.buttons import BUTTONS, Action, form_submitted
 from bot.delivery import INTERACTION_TTL_S, SEND_TIMEOUT_S, Delivery
 from bot.intake import USER_ERRORS, Member
+from bot.limits import echo
 from bot.metrics import Metrics
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
 from bot.results import (
@@ -50,6 +51,41 @@ Submit = Callable[[Member, dict[str, Any]], Awaitable[Submitted]]
 SubmitMany = Callable[[Member, dict[str, Any]], Awaitable[list[Submitted]]]
 
 
+def _numbers(options: list[dict]) -> Iterator[tuple[str, Any]]:
+    """(name, value) of every integer (4) or number (10) option in an interaction's options,
+    those inside a subcommand (group) included."""
+    for option in options:
+        if option.get("type") in (4, 10):
+            yield option["name"], option.get("value")
+        yield from _numbers(option.get("options") or [])
+
+
+class RangeCheckedTree(app_commands.CommandTree):
+    """The command tree, refusing an option number outside the range its command declares
+    (`app_commands.Range`): Discord enforces min_value/max_value in its client, discord.py does
+    not, so a forged interaction (or a command registered before its range was) could hand a
+    command any 64-bit number: a page SQLite cannot hold, a negative limit."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        command = interaction.command if interaction.type is discord.InteractionType.application_command else None
+        if not isinstance(command, app_commands.Command):
+            return True
+        data: dict[str, Any] = dict(interaction.data or {})
+        for name, value in _numbers(data.get("options") or []):
+            parameter = next((p for p in command.parameters if p.display_name == name), None)
+            if parameter is None:
+                continue
+            low, high = parameter.min_value, parameter.max_value
+            if not isinstance(value, (int, float)) or (low is not None and value < low) or (
+                    high is not None and value > high):
+                where = " to ".join(str(x) for x in (low, high) if x is not None)
+                await interaction.response.send_message(
+                    f"⚠️ {name} must be a number{f' from {where}' if where else ''}: nothing was done.",
+                    ephemeral=True)
+                return False
+        return True
+
+
 class PintorBot(commands.Bot):
     # Class attributes, so that tests can shorten them on one bot.
     progress_interval_s: float = PROGRESS_INTERVAL_S  # at most one progress edit per message per this
@@ -60,6 +96,7 @@ class PintorBot(commands.Bot):
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Pintor has no voice
         options.setdefault("intents", discord.Intents.default())  # no privileged intents needed
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())  # each message allows its member
+        options.setdefault("tree_cls", RangeCheckedTree)
         super().__init__(command_prefix=commands.when_mentioned, help_command=None, **options)
         self.settings = settings
         self.studio = studio
@@ -315,8 +352,16 @@ class PintorBot(commands.Bot):
                                    error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.CheckFailure) and interaction.response.is_done():
             return  # the check told the member why (e.g. /pintor-admin without Manage Server)
-        log.error("/%s failed", interaction.command.name if interaction.command else "?", exc_info=error)
-        text = "⚠️ Something went wrong on Pintor's side. Try again."
+        if isinstance(error, app_commands.TransformerError):
+            # A value discord.py cannot turn into the option's type (a choice that is not one of
+            # the command's choices: a forged interaction, or a client with a stale command list):
+            # the member's input, not Pintor's fault; nothing was done.
+            log.warning("/%s: refused %s", interaction.command.name if interaction.command else "?", error)
+            text = (f"⚠️ {echo(str(error.value), 200) or 'That value'} is not a value this command takes: "
+                    f"pick one from the list Discord shows.")
+        else:
+            log.error("/%s failed", interaction.command.name if interaction.command else "?", exc_info=error)
+            text = "⚠️ Something went wrong on Pintor's side. Try again."
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

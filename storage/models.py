@@ -23,6 +23,7 @@ class JobStatus(StrEnum):
 
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)  # picked up again when Pintor starts
+MAX_JOB_ID = 2**31 - 1  # jobs.id is an INTEGER: 32 bits on PostgreSQL, where a larger id fails the query
 
 
 def utcnow() -> datetime:

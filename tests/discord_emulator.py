@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
@@ -390,7 +391,8 @@ class DiscordEmulator:
         """Serve ``data`` on the emulator and return a Discord attachment object for it."""
         aid = self._snowflake()
         self._files[aid] = (data, content_type)
-        url = f"{self.base_url}/attachments/{aid}/{filename}"
+        # the name percent-encoded into the URL's path, whatever it is ("../x", "a b", "")
+        url = f"{self.base_url}/attachments/{aid}/{quote(filename, safe='') or 'unnamed'}"
         attachment = {"id": str(aid), "filename": filename, "size": len(data), "url": url, "proxy_url": url,
                       "content_type": content_type}
         if content_type.startswith("image/") and (size := _image_size(data)):

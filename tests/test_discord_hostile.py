@@ -1,7 +1,9 @@
 """Hostile input through the emulator: /imagine prompts of any text (random, huge, empty,
-unicode, control characters) drawn by hypothesis, forged button custom_ids of every template
-(jobs that do not exist, other members' jobs), replayed interactions — each answered within 3
-seconds, none with an unhandled error, nothing stored for a refusal.
+unicode, control characters) drawn by hypothesis, and so every other command's options (/blend,
+/describe, /show, /history, /cancel, the /settings "Always append" form, /pintor-admin by members
+without Manage Server and by admins), forged button custom_ids of every template (jobs that do
+not exist, other members' jobs), replayed interactions — each answered within 3 seconds, none
+with an unhandled error, nothing stored for a refusal.
 
 Hypothesis draws the values (`drawn`); the test sends them one by one on the shared bot's event
 loop (hypothesis cannot drive an async test on a session loop): what it finds is not shrunk."""
@@ -19,7 +21,10 @@ from hypothesis import strategies as st
 
 from benchmarks.load import cancel_all, outcome
 from bot.buttons import BUTTONS
+from bot.delivery import NOT_DONE
+from bot.limits import clean
 from tests.discord_harness import Harness, acked
+from tests.test_blend import png
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -133,3 +138,190 @@ async def test_a_replayed_interaction_makes_no_second_job(pintor: Harness):
         assert await pintor.job_count() == before + 1
     finally:
         await cancel_all(pintor.studio, [member])
+
+
+# ---- every other command's options ------------------------------------------------------
+
+NAMES = st.one_of(st.text(max_size=120), st.just(""), st.just("../../etc/passwd"), st.just("a\x00b.png"),
+                  st.just("\u202egnp.exe"), st.text(alphabet=st.characters(codec="utf-8"), min_size=300, max_size=1000))
+CONTENT_TYPES = st.sampled_from(["image/png", "text/html", "application/octet-stream", "", "image/png; x=\x01",
+                                 "image/" + "x" * 500])
+NUMBERS = st.one_of(st.integers(min_value=-2**63, max_value=2**63 - 1), st.sampled_from([0, -1, 1, 2**53, 2**63 - 1]))
+PNG = png((200, 120, 40))
+
+
+async def answer(emu, inter: Any) -> str:
+    """Wait for the bot's answer to `inter` (acknowledged within 3 s); what it said, checked not broken."""
+    callback = await acked(inter)  # within 3 s
+    await emu._wait(partial(answered, inter, callback), 30)
+    if callback["type"] == 5 and inter.original is not None and inter.original["content"] == NOT_DONE:
+        await emu._wait(lambda: inter.followups, 30)  # the refusal's private follow-up, right after
+    text = said(inter) + json.dumps([c.get("data") or {} for c in inter.callbacks])
+    assert BROKEN not in text, text
+    return text
+
+
+async def statuses(pintor: Harness) -> dict[int, str]:
+    """Every job's status: what a refused command must leave as it was."""
+    return {job.id: job.status for job in await pintor.studio.store.unfinished()} | {
+        0: str(await pintor.job_count())}
+
+
+async def test_blend_answers_any_prompt_weights_dimensions_and_file_in_time(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    guild_id, channel_id = emu.add_guild()
+    await pintor.studio.update_rules(guild_id, max_queued_per_member=100)
+    weights = st.one_of(st.just(""), st.text(max_size=40), st.lists(st.floats(), max_size=7).map(
+        lambda ws: ",".join(map(str, ws))), st.sampled_from(["2,1", "1,2,3,4,5,6,7", "-1,nan", "1e309,0", "0,0"]))
+    dimensions = st.one_of(st.none(), st.sampled_from(["square", "portrait", "landscape"]), st.text(max_size=20))
+    cases = drawn(st.tuples(ANY_TEXT, weights, dimensions, NAMES, CONTENT_TYPES), 14)
+    queued = 0
+    try:
+        for prompt, weights, dimensions, name, content_type in cases:
+            before = await pintor.job_count()
+            options: dict[str, Any] = {"image1": emu.add_attachment("cat.png", PNG),
+                                       "image2": emu.add_attachment(name, PNG, content_type),
+                                       "prompt": prompt, "weights": weights}
+            if dimensions is not None:
+                options["dimensions"] = dimensions
+            inter = await emu.slash("blend", options, user_id=member, channel_id=channel_id)
+            await answer(emu, inter)
+            if outcome(inter) == "queued":
+                queued += 1
+            else:
+                assert await pintor.job_count() == before, (prompt, weights, dimensions, name)
+    finally:
+        await cancel_all(pintor.studio, [member])
+    print(f"{queued} of {len(cases)} drawn blends queued")
+    assert queued and queued < len(cases)  # the drawn blends met both ways
+
+
+async def test_describe_answers_any_filename_and_content_type_in_time(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    try:
+        for name, content_type in drawn(st.tuples(NAMES, CONTENT_TYPES), 10):
+            inter = await emu.slash("describe", {"image": emu.add_attachment(name, PNG, content_type)}, user_id=member)
+            await answer(emu, inter)
+    finally:
+        await cancel_all(pintor.studio, [member])
+
+
+async def test_show_history_and_cancel_answer_any_number_and_touch_no_one_elses_job(pintor: Harness):
+    emu = pintor.emu
+    owner, stranger = emu._snowflake(), emu._snowflake()
+    first = await emu.slash("imagine", {"prompt": "someone else's fox --seed 3"}, user_id=owner)
+    await acked(first, kind=5)
+    await emu._wait(lambda: outcome(first) is not None, 30)
+    [theirs] = [job.id for job in await pintor.studio.store.unfinished() if job.user_id == owner] or [0]
+    numbers = drawn(NUMBERS, 10) + [theirs]
+    try:
+        for number in numbers:
+            for command, option in (("show", "job_id"), ("history", "page"), ("cancel", "job")):
+                before = await statuses(pintor)
+                inter = await emu.slash(command, {option: number}, user_id=stranger)
+                await answer(emu, inter)
+                assert await statuses(pintor) == before, (command, number)
+    finally:
+        await cancel_all(pintor.studio, [owner, stranger])
+
+
+async def test_the_always_append_text_is_saved_or_refused_whatever_it_is(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    texts = drawn(ANY_TEXT, 12) + ["\x00\x01\x02", "film\x00grain\r\n--no text", "a" * 5000, "b" * 201,
+                                   "--ar 99999:1 --steps -5 --seed 99999999999999"]
+    saved = 0
+    for text in texts:
+        opened = await emu.slash("settings", user_id=member)
+        await acked(opened)
+        assert opened.original is not None and opened.original_id is not None
+        button = next(c["custom_id"] for row in opened.original["components"] for c in row["components"]
+                      if c.get("label") == "Always append…")
+        clicked = await emu.click(opened.original_id, button, user_id=member)
+        await acked(clicked, kind=9)
+        before = (await pintor.studio.preferences(member)).append
+        inter = await emu.submit_modal(clicked, {"append": text}, user_id=member)
+        reply = await answer(emu, inter)
+        after = (await pintor.studio.preferences(member)).append
+        if "Not saved" in reply:
+            assert after == before, text
+        else:
+            assert len(after) <= 200, "longer than the form allows"
+            assert after == clean(text).strip(), text  # control characters as spaces
+            saved += 1
+    print(f"{saved} of {len(texts)} drawn append texts saved")
+    assert saved and saved < len(texts)
+
+
+ADMIN_OPTIONS = {
+    "show": st.just({}), "pause": st.just({}), "resume": st.just({}),
+    "models": st.fixed_dictionaries({"names": NAMES}),
+    "loras": st.fixed_dictionaries({"names": NAMES}, optional={"max_per_job": NUMBERS}),
+    "channels": st.fixed_dictionaries({"channels": st.one_of(NAMES, st.lists(NUMBERS, max_size=5).map(
+        lambda ids: " ".join(f"<#{abs(i)}>" for i in ids)))}),
+    "limits": st.fixed_dictionaries({}, optional={"max_queued": NUMBERS, "daily_quota": NUMBERS,
+                                                  "max_steps": NUMBERS, "max_side": NUMBERS}),
+    **{name: st.fixed_dictionaries({option: st.booleans()}) for name, option in (
+        ("buttons", "author_only"), ("nsfw-check", "on"), ("remote-models", "allowed"),
+        ("strict-parameters", "on"), ("controlnet", "on"), ("clip-guidance", "on"))},
+}
+ADMIN_CALLS = st.sampled_from(sorted(ADMIN_OPTIONS)).flatmap(lambda sub: st.tuples(st.just(sub), ADMIN_OPTIONS[sub]))
+
+
+async def rules_of(pintor: Harness, guild_id: int) -> dict[str, Any]:
+    rules = await pintor.studio.rules(guild_id)
+    return {column: getattr(rules, column) for column in rules.__table__.columns.keys()}
+
+
+async def test_admin_commands_by_a_member_without_manage_server_change_nothing(pintor: Harness):
+    emu = pintor.emu
+    before = await rules_of(pintor, emu.guild_id)
+    for subcommand, options in drawn(ADMIN_CALLS, 15):
+        inter = await emu.slash("pintor-admin", options, subcommand=subcommand, user_id=emu._snowflake())
+        reply = await answer(emu, inter)
+        assert "Manage Server" in reply or "nothing was done" in reply, (subcommand, reply)
+        assert await rules_of(pintor, emu.guild_id) == before, (subcommand, options)
+
+
+async def test_admin_commands_answer_any_value_in_time_and_store_only_sane_rules(pintor: Harness):
+    emu = pintor.emu
+    guild_id, channel_id = emu.add_guild()  # its own server: the shared one's rules stay as they are
+    for subcommand, options in drawn(ADMIN_CALLS, 15):
+        inter = await emu.slash("pintor-admin", options, subcommand=subcommand, permissions=str(1 << 5),
+                                user_id=emu._snowflake(), channel_id=channel_id)
+        await answer(emu, inter)
+        rules = await pintor.studio.preferences_and_rules.guild(guild_id)  # as stored
+        for limit in ("max_queued_per_member", "daily_quota", "max_steps", "max_side", "max_loras"):
+            assert getattr(rules, limit) is None or getattr(rules, limit) > 0, (subcommand, options, limit)
+
+
+@pytest.mark.parametrize("command, options, subcommand, told", [
+    ("history", {"page": 2**62}, None, "page must be a number from 1 to 100000"),
+    ("history", {"page": 0}, None, "page must be a number from 1 to 100000"),
+    ("show", {"job_id": -7}, None, "job_id must be a number from 1"),
+    ("show", {"job_id": 2**31}, None, "job_id must be a number from 1 to 2147483647"),  # PostgreSQL's INTEGER
+    ("cancel", {"job": 2**53}, None, "job must be a number from 1 to 2147483647"),
+    ("pintor-admin", {"max_queued": -5}, "limits", "max_queued must be a number from 0 to 1000"),
+    ("pintor-admin", {"names": "all", "max_per_job": 10**12}, "loras", "max_per_job must be a number from 0"),
+])
+async def test_a_number_outside_its_declared_range_is_refused_with_its_range(
+        pintor: Harness, command: str, options: dict, subcommand: str | None, told: str):
+    """Discord's client keeps numbers within an option's min/max, discord.py does not: a forged
+    interaction's page overflowed SQLite ("Something went wrong") and a negative limit was stored."""
+    emu = pintor.emu
+    guild_id, channel_id = emu.add_guild()
+    before = await rules_of(pintor, guild_id)
+    inter = await emu.slash(command, options, subcommand=subcommand, permissions=str(1 << 5), channel_id=channel_id)
+    assert told in await answer(emu, inter)
+    assert await rules_of(pintor, guild_id) == before
+
+
+async def test_a_value_that_is_not_one_of_the_choices_is_the_members_not_pintors_fault(pintor: Harness):
+    emu = pintor.emu
+    before = await pintor.job_count()
+    inter = await emu.slash("blend", {"image1": emu.add_attachment("a.png", PNG),
+                                      "image2": emu.add_attachment("b.png", PNG), "dimensions": "gòc"})
+    assert "gòc is not a value this command takes" in await answer(emu, inter)
+    assert await pintor.job_count() == before

@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot import limits
 from bot.intake import Member, abilities, allowed_models
-from storage.models import JobStatus
+from storage.models import MAX_JOB_ID, JobStatus
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
@@ -164,7 +164,8 @@ class Account(commands.Cog):
 
     @app_commands.command(name="cancel")
     @app_commands.describe(job="the job id (from /info or /history); without it, your newest unfinished job")
-    async def cancel(self, interaction: Interaction, job: int | None = None) -> None:
+    async def cancel(self, interaction: Interaction,
+                     job: app_commands.Range[int, 1, MAX_JOB_ID] | None = None) -> None:
         """Cancel your queued or running job (a running one stops at its next step)."""
         member = member_of(interaction)
         if job is None:

@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_gone
-from bot.limits import SELECT_OPTION_TEXT, clip, echo, plain
+from bot.limits import SELECT_OPTION_TEXT, clean, clip, echo, plain
 from generation.registry import Registry
 from storage.models import MemberPreferences, ServerRules
 
@@ -207,7 +207,14 @@ class Preferences(commands.Cog):
         match = APPEND_MODAL.fullmatch((interaction.data or {}).get("custom_id", ""))
         if match is None or not await _own(interaction, int(match["user"])):
             return
-        value = _text_value(interaction.data, "append").strip()
+        # control characters as the prompt parser reads them (spaces): PostgreSQL cannot store a NUL
+        value = clean(_text_value(interaction.data, "append")).strip()
+        longest = AppendModal.text.max_length or 0
+        if len(value) > longest:  # Discord's form keeps to it; a forged submission need not
+            await interaction.response.send_message(
+                f"⚠️ Not saved: at most {longest} characters are added to every prompt, not {len(value)}.",
+                ephemeral=True)
+            return
         if value:
             try:
                 # as every prompt will be (unknown models too); a setting is written on purpose,

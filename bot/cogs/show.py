@@ -14,14 +14,12 @@ from bot.limits import Echo, compose
 from bot.local import OPERATOR
 from bot.results import DM_REFUSAL, result_message
 from bot.studio import channel_refusal
-from storage.models import JobStatus
+from storage.models import MAX_JOB_ID, JobStatus
 
 if TYPE_CHECKING:
     from bot.discord_bot import Interaction, PintorBot
 
 log = logging.getLogger(__name__)
-
-MAX_JOB_ID = 10**15
 
 
 class Show(commands.Cog):

@@ -24,4 +24,6 @@ async def test_a_hundred_imagines_in_bursts_are_all_answered_in_time_and_fairly(
     assert report.queued + sum(report.refused.values()) == 100 and report.queued >= 60 and report.refused
     assert all("this server allows N" in text for text in report.refused)  # each refusal names its limit
     assert report.newcomer_position is not None and report.newcomer_position <= 2  # next after the running job
-    assert report.jobs_before_newcomer is not None and report.jobs_before_newcomer <= 2
+    # and it starts within a few jobs: those running or already handed to the worker when it came
+    # (the count includes the time the Studio takes to store their "started" events)
+    assert report.jobs_before_newcomer is not None and report.jobs_before_newcomer <= 3

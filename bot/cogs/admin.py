@@ -42,7 +42,7 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
 
     allowed = name_list(rules.allowed_models)
     default = fallback_model(registry, allowed)
-    models = listing(allowed, 600, separator=", ", empty="all")
+    models = listing(allowed, 500, separator=", ", empty="all")
     missing = [name for name in allowed if name not in registry.models]
     if missing:
         models += f" (no longer configured: {listing(missing, 300, separator=', ')})"
@@ -66,7 +66,7 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
             loras += f" (no longer configured: {listing(gone, 200, separator=', ')})"
     loras += f" · at most {rules.max_loras if rules.max_loras is not None else MAX_LORAS} per job"
     # long lists end in "… and N more": the reply stays within Discord's 2,000 characters
-    channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 600, separator=", ", empty="all channels")
+    channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 500, separator=", ", empty="all channels")
     return "\n".join([
         "**Pintor on this server**" + (" — ⏸ **paused**: new jobs are refused" if rules.paused else ""),
         f"models allowed: {models}",

@@ -18,5 +18,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("captions")
+    # a plain DROP COLUMN (SQLite has it since 3.35), not batch mode: batch mode copies the jobs
+    # table, and dropping the old copy deletes every image row with it (ON DELETE CASCADE)
+    op.drop_column("jobs", "captions")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,26 +49,25 @@ async def upgrade(engine: AsyncEngine, revision: str = "head", *, pictures_root:
     `pictures_root`: the file store's folder (generation.files.FileStore), for migration
     0013, which turns the absolute paths of the pictures in it into keys (without it,
     those rows keep their paths, which `FileStore.local` still reads)."""
-
-    def run(connection: Connection) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        config.attributes["pictures_root"] = pictures_root
-        command.upgrade(config, revision)
-
-    async with engine.begin() as connection:
-        await connection.run_sync(run)
+    await _migrate(engine, command.upgrade, revision, pictures_root)
 
 
 async def downgrade(engine: AsyncEngine, revision: str, *, pictures_root: Path | None = None) -> None:
     """Undo the migrations above `revision` on this engine's database (`pictures_root` as for
     `upgrade`: 0013 needs it to turn keys back into paths)."""
+    await _migrate(engine, command.downgrade, revision, pictures_root)
+
+
+async def _migrate(engine: AsyncEngine, step: Callable[[Config, str], None], revision: str,
+                   pictures_root: Path | None) -> None:
+    """Run Alembic's `step` (command.upgrade or command.downgrade) to `revision` in one
+    transaction on this engine's database."""
 
     def run(connection: Connection) -> None:
         config = alembic_config()
         config.attributes["connection"] = connection
         config.attributes["pictures_root"] = pictures_root
-        command.downgrade(config, revision)
+        step(config, revision)
 
     async with engine.begin() as connection:
         await connection.run_sync(run)

@@ -191,6 +191,8 @@ async def test_cancel_stops_a_job_running_in_a_worker_process(setup: Setup):
     assert answer["data"]["content"] == f"Job {job} is cancelled."
     await setup.until(lambda: setup.jobs()[job][1] == "cancelled")
     assert setup.results()[job] == 0
-    # the workers are free again: the next job runs and is posted
+    # the workers are free again: the next job runs and is posted (this test's own jobs only)
     await setup.imagine(member, "a quick fox --steps 2 --seed 4")
-    await setup.until(lambda: len(setup.results()) == len(setup.jobs()) - 1)
+    await setup.until(lambda: len(setup.jobs()) == len(before) + 2)
+    [after] = set(setup.jobs()) - before - {job}
+    await setup.until(lambda: setup.results()[after] == 1)

@@ -17,6 +17,7 @@ from PIL import Image
 from bot.studio import link_name
 from generation.request import Request
 from tests.discord_harness import Harness, is_result, job_id_in, job_id_of
+from tests.local_http import served
 from tests.test_inputs import bomb_png
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -185,12 +186,8 @@ async def redirecting():
     app = web.Application()
     app.router.add_get("/r/cat.png", redirect)
     app.router.add_get("/text.png", text)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with served(app) as base:
+        yield base
 
 
 @pytest.mark.parametrize("path, says", [

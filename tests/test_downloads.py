@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractResolver
 
 from bot.downloads import Fetcher, FetchError, FetchPolicy, refused_address
 from generation.inputs import UploadError
+from tests.local_http import served as serve_locally
 
 if TYPE_CHECKING:  # not in aiohttp 3.9, Pintor's floor
     from aiohttp.abc import ResolveResult
@@ -96,14 +97,9 @@ async def server():
                           ("/declared-huge", declared_huge), ("/gone", gone), ("/redirect", redirect),
                           ("/loop", loop), ("/nowhere", nowhere)):
         app.router.add_get(path, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", served
-    stop.set()
-    await runner.cleanup()
+    async with serve_locally(app) as base:
+        yield base, served
+        stop.set()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from generation.prompt import parse_prompt
 from generation.registry import load_registry
 from generation.request import build_request
 from storage.models import ServerRules
+from tests.local_http import served
 from tests.studio_helpers import started_studio
 
 REGISTRY = load_registry()
@@ -90,12 +91,8 @@ async def picture_server():
 
     app = web.Application()
     app.router.add_get("/p/cat.png", picture)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with served(app) as base:
+        yield base
 
 
 @pytest_asyncio.fixture

@@ -437,15 +437,37 @@ def _split_words(words: list[str], table: dict[str, _Param[Any]], notices: list[
     return prompt_words, groups
 
 
-def _take_values(group: _Group, table: dict[str, _Param[Any]]) -> list[str]:
-    """How many of a group's words are its value; the rest are prompt text (returned)."""
-    if group.name in table:
-        param = table[group.name]
+# What a pasted prompt leaves after a one-word value: the comma of the sentence ("--ar 16:9,
+# --v 6"), its full stop ("--seed 5."), and a CJK keyboard's full-width colon ("--ar 16：9").
+_VALUE_TAIL_RE = re.compile(r"[,;.\uff0c\uff1b\u3001\u3002]+$")
+_NAME_TAIL_RE = re.compile(r"[,;\uff0c\uff1b\u3001\u3002]+$")  # a model's or LoRA's name may end in "."
+
+
+def _tidy_value(group: _Group, notices: list[str], *, number: bool = False) -> None:
+    """Take the sentence's punctuation off a one-word value (group.args[0]), saying so; with
+    `number`, only where what is left is a number (else the word is prompt text, left as is)."""
+    typed = group.args[0]
+    tail = _NAME_TAIL_RE if group.name in ("model", "lora") else _VALUE_TAIL_RE
+    value = tail.sub("", typed).replace("\uff1a", ":")
+    if value and value != typed and (not number or _NUMBER_RE.fullmatch(value)):
+        group.args[0] = value
+        notices.append(f"Read {quote(group.typed + ' ' + typed)} as {quote(group.typed + ' ' + value)}.")
+
+
+def _take_values(group: _Group, table: dict[str, _Param[Any]], notices: list[str]) -> list[str]:
+    """How many of a group's words are its value; the rest are prompt text (returned). A
+    one-word value loses the punctuation a sentence puts after it (a notice says so)."""
+    param = table.get(group.name)
+    foreign = _FOREIGN.get(group.name)
+    one_word = (not (param.flag or param.multiword) if param
+                else foreign is not None and foreign.values in (_ONE, _OPTIONAL))
+    if group.args and one_word:
+        _tidy_value(group, notices, number=foreign is not None and foreign.values == _OPTIONAL)
+    if param:
         count = 0 if param.flag else len(group.args) if param.multiword else 1
         rest = group.args[count:]
         del group.args[count:]
         return rest
-    foreign = _FOREIGN.get(group.name)
     if foreign is None:  # a parameter nobody knows: its value runs to the next parameter
         return []
     if foreign.values == _NONE:
@@ -504,7 +526,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     selectors: list[tuple[str, str]] = []
     ignored: dict[str, list[str]] = {}  # canonical name → each use, as typed
     for group in groups:
-        prompt_words += _moved_to_text(group, _take_values(group, table), notices)
+        prompt_words += _moved_to_text(group, _take_values(group, table, notices), notices)
         if group.name in table:
             _set_value(values, negatives, loras, table[group.name], group, notices)
         elif group.name in SELECTORS and (group.args or _FOREIGN[group.name].values == _OPTIONAL):

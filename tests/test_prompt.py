@@ -778,3 +778,32 @@ def test_repeat_out_of_range():
     for typed in ("0", "-2", "two", "1.5"):
         assert "--repeat must be a whole number from 1 to" in error_for(f"a fox --repeat {typed}")
     assert "--repeat needs a value" in error_for("a fox --repeat")
+
+
+# --- the sentence's punctuation after a value (pasted from galleries and chats) ----------
+
+
+@pytest.mark.parametrize("pasted, field, value", [
+    ("a cat --ar 16:9, --v 6", "aspect", (16, 9)),
+    ("a cat, --ar 2:3,", "aspect", (2, 3)),
+    ("a cat --ar 16：9", "aspect", (16, 9)),  # a CJK keyboard's full-width colon
+    ("a cat --stylize 750, --chaos 20", "stylize", 750),
+    ("a cat --chaos 20, --no text", "chaos", 20),
+    ("a cat --seed 5.", "seed", 5),
+    ("a cat --seed 5;", "seed", 5),
+    ("a cat --seed 5，", "seed", 5),  # full-width comma
+    ("a cat --q .5.", "quality", 0.5),
+    ("a cat --steps 3,, in the snow", "steps", 3),
+])
+def test_punctuation_after_a_value_is_not_part_of_it(pasted, field, value):
+    parsed = parse_prompt(pasted)
+    assert getattr(parsed, field) == value
+    assert any(n.startswith("Read “--") for n in parsed.notices), parsed.notices  # said
+
+
+def test_punctuation_after_a_selector_value_and_after_words():
+    assert parse_prompt("a cat --v 6.1, --niji 6.").selectors == (("v", "6.1"), ("niji", "6"))
+    bare = parse_prompt("a cat --niji cute.")  # a bare --niji: the word after it keeps its full stop
+    assert bare.selectors == (("niji", ""),) and bare.text.endswith("cute.")
+    assert parse_prompt("a cat --no dogs, cats,").negative == "dogs, cats,"  # --no's text as written
+    assert "“,”" in error_for("a cat --seed ,")  # nothing left: still refused, quoting it

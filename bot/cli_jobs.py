@@ -318,6 +318,12 @@ def _job_id(text: str) -> int:
     return int(text)
 
 
+def _page(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a page number from 1, not {text!r}")
+    return int(text)
+
+
 def _outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="file for the grid (PNG; default pintor-JOB.png)")
@@ -356,7 +362,7 @@ def add_job_commands(commands) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="write the grid here (PNG)")
     p.add_argument("--separate", action="store_true", help="also write each picture as NAME-1.png …")
     p = commands.add_parser("history", help="the jobs you may read, newest first")
-    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--page", type=_page, default=1, help="20 jobs a page; 1 is the newest")
 
 
 def run_job_command(settings: Settings, args: argparse.Namespace) -> int:

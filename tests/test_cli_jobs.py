@@ -132,6 +132,8 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     (["vary", "1", "5"], "picture number must be 1, 2, 3 or 4"),
     (["upscale", "x", "1"], "a job number such as 42"),
     (["imagine"], "give a prompt, or --from FILE"),
+    (["history", "--page", "0"], "a page number from 1"),  # printed "page 0" with page 1's jobs
+    (["history", "--page", "-1"], "a page number from 1"),
 ])
 def test_bad_input_is_refused_with_the_members_message_and_stores_nothing(env, tmp_path, args, message):
     png(tmp_path / "cat.png", (200, 120, 40))

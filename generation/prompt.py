@@ -375,6 +375,7 @@ _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _FLAG_RE = re.compile(f"([{_DASHES}]{{1,3}})([A-Za-z]\\S*)")
 _LONE_DASHES_RE = re.compile(f"[{_DASHES}]{{1,3}}")
 _GLUED_RE = re.compile(r"(ar|aspect|seed|chaos|c|s|stylize|q|quality|steps)([0-9.][0-9.:]*)", re.IGNORECASE)
+_EQUALS_RE = re.compile(r"([A-Za-z][^=\s]*)=(\S*)")
 _GLUED_AFTER_WEIGHT_RE = re.compile(f"::(?=[{_DASHES}]{{1,3}}[A-Za-z])")
 _IMAGINE_RE = re.compile(r"\s*/?imagine\s+prompt\s*:\s*", re.IGNORECASE)
 _WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -418,6 +419,11 @@ def _split_words(words: list[str], table: dict[str, _Param[Any]], notices: list[
             # "--ar16:9": the value glued to the name
             notices.append(f"Read {quote(word)} as --{_canonical(glued[1])} {glued[2]}.")
             groups.append(_Group(word, _canonical(glued[1]), [glued[2]]))
+        elif match and (equals := _EQUALS_RE.fullmatch(match[2])) and _is_known(_canonical(equals[1]), table):
+            # "--seed=42", "--no=text": a command line's habit
+            name = _canonical(equals[1])
+            notices.append(f"Read {quote(word)} as --{name} {equals[2]}".rstrip() + ".")
+            groups.append(_Group(f"{match[1]}{equals[1]}", name, [equals[2]] if equals[2] else []))
         elif match and (match[1] == "--" or _is_known(_canonical(match[2]), table)):
             groups.append(_Group(word, _canonical(match[2])))
         elif (_LONE_DASHES_RE.fullmatch(word) and len(word) > 1 and i + 1 < len(words)

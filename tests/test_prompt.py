@@ -807,3 +807,23 @@ def test_punctuation_after_a_selector_value_and_after_words():
     assert bare.selectors == (("niji", ""),) and bare.text.endswith("cute.")
     assert parse_prompt("a cat --no dogs, cats,").negative == "dogs, cats,"  # --no's text as written
     assert "“,”" in error_for("a cat --seed ,")  # nothing left: still refused, quoting it
+
+
+@pytest.mark.parametrize("pasted, field, value", [
+    ("portrait --seed=42", "seed", 42),
+    ("portrait --ar=16:9", "aspect", (16, 9)),
+    ("portrait —stylize=750", "stylize", 750),
+    ("portrait --no=blurry, lowres --seed 1", "negative", "blurry, lowres"),
+    ("portrait --AR=2:3, in the snow", "aspect", (2, 3)),
+])
+def test_a_parameter_written_with_an_equals_sign_is_read(pasted, field, value):
+    """"--seed=42" was ignored as a parameter "Pintor does not have"."""
+    parsed = parse_prompt(pasted)
+    assert getattr(parsed, field) == value
+    assert not any("does not have" in n for n in parsed.notices) and parsed.text.startswith("portrait")
+    assert any(n.startswith("Read “") and "=" in n for n in parsed.notices)
+
+
+def test_an_equals_sign_after_an_unknown_name_or_without_a_value():
+    assert "“--x=1”" in parse_prompt("a cat --x=1").notices[0]  # still ignored, as typed
+    assert "--seed needs a value" in error_for("a cat --seed=")

@@ -177,7 +177,10 @@ def read_batch(settings: Settings, source: Path) -> list[Line]:
     from bot.wiring import registry_from
 
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        data = source.read_bytes()
+        # UTF-8 (with or without a BOM), or UTF-16 with its BOM: what Windows' PowerShell writes
+        # with `>` and Notepad's "Unicode"
+        text = data.decode("utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise RequestError(f"cannot read {source}: {err}") from None
     registry = registry_from(settings)

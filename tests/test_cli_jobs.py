@@ -215,6 +215,23 @@ def test_a_batch_with_bad_lines_names_each_and_stores_nothing(env, tmp_path):
     assert jobs(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig"])
+def test_a_batch_file_saved_on_windows_is_read(env, tmp_path, encoding):
+    """PowerShell's `>` writes UTF-16 with a BOM (and Notepad's "Unicode"): the batch was refused
+    with "cannot read prompts.txt: 'utf-8' codec can't decode byte 0xff"."""
+    text = "a café at night\r\n# a comment\r\na fox --ar banana\r\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    (tmp_path / "prompts.txt").write_bytes(data)
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2  # read: its bad line (and only that one) is named
+    assert re.search(r"prompts\.txt:3: .*“banana”", done.stderr), done.stderr
+    assert "prompts.txt:1" not in done.stderr and "cannot read" not in done.stderr
+    assert jobs(tmp_path) == []
+
+
 def readme_python_example() -> str:
     """The README's Python example: the first ```python block of its first screen."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -31,9 +31,15 @@ MANIFEST = ".pintor-batch.json"  # in a batch's output folder: which job made wh
 
 
 def _check_writable(paths: list[Path]) -> None:
+    from PIL import Image
+
     for path in paths:
         if path.is_dir():
             raise SystemExit(f"error: {path} is a folder; give a file name such as {path / 'out.png'}")
+        if path.suffix and Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+            # e.g. fox.heic: a PNG under that name would be a file that is not what it says
+            raise SystemExit(f"error: cannot write {path}: Pintor writes PNG, JPEG or WebP (and the other formats "
+                             f"Pillow writes), not {path.suffix}; name the file e.g. {path.with_suffix('.png')}")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise SystemExit(f"error: cannot write {path}: the folder {parent} does not exist")

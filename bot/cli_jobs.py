@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bot.intake import USER_ERRORS, ModelUnavailable, RequestError, check_model_files
 from bot.limits import clean
-from bot.local import JobFailed, Pintor, Result, Watcher, copy_atomic, output_paths
+from bot.local import JobFailed, Pintor, Result, Watcher, check_output_name, copy_atomic, output_paths
 from bot.settings import Settings
 from bot.studio import Submitted
 from generation.events import Done, Event, Progress, Queued, Started
@@ -31,15 +31,13 @@ MANIFEST = ".pintor-batch.json"  # in a batch's output folder: which job made wh
 
 
 def _check_writable(paths: list[Path]) -> None:
-    from PIL import Image
-
     for path in paths:
         if path.is_dir():
             raise SystemExit(f"error: {path} is a folder; give a file name such as {path / 'out.png'}")
-        if path.suffix and Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
-            # e.g. fox.heic: a PNG under that name would be a file that is not what it says
-            raise SystemExit(f"error: cannot write {path}: Pintor writes PNG, JPEG or WebP (and the other formats "
-                             f"Pillow writes), not {path.suffix}; name the file e.g. {path.with_suffix('.png')}")
+        try:
+            check_output_name(path)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise SystemExit(f"error: cannot write {path}: the folder {parent} does not exist")

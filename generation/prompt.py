@@ -692,8 +692,9 @@ def _host(link: str) -> str:
 def _split_parts(text: str) -> tuple[PromptPart, ...]:
     """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text.
 
-    A weight is a number glued after '::'; anything else after '::' is text (`a::b` means
-    `a:: b`). Weights are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0.
+    A weight is a number glued after '::', maybe with the comma that separates the parts
+    (`apple::2, leaves::1,`); anything else after '::' is text (`a::b` means `a:: b`). Weights
+    are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0.
     """
     chunks = text.split("::")
     if len(chunks) == 1:
@@ -703,9 +704,10 @@ def _split_parts(text: str) -> tuple[PromptPart, ...]:
     pending = chunks[0]
     for chunk in chunks[1:]:
         glued = re.split(r"\s", chunk, maxsplit=1)[0]  # what is glued to '::' (maybe nothing)
-        if glued and not _WEIGHT_RE.fullmatch(glued):
-            glued = ""  # "a::b": the text after '::' starts right away
-        weight = _parse_weight(glued) if glued else 1.0
+        number = glued.rstrip(",;")
+        if number and not _WEIGHT_RE.fullmatch(number):
+            glued = number = ""  # "a::b": the text after '::' starts right away
+        weight = _parse_weight(number) if number else 1.0
         parts.append(_make_part(pending, weight))
         pending = chunk[len(glued):]
     if pending.strip():

@@ -827,3 +827,14 @@ def test_a_parameter_written_with_an_equals_sign_is_read(pasted, field, value):
 def test_an_equals_sign_after_an_unknown_name_or_without_a_value():
     assert "“--x=1”" in parse_prompt("a cat --x=1").notices[0]  # still ignored, as typed
     assert "--seed needs a value" in error_for("a cat --seed=")
+
+
+@pytest.mark.parametrize("pasted, parts", [
+    ("a red apple::2, green leaves::1,", (("a red apple", 2.0), ("green leaves", 1.0))),
+    ("castle::2; fog::0.5", (("castle", 2.0), ("fog", 0.5))),
+    ("space::, cats::2", (("space", 1.0), ("cats", 2.0))),
+    ("cat::1,5 dog", (("cat", 1.0), ("1,5 dog", 1.0))),  # not a weight: text, as before
+])
+def test_a_comma_after_a_weight_separates_the_parts(pasted, parts):
+    """"apple::2, leaves::1," lost both weights: "2, leaves" and "1," were read as text."""
+    assert tuple((p.text, p.weight) for p in parse_prompt(pasted).parts) == parts

@@ -449,26 +449,27 @@ _VALUE_TAIL_RE = re.compile(r"[,;.\uff0c\uff1b\u3001\u3002]+$")
 _NAME_TAIL_RE = re.compile(r"[,;\uff0c\uff1b\u3001\u3002]+$")  # a model's or LoRA's name may end in "."
 
 
-def _tidy_value(group: _Group, notices: list[str], *, number: bool = False) -> None:
-    """Take the sentence's punctuation off a one-word value (group.args[0]), saying so; with
-    `number`, only where what is left is a number (else the word is prompt text, left as is)."""
+def _tidy_value(group: _Group, tidied: list[str], *, number: bool = False) -> None:
+    """Take the sentence's punctuation off a one-word value (group.args[0]), adding what was
+    typed to `tidied` (said once for all); with `number`, only where what is left is a number
+    (else the word is prompt text, left as is)."""
     typed = group.args[0]
     tail = _NAME_TAIL_RE if group.name in ("model", "lora") else _VALUE_TAIL_RE
     value = tail.sub("", typed).replace("\uff1a", ":")
     if value and value != typed and (not number or _NUMBER_RE.fullmatch(value)):
         group.args[0] = value
-        notices.append(f"Read {quote(group.typed + ' ' + typed)} as {quote(group.typed + ' ' + value)}.")
+        tidied.append(quote(group.typed + " " + typed))
 
 
-def _take_values(group: _Group, table: dict[str, _Param[Any]], notices: list[str]) -> list[str]:
+def _take_values(group: _Group, table: dict[str, _Param[Any]], tidied: list[str]) -> list[str]:
     """How many of a group's words are its value; the rest are prompt text (returned). A
-    one-word value loses the punctuation a sentence puts after it (a notice says so)."""
+    one-word value loses the punctuation a sentence puts after it (listed in `tidied`)."""
     param = table.get(group.name)
     foreign = _FOREIGN.get(group.name)
     one_word = (not (param.flag or param.multiword) if param
                 else foreign is not None and foreign.values in (_ONE, _OPTIONAL))
     if group.args and one_word:
-        _tidy_value(group, notices, number=foreign is not None and foreign.values == _OPTIONAL)
+        _tidy_value(group, tidied, number=foreign is not None and foreign.values == _OPTIONAL)
     if param:
         count = 0 if param.flag else len(group.args) if param.multiword else 1
         rest = group.args[count:]
@@ -531,14 +532,17 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     loras: list[tuple[str, float | None]] = []  # each --lora and <lora:…> tag
     selectors: list[tuple[str, str]] = []
     ignored: dict[str, list[str]] = {}  # canonical name → each use, as typed
+    tidied: list[str] = []  # values typed with a comma or full stop after them
     for group in groups:
-        prompt_words += _moved_to_text(group, _take_values(group, table, notices), notices)
+        prompt_words += _moved_to_text(group, _take_values(group, table, tidied), notices)
         if group.name in table:
             _set_value(values, negatives, loras, table[group.name], group, notices)
         elif group.name in SELECTORS and (group.args or _FOREIGN[group.name].values == _OPTIONAL):
             selectors.append((SELECTORS[group.name], selector_value(group.args[0]) if group.args else ""))
         else:
             ignored.setdefault(group.name, []).append(" ".join([group.typed, *group.args]))
+    if tidied:
+        notices.append(f"Read {', '.join(tidied)} without the punctuation after the value.")
     if len(negatives) > 1:
         notices.append(f"Merged the --no lists {', '.join(quote(v) for v in negatives)} into one.")
     if negatives:

@@ -294,6 +294,10 @@ def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = Fal
     for name, value in parsed.selectors:
         typed = f"--{name} {value}".rstrip()
         mapped = registry.for_selector(name, value)
+        major = value.partition(".")[0]
+        if mapped is None and major != value and (mapped := registry.for_selector(name, major)) is not None:
+            # "--v 6.1" where only "--v 6" is mapped: a point release of the version the admin chose
+            notices.append(f"Read {quote(typed)} as --{name} {major} (no model is mapped to {value} itself).")
         if mapped is None and strict:
             raise PromptError(f"{quote(typed)} chooses no model on this Pintor; choose one with --model: "
                               f"{', '.join(m.name for m in registry.generators())}.")

@@ -829,8 +829,15 @@ def _partner(text: str, start: int, end: int) -> int | None:
 
 
 def plain_text(text: str) -> str:
-    """A text with its emphasis markup removed (for models that read only plain words)."""
-    return " ".join(fragment for fragment, _ in emphasis_segments(text)) if has_emphasis(text) else text
+    """A text with its emphasis markup removed (for models that read only plain words), and
+    the escapes of literal brackets read ("makima \\(chainsaw man\\)": "makima (chainsaw man)"),
+    as the weighted path reads them."""
+    if has_emphasis(text):
+        return " ".join(fragment for fragment, _ in emphasis_segments(text))
+    return _ESCAPED_BRACKET_RE.sub(r"\1", text)
+
+
+_ESCAPED_BRACKET_RE = re.compile(r"\\([()\[\]])")
 
 
 # --------------------------------------------------------------------------

@@ -641,6 +641,17 @@ def test_has_emphasis(text, emphasis):
     assert (plain_text(text) != text) is emphasis
 
 
+@pytest.mark.parametrize("pasted, words", [
+    (r"makima \(chainsaw man\), red hair", "makima (chainsaw man), red hair"),
+    (r"a \[bracketed\] word", "a [bracketed] word"),
+    (r"((masterpiece)), makima \(chainsaw man\)", "masterpiece , makima (chainsaw man)"),
+])
+def test_escaped_brackets_reach_the_model_as_brackets(pasted, words):
+    r"""A Stable Diffusion tag such as "makima \(chainsaw man\)" sent its backslashes to the text
+    encoder when the prompt had no emphasis (the weighted path already read the escapes)."""
+    assert plain_text(pasted) == words
+
+
 # --- more properties --------------------------------------------------------------------------
 
 PASTED = st.sampled_from([

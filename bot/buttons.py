@@ -226,6 +226,17 @@ async def open_remix(interaction: Interaction, job_id: int, n: int, what: str) -
     return True
 
 
+# "1.5", "1,5", "1.5x", "×1.5", "1.5 X", "--zoom 1.5" (MidJourney's form holds the factor in the prompt)
+_ZOOM_FACTOR = re.compile(r"(?:[-—–]{1,2}zoom\s*)?[x×]?\s*([0-9]{1,3}(?:[.,][0-9]{1,6})?)\s*[x×]?", re.IGNORECASE)
+
+
+def zoom_factor(text: str) -> float:
+    """The factor a member typed in Custom Zoom's form (ways of writing it above), or 0.0 when
+    it is not a number (the caller refuses it, as it does one out of range)."""
+    match = _ZOOM_FACTOR.fullmatch(text.strip())
+    return float(match[1].replace(",", ".")) if match else 0.0
+
+
 def _text_value(data: Any, custom_id: str) -> str:
     """A text input's value in a modal submission (in an action row, or in a label)."""
     for row in data.get("components", []):
@@ -245,11 +256,8 @@ async def form_submitted(interaction: Interaction) -> None:
     data: Any = interaction.data or {}
     custom_id = str(data.get("custom_id", ""))
     if zoom := ZOOM_FORM.fullmatch(custom_id):
-        text = _text_value(data, "factor").strip().replace(",", ".").removesuffix("x").removesuffix("×")
-        try:
-            factor = float(text)
-        except ValueError:
-            factor = 0.0
+        text = _text_value(data, "factor").strip()
+        factor = zoom_factor(text)
         if not 1 < factor <= 2:
             await interaction.response.send_message(
                 f"⚠️ The zoom out factor is a number above 1 and at most 2 (e.g. 1.5), not “{text[:20]}”.",

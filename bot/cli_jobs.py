@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bot.intake import USER_ERRORS, ModelUnavailable, RequestError, check_model_files
 from bot.limits import clean
-from bot.local import JobFailed, Pintor, Result, Watcher, copy_atomic, output_paths
+from bot.local import JobFailed, Pintor, Result, Watcher, check_output_name, copy_atomic, output_paths
 from bot.settings import Settings
 from bot.studio import Submitted
 from generation.events import Done, Event, Progress, Queued, Started
@@ -34,6 +34,10 @@ def _check_writable(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise SystemExit(f"error: {path} is a folder; give a file name such as {path / 'out.png'}")
+        try:
+            check_output_name(path)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise SystemExit(f"error: cannot write {path}: the folder {parent} does not exist")
@@ -177,7 +181,10 @@ def read_batch(settings: Settings, source: Path) -> list[Line]:
     from bot.wiring import registry_from
 
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        data = source.read_bytes()
+        # UTF-8 (with or without a BOM), or UTF-16 with its BOM: what Windows' PowerShell writes
+        # with `>` and Notepad's "Unicode"
+        text = data.decode("utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise RequestError(f"cannot read {source}: {err}") from None
     registry = registry_from(settings)
@@ -318,6 +325,12 @@ def _job_id(text: str) -> int:
     return int(text)
 
 
+def _page(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a page number from 1, not {text!r}")
+    return int(text)
+
+
 def _outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="file for the grid (PNG; default pintor-JOB.png)")
@@ -356,7 +369,7 @@ def add_job_commands(commands) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="write the grid here (PNG)")
     p.add_argument("--separate", action="store_true", help="also write each picture as NAME-1.png …")
     p = commands.add_parser("history", help="the jobs you may read, newest first")
-    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--page", type=_page, default=1, help="20 jobs a page; 1 is the newest")
 
 
 def run_job_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ defaults, /blend's options, and the errors a member can make (each with a messag
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,11 +92,12 @@ class Member:
 
 
 def blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float], float]:
-    """'2,1' → image weights (and, with one more value, the text's weight; default 1)."""
+    """'2,1' (or '2, 1', '2 1', '2;1') → image weights (and, with one more value, the text's
+    weight; default 1)."""
     if not text.strip():
         return [1.0] * count, 1.0
     try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+        values = [float(v) for v in re.split(r"[,;\s]+", text) if v]
     except ValueError:
         raise RequestError(f"weights must be numbers separated by commas, like 2,1 — not '{text[:40]}'.") from None
     allowed = (count, count + 1) if has_text else (count,)
@@ -292,6 +294,10 @@ def choose_model(registry: Registry, parsed: ParsedPrompt, *, strict: bool = Fal
     for name, value in parsed.selectors:
         typed = f"--{name} {value}".rstrip()
         mapped = registry.for_selector(name, value)
+        major = value.partition(".")[0]
+        if mapped is None and major != value and (mapped := registry.for_selector(name, major)) is not None:
+            # "--v 6.1" where only "--v 6" is mapped: a point release of the version the admin chose
+            notices.append(f"Read {quote(typed)} as --{name} {major} (no model is mapped to {value} itself).")
         if mapped is None and strict:
             raise PromptError(f"{quote(typed)} chooses no model on this Pintor; choose one with --model: "
                               f"{', '.join(m.name for m in registry.generators())}.")

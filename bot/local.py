@@ -64,11 +64,22 @@ def readable(job: Job | None) -> bool:
     return job is not None and (job.user_id == OPERATOR.id or (not job.private and job.guild_id is not None))
 
 
+def check_output_name(target: Path) -> None:
+    """Raise ValueError (its text for the user) when `target`'s suffix names a format Pillow
+    cannot write (`fox.heic`): a PNG under that name would not be what it says. No suffix is
+    fine (the PNG)."""
+    if target.suffix and Image.registered_extensions().get(target.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"cannot write {target}: Pintor writes PNG, JPEG or WebP (and the other formats Pillow "
+                         f"writes), not {target.suffix}; name the file e.g. {target.with_suffix('.png')}")
+
+
 def copy_atomic(source: str | Path, target: Path) -> None:
     """Copy a PNG file so that `target` either does not exist or is complete (temp + rename): a
     batch that is interrupted and resumed can trust every file it finds. A target named for
     another format Pillow writes (`.jpg`, `.webp` …) is converted to it, so that the file is
-    what its name says; any other name gets the PNG as it is."""
+    what its name says; a name without a suffix gets the PNG as it is. Raises ValueError for
+    a suffix of a format Pillow cannot write (`check_output_name`), with nothing written."""
+    check_output_name(target)
     partial = target.with_name(f".{target.name}.part")
     kind = Image.registered_extensions().get(target.suffix.lower())
     if kind is None or kind == "PNG" or kind not in Image.SAVE:
@@ -114,8 +125,11 @@ class Result:
 
     def save(self, path: str | Path, *, separate: bool = False) -> list[Path]:
         """Write the grid to `path` (PNG, or the format its extension names: `.jpg`, `.webp` …)
-        and with `separate` each picture beside it as NAME-1.png …; returns the files written."""
+        and with `separate` each picture beside it as NAME-1.png …; returns the files written.
+        Raises ValueError, writing nothing, for a name of a format Pillow cannot write (`.heic`)."""
         targets = output_paths(Path(path), separate, len(self.paths))
+        for target in targets:
+            check_output_name(target)
         for source, target in zip((self.grid_path, *self.paths), targets, strict=False):
             copy_atomic(source, target)
         return targets

@@ -9,6 +9,7 @@ inside the worker process; nothing here knows about queues, databases or Discord
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -387,11 +388,25 @@ class Engine:
         """Cut a text to what the text encoder reads (`limit` tokens; default: the tokenizer's
         length less its start and end tokens), and say what was cut."""
         limit = limit if limit is not None else tokenizer.model_max_length - 2  # start and end tokens
-        ids = tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) <= limit:
+
+        def fits(end: int) -> bool:  # verbose=False: a long text is expected here, not warned about
+            return len(tokenizer(text[:end], add_special_tokens=False, verbose=False).input_ids) <= limit
+
+        if fits(len(text)):
             return text
-        kept: str = tokenizer.decode(ids[:limit]).strip()
-        cut = tokenizer.decode(ids[limit:]).strip()
+        # Cut between words, so that the notice quotes the member's own words (a tokenizer's
+        # decode reads "8k, ultra" back as "8 k , ultra" and can start inside a word).
+        ends = [match.end() for match in re.finditer(r"\S+", text)]
+        low, high = 0, len(ends)  # the first `low` words fit; all `high` do not
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(ends[middle - 1]) else (low, middle)
+        if low == 0:  # the first word alone is too long: cut inside it, between tokens
+            ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+            kept: str = tokenizer.decode(ids[:limit]).strip()
+            cut = tokenizer.decode(ids[limit:]).strip()
+        else:
+            kept, cut = text[:ends[low - 1]], text[ends[low - 1]:].strip()
         notices.append(f"The text encoder reads {limit} tokens; this part of the prompt was cut: “{cut}”")
         return kept
 

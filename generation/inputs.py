@@ -52,6 +52,9 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if phone_format := _heif_brand(data):  # an iPhone's (or a recent Android's) photo
+            raise UploadError(f"{name} is a {phone_format} photo, which Pintor cannot read: send it as JPEG or "
+                              "PNG (on an iPhone: Settings → Camera → Formats → Most Compatible).") from None
         raise UploadError(f"{name} is not an image (PNG, JPEG, WebP, GIF or BMP).") from None
     except Image.DecompressionBombError:
         raise UploadError(f"{name} has far too many pixels (a decompression bomb?); "
@@ -62,7 +65,7 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
         raise UploadError(f"{name} could not be read as an image ({type(err).__name__}).") from None
     with image:
         if image.format not in ACCEPTED_FORMATS:
-            raise UploadError(f"{name} is a {image.format} file; send PNG, JPEG, WebP, GIF or BMP.")
+            raise UploadError(f"{name} is in {image.format} format; send PNG, JPEG, WebP, GIF or BMP.")
         width, height = image.size
         if width * height > max_pixels:
             raise UploadError(f"{name} is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.")
@@ -81,6 +84,17 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
             raise UploadError(f"{name} is damaged or truncated ({type(err).__name__}).") from None
         return flatten_to_rgb(upright)
+
+
+# ISO base media files ("ftyp" box first) of the HEIF family, by their major brand (ISO/IEC
+# 23008-12 and the AV1 Image File Format): what phones save photos as.
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC",
+                b"heis": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def _heif_brand(data: bytes) -> str | None:
+    """"HEIC", "HEIF" or "AVIF" when `data` starts as such a file does, else None."""
+    return _HEIF_BRANDS.get(data[8:12]) if data[4:8] == b"ftyp" else None
 
 
 def _key_to_8_bit(image: ImageFile.ImageFile) -> None:

@@ -375,6 +375,7 @@ _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _FLAG_RE = re.compile(f"([{_DASHES}]{{1,3}})([A-Za-z]\\S*)")
 _LONE_DASHES_RE = re.compile(f"[{_DASHES}]{{1,3}}")
 _GLUED_RE = re.compile(r"(ar|aspect|seed|chaos|c|s|stylize|q|quality|steps)([0-9.][0-9.:]*)", re.IGNORECASE)
+_EQUALS_RE = re.compile(r"([A-Za-z][^=\s]*)=(\S*)")
 _GLUED_AFTER_WEIGHT_RE = re.compile(f"::(?=[{_DASHES}]{{1,3}}[A-Za-z])")
 _IMAGINE_RE = re.compile(r"\s*/?imagine\s+prompt\s*:\s*", re.IGNORECASE)
 _WEIGHT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -418,6 +419,11 @@ def _split_words(words: list[str], table: dict[str, _Param[Any]], notices: list[
             # "--ar16:9": the value glued to the name
             notices.append(f"Read {quote(word)} as --{_canonical(glued[1])} {glued[2]}.")
             groups.append(_Group(word, _canonical(glued[1]), [glued[2]]))
+        elif match and (equals := _EQUALS_RE.fullmatch(match[2])) and _is_known(_canonical(equals[1]), table):
+            # "--seed=42", "--no=text": a command line's habit
+            name = _canonical(equals[1])
+            notices.append(f"Read {quote(word)} as --{name} {equals[2]}".rstrip() + ".")
+            groups.append(_Group(f"{match[1]}{equals[1]}", name, [equals[2]] if equals[2] else []))
         elif match and (match[1] == "--" or _is_known(_canonical(match[2]), table)):
             groups.append(_Group(word, _canonical(match[2])))
         elif (_LONE_DASHES_RE.fullmatch(word) and len(word) > 1 and i + 1 < len(words)
@@ -437,15 +443,38 @@ def _split_words(words: list[str], table: dict[str, _Param[Any]], notices: list[
     return prompt_words, groups
 
 
-def _take_values(group: _Group, table: dict[str, _Param[Any]]) -> list[str]:
-    """How many of a group's words are its value; the rest are prompt text (returned)."""
-    if group.name in table:
-        param = table[group.name]
+# What a pasted prompt leaves after a one-word value: the comma of the sentence ("--ar 16:9,
+# --v 6"), its full stop ("--seed 5."), and a CJK keyboard's full-width colon ("--ar 16：9").
+_VALUE_TAIL_RE = re.compile(r"[,;.\uff0c\uff1b\u3001\u3002]+$")
+_NAME_TAIL_RE = re.compile(r"[,;\uff0c\uff1b\u3001\u3002]+$")  # a model's or LoRA's name may end in "."
+
+
+def _tidy_value(group: _Group, tidied: list[str], *, number: bool = False) -> None:
+    """Take the sentence's punctuation off a one-word value (group.args[0]), adding what was
+    typed to `tidied` (said once for all); with `number`, only where what is left is a number
+    (else the word is prompt text, left as is)."""
+    typed = group.args[0]
+    tail = _NAME_TAIL_RE if group.name in ("model", "lora") else _VALUE_TAIL_RE
+    value = tail.sub("", typed).replace("\uff1a", ":")
+    if value and value != typed and (not number or _NUMBER_RE.fullmatch(value)):
+        group.args[0] = value
+        tidied.append(quote(group.typed + " " + typed))
+
+
+def _take_values(group: _Group, table: dict[str, _Param[Any]], tidied: list[str]) -> list[str]:
+    """How many of a group's words are its value; the rest are prompt text (returned). A
+    one-word value loses the punctuation a sentence puts after it (listed in `tidied`)."""
+    param = table.get(group.name)
+    foreign = _FOREIGN.get(group.name)
+    one_word = (not (param.flag or param.multiword) if param
+                else foreign is not None and foreign.values in (_ONE, _OPTIONAL))
+    if group.args and one_word:
+        _tidy_value(group, tidied, number=foreign is not None and foreign.values == _OPTIONAL)
+    if param:
         count = 0 if param.flag else len(group.args) if param.multiword else 1
         rest = group.args[count:]
         del group.args[count:]
         return rest
-    foreign = _FOREIGN.get(group.name)
     if foreign is None:  # a parameter nobody knows: its value runs to the next parameter
         return []
     if foreign.values == _NONE:
@@ -503,14 +532,17 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     loras: list[tuple[str, float | None]] = []  # each --lora and <lora:…> tag
     selectors: list[tuple[str, str]] = []
     ignored: dict[str, list[str]] = {}  # canonical name → each use, as typed
+    tidied: list[str] = []  # values typed with a comma or full stop after them
     for group in groups:
-        prompt_words += _moved_to_text(group, _take_values(group, table), notices)
+        prompt_words += _moved_to_text(group, _take_values(group, table, tidied), notices)
         if group.name in table:
             _set_value(values, negatives, loras, table[group.name], group, notices)
         elif group.name in SELECTORS and (group.args or _FOREIGN[group.name].values == _OPTIONAL):
             selectors.append((SELECTORS[group.name], selector_value(group.args[0]) if group.args else ""))
         else:
             ignored.setdefault(group.name, []).append(" ".join([group.typed, *group.args]))
+    if tidied:
+        notices.append(f"Read {', '.join(tidied)} without the punctuation after the value.")
     if len(negatives) > 1:
         notices.append(f"Merged the --no lists {', '.join(quote(v) for v in negatives)} into one.")
     if negatives:
@@ -664,8 +696,9 @@ def _host(link: str) -> str:
 def _split_parts(text: str) -> tuple[PromptPart, ...]:
     """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text.
 
-    A weight is a number glued after '::'; anything else after '::' is text (`a::b` means
-    `a:: b`). Weights are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0.
+    A weight is a number glued after '::', maybe with the comma that separates the parts
+    (`apple::2, leaves::1,`); anything else after '::' is text (`a::b` means `a:: b`). Weights
+    are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0.
     """
     chunks = text.split("::")
     if len(chunks) == 1:
@@ -675,9 +708,10 @@ def _split_parts(text: str) -> tuple[PromptPart, ...]:
     pending = chunks[0]
     for chunk in chunks[1:]:
         glued = re.split(r"\s", chunk, maxsplit=1)[0]  # what is glued to '::' (maybe nothing)
-        if glued and not _WEIGHT_RE.fullmatch(glued):
-            glued = ""  # "a::b": the text after '::' starts right away
-        weight = _parse_weight(glued) if glued else 1.0
+        number = glued.rstrip(",;")
+        if number and not _WEIGHT_RE.fullmatch(number):
+            glued = number = ""  # "a::b": the text after '::' starts right away
+        weight = _parse_weight(number) if number else 1.0
         parts.append(_make_part(pending, weight))
         pending = chunk[len(glued):]
     if pending.strip():
@@ -795,8 +829,15 @@ def _partner(text: str, start: int, end: int) -> int | None:
 
 
 def plain_text(text: str) -> str:
-    """A text with its emphasis markup removed (for models that read only plain words)."""
-    return " ".join(fragment for fragment, _ in emphasis_segments(text)) if has_emphasis(text) else text
+    """A text with its emphasis markup removed (for models that read only plain words), and
+    the escapes of literal brackets read ("makima \\(chainsaw man\\)": "makima (chainsaw man)"),
+    as the weighted path reads them."""
+    if has_emphasis(text):
+        return " ".join(fragment for fragment, _ in emphasis_segments(text))
+    return _ESCAPED_BRACKET_RE.sub(r"\1", text)
+
+
+_ESCAPED_BRACKET_RE = re.compile(r"\\([()\[\]])")
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.intake import LimitError, Member, RequestError
+from bot.intake import LimitError, Member, RequestError, blend_weights
 from generation.inputs import UploadError
 from generation.prompt import PromptError
 from generation.request import Request
@@ -171,3 +171,17 @@ async def test_blends_prompt_follows_the_prompt_rules_and_says_what_it_changed(s
     with pytest.raises(PromptError, match="“--raw”"):
         await studio.blend(MEMBER, [CAT, TIGER], prompt="a cat --raw", rules=rules, guild_id=77, channel_id=1)
     assert len(await studio.store.unfinished()) == before
+
+
+@pytest.mark.parametrize("typed, weights", [
+    ("2,1", ([2.0, 1.0], 1.0)), ("2, 1", ([2.0, 1.0], 1.0)), ("2 1", ([2.0, 1.0], 1.0)),
+    ("2 1 0.5", ([2.0, 1.0], 0.5)), (" 2;1, ", ([2.0, 1.0], 1.0)), ("1,\t3", ([1.0, 3.0], 1.0))])
+async def test_blend_weights_as_members_type_them(typed, weights):
+    """"2 1" (spaces, as Discord's option box invites) was refused: "must be numbers separated by commas"."""
+    assert blend_weights(typed, 2, has_text=True) == weights
+
+
+@pytest.mark.parametrize("typed", ["2:1", "two, one", "2,,x"])
+async def test_blend_weights_that_are_not_numbers_are_refused(typed):
+    with pytest.raises(RequestError, match="weights must be numbers"):
+        blend_weights(typed, 2, has_text=True)

@@ -132,6 +132,8 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     (["vary", "1", "5"], "picture number must be 1, 2, 3 or 4"),
     (["upscale", "x", "1"], "a job number such as 42"),
     (["imagine"], "give a prompt, or --from FILE"),
+    (["history", "--page", "0"], "a page number from 1"),  # printed "page 0" with page 1's jobs
+    (["history", "--page", "-1"], "a page number from 1"),
 ])
 def test_bad_input_is_refused_with_the_members_message_and_stores_nothing(env, tmp_path, args, message):
     png(tmp_path / "cat.png", (200, 120, 40))
@@ -213,6 +215,23 @@ def test_a_batch_with_bad_lines_names_each_and_stores_nothing(env, tmp_path):
     assert jobs(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig"])
+def test_a_batch_file_saved_on_windows_is_read(env, tmp_path, encoding):
+    """PowerShell's `>` writes UTF-16 with a BOM (and Notepad's "Unicode"): the batch was refused
+    with "cannot read prompts.txt: 'utf-8' codec can't decode byte 0xff"."""
+    text = "a café at night\r\n# a comment\r\na fox --ar banana\r\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    (tmp_path / "prompts.txt").write_bytes(data)
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2  # read: its bad line (and only that one) is named
+    assert re.search(r"prompts\.txt:3: .*“banana”", done.stderr), done.stderr
+    assert "prompts.txt:1" not in done.stderr and "cannot read" not in done.stderr
+    assert jobs(tmp_path) == []
+
+
 def readme_python_example() -> str:
     """The README's Python example: the first ```python block of its first screen."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -268,3 +287,21 @@ asyncio.run(main())
     assert re.search(r"refused: .*--ar.*banana", done.stdout)
     assert "history 2 [2, 1]" in done.stdout
     assert len(jobs(tmp_path)) == 2
+
+
+def test_python_save_refuses_a_name_of_a_format_pillow_cannot_write(tmp_path):
+    """`result.save("fox.heic")` wrote a PNG under that name; now ValueError, nothing written.
+    `.jpg` and a name without a suffix still work."""
+    from bot.local import Result
+    grid = png(tmp_path / "grid.png", (200, 30, 30), (64, 64))
+    pictures = tuple(png(tmp_path / f"{i}.png", (200, 30, 30), (32, 32)) for i in range(1, 5))
+    result = Result(job_id=1, kind="imagine", prompt="a fox", model="tiny-sd", seed=1, grid_path=grid, paths=pictures)
+    with pytest.raises(ValueError, match=r"cannot write .*fox\.heic: .*not \.heic"):
+        result.save(tmp_path / "fox.heic", separate=True)
+    assert not list(tmp_path.glob("*fox*"))
+    assert result.save(tmp_path / "fox.jpg") == [tmp_path / "fox.jpg"]
+    with Image.open(tmp_path / "fox.jpg") as written:
+        assert written.format == "JPEG"
+    result.save(tmp_path / "fox")
+    with Image.open(tmp_path / "fox") as written:
+        assert written.format == "PNG"

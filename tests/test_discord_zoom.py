@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import pytest_asyncio
 
+from bot.buttons import zoom_factor
 from bot.discord_endpoints import point_discord_at
 from generation.request import Request
 from tests.discord_harness import Harness, custom_ids, is_result, job_id_of
@@ -90,6 +91,15 @@ async def test_custom_zoom_asks_for_a_factor_and_a_new_prompt(pintor: Harness, p
     assert request.outpaint == pytest.approx((0.15, 0.15, 0.15, 0.15))
     assert request.prompt == "a stormy sea" and "a stormy sea" in made["content"]
     assert "Zoom Out 1.3x" in made["content"] and posted_once(pintor, job.id)
+
+
+@pytest.mark.parametrize("typed, factor", [
+    ("1.5", 1.5), ("1,5", 1.5), ("1.5x", 1.5), ("1.5X", 1.5), ("×1.8", 1.8), ("x2", 2.0), (" 1.3 x ", 1.3),
+    ("--zoom 1.8", 1.8), ("—zoom 1.2", 1.2), ("2", 2.0),
+    ("nan", 0.0), ("inf", 0.0), ("1_5", 0.0), ("1.5.1", 0.0), ("", 0.0), ("one and a half", 0.0)])
+async def test_custom_zooms_factor_as_members_type_it(typed: str, factor: float):
+    """"1.5X" (a phone's capital) and "--zoom 1.8" (MidJourney's way) were refused as not numbers."""
+    assert zoom_factor(typed) == factor
 
 
 async def test_upscale_creative_repaints_the_picture_twice_as_large(pintor: Harness, picture: dict, monkeypatch):

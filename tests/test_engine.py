@@ -136,6 +136,27 @@ def test_a_prompt_beyond_the_text_encoder_is_cut_with_a_notice(engine, registry)
     assert short.notices == []
 
 
+def test_the_cut_part_of_a_long_pasted_prompt_is_quoted_as_written(caplog):
+    """A gallery prompt past 75 tokens: the notice quoted the tokenizer's decoding ("oating
+    around her — cinematic lighting , ultra detailed , 8 k ,"), starting inside a word; now the
+    prompt is cut between words and the member's own words are quoted. No "Token indices
+    sequence length" warning either: a long prompt is expected there."""
+    from tests.tiny_models import make_clip_tokenizer
+    tokenizer = make_clip_tokenizer()
+    pasted = ("Ethereal portrait of a young woman with flowing silver hair, “bioluminescent” jellyfish floating "
+              "around her — cinematic lighting, ultra detailed, 8k, octane render, trending on artstation, 🌊✨,")
+    notices: list[str] = []
+    kept = Engine._fit_tokens(tokenizer, pasted, notices)
+    [notice] = notices
+    cut = notice.split("was cut: “", 1)[1].removesuffix("”")
+    assert pasted == f"{kept} {cut}"  # the two halves are the member's text, split at a space
+    assert "ultra detailed, 8k, octane" in cut
+    assert len(tokenizer(kept, add_special_tokens=False).input_ids) <= 75
+    assert "Token indices" not in caplog.text
+    one_word = "x" * 300  # no space to cut at: cut between tokens, as before
+    assert len(tokenizer(Engine._fit_tokens(tokenizer, one_word, notices), add_special_tokens=False).input_ids) == 75
+
+
 @pytest.mark.smoke
 def test_variation_from_an_image(engine, registry, picture):
     init = picture(64, 96)

@@ -253,3 +253,25 @@ def test_extreme_shapes_are_refused_from_the_header_naming_the_ratio(size):
 @pytest.mark.parametrize("size", [(64, 8), (8, 64), (640, 80), (1920, 1080)])
 def test_shapes_up_to_the_ratio_are_accepted(size):
     assert open_upload(png(Image.new("RGB", size)), "wide.png").size == size
+
+
+def heif(brand: bytes) -> bytes:
+    """The start of an ISO base media file as a phone writes a photo: an "ftyp" box naming its
+    brand, then the "meta" box Pillow (without a HEIF plugin) cannot read."""
+    ftyp = brand + b"\x00\x00\x00\x00" + b"mif1" + brand
+    return struct.pack(">I", 8 + len(ftyp)) + b"ftyp" + ftyp + struct.pack(">I", 24) + b"meta" + b"\x00" * 16
+
+
+@pytest.mark.parametrize("brand, said", [(b"heic", "HEIC"), (b"heix", "HEIC"), (b"mif1", "HEIF"),
+                                         (b"avif", "AVIF")])
+def test_a_phones_heic_photo_is_named_not_called_not_an_image(brand, said):
+    """An iPhone's photo was answered "is not an image"; the member now learns what to send."""
+    with pytest.raises(UploadError, match=f"IMG_4021.HEIC is a {said} photo, which Pintor cannot read: send it as"):
+        open_upload(heif(brand), "IMG_4021.HEIC")
+
+
+def test_a_format_pintor_does_not_take_is_named():
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="ICO")
+    with pytest.raises(UploadError, match=r"f\.ico is in ICO format; send PNG"):
+        open_upload(buffer.getvalue(), "f.ico")

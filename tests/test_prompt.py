@@ -641,6 +641,17 @@ def test_has_emphasis(text, emphasis):
     assert (plain_text(text) != text) is emphasis
 
 
+@pytest.mark.parametrize("pasted, words", [
+    (r"makima \(chainsaw man\), red hair", "makima (chainsaw man), red hair"),
+    (r"a \[bracketed\] word", "a [bracketed] word"),
+    (r"((masterpiece)), makima \(chainsaw man\)", "masterpiece , makima (chainsaw man)"),
+])
+def test_escaped_brackets_reach_the_model_as_brackets(pasted, words):
+    r"""A Stable Diffusion tag such as "makima \(chainsaw man\)" sent its backslashes to the text
+    encoder when the prompt had no emphasis (the weighted path already read the escapes)."""
+    assert plain_text(pasted) == words
+
+
 # --- more properties --------------------------------------------------------------------------
 
 PASTED = st.sampled_from([
@@ -778,3 +789,63 @@ def test_repeat_out_of_range():
     for typed in ("0", "-2", "two", "1.5"):
         assert "--repeat must be a whole number from 1 to" in error_for(f"a fox --repeat {typed}")
     assert "--repeat needs a value" in error_for("a fox --repeat")
+
+
+# --- the sentence's punctuation after a value (pasted from galleries and chats) ----------
+
+
+@pytest.mark.parametrize("pasted, field, value", [
+    ("a cat --ar 16:9, --v 6", "aspect", (16, 9)),
+    ("a cat, --ar 2:3,", "aspect", (2, 3)),
+    ("a cat --ar 16：9", "aspect", (16, 9)),  # a CJK keyboard's full-width colon
+    ("a cat --stylize 750, --chaos 20", "stylize", 750),
+    ("a cat --chaos 20, --no text", "chaos", 20),
+    ("a cat --seed 5.", "seed", 5),
+    ("a cat --seed 5;", "seed", 5),
+    ("a cat --seed 5，", "seed", 5),  # full-width comma
+    ("a cat --q .5.", "quality", 0.5),
+    ("a cat --steps 3,, in the snow", "steps", 3),
+])
+def test_punctuation_after_a_value_is_not_part_of_it(pasted, field, value):
+    parsed = parse_prompt(pasted)
+    assert getattr(parsed, field) == value
+    assert any(n.startswith("Read “--") and "without the punctuation" in n for n in parsed.notices), parsed.notices
+
+
+def test_punctuation_after_a_selector_value_and_after_words():
+    assert parse_prompt("a cat --v 6.1, --niji 6.").selectors == (("v", "6.1"), ("niji", "6"))
+    bare = parse_prompt("a cat --niji cute.")  # a bare --niji: the word after it keeps its full stop
+    assert bare.selectors == (("niji", ""),) and bare.text.endswith("cute.")
+    assert parse_prompt("a cat --no dogs, cats,").negative == "dogs, cats,"  # --no's text as written
+    assert "“,”" in error_for("a cat --seed ,")  # nothing left: still refused, quoting it
+
+
+@pytest.mark.parametrize("pasted, field, value", [
+    ("portrait --seed=42", "seed", 42),
+    ("portrait --ar=16:9", "aspect", (16, 9)),
+    ("portrait —stylize=750", "stylize", 750),
+    ("portrait --no=blurry, lowres --seed 1", "negative", "blurry, lowres"),
+    ("portrait --AR=2:3, in the snow", "aspect", (2, 3)),
+])
+def test_a_parameter_written_with_an_equals_sign_is_read(pasted, field, value):
+    """"--seed=42" was ignored as a parameter "Pintor does not have"."""
+    parsed = parse_prompt(pasted)
+    assert getattr(parsed, field) == value
+    assert not any("does not have" in n for n in parsed.notices) and parsed.text.startswith("portrait")
+    assert any(n.startswith("Read “") and "=" in n for n in parsed.notices)
+
+
+def test_an_equals_sign_after_an_unknown_name_or_without_a_value():
+    assert "“--x=1”" in parse_prompt("a cat --x=1").notices[0]  # still ignored, as typed
+    assert "--seed needs a value" in error_for("a cat --seed=")
+
+
+@pytest.mark.parametrize("pasted, parts", [
+    ("a red apple::2, green leaves::1,", (("a red apple", 2.0), ("green leaves", 1.0))),
+    ("castle::2; fog::0.5", (("castle", 2.0), ("fog", 0.5))),
+    ("space::, cats::2", (("space", 1.0), ("cats", 2.0))),
+    ("cat::1,5 dog", (("cat", 1.0), ("1,5 dog", 1.0))),  # not a weight: text, as before
+])
+def test_a_comma_after_a_weight_separates_the_parts(pasted, parts):
+    """"apple::2, leaves::1," lost both weights: "2, leaves" and "1," were read as text."""
+    assert tuple((p.text, p.weight) for p in parse_prompt(pasted).parts) == parts

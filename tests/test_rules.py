@@ -170,6 +170,18 @@ def test_midjourney_model_choosers_follow_the_registry(registry_file):
     assert prepare(registry, "a fox", defaults).model == "tiny-kandinsky"
 
 
+def test_a_point_release_of_a_mapped_version_chooses_its_model(registry_file):
+    """Gallery prompts say "--v 6.1"; with only "--v 6" mapped it was ignored ("no model is
+    mapped to it here") and the grid made by the default model."""
+    registry = load_registry(registry_file)  # "--v 6" → tiny-sdxl
+    request = prepare(registry, "a fox --v 6.1")
+    assert request.model == "tiny-sdxl"
+    assert request.notices == ("Read “--v 6.1” as --v 6 (no model is mapped to 6.1 itself).",)
+    assert prepare(registry, "a fox --v 6.1", strict=True).model == "tiny-sdxl"
+    assert prepare(registry, "a fox --v 5.2").model == "tiny-sd"  # no "--v 5": still ignored, and said
+    assert prepare(registry, "a fox --v 61").model == "tiny-sd"
+
+
 def test_prepare_applies_member_defaults_and_names_them(registry_file):
     registry = load_registry(registry_file)
     defaults = MemberPreferences.new(1)

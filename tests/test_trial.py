@@ -321,3 +321,23 @@ def test_health_creates_no_database_where_there_is_none(env: dict[str, str], tmp
     health = pintor_cli(env | {"DATABASE_URL": f"sqlite+aiosqlite:///{missing}"}, "health", cwd=tmp_path)
     assert health.returncode == 1
     assert not missing.parent.exists()
+
+
+# -- a gallery prompt as members paste it (commas after values and weights, =, newlines) -----------
+
+
+@session_loop
+async def test_a_gallery_prompt_pasted_with_commas_and_equals_signs_makes_its_grid(pintor: Harness):
+    """Refused before ("--ar must be W:H …; got “16:9,”"), or its weights and --seed silently lost."""
+    member = pintor.emu._snowflake()
+    pasted = ("“Ethereal” lighthouse::2, stormy sea — 🌊✨::1,\nultra detailed, 8k,\n"
+              "--ar 16:9, --stylize 750, --chaos 20, --seed=7 --no text, watermark --steps 1")
+    grid = await grid_of(pintor, member, pasted)
+    content = grid["content"]
+    assert "seed 7" in content and "--ar 16:9" in content and "--chaos 20" in content, content
+    assert "without the punctuation after the value" in content and "Read “--seed=7” as --seed 7." in content
+    job = await pintor.job(job_id_of(grid))
+    from generation.request import Request
+    request = Request.from_json(job.request)
+    assert [weight for _, weight in request.parts] == [2.0, 1.0, 1.0] and request.seed == 7  # the rest: 1
+    assert request.width > request.height and request.negative == "text, watermark"

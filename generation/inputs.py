@@ -4,6 +4,9 @@
 and extreme shapes before decoding pixels, and hands back a plain RGB picture: first frame of an
 animation (the main picture of an MPO), EXIF orientation applied, high-bit-depth samples scaled to
 8 bits, transparency of any kind flattened onto white.
+
+Phones save photos as HEIC (iPhones) or AVIF: pillow-heif, registered with Pillow here, reads
+HEIC/HEIF; Pillow reads AVIF itself from 11.2 on (on an older Pillow an AVIF is refused, named).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import io
 import warnings
 
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from generation.imaging import flatten_to_rgb
+
+pillow_heif.register_heif_opener()  # Image.open reads HEIC/HEIF from here on (format "HEIF")
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 24_000_000  # e.g. 6000×4000; beyond this is refused, not opened
@@ -23,8 +29,9 @@ MIN_UPLOAD_SIDE = 8
 # grows with the ratio, not the pixel count: 100000×8 would become a 627-megapixel intermediate.
 MAX_UPLOAD_ASPECT = 8
 # MPO: a JPEG with a second picture appended (phone portrait photos, many cameras); the first
-# frame is the JPEG itself.
-ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP"}
+# frame is the JPEG itself. HEIF: an iPhone's HEIC photo (pillow-heif); AVIF: Pillow ≥ 11.2.
+ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "HEIF", "AVIF"}
+FORMATS_SAID = "PNG, JPEG, WebP, GIF, BMP or a phone's HEIC"
 
 
 class UploadError(ValueError):
@@ -52,10 +59,10 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        if phone_format := _heif_brand(data):  # an iPhone's (or a recent Android's) photo
+        if phone_format := _heif_brand(data):  # a HEIF file pillow-heif cannot read, an AVIF on Pillow < 11.2
             raise UploadError(f"{name} is a {phone_format} photo, which Pintor cannot read: send it as JPEG or "
                               "PNG (on an iPhone: Settings → Camera → Formats → Most Compatible).") from None
-        raise UploadError(f"{name} is not an image (PNG, JPEG, WebP, GIF or BMP).") from None
+        raise UploadError(f"{name} is not an image ({FORMATS_SAID}).") from None
     except Image.DecompressionBombError:
         raise UploadError(f"{name} has far too many pixels (a decompression bomb?); "
                           f"the limit is {max_pixels / 1e6:.0f} megapixels.") from None
@@ -65,7 +72,7 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
         raise UploadError(f"{name} could not be read as an image ({type(err).__name__}).") from None
     with image:
         if image.format not in ACCEPTED_FORMATS:
-            raise UploadError(f"{name} is in {image.format} format; send PNG, JPEG, WebP, GIF or BMP.")
+            raise UploadError(f"{name} is in {image.format} format; send {FORMATS_SAID}.")
         width, height = image.size
         if width * height > max_pixels:
             raise UploadError(f"{name} is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.")

@@ -1108,7 +1108,10 @@ class Studio:
             self.forgotten.update(job.id for job in unfinished)  # their messages say so, not "cancelled"
             for job in unfinished:
                 await self.queue.cancel(job.id)
-            stored, requests = await self.store.forget_user(member.id)
+            try:
+                stored, requests = await self.store.forget_user(member.id)
+            finally:
+                self.preferences_and_rules.forget_member(member.id)  # their preferences went with them
             paths = [str(self.picture(value)) for value in stored]
             # their uploads too (/blend inputs), unless another member's job uses the same picture
             uploads = {path for text in requests for path in _inputs_of(text) if self._is_upload(path)}

@@ -128,6 +128,16 @@ class Submitted:
 Listener = Callable[[int, Event], Awaitable[None]]
 
 
+def _stored_end(job: Job, event: Event) -> Event:
+    """The final event that says how `job` ended as the store records it (`event`: the one the
+    worker sent, for a job the store records as done)."""
+    if job.status == JobStatus.CANCELLED:
+        return Cancelled(job.id)
+    if job.status == JobStatus.FAILED:
+        return Failed(job.id, job.error or "The job failed.")
+    return event
+
+
 def _delete_files(paths: list[str]) -> int:
     deleted = 0
     for path in paths:
@@ -1210,12 +1220,16 @@ class Studio:
                 ended = await self._reachable(functools.partial(self._already_ended, event), what)
             except Exception:  # noqa: BLE001 - gone for too long: store it anyway, as far as it goes
                 log.exception("could not read job %s", event.job_id)
-                ended = False
-            if ended:
+                ended = None
+            if ended is not None:
                 # delivered again (a worker thought dead finished it too): stored and posted once
                 log.info("job %s has ended already: %s not stored again", event.job_id, type(event).__name__)
                 if isinstance(event, FINAL_EVENTS):
                     await self.queue.acknowledge(event.job_id)
+                    # ended in the store by another hand (marked cancelled while its result was on
+                    # the way): whoever still waits for it hears the end the store records
+                    for inbox in self._watchers.pop(event.job_id, []):
+                        inbox.put_nowait(_stored_end(ended, event))
                 continue
             try:
                 await self._reachable(functools.partial(self._store_event, event), what)
@@ -1249,12 +1263,13 @@ class Studio:
                 except Exception:  # noqa: BLE001 - a file left behind is no reason to stop
                     log.exception("could not release the inputs of job %s", event.job_id)
 
-    async def _already_ended(self, event: Event) -> bool:
-        """Whether the job of `event` (one that changes the job) has ended in the store."""
+    async def _already_ended(self, event: Event) -> Job | None:
+        """The job of `event` (one that changes the job) if it has ended in the store, else None."""
         if isinstance(event, Progress) or not isinstance(event, (Started, *FINAL_EVENTS)):
-            return False
+            return None
         job = await self.store.get(event.job_id)
-        return job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        ended = job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        return job if ended else None
 
     async def _store_event(self, event: Event) -> None:
         if isinstance(event, Started):

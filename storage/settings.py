@@ -17,6 +17,7 @@ _Row = TypeVar("_Row", MemberPreferences, ServerRules)
 # second front end on Redis, the CLI) may change a member's preferences or a server's rules
 # before this one sees it. This process's own changes are seen at once (a write drops the row).
 MAX_AGE_S = 10.0
+MAX_KEPT = 10_000  # rows kept at most before those past their age are let go (memory stays bounded)
 
 
 class _Recent(Generic[_Row]):
@@ -24,8 +25,8 @@ class _Recent(Generic[_Row]):
     the same moment share one database read (a burst of one member's commands, or of a
     server's, reads once). A read that began before `drop(key)` is never kept."""
 
-    def __init__(self, max_age_s: float):
-        self.max_age_s = max_age_s
+    def __init__(self, max_age_s: float, max_kept: int = MAX_KEPT):
+        self.max_age_s, self.max_kept = max_age_s, max_kept
         self._rows: dict[int | None, tuple[float, _Row]] = {}
         self._reads: dict[int | None, asyncio.Future[_Row]] = {}
         self._drops = 0  # how many drops so far: a read that saw another count keeps nothing
@@ -48,6 +49,9 @@ class _Recent(Generic[_Row]):
                 del self._reads[key]
         if drops == self._drops:
             self._rows[key] = (started, row)
+            if len(self._rows) > self.max_kept:
+                now = time.monotonic()
+                self._rows = {k: kept for k, kept in self._rows.items() if now - kept[0] < self.max_age_s}
         return row
 
     def drop(self, key: int | None) -> None:

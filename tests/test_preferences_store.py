@@ -93,3 +93,13 @@ async def test_forget_drops_what_is_kept(engine):
     await jobs.forget_user(10)
     store.forget_member(10)
     assert (await store.member(10)).stylize is None  # the default
+
+
+async def test_rows_past_their_age_are_let_go_when_many_are_kept(engine):
+    store = PreferencesAndRulesStore(engine, max_age_s=0.2)
+    store._members.max_kept = 5
+    for member in range(5):
+        await store.member(member)
+    await asyncio.sleep(0.25)
+    await store.member(99)  # the sixth: the five past their age go
+    assert list(store._members._rows) == [99]

@@ -26,6 +26,7 @@ from bot.limits import echo
 from bot.metrics import Metrics
 from bot.progress import PROGRESS_INTERVAL_S, ProgressReporter, queued_line, status_line
 from bot.results import (
+    DATABASE_DOWN,
     DM_REFUSAL,
     Outgoing,
     already_made_text,
@@ -38,6 +39,7 @@ from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from generation.events import Done, Event, Failed
 from generation.request import JobKind
+from storage.db import unreachable
 from storage.models import Job, JobStatus, ServerRules
 
 log = logging.getLogger(__name__)
@@ -274,7 +276,12 @@ class PintorBot(commands.Bot):
         except USER_ERRORS as err:
             await delivery.refuse(f"⚠️ {err}")
             return False
-        except Exception:  # noqa: BLE001 - the member hears of it; the log has the rest
+        except Exception as err:  # noqa: BLE001 - the member hears of it; the log has the rest
+            if unreachable(err):
+                log.warning("could not submit a job for member %s: the database is unreachable (%s)", member.id,
+                            type(err).__name__)
+                await delivery.refuse(DATABASE_DOWN)
+                return False
             log.exception("could not submit a job for member %s", member.id)
             await delivery.refuse("⚠️ Something went wrong on Pintor's side; nothing was queued. Try again.")
             return False
@@ -359,6 +366,10 @@ class PintorBot(commands.Bot):
             log.warning("/%s: refused %s", interaction.command.name if interaction.command else "?", error)
             text = (f"⚠️ {echo(str(error.value), 200) or 'That value'} is not a value this command takes: "
                     f"pick one from the list Discord shows.")
+        elif unreachable(error):
+            log.warning("/%s: the database is unreachable (%s)", interaction.command.name if interaction.command
+                        else "?", type(error.__cause__ or error).__name__)
+            text = DATABASE_DOWN
         else:
             log.error("/%s failed", interaction.command.name if interaction.command else "?", exc_info=error)
             text = "⚠️ Something went wrong on Pintor's side. Try again."

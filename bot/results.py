@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DM_REFUSAL = ("Pintor makes pictures in server channels, not in direct messages. "
               "Use it in a channel of a server where Pintor is.")
 
+# The database could not be reached (storage.db.unreachable): a PostgreSQL restart, a lock held too long.
+DATABASE_DOWN = ("⚠️ Pintor cannot reach its database just now; nothing was done. "
+                 "Try again in a minute (jobs already queued go on once it is back).")
+
 _PARAMETER = re.compile(r"\s+(?=--[A-Za-z])")  # "--ar 3:2 --no a b" → "--ar 3:2", "--no a b"
 
 

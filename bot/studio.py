@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from PIL import Image, ImageOps
@@ -57,16 +59,21 @@ from generation.queue import JobQueue, WorkerState
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import CREATIVE_STRENGTH, RESAMPLE, can_upscale, upscale_factor
+from storage.db import unreachable
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Job, JobStatus, MemberPreferences, ServerRules
 from storage.owners import OwnerStore, this_host
 from storage.settings import PreferencesAndRulesStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
 MAX_ZOOM = 2.0  # Custom Zoom's largest factor, as MidJourney's
 OUTPAINT_FAMILIES = EMPHASIS_FAMILIES  # the Stable Diffusion families: an inpainting pipeline from their parts
+# How long a job's event waits for a database that cannot be reached (a PostgreSQL restart)
+# before the job is given up as failed; tried again 0.5 s, 1 s, 2 s … at most 5 s apart.
+DATABASE_WAIT_S = 300.0
 FREE_KINDS = (JobKind.PICK,)  # jobs no worker runs: not counted by a server's daily quota
 CAPTION_COUNT = 4  # prompts per /describe, as MidJourney's (generation.captions.CAPTION_COUNT)
 NO_CAPTIONER = ("/describe needs a captioning model, and none is configured on this Pintor. An admin can add "
@@ -119,6 +126,16 @@ class Submitted:
 
 
 Listener = Callable[[int, Event], Awaitable[None]]
+
+
+def _stored_end(job: Job, event: Event) -> Event:
+    """The final event that says how `job` ended as the store records it (`event`: the one the
+    worker sent, for a job the store records as done)."""
+    if job.status == JobStatus.CANCELLED:
+        return Cancelled(job.id)
+    if job.status == JobStatus.FAILED:
+        return Failed(job.id, job.error or "The job failed.")
+    return event
 
 
 def _delete_files(paths: list[str]) -> int:
@@ -238,6 +255,7 @@ class Studio:
         self._submit_lock = asyncio.Lock()
         self._forget_locks: dict[int, asyncio.Lock] = {}
         self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
+        self.database_wait_s = DATABASE_WAIT_S
 
     async def start(self, *, resume_user: int | None = None) -> None:
         """Start the worker and queue again the jobs a crash or a stop left unfinished whose
@@ -279,8 +297,12 @@ class Studio:
             await asyncio.sleep(self.owners.lease_s / 3)
             try:
                 await self.owners.beat(self.owner)
-            except Exception:  # noqa: BLE001 - the database away for a moment: beat again later
-                log.exception("could not renew the lease of %s", self.owner)
+            except Exception as err:  # noqa: BLE001 - the database away for a moment: beat again later
+                if not unreachable(err):
+                    log.exception("could not renew the lease of %s", self.owner)
+                else:
+                    log.warning("could not renew the lease of %s: the database cannot be reached (%s)", self.owner,
+                                type(err).__name__)
 
     async def close(self) -> None:
         """Stop the worker after its current step; unfinished jobs stay queued for the next start."""
@@ -1108,7 +1130,10 @@ class Studio:
             self.forgotten.update(job.id for job in unfinished)  # their messages say so, not "cancelled"
             for job in unfinished:
                 await self.queue.cancel(job.id)
-            stored, requests = await self.store.forget_user(member.id)
+            try:
+                stored, requests = await self.store.forget_user(member.id)
+            finally:
+                self.preferences_and_rules.forget_member(member.id)  # their preferences went with them
             paths = [str(self.picture(value)) for value in stored]
             # their uploads too (/blend inputs), unless another member's job uses the same picture
             uploads = {path for text in requests for path in _inputs_of(text) if self._is_upload(path)}
@@ -1171,16 +1196,43 @@ class Studio:
 
     # -- events ---------------------------------------------------------------------------------
 
+    async def _reachable(self, step: Callable[[], Awaitable[_T]], what: str) -> _T:
+        """`step()`, tried again while the database cannot be reached (`storage.db.unreachable`),
+        for at most `database_wait_s` seconds; then (and for any other error) its error is raised.
+        The events after it wait meanwhile: they are stored in order once it is back."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.database_wait_s, 0.5
+        while True:
+            try:
+                return await step()
+            except Exception as err:
+                if not unreachable(err) or loop.time() + delay > deadline:
+                    raise
+                log.warning("the database cannot be reached (%s): %s again in %.1f s", type(err).__name__, what,
+                            delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
     async def _consume(self) -> None:
         async for event in self.queue.events():
-            if await self._already_ended(event):
+            what = f"storing {type(event).__name__} of job {event.job_id}"
+            try:
+                ended = await self._reachable(functools.partial(self._already_ended, event), what)
+            except Exception:  # noqa: BLE001 - gone for too long: store it anyway, as far as it goes
+                log.exception("could not read job %s", event.job_id)
+                ended = None
+            if ended is not None:
                 # delivered again (a worker thought dead finished it too): stored and posted once
                 log.info("job %s has ended already: %s not stored again", event.job_id, type(event).__name__)
                 if isinstance(event, FINAL_EVENTS):
                     await self.queue.acknowledge(event.job_id)
+                    # ended in the store by another hand (marked cancelled while its result was on
+                    # the way): whoever still waits for it hears the end the store records
+                    for inbox in self._watchers.pop(event.job_id, []):
+                        inbox.put_nowait(_stored_end(ended, event))
                 continue
             try:
-                await self._store_event(event)
+                await self._reachable(functools.partial(self._store_event, event), what)
             except Exception:  # noqa: BLE001 - one bad write must not stop every later job's results
                 log.exception("could not store %s", event)
                 if isinstance(event, Done):
@@ -1211,12 +1263,13 @@ class Studio:
                 except Exception:  # noqa: BLE001 - a file left behind is no reason to stop
                     log.exception("could not release the inputs of job %s", event.job_id)
 
-    async def _already_ended(self, event: Event) -> bool:
-        """Whether the job of `event` (one that changes the job) has ended in the store."""
+    async def _already_ended(self, event: Event) -> Job | None:
+        """The job of `event` (one that changes the job) if it has ended in the store, else None."""
         if isinstance(event, Progress) or not isinstance(event, (Started, *FINAL_EVENTS)):
-            return False
+            return None
         job = await self.store.get(event.job_id)
-        return job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        ended = job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        return job if ended else None
 
     async def _store_event(self, event: Event) -> None:
         if isinstance(event, Started):

@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -36,6 +36,23 @@ def open_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) says the database could not be reached or lost the
+    connection — a server stopped or restarting, SQLite busy past its time-out — rather than
+    that a statement was wrong: worth "try again in a moment", not a bug report."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, exc.DBAPIError) and (cause.connection_invalidated
+                                                  or isinstance(cause, (exc.OperationalError, exc.InterfaceError))):
+            return True
+        if isinstance(cause, (ConnectionError, TimeoutError)):  # refused, reset, or no answer (asyncpg's connect)
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def alembic_config() -> Config:

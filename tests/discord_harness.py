@@ -257,6 +257,10 @@ async def until_idle(harness: Harness, timeout: float = IDLE_TIMEOUT_S) -> None:
             for job_id in unfinished:  # so that the tests after it are not its victims
                 if not await harness.studio.cancel(job_id):  # stored directly: in no queue
                     await harness.studio.store.mark_cancelled(job_id)
+            stuck = list(harness.bot._tasks)  # a report still waiting: ended, so the next test starts idle
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
             raise AssertionError(f"the test left jobs {unfinished} unfinished, tasks {busy} running")
         await asyncio.sleep(0.05)
 

@@ -82,6 +82,24 @@ class PostgresServer:
         return subprocess.run(self._command(*args), capture_output=True, text=True, timeout=120,
                               cwd=self.folder, check=False)
 
+    def start(self) -> None:
+        """Start the server (again: `stop` keeps its data); waits until it takes connections."""
+        # loopback TCP only, the socket in our folder (not /var/run/postgresql), no fsync: a
+        # throwaway server whose data dies with the session
+        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.folder} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        done = self.run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-l",
+                        str(self.folder / "server.log"), "-o", options, "-w", "-t", "60", "start")
+        if done.returncode != 0:
+            log = self.folder / "server.log"
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}"
+                               f"{log.read_text(errors='replace') if log.exists() else ''}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`mode`: pg_ctl's fast — open connections ended — or immediate: as if
+        it crashed); its data stays for `start`."""
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", mode, "-w", "stop")
+
     def create_database(self, name: str | None = None) -> str:
         """A new empty database (named, or a fresh name); returns its SQLAlchemy URL."""
         name = name or f"pintor_{uuid.uuid4().hex[:12]}"
@@ -113,18 +131,10 @@ def postgres_server() -> Iterator[PostgresServer]:
                           "--encoding=UTF8", "--locale=C", "--no-sync")
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
-        # loopback TCP only, the socket in our folder (not /var/run/postgresql), no fsync: a
-        # throwaway server whose data dies with the session
-        options = (f"-c listen_addresses=127.0.0.1 -c port={server.port} -c unix_socket_directories={folder} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        done = server.run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
-                          "-o", options, "-w", "-t", "60", "start")
-        if done.returncode != 0:
-            log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
-            raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}{log}")
+        server.start()
         try:
             yield server
         finally:
-            server.run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+            server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

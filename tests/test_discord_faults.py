@@ -15,8 +15,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from generation.events import Event
 from tests.discord_emulator import RecordedRequest
-from tests.discord_harness import Harness, acked, is_result, job_id_in, job_id_of
+from tests.discord_harness import Harness, acked, held, is_result, job_id_in, job_id_of, until_idle
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -190,3 +191,30 @@ async def test_a_database_locked_for_two_seconds_delays_the_job_and_the_bot_keep
     job_id = await job_of(pintor, inter)
     await pintor.posted(job_id)
     assert await pintor.job_count() == before + 1 and len(results_of(pintor, job_id)) == 1
+
+
+async def test_a_job_marked_cancelled_in_the_store_while_its_result_is_on_the_way_ends_its_message(pintor: Harness):
+    """The job's row is marked cancelled (another front end's /cancel, the load benchmark's clean-up)
+    after the worker finished it but before the Studio stored its result: the result is not
+    stored, and the member's message says "Cancelled" — the bot waits for nothing more (once,
+    a report task waited forever, and every later test of the shared bot failed its teardown)."""
+    emu, studio = pintor.emu, pintor.studio
+    member = emu._snowflake()
+
+    async def started(job_id: int, event: Event) -> bool:
+        return type(event).__name__ == "Started" and (await pintor.job(job_id)).user_id == member
+
+    async with held(pintor, started) as reached:  # the Studio stores nothing after the job's start
+        inter = await emu.slash("imagine", {"prompt": "cancelled on the way --seed 21"}, user_id=member)
+        await acked(inter, kind=5)
+        await asyncio.wait_for(reached.wait(), 60)
+        [job] = (await studio.history(member, offset=0, limit=1))[0]
+        grid = studio.files.path(f"jobs/{job.id}/grid.png")
+        deadline = time.monotonic() + 60
+        while not grid.exists():  # the worker finished it: its Done is on the way
+            assert time.monotonic() < deadline, "the worker did not finish the job"
+            await asyncio.sleep(0.05)
+        await studio.store.mark_cancelled(job.id)
+    await inter.wait_original(lambda m: f"Cancelled (job {job.id})" in m["content"], timeout=30)
+    await until_idle(pintor, timeout=30)  # no report task left waiting
+    assert (await pintor.job(job.id)).status == "cancelled" and not results_of(pintor, job.id)

@@ -187,7 +187,7 @@ async def test_forget_settles_the_messages_of_running_and_queued_jobs(pintor: Ha
 
 
 async def test_settings_and_forget_controls_keep_answering_after_a_restart(pintor: Harness):
-    emu, studio = pintor.emu, pintor.studio
+    emu = pintor.emu
     member = emu._snowflake()
     settings = await emu.slash("settings", user_id=member)
     await acked(settings, kind=MESSAGE)
@@ -210,13 +210,13 @@ async def test_settings_and_forget_controls_keep_answering_after_a_restart(pinto
     bad = await emu.submit_modal(opened, {"Added to every prompt: words, --parameters": "--ar banana"})
     refusal = await acked(bad, kind=MESSAGE)
     assert refusal["data"]["flags"] & EPHEMERAL and "Not saved" in refusal["data"]["content"]
-    stored = await studio.preferences_and_rules.member(member)
+    stored = await pintor.studio.preferences_and_rules.member(member)  # the restarted bot's studio
     assert (stored.aspect, stored.private, stored.append) == ("3:2", True, "--no clouds")
 
     await press(pintor, ask.original_id, member, "Keep my data")
     assert emu.messages[ask.original_id]["content"] == "Nothing was deleted."
     assert not emu.messages[ask.original_id]["components"]
-    assert (await studio.preferences_and_rules.member(member)).aspect == "3:2"
+    assert (await pintor.studio.preferences_and_rules.member(member)).aspect == "3:2"
 
 
 async def test_an_expired_forget_question_says_so_and_deletes_nothing(pintor: Harness):

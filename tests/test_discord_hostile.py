@@ -10,6 +10,7 @@ loop (hypothesis cannot drive an async test on a session loop): what it finds is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from functools import partial
@@ -21,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.load import cancel_all, outcome
-from bot.buttons import BUTTONS
+from bot.buttons import BUTTONS, REMIX_FORM, ZOOM_FORM
 from bot.delivery import NOT_DONE
 from bot.limits import clean
-from tests.discord_harness import Harness, acked
+from tests.discord_harness import Harness, acked, is_result, job_id_of
 from tests.test_blend import png
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -328,3 +329,125 @@ async def test_a_value_that_is_not_one_of_the_choices_is_the_members_not_pintors
                                       "image2": emu.add_attachment("b.png", PNG), "dimensions": "gòc"})
     assert "gòc is not a value this command takes" in await answer(emu, inter)
     assert await pintor.job_count() == before
+
+
+# ---- /imagine's attachments, and the Remix and Custom Zoom forms ------------------------------
+
+JUNK = st.one_of(st.just(PNG), st.just(b""), st.just(PNG[:40]), st.just(b"<html>not a picture</html>"),
+                 st.binary(min_size=1, max_size=2000), st.just(b"GIF89a" + b"\x00" * 30))
+SIZES = st.one_of(st.none(), st.sampled_from([0, -1, 2**31, 2**63 - 1, 25 * 1024**2 + 1]))  # None: the real size
+URLS = st.one_of(st.none(), st.sampled_from([  # None: the emulator's own, which serves the data
+    "https://evil.example/cat.png", "http://127.0.0.1:1/nothing-listens.png", "file:///etc/passwd", "",
+    "javascript:alert(1)", "http://169.254.169.254/latest/meta-data/", "https://" + "a" * 300 + ".png",
+    "gopher://127.0.0.1/x", "http://[::1]:1/x.png"]))
+ATTACHMENTS = st.fixed_dictionaries({"name": NAMES, "content_type": CONTENT_TYPES, "data": JUNK, "size": SIZES,
+                                     "url": URLS})
+
+
+def hostile_attachment(emu, drawn_attachment: dict[str, Any]) -> dict:
+    """An attachment object as a forged interaction may carry it: any name, content type, bytes,
+    declared size and URL."""
+    attachment = emu.add_attachment(drawn_attachment["name"], drawn_attachment["data"],
+                                    drawn_attachment["content_type"])
+    if drawn_attachment["size"] is not None:
+        attachment["size"] = drawn_attachment["size"]
+    if drawn_attachment["url"] is not None:
+        attachment["url"] = attachment["proxy_url"] = drawn_attachment["url"]
+    return attachment
+
+
+async def test_imagine_answers_any_image_and_control_attachment_in_time(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    guild_id, channel_id = emu.add_guild()
+    await pintor.studio.update_rules(guild_id, max_queued_per_member=100)
+    cases = drawn(st.tuples(st.one_of(st.none(), ATTACHMENTS), st.one_of(st.none(), ATTACHMENTS),
+                            st.sampled_from(["a hostile upload --seed 2", "a fox --cn canny --seed 2",
+                                             "a fox --iw 3 --cn depth --cw 2 --seed 2"])), 24)
+    cases += [({"name": "cat.png", "content_type": "image/png", "data": PNG, "size": None, "url": None}, None,
+               "a fox from a real picture --seed 2")]  # and one that is fine
+    queued = 0
+    try:
+        for image, control, prompt in cases:
+            before = await pintor.job_count()
+            options: dict[str, Any] = {"prompt": prompt}
+            if image is not None:
+                options["image"] = hostile_attachment(emu, image)
+            if control is not None:
+                options["control"] = hostile_attachment(emu, control)
+            inter = await emu.slash("imagine", options, user_id=member, channel_id=channel_id)
+            await answer(emu, inter)
+            if outcome(inter) == "queued":
+                queued += 1
+            else:
+                assert await pintor.job_count() == before, (image, control, prompt)
+    finally:
+        await cancel_all(pintor.studio, [member])
+    print(f"{queued} of {len(cases)} drawn /imagine uploads queued")
+    assert queued and queued < len(cases)
+
+
+async def modal_submission(emu, custom_id: str, values: dict[str, str], *, message: dict, user_id: int) -> Any:
+    """A modal submitted with `custom_id` (a form Pintor opened, or a forged one) and `values`
+    by text input custom_id, from a button on `message`."""
+    rows = [{"type": 1, "components": [{"type": 4, "custom_id": cid, "value": value}]}
+            for cid, value in values.items()]
+    payload = emu._base_interaction(5, {"custom_id": custom_id, "components": rows},
+                                    emu.channels[int(message["channel_id"])], user_id, 10 * 1024 * 1024, "0")
+    payload["message"] = json.loads(json.dumps(message))
+    return await emu._dispatch_interaction(payload, original_id=int(message["id"]))
+
+
+def form_answered(inter: Any, callback: dict) -> bool:
+    return callback["type"] == 4 or bool(inter.followups)
+
+
+FACTORS = st.one_of(ANY_TEXT, st.sampled_from(["1.5", "2", "1,5x", "2×", "1", "0", "nan", "inf", "-2", "1e309",
+                                               " 1.25 ", "1.0000000000000002", "2.0000001", "１.５"]))
+FORM_IDS = st.one_of(
+    st.from_regex(r"pintor:zm:[0-9]{1,25}:[0-9]", fullmatch=True),
+    st.from_regex(r"pintor:rm:[0-9]{1,25}:[0-9]:(v[sh]|r|z[0-9]{2}|p[lrudx])", fullmatch=True),
+    st.text(max_size=100), st.from_regex(r"pintor:[a-z]{1,3}:.{0,80}", fullmatch=True))
+
+
+async def test_remix_and_custom_zoom_forms_answer_any_text_and_forged_ids_in_time(pintor: Harness):
+    emu = pintor.emu
+    member = emu._snowflake()
+    guild_id, channel_id = emu.add_guild()
+    await pintor.studio.update_rules(guild_id, max_queued_per_member=100)
+    first = await emu.slash("imagine", {"prompt": "a grid to remix --seed 8"}, user_id=member, channel_id=channel_id)
+    await acked(first, kind=5)
+    message = await first.wait_original(is_result, timeout=90)
+    job_id = job_id_of(message)
+    zooms = drawn(st.tuples(st.integers(1, 4), FACTORS, ANY_TEXT), 14)
+    remixes = drawn(st.tuples(st.from_regex(r"[0-4]:(v[sh]|r|z(1[1-9]|20)|p[lrud])", fullmatch=True), ANY_TEXT), 12)
+    forged = drawn(st.tuples(FORM_IDS, ANY_TEXT, ANY_TEXT), 14)
+    cases = ([(f"pintor:zm:{job_id}:{n}", {"factor": factor, "prompt": prompt}) for n, factor, prompt in zooms]
+             + [(f"pintor:rm:{job_id}:{what}", {"prompt": prompt}) for what, prompt in remixes]
+             + [(custom_id, {"factor": factor, "prompt": prompt}) for custom_id, factor, prompt in forged])
+    queued = 0
+    try:
+        for custom_id, values in cases:
+            before = await pintor.job_count()
+            inter = await modal_submission(emu, custom_id, values, message=message, user_id=member)
+            if not (ZOOM_FORM.fullmatch(custom_id) or REMIX_FORM.fullmatch(custom_id)):
+                # not a form Pintor opens: discord.py leaves it unanswered, as Discord then says itself
+                await asyncio.sleep(0.05)
+                assert await pintor.job_count() == before, custom_id
+                continue
+            callback = await acked(inter)  # within 3 s
+            # a refusal at once (type 4), or after the deferral a follow-up: the job's message or why not
+            await emu._wait(partial(form_answered, inter, callback), 30)
+            reply = json.dumps(callback.get("data") or {}, ensure_ascii=False) + "\n".join(
+                m["content"] for m in inter.followups)
+            assert BROKEN not in reply, (custom_id, values, reply)
+            if "⚠️" in reply:  # refused: nothing stored
+                assert await pintor.job_count() == before, (custom_id, values, reply)
+            elif await pintor.job_count() > before:
+                queued += 1
+            else:
+                assert "⚠️" in reply or "queued" in reply or "Job" in reply, (custom_id, values, reply)
+    finally:
+        await cancel_all(pintor.studio, [member])
+    print(f"{queued} of {len(cases)} drawn form submissions queued a job")
+    assert queued and queued < len(cases)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,10 +117,11 @@ async def test_blend_of_two_pngs_gives_a_grid_with_buttons(pintor: Harness, blen
     request = Request.from_json(job.request)
     data_dir = pintor.settings.pintor_data_dir.resolve()
     assert len(request.images) == 2 and request.image_weights == (1.0, 1.0)
-    for path in map(Path, request.images):
-        assert path.is_file() and path.resolve().is_relative_to(data_dir)
+    for key in request.images:  # kept in the file store, named by key
+        path = pintor.studio.picture(key)
+        assert key.startswith("inputs/") and path.is_file() and path.resolve().is_relative_to(data_dir)
         assert path.name in inputs_listing(pintor)
-    with Image.open(request.images[0]) as kept:  # the upload itself, stored as PNG
+    with Image.open(pintor.studio.picture(request.images[0])) as kept:  # the upload itself, stored as PNG
         assert kept.format == "PNG" and kept.size == (48, 40)
         assert kept.convert("RGB").getpixel((5, 5)) == (200, 120, 40)
     assert request.parts == (("a cat tiger", 1.0),) and request.seed == 5
@@ -288,7 +288,7 @@ async def test_v1_of_a_blend_makes_variations_with_kandinsky(pintor: Harness, bl
     assert (job.kind, job.model, job.parent_id, job.parent_index, job.status) == (
         "variation", "tiny-kandinsky", parent.id, 1, "done")
     request = Request.from_json(job.request)
-    source = str(pintor.studio.picture(parent.images[0].path))
+    source = parent.images[0].path  # its key
     assert request.init_image == source and request.images == (source,)
     tile = parent.images[0]
     assert (await pintor.picture(result)).size == (2 * tile.width, 2 * tile.height)

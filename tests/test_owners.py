@@ -50,7 +50,7 @@ def other_process() -> Iterator[int]:
 def memory_studio(db: AsyncEngine, root: Path, registry_file: Path, **options) -> Studio:
     files = FileStore(root / "images")
     return Studio(registry=load_registry(registry_file), store=JobStore(db), queue=MemoryQueue(files, step_s=60),
-                  files=files, inputs_dir=root / "images" / "inputs", **options)
+                  files=files, **options)
 
 
 async def add_owner(db: AsyncEngine, name: str, pid: int, *, age_s: float = 0.0, queue: str = "embedded") -> None:
@@ -136,3 +136,4 @@ async def test_a_bot_restarted_after_a_crash_takes_its_jobs_back(db, tmp_path, s
         assert await studio.queue_position(job_id) == 0
     finally:
         await studio.close()
+

@@ -257,17 +257,25 @@ class Studio:
                             "to share workers.")
         await self.owners.register(self.owner, self.queue_kind)
         self._beat = asyncio.create_task(self._heartbeat(), name="studio-lease")
-        await self.queue.start()
-        self._consumer = asyncio.create_task(self._consume(), name="studio-events")
-        if self.refusal is not None:
-            return
-        for job in await self.owners.claim_unfinished(self.owner, resume_user):
-            # a worker killed while it wrote this job's pictures left temp files: never finished
+        claimed = [] if self.refusal is not None else await self.owners.claim_unfinished(self.owner, resume_user)
+        for job in claimed:
+            # a worker killed while it wrote this job's pictures left temp files: never finished.
+            # Removed before the queue starts: from then on its writers are at work (the Redis
+            # queue writes the pictures of results that came while this front end was stopped,
+            # each through a temp file: removing one mid-write failed a finished job)
             if partial := await asyncio.to_thread(self.files.remove_partial, job_folder(job.id)):
                 log.info("job %s: removed %s, left half-written by a stopped worker", job.id, ", ".join(partial))
-            await self.store.mark_queued(job.id)
-            await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
-            log.info("job %s queued again after a restart", job.id)
+        await self.queue.start()
+        try:
+            for job in claimed:
+                await self.store.mark_queued(job.id)
+                await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
+                log.info("job %s queued again after a restart", job.id)
+        finally:
+            # events are stored only once the claimed jobs are queued again: a result that came
+            # while this front end was stopped is stored after its job's mark_queued, never
+            # turned back to "queued" by it (and run and posted a second time)
+            self._consumer = asyncio.create_task(self._consume(), name="studio-events")
 
     async def _heartbeat(self) -> None:
         while True:

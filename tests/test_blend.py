@@ -131,7 +131,7 @@ async def test_what_phones_and_editors_save_is_blended_as_a_viewer_shows_it(stud
     Image.new("RGB", (48, 48), (0, 0, 0)).save(keyed, format="PNG", transparency=(0, 0, 0))
     job = await finish(studio, await studio.blend(MEMBER, [("grey16.png", mid_grey), ("portrait.jpg", portrait),
                                                            ("clear.png", keyed.getvalue())]))
-    grey, turned, clear = (Image.open(path) for path in Request.from_json(job.request).images)
+    grey, turned, clear = (Image.open(studio.picture(key)) for key in Request.from_json(job.request).images)
     assert grey.mode == "RGB" and grey.getcolors() == [(1600, (128, 128, 128))]  # not white
     r, g, b = turned.getpixel((20, 30))
     assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright

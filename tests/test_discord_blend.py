@@ -188,7 +188,7 @@ async def test_phone_photos_deep_pngs_and_colour_keys_are_blended_as_a_viewer_sh
         "image3": emu.add_attachment("logo.png", keyed.getvalue())})
     job = await pintor.posted(job_id_of(final))
     assert job.status == "done" and "blend of 3 images" in final["content"]
-    turned, grey, clear = (Image.open(path) for path in Request.from_json(job.request).images)
+    turned, grey, clear = (Image.open(pintor.studio.picture(key)) for key in Request.from_json(job.request).images)
     r, g, b = turned.getpixel((20, 30))
     assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright
     assert grey.getcolors() == [(1600, (128, 128, 128))]  # mid grey, not white

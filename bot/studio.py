@@ -50,8 +50,8 @@ from bot.intake import (
     without_control_weight,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
-from generation.files import CONTROL_FILE, FileStore, job_folder
-from generation.imaging import png_bytes, sha256, write_atomic
+from generation.files import CONTROL_FILE, INPUTS_FOLDER, FileStore, input_key, job_folder
+from generation.imaging import png_bytes
 from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
 from generation.prompt import MAX_ASPECT_RATIO, quote, size_for_aspect
@@ -157,12 +157,6 @@ def _remove_empty_folders(folders: set[str]) -> None:
             pass
 
 
-def _inputs_of(request_json: str) -> list[str]:
-    """The picture files a stored request starts from (image to image, upscale, blend)."""
-    request = Request.from_json(request_json)
-    return [path for path in (request.init_image, *request.images, request.control) if path]
-
-
 def link_name(url: str, limit: int = 60) -> str:
     """A link as messages name it: host and file name without the scheme or query (Discord's
     signed attachment links are long; the scheme would make Discord preview them)."""
@@ -233,7 +227,7 @@ class Studio:
     rules, private, direct)."""
 
     def __init__(self, *, registry: Registry, store: JobStore, queue: JobQueue, files: FileStore,
-                 inputs_dir: Path | None = None, owner: str | None = None, queue_kind: str = "embedded",
+                 owner: str | None = None, queue_kind: str = "embedded",
                  fetcher: Fetcher | None = None):
         self.registry = registry
         # every URL this studio fetches (attachments, image prompts' links): Discord's hosts by default
@@ -246,7 +240,8 @@ class Studio:
         self._beat: asyncio.Task | None = None
         self.files = files  # the pictures the worker's events name by key
         self.preferences_and_rules = PreferencesAndRulesStore(store.engine)  # members' defaults and servers' rules
-        self.inputs_dir = inputs_dir  # where uploaded images are kept with their jobs
+        # the folder of uploaded images kept with their jobs (keys "inputs/<sha256>.png")
+        self.inputs_dir = files.path(INPUTS_FOLDER)
         self.store = store
         self.queue = queue
         self.listeners: list[Listener] = []  # told of every event after it is stored
@@ -280,17 +275,25 @@ class Studio:
                             "to share workers.")
         await self.owners.register(self.owner, self.queue_kind)
         self._beat = asyncio.create_task(self._heartbeat(), name="studio-lease")
-        await self.queue.start()
-        self._consumer = asyncio.create_task(self._consume(), name="studio-events")
-        if self.refusal is not None:
-            return
-        for job in await self.owners.claim_unfinished(self.owner, resume_user):
-            # a worker killed while it wrote this job's pictures left temp files: never finished
+        claimed = [] if self.refusal is not None else await self.owners.claim_unfinished(self.owner, resume_user)
+        for job in claimed:
+            # a worker killed while it wrote this job's pictures left temp files: never finished.
+            # Removed before the queue starts: from then on its writers are at work (the Redis
+            # queue writes the pictures of results that came while this front end was stopped,
+            # each through a temp file: removing one mid-write failed a finished job)
             if partial := await asyncio.to_thread(self.files.remove_partial, job_folder(job.id)):
                 log.info("job %s: removed %s, left half-written by a stopped worker", job.id, ", ".join(partial))
-            await self.store.mark_queued(job.id)
-            await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
-            log.info("job %s queued again after a restart", job.id)
+        await self.queue.start()
+        try:
+            for job in claimed:
+                await self.store.mark_queued(job.id)
+                await self.queue.submit(job.id, job.user_id, Request.from_json(job.request))
+                log.info("job %s queued again after a restart", job.id)
+        finally:
+            # events are stored only once the claimed jobs are queued again: a result that came
+            # while this front end was stopped is stored after its job's mark_queued, never
+            # turned back to "queued" by it (and run and posted a second time)
+            self._consumer = asyncio.create_task(self._consume(), name="studio-events")
 
     async def _heartbeat(self) -> None:
         while True:
@@ -474,14 +477,14 @@ class Studio:
             raise LimitError(f"🔄 would make job {job_id} again with its {request.steps} steps, over this "
                              f"server's limit of {rules.max_steps}.")
         if request.kind == JobKind.OUTPAINT:  # the same canvas painted again: the same picture's job
-            if not request.init_image or not Path(request.init_image).is_file():
+            if not request.init_image or not self.picture(request.init_image).is_file():
                 raise RequestError(f"The picture job {job_id} painted around is gone from the file store.")
             return await self.submit(member, request.replace(seed=random_seed()), parent_id=parent.parent_id,
                                      parent_index=parent.parent_index, **where)
-        if request.control and not Path(request.control).is_file():
+        if request.control and not self.picture(request.control).is_file():
             raise RequestError(f"The control image of job {job_id} is gone from the file store.")
         kind = JobKind.BLEND if request.kind == JobKind.BLEND else JobKind.REROLL
-        if any(not Path(path).is_file() for path in _inputs_of(parent.request)):
+        if any(not Path(path).is_file() for path in self._inputs_of(parent.request)):
             # a blend's or image prompts' pictures: kept in the file store (never fetched again)
             raise RequestError(f"The pictures job {job_id} was made from are gone from the file store.")
         request = request.replace(kind=kind, seed=random_seed())
@@ -490,7 +493,7 @@ class Studio:
     async def _vary_again(self, member: Member, variation: Job, request: Request, **where) -> Submitted:
         """🔄 under a variation grid: its picture varied again, at its strength, with new seeds.
         The new job is another variation of the same picture (same parent and image)."""
-        if not request.init_image or not Path(request.init_image).is_file():
+        if not request.init_image or not self.picture(request.init_image).is_file():
             raise RequestError(f"The picture job {variation.id} varied is gone from the file store.")
         strength = VARY_STRONG if request.strength >= VARY_STRONG else VARY_SUBTLE
         steps, strength = fit_image_to_image(request.steps, strength, where.get("rules"))
@@ -530,7 +533,7 @@ class Studio:
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
-        source = str(self.picture(image.path))
+        source = image.path  # by its key (generation/files.py), as the job stores it
         images = (source,) if spec.can_blend else ()
         count = GRID_SIZE
         if (limits := spec.remote_limits) is not None:
@@ -591,7 +594,7 @@ class Studio:
             return existing
         base = Request.from_json(parent.request)
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else (await self._grid_request(parent) or base)
-        request = grid.replace(kind=JobKind.PICK, init_image=str(self.picture(image.path)), seed=image.seed, width=image.width,
+        request = grid.replace(kind=JobKind.PICK, init_image=image.path, seed=image.seed, width=image.width,
                                height=image.height, count=1, strength=0.0, upscaler=None, outpaint=None)
         try:
             return await self.store.create_finished_job(
@@ -656,7 +659,7 @@ class Studio:
         width, height = size_for_aspect((width, height), spec.native_side,
                                         multiple=64 if spec.family == "kandinsky22" else 8)
         # Kandinsky's border is steered by the picture's own image embedding with the words (as its V)
-        source = str(self.picture(image.path))
+        source = image.path  # by its key (generation/files.py), as the job stores it
         images = (source,) if spec.family == "kandinsky22" else ()
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=source, outpaint=extension, width=width,
@@ -692,7 +695,7 @@ class Studio:
                 grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
             steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
             request = grid.replace(
-                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=str(self.picture(image.path)),
+                kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
                 image_weights=(), steps=steps, outpaint=None, clip=0.0,  # the repaint is not CLIP-guided
                 tile=False)  # the repaint runs tile by tile over the enlarged picture: not circular
@@ -701,7 +704,7 @@ class Studio:
             if rules is not None and rules.max_steps:
                 steps = min(steps, rules.max_steps)  # Pintor chose the upscaler's steps: within the limit
             request = base.replace(
-                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=str(self.picture(image.path)), seed=image.seed,
+                kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
                 width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
                 steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
                 outpaint=None, loras=(), clip=0.0)
@@ -726,11 +729,11 @@ class Studio:
                           seed=random_seed(), count=CAPTION_COUNT)
         if where.get("rules") is not None:  # a refusal writes nothing (submit checks again, atomically)
             await self._check_rules(member, request, where["rules"], where.get("channel_id"))
-        paths, written = await asyncio.to_thread(self._keep_inputs, [image])
+        keys, written = await asyncio.to_thread(self._keep_inputs, [image])
         try:
-            return await self.submit(member, request.replace(images=tuple(paths)), **where)
+            return await self.submit(member, request.replace(images=tuple(keys)), **where)
         except BaseException:
-            unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
+            unused = [str(self.files.path(key)) for key in written if not await self.store.mentioned(key)]
             await asyncio.to_thread(_delete_files, unused)
             raise
 
@@ -808,14 +811,14 @@ class Studio:
 
     async def _submit_with_inputs(self, member: Member, images: Sequence[Image.Image],
                                   requests_for: Callable[[list[str]], list[Request]], **where) -> list[Submitted]:
-        """Keep `images` in the file store (`_keep_inputs`), then submit `requests_for(their paths)`
+        """Keep `images` in the file store (`_keep_inputs`), then submit `requests_for(their keys)`
         (`submit_many`). If the job is not stored, the files this call wrote that no job refers
         to are deleted again (another job may share a file: they are named by content)."""
-        paths, written = await asyncio.to_thread(self._keep_inputs, images)
+        keys, written = await asyncio.to_thread(self._keep_inputs, images)
         try:
-            return await self.submit_many(member, requests_for(paths), **where)
+            return await self.submit_many(member, requests_for(keys), **where)
         except BaseException:
-            unused = [path for path in written if not await self.store.mentioned(Path(path).name)]
+            unused = [str(self.files.path(key)) for key in written if not await self.store.mentioned(key)]
             await asyncio.to_thread(_delete_files, unused)
             raise
 
@@ -843,19 +846,19 @@ class Studio:
                          f"models that blend: {', '.join(m.name for m in blenders)}.")
 
     def _keep_inputs(self, images) -> tuple[list[str], list[str]]:
-        """Each input as a PNG named by its checksum (written atomically; kept for the job).
-        Returns the paths, and those of them this call wrote (the others were there already)."""
-        if self.inputs_dir is None:
-            raise RuntimeError("Studio was built without an inputs_dir")
-        paths, written = [], []
+        """Each input as a PNG in the file store, named by its checksum: "inputs/<sha256>.png"
+        (written atomically; kept for the job; one file for every job that uploads the same
+        picture). Returns the keys, and those of them this call wrote (the others were there
+        already)."""
+        keys, written = [], []
         for image in images:
             data = png_bytes(image)
-            path = self.inputs_dir / f"{sha256(data)}.png"
-            if not path.exists():
-                write_atomic(path, data)
-                written.append(str(path))
-            paths.append(str(path))
-        return paths, written
+            key = input_key(data)
+            if not self.files.exists(key):
+                self.files.put(key, data)
+                written.append(key)
+            keys.append(key)
+        return keys, written
 
     async def job(self, job_id: int) -> Job | None:
         """The stored job with its images, or None."""
@@ -943,6 +946,7 @@ class Studio:
                 for request in requests:
                     self._check_remote_in_dm(request)
             jobs = []
+            requests = [self._stored_inputs(request) for request in requests]
             for request in requests:
                 try:
                     jobs.append(await self.store.create_job(
@@ -1136,12 +1140,12 @@ class Studio:
                 self.preferences_and_rules.forget_member(member.id)  # their preferences went with them
             paths = [str(self.picture(value)) for value in stored]
             # their uploads too (/blend inputs), unless another member's job uses the same picture
-            uploads = {path for text in requests for path in _inputs_of(text) if self._is_upload(path)}
+            uploads = {path for text in requests for path in self._inputs_of(text) if self._is_upload(path)}
             # the control images made for them, beside their grids (no row names them)
             paths += [str(Path(path).with_name(CONTROL_FILE)) for path in paths if Path(path).name == "grid.png"]
             paths += [path for path in uploads if not await self.store.mentioned(Path(path).name)]
             # pictures of others' jobs theirs started from, if nothing refers to them any more
-            paths += [path for text in requests for path in _inputs_of(text) if not self._is_upload(path)]
+            paths += [path for text in requests for path in self._inputs_of(text) if not self._is_upload(path)]
             needed = await self._needed_by_unfinished()
             paths = [path for path in dict.fromkeys(paths)
                      if path not in needed and (self._is_upload(path) or not await self._refers_to(path))]
@@ -1158,12 +1162,24 @@ class Studio:
         file-store key; an absolute path in rows older than migration 0008); it may be gone."""
         return self.files.local(stored)
 
+    def _inputs_of(self, request_json: str) -> list[str]:
+        """The local files a stored request starts from (image to image, upscale, blend, the
+        control image): its keys' files, or the absolute paths of a request stored before keys
+        (the same files: the clean-up below compares local paths, old rows and new alike)."""
+        return [str(self.picture(name)) for name in Request.from_json(request_json).inputs()]
+
+    def _stored_inputs(self, request: Request) -> Request:
+        """The request as it is stored: each input picture by its key where it lies in the
+        file store (an older request's absolute path, carried on by 🔄 or V, becomes its key),
+        an absolute path only for a file outside it (rows older than migration 0008)."""
+        return request.with_inputs(lambda name: self.files.stored(self.picture(name)))
+
     def _is_upload(self, path: str) -> bool:
-        return self.inputs_dir is not None and Path(path).parent == self.inputs_dir
+        return Path(path).parent == self.inputs_dir
 
     async def _needed_by_unfinished(self) -> set[str]:
         """The pictures queued and running jobs start from."""
-        return {path for job in await self.store.unfinished() for path in _inputs_of(job.request)}
+        return {path for job in await self.store.unfinished() for path in self._inputs_of(job.request)}
 
     async def _release_inputs(self, job_id: int) -> None:
         """After a job ends: delete the pictures it started from that nothing refers to any
@@ -1171,7 +1187,7 @@ class Studio:
         job = await self.store.get(job_id)
         if job is None:
             return
-        candidates = [path for path in _inputs_of(job.request) if not self._is_upload(path)]
+        candidates = [path for path in self._inputs_of(job.request) if not self._is_upload(path)]
         if not candidates:
             return
         needed = await self._needed_by_unfinished()

@@ -90,7 +90,7 @@ def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | N
     owner = owner or f"cli-{this_host()}-{os.getpid()}"
     return Studio(registry=registry or registry_from(settings), store=JobStore(engine),
                   queue=build_queue(settings, files, owner, local_workers), files=files,
-                  inputs_dir=settings.pintor_data_dir / "images" / "inputs", owner=owner,
+                  owner=owner,
                   queue_kind="redis" if settings.pintor_queue_url else "embedded", fetcher=fetcher_from(settings))
 
 

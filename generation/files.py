@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from generation.imaging import write_atomic
+from generation.imaging import sha256, write_atomic
 
 
 class BadKey(ValueError):
@@ -19,6 +19,13 @@ class BadKey(ValueError):
 
 
 CONTROL_FILE = "control.png"  # a ControlNet job's control image, beside its grid
+INPUTS_FOLDER = "inputs"  # the pictures members upload (blend, image prompts, control, /describe)
+
+
+def input_key(png: bytes) -> str:
+    """The key of an uploaded picture, by its content: "inputs/<sha256 of the PNG bytes>.png"
+    (one file for every job that uploads the same picture)."""
+    return f"{INPUTS_FOLDER}/{sha256(png)}.png"
 
 
 def job_folder(job_id: int) -> str:

@@ -265,7 +265,7 @@ class RedisQueue:
                 _, request = self._users.pop(job_id)
                 try:
                     fields = await asyncio.to_thread(self._entry, job_id, request)
-                except OSError:
+                except (OSError, ValueError):  # ValueError: BadKey, not a key of the store
                     self._events.put_nowait(Failed(job_id, "A picture this job starts from is gone from "
                                                            "Pintor's file store."))
                     continue
@@ -276,21 +276,21 @@ class RedisQueue:
 
     def _entry(self, job_id: int, request: Request) -> dict[str, str]:
         """The stream entry of a job: its request with its input pictures by key, and their
-        bytes (a worker elsewhere has no access to this machine's files)."""
+        bytes read from the front end's store (a worker elsewhere has no access to this
+        machine's files). On the wire each picture is named by its content,
+        "inputs/<sha256><suffix>" (a worker's cache keeps it once for every job that uses it,
+        apart from the folders of the jobs it runs), whatever the stored request names: a
+        store key, or an absolute path in a request stored before keys."""
         inputs: dict[str, str] = {}
 
-        def by_key(path: str) -> str:
-            data = Path(path).read_bytes()  # FileNotFoundError: the worker would fail it the same way
-            key = _input_key(path, data)
+        def by_key(stored: str) -> str:
+            # FileNotFoundError: the worker would fail it the same way; BadKey: not a key
+            data = self.files.local(stored).read_bytes()
+            key = _input_key(stored, data)
             inputs[key] = base64.b64encode(data).decode("ascii")
             return key
 
-        if request.init_image:
-            request = request.replace(init_image=by_key(request.init_image))
-        if request.images:
-            request = request.replace(images=tuple(by_key(path) for path in request.images))
-        if request.control:
-            request = request.replace(control=by_key(request.control))
+        request = request.with_inputs(by_key)
         return {"job": str(job_id), "owner": self.owner, "model": request.model, "request": request.to_json(),
                 "inputs": json.dumps(inputs)}
 

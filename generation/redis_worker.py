@@ -221,19 +221,14 @@ class RedisWorker(_Worker):
             log.info("job %s handed back to the queue", job_id)
 
     def _with_local_inputs(self, request: Request, inputs: dict[str, str]) -> Request:
-        """The request with its input pictures' keys replaced by files in this worker's cache."""
+        """The request with its input pictures' keys replaced by files in this worker's cache
+        (their bytes came with the entry)."""
         import base64
 
         for key, data in inputs.items():
             if not self.cache.exists(key):
                 self.cache.put(key, base64.b64decode(data))
-        if request.init_image:
-            request = request.replace(init_image=str(self.cache.path(request.init_image)))
-        if request.images:
-            request = request.replace(images=tuple(str(self.cache.path(key)) for key in request.images))
-        if request.control:
-            request = request.replace(control=str(self.cache.path(request.control)))
-        return request
+        return request.with_inputs(lambda key: str(self.cache.path(key)))
 
     async def _xadd(self, client: RedisClient, event: Event) -> None:
         await client.xadd(self.keys.events, {"event": event_to_json(event)}, maxlen=EVENTS_MAXLEN, approximate=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -53,9 +53,13 @@ class Request:
     chaos: int = 0
     count: int = GRID_SIZE
     parameters: str = ""  # canonical "--ar 3:2 --no people ..." (all but the seed), shown with results
-    init_image: str | None = None  # image-to-image / upscale source (a file path)
+    # The input pictures (init_image, images, control) are named by file-store keys
+    # ("inputs/<sha256>.png", "jobs/12/3.png": generation/files.py), never by a path of the
+    # machine that stored the job; requests stored before that name absolute paths, which
+    # FileStore.local still reads. `with_inputs` maps them (to local files, for the engine).
+    init_image: str | None = None  # image-to-image / upscale / outpaint source (a file-store key)
     strength: float = 0.0  # image-to-image: how far from init_image (0–1)
-    images: tuple[str, ...] = ()  # blend inputs, the picture a /describe describes (file paths)
+    images: tuple[str, ...] = ()  # blend inputs, the picture a /describe describes (file-store keys)
     image_weights: tuple[float, ...] = ()
     safety_check: bool = True  # run the model's NSFW check where it has one (a server setting)
     loras: tuple[tuple[str, float], ...] = ()  # (configured LoRA name, weight), applied for this job only
@@ -75,7 +79,7 @@ class Request:
     image_weight: float = 1.0  # --iw (0–3): how much the image prompts count against the text
     # --tile: the pictures repeat seamlessly (circular padding in the UNet's and VAE's convolutions)
     tile: bool = False
-    # ControlNet: the stored upload (a file path) the worker makes the control image from, what
+    # ControlNet: the stored upload (a file-store key) the worker makes the control image from, what
     # it becomes (generation.prompt.CONTROL_KINDS, or "none": it is one already), the configured
     # ControlNet (a registry name) and its controlnet_conditioning_scale (0–2)
     control: str | None = None
@@ -104,6 +108,19 @@ class Request:
             left, top, right, bottom = (float(v) for v in data["outpaint"])
             data["outpaint"] = (left, top, right, bottom)
         return cls(**data)
+
+    def inputs(self) -> list[str]:
+        """The pictures the request starts from, as stored (keys; absolute paths in requests
+        stored before keys): init_image, then images, then control."""
+        return [name for name in (self.init_image, *self.images, self.control) if name]
+
+    def with_inputs(self, resolve: Callable[[str], str]) -> Request:
+        """The request with each input picture's name (init_image, images, control) replaced by
+        `resolve(name)`: a key by its local file (the worker), a path by its key, etc."""
+        return dataclasses.replace(
+            self, init_image=resolve(self.init_image) if self.init_image else self.init_image,
+            images=tuple(resolve(name) for name in self.images),
+            control=resolve(self.control) if self.control else self.control)
 
     def seeds(self) -> list[int]:
         """The seed of each image: image i is reproducible from (seed, chaos, i)."""

@@ -267,12 +267,16 @@ class _Worker:
 
             return on_step, should_stop
 
+        store = FileStore(self.config.output_dir)
         try:
-            results = engine.generate_batch([BatchJob(request, *callbacks(job_id)) for job_id, request in jobs])
+            # the engine opens files: each input picture's key → its file in this worker's store
+            # (a request stored before keys names absolute paths, which stay as they are)
+            opened = [BatchJob(request.with_inputs(lambda name: str(store.local(name))), *callbacks(job_id))
+                      for job_id, request in jobs]
+            results = engine.generate_batch(opened)
             for (job_id, request), result in zip(jobs, results, strict=True):
                 if result is None or job_id in ended:
                     continue  # stopped: reported below
-                store = FileStore(self.config.output_dir)
                 if request.kind == JobKind.DESCRIBE:  # prompts, and the picture they describe
                     picture = save_picture(result.images[0], request, store, job_id)
                     end(Done(job_id, (), picture, tuple(result.notices), captions=tuple(result.captions)))

@@ -37,8 +37,7 @@ def make_studio(db: AsyncEngine, root: Path, registry_file: Path, *, worker: boo
     in front of the worker)."""
     files = FileStore(root / "images")
     queue = local_queue(files.root, registry_file) if worker else MemoryQueue(files, step_s=0.02)
-    return Studio(registry=load_registry(registry_file), store=JobStore(db), queue=queue, files=files,
-                  inputs_dir=root / "inputs")
+    return Studio(registry=load_registry(registry_file), store=JobStore(db), queue=queue, files=files)
 
 
 @asynccontextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +41,7 @@ async def test_blend_two_images_with_a_text(studio):
                                                   dimensions="landscape"))
     request = Request.from_json(job.request)
     assert job.kind == "blend" and job.model == "tiny-kandinsky"
-    assert len(request.images) == 2 and all(Path(p).is_file() for p in request.images)
+    assert len(request.images) == 2 and all(studio.picture(key).is_file() for key in request.images)
     assert request.image_weights == (1.0, 1.0) and request.parts == (("a cat tiger", 1.0),)
     assert job.images[0].width > job.images[0].height  # landscape
     assert job.grid_path is not None
@@ -93,16 +92,17 @@ async def test_forget_deletes_a_members_uploads_unless_another_job_uses_them(stu
     ann, bob = Member(31, "ann"), Member(32, "bob")
     only_ann, both = ("mine.png", png((90, 10, 200), (40, 56))), ("ours.png", png((5, 99, 5), (48, 48)))
     first = await finish(studio, await studio.blend(ann, [both, only_ann]))
-    shared, private = Request.from_json(first.request).images
+    shared, private = (studio.picture(key) for key in Request.from_json(first.request).images)
+    assert shared.is_file() and private.is_file()
     await finish(studio, await studio.blend(bob, [both, TIGER]))
 
     await studio.forget(ann)
-    assert not Path(private).exists()  # only ann's job used it
-    assert Path(shared).exists()  # bob's blend uses the same picture
+    assert not private.exists()  # only ann's job used it
+    assert shared.exists()  # bob's blend uses the same picture
     assert first.grid_path is not None
     assert not studio.picture(first.grid_path).parent.exists()  # the job's folder went with its pictures
     await studio.forget(bob)
-    assert not Path(shared).exists()
+    assert not shared.exists()
 
 
 async def test_blend_without_a_model_uses_one_the_server_allows(studio):
@@ -131,7 +131,7 @@ async def test_what_phones_and_editors_save_is_blended_as_a_viewer_shows_it(stud
     Image.new("RGB", (48, 48), (0, 0, 0)).save(keyed, format="PNG", transparency=(0, 0, 0))
     job = await finish(studio, await studio.blend(MEMBER, [("grey16.png", mid_grey), ("portrait.jpg", portrait),
                                                            ("clear.png", keyed.getvalue())]))
-    grey, turned, clear = (Image.open(path) for path in Request.from_json(job.request).images)
+    grey, turned, clear = (Image.open(studio.picture(key)) for key in Request.from_json(job.request).images)
     assert grey.mode == "RGB" and grey.getcolors() == [(1600, (128, 128, 128))]  # not white
     r, g, b = turned.getpixel((20, 30))
     assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright

@@ -79,7 +79,7 @@ async def test_reroll_of_a_variation_varies_the_same_picture_again(studio, sdxl_
     request = again.request
     assert request.seed != first.seed
     assert request.replace(seed=first.seed) == first  # the same picture, strength, model and text
-    assert (request.init_image, request.strength) == (str(studio.picture(sdxl_grid.images[1].path)),
+    assert (request.init_image, request.strength) == (sdxl_grid.images[1].path,  # its key
                                                       VARY_STRONG if strong else VARY_SUBTLE)
     job = await finish(studio, again)
     # another variation of image 2 of the grid, as the result says
@@ -131,7 +131,7 @@ async def test_vary_of_an_upscale_uses_the_model_and_settings_of_the_grid(studio
                 "tiny-sdxl", grid.guidance, "rain", grid.parts, grid.parameters)
             assert request.guidance != studio.registry.get("tiny-sdxl").guidance  # --stylize 400 kept
             assert (request.width, request.height) == (grid.width, grid.height)  # the tile, not the upscale
-            assert request.init_image == str(studio.picture(source.images[0].path)) and request.images == ()
+            assert request.init_image == source.images[0].path and request.images == ()
             await studio.cancel(submitted.job_id)
             async for _ in submitted.events:
                 pass
@@ -149,7 +149,7 @@ async def test_vary_of_an_upscaled_textless_blend_uses_kandinsky_and_its_picture
     job = await finish(studio, await studio.vary(ANN, upscale.id, 1, strong=strong, rules=only_kandinsky))
     request = Request.from_json(job.request)
     assert (job.model, request.parts) == ("tiny-kandinsky", ())
-    assert request.images == (str(studio.picture(upscale.images[0].path)),) and request.image_weights == (1.0,)
+    assert request.images == (upscale.images[0].path,) and request.image_weights == (1.0,)
     assert (request.width, request.height) == (grid.images[0].width, grid.images[0].height)
     assert len(job.images) == 4
 

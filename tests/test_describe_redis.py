@@ -42,8 +42,7 @@ async def test_a_describe_runs_on_a_redis_worker_that_shares_no_disk(tiny_models
             await upgrade(db)
             files = FileStore(tmp_path / "images")
             studio = Studio(registry=load_registry(registry), store=JobStore(db),
-                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files,
-                            inputs_dir=tmp_path / "images" / "inputs")
+                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files)
             await studio.start()
             stack.push_async_callback(studio.close)
 

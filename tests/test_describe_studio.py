@@ -6,7 +6,6 @@ forgotten with /forget; its prompts imagined as the member's own /imagine."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -53,7 +52,7 @@ async def test_a_describe_is_stored_queued_and_done_with_its_prompts(studio):
     assert stored is not None and stored.status in ("queued", "running") and stored.kind == "describe"
     request = Request.from_json(stored.request)
     assert (request.model, request.width, request.height, request.count) == ("tiny-blip", 32, 48, 4)
-    assert request.prompt == "/describe IMG_1.jpg" and Path(request.images[0]).is_file()
+    assert request.prompt == "/describe IMG_1.jpg" and studio.picture(request.images[0]).is_file()
     events = [event async for event in submitted.events]
     assert isinstance(events[-1], Done) and len(events[-1].captions) == 4
     job = await studio.job(submitted.job_id)
@@ -128,8 +127,8 @@ async def test_forget_deletes_a_describes_upload_and_picture(studio):
     member = Member(107, "gus")
     described = await finish(studio, await studio.describe(member, "mine.png", png((64, 64), (77, 1, 1))))
     upload, picture = Request.from_json(described.request).images[0], described.grid_path
-    assert picture is not None
-    picture = str(studio.picture(picture))
-    assert Path(upload).is_file() and Path(picture).is_file()
+    assert picture is not None and upload.startswith("inputs/")  # a key of the file store
+    upload_file, picture_file = studio.picture(upload), studio.picture(picture)
+    assert upload_file.is_file() and picture_file.is_file()
     assert await studio.forget(member) >= 2
-    assert not Path(upload).exists() and not Path(picture).exists()
+    assert not upload_file.exists() and not picture_file.exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,10 +117,11 @@ async def test_blend_of_two_pngs_gives_a_grid_with_buttons(pintor: Harness, blen
     request = Request.from_json(job.request)
     data_dir = pintor.settings.pintor_data_dir.resolve()
     assert len(request.images) == 2 and request.image_weights == (1.0, 1.0)
-    for path in map(Path, request.images):
-        assert path.is_file() and path.resolve().is_relative_to(data_dir)
+    for key in request.images:  # kept in the file store, named by key
+        path = pintor.studio.picture(key)
+        assert key.startswith("inputs/") and path.is_file() and path.resolve().is_relative_to(data_dir)
         assert path.name in inputs_listing(pintor)
-    with Image.open(request.images[0]) as kept:  # the upload itself, stored as PNG
+    with Image.open(pintor.studio.picture(request.images[0])) as kept:  # the upload itself, stored as PNG
         assert kept.format == "PNG" and kept.size == (48, 40)
         assert kept.convert("RGB").getpixel((5, 5)) == (200, 120, 40)
     assert request.parts == (("a cat tiger", 1.0),) and request.seed == 5
@@ -188,7 +188,7 @@ async def test_phone_photos_deep_pngs_and_colour_keys_are_blended_as_a_viewer_sh
         "image3": emu.add_attachment("logo.png", keyed.getvalue())})
     job = await pintor.posted(job_id_of(final))
     assert job.status == "done" and "blend of 3 images" in final["content"]
-    turned, grey, clear = (Image.open(path) for path in Request.from_json(job.request).images)
+    turned, grey, clear = (Image.open(pintor.studio.picture(key)) for key in Request.from_json(job.request).images)
     r, g, b = turned.getpixel((20, 30))
     assert turned.size == (40, 60) and r > 200 and b < 60  # the main picture, upright
     assert grey.getcolors() == [(1600, (128, 128, 128))]  # mid grey, not white
@@ -288,7 +288,7 @@ async def test_v1_of_a_blend_makes_variations_with_kandinsky(pintor: Harness, bl
     assert (job.kind, job.model, job.parent_id, job.parent_index, job.status) == (
         "variation", "tiny-kandinsky", parent.id, 1, "done")
     request = Request.from_json(job.request)
-    source = str(pintor.studio.picture(parent.images[0].path))
+    source = parent.images[0].path  # its key
     assert request.init_image == source and request.images == (source,)
     tile = parent.images[0]
     assert (await pintor.picture(result)).size == (2 * tile.width, 2 * tile.height)

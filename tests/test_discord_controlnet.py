@@ -97,7 +97,7 @@ async def test_canny_control_posts_the_grid_and_the_control_image(pintor: Harnes
     job = await pintor.job(job_id_of(canny_grid))
     request = Request.from_json(job.request)
     assert (request.controlnet, request.control_kind, request.control_weight) == ("sd-canny", "canny", 1.0)
-    assert request.control is not None and Path(request.control).parent == pintor.studio.inputs_dir
+    assert request.control is not None and pintor.studio.picture(request.control).parent == pintor.studio.inputs_dir
     shown = await pictures(pintor, canny_grid)
     assert set(shown) == {f"pintor-{job.id}.png", f"pintor-{job.id}-control.png"}
     control = np.asarray(shown[f"pintor-{job.id}-control.png"])
@@ -258,7 +258,7 @@ async def test_forget_deletes_the_control_upload_and_the_control_image(pintor: H
     job = await pintor.job(submitted.job_id)
     assert job.grid_path is not None
     control = studio.picture(job.grid_path).with_name(CONTROL_FILE)
-    upload = Path(str(Request.from_json(job.request).control))
+    upload = studio.picture(str(Request.from_json(job.request).control))
     assert control.is_file() and upload.is_file()
     await studio.forget(member)
     assert not control.exists() and not upload.exists() and not control.parent.exists()

@@ -111,7 +111,7 @@ async def test_a_phone_photo_is_answered_with_four_numbered_prompts_and_buttons(
     assert custom_ids(described) == [[f"pintor:d:{job_id}:{n}" for n in range(1, 5)] + [f"pintor:d:{job_id}:a"]]
     # the upload is kept with the job (by its checksum), so restarts and /show find it
     [kept] = request.images
-    assert Path(kept).parent == bot.studio.inputs_dir and Path(kept).name in inputs_listing(bot)
+    assert bot.studio.picture(kept).parent == bot.studio.inputs_dir and Path(kept).name in inputs_listing(bot)
     assert posted_once(bot, job_id)
 
 

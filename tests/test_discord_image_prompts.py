@@ -7,7 +7,6 @@ image on tiny-sd, mixed through the prior on tiny-kandinsky."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -102,15 +101,15 @@ async def test_an_attached_image_prompt_changes_the_grid(pintor: Harness, plain_
     inputs = pintor.studio.inputs_dir.resolve()
     if model == "tiny-sd":  # image to image from the picture, cropped to the grid's shape
         assert request.images == () and request.strength == 0.75 and request.init_image is not None
-        assert Path(request.init_image).parent.resolve() == inputs
-        with Image.open(request.init_image) as kept:
+        assert pintor.studio.picture(request.init_image).parent.resolve() == inputs
+        with Image.open(pintor.studio.picture(request.init_image)) as kept:
             assert kept.size == (request.width, request.height)
         assert "🖼️ 1 image prompt (fox.png): tiny-sd starts from the picture (image to image, strength 0.75)" \
             in final["content"]
     else:  # mixed with the text through the prior, half and half at --iw 1
         assert request.init_image is None and len(request.images) == 1
-        assert Path(request.images[0]).parent.resolve() == inputs
-        with Image.open(request.images[0]) as kept:
+        assert pintor.studio.picture(request.images[0]).parent.resolve() == inputs
+        with Image.open(pintor.studio.picture(request.images[0])) as kept:
             assert kept.size == (80, 64)  # the picture as sent
         assert request.image_weights == (0.5,) and request.parts == (("a red fox in the snow", 0.5),)
         assert "🖼️ 1 image prompt (fox.png), mixed with the text by tiny-kandinsky." in final["content"]

@@ -108,7 +108,7 @@ async def test_the_studio_fetches_and_keeps_a_prompts_image_links(studio, pictur
     request = submitted.request
     assert request.prompt == "a cat" and request.image_prompts == ("127.0.0.1/…/cat.png",)
     assert len(request.images) == 1 and studio.inputs_dir is not None
-    with Image.open(request.images[0]) as kept:
+    with Image.open(studio.picture(request.images[0])) as kept:
         assert kept.size == (40, 30) and kept.getpixel((1, 1)) == (10, 200, 90)
 
 

@@ -5,6 +5,7 @@ run` on one database is refused. The Studio here runs on the MemoryQueue (no wor
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.intake import Member, RequestError
 from bot.studio import OwnerBusy, Studio
+from generation.events import Done, ImageFile
 from generation.files import FileStore
 from generation.memory_queue import MemoryQueue
 from generation.registry import load_registry
@@ -50,7 +52,7 @@ def other_process() -> Iterator[int]:
 def memory_studio(db: AsyncEngine, root: Path, registry_file: Path, **options) -> Studio:
     files = FileStore(root / "images")
     return Studio(registry=load_registry(registry_file), store=JobStore(db), queue=MemoryQueue(files, step_s=60),
-                  files=files, inputs_dir=root / "images" / "inputs", **options)
+                  files=files, **options)
 
 
 async def add_owner(db: AsyncEngine, name: str, pid: int, *, age_s: float = 0.0, queue: str = "embedded") -> None:
@@ -134,5 +136,50 @@ async def test_a_bot_restarted_after_a_crash_takes_its_jobs_back(db, tmp_path, s
     await studio.start()
     try:
         assert await studio.queue_position(job_id) == 0
+    finally:
+        await studio.close()
+
+
+class ResultWhileStopped(MemoryQueue):
+    """A queue that, as it starts, hands over what the Redis queue hands over at a restart: the
+    result of job `done_id`, which ended on a worker while the front end was stopped (its event
+    waits in the events stream), its pictures written into the store through temp files, one of
+    them still being written when start returns."""
+
+    def __init__(self, files: FileStore, done_id: int):
+        super().__init__(files, step_s=60)
+        self.done_id = done_id
+        self.writing = files.path(f"jobs/{done_id}/.2.png.being-written.tmp")
+
+    async def start(self) -> None:
+        key = f"jobs/{self.done_id}/1.png"
+        self.files.put(key, b"png")
+        picture = ImageFile(key, 64, 64, 1, "0" * 64)
+        self.writing.write_bytes(b"half a picture")  # RedisQueue._store_pictures at work
+        self._events.put_nowait(Done(self.done_id, (picture,), picture))
+
+
+async def test_a_result_that_came_while_stopped_is_kept_and_not_run_again(db, tmp_path, small_registry_file):
+    """The bot restarted while a worker finished a job: the start neither removes the files the
+    queue is writing for it (only what was left half-written before it started) nor turns its
+    stored result back to "queued" (which would run it and post it again)."""
+    files = FileStore(tmp_path / "images")
+    probe = memory_studio(db, tmp_path, small_registry_file)
+    job_id = await add_job(db, probe, "a-front-end-gone-since")
+    left = files.put(f"jobs/{job_id}/.3.png.left-by-a-killed-worker.tmp", b"half")
+    queue = ResultWhileStopped(files, job_id)
+    studio = Studio(registry=load_registry(small_registry_file), store=JobStore(db), queue=queue, files=files,
+                    owner="bot")
+    watcher = studio.watch(job_id)
+    await studio.start()
+    try:
+        async with asyncio.timeout(30):
+            async for event in watcher:
+                if isinstance(event, Done):
+                    break
+        job = await studio.job(job_id)
+        assert job is not None and job.status == JobStatus.DONE and [i.path for i in job.images] == [
+            f"jobs/{job_id}/1.png"]
+        assert queue.writing.is_file() and not left.exists()
     finally:
         await studio.close()

@@ -157,11 +157,6 @@ async def test_twenty_jobs_of_five_members_are_each_posted_once(setup: Setup):
     assert len(list((setup.folder / "bot" / "images" / "jobs").glob("*/grid.png"))) == 20
 
 
-# Known fault, under investigation (issue 12 stays open for it): on a loaded machine the job that
-# was running on a worker when the bot stopped has ended "failed" instead of done (whole-suite runs,
-# both signals; each passes alone). Not strict: a pass is reported as XPASS.
-@pytest.mark.xfail(reason="a job running on a worker while the bot restarts can end failed under load",
-                   strict=False)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 async def test_the_bot_restarted_while_workers_run_loses_and_doubles_nothing(setup: Setup, sig: signal.Signals):
     before = set(setup.jobs())

@@ -50,8 +50,7 @@ async def test_a_controlled_job_on_a_redis_worker_brings_its_control_image_back(
             await upgrade(db)
             files = FileStore(tmp_path / "images")  # not the worker's folder: nothing shared
             studio = Studio(registry=load_registry(registry_file), store=JobStore(db),
-                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files,
-                            inputs_dir=tmp_path / "images" / "inputs")
+                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files)
             await studio.start()
             try:
                 request, notices = studio.prepare_with_notices("a fox --seed 4 --cn canny", control=True)

@@ -65,8 +65,7 @@ async def env(small_registry_file: Path, tmp_path_factory: pytest.TempPathFactor
             await upgrade(db)
             files = FileStore(root / "images")
             studio = Studio(registry=load_registry(small_registry_file), store=JobStore(db),
-                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files,
-                            inputs_dir=root / "images" / "inputs")
+                            queue=RedisQueue(url, files, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S), files=files)
             delivered: Counter[tuple[int, str]] = Counter()
 
             async def listen(job_id: int, event: Event) -> None:

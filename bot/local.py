@@ -66,7 +66,7 @@ def readable(job: Job | None) -> bool:
 
 def check_output_name(target: Path) -> None:
     """Raise ValueError (its text for the user) when `target`'s suffix names a format Pillow
-    cannot write (`fox.heic`): a PNG under that name would not be what it says. No suffix is
+    cannot write (`fox.psd`): a PNG under that name would not be what it says. No suffix is
     fine (the PNG)."""
     if target.suffix and Image.registered_extensions().get(target.suffix.lower()) not in Image.SAVE:
         raise ValueError(f"cannot write {target}: Pintor writes PNG, JPEG or WebP (and the other formats Pillow "
@@ -126,7 +126,7 @@ class Result:
     def save(self, path: str | Path, *, separate: bool = False) -> list[Path]:
         """Write the grid to `path` (PNG, or the format its extension names: `.jpg`, `.webp` …)
         and with `separate` each picture beside it as NAME-1.png …; returns the files written.
-        Raises ValueError, writing nothing, for a name of a format Pillow cannot write (`.heic`)."""
+        Raises ValueError, writing nothing, for a name of a format Pillow cannot write (`.psd`)."""
         targets = output_paths(Path(path), separate, len(self.paths))
         for target in targets:
             check_output_name(target)

@@ -71,9 +71,10 @@ def test_unwritable_output_is_refused_before_anything_is_stored(env, tmp_path):
     assert job_rows(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", ["fox.heic", "fox.HEIC", "fox.svg", "fox.txt"])
+@pytest.mark.parametrize("name", ["fox.psd", "fox.PSD", "fox.svg", "fox.txt"])
 def test_an_output_named_for_a_format_pintor_cannot_write_is_refused_before_anything_is_stored(env, tmp_path, name):
-    """`-o fox.heic` wrote a PNG under that name, silently: a file that is not what it says."""
+    """`-o fox.psd` (a format Pillow reads but cannot write) wrote a PNG under that name,
+    silently: a file that is not what it says."""
     result = pintor(env, "imagine", "a fox", "-o", name, cwd=tmp_path)
     assert result.returncode != 0 and f"not {Path(name).suffix}" in result.stderr and "fox.png" in result.stderr
     assert job_rows(tmp_path) == [] and not (tmp_path / name).exists()

@@ -290,14 +290,14 @@ asyncio.run(main())
 
 
 def test_python_save_refuses_a_name_of_a_format_pillow_cannot_write(tmp_path):
-    """`result.save("fox.heic")` wrote a PNG under that name; now ValueError, nothing written.
+    """`result.save("fox.psd")` wrote a PNG under that name; now ValueError, nothing written.
     `.jpg` and a name without a suffix still work."""
     from bot.local import Result
     grid = png(tmp_path / "grid.png", (200, 30, 30), (64, 64))
     pictures = tuple(png(tmp_path / f"{i}.png", (200, 30, 30), (32, 32)) for i in range(1, 5))
     result = Result(job_id=1, kind="imagine", prompt="a fox", model="tiny-sd", seed=1, grid_path=grid, paths=pictures)
-    with pytest.raises(ValueError, match=r"cannot write .*fox\.heic: .*not \.heic"):
-        result.save(tmp_path / "fox.heic", separate=True)
+    with pytest.raises(ValueError, match=r"cannot write .*fox\.psd: .*not \.psd"):
+        result.save(tmp_path / "fox.psd", separate=True)
     assert not list(tmp_path.glob("*fox*"))
     assert result.save(tmp_path / "fox.jpg") == [tmp_path / "fox.jpg"]
     with Image.open(tmp_path / "fox.jpg") as written:

@@ -2,8 +2,9 @@
 
 `open_upload` decides by content (never by name or declared type), refuses decompression bombs
 and extreme shapes before decoding pixels, and hands back a plain RGB picture: first frame of an
-animation (the main picture of an MPO), EXIF orientation applied, high-bit-depth samples scaled to
-8 bits, transparency of any kind flattened onto white.
+animation (the main picture of an MPO), EXIF orientation applied, colours converted from the
+file's embedded ICC profile to sRGB (phones shoot in Display P3), high-bit-depth samples scaled
+to 8 bits, transparency of any kind flattened onto white.
 
 Phones save photos as HEIC (iPhones) or AVIF: pillow-heif, registered with Pillow here, reads
 HEIC/HEIF; Pillow reads AVIF itself from 11.2 on (on an older Pillow an AVIF is refused, named).
@@ -15,7 +16,7 @@ import io
 import warnings
 
 import pillow_heif
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from generation.imaging import flatten_to_rgb
 
@@ -90,7 +91,27 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
             upright = ImageOps.exif_transpose(image)
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
             raise UploadError(f"{name} is damaged or truncated ({type(err).__name__}).") from None
-        return flatten_to_rgb(upright)
+        return flatten_to_rgb(to_srgb(upright, image.info.get("icc_profile")))
+
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    """`image` (RGB, RGBA or CMYK) with its colours converted from `icc_profile` (the ICC profile
+    embedded in its file) to sRGB, the space models are trained on and viewers assume for a
+    picture without one: a phone's Display P3 photo read as sRGB looks washed out, a CMYK one
+    off-colour. Unchanged without a profile, in another mode, or when littlecms cannot use the
+    profile (a damaged one: the pixels as they are beat a refusal)."""
+    if not icc_profile or image.mode not in ("RGB", "RGBA", "CMYK"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+    return converted if converted is not None else image
 
 
 # ISO base media files ("ftyp" box first) of the HEIF family, by their major brand (ISO/IEC

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from generation.inputs import UploadError, open_upload
 
@@ -294,3 +294,54 @@ def test_a_format_pintor_does_not_take_is_named():
     Image.new("RGB", (16, 16)).save(buffer, format="ICO")
     with pytest.raises(UploadError, match=r"f\.ico is in ICO format; send PNG"):
         open_upload(buffer.getvalue(), "f.ico")
+
+
+def rgb_profile(primaries: list[tuple[float, float, float]], gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 display profile: the D50-adapted XYZ of the red, green and blue
+    primaries and one gamma curve (ICC.1:2001-04: header, tag table, desc/wtpt/?XYZ/?TRC tags).
+    Pillow can make only sRGB, LAB and XYZ profiles itself."""
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
+    description = b"desc" + bytes(4) + struct.pack(">I", 8) + b"test P3\0" + bytes(78)
+    tags = [(b"desc", description), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(*primaries[0])),
+            (b"gXYZ", xyz(*primaries[1])), (b"bXYZ", xyz(*primaries[2])),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+              + bytes(12) + b"acsp" + bytes(28) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# Display P3's primaries adapted to D50, as Apple's "Display P3" profile has them
+DISPLAY_P3 = [(0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841)]
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"),
+                                       ("HEIF", "RGB")])
+def test_a_display_p3_photo_is_converted_to_srgb_not_read_washed_out(fmt, mode):
+    """A phone's photo tagged Display P3 was read as if it were sRGB: its colours came out
+    duller than the member sees them. Now converted through its profile (littlecms): the same
+    orange is more saturated in sRGB numbers."""
+    buffer = io.BytesIO()
+    Image.new(mode, (32, 32), (200, 100, 50)).save(buffer, format=fmt, icc_profile=rgb_profile(DISPLAY_P3),
+                                                   quality=100)
+    red, green, blue = open_upload(buffer.getvalue(), "IMG_0001." + fmt.lower()).getpixel((5, 5))
+    assert red >= 212 and green <= 95 and blue <= 28  # littlecms: (216, 93, 24); as read before: (200, 100, 50)
+
+
+@pytest.mark.parametrize("profile", [ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+                                     b"not a profile" * 20])
+def test_an_srgb_or_unreadable_profile_leaves_the_colours_as_they_are(profile):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 100, 50)).save(buffer, format="PNG", icc_profile=profile)
+    assert all(abs(a - b) <= 1 for a, b in zip(open_upload(buffer.getvalue(), "x.png").getpixel((5, 5)),  # type: ignore[arg-type]
+                                                (200, 100, 50), strict=True))

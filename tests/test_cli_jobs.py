@@ -4,6 +4,7 @@ SQLite file — and the README's Python example run as a script, as written ther
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -154,8 +155,8 @@ a red fox in the snow --seed 1
 
   a Café in Paris, at night! --ar 3:2 --seed 2
 # a comment is not a prompt
-a blue whale --seed 3 --steps 60
-a green frog --seed 4 --steps 60
+a blue whale --seed 3 --steps 150
+a green frog --seed 4 --steps 150
 """
 NAMES = ["001-a-red-fox-in-the-snow.png", "002-a-cafe-in-paris-at-night.png", "003-a-blue-whale.png",
          "004-a-green-frog.png"]
@@ -164,13 +165,19 @@ NAMES = ["001-a-red-fox-in-the-snow.png", "002-a-cafe-in-paris-at-night.png", "0
 def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(env, tmp_path):
     (tmp_path / "prompts.txt").write_text(PROMPTS, encoding="utf-8")
     command = [sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"]
-    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Ctrl-C as soon as the first picture is written: the later lines (60 steps each) are still
-    # queued or running
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    # Ctrl-C as soon as the first picture is written: the last two lines (150 steps each) are
+    # still queued or running. The CLI and its worker are frozen (SIGSTOP to the process group)
+    # the moment the line is read, so that the Ctrl-C lands before they go on however slowly
+    # this test process is scheduled on a loaded machine (in CI the tiny model once made all
+    # 60 steps of both lines before a plain SIGINT arrived)
     assert first.stdout is not None and first.stderr is not None
     line = first.stdout.readline()
-    assert line.startswith("wrote out/001-a-red-fox-in-the-snow.png"), line + first.stderr.read()
+    os.killpg(first.pid, signal.SIGSTOP)
     first.send_signal(signal.SIGINT)
+    os.killpg(first.pid, signal.SIGCONT)
+    assert line.startswith("wrote out/001-a-red-fox-in-the-snow.png"), line + first.stderr.read()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 130, out + err
     assert "--resume" in err

@@ -237,10 +237,15 @@ async def health(settings: Settings) -> int:
     Checks that the database answers at the revision this version needs and that the data
     folder is writable; prints one line. Returns 0 (healthy) or 1 (unhealthy: the line says why).
     """
-    from storage.db import current_revision, open_engine
+    from storage.db import current_revision, missing_sqlite_file, open_engine
 
     engine = None
     try:
+        if (missing := missing_sqlite_file(settings.database_url)) is not None:
+            # opening it would create an empty database: on a volume that is not mounted, one
+            # that the next start would take for the real one
+            print(f"unhealthy: there is no database at {missing} (is its volume mounted?)")
+            return 1
         engine = open_engine(settings.database_url)
         current, head = await current_revision(engine)
     except Exception as err:  # noqa: BLE001 - any failure to connect is the finding

@@ -17,6 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite `url` when it does not exist (open_engine would create it), else
+    None (it exists, it is in memory, or the database is not SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def open_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite the folder is created and WAL mode switched on, so readers
     (history, /info) never wait for the writer."""

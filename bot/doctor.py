@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from bot.settings import Settings
 
@@ -61,15 +60,15 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
     except ValueError as err:
         report(PROBLEM, "device", str(err), "set PINTOR_DEVICE=auto, or install a torch build for your GPU")
 
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from storage.db import missing_sqlite_file
+
     try:
-        url = make_url(settings.database_url)
+        missing = missing_sqlite_file(settings.database_url)
     except ArgumentError:
-        url = None  # the finding is reported by _check_database
-    database = url.database if url is not None and url.get_backend_name() == "sqlite" else None
-    if database and database != ":memory:" and not Path(database).exists():
+        missing = None  # the finding is reported by _check_database
+    if missing is not None:
         # not a problem: `pintor run` (and every job verb) creates it and applies the migrations
         report(OK, "database", f"{_shown(settings.database_url)}: does not exist yet, created on first start")
     else:

@@ -320,6 +320,8 @@ def test_health_creates_no_database_where_there_is_none(env: dict[str, str], tmp
     missing = tmp_path / "not-mounted" / "pintor.db"
     health = pintor_cli(env | {"DATABASE_URL": f"sqlite+aiosqlite:///{missing}"}, "health", cwd=tmp_path)
     assert health.returncode == 1 and f"there is no database at {missing}" in health.stdout, health
+    doctor = pintor_cli(env | {"DATABASE_URL": f"sqlite+aiosqlite:///{missing}"}, "doctor", cwd=tmp_path)
+    assert "does not exist yet, created on first start" in doctor.stdout, doctor.stdout + doctor.stderr
     assert not missing.parent.exists()
 
 

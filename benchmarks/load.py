@@ -46,7 +46,7 @@ class LoadReport:
     dropped: int = 0  # neither queued nor refused within the wait
     behind: int = 0  # fairness: the jobs of one member queued before a newcomer's first
     newcomer_position: int | None = None  # fairness: the position in line the newcomer was told
-    jobs_before_newcomer: int | None = None  # fairness: jobs started between its job stored and started
+    jobs_before_newcomer: int | None = None  # fairness: jobs waiting in line when it came that started first
     problems: list[str] = field(default_factory=list)
 
     def percentile(self, p: float) -> float:
@@ -59,8 +59,8 @@ class LoadReport:
                 f"{self.percentile(99) * 1000:.0f} ms, max {max(self.ack_s, default=0) * 1000:.0f} ms; "
                 f"{self.late} late; {self.queued} queued, {sum(self.refused.values())} refused ({refused}); "
                 f"{self.dropped} dropped. Fairness: a newcomer behind {self.behind} jobs of one member was told "
-                f"position {self.newcomer_position}; {self.jobs_before_newcomer} other job(s) started (as stored) "
-                f"between its job stored and started. Problems: {self.problems or 'none'}")
+                f"position {self.newcomer_position}; {self.jobs_before_newcomer} of the jobs waiting in line when it "
+                f"came started before it. Problems: {self.problems or 'none'}")
 
 
 def outcome(inter: Interaction) -> str | None:
@@ -112,10 +112,10 @@ async def settle(emu: DiscordEmulator, sent: list[Interaction], report: LoadRepo
 
 async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> tuple[int, int]:
     """Member A queues `behind` jobs (in a server allowing that many), then member B one: how
-    many jobs start between B's job being stored (its row's created_at: it is queued right
-    after) and B's job's start, counted on the Studio's stored Started events (which lag behind
-    the worker when the bot is saturated); and the position in line B was told
-    ("queued — position N"; 0 for "starting"). Returns (position told, jobs started)."""
+    many of A's jobs that were waiting in line when B's job was queued (the queue's own
+    positions, read right after B was answered: not the stored statuses, which lag behind the
+    worker when the bot is saturated) start before B's; and the position in line B was told
+    ("queued — position N"; 0 for "starting"). Returns (position told, jobs started before it)."""
     guild_id, channel_id = emu.add_guild()
     await studio.update_rules(guild_id, max_queued_per_member=behind + 10)
     first, newcomer = emu._snowflake(), emu._snowflake()
@@ -133,7 +133,7 @@ async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> t
         inter = await emu.slash("imagine", {"prompt": "the newcomer --seed 7"}, user_id=newcomer, channel_id=channel_id)
         await emu._wait(lambda: outcome(inter) is not None, 30)
         [job] = await studio.unfinished_jobs(newcomer)
-        stored = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+        waiting = {j.id for j in await studio.unfinished_jobs(first) if (await studio.queue_position(j.id) or 0) > 0}
         deadline = time.monotonic() + 300
         while job.id not in [job_id for job_id, _ in started]:
             assert time.monotonic() < deadline, "the newcomer's job never started"
@@ -141,8 +141,8 @@ async def fairness(emu: DiscordEmulator, studio: Any, *, behind: int = 100) -> t
         first_edit = next((r.json.get("content", "") for r in emu.requests if r.method == "PATCH"
                       and f"/{inter.token}/" in r.path and r.json and r.json.get("content")), "")
         told = re.search(r"position (\d+)", first_edit)  # what the first edit said (later ones move on)
-        return int(told[1]) if told else 0, sum(1 for job_id, at in started if job_id != job.id and at > stored
-                                                 and at <= next(when for i, when in started if i == job.id))
+        order = [job_id for job_id, _ in started]
+        return int(told[1]) if told else 0, len(waiting & set(order[:order.index(job.id)]))
     finally:
         studio.listeners.remove(listen)
 

@@ -24,6 +24,8 @@ async def test_a_hundred_imagines_in_bursts_are_all_answered_in_time_and_fairly(
     assert report.queued + sum(report.refused.values()) == 100 and report.queued >= 60 and report.refused
     assert all("this server allows N" in text for text in report.refused)  # each refusal names its limit
     assert report.newcomer_position is not None and report.newcomer_position <= 2  # next after the running job
-    # and it starts within a few jobs: those running or already handed to the worker when it came
-    # (the count includes the time the Studio takes to store their "started" events)
-    assert report.jobs_before_newcomer is not None and report.jobs_before_newcomer <= 3
+    # and no more of the jobs waiting in line when it came start before it than its position
+    # said (the queue's positions, not the stored statuses: counting stored "started" events
+    # after its job's row, their lag once made it 4)
+    assert report.jobs_before_newcomer is not None
+    assert report.jobs_before_newcomer <= max(0, report.newcomer_position - 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -134,10 +135,32 @@ async def running_bot(settings: Settings, **bot_options: Any) -> AsyncIterator[R
         await engine.dispose()
 
 
+# A stop waits for the results being posted and the worker's step; one that takes longer than
+# SLOW_STOP_S logs what it waits for, and at STOP_DEADLINE_S it stops waiting (unfinished jobs
+# stay queued and their leases expire: the next start takes them on). Docker's grace is 10 s by
+# default, after which it kills the process anyway.
+SLOW_STOP_S = 20.0
+STOP_DEADLINE_S = 40.0
+
+
+async def _bound_the_stop(stopping: asyncio.Task) -> None:
+    """After SLOW_STOP_S, log the stack of every task still running (the stop's own first): a
+    stop that hangs says where. At STOP_DEADLINE_S, cancel `stopping` (the stop itself)."""
+    await asyncio.sleep(SLOW_STOP_S)
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t is not stopping):
+        if task is not asyncio.current_task():
+            stack = io.StringIO()
+            task.print_stack(file=stack)
+            log.warning("still stopping after %.0f s: %s", SLOW_STOP_S, stack.getvalue())
+    await asyncio.sleep(STOP_DEADLINE_S - SLOW_STOP_S)
+    stopping.cancel()
+
+
 async def run_bot(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; 0 after a clean stop."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    watchdog: asyncio.Task | None = None
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows; not the main thread
             loop.add_signal_handler(signum, stop.set)
@@ -150,9 +173,21 @@ async def run_bot(settings: Settings) -> int:
             if running.gateway.done() and not stop.is_set():
                 running.gateway.result()  # a fatal gateway error (e.g. intents not allowed): raise it
             log.info("stopping: closing the Discord client, then the worker (unfinished jobs stay queued)")
+            stopping_task = asyncio.current_task()
+            assert stopping_task is not None
+            watchdog = asyncio.create_task(_bound_the_stop(stopping_task))
+    except asyncio.CancelledError:
+        if watchdog is None or not watchdog.done() or watchdog.cancelled():
+            raise  # cancelled from outside, not by the deadline
+        if (current := asyncio.current_task()) is not None:
+            current.uncancel()
+        log.error("the stop took longer than %.0f s: stopped without waiting further (unfinished jobs "
+                  "stay queued for the next start)", STOP_DEADLINE_S)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
+        if watchdog is not None:
+            watchdog.cancel()
     log.info("Pintor stopped")
     return 0

@@ -35,7 +35,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -43,7 +42,7 @@ from redis.exceptions import ResponseError
 
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Queued, Started, event_from_json
 from generation.fairness import FairQueue
-from generation.files import FileStore
+from generation.files import FileStore, input_key
 from generation.imaging import sha256
 from generation.queue import WorkerState
 from generation.request import Request
@@ -113,10 +112,6 @@ async def list_workers(client: RedisClient, keys: RedisKeys) -> list[WorkerState
         if fields:
             states.append(worker_state(fields))
     return sorted(states, key=lambda s: s.name)
-
-
-def _input_key(path: str, data: bytes) -> str:
-    return f"inputs/{sha256(data)}{Path(path).suffix.lower() or '.png'}"
 
 
 class RedisQueue:
@@ -277,16 +272,16 @@ class RedisQueue:
     def _entry(self, job_id: int, request: Request) -> dict[str, str]:
         """The stream entry of a job: its request with its input pictures by key, and their
         bytes read from the front end's store (a worker elsewhere has no access to this
-        machine's files). On the wire each picture is named by its content,
-        "inputs/<sha256><suffix>" (a worker's cache keeps it once for every job that uses it,
-        apart from the folders of the jobs it runs), whatever the stored request names: a
-        store key, or an absolute path in a request stored before keys."""
+        machine's files). On the wire each picture is named by its content, as uploads are
+        kept ("inputs/<sha256>.png": files.input_key; a worker's cache keeps it once for every
+        job that uses it, apart from the folders of the jobs it runs), whatever the stored
+        request names: a store key, or an absolute path in a request stored before keys."""
         inputs: dict[str, str] = {}
 
         def by_key(stored: str) -> str:
             # FileNotFoundError: the worker would fail it the same way; BadKey: not a key
             data = self.files.local(stored).read_bytes()
-            key = _input_key(stored, data)
+            key = input_key(data)  # every stored picture is a PNG
             inputs[key] = base64.b64encode(data).decode("ascii")
             return key
 

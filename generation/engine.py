@@ -313,7 +313,8 @@ class Engine:
         with steering(pipe.scheduler, guide) if guide is not None else nullcontext():
             images = outpaint.paint(pipe, self._open(request.init_image), request.outpaint, width=request.width,
                                     height=request.height, steps=request.steps, guidance=request.guidance,
-                                    seeds=request.seeds(), embeds=embeds, callback=callback)
+                                    generators=[torch.Generator().manual_seed(s) for s in request.seeds()],
+                                    embeds=embeds, callback=callback)
         if guide is not None:
             notices.append(slower_notice(request.clip, time.perf_counter() - started, guide.seconds))
         return images

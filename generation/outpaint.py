@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 Extension = tuple[float, float, float, float]  # (left, top, right, bottom), fractions of the picture's side
@@ -79,22 +78,24 @@ def prepare(picture: Image.Image, extension: Extension, size: tuple[int, int]) -
 
 
 def paint(pipe: Any, picture: Image.Image, extension: Extension, *, width: int, height: int, steps: int,
-          guidance: float, seeds: list[int], embeds: dict[str, torch.Tensor],
+          guidance: float, generators: list[Any], embeds: dict[str, Any],
           callback: Callable[..., Any] | None = None) -> list[Image.Image]:
-    """`len(seeds)` pictures of width × height pixels: `picture` on the canvas `extension`
+    """`len(generators)` pictures of width × height pixels: `picture` on the canvas `extension`
     describes, its border painted by `pipe` (a diffusers inpainting pipeline of the Stable
-    Diffusion families, or Kandinsky 2.2's) with the prompt embeddings `embeds` (for len(seeds)
-    images; Kandinsky: its prior's `image_embeds` and `negative_image_embeds`), each from
-    its own seed; the picture's own pixels put back where the mask kept them. `callback`: the
-    pipeline's callback_on_step_end. Raises what diffusers raises."""
+    Diffusion families, or Kandinsky 2.2's) with the prompt embeddings `embeds` (torch tensors
+    for len(generators) images; Kandinsky: its prior's `image_embeds` and
+    `negative_image_embeds`), each from its own torch.Generator (seeded by the caller: this
+    module stays free of torch, the Studio imports it); the picture's own pixels put back where
+    the mask kept them. `callback`: the pipeline's callback_on_step_end. Raises what diffusers
+    raises."""
     canvas, mask, blend = prepare(picture, extension, (width, height))
-    count = len(seeds)
+    count = len(generators)
     # Stable Diffusion's inpainting pipelines start from the canvas noised by `strength` (1: all
     # the way); Kandinsky 2.2's (embeds: image_embeds) always starts from noise and has none
     strength = {} if "image_embeds" in embeds else {"strength": 1.0}
     out: list[Image.Image] = pipe(
         image=[canvas] * count, mask_image=[mask] * count, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance,
-        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        generator=generators,
         callback_on_step_end=callback, **strength, **embeds).images
     return [Image.composite(image.convert("RGB").resize((width, height)), canvas, blend) for image in out]

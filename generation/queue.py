@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.context
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -88,6 +89,25 @@ def loaded_after(models: tuple[str, ...], model: str, max_models: int) -> tuple[
     """The models a worker holds after running one with `model`: the pipeline cache keeps the
     `max_models` used last (generation.pipelines.PipelineCache), the last used first."""
     return (model, *(m for m in models if m != model))[:max(1, max_models)]
+
+
+# How worker processes start (LocalQueue's worker, `pintor run`'s Redis workers). "spawn", the
+# default: a fresh interpreter, never a fork of a process that has threads or CUDA. "forkserver":
+# forks of one server process that imported WORKER_PRELOAD once and never touched CUDA, so a new
+# worker skips importing torch, transformers and diffusers (about 10 s of CPU on a 2-core machine).
+# The tests start dozens of workers and use it (tests/conftest.py); a GPU installation starts one
+# worker per GPU and keeps "spawn", whose child initialises CUDA in a process nothing forked.
+WORKER_START_METHOD = "spawn"
+WORKER_PRELOAD = ("generation.engine", "generation.worker")
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context worker processes start in (WORKER_START_METHOD; with
+    "forkserver", its server imports WORKER_PRELOAD when it starts)."""
+    ctx = multiprocessing.get_context(WORKER_START_METHOD)
+    if WORKER_START_METHOD == "forkserver":
+        ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+    return ctx
 
 
 @contextlib.contextmanager
@@ -255,7 +275,7 @@ class LocalQueue:
             pass  # the worker is gone; _on_worker_exit deals with it
 
     def _start_worker(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads or CUDA
+        ctx = worker_context()
         parent_conn, child_conn = ctx.Pipe()
         self._generation += 1
         self.state.ready = False

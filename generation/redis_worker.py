@@ -300,9 +300,9 @@ class LocalWorkers:
         self.processes: list[multiprocessing.process.BaseProcess] = []
 
     def start(self) -> None:
-        from generation.queue import _main_script_hidden
+        from generation.queue import _main_script_hidden, worker_context
 
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads or CUDA
+        ctx = worker_context()
         for n in range(1, self.count + 1):
             name = f"{default_name()}-local{n}"
             config = dataclasses.replace(self.config, output_dir=str(Path(self.config.output_dir) / name))

@@ -13,7 +13,15 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.discord_harness import discord_harness, pintor  # noqa: F401 - the Discord tests' shared bot
+import generation.queue  # noqa: E402
+
+# The suite starts dozens of worker processes (a queue per module, the CLI's and the bot's
+# restarts, killed workers): forked from one server that imported torch and diffusers once,
+# instead of each importing them anew (generation/queue.py, WORKER_START_METHOD). The CLI and
+# `pintor run` subprocesses the tests start keep the default, "spawn".
+generation.queue.WORKER_START_METHOD = "forkserver"
+
+from tests.discord_harness import discord_harness, pintor  # noqa: E402, F401 - the Discord tests' shared bot
 from tests.postgres_server import PostgresServer, postgres_server  # noqa: E402
 from tests.secrets_check import LogCollector  # noqa: E402
 from tests.tiny_models import build_all  # noqa: E402

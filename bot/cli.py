@@ -203,22 +203,20 @@ async def db_upgrade(settings: Settings) -> int:
 
 
 async def db_copy(source_url: str, target_url: str) -> int:
-    """`pintor db copy FROM TO`: every row of FROM into the empty database TO (storage.copy)."""
-    from storage.copy import TargetNotEmpty, copy_database
-    from storage.db import open_engine
+    """`pintor db copy FROM TO`: every row of FROM (only read) into the empty database TO
+    (storage.copy.copy_urls). Returns 0, or 1 after saying on stderr why nothing was copied."""
+    from sqlalchemy.engine import make_url
 
-    source, target = open_engine(source_url), open_engine(target_url)  # a URL that is none: ArgumentError
+    from storage.copy import SourceRefused, TargetNotEmpty, copy_urls
+
     try:
-        report = await copy_database(source, target)
-    except (TargetNotEmpty, ValueError) as err:
+        report = await copy_urls(source_url, target_url)  # a URL that is none: ArgumentError
+    except (SourceRefused, TargetNotEmpty, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    finally:
-        await source.dispose()
-        await target.dispose()
     for table, count in report.rows.items():
         print(f"  {table:<16} {count} rows")
-    shown = [engine.url.render_as_string(hide_password=True) for engine in (source, target)]
+    shown = [make_url(url).render_as_string(hide_password=True) for url in (source_url, target_url)]
     print(f"copied {shown[0]} → {shown[1]} (revision {report.revision}); "
           f"point DATABASE_URL at the new database")
     return 0

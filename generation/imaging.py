@@ -27,7 +27,7 @@ def make_grid(images: list[Image.Image], columns: int = 2) -> Image.Image:
 # hold 0.0–1.0, as image viewers (and TIFF/EXR tools) read them.
 HIGH_BIT_WHITE: dict[str, float] = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535,
                                     "I": 65535, "F": 1.0}
-_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}  # modes with an alpha band (premultiplied or not)
 
 
 def to_8_bit(image: Image.Image) -> Image.Image:
@@ -58,7 +58,7 @@ def flatten_to_rgb(image: Image.Image) -> Image.Image:
     image = to_8_bit(image)
     if image.mode == "La":
         image = image.convert("LA")  # Pillow converts La to LA only
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")  # applies a palette's or a colour key's transparency
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -3,7 +3,8 @@
 `open_upload` decides by content (never by name or declared type), refuses decompression bombs
 and extreme shapes before decoding pixels, and hands back a plain RGB picture: first frame of an
 animation (the main picture of an MPO), EXIF orientation applied, colours converted from the
-file's embedded ICC profile to sRGB (phones shoot in Display P3), high-bit-depth samples scaled
+file's embedded ICC profile to sRGB in every mode (phones shoot in Display P3; palette and
+greyscale pictures carry profiles too), high-bit-depth samples scaled
 to 8 bits, transparency of any kind flattened onto white.
 
 Phones save photos as HEIC (iPhones) or AVIF: pillow-heif, registered with Pillow here, reads
@@ -18,7 +19,7 @@ import warnings
 import pillow_heif
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from generation.imaging import flatten_to_rgb
+from generation.imaging import ALPHA_MODES, flatten_to_rgb, to_8_bit
 
 pillow_heif.register_heif_opener()  # Image.open reads HEIC/HEIF from here on (format "HEIF")
 
@@ -95,23 +96,53 @@ def open_upload(data: bytes, name: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
 
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+# The modes whose pixels can be read in each colour space of an ICC profile, once high-bit
+# samples are brought to 8 bits (to_8_bit): a palette's entries and a grey picture are colours
+# in an RGB profile's space too (RGB is how a palette PNG is tagged, and a JPEG with one
+# component may carry a phone's RGB profile); a grey profile is only for grey pixels.
+_MODES_IN_SPACE = {"RGB": {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "L", "LA", "La", "1"},
+                   "GRAY": {"L", "LA", "La", "1"},
+                   "CMYK": {"CMYK"}}
 
 
 def to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
-    """`image` (RGB, RGBA or CMYK) with its colours converted from `icc_profile` (the ICC profile
-    embedded in its file) to sRGB, the space models are trained on and viewers assume for a
-    picture without one: a phone's Display P3 photo read as sRGB looks washed out, a CMYK one
-    off-colour. Unchanged without a profile, in another mode, or when littlecms cannot use the
-    profile (a damaged one: the pixels as they are beat a refusal)."""
-    if not icc_profile or image.mode not in ("RGB", "RGBA", "CMYK"):
+    """`image` (any mode Pillow opens) with its colours converted from `icc_profile` (the ICC
+    profile embedded in its file) to sRGB, the space models are trained on and viewers assume
+    for a picture without one: a phone's Display P3 photo read as sRGB looks washed out, a CMYK
+    one off-colour, a palette PNG tagged Display P3 or a grey scan with a gamma-1.0 profile
+    wrong the same ways.
+
+    Returns RGB, or RGBA where the picture has transparency of any kind (an alpha band, a
+    palette's transparent entries, a colour key: kept as alpha, not converted). Returns `image`
+    unchanged without a profile, with a profile of another colour space than its pixels (a grey
+    profile on a colour picture; a profile for Lab or for an RGB picture on CMYK pixels), or
+    when littlecms cannot use the profile (a damaged one: the pixels as they are beat a
+    refusal). Raises nothing for a bad profile."""
+    if not icc_profile:
         return image
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
-        mode = "RGBA" if image.mode == "RGBA" else "RGB"
-        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
+        space = source.profile.xcolor_space.strip()
+    except (ImageCms.PyCMSError, OSError, ValueError, AttributeError):
+        return image
+    pixels = to_8_bit(image)
+    if pixels.mode not in _MODES_IN_SPACE.get(space, ()):
+        return image
+    alpha = None
+    if pixels.mode in ALPHA_MODES or "transparency" in pixels.info:
+        with_alpha = pixels.convert("LA" if space == "GRAY" else "RGBA")  # applies a palette's or key's transparency
+        alpha = with_alpha.getchannel("A")
+        pixels = with_alpha
+    pixels = pixels.convert({"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}[space])
+    try:
+        converted = ImageCms.profileToProfile(pixels, source, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return image
-    return converted if converted is not None else image
+    if converted is None:
+        return image
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 # ISO base media files ("ftyp" box first) of the HEIF family, by their major brand (ISO/IEC

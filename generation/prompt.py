@@ -352,6 +352,30 @@ _URL_RE = re.compile(r"<?https?://\S+", re.IGNORECASE)
 _CODE_RE = re.compile(r"(?:<?https?://\S+|random|[A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*)(?:::\S*)?", re.IGNORECASE)
 
 
+# What ends a sentence or a clause after a link, never its last character (as Discord and
+# GitHub linkify): ASCII and the CJK and typographic forms phones type. Closing brackets are
+# the link's own only when it opens them too (a Wikipedia title "Cat_(animal)").
+_AFTER_LINK = frozenset(".,:;!?'\"…。、，．！？；：」』”’»")
+_BRACKETS = {")": "(", "]": "[", "}": "{"}
+
+
+def image_link(word: str) -> str | None:
+    """The link that a word of a prompt (split at white space) is: without the punctuation
+    after it that ends a sentence or a clause ("https://…/cat.png," → "https://…/cat.png"),
+    without closing brackets it does not open, and without the <…> that keeps Discord from
+    showing a preview. None when the word is no http(s) link."""
+    end = len(word)
+    while end:
+        last = word[end - 1]
+        if last in _AFTER_LINK or last == ">" or (
+                last in _BRACKETS and word.count(_BRACKETS[last], 0, end) < word.count(last, 0, end)):
+            end -= 1
+        else:
+            break
+    link = word[:end].removeprefix("<")
+    return link if _URL_RE.fullmatch(link) and len(link) > link.index("://") + 3 else None
+
+
 def selector_value(value: str) -> str:
     """A selector's value, canonical: numbers as written without a trailing '.0' ("6.0" → "6"),
     names in lower case."""
@@ -520,8 +544,9 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
     table = _param_table(max_steps)
     words = _words(text)
     image_urls: list[str] = []
-    while words and _URL_RE.fullmatch(words[0]):  # image prompts: the links before any word
-        image_urls.append(words.pop(0).removeprefix("<").removesuffix(">"))
+    while words and (link := image_link(words[0])):  # image prompts: the links before any word
+        image_urls.append(link)
+        words.pop(0)
     if len(image_urls) > MAX_IMAGE_PROMPTS:
         raise PromptError(f"Your prompt starts with {len(image_urls)} links; at most {MAX_IMAGE_PROMPTS} "
                           "image prompts can be used at once.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -46,6 +47,20 @@ def open_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def open_read_only(url: str) -> AsyncEngine:
+    """An async engine that only reads: for SQLite the file opened read-only (SQLite's
+    `mode=ro`: any write fails, nothing is created, no folder made, the journal mode left as
+    it is); other databases as open_engine opens them (the caller only reads). The caller
+    checks first that a SQLite file exists (missing_sqlite_file): opening a missing one fails
+    on first use."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return open_engine(url)
+    path = quote(str(Path(parsed.database).resolve()))
+    return create_async_engine(parsed.set(database=f"file:{path}", query={"mode": "ro", "uri": "true"}),
+                               connect_args={"timeout": 30})
 
 
 def unreachable(error: BaseException) -> bool:

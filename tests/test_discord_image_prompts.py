@@ -142,6 +142,16 @@ async def test_the_link_and_the_attachment_of_one_picture_make_the_same_grid(pin
     assert Request.from_json(attached.request).init_image == Request.from_json(linked.request).init_image
 
 
+async def test_a_comma_after_the_link_is_not_fetched_with_it(pintor: Harness, from_a_link):
+    # issue 26: "…/cat.png, a cat" was fetched as "cat.png," (Discord's CDN answers 404)
+    url, attachment, _, linked = from_a_link
+    fetched = pintor.emu.attachment_gets.count(int(attachment["id"]))
+    _, final, job = await imagine(pintor, f"{url}, a red fox in the snow --seed 7 --iw 2")
+    assert pintor.emu.attachment_gets.count(int(attachment["id"])) == fetched + 1
+    assert job.prompt == "a red fox in the snow" and checksums(job) == checksums(linked)
+    assert Request.from_json(job.request).image_prompts == (link_name(url),)
+
+
 async def test_reroll_after_the_link_is_gone_uses_the_stored_picture(pintor: Harness, from_a_link: tuple):
     emu = pintor.emu
     _, attachment, final, parent = from_a_link
@@ -179,12 +189,16 @@ async def redirecting():
     async def redirect(request):
         raise web.HTTPFound("http://169.254.169.254/latest/meta-data/iam")
 
+    async def malformed(request):  # a Location that is no URL (an IPv6 address never closed)
+        return web.Response(status=302, headers={"Location": "http://[::1"})
+
     async def text(request):
         return web.Response(body=b"not a picture\n" * 20, content_type="image/png")
 
     app = web.Application()
     app.router.add_get("/r/cat.png", redirect)
     app.router.add_get("/text.png", text)
+    app.router.add_get("/malformed/cat.png", malformed)
     async with served(app) as base:
         yield base
 
@@ -192,6 +206,7 @@ async def redirecting():
 @pytest.mark.parametrize("path, says", [
     ("/r/cat.png", "not from 169.254.169.254"),  # a redirect into the server's network
     ("/text.png", "is not an image"),  # the same checks as /blend's uploads
+    ("/malformed/cat.png", "could not be downloaded (a redirect to a link that is not valid)"),  # issue 26
 ])
 async def test_what_fails_after_fetching_is_said_privately_and_nothing_is_stored(
         pintor: Harness, redirecting: str, path: str, says: str):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from generation.inputs import UploadError, open_upload
+from generation.inputs import UploadError, open_upload, to_srgb
 
 
 def png(image: Image.Image, **params) -> bytes:
@@ -296,29 +296,50 @@ def test_a_format_pintor_does_not_take_is_named():
         open_upload(buffer.getvalue(), "f.ico")
 
 
-def rgb_profile(primaries: list[tuple[float, float, float]], gamma: float = 2.2) -> bytes:
-    """A minimal ICC v2 display profile: the D50-adapted XYZ of the red, green and blue
-    primaries and one gamma curve (ICC.1:2001-04: header, tag table, desc/wtpt/?XYZ/?TRC tags).
-    Pillow can make only sRGB, LAB and XYZ profiles itself."""
-    def s15(value: float) -> bytes:
-        return struct.pack(">i", round(value * 65536))
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
 
-    def xyz(x: float, y: float, z: float) -> bytes:
-        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
 
-    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
-    description = b"desc" + bytes(4) + struct.pack(">I", 8) + b"test P3\0" + bytes(78)
-    tags = [(b"desc", description), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(*primaries[0])),
-            (b"gXYZ", xyz(*primaries[1])), (b"bXYZ", xyz(*primaries[2])),
-            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+def _xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ " + bytes(4) + _s15(x) + _s15(y) + _s15(z)
+
+
+def _icc(space: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """A minimal ICC v2 display profile of colour space `space` (b"RGB " or b"GRAY") with these
+    tags (ICC.1:2001-04: header, tag table, tag data)."""
     offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
     for signature, body in tags:
         body += bytes(-len(body) % 4)
         table += signature + struct.pack(">II", offset + len(data), len(body))
         data += body
-    header = (struct.pack(">I", offset + len(data)) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
-              + bytes(12) + b"acsp" + bytes(28) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
+    header = (struct.pack(">I", offset + len(data)) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"mntr" + space
+              + b"XYZ " + bytes(12) + b"acsp" + bytes(28) + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + bytes(48))
     return header + struct.pack(">I", len(tags)) + table + data
+
+
+def _curve(gamma: float) -> bytes:
+    return b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
+
+
+def _description(text: bytes) -> bytes:
+    return b"desc" + bytes(4) + struct.pack(">I", len(text) + 1) + text + b"\0" + bytes(78)
+
+
+def rgb_profile(primaries: list[tuple[float, float, float]], gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 RGB display profile: the D50-adapted XYZ of the red, green and blue
+    primaries and one gamma curve (desc/wtpt/?XYZ/?TRC tags). Pillow can make only sRGB, LAB
+    and XYZ profiles itself."""
+    curve = _curve(gamma)
+    return _icc(b"RGB ", [(b"desc", _description(b"test P3")), (b"wtpt", _xyz(0.9642, 1.0, 0.8249)),
+                          (b"rXYZ", _xyz(*primaries[0])), (b"gXYZ", _xyz(*primaries[1])),
+                          (b"bXYZ", _xyz(*primaries[2])), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)])
+
+
+def grey_profile(gamma: float) -> bytes:
+    """A minimal ICC v2 grey profile: the D50 white point and one gamma curve (desc/wtpt/kTRC),
+    as scanners and cameras embed in greyscale files."""
+    return _icc(b"GRAY", [(b"desc", _description(b"test grey")), (b"wtpt", _xyz(0.9642, 1.0, 0.8249)),
+                          (b"kTRC", _curve(gamma))])
 
 
 # Display P3's primaries adapted to D50, as Apple's "Display P3" profile has them
@@ -345,3 +366,102 @@ def test_an_srgb_or_unreadable_profile_leaves_the_colours_as_they_are(profile):
     Image.new("RGB", (32, 32), (200, 100, 50)).save(buffer, format="PNG", icc_profile=profile)
     assert all(abs(a - b) <= 1 for a, b in zip(open_upload(buffer.getvalue(), "x.png").getpixel((5, 5)),  # type: ignore[arg-type]
                                                 (200, 100, 50), strict=True))
+
+
+def srgb_of_linear(value: int) -> int:
+    """The sRGB 8-bit value of a linear-light 8-bit value (IEC 61966-2-1's transfer function):
+    what a gamma-1.0 profile's grey must become."""
+    linear = value / 255
+    encoded = 12.92 * linear if linear <= 0.0031308 else 1.055 * linear ** (1 / 2.4) - 0.055
+    return round(255 * encoded)
+
+
+def saved(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def near(pixel, expected, tolerance: int = 2) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected, strict=True))
+
+
+ORANGE_IN_P3_AS_SRGB = (216, 93, 24)  # (200, 100, 50) in Display P3, through littlecms
+
+
+def palette_picture(transparent_index: int | None = None) -> Image.Image:
+    """16×16, left half orange (200, 100, 50), right half blue, in palette mode ("P")."""
+    image = Image.new("P", (16, 16), 0)
+    image.putpalette([200, 100, 50, 30, 60, 200] + [0] * (256 * 3 - 6))
+    image.paste(1, (8, 0, 16, 16))
+    if transparent_index is not None:
+        image.info["transparency"] = transparent_index
+    return image
+
+
+def test_a_palette_png_tagged_display_p3_is_converted():
+    """issue 26: only RGB, RGBA and CMYK were converted; a palette PNG tagged Display P3 (what
+    image optimisers make of a phone's screenshot) was read as if its palette were sRGB."""
+    data = saved(palette_picture(), icc_profile=rgb_profile(DISPLAY_P3))
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.mode == "P" and check.info.get("icc_profile")  # the file is what the test means
+    picture = open_upload(data, "screenshot.png")
+    red, green, blue = picture.getpixel((2, 2))
+    assert red >= 212 and green <= 95 and blue <= 28, (red, green, blue)  # unconverted: (200, 100, 50)
+    assert picture.getpixel((12, 2)) != (30, 60, 200)  # every entry of the palette, not only the first
+
+
+def test_a_palette_png_with_a_transparent_entry_keeps_it_transparent_when_converted():
+    data = saved(palette_picture(transparent_index=1), icc_profile=rgb_profile(DISPLAY_P3))
+    picture = open_upload(data, "sticker.png")
+    assert picture.getpixel((12, 2)) == (255, 255, 255)  # transparent: flattened onto white
+    assert near(picture.getpixel((2, 2)), ORANGE_IN_P3_AS_SRGB, 4)
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "L"), ("JPEG", "L"), ("PNG", "LA"), ("PNG", "I;16"),
+                                           ("TIFF", "L")])
+def test_a_greyscale_picture_with_its_own_profile_is_converted(fmt, mode):
+    """issue 26: a greyscale picture with a grey profile (a scanner's, a camera's) was read
+    unconverted. A linear (gamma 1.0) grey of 50 is much lighter in sRGB numbers."""
+    grey = 50 * 257 if mode == "I;16" else 50
+    image = Image.new(mode, (16, 16), (grey, 255) if mode == "LA" else grey)
+    data = saved(image, fmt, icc_profile=grey_profile(1.0), quality=100)
+    if fmt == "TIFF":  # not a format members send: read through to_srgb itself
+        with Image.open(io.BytesIO(data)) as opened:
+            pixel = to_srgb(opened, opened.info["icc_profile"]).convert("RGB").getpixel((4, 4))
+    else:
+        with Image.open(io.BytesIO(data)) as check:
+            assert check.info.get("icc_profile") and check.mode.startswith(mode[0])
+        pixel = open_upload(data, f"scan.{fmt.lower()}").getpixel((4, 4))
+    expected = srgb_of_linear(50)  # 124; unconverted: 50
+    assert near(pixel, (expected,) * 3), (pixel, expected)
+
+
+def test_a_grey_pictures_colour_key_stays_transparent_when_converted():
+    image = Image.new("L", (16, 16), 50)
+    image.paste(7, (8, 0, 16, 16))
+    picture = open_upload(saved(image, transparency=7, icc_profile=grey_profile(1.0)), "key.png")
+    assert picture.getpixel((12, 2)) == (255, 255, 255)
+    assert near(picture.getpixel((2, 2)), (srgb_of_linear(50),) * 3)
+
+
+def test_an_rgb_pictures_colour_key_stays_transparent_when_converted():
+    image = Image.new("RGB", (16, 16), (200, 100, 50))
+    image.paste((1, 2, 3), (8, 0, 16, 16))
+    picture = open_upload(saved(image, transparency=(1, 2, 3), icc_profile=rgb_profile(DISPLAY_P3)), "key.png")
+    assert picture.getpixel((12, 2)) == (255, 255, 255)
+    assert near(picture.getpixel((2, 2)), ORANGE_IN_P3_AS_SRGB, 4)
+
+
+def test_a_grey_jpeg_with_an_rgb_profile_is_read_through_it():
+    # a phone's one-component JPEG may carry its RGB profile: grey pixels are colours in it too
+    data = saved(Image.new("L", (16, 16), 50), "JPEG", icc_profile=rgb_profile(DISPLAY_P3, gamma=1.0), quality=100)
+    assert near(open_upload(data, "bw.jpg").getpixel((4, 4)), (srgb_of_linear(50),) * 3, 3)
+
+
+def test_a_profile_of_another_colour_space_than_the_pixels_leaves_them_as_they_are():
+    # a grey profile on a colour picture cannot say what its colours are: read as they are
+    data = saved(Image.new("RGB", (16, 16), (200, 100, 50)), icc_profile=grey_profile(1.0))
+    assert open_upload(data, "odd.png").getpixel((4, 4)) == (200, 100, 50)
+    cmyk = Image.new("CMYK", (16, 16), (0, 0, 0, 0))
+    assert to_srgb(cmyk, rgb_profile(DISPLAY_P3)) is cmyk

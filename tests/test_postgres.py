@@ -6,10 +6,13 @@ existing SQLite installation (ids kept, sequences advanced)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +25,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.copy import TargetNotEmpty, copy_database, tables
+from storage.copy import SourceAtOtherRevision, SourceRefused, TargetNotEmpty, copy_database, copy_urls, tables
 from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Base, JobStatus
@@ -247,3 +250,109 @@ async def test_db_copy_back_to_sqlite_gives_the_same_rows(tmp_path: Path, pg: As
             await copy_database(target, target)
     finally:
         await target.dispose()
+
+
+PREVIOUS = "0012"  # the revision before this version's newest (0013)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def sqlite_installation(path: Path, revision: str = "head") -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """A SQLite installation at `revision`: (its URL, its rows); the engine closed again."""
+    url = f"sqlite+aiosqlite:///{path}"
+    engine = open_engine(url)
+    try:
+        await upgrade(engine, revision)
+        await an_installation(engine)
+        return url, await all_rows(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_db_copy_of_a_sqlite_file_at_the_previous_revision_leaves_it_as_it_was(tmp_path: Path, monkeypatch):
+    """issue 26: `pintor db copy` migrated its source (0012 → 0013), so the version that wrote it
+    could no longer open it. Now copied through a migrated temporary copy: the file keeps its
+    bytes and its revision, the target has every row at the newest revision."""
+    url, rows = await sqlite_installation(tmp_path / "old.db", PREVIOUS)
+    before = digest(tmp_path / "old.db")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    target_url = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
+    report = await copy_urls(url, target_url)
+    assert digest(tmp_path / "old.db") == before
+    source, target = open_engine(url), open_engine(target_url)
+    try:
+        assert (await current_revision(source))[0] == PREVIOUS
+        assert report.revision == (await current_revision(target))[1] == (await current_revision(target))[0]
+        assert await all_rows(target) == rows  # 0013 without a pictures folder keeps the paths as they are
+    finally:
+        await source.dispose()
+        await target.dispose()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temporary copy is gone
+
+
+async def test_db_copy_from_postgresql_at_the_previous_revision_is_refused_and_changes_nothing(
+        tmp_path: Path, postgres_url: str):
+    source = open_engine(postgres_url)
+    await upgrade(source, PREVIOUS)
+    await an_installation(source)
+    rows = await all_rows(source)
+    target_path = tmp_path / "new.db"
+    try:
+        with pytest.raises(SourceAtOtherRevision, match=f"at revision {PREVIOUS}, older than this version's "
+                                                        ".*run `pintor db upgrade` on it first"):
+            await copy_urls(postgres_url, f"sqlite+aiosqlite:///{target_path}")
+        assert (await current_revision(source))[0] == PREVIOUS and await all_rows(source) == rows
+    finally:
+        await source.dispose()
+    target = open_engine(f"sqlite+aiosqlite:///{target_path}")
+    try:
+        assert (await current_revision(target))[0] is None  # the target was not migrated either
+    finally:
+        await target.dispose()
+
+
+async def test_db_copy_from_a_revision_this_version_does_not_know_is_refused(tmp_path: Path):
+    url, _ = await sqlite_installation(tmp_path / "later.db")
+    with sqlite3.connect(tmp_path / "later.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099'")  # written by a later version
+    db.close()
+    before = digest(tmp_path / "later.db")
+    with pytest.raises(SourceAtOtherRevision, match="revision 0099, which this version of Pintor does not know"):
+        await copy_urls(url, f"sqlite+aiosqlite:///{tmp_path / 'new.db'}")
+    assert digest(tmp_path / "later.db") == before
+
+
+@pytest.mark.parametrize("make", ["empty file", "other tables"])
+async def test_db_copy_from_a_file_that_is_no_pintor_database_is_refused(tmp_path: Path, make: str):
+    path = tmp_path / "notes.db"
+    with sqlite3.connect(path) as db:
+        if make == "other tables":
+            db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    db.close()
+    before = digest(path)
+    with pytest.raises(SourceRefused, match="is not a Pintor database"):
+        await copy_urls(f"sqlite+aiosqlite:///{path}", f"sqlite+aiosqlite:///{tmp_path / 'new.db'}")
+    assert digest(path) == before
+
+
+async def test_db_copy_of_one_sqlite_file_under_two_spellings_is_refused(tmp_path: Path, monkeypatch):
+    url, _ = await sqlite_installation(tmp_path / "pintor.db")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="same database"):
+        await copy_urls(url, "sqlite+aiosqlite:///./pintor.db")
+
+
+def test_pintor_db_copy_from_a_missing_sqlite_file_creates_nothing(tmp_path: Path):
+    """issue 26: from a path that did not exist, `pintor db copy` created an empty database,
+    copied 0 rows and said to point DATABASE_URL at the result (exit 0)."""
+    for source in (tmp_path / "data" / "pintor.db", tmp_path / "typo.db"):
+        target = tmp_path / "copy" / "new.db"
+        done = pintor("db", "copy", f"sqlite+aiosqlite:///{source}", f"sqlite+aiosqlite:///{target}",
+                      database_url="", cwd=tmp_path)
+        assert done.returncode == 1 and done.stdout == ""
+        assert f"there is no SQLite database at {source}: nothing copied, nothing created" in done.stderr
+        assert not source.exists() and not target.exists() and not (tmp_path / "copy").exists()
+    assert not (tmp_path / "data").exists()

@@ -17,6 +17,7 @@ from generation.prompt import (
     emphasis_segments,
     format_parameters,
     has_emphasis,
+    image_link,
     parse_prompt,
     plain_text,
     size_for_aspect,
@@ -746,6 +747,38 @@ def test_links_at_the_start_are_image_prompts_with_their_weight():
     # a link after the first word is not an image prompt
     later = parse_prompt("a cat https://x.io/a.png")
     assert later.image_urls == () and later.text == "a cat" and "only at the start" in later.notices[0]
+
+
+CAT = "https://cdn.discordapp.com/attachments/1/2/cat.png"
+
+
+@pytest.mark.parametrize(("typed", "links", "text"), [
+    (f"{CAT}, a cat", (CAT,), "a cat"),  # the report: Discord's CDN answered 404 to "cat.png,"
+    (f"{CAT}. A cat", (CAT,), "A cat"),
+    (f"{CAT}: a cat", (CAT,), "a cat"),
+    (f"{CAT}; a cat", (CAT,), "a cat"),
+    (f"{CAT}! a cat", (CAT,), "a cat"),
+    (f"{CAT}?! a cat", (CAT,), "a cat"),
+    (f"{CAT}... a cat", (CAT,), "a cat"),
+    (f"{CAT}… a cat", (CAT,), "a cat"),
+    (f"{CAT}， 一只猫", (CAT,), "一只猫"),  # a full-width comma
+    (f"{CAT}。 一只猫", (CAT,), "一只猫"),
+    (f"<{CAT}>, a cat", (CAT,), "a cat"),  # Discord's no-preview brackets, then a comma
+    (f"{CAT}), a cat", (CAT,), "a cat"),  # a bracket the link does not open
+    (f"{CAT}, https://x.io/b.png, a cat", (CAT, "https://x.io/b.png"), "a cat"),
+    (f"{CAT}?ex=65&is=66&hm=ab&, a cat", (f"{CAT}?ex=65&is=66&hm=ab&",), "a cat"),  # a CDN link's own '&'
+    # what belongs to the link stays: brackets it opens, a dot or comma inside it
+    ("https://en.wikipedia.org/wiki/Cat_(animal), a cat", ("https://en.wikipedia.org/wiki/Cat_(animal)",), "a cat"),
+    ("https://x.io/a.b,c/cat.png a cat", ("https://x.io/a.b,c/cat.png",), "a cat"),
+])
+def test_punctuation_after_an_image_link_is_not_part_of_it(typed, links, text):
+    p = parse_prompt(typed)
+    assert (p.image_urls, p.text) == (links, text)
+
+
+@pytest.mark.parametrize("word", ["https://", "https://,", "<https://>.", "http:/x.io/a.png", "cat.png,"])
+def test_a_word_that_is_only_punctuation_after_the_scheme_is_no_image_link(word):
+    assert image_link(word) is None
 
 
 @pytest.mark.parametrize("value", ["0", "0.25", "1", "2.5", "3", "3.0", ".5"])

@@ -22,9 +22,23 @@ import generation.queue  # noqa: E402
 generation.queue.WORKER_START_METHOD = "forkserver"
 
 from tests.discord_harness import discord_harness, pintor  # noqa: E402, F401 - the Discord tests' shared bot
+from tests.properties import PROFILE  # noqa: E402, F401 - loads the hypothesis profile for every test
 from tests.postgres_server import PostgresServer, postgres_server  # noqa: E402
 from tests.secrets_check import LogCollector  # noqa: E402
 from tests.tiny_models import build_all  # noqa: E402
+
+
+ON_POSTGRESQL_TOO = Path(__file__).with_name("discord_on_postgresql.txt")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Discord tests named in discord_on_postgresql.txt (chosen by choose_postgres_tests.py)
+    are marked `postgresql_too`: `.ci/run` runs them again with the shared bot on PostgreSQL."""
+    chosen = {line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid.split("[", 1)[0] in chosen:
+            item.add_marker(pytest.mark.postgresql_too)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,6 +30,7 @@ from generation.prompt import parse_prompt
 from generation.registry import RegistryError, load_registry
 from generation.request import JobKind, Request
 from tests.describe_helpers import build_describers, write_describe_registry
+from tests.properties import examples
 
 CPU = choose_device("cpu")
 
@@ -91,7 +92,7 @@ def test_a_caption_is_cleaned_into_a_prompt(raw: str, clean: str):
     assert clean_caption(raw) == clean
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(raw=st.text(), styled=st.booleans(), size=st.tuples(st.integers(1, 5000), st.integers(1, 5000)))
 def test_whatever_a_model_writes_becomes_a_prompt_that_parses_as_its_words_and_shape(raw, styled, size):
     """Any text (a model's words, tokens, dashes, weights, emphasis, controls) cleaned into a

@@ -26,6 +26,7 @@ from bot.buttons import BUTTONS, REMIX_FORM, ZOOM_FORM
 from bot.delivery import NOT_DONE
 from bot.limits import clean
 from tests.discord_harness import Harness, acked, is_result, job_id_of
+from tests.properties import examples as scaled
 from tests.test_blend import png
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -34,10 +35,11 @@ BROKEN = "Something went wrong on Pintor's side"  # what an unhandled error says
 
 
 def drawn(strategy: st.SearchStrategy[Any], examples: int) -> list[Any]:
-    """`examples` values hypothesis draws from `strategy` (derandomized: the same every run)."""
+    """Values hypothesis draws from `strategy` (derandomized: the same every run): `examples`
+    scaled by the profile (tests/properties.py)."""
     values: list[Any] = []
 
-    @settings(max_examples=examples, database=None, derandomize=True, deadline=None,
+    @settings(max_examples=scaled(examples), database=None, derandomize=True, deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def draw(value: Any) -> None:

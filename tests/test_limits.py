@@ -141,13 +141,14 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tests.discord_emulator import unfurled_links  # noqa: E402 - what Discord would preview
+from tests.properties import examples  # noqa: E402
 
 MEMBER_TEXT = st.text(st.characters(codec="utf-8"), max_size=1500) | st.lists(
     st.sampled_from(["_", "*", "\\", "`", "|", "<@1>", "https://a.example/x_y", "\u202e", "\u2069", "שלום", "🦊",
                      " ", "\n", "\u200b", "[", "](", "http://b.example"]), max_size=700).map("".join)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(prompt=MEMBER_TEXT, negative=MEMBER_TEXT)
 def test_any_member_text_fits_keeps_the_fixed_parts_and_cannot_unfurl_or_reorder(prompt, negative):
     fixed_end = f" {MENTION}\nseed 5 · tiny-sd · job 42"

@@ -22,6 +22,7 @@ from generation.prompt import (
     plain_text,
     size_for_aspect,
 )
+from tests.properties import examples
 
 pytestmark = pytest.mark.smoke  # also run on the dependency floors (constraints-floors.txt)
 
@@ -327,7 +328,7 @@ def test_size_for_aspect_properties(aspect, native):
 
 @given(st.integers(1, 10_000), st.integers(1, 10_000), st.integers(64, 2048),
        st.sampled_from([8, 16, 64]))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 def test_size_for_aspect_any_ratio(w, h, native, multiple):
     width, height = size_for_aspect((w, h), native, multiple)
     assert width % multiple == 0 and height % multiple == 0
@@ -378,13 +379,13 @@ def assert_names_the_input(notice: str, text: str) -> None:
 
 
 @given(st.text())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 def test_arbitrary_text_raises_only_prompt_error(text):
     check_parse(text)
 
 
 @given(MIXED)
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400))
 def test_mixed_tokens_raise_only_prompt_error(text):
     check_parse(text)
 
@@ -432,7 +433,7 @@ def parsed_prompts(draw):
 
 
 @given(parsed_prompts())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 def test_format_parameters_round_trip(p):
     assert parse_prompt(p.text + " " + format_parameters(p)) == p
 
@@ -666,7 +667,7 @@ PASTED_MIXED = st.lists(st.one_of(PASTED, TOKENS, st.text(max_size=6)), max_size
 
 
 @given(PASTED_MIXED, st.booleans())
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 def test_pasted_prompts_raise_only_prompt_error_and_notices_name_the_input(text, strict):
     try:
         p = parse_prompt(text, strict=strict)
@@ -680,7 +681,7 @@ def test_pasted_prompts_raise_only_prompt_error_and_notices_name_the_input(text,
 
 
 @given(st.text())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 def test_emphasis_never_raises_and_keeps_the_words(text):
     segments = emphasis_segments(text)
     assert all(fragment.strip() and weight > 0 for fragment, weight in segments)

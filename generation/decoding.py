@@ -12,19 +12,21 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 import torch
 
+_RULES: dict[type, bool] = {}  # pipeline class → whether its __call__ applies the rule
 
-@cache
+
 def _pipeline_upcasts(cls: type) -> bool:
     """Whether the pipeline class's __call__ applies the VAE's force_upcast rule."""
-    try:
-        return "force_upcast" in inspect.getsource(cls.__call__)
-    except (OSError, TypeError):  # no source (compiled, a stand-in): diffusers' attribute says it
-        return hasattr(cls, "upcast_vae")
+    if cls not in _RULES:
+        try:
+            _RULES[cls] = "force_upcast" in inspect.getsource(cls.__call__)
+        except (OSError, TypeError):  # no source (compiled, a stand-in): diffusers' attribute says it
+            _RULES[cls] = hasattr(cls, "upcast_vae")
+    return _RULES[cls]
 
 
 def upcasts(pipe: Any, decoder: Any) -> bool:

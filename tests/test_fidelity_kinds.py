@@ -8,6 +8,7 @@ the job's LoRAs and embeddings. On the tiny pipelines, on the CPU (bfloat16 wher
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ def test_decodes_follow_the_pipelines_own_upcast_rule(tiny_models):
     assert xl.vae.config.force_upcast and sd.vae.config.force_upcast
     # diffusers' SDXL pipelines upcast a float16 VAE with force_upcast; SD 1.x's never do
     assert upcasts(xl, xl.vae) and not upcasts(sd, sd.vae)
-    tiny = AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(8,), decoder_block_out_channels=(8,),
+    tiny: Any = AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(8,), decoder_block_out_channels=(8,),
                            num_encoder_blocks=(1,), num_decoder_blocks=(1,), upsampling_scaling_factor=1)
     assert not upcasts(xl, tiny.to(torch.float16))  # TAESD: force_upcast is always False
     xl.vae.register_to_config(force_upcast=False)  # e.g. madebyollin/sdxl-vae-fp16-fix
@@ -182,10 +183,15 @@ def test_decodes_follow_the_pipelines_own_upcast_rule(tiny_models):
             seen.append(pixels.dtype)
             return torch.nn.functional.normalize(pixels.float().mean(dim=(2, 3)), dim=-1)
 
+    pipe: Any
     for pipe, wanted in ((xl, torch.float32), (sd, torch.float16)):
         seen.clear()
+
+        def precision(pipe: Any = pipe) -> contextlib.AbstractContextManager[None]:
+            return decoding_precision(pipe, pipe.vae)
+
         guide = ClipGuide(Scorer(), torch.nn.functional.normalize(torch.ones(1, 3), dim=-1),  # type: ignore[arg-type]
-                          vae_decoder(pipe.vae), 10.0, precision=lambda pipe=pipe: decoding_precision(pipe, pipe.vae))
+                          vae_decoder(pipe.vae), 10.0, precision=precision)
         pipe.scheduler.set_timesteps(2)
         output = torch.randn(1, 4, 8, 8, dtype=torch.float16)
         with contextlib.suppress(RuntimeError) if wanted == torch.float16 else contextlib.nullcontext():
@@ -243,7 +249,7 @@ class Recorder(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.moves: list[str] = []
 
-    def to(self, *args, **kwargs):  # type: ignore[override]
+    def to(self, *args, **kwargs):
         self.moves.append(str(args[0] if args else kwargs.get("device")))
         return self
 
@@ -259,8 +265,12 @@ def test_the_safety_checker_runs_where_the_pipeline_runs(tiny_models, tmp_path, 
     path.write_text(f'[models.checked]\nsource = "{folder}"\nfamily = "sd"\nnative_side = 64\n', encoding="utf-8")
     placed: list[tuple[str, bool]] = []
     real = SafetyChecker.place
-    monkeypatch.setattr(SafetyChecker, "place", lambda self, device, *, resident: (
-        placed.append((device, resident)), real(self, device, resident=resident))[1])
+
+    def place(self: SafetyChecker, device: str, *, resident: bool) -> None:
+        placed.append((device, resident))
+        real(self, device, resident=resident)
+
+    monkeypatch.setattr(SafetyChecker, "place", place)
     cache = PipelineCache(DeviceChoice("cpu", torch.bfloat16, "CPU"))
     checker = cache.safety_checker(load_registry(path).get("checked"))
     assert checker is not None and placed == [("cpu", True)]  # the pipeline's device, kept there

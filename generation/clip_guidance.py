@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,8 +139,9 @@ def predicted_original(scheduler: Any, model_output: torch.Tensor, timestep: Any
 class ClipGuide:
     """What steers one pipeline call: `scorer` the CLIP model, `targets` the unit CLIP text
     embedding of each picture's prompt (batch, width), `decode` latents → pixels, `strength`
-    N of --clip. `seconds` adds up the time spent steering (for the notice of how much
-    slower the run was)."""
+    N of --clip. `precision` holds the decoder in the dtype the pipeline decodes in for each
+    step's decode and gradient (generation.decoding.decoding_precision). `seconds` adds up the
+    time spent steering (for the notice of how much slower the run was)."""
 
     scorer: ClipScorer
     targets: torch.Tensor
@@ -148,13 +149,14 @@ class ClipGuide:
     strength: float
     seconds: float = 0.0
     steps: int = field(default=0)
+    precision: Callable[[], AbstractContextManager[None]] = field(default=nullcontext)
 
     def nudge(self, scheduler: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
         """The noise prediction `model_output` (batch, channels, h, w) moved along −∂L/∂ε,
         L = strength × the spherical distance between each decoded prediction and its prompt
         (summed over the batch: each picture is steered by its own). Same shape and dtype."""
         started = time.perf_counter()
-        with torch.enable_grad():
+        with self.precision(), torch.enable_grad():
             output = model_output.detach().float().requires_grad_()
             x0 = predicted_original(scheduler, output, timestep, sample.detach().float())
             features = self.scorer.image_features(self.decode(x0))

@@ -25,6 +25,7 @@ from generation.batching import BATCH_FAMILIES, batch_key
 from generation.clip_guidance import ClipGuide, slower_notice, steering, vae_decoder
 from generation.control import ControlError, depth_hint, make_control_image
 from generation.creative import repaint
+from generation.decoding import decoding_precision
 from generation.devices import DeviceChoice, FastPath
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
@@ -180,7 +181,10 @@ class Engine:
         callback = self._batch_callback(jobs, stopped, lambda *a: self.pipelines.preview(spec)(*a))
         notices_per_job: list[list[str]] = [[] for _ in jobs]
         control = self._control(first, spec)  # a controlled job runs alone (batch_key)
-        with self._additions([job.request for job in jobs], spec):
+        # a dedicated inpainting checkpoint has its own UNet and text encoders: the LoRAs go there
+        painter = (self.pipelines.get(spec, "inpaint") if first.kind == JobKind.OUTPAINT and spec.inpaint
+                   and spec.family in ADDITION_FAMILIES else None)
+        with self._additions([job.request for job in jobs], spec, painter):
             if first.kind == JobKind.OUTPAINT:
                 batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
             elif spec.family in ("kandinsky21", "kandinsky22"):
@@ -232,10 +236,13 @@ class Engine:
                 notices.append(f"The safety check flagged {sum(flagged)} of {len(images)} images: they are blurred.")
         return Generated(images=images, notices=notices, flagged=flagged)
 
-    def _additions(self, requests: Sequence[Request], spec: ModelSpec) -> AbstractContextManager[None]:
+    def _additions(self, requests: Sequence[Request], spec: ModelSpec,
+                   pipe: Any = None) -> AbstractContextManager[None]:
         """The jobs' LoRAs (the same for every job of a batch: generation.batching.batch_key)
         switched on for their run (and off after it), and the embeddings their prompts write
-        loaded (generation/adapters.py); nothing for families without them."""
+        loaded (generation/adapters.py), in `pipe`: the pipeline whose UNet and text encoders
+        the run uses (default: the model's text-to-image pipeline, whose modules its image to
+        image, inpainting and ControlNet pipelines share); nothing for families without them."""
         if spec.family not in ADDITION_FAMILIES:
             return nullcontext()
         request = requests[0]
@@ -244,7 +251,7 @@ class Engine:
         except UnknownLoraError as err:  # removed from models.toml since the job was stored
             raise ModelLoadError(f"{err} It was removed since this job was asked for.") from None
         embeddings = [e for e in self.registry.embeddings.values() if e.fits(spec.family)]
-        return adapters.applied(self.pipelines.get(spec, "text2img"), loras, embeddings,
+        return adapters.applied(pipe if pipe is not None else self.pipelines.get(spec, "text2img"), loras, embeddings,
                                 [text for r in requests for text, _ in r.parts] + [r.negative for r in requests])
 
     # 1. Stable Diffusion 1.x/2.x, SDXL and their Turbo versions --------------------------------
@@ -348,7 +355,9 @@ class Engine:
         texts = [" ".join(plain_text(text) for text, _ in r.parts) for r in requests for _ in range(r.count)]
         preview = self.pipelines.preview(spec)
         decoder = preview.decoder if isinstance(preview, TinyDecoderPreview) else pipe.vae
-        return ClipGuide(scorer, scorer.text_features(texts), vae_decoder(decoder), requests[0].clip)
+        # decoded as the pipeline's own decode would (SDXL's float16 VAE: in float32, force_upcast)
+        return ClipGuide(scorer, scorer.text_features(texts), vae_decoder(decoder), requests[0].clip,
+                         precision=lambda: decoding_precision(pipe, decoder))
 
     def _prompt_embeds(self, pipe: Any, request: Request, guided: bool, notices: list[str]) -> dict[str, torch.Tensor]:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
@@ -466,7 +475,7 @@ class Engine:
         generator = torch.Generator().manual_seed(request.seed)
         items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
                                                     for p in request.images)]
-        weights = [w for _, w in request.parts] + list(request.image_weights)
+        weights = prior_weights([w for _, w in request.parts] + list(request.image_weights))
         if not items:
             raise ValueError("a Kandinsky request needs a text or an image")
         if len(texts) == 1 and not request.images:
@@ -545,11 +554,12 @@ class Engine:
             notices.append(f"{spec.name} cannot repaint an enlarged picture here: upscaled without the creative pass.")
             return enlarged
         pipe = self.pipelines.get(spec, "img2img")
-        embeds = self._prompt_embeds(pipe, request.replace(count=1), request.guidance > 1.0, notices)
         try:
-            return repaint(pipe, enlarged, strength=request.strength, steps=request.steps, guidance=request.guidance,
-                           seed=request.seed, embeds=embeds, tile=spec.native_side,
-                           callback=self._callback(request, on_step, should_stop), should_stop=should_stop)
+            with self._additions([request], spec):  # the picture's LoRAs and embeddings repaint it too
+                embeds = self._prompt_embeds(pipe, request.replace(count=1), request.guidance > 1.0, notices)
+                return repaint(pipe, enlarged, strength=request.strength, steps=request.steps,
+                               guidance=request.guidance, seed=request.seed, embeds=embeds, tile=spec.native_side,
+                               callback=self._callback(request, on_step, should_stop), should_stop=should_stop)
         except Stop:
             raise GenerationStopped() from None
 
@@ -677,6 +687,15 @@ def prior_view(image: Image.Image, processor: Any) -> Image.Image:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return image.crop((left, top, left + side, top + side))
+
+
+def prior_weights(weights: Sequence[float]) -> list[float]:
+    """The weights a Kandinsky prior's `interpolate` mixes texts and images by, scaled to add up
+    to 1 as in diffusers' examples (and as Stable Diffusion's parts are mixed here): raw `::`
+    and /blend weights adding up to 2–6 would make an image embedding 2–6 times a real one.
+    Weights that add up to 0 or less are returned as they are."""
+    total = sum(weights)
+    return [w / total for w in weights] if total > 0 else list(weights)
 
 
 def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.Tensor:

@@ -22,6 +22,7 @@ from diffusers import (
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     ControlNetModel,
+    DiffusionPipeline,
     Kandinsky3Img2ImgPipeline,
     Kandinsky3Pipeline,
     KandinskyImg2ImgPipeline,
@@ -59,7 +60,15 @@ from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ControlNetSpec, ModelSpec
 from generation.safety import SafetyChecker
-from generation.schedulers import PipelineTask, SchedulerError, fits, loop_for, replacement, scheduler_class
+from generation.schedulers import (
+    PipelineTask,
+    SchedulerError,
+    fits,
+    following_recipe,
+    loop_for,
+    replacement,
+    scheduler_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,36 @@ def load_vae(spec: ModelSpec, dtype: torch.dtype) -> Any:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(member_message(spec.name), f"cannot load model '{spec.name}': its VAE {spec.vae} does "
                              f"not load (another family or size?): {type(err).__name__}: {first}") from err
+
+def derived(cls: Any, base: Any, dtype: torch.dtype, **components: Any) -> Any:
+    """`cls` built with `from_pipe` from `base`'s components (the same modules in memory), with
+    `components` (a ControlNetModel…) added in `dtype`, every module of `base` keeping the dtype
+    and device it had. diffusers' `DiffusionPipeline.from_pipe` casts the new pipeline, shared
+    modules included, to its `dtype` argument, float32 when none is given
+    (huggingface/diffusers#12754): a 16-bit model would turn float32 under every other pipeline
+    built from it. The AutoPipeline classes' `from_pipe` casts nothing (and takes no dtype)."""
+    shared = {name: module for name, module in base.components.items() if isinstance(module, torch.nn.Module)}
+    before = {name: _placement(module) for name, module in shared.items()}
+    if isinstance(cls, type) and issubclass(cls, DiffusionPipeline):
+        pipe = cls.from_pipe(base, dtype=dtype, **components)
+    else:
+        pipe = cls.from_pipe(base, **components)
+    for name, module in shared.items():
+        (dtype_before, device_before), (dtype_now, device_now) = before[name], _placement(module)
+        if dtype_now != dtype_before and dtype_before is not None:
+            module.to(dtype=dtype_before)
+        if device_now != device_before and device_before is not None:
+            module.to(device_before)
+    return pipe
+
+
+def _placement(module: torch.nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
+    """The dtype and device of a module's first floating-point parameter (None for none)."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype, parameter.device
+    return None, None
+
 
 # compile(module, mode): compiles a module in place (nn.Module.compile: the module keeps its
 # class, so the pipeline still reads its config); injected by tests
@@ -199,7 +238,7 @@ class PipelineCache:
             cls = ((StableDiffusionXLControlNetImg2ImgPipeline if img2img else StableDiffusionXLControlNetPipeline)
                    if sdxl else (StableDiffusionControlNetImg2ImgPipeline if img2img
                                  else StableDiffusionControlNetPipeline))
-            pipe = self._finish(cls.from_pipe(base, controlnet=model), spec, task, placed=True)
+            pipe = self._finish(derived(cls, base, self.device.dtype, controlnet=model), spec, task, placed=True)
         self._models[spec.name][key] = pipe
         return pipe
 
@@ -319,7 +358,7 @@ class PipelineCache:
             elif spec.family in _NO_PRIOR:
                 pipe = _NO_PRIOR[spec.family][1](**base.components)
             else:
-                pipe = AutoPipelineForImage2Image.from_pipe(base)
+                pipe = derived(AutoPipelineForImage2Image, base, self.device.dtype)
             return self._finish(pipe, spec, task, placed=True)
         if task == "inpaint":  # Zoom Out, Pan, Make Square (generation/outpaint.py)
             if spec.family == "kandinsky22":
@@ -331,7 +370,7 @@ class PipelineCache:
             if spec.inpaint:  # a dedicated inpainting checkpoint (its UNet reads the mask)
                 return self._finish(self._load(AutoPipelineForInpainting, spec.inpaint, spec), spec, task)
             base = entry.get("text2img") or self.get(spec, "text2img")
-            return self._finish(AutoPipelineForInpainting.from_pipe(base), spec, task, placed=True)
+            return self._finish(derived(AutoPipelineForInpainting, base, self.device.dtype), spec, task, placed=True)
         if task == "prior":
             if spec.family not in _KANDINSKY:
                 raise ModelLoadError(f"Model '{spec.name}' has no prior.")
@@ -358,8 +397,11 @@ class PipelineCache:
             cls = (_KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else
                    _NO_PRIOR[spec.family][0] if spec.family in _NO_PRIOR else AutoPipelineForText2Image)
             pipe = self._load(cls, spec.source, spec)
-            entry["safety"] = SafetyChecker.take_from(pipe)
-            return self._finish(pipe, spec, task)
+            checker = entry["safety"] = SafetyChecker.take_from(pipe)
+            pipe = self._finish(pipe, spec, task)
+            if checker is not None:  # taken out before placing: placed here, on the pipeline's device
+                checker.place(self.device.device, resident=self.offload_modes[spec.name] == Offload.NONE)
+            return pipe
         raise ValueError(f"unknown task {task}")
 
     def _load(self, cls: Any, source: str | None, spec: ModelSpec) -> Any:
@@ -407,6 +449,9 @@ class PipelineCache:
                     scheduler_class(spec.scheduler)  # a name that works nowhere is still an error
             except SchedulerError as err:
                 raise ModelLoadError(f"model '{spec.name}': {err}") from None
+        if hasattr(pipe, "scheduler") and task != "prior":
+            # the family's recipe (Turbo: 'trailing'), not what the configuration it was read with says
+            pipe.scheduler = following_recipe(pipe.scheduler, spec.family)
         if not placed:
             if self.channels_last:
                 for name in _CONVOLUTIONAL:

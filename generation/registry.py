@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from generation.prompt import CONTROL_KINDS, LORA_WEIGHT_RANGE, SELECTORS, selector_value
-from generation.schedulers import SchedulerError, check_scheduler
+from generation.schedulers import SchedulerError, check_recipe, check_scheduler
 
 # family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
 # steps without classifier-free guidance.
@@ -29,7 +29,8 @@ FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
     "kandinsky22": (768, 40, 4.0),
     # kandinsky-community/kandinsky-3's own defaults (its pipelines: 1024², 25 steps, guidance 3)
     "kandinsky3": (1024, 25, 3.0),
-    "upscale-x4": (512, 20, 0.0),
+    # stabilityai/stable-diffusion-x4-upscaler's model card (its pipeline's defaults): 75 steps, guidance 9
+    "upscale-x4": (512, 75, 9.0),
     "esrgan": (512, 1, 0.0),  # a super-resolution network (generation/esrgan.py): no steps, no guidance
     "openai": (1024, 1, 0.0),  # OpenAI's image API (generation/remote.py): one request, no steps, no guidance
     "blip": (384, 1, 0.0),  # a captioning model for /describe (generation/captions.py): BLIP's 384-px input
@@ -448,6 +449,10 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
             check_scheduler(entry["scheduler"], entry["family"])
         except SchedulerError as err:
             raise RegistryError(f"model '{name}': {err}") from None
+    try:
+        check_recipe(entry["family"], entry.get("steps"), entry.get("guidance"))
+    except SchedulerError as err:
+        raise RegistryError(f"model '{name}': {err}") from None
     values = {k: v for k, v in entry.items() if k not in ("source", "family")}
     try:
         return _spec(name, str(entry["source"]), entry["family"], **values)

@@ -19,6 +19,14 @@ from PIL import Image, ImageFilter
 class SafetyChecker:
     checker: Any  # StableDiffusionSafetyChecker
     feature_extractor: Any  # CLIPImageProcessor
+    device: str = "cpu"  # where it runs: the pipeline's device
+    resident: bool = True  # kept there; False: moved there for each check and back (offloaded models)
+
+    def place(self, device: str, *, resident: bool) -> None:
+        """Run on `device` (the pipeline's), kept there when `resident`, else moved there for
+        each check and back to the CPU after it (how an offloaded pipeline's models run)."""
+        self.device, self.resident = device, resident
+        self.checker.to(device if resident else "cpu")
 
     @classmethod
     def take_from(cls, pipe: Any) -> SafetyChecker | None:
@@ -32,11 +40,17 @@ class SafetyChecker:
 
     @torch.no_grad()
     def flags(self, images: list[Image.Image]) -> list[bool]:
-        param = next(self.checker.parameters())
-        clip_input = self.feature_extractor(images, return_tensors="pt").pixel_values.to(param.device, param.dtype)
-        arrays = np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images])
-        _, flagged = self.checker(images=arrays, clip_input=clip_input)
-        return [bool(f) for f in flagged]
+        if not self.resident:
+            self.checker.to(self.device)
+        try:
+            param = next(self.checker.parameters())
+            clip_input = self.feature_extractor(images, return_tensors="pt").pixel_values.to(param.device, param.dtype)
+            arrays = np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images])
+            _, flagged = self.checker(images=arrays, clip_input=clip_input)
+            return [bool(f) for f in flagged]
+        finally:
+            if not self.resident:
+                self.checker.to("cpu")
 
 
 def blur(image: Image.Image) -> Image.Image:

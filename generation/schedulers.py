@@ -76,6 +76,51 @@ class SchedulerError(ValueError):
 PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan", "clip", "caption"]
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a family's weights must be sampled, whatever the configuration they were read with:
+    `spacing` the schedulers' `timestep_spacing` (None: the model's own), `max_guidance` the
+    most classifier-free guidance, `max_steps` the most steps a model entry may set (None: any).
+
+    Turbo models (SD-Turbo, SDXL-Turbo: adversarial diffusion distillation) are sampled from the
+    last timestep, 'trailing', in 1–4 steps without guidance (their model cards: guidance_scale
+    0.0; their hub schedulers: EulerDiscrete / EulerAncestralDiscrete with 'trailing'). A Turbo
+    read from a single file takes its scheduler from the `config` it names, usually an SD or
+    SDXL base whose 'leading' spacing starts one step at t = 1 instead of 999: noise."""
+
+    spacing: str | None = None
+    max_guidance: float | None = None
+    max_steps: int | None = None
+
+
+TURBO = Recipe(spacing="trailing", max_guidance=1.0, max_steps=4)
+FAMILY_RECIPES: dict[str, Recipe] = {"sd-turbo": TURBO, "sdxl-turbo": TURBO}
+
+
+def recipe_for(family: str) -> Recipe:
+    """The family's sampling recipe (FAMILY_RECIPES; an empty Recipe for the others)."""
+    return FAMILY_RECIPES.get(family, Recipe())
+
+
+def check_recipe(family: str, steps: int | None, guidance: float | None) -> None:
+    """Raise SchedulerError when a model entry's `steps` or `guidance` break its family's recipe."""
+    recipe = recipe_for(family)
+    if recipe.max_guidance is not None and guidance is not None and guidance > recipe.max_guidance:
+        raise SchedulerError(f"'guidance' {guidance:g}: {family} models run without classifier-free guidance "
+                             f"(at most {recipe.max_guidance:g}; their recipe is 0)")
+    if recipe.max_steps is not None and steps is not None and steps > recipe.max_steps:
+        raise SchedulerError(f"'steps' {steps}: {family} models are made for 1–{recipe.max_steps} steps")
+
+
+def following_recipe(scheduler: Any, family: str) -> Any:
+    """`scheduler`, or a copy of it with the family's `timestep_spacing` where its configuration
+    says another (a scheduler without that setting is returned as it is)."""
+    spacing = recipe_for(family).spacing
+    if spacing is None or "timestep_spacing" not in scheduler.config or scheduler.config.timestep_spacing == spacing:
+        return scheduler
+    return type(scheduler).from_config(dict(scheduler.config), timestep_spacing=spacing)
+
+
 def loop_for(family: str, task: PipelineTask) -> Loop:
     """The loop that runs `task` in `family`."""
     loops = FAMILY_LOOPS[family]

@@ -111,7 +111,7 @@ def test_toml_overrides_replace_the_defaults(tmp_path: Path):
     path = write(tmp_path, '''
 [models.fast]
 source = "/models/fast"
-family = "sd-turbo"
+family = "sd"
 native_side = 384
 steps = 4
 guidance = 1.5

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -289,7 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell's own commands end when their reader stops
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `pintor` command (`argv`: its arguments, default sys.argv's) and return its exit
+    code. A reader that stops early (`pintor history | head`) ends it quietly with 141, as
+    SIGPIPE ends a shell's own commands: no "Broken pipe" message."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe is found here, not at exit
+    except BrokenPipeError:
+        # what was left unwritten goes nowhere: Python's flush at exit would complain again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE_CLOSED
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
@@ -324,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(db_upgrade(settings))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # the reader stopped: `main` ends quietly
     except Exception as err:  # noqa: BLE001 - a clear line instead of a traceback
         log.debug("pintor %s failed", args.command, exc_info=True)
         print(f"error: {err}", file=sys.stderr)

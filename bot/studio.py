@@ -70,7 +70,6 @@ _T = TypeVar("_T")
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
 MAX_ZOOM = 2.0  # Custom Zoom's largest factor, as MidJourney's
-OUTPAINT_FAMILIES = EMPHASIS_FAMILIES  # the Stable Diffusion families: an inpainting pipeline from their parts
 # How long a job's event waits for a database that cannot be reached (a PostgreSQL restart)
 # before the job is given up as failed; tried again 0.5 s, 1 s, 2 s … at most 5 s apart.
 DATABASE_WAIT_S = 300.0
@@ -645,7 +644,7 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
         grid = self.remixed(grid.replace(model=spec.name), prompt, rules)
-        if spec.family not in OUTPAINT_FAMILIES and not (spec.family == "kandinsky22" and spec.inpaint):
+        if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
                                "need a Stable Diffusion model, or a Kandinsky 2.2 model whose entry names its "
                                "inpainting decoder.")

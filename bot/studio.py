@@ -46,6 +46,7 @@ from bot.intake import (
     prepare_repeated,
     prepare_with_notices,
     refuses_unknown_parameters,
+    repeat_notice,
     with_control,
     without_control_weight,
 )
@@ -775,6 +776,9 @@ class Studio:
                 f"Ignored the link{'s' if len(parsed.image_urls) > 1 else ''} at the start of the prompt "
                 f"({', '.join(quote(link_name(u)) for u in parsed.image_urls)}): /blend mixes the images "
                 "you upload with it.",))
+        if parsed.repeat > 1:  # one /blend is one grid: said, as the CLI and Remix say it
+            parsed = dataclasses.replace(parsed, repeat=1, given=parsed.given - {"repeat"},
+                                         notices=parsed.notices + (repeat_notice(parsed.repeat),))
         if parsed.selectors:  # --v/--niji/--style choose among models that cannot blend
             ignored = ", ".join(quote(f"--{name} {value}".rstrip()) for name, value in parsed.selectors)
             parsed = dataclasses.replace(parsed, selectors=(), notices=parsed.notices + (

@@ -185,7 +185,8 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
     the weights or strength, and a notice saying what was done; the caller sets the pictures'
     paths (`images` or `init_image`). Raises LimitError where the server's steps cannot fit."""
     iw = request.image_weight
-    shown = f"{count} image prompt{'s' if count > 1 else ''}" + (f" at --iw {iw:g}" if iw != 1 else "")
+    given = len(request.image_prompts) or count  # every picture given (links and the image option), used or not
+    shown = f"{given} image prompt{'s' if given > 1 else ''}" + (f" at --iw {iw:g}" if iw != 1 else "")
     names = ", ".join(request.image_prompts)
     if spec.can_blend:
         total = sum(weight for _, weight in request.parts)
@@ -201,10 +202,11 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
         raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to start "
                          f"from a picture at --iw {iw:g} on {spec.name}. Use a lower --iw (--iw 0 needs one step), "
                          "or a Kandinsky model.") from None
-    unused = len(request.image_prompts) - 1
+    first, *others = request.image_prompts or ("",)
+    unused = (f" It uses the first image prompt only ({first}); {', '.join(others)} "
+              f"{'was' if len(others) == 1 else 'were'} not used (a Kandinsky model mixes several).") if others else ""
     notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
-              f"{strength:g})." + (f" It uses the first image prompt only; the other {unused} were not used "
-                                   "(a Kandinsky model mixes several)." if unused else ""))
+              f"{strength:g}).{unused}")
     return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice))
 
 

@@ -210,6 +210,19 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
     return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice))
 
 
+PAUSED = "Pintor is paused on this server by its admins. Try again later."
+
+
+def answer_refusal(rules: ServerRules | None, channel_id: int | None, *, check_channel: bool = True) -> str | None:
+    """Why Pintor takes no job at all under a server's `rules` (None: no server's), whatever is
+    asked: paused, or (with `check_channel`; not for a DM about a server's job) `channel_id` not
+    in its channel list; None where it answers. A button that opens a form checks this first, so
+    that a member does not type into a form that will be refused."""
+    if rules is not None and rules.paused:
+        return PAUSED
+    return channel_refusal(rules, channel_id) if check_channel else None
+
+
 def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | None:
     """Why Pintor does not answer in `channel_id` under a server's channel list; None where it
     does (no list, or a listed channel)."""
@@ -587,7 +600,7 @@ class Studio:
         channel."""
         parent, image = await self._image(job_id, index)
         if rules is not None and rules.paused:
-            raise LimitError("Pintor is paused on this server by its admins. Try again later.")
+            raise LimitError(PAUSED)
         if rules is not None and not direct and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
         key = f"pick:{member.id}:{job_id}:{index}"
@@ -982,7 +995,7 @@ class Studio:
         """Raise LimitError where the server's rules refuse `request`, asked for `jobs` times
         at once (--repeat: every one must fit the queue limit and the daily quota)."""
         if rules.paused:
-            raise LimitError("Pintor is paused on this server by its admins. Try again later.")
+            raise LimitError(PAUSED)
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
         allowed = name_list(rules.allowed_models)

@@ -65,11 +65,11 @@ def missing_local_sources(registry: Registry, names: list[str] | None = None) ->
                 spec.single_file or spec.family in WEIGHTS_FILE_FAMILIES))
             if local and not Path(source).expanduser().exists():
                 found.append((spec.name, what, source))
-    additions = [*registry.loras.values(), *registry.embeddings.values()]
-    for entry in additions:
-        if (names is None or entry.name in names) and looks_like_path(entry.source) \
-                and not Path(entry.source).expanduser().exists():
-            found.append((entry.name, "source", entry.source))
+    additions = [(e.name, e.source) for e in registry.loras.values()]
+    additions += [(e.name, e.source) for e in registry.embeddings.values()]
+    for name, source in additions:
+        if (names is None or name in names) and looks_like_path(source) and not Path(source).expanduser().exists():
+            found.append((name, "source", source))
     for controlnet in registry.controlnets.values():
         if names is not None and controlnet.name not in names:
             continue

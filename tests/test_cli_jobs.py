@@ -116,8 +116,8 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     history = out.split("---")[6]
     assert [int(line.split()[0]) for line in history.strip().splitlines()[:-1]] == [4, 3, 2, 1]
     assert "a new animal" in history and "4 jobs" in history
-    rows = {int(line.split()[0]): line for line in history.strip().splitlines()[:-1]}
-    assert rows[2].split()[2] == "upscale"  # by its kind's name
+    listed = {int(line.split()[0]): line for line in history.strip().splitlines()[:-1]}
+    assert listed[2].split()[2] == "upscale"  # by its kind's name
 
     # the same upscale asked for again: the first one's picture is written (it exited 2, "already
     # makes this", writing nothing), and nothing new is queued

@@ -216,14 +216,27 @@ async def open_remix(interaction: Interaction, job_id: int, n: int, what: str) -
     studio = interaction.client.studio
     if not (await studio.preferences(interaction.user.id)).remix:
         return False
-    job = await studio.job(job_id)  # two reads in all: the form opens well within 3 s
+    job = await studio.job(job_id)  # a few reads in all: the form opens well within 3 s
     if job is None:
         return False
     request = Request.from_json(job.request)
     if request.kind == JobKind.BLEND:
         return False
+    if not await form_allowed(interaction, job_id):
+        return True  # refused, and said
     await send_form(interaction, RemixForm(job_id, n, what, editable_prompt(request)))
     return True
+
+
+async def form_allowed(interaction: Interaction, job_id: int) -> bool:
+    """Whether a form under job `job_id` may open: where a press would be refused whatever is
+    typed (`PintorBot.form_refusal`: Pintor paused, switched off in this channel …), the member
+    hears why at once, privately, instead of after typing, and False is returned."""
+    refusal = await interaction.client.form_refusal(interaction, job_id)
+    if refusal is None:
+        return True
+    await interaction.response.send_message(f"⚠️ {refusal}", ephemeral=True)
+    return False
 
 
 # "1.5", "1,5", "1.5x", "×1.5", "1.5 X", "--zoom 1.5" (MidJourney's form holds the factor in the prompt)
@@ -284,7 +297,9 @@ class CustomZoomButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"pi
         return cls(int(match["job"]), int(match["n"]))
 
     async def callback(self, interaction: Interaction) -> None:
-        job = await interaction.client.studio.job(self.job_id)  # one read: the form opens within 3 s
+        if not await form_allowed(interaction, self.job_id):  # refused before the member types
+            return
+        job = await interaction.client.studio.job(self.job_id)  # a few reads: the form opens within 3 s
         prompt = editable_prompt(Request.from_json(job.request)) if job else ""
         await send_form(interaction, CustomZoomForm(self.job_id, self.n, prompt))
 

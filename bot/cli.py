@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,25 +40,29 @@ def _capabilities(spec, registry) -> str:
 def _on_disk(source: str, config: str | None = None, *, weights_file: bool = False,
              index: str = "model_index.json") -> str:
     from generation.availability import check_source
-    from generation.hub import human_size, size_on_disk
+    from generation.hub import human_size, is_local, size_on_disk
 
     state = check_source("", source, config, weights_file=weights_file, index=index)
     size = size_on_disk(source)
     if state.downloaded:
         return f"downloaded, {human_size(size or 0)}"
+    if weights_file or is_local(source):  # a path: nothing to download, the entry must be fixed
+        return f"NOT usable — {state.detail}; {state.fix}"
     return "NOT downloaded" + (f" (partly: {human_size(size)})" if size else "")
 
 
 def _addition_state(kind: str, name: str, source: str, weight_name: str | None = None) -> str:
     from generation.availability import check_addition
+    from generation.hub import is_local
 
     state = check_addition(kind, name, source, weight_name)
-    return ("here" if state.downloaded else "NOT downloaded") + ("" if state.ok else f" — {state.detail}; {state.fix}")
+    return ("here" if state.downloaded else "NOT usable" if is_local(source) else "NOT downloaded") + ("" if state.ok else f" — {state.detail}; {state.fix}")
 
 
 def models(settings: Settings) -> int:
     from bot.wiring import registry_from
     from generation.availability import check_controlnet, index_for
+    from generation.hub import is_local
     from generation.registry import KANDINSKY_20, WEIGHTS_FILE_FAMILIES
     from generation.schedulers import check_scheduler
 
@@ -75,8 +80,8 @@ def models(settings: Settings) -> int:
                   f"allow it with /pintor-admin remote-models; API key "
                   f"{'set' if settings.openai_key() else 'NOT set (OPENAI_API_KEY)'}")
             continue
-        where = ("single-file checkpoint" if spec.single_file else
-                 "local folder" if Path(spec.source).exists() else "hub id")
+        where = ("single-file checkpoint" if spec.single_file else "weights file" if spec.family in WEIGHTS_FILE_FAMILIES
+                 else "local folder" if is_local(spec.source) else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
         print(f"  {'':<16} can: {_capabilities(spec, registry)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))}")
@@ -132,6 +137,7 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
         addition_sources,
         controlnet_sources,
         hub_sources,
+        missing_local_sources,
         model_sources,
         plan,
         plan_files,
@@ -148,10 +154,18 @@ def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
 
         fp16 = choose_device(settings.pintor_device, settings.pintor_dtype).half  # fp16 files serve bf16 too
     failed = 0
+    missing = missing_local_sources(registry, names or None)
+    for name, what, source in missing:  # a path that is not here: no download can give it
+        print(f"error: {name}: its {what} {source} does not exist here, and a path cannot be downloaded; fix "
+              f"the entry in {registry.origin} (an existing folder or file, or a hub id such as owner/name)",
+              file=sys.stderr)
+    failed += len(missing)
+    broken = {name for name, _, _ in missing}
     for spec in specs:
         sources, models = hub_sources(spec), model_sources(spec)
-        if not sources and not models:
-            print(f"{spec.name}: {spec.source} is here: nothing to download")
+        if not sources and not models and spec.name not in broken:
+            print(f"{spec.name}: {spec.source} is {'remote (an API)' if spec.is_remote else 'here'}: "
+                  "nothing to download")
         for source, weights in sources:
             variant = spec.variant if fp16 else None
             failed += not _pull_repo(spec.name, source, functools.partial(plan, source, variant, weights=weights))
@@ -274,7 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell's own commands end when their reader stops
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `pintor` command (`argv`: its arguments, default sys.argv's) and return its exit
+    code. A reader that stops early (`pintor history | head`) ends it quietly with 141, as
+    SIGPIPE ends a shell's own commands: no "Broken pipe" message."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe is found here, not at exit
+    except BrokenPipeError:
+        # what was left unwritten goes nowhere: Python's flush at exit would complain again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE_CLOSED
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
@@ -309,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(db_upgrade(settings))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # the reader stopped: `main` ends quietly
     except Exception as err:  # noqa: BLE001 - a clear line instead of a traceback
         log.debug("pintor %s failed", args.command, exc_info=True)
         print(f"error: {err}", file=sys.stderr)

@@ -24,25 +24,34 @@ from bot.local import JobFailed, Pintor, Result, Watcher, check_output_name, cop
 from bot.settings import Settings
 from bot.studio import Submitted
 from generation.events import Done, Event, Progress, Queued, Started
-from storage.models import JobStatus
+from generation.request import Request, kind_name
+from storage.models import Job, JobStatus
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 MANIFEST = ".pintor-batch.json"  # in a batch's output folder: which job made which line
 
 
 def _check_writable(paths: list[Path]) -> None:
+    """Exit with EXIT_BAD_INPUT (2), the reason on stderr, before any job is made when a file
+    of `paths` cannot be written: a folder, a format Pillow cannot write (`x.psd`), a folder
+    that does not exist, no permission."""
     for path in paths:
+        reason = None
         if path.is_dir():
-            raise SystemExit(f"error: {path} is a folder; give a file name such as {path / 'out.png'}")
-        try:
-            check_output_name(path)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+            reason = f"{path} is a folder; give a file name such as {path / 'out.png'}"
+        else:
+            try:
+                check_output_name(path)
+            except ValueError as err:
+                reason = str(err)
         parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise SystemExit(f"error: cannot write {path}: the folder {parent} does not exist")
-        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise SystemExit(f"error: cannot write {path}: permission denied")
+        if reason is None and not parent.is_dir():
+            reason = f"cannot write {path}: the folder {parent} does not exist"
+        if reason is None and (not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))):
+            reason = f"cannot write {path}: permission denied"
+        if reason is not None:
+            print(f"error: {reason}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT)
 
 
 class TerminalProgress(Watcher):
@@ -57,6 +66,11 @@ class TerminalProgress(Watcher):
               f"seed {request.seed}, model {request.model}", file=sys.stderr)
         for notice in request.notices:  # what was changed or ignored in the prompt
             print(f"note: {notice}", file=sys.stderr)
+
+    def existing(self, job: Job) -> None:
+        what = f"picture {job.parent_index} of job {job.parent_id}" if job.parent_id else "this picture"
+        state = "made" if job.status == JobStatus.DONE else f"{job.status}: waiting for it"
+        print(f"job {job.id} already upscales {what} ({state}); nothing new is queued", file=sys.stderr)
 
     def event(self, event: Event) -> None:
         from tqdm import tqdm
@@ -98,7 +112,7 @@ async def run_job(settings: Settings, output: Path | None, separate: bool,
         return EXIT_FAILED
     if result.prompts:  # a describe: its prompts are the result (its picture only with -o)
         for n, prompt in enumerate(result.prompts, start=1):
-            print(f"{n}. {prompt}")
+            print(f"{n}. {clean(prompt)}")
         print(f"(job {result.job_id}: `pintor imagine \"PROMPT\"` makes one)", file=sys.stderr)
         if output is None:
             return 0
@@ -135,8 +149,10 @@ async def show(settings: Settings, job_id: int, output: Path | None, separate: b
         return EXIT_BAD_INPUT
     # member text without direction controls: they would reorder the terminal's line
     print(f"job {result.job_id}: {result.kind}, model {result.model}, seed {result.seed}: {clean(result.prompt)}")
+    for n, prompt in enumerate(result.prompts, start=1):  # a describe: its four prompts are its result
+        print(f"{n}. {clean(prompt)}")
     for notice in result.notices:
-        print(f"note: {notice}")
+        print(f"note: {clean(notice)}")
     if output is None:
         print(f"grid: {result.grid_path}")
     else:
@@ -154,7 +170,8 @@ async def history(settings: Settings, page: int) -> int:
     for job in jobs:
         who = "operator" if job.user_id == 0 else f"member {job.user_id}"
         made = job.created_at.strftime("%Y-%m-%d %H:%M")
-        print(f"{job.id:>6}  {job.status:<9} {job.kind:<9} {job.model:<16} {made}  {who:<26} {clean(job.prompt)[:80]}")
+        kind = kind_name(job.kind, Request.from_json(job.request).outpaint, job.parent_index)  # "U2", "Zoom Out 2x"
+        print(f"{job.id:>6}  {job.status:<9} {kind:<13} {job.model:<16} {made}  {who:<26} {clean(job.prompt)[:80]}")
     print(f"page {page} · {total} jobs (yours and those posted publicly in a server)")
     return 0
 

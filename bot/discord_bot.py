@@ -36,7 +36,7 @@ from bot.results import (
     unsent_message,
 )
 from bot.settings import Settings
-from bot.studio import AlreadyMade, Studio, Submitted
+from bot.studio import AlreadyMade, Studio, Submitted, answer_refusal
 from generation.events import Done, Event, Failed
 from generation.request import JobKind
 from storage.db import unreachable
@@ -227,19 +227,38 @@ class PintorBot(commands.Bot):
         await interaction.response.defer()  # a component: "deferred update", the message stays as it is
         private = (await self.studio.preferences(interaction.user.id)).private
         delivery = Delivery.for_interaction(interaction, new_message=True, received_at=received_at, private=private)
+        refusal, rules, guild_id = await self._button_refusal(interaction, job_id)
+        if refusal is not None:
+            await delivery.refuse(refusal)
+            return None
+        return delivery, rules, guild_id
+
+    async def _button_refusal(self, interaction: Interaction, job_id: int, *, answering: bool = False
+                              ) -> tuple[str | None, ServerRules | None, int | None]:
+        """Whether a press under job `job_id` is refused whoever's and whatever it asks: (the
+        refusal or None, the rules it is made under, their server). With `answering`, also where
+        Pintor answers no job at all (paused, a channel not listed: `answer_refusal`), which
+        the Studio checks again when the job is submitted."""
         job = await self.studio.job(job_id)
         # A press in a DM (under a result sent there) belongs to the server its job came from, and
         # that server's rules apply; one that belongs to no server needs DMs to be allowed.
         guild_id = interaction.guild_id if interaction.guild_id is not None else (job.guild_id if job else None)
         if guild_id is None and not self.settings.pintor_allow_dms:
-            await delivery.refuse(DM_REFUSAL)
-            return None
+            return DM_REFUSAL, None, guild_id
         rules = await self.rules(guild_id)
         if self.settings.pintor_buttons_author_only or (rules is not None and rules.buttons_author_only):
             if job is not None and job.user_id != interaction.user.id:
-                await delivery.refuse(f"Only <@{job.user_id}>, who asked for job {job_id}, can use its buttons.")
-                return None
-        return delivery, rules, guild_id
+                return f"Only <@{job.user_id}>, who asked for job {job_id}, can use its buttons.", rules, guild_id
+        if answering and (refusal := answer_refusal(rules, interaction.channel_id,
+                                                    check_channel=interaction.guild_id is not None)):
+            return refusal, rules, guild_id
+        return None, rules, guild_id
+
+    async def form_refusal(self, interaction: Interaction, job_id: int) -> str | None:
+        """Why a button under job `job_id` that opens a form (Custom Zoom, Remix) must not open
+        it: what a press would be refused for whatever the member types (DMs not allowed, the
+        author's buttons only, Pintor paused or not answering in this channel); None to open it."""
+        return (await self._button_refusal(interaction, job_id, answering=True))[0]
 
     async def start_job(self, interaction: Interaction, delivery: Delivery, submit: Submit, *,
                         rules: ServerRules | None = None, origin_guild_id: int | None = None) -> bool:

@@ -340,9 +340,13 @@ def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferen
     requests, notices = prepare_repeated(registry, text, defaults, allowed=allowed, strict=strict, control=control)
     request = requests[0]
     if len(requests) > 1:
-        request = request.replace(notices=(*request.notices, f"--repeat {len(requests)} makes several grids in "
-                                           "Discord's /imagine only: this made one."))
+        request = request.replace(notices=(*request.notices, repeat_notice(len(requests))))
     return request, notices
+
+
+def repeat_notice(count: int) -> str:
+    """What a job that makes one grid says of a `--repeat count` (count > 1) it did not follow."""
+    return f"--repeat {count} makes several grids in Discord's /imagine only: this made one."
 
 
 def repeated(request: Request, count: int, *, seed_given: bool) -> list[Request]:

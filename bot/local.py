@@ -37,7 +37,7 @@ from PIL import Image
 
 from bot.intake import OPERATOR_ID, USER_ERRORS, Member, RequestError
 from bot.settings import Settings
-from bot.studio import Studio, Submitted
+from bot.studio import AlreadyMade, Studio, Submitted
 from bot.wiring import open_studio
 from generation.events import Cancelled, Done, Event, Failed, Interrupted
 from generation.request import Request
@@ -102,16 +102,19 @@ class Result:
     seed: int  # the job's seed: the same prompt with `--seed` this number makes the same pictures
     grid_path: Path  # the 2×2 grid (an upscale: the one picture)
     paths: tuple[Path, ...]  # each picture, index 1–4 as on the U/V buttons
-    notices: tuple[str, ...] = ()  # what the worker had to change (e.g. a prompt cut to 77 tokens)
+    # every change Pintor made, as Discord says them with the result: the prompt's (a parameter
+    # ignored, a size rounded), then the job's and the worker's (e.g. a prompt cut to 77 tokens)
+    notices: tuple[str, ...] = ()
     prompts: tuple[str, ...] = ()  # a describe: the four prompts written for its picture (grid_path)
 
     @classmethod
     def of(cls, job: Job, studio: Studio) -> Result:
         """`job` (a finished one), its pictures found through `studio`'s file store."""
         request = Request.from_json(job.request)
+        notices = list(request.notices)
+        notices += [line for line in (job.notices or "").splitlines() if line.strip() and line not in notices]
         return cls(job.id, job.kind, job.prompt, job.model, request.seed, studio.picture(job.grid_path or ""),
-                   tuple(studio.picture(i.path) for i in job.images), tuple((job.notices or "").splitlines()),
-                   tuple(job.prompts))
+                   tuple(studio.picture(i.path) for i in job.images), tuple(notices), tuple(job.prompts))
 
     @property
     def grid(self) -> Image.Image:
@@ -158,6 +161,10 @@ class Watcher:
 
     def event(self, event: Event) -> None:
         """Each event of the job after it is stored: Queued, Started, Progress, then the final one."""
+
+    def existing(self, job: Job) -> None:
+        """Nothing new is made: `job` (queued, running or done) already makes what was asked
+        for (an upscale asked for twice); its result is given instead."""
 
 
 JobRef = int | Result
@@ -227,9 +234,16 @@ class Pintor:
         return await self.finish(self._told(await self._open().describe(OPERATOR, name, data)))
 
     async def upscale(self, job: JobRef, index: int) -> Result:
-        """Picture `index` (1–4) of a finished job, larger (the U buttons)."""
+        """Picture `index` (1–4) of a finished job, larger (the U buttons). Asked again for the
+        same picture, it returns the upscale made the first time (waiting for it while it is
+        queued or running), as a second press of the button in Discord points to it."""
         job_id = await self._readable(job)
-        return await self.finish(self._told(await self._open().upscale(OPERATOR, job_id, index)))
+        try:
+            submitted = await self._open().upscale(OPERATOR, job_id, index)
+        except AlreadyMade as made:
+            self.watcher.existing(made.job)
+            return await self.finish(made.job.id)
+        return await self.finish(self._told(submitted))
 
     async def vary(self, job: JobRef, index: int, *, strong: bool = False) -> Result:
         """Four variations of picture `index` (1–4) of a finished job (the V buttons)."""

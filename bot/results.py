@@ -19,7 +19,7 @@ from bot.limits import Echo, compose
 from bot.studio import VARY_STRONG, Studio
 from generation.events import Cancelled, Event, Failed, Interrupted
 from generation.files import CONTROL_FILE
-from generation.request import JobKind, Request
+from generation.request import JobKind, Request, outpaint_name
 from generation.upscale import RESAMPLE
 from storage.models import Job, JobStatus
 
@@ -124,17 +124,6 @@ def _origin(job: Job, request: Request) -> str | None:
     if job.kind == JobKind.OUTPAINT and job.parent_id and request.outpaint is not None:
         return f"{outpaint_name(request.outpaint)} of image {job.parent_index} of job {job.parent_id}"
     return None
-
-
-def outpaint_name(extension: tuple[float, float, float, float]) -> str:
-    """What a canvas extension was asked as: Zoom Out 2x, Pan ⬅️, Make Square."""
-    left, top, right, bottom = extension
-    if left == top == right == bottom:
-        return f"Zoom Out {1 + 2 * left:g}x"
-    ways = [emoji for share, emoji in ((left, "⬅️"), (right, "➡️"), (top, "⬆️"), (bottom, "⬇️")) if share > 0]
-    if len(ways) == 1:
-        return f"Pan {ways[0]}"
-    return "Make Square"
 
 
 def _notices(job: Job) -> list[str | Echo]:

@@ -46,6 +46,7 @@ from bot.intake import (
     prepare_repeated,
     prepare_with_notices,
     refuses_unknown_parameters,
+    repeat_notice,
     with_control,
     without_control_weight,
 )
@@ -70,7 +71,6 @@ _T = TypeVar("_T")
 
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7  # image-to-image strength of Vary (Subtle) / Vary (Strong)
 MAX_ZOOM = 2.0  # Custom Zoom's largest factor, as MidJourney's
-OUTPAINT_FAMILIES = EMPHASIS_FAMILIES  # the Stable Diffusion families: an inpainting pipeline from their parts
 # How long a job's event waits for a database that cannot be reached (a PostgreSQL restart)
 # before the job is given up as failed; tried again 0.5 s, 1 s, 2 s … at most 5 s apart.
 DATABASE_WAIT_S = 300.0
@@ -185,7 +185,8 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
     the weights or strength, and a notice saying what was done; the caller sets the pictures'
     paths (`images` or `init_image`). Raises LimitError where the server's steps cannot fit."""
     iw = request.image_weight
-    shown = f"{count} image prompt{'s' if count > 1 else ''}" + (f" at --iw {iw:g}" if iw != 1 else "")
+    given = len(request.image_prompts) or count  # every picture given (links and the image option), used or not
+    shown = f"{given} image prompt{'s' if given > 1 else ''}" + (f" at --iw {iw:g}" if iw != 1 else "")
     names = ", ".join(request.image_prompts)
     if spec.can_blend:
         total = sum(weight for _, weight in request.parts)
@@ -201,11 +202,25 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
         raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to start "
                          f"from a picture at --iw {iw:g} on {spec.name}. Use a lower --iw (--iw 0 needs one step), "
                          "or a Kandinsky model.") from None
-    unused = len(request.image_prompts) - 1
+    first, *others = request.image_prompts or ("",)
+    unused = (f" It uses the first image prompt only ({first}); {', '.join(others)} "
+              f"{'was' if len(others) == 1 else 'were'} not used (a Kandinsky model mixes several).") if others else ""
     notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
-              f"{strength:g})." + (f" It uses the first image prompt only; the other {unused} were not used "
-                                   "(a Kandinsky model mixes several)." if unused else ""))
+              f"{strength:g}).{unused}")
     return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice))
+
+
+PAUSED = "Pintor is paused on this server by its admins. Try again later."
+
+
+def answer_refusal(rules: ServerRules | None, channel_id: int | None, *, check_channel: bool = True) -> str | None:
+    """Why Pintor takes no job at all under a server's `rules` (None: no server's), whatever is
+    asked: paused, or (with `check_channel`; not for a DM about a server's job) `channel_id` not
+    in its channel list; None where it answers. A button that opens a form checks this first, so
+    that a member does not type into a form that will be refused."""
+    if rules is not None and rules.paused:
+        return PAUSED
+    return channel_refusal(rules, channel_id) if check_channel else None
 
 
 def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | None:
@@ -585,7 +600,7 @@ class Studio:
         channel."""
         parent, image = await self._image(job_id, index)
         if rules is not None and rules.paused:
-            raise LimitError("Pintor is paused on this server by its admins. Try again later.")
+            raise LimitError(PAUSED)
         if rules is not None and not direct and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
         key = f"pick:{member.id}:{job_id}:{index}"
@@ -645,7 +660,7 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
         grid = self.remixed(grid.replace(model=spec.name), prompt, rules)
-        if spec.family not in OUTPAINT_FAMILIES and not (spec.family == "kandinsky22" and spec.inpaint):
+        if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
                                "need a Stable Diffusion model, or a Kandinsky 2.2 model whose entry names its "
                                "inpainting decoder.")
@@ -776,6 +791,9 @@ class Studio:
                 f"Ignored the link{'s' if len(parsed.image_urls) > 1 else ''} at the start of the prompt "
                 f"({', '.join(quote(link_name(u)) for u in parsed.image_urls)}): /blend mixes the images "
                 "you upload with it.",))
+        if parsed.repeat > 1:  # one /blend is one grid: said, as the CLI and Remix say it
+            parsed = dataclasses.replace(parsed, repeat=1, given=parsed.given - {"repeat"},
+                                         notices=parsed.notices + (repeat_notice(parsed.repeat),))
         if parsed.selectors:  # --v/--niji/--style choose among models that cannot blend
             ignored = ", ".join(quote(f"--{name} {value}".rstrip()) for name, value in parsed.selectors)
             parsed = dataclasses.replace(parsed, selectors=(), notices=parsed.notices + (
@@ -977,7 +995,7 @@ class Studio:
         """Raise LimitError where the server's rules refuse `request`, asked for `jobs` times
         at once (--repeat: every one must fit the queue limit and the daily quota)."""
         if rules.paused:
-            raise LimitError("Pintor is paused on this server by its admins. Try again later.")
+            raise LimitError(PAUSED)
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
         allowed = name_list(rules.allowed_models)

@@ -15,6 +15,21 @@ GIB = 1024**3
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+# what each device's allocator says when it has no memory left, when it raises no
+# torch.OutOfMemoryError: the CPU's ("[enforce fail at alloc_cpu.cpp:…] DefaultCPUAllocator:
+# can't allocate memory: you tried to allocate … bytes"), Apple's MPS ("MPS backend out of memory")
+_OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is a device running out of memory, whichever the device: CUDA's
+    torch.OutOfMemoryError, the CPU allocator's RuntimeError, MPS's, or Python's MemoryError.
+    Each is handled as the GPU's is (a resampling fallback, a run with offloading, a plain reason)."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and any(words in str(err).lower() for words in _OUT_OF_MEMORY_WORDS)
+
+
 class Offload(StrEnum):
     """How a pipeline's sub-models share the GPU's memory (PINTOR_OFFLOAD).
 

@@ -26,7 +26,7 @@ from generation.clip_guidance import ClipGuide, slower_notice, steering, vae_dec
 from generation.control import ControlError, depth_hint, make_control_image
 from generation.creative import repaint
 from generation.decoding import decoding_precision
-from generation.devices import DeviceChoice, FastPath
+from generation.devices import DeviceChoice, FastPath, is_out_of_memory
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.previews import PREVIEW_SIDE, Preview, TinyDecoderPreview, latents_preview
@@ -579,9 +579,11 @@ class Engine:
                                       on_tile=lambda done, total: on_step(done, total, lambda: image))
             except Stop:
                 raise GenerationStopped() from None
-            except torch.OutOfMemoryError:  # one tile did not fit: nothing else will
+            except Exception as err:  # one tile did not fit (on any device): nothing else will
+                if not is_out_of_memory(err):
+                    raise
                 self.pipelines.release()
-                return resampled("The upscaling model ran out of GPU memory")
+                return resampled(f"The upscaling model ran out of memory ({self.device.device})")
         if upscale_factor(*image.size, with_model=True) != MODEL_FACTOR:
             return resampled("Too large for the upscaling model")
         # the x4 upscaler's own steps: a creative request's steps are those of its second pass
@@ -595,9 +597,11 @@ class Engine:
                                          guidance_scale=guidance, generator=generator, callback_steps=1,
                                          callback=legacy_callback(callback, total=steps)).images[0]
             return upscaled
-        except torch.OutOfMemoryError:
+        except Exception as err:
+            if not is_out_of_memory(err):  # on any device: the CPU allocator's error too
+                raise
             self.pipelines.release()
-            return resampled("The upscaling model ran out of GPU memory")
+            return resampled(f"The upscaling model ran out of memory ({self.device.device})")
 
     # 4. /describe ------------------------------------------------------------------------------
 

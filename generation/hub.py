@@ -40,6 +40,45 @@ def _is_hub_id(source: str | None) -> bool:
     return source is not None and source != "" and not looks_like_path(source) and not Path(source).exists()
 
 
+def is_local(source: str) -> bool:
+    """Whether `source` names a file or folder of this machine (written as a path, or one that
+    exists here) rather than a hub id: nothing of it can be downloaded."""
+    return looks_like_path(source) or Path(source).expanduser().exists()
+
+
+def missing_local_sources(registry: Registry, names: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """Every file or folder an entry (of `names`, all for None) names as its source, prior,
+    inpainting pipeline, config, VAE, CLIP model or captioner CLIP — or a LoRA, embedding,
+    ControlNet or depth estimator as its source — that does not exist here: (entry name,
+    what, path). No download can give them: the entry must be fixed."""
+    found = []
+    for spec in registry.models.values():
+        if spec.is_remote or (names is not None and spec.name not in names):
+            continue
+        for what, source in (("source", spec.source), ("prior", spec.prior), ("inpaint", spec.inpaint),
+                             ("config", spec.config), ("vae", spec.vae), ("clip_model", spec.clip_model),
+                             ("clip", spec.clip), ("preview", spec.preview)):
+            # an upscaler's weights file and a single-file checkpoint are files wherever written
+            if not source:
+                continue
+            local = looks_like_path(source) or (what == "source" and (
+                spec.single_file or spec.family in WEIGHTS_FILE_FAMILIES))
+            if local and not Path(source).expanduser().exists():
+                found.append((spec.name, what, source))
+    additions = [(e.name, e.source) for e in registry.loras.values()]
+    additions += [(e.name, e.source) for e in registry.embeddings.values()]
+    for name, source in additions:
+        if (names is None or name in names) and looks_like_path(source) and not Path(source).expanduser().exists():
+            found.append((name, "source", source))
+    for controlnet in registry.controlnets.values():
+        if names is not None and controlnet.name not in names:
+            continue
+        for what, source in (("source", controlnet.source), ("estimator", controlnet.estimator)):
+            if source and looks_like_path(source) and not Path(source).expanduser().exists():
+                found.append((controlnet.name, what, source))
+    return found
+
+
 def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     """The hub ids a model loads from, each with whether its weights are needed: its source
     and, for Kandinsky, its prior (weights), a single-file checkpoint's config (configs and

@@ -55,7 +55,7 @@ from generation.availability import (
 from generation.captions import load_captioner
 from generation.clip_guidance import load_clip
 from generation.control import DepthEstimator
-from generation.devices import DeviceChoice, FastPath, Offload, choose_offload
+from generation.devices import DeviceChoice, FastPath, Offload, choose_offload, is_out_of_memory
 from generation.esrgan import load_esrgan
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ControlNetSpec, ModelSpec
@@ -418,9 +418,9 @@ class PipelineCache:
             single = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline
             try:
                 return single.from_single_file(source, config=config, local_files_only=True, **kwargs)
-            except torch.OutOfMemoryError:
-                raise
             except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as err:
+                if is_out_of_memory(err):  # the CPU allocator's RuntimeError too: memory, not a misfit
+                    raise
                 # config and file are both here (require): the checkpoint does not fit its config
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 raise ModelLoadError(member_message(spec.name), (

@@ -272,6 +272,13 @@ class ModelSpec:
         """True when --clip works with this model: a Stable Diffusion family and a `clip_model`."""
         return self.family in CLIP_GUIDANCE_FAMILIES and self.clip_model is not None
 
+    @property
+    def can_outpaint(self) -> bool:
+        """True when Zoom Out, Pan and Make Square work with this model: a Stable Diffusion
+        family (an inpainting pipeline from its parts, or its entry's `inpaint`), or Kandinsky
+        2.2 whose entry names its inpainting decoder (`inpaint`)."""
+        return self.family in INPAINT_FAMILIES or (self.family == "kandinsky22" and self.inpaint is not None)
+
     def capabilities(self) -> list[str]:
         """What members can do with this model, in words (`pintor models`, /info): "text to
         image", "image to image (V)", "blend", "zoom/pan (inpaint)", "CLIP guidance", "upscale";
@@ -284,7 +291,7 @@ class ModelSpec:
                     "upscale (here, as any picture)"]
         can = [what for what, on in (
             ("text to image", self.can_generate), ("image to image (V)", self.can_generate),
-            ("blend", self.can_blend), ("zoom/pan (inpaint)", self.family in INPAINT_FAMILIES),
+            ("blend", self.can_blend), ("zoom/pan (inpaint)", self.can_outpaint),
             ("CLIP guidance (--clip)", self.can_clip_guide), ("upscale", self.is_upscaler),
             ("describe", self.is_captioner)) if on]
         return can

@@ -38,6 +38,30 @@ class JobKind(StrEnum):
 KINDS = tuple(JobKind)
 
 
+def outpaint_name(extension: tuple[float, float, float, float]) -> str:
+    """What a canvas extension was asked as: Zoom Out 2x, Pan ⬅️, Make Square."""
+    left, top, right, bottom = extension
+    if left == top == right == bottom:
+        return f"Zoom Out {1 + 2 * left:g}x"
+    ways = [emoji for share, emoji in ((left, "⬅️"), (right, "➡️"), (top, "⬆️"), (bottom, "⬇️")) if share > 0]
+    if len(ways) == 1:
+        return f"Pan {ways[0]}"
+    return "Make Square"
+
+
+def kind_name(kind: str, outpaint: tuple[float, float, float, float] | None = None,
+              index: int | None = None) -> str:
+    """A job's kind as members know it from the buttons, for lists (/history, `pintor
+    history`): a U press (PICK) of picture `index` is "U2", a canvas extension (`outpaint`) its
+    button's name ("Zoom Out 2x", "Pan ⬅️", "Make Square"); the other kinds by their value
+    (imagine, variation, upscale …)."""
+    if kind == JobKind.PICK:
+        return f"U{index}" if index else "U"
+    if kind == JobKind.OUTPAINT:
+        return outpaint_name(outpaint) if outpaint is not None else "Zoom Out"
+    return str(kind)
+
+
 @dataclass(frozen=True)
 class Request:
     kind: JobKind

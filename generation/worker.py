@@ -235,9 +235,8 @@ class _Worker:
         again alone, so that one job's fault (a missing input picture, say) is its own. A job
         alone that runs out of memory runs once more with offloading on (`offloaded`:
         PipelineCache.offloaded), then fails with the reason; the worker goes on serving."""
-        import torch
-
         from generation.availability import ModelLoadError
+        from generation.devices import is_out_of_memory
         from generation.engine import BatchJob, GenerationStopped
         from generation.remote import RemoteRefusal
 
@@ -297,7 +296,7 @@ class _Worker:
                     else:
                         self.run_batch(engine, [job])
                         ended.add(job[0])
-            elif isinstance(err, torch.OutOfMemoryError) and not offloaded and not self.stopping.is_set():
+            elif is_out_of_memory(err) and not offloaded and not self.stopping.is_set():  # any device's
                 log.warning("job %s ran out of memory; running it again with offloading on", jobs[0][0])
                 with engine.pipelines.offloaded():
                     self.run_batch(engine, still, offloaded=True)
@@ -313,7 +312,7 @@ class _Worker:
             else:
                 log.error("job %s failed:\n%s", jobs[0][0], traceback.format_exc())
                 for job_id, _ in still:
-                    end(Failed(job_id, _reason(err)))
+                    end(Failed(job_id, _reason(err, engine.device.device)))
         for job_id, _ in jobs:
             if job_id not in ended:  # stopped: by a cancel, or by the worker's stop
                 end(Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))
@@ -325,10 +324,15 @@ class _Worker:
 _SERVER_PATH = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:|~|\.{1,2})?[/\\][^\s'\"]+")
 
 
-def _reason(err: Exception) -> str:
-    """What a member is told: no server paths or internals (the log has the traceback)."""
+def _reason(err: Exception, device: str = "cuda") -> str:
+    """What a member is told: no server paths or internals (the log has the traceback).
+    `device` ("cuda", "mps", "cpu"): where the job ran, named when it ran out of memory."""
+    from generation.devices import is_out_of_memory  # (torch: imported in the worker only)
+
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if "out of memory" in text.lower() or isinstance(err, MemoryError):
+    if is_out_of_memory(err):  # the CPU allocator's message too: never its alloc_cpu.cpp line
+        if device == "cpu":
+            return "The worker's machine ran out of memory. Try a smaller --ar or fewer --steps."
         return "The GPU ran out of memory, even with offloading. Try a smaller --ar or fewer --steps."
     if isinstance(err, FileNotFoundError):
         return "A picture this job starts from is gone from Pintor's file store."

@@ -22,11 +22,10 @@ import generation.queue  # noqa: E402
 generation.queue.WORKER_START_METHOD = "forkserver"
 
 from tests.discord_harness import discord_harness, pintor  # noqa: E402, F401 - the Discord tests' shared bot
-from tests.properties import PROFILE  # noqa: E402, F401 - loads the hypothesis profile for every test
 from tests.postgres_server import PostgresServer, postgres_server  # noqa: E402
+from tests.properties import PROFILE  # noqa: E402, F401 - loads the hypothesis profile for every test
 from tests.secrets_check import LogCollector  # noqa: E402
 from tests.tiny_models import build_all  # noqa: E402
-
 
 ON_POSTGRESQL_TOO = Path(__file__).with_name("discord_on_postgresql.txt")
 

@@ -155,14 +155,20 @@ async def test_a_scheduler_set_on_the_kandinsky_entry_leaves_imagine_blend_and_v
         varied = await finish(studio, await studio.vary(MEMBER, mixed.id, 1, strong=True))
         assert [len(job.images) for job in (made, mixed, varied)] == [4, 4, 4]
 async def test_blends_prompt_follows_the_prompt_rules_and_says_what_it_changed(studio):
-    submitted = await studio.blend(MEMBER, [CAT, TIGER], prompt="/imagine prompt: --v 6 --raw --chaos 150 --seed 3")
+    before = len(await studio.store.unfinished())
+    submitted = await studio.blend(MEMBER, [CAT, TIGER],
+                                   prompt="/imagine prompt: --v 6 --raw --chaos 150 --seed 3 --repeat 3")
     request = submitted.request
     assert request.parts == () and request.chaos == 100 and request.model == "tiny-kandinsky"
     assert request.notices == (
         "Removed “/imagine prompt:” from the start: it is part of the command, not of the prompt.",
         "--chaos “150” is over the highest value; used 100.",
         "Ignored what Pintor does not have: “--raw”.",
+        # --repeat was dropped without a word: one /blend is one grid, and it says so
+        "--repeat 3 makes several grids in Discord's /imagine only: this made one.",
         "Ignored “--v 6”: /blend uses a model that can blend images (tiny-kandinsky).")
+    assert "--repeat" not in request.parameters and "--chaos 100" in request.parameters
+    assert len(await studio.store.unfinished()) == before + 1  # one job
     await finish(studio, submitted)
     # a strict server refuses it, and nothing is stored
     rules = ServerRules.new(77)

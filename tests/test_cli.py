@@ -67,16 +67,16 @@ def test_bad_prompts_change_nothing(env, tmp_path, prompt, message):
 
 def test_unwritable_output_is_refused_before_anything_is_stored(env, tmp_path):
     result = pintor(env, "imagine", "a fox", "-o", str(tmp_path / "missing" / "x.png"), cwd=tmp_path)
-    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr  # bad input, as the README says
     assert job_rows(tmp_path) == []
 
 
 @pytest.mark.parametrize("name", ["fox.psd", "fox.PSD", "fox.svg", "fox.txt"])
 def test_an_output_named_for_a_format_pintor_cannot_write_is_refused_before_anything_is_stored(env, tmp_path, name):
     """`-o fox.psd` (a format Pillow reads but cannot write) wrote a PNG under that name,
-    silently: a file that is not what it says."""
+    silently: a file that is not what it says. Bad input: exit 2, as the README says (it was 1)."""
     result = pintor(env, "imagine", "a fox", "-o", name, cwd=tmp_path)
-    assert result.returncode != 0 and f"not {Path(name).suffix}" in result.stderr and "fox.png" in result.stderr
+    assert result.returncode == 2 and f"not {Path(name).suffix}" in result.stderr and "fox.png" in result.stderr
     assert job_rows(tmp_path) == [] and not (tmp_path / name).exists()
 
 

@@ -4,6 +4,7 @@ SQLite file — and the README's Python example run as a script, as written ther
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -85,12 +86,13 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
         ["blend", "cat.png", "tiger.png", "--prompt", "a new animal --seed 5", "--weights", "1,1,0.5",
          "--dimensions", "landscape", "-o", "mix.png", "--separate"],
         ["upscale", "1", "2", "-o", "big.png"],
+        ["upscale", "1", "2", "-o", "big-again.png"],
         ["vary", "1", "3", "--strong", "-o", "vary.png"],
         ["reroll", "1"],  # no -o: pintor-<job>.png
         ["show", "1", "-o", "shown.png"],
         ["history"],
     )
-    assert codes == [0, 0, 0, 0, 0, 0], out + err
+    assert codes == [0, 0, 0, 0, 0, 0, 0], out + err
 
     rows = jobs(tmp_path)
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
@@ -111,9 +113,28 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     assert "wrote mix.png, mix-1.png, mix-2.png, mix-3.png, mix-4.png (job 1, seed 5)" in out
     # progress on the terminal: what was queued, then the steps
     assert "job 1: blend" in err and "queued — position" in err and "generating" in err
-    history = out.split("---")[5]
+    history = out.split("---")[6]
     assert [int(line.split()[0]) for line in history.strip().splitlines()[:-1]] == [4, 3, 2, 1]
     assert "a new animal" in history and "4 jobs" in history
+    listed = {int(line.split()[0]): line for line in history.strip().splitlines()[:-1]}
+    assert listed[2].split()[2] == "upscale"  # by its kind's name
+
+    # the same upscale asked for again: the first one's picture is written (it exited 2, "already
+    # makes this", writing nothing), and nothing new is queued
+    again = out.split("---")[2]
+    assert "wrote big-again.png (job 2," in again
+    assert "job 2 already upscales picture 2 of job 1 (made); nothing new is queued" in err
+    assert (tmp_path / "big-again.png").read_bytes() == (tmp_path / "big.png").read_bytes()
+
+    # a reader that stops early (`pintor history | head`): a quiet end, no "Broken pipe"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "bot.cli", "history"], env=env, cwd=tmp_path, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -131,6 +152,8 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     (["show", "7"], "There is no job 7"),
     (["vary", "1", "5"], "picture number must be 1, 2, 3 or 4"),
     (["upscale", "x", "1"], "a job number such as 42"),
+    (["upscale", "1", "1", "-o", "x.psd"], "not .psd"),  # exited 1: bad output names are bad input too
+    (["show", "1", "-o", "missing/x.png"], "the folder missing does not exist"),
     (["imagine"], "give a prompt, or --from FILE"),
     (["history", "--page", "0"], "a page number from 1"),  # printed "page 0" with page 1's jobs
     (["history", "--page", "-1"], "a page number from 1"),
@@ -265,17 +288,24 @@ import asyncio
 from bot.local import USER_ERRORS, Pintor
 
 with Pintor.sync() as pintor:
-    one = pintor.imagine("a lighthouse at dusk --seed 9")
+    one = pintor.imagine("a lighthouse at dusk --seed 9 --raw")
     two = pintor.imagine("a lighthouse at dusk --seed 9")
     assert one.job_id != two.job_id and one.seed == two.seed == 9
     assert [i.tobytes() for i in one.images] == [i.tobytes() for i in two.images]
     assert one.grid.size == (128, 128) and one.grid.mode == "RGB" and len(one.images) == 4
+    # the prompt's notices, as the CLI prints them and Discord posts them (they were missing)
+    assert one.notices == ("Ignored what Pintor does not have: “--raw”.",), one.notices
+    assert two.notices == ()
     try:
         pintor.imagine("a lighthouse --ar banana")
     except USER_ERRORS as err:
         print("refused:", err)
     shown = pintor.show(one)
-    assert shown.grid.tobytes() == one.grid.tobytes()
+    assert shown.grid.tobytes() == one.grid.tobytes() and shown.notices == one.notices
+    # upscaled twice: the first upscale again, not AlreadyMade (as Discord's second press)
+    big = pintor.upscale(one, 1)
+    again = pintor.upscale(one.job_id, 1)
+    assert again.job_id == big.job_id and again.paths == big.paths and again.kind == "upscale"
 
 async def main():  # the async form, from a running event loop (as in a notebook)
     async with Pintor() as pintor:
@@ -288,8 +318,8 @@ asyncio.run(main())
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"refused: .*--ar.*banana", done.stdout)
-    assert "history 2 [2, 1]" in done.stdout
-    assert len(jobs(tmp_path)) == 2
+    assert "history 3 [3, 2, 1]" in done.stdout
+    assert len(jobs(tmp_path)) == 3
 
 
 def test_python_save_refuses_a_name_of_a_format_pillow_cannot_write(tmp_path):

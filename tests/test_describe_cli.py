@@ -72,3 +72,9 @@ def test_pull_a_captioner_then_describe_a_photo_offline(tmp_path: Path):
     assert all(line.endswith(" --ar 2:3") and "in the style of" in line for line in lines[:4])
     with Image.open(tmp_path / "seen.png") as seen:
         assert seen.size == (32, 48)  # upright, as the phone shows it
+
+    # `pintor show` of the describe job prints its four prompts, as describe did (it printed none)
+    shown = run_pintor(offline, "show", "1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0].startswith("job 1: describe")
+    assert shown.stdout.splitlines()[1:5] == lines[:4], shown.stdout

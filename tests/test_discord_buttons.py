@@ -91,7 +91,7 @@ async def test_u2_shows_the_second_image_alone_at_once_with_its_buttons(pintor: 
     history = await emu.slash("history", {})
     page = await history.wait_original(lambda m: bool(m["embeds"]))
     [entry] = [e for e in page["embeds"] if any(f["value"] == f"`/show job_id:{pick_id}`" for f in e["fields"])]
-    assert {"name": "kind", "value": "pick", "inline": True} in entry["fields"]
+    assert {"name": "kind", "value": "U2", "inline": True} in entry["fields"]
 
 
 async def test_upscale_subtle_under_the_picture_upscales_it(pintor: Harness, picked: dict, upscaled: dict):

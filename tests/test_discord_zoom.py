@@ -93,6 +93,28 @@ async def test_custom_zoom_asks_for_a_factor_and_a_new_prompt(pintor: Harness, p
     assert "Zoom Out 1.3x" in made["content"] and posted_once(pintor, job.id)
 
 
+@pytest.mark.parametrize("rule, words", [("channels", "Pintor does not answer in this channel. Use one of: <#"),
+                                          ("paused", "Pintor is paused on this server by its admins")])
+async def test_custom_zoom_where_pintor_is_switched_off_refuses_before_the_form_opens(
+        pintor: Harness, picture: dict, rule: str, words: str):
+    """The form opened in a channel where Pintor is switched off (or on a paused server) and the
+    member heard the refusal only after typing a factor and a prompt."""
+    emu, stored = pintor.emu, pintor.studio.preferences_and_rules
+    pick_id, before = job_id_of(picture), await pintor.job_count()
+    was = await stored.guild(emu.guild_id)
+    change = {"channel_ids": str(emu._snowflake())} if rule == "channels" else {"paused": True}
+    await stored.update_guild(emu.guild_id, **change)
+    try:
+        opened = await emu.click(int(picture["id"]), f"pintor:zc:{pick_id}:1")
+        answer = await opened.wait_callback(timeout=3)
+    finally:
+        await stored.update_guild(emu.guild_id, channel_ids=was.channel_ids if was else None,
+                                  paused=was.paused if was else False)
+    assert answer["type"] == 4 and answer["type"] != MODAL and answer["at"] - opened.dispatched_at < 3
+    assert answer["data"]["flags"] & EPHEMERAL and words in answer["data"]["content"]
+    assert await pintor.job_count() == before
+
+
 @pytest.mark.parametrize("typed, factor", [
     ("1.5", 1.5), ("1,5", 1.5), ("1.5x", 1.5), ("1.5X", 1.5), ("×1.8", 1.8), ("x2", 2.0), (" 1.3 x ", 1.3),
     ("--zoom 1.8", 1.8), ("—zoom 1.2", 1.2), ("2", 2.0),

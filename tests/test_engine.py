@@ -327,6 +327,51 @@ def test_upscale_too_large_for_the_model_resamples(engine, registry, picture):
     assert "Too large" in result.notices[0]
 
 
+CPU_OUT_OF_MEMORY = RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error", [
+    CPU_OUT_OF_MEMORY,  # a CPU worker (an upscale of an upscale): it failed with the allocator's message
+    RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)"),
+    MemoryError(),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+], ids=["cpu", "mps", "python", "cuda"])
+def test_an_upscaler_out_of_memory_on_any_device_resamples_and_says_so(engine, registry, picture, monkeypatch,
+                                                                        error):
+    real_get = engine.pipelines.get
+
+    def short_of_memory(spec, task, *args, **kwargs):
+        if task == "upscale":
+            def pipe(*_, **__):
+                raise error
+            return pipe
+        return real_get(spec, task, *args, **kwargs)
+
+    monkeypatch.setattr(engine.pipelines, "get", short_of_memory)
+    result, _, _ = run(engine, upscale_request(registry, picture(32, 48), "tiny-upscaler"))
+    assert [image.size for image in result.images] == [(64, 96)]  # ×2 resampled instead of ×4
+    [notice] = result.notices
+    assert notice.startswith("The upscaling model ran out of memory (cpu): enlarged ×2 by Lanczos") and \
+        "alloc_cpu" not in notice
+
+
+def test_an_upscaler_error_that_is_not_memory_still_fails(engine, registry, picture, monkeypatch):
+    real_get = engine.pipelines.get
+
+    def broken(spec, task, *args, **kwargs):
+        if task == "upscale":
+            def pipe(*_, **__):
+                raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+            return pipe
+        return real_get(spec, task, *args, **kwargs)
+
+    monkeypatch.setattr(engine.pipelines, "get", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        run(engine, upscale_request(registry, picture(32, 48), "tiny-upscaler"))
+
+
 # -- loading ------------------------------------------------------------------------------------
 
 

@@ -38,9 +38,24 @@ def test_stable_diffusion_starts_from_the_first_picture_and_says_so():
     request = request.replace(image_prompts=("a.test/x.png", "a.test/y.png"))
     made = image_prompt_request(request, REGISTRY.get("sd-1.5"), 1, None)
     assert (made.strength, made.steps, made.parts) == (0.625, 30, request.parts)
-    assert made.notices[-1] == ("🖼️ 1 image prompt at --iw 1.5 (a.test/x.png, a.test/y.png): sd-1.5 starts from "
-                                "the picture (image to image, strength 0.625). It uses the first image prompt only; "
-                                "the other 1 were not used (a Kandinsky model mixes several).")
+    # it said "1 image prompt (x, y) … the other 1 were not used": two were given, one was used
+    assert made.notices[-1] == ("🖼️ 2 image prompts at --iw 1.5 (a.test/x.png, a.test/y.png): sd-1.5 starts from "
+                                "the picture (image to image, strength 0.625). It uses the first image prompt only "
+                                "(a.test/x.png); a.test/y.png was not used (a Kandinsky model mixes several).")
+    # a link and the image option (an upload named after it), and three pictures
+    both = request.replace(image_prompts=("a.test/x.png", "cat.png"), image_weight=1.0)
+    assert image_prompt_request(both, REGISTRY.get("sd-1.5"), 1, None).notices[-1] == (
+        "🖼️ 2 image prompts (a.test/x.png, cat.png): sd-1.5 starts from the picture (image to image, strength "
+        "0.75). It uses the first image prompt only (a.test/x.png); cat.png was not used (a Kandinsky model mixes "
+        "several).")
+    three = request.replace(image_prompts=("a.test/x.png", "a.test/y.png", "cat.png"))
+    assert image_prompt_request(three, REGISTRY.get("sd-1.5"), 1, None).notices[-1].endswith(
+        "It uses the first image prompt only (a.test/x.png); a.test/y.png, cat.png were not used (a Kandinsky "
+        "model mixes several).")
+    one = request.replace(image_prompts=("a.test/x.png",))
+    assert image_prompt_request(one, REGISTRY.get("sd-1.5"), 1, None).notices[-1] == (
+        "🖼️ 1 image prompt at --iw 1.5 (a.test/x.png): sd-1.5 starts from the picture (image to image, strength "
+        "0.625).")
 
 
 def test_steps_are_raised_where_steps_times_strength_is_under_one():

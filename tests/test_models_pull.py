@@ -59,9 +59,27 @@ def test_pull_then_list_and_imagine_offline(env, tmp_path, tiny_models):
 
 
 def test_listing_says_not_downloaded(env, tmp_path):
+    """A hub id not pulled is NOT downloaded; a path that is not here is a local folder (it was
+    labelled "(hub id)") that no download can give: `models pull` fails on it (it said "is here:
+    nothing to download", exit 0), naming the entry and what to fix, as for a missing LoRA file."""
+    registry = Path(env["PINTOR_MODELS"])
+    registry.write_text(registry.read_text(encoding="utf-8")
+                        + '[models.gone]\nsource = "/nowhere/sd"\nfamily = "sd"\n'
+                        + '[models.kept]\nsource = "tiny/sd"\nfamily = "sd"\ninpaint = "./gone-inpaint"\n'
+                        + '[loras.lost]\nsource = "~/nowhere/lost.safetensors"\nfamilies = ["sd"]\n', encoding="utf-8")
     listed = run_pintor(env | {"HF_HUB_OFFLINE": "1"}, "models", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "can: text to image, image to image (V), zoom/pan (inpaint); NOT downloaded" in listed.stdout
+    assert "/nowhere/sd (local folder)" in listed.stdout and "/nowhere/sd (hub id)" not in listed.stdout
+    assert "NOT usable — /nowhere/sd does not exist" in listed.stdout
+    assert "~/nowhere/lost.safetensors; NOT usable — LoRA ~/nowhere/lost.safetensors does not exist" in listed.stdout
+
+    pulled = run_pintor(env | {"HF_HUB_OFFLINE": "1"}, "models", "pull", "gone", "kept", "lost", cwd=tmp_path)
+    assert pulled.returncode == 1, pulled.stdout + pulled.stderr
+    assert "nothing to download" not in pulled.stdout
+    for name, what, path in (("gone", "source", "/nowhere/sd"), ("kept", "inpaint", "./gone-inpaint"),
+                             ("lost", "source", "~/nowhere/lost.safetensors")):
+        assert f"error: {name}: its {what} {path} does not exist here" in pulled.stderr, pulled.stderr
 
 
 @pytest.mark.parametrize("gated, message", [

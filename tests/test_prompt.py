@@ -883,3 +883,34 @@ def test_an_equals_sign_after_an_unknown_name_or_without_a_value():
 def test_a_comma_after_a_weight_separates_the_parts(pasted, parts):
     """"apple::2, leaves::1," lost both weights: "2, leaves" and "1," were read as text."""
     assert tuple((p.text, p.weight) for p in parse_prompt(pasted).parts) == parts
+
+
+def _named_as_missing() -> dict[str, list[str]]:
+    """Every `--name` that a text for members or admins gives as a parameter Pintor does not
+    have: /pintor-admin strict-parameters' description and the README's list."""
+    from pathlib import Path
+
+    from bot.cogs.admin import Admin
+
+    [option] = Admin.strict_parameters.parameters
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    bullet = readme[readme.index("- MidJourney parameters Pintor does not have"):]
+    bullet = bullet[:bullet.index("\n- ")]
+    # what to use instead (→ `--ar`) and a parameter said to be Pintor's own are not examples
+    bullet = re.sub(r"→ `--\w+`|Pintor's own `--\w+`[^;.)]*", "", bullet)
+    found = {"strict-parameters": option.description, "README": bullet}
+    return {where: re.findall(r"--(\w+)", text) for where, text in found.items()}
+
+
+def test_texts_name_as_missing_only_parameters_pintor_does_not_have():
+    """strict-parameters' description called --tile (and the README --cw) a parameter Pintor
+    does not have: each example named so is one a strict server refuses."""
+    from generation.prompt import KNOWN_PARAMETERS
+
+    own = set(re.findall(r"--(\w+)", KNOWN_PARAMETERS))
+    for where, names in _named_as_missing().items():
+        assert names, where
+        assert not own & set(names), (where, own & set(names))
+        for name in names:
+            with pytest.raises(PromptError, match="does not have"):
+                parse_prompt(f"a fox --{name} 5", strict=True)

@@ -364,3 +364,21 @@ def test_malformed_loras_and_embeddings_name_the_entry(tmp_path: Path, table: st
     path.write_text('[models.sd]\nsource = "/m/sd"\nfamily = "sd"\n' + table, encoding="utf-8")
     with pytest.raises(RegistryError, match=re.escape(message)):
         load_registry(path)
+
+
+@pytest.mark.parametrize("family, inpaint, zooms", [
+    ("sd", None, True), ("sdxl", None, True), ("sd", "some/sd-inpainting", True),
+    ("kandinsky22", "kandinsky-community/kandinsky-2-2-decoder-inpaint", True),  # listed nowhere before
+    ("kandinsky22", None, False), ("kandinsky21", None, False), ("kandinsky3", None, False),
+])
+def test_zoom_and_pan_are_listed_exactly_where_they_work(family, inpaint, zooms):
+    """`pintor models` and /info (ModelSpec.capabilities) left Zoom/Pan out for a Kandinsky 2.2
+    entry with its inpainting decoder, though the Studio makes them: both now read
+    ModelSpec.can_outpaint, the one rule the Studio checks."""
+    from generation.registry import FAMILY_DEFAULTS, ModelSpec
+
+    side, steps, guidance = FAMILY_DEFAULTS[family]
+    spec = ModelSpec(name="m", source="a/b", family=family, native_side=side, steps=steps, guidance=guidance,
+                     inpaint=inpaint, prior="a/prior" if family.startswith("kandinsky2") else None)
+    assert spec.can_outpaint is zooms
+    assert ("zoom/pan (inpaint)" in spec.capabilities()) is zooms

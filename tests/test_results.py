@@ -79,3 +79,27 @@ def test_a_servers_rules_with_hundreds_of_channels_and_models_fit_one_message(re
     shown = re.findall(r"<#(\d+)>", answers_in)
     assert shown == channels[:len(shown)] and answers_in.endswith(f", … and {300 - len(shown)} more")
     assert re.search(r"models allowed: model-0, model-1, .*, … and \d+ more", content)
+
+
+@pytest.mark.parametrize("kind, outpaint, name", [
+    ("pick", None, "U3"),
+    ("outpaint", (0.5, 0.5, 0.5, 0.5), "Zoom Out 2x"),
+    ("outpaint", (0.25, 0.25, 0.25, 0.25), "Zoom Out 1.5x"),
+    ("outpaint", (0.5, 0.0, 0.0, 0.0), "Pan ⬅️"),
+    ("outpaint", (0.0, 0.0, 0.0, 0.5), "Pan ⬇️"),
+    ("outpaint", (0.25, 0.0, 0.25, 0.0), "Make Square"),
+    ("upscale", None, "upscale"),
+    ("variation", None, "variation"),
+])
+def test_history_names_u_and_zoom_jobs_as_their_buttons(kind, outpaint, name):
+    """/history called a U press "pick" and a Zoom Out or Pan "outpaint": names members never
+    see on a button. (`pintor history` prints the same names: tests/test_cli_jobs.py.)"""
+    from bot.cogs.history import job_embed
+    from generation.request import Request, kind_name
+
+    job = job_for("a lighthouse --seed 3", status="done", parent_id=70, parent_index=3)
+    request = Request.from_json(job.request).replace(kind=kind, outpaint=outpaint)
+    job.kind, job.request = kind, request.to_json()
+    assert kind_name(kind, outpaint, 3) == name
+    fields = {field.name: field.value for field in job_embed(job).fields}
+    assert fields["kind"] == name

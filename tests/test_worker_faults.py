@@ -68,35 +68,49 @@ def test_a_full_disk_fails_the_job_with_a_clear_reason_leaves_no_file_and_the_ne
                                                                             "grid.png"]
 
 
-def out_of_memory_in(engine: Engine, monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
-    """The engine's pipeline call raises torch.OutOfMemoryError `times` times, then runs; returns
-    the offload mode the pipeline cache was set to at each call."""
+CUDA_OUT_OF_MEMORY = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+# what the CPU's allocator raises (a CPU worker): no torch.OutOfMemoryError, a RuntimeError
+CPU_OUT_OF_MEMORY = RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def out_of_memory_in(engine: Engine, monkeypatch: pytest.MonkeyPatch, times: int,
+                     error: BaseException = CUDA_OUT_OF_MEMORY) -> list[str]:
+    """The engine's pipeline call raises `error` (a device out of memory) `times` times, then
+    runs; returns the offload mode the pipeline cache was set to at each call."""
     real = engine._stable_diffusion
     modes: list[str] = []
 
     def flaky(*args, **kwargs):
         modes.append(Offload(engine.pipelines.fast.offload).value)
         if len(modes) <= times:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "_stable_diffusion", flaky)
     return modes
 
 
+@pytest.mark.parametrize("error", [CUDA_OUT_OF_MEMORY, CPU_OUT_OF_MEMORY, MemoryError()], ids=["cuda", "cpu", "python"])
 def test_out_of_memory_runs_the_job_again_once_with_offloading_on(engine: Engine, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch):
-    modes = out_of_memory_in(engine, monkeypatch, times=1)
+                                                                    monkeypatch: pytest.MonkeyPatch, error):
+    modes = out_of_memory_in(engine, monkeypatch, times=1, error=error)
     [done] = run(engine, tmp_path, [(3, "a harbour --seed 2")])
     assert isinstance(done, Done)
     assert modes == ["auto", "model"]  # the second try with offloading on
     assert Offload(engine.pipelines.fast.offload) == Offload.AUTO  # the next job loads as configured
 
 
+@pytest.mark.parametrize("error", [CUDA_OUT_OF_MEMORY, CPU_OUT_OF_MEMORY], ids=["cuda", "cpu"])
 def test_out_of_memory_twice_fails_the_job_with_the_reason_and_the_worker_serves_on(
-        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    modes = out_of_memory_in(engine, monkeypatch, times=2)
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error):
+    """On a CPU worker the allocator's RuntimeError is out of memory too: it was reported as
+    "Generation failed (RuntimeError: [enforce fail at alloc_cpu.cpp…])"."""
+    modes = out_of_memory_in(engine, monkeypatch, times=2, error=error)
     failed, done = run(engine, tmp_path, [(4, "a harbour --seed 3"), (5, "a harbour --seed 4")])
     assert isinstance(failed, Failed) and failed.job_id == 4 and "ran out of memory" in failed.reason
+    # the engine here runs on the CPU: its machine, not a GPU, ran out of memory
+    assert failed.reason == "The worker's machine ran out of memory. Try a smaller --ar or fewer --steps."
     assert modes == ["auto", "model", "auto"]  # tried twice, not more; the next job ran as configured
     assert isinstance(done, Done) and done.job_id == 5

@@ -295,7 +295,7 @@ class Admin(commands.GroupCog, group_name="pintor-admin"):
         await self._update(interaction, remote_models=allowed)
 
     @app_commands.command(name="strict-parameters")
-    @app_commands.describe(on="refuse prompts with parameters Pintor does not have (--tile, --sref…) "
+    @app_commands.describe(on="refuse prompts with parameters Pintor does not have (--sref, --weird, --w…) "
                               "instead of ignoring them with a notice")
     async def strict_parameters(self, interaction: Interaction, on: bool) -> None:
         """Whether unknown prompt parameters are refused or ignored with a notice."""

@@ -18,7 +18,7 @@ from bot import limits
 from bot.limits import Echo, compose, echo
 from bot.results import jump_url, parameters_shown
 from bot.studio import Studio
-from generation.request import Request
+from generation.request import Request, kind_name
 from storage.models import Job
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ def job_embed(job: Job, budget: int = EMBED_BUDGET) -> discord.Embed:
     request = Request.from_json(job.request)
     embed = discord.Embed(timestamp=job.created_at)
     embed.add_field(name="job", value=f"`/show job_id:{job.id}`")
-    embed.add_field(name="kind", value=job.kind)
+    kind = kind_name(job.kind, request.outpaint, job.parent_index)  # "U2", "Zoom Out 2x": the buttons' names
+    embed.add_field(name="kind", value=kind)
     embed.add_field(name="model", value=limits.clip(job.model, 100))
     status = f"{job.status}: " if job.error else job.status
     embed.add_field(name="status", value=status)
@@ -62,12 +63,12 @@ def job_embed(job: Job, budget: int = EMBED_BUDGET) -> discord.Embed:
         embed.add_field(name="message", value=f"[jump to it]({url})")
     seed = f" --seed {request.seed}"
     prompt = job.prompt if (job.prompt or "").strip() else None
-    wanted = [echo(prompt or job.kind), echo(request.parameters), echo(job.error or "")]
+    wanted = [echo(prompt or kind), echo(request.parameters), echo(job.error or "")]
     fixed = limits.embeds_length([embed.to_dict()]) + len(seed)
     room = limits.shares([limits.length(text) for text in wanted], budget - fixed)
     caps = [limits.EMBED_TITLE, limits.EMBED_DESCRIPTION - len(seed), limits.FIELD_VALUE - len(status)]
     title_room, parameters_room, reason_room = (min(r, c) for r, c in zip(room, caps, strict=False))
-    embed.title = compose(Echo(prompt), limit=title_room) if prompt else job.kind
+    embed.title = compose(Echo(prompt), limit=title_room) if prompt else kind
     embed.description = compose(*parameters_shown(request.parameters), seed,
                                 limit=parameters_room + len(seed)).strip()
     if job.error:

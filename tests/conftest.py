@@ -30,12 +30,25 @@ from tests.tiny_models import build_all  # noqa: E402
 ON_POSTGRESQL_TOO = Path(__file__).with_name("discord_on_postgresql.txt")
 
 
+SHARED_BOT_GROUP = "the shared Discord bot"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Discord tests named in discord_on_postgresql.txt (chosen by choose_postgres_tests.py)
-    are marked `postgresql_too`: `.ci/run` runs them again with the shared bot on PostgreSQL."""
+    """Two marks, given here so that no test module has to remember them:
+
+    - `xdist_group`: with pytest-xdist's `--dist loadgroup` (the README's test command) a module
+      runs whole on one process, its module-scoped fixtures made once; and every module with a
+      test that uses the session's shared bot (`discord_harness`, which `pintor` takes) runs on
+      one process, in file order, as the rules of tests/README.md expect of a shared bot.
+    - `postgresql_too`: the Discord tests named in discord_on_postgresql.txt (chosen by
+      choose_postgres_tests.py), which `.ci/run` runs again with the shared bot on PostgreSQL.
+    """
     chosen = {line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
               if line.strip() and not line.startswith("#")}
+    with_shared_bot = {item.path for item in items if "discord_harness" in getattr(item, "fixturenames", ())}
     for item in items:
+        group = SHARED_BOT_GROUP if item.path in with_shared_bot else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
         if item.nodeid.split("[", 1)[0] in chosen:
             item.add_marker(pytest.mark.postgresql_too)
 

@@ -47,10 +47,13 @@ def size_of(path: Path) -> tuple[int, int]:
 
 def main_calls_script(*calls: list[str]) -> str:
     """A Python script that calls `bot.cli.main` once per argument list in ONE process (the
-    interpreter starts once; each call starts the worker), then prints the exit codes and the
-    discord modules it loaded."""
+    interpreter starts once; each call starts the worker, forked from one forkserver as the
+    suite's are: tests/conftest.py), then prints the exit codes and the discord modules it
+    loaded."""
     return (
         "import json, sys\n"
+        "import generation.queue\n"
+        "generation.queue.WORKER_START_METHOD = 'forkserver'\n"
         "from bot.cli import main\n"
         "codes = []\n"
         f"for args in json.loads({json.dumps(json.dumps(calls))}):\n"

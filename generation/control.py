@@ -21,7 +21,7 @@ ControlError (the front end refuses it before a job is stored).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -84,7 +84,8 @@ class DepthEstimator:
     def __init__(self, source: str, device: str = "cpu"):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        self.processor = AutoImageProcessor.from_pretrained(source)  # type: ignore[no-untyped-call]
+        # typed in newer transformers, untyped in older ones: called through Any for both
+        self.processor = cast(Any, AutoImageProcessor).from_pretrained(source)
         self.model = AutoModelForDepthEstimation.from_pretrained(source).to(device).eval()
         self.device = device
 

@@ -356,3 +356,24 @@ def test_pintor_db_copy_from_a_missing_sqlite_file_creates_nothing(tmp_path: Pat
         assert f"there is no SQLite database at {source}: nothing copied, nothing created" in done.stderr
         assert not source.exists() and not target.exists() and not (tmp_path / "copy").exists()
     assert not (tmp_path / "data").exists()
+
+
+def test_every_discord_test_chosen_for_postgresql_is_still_a_test():
+    """tests/discord_on_postgresql.txt names the Discord tests CI runs again on PostgreSQL: a
+    name that no longer matches a test (renamed, removed) would drop out silently."""
+    import ast
+
+    from tests.conftest import ON_POSTGRESQL_TOO
+
+    root = ON_POSTGRESQL_TOO.parent.parent
+    chosen = [line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert len(chosen) >= 20
+    missing = []
+    for nodeid in chosen:
+        path, name = nodeid.split("::")
+        tree = ast.parse((root / path).read_text(encoding="utf-8"))
+        if not any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name
+                   for node in tree.body):
+            missing.append(nodeid)
+    assert missing == []

@@ -101,13 +101,14 @@ WORKER_START_METHOD = "spawn"
 WORKER_PRELOAD = ("generation.engine", "generation.worker")
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """The multiprocessing context worker processes start in (WORKER_START_METHOD; with
-    "forkserver", its server imports WORKER_PRELOAD when it starts)."""
-    ctx = multiprocessing.get_context(WORKER_START_METHOD)
+def worker_context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext:
+    """The multiprocessing context worker processes start in (WORKER_START_METHOD: "spawn" or
+    "forkserver"; with "forkserver", its server imports WORKER_PRELOAD when it starts)."""
     if WORKER_START_METHOD == "forkserver":
+        ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(WORKER_PRELOAD))
-    return ctx
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 @contextlib.contextmanager

@@ -42,7 +42,6 @@ from bot.intake import (
     clip_refusal,
     fallback_model,
     id_list,
-    name_list,
     prepare,
     prepare_repeated,
     prepare_with_notices,

@@ -545,14 +545,15 @@ class Studio:
         request = Request.from_json(parent.request)
         if request.kind == JobKind.BLEND and prompt is not None and prompt.strip():
             raise RequestError("A blend is re-rolled with its own words: use /blend for new ones.")
-        if request.kind != JobKind.VARIATION and self._generator(request.model) is None:
+        grids = (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT)
+        if request.kind in grids and self._generator(request.model) is None:
             raise RequestError(f"🔄 cannot make job {job_id}'s grid again: its model '{request.model}' is no longer "
                                "configured here. V1–V4 vary its pictures with another model; /imagine makes a new "
                                "grid.")
         request = self.remixed(request, prompt, where.get("rules"))
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
-        if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT):
+        if request.kind not in grids:
             raise RequestError("Only a grid can be re-rolled.")
         rules = where.get("rules")
         if rules is not None and rules.max_steps and request.steps > rules.max_steps:

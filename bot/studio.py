@@ -615,7 +615,10 @@ class Studio:
             steering = self.registry.controlnets.get(base.controlnet or "")
             if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
                 base = base.replace(control=None, control_kind=None, controlnet=None)
-        base = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
+        remixed = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
+        if remixed is not base:  # what Remix changed or ignored: a variation's result says it with its notices
+            notices += [notice for notice in remixed.notices if notice not in notices]
+        base = remixed
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations

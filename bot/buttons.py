@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.intake import Member
-from bot.studio import Studio, Submitted
+from bot.studio import FORM_CHARS, Studio, Submitted, editable_prompt
 from generation.request import JobKind, Request
 from generation.upscale import can_upscale
 
@@ -149,15 +149,7 @@ class ZoomButton(discord.ui.DynamicItem[discord.ui.Button],
 
 ZOOM_FORM = re.compile(rf"pintor:zm:{JOB}:(?P<n>[1-4])")
 REMIX_FORM = re.compile(rf"pintor:rm:{JOB}:(?P<n>[0-4]):(?P<what>v[sh]|r|z(?:1[1-9]|20)|p[lrud])")
-PROMPT_CHARS = 1500  # what a form's prompt field holds (Discord allows 4000; a prompt's words fit)
-
-
-def editable_prompt(request: Request) -> str:
-    """What a form shows of a job's prompt to be changed: its words (with their weights), its
-    --no list and --tile: what `Studio.remixed` reads back. The model and the picture's
-    settings are the job's and are not shown."""
-    return " ".join(filter(None, (request.prompt, f"--no {request.negative}" if request.negative else "",
-                                  "--tile" if request.tile else "")))
+PROMPT_CHARS = FORM_CHARS  # Discord's most: the whole editable prompt (bot.studio.editable_prompt)
 
 
 class CustomZoomForm(discord.ui.Modal, title="Custom Zoom"):
@@ -172,7 +164,7 @@ class CustomZoomForm(discord.ui.Modal, title="Custom Zoom"):
 
     def __init__(self, job_id: int, n: int, prompt: str):
         super().__init__(custom_id=f"pintor:zm:{job_id}:{n}")
-        self.prompt.default = prompt[:PROMPT_CHARS] or None
+        self.prompt.default = prompt or None
 
 
 class RemixForm(discord.ui.Modal, title="Remix"):
@@ -184,7 +176,7 @@ class RemixForm(discord.ui.Modal, title="Remix"):
 
     def __init__(self, job_id: int, n: int, what: str, prompt: str):
         super().__init__(custom_id=f"pintor:rm:{job_id}:{n}:{what}")
-        self.prompt.default = prompt[:PROMPT_CHARS] or None
+        self.prompt.default = prompt or None
 
 
 async def send_form(interaction: Interaction, form: discord.ui.Modal) -> None:
@@ -392,16 +384,17 @@ def grid_view(job_id: int) -> discord.ui.View:
 
 
 def picture_view(job_id: int, width: int, height: int, grid_url: str | None, *, vary: bool = True,
-                 repaint: bool = True) -> discord.ui.View:
+                 repaint: bool = True, creative: bool = True) -> discord.ui.View:
     """Under a picture alone (U, an upscale): Upscale (Subtle) · Upscale (Creative) · Vary
     (Subtle) · Vary (Strong) / Zoom Out 2x · Zoom Out 1.5x · Custom Zoom · Make Square / ⬅️ ➡️ ⬆️ ⬇️ ↩️
     (Upscale where the result stays within the size limit; Make Square for non-square pictures;
     ↩️ where the grid's message can be linked). `vary` False: no Vary buttons; `repaint` False: no
-    Upscale (Creative), Zoom, Pan or Make Square (a remote model's picture: the API can do none)."""
+    Upscale (Creative), Zoom, Pan or Make Square (a remote model's picture: the API can do none);
+    `creative` False: no Upscale (Creative) (a model that cannot repaint: ModelSpec.can_repaint)."""
     view = discord.ui.View(timeout=None)
     if can_upscale(width, height):
         view.add_item(UpscaleModeButton(job_id, 1, creative=False, row=0))
-        if repaint:
+        if repaint and creative:
             view.add_item(UpscaleModeButton(job_id, 1, creative=True, row=0))
     if vary:
         view.add_item(VaryButton(job_id, 1, strong=False, label="Vary (Subtle)", row=0))

@@ -130,10 +130,12 @@ def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedProm
     return parse_prompt(defaults.append, strict=strict, require_text=False)
 
 
-def with_defaults(parsed: ParsedPrompt, defaults: MemberPreferences, *, strict: bool = False) -> ParsedPrompt:
+def with_defaults(parsed: ParsedPrompt, defaults: MemberPreferences, *, strict: bool = False,
+                  append: bool = True) -> ParsedPrompt:
     """A member's /settings fill in what the prompt does not say; the prompt always wins.
-    The words of "always append" go at the end of the prompt's text (of its last part)."""
-    chosen = appended(defaults, strict=strict)
+    The words of "always append" go at the end of the prompt's text (of its last part)
+    (without `append`: "always append" is left out)."""
+    chosen = appended(defaults, strict=strict) if append else parse_prompt("", require_text=False)
     if chosen.parts:
         words = " ".join(part.text for part in chosen.parts)
         last = parsed.parts[-1]
@@ -252,9 +254,13 @@ def allowed_loras(rules: ServerRules | None) -> list[str] | None:
     return name_list(rules.allowed_loras)
 
 
-def allowed_models(rules: ServerRules | None) -> list[str]:
-    """The model names a server allows (`rules`; None in DMs and the CLI); empty: all."""
-    return name_list(rules.allowed_models) if rules is not None else []
+def allowed_models(rules: ServerRules | None, registry: Registry | None = None) -> list[str]:
+    """The model names a server allows (`rules`; None in DMs and the CLI); empty: all. With
+    the `registry`, only names still configured there count (an admin removed the others from
+    models.toml): a list that names only removed models allows all, as an empty one does, and
+    every view (/imagine, /settings, /info, /pintor-admin show) reads it so."""
+    names = name_list(rules.allowed_models) if rules is not None else []
+    return names if registry is None else [name for name in names if name in registry.models]
 
 
 def fallback_model(registry: Registry, allowed: Sequence[str] = ()) -> str:
@@ -329,7 +335,7 @@ def prepare(registry: Registry, text: str, defaults: MemberPreferences | None = 
     Pintor does not have instead of ignoring them."""
     if strict is None:
         strict = refuses_unknown_parameters(rules)
-    return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules), strict=strict)[0]
+    return prepare_with_notices(registry, text, defaults, allowed=allowed_models(rules, registry), strict=strict)[0]
 
 
 def prepare_with_notices(registry: Registry, text: str, defaults: MemberPreferences | None = None, *,
@@ -374,14 +380,31 @@ def prepare_repeated(registry: Registry, text: str, defaults: MemberPreferences 
     rules allow the request is checked later, when it is submitted. Returns the requests
     (one per grid --repeat asks for: `repeated`; each with the prompt's own notices) and the
     notices about the member's defaults; raises the
-    USER_ERRORS for bad input."""
+    USER_ERRORS for bad input; one that only "always append" causes (a LoRA of another family,
+    a parameter a strict server refuses …) says that it comes from /settings."""
+    try:
+        return _prepared(registry, text, defaults, allowed=allowed, strict=strict, control=control)
+    except USER_ERRORS as err:
+        if defaults is None or not (defaults.append or "").strip():
+            raise
+        try:  # the same prompt without the member's "always append": does it pass?
+            _prepared(registry, text, defaults, allowed=allowed, strict=strict, control=control, append=False)
+        except USER_ERRORS:
+            raise err from None
+        raise type(err)(f"Your /settings → Always append ({quote(defaults.append, 80)}) cannot be used with this "
+                        f"prompt: {err.args[0] if err.args else err} Change it with /settings.") from None
+
+
+def _prepared(registry: Registry, text: str, defaults: MemberPreferences | None, *, allowed: Sequence[str],
+              strict: bool, control: bool, append: bool = True) -> tuple[list[Request], list[str]]:
+    """`prepare_repeated`'s work; without `append`, the member's "always append" is left out."""
     parsed = parse_prompt(text, strict=strict)
     typed = parsed.given
     notices: list[str] = []
     if parsed.model is None:  # a --v/--niji/--style in the prompt beats the member's default model
         parsed = choose_model(registry, parsed, strict=strict)
     if defaults is not None:
-        merged = with_defaults(parsed, defaults, strict=strict)
+        merged = with_defaults(parsed, defaults, strict=strict, append=append)
         gone = None
         if "model" not in parsed.given and merged.model:  # the prompt's own --model is never replaced
             gone = saved_model_gone(registry, merged.model, allowed)

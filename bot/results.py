@@ -114,8 +114,9 @@ def _origin(job: Job, request: Request) -> str | None:
         return f"Variation ({strength}) of image {job.parent_index} of job {job.parent_id}"
     if job.kind == JobKind.UPSCALE and job.parent_id and request.strength > 0:
         how = "resampled" if request.upscaler in (None, RESAMPLE) else f"by {request.upscaler}"
-        return (f"Image #{job.parent_index} of job {job.parent_id}, Upscale (Creative): enlarged {how}, "
-                f"repainted by {job.model}")
+        # the worker says "… cannot repaint" where it did not (a job stored before the Studio refused those)
+        repainted = "not repainted" if "cannot repaint" in (job.notices or "") else f"repainted by {job.model}"
+        return f"Image #{job.parent_index} of job {job.parent_id}, Upscale (Creative): enlarged {how}, {repainted}"
     if job.kind == JobKind.UPSCALE and job.parent_id:
         how = "resampled" if job.model == RESAMPLE else f"by {job.model}"
         return f"Image #{job.parent_index} of job {job.parent_id}, upscaled {how}"
@@ -165,8 +166,9 @@ async def result_message(studio: Studio, job: Job, *, size_limit: int) -> Outgoi
         if single and job.images:
             # a remote model's picture: no repainting (Zoom, Pan, Creative), and V only where its API varies
             limits = spec.remote_limits if (spec := studio.models.models.get(request.model)) is not None else None
-            view = picture_view(job.id, job.images[0].width, job.images[0].height, await _parent_url(studio, job),
-                                vary=limits is None or limits.varies or limits.edits, repaint=limits is None)
+            view = picture_view(job.id, job.images[0].width, job.images[0].height, await _grid_url(studio, job),
+                                vary=limits is None or limits.varies or limits.edits, repaint=limits is None,
+                                creative=limits is None and await studio.repaints(job))
         else:
             view = grid_view(job.id)
     control = await _control_image(studio, job, request, size_limit) if image is not None and not single else None
@@ -212,10 +214,10 @@ async def _described(studio: Studio, job: Job, request: Request, size_limit: int
     return Outgoing(compose(*headline(request.prompt, "", job.user_id), *prompts, *lines, *_notices(job)), image, view)
 
 
-async def _parent_url(studio: Studio, job: Job) -> str | None:
-    if job.parent_id is None:
-        return None
-    parent = await studio.job(job.parent_id)
+async def _grid_url(studio: Studio, job: Job) -> str | None:
+    """The link of ↩️ Grid under a picture alone: the message of the grid it comes from (past
+    the U and upscales in between), where that message can be linked."""
+    parent = await studio.grid_of(job)
     if parent is None or parent.private or parent.channel_id is None or parent.message_id is None:
         return None
     return jump_url(parent.guild_id, parent.channel_id, parent.message_id)

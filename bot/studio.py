@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,7 +42,6 @@ from bot.intake import (
     clip_refusal,
     fallback_model,
     id_list,
-    name_list,
     prepare,
     prepare_repeated,
     prepare_with_notices,
@@ -55,7 +55,7 @@ from generation.files import CONTROL_FILE, INPUTS_FOLDER, FileStore, input_key, 
 from generation.imaging import png_bytes
 from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
-from generation.prompt import MAX_ASPECT_RATIO, quote, size_for_aspect
+from generation.prompt import MAX_ASPECT_RATIO, edit_parameters, format_parameters, parse_prompt, quote, size_for_aspect
 from generation.queue import JobQueue, WorkerState
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
@@ -90,6 +90,48 @@ class AlreadyMade(RequestError):
     def __init__(self, job: Job):
         super().__init__(f"Job {job.id} already makes this ({job.status}).")
         self.job = job
+
+
+FORM_CHARS = 4000  # what a Discord form's text field holds at most (Remix, Custom Zoom)
+_BLEND_LABEL = re.compile(r"blend of [0-9]+ images(?:: (?P<words>.*))?", re.DOTALL)
+
+
+def blend_label(count: int, words: str) -> str:
+    """What a /blend's job shows as its prompt: "blend of 2 images: a sunset" (`own_words`
+    reads the words back)."""
+    return f"blend of {count} images" + (f": {words}" if words else "")
+
+
+def own_words(request: Request) -> str:
+    """The words of a job's prompt as the member wrote them: for a /blend's pictures (the
+    blend, its U, V, Zoom…) without the "blend of 2 images" label the blend shows."""
+    if request.images or request.kind == JobKind.BLEND:
+        if (label := _BLEND_LABEL.fullmatch(request.prompt)) is not None:
+            return label["words"] or ""
+    return request.prompt
+
+
+def editable_prompt(request: Request, limit: int = FORM_CHARS) -> str:
+    """What a form shows of a job's prompt to be changed (Remix, Custom Zoom): its words (with
+    their weights), its --no list and --tile, within `limit` characters: what `Studio.remixed`
+    reads back (the model and the picture's settings are the job's and are not shown). Where
+    the whole does not fit, the words are cut at a space, never the --no list or --tile; a
+    form sent back unchanged makes the job's own request either way (`Studio.remixed`)."""
+    tail = " ".join(filter(None, (f"--no {request.negative}" if request.negative else "",
+                                  "--tile" if request.tile else "")))
+    words = own_words(request)
+    room = limit - len(tail) - (1 if tail and words else 0)
+    if len(words) > room:
+        cut = words[:max(room, 0) + 1]
+        words = cut[:cut.rfind(" ")].rstrip() if " " in cut else ""
+    return " ".join(filter(None, (words, tail)))[:limit]
+
+
+# A job that does not use its picture's ControlNet carries none (and is not checked against its rule)
+NO_CONTROL = {"control": None, "control_kind": None, "controlnet": None, "control_weight": 1.0}
+
+# What Remix reads from a member's new prompt; every other parameter stays the picture's
+REMIX_READS = frozenset({"no", "tile"})
 
 
 def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None) -> tuple[int, float]:
@@ -350,14 +392,14 @@ class Studio:
 
     def default_model(self, rules: ServerRules | None) -> str:
         """The model of a prompt that names none, under a server's rules (None: no server)."""
-        return fallback_model(self.registry, allowed_models(rules))
+        return fallback_model(self.registry, allowed_models(rules, self.registry))
 
     def prepare_with_notices(self, text: str, defaults: MemberPreferences | None = None, *,
                              rules: ServerRules | None = None, control: bool = False) -> tuple[Request, list[str]]:
         """The request, and notices for its result (a saved model that is gone here), under
         a server's rules (allowed models, strict parameters); with `control`, a control image
         comes with it (its ControlNet chosen; `controlled` stores the upload and submits)."""
-        return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules),
+        return prepare_with_notices(self.registry, text, defaults, allowed=allowed_models(rules, self.registry),
                                     strict=refuses_unknown_parameters(rules), control=control)
 
     async def controlled(self, member: Member, request: Request, upload: tuple[str, bytes], *,
@@ -456,21 +498,43 @@ class Studio:
                          rules: ServerRules | None = None, control: bool = False) -> tuple[list[Request], list[str]]:
         """`prepare_with_notices` for every grid the prompt's --repeat asks for (one request
         each, with its own seed: `bot.intake.repeated`); submit them with `submit_many`."""
-        return prepare_repeated(self.registry, text, defaults, allowed=allowed_models(rules),
+        return prepare_repeated(self.registry, text, defaults, allowed=allowed_models(rules, self.registry),
                                 strict=refuses_unknown_parameters(rules), control=control)
 
     def remixed(self, request: Request, prompt: str | None, rules: ServerRules | None) -> Request:
         """`request` with the words of `prompt` (Remix, Custom Zoom: a member's new prompt for a
-        button's job), parsed as /imagine parses a prompt, for the request's own model: its
-        text, weights, --no list, parameters and notices; the picture's size, steps, seed and
-        LoRAs stay the job's. None or blank: `request` unchanged. Raises the USER_ERRORS of a
-        prompt (a parameter that does not parse, --model given: the model is the picture's)."""
-        if prompt is None or not prompt.strip():
+        button's job), parsed as /imagine parses a prompt and resolved for the request's own
+        model: its text, weights, --no list and --tile (REMIX_READS), with their notices. The
+        picture's model, size, steps, guidance, chaos, seed and LoRAs stay the job's: any other
+        parameter typed (--ar, --stylize, --model …) is ignored and said so, and the parameters
+        shown stay the job's. None, blank, or the form's text sent back unchanged
+        (`editable_prompt`): `request` unchanged. Raises the USER_ERRORS of a prompt (a
+        parameter that does not parse; one Pintor does not have, on a strict server)."""
+        if prompt is None or not prompt.strip() or prompt.strip() == editable_prompt(request).strip():
             return request
-        fresh = self.prepare(f"{prompt} --model {request.model}", rules=rules)
-        return request.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative,
-                               parameters=fresh.parameters, notices=fresh.notices, tile=fresh.tile)
-
+        parsed = parse_prompt(prompt, strict=refuses_unknown_parameters(rules), require_text=bool(request.parts))
+        spec = self.registry.get(request.model)
+        ignored = []
+        others = parsed.given - REMIX_READS - {"repeat"}
+        if others or parsed.selectors:
+            typed = format_parameters(dataclasses.replace(parsed, given=others))
+            ignored.append(f"Remix changes the words, --no and --tile only: ignored {quote(typed, 120)}; "
+                           + (f"the model stays the picture's ({spec.name}) and " if "model" in others
+                              or parsed.selectors else "")
+                           + "the picture keeps its own settings.")
+        if parsed.repeat > 1:
+            ignored.append(repeat_notice(parsed.repeat))
+        if parsed.image_urls:
+            ignored.append(f"Ignored the link{'s' if len(parsed.image_urls) > 1 else ''} at the start of the "
+                           "prompt: Remix keeps the pictures this job starts from.")
+        loras = [(self.registry.loras[name], weight) for name, weight in request.loras if name in self.registry.loras]
+        words = dataclasses.replace(parsed, given=parsed.given & REMIX_READS, selectors=(), loras=(), image_urls=(),
+                                    repeat=1)
+        fresh = build_request(words, spec, loras=loras)
+        parameters = edit_parameters(request.parameters, {
+            "no": f"--no {fresh.negative}" if fresh.negative else None, "tile": "--tile" if fresh.tile else None})
+        return request.replace(prompt=fresh.prompt, parts=fresh.parts, negative=fresh.negative, parameters=parameters,
+                               notices=(*fresh.notices, *ignored), tile=fresh.tile)
 
     async def reroll(self, member: Member, job_id: int, *, prompt: str | None = None, **where) -> Submitted:
         """The same request again with a new seed: a grid from a prompt or a blend, or a
@@ -481,10 +545,15 @@ class Studio:
         request = Request.from_json(parent.request)
         if request.kind == JobKind.BLEND and prompt is not None and prompt.strip():
             raise RequestError("A blend is re-rolled with its own words: use /blend for new ones.")
+        grids = (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT)
+        if request.kind in grids and self._generator(request.model) is None:
+            raise RequestError(f"🔄 cannot make job {job_id}'s grid again: its model '{request.model}' is no longer "
+                               "configured here. V1–V4 vary its pictures with another model; /imagine makes a new "
+                               "grid.")
         request = self.remixed(request, prompt, where.get("rules"))
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
-        if request.kind not in (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT):
+        if request.kind not in grids:
             raise RequestError("Only a grid can be re-rolled.")
         rules = where.get("rules")
         if rules is not None and rules.max_steps and request.steps > rules.max_steps:
@@ -525,6 +594,7 @@ class Studio:
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
+        notices: list[str] = []
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
         spec = self._generator(grid.model) if grid is not None else None
         if spec is not None and grid is base:
@@ -536,15 +606,19 @@ class Studio:
             # model (or one this server allows, one that reads images when there is no text),
             # with its own steps and guidance, at its own pixel budget
             spec = self._fallback_vary_model(base, rules)
+            notices.append(self._replaced_model(base, grid, spec))
             width, height = size_for_aspect((image.width, image.height), spec.native_side)
-            base = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance,
+            base = self._with_model(base, spec).replace(
                                 width=width, height=height, loras=tuple(
                                     (name, weight) for name, weight in base.loras
                                     if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
             steering = self.registry.controlnets.get(base.controlnet or "")
             if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
                 base = base.replace(control=None, control_kind=None, controlnet=None)
-        base = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
+        remixed = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
+        if remixed is not base:  # what Remix changed or ignored: a variation's result says it with its notices
+            notices += [notice for notice in remixed.notices if notice not in notices]
+        base = remixed
         strength = VARY_STRONG if strong else VARY_SUBTLE
         steps, strength = fit_image_to_image(base.steps, strength, rules)
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
@@ -561,7 +635,7 @@ class Studio:
         request = base.replace(
             kind=JobKind.VARIATION, seed=random_seed(), init_image=source, strength=strength, count=count,
             images=images, image_weights=(1.0,) * len(images), steps=steps, upscaler=None, outpaint=None)
-        return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, notices=notices, **where)
 
     async def _grid_request(self, upscale: Job) -> Request | None:
         """The request of the job whose grid an upscale comes from (through "Upscale again"
@@ -574,19 +648,57 @@ class Studio:
         return (Request.from_json(job.request)
                 if job is not None and job.kind not in (JobKind.UPSCALE, JobKind.PICK) else None)
 
+    async def repaints(self, job: Job) -> bool:
+        """Whether Upscale (Creative) of the picture of `job` (a U or an upscale) would repaint
+        it: its grid's model can (ModelSpec.can_repaint), or, where that is gone, the default
+        model Pintor would use instead. The button is offered only then (bot.results)."""
+        request = Request.from_json(job.request)
+        grid = request if job.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(job)
+        spec = self._generator(grid.model) if grid is not None else None
+        if spec is None:
+            try:
+                spec = self._fallback_vary_model(request, None)
+            except RequestError:
+                return False
+        return spec.can_repaint
+
+    async def grid_of(self, job: Job) -> Job | None:
+        """The grid job a picture alone (a U, an upscale, through "Upscale again" chains) comes
+        from; None when it is gone (or for a job made by no button)."""
+        seen: set[int] = set()
+        parent = await self.store.get(job.parent_id) if job.parent_id is not None else None
+        while parent is not None and parent.kind in (JobKind.UPSCALE, JobKind.PICK) and parent.id not in seen:
+            seen.add(parent.id)
+            parent = await self.store.get(parent.parent_id) if parent.parent_id is not None else None
+        return parent
+
     def _generator(self, name: str) -> ModelSpec | None:
         """The configured model of that name if it makes pictures; None if it was removed."""
         spec = self.registry.models.get(name)
         return spec if spec is not None and spec.can_generate else None
 
     def _fallback_vary_model(self, base: Request, rules: ServerRules | None) -> ModelSpec:
-        allowed = name_list(rules.allowed_models) if rules is not None else []
+        allowed = allowed_models(rules, self.registry)
         candidates = [self.registry.get(self.default_model(rules)), *self.registry.generators()]
         fits = [m for m in candidates if (not allowed or m.name in allowed) and (base.parts or m.can_blend)]
         if not fits:
             raise LimitError("No model on this server can vary this picture"
                              + (" (it has no text: it needs a model that reads images)." if not base.parts else "."))
         return fits[0]
+
+    def _with_model(self, base: Request, spec: ModelSpec) -> Request:
+        """`base` made by `spec` instead of its own model (one removed from models.toml, or a
+        grid that is gone): that model's steps and guidance, and its name in the parameters
+        shown, so that the message names the model the job used."""
+        return base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance,
+                            parameters=edit_parameters(base.parameters, {"model": f"--model {spec.name}"}))
+
+    @staticmethod
+    def _replaced_model(base: Request, grid: Request | None, spec: ModelSpec) -> str:
+        """What a button's job says when `spec` made it instead of the picture's model."""
+        if grid is None:
+            return f"The grid this picture came from is gone: made with {spec.name}."
+        return f"The model '{grid.model}' is no longer configured here: made with {spec.name} instead."
 
     async def pick(self, member: Member, job_id: int, index: int, *, guild_id: int | None = None,
                    channel_id: int | None = None, rules: ServerRules | None = None, private: bool = False,
@@ -656,10 +768,12 @@ class Studio:
         rules = where.get("rules")
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
         spec = self._generator(grid.model) if grid is not None else None
+        notices: list[str] = []
         if grid is None or spec is None:
             spec = self._fallback_vary_model(base, rules)
-            grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
-        grid = self.remixed(grid.replace(model=spec.name), prompt, rules)
+            notices.append(self._replaced_model(base, grid, spec))
+            grid = self._with_model(base, spec)
+        grid = self.remixed(grid, prompt, rules)
         if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
                                "need a Stable Diffusion model, or a Kandinsky 2.2 model whose entry names its "
@@ -679,9 +793,12 @@ class Studio:
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=source, outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=images,
-            image_weights=(1.0,) * len(images),
-            upscaler=None, tile=False)  # a picture on a larger canvas is no tile: its border is new
-        return await self.submit(member, request, parent_id=job_id, parent_index=index, **where)
+            image_weights=(1.0,) * len(images), upscaler=None,
+            tile=False,  # a picture on a larger canvas is no tile: its border is new
+            # the canvas's shape is the picture's grown by the extension; ControlNet does not paint borders
+            parameters=edit_parameters(grid.parameters, dict.fromkeys(("ar", "tile", "cn", "cw"))),
+            **NO_CONTROL)
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, notices=notices, **where)
 
     async def upscale(self, member: Member, job_id: int, index: int, *, creative: bool = False,
                       **where) -> Submitted:
@@ -702,18 +819,25 @@ class Studio:
                                f"it cannot be upscaled further.")
         upscaler = self.registry.upscaler
         rules = where.get("rules")
+        notices: list[str] = []
         if creative:
             grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
             spec = self._generator(grid.model) if grid is not None else None
             if grid is None or spec is None:
                 spec = self._fallback_vary_model(base, rules)
-                grid = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance)
+                notices.append(self._replaced_model(base, grid, spec))
+                grid = self._with_model(base, spec)
+            if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
+                raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
+                                   "Stable Diffusion model): use Upscale (Subtle).")
             steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
                 image_weights=(), steps=steps, outpaint=None, clip=0.0,  # the repaint is not CLIP-guided
-                tile=False)  # the repaint runs tile by tile over the enlarged picture: not circular
+                tile=False,  # the repaint runs tile by tile over the enlarged picture: not circular
+                parameters=edit_parameters(grid.parameters, dict.fromkeys(("tile", "clip", "cn", "cw", "iw"))),
+                **NO_CONTROL)
         else:
             steps = self.registry.get(upscaler).steps if upscaler else 0
             if rules is not None and rules.max_steps:
@@ -722,10 +846,12 @@ class Studio:
                 kind=JobKind.UPSCALE, model=upscaler or RESAMPLE, init_image=image.path, seed=image.seed,
                 width=image.width, height=image.height, count=1, strength=0.0, images=(), image_weights=(),
                 steps=steps, guidance=self.registry.get(upscaler).guidance if upscaler else 0.0, upscaler=None,
-                outpaint=None, loras=(), clip=0.0)
+                outpaint=None, loras=(), clip=0.0, **NO_CONTROL,  # enlarged: no ControlNet, LoRA or CLIP
+                parameters=edit_parameters(base.parameters, dict.fromkeys(("cn", "cw", "clip", "lora"))))
         key = (f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
                + (f":creative:{request.upscaler}" if creative else ""))
-        return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key, **where)
+        return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key,
+                                 notices=notices, **where)
 
     async def describe(self, member: Member, name: str, data: bytes, **where) -> Submitted:
         """/describe: four prompts for an uploaded picture, written by the registry's captioner
@@ -814,7 +940,7 @@ class Studio:
         total = sum(p.weight for p in parsed.parts)
         request = build_request(parsed, spec, kind=JobKind.BLEND,
                                 loras=choose_loras(self.registry, parsed, spec)).replace(
-            prompt=f"blend of {len(uploads)} images" + (f": {parsed.text}" if parsed.parts else ""),
+            prompt=blend_label(len(uploads), parsed.text if parsed.parts else ""),
             parts=tuple((p.text, text_weight * p.weight / total) for p in parsed.parts),
             image_weights=tuple(image_weights))
         request = with_control(request, parsed, controlnet)
@@ -852,7 +978,7 @@ class Studio:
                 raise RequestError(f"'{spec.name}' cannot blend images{why}. Models that can: "
                                    f"{', '.join(can) or 'none configured'}.")
             return spec
-        allowed = name_list(rules.allowed_models) if rules is not None else []
+        allowed = allowed_models(rules, self.registry)
         blenders = [m for m in self.registry.models.values() if m.can_blend]
         if not blenders:
             raise RequestError("No model that can blend images (Kandinsky 2.1/2.2) is configured; ask an admin.")
@@ -998,7 +1124,7 @@ class Studio:
             raise LimitError(PAUSED)
         if check_channel and (refusal := channel_refusal(rules, channel_id)):
             raise LimitError(refusal)
-        allowed = name_list(rules.allowed_models)
+        allowed = allowed_models(rules, self.registry)
         # an upscaler or a captioner is not a model members choose: the server's list is of pictures' models
         if allowed and request.model not in allowed and request.kind not in (JobKind.UPSCALE, JobKind.DESCRIBE):
             raise LimitError(f"The model '{request.model}' is not allowed on this server. Allowed: {', '.join(allowed)}.")

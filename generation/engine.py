@@ -550,7 +550,7 @@ class Engine:
             return self._enlarge(image, request.model, request, notices, on_step, should_stop)
         enlarged = self._enlarge(image, request.upscaler or RESAMPLE, request, notices, on_step, should_stop)
         spec = self.registry.get(request.model)
-        if spec.family not in EMPHASIS_FAMILIES:
+        if not spec.can_repaint:  # the Studio refuses these first; an older stored job
             notices.append(f"{spec.name} cannot repaint an enlarged picture here: upscaled without the creative pass.")
             return enlarged
         pipe = self.pipelines.get(spec, "img2img")

@@ -890,6 +890,25 @@ def format_parameters(p: ParsedPrompt) -> str:
     return " ".join(known + chosen)
 
 
+_PARAMETER_START = re.compile(r"\s+(?=--[A-Za-z])")  # "--ar 3:2 --no a b" → "--ar 3:2", "--no a b"
+
+
+def edit_parameters(parameters: str, changes: dict[str, str | None]) -> str:
+    """A canonical parameter string ("--ar 3:2 --no people --model x", `format_parameters`)
+    with each named parameter (canonical name, no dashes) set to its new canonical text
+    ("--no cars", "--tile") or, for None, removed: what a job that changes or drops a
+    parameter of the job it comes from shows. Parameters keep the table's order."""
+    chunks = [chunk for chunk in _PARAMETER_START.split(parameters.strip()) if chunk]
+    named = {chunk.split()[0][2:].lower(): chunk for chunk in chunks}
+    for name, text in changes.items():
+        if text is None:
+            named.pop(name, None)
+        else:
+            named[name] = text
+    order = list(_param_table(MAX_STEPS))
+    return " ".join(named[name] for name in sorted(named, key=lambda n: order.index(n) if n in order else len(order)))
+
+
 # --------------------------------------------------------------------------
 # Image size
 # --------------------------------------------------------------------------

@@ -279,6 +279,13 @@ class ModelSpec:
         2.2 whose entry names its inpainting decoder (`inpaint`)."""
         return self.family in INPAINT_FAMILIES or (self.family == "kandinsky22" and self.inpaint is not None)
 
+    @property
+    def can_repaint(self) -> bool:
+        """True when Upscale (Creative) repaints this model's enlarged pictures (image to image
+        over tiles, with weighted embeddings: the Stable Diffusion families); the others'
+        pictures get Upscale (Subtle) only."""
+        return self.family in EMPHASIS_FAMILIES
+
     def capabilities(self) -> list[str]:
         """What members can do with this model, in words (`pintor models`, /info): "text to
         image", "image to image (V)", "blend", "zoom/pan (inpaint)", "CLIP guidance", "upscale";

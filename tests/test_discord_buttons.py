@@ -99,8 +99,9 @@ async def test_upscale_subtle_under_the_picture_upscales_it(pintor: Harness, pic
     pick_id, up_id = job_id_of(picked), job_id_of(upscaled)
     assert (await pintor.picture(upscaled)).size == (4 * TILE, 4 * TILE)
     assert f"Image #1 of job {pick_id}, upscaled by tiny-upscaler" in upscaled["content"]
-    pick = await pintor.job(pick_id)  # ↩️ leads to where the picture was last posted (U2 was pressed twice)
-    assert custom_ids(upscaled) == picture_buttons(up_id, jump_url(emu.guild_id, emu.channel_id, pick.message_id))
+    pick = await pintor.job(pick_id)  # ↩️ Grid leads to the grid, not to the U picture upscaled
+    grid = await pintor.job(pick.parent_id)
+    assert custom_ids(upscaled) == picture_buttons(up_id, jump_url(emu.guild_id, emu.channel_id, grid.message_id))
     job = await pintor.posted(up_id)
     assert (job.kind, job.parent_id, job.parent_index, job.status) == ("upscale", pick_id, 1, "done")
     assert job.model == "tiny-upscaler" and job.message_id == int(upscaled["id"])

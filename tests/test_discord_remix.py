@@ -75,12 +75,15 @@ async def test_vary_in_remix_mode_asks_for_the_prompt_first(pintor: Harness, rem
     before = await pintor.job_count()
     refused = await made(pintor, await emu.submit_modal(click, {PROMPT: "a stormy sea --seed -1"}))
     assert refused["flags"] & EPHEMERAL and "--seed must be a whole number" in refused["content"]
-    refused = await made(pintor, await emu.submit_modal(click, {PROMPT: "a stormy sea --model tiny-sd"}))
-    assert refused["flags"] & EPHEMERAL and "--model is given twice" in refused["content"]
     assert await pintor.job_count() == before  # nothing stored
 
-    result = await made(pintor, await emu.submit_modal(click, {PROMPT: "a stormy sea::2 gulls --no boats"}))
+    # typed once, --model is not "given twice": the picture's model stays, and the result says so,
+    # as it says the --ar it did not use (the headline shows the picture's)
+    result = await made(pintor, await emu.submit_modal(
+        click, {PROMPT: "a stormy sea::2 gulls --no boats --model tiny-sd --ar 1:1"}))
     assert is_result(result) and "a stormy sea" in result["content"]
+    assert "the model stays the picture's (tiny-sdxl)" in result["content"] and "--ar 1:1" in result["content"]
+    assert "--ar 2:1 --no boats --model tiny-sdxl" in result["content"]
     job = await pintor.posted(job_id_of(result))
     request = Request.from_json(job.request)
     assert (job.kind, job.parent_id, job.parent_index, job.user_id) == ("variation", grid_id, 2, remixer)

@@ -147,7 +147,7 @@ class Account(commands.Cog):
                 ", ".join(f"{spec.name} (OpenAI {spec.model})" for spec in remote)
                 + (" · allowed here" if remote_allowed else " · not allowed here (an admin can allow them)"),
                 limits.FIELD_VALUE))
-        allowed = allowed_models(rules)
+        allowed = allowed_models(rules, studio.models)
         controlnet = rules is None or rules.allow_controlnet
         # what each model members may use here can do
         offered = [f"`{spec.name}`: {', '.join(abilities(studio.models, spec, controlnet=controlnet))}"

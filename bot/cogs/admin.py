@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import allowed_loras, fallback_model, id_list, name_list
+from bot.intake import allowed_loras, allowed_models, fallback_model, id_list, name_list
 from bot.limits import listing, plain
 from generation.prompt import MAX_LORAS
 from generation.registry import Registry, UnknownLoraError, UnknownModelError
@@ -40,12 +40,13 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
     def limit(value, unit=""):
         return f"{value}{unit}" if value else "no limit"
 
-    allowed = name_list(rules.allowed_models)
+    allowed = allowed_models(rules, registry)  # names no longer configured do not count
     default = fallback_model(registry, allowed)
     models = listing(allowed, 500, separator=", ", empty="all")
-    missing = [name for name in allowed if name not in registry.models]
+    missing = [name for name in name_list(rules.allowed_models) if name not in registry.models]
     if missing:
-        models += f" (no longer configured: {listing(missing, 300, separator=', ')})"
+        models += (f" (no longer configured, so not counted: {listing(missing, 300, separator=', ')}"
+                   + ("; the list names no configured model, so all are allowed" if not allowed else "") + ")")
     if default == registry.default:
         models += f" · prompts without --model use {default}"
     else:

@@ -31,7 +31,7 @@ def describe(settings: MemberPreferences, registry: Registry, rules: ServerRules
     None in DMs). A saved model that can no longer be used there (removed by an admin, or not
     allowed on this server) is said to be gone, with the model used instead."""
     private = "on: results are shown only to you" if settings.private else "off"
-    allowed = allowed_models(rules)
+    allowed = allowed_models(rules, registry)
     default = fallback_model(registry, allowed)
     where = "server default" if rules is not None else "default"
     model = f"`{settings.model or f'{default} ({where})'}`"

@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -30,25 +31,48 @@ from tests.tiny_models import build_all  # noqa: E402
 ON_POSTGRESQL_TOO = Path(__file__).with_name("discord_on_postgresql.txt")
 
 
-SHARED_BOT_GROUP = "the shared Discord bot"
+# The modules whose tests use the session's shared bot (tests/discord_harness.py): with
+# pytest-xdist they all run on one process, in file order (pytest_xdist_make_scheduler below).
+# Every test_discord_*.py module counts (the few without the bot cost nothing there); a module
+# of another name that uses the bot must be named here, which collection checks.
+SHARED_BOT_MODULES = {"test_cli_discord.py", "test_docker.py", "test_redis_bot.py", "test_reliability_database.py",
+                      "test_reliability_load.py", "test_trial.py"}
+
+
+def uses_the_shared_bot(module: str) -> bool:
+    """Whether the module (a path or node id) is one of SHARED_BOT_MODULES or test_discord_*.py."""
+    name = Path(module.split("::", 1)[0]).name
+    return name in SHARED_BOT_MODULES or name.startswith("test_discord_")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist (the README's `-n auto`), whatever `--dist` says: a module runs whole on
+    one process (its module-scoped Studio, queue or pictures made once), and every module of the
+    shared bot on the same process, in file order, as the rules of tests/README.md expect of one
+    bot. (pytest-xdist's own `--dist loadgroup` would say the same with marks, but cannot rename
+    pytest 9's node ids, so its groups are lost.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndTheSharedBot(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "the shared bot" if uses_the_shared_bot(nodeid) else nodeid.split("::", 1)[0]
+
+    return ModulesAndTheSharedBot(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Two marks, given here so that no test module has to remember them:
-
-    - `xdist_group`: with pytest-xdist's `--dist loadgroup` (the README's test command) a module
-      runs whole on one process, its module-scoped fixtures made once; and every module with a
-      test that uses the session's shared bot (`discord_harness`, which `pintor` takes) runs on
-      one process, in file order, as the rules of tests/README.md expect of a shared bot.
-    - `postgresql_too`: the Discord tests named in discord_on_postgresql.txt (chosen by
-      choose_postgres_tests.py), which `.ci/run` runs again with the shared bot on PostgreSQL.
-    """
+    """Checks SHARED_BOT_MODULES (a test of another module on the shared bot would run on a
+    second bot, in no order the rules were written for), and marks `postgresql_too` the Discord
+    tests named in discord_on_postgresql.txt (chosen by choose_postgres_tests.py), which
+    `.ci/run` runs again with the shared bot on PostgreSQL."""
+    strays = sorted({item.nodeid.split("::", 1)[0] for item in items if not uses_the_shared_bot(item.nodeid)
+                     and "discord_harness" in getattr(item, "fixturenames", ())})
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} use the shared bot: name them in conftest.SHARED_BOT_MODULES")
     chosen = {line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
               if line.strip() and not line.startswith("#")}
-    with_shared_bot = {item.path for item in items if "discord_harness" in getattr(item, "fixturenames", ())}
     for item in items:
-        group = SHARED_BOT_GROUP if item.path in with_shared_bot else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
         if item.nodeid.split("[", 1)[0] in chosen:
             item.add_marker(pytest.mark.postgresql_too)
 

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from storage.models import UNFINISHED, Image, Job, JobStatus, User, utcnow
+from storage.models import MAX_JOB_ID, UNFINISHED, Image, Job, JobStatus, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,11 @@ class JobStore:
         return job
 
     async def get(self, job_id: int) -> Job | None:
-        """The job with its images (loaded eagerly: usable after the session), or None."""
+        """The job with its images (loaded eagerly: usable after the session), or None; None too
+        for an id no job can have (outside 1…MAX_JOB_ID: a forged button's 18 digits), which
+        PostgreSQL would refuse as out of its INTEGER's range instead of finding nothing."""
+        if not 0 < job_id <= MAX_JOB_ID:
+            return None
         async with self.session() as session:
             return await session.get(Job, job_id)
 

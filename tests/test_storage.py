@@ -14,7 +14,7 @@ from sqlalchemy import func, inspect, select, text
 
 from storage.db import current_revision, downgrade, open_engine, upgrade
 from storage.jobs import JobStore, NewImage
-from storage.models import Base, Image, Job, User
+from storage.models import MAX_JOB_ID, Base, Image, Job, User
 
 
 def url(path: Path) -> str:
@@ -155,6 +155,13 @@ async def test_create_and_get(store: JobStore):
     assert (got.guild_id, got.channel_id, got.parent_id, got.parent_index) == (5, 6, None, None)
     assert got.images == [] and got.created_at is not None and got.started_at is None
     assert await store.get(12345) is None
+
+
+@pytest.mark.parametrize("job_id", [0, -1, MAX_JOB_ID + 1, 10**15, 999_999_999_999_999_999])
+async def test_an_id_no_job_can_have_finds_nothing_on_both_databases(store: JobStore, job_id: int):
+    """A forged button names up to 18 digits; PostgreSQL refused those past its INTEGER's range
+    (asyncpg: "value out of int32 range"), and the press ended in an unhandled error."""
+    assert await store.get(job_id) is None
 
 
 async def test_times_read_back_as_aware_utc(store: JobStore):

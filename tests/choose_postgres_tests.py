@@ -31,12 +31,11 @@ def arcs_by_test(data_file: str) -> dict[str, set[tuple[str, int, int]]]:
     data = CoverageData(data_file)
     data.read()
     found: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
-    for path in data.measured_files():
-        data.set_query_contexts(None)
-        for context in data.measured_contexts():
-            if not context:
-                continue
-            data.set_query_contexts([context])
+    contexts = [context for context in data.measured_contexts() if context]
+    paths = data.measured_files()
+    for context in contexts:
+        data.set_query_contexts([context])
+        for path in paths:
             for start, end in data.arcs(path) or ():
                 found[context].add((path, start, end))
     return found

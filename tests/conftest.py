@@ -31,6 +31,12 @@ from tests.tiny_models import build_all  # noqa: E402
 ON_POSTGRESQL_TOO = Path(__file__).with_name("discord_on_postgresql.txt")
 
 
+def chosen_for_postgresql() -> list[str]:
+    """The node ids (`tests/test_x.py::test_name`) discord_on_postgresql.txt names, in its order."""
+    return [line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
 # The modules whose tests use the session's shared bot (tests/discord_harness.py): with
 # pytest-xdist they all run on one process, in file order (pytest_xdist_make_scheduler below).
 # Every test_discord_*.py module counts (the few without the bot cost nothing there); a module
@@ -70,8 +76,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                      and "discord_harness" in getattr(item, "fixturenames", ())})
     if strays:
         raise pytest.UsageError(f"{', '.join(strays)} use the shared bot: name them in conftest.SHARED_BOT_MODULES")
-    chosen = {line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.startswith("#")}
+    chosen = set(chosen_for_postgresql())
     for item in items:
         if item.nodeid.split("[", 1)[0] in chosen:
             item.add_marker(pytest.mark.postgresql_too)

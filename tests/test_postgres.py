@@ -31,7 +31,7 @@ from storage.db import current_revision, open_engine, upgrade
 from storage.jobs import DuplicateJob, JobStore, NewImage
 from storage.models import Base, JobStatus
 from storage.settings import PreferencesAndRulesStore
-from tests.conftest import ON_POSTGRESQL_TOO
+from tests.conftest import ON_POSTGRESQL_TOO, chosen_for_postgresql
 
 ROOT = Path(__file__).resolve().parents[1]
 # Discord snowflakes are 64-bit: a member id of today (~1.2e18) and the largest signed one
@@ -364,8 +364,7 @@ def test_every_discord_test_chosen_for_postgresql_is_still_a_test():
     """tests/discord_on_postgresql.txt names the Discord tests CI runs again on PostgreSQL: a
     name that no longer matches a test (renamed, removed) would drop out silently."""
     root = ON_POSTGRESQL_TOO.parent.parent
-    chosen = [line.strip() for line in ON_POSTGRESQL_TOO.read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.startswith("#")]
+    chosen = chosen_for_postgresql()
     assert len(chosen) >= 20
     missing = []
     for nodeid in chosen:

@@ -291,12 +291,19 @@ class RedisWorker(_Worker):
             self.running = None
             await asyncio.to_thread(shutil.rmtree, self.cache.path(f"jobs/{job_id}"), True)
         if self.interrupted:  # stopped by SIGTERM: another worker takes it at once, no death counted
-            await client.hset(self.keys.handed, entry_id, "1")
-            await client.xclaim(self.keys.jobs, GROUP, self.name, 0, [entry_id], idle=RELEASED_IDLE_MS, justid=True)
+            await self._hand_back(client, entry_id)
             log.info("job %s handed back to the queue", job_id)
         else:
             self.finished.append(entry_id)
             await self._acknowledge_finished(client)
+
+    async def _hand_back(self, client: RedisClient, entry_id: str) -> None:
+        """Give an entry up, unrun: marked handed on (the next worker counts no death) and idle
+        past any timeout (it takes it at once)."""
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.handed, entry_id, "1")
+            pipe.xclaim(self.keys.jobs, GROUP, self.name, 0, [entry_id], idle=RELEASED_IDLE_MS, justid=True)
+            await pipe.execute()
 
     def _with_local_inputs(self, request: Request, inputs: dict[str, str]) -> Request:
         """The request with its input pictures' keys replaced by files in this worker's cache

@@ -273,10 +273,12 @@ class RedisWorker(_Worker):
             log.error("job %s was run by %d workers that died; failing it", job_id, deaths)
             await self._xadd(client, owner, Failed(job_id, "The generation worker crashed on this job several times."))
             self.finished.append(entry_id)
+            await self._acknowledge_finished(client)
             return
         if await client.exists(self.keys.cancel(job_id)):
             await self._xadd(client, owner, Cancelled(job_id))
             self.finished.append(entry_id)
+            await self._acknowledge_finished(client)
             return
         request = Request.from_json(fields["request"])
         request = await asyncio.to_thread(self._with_local_inputs, request, json.loads(fields.get("inputs", "{}")))

@@ -210,6 +210,9 @@ class RedisQueue:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._release_lock = asyncio.Lock()
+        # set by close: the loops end on it even where a cancellation was swallowed on the way
+        # (seen: `pintor run` on Redis hung at its stop, its loops "cancelling" yet going on)
+        self._closing = False
 
     @property
     def client(self) -> RedisClient:
@@ -224,6 +227,7 @@ class RedisQueue:
     # -- the JobQueue interface ---------------------------------------------------------------
 
     async def start(self) -> None:
+        self._closing = False
         self._client = connect(self.url, self.heartbeat_timeout_s)
         await self.client.ping()
         await ensure_group(self.client, self.keys)
@@ -246,6 +250,7 @@ class RedisQueue:
         for the next start."""
         if self._stop_workers is not None:
             await asyncio.to_thread(self._stop_workers)
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -408,7 +413,7 @@ class RedisQueue:
 
     async def _tick(self) -> None:
         outage = Outage("the queue's look at the workers", cap_s=max(TICK_S, self.heartbeat_timeout_s / 2))
-        while True:
+        while not self._closing:
             try:
                 workers = await self.workers()
                 live = len([w for w in workers if w.ready])
@@ -486,7 +491,7 @@ class RedisQueue:
 
     async def _read_events(self, last: str) -> None:
         outage = Outage("the queue's reader of results", cap_s=max(1.0, self.heartbeat_timeout_s / 2))
-        while True:
+        while not self._closing:
             try:
                 batches = await self.client.xread({self.events_key: last}, count=100, block=1000)
                 outage.over()

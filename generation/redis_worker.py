@@ -107,6 +107,7 @@ class RedisWorker(_Worker):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
         self._engine: Engine | None = None
+        self._closing = False  # set before the tasks are cancelled: they end on it whatever happens
 
     # called by run_job, in the generation thread
     def send(self, *message: Any) -> None:
@@ -176,6 +177,7 @@ class RedisWorker(_Worker):
                         log.warning("Redis lost the jobs stream (restarted without its data?): creating it again")
                         await ensure_group(client, self.keys)
             finally:
+                self._closing = True
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
@@ -326,11 +328,11 @@ class RedisWorker(_Worker):
         events (a start, a result) are tried again until they are sent (or, stopping, for
         SEND_AFTER_STOP_S: the job then stays pending, and another worker runs it)."""
         outage = Outage(f"worker {self.name}'s events", cap_s=max(0.2, self.heartbeat_timeout_s / 5))
-        while True:
+        while not self._closing:
             owner, event = await self._outbox.get()
             given_up_at: float | None = None
             try:
-                while True:
+                while not self._closing:
                     try:
                         await self._xadd(client, owner, event)
                         outage.over()
@@ -357,7 +359,7 @@ class RedisWorker(_Worker):
         beat_s = max(0.2, self.heartbeat_timeout_s / 5)
         ticks = 0
         outage = Outage(f"worker {self.name}'s heartbeat", cap_s=beat_s)
-        while True:
+        while not self._closing:
             try:
                 if ticks % max(1, round(beat_s / CANCEL_POLL_S)) == 0:
                     await self._announce(client)

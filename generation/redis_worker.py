@@ -5,19 +5,23 @@ It loads the registry and the engine as the embedded worker does, then loops: ta
 dead worker's first, by XAUTOCLAIM; else a new one, by XREADGROUP), write the pictures it
 starts from into its own file store (a cache folder: it shares no disk with the front end),
 run it through the engine (`generation.worker._Worker.run_job`, the embedded worker's code),
-and send its events, the pictures' bytes with Done, to the events stream. It never
-acknowledges a job: the front end does, once the result is stored.
+and send its events, the pictures' bytes with Done, to its front end's events stream. Once the
+final event is there it acknowledges the entry (XACK: run, no one takes it over); the front
+end deletes it once the result is stored.
 
 A heartbeat every `heartbeat_timeout_s / 5` s refreshes its hash (device, models, free
 memory, running job) and resets its job's idle time; a cancel key is checked every quarter
 second. SIGTERM/SIGINT stop it after the running step; that job goes back to the stream at
-once for another worker (its idle time set past the timeout), nothing is lost.
+once for another worker (marked handed on, its idle time set past the timeout), nothing is
+lost, and no death is counted. Redis away (restarted, unreachable) stops nothing: each command
+is tried again with a backoff (redis-py's Retry), then the loop waits and tries again, and
+creates the consumer group anew where Redis lost it; the running job goes on, and its events
+wait until they are sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -29,21 +33,36 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from generation.events import Cancelled, Done, Event, Failed, ImageFile, Interrupted, Progress, Started, event_to_json
+from generation.events import (
+    FINAL_EVENTS,
+    Cancelled,
+    Done,
+    Event,
+    Failed,
+    ImageFile,
+    Interrupted,
+    Progress,
+    Started,
+    event_to_json,
+)
 from generation.files import FileStore
 from generation.queue import MAX_WORKER_DEATHS_PER_JOB, loaded_after
 from generation.redis_queue import (
-    EVENTS_MAXLEN,
     GROUP,
     HEARTBEAT_TIMEOUT_S,
+    UNREACHABLE,
+    Outage,
     RedisClient,
     RedisKeys,
+    connect,
     ensure_group,
+    is_nogroup,
     list_workers,
 )
 from generation.request import Request
@@ -56,6 +75,7 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.25
 RELEASED_IDLE_MS = 10**9  # a stopped worker's job: idle "forever", so the next worker takes it at once
+SEND_AFTER_STOP_S = 10.0  # stopping, a job's last events are tried this long while Redis is away
 
 
 def default_name() -> str:
@@ -80,18 +100,19 @@ class RedisWorker(_Worker):
         self.device: dict[str, Any] = {}
         self.error: str | None = None
         self.models: tuple[str, ...] = ()
-        self.running: tuple[int, str] | None = None  # (job id, stream entry id)
+        self.running: tuple[int, str, str] | None = None  # (job id, stream entry id, its front end)
         self.step = self.total = 0
         self.interrupted = False
-        self.finished: collections.deque[str] = collections.deque(maxlen=100)  # run here, maybe not acked
+        self.finished: list[str] = []  # entries whose final event is sent, not acknowledged (XACK) yet
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
         self._engine: Engine | None = None
+        self._closing = False  # set before the tasks are cancelled: they end on it whatever happens
 
     # called by run_job, in the generation thread
     def send(self, *message: Any) -> None:
         kind, event = message
-        assert kind == "event" and self._loop is not None
+        assert kind == "event" and self._loop is not None and self.running is not None
         if isinstance(event, Interrupted):
             self.interrupted = True  # stopping: the job goes back to the stream, not to the member
             return
@@ -101,7 +122,7 @@ class RedisWorker(_Worker):
             self.step, self.total = event.step, event.total
         if isinstance(event, Done):
             event = self._with_pictures(event)
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, event)
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, (self.running[2], event))
 
     def _with_pictures(self, event: Done) -> Done:
         """The event with each picture's bytes: they travel to the front end with it."""
@@ -114,35 +135,56 @@ class RedisWorker(_Worker):
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT (or `stopping` is set); returns the exit status (1 when the
-        engine could not start)."""
+        engine could not start). Redis away stops nothing: it waits for it (the module's
+        docstring)."""
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 self._loop.add_signal_handler(sig, self.stopping.set)
-        client = aioredis.Redis.from_url(self.url, decode_responses=True)
+        client = connect(self.url, self.heartbeat_timeout_s)
+        outage = Outage(f"worker {self.name}", cap_s=max(0.2, self.heartbeat_timeout_s / 5))
         try:
-            await ensure_group(client, self.keys)
+            while not self.stopping.is_set():
+                try:
+                    await ensure_group(client, self.keys)
+                    break
+                except UNREACHABLE as err:
+                    await outage.wait(err)
             try:
                 self._engine = await asyncio.to_thread(self._build_engine)
             except Exception as err:  # noqa: BLE001 - said in the log and in the worker's hash
                 self.error = f"{type(err).__name__}: {err}"
                 log.error("the worker could not start: %s", self.error)
-                await self._announce(client)
+                with contextlib.suppress(*UNREACHABLE):
+                    await self._announce(client)
                 return 1
             log.info("worker %s ready on %s", self.name, self.device.get("device_name"))
+            with contextlib.suppress(*UNREACHABLE):  # the loop's first take waits for Redis
+                await self._count_own_deaths(client)
             tasks = [asyncio.create_task(self._heartbeat(client)), asyncio.create_task(self._send_events(client))]
             try:
                 while not self.stopping.is_set():
-                    entry = await self._take(client)
-                    if entry is not None:
-                        await self._run_entry(client, *entry)
+                    try:
+                        entry = await self._take(client)
+                        if entry is not None:
+                            await self._run_entry(client, *entry)
+                        outage.over()
+                    except UNREACHABLE as err:
+                        await outage.wait(err)
+                    except ResponseError as err:
+                        if not is_nogroup(err):
+                            raise
+                        log.warning("Redis lost the jobs stream (restarted without its data?): creating it again")
+                        await ensure_group(client, self.keys)
             finally:
+                self._closing = True
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            await client.delete(self.keys.worker(self.name))
+            with contextlib.suppress(*UNREACHABLE):
+                await client.delete(self.keys.worker(self.name))
             log.info("worker %s stopped", self.name)
             return 0
         finally:
@@ -153,36 +195,70 @@ class RedisWorker(_Worker):
         return engine
 
     async def _take(self, client: RedisClient) -> tuple[str, dict[str, str], int] | None:
-        """The next entry and how often it was delivered: one handed to this worker first (by a
-        worker without its model), then a dead worker's, then a new one. A new one for a model
-        this worker has not loaded goes to an idle worker that has it, if there is one."""
+        """The next entry and how many workers died running it: one handed to this worker first
+        (by a worker without its model, or left here by a lost connection), then a dead
+        worker's, then a new one. A new one for a model this worker has not loaded goes to an
+        idle worker that has it, if there is one."""
+        await self._acknowledge_finished(client)
         batches = await client.xreadgroup(GROUP, self.name, {self.keys.jobs: "0"}, count=10)
         for _, entries in batches or []:
             for entry_id, fields in entries:
-                if fields and entry_id not in self.finished:  # run here and not acknowledged yet: skip
-                    return entry_id, fields, await self._deliveries(client, entry_id)
-        timeout_ms = int(self.heartbeat_timeout_s * 1000)
-        _, claimed, *_ = await client.xautoclaim(self.keys.jobs, GROUP, self.name, min_idle_time=timeout_ms,
-                                                 start_id="0-0", count=1)
-        if claimed:
-            entry_id, fields = claimed[0]
-            log.warning("taking over job %s of a worker that stopped answering", fields.get("job"))
-            return entry_id, fields, await self._deliveries(client, entry_id)
+                if fields:
+                    deaths = await client.hget(self.keys.deaths, entry_id)
+                    return entry_id, fields, int(deaths or 0)
+        if await self._may_take_over(client):
+            timeout_ms = int(self.heartbeat_timeout_s * 1000)
+            _, claimed, *_ = await client.xautoclaim(self.keys.jobs, GROUP, self.name, min_idle_time=timeout_ms,
+                                                     start_id="0-0", count=1)
+            if claimed:
+                entry_id, fields = claimed[0]
+                if await client.hdel(self.keys.handed, entry_id):
+                    log.info("taking job %s, handed back by a worker that stopped", fields.get("job"))
+                    deaths = int(await client.hget(self.keys.deaths, entry_id) or 0)
+                else:  # its worker stopped answering: a death
+                    deaths = int(await client.hincrby(self.keys.deaths, entry_id, 1))
+                    log.warning("taking over job %s of a worker that stopped answering (%d death(s))",
+                                fields.get("job"), deaths)
+                return entry_id, fields, deaths
         batches = await client.xreadgroup(GROUP, self.name, {self.keys.jobs: ">"}, count=1, block=500)
         for _, entries in batches or []:
             for entry_id, fields in entries:
                 model = fields.get("model", "")
                 if model not in self.models and (other := await self._idle_worker_with(client, model)):
-                    # JUSTID: not counted as a delivery (that count is the crashes' budget)
+                    # handed on, not a death, should it idle past the timeout there
+                    await client.hset(self.keys.handed, entry_id, "1")
                     await client.xclaim(self.keys.jobs, GROUP, other, 0, [entry_id], justid=True)
                     log.info("job %s handed to worker %s, which has %s loaded", fields.get("job"), other, model)
                     return None
-                return entry_id, fields, 1
+                return entry_id, fields, 0
         return None
 
-    async def _deliveries(self, client: RedisClient, entry_id: str) -> int:
-        pending = await client.xpending_range(self.keys.jobs, GROUP, min=entry_id, max=entry_id, count=1)
-        return int(pending[0]["times_delivered"]) if pending else 1
+    async def _count_own_deaths(self, client: RedisClient) -> None:
+        """A worker started again under the same name finds the entries it held when it died
+        pending to it still (it reads them first): each not handed on counts a death."""
+        pending = await client.xpending_range(self.keys.jobs, GROUP, min="-", max="+", count=100,
+                                              consumername=self.name)
+        for row in pending:
+            entry_id = row["message_id"]
+            if not await client.hdel(self.keys.handed, entry_id):
+                deaths = await client.hincrby(self.keys.deaths, entry_id, 1)
+                log.warning("this worker died running entry %s (%d death(s))", entry_id, deaths)
+
+    async def _may_take_over(self, client: RedisClient) -> bool:
+        """Whether Redis has been up a heartbeat timeout: after a restart with its data, every
+        entry looks idle until the live workers have said again that they run theirs."""
+        uptime = (await client.info("server")).get("uptime_in_seconds", 0)
+        return float(uptime) >= self.heartbeat_timeout_s
+
+    async def _acknowledge_finished(self, client: RedisClient) -> None:
+        """XACK the entries whose final event is sent: no worker takes them over now."""
+        if self.finished:
+            try:
+                await client.xack(self.keys.jobs, GROUP, *self.finished)
+            except ResponseError as err:
+                if not is_nogroup(err):  # no group: Redis lost it, and the entries with it
+                    raise
+            self.finished.clear()
 
     async def _idle_worker_with(self, client: RedisClient, model: str) -> str | None:
         """The name of another live, idle worker that has `model` loaded, or None."""
@@ -191,34 +267,47 @@ class RedisWorker(_Worker):
                 return state.name
         return None
 
-    async def _run_entry(self, client: RedisClient, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+    async def _run_entry(self, client: RedisClient, entry_id: str, fields: dict[str, str], deaths: int) -> None:
         job_id = int(fields["job"])
-        if deliveries > MAX_WORKER_DEATHS_PER_JOB:
-            log.error("job %s was taken %d times by workers that died; failing it", job_id, deliveries)
-            await self._xadd(client, Failed(job_id, "The generation worker crashed on this job several times."))
+        owner = fields.get("owner", "bot")
+        await client.hdel(self.keys.handed, entry_id)  # run here now: a death from now on is one
+        if deaths >= MAX_WORKER_DEATHS_PER_JOB:
+            log.error("job %s was run by %d workers that died; failing it", job_id, deaths)
+            await self._xadd(client, owner, Failed(job_id, "The generation worker crashed on this job several times."))
             self.finished.append(entry_id)
+            await self._acknowledge_finished(client)
             return
         if await client.exists(self.keys.cancel(job_id)):
-            await self._xadd(client, Cancelled(job_id))
+            await self._xadd(client, owner, Cancelled(job_id))
             self.finished.append(entry_id)
+            await self._acknowledge_finished(client)
             return
         request = Request.from_json(fields["request"])
         request = await asyncio.to_thread(self._with_local_inputs, request, json.loads(fields.get("inputs", "{}")))
-        self.running, self.step, self.total, self.interrupted = (job_id, entry_id), 0, 0, False
+        self.running, self.step, self.total, self.interrupted = (job_id, entry_id, owner), 0, 0, False
         self.models = loaded_after(self.models, request.model, self.config.max_models)
-        await self._announce(client)  # the running job and the models now, not at the next heartbeat
-        assert self._engine is not None
         try:
+            await self._announce(client)  # the running job and the models now, not at the next heartbeat
+            assert self._engine is not None
             await asyncio.to_thread(self.run_job, self._engine, job_id, request)
-            await self._outbox.join()  # every event of the job is in the stream
-            if not self.interrupted:
-                self.finished.append(entry_id)
+            await self._outbox.join()  # every event of the job is in the stream (or given up, stopping)
         finally:
             self.running = None
             await asyncio.to_thread(shutil.rmtree, self.cache.path(f"jobs/{job_id}"), True)
-        if self.interrupted:  # stopped by SIGTERM: another worker takes it at once
-            await client.xclaim(self.keys.jobs, GROUP, self.name, 0, [entry_id], idle=RELEASED_IDLE_MS, justid=True)
+        if self.interrupted:  # stopped by SIGTERM: another worker takes it at once, no death counted
+            await self._hand_back(client, entry_id)
             log.info("job %s handed back to the queue", job_id)
+        else:
+            self.finished.append(entry_id)
+            await self._acknowledge_finished(client)
+
+    async def _hand_back(self, client: RedisClient, entry_id: str) -> None:
+        """Give an entry up, unrun: marked handed on (the next worker counts no death) and idle
+        past any timeout (it takes it at once)."""
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.handed, entry_id, "1")
+            pipe.xclaim(self.keys.jobs, GROUP, self.name, 0, [entry_id], idle=RELEASED_IDLE_MS, justid=True)
+            await pipe.execute()
 
     def _with_local_inputs(self, request: Request, inputs: dict[str, str]) -> Request:
         """The request with its input pictures' keys replaced by files in this worker's cache
@@ -230,37 +319,66 @@ class RedisWorker(_Worker):
                 self.cache.put(key, base64.b64decode(data))
         return request.with_inputs(lambda key: str(self.cache.path(key)))
 
-    async def _xadd(self, client: RedisClient, event: Event) -> None:
-        await client.xadd(self.keys.events, {"event": event_to_json(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
+    async def _xadd(self, client: RedisClient, owner: str, event: Event) -> None:
+        # never trimmed here: the front end trims what it has read and stored
+        await client.xadd(self.keys.events(owner), {"event": event_to_json(event)})
 
     async def _send_events(self, client: RedisClient) -> None:
-        while True:
-            event = await self._outbox.get()
+        """Send the events in order. A progress event Redis does not take is dropped; the other
+        events (a start, a result) are tried again until they are sent (or, stopping, for
+        SEND_AFTER_STOP_S: the job then stays pending, and another worker runs it)."""
+        outage = Outage(f"worker {self.name}'s events", cap_s=max(0.2, self.heartbeat_timeout_s / 5))
+        while not self._closing:
+            owner, event = await self._outbox.get()
+            given_up_at: float | None = None
             try:
-                await self._xadd(client, event)
-            except Exception:  # noqa: BLE001 - a lost progress event is no reason to stop
-                log.exception("could not send %s", type(event).__name__)
+                while not self._closing:
+                    try:
+                        await self._xadd(client, owner, event)
+                        outage.over()
+                        break
+                    except UNREACHABLE as err:
+                        if isinstance(event, Progress):
+                            break
+                        if self.stopping.is_set():
+                            given_up_at = given_up_at or time.monotonic() + SEND_AFTER_STOP_S
+                            if time.monotonic() > given_up_at:
+                                log.error("could not send %s of job %s before stopping", type(event).__name__,
+                                          event.job_id)
+                                if isinstance(event, FINAL_EVENTS):
+                                    self.interrupted = True  # not sent: not finished here
+                                break
+                        await outage.wait(err)
+                    except Exception:  # noqa: BLE001 - an event Redis refuses is not tried again
+                        log.exception("could not send %s", type(event).__name__)
+                        break
             finally:
                 self._outbox.task_done()
 
     async def _heartbeat(self, client: RedisClient) -> None:
         beat_s = max(0.2, self.heartbeat_timeout_s / 5)
         ticks = 0
-        while True:
+        outage = Outage(f"worker {self.name}'s heartbeat", cap_s=beat_s)
+        while not self._closing:
             try:
                 if ticks % max(1, round(beat_s / CANCEL_POLL_S)) == 0:
                     await self._announce(client)
                     if self.running is not None:  # the job is alive: reset its idle time
                         await client.xclaim(self.keys.jobs, GROUP, self.name, 0, [self.running[1]], justid=True)
-                    if self.finished:  # run here, its result on its way: not a dead worker's to take
-                        held = list(self.finished)
-                        kept = set(await client.xclaim(self.keys.jobs, GROUP, self.name, 0, held, justid=True))
-                        for entry_id in held:
-                            if entry_id not in kept:  # acknowledged: forget it
-                                self.finished.remove(entry_id)
                 if self.running is not None and await client.exists(self.keys.cancel(self.running[0])):
                     self.cancelled.add(self.running[0])
-            except Exception:  # noqa: BLE001 - Redis away for a moment: try again
+                outage.over()
+            except UNREACHABLE as err:  # Redis away: said once, tried again each beat
+                if not outage.failures:
+                    log.warning("worker %s's heartbeat: Redis cannot be reached (%s)", self.name, err)
+                outage.failures += 1
+            except ResponseError as err:
+                if is_nogroup(err):  # Redis lost the stream (and this job's entry: it finishes all the same)
+                    with contextlib.suppress(Exception):
+                        await ensure_group(client, self.keys)
+                else:
+                    log.exception("heartbeat failed")
+            except Exception:  # noqa: BLE001
                 log.exception("heartbeat failed")
             ticks += 1
             await asyncio.sleep(CANCEL_POLL_S)

@@ -35,38 +35,68 @@ def free_port() -> int:
         return port
 
 
-@contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """A redis-server for the block; yields its URL (redis://127.0.0.1:PORT/0)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
+class RedisServer:
+    """A redis-server on one loopback port and folder that a test can stop and start again:
+    with its data (`persist`: an append-only file, fsynced at every write) or without."""
+
+    def __init__(self, folder: Path, persist: bool = False):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.persist = folder, persist
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, persist: bool | None = None) -> None:
+        if persist is not None:
+            self.persist = persist
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        if not self.persist:  # a start without its data
+            shutil.rmtree(self.folder / "appendonlydir", ignore_errors=True)
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", *aof, "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 20
         while True:  # a poll with a deadline: the server answers within milliseconds
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start (exit {process.poll()})") from None
+            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start (exit {self.process.poll()})") from None
                 time.sleep(0.02)
         client.close()
-        yield url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: connections end, as at a restart
+            self.process.wait(10)
+            self.process = None
+
+
+@contextmanager
+def redis_server(folder: Path, persist: bool = False) -> Iterator[str]:
+    """A redis-server for the block; yields its URL (redis://127.0.0.1:PORT/0)."""
+    with restartable_redis_server(folder, persist) as server:
+        yield server.url
+
+
+@contextmanager
+def restartable_redis_server(folder: Path, persist: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(folder, persist)
+    server.start()
+    try:
+        yield server
     finally:
-        process.terminate()
-        process.wait(10)
+        server.stop()
 
 
-def spawn_worker(url: str, config: WorkerConfig, name: str, prefix: str = "pintor") -> BaseProcess:
+def spawn_worker(url: str, config: WorkerConfig, name: str, prefix: str = "pintor",
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S) -> BaseProcess:
     """A worker process (as `pintor worker` runs), spawned."""
     ctx = multiprocessing.get_context("spawn")
-    process = ctx.Process(target=run_redis_worker, args=(url, config, name, prefix, HEARTBEAT_TIMEOUT_S),
+    process = ctx.Process(target=run_redis_worker, args=(url, config, name, prefix, heartbeat_timeout_s),
                           name=f"pintor-{name}", daemon=True)
     process.start()
     return process

@@ -1,4 +1,6 @@
-"""The `pintor` command as a user runs it: a real subprocess, real worker, real SQLite file."""
+"""The `pintor` command as a user runs it: real worker, real SQLite file; a real subprocess where
+the process is part of what is proven (`pintor_process`), else `bot.cli.main` in this process
+(`pintor`: tests/cli_in_process.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.cli_in_process import pintor_here as pintor
 from tests.conftest import cli_env
 from tests.secrets_check import secret
 
@@ -23,7 +26,7 @@ def env(tmp_path: Path, registry_file: Path) -> dict[str, str]:
     return cli_env(tmp_path, registry_file, DISCORD_TOKEN=SECRET)
 
 
-def pintor(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def pintor_process(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=240)
 
@@ -37,7 +40,7 @@ def job_rows(tmp_path: Path) -> list[tuple]:
 
 
 def test_imagine_writes_grid_and_separate_images(env, tmp_path):
-    result = pintor(env, "imagine", "a red fox in the snow --ar 3:2 --seed 7 --no people --raw",
+    result = pintor_process(env, "imagine", "a red fox in the snow --ar 3:2 --seed 7 --no people --raw",
                     "-o", "fox.png", "--separate", cwd=tmp_path)
     assert "note: Ignored what Pintor does not have: “--raw”." in result.stderr
     assert result.returncode == 0, result.stderr
@@ -149,7 +152,7 @@ def test_offline_a_model_not_downloaded_fails_fast_saying_what_to_do(tmp_path):
     env.pop("PINTOR_MODELS", None)
     env.pop("HF_HUB_CACHE", None)
     started = time.monotonic()
-    result = pintor(env, "imagine", "a lighthouse at dusk", "-o", "out.png", cwd=tmp_path)
+    result = pintor_process(env, "imagine", "a lighthouse at dusk", "-o", "out.png", cwd=tmp_path)
     assert time.monotonic() - started < 15
     assert result.returncode == 1, result.stderr
     assert ("error: cannot load model 'sd-turbo': hub id stabilityai/sd-turbo is not downloaded and "
@@ -157,7 +160,7 @@ def test_offline_a_model_not_downloaded_fails_fast_saying_what_to_do(tmp_path):
     assert "Traceback" not in result.stderr and "<path>" not in result.stderr
     assert job_rows(tmp_path) == [] and not (tmp_path / "out.png").exists()
 
-    doctor = pintor(env, "doctor", cwd=tmp_path)
+    doctor = pintor_process(env, "doctor", cwd=tmp_path)
     assert "[PROBLEM] model sd-turbo: hub id stabilityai/sd-turbo is not downloaded" in doctor.stdout
     assert "fix: run `pintor models pull sd-turbo` where there is internet" in doctor.stdout
     assert "created on first start" in doctor.stdout
@@ -184,7 +187,7 @@ def test_doctor_checks_vaes_loras_and_embeddings(env, tmp_path, tiny_models):
         f'[loras.ink]\nsource = "{lora}"\nfamilies = ["sd"]\n'
         '[loras.glow]\nsource = "someone/glow-lora"\nfamilies = ["sd"]\n'
         f'[embeddings.neg]\nsource = "{tmp_path / "gone.pt"}"\nfamilies = ["sd"]\n', encoding="utf-8")
-    doctor = pintor(env | {"PINTOR_MODELS": str(registry)}, "doctor", cwd=tmp_path)
+    doctor = pintor_process(env | {"PINTOR_MODELS": str(registry)}, "doctor", cwd=tmp_path)
     assert doctor.returncode == 1
     assert f"[PROBLEM] VAE mine: VAE {tmp_path / 'no-vae'} does not exist" in doctor.stdout, doctor.stdout
     assert f"[     ok] LoRA ink: LoRA {lora}" in doctor.stdout

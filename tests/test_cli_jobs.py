@@ -1,5 +1,7 @@
 """Every job verb of `pintor` as an operator runs it — real subprocesses, the real worker, a real
-SQLite file — and the README's Python example run as a script, as written there."""
+SQLite file — and the README's Python example run as a script, as written there. Refusals of
+bad input run `bot.cli.main` in this process (tests/cli_in_process.py): what they prove is the
+message, the exit code and that nothing is stored, not the process."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.cli_in_process import pintor_here
 from tests.conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,8 +167,7 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
 def test_bad_input_is_refused_with_the_members_message_and_stores_nothing(env, tmp_path, args, message):
     png(tmp_path / "cat.png", (200, 120, 40))
     (tmp_path / "notes.txt").write_text("not a picture", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done = pintor_here(env, *args, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message.lower() in done.stderr.lower()
     assert jobs(tmp_path) == []
@@ -234,8 +236,7 @@ def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(e
 def test_a_batch_with_bad_lines_names_each_and_stores_nothing(env, tmp_path):
     (tmp_path / "prompts.txt").write_text("a fox\n# ok\na fox --ar banana\n\n--seed 3\na cat --seed -1\n",
                                           encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = pintor_here(env, "imagine", "--from", "prompts.txt", "-o", "out", cwd=tmp_path)
     assert done.returncode == 2
     assert re.search(r"prompts\.txt:3: .*--ar", done.stderr)
     assert re.search(r"prompts\.txt:5: .*has no text", done.stderr)
@@ -253,8 +254,7 @@ def test_a_batch_file_saved_on_windows_is_read(env, tmp_path, encoding):
     if encoding == "utf-16-be":
         data = b"\xfe\xff" + data
     (tmp_path / "prompts.txt").write_bytes(data)
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "--from", "prompts.txt", "-o", "out"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = pintor_here(env, "imagine", "--from", "prompts.txt", "-o", "out", cwd=tmp_path)
     assert done.returncode == 2  # read: its bad line (and only that one) is named
     assert re.search(r"prompts\.txt:3: .*“banana”", done.stderr), done.stderr
     assert "prompts.txt:1" not in done.stderr and "cannot read" not in done.stderr

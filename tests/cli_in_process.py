@@ -20,7 +20,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def _environment(env: dict[str, str], cwd: Path) -> Iterator[None]:
+def environment(env: dict[str, str], cwd: Path) -> Iterator[None]:
+    """os.environ set to `env` and the working folder `cwd` while the block runs; both as they
+    were after it, whatever it raised."""
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.environ.clear()
     os.environ.update(env)
@@ -43,7 +45,7 @@ def pintor_here(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Comple
     out, err = io.StringIO(), io.StringIO()
     from bot.cli import main
 
-    with _environment(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with environment(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(list(args))
         except SystemExit as exit:  # argparse refusing an argument

@@ -5,6 +5,7 @@ message, the exit code and that nothing is stored, not the process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.cli_in_process import pintor_here
+from tests.cli_in_process import environment, pintor_here
 from tests.conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,42 +287,35 @@ def test_the_readme_python_example_runs_as_written(env, tmp_path):
 
 
 def test_the_synchronous_interface_gives_pil_images_and_the_same_pictures_for_the_same_seed(env, tmp_path):
-    script = """
-import asyncio
-from bot.local import USER_ERRORS, Pintor
+    """`Pintor.sync()` and the async form from a running event loop (as in a notebook), run in
+    this process with an operator's environment (its worker forks from the suite's forkserver)."""
+    from bot.local import USER_ERRORS, Pintor
 
-with Pintor.sync() as pintor:
-    one = pintor.imagine("a lighthouse at dusk --seed 9 --raw")
-    two = pintor.imagine("a lighthouse at dusk --seed 9")
-    assert one.job_id != two.job_id and one.seed == two.seed == 9
-    assert [i.tobytes() for i in one.images] == [i.tobytes() for i in two.images]
-    assert one.grid.size == (128, 128) and one.grid.mode == "RGB" and len(one.images) == 4
-    # the prompt's notices, as the CLI prints them and Discord posts them (they were missing)
-    assert one.notices == ("Ignored what Pintor does not have: “--raw”.",), one.notices
-    assert two.notices == ()
-    try:
-        pintor.imagine("a lighthouse --ar banana")
-    except USER_ERRORS as err:
-        print("refused:", err)
-    shown = pintor.show(one)
-    assert shown.grid.tobytes() == one.grid.tobytes() and shown.notices == one.notices
-    # upscaled twice: the first upscale again, not AlreadyMade (as Discord's second press)
-    big = pintor.upscale(one, 1)
-    again = pintor.upscale(one.job_id, 1)
-    assert again.job_id == big.job_id and again.paths == big.paths and again.kind == "upscale"
+    with environment(env, tmp_path):
+        with Pintor.sync() as pintor:
+            one = pintor.imagine("a lighthouse at dusk --seed 9 --raw")
+            two = pintor.imagine("a lighthouse at dusk --seed 9")
+            assert one.job_id != two.job_id and one.seed == two.seed == 9
+            assert [i.tobytes() for i in one.images] == [i.tobytes() for i in two.images]
+            assert one.grid.size == (128, 128) and one.grid.mode == "RGB" and len(one.images) == 4
+            # the prompt's notices, as the CLI prints them and Discord posts them (they were missing)
+            assert one.notices == ("Ignored what Pintor does not have: “--raw”.",), one.notices
+            assert two.notices == ()
+            with pytest.raises(USER_ERRORS, match=r"--ar.*banana"):
+                pintor.imagine("a lighthouse --ar banana")
+            shown = pintor.show(one)
+            assert shown.grid.tobytes() == one.grid.tobytes() and shown.notices == one.notices
+            # upscaled twice: the first upscale again, not AlreadyMade (as Discord's second press)
+            big = pintor.upscale(one, 1)
+            again = pintor.upscale(one.job_id, 1)
+            assert again.job_id == big.job_id and again.paths == big.paths and again.kind == "upscale"
 
-async def main():  # the async form, from a running event loop (as in a notebook)
-    async with Pintor() as pintor:
-        jobs, total = await pintor.history()
-        print("history", total, [j.id for j in jobs])
+        async def main() -> tuple[list[int], int]:
+            async with Pintor() as pintor:
+                listed, total = await pintor.history()
+                return [j.id for j in listed], total
 
-asyncio.run(main())
-"""
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"refused: .*--ar.*banana", done.stdout)
-    assert "history 3 [3, 2, 1]" in done.stdout
+        assert asyncio.run(main()) == ([3, 2, 1], 3)
     assert len(jobs(tmp_path)) == 3
 
 

@@ -7,6 +7,9 @@ import os
 # once (the test's own and the worker it spawned): one thread each avoids oversubscribing the
 # cores. Set before torch is imported; the worker processes inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reaches the real hub (the hub's tests use a local stand-in): offline from the start, as
+# `.ci/run` runs the suite, so that a newcomer's run is CI's (huggingface_hub reads it at import).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402

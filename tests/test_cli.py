@@ -39,11 +39,26 @@ def job_rows(tmp_path: Path) -> list[tuple]:
         return conn.execute("SELECT id, status, request FROM jobs").fetchall()
 
 
-def test_imagine_writes_grid_and_separate_images(env, tmp_path):
-    result = pintor_process(env, "imagine", "a red fox in the snow --ar 3:2 --seed 7 --no people --raw",
-                    "-o", "fox.png", "--separate", cwd=tmp_path)
-    assert "note: Ignored what Pintor does not have: “--raw”." in result.stderr
+def test_imagine_writes_grid_and_separate_images_and_no_command_loads_discord(env, tmp_path):
+    """`pintor imagine` in a real subprocess, after `models`, `db upgrade`, `doctor` and a refused
+    prompt in the same interpreter: only `pintor run` needs discord.py, the other commands (and
+    reading the settings) never import it, which keeps them quick to start and working where
+    discord.py is broken."""
+    script = (
+        "import sys\n"
+        "from bot.cli import main\n"
+        "codes = [main(args) for args in (['models'], ['db', 'upgrade'], ['doctor'], ['imagine', 'a --ar banana'],\n"
+        "    ['imagine', 'a red fox in the snow --ar 3:2 --seed 7 --no people --raw',\n"
+        "     '-o', 'fox.png', '--separate'])]\n"
+        "print(codes)\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'discord'))\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=240)
     assert result.returncode == 0, result.stderr
+    codes, loaded = result.stdout.strip().splitlines()[-2:]
+    assert codes == "[0, 0, 0, 2, 0]", result.stdout + result.stderr
+    assert loaded == "[]"
+    assert "note: Ignored what Pintor does not have: “--raw”." in result.stderr
     with Image.open(tmp_path / "fox.png") as grid:
         assert grid.size == (384, 256)  # 2×2 tiles of 192×128: 3:2 at a 128 px native budget
     for i in range(1, 5):
@@ -100,25 +115,6 @@ def test_models_doctor_and_db_upgrade(env, tmp_path):
     assert after.returncode == 0, after.stdout
     assert "All good." in after.stdout and "device: cpu" in after.stdout
     assert SECRET not in before.stdout + after.stdout + before.stderr + after.stderr
-
-
-def test_cli_commands_do_not_load_discord(env, tmp_path):
-    """Only `pintor run` needs discord.py: the other commands (and reading the settings) never
-    import it, which keeps them quick to start and working where discord.py is broken."""
-    script = (
-        "import sys\n"
-        "from bot.cli import main\n"
-        f"codes = [main(args) for args in (['models'], ['db', 'upgrade'], ['doctor'], ['imagine', 'a --ar banana'],\n"
-        f"                                 ['imagine', 'a fox --seed 3', '-o', {str(tmp_path / 'fox.png')!r}])]\n"
-        "print(codes)\n"
-        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'discord'))\n")
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr
-    codes, loaded = done.stdout.strip().splitlines()[-2:]
-    assert codes == "[0, 0, 0, 2, 0]", done.stdout + done.stderr
-    assert loaded == "[]"
-    assert (tmp_path / "fox.png").is_file()
 
 
 def test_a_scheduler_that_cannot_work_stops_run_and_models_naming_the_entry(env, tmp_path, registry_file):

@@ -4,8 +4,6 @@ the registry and loading code users' files take."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from generation.availability import ModelLoadError, check_source
 from generation.devices import DeviceChoice
 from generation.pipelines import PipelineCache
 from generation.registry import ModelSpec, RegistryError, load_registry
+from tests.cli_in_process import pintor_here
 from tests.tiny_models import build_sd_single_file
 
 CPU = DeviceChoice("cpu", torch.float32, "CPU")
@@ -87,10 +86,8 @@ def test_imagine_with_a_single_file_checkpoint(checkpoint, tiny_models, tmp_path
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'pintor.db'}", "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
-    made = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "a lighthouse --seed 5", "-o", "out.png"],
-                          check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    made = pintor_here(env, "imagine", "a lighthouse --seed 5", "-o", "out.png", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "out.png").is_file()
-    listed = subprocess.run([sys.executable, "-m", "bot.cli", "models"], check=False, env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    listed = pintor_here(env, "models", cwd=tmp_path)
     assert "can: text to image, image to image (V), zoom/pan (inpaint); downloaded" in listed.stdout, listed.stdout

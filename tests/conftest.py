@@ -54,6 +54,18 @@ def uses_the_shared_bot(module: str) -> bool:
     return name in SHARED_BOT_MODULES or name.startswith("test_discord_")
 
 
+def scope_of(nodeid: str) -> str:
+    """The unit pytest-xdist sends whole to one process: "the shared bot" for its modules, else
+    the test's module (`tests/test_x.py`)."""
+    return "the shared bot" if uses_the_shared_bot(nodeid) else nodeid.split("::", 1)[0]
+
+
+# The scopes that take longest, longest first (seconds summed over their tests, measured in a
+# whole run: tests/README.md, "Where the time goes"): they are handed out first, so that the
+# last minutes are not one long module running alone while the other process has nothing left.
+HEAVIEST_FIRST = ("the shared bot", "tests/test_models_pull.py", "tests/test_cli_jobs.py")
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """With pytest-xdist (the README's `-n auto`), whatever `--dist` says: a module runs whole on
@@ -65,20 +77,25 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ModulesAndTheSharedBot(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "the shared bot" if uses_the_shared_bot(nodeid) else nodeid.split("::", 1)[0]
+            return scope_of(nodeid)
 
+    # scopes in the order collection leaves them (HEAVIEST_FIRST first), not by their count of tests
+    config.option.loadscopereorder = False
     return ModulesAndTheSharedBot(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Checks SHARED_BOT_MODULES (a test of another module on the shared bot would run on a
-    second bot, in no order the rules were written for), and marks `postgresql_too` the Discord
-    tests named in discord_on_postgresql.txt (chosen by choose_postgres_tests.py), which
-    `.ci/run` runs again with the shared bot on PostgreSQL."""
+    """Puts the scopes of HEAVIEST_FIRST first (in that order; the rest, and the tests inside
+    each scope, in file order), checks SHARED_BOT_MODULES (a test of another module on the
+    shared bot would run on a second bot, in no order the rules were written for), and marks
+    `postgresql_too` the Discord tests named in discord_on_postgresql.txt (chosen by
+    choose_postgres_tests.py), which `.ci/run` runs again with the shared bot on PostgreSQL."""
     strays = sorted({item.nodeid.split("::", 1)[0] for item in items if not uses_the_shared_bot(item.nodeid)
                      and "discord_harness" in getattr(item, "fixturenames", ())})
     if strays:
         raise pytest.UsageError(f"{', '.join(strays)} use the shared bot: name them in conftest.SHARED_BOT_MODULES")
+    rank = {scope: place for place, scope in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(scope_of(item.nodeid), len(rank)))  # stable: file order within
     chosen = set(chosen_for_postgresql())
     for item in items:
         if item.nodeid.split("[", 1)[0] in chosen:

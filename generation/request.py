@@ -187,8 +187,8 @@ NEGATIVE_MIN_GUIDANCE = 1.5  # the least guidance at which a --no list still act
 
 
 def with_triggers(parsed: ParsedPrompt, loras: Sequence[tuple[LoraSpec, float]]) -> tuple[ParsedPrompt, list[str]]:
-    """The prompt with the trigger words of its LoRAs added at the end of its last part (those
-    not in the prompt already, in any case), and the notices that say so."""
+    """The prompt with the trigger words of its LoRAs added at the end of its last part that is
+    not negative (those not in the prompt already, in any case), and the notices that say so."""
     written = " ".join(part.text for part in parsed.parts).lower()
     notices = []
     added: list[str] = []
@@ -199,9 +199,13 @@ def with_triggers(parsed: ParsedPrompt, loras: Sequence[tuple[LoraSpec, float]])
             notices.append(f"Added the trigger words {', '.join(quote(t) for t in missing)} of the LoRA {lora.name}.")
     if not added or not parsed.parts:
         return parsed, notices
-    last = parsed.parts[-1]
+    # the last part that says what to draw: a negative part is less of it (weight_sides)
+    at = max(i for i, part in enumerate(parsed.parts) if part.weight >= 0)
+    last = parsed.parts[at]
     text = last.text + ("" if last.text.endswith(",") else ",") + " " + ", ".join(added)
-    return dataclasses.replace(parsed, parts=(*parsed.parts[:-1], dataclasses.replace(last, text=text))), notices
+    parts = list(parsed.parts)
+    parts[at] = dataclasses.replace(last, text=text)
+    return dataclasses.replace(parsed, parts=tuple(parts)), notices
 
 
 def _negative_parts(parsed: ParsedPrompt) -> str:

@@ -232,3 +232,12 @@ def test_a_negative_part_for_a_providers_api_is_said_dropped_and_not_shown(tmp_p
     request = build("a lighthouse at dusk::1 fog::-.5", spec)
     assert request.parts == (("a lighthouse at dusk", 1.0),) and request.prompt == "a lighthouse at dusk"
     assert request.notices[1] == "The negative part “fog::-0.5” was not applied: dalle3's API takes no negative prompt."
+
+
+def test_a_loras_trigger_words_join_the_last_part_that_is_not_negative(tmp_path):
+    from generation.registry import LoraSpec
+
+    lora = LoraSpec(name="ink", source=str(tmp_path / "ink.safetensors"), families=("sd",), triggers=("ink wash",))
+    request = build_request(parse_prompt("a lighthouse::2 fog::-.5"), SD15, loras=[(lora, 1.0)])
+    assert request.parts == (("a lighthouse, ink wash", 2.0), ("fog", -0.5))
+    assert request.prompt == "a lighthouse, ink wash::2 fog::-0.5"

@@ -133,15 +133,19 @@ def appended(defaults: MemberPreferences, *, strict: bool = False) -> ParsedProm
 def with_defaults(parsed: ParsedPrompt, defaults: MemberPreferences, *, strict: bool = False,
                   append: bool = True) -> ParsedPrompt:
     """A member's /settings fill in what the prompt does not say; the prompt always wins.
-    The words of "always append" go at the end of the prompt's text (of its last part)
-    (without `append`: "always append" is left out)."""
+    The words of "always append" go at the end of the prompt's text (of its last part that is
+    not negative: a negative part means less of it) (without `append`: "always append" is left
+    out)."""
     chosen = appended(defaults, strict=strict) if append else parse_prompt("", require_text=False)
     if chosen.parts:
         words = " ".join(part.text for part in chosen.parts)
-        last = parsed.parts[-1]
-        parsed = dataclasses.replace(parsed, parts=parsed.parts[:-1] + (
-            PromptPart(f"{last.text}, {words}" if not last.text.endswith(",") else f"{last.text} {words}",
-                       last.weight),))
+        # the last part that says what to draw: a negative part is less of it (weight_sides)
+        at = max(i for i, part in enumerate(parsed.parts) if part.weight >= 0)
+        last = parsed.parts[at]
+        parts = list(parsed.parts)
+        parts[at] = PromptPart(f"{last.text}, {words}" if not last.text.endswith(",") else f"{last.text} {words}",
+                               last.weight)
+        parsed = dataclasses.replace(parsed, parts=tuple(parts))
     parsed = dataclasses.replace(parsed, notices=tuple(dict.fromkeys(parsed.notices + chosen.notices)),
                                  selectors=parsed.selectors or chosen.selectors)
     values = {PARAMETER_FIELDS[name]: getattr(chosen, PARAMETER_FIELDS[name]) for name in chosen.given}

@@ -55,7 +55,15 @@ from generation.files import CONTROL_FILE, INPUTS_FOLDER, FileStore, input_key, 
 from generation.imaging import png_bytes
 from generation.inputs import open_upload
 from generation.outpaint import PAN_DIRECTIONS, canvas_size, square_extension, zoom_extension
-from generation.prompt import MAX_ASPECT_RATIO, edit_parameters, format_parameters, parse_prompt, quote, size_for_aspect
+from generation.prompt import (
+    MAX_ASPECT_RATIO,
+    edit_parameters,
+    format_parameters,
+    parse_prompt,
+    positive_parts,
+    quote,
+    size_for_aspect,
+)
 from generation.queue import JobQueue, WorkerState
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
@@ -231,7 +239,9 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
     shown = f"{given} image prompt{'s' if given > 1 else ''}" + (f" at --iw {iw:g}" if iw != 1 else "")
     names = ", ".join(request.image_prompts)
     if spec.can_blend:
-        total = sum(weight for _, weight in request.parts)
+        # the positive parts share the text's weight; a negative part (less of it) keeps its
+        # size against them (generation.prompt.weight_sides)
+        total = sum(weight for _, weight in positive_parts(request.parts))
         text_share, image_share = 1 / (1 + iw), iw / (1 + iw)
         notice = f"🖼️ {shown} ({names}), mixed with the text by {spec.name}."
         return request.replace(
@@ -937,7 +947,7 @@ class Studio:
 
         if "ar" not in parsed.given:
             parsed = dataclasses.replace(parsed, aspect=BLEND_DIMENSIONS[dimensions])
-        total = sum(p.weight for p in parsed.parts)
+        total = sum(weight for _, weight in positive_parts([(p.text, p.weight) for p in parsed.parts]))
         request = build_request(parsed, spec, kind=JobKind.BLEND,
                                 loras=choose_loras(self.registry, parsed, spec)).replace(
             prompt=blend_label(len(uploads), parsed.text if parsed.parts else ""),

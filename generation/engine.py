@@ -30,7 +30,7 @@ from generation.devices import DeviceChoice, FastPath, is_out_of_memory
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.previews import PREVIEW_SIDE, Preview, TinyDecoderPreview, latents_preview
-from generation.prompt import emphasis_segments, has_emphasis, plain_text
+from generation.prompt import emphasis_segments, has_emphasis, plain_text, positive_parts, weight_sides
 from generation.registry import (
     ADDITION_FAMILIES,
     EMPHASIS_FAMILIES,
@@ -96,12 +96,37 @@ def initial_noise(request: Request, shape: tuple[int, ...]) -> torch.Tensor:
     unrelated ones); 0.6 is Pintor's choice, not a standard.
     """
     shared = torch.randn(shape, generator=torch.Generator().manual_seed(request.seed))
-    own_share = 0.6 + 0.4 * request.chaos / 100
+    own_share = chaos_share(request.chaos)
     noises = []
     for i, seed in enumerate(request.seeds()):
         own = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1_000_003 * (i + 1)))
         noises.append(own if own_share >= 1 else _slerp(own_share, shared, own))
     return torch.stack(noises)
+
+
+def chaos_share(chaos: int) -> float:
+    """How much of each picture of a grid is its own at `--chaos` `chaos` (0–100): 0.6 at 0,
+    1 at 100, linear between (Pintor's choice, not a standard); the rest is the grid's shared
+    part (initial_noise, chaos_embeds)."""
+    return 0.6 + 0.4 * chaos / 100
+
+
+def chaos_embeds(embeds: torch.Tensor, chaos: int) -> torch.Tensor:
+    """A Kandinsky grid's image embeddings as `--chaos` spreads them.
+
+    `embeds`: (count, width), one prior draw per picture (as diffusers' combined pipeline draws
+    them with num_images_per_prompt=count). Returns a tensor of the same shape, dtype and
+    device: row 0 unchanged, row i > 0 the slerp (`_slerp`, over the row) from row 0 to row i
+    at chaos_share(chaos): at 100 each picture keeps its own draw, at 0 it keeps 0.6 of it and
+    leans 0.4 toward the first picture's, as the starting noise of every family leans toward
+    the grid's shared noise. Rows that are equal (the prior's zero embedding) stay equal.
+    """
+    share = chaos_share(chaos)
+    if share >= 1 or embeds.shape[0] < 2:
+        return embeds
+    rows = [embeds[0]] + [row if torch.equal(row, embeds[0]) else
+                          _slerp(share, embeds[0].float(), row.float()).to(embeds.dtype) for row in embeds[1:]]
+    return torch.stack(rows)
 
 
 @dataclass(frozen=True)
@@ -352,7 +377,8 @@ class Engine:
         if not spec.can_clip_guide:
             raise ModelLoadError(f"Model '{spec.name}' has no CLIP model for --clip (clip_model in models.toml).")
         scorer = self.pipelines.get(spec, "clip")
-        texts = [" ".join(plain_text(text) for text, _ in r.parts) for r in requests for _ in range(r.count)]
+        texts = [" ".join(plain_text(text) for text, _ in positive_parts(r.parts)) for r in requests
+                 for _ in range(r.count)]  # (a negative part is less of it: not a target)
         preview = self.pipelines.preview(spec)
         decoder = preview.decoder if isinstance(preview, TinyDecoderPreview) else pipe.vae
         # decoded as the pipeline's own decode would (SDXL's float16 VAE: in float32, force_upcast)
@@ -360,33 +386,54 @@ class Engine:
                          precision=lambda: decoding_precision(pipe, decoder))
 
     def _prompt_embeds(self, pipe: Any, request: Request, guided: bool, notices: list[str]) -> dict[str, torch.Tensor]:
-        """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
+        """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`), for a Stable
+        Diffusion or SDXL pipeline: {"prompt_embeds": (count, tokens, width),
+        "negative_prompt_embeds": same or absent unguided, SDXL's pooled ones (count, width)}.
 
         Weighting embeddings, not strings, is what makes `::` weights mean something. A part
-        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings.
+        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings. The
+        parts and the --no list are split as MidJourney reads them (generation.prompt.
+        weight_sides): the positive parts mix on the prompt's side; a negative part is less of
+        it, on the negative side, where it mixes with the --no list (or the pipeline's own empty
+        negative) by its share; a negative side that is one text is the pipeline's own
+        negative prompt, exactly as `negative_prompt=` makes it.
         """
         device = pipe._execution_device
-        negative = request.negative or None
+        sides = weight_sides(request.parts, request.negative)
+        plain = sides.plain_negative
+        negative = plain or None  # the pipeline's own: the --no list, or one part that has it all
         sdxl = hasattr(pipe, "text_encoder_2")
-        encoded = []
-        for written, _ in request.parts:
+
+        def encode(written: str, negative: str | None, weighted_at: int | None) -> tuple[Any, ...]:
             text = self._fit_tokens(pipe.tokenizer, plain_text(written), notices)
             if sdxl:
                 tensors = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1,
                                              do_classifier_free_guidance=guided, negative_prompt=negative)
             else:
                 tensors = pipe.encode_prompt(text, device, 1, guided, negative)
-            if has_emphasis(written):
-                # the weighted words replace the prompt's embeddings; the negative and SDXL's
-                # pooled embedding (which compel does not weight) stay those of the plain words
-                tensors = (weighted_embeds(pipe, written, device).to(tensors[0].dtype), *tensors[1:])
-            encoded.append(tensors)
+            if weighted_at is not None and has_emphasis(written):
+                # the weighted words replace the text's embeddings (at `weighted_at`: 0 for a
+                # prompt, 1 for a negative); SDXL's pooled embedding (which compel does not
+                # weight) stays that of the plain words
+                tensors = list(tensors)
+                tensors[weighted_at] = weighted_embeds(pipe, written, device).to(tensors[0].dtype)
+            return tuple(tensors)
+
+        encoded = [encode(written, negative, 0) for written, _ in sides.positive]
         # encode_prompt returns (prompt, negative[, pooled prompt, pooled negative]): the prompt
-        # tensors (even positions) are mixed by weight, the negatives are the same for all parts.
-        total = sum(weight for _, weight in request.parts)
+        # tensors (even positions) are mixed by share; the negatives are the same for all parts.
         mixed = list(encoded[0])
         for i in range(0, len(mixed), 2):
-            mixed[i] = sum(enc[i] * (weight / total) for enc, (_, weight) in zip(encoded, request.parts, strict=True))
+            mixed[i] = sum(enc[i] * share for enc, (_, share) in zip(encoded, sides.positive, strict=True))
+        if plain is None and guided:
+            # a mix on the negative side: each text's negative embeddings (its own negative_prompt;
+            # the --no list, first, as the pipeline reads it) by its share, the pipeline's empty
+            # negative (encoded above without one) by the rest
+            lessened = [(encode(written, written, None) if i == 0 and request.negative else
+                         encode(written, plain_text(written), 1), share)
+                        for i, (written, share) in enumerate(sides.negative)]
+            for i in range(1, len(mixed), 2):
+                mixed[i] = mixed[i] * sides.rest + sum(enc[i] * share for enc, share in lessened)
         names = ["prompt_embeds", "negative_prompt_embeds"]
         if sdxl:
             names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
@@ -435,8 +482,13 @@ class Engine:
             # 2.1's decoder reads the text as well, one per image like the embeddings (a single
             # string would make a batch of one), and has only the older per-step callback
             kwargs["prompt"] = [texts[0] if texts else ""] * request.count
-            if request.negative:
-                kwargs["negative_prompt"] = [request.negative] * request.count
+            # its negative text: the --no list, with the words of the negative parts after it
+            sides = weight_sides(request.parts, request.negative)
+            words = sides.plain_negative
+            if words is None:
+                words = ", ".join(plain_text(text) for text, _ in sides.negative)
+            if words:
+                kwargs["negative_prompt"] = [words] * request.count
             steps = min(int(request.steps * request.strength), request.steps) if request.init_image else request.steps
             del kwargs["callback_on_step_end"]
             kwargs.update(callback_steps=1, callback=legacy_callback(callback, total=steps))
@@ -461,6 +513,10 @@ class Engine:
                           strength=request.strength)
         else:
             pipe = self.pipelines.get(spec, "text2img")
+        if not request.init_image:
+            # the decoder starts from the same noise as every family's text to image (seed, --chaos)
+            kwargs["latents"] = initial_noise(request, kandinsky_latents_shape(pipe, request.width, request.height)).to(
+                self.device.device, self.device.dtype)
         with seamless.circular(pipe, request.tile):
             images: list[Image.Image] = pipe(**kwargs).images
         return images
@@ -469,21 +525,41 @@ class Engine:
                       notices: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """The Kandinsky prior's image embeddings of the request's texts and images (mixed by
         weight) and the negative ones, each (request.count, width); and the texts as read
-        (cut to the prior's tokens)."""
+        (cut to the prior's tokens).
+
+        Each picture has its own draw, as diffusers' combined pipeline draws them: one prior
+        call (or prior_interpolate, for mixes) with num_images_per_prompt=request.count and one
+        generator seeded with request.seed; then `--chaos` spreads them (chaos_embeds). The
+        parts and the --no list are split as MidJourney reads them (generation.prompt.
+        weight_sides): positive parts are mixed into the image embedding; a negative side that
+        is one text is the prior's own negative prompt, a mix is made of each text's draws by
+        its share. Raises ValueError for a request without text or image."""
         prior = self.pipelines.get(spec, "prior")
-        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in request.parts]
+        sides = weight_sides(request.parts, request.negative)
+        texts = [self._fit_tokens(prior.tokenizer, t, notices) for t, _ in sides.positive]
         generator = torch.Generator().manual_seed(request.seed)
         items: list[str | Image.Image] = [*texts, *(prior_view(self._open(p), prior.image_processor)
                                                     for p in request.images)]
-        weights = prior_weights([w for _, w in request.parts] + list(request.image_weights))
+        weights = prior_weights([w for _, w in sides.positive] + list(request.image_weights))
         if not items:
             raise ValueError("a Kandinsky request needs a text or an image")
+        plain = sides.plain_negative  # the negative side as one text ("" for none), None for a mix
         if len(texts) == 1 and not request.images:
-            out = prior(texts[0], negative_prompt=request.negative or None, generator=generator)
+            out = prior(texts[0], negative_prompt=plain or None, num_images_per_prompt=request.count,
+                        generator=generator)
         else:
-            out = prior.interpolate(items, weights, negative_prompt=request.negative or "",
+            out = prior_interpolate(prior, items, weights, negative=plain or "", count=request.count,
                                     generator=generator)
-        return out.image_embeds.repeat(request.count, 1), out.negative_image_embeds.repeat(request.count, 1), texts
+        negative = out.negative_image_embeds
+        if plain is None:
+            # less of each negative text: its draws (after the pictures', from the same generator)
+            # by its share, the prior's zero-image embedding (drawn above, without one) by the rest
+            negative = negative * sides.rest
+            for text, share in sides.negative:
+                text = self._fit_tokens(prior.tokenizer, plain_text(text), notices)
+                negative = negative + share * prior(text, num_images_per_prompt=request.count,
+                                                    generator=generator).image_embeds
+        return (chaos_embeds(out.image_embeds, request.chaos), chaos_embeds(negative, request.chaos), texts)
 
     # 3. Kandinsky 3: a T5 encoder reads the text, the UNet draws; no prior, no images to mix ---
 
@@ -491,21 +567,29 @@ class Engine:
                     callback: StepEndCallback) -> list[Image.Image]:
         """The request's pictures by Kandinsky3Pipeline (text to image, from the seed's noise)
         or Kandinsky3Img2ImgPipeline (a variation of init_image at `strength`). Multi-prompt
-        parts are mixed by weight as embeddings, as for Stable Diffusion. Raises ValueError for
-        a request without text (Kandinsky 3 reads no images)."""
+        parts are mixed by weight as embeddings, as for Stable Diffusion, and a negative part is
+        less of it, on the negative side (generation.prompt.weight_sides, kandinsky3_mix).
+        Raises ValueError for a request without text (Kandinsky 3 reads no images)."""
         if not request.parts:
             raise ValueError("a Kandinsky 3 request needs a text: it cannot read images")
         pipe = self.pipelines.get(spec, "img2img" if request.init_image else "text2img")
         guided = request.guidance > 1.0
-        texts = [self._fit_tokens(pipe.tokenizer, plain_text(t), notices, KANDINSKY3_TOKENS - 1)  # + </s>
-                 for t, _ in request.parts]
+        sides = weight_sides(request.parts, request.negative)  # a negative part: less of it (as --no)
+
+        def fit(text: str) -> str:
+            return self._fit_tokens(pipe.tokenizer, plain_text(text), notices, KANDINSKY3_TOKENS - 1)  # + </s>
+
+        texts = [fit(t) for t, _ in sides.positive]
         kwargs: dict[str, Any] = dict(
             num_inference_steps=request.steps, guidance_scale=request.guidance, num_images_per_prompt=request.count,
             generator=[torch.Generator().manual_seed(s) for s in request.seeds()], callback_on_step_end=callback)
-        if len(texts) == 1:
-            kwargs.update(prompt=texts[0], negative_prompt=request.negative or None)
+        if len(texts) == 1 and sides.plain_negative is not None:
+            kwargs.update(prompt=texts[0], negative_prompt=sides.plain_negative or None)
         else:
-            kwargs.update(kandinsky3_mix(pipe, texts, [w for _, w in request.parts], request.negative, guided))
+            lessened = [(text if i == 0 and request.negative else fit(text), share)
+                        for i, (text, share) in enumerate(sides.negative)]
+            kwargs.update(kandinsky3_mix(pipe, texts, [w for _, w in sides.positive], sides.plain_negative or "",
+                                         guided, lessened=lessened if sides.plain_negative is None else ()))
         if request.init_image:
             kwargs.update(image=self._open(request.init_image, (request.width, request.height)),
                           strength=request.strength)
@@ -592,7 +676,8 @@ class Engine:
             pipe = self.pipelines.get(spec, "upscale")
             generator = torch.Generator().manual_seed(request.seed)
             callback = self._callback(request, on_step, should_stop)
-            prompt = " ".join(plain_text(text) for text, _ in request.parts)  # the words, not the display text
+            # the words, not the display text; a negative part (less of it) is not among them
+            prompt = " ".join(plain_text(text) for text, _ in positive_parts(request.parts))
             upscaled: Image.Image = pipe(prompt=prompt, image=image, num_inference_steps=steps,
                                          guidance_scale=guidance, generator=generator, callback_steps=1,
                                          callback=legacy_callback(callback, total=steps)).images[0]
@@ -674,6 +759,51 @@ class Engine:
         return callback
 
 
+def kandinsky_latents_shape(pipe: Any, width: int, height: int) -> tuple[int, int, int]:
+    """One picture's starting latents in a Kandinsky 2.1/2.2 decoder `pipe` for a picture of
+    width × height pixels: (channels as the pipeline takes them, H', W'), each side as the
+    decoders compute it (diffusers' downscale_height_and_width / get_new_h_w with the MoVQ's
+    scale factor s: the side divided by s², rounded up, times s; H/8 for sides that are
+    multiples of 64)."""
+    scale = int(pipe.movq_scale_factor)
+
+    def side(pixels: int) -> int:
+        return -(-pixels // scale**2) * scale
+    # the ControlNet decoder's UNet reads the hint beside the latents: its latents are the MoVQ's
+    controlled = "Controlnet" in type(pipe).__name__
+    return (pipe.movq.config.latent_channels if controlled else pipe.unet.config.in_channels, side(height), side(width))
+
+
+def prior_interpolate(prior: Any, items: Sequence[str | Image.Image], weights: Sequence[float], *, negative: str,
+                      count: int, generator: torch.Generator) -> Any:
+    """Kandinsky 2.2's `KandinskyV22PriorPipeline.interpolate` (diffusers 0.42), step for step,
+    for both priors: 2.1's own `interpolate` sums its texts' draws into one embedding whatever
+    `num_images_per_prompt` says, so a grid could not have a draw per picture.
+
+    `prior`: a Kandinsky 2.1 or 2.2 prior pipeline; `items`: texts and pictures (PIL), mixed
+    by `weights` (one each); `negative`: the negative text ("" for none); `count`: pictures.
+    Each text is drawn `count` times by one prior call (num_images_per_prompt=count, the one
+    `generator`, in order), each picture's CLIP image embedding is repeated `count` times,
+    and the negative is drawn last. Returns the prior's output: `image_embeds` (count, width)
+    the weighted sum, `negative_image_embeds` (count, width): the zero-image embedding for ""
+    as the prior gives it, else the negative text's draw. Raises what the prior raises."""
+    device = prior._execution_device
+    mixed: torch.Tensor | None = None
+    with torch.no_grad():
+        for item, weight in zip(items, weights, strict=True):
+            if isinstance(item, str):
+                embeds = prior(item, num_images_per_prompt=count, generator=generator).image_embeds
+            else:
+                pixels = prior.image_processor(item, return_tensors="pt").pixel_values[0].unsqueeze(0)
+                embeds = prior.image_encoder(pixels.to(dtype=prior.image_encoder.dtype, device=device))[
+                    "image_embeds"].repeat(count, 1)
+            mixed = embeds * weight if mixed is None else mixed + embeds * weight
+        zero = prior(negative, num_images_per_prompt=count, generator=generator)
+    zero.negative_image_embeds = zero.negative_image_embeds if negative == "" else zero.image_embeds
+    zero.image_embeds = mixed
+    return zero
+
+
 def prior_view(image: Image.Image, processor: Any) -> Image.Image:
     """The part of `image` that a Kandinsky prior's CLIP image processor looks at, cut out before
     the processor runs.
@@ -727,12 +857,15 @@ KANDINSKY3_TOKENS = 128  # what Kandinsky 3's pipelines pad and cut a text to (d
 
 
 def kandinsky3_mix(pipe: Any, texts: Sequence[str], weights: Sequence[float], negative: str,
-                   guided: bool) -> dict[str, torch.Tensor]:
+                   guided: bool, *, lessened: Sequence[tuple[str, float]] = ()) -> dict[str, torch.Tensor]:
     """A multi-prompt's parts as one text embedding for Kandinsky3Pipeline: each part's T5
     embeddings (1, KANDINSKY3_TOKENS, width), padding zeroed, mixed by weight; the attention
     mask is every token any part has. Returns the pipeline's keyword arguments `prompt_embeds`,
-    `attention_mask` and, when `guided`, `negative_prompt_embeds` and `negative_attention_mask`
-    (of `negative`, the same for every part)."""
+    `attention_mask` and, when `guided`, `negative_prompt_embeds` and `negative_attention_mask`:
+    those of `negative` (the same for every part; "" for the pipeline's empty negative: zeros)
+    or, when `lessened` ((text, share), …: generation.prompt.weight_sides' negative side) is
+    given, each of its texts' embeddings by its share (the empty negative's zeros take the
+    rest), the mask every token any of them has."""
     device = pipe._execution_device
     total = sum(weights)
     encoded = [pipe.encode_prompt(text, guided, num_images_per_prompt=1, device=device,
@@ -740,7 +873,12 @@ def kandinsky3_mix(pipe: Any, texts: Sequence[str], weights: Sequence[float], ne
     mixed = sum(embeds * (weight / total) for (embeds, *_), weight in zip(encoded, weights, strict=True))
     mask = torch.stack([mask for _, _, mask, _ in encoded]).amax(dim=0)
     result = {"prompt_embeds": mixed, "attention_mask": mask}
-    if guided:
+    if guided and lessened:
+        sides = [(pipe.encode_prompt(text, True, num_images_per_prompt=1, device=device, negative_prompt=text,
+                                     _cut_context=False), share) for text, share in lessened]
+        result |= {"negative_prompt_embeds": sum(enc[1] * share for enc, share in sides),
+                   "negative_attention_mask": torch.stack([enc[3] for enc, _ in sides]).amax(dim=0)}
+    elif guided:
         result |= {"negative_prompt_embeds": encoded[0][1], "negative_attention_mask": encoded[0][3]}
     return result
 

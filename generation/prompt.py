@@ -27,7 +27,8 @@ paste them from MidJourney and Stable Diffusion galleries:
 
 Every notice quotes, between “ and ”, what it is about exactly as it appears in the input.
 ``format_parameters`` writes the parameters back in canonical form, so that
-``parse_prompt(p.text + " " + format_parameters(p))`` gives ``p`` again (without notices).
+``parse_prompt(p.text + " " + format_parameters(p))`` gives ``p`` again (without notices, but
+for the one that says how each negative ``::`` part is read).
 
 Pure stdlib on purpose: no torch/diffusers/discord here.
 """
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Generic, TypeVar
@@ -69,6 +70,9 @@ CONTROL_AS_IS = "none"
 CONTROL_WEIGHT_RANGE = (0.0, 2.0)
 # --clip's highest strength (generation/clip_guidance.py: diffusers' CLIP-guided example uses 100)
 MAX_CLIP_STRENGTH = 1000
+# A negative `::` weight means "less of this", as --no does: MidJourney documents `--no x` as
+# `x::-.5`, so a negative part at half the weight of the positive parts counts as a --no list.
+NO_WEIGHT = 0.5
 
 
 class PromptError(ValueError):
@@ -595,7 +599,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                           + (" (A link is an image prompt only at the start of the prompt.)"
                              if _URL_RE.search(text) else ""))
     else:
-        parts = _split_parts(prompt_text)
+        parts = _split_parts(prompt_text, notices)
     fields = {table[name].field: value for name, value in values.items()}
     return ParsedPrompt(parts=parts, given=frozenset(values), selectors=tuple(selectors),
                         image_urls=tuple(image_urls), notices=tuple(dict.fromkeys(notices)), **fields)
@@ -718,18 +722,22 @@ def _host(link: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _split_parts(text: str) -> tuple[PromptPart, ...]:
+def _split_parts(text: str, notices: list[str]) -> tuple[PromptPart, ...]:
     """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text.
 
     A weight is a number glued after '::', maybe with the comma that separates the parts
     (`apple::2, leaves::1,`); anything else after '::' is text (`a::b` means `a:: b`). Weights
-    are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0.
+    are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0. A negative
+    weight means less of that part, as MidJourney reads it (`weight_sides`); each is said in
+    `notices`. Raises PromptError for an empty part, a weight that is no number, weights that
+    add up to 0 or less, or no part with a positive weight.
     """
     chunks = text.split("::")
     if len(chunks) == 1:
         return (PromptPart(text),)
 
     parts = []
+    typed: list[str] = []  # each part's text and weight as typed
     pending = chunks[0]
     for chunk in chunks[1:]:
         glued = re.split(r"\s", chunk, maxsplit=1)[0]  # what is glued to '::' (maybe nothing)
@@ -738,19 +746,87 @@ def _split_parts(text: str) -> tuple[PromptPart, ...]:
             glued = number = ""  # "a::b": the text after '::' starts right away
         weight = _parse_weight(number) if number else 1.0
         parts.append(_make_part(pending, weight))
+        typed.append(" ".join(f"{pending}::{number}".split()))
         pending = chunk[len(glued):]
     if pending.strip():
         parts.append(_make_part(pending, 1.0))
 
     total = sum(part.weight for part in parts)
+    weights = " + ".join(f"{part.weight:g}" for part in parts)
+    if not any(part.weight > 0 for part in parts):
+        raise PromptError(f"The weights after '::' add up to {weights} = {total:g} and no part has a positive "
+                          "weight: a negative weight means less of that part (as --no does), so at least one part "
+                          "must say what to draw, and the weights must add up to more than 0 "
+                          "(e.g. still life::1 fruit::-0.5).")
     if not total > 0:
-        weights = " + ".join(f"{part.weight:g}" for part in parts)
-        raise PromptError(f"The weights after '::' add up to {weights} = {total:g}; "
-                          "they must add up to more than 0.")
+        raise PromptError(f"The weights after '::' add up to {weights} = {total:g}; they must add up to more "
+                          "than 0 (a negative part means less of it and cannot outweigh the rest).")
+    lessened = [quote(as_typed) for part, as_typed in zip(parts, typed, strict=False) if part.weight < 0]
+    if lessened:
+        one = len(lessened) == 1
+        notices.append(f"Read {', '.join(lessened)} as less of {'it' if one else 'each'}, as --no does: "
+                       f"{'it goes' if one else 'they go'} to the negative side (::-{NO_WEIGHT:g} beside parts "
+                       "weighing 1 counts as much as --no).")
     if len(parts) == 1:
         # A lone part's weight has nothing to be relative to.
         return (PromptPart(parts[0].text),)
     return tuple(parts)
+
+
+@dataclass(frozen=True)
+class WeightSides:
+    """A multi-prompt read as MidJourney reads its weights (weight_sides).
+
+    `positive`: (text, share) of each part with a weight ≥ 0, the shares adding up to 1 (or
+    nothing, for a request without text); `negative`: (text, share) of the --no list (first,
+    share 1 before scaling) and of each negative part, the shares adding up to 1 at most;
+    `rest` = 1 − their sum: the share of the model's own empty negative."""
+
+    positive: tuple[tuple[str, float], ...]
+    negative: tuple[tuple[str, float], ...]
+
+    @property
+    def rest(self) -> float:
+        return max(0.0, 1.0 - sum(share for _, share in self.negative))
+
+    @property
+    def plain_negative(self) -> str | None:
+        """The negative side as one text when it is one: "" for none, the text when one text
+        has it all (a --no list alone, or one part at -NO_WEIGHT of the positive weight or
+        beyond it); None when it is a mix, which the engine makes of embeddings."""
+        if not self.negative:
+            return ""
+        if len(self.negative) == 1 and self.negative[0][1] >= 1.0:
+            return self.negative[0][0]
+        return None
+
+
+def weight_sides(parts: Sequence[tuple[str, float]], negative: str = "") -> WeightSides:
+    """Split a request's parts ((text, weight), …) and its --no list into the two sides of
+    classifier-free guidance, as MidJourney reads a negative weight ("less of this", as --no).
+
+    The positive side mixes the parts of weight ≥ 0 by weight / P, where P is their total. On
+    the negative side the --no list counts 1 and a part of weight −m counts (m / P) / NO_WEIGHT
+    (so `x::-0.5` beside weights adding up to 1 counts as `--no x`); when these add up to more
+    than 1 they are scaled to add up to 1, else the model's empty negative takes the rest.
+    E.g. `still life::1 fruit::-0.25` → positive (still life, 1), negative (fruit, 0.5) and
+    rest 0.5. Returns WeightSides. Raises ValueError when parts are given but none is
+    positive (parse_prompt refuses those prompts first)."""
+    positive = [(text, weight) for text, weight in parts if weight >= 0]
+    total = sum(weight for _, weight in positive)
+    if parts and not total > 0:
+        raise ValueError("a multi-prompt needs a part with a positive weight")
+    counted = ([(negative, 1.0)] if negative else []) + [
+        (text, -weight / total / NO_WEIGHT) for text, weight in parts if weight < 0]
+    scale = max(1.0, sum(share for _, share in counted))
+    return WeightSides(positive=tuple((text, weight / total) for text, weight in positive),
+                       negative=tuple((text, share / scale) for text, share in counted))
+
+
+def positive_parts(parts: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The parts ((text, weight), …) that say what to draw: those of weight ≥ 0, in order (a
+    negative part means less of it: weight_sides)."""
+    return [(text, weight) for text, weight in parts if weight >= 0]
 
 
 def _make_part(text: str, weight: float) -> PromptPart:
@@ -870,10 +946,14 @@ _ESCAPED_BRACKET_RE = re.compile(r"\\([()\[\]])")
 # --------------------------------------------------------------------------
 
 
-def _format_weight(weight: float) -> str:
-    # repr() is the shortest text that reads back as the same float.
+def format_weight(weight: float) -> str:
+    """A weight as Pintor writes it back: the shortest text that reads as the same float
+    (repr), without a trailing ".0" (2.0 → "2", -0.5 → "-0.5")."""
     text = repr(float(weight))
     return text[:-2] if text.endswith(".0") else text
+
+
+_format_weight = format_weight
 
 
 def _format_part(part: PromptPart) -> str:

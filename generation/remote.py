@@ -25,7 +25,7 @@ import openai
 from PIL import Image, UnidentifiedImageError
 
 from generation.imaging import flatten_to_rgb, png_bytes
-from generation.prompt import plain_text
+from generation.prompt import plain_text, positive_parts
 from generation.registry import ModelSpec, RemoteLimits, nearest_size
 from generation.request import JobKind, Request
 
@@ -136,7 +136,8 @@ def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: 
 def remote_prompt(request: Request, limits: RemoteLimits) -> str:
     """The text the API reads: the words of the prompt's parts (one text: `::` weights and
     emphasis do not apply), cut to the model's `max_prompt_chars`."""
-    text = " ".join(plain_text(text) for text, _ in request.parts).strip() or "a picture"
+    # a negative part (less of it) is not sent: build_request drops them, with a notice
+    text = " ".join(plain_text(text) for text, _ in positive_parts(request.parts)).strip() or "a picture"
     return text[:limits.max_prompt_chars]
 
 

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from generation.prompt import ParsedPrompt, format_parameters, has_emphasis, plain_text, quote, size_for_aspect
+from generation.prompt import (
+    ParsedPrompt,
+    format_parameters,
+    format_weight,
+    has_emphasis,
+    plain_text,
+    quote,
+    size_for_aspect,
+)
 from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec, nearest_size
 
 GRID_SIZE = 4
@@ -179,8 +187,8 @@ NEGATIVE_MIN_GUIDANCE = 1.5  # the least guidance at which a --no list still act
 
 
 def with_triggers(parsed: ParsedPrompt, loras: Sequence[tuple[LoraSpec, float]]) -> tuple[ParsedPrompt, list[str]]:
-    """The prompt with the trigger words of its LoRAs added at the end of its last part (those
-    not in the prompt already, in any case), and the notices that say so."""
+    """The prompt with the trigger words of its LoRAs added at the end of its last part that is
+    not negative (those not in the prompt already, in any case), and the notices that say so."""
     written = " ".join(part.text for part in parsed.parts).lower()
     notices = []
     added: list[str] = []
@@ -191,9 +199,28 @@ def with_triggers(parsed: ParsedPrompt, loras: Sequence[tuple[LoraSpec, float]])
             notices.append(f"Added the trigger words {', '.join(quote(t) for t in missing)} of the LoRA {lora.name}.")
     if not added or not parsed.parts:
         return parsed, notices
-    last = parsed.parts[-1]
+    # the last part that says what to draw: a negative part is less of it (weight_sides)
+    at = max(i for i, part in enumerate(parsed.parts) if part.weight >= 0)
+    last = parsed.parts[at]
     text = last.text + ("" if last.text.endswith(",") else ",") + " " + ", ".join(added)
-    return dataclasses.replace(parsed, parts=(*parsed.parts[:-1], dataclasses.replace(last, text=text))), notices
+    parts = list(parsed.parts)
+    parts[at] = dataclasses.replace(last, text=text)
+    return dataclasses.replace(parsed, parts=tuple(parts)), notices
+
+
+def _negative_parts(parsed: ParsedPrompt) -> str:
+    """The negative parts of a prompt as a notice names them: "The negative part “x::-0.5” was"."""
+    named = [quote(f"{part.text}::{format_weight(part.weight)}") for part in parsed.parts if part.weight < 0]
+    return f"The negative part {named[0]} was" if len(named) == 1 else f"The negative parts {', '.join(named)} were"
+
+
+def without_negative_parts(parsed: ParsedPrompt) -> ParsedPrompt:
+    """The prompt without its parts of negative weight (for a model that cannot use them: the
+    caller says so); a lone remaining part gets weight 1, as parse_prompt gives a lone part."""
+    kept = tuple(part for part in parsed.parts if part.weight >= 0)
+    if len(kept) == 1:
+        kept = (dataclasses.replace(kept[0], weight=1.0),)
+    return dataclasses.replace(parsed, parts=kept)
 
 
 def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobKind.IMAGINE,
@@ -205,8 +232,10 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
 
     What the model cannot do with the prompt is said in the request's notices (after the
     parser's): emphasis on a model without weighted embeddings is read as plain words; a --no
-    list on a model that runs without classifier-free guidance (Turbo) is not applied and not
-    listed; where only a low --stylize would turn guidance off, guidance stays at 1.5.
+    list or a negative `::` part (less of it: generation.prompt.weight_sides) on a model that
+    runs without classifier-free guidance (Turbo) or a provider's API is not applied and not
+    listed (not shown in the prompt either); where only a low --stylize would turn guidance
+    off, guidance stays at 1.5.
     """
     seed = parsed.seed if parsed.seed is not None else random_seed()
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
@@ -230,6 +259,9 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
             notices.append(f"--no {quote(parsed.negative)} was not applied: {spec.name}'s API takes no "
                            "negative prompt.")
             parsed = dataclasses.replace(parsed, negative="", given=parsed.given - {"no"})
+        if any(part.weight < 0 for part in parsed.parts):
+            notices.append(f"{_negative_parts(parsed)} not applied: {spec.name}'s API takes no negative prompt.")
+            parsed = without_negative_parts(parsed)
     guidance = guidance_for(spec, parsed.stylize)
     if spec.family not in EMPHASIS_FAMILIES:
         emphasised = [part.text for part in parsed.parts if has_emphasis(part.text)]
@@ -238,14 +270,21 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
                            "is read as plain words.")
             parsed = dataclasses.replace(parsed, parts=tuple(
                 dataclasses.replace(part, text=plain_text(part.text)) for part in parsed.parts))
-    if parsed.negative and guidance <= 1.0:
+    lessened = any(part.weight < 0 for part in parsed.parts)
+    if (parsed.negative or lessened) and guidance <= 1.0:
         if spec.guidance <= 1.0:
-            notices.append(f"--no {quote(parsed.negative)} was not applied: {spec.name} runs without "
-                           "guidance, which a negative prompt needs.")
-            parsed = dataclasses.replace(parsed, negative="", given=parsed.given - {"no"})
+            if parsed.negative:
+                notices.append(f"--no {quote(parsed.negative)} was not applied: {spec.name} runs without "
+                               "guidance, which a negative prompt needs.")
+                parsed = dataclasses.replace(parsed, negative="", given=parsed.given - {"no"})
+            if lessened:
+                notices.append(f"{_negative_parts(parsed)} not applied: {spec.name} runs without guidance, "
+                               "which a negative weight needs.")
+                parsed = without_negative_parts(parsed)
         else:
+            applied = f"--no {quote(parsed.negative)} applies" if parsed.negative else "the negative weights apply"
             notices.append(f"--stylize {parsed.stylize} would turn guidance off; it is kept at "
-                           f"{NEGATIVE_MIN_GUIDANCE:g} so that --no {quote(parsed.negative)} applies.")
+                           f"{NEGATIVE_MIN_GUIDANCE:g} so that {applied}.")
             guidance = NEGATIVE_MIN_GUIDANCE
     return Request(
         kind=kind,

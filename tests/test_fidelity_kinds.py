@@ -1,7 +1,9 @@
 """Kinds of fault where Pintor's pictures left diffusers' reference behaviour (issue 26, items
-4–7, 10, 12): pipelines built from another keep their dtype and device; each family's sampling
+4–10, 12): pipelines built from another keep their dtype and device; each family's sampling
 recipe is enforced (Turbo: 'trailing'); Pintor's own VAE decodes follow the pipeline's upcast
-rule; Kandinsky's prior mixes weights that add up to 1; the safety checker runs on the
+rule; Kandinsky's prior mixes weights that add up to 1 and draws one image embedding per
+picture, which --chaos spreads by a documented formula; a negative `::` weight is less of
+it, on the negative side, as MidJourney's `--no`; the safety checker runs on the
 pipeline's device, the x4 upscaler at its model card's settings; every job that repaints uses
 the job's LoRAs and embeddings. On the tiny pipelines, on the CPU (bfloat16 where dtypes matter)."""
 
@@ -230,12 +232,201 @@ def test_a_kandinsky_mix_is_the_reference_mix_whatever_the_weights_add_up_to(tin
     with Image.open(photo) as opened:
         picture = prior_view(opened.convert("RGB"), prior.image_processor)
     reference = prior.interpolate(["a red fox", picture, picture], [1 / 3, 1 / 3, 1 / 3], negative_prompt="",
-                                  generator=torch.Generator().manual_seed(4)).image_embeds
-    assert torch.allclose(embeds[0], reference[0], atol=1e-5)
+                                  num_images_per_prompt=4, generator=torch.Generator().manual_seed(4)).image_embeds
+    assert torch.allclose(embeds[0], reference[0], atol=1e-5)  # (rows 1-3: leaned by --chaos 0, item 8)
+    assert torch.allclose(embeds[1:], slerp_rows(0.6, reference)[1:], atol=1e-5)
     # `a::2 b::4` is `a::1 b::2`: the same pictures
     double = run(engine, request(registry, "a fox::2 snow::4 --model tiny-kandinsky --seed 2"))[0]
     single = run(engine, request(registry, "a fox::1 snow::2 --model tiny-kandinsky --seed 2"))[0]
     assert np.array_equal(pixels(double.images), pixels(single.images))
+
+
+# -- 8. a Kandinsky grid: each picture its own prior draw; --chaos spreads them ------------------
+
+
+@pytest.fixture(scope="module")
+def kandinsky(tiny_models, tmp_path_factory):
+    """(registry, engine, prior, decoder): the tiny Kandinsky 2.2 in Pintor and as plain diffusers pipelines."""
+    from diffusers import KandinskyV22Pipeline
+
+    from tests.conftest import write_registry
+
+    registry = load_registry(write_registry(tmp_path_factory.mktemp("fidelity-kandinsky") / "models.toml",
+                                            tiny_models, native_side=64))
+    prior = KandinskyV22PriorPipeline.from_pretrained(tiny_models["kandinsky22-prior"])
+    return registry, Engine(registry, CPU), prior, KandinskyV22Pipeline.from_pretrained(tiny_models["kandinsky22"])
+
+
+def slerp_rows(share: float, embeds: torch.Tensor) -> torch.Tensor:
+    """The documented --chaos formula for a grid's embeddings, written out again: row i > 0 goes
+    from row 0 toward its own draw by `share` along the great circle (row 0 unchanged)."""
+    first = embeds[0]
+    rows = [first]
+    for row in embeds[1:]:
+        omega = torch.acos(((first * row).sum() / (first.norm() * row.norm())).clamp(-1, 1))
+        rows.append(row if omega.abs() < 1e-4 else
+                    (torch.sin((1 - share) * omega) * first + torch.sin(share * omega) * row) / torch.sin(omega))
+    return torch.stack(rows)
+
+
+def reference_grid(kandinsky, req, embeds, negative) -> np.ndarray:
+    """The plain decoder's pictures for `req` from these embeddings: Pintor's starting noise
+    (initial_noise, the documented formula of every family) and one generator per picture."""
+    from generation.engine import initial_noise, kandinsky_latents_shape
+
+    _, _, _, decoder = kandinsky
+    latents = initial_noise(req, kandinsky_latents_shape(decoder, req.width, req.height))
+    assert latents.shape == (4, 4, 8, 8)  # 64 px pictures: (count, channels, 64/8, 64/8)
+    out = decoder(image_embeds=embeds, negative_image_embeds=negative, latents=latents, width=req.width,
+                  height=req.height, num_inference_steps=req.steps, guidance_scale=req.guidance,
+                  generator=[torch.Generator().manual_seed(s) for s in req.seeds()])
+    return pixels(out.images)
+
+
+@pytest.mark.parametrize("text", ["a red fox --seed 8 --chaos 100", "a red fox --seed 8 --chaos 100 --no snow"])
+def test_each_kandinsky_picture_has_its_own_prior_draw_as_diffusers_combined_pipeline(kandinsky, text):
+    registry, engine, prior, _ = kandinsky
+    req = request(registry, text + " --model tiny-kandinsky")
+    result = run(engine, req)[0]
+    # diffusers' KandinskyV22CombinedPipeline: one prior call, num_images_per_prompt=4, one generator
+    drawn = prior("a red fox", negative_prompt=req.negative or None, num_images_per_prompt=4,
+                  generator=torch.Generator().manual_seed(8))
+    assert drawn.image_embeds.shape == (4, 32)
+    assert min(float((drawn.image_embeds[i] - drawn.image_embeds[0]).abs().max()) for i in (1, 2, 3)) > 1e-4
+    got, _, _ = engine._image_embeds(req, registry.get("tiny-kandinsky"), [])
+    assert torch.allclose(got, drawn.image_embeds, atol=1e-5)  # --chaos 100: each its own draw, unchanged
+    expected = reference_grid(kandinsky, req, drawn.image_embeds, drawn.negative_image_embeds)
+    assert np.abs(pixels(result.images) - expected).max() <= 2  # within 2/255 per pixel
+
+
+def test_kandinsky_chaos_leans_the_pictures_toward_the_first_by_the_documented_formula(kandinsky):
+    registry, engine, prior, _ = kandinsky
+    drawn = prior("a red fox", num_images_per_prompt=4, generator=torch.Generator().manual_seed(8))
+    spread = {}
+    for chaos in (0, 50, 100):
+        req = request(registry, f"a red fox --seed 8 --chaos {chaos} --model tiny-kandinsky")
+        share = 0.6 + 0.4 * chaos / 100  # docs/models.md: the own share of each picture
+        embeds = slerp_rows(share, drawn.image_embeds)
+        got, negative, _ = engine._image_embeds(req, registry.get("tiny-kandinsky"), [])
+        assert torch.allclose(got, embeds, atol=1e-5)
+        assert torch.equal(negative, drawn.negative_image_embeds)  # the zero embedding, the same for all
+        result = run(engine, req)[0]
+        assert np.abs(pixels(result.images) - reference_grid(kandinsky, req, embeds, negative)).max() <= 2
+        unit = got / got.norm(dim=1, keepdim=True)
+        spread[chaos] = float((unit @ unit.T)[~torch.eye(4, dtype=torch.bool)].mean())
+    assert spread[0] > spread[50] > spread[100]  # chaos 0: more alike; 100: as diffusers draws them
+
+
+# -- 9. a negative `::` part is less of it (MidJourney: `--no x` is `x::-.5`) -----------------
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_models, tmp_path_factory):
+    """(registry, engine, pipe): the tiny Stable Diffusion 1.x in Pintor and as the plain pipeline."""
+    from tests.conftest import write_registry
+
+    registry = load_registry(write_registry(tmp_path_factory.mktemp("fidelity-sd") / "models.toml",
+                                            tiny_models, native_side=64))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None,
+                                                   requires_safety_checker=False)
+    return registry, Engine(registry, CPU), pipe
+
+
+def reference_sd(pipe, req, prompt_embeds, negative_embeds) -> np.ndarray:
+    """The plain pipeline's pictures for `req` from these embeddings (1, tokens, width), with
+    Pintor's starting noise (initial_noise, the documented formula) and one generator per picture."""
+    from generation.engine import initial_noise
+
+    latents = initial_noise(req, (4, req.height // 8, req.width // 8))
+    out = pipe(prompt_embeds=prompt_embeds.repeat(4, 1, 1), negative_prompt_embeds=negative_embeds.repeat(4, 1, 1),
+               latents=latents, num_inference_steps=req.steps, guidance_scale=req.guidance,
+               generator=[torch.Generator().manual_seed(s) for s in req.seeds()], width=req.width, height=req.height)
+    return pixels(out.images)
+
+
+def encoded(pipe, text: str, negative: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' own (prompt, negative) embeddings of a text, each (1, tokens, width)."""
+    with torch.no_grad():
+        return pipe.encode_prompt(text, "cpu", 1, True, negative)
+
+
+def test_the_issues_negative_weight_is_less_of_it_as_no_says(sd):
+    """The issue's example: `::-.5` beside a weight of 1 is MidJourney's `--no`, not 2·a − b."""
+    registry, engine, pipe = sd
+    lessened = request(registry, "still life gouache painting::1 fruit::-.5 --seed 3")
+    assert lessened.parts == (("still life gouache painting", 1.0), ("fruit", -0.5))
+    assert lessened.prompt == "still life gouache painting::1 fruit::-0.5"  # what the message shows
+    assert lessened.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+                                "(::-0.5 beside parts weighing 1 counts as much as --no).",)
+    no = request(registry, "still life gouache painting --no fruit --seed 3")
+    got, as_no = pixels(run(engine, lessened)[0].images), pixels(run(engine, no)[0].images)
+    assert np.array_equal(got, as_no)
+    positive, _ = encoded(pipe, "still life gouache painting")
+    fruit, _ = encoded(pipe, "fruit")
+    assert np.abs(got - reference_sd(pipe, lessened, positive, fruit)).max() <= 2  # within 2/255
+    # what it was before: extrapolation, (1·a − 0.5·b) / 0.5 = 2a − b, with an empty negative
+    _, empty = encoded(pipe, "still life gouache painting")
+    assert np.abs(got - reference_sd(pipe, lessened, 2 * positive - fruit, empty)).mean() > 1
+
+
+@pytest.mark.parametrize("text, shares", [
+    # (positive weights add up to P; a part of weight −m counts (m / P) / 0.5; --no counts 1;
+    # scaled to add up to 1 when they add up to more, the empty negative takes the rest)
+    ("still life::1 fruit::-.25", {"fruit": 0.5, "": 0.5}),
+    ("still life::2 fruit::-.25", {"fruit": 0.25, "": 0.75}),
+    ("still life::1 fruit::-.25 --no dog", {"dog": 2 / 3, "fruit": 1 / 3}),
+    ("still life::1 a bowl::1 fruit::-.5 dust::-.5", {"fruit": 0.5, "dust": 0.5}),
+])
+def test_a_mixed_negative_side_is_each_texts_negative_by_its_share(sd, text, shares):
+    registry, engine, pipe = sd
+    req = request(registry, text + " --seed 5")
+    positives = [t for t, w in req.parts if w > 0]
+    prompt = sum(encoded(pipe, t)[0] for t in positives) / len(positives)  # equal weights here
+    negative = sum(share * encoded(pipe, "still life", t or None)[1] for t, share in shares.items())
+    got = pixels(run(engine, req)[0].images)
+    assert np.abs(got - reference_sd(pipe, req, prompt, negative)).max() <= 2
+    alone = pixels(run(engine, request(registry, " ".join(p for p in text.split() if "::-" not in p) + " --seed 5"))[0]
+                   .images)
+    assert np.abs(got - alone).mean() > 0.3  # the negative part changed the pictures
+
+
+def test_sdxl_mixes_its_negative_side_with_its_empty_negative_zeros(tiny_models, tmp_path):
+    from tests.conftest import write_registry
+
+    registry = load_registry(write_registry(tmp_path / "models.toml", tiny_models, native_side=64))
+    engine = Engine(registry, CPU)
+    pipe = engine.pipelines.get(registry.get("tiny-sdxl"), "text2img")
+    req = request(registry, "a lighthouse::1 fog::-.25 --model tiny-sdxl --seed 2")
+    got = engine._prompt_embeds(pipe, req, True, [])
+    with torch.no_grad():
+        plain = pipe.encode_prompt(prompt="a lighthouse", device="cpu", num_images_per_prompt=1,
+                                   do_classifier_free_guidance=True)
+        fog = pipe.encode_prompt(prompt="a lighthouse", device="cpu", num_images_per_prompt=1,
+                                 do_classifier_free_guidance=True, negative_prompt="fog")
+    assert not plain[1].any()  # SDXL's empty negative: zeros (force_zeros_for_empty_prompt)
+    assert torch.allclose(got["prompt_embeds"][0], plain[0][0], atol=1e-6)
+    assert torch.allclose(got["negative_prompt_embeds"][0], 0.5 * fog[1][0], atol=1e-6)
+    assert torch.allclose(got["negative_pooled_prompt_embeds"][0], 0.5 * fog[3][0], atol=1e-6)
+    assert got["negative_prompt_embeds"].shape[0] == 4
+
+
+def test_kandinsky_reads_a_negative_part_on_its_priors_negative_side(kandinsky):
+    registry, engine, prior, _ = kandinsky
+    spec = registry.get("tiny-kandinsky")
+    lessened = request(registry, "a red fox::1 snow::-.5 --seed 8 --model tiny-kandinsky")
+    no = request(registry, "a red fox --no snow --seed 8 --model tiny-kandinsky")
+    assert np.array_equal(pixels(run(engine, lessened)[0].images), pixels(run(engine, no)[0].images))
+    # a mix: the zero-image embedding by the rest, the part's own draws (after the pictures') by its share
+    req = request(registry, "a red fox::1 snow::-.25 --seed 8 --chaos 100 --model tiny-kandinsky")
+    generator = torch.Generator().manual_seed(8)
+    drawn = prior("a red fox", num_images_per_prompt=4, generator=generator)
+    snow = prior("snow", num_images_per_prompt=4, generator=generator).image_embeds
+    embeds, negative, texts = engine._image_embeds(req, spec, [])
+    assert texts == ["a red fox"]
+    assert torch.allclose(embeds, drawn.image_embeds, atol=1e-5)
+    assert torch.allclose(negative, 0.5 * drawn.negative_image_embeds + 0.5 * snow, atol=1e-5)
+    result = run(engine, req)[0]
+    assert np.abs(pixels(result.images) - reference_grid(kandinsky, req, embeds, negative)).max() <= 2
 
 
 # -- 10. the safety checker on the pipeline's device; the x4 upscaler's documented settings ------

@@ -81,6 +81,16 @@ def test_kandinsky_mixes_text_and_pictures_by_the_image_weight(iw, text_share, i
     assert sum(w for _, w in made.parts) + sum(made.image_weights) == pytest.approx(1.0)
 
 
+def test_a_negative_part_keeps_its_size_against_the_text_beside_image_prompts():
+    """Issue 26 item 9: the positive parts share the text's weight; a negative part (less of it)
+    keeps its size against them, so the pictures' share and the part's strength are as without it."""
+    request = request_for("a castle::3 fog::1 snow::-1 --iw 1", "kandinsky-2.2").replace(image_prompts=("a.png",))
+    made = image_prompt_request(request, REGISTRY.get("kandinsky-2.2"), 1, None)
+    assert made.parts == (("a castle", 0.375), ("fog", 0.125), ("snow", -0.125))
+    assert made.image_weights == (0.5,)
+    assert sum(w for _, w in made.parts if w > 0) + sum(made.image_weights) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("url, name", [
     ("https://cdn.discordapp.com/attachments/1/2/cat.png?ex=65&is=66&hm=abc", "cdn.discordapp.com/…/cat.png"),
     ("https://media.discordapp.net/cat.webp", "media.discordapp.net/cat.webp"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from generation.devices import choose_device
 from generation.engine import Engine, GenerationStopped
@@ -143,3 +144,34 @@ def test_every_decoder_scheduler_the_registry_accepts_runs_and_the_prior_keeps_i
     assert len(made.images) == len(varied.images) == 4
     assert type(engine.pipelines.get(spec, "text2img").scheduler).__name__ == scheduler
     assert type(engine.pipelines.get(spec, "prior").scheduler).__name__ == "UnCLIPScheduler"
+
+
+def test_each_picture_has_its_own_prior_draw_and_chaos_leans_them_together(engine, registry):
+    """Issue 26 item 8 on 2.1: four draws of the prior (2.1's own `interpolate` would sum them
+    into one), spread by --chaos as on 2.2 (tests/test_fidelity_kinds.py checks the formula)."""
+    spec = registry.get(MODEL)
+
+    def embeds(text: str):
+        return engine._image_embeds(request(registry, text + f" --model {MODEL}"), spec, [])[0]
+
+    for text in ("a red fox --seed 3 --chaos 100", "a red fox::1 snow::1 --seed 3 --chaos 100"):
+        drawn = embeds(text)
+        assert drawn.shape == (4, drawn.shape[1])
+        assert all(float((drawn[i] - drawn[0]).abs().max()) > 1e-4 for i in (1, 2, 3))
+    calm, wild = embeds("a red fox --seed 3 --chaos 0"), embeds("a red fox --seed 3 --chaos 100")
+    assert torch.equal(calm[0], wild[0]) and not torch.allclose(calm[1:], wild[1:], atol=1e-4)
+    pictures = {c: pixels(run(engine, request(registry, f"a red fox --seed 3 --chaos {c} --model {MODEL}"))[0].images)
+                for c in (0, 100)}
+    assert np.abs(pictures[0] - pictures[100]).mean() > 0.5  # --chaos changes 2.1's pictures
+
+
+def test_a_negative_part_is_less_of_it_as_no_says(engine, registry):
+    """Issue 26 item 9 on 2.1: `x::-.5` beside 1 is `--no x` (the prior's negative and the
+    decoder's negative text alike); a lighter one is a mix, different from both."""
+    def grid(text: str):
+        return pixels(run(engine, request(registry, f"{text} --seed 4 --model {MODEL}"))[0].images)
+
+    lessened, no, plain = grid("a red fox::1 snow::-.5"), grid("a red fox --no snow"), grid("a red fox")
+    assert np.array_equal(lessened, no) and np.abs(lessened - plain).mean() > 0.5
+    light = grid("a red fox::1 snow::-.25")
+    assert np.abs(light - no).mean() > 0.1 and np.abs(light - plain).mean() > 0.1

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from generation.devices import choose_device
-from generation.engine import Engine, GenerationStopped
+from generation.engine import Engine, GenerationStopped, kandinsky3_mix
 from generation.registry import KANDINSKY_20, Registry, RegistryError, load_registry
 from generation.schedulers import check_scheduler
 from tests.engine_helpers import picture_maker, pixels, request, run
@@ -92,6 +93,25 @@ def test_multi_prompt_weights_mix_the_texts(engine, registry):
     swapped, _, _ = run(engine, base.replace(parts=(("a red fox", 1.0), ("a blue whale", 3.0))))
     assert differ(first, swapped) > 0.05
     assert np.array_equal(pixels(first.images), pixels(run(engine, base)[0].images))
+
+
+def test_a_negative_part_is_less_of_it_on_the_negative_side(engine, registry):
+    """Issue 26 item 9: `x::-.5` beside a weight of 1 is `--no x`; a lighter one mixes the
+    part's T5 embeddings with the empty negative's zeros by its share (weight_sides)."""
+    lessened = request(registry, "a red fox::1 snow::-.5 --seed 6")
+    no = request(registry, "a red fox --no snow --seed 6")
+    assert np.array_equal(pixels(run(engine, lessened)[0].images), pixels(run(engine, no)[0].images))
+    pipe = engine.pipelines.get(registry.get(MODEL), "text2img")
+    got = kandinsky3_mix(pipe, ["a red fox"], [1.0], "", True, lessened=[("snow", 0.5)])
+    with torch.no_grad():
+        snow = pipe.encode_prompt("snow", True, num_images_per_prompt=1, device="cpu", negative_prompt="snow",
+                                  _cut_context=False)
+    assert torch.allclose(got["negative_prompt_embeds"], 0.5 * snow[1])
+    assert torch.equal(got["negative_attention_mask"], snow[3])
+    light = run(engine, request(registry, "a red fox::1 snow::-.25 --seed 6"))[0]
+    plain = run(engine, request(registry, "a red fox --seed 6"))[0]
+    # (the tiny T5's embeddings move its UNet little: half of them differs from all of them in a few pixels)
+    assert differ(light, plain) > 0.01 and differ(light, run(engine, no)[0]) > 0
 
 
 def test_emphasis_is_read_as_plain_words_and_said(registry):

@@ -21,6 +21,7 @@ from generation.prompt import (
     parse_prompt,
     plain_text,
     size_for_aspect,
+    weight_sides,
 )
 from tests.properties import examples
 
@@ -363,10 +364,16 @@ def check_parse(text: str) -> None:
     assert p.parts and all(part.text for part in p.parts)
     # Whatever parses, its canonical form parses back to the same thing.
     again = parse_prompt(" ".join([*p.image_urls, p.text, format_parameters(p)]))
-    assert again == dataclasses.replace(p, notices=())
+    assert without_negative_notice(again) == dataclasses.replace(p, notices=())
     # every notice names something that really is in the input
     for notice in p.notices:
         assert_names_the_input(notice, text)
+
+
+def without_negative_notice(p: ParsedPrompt) -> ParsedPrompt:
+    """`p` without the notice that says how its negative parts are read (said each time a
+    prompt with one is read, its canonical form too)."""
+    return dataclasses.replace(p, notices=tuple(n for n in p.notices if " as less of " not in n))
 
 
 def assert_names_the_input(notice: str, text: str) -> None:
@@ -435,7 +442,10 @@ def parsed_prompts(draw):
 @given(parsed_prompts())
 @settings(max_examples=examples(300))
 def test_format_parameters_round_trip(p):
-    assert parse_prompt(p.text + " " + format_parameters(p)) == p
+    again = parse_prompt(p.text + " " + format_parameters(p))
+    # a negative part is said each time it is read (how it is read: less of it, as --no)
+    assert len(again.notices) - len(without_negative_notice(again).notices) == any(x.weight < 0 for x in p.parts)
+    assert without_negative_notice(again) == p
 
 
 # --- prompts as members paste them: one table per category --------------------------------------
@@ -677,7 +687,7 @@ def test_pasted_prompts_raise_only_prompt_error_and_notices_name_the_input(text,
     for notice in p.notices:
         assert_names_the_input(notice, text)
     again = parse_prompt(" ".join([*p.image_urls, p.text, format_parameters(p)]))
-    assert again == dataclasses.replace(p, notices=())
+    assert without_negative_notice(again) == dataclasses.replace(p, notices=())
 
 
 @given(st.text())
@@ -914,3 +924,60 @@ def test_texts_name_as_missing_only_parameters_pintor_does_not_have():
         for name in names:
             with pytest.raises(PromptError, match="does not have"):
                 parse_prompt(f"a fox --{name} 5", strict=True)
+
+
+# --- negative weights: less of it, as MidJourney reads them (issue 26 item 9) -------------
+
+
+def test_the_issues_negative_weight_is_kept_shown_and_said():
+    p = parse_prompt("still life gouache painting::1 fruit::-.5")
+    assert p.parts == (PromptPart("still life gouache painting", 1.0), PromptPart("fruit", -0.5))
+    assert p.text == "still life gouache painting::1 fruit::-0.5"  # what the job uses, shown
+    assert p.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+                         "(::-0.5 beside parts weighing 1 counts as much as --no).",)
+    assert_names_the_input(p.notices[0], "still life gouache painting::1 fruit::-.5")
+    assert parse_prompt(p.text).parts == p.parts
+    two = parse_prompt("a bowl::2 fruit::-.5 dust :: -1")
+    assert two.parts == (PromptPart("a bowl", 2.0), PromptPart("fruit", -0.5), PromptPart("dust", 1.0),
+                         PromptPart("-1"))  # a weight is glued to '::'
+    two = parse_prompt("a bowl::2 fruit::-.5 dust::-1")
+    assert two.notices == ("Read “fruit::-.5”, “dust::-1” as less of each, as --no does: they go to the negative "
+                           "side (::-0.5 beside parts weighing 1 counts as much as --no).",)
+
+
+@pytest.mark.parametrize("text, shown", [("fruit::-1 bowl::-.5", "-1 + -0.5 = -1.5"), ("fruit::-2", "-2"),
+                                         ("a::0 b::-1", "0 + -1 = -1"), ("a::0 b::0", "0 + 0 = 0")])
+def test_a_prompt_of_negative_parts_only_is_refused_plainly(text, shown):
+    message = error_for(text)
+    assert "no part has a positive weight" in message and "more than 0" in message and shown in message
+    assert "less of that part" in message
+
+
+def test_a_negative_part_may_not_outweigh_the_rest():
+    message = error_for("a castle::1 fog::-2")
+    assert "1 + -2 = -1" in message and "cannot outweigh" in message
+
+
+@pytest.mark.parametrize("parts, negative, positive, lessened, rest", [
+    # the issue's example: `x::-.5` beside a weight of 1 is `--no x`
+    ([("still life", 1.0), ("fruit", -0.5)], "", [("still life", 1.0)], [("fruit", 1.0)], 0.0),
+    ([("still life", 1.0), ("fruit", -0.25)], "", [("still life", 1.0)], [("fruit", 0.5)], 0.5),
+    ([("a", 3.0), ("b", 1.0), ("c", -0.5)], "", [("a", 0.75), ("b", 0.25)], [("c", 0.25)], 0.75),
+    ([("a", 1.0), ("c", -0.25)], "dog", [("a", 1.0)], [("dog", 2 / 3), ("c", 1 / 3)], 0.0),
+    ([("a", 1.0), ("c", -0.9)], "", [("a", 1.0)], [("c", 1.0)], 0.0),  # beyond --no: all of it
+    ([("a", 2.0)], "dog", [("a", 1.0)], [("dog", 1.0)], 0.0),
+    ([], "", [], [], 1.0),
+])
+def test_weight_sides(parts, negative, positive, lessened, rest):
+    sides = weight_sides(parts, negative)
+    for got, wanted in ((sides.positive, positive), (sides.negative, lessened)):
+        assert [text for text, _ in got] == [text for text, _ in wanted]
+        assert [share for _, share in got] == pytest.approx([share for _, share in wanted])
+    assert sides.rest == pytest.approx(rest)
+    one_text = len(lessened) == 1 and lessened[0][1] == 1.0  # the whole negative side is one text
+    assert sides.plain_negative == (lessened[0][0] if one_text else "" if not lessened else None)
+
+
+def test_weight_sides_refuses_parts_without_a_positive_one():
+    with pytest.raises(ValueError, match="positive weight"):
+        weight_sides([("a", -1.0)])

@@ -193,3 +193,51 @@ def test_repeat_makes_one_request_per_grid_where_a_single_one_is_asked_it_says_s
     single = prepare(REGISTRY, "a fox --repeat 2")
     assert single.notices == ("--repeat 2 makes several grids in Discord's /imagine only: this made one.",)
     assert prepare(REGISTRY, "a fox").notices == () and len(prepare_repeated(REGISTRY, "a fox")[0]) == 1
+
+
+# --- negative `::` parts (issue 26 item 9): used where the model has a negative side, else said and dropped ---
+
+
+def test_a_negative_part_is_kept_and_shown_where_the_model_has_a_negative_side():
+    request = build("still life gouache painting::1 fruit::-.5 --seed 3")
+    assert request.parts == (("still life gouache painting", 1.0), ("fruit", -0.5))
+    assert request.prompt == "still life gouache painting::1 fruit::-0.5" and request.guidance == 7.0
+    assert request.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+                               "(::-0.5 beside parts weighing 1 counts as much as --no).",)
+
+
+def test_a_negative_part_on_a_model_without_guidance_is_said_dropped_and_not_shown():
+    request = build("a quiet street::2 cars::-.5 people::-.25 --no fog --seed 3", TURBO)
+    assert request.parts == (("a quiet street", 1.0),) and request.prompt == "a quiet street"
+    assert request.negative == "" and "--no" not in request.parameters
+    assert request.notices[1:] == (
+        "--no “fog” was not applied: sd-turbo runs without guidance, which a negative prompt needs.",
+        "The negative parts “cars::-0.5”, “people::-0.25” were not applied: sd-turbo runs without guidance, "
+        "which a negative weight needs.")
+    two = build("a street::1 trees::1 cars::-.5", TURBO)
+    assert two.parts == (("a street", 1.0), ("trees", 1.0)) and two.prompt == "a street::1 trees::1"
+
+
+def test_a_low_stylize_keeps_guidance_for_a_negative_part_and_says_so():
+    request = build("a quiet street::1 cars::-.5 --s 0")
+    assert request.guidance == 1.5 and request.parts[1] == ("cars", -0.5)
+    assert request.notices[1] == "--stylize 0 would turn guidance off; it is kept at 1.5 so that the negative " \
+                                 "weights apply."
+
+
+def test_a_negative_part_for_a_providers_api_is_said_dropped_and_not_shown(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text('[models.dalle3]\nfamily = "openai"\nmodel = "dall-e-3"\n', encoding="utf-8")
+    spec = load_registry(path).get("dalle3")
+    request = build("a lighthouse at dusk::1 fog::-.5", spec)
+    assert request.parts == (("a lighthouse at dusk", 1.0),) and request.prompt == "a lighthouse at dusk"
+    assert request.notices[1] == "The negative part “fog::-0.5” was not applied: dalle3's API takes no negative prompt."
+
+
+def test_a_loras_trigger_words_join_the_last_part_that_is_not_negative(tmp_path):
+    from generation.registry import LoraSpec
+
+    lora = LoraSpec(name="ink", source=str(tmp_path / "ink.safetensors"), families=("sd",), triggers=("ink wash",))
+    request = build_request(parse_prompt("a lighthouse::2 fog::-.5"), SD15, loras=[(lora, 1.0)])
+    assert request.parts == (("a lighthouse, ink wash", 2.0), ("fog", -0.5))
+    assert request.prompt == "a lighthouse, ink wash::2 fog::-0.5"

@@ -126,6 +126,9 @@ def test_member_defaults_fill_what_the_prompt_does_not_say():
     ("highly detailed --no text, watermark", "a fox", "a fox, highly detailed", "text, watermark"),
     ("--no text", "a fox --no trees", "a fox", "trees"),  # the prompt wins
     ("soft light", "castle::2 fog::1", "castle::2 fog, soft light::1", ""),
+    # a negative part is less of it: the words go to the last part that says what to draw
+    ("soft light", "castle::2 fog::-.5", "castle, soft light::2 fog::-0.5", ""),
+    ("soft light", "castle::2 tower::1 fog::-.5 rain::-.5", "castle::2 tower, soft light::1 fog::-0.5 rain::-0.5", ""),
     ("", "a fox", "a fox", ""),
 ])
 def test_always_append_adds_its_words_too(append, prompt, text, negative):

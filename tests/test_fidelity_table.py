@@ -369,7 +369,7 @@ def _x4_upscale(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
 
 def _esrgan_upscale(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
     """ESRGAN-family ×2 (Upscale (Subtle)): spandrel's model on the whole picture, as its
-    documentation runs one (float32 on the CPU: spandrel's bfloat16 support is per architecture)."""
+    documentation runs one, in bfloat16 where the architecture supports it."""
     from spandrel import ModelLoader
 
     picture = s.picture(32, 32, seed=5)
@@ -377,7 +377,10 @@ def _esrgan_upscale(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
                   init_image=picture, count=1, strength=0.0)
     key = ("esrgan", dtype)
     if key not in s.references:
-        s.references[key] = ModelLoader().load_from_file(s.models["esrgan"]).eval()
+        model = ModelLoader().load_from_file(s.models["esrgan"]).eval()
+        if dtype == "bfloat16" and model.supports_bfloat16:
+            model.bfloat16()
+        s.references[key] = model
     model = s.references[key]
     pixels = torch.from_numpy(np.asarray(opened(picture), dtype=np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
     with torch.no_grad():

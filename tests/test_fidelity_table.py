@@ -25,8 +25,9 @@ each tiny model is loaded once per module and dtype on either side.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from tests.engine_helpers import picture_maker, request, run
 from tests.tiny_models import build_esrgan, build_kandinsky3, build_kandinsky21, build_kandinsky22_inpaint
 
 TOLERANCE = 2  # of 255, per pixel and channel
+SIDE = 32  # Stable Diffusion rows' pictures (Kandinsky's decoders round sizes up to 64)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 measured: dict[str, int] = {}  # row id → the largest difference seen (printed at the module's end)
 
@@ -85,9 +87,18 @@ class Setup:
             self.references[key] = pipe
         return self.references[key]
 
+    def derived(self, cls: Any, base: Any, folder: str | Path, dtype: str, **components: Any) -> Any:
+        """`cls` built with diffusers' `from_pipe` from the plain pipeline `base` (no second load)."""
+        key = (cls, base, str(folder), dtype)
+        if key not in self.references:
+            pipe = cls.from_pipe(self.reference(base, folder, dtype, **components), dtype=DTYPES[dtype])
+            pipe.set_progress_bar_config(disable=True)
+            self.references[key] = pipe
+        return self.references[key]
+
 
 @pytest.fixture(scope="module")
-def setup(tiny_models, tmp_path_factory) -> Setup:
+def setup(tiny_models, tmp_path_factory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("fidelity-table")
     models = dict(tiny_models)
     models["kandinsky22-inpaint"] = build_kandinsky22_inpaint(root / "kandinsky22-inpaint")
@@ -107,6 +118,8 @@ def setup(tiny_models, tmp_path_factory) -> Setup:
         "tiny-sdxl-turbo": f'source = "{sdxl}"\nfamily = "sdxl-turbo"\nguidance = 0.0',
         "tiny-kandinsky": f'source = "{models["kandinsky22"]}"\nprior = "{models["kandinsky22-prior"]}"\n'
                           f'inpaint = "{models["kandinsky22-inpaint"]}"\nfamily = "kandinsky22"\nguidance = 4.0',
+        "tiny-kandinsky-ddim": f'source = "{models["kandinsky22"]}"\nprior = "{models["kandinsky22-prior"]}"\n'
+                               'family = "kandinsky22"\nguidance = 4.0\nscheduler = "DDIMScheduler"',
         "tiny-kandinsky21": f'source = "{models["kandinsky21"]}"\nprior = "{models["kandinsky21-prior"]}"\n'
                             'family = "kandinsky21"\nguidance = 4.0',
         "tiny-kandinsky3": f'source = "{models["kandinsky3"]}"\nfamily = "kandinsky3"\nguidance = 3.0',
@@ -211,7 +224,8 @@ def _sd_text(s: Setup, dtype: str, model: str, prompt: str, *, folder: str = "sd
              spacing: str | None = None, **changes: Any) -> tuple[Request, list[Image.Image]]:
     import diffusers
 
-    req = request(s.registry, f"{prompt} --model {model} --seed 7", **({"count": 1} | changes))
+    req = request(s.registry, f"{prompt} --model {model} --seed 7",
+                  **({"count": 1, "width": SIDE, "height": SIDE} | changes))
     cls = getattr(diffusers, f"{SD_CLASSES[folder]}Pipeline")
     pipe = s.reference(cls, s.models[folder], dtype, **({"safety_checker": None} if folder == "sd" else {}))
     if scheduler or spacing:
@@ -234,9 +248,8 @@ def _sd_text(s: Setup, dtype: str, model: str, prompt: str, *, folder: str = "sd
 
 
 for _family, _model, _folder in (("sd", "tiny-sd", "sd"), ("sdxl", "tiny-sdxl", "sdxl")):
-    row(_family, "text to image")(lambda s, d, m=_model, f=_folder: _sd_text(s, d, m, "a red fox in snow", folder=f))
-    row(_family, "`::` mixing")(
-        lambda s, d, m=_model, f=_folder: _sd_text(s, d, m, "a red fox::2 deep snow::1", folder=f))
+    row(_family, "text to image")(partial(_sd_text, model=_model, prompt="a red fox in snow", folder=_folder))
+    row(_family, "`::` mixing")(partial(_sd_text, model=_model, prompt="a red fox::2 deep snow::1", folder=_folder))
 row("sd", "--chaos 50, two pictures")(lambda s, d: _sd_text(s, d, "tiny-sd", "a red fox --chaos 50", count=2))
 row("sd-turbo", "text to image")(
     lambda s, d: _sd_text(s, d, "tiny-sd-turbo", "a red fox", spacing="trailing"))
@@ -245,7 +258,7 @@ row("sdxl-turbo", "text to image")(
 for _name, _scheduler in (("dpm", "DPMSolverMultistepScheduler"), ("ancestral", "EulerAncestralDiscreteScheduler"),
                           ("ddim", "DDIMScheduler")):
     row("sd", f"scheduler {_scheduler}")(
-        lambda s, d, n=_name, c=_scheduler: _sd_text(s, d, f"tiny-sd-{n}", "a red fox", scheduler=c))
+        partial(_sd_text, model=f"tiny-sd-{_name}", prompt="a red fox", scheduler=_scheduler))
 
 
 def _sd_emphasis(s: Setup, dtype: str, model: str, folder: str) -> tuple[Request, list[Image.Image]]:
@@ -254,15 +267,16 @@ def _sd_emphasis(s: Setup, dtype: str, model: str, folder: str) -> tuple[Request
     import diffusers
     from compel import Compel, ReturnedEmbeddingsType
 
-    req = request(s.registry, f"a (red fox:1.3) in snow --model {model} --seed 7", count=1)
+    req = request(s.registry, f"a (red fox:1.3) in snow --model {model} --seed 7", count=1, width=SIDE, height=SIDE)
     cls = getattr(diffusers, f"{SD_CLASSES[folder]}Pipeline")
     pipe = s.reference(cls, s.models[folder], dtype, **({"safety_checker": None} if folder == "sd" else {}))
     plain = pipe.encode_prompt(prompt="a red fox in snow", device="cpu", num_images_per_prompt=1,
                                do_classifier_free_guidance=True)
     if folder == "sdxl":
-        compel = Compel(tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder,
-                        pipe.text_encoder_2], returned_embeddings_type=ReturnedEmbeddingsType.
-                        PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED, requires_pooled=[False, True], truncate_long_prompts=True)
+        compel = Compel(tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
+                        text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+                        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                        requires_pooled=[False, True], truncate_long_prompts=True)
         weighted, _ = compel("a (red fox)1.3 in snow")
         kwargs = {"pooled_prompt_embeds": plain[2], "negative_pooled_prompt_embeds": plain[3]}
     else:
@@ -285,11 +299,12 @@ def _sd_image_to_image(s: Setup, dtype: str, model: str, folder: str, kind: JobK
     the request's strength, the picture at the request's size."""
     import diffusers
 
-    picture = s.picture(64, 64, seed=1)
+    picture = s.picture(SIDE, SIDE, seed=1)
     req = request(s.registry, f"{prompt} --model {model} --seed 11", count=1, kind=kind, init_image=picture,
-                  strength=0.6, steps=4)
-    cls = getattr(diffusers, f"{SD_CLASSES[folder]}Img2ImgPipeline")
-    pipe = s.reference(cls, s.models[folder], dtype, **({"safety_checker": None} if folder == "sd" else {}))
+                  strength=0.6, steps=4, width=SIDE, height=SIDE)
+    pipe = s.derived(getattr(diffusers, f"{SD_CLASSES[folder]}Img2ImgPipeline"),
+                     getattr(diffusers, f"{SD_CLASSES[folder]}Pipeline"), s.models[folder], dtype,
+                     **({"safety_checker": None} if folder == "sd" else {}))
     images = pipe(prompt=req.parts[0][0], image=opened(picture, (req.width, req.height)), strength=req.strength,
                   num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req)).images
     return req, images
@@ -307,8 +322,8 @@ def _sd_controlnet(s: Setup, dtype: str, model: str, folder: str, controlnet: st
     request's preprocessing, held by test_controlnet.py)."""
     import diffusers
 
-    req = request(s.registry, f"a red fox --model {model} --seed 5", count=1, control=s.picture(64, 64, seed=2),
-                  control_kind="canny", controlnet=controlnet)
+    req = request(s.registry, f"a red fox --model {model} --seed 5", count=1, control=s.picture(SIDE, SIDE, seed=2),
+                  control_kind="canny", controlnet=controlnet, width=SIDE, height=SIDE)
     control = s.run(req, dtype).control
     net = s.reference(diffusers.ControlNetModel, s.models[f"cn-{controlnet}"], dtype)
     cls = getattr(diffusers, f"{SD_CLASSES[folder]}ControlNetPipeline")
@@ -340,25 +355,29 @@ def _outpainted(req: Request, pipe: Any, embeds: dict[str, Any], **extra: Any) -
 
 
 def _sd_outpaint(s: Setup, dtype: str, extension: tuple[float, float, float, float],
-                 size: tuple[int, int]) -> tuple[Request, list[Image.Image]]:
+                 size: tuple[int, int], folder: str = "sd") -> tuple[Request, list[Image.Image]]:
     import diffusers
 
-    picture = s.picture(64, 64, seed=3)
-    req = request(s.registry, "a lighthouse --model tiny-sd --seed 9", count=1, kind=JobKind.OUTPAINT,
+    picture = s.picture(SIDE, SIDE, seed=3)
+    req = request(s.registry, f"a lighthouse --model tiny-{folder} --seed 9", count=1, kind=JobKind.OUTPAINT,
                   init_image=picture, outpaint=extension, width=size[0], height=size[1], strength=1.0)
-    pipe = s.reference(diffusers.StableDiffusionInpaintPipeline, s.models["sd"], dtype, safety_checker=None)
+    pipe = s.derived(getattr(diffusers, f"{SD_CLASSES[folder]}InpaintPipeline"),
+                     getattr(diffusers, f"{SD_CLASSES[folder]}Pipeline"), s.models[folder], dtype,
+                     **({"safety_checker": None} if folder == "sd" else {}))
     return req, _outpainted(req, pipe, {"prompt": req.parts[0][0]}, strength=1.0)
 
 
-row("sd", "zoom out 2x")(lambda s, d: _sd_outpaint(s, d, zoom_extension(2.0), (64, 64)))
+row("sd", "zoom out 2x")(lambda s, d: _sd_outpaint(s, d, zoom_extension(2.0), (48, 48)))
+# (a zoomed picture must keep more than its two seams, SEAM_PX each: 48 px, not 32)
+row("sdxl", "zoom out 2x")(lambda s, d: _sd_outpaint(s, d, zoom_extension(2.0), (48, 48), "sdxl"))
 row("sd", "pan left")(lambda s, d: _sd_outpaint(s, d, PAN_DIRECTIONS["left"],
-                                               size_for_aspect((96, 64), 64, multiple=8)))
+                                               size_for_aspect((3 * SIDE, 2 * SIDE), SIDE, multiple=8)))
 
 
 def _x4_upscale(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
     import diffusers
 
-    picture = s.picture(16, 16, seed=4)
+    picture = s.picture(SIDE // 4, SIDE // 4, seed=4)
     req = request(s.registry, "a red fox --seed 3", kind=JobKind.UPSCALE, model="tiny-upscaler",
                   init_image=picture, count=1, strength=0.0, guidance=9.0)
     pipe = s.reference(diffusers.StableDiffusionUpscalePipeline, s.models["upscaler-x4"], dtype)
@@ -391,11 +410,12 @@ def _esrgan_upscale(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
 def _creative_upscale(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
     import diffusers
 
-    picture = s.picture(32, 32, seed=6)
+    picture = s.picture(SIDE // 2, SIDE // 2, seed=6)
     req = request(s.registry, "a lighthouse --model tiny-sd --seed 5", kind=JobKind.UPSCALE, upscaler="resample",
                   init_image=picture, count=1, strength=0.5, steps=4)
-    pipe = s.reference(diffusers.StableDiffusionImg2ImgPipeline, s.models["sd"], dtype, safety_checker=None)
-    enlarged = opened(picture).resize((64, 64), Image.Resampling.LANCZOS)
+    pipe = s.derived(diffusers.StableDiffusionImg2ImgPipeline, diffusers.StableDiffusionPipeline, s.models["sd"], dtype,
+                     safety_checker=None)
+    enlarged = opened(picture).resize((SIDE, SIDE), Image.Resampling.LANCZOS)
     image = pipe(prompt="a lighthouse", image=[enlarged], strength=req.strength, num_inference_steps=req.steps,
                  guidance_scale=req.guidance, generator=[torch.Generator().manual_seed(req.seed)]).images[0]
     return req, [image]
@@ -410,6 +430,22 @@ def _kandinsky22(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.I
     """Kandinsky 2.2: the prior's image embedding (one text: the prior's call; texts and
     pictures: `interpolate` with weights adding up to 1), then the decoder."""
     import diffusers
+
+    if kind == "scheduler DDIMScheduler":
+        # the decoder's DDIM without the DDPM decoder's variance_type (Pintor's rule for
+        # samplers that cannot use a learned variance: generation.schedulers.replacement)
+        req = request(s.registry, "a red fox --model tiny-kandinsky-ddim --seed 4", count=1)
+        prior = s.reference(diffusers.KandinskyV22PriorPipeline, s.models["kandinsky22-prior"], dtype)
+        out = prior("a red fox", generator=torch.Generator().manual_seed(req.seed))
+        plain = s.reference(diffusers.KandinskyV22Pipeline, s.models["kandinsky22"], dtype)
+        config = {k: v for k, v in plain.scheduler.config.items() if k != "variance_type"}
+        decoder: Any = diffusers.KandinskyV22Pipeline(unet=plain.unet, movq=plain.movq,
+                                                 scheduler=diffusers.DDIMScheduler.from_config(config))
+        decoder.set_progress_bar_config(disable=True)
+        images = decoder(image_embeds=out.image_embeds, negative_image_embeds=out.negative_image_embeds,
+                         num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req),
+                         height=req.height, width=req.width).images
+        return req, images
 
     photo, other = s.picture(64, 64, seed=7), s.picture(64, 64, seed=8)
     base = request(s.registry, "a red fox --model tiny-kandinsky --seed 4", count=1)
@@ -433,7 +469,8 @@ def _kandinsky22(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.I
     common = dict(num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req))
     if kind == "variation":
         req = req.replace(kind=JobKind.VARIATION, init_image=photo, strength=0.6, steps=4)
-        decoder = s.reference(diffusers.KandinskyV22Img2ImgPipeline, s.models["kandinsky22"], dtype)
+        decoder = s.derived(diffusers.KandinskyV22Img2ImgPipeline, diffusers.KandinskyV22Pipeline,
+                            s.models["kandinsky22"], dtype)
         common["num_inference_steps"] = req.steps
         images = decoder(**embeds, image=[opened(photo)], strength=req.strength, height=req.height,
                          width=req.width, **common).images
@@ -454,23 +491,41 @@ def _kandinsky22(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.I
     return req, images
 
 
-for _kind in ("text to image", "`::` mixing", "/blend", "image prompt", "variation", "zoom out 2x",
-              "ControlNet depth"):
-    row("kandinsky22", _kind)(lambda s, d, k=_kind: _kandinsky22(s, d, k))
+# (an image prompt is the variation's prior input, a text and a picture, without the picture to
+# start from: the same two calls as "variation" and "text to image" make; no row of its own)
+for _kind in ("text to image", "`::` mixing", "/blend", "variation", "zoom out 2x", "ControlNet depth",
+              "scheduler DDIMScheduler"):
+    row("kandinsky22", _kind)(partial(_kandinsky22, kind=_kind))
 
 
-def _kandinsky21(s: Setup, dtype: str) -> tuple[Request, list[Image.Image]]:
-    """Kandinsky 2.1: the prior, then the decoder, which reads the text as well."""
+def _kandinsky21(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.Image]]:
+    """Kandinsky 2.1: the prior (texts and pictures mixed by `interpolate`, weights adding up to
+    1), then the decoder, which reads the text as well."""
     import diffusers
 
+    photo, other = s.picture(64, 64, seed=10), s.picture(64, 64, seed=11)
     req = request(s.registry, "a red fox --model tiny-kandinsky21 --seed 4", count=1)
     prior = s.reference(diffusers.KandinskyPriorPipeline, s.models["kandinsky21-prior"], dtype)
-    out = prior("a red fox", generator=torch.Generator().manual_seed(req.seed))
+    generator = torch.Generator().manual_seed(req.seed)
+    if kind == "/blend":  # a text and two pictures, each weighing 1
+        req = req.replace(kind=JobKind.BLEND, images=(photo, other), image_weights=(1.0, 1.0))
+        out = prior.interpolate(["a red fox", opened(photo), opened(other)], [1 / 3] * 3, negative_prompt="",
+                                generator=generator)
+    elif kind == "variation":
+        req = req.replace(kind=JobKind.VARIATION, images=(photo,), image_weights=(1.0,), init_image=photo,
+                          strength=0.6, steps=4)
+        out = prior.interpolate(["a red fox", opened(photo)], [0.5, 0.5], negative_prompt="", generator=generator)
+    else:
+        out = prior("a red fox", generator=generator)
+    common = dict(prompt="a red fox", image_embeds=out.image_embeds, negative_image_embeds=out.negative_image_embeds,
+                  num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req),
+                  height=req.height, width=req.width)
+    if kind == "variation":
+        decoder = s.derived(diffusers.KandinskyImg2ImgPipeline, diffusers.KandinskyPipeline, s.models["kandinsky21"],
+                            dtype)
+        return req, decoder(**common, image=[opened(photo)], strength=req.strength).images
     decoder = s.reference(diffusers.KandinskyPipeline, s.models["kandinsky21"], dtype)
-    images = decoder(prompt="a red fox", image_embeds=out.image_embeds, negative_image_embeds=out.negative_image_embeds,
-                     num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req),
-                     height=req.height, width=req.width).images
-    return req, images
+    return req, decoder(**common).images
 
 
 def _kandinsky3(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.Image]]:
@@ -478,10 +533,34 @@ def _kandinsky3(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.Im
 
     req = request(s.registry, "a red fox --model tiny-kandinsky3 --seed 4", count=1)
     common = dict(prompt="a red fox", guidance_scale=req.guidance, generator=generators(req))
+    if kind == "`::` mixing":
+        # each part's T5 embeddings (128 tokens, padding zeroed) × weight / sum of weights, the
+        # attention mask every token any part has; the negative diffusers' own for no negative
+        # prompt (zeros, nothing attended)
+        req = request(s.registry, "a red fox::2 deep snow::1 --model tiny-kandinsky3 --seed 4", count=1)
+        pipe = s.reference(diffusers.Kandinsky3Pipeline, s.models["kandinsky3"], dtype)
+        embeds, masks = [], []
+        for text, _ in req.parts:
+            tokens = pipe.tokenizer(text, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                hidden = pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+            embeds.append(hidden * tokens.attention_mask.unsqueeze(2))
+            masks.append(tokens.attention_mask)
+        total = sum(w for _, w in req.parts)
+        prompt_embeds = sum(e * (w / total) for e, (_, w) in zip(embeds, req.parts, strict=True))
+        mask = torch.stack(masks).amax(dim=0)
+        latents = documented_noise(req, (4, req.height // 8, req.width // 8)).to(DTYPES[dtype])
+        images = pipe(prompt_embeds=prompt_embeds, attention_mask=mask,
+                      negative_prompt_embeds=torch.zeros_like(prompt_embeds),
+                      negative_attention_mask=torch.zeros_like(mask), latents=latents,
+                      num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req),
+                      height=req.height, width=req.width).images
+        return req, images
     if kind == "variation":
         photo = s.picture(64, 64, seed=9)
         req = req.replace(kind=JobKind.VARIATION, init_image=photo, strength=0.6, steps=4)
-        pipe = s.reference(diffusers.Kandinsky3Img2ImgPipeline, s.models["kandinsky3"], dtype)
+        pipe = s.derived(diffusers.Kandinsky3Img2ImgPipeline, diffusers.Kandinsky3Pipeline, s.models["kandinsky3"],
+                         dtype)
         images = pipe(**common, image=opened(photo), strength=req.strength, num_inference_steps=req.steps).images
     else:
         pipe = s.reference(diffusers.Kandinsky3Pipeline, s.models["kandinsky3"], dtype)
@@ -491,9 +570,11 @@ def _kandinsky3(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.Im
     return req, images
 
 
-row("kandinsky21", "text to image")(_kandinsky21)
+for _kind in ("text to image", "/blend", "variation"):
+    row("kandinsky21", _kind)(partial(_kandinsky21, kind=_kind))
 row("kandinsky3", "text to image")(lambda s, d: _kandinsky3(s, d, "text to image"))
 row("kandinsky3", "variation")(lambda s, d: _kandinsky3(s, d, "variation"))
+row("kandinsky3", "`::` mixing")(lambda s, d: _kandinsky3(s, d, "`::` mixing"))
 
 
 # -- the test ----------------------------------------------------------------------------------------
@@ -510,9 +591,17 @@ def test_pintor_paints_what_diffusers_paints(setup, family, kind, dtype):
     worst = 0
     for mine, theirs in zip(ours, reference, strict=True):
         assert mine.size == theirs.size
-        diff = np.abs(np.asarray(mine.convert("RGB"), dtype=np.int16) - np.asarray(theirs.convert("RGB"), dtype=np.int16))
+        diff = np.abs(np.asarray(mine.convert("RGB"), dtype=np.int16)
+                      - np.asarray(theirs.convert("RGB"), dtype=np.int16))
         worst = max(worst, int(diff.max()))
     measured[f"{family}: {kind} [{dtype}]"] = worst
+    # Pintor ran the request in that dtype (every module it loaded for the model)
+    loaded = setup.engine(dtype).pipelines._models.get(req.model, {}).values()
+    modules = [m for pipe in loaded  # a diffusers pipeline's modules, or a spandrel model (ESRGAN)
+               for m in (getattr(pipe, "components", {}) or {"model": getattr(pipe, "model", None)}).values()
+               if isinstance(m, torch.nn.Module)]
+    kinds = {p.dtype for module in modules for p in module.parameters() if p.is_floating_point()}
+    assert kinds == {DTYPES[dtype]}, kinds
     # not a picture of one colour, where anything would agree
     assert np.asarray(ours[0]).std() > 1
     assert worst <= TOLERANCE, f"{family} {kind} in {dtype}: {worst}/255 apart"

@@ -16,9 +16,14 @@ Where Pintor differs on purpose, the reference is given what the documented form
   `interpolate` with those weights);
 - Zoom Out and Pan paint `generation.outpaint.prepare`'s canvas and mask (the inputs of the
   request) and put the picture's own pixels back through its blend mask;
-- Upscale (Creative) repaints the Lanczos ×2 enlargement.
+- Upscale (Creative) repaints the Lanczos ×2 enlargement;
+- `(word:1.3)` is compel's weighting (its own syntax, `(word)1.3`, through its public class);
+- a scheduler a model entry names is built from the model's scheduler configuration with
+  Pintor's changes (DDIM: `clip_sample` off; Kandinsky 2.2: no learned variance); Turbo
+  families sample 'trailing' timesteps.
 
-One picture per row (two where `--chaos` is what is tested), 64 px or less, 2 denoising steps;
+One picture per row (two where `--chaos` is what is tested), 64 px or less (Stable Diffusion:
+32), 2 denoising steps (4 at strength 0.6);
 each tiny model is loaded once per module and dtype on either side.
 """
 
@@ -57,6 +62,10 @@ measured: dict[str, int] = {}  # row id → the largest difference seen (printed
 
 @dataclass
 class Setup:
+    """The module's tiny models (name → folder or file), the registry naming them, a maker of
+    random input pictures, and what is made once: Pintor's engines by dtype, the reference
+    pipelines, and Pintor's results by (request, dtype)."""
+
     models: dict[str, Path]
     registry: Registry
     picture: Callable[..., str]

@@ -377,8 +377,10 @@ class PipelineCache:
             return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec, task)
         if task == "upscale":
             pipe = self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
-            # the sizes Pintor sends it (a 512-pixel cell: a 2048-pixel decode) fit 8 GB this way
-            pipe.enable_attention_slicing()
+            # the sizes Pintor sends it (a 512-pixel cell: a 2048-pixel decode) fit 8 GB with a
+            # tiled decode. No attention slicing: diffusers' default attention (PyTorch's SDPA) is
+            # as memory-efficient, and the sliced one computes scores and softmax in the weights'
+            # 16 bits (9–11/255 from the plain pipeline in bfloat16: tests/test_fidelity_table.py)
             pipe.vae.enable_tiling()
             return pipe
         if task == "clip":  # --clip: the entry's CLIP model (generation/clip_guidance.py)

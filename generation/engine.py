@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
+from compel.embeddings_provider import BaseTextualInversionManager, EmbeddingsProvider, ReturnedEmbeddingsType
 from PIL import Image
 
 from generation import adapters, captions, esrgan, outpaint, remote, seamless
@@ -366,7 +366,8 @@ class Engine:
         with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings.
         """
         device = pipe._execution_device
-        negative = request.negative or None
+        weighted_negative = guided and has_emphasis(request.negative)
+        negative = (plain_text(request.negative) if weighted_negative else request.negative) or None
         sdxl = hasattr(pipe, "text_encoder_2")
         encoded = []
         for written, _ in request.parts:
@@ -377,9 +378,12 @@ class Engine:
             else:
                 tensors = pipe.encode_prompt(text, device, 1, guided, negative)
             if has_emphasis(written):
-                # the weighted words replace the prompt's embeddings; the negative and SDXL's
-                # pooled embedding (which compel does not weight) stay those of the plain words
+                # the weighted words replace the prompt's embeddings; SDXL's pooled embedding
+                # (which compel does not weight) stays that of the plain words
                 tensors = (weighted_embeds(pipe, written, device).to(tensors[0].dtype), *tensors[1:])
+            if weighted_negative:  # `--no (easynegative:1.2)`: the negative weighted the same way
+                tensors = (tensors[0], weighted_embeds(pipe, request.negative, device).to(tensors[1].dtype),
+                           *tensors[2:])
             encoded.append(tensors)
         # encode_prompt returns (prompt, negative[, pooled prompt, pooled negative]): the prompt
         # tensors (even positions) are mixed by weight, the negatives are the same for all parts.
@@ -398,9 +402,11 @@ class Engine:
         """Cut a text to what the text encoder reads (`limit` tokens; default: the tokenizer's
         length less its start and end tokens), and say what was cut."""
         limit = limit if limit is not None else tokenizer.model_max_length - 2  # start and end tokens
+        vectors = MultiVectorTokens(tokenizer)  # a multi-vector embedding's token counts all its vectors
 
         def fits(end: int) -> bool:  # verbose=False: a long text is expected here, not warned about
-            return len(tokenizer(text[:end], add_special_tokens=False, verbose=False).input_ids) <= limit
+            ids = tokenizer(text[:end], add_special_tokens=False, verbose=False).input_ids
+            return len(vectors.expand_textual_inversion_token_ids_if_necessary(ids)) <= limit
 
         if fits(len(text)):
             return text
@@ -708,19 +714,51 @@ def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.T
     encoders' penultimate hidden states side by side, as diffusers' own encode_prompt gives.
 
     `pipe`: a Stable Diffusion or SDXL pipeline (its tokenizers and text encoders); `text`: a
-    prompt part with `(word:1.3)` emphasis. Tokens beyond the encoder's length are cut."""
+    prompt part (or a negative) with `(word:1.3)` emphasis. A multi-vector textual-inversion
+    embedding's token stands for all its vectors, each with the token's weight, as diffusers'
+    `maybe_convert_prompt` reads it (compel alone reads only the first: damian0815/compel#28).
+    Tokens beyond the encoder's length are cut."""
     segments = emphasis_segments(text)
     fragments, weights = [[f for f, _ in segments]], [[w for _, w in segments]]
     if hasattr(pipe, "text_encoder_2"):
-        provider = EmbeddingsProviderMulti(
-            [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
-            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-            requires_pooled_mask=[False, True])
+        providers = [
+            EmbeddingsProvider(tokenizer, encoder, MultiVectorTokens(tokenizer), truncate=True,
+                               returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED)
+            for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))]
     else:
-        provider = EmbeddingsProvider(pipe.tokenizer, pipe.text_encoder, truncate=True)
+        providers = [EmbeddingsProvider(pipe.tokenizer, pipe.text_encoder, MultiVectorTokens(pipe.tokenizer),
+                                        truncate=True)]
     with torch.no_grad():
-        embeds: torch.Tensor = provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
-        return embeds
+        # SDXL: both encoders' embeddings side by side (compel's EmbeddingsProviderMulti does the same)
+        return torch.cat([provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
+                          for provider in providers], dim=-1)
+
+
+class MultiVectorTokens(BaseTextualInversionManager):
+    """For compel: a multi-vector textual-inversion token's ids expanded to all its vectors'.
+
+    diffusers' `load_textual_inversion` adds an embedding of n vectors as n tokens, `tok`,
+    `tok_1` … `tok_{n-1}`, and its pipelines' `maybe_convert_prompt` writes them all where a
+    prompt writes `tok`. This does the same on token ids, with the tokenizer of each text
+    encoder (SDXL's second one has its own ids; compel's DiffusersTextualInversionManager
+    reads only the first tokenizer)."""
+
+    def __init__(self, tokenizer: Any):
+        self.added: dict[str, int] = dict(tokenizer.added_tokens_encoder)
+        self.names = {token_id: token for token, token_id in self.added.items()}
+
+    def expand_textual_inversion_token_ids_if_necessary(self, token_ids: list[int]) -> list[int]:
+        """`token_ids` (without start and end markers) with each multi-vector token followed
+        by its further vectors' ids; other ids as they are."""
+        expanded: list[int] = []
+        for token_id in token_ids:
+            expanded.append(token_id)
+            token = self.names.get(token_id)
+            more = 1
+            while token is not None and f"{token}_{more}" in self.added:
+                expanded.append(self.added[f"{token}_{more}"])
+                more += 1
+        return expanded
 
 
 KANDINSKY3_TOKENS = 128  # what Kandinsky 3's pipelines pad and cut a text to (diffusers 0.42)

@@ -271,6 +271,11 @@ def test_a_multi_vector_embedding_keeps_every_vector_with_emphasis(multi, model,
     assert torch.allclose(negative, _emphasised(pipe, f"{token}, blurry", token, 1.4), atol=1e-5)
     assert torch.allclose(embeds["negative_prompt_embeds"], negative.repeat(4, 1, 1), atol=1e-5)
     assert notices == []
+    # the encoder's 75 tokens count every vector: 70 words and the token (8 vectors) are cut
+    long = "x " * 70 + token
+    assert len(pipe.tokenizer(long, add_special_tokens=False).input_ids) == 71
+    assert Engine._fit_tokens(pipe.tokenizer, long, notices) != long and "was cut" in notices[-1]
+    assert Engine._fit_tokens(pipe.tokenizer, "x " * 60 + token, []) == "x " * 60 + token
     # and the picture follows the weight of the negative (1.4 is not 1)
     heavier, _, _ = run(engine, req)
     lighter, _, _ = run(engine, request(multi, f"a cat ({token}:1.3) --no {token}, blurry --model {model} --seed 1"))

@@ -532,10 +532,12 @@ class Engine:
         def on_image(done: int, total: int, latest: Image.Image) -> None:
             job.on_step(done, total, lambda: latest)
 
-        images = remote.generate(spec, job.request, self.remote, on_image=on_image, should_stop=job.should_stop)
+        notices: list[str] = []
+        images = remote.generate(spec, job.request, self.remote, on_image=on_image, should_stop=job.should_stop,
+                                 notices=notices)
         if job.should_stop():
             raise GenerationStopped()
-        return Generated(images=images, notices=[], flagged=[False] * len(images))
+        return Generated(images=images, notices=notices, flagged=[False] * len(images))
 
     # 5. Upscaling ----------------------------------------------------------------------------
 

@@ -736,7 +736,7 @@ def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.T
                           for provider in providers], dim=-1)
 
 
-class MultiVectorTokens(BaseTextualInversionManager):
+class MultiVectorTokens(BaseTextualInversionManager):  # type: ignore[misc]  # compel's classes are untyped
     """For compel: a multi-vector textual-inversion token's ids expanded to all its vectors'.
 
     diffusers' `load_textual_inversion` adds an embedding of n vectors as n tokens, `tok`,

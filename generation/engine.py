@@ -363,7 +363,11 @@ class Engine:
         """Text embeddings for the prompt's parts, mixed by weight (`a::2 b::1`).
 
         Weighting embeddings, not strings, is what makes `::` weights mean something. A part
-        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings.
+        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings, and so
+        does a negative with emphasis (`--no (easynegative:1.2)`); a multi-vector embedding's
+        token keeps all its vectors in both (`weighted_embeds`). Returns the pipeline's keyword
+        arguments (prompt_embeds, negative_prompt_embeds[, SDXL's pooled ones]), each repeated
+        for the request's `count` pictures: (count, tokens, width) and (count, width).
         """
         device = pipe._execution_device
         weighted_negative = guided and has_emphasis(request.negative)

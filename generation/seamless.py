@@ -97,8 +97,9 @@ def wrapping_tiles(vae: Any) -> Iterator[None]:
     Shapes are the decode's own: latents (B, C, h, w) → pixels (B, 3, 8h, 8w).
 
     The tiled encode (image to image of a large --tile picture) is left as diffusers does it,
-    each tile padded circularly: a variation's seam measured 1.11 times the inside's step with
-    it, 1.11 with the encode's tiles cut from the torus too (tests/test_seamless.py)."""
+    each tile padded circularly: a variation's seam measured 1.11 times the inside's step so
+    (tests/test_seamless.py pins it under 1.2); the encode's tiles cut from the torus as well
+    measured the same (1.11, tried on 2026-12-07), so that is not done."""
     from diffusers.models.autoencoders.vae import DecoderOutput
 
     convolutions = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -97,6 +97,8 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
             for source in filter(None, (spec.source, spec.prior, spec.inpaint, spec.clip)):
                 _check_source(report, spec.name, source, spec.config if source == spec.source else None,
                               weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))
+            if spec.family == "esrgan" and spec.source:
+                _check_upscaler(report, spec.name, spec.source)
             if spec.vae:
                 _check_addition(report, "VAE", spec.name, spec.vae)
         for lora in registry.loras.values():
@@ -219,6 +221,28 @@ def _check_source(report, name: str, source: str, config: str | None = None, *, 
             report(PROBLEM, f"model {name}", problem.removeprefix(f"cannot load model '{name}': "))
             return
     report(OK if state.ok else PROBLEM, f"model {name}", state.detail, state.fix)
+
+
+def _check_upscaler(report, name: str, source: str) -> None:
+    """An ESRGAN-family weights file that is here, read as the worker reads it (spandrel, on the
+    CPU): one that Pintor cannot use (not an upscaler, channel counts it cannot feed or show:
+    generation/esrgan.py: unusable) is a problem now, named, before any job fails on it."""
+    from pathlib import Path
+
+    if not Path(source).expanduser().is_file():
+        return  # _check_source said so
+    from generation.availability import ModelLoadError
+    from generation.devices import choose_device
+    from generation.esrgan import load_esrgan
+
+    try:
+        model = load_esrgan(name, source, choose_device("cpu"))
+    except ModelLoadError as err:
+        report(PROBLEM, f"upscaler {name}", err.detail,
+               "use a super-resolution network of 1 (grey), 3 (RGB) or 4 (RGBA) channels (see docs/models.md)")
+        return
+    report(OK, f"upscaler {name}", f"{model.architecture.name} ×{model.scale}, "
+           f"{model.input_channels} → {model.output_channels} channels")
 
 
 def _check_addition(report, kind: str, name: str, source: str, weight_name: str | None = None) -> None:

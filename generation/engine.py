@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from compel.embeddings_provider import EmbeddingsProvider, EmbeddingsProviderMulti, ReturnedEmbeddingsType
+from compel.embeddings_provider import BaseTextualInversionManager, EmbeddingsProvider, ReturnedEmbeddingsType
 from PIL import Image
 
 from generation import adapters, captions, esrgan, outpaint, remote, seamless
@@ -391,17 +391,23 @@ class Engine:
         "negative_prompt_embeds": same or absent unguided, SDXL's pooled ones (count, width)}.
 
         Weighting embeddings, not strings, is what makes `::` weights mean something. A part
-        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings. The
-        parts and the --no list are split as MidJourney reads them (generation.prompt.
-        weight_sides): the positive parts mix on the prompt's side; a negative part is less of
-        it, on the negative side, where it mixes with the --no list (or the pipeline's own empty
-        negative) by its share; a negative side that is one text is the pipeline's own
-        negative prompt, exactly as `negative_prompt=` makes it.
+        with Stable Diffusion emphasis (`(word:1.3)`) gets compel's weighted embeddings, and so
+        does a negative with emphasis (`--no (easynegative:1.2)`); a multi-vector embedding's
+        token keeps all its vectors in both (`weighted_embeds`). The parts and the --no list are
+        split as MidJourney reads them (generation.prompt.weight_sides): the positive parts mix
+        on the prompt's side; a negative part is less of it, on the negative side, where it
+        mixes with the --no list (or the pipeline's own empty negative) by its share; a negative
+        side that is one text is the pipeline's own negative prompt, exactly as
+        `negative_prompt=` makes it. Returns the pipeline's keyword arguments (prompt_embeds,
+        negative_prompt_embeds[, SDXL's pooled ones]), each repeated for the request's `count`
+        pictures: (count, tokens, width) and (count, width).
         """
         device = pipe._execution_device
         sides = weight_sides(request.parts, request.negative)
         plain = sides.plain_negative
-        negative = plain or None  # the pipeline's own: the --no list, or one part that has it all
+        weighted_negative = guided and plain is not None and has_emphasis(plain)
+        # the pipeline's own: the --no list, or one part that has it all (its words, when weighted below)
+        negative = (plain_text(plain) if weighted_negative and plain is not None else plain) or None
         sdxl = hasattr(pipe, "text_encoder_2")
 
         def encode(written: str, negative: str | None, weighted_at: int | None) -> tuple[Any, ...]:
@@ -420,6 +426,9 @@ class Engine:
             return tuple(tensors)
 
         encoded = [encode(written, negative, 0) for written, _ in sides.positive]
+        if weighted_negative and plain is not None:  # `--no (easynegative:1.2)`: weighted as a prompt is
+            weighted = weighted_embeds(pipe, plain, device)
+            encoded = [(enc[0], weighted.to(enc[1].dtype), *enc[2:]) for enc in encoded]
         # encode_prompt returns (prompt, negative[, pooled prompt, pooled negative]): the prompt
         # tensors (even positions) are mixed by share; the negatives are the same for all parts.
         mixed = list(encoded[0])
@@ -429,8 +438,8 @@ class Engine:
             # a mix on the negative side: each text's negative embeddings (its own negative_prompt;
             # the --no list, first, as the pipeline reads it) by its share, the pipeline's empty
             # negative (encoded above without one) by the rest
-            lessened = [(encode(written, written, None) if i == 0 and request.negative else
-                         encode(written, plain_text(written), 1), share)
+            lessened = [(encode(written, written, None) if i == 0 and request.negative and not has_emphasis(written)
+                         else encode(written, plain_text(written), 1), share)
                         for i, (written, share) in enumerate(sides.negative)]
             for i in range(1, len(mixed), 2):
                 mixed[i] = mixed[i] * sides.rest + sum(enc[i] * share for enc, share in lessened)
@@ -445,9 +454,11 @@ class Engine:
         """Cut a text to what the text encoder reads (`limit` tokens; default: the tokenizer's
         length less its start and end tokens), and say what was cut."""
         limit = limit if limit is not None else tokenizer.model_max_length - 2  # start and end tokens
+        vectors = MultiVectorTokens(tokenizer)  # a multi-vector embedding's token counts all its vectors
 
         def fits(end: int) -> bool:  # verbose=False: a long text is expected here, not warned about
-            return len(tokenizer(text[:end], add_special_tokens=False, verbose=False).input_ids) <= limit
+            ids = tokenizer(text[:end], add_special_tokens=False, verbose=False).input_ids
+            return len(vectors.expand_textual_inversion_token_ids_if_necessary(ids)) <= limit
 
         if fits(len(text)):
             return text
@@ -610,10 +621,12 @@ class Engine:
         def on_image(done: int, total: int, latest: Image.Image) -> None:
             job.on_step(done, total, lambda: latest)
 
-        images = remote.generate(spec, job.request, self.remote, on_image=on_image, should_stop=job.should_stop)
+        notices: list[str] = []
+        images = remote.generate(spec, job.request, self.remote, on_image=on_image, should_stop=job.should_stop,
+                                 notices=notices)
         if job.should_stop():
             raise GenerationStopped()
-        return Generated(images=images, notices=[], flagged=[False] * len(images))
+        return Generated(images=images, notices=notices, flagged=[False] * len(images))
 
     # 5. Upscaling ----------------------------------------------------------------------------
 
@@ -838,19 +851,51 @@ def weighted_embeds(pipe: Any, text: str, device: torch.device | str) -> torch.T
     encoders' penultimate hidden states side by side, as diffusers' own encode_prompt gives.
 
     `pipe`: a Stable Diffusion or SDXL pipeline (its tokenizers and text encoders); `text`: a
-    prompt part with `(word:1.3)` emphasis. Tokens beyond the encoder's length are cut."""
+    prompt part (or a negative) with `(word:1.3)` emphasis. A multi-vector textual-inversion
+    embedding's token stands for all its vectors, each with the token's weight, as diffusers'
+    `maybe_convert_prompt` reads it (compel alone reads only the first: damian0815/compel#28).
+    Tokens beyond the encoder's length are cut."""
     segments = emphasis_segments(text)
     fragments, weights = [[f for f, _ in segments]], [[w for _, w in segments]]
     if hasattr(pipe, "text_encoder_2"):
-        provider = EmbeddingsProviderMulti(
-            [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2],
-            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-            requires_pooled_mask=[False, True])
+        providers = [
+            EmbeddingsProvider(tokenizer, encoder, MultiVectorTokens(tokenizer), truncate=True,
+                               returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED)
+            for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))]
     else:
-        provider = EmbeddingsProvider(pipe.tokenizer, pipe.text_encoder, truncate=True)
+        providers = [EmbeddingsProvider(pipe.tokenizer, pipe.text_encoder, MultiVectorTokens(pipe.tokenizer),
+                                        truncate=True)]
     with torch.no_grad():
-        embeds: torch.Tensor = provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
-        return embeds
+        # SDXL: both encoders' embeddings side by side (compel's EmbeddingsProviderMulti does the same)
+        return torch.cat([provider.get_embeddings_for_weighted_prompt_fragments(fragments, weights, device=device)
+                          for provider in providers], dim=-1)
+
+
+class MultiVectorTokens(BaseTextualInversionManager):  # type: ignore[misc]  # compel's classes are untyped
+    """For compel: a multi-vector textual-inversion token's ids expanded to all its vectors'.
+
+    diffusers' `load_textual_inversion` adds an embedding of n vectors as n tokens, `tok`,
+    `tok_1` … `tok_{n-1}`, and its pipelines' `maybe_convert_prompt` writes them all where a
+    prompt writes `tok`. This does the same on token ids, with the tokenizer of each text
+    encoder (SDXL's second one has its own ids; compel's DiffusersTextualInversionManager
+    reads only the first tokenizer)."""
+
+    def __init__(self, tokenizer: Any):
+        self.added: dict[str, int] = dict(tokenizer.added_tokens_encoder)
+        self.names = {token_id: token for token, token_id in self.added.items()}
+
+    def expand_textual_inversion_token_ids_if_necessary(self, token_ids: list[int]) -> list[int]:
+        """`token_ids` (without start and end markers) with each multi-vector token followed
+        by its further vectors' ids; other ids as they are."""
+        expanded: list[int] = []
+        for token_id in token_ids:
+            expanded.append(token_id)
+            token = self.names.get(token_id)
+            more = 1
+            while token is not None and f"{token}_{more}" in self.added:
+                expanded.append(self.added[f"{token}_{more}"])
+                more += 1
+        return expanded
 
 
 KANDINSKY3_TOKENS = 128  # what Kandinsky 3's pipelines pad and cut a text to (diffusers 0.42)

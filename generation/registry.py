@@ -86,7 +86,12 @@ class RemoteLimits:
     docs/api-reference/images, November 2026): `sizes` (width, height) in pixels it makes,
     `max_n` images per request, the longest prompt in characters (`max_prompt_chars`), whether
     it has the variations call (`varies`) and the edits call (`edits`), and whether it takes
-    `response_format` (gpt-image models always answer with base64 and refuse the parameter)."""
+    `response_format` (gpt-image models always answer with base64 and refuse the parameter).
+
+    What those two calls take as their `image` (generation/remote.py: `input_picture` fits a
+    picture to it): files of fewer than `input_bytes` bytes, `square_input` pictures only, and
+    (Pintor's choice, not the API's rule) no side longer than `input_side` pixels: the largest
+    picture the model makes, so a larger one carries nothing it uses."""
 
     sizes: tuple[tuple[int, int], ...]
     max_n: int
@@ -94,14 +99,23 @@ class RemoteLimits:
     varies: bool = False
     edits: bool = False
     response_format: bool = True
+    input_bytes: int | None = None
+    square_input: bool = False
+    input_side: int | None = None
 
 
 OPENAI_MODELS: dict[str, RemoteLimits] = {
+    # createImageVariation and createImageEdit, `image` for dall-e-2: "Must be a valid PNG file,
+    # less than 4MB, and square" (platform.openai.com/docs/api-reference/images/createVariation).
+    # 4 MB read as 4,000,000 bytes, the stricter of its two readings.
     "dall-e-2": RemoteLimits(sizes=((256, 256), (512, 512), (1024, 1024)), max_n=10, max_prompt_chars=1000,
-                             varies=True, edits=True),
+                             varies=True, edits=True, input_bytes=4_000_000, square_input=True, input_side=1024),
     "dall-e-3": RemoteLimits(sizes=((1024, 1024), (1792, 1024), (1024, 1792)), max_n=1, max_prompt_chars=4000),
+    # createImageEdit, `image` for gpt-image-1: "each image should be a png, webp, or jpg file
+    # less than 50MB" (platform.openai.com/docs/api-reference/images/createEdit)
     "gpt-image-1": RemoteLimits(sizes=((1024, 1024), (1536, 1024), (1024, 1536)), max_n=10,
-                                max_prompt_chars=32000, edits=True, response_format=False),
+                                max_prompt_chars=32000, edits=True, response_format=False,
+                                input_bytes=50_000_000, input_side=1536),
 }
 # images per grid an admin may set with `images`: a grid of four, or one picture
 REMOTE_IMAGES = (1, 4)

@@ -65,7 +65,8 @@ def quiet_provider_logs() -> None:
 
 def generate(spec: ModelSpec, request: Request, settings: RemoteSettings, *,
              on_image: Callable[[int, int, Image.Image], None] = lambda done, total, latest: None,
-             should_stop: Callable[[], bool] = lambda: False) -> list[Image.Image]:
+             should_stop: Callable[[], bool] = lambda: False,
+             notices: list[str] | None = None) -> list[Image.Image]:
     """The request's pictures from the provider: `request.count` RGB images, at the supported
     size nearest the request's (generation.registry.nearest_size).
 
@@ -74,6 +75,8 @@ def generate(spec: ModelSpec, request: Request, settings: RemoteSettings, *,
     variations call (dall-e-2) or its edits call with the prompt (gpt-image-1) on
     `request.init_image`. `on_image(done, total, latest picture)` is called after each request;
     `should_stop()` is asked before each one, and a True answer returns the pictures so far.
+    The picture a variation sends is fitted to the call's documented limits first
+    (`input_picture`); what that changed is appended to `notices`, for the member.
 
     Raises RemoteRefusal (its text for the member) when the key is missing, the model has no
     call for this kind of job, or the provider refuses or fails (content policy, bad key,
@@ -88,7 +91,8 @@ def generate(spec: ModelSpec, request: Request, settings: RemoteSettings, *,
     client = openai.OpenAI(api_key=settings.api_key, base_url=spec.base_url or settings.base_url,
                            timeout=settings.timeout_s, max_retries=settings.max_retries)
     try:
-        calls = _calls(spec.name, spec.model, limits, request, f"{width}x{height}")
+        calls = _calls(spec.name, spec.model, limits, request, f"{width}x{height}",
+                       notices if notices is not None else [])
         images: list[Image.Image] = []
         for call in calls:
             if should_stop():
@@ -106,15 +110,20 @@ def generate(spec: ModelSpec, request: Request, settings: RemoteSettings, *,
 Call = Callable[[openai.OpenAI], Any]
 
 
-def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: str) -> list[Call]:
-    """The API calls that make the request's pictures, in order."""
+def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: str,
+           notices: list[str]) -> list[Call]:
+    """The API calls that make the request's pictures, in order; what was changed to fit the
+    provider's limits is appended to `notices`."""
     fmt: dict[str, Any] = {"response_format": "b64_json"} if limits.response_format else {}
     prompt = remote_prompt(request, limits)
     if request.kind == JobKind.VARIATION:
         if request.init_image is None:
             raise ValueError("a variation needs its picture (init_image)")
         with Image.open(request.init_image) as opened:
-            picture = ("picture.png", png_bytes(flatten_to_rgb(opened)), "image/png")
+            data, notice = input_picture(opened, model, limits)
+        picture = ("picture.png", data, "image/png")
+        if notice:
+            notices.append(notice)
         n = min(request.count, limits.max_n)
         if limits.varies:
             def variation(client: openai.OpenAI) -> Any:
@@ -131,6 +140,42 @@ def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: 
         return [lambda client: client.images.generate(prompt=prompt, model=model, n=request.count, size=size, **fmt)]
     return [lambda client: client.images.generate(prompt=prompt, model=model, n=1, size=size, **fmt)
             for _ in range(request.count)]
+
+
+def input_picture(image: Image.Image, model: str, limits: RemoteLimits) -> tuple[bytes, str | None]:
+    """`image` as the PNG file a variations or edits call of `model` takes (`limits`: its
+    RemoteLimits): flattened to RGB; the centre square where it must be square; scaled down
+    (Lanczos) to `input_side` pixels on its longer side; then, while its PNG is not under
+    `input_bytes`, scaled down again by the square root of the excess (and 5 % more).
+
+    Returns (PNG bytes, None) when the picture goes at its own size, else (PNG bytes, a sentence
+    for the member: the size sent, the size it has, the rules). Raises nothing of its own (what
+    Pillow raises for an unreadable picture)."""
+    picture = flatten_to_rgb(image)
+    original = picture.size
+    if limits.square_input and picture.width != picture.height:
+        side = min(picture.size)
+        left, top = (picture.width - side) // 2, (picture.height - side) // 2
+        picture = picture.crop((left, top, left + side, top + side))
+    if limits.input_side and max(picture.size) > limits.input_side:
+        picture = _scaled(picture, limits.input_side / max(picture.size))
+    data = png_bytes(picture)
+    while limits.input_bytes and len(data) >= limits.input_bytes and min(picture.size) > 1:
+        picture = _scaled(picture, (limits.input_bytes / len(data)) ** 0.5 * 0.95)
+        data = png_bytes(picture)
+    if picture.size == original:
+        return data, None
+    rules = [f"PNG files under {limits.input_bytes / 1e6:g} MB" if limits.input_bytes else "",
+             "square pictures" if limits.square_input else "",
+             f"at most {limits.input_side} pixels a side (the largest it makes)" if limits.input_side else ""]
+    return data, (f"The picture was sent to {model} at {picture.width}×{picture.height} (it is "
+                  f"{original[0]}×{original[1]}): it takes {', '.join(rule for rule in rules if rule)}.")
+
+
+def _scaled(picture: Image.Image, factor: float) -> Image.Image:
+    """`picture` scaled by `factor` < 1 (Lanczos), each side at least 1 pixel."""
+    size = (max(1, int(picture.width * factor)), max(1, int(picture.height * factor)))
+    return picture.resize(size, Image.Resampling.LANCZOS)
 
 
 def remote_prompt(request: Request, limits: RemoteLimits) -> str:

@@ -7,7 +7,9 @@ It answers as the API does (platform.openai.com/docs/api-reference/images): POST
 an `x-request-id` header on every answer, and the API's error bodies
 (`{"error": {message, type, param, code}}`). Its error modes, set with `mode`, answer as the API
 does, with the key and the request id in the message where the real API puts them (a 401 quotes
-the key): tests check that neither reaches a member, the database or the logs.
+the key): tests check that neither reaches a member, the database or the logs. The pictures that
+variations and edits calls upload are held to the API's documented limits (`refused_input`: a
+400 as the API answers), so a picture Pintor sends too large fails a test here.
 
 It runs in a thread (ThreadingHTTPServer), so that both the worker process and code the test
 calls in its own thread reach it.
@@ -45,6 +47,33 @@ ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
                            "type": "server_error", "param": None, "code": None}),
 }
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200), (200, 40, 200)]
+
+
+# What the variations and edits calls take as `image` (platform.openai.com/docs/api-reference/
+# images: createVariation, createEdit): for dall-e-2 "a valid PNG file, less than 4MB, and
+# square"; for gpt-image-1 "a png, webp, or jpg file less than 50MB". The API answers 400
+# otherwise; so does the stand-in (4 MB read as 4,000,000 bytes, the stricter reading).
+INPUT_BYTES = {"dall-e-2": 4_000_000, "gpt-image-1": 50_000_000}
+
+
+def refused_input(fields: dict[str, Any]) -> str | None:
+    """The API's 400 message for a variations or edits call whose picture breaks its model's
+    rules, or None (no picture: a generation call)."""
+    pictures = [value for name, value in fields.items() if name.startswith("image") and isinstance(value, bytes)]
+    model = str(fields.get("model") or "dall-e-2")
+    for data in pictures:
+        if len(data) >= INPUT_BYTES.get(model, 50_000_000):
+            return f"Uploaded image must be less than {INPUT_BYTES[model] // 1_000_000} MB."
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                kind, size = opened.format, opened.size
+        except OSError:
+            return "Uploaded image is not a valid image."
+        if model == "dall-e-2" and kind != "PNG":
+            return "Uploaded image must be a PNG and less than 4 MB."
+        if model == "dall-e-2" and size[0] != size[1]:
+            return "Uploaded image must be square."
+    return None
 
 
 @dataclass
@@ -187,6 +216,10 @@ class OpenAIStandIn:
                 if self.headers.get("Authorization") != f"Bearer {TEST_KEY}" or standin.mode == "bad_key":
                     status, error = ERRORS["bad_key"]
                     self._json(status, {"error": error})
+                    return
+                if (refusal := refused_input(fields)) is not None:
+                    self._json(400, {"error": {"message": refusal, "type": "invalid_request_error",
+                                               "param": "image", "code": None}})
                     return
                 if standin.mode == "slow":
                     time.sleep(standin.slow_s)

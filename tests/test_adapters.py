@@ -13,11 +13,12 @@ import torch
 from generation import adapters
 from generation.availability import ModelLoadError, check_addition
 from generation.devices import choose_device
-from generation.engine import Engine
+from generation.engine import Engine, MultiVectorTokens, weighted_embeds
 from generation.pipelines import PipelineCache
 from generation.registry import Registry, load_registry
 from tests.adapter_helpers import build_additions, registry_text
 from tests.engine_helpers import picture_maker, pixels, request, run
+from tests.tiny_models import build_embedding
 
 CPU = choose_device("cpu")
 
@@ -192,3 +193,105 @@ def test_a_job_whose_lora_was_removed_since_fails_with_a_message(registry):
     engine = Engine(registry, CPU)
     with pytest.raises(ModelLoadError, match="Unknown LoRA 'retired'.*removed since this job was asked for"):
         run(engine, request(registry, "a cat --seed 1").replace(loras=(("retired", 1.0),)))
+
+
+# -- multi-vector embeddings with emphasis (issue 26, item 13; damian0815/compel#28) -------------
+
+VECTORS = 8  # EasyNegative's count: most embeddings on model sites have several
+
+
+@pytest.fixture(scope="module")
+def multi(tiny_models, files, tmp_path_factory) -> Registry:
+    """The adapter registry with an 8-vector embedding for SD ("easynegative") and one for SDXL
+    ("xl-neg", clip_l and clip_g of 8 vectors each)."""
+    root = tmp_path_factory.mktemp("multi")
+    sd = build_embedding(root / "easynegative.safetensors", vectors=VECTORS, seed=6)
+    xl = build_embedding(root / "xl-neg.safetensors", vectors=VECTORS, seed=7, sdxl=True)
+    path = root / "models.toml"
+    path.write_text(registry_text(tiny_models, files) + f"""
+[embeddings.easynegative]
+source = "{sd}"
+families = ["sd"]
+
+[embeddings.xl-neg]
+source = "{xl}"
+families = ["sdxl"]
+""", encoding="utf-8")
+    return load_registry(path)
+
+
+def _encode(pipe, text: str) -> torch.Tensor:
+    """diffusers' own embeddings of `text` (its encode_prompt expands multi-vector tokens)."""
+    return pipe.encode_prompt(prompt=text, device="cpu", num_images_per_prompt=1,
+                              do_classifier_free_guidance=False)[0]
+
+
+def _emphasised(pipe, text: str, token: str, weight: float) -> torch.Tensor:
+    """What `(token:weight)` in `text` must give: diffusers' embeddings of the plain text, each of
+    the token's VECTORS positions moved away from the empty prompt's by `weight` (compel's
+    rule for weights above 1: empty + (z − empty)·w), every other position as it is."""
+    plain, empty = _encode(pipe, text), _encode(pipe, "")
+    ids = pipe.tokenizer(pipe.maybe_convert_prompt(text, pipe.tokenizer)).input_ids
+    added = pipe.tokenizer.added_tokens_encoder
+    vector_ids = {added[token]} | {added[f"{token}_{k}"] for k in range(1, VECTORS)}
+    positions = [i for i, token_id in enumerate(ids) if token_id in vector_ids]
+    assert len(positions) == VECTORS  # the token written once stands for all its vectors
+    expected = plain.clone()
+    expected[:, positions] = empty[:, positions] + (plain[:, positions] - empty[:, positions]) * weight
+    return expected
+
+
+@pytest.mark.parametrize(("model", "token"), [("tiny-sd", "easynegative"), ("tiny-sdxl", "xl-neg")])
+def test_a_multi_vector_embedding_keeps_every_vector_with_emphasis(multi, model, token):
+    """The example: `(easynegative:1.3)` used to give one token (compel reads only the first
+    vector); now all 8, each weighted 1.3, in the prompt, in `--no`, and on SDXL in both text
+    encoders (their embeddings side by side); at weight 1 exactly diffusers' own embeddings."""
+    engine = Engine(multi, CPU)
+    spec = multi.get(model)
+    pipe = engine.pipelines.get(spec, "text2img")
+    run(engine, request(multi, f"a cat {token} --model {model} --seed 1"))  # loads the embedding
+    for tokenizer in [pipe.tokenizer] + ([pipe.tokenizer_2] if model == "tiny-sdxl" else []):
+        assert f"{token}_{VECTORS - 1}" in tokenizer.added_tokens_encoder
+
+    # weight 1 everywhere: the same embeddings as diffusers', all 8 vectors (before: one)
+    assert torch.allclose(weighted_embeds(pipe, f"a cat {token}", "cpu"), _encode(pipe, f"a cat {token}"), atol=1e-5)
+    # (token:1.3) and nested ((token)) = 1.21: every vector weighted
+    for written, weight in [(f"a cat ({token}:1.3)", 1.3), (f"a cat (({token}))", 1.21), (f"({token}:1.5)", 1.5)]:
+        plain = written.replace("(", "").replace(")", "").replace(f":{weight}", "")
+        assert torch.allclose(weighted_embeds(pipe, written, "cpu"), _emphasised(pipe, plain, token, weight),
+                              atol=1e-5), written
+
+    # what the engine hands the pipeline: the prompt part and the negative, both weighted
+    notices: list[str] = []
+    req = request(multi, f"a cat ({token}:1.3) --no ({token}:1.4), blurry --model {model} --seed 1")
+    embeds = engine._prompt_embeds(pipe, req, True, notices)
+    assert torch.allclose(embeds["prompt_embeds"], _emphasised(pipe, f"a cat {token}", token, 1.3).repeat(4, 1, 1),
+                          atol=1e-5)
+    negative = weighted_embeds(pipe, f"({token}:1.4), blurry", "cpu")
+    assert torch.allclose(negative, _emphasised(pipe, f"{token}, blurry", token, 1.4), atol=1e-5)
+    assert torch.allclose(embeds["negative_prompt_embeds"], negative.repeat(4, 1, 1), atol=1e-5)
+    assert notices == []
+    # the encoder's 75 tokens count every vector: 70 words and the token (8 vectors) are cut
+    long = "x " * 70 + token
+    assert len(pipe.tokenizer(long, add_special_tokens=False).input_ids) == 71
+    assert Engine._fit_tokens(pipe.tokenizer, long, notices) != long and "was cut" in notices[-1]
+    assert Engine._fit_tokens(pipe.tokenizer, "x " * 60 + token, []) == "x " * 60 + token
+    # and the picture follows the weight of the negative (1.4 is not 1)
+    heavier, _, _ = run(engine, req)
+    lighter, _, _ = run(engine, request(multi, f"a cat ({token}:1.3) --no {token}, blurry --model {model} --seed 1"))
+    assert np.abs(pixels(heavier.images) - pixels(lighter.images)).mean() > 0.1
+
+
+def test_a_multi_vector_token_counts_all_its_vectors():
+    """MultiVectorTokens on ids: tok → tok tok_1 … tok_7 (in place, each time it is written);
+    other ids, single-vector tokens and a written `tok_3` alone are left as they are."""
+
+    class Tokenizer:
+        added_tokens_encoder = {"<|endoftext|>": 1, "neg": 10, **{f"neg_{k}": 10 + k for k in range(1, 8)},
+                                "one": 30}
+
+    vectors = MultiVectorTokens(Tokenizer())
+    assert vectors.expand_textual_inversion_token_ids_if_necessary([5, 10, 6, 10]) == [
+        5, *range(10, 18), 6, *range(10, 18)]
+    assert vectors.expand_textual_inversion_token_ids_if_necessary([30, 13, 1, 2]) == [30, 13, 1, 2]
+    assert vectors.expand_textual_inversion_token_ids_if_necessary([]) == []

@@ -6,12 +6,14 @@ stand-in's URL), so the shared bot's models stay as the other tests know them.""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from PIL import Image
 from sqlalchemy import select
 
 from bot.discord_endpoints import DEFAULT_API_BASE, DEFAULT_GATEWAY_URL, point_discord_at
@@ -48,6 +50,11 @@ default = "dalle2"
 family = "openai"
 model = "dall-e-2"
 native_side = 256
+
+[models.dalle2-large]
+family = "openai"
+model = "dall-e-2"
+native_side = 1024
 
 [models.dalle3]
 family = "openai"
@@ -134,14 +141,14 @@ async def test_a_server_refuses_remote_models_until_an_admin_allows_them(remote)
     admin = await emu.slash("pintor-admin", {"allowed": True}, subcommand="remote-models",
                             permissions=MANAGE_GUILD, user_id=emu._snowflake())
     answer = (await acked(admin))["data"]["content"]
-    assert "remote models (each picture costs money): allowed (dalle2, dalle3, dalle3-one)" in answer
+    assert "remote models (each picture costs money): allowed (dalle2, dalle2-large, dalle3, dalle3-one)" in answer
     assert (await harness.studio.rules(emu.guild_id)).remote_models
 
     info = await emu.slash("info")
     [embed] = (await acked(info))["data"]["embeds"]
     field = next(f for f in embed["fields"] if f["name"] == "remote models")
-    assert field["value"] == ("dalle2 (OpenAI dall-e-2), dalle3 (OpenAI dall-e-3), dalle3-one (OpenAI dall-e-3) "
-                              "· allowed here")
+    assert field["value"] == ("dalle2 (OpenAI dall-e-2), dalle2-large (OpenAI dall-e-2), dalle3 (OpenAI dall-e-3), "
+                              "dalle3-one (OpenAI dall-e-3) · allowed here")
 
 
 async def test_dall_e_3_posts_a_grid_of_four_from_four_requests(remote):
@@ -197,6 +204,27 @@ async def test_v_on_dall_e_2_uses_variations_and_upscale_runs_here(remote):
     job = await harness.job(job_id_of(upscaled))
     assert (job.kind, job.model, job.status) == ("upscale", RESAMPLE, "done")
     assert len(api.image_calls()) == 2  # the upscale asked the API nothing
+
+
+async def test_vary_under_an_upscaled_dall_e_2_picture_sends_what_the_api_takes_and_says_so(remote):
+    """Issue 26, item 19, as a member meets it: a 1024² DALL·E 2 picture, Upscale (Subtle) to
+    2048², then Vary under it: the variations call gets a square PNG of at most 1024² and under
+    4 MB (the stand-in refuses others, as the API does), and the result says what was sent."""
+    harness, api = remote
+    grid = await imagine(harness, "a paper lantern --model dalle2-large")
+    picked = await press(harness, grid, f"pintor:u:{job_id_of(grid)}:1")
+    upscaled = await press(harness, picked, f"pintor:x:{job_id_of(picked)}:1:s")
+    assert (await harness.picture(upscaled)).size == (2048, 2048)
+    vary = f"pintor:v:{job_id_of(upscaled)}:1:s"
+    assert vary in [custom_id for row in custom_ids(upscaled) for custom_id in row]
+    varied = await press(harness, upscaled, vary)
+    [variation] = api.image_calls("variations")
+    assert len(variation.fields["image"]) < 4_000_000
+    with Image.open(io.BytesIO(variation.fields["image"])) as sent:
+        assert (sent.format, sent.size) == ("PNG", (1024, 1024))
+    job = await harness.job(job_id_of(varied))
+    assert (job.kind, job.status, len(job.images)) == ("variation", "done", 4)
+    assert "The picture was sent to dall-e-2 at 1024×1024 (it is 2048×2048)" in varied["content"]
 
 
 @pytest.mark.parametrize(("mode", "says"), [

@@ -14,9 +14,9 @@ from PIL import Image
 from generation.availability import ModelLoadError
 from generation.devices import choose_device
 from generation.engine import Engine, GenerationStopped
-from generation.esrgan import enlarge
+from generation.esrgan import enlarge, unusable
 from generation.registry import RegistryError, load_registry
-from generation.request import Request
+from generation.request import JobKind, Request
 from generation.tiling import Stop, blend_tiles, tile_count, tile_starts
 from tests.engine_helpers import picture_maker, request, run
 from tests.tiny_models import build_esrgan
@@ -214,3 +214,120 @@ def test_creative_upscale_stops_between_steps(tmp_path, tiny_models, weights, pi
     with pytest.raises(GenerationStopped):
         run(Engine(registry, CPU), upscale(registry, picture(80, 72), model="tiny-sd", upscaler="esrgan",
                                            strength=0.5, steps=2), stop_after=2)
+
+
+# -- grey, RGBA and unusable networks (issue 26, item 18) -----------------------------------------
+
+
+def _net_on(model, planes: np.ndarray) -> np.ndarray:
+    """The network itself on (H, W, C) 8-bit planes, whole: (sH, sW, C') 8-bit, as enlarge rounds."""
+    import torch
+
+    pixels = torch.from_numpy(planes.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    with torch.no_grad():
+        out = model(pixels)[0].clamp(0, 1).mul(255).round()
+    return out.to(torch.uint8).permute(1, 2, 0).numpy().astype(np.int16)
+
+
+def _load(tmp_path, tiny_models, path):
+    registry = registry_with(tmp_path, tiny_models["sd"], path)
+    return registry, Engine(registry, CPU).pipelines.get(registry.get("esrgan"), "esrgan")
+
+
+@pytest.mark.parametrize("arch", ["compact", "rrdb"])
+def test_a_grey_network_enlarges_the_luma_and_keeps_the_colour(tmp_path, tiny_models, picture, arch):
+    """The example: a one-channel (greyscale) ESRGAN loaded, then failed every upscale (a
+    3-channel tile into a 1-channel convolution). It reads the picture's luma now: a grey
+    picture comes back grey, exactly the network's own result on its grey values (tiles
+    cross-faded: within 1); a colour picture keeps its colour (Cb, Cr as Lanczos enlarges them)
+    around the network's luma. Upscale (Subtle) through the engine works."""
+    path = build_esrgan(tmp_path / f"1x-grey-{arch}.pth", arch=arch, scale=2, channels=(1, 1))
+    registry, model = _load(tmp_path, tiny_models, path)
+    assert (model.input_channels, model.output_channels, model.scale) == (1, 1, 2) and unusable(model) is None
+
+    grey = Image.open(picture(90, 70)).convert("L")
+    enlarged = enlarge(model, grey.convert("RGB"), 2, tile=32, overlap=16)
+    assert enlarged.mode == "RGB" and enlarged.size == (180, 140)
+    rgb = array(enlarged)
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 1 and np.abs(rgb[..., 0] - rgb[..., 2]).max() <= 1
+    expected = _net_on(model, np.asarray(grey)[..., None])[..., 0]
+    difference = np.abs(rgb[..., 1] - expected)
+    assert difference.max() <= 2 and difference.mean() < 0.2  # cross-faded tiles, YCbCr rounding
+
+    colour = Image.open(picture(90, 70)).convert("RGB")
+    result = enlarge(model, colour, 2, tile=1000, overlap=0)
+    assert result.mode == "RGB" and result.size == (180, 140)
+    if arch == "compact":  # (the random RRDBNet writes mostly 0 and 255: no colour fits there)
+        ycbcr = array(result.convert("YCbCr"))
+        luma = _net_on(model, np.asarray(colour.convert("YCbCr"))[..., :1])[..., 0]
+        chroma = array(colour.convert("YCbCr").resize((180, 140), Image.Resampling.LANCZOS))
+        # where the colour fits in RGB at that luma (not clipped), it is the picture's own colour
+        inside = (array(result) > 0).all(axis=-1) & (array(result) < 255).all(axis=-1)
+        assert inside.mean() > 0.3
+        assert np.abs(ycbcr[..., 0] - luma)[inside].mean() < 1.0  # YCbCr → RGB → YCbCr rounds
+        assert np.abs(ycbcr[..., 1:] - chroma[..., 1:])[inside].mean() < 1.5
+        assert np.abs(ycbcr[..., 1:] - 128).mean() > 10  # still a colour picture
+
+    upscale = request(registry, "a fox").replace(kind=JobKind.UPSCALE, model="esrgan", init_image=picture(48, 40),
+                                                 count=1, steps=0, width=48, height=40)
+    done, _, _ = run(Engine(registry, CPU), upscale)
+    assert done.images[0].size == (96, 80) and done.notices == []
+
+
+def test_an_rgba_network_reads_the_picture_opaque(tmp_path, tiny_models, picture):
+    path = build_esrgan(tmp_path / "rgba.pth", arch="compact", scale=2, channels=(4, 4))
+    _, model = _load(tmp_path, tiny_models, path)
+    image = Image.open(picture(40, 30)).convert("RGB")
+    planes = np.concatenate([np.asarray(image), np.full((30, 40, 1), 255, np.uint8)], axis=-1)
+    assert np.abs(array(enlarge(model, image, 2, tile=1000, overlap=0)) - _net_on(model, planes)[..., :3]).max() == 0
+
+
+@pytest.mark.parametrize("channels", [(2, 2), (5, 3), (3, 6)])
+def test_a_network_of_other_channel_counts_is_refused_naming_the_entry(tmp_path, tiny_models, channels):
+    """What Pintor cannot feed or show is refused when the model is loaded, naming the entry,
+    the file and the counts (a 6-channel output spandrel itself refuses, with an assertion:
+    refused the same way, in spandrel's words), never a failure inside an upscale."""
+    path = build_esrgan(tmp_path / f"odd-{channels[0]}-{channels[1]}.pth", arch="compact", channels=channels)
+    registry = registry_with(tmp_path, tiny_models["sd"], path)
+    with pytest.raises(ModelLoadError) as err:
+        Engine(registry, CPU).pipelines.get(registry.get("esrgan"), "esrgan")
+    assert "'esrgan'" in err.value.detail and str(path) in err.value.detail
+    if channels[1] == 6:
+        assert "AssertionError" in err.value.detail and "output channels" in err.value.detail
+    else:
+        assert f"reads {channels[0]} and writes {channels[1]} colour channels" in err.value.detail
+    assert str(path) not in str(err.value)  # the member sees no path
+
+
+def test_pintor_doctor_names_an_upscaler_it_cannot_use(tmp_path, tiny_models, capsys):
+    """`pintor doctor` reads each upscaler's file as the worker would: a 2-channel network is a
+    problem named by its entry before any job; a grey one is fine, with its channels."""
+    import asyncio
+
+    from bot.doctor import doctor
+    from bot.settings import Settings
+
+    def checked(path: Path) -> str:
+        registry_with(tmp_path, tiny_models["sd"], path)
+        settings = Settings(**{"_env_file": None, "pintor_data_dir": tmp_path / "data",
+                               "pintor_models": tmp_path / "models.toml",
+                               "database_url": f"sqlite+aiosqlite:///{tmp_path / 'pintor.db'}"})
+        asyncio.run(doctor(settings))
+        return capsys.readouterr().out
+
+    odd = checked(build_esrgan(tmp_path / "odd.pth", channels=(2, 2)))
+    assert "[PROBLEM] upscaler esrgan: cannot use upscaler 'esrgan' from" in odd
+    assert "reads 2 and writes 2 colour channels" in odd
+    grey = checked(build_esrgan(tmp_path / "grey.pth", channels=(1, 1)))
+    assert "[     ok] upscaler esrgan: RealESRGAN Compact ×2, 1 → 1 channels" in grey
+
+
+def test_unusable_names_what_cannot_be_used():
+    class Described:
+        def __init__(self, channels_in, channels_out, scale):
+            self.input_channels, self.output_channels, self.scale = channels_in, channels_out, scale
+
+    assert [unusable(Described(*args)) is None for args in [(3, 3, 4), (1, 1, 2), (4, 3, 1), (1, 3, 8)]] == [True] * 4
+    assert "scale is 0" in str(unusable(Described(3, 3, 0)))
+    assert "scale is 1.5" in str(unusable(Described(3, 3, 1.5)))
+    assert "reads 3 and writes 2" in str(unusable(Described(3, 2, 2)))

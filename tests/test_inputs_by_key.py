@@ -210,15 +210,15 @@ async def test_the_redis_entry_carries_keyed_and_old_path_named_pictures_alike(t
     queue = RedisQueue("redis://127.0.0.1:1/0", files)  # never started: _entry reads files only
     base = Request(kind=JobKind.VARIATION, model="tiny-sd", prompt="x", parts=(("x", 1.0),), negative="",
                    width=64, height=64, steps=2, guidance=5.0, seed=1, strength=0.5)
-    keyed = queue._entry(7, base.replace(init_image="jobs/3/2.png"))
-    old = queue._entry(7, base.replace(init_image=str(files.path("jobs/3/2.png"))))
+    keyed = queue._entry(7, 1, base.replace(init_image="jobs/3/2.png"))
+    old = queue._entry(7, 1, base.replace(init_image=str(files.path("jobs/3/2.png"))))
     for entry in (keyed, old):
         request = Request.from_json(entry["request"])
         assert request.init_image is not None and request.init_image.startswith("inputs/")
         assert base64.b64decode(json.loads(entry["inputs"])[request.init_image]) == data
     assert keyed["request"] == old["request"]
     with pytest.raises(BadKey):
-        queue._entry(7, base.replace(init_image="../elsewhere.png"))
+        queue._entry(7, 1, base.replace(init_image="../elsewhere.png"))
 
 
 async def test_an_old_request_naming_absolute_paths_runs_after_a_restart(small_registry_file, tmp_path):

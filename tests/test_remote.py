@@ -10,6 +10,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,8 +19,8 @@ from bot.wiring import worker_config
 from generation.devices import choose_device
 from generation.engine import Engine, GenerationStopped
 from generation.events import Done, Failed
-from generation.registry import OPENAI_MODELS, Registry, RegistryError, load_registry, nearest_size
-from generation.remote import RemoteRefusal, RemoteSettings
+from generation.registry import OPENAI_MODELS, Registry, RegistryError, RemoteLimits, load_registry, nearest_size
+from generation.remote import RemoteRefusal, RemoteSettings, input_picture
 from generation.request import JobKind
 from generation.worker import WorkerConfig, _Worker
 from tests.engine_helpers import picture_maker, request, run
@@ -178,7 +179,7 @@ def test_v_on_dall_e_2_uses_variations_and_on_gpt_image_edits(engine: Engine, re
     [call] = api.image_calls("variations")
     assert (call.fields["n"], call.fields["size"], call.fields["model"]) == ("4", "256x256", "dall-e-2")
     assert Image.open(io.BytesIO(call.fields["image"])).size == (256, 256)  # the picture itself, as PNG
-    assert len(result.images) == 4
+    assert len(result.images) == 4 and result.notices == []  # sent as it is: nothing to say
     gpt = request(registry, "a fox at dusk --model gpt")
     run(engine, gpt.replace(kind=JobKind.VARIATION, init_image=picture, strength=0.6))
     [edit] = api.image_calls("edits")
@@ -339,3 +340,82 @@ def test_a_prompt_longer_than_the_model_reads_is_cut_and_said(engine: Engine, re
     [call] = api.image_calls("generations")
     assert call.fields["prompt"] == words.strip()[:1000]
     assert not any("reads" in n for n in request(registry, f"{words} --model dalle3").notices)
+
+
+# -- the pictures a variation uploads fit the provider's limits (issue 26, item 19) ----------------
+
+
+def _heavy_png(path: Path, width: int, height: int) -> str:
+    """A PNG that compresses badly: random noise over its top half, a flat colour below (a
+    2048² one is about 6.3 MB, as an upscaled DALL·E 2 picture is)."""
+    rng = np.random.default_rng(3)
+    pixels = np.full((height, width, 3), 90, dtype=np.uint8)
+    pixels[: height // 2] = rng.integers(0, 256, (height // 2, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_v_under_an_upscaled_dall_e_2_picture_sends_a_square_png_under_4_mb(engine: Engine, registry: Registry,
+                                                                             api: OpenAIStandIn, tmp_path: Path):
+    """The example: the 2048² upscale (6.3 MB) went as it was, over dall-e-2's 4 MB (the
+    stand-in answers 400 as the API does). Now it goes at 1024² (the largest dall-e-2
+    makes), under 4 MB, and the member is told."""
+    upscaled = _heavy_png(tmp_path / "upscaled.png", 2048, 2048)
+    assert Path(upscaled).stat().st_size > 6_000_000
+    base = request(registry, "a fox --model dalle2")
+    result, _, _ = run(engine, base.replace(kind=JobKind.VARIATION, init_image=upscaled, strength=0.6))
+    [call] = api.image_calls("variations")
+    sent = call.fields["image"]
+    assert len(sent) < 4_000_000
+    with Image.open(io.BytesIO(sent)) as picture:
+        assert (picture.format, picture.size) == ("PNG", (1024, 1024))
+    assert len(result.images) == 4
+    assert result.notices == ["The picture was sent to dall-e-2 at 1024×1024 (it is 2048×2048): it takes PNG files "
+                              "under 4 MB, square pictures, at most 1024 pixels a side (the largest it makes)."]
+
+
+def test_v_on_dall_e_2_of_a_picture_that_is_not_square_sends_its_centre_square(
+        engine: Engine, registry: Registry, api: OpenAIStandIn, tmp_path: Path):
+    path = tmp_path / "wide.png"
+    pixels = np.zeros((200, 300, 3), dtype=np.uint8)
+    pixels[:, 50:250] = 255  # the centre square is white, the sides black
+    Image.fromarray(pixels).save(path)
+    result, _, _ = run(engine, request(registry, "a fox --model dalle2").replace(
+        kind=JobKind.VARIATION, init_image=str(path), strength=0.6))
+    [call] = api.image_calls("variations")
+    with Image.open(io.BytesIO(call.fields["image"])) as picture:
+        assert picture.size == (200, 200) and np.asarray(picture).min() == 255
+    assert "at 200×200 (it is 300×200)" in result.notices[0] and "square pictures" in result.notices[0]
+
+
+def test_v_on_gpt_image_keeps_the_shape_and_fits_its_largest_side(engine: Engine, registry: Registry,
+                                                                  api: OpenAIStandIn, tmp_path: Path):
+    wide = _heavy_png(tmp_path / "wide.png", 2048, 1024)
+    result, _, _ = run(engine, request(registry, "a fox at dusk --model gpt").replace(
+        kind=JobKind.VARIATION, init_image=wide, strength=0.6))
+    [edit] = api.image_calls("edits")
+    [image] = [value for name, value in edit.fields.items() if name.startswith("image")]
+    with Image.open(io.BytesIO(image)) as picture:
+        assert picture.size == (1536, 768)
+    assert result.notices == ["The picture was sent to gpt-image-1 at 1536×768 (it is 2048×1024): it takes PNG "
+                              "files under 50 MB, at most 1536 pixels a side (the largest it makes)."]
+
+
+@pytest.mark.parametrize("square", [True, False])
+def test_a_picture_over_the_byte_limit_is_scaled_down_until_it_fits(tmp_path: Path, square: bool):
+    """input_picture with a limit of 200,000 bytes: a 600×400 noise picture (720 KB as PNG) is
+    scaled down, keeping its shape (or its centre square), until its PNG is under the limit;
+    one already small enough goes as it is."""
+    limits = RemoteLimits(sizes=((256, 256),), max_n=1, max_prompt_chars=10, input_bytes=200_000,
+                          square_input=square)
+    with Image.open(_heavy_png(tmp_path / "noise.png", 600, 400)) as noisy:
+        data, notice = input_picture(noisy, "model-x", limits)
+    with Image.open(io.BytesIO(data)) as sent:
+        width, height = sent.size
+    assert len(data) < 200_000 and notice is not None and "PNG files under 0.2 MB" in notice
+    assert (width == height) if square else abs(width / height - 1.5) < 0.02
+    assert width > 150  # scaled by what the excess asks, not halved again and again
+    with Image.new("RGB", (64, 64), (10, 20, 30)) as small:
+        data, notice = input_picture(small, "model-x", limits)
+    with Image.open(io.BytesIO(data)) as sent:
+        assert notice is None and sent.size == (64, 64)

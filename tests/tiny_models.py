@@ -710,21 +710,23 @@ def build_vae(path: Path, *, seed: int = 3) -> Path:
     return Path(path)
 
 
-def build_esrgan(path: Path, *, arch: str = "compact", scale: int = 2) -> Path:
+def build_esrgan(path: Path, *, arch: str = "compact", scale: int = 2, channels: tuple[int, int] = (3, 3)) -> Path:
     """A tiny random-weight super-resolution network of the ESRGAN family, saved as the files
     admins download are (``.pth``: a plain state dict; ``.safetensors``), for spandrel to
     recognise by its keys: ``arch="compact"`` is Real-ESRGAN's SRVGGNetCompact (8 features, 2
     convolutions: it sees 4 pixels around each input pixel), ``"rrdb"`` ESRGAN's RRDBNet (one
-    block of 8 features). ``scale``: 1, 2 or 4 (the rrdb net: 1, 2, 4 or 8)."""
+    block of 8 features). ``scale``: 1, 2 or 4 (the rrdb net: 1, 2, 4 or 8). ``channels``: the
+    colour channels it reads and writes (grey models: (1, 1))."""
     from safetensors.torch import save_file
     from spandrel.architectures.Compact import Compact
     from spandrel.architectures.ESRGAN import ESRGAN
 
     torch.manual_seed(0)
     if arch == "compact":
-        net: torch.nn.Module = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale)
+        net: torch.nn.Module = Compact(num_in_ch=channels[0], num_out_ch=channels[1], num_feat=8, num_conv=2,
+                                       upscale=scale)
     elif arch == "rrdb":
-        net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale)
+        net = ESRGAN(in_nc=channels[0], out_nc=channels[1], num_filters=8, num_blocks=1, scale=scale)
     else:
         raise ValueError(f"unknown arch {arch}")
     state = {key: value.detach().clone().contiguous() for key, value in net.state_dict().items()}

@@ -188,6 +188,18 @@ def documented_noise(req: Request, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack(out)
 
 
+def kandinsky_noise(req: Request, decoder: Any, dtype: str) -> torch.Tensor:
+    """Pintor's starting noise (documented_noise) for a Kandinsky 2.1/2.2 decoder's text to
+    image: one picture's latents as the decoders size them (diffusers' downscale_height_and_width
+    and get_new_h_w with the MoVQ's scale factor s: each side divided by s², rounded up, times s),
+    with the channels the decoder's UNet takes (the ControlNet decoder's: the MoVQ's latents)."""
+    scale = decoder.movq_scale_factor
+    channels = (decoder.movq.config.latent_channels if "Controlnet" in type(decoder).__name__
+                else decoder.unet.config.in_channels)
+    shape = (channels, -(-req.height // scale**2) * scale, -(-req.width // scale**2) * scale)
+    return documented_noise(req, shape).to(DTYPES[dtype])
+
+
 def generators(req: Request) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(req.seed + i) for i in range(req.count)]
 
@@ -453,7 +465,7 @@ def _kandinsky22(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.I
         decoder.set_progress_bar_config(disable=True)
         images = decoder(image_embeds=out.image_embeds, negative_image_embeds=out.negative_image_embeds,
                          num_inference_steps=req.steps, guidance_scale=req.guidance, generator=generators(req),
-                         height=req.height, width=req.width).images
+                         height=req.height, width=req.width, latents=kandinsky_noise(req, decoder, dtype)).images
         return req, images
 
     photo, other = s.picture(64, 64, seed=7), s.picture(64, 64, seed=8)
@@ -493,10 +505,12 @@ def _kandinsky22(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.I
         assert control is not None
         hint = torch.from_numpy(np.asarray(control, dtype=np.float32) / 255).permute(2, 0, 1).unsqueeze(0)
         decoder = s.reference(diffusers.KandinskyV22ControlnetPipeline, s.models["cn-kandinsky22-depth"], dtype)
-        images = decoder(**embeds, hint=hint.to(DTYPES[dtype]), height=req.height, width=req.width, **common).images
+        images = decoder(**embeds, hint=hint.to(DTYPES[dtype]), height=req.height, width=req.width,
+                         latents=kandinsky_noise(req, decoder, dtype), **common).images
     else:
         decoder = s.reference(diffusers.KandinskyV22Pipeline, s.models["kandinsky22"], dtype)
-        images = decoder(**embeds, height=req.height, width=req.width, **common).images
+        images = decoder(**embeds, height=req.height, width=req.width, latents=kandinsky_noise(req, decoder, dtype),
+                         **common).images
     return req, images
 
 
@@ -534,7 +548,7 @@ def _kandinsky21(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.I
                             dtype)
         return req, decoder(**common, image=[opened(photo)], strength=req.strength).images
     decoder = s.reference(diffusers.KandinskyPipeline, s.models["kandinsky21"], dtype)
-    return req, decoder(**common).images
+    return req, decoder(**common, latents=kandinsky_noise(req, decoder, dtype)).images
 
 
 def _kandinsky3(s: Setup, dtype: str, kind: str) -> tuple[Request, list[Image.Image]]:

@@ -18,16 +18,17 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-import openai
 from PIL import Image, UnidentifiedImageError
 
 from generation.imaging import flatten_to_rgb, png_bytes
 from generation.prompt import plain_text, positive_parts
 from generation.registry import ModelSpec, RemoteLimits, nearest_size
 from generation.request import JobKind, Request
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ def generate(spec: ModelSpec, request: Request, settings: RemoteSettings, *,
     if not settings.api_key:
         raise RemoteRefusal(f"{spec.name} needs Pintor's operator to set an OpenAI API key (OPENAI_API_KEY).")
     width, height = nearest_size(limits, request.width, request.height)
+    # imported here, not with the module: the worker imports this module whatever its models,
+    # and the client costs ~1.5 s of every worker's start (measured here) to none without one
+    import openai
+
     client = openai.OpenAI(api_key=settings.api_key, base_url=spec.base_url or settings.base_url,
                            timeout=settings.timeout_s, max_retries=settings.max_retries)
     try:
@@ -107,7 +112,7 @@ def generate(spec: ModelSpec, request: Request, settings: RemoteSettings, *,
         client.close()
 
 
-Call = Callable[[openai.OpenAI], Any]
+Call = Callable[["openai.OpenAI"], Any]
 
 
 def _calls(name: str, model: str, limits: RemoteLimits, request: Request, size: str,
@@ -188,6 +193,8 @@ def remote_prompt(request: Request, limits: RemoteLimits) -> str:
 
 def _picture(item: Any, timeout_s: float) -> Image.Image:
     """One picture of a response: base64 in the JSON (b64_json), or fetched from its `url`."""
+    import httpx2  # (openai's HTTP client: imported with it, in generate)
+
     try:
         if item.b64_json:
             data = base64.b64decode(item.b64_json, validate=True)
@@ -208,6 +215,8 @@ def _picture(item: Any, timeout_s: float) -> Image.Image:
 def _explain(name: str, err: openai.APIError, settings: RemoteSettings) -> str:
     """What the member hears for a provider's error, and a log line for the operator (the status
     and the error code: no message, no request id, no key)."""
+    import openai
+
     status = getattr(err, "status_code", None)
     code = err.code or ""
     log.warning("%s: the image provider refused (%s, HTTP %s%s)", name, type(err).__name__,

@@ -327,8 +327,8 @@ class Studio:
 
         Raises OwnerBusy when this studio's owner name is held by a live process (a second
         `pintor run` on one database). With the embedded queue beside another live front end,
-        nothing is resumed and `refusal` says why jobs are refused (a second worker would load
-        the models again on the same GPUs and run beside the first)."""
+        nothing is resumed, no worker is started, and `refusal` says why jobs are refused (a
+        second worker would load the models again on the same GPUs and run beside the first)."""
         others = await self.owners.alive(exclude=None)
         if any(o.name == self.owner and o.pid != os.getpid() for o in others):
             holder = next(o for o in others if o.name == self.owner)
@@ -350,7 +350,8 @@ class Studio:
             # each through a temp file: removing one mid-write failed a finished job)
             if partial := await asyncio.to_thread(self.files.remove_partial, job_folder(job.id)):
                 log.info("job %s: removed %s, left half-written by a stopped worker", job.id, ", ".join(partial))
-        await self.queue.start()
+        if self.refusal is None:  # refused: no worker is started for jobs it will never get
+            await self.queue.start()
         try:
             for job in claimed:
                 await self.store.mark_queued(job.id)

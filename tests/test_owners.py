@@ -106,8 +106,15 @@ async def test_an_embedded_queue_beside_a_live_front_end_refuses_jobs_and_runs_n
     studio = memory_studio(db, tmp_path, small_registry_file)  # a `pintor` verb's studio
     bots = await add_job(db, studio, "bot", status=JobStatus.QUEUED)
     orphan = await add_job(db, studio, None, status=JobStatus.QUEUED)
+    started: list[bool] = []
+
+    async def start() -> None:  # the queue's start: an embedded queue's spawns its worker
+        started.append(True)
+
+    studio.queue.start = start  # type: ignore[method-assign]
     await studio.start()
     try:
+        assert started == []  # no worker for jobs it will never get (it cost a refused `pintor` ~11 s)
         with pytest.raises(RequestError, match="Pintor is running on this database") as refused:
             await studio.imagine(Member(0, "operator"), "a red fox --steps 1")
         assert f"process {other_process}" in str(refused.value) and "PINTOR_QUEUE_URL=redis://" in str(refused.value)

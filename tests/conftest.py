@@ -63,7 +63,8 @@ def scope_of(nodeid: str) -> str:
 # The scopes that take longest, longest first (seconds summed over their tests, measured in a
 # whole run: tests/README.md, "Where the time goes"): they are handed out first, so that the
 # last minutes are not one long module running alone while the other process has nothing left.
-HEAVIEST_FIRST = ("the shared bot", "tests/test_models_pull.py", "tests/test_cli_jobs.py")
+HEAVIEST_FIRST = ("the shared bot", "tests/test_models_pull.py", "tests/test_cli_jobs.py",
+                  "tests/test_reliability_killloop.py", "tests/test_redis_workers.py", "tests/test_engine.py")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -183,8 +183,8 @@ a red fox in the snow --seed 1
 
   a Café in Paris, at night! --ar 3:2 --seed 2
 # a comment is not a prompt
-a blue whale --seed 3 --steps 60
-a green frog --seed 4 --steps 60
+a blue whale --seed 3 --steps 20
+a green frog --seed 4 --steps 20
 """
 NAMES = ["001-a-red-fox-in-the-snow.png", "002-a-cafe-in-paris-at-night.png", "003-a-blue-whale.png",
          "004-a-green-frog.png"]
@@ -197,7 +197,7 @@ def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(e
     # script (`nohup … &`) hands its children SIGINT ignored, and the batch then ran to its end
     first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    # Ctrl-C as soon as the first picture is written: the later lines (60 steps each) are still
+    # Ctrl-C as soon as the first picture is written: the later lines (20 steps each, some seconds here) are still
     # queued or running
     assert first.stdout is not None and first.stderr is not None
     line = first.stdout.readline()

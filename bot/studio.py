@@ -63,6 +63,7 @@ from generation.prompt import (
     positive_parts,
     quote,
     size_for_aspect,
+    without_loras,
 )
 from generation.queue import JobQueue, WorkerState
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
@@ -556,7 +557,7 @@ class Studio:
         if request.kind == JobKind.BLEND and prompt is not None and prompt.strip():
             raise RequestError("A blend is re-rolled with its own words: use /blend for new ones.")
         grids = (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT)
-        if request.kind in grids and self._generator(request.model) is None:
+        if request.kind in (*grids, JobKind.VARIATION) and self._generator(request.model) is None:
             raise RequestError(f"🔄 cannot make job {job_id}'s grid again: its model '{request.model}' is no longer "
                                "configured here. V1–V4 vary its pictures with another model; /imagine makes a new "
                                "grid.")
@@ -618,10 +619,9 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             notices.append(self._replaced_model(base, grid, spec))
             width, height = size_for_aspect((image.width, image.height), spec.native_side)
-            base = self._with_model(base, spec).replace(
-                                width=width, height=height, loras=tuple(
-                                    (name, weight) for name, weight in base.loras
-                                    if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
+            base, dropped = self._with_model(base, spec)
+            notices += dropped
+            base = base.replace(width=width, height=height)
             steering = self.registry.controlnets.get(base.controlnet or "")
             if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
                 base = base.replace(control=None, control_kind=None, controlnet=None)
@@ -696,12 +696,28 @@ class Studio:
                              + (" (it has no text: it needs a model that reads images)." if not base.parts else "."))
         return fits[0]
 
-    def _with_model(self, base: Request, spec: ModelSpec) -> Request:
+    def _with_model(self, base: Request, spec: ModelSpec) -> tuple[Request, list[str]]:
         """`base` made by `spec` instead of its own model (one removed from models.toml, or a
         grid that is gone): that model's steps and guidance, and its name in the parameters
-        shown, so that the message names the model the job used."""
-        return base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance,
-                            parameters=edit_parameters(base.parameters, {"model": f"--model {spec.name}"}))
+        shown, so that the message names the model the job used. Its LoRAs that cannot apply
+        to `spec` (made for another family, or no longer configured) are dropped, from the
+        request and from the parameters shown. Returns (the request, a notice per LoRA dropped)."""
+        kept: list[tuple[str, float]] = []
+        notices: list[str] = []
+        for name, weight in base.loras:
+            lora = self.registry.loras.get(name)
+            if lora is not None and lora.fits(spec.family):
+                kept.append((name, weight))
+            elif lora is None:
+                notices.append(f"The LoRA '{name}' is no longer configured here: not used.")
+            else:
+                notices.append(f"The LoRA '{name}' is made for {', '.join(lora.families)} models and {spec.name} is "
+                               f"a {spec.family} model: not used.")
+        parameters = edit_parameters(base.parameters, {"model": f"--model {spec.name}"})
+        dropped = [name for name, weight in base.loras if (name, weight) not in kept]
+        request = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance, loras=tuple(kept),
+                               parameters=without_loras(parameters, dropped) if dropped else parameters)
+        return request, notices
 
     @staticmethod
     def _replaced_model(base: Request, grid: Request | None, spec: ModelSpec) -> str:
@@ -782,7 +798,8 @@ class Studio:
         if grid is None or spec is None:
             spec = self._fallback_vary_model(base, rules)
             notices.append(self._replaced_model(base, grid, spec))
-            grid = self._with_model(base, spec)
+            grid, dropped = self._with_model(base, spec)
+            notices += dropped
         grid = self.remixed(grid, prompt, rules)
         if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
@@ -836,7 +853,8 @@ class Studio:
             if grid is None or spec is None:
                 spec = self._fallback_vary_model(base, rules)
                 notices.append(self._replaced_model(base, grid, spec))
-                grid = self._with_model(base, spec)
+                grid, dropped = self._with_model(base, spec)
+                notices += dropped
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")

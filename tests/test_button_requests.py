@@ -269,10 +269,12 @@ async def test_an_allow_list_of_removed_models_is_no_dead_end_and_every_view_agr
     await studio._check_rules(ANN, request, rules, None)  # the rule does not refuse it either
     assert studio.prepare("a cat --model tiny-sdxl", rules=rules).model == "tiny-sdxl"
     shown = admin_describe(rules, studio.models)
-    assert "no longer configured, so not counted: removed-model" in shown and "all are allowed" in shown
+    assert ("models allowed: all (This server's allow-list names only models that are no longer configured "
+            "(removed-model): every model is allowed until an admin sets it again (/pintor-admin models).)") in shown
     assert f"use {studio.models.default}" in shown
     settings = settings_describe(MemberPreferences.new(1), studio.models, rules)
     assert f"{studio.models.default} (server default)" in settings
+    assert "ℹ️ This server's allow-list names only models that are no longer configured (removed-model)" in settings
     rules.allowed_models = "removed-model,tiny-sdxl"  # the configured ones count
     assert allowed_models(rules, studio.models) == ["tiny-sdxl"]
     assert studio.prepare("a cat", rules=rules).model == "tiny-sdxl"

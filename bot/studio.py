@@ -704,19 +704,25 @@ class Studio:
         request and from the parameters shown. Returns (the request, a notice per LoRA dropped)."""
         kept: list[tuple[str, float]] = []
         notices: list[str] = []
+        said = list(base.notices)  # the prompt's notices, shown again under a zoom's grid
         for name, weight in base.loras:
             lora = self.registry.loras.get(name)
             if lora is not None and lora.fits(spec.family):
                 kept.append((name, weight))
-            elif lora is None:
-                notices.append(f"The LoRA '{name}' is no longer configured here: not used.")
-            else:
-                notices.append(f"The LoRA '{name}' is made for {', '.join(lora.families)} models and {spec.name} is "
-                               f"a {spec.family} model: not used.")
+                continue
+            why = ("is no longer configured here" if lora is None else
+                   f"is made for {', '.join(lora.families)} models and {spec.name} is a {spec.family} model")
+            # "Added the trigger words … of the LoRA x.": the words stay in the prompt, the LoRA does not
+            triggers = [notice for notice in said if notice.startswith("Added the trigger words ")
+                        and notice.endswith(f" of the LoRA {name}.")]
+            said = [notice for notice in said if notice not in triggers]
+            notices.append(f"The LoRA '{name}' {why}: not used"
+                           + ("; the trigger words it added stay in the prompt, as words." if triggers else "."))
         parameters = edit_parameters(base.parameters, {"model": f"--model {spec.name}"})
         dropped = [name for name, weight in base.loras if (name, weight) not in kept]
         request = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance, loras=tuple(kept),
-                               parameters=without_loras(parameters, dropped) if dropped else parameters)
+                               parameters=without_loras(parameters, dropped) if dropped else parameters,
+                               notices=tuple(said))
         return request, notices
 
     @staticmethod

@@ -346,6 +346,8 @@ families = ["sdxl"]
 def removed_xl_grid() -> Request:
     """A grid of an SDXL model since removed, with its SDXL LoRA and a LoRA since removed too."""
     return grid_request(model="removed-xl", loras=(("xl-ink", 1.0), ("old-lora", 0.5)),
+                        prompt="a lighthouse, xl ink style", parts=(("a lighthouse, xl ink style", 1.0),),
+                        notices=("Added the trigger words “xl ink style” of the LoRA xl-ink.",),
                         parameters="--ar 3:2 --model removed-xl --lora xl-ink --lora old-lora:0.5")
 
 
@@ -375,11 +377,14 @@ async def test_a_fallback_model_drops_the_loras_it_cannot_use_shows_what_it_used
     assert "--lora" not in request.parameters and "--model tiny-sd" in request.parameters
     said = job.notices or ""
     assert "'removed-xl' is no longer configured here: made with tiny-sd" in said
-    assert "The LoRA 'xl-ink' is made for sdxl models and tiny-sd is a sd model: not used." in said
+    assert ("The LoRA 'xl-ink' is made for sdxl models and tiny-sd is a sd model: not used; the trigger words it "
+            "added stay in the prompt, as words.") in said
     assert "The LoRA 'old-lora' is no longer configured here: not used." in said
-    # the member's message shows the same: no --lora, each dropped LoRA said
+    assert not any("trigger words" in notice for notice in request.notices)  # not said as if the LoRA were used
+    # the member's message shows the same: no --lora, each dropped LoRA said, no LoRA said used
     message = (await result_message(studio, job, size_limit=10 * 1024 * 1024)).content
     assert "--lora" not in message and "xl-ink" in message and "old-lora" in message and "not used" in message
+    assert "Added the trigger words" not in message
 
 
 @pytest.mark.parametrize("button", ["vary", "zoom", "creative"])

@@ -561,6 +561,11 @@ class Studio:
             raise RequestError(f"🔄 cannot make job {job_id}'s grid again: its model '{request.model}' is no longer "
                                "configured here. V1–V4 vary its pictures with another model; /imagine makes a new "
                                "grid.")
+        if gone := [name for name, _ in request.loras if name not in self.registry.loras]:
+            its = f"its LoRA{'s' if len(gone) > 1 else ''} {', '.join(repr(name) for name in gone)}"
+            raise RequestError(f"🔄 cannot make job {job_id}'s grid again: {its} "
+                               f"{'are' if len(gone) > 1 else 'is'} no longer configured here. V1–V4 vary its "
+                               f"pictures without {'them' if len(gone) > 1 else 'it'}; /imagine makes a new grid.")
         request = self.remixed(request, prompt, where.get("rules"))
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
@@ -608,10 +613,12 @@ class Studio:
         notices: list[str] = []
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
         spec = self._generator(grid.model) if grid is not None else None
-        if spec is not None and grid is base:
-            base = base.replace(width=image.width, height=image.height)
-        elif spec is not None and grid is not None:  # (spec is None when grid is)
-            base = grid  # its model, settings, text and tile size (an upscale keeps the aspect ratio)
+        if spec is not None and grid is not None:  # (spec is None when grid is)
+            # its model, settings, text and tile size (an upscale keeps the aspect ratio), its LoRAs
+            # still configured
+            base, dropped = self._fitted_loras(
+                base.replace(width=image.width, height=image.height) if grid is base else grid, spec)
+            notices += dropped
         else:
             # the grid is gone (deleted with /forget) or its model was removed: the default
             # model (or one this server allows, one that reads images when there is no text),
@@ -699,9 +706,18 @@ class Studio:
     def _with_model(self, base: Request, spec: ModelSpec) -> tuple[Request, list[str]]:
         """`base` made by `spec` instead of its own model (one removed from models.toml, or a
         grid that is gone): that model's steps and guidance, and its name in the parameters
-        shown, so that the message names the model the job used. Its LoRAs that cannot apply
-        to `spec` (made for another family, or no longer configured) are dropped, from the
-        request and from the parameters shown. Returns (the request, a notice per LoRA dropped)."""
+        shown, so that the message names the model the job used; its LoRAs fitted to `spec`
+        (`_fitted_loras`). Returns (the request, a notice per LoRA dropped)."""
+        return self._fitted_loras(base.replace(
+            model=spec.name, steps=spec.steps, guidance=spec.guidance,
+            parameters=edit_parameters(base.parameters, {"model": f"--model {spec.name}"})), spec)
+
+    def _fitted_loras(self, base: Request, spec: ModelSpec) -> tuple[Request, list[str]]:
+        """`base` (to be made by `spec`) without its LoRAs that cannot apply to `spec`: made for
+        another family (a fallback model's), or no longer configured (removed from models.toml
+        since). They are dropped from the request and from the --lora shown, and the notice of
+        the trigger words they added is no longer shown (the words stay in the prompt, as words).
+        Returns (the request, a notice per LoRA dropped, for the job's message)."""
         kept: list[tuple[str, float]] = []
         notices: list[str] = []
         said = list(base.notices)  # the prompt's notices, shown again under a zoom's grid
@@ -718,12 +734,11 @@ class Studio:
             said = [notice for notice in said if notice not in triggers]
             notices.append(f"The LoRA '{name}' {why}: not used"
                            + ("; the trigger words it added stay in the prompt, as words." if triggers else "."))
-        parameters = edit_parameters(base.parameters, {"model": f"--model {spec.name}"})
+        if not notices:
+            return base, []
         dropped = [name for name, weight in base.loras if (name, weight) not in kept]
-        request = base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance, loras=tuple(kept),
-                               parameters=without_loras(parameters, dropped) if dropped else parameters,
-                               notices=tuple(said))
-        return request, notices
+        return base.replace(loras=tuple(kept), parameters=without_loras(base.parameters, dropped),
+                            notices=tuple(said)), notices
 
     @staticmethod
     def _replaced_model(base: Request, grid: Request | None, spec: ModelSpec) -> str:
@@ -805,7 +820,9 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             notices.append(self._replaced_model(base, grid, spec))
             grid, dropped = self._with_model(base, spec)
-            notices += dropped
+        else:  # its own model: its LoRAs still configured
+            grid, dropped = self._fitted_loras(grid, spec)
+        notices += dropped
         grid = self.remixed(grid, prompt, rules)
         if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
@@ -860,7 +877,9 @@ class Studio:
                 spec = self._fallback_vary_model(base, rules)
                 notices.append(self._replaced_model(base, grid, spec))
                 grid, dropped = self._with_model(base, spec)
-                notices += dropped
+            else:  # its own model: its LoRAs still configured
+                grid, dropped = self._fitted_loras(grid, spec)
+            notices += dropped
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")

@@ -409,3 +409,32 @@ async def test_reroll_of_a_removed_models_variation_grid_is_refused_before_anyth
         with pytest.raises(RequestError, match="'removed-xl' is no longer configured"):
             await studio.reroll(ANN, varied.id, prompt=prompt)
     assert await job_count(studio) == before
+
+
+@pytest.mark.parametrize("button", ["vary", "remix", "zoom", "custom zoom", "creative"])
+async def test_a_lora_removed_since_is_dropped_by_the_pictures_own_model_and_said(lora_studio, button):
+    """The picture's model is still configured, one of its LoRAs is not: the buttons that make new
+    pictures from it drop that LoRA (it cannot be loaded) and say so, instead of an "Unknown LoRA"
+    refusal of a LoRA the member did not type; the LoRA still configured is kept and shown."""
+    studio = lora_studio
+    shown = "--ar 3:2 --model tiny-sd --lora ink:0.7 --lora old-lora:0.5"
+    grid = await stored_grid(studio, grid_request(loras=(("ink", 0.7), ("old-lora", 0.5)), parameters=shown))
+    job = await finish(studio, await press(studio, button, grid.id))
+    request = Request.from_json(job.request)
+    assert request.model == "tiny-sd" and request.loras == (("ink", 0.7),)
+    assert "--lora ink:0.7" in request.parameters and "old-lora" not in request.parameters
+    assert job.notices == "The LoRA 'old-lora' is no longer configured here: not used."
+    message = (await result_message(studio, job, size_limit=10 * 1024 * 1024)).content
+    assert "--lora ink:0.7" in message and "--lora old-lora" not in message and "'old-lora' is no longer" in message
+
+
+async def test_reroll_of_a_grid_whose_lora_was_removed_is_refused_before_anything_is_stored(lora_studio):
+    studio = lora_studio
+    grid = await stored_grid(studio, grid_request(loras=(("old-lora", 0.5), ("older", 1.0)),
+                                                  parameters="--model tiny-sd --lora old-lora:0.5 --lora older"))
+    before = await job_count(studio)
+    for prompt in (None, "a castle"):  # 🔄, and Remix
+        with pytest.raises(RequestError, match="its LoRAs 'old-lora', 'older' are no longer configured here. "
+                                               "V1–V4 vary its pictures without them"):
+            await studio.reroll(ANN, grid.id, prompt=prompt)
+    assert await job_count(studio) == before

@@ -630,8 +630,13 @@ class Studio:
             notices += dropped
             base = base.replace(width=width, height=height)
             steering = self.registry.controlnets.get(base.controlnet or "")
-            if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
-                base = base.replace(control=None, control_kind=None, controlnet=None)
+            if base.controlnet and (steering is None or not steering.fits(spec.family)):
+                # its ControlNet does not steer this model: not used, not shown, said
+                why = ("is no longer configured here" if steering is None else
+                       f"does not steer {spec.name} (a {spec.family} model)")
+                notices.append(f"The ControlNet '{base.controlnet}' {why}: the control image was not used.")
+                base = base.replace(control=None, control_kind=None, controlnet=None,
+                                    parameters=edit_parameters(base.parameters, {"cn": None, "cw": None}))
         remixed = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
         if remixed is not base:  # what Remix changed or ignored: a variation's result says it with its notices
             notices += [notice for notice in remixed.notices if notice not in notices]

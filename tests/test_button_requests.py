@@ -438,3 +438,16 @@ async def test_reroll_of_a_grid_whose_lora_was_removed_is_refused_before_anythin
                                                "V1–V4 vary its pictures without them"):
             await studio.reroll(ANN, grid.id, prompt=prompt)
     assert await job_count(studio) == before
+
+
+async def test_vary_with_a_fallback_model_drops_a_controlnet_that_cannot_steer_it_and_says_so(lora_studio):
+    studio = lora_studio  # it configures no ControlNet: the grid's is gone with its model
+    grid = await stored_grid(studio, removed_xl_grid().replace(
+        loras=(), control="inputs/control.png", control_kind="canny", controlnet="xl-canny", control_weight=0.5,
+        parameters="--ar 3:2 --model removed-xl --cn canny --cw 0.5"))
+    job = await finish(studio, await studio.vary(ANN, grid.id, 1, strong=True))
+    request = Request.from_json(job.request)
+    assert (request.control, request.controlnet, request.control_kind) == (None, None, None)
+    assert "--cn" not in request.parameters and "--cw" not in request.parameters
+    assert "The ControlNet 'xl-canny' is no longer configured here: the control image was not used." in (
+        job.notices or "")

@@ -606,7 +606,9 @@ class Studio:
         """Four new pictures made from image `index` of a job (image to image, new seeds), with
         the model and settings of the job that made the grid: for an upscale, of the grid it
         was upscaled from. Server limits are met by adjusting steps and strength (see
-        fit_image_to_image); LimitError where they cannot be."""
+        fit_image_to_image); LimitError where they cannot be. Where that model was removed from
+        models.toml (or the grid is gone) the fallback model makes it, said; LoRAs (and a
+        ControlNet) that cannot apply to the model used are dropped and said (`_fitted_loras`)."""
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
@@ -814,7 +816,8 @@ class Studio:
         fractions of its sides), the border painted by the model that made it (its grid's model,
         text and settings; with `prompt`, that text parsed as a new prompt for the same model),
         at that model's pixel budget: four new pictures with new seeds. RequestError for a
-        canvas beyond 3:1 or a model that cannot paint a border (Kandinsky)."""
+        canvas beyond 3:1 or a model that cannot paint a border (Kandinsky). A removed model is
+        replaced by the fallback model, and LoRAs that cannot apply are dropped, each said."""
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
@@ -861,8 +864,9 @@ class Studio:
         ESRGAN-family network ×2, the SD x4 upscaler ×4), or resampled ×2 (and said so) where
         there is none or the result would be too large for it. Upscale (Creative): that
         enlargement, then repainted at CREATIVE_STRENGTH by the model that made the picture
-        (its grid's model and settings; the server's default model where that is gone), with
-        steps and strength fitted to the server's max_steps as a variation's are.
+        (its grid's model and settings; the server's default model where that is gone, said,
+        with the LoRAs that cannot apply to it dropped and said), with steps and strength
+        fitted to the server's max_steps as a variation's are.
 
         A second press for the same picture, by the same member, while the first upscale is
         queued, running or done, raises AlreadyMade (pointing to it) instead of upscaling twice.

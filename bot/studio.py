@@ -1245,15 +1245,19 @@ class Studio:
             raise LimitError(f"{request.model} is a remote model (each picture costs money): it can be used "
                              "only in a server whose admins allow remote models, not in direct messages.")
 
-    @staticmethod
-    def _check_loras(request: Request, rules: ServerRules) -> None:
-        """The server's LoRA rules: which LoRAs it allows, how many one job may use."""
+    def _check_loras(self, request: Request, rules: ServerRules) -> None:
+        """The server's LoRA rules: which LoRAs it allows, how many one job may use. A refusal
+        names the allowed LoRAs still configured (a list naming only removed ones allows none)."""
         if not request.loras:
             return
         allowed = allowed_loras(rules)
         refused = [name for name, _ in request.loras if allowed is not None and name not in allowed]
         if refused:
-            what = f"Allowed: {', '.join(allowed)}." if allowed else "This server allows no LoRAs."
+            usable = [name for name in allowed or () if name in self.registry.loras]
+            what = (f"Allowed: {', '.join(usable)}." if usable else
+                    f"This server's LoRA list names only LoRAs no longer configured ({', '.join(allowed or ())}): "
+                    "none is allowed until an admin sets it again (/pintor-admin loras)." if allowed else
+                    "This server allows no LoRAs.")
             raise LimitError(f"The LoRA{'s' if len(refused) > 1 else ''} {', '.join(refused)} "
                              f"{'are' if len(refused) > 1 else 'is'} not allowed on this server. {what}")
         if rules.max_loras is not None and len(request.loras) > rules.max_loras:

@@ -14,7 +14,7 @@ from PIL import Image
 from bot.buttons import PROMPT_CHARS, CustomZoomForm, RemixForm, picture_view
 from bot.cogs.admin import describe as admin_describe
 from bot.cogs.preferences import describe as settings_describe
-from bot.intake import USER_ERRORS, Member, RequestError, allowed_models, prepare_repeated
+from bot.intake import USER_ERRORS, LimitError, Member, RequestError, allowed_models, prepare_repeated
 from bot.results import result_message
 from bot.studio import FORM_CHARS, Studio, blend_label, editable_prompt, own_words
 from generation.files import input_key
@@ -451,3 +451,26 @@ async def test_vary_with_a_fallback_model_drops_a_controlnet_that_cannot_steer_i
     assert "--cn" not in request.parameters and "--cw" not in request.parameters
     assert "The ControlNet 'xl-canny' is no longer configured here: the control image was not used." in (
         job.notices or "")
+
+
+async def test_a_lora_allow_list_of_removed_loras_allows_none_and_says_why(lora_studio):
+    """LoRA lists differ from model lists on purpose: "none" is a list an admin may choose, so a
+    list naming only removed LoRAs allows none (it never widens to all); the refusal and
+    /pintor-admin show say why, and never offer a removed LoRA as allowed."""
+    studio = lora_studio
+    rules = ServerRules.new(2712)
+    rules.allowed_loras = "gone-lora"
+    request = studio.prepare("a cat --lora ink", rules=rules)
+    with pytest.raises(LimitError) as refused:
+        await studio._check_rules(ANN, request, rules, None)
+    assert str(refused.value) == (
+        "The LoRA ink is not allowed on this server. This server's LoRA list names only LoRAs no longer "
+        "configured (gone-lora): none is allowed until an admin sets it again (/pintor-admin loras).")
+    assert ("LoRAs allowed: gone-lora (no longer configured: gone-lora; the list names no configured LoRA, so none "
+            "is allowed until an admin sets it again)") in admin_describe(rules, studio.models)
+    rules.allowed_loras = "gone-lora,ink"  # the configured one is allowed, and the only one offered
+    await studio._check_rules(ANN, request, rules, None)
+    xl = studio.prepare("a cat --model tiny-sdxl --lora xl-ink", rules=rules)
+    with pytest.raises(LimitError, match=r"The LoRA xl-ink is not allowed on this server\. Allowed: ink\.$"):
+        await studio._check_rules(ANN, xl, rules, None)
+    assert "(no longer configured: gone-lora, not usable)" in admin_describe(rules, studio.models)

@@ -62,7 +62,9 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         loras = listing(lora_names, 400, separator=", ", empty="none")
         gone = [name for name in lora_names if name not in registry.loras]
         if gone:
-            loras += f" (no longer configured: {listing(gone, 200, separator=', ')})"
+            loras += (f" (no longer configured: {listing(gone, 200, separator=', ')}"
+                      + ("; the list names no configured LoRA, so none is allowed until an admin sets it again"
+                         if len(gone) == len(lora_names) else ", not usable") + ")")
     loras += f" · at most {rules.max_loras if rules.max_loras is not None else MAX_LORAS} per job"
     # long lists end in "… and N more": the reply stays within Discord's 2,000 characters
     channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 500, separator=", ", empty="all channels")

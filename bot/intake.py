@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot.limits import listing
 from generation.availability import ModelLoadError, index_for, require, require_addition, require_controlnet
 from generation.inputs import UploadError
 from generation.prompt import CONTROL_AS_IS, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
@@ -265,6 +266,24 @@ def allowed_models(rules: ServerRules | None, registry: Registry | None = None) 
     every view (/imagine, /settings, /info, /pintor-admin show) reads it so."""
     names = name_list(rules.allowed_models) if rules is not None else []
     return names if registry is None else [name for name in names if name in registry.models]
+
+
+def stale_allow_list(rules: ServerRules | None, registry: Registry) -> str | None:
+    """What a server's allow-list of models means where it names models no longer configured in
+    `registry` (an admin removed them from models.toml): the one sentence /settings, /info and
+    /pintor-admin show all say, so that they agree. Names no longer configured do not count
+    (`allowed_models`); a list that names only such models allows every model until an admin
+    sets it again. None where the list names none (or there is no list: `rules` None, or all
+    allowed). The names are shortened ("… and N more") to fit any message."""
+    names = name_list(rules.allowed_models) if rules is not None else []
+    gone = [name for name in names if name not in registry.models]
+    if not gone:
+        return None
+    listed = listing(gone, 300, separator=", ")
+    if len(gone) == len(names):
+        return (f"This server's allow-list names only models that are no longer configured ({listed}): every "
+                "model is allowed until an admin sets it again (/pintor-admin models).")
+    return f"This server's allow-list also names models that are no longer configured ({listed}): they do not count."
 
 
 def fallback_model(registry: Registry, allowed: Sequence[str] = ()) -> str:

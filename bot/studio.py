@@ -63,6 +63,7 @@ from generation.prompt import (
     positive_parts,
     quote,
     size_for_aspect,
+    without_loras,
 )
 from generation.queue import JobQueue, WorkerState
 from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
@@ -557,10 +558,15 @@ class Studio:
         if request.kind == JobKind.BLEND and prompt is not None and prompt.strip():
             raise RequestError("A blend is re-rolled with its own words: use /blend for new ones.")
         grids = (JobKind.IMAGINE, JobKind.REROLL, JobKind.BLEND, JobKind.OUTPAINT)
-        if request.kind in grids and self._generator(request.model) is None:
+        if request.kind in (*grids, JobKind.VARIATION) and self._generator(request.model) is None:
             raise RequestError(f"🔄 cannot make job {job_id}'s grid again: its model '{request.model}' is no longer "
                                "configured here. V1–V4 vary its pictures with another model; /imagine makes a new "
                                "grid.")
+        if gone := [name for name, _ in request.loras if name not in self.registry.loras]:
+            its = f"its LoRA{'s' if len(gone) > 1 else ''} {', '.join(repr(name) for name in gone)}"
+            raise RequestError(f"🔄 cannot make job {job_id}'s grid again: {its} "
+                               f"{'are' if len(gone) > 1 else 'is'} no longer configured here. V1–V4 vary its "
+                               f"pictures without {'them' if len(gone) > 1 else 'it'}; /imagine makes a new grid.")
         request = self.remixed(request, prompt, where.get("rules"))
         if request.kind == JobKind.VARIATION:
             return await self._vary_again(member, parent, request, **where)
@@ -601,17 +607,21 @@ class Studio:
         """Four new pictures made from image `index` of a job (image to image, new seeds), with
         the model and settings of the job that made the grid: for an upscale, of the grid it
         was upscaled from. Server limits are met by adjusting steps and strength (see
-        fit_image_to_image); LimitError where they cannot be."""
+        fit_image_to_image); LimitError where they cannot be. Where that model was removed from
+        models.toml (or the grid is gone) the fallback model makes it, said; LoRAs (and a
+        ControlNet) that cannot apply to the model used are dropped and said (`_fitted_loras`)."""
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
         notices: list[str] = []
         grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
         spec = self._generator(grid.model) if grid is not None else None
-        if spec is not None and grid is base:
-            base = base.replace(width=image.width, height=image.height)
-        elif spec is not None and grid is not None:  # (spec is None when grid is)
-            base = grid  # its model, settings, text and tile size (an upscale keeps the aspect ratio)
+        if spec is not None and grid is not None:  # (spec is None when grid is)
+            # its model, settings, text and tile size (an upscale keeps the aspect ratio), its LoRAs
+            # still configured
+            base, dropped = self._fitted_loras(
+                base.replace(width=image.width, height=image.height) if grid is base else grid, spec)
+            notices += dropped
         else:
             # the grid is gone (deleted with /forget) or its model was removed: the default
             # model (or one this server allows, one that reads images when there is no text),
@@ -619,13 +629,17 @@ class Studio:
             spec = self._fallback_vary_model(base, rules)
             notices.append(self._replaced_model(base, grid, spec))
             width, height = size_for_aspect((image.width, image.height), spec.native_side)
-            base = self._with_model(base, spec).replace(
-                                width=width, height=height, loras=tuple(
-                                    (name, weight) for name, weight in base.loras
-                                    if name in self.registry.loras and self.registry.loras[name].fits(spec.family)))
+            base, dropped = self._with_model(base, spec)
+            notices += dropped
+            base = base.replace(width=width, height=height)
             steering = self.registry.controlnets.get(base.controlnet or "")
-            if steering is None or not steering.fits(spec.family):  # its ControlNet does not steer this model
-                base = base.replace(control=None, control_kind=None, controlnet=None)
+            if base.controlnet and (steering is None or not steering.fits(spec.family)):
+                # its ControlNet does not steer this model: not used, not shown, said
+                why = ("is no longer configured here" if steering is None else
+                       f"does not steer {spec.name} (a {spec.family} model)")
+                notices.append(f"The ControlNet '{base.controlnet}' {why}: the control image was not used.")
+                base = base.replace(control=None, control_kind=None, controlnet=None,
+                                    parameters=edit_parameters(base.parameters, {"cn": None, "cw": None}))
         remixed = self.remixed(base, prompt, rules)  # Remix: the member's new words for the same picture
         if remixed is not base:  # what Remix changed or ignored: a variation's result says it with its notices
             notices += [notice for notice in remixed.notices if notice not in notices]
@@ -697,12 +711,42 @@ class Studio:
                              + (" (it has no text: it needs a model that reads images)." if not base.parts else "."))
         return fits[0]
 
-    def _with_model(self, base: Request, spec: ModelSpec) -> Request:
+    def _with_model(self, base: Request, spec: ModelSpec) -> tuple[Request, list[str]]:
         """`base` made by `spec` instead of its own model (one removed from models.toml, or a
         grid that is gone): that model's steps and guidance, and its name in the parameters
-        shown, so that the message names the model the job used."""
-        return base.replace(model=spec.name, steps=spec.steps, guidance=spec.guidance,
-                            parameters=edit_parameters(base.parameters, {"model": f"--model {spec.name}"}))
+        shown, so that the message names the model the job used; its LoRAs fitted to `spec`
+        (`_fitted_loras`). Returns (the request, a notice per LoRA dropped)."""
+        return self._fitted_loras(base.replace(
+            model=spec.name, steps=spec.steps, guidance=spec.guidance,
+            parameters=edit_parameters(base.parameters, {"model": f"--model {spec.name}"})), spec)
+
+    def _fitted_loras(self, base: Request, spec: ModelSpec) -> tuple[Request, list[str]]:
+        """`base` (to be made by `spec`) without its LoRAs that cannot apply to `spec`: made for
+        another family (a fallback model's), or no longer configured (removed from models.toml
+        since). They are dropped from the request and from the --lora shown, and the notice of
+        the trigger words they added is no longer shown (the words stay in the prompt, as words).
+        Returns (the request, a notice per LoRA dropped, for the job's message)."""
+        kept: list[tuple[str, float]] = []
+        notices: list[str] = []
+        said = list(base.notices)  # the prompt's notices, shown again under a zoom's grid
+        for name, weight in base.loras:
+            lora = self.registry.loras.get(name)
+            if lora is not None and lora.fits(spec.family):
+                kept.append((name, weight))
+                continue
+            why = ("is no longer configured here" if lora is None else
+                   f"is made for {', '.join(lora.families)} models and {spec.name} is a {spec.family} model")
+            # "Added the trigger words … of the LoRA x.": the words stay in the prompt, the LoRA does not
+            triggers = [notice for notice in said if notice.startswith("Added the trigger words ")
+                        and notice.endswith(f" of the LoRA {name}.")]
+            said = [notice for notice in said if notice not in triggers]
+            notices.append(f"The LoRA '{name}' {why}: not used"
+                           + ("; the trigger words it added stay in the prompt, as words." if triggers else "."))
+        if not notices:
+            return base, []
+        dropped = [name for name, weight in base.loras if (name, weight) not in kept]
+        return base.replace(loras=tuple(kept), parameters=without_loras(base.parameters, dropped),
+                            notices=tuple(said)), notices
 
     @staticmethod
     def _replaced_model(base: Request, grid: Request | None, spec: ModelSpec) -> str:
@@ -773,7 +817,8 @@ class Studio:
         fractions of its sides), the border painted by the model that made it (its grid's model,
         text and settings; with `prompt`, that text parsed as a new prompt for the same model),
         at that model's pixel budget: four new pictures with new seeds. RequestError for a
-        canvas beyond 3:1 or a model that cannot paint a border (Kandinsky)."""
+        canvas beyond 3:1 or a model that cannot paint a border (Kandinsky). A removed model is
+        replaced by the fallback model, and LoRAs that cannot apply are dropped, each said."""
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
@@ -783,7 +828,10 @@ class Studio:
         if grid is None or spec is None:
             spec = self._fallback_vary_model(base, rules)
             notices.append(self._replaced_model(base, grid, spec))
-            grid = self._with_model(base, spec)
+            grid, dropped = self._with_model(base, spec)
+        else:  # its own model: its LoRAs still configured
+            grid, dropped = self._fitted_loras(grid, spec)
+        notices += dropped
         grid = self.remixed(grid, prompt, rules)
         if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
@@ -817,8 +865,9 @@ class Studio:
         ESRGAN-family network ×2, the SD x4 upscaler ×4), or resampled ×2 (and said so) where
         there is none or the result would be too large for it. Upscale (Creative): that
         enlargement, then repainted at CREATIVE_STRENGTH by the model that made the picture
-        (its grid's model and settings; the server's default model where that is gone), with
-        steps and strength fitted to the server's max_steps as a variation's are.
+        (its grid's model and settings; the server's default model where that is gone, said,
+        with the LoRAs that cannot apply to it dropped and said), with steps and strength
+        fitted to the server's max_steps as a variation's are.
 
         A second press for the same picture, by the same member, while the first upscale is
         queued, running or done, raises AlreadyMade (pointing to it) instead of upscaling twice.
@@ -837,7 +886,10 @@ class Studio:
             if grid is None or spec is None:
                 spec = self._fallback_vary_model(base, rules)
                 notices.append(self._replaced_model(base, grid, spec))
-                grid = self._with_model(base, spec)
+                grid, dropped = self._with_model(base, spec)
+            else:  # its own model: its LoRAs still configured
+                grid, dropped = self._fitted_loras(grid, spec)
+            notices += dropped
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")
@@ -1194,15 +1246,19 @@ class Studio:
             raise LimitError(f"{request.model} is a remote model (each picture costs money): it can be used "
                              "only in a server whose admins allow remote models, not in direct messages.")
 
-    @staticmethod
-    def _check_loras(request: Request, rules: ServerRules) -> None:
-        """The server's LoRA rules: which LoRAs it allows, how many one job may use."""
+    def _check_loras(self, request: Request, rules: ServerRules) -> None:
+        """The server's LoRA rules: which LoRAs it allows, how many one job may use. A refusal
+        names the allowed LoRAs still configured (a list naming only removed ones allows none)."""
         if not request.loras:
             return
         allowed = allowed_loras(rules)
         refused = [name for name, _ in request.loras if allowed is not None and name not in allowed]
         if refused:
-            what = f"Allowed: {', '.join(allowed)}." if allowed else "This server allows no LoRAs."
+            usable = [name for name in allowed or () if name in self.registry.loras]
+            what = (f"Allowed: {', '.join(usable)}." if usable else
+                    f"This server's LoRA list names only LoRAs no longer configured ({', '.join(allowed or ())}): "
+                    "none is allowed until an admin sets it again (/pintor-admin loras)." if allowed else
+                    "This server allows no LoRAs.")
             raise LimitError(f"The LoRA{'s' if len(refused) > 1 else ''} {', '.join(refused)} "
                              f"{'are' if len(refused) > 1 else 'is'} not allowed on this server. {what}")
         if rules.max_loras is not None and len(request.loras) > rules.max_loras:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Generic, TypeVar
@@ -979,7 +979,10 @@ def edit_parameters(parameters: str, changes: dict[str, str | None]) -> str:
     ("--no cars", "--tile") or, for None, removed: what a job that changes or drops a
     parameter of the job it comes from shows. Parameters keep the table's order."""
     chunks = [chunk for chunk in _PARAMETER_START.split(parameters.strip()) if chunk]
-    named = {chunk.split()[0][2:].lower(): chunk for chunk in chunks}
+    named: dict[str, str] = {}
+    for chunk in chunks:  # a parameter given once per value (--lora a --lora b) stays whole
+        name = chunk.split()[0][2:].lower()
+        named[name] = f"{named[name]} {chunk}" if name in named else chunk
     for name, text in changes.items():
         if text is None:
             named.pop(name, None)
@@ -987,6 +990,17 @@ def edit_parameters(parameters: str, changes: dict[str, str | None]) -> str:
             named[name] = text
     order = list(_param_table(MAX_STEPS))
     return " ".join(named[name] for name in sorted(named, key=lambda n: order.index(n) if n in order else len(order)))
+
+
+def without_loras(parameters: str, names: Collection[str]) -> str:
+    """A canonical parameter string (`format_parameters`) without the --lora of each LoRA named
+    in `names` (in any case, whatever weight it was given with): what a job shows when it does
+    not use those LoRAs. The other parameters, the other LoRAs included, are kept as they were."""
+    dropped = {name.lower() for name in names}
+    chunks = [chunk for chunk in _PARAMETER_START.split(parameters.strip()) if chunk]
+    return " ".join(chunk for chunk in chunks if not (
+        chunk.split()[0].lower() == "--lora" and len(chunk.split()) > 1
+        and chunk.split()[1].split(":")[0].lower() in dropped))
 
 
 # --------------------------------------------------------------------------

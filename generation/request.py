@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,6 +25,7 @@ from generation.prompt import (
     size_for_aspect,
 )
 from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec, nearest_size
+from generation.schedulers import recipe_for
 
 GRID_SIZE = 4
 MAX_SEED = 2**32 - 1
@@ -178,9 +180,32 @@ def guidance_for(spec: ModelSpec, stylize: int | None) -> float:
 
 
 def steps_for(spec: ModelSpec, parsed: ParsedPrompt) -> int:
+    """The steps a prompt asks of `spec`: its --steps, else the model's steps × --q (at least 1).
+    Not yet capped to the family's recipe (`capped_steps`)."""
     if parsed.steps is not None:
         return parsed.steps
     return max(1, round(spec.steps * parsed.quality))
+
+
+# the parser's notice for a --steps over MAX_STEPS (generation.prompt._int_between), with what was typed
+_PARSER_STEPS_CAP = re.compile(r"--steps “(.*)” is over the highest value; used [0-9]+\.$")
+
+
+def capped_steps(spec: ModelSpec, parsed: ParsedPrompt) -> tuple[ParsedPrompt, int, str | None]:
+    """The steps a job of `spec` runs for `parsed` (`steps_for`), capped to the most its family's
+    recipe is made for (generation.schedulers: Turbo's 1–4), as --steps over the parser's
+    highest value is: (the prompt as the job used it, the steps, the notice that says so or
+    None). A capped prompt shows `--steps N` (the steps used) instead of the --steps or --q typed."""
+    steps = steps_for(spec, parsed)
+    most = recipe_for(spec.family).max_steps
+    if most is None or steps <= most:
+        return parsed, steps, None
+    typed = next((match[1] for notice in parsed.notices if (match := _PARSER_STEPS_CAP.match(notice))), None)
+    asked = (f"--steps {quote(typed or str(parsed.steps))}" if parsed.steps is not None
+             else f"--q {parsed.quality:g} ({steps} steps)")
+    notice = (f"{asked} is over the highest value for {spec.name} ({spec.family} models are made for "
+              f"1–{most} steps); used {most}.")
+    return dataclasses.replace(parsed, steps=most, given=(parsed.given - {"q"}) | {"steps"}), most, notice
 
 
 NEGATIVE_MIN_GUIDANCE = 1.5  # the least guidance at which a --no list still acts
@@ -263,6 +288,9 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
             notices.append(f"{_negative_parts(parsed)} not applied: {spec.name}'s API takes no negative prompt.")
             parsed = without_negative_parts(parsed)
     guidance = guidance_for(spec, parsed.stylize)
+    parsed, steps, capped = capped_steps(spec, parsed)
+    if capped is not None:  # said once: instead of the parser's own cap of a --steps over MAX_STEPS
+        notices = [notice for notice in notices if not _PARSER_STEPS_CAP.match(notice)] + [capped]
     if spec.family not in EMPHASIS_FAMILIES:
         emphasised = [part.text for part in parsed.parts if has_emphasis(part.text)]
         if emphasised:
@@ -294,7 +322,7 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         negative=parsed.negative,
         width=width,
         height=height,
-        steps=steps_for(spec, parsed),
+        steps=steps,
         guidance=guidance,
         seed=seed,
         chaos=parsed.chaos,

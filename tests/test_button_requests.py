@@ -14,14 +14,15 @@ from PIL import Image
 from bot.buttons import PROMPT_CHARS, CustomZoomForm, RemixForm, picture_view
 from bot.cogs.admin import describe as admin_describe
 from bot.cogs.preferences import describe as settings_describe
-from bot.intake import USER_ERRORS, Member, RequestError, allowed_models, prepare_repeated
+from bot.intake import USER_ERRORS, LimitError, Member, RequestError, allowed_models, prepare_repeated
+from bot.results import result_message
 from bot.studio import FORM_CHARS, Studio, blend_label, editable_prompt, own_words
 from generation.files import input_key
-from generation.prompt import edit_parameters
+from generation.prompt import edit_parameters, without_loras
 from generation.request import JobKind, Request
 from storage.jobs import NewImage
 from storage.models import Job, MemberPreferences, ServerRules
-from tests.studio_helpers import started_studio
+from tests.studio_helpers import finish, started_studio
 
 ANN = Member(27, "ann")
 
@@ -268,10 +269,12 @@ async def test_an_allow_list_of_removed_models_is_no_dead_end_and_every_view_agr
     await studio._check_rules(ANN, request, rules, None)  # the rule does not refuse it either
     assert studio.prepare("a cat --model tiny-sdxl", rules=rules).model == "tiny-sdxl"
     shown = admin_describe(rules, studio.models)
-    assert "no longer configured, so not counted: removed-model" in shown and "all are allowed" in shown
+    assert ("models allowed: all (This server's allow-list names only models that are no longer configured "
+            "(removed-model): every model is allowed until an admin sets it again (/pintor-admin models).)") in shown
     assert f"use {studio.models.default}" in shown
     settings = settings_describe(MemberPreferences.new(1), studio.models, rules)
     assert f"{studio.models.default} (server default)" in settings
+    assert "ℹ️ This server's allow-list names only models that are no longer configured (removed-model)" in settings
     rules.allowed_models = "removed-model,tiny-sdxl"  # the configured ones count
     assert allowed_models(rules, studio.models) == ["tiny-sdxl"]
     assert studio.prepare("a cat", rules=rules).model == "tiny-sdxl"
@@ -294,3 +297,180 @@ def test_an_always_append_refusal_says_it_comes_from_settings(registry_file):
     with pytest.raises(USER_ERRORS) as refused:
         prepare_repeated(registry, "a cat --ar 0:1", defaults)
     assert "Always append" not in str(refused.value)
+
+
+# --- a removed model's LoRAs: the fallback model uses only those that apply to it, and says so -----------
+
+def test_edit_parameters_keeps_every_lora_of_a_job():
+    shown = "--ar 3:2 --model x --lora ink --lora glow:0.5"
+    assert edit_parameters(shown, {"ar": None}) == "--model x --lora ink --lora glow:0.5"  # both, not the last
+    assert without_loras(shown, ["GLOW"]) == "--ar 3:2 --model x --lora ink"  # any case, any weight
+    assert without_loras(shown, ["ink", "glow"]) == "--ar 3:2 --model x"
+
+
+@pytest_asyncio.fixture
+async def lora_studio(tmp_path, tiny_models):
+    """A Studio whose models.toml has LoRAs for the default tiny-sd ("ink") and for SDXL ("xl-ink"):
+    pictures stored with a model since removed carry them (the files are never loaded here)."""
+    for name in ("ink", "xl-ink"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"not loaded: the MemoryQueue draws flat pictures")
+    registry = tmp_path / "models.toml"
+    registry.write_text(f'''
+default = "tiny-sd"
+
+[models.tiny-sd]
+source = "{tiny_models['sd']}"
+family = "sd"
+native_side = 64
+steps = 2
+guidance = 5.0
+
+[models.tiny-sdxl]
+source = "{tiny_models['sdxl']}"
+family = "sdxl"
+native_side = 64
+steps = 2
+
+[loras.ink]
+source = "{tmp_path / 'ink.safetensors'}"
+families = ["sd"]
+
+[loras.xl-ink]
+source = "{tmp_path / 'xl-ink.safetensors'}"
+families = ["sdxl"]
+''', encoding="utf-8")
+    async with started_studio(tmp_path, registry, worker=False) as studio:
+        yield studio
+
+
+def removed_xl_grid() -> Request:
+    """A grid of an SDXL model since removed, with its SDXL LoRA and a LoRA since removed too."""
+    return grid_request(model="removed-xl", loras=(("xl-ink", 1.0), ("old-lora", 0.5)),
+                        prompt="a lighthouse, xl ink style", parts=(("a lighthouse, xl ink style", 1.0),),
+                        notices=("Added the trigger words “xl ink style” of the LoRA xl-ink.",),
+                        parameters="--ar 3:2 --model removed-xl --lora xl-ink --lora old-lora:0.5")
+
+
+async def press(studio: Studio, button: str, grid_id: int):
+    """The Studio action of a button under image 1 of a grid (Remix and Custom Zoom with new words)."""
+    if button == "vary":
+        return await studio.vary(ANN, grid_id, 1, strong=True)
+    if button == "remix":
+        return await studio.vary(ANN, grid_id, 1, strong=False, prompt="a castle --no fog")
+    if button == "zoom":
+        return await studio.zoom_out(ANN, grid_id, 1, factor=2)
+    if button == "custom zoom":
+        return await studio.zoom_out(ANN, grid_id, 1, factor=1.5, prompt="a castle")
+    if button == "pan":
+        return await studio.pan(ANN, grid_id, 1, direction="left")
+    return await studio.upscale(ANN, grid_id, 1, creative=True)
+
+
+@pytest.mark.parametrize("button", ["vary", "remix", "zoom", "custom zoom", "pan", "creative"])
+async def test_a_fallback_model_drops_the_loras_it_cannot_use_shows_what_it_used_and_says_so(lora_studio, button):
+    studio = lora_studio
+    grid = await stored_grid(studio, removed_xl_grid())
+    submitted = await press(studio, button, grid.id)
+    job = await finish(studio, submitted)
+    request = Request.from_json(job.request)
+    assert request.model == "tiny-sd" and request.loras == ()  # the job used no LoRA: an SD model
+    assert "--lora" not in request.parameters and "--model tiny-sd" in request.parameters
+    said = job.notices or ""
+    assert "'removed-xl' is no longer configured here: made with tiny-sd" in said
+    assert ("The LoRA 'xl-ink' is made for sdxl models and tiny-sd is a sd model: not used; the trigger words it "
+            "added stay in the prompt, as words.") in said
+    assert "The LoRA 'old-lora' is no longer configured here: not used." in said
+    assert not any("trigger words" in notice for notice in request.notices)  # not said as if the LoRA were used
+    # the member's message shows the same: no --lora, each dropped LoRA said, no LoRA said used
+    message = (await result_message(studio, job, size_limit=10 * 1024 * 1024)).content
+    assert "--lora" not in message and "xl-ink" in message and "old-lora" in message and "not used" in message
+    assert "Added the trigger words" not in message
+
+
+@pytest.mark.parametrize("button", ["vary", "zoom", "creative"])
+async def test_a_fallback_model_keeps_the_loras_of_its_own_family_and_shows_them(lora_studio, button):
+    studio = lora_studio
+    grid = await stored_grid(studio, grid_request(model="removed-sd", loras=(("ink", 0.7), ("xl-ink", 1.0)),
+                                                  parameters="--model removed-sd --lora ink:0.7 --lora xl-ink"))
+    submitted = await press(studio, button, grid.id)
+    job = await finish(studio, submitted)
+    request = Request.from_json(job.request)
+    assert request.loras == (("ink", 0.7),) and request.parameters.endswith("--lora ink:0.7")
+    assert "xl-ink" not in request.parameters and "The LoRA 'xl-ink' is made for sdxl models" in (job.notices or "")
+    assert "The LoRA 'ink'" not in (job.notices or "")  # nothing said of what was kept
+
+
+async def test_reroll_of_a_removed_models_variation_grid_is_refused_before_anything_is_stored(lora_studio):
+    studio = lora_studio
+    varied = await stored_grid(studio, removed_xl_grid().replace(kind=JobKind.VARIATION, strength=0.7,
+                                                                 init_image="inputs/x.png"))
+    before = await job_count(studio)
+    for prompt in (None, "a castle"):  # 🔄, and Remix
+        with pytest.raises(RequestError, match="'removed-xl' is no longer configured"):
+            await studio.reroll(ANN, varied.id, prompt=prompt)
+    assert await job_count(studio) == before
+
+
+@pytest.mark.parametrize("button", ["vary", "remix", "zoom", "custom zoom", "creative"])
+async def test_a_lora_removed_since_is_dropped_by_the_pictures_own_model_and_said(lora_studio, button):
+    """The picture's model is still configured, one of its LoRAs is not: the buttons that make new
+    pictures from it drop that LoRA (it cannot be loaded) and say so, instead of an "Unknown LoRA"
+    refusal of a LoRA the member did not type; the LoRA still configured is kept and shown."""
+    studio = lora_studio
+    shown = "--ar 3:2 --model tiny-sd --lora ink:0.7 --lora old-lora:0.5"
+    grid = await stored_grid(studio, grid_request(loras=(("ink", 0.7), ("old-lora", 0.5)), parameters=shown))
+    job = await finish(studio, await press(studio, button, grid.id))
+    request = Request.from_json(job.request)
+    assert request.model == "tiny-sd" and request.loras == (("ink", 0.7),)
+    assert "--lora ink:0.7" in request.parameters and "old-lora" not in request.parameters
+    assert job.notices == "The LoRA 'old-lora' is no longer configured here: not used."
+    message = (await result_message(studio, job, size_limit=10 * 1024 * 1024)).content
+    assert "--lora ink:0.7" in message and "--lora old-lora" not in message and "'old-lora' is no longer" in message
+
+
+async def test_reroll_of_a_grid_whose_lora_was_removed_is_refused_before_anything_is_stored(lora_studio):
+    studio = lora_studio
+    grid = await stored_grid(studio, grid_request(loras=(("old-lora", 0.5), ("older", 1.0)),
+                                                  parameters="--model tiny-sd --lora old-lora:0.5 --lora older"))
+    before = await job_count(studio)
+    for prompt in (None, "a castle"):  # 🔄, and Remix
+        with pytest.raises(RequestError, match="its LoRAs 'old-lora', 'older' are no longer configured here. "
+                                               "V1–V4 vary its pictures without them"):
+            await studio.reroll(ANN, grid.id, prompt=prompt)
+    assert await job_count(studio) == before
+
+
+async def test_vary_with_a_fallback_model_drops_a_controlnet_that_cannot_steer_it_and_says_so(lora_studio):
+    studio = lora_studio  # it configures no ControlNet: the grid's is gone with its model
+    grid = await stored_grid(studio, removed_xl_grid().replace(
+        loras=(), control="inputs/control.png", control_kind="canny", controlnet="xl-canny", control_weight=0.5,
+        parameters="--ar 3:2 --model removed-xl --cn canny --cw 0.5"))
+    job = await finish(studio, await studio.vary(ANN, grid.id, 1, strong=True))
+    request = Request.from_json(job.request)
+    assert (request.control, request.controlnet, request.control_kind) == (None, None, None)
+    assert "--cn" not in request.parameters and "--cw" not in request.parameters
+    assert "The ControlNet 'xl-canny' is no longer configured here: the control image was not used." in (
+        job.notices or "")
+
+
+async def test_a_lora_allow_list_of_removed_loras_allows_none_and_says_why(lora_studio):
+    """LoRA lists differ from model lists on purpose: "none" is a list an admin may choose, so a
+    list naming only removed LoRAs allows none (it never widens to all); the refusal and
+    /pintor-admin show say why, and never offer a removed LoRA as allowed."""
+    studio = lora_studio
+    rules = ServerRules.new(2712)
+    rules.allowed_loras = "gone-lora"
+    request = studio.prepare("a cat --lora ink", rules=rules)
+    with pytest.raises(LimitError) as refused:
+        await studio._check_rules(ANN, request, rules, None)
+    assert str(refused.value) == (
+        "The LoRA ink is not allowed on this server. This server's LoRA list names only LoRAs no longer "
+        "configured (gone-lora): none is allowed until an admin sets it again (/pintor-admin loras).")
+    assert ("LoRAs allowed: gone-lora (no longer configured: gone-lora; the list names no configured LoRA, so none "
+            "is allowed until an admin sets it again)") in admin_describe(rules, studio.models)
+    rules.allowed_loras = "gone-lora,ink"  # the configured one is allowed, and the only one offered
+    await studio._check_rules(ANN, request, rules, None)
+    xl = studio.prepare("a cat --model tiny-sdxl --lora xl-ink", rules=rules)
+    with pytest.raises(LimitError, match=r"The LoRA xl-ink is not allowed on this server\. Allowed: ink\.$"):
+        await studio._check_rules(ANN, xl, rules, None)
+    assert "(no longer configured: gone-lora, not usable)" in admin_describe(rules, studio.models)

@@ -188,6 +188,44 @@ async def test_only_allowed_models_may_be_used(server: Harness):
     assert (await server.studio.preferences_and_rules.guild(emu.guild_id)).allowed_models is None
 
 
+async def test_an_allow_list_of_removed_models_reads_the_same_in_every_view(server: Harness):
+    """Issue 27 item 10, the views: an allow-list that names only models removed from models.toml
+    allows every model (names no longer configured do not count), and /pintor-admin show,
+    /settings and /info say so in the same words; one that also names a configured model allows
+    that one, and each view says the removed names do not count."""
+    emu, stored = server.emu, server.studio.preferences_and_rules
+    member = emu._snowflake()
+
+    async def views() -> tuple[str, str, dict[str, str]]:
+        shown = (await admin(server, "show"))["content"]
+        settings = await emu.slash("settings", user_id=member)
+        settings_text = (await acked(settings, kind=MESSAGE))["data"]["content"]
+        info = await emu.slash("info", user_id=member)
+        [embed] = (await acked(info, kind=MESSAGE))["data"]["embeds"]
+        return shown, settings_text, {f["name"]: f["value"] for f in embed.get("fields", [])}
+
+    await stored.update_guild(emu.guild_id, allowed_models="removed-model,gone-too")
+    only_removed = ("This server's allow-list names only models that are no longer configured (removed-model, "
+                    "gone-too): every model is allowed until an admin sets it again (/pintor-admin models).")
+    shown, settings, info = await views()
+    assert f"models allowed: all ({only_removed})" in shown and "prompts without --model use tiny-sd" in shown
+    assert f"ℹ️ {only_removed}" in settings and "model: `tiny-sd (server default)`" in settings
+    assert info["allow-list"] == only_removed and info["default model"] == "tiny-sd"
+    assert "`tiny-sdxl`" in info["models"] and "`tiny-sd`" in info["models"]  # every model, as said
+
+    await stored.update_guild(emu.guild_id, allowed_models="removed-model,tiny-sdxl")
+    also = ("This server's allow-list also names models that are no longer configured (removed-model): they do "
+            "not count.")
+    shown, settings, info = await views()
+    assert f"models allowed: tiny-sdxl ({also})" in shown
+    assert f"ℹ️ {also}" in settings and "model: `tiny-sdxl (server default)`" in settings
+    assert info["allow-list"] == also and "`tiny-sdxl`" in info["models"] and "`tiny-sd`" not in info["models"]
+
+    await stored.update_guild(emu.guild_id, allowed_models="tiny-sdxl")  # nothing removed: nothing said
+    shown, settings, info = await views()
+    assert "no longer configured" not in shown + settings and "allow-list" not in info
+
+
 async def test_loras_allowed_and_per_job_limit_are_stored_and_unknown_ones_refused(server: Harness):
     emu = server.emu
     before = await server.studio.preferences_and_rules.guild(emu.guild_id)

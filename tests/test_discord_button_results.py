@@ -15,7 +15,9 @@ from PIL import Image
 
 from bot.discord_endpoints import point_discord_at
 from bot.results import jump_url
-from generation.request import Request
+from generation.files import input_key
+from generation.request import JobKind, Request
+from storage.jobs import NewImage
 from tests.discord_harness import Harness, custom_ids, is_result, job_id_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -259,3 +261,36 @@ async def test_a_saved_model_that_was_removed_falls_back_with_a_notice(pintor: H
     inter = await emu.slash("imagine", {"prompt": "a tin robot --seed 6"}, user_id=member)
     final = await inter.wait_original(is_result, timeout=90)
     assert (await pintor.job(job_id_of(final))).model == "tiny-sdxl" and "saved model" not in final["content"]
+
+
+# -- a removed model's picture varied: the message shows the model and LoRAs the job used -------------
+
+
+async def test_vary_of_a_removed_models_picture_shows_what_the_job_used_and_says_what_was_dropped(pintor: Harness):
+    """A grid of a model since removed from models.toml, with a LoRA since removed too (the shared
+    bot's registry configures none): V falls back to the default model, and the message in the
+    channel shows --model tiny-sd and no --lora, and says both what replaced the model and that
+    the LoRA was not used."""
+    emu, studio = pintor.emu, pintor.studio
+    member = emu._snowflake()
+    data = png((40, 90, 160), (64, 64))
+    key = input_key(data)
+    studio.files.put(key, data)
+    request = Request(kind=JobKind.IMAGINE, model="removed-xl", prompt="a lighthouse", parts=(("a lighthouse", 1.0),),
+                      negative="", width=64, height=64, steps=2, guidance=5.0, seed=7, loras=(("old-lora", 0.5),),
+                      parameters="--ar 1:1 --model removed-xl --lora old-lora:0.5")
+    grid = await studio.store.create_finished_job(
+        user_id=member, user_name="m", kind=request.kind, model=request.model, prompt=request.prompt,
+        request=request.to_json(), grid_path=key, guild_id=emu.guild_id, channel_id=emu.channel_id,
+        images=[NewImage(key, 64, 64, 7 + n, "0" * 64, False) for n in range(4)])
+    show = await emu.slash("show", {"job_id": grid.id}, user_id=member)
+    shown = await show.wait_original(is_result, timeout=10)
+    assert "--lora old-lora:0.5" in shown["content"]  # the grid shows what it was made with
+    made = await result(pintor, shown, f"pintor:v:{grid.id}:1:h", user_id=member)  # V1: strong
+    job = await pintor.posted(job_id_of(made))
+    used = Request.from_json(job.request)
+    assert (job.model, used.loras) == ("tiny-sd", ())
+    content = made["content"]
+    assert "--model tiny-sd" in content and "--lora" not in content and "removed-xl" not in content.split("\n")[0]
+    assert "The model 'removed-xl' is no longer configured here: made with tiny-sd instead." in content
+    assert "The LoRA 'old-lora' is no longer configured here: not used." in content

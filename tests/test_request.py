@@ -157,6 +157,33 @@ def test_a_negative_prompt_on_a_model_without_guidance_is_said_and_not_listed():
                                "which a negative prompt needs.",)
 
 
+@pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])
+def test_turbo_steps_over_the_recipe_are_capped_shown_and_said(name: str):
+    """Turbo's recipe is 1–4 steps (generation.schedulers.TURBO): more is capped as a --steps over
+    the parser's highest value is, the message shows the steps used, and a notice says so."""
+    spec = REGISTRY.get(name)
+    request = build("a cat --steps 30 --ar 3:2", spec)
+    assert request.steps == 4 and request.parameters == f"--ar 3:2 --steps 4 --model {name}"
+    assert request.notices == (f"--steps “30” is over the highest value for {name} ({spec.family} models are "
+                               "made for 1–4 steps); used 4.",)
+    # beyond the parser's own highest (150): said once, with what the member typed
+    assert build("a cat --steps 500", spec).notices == (
+        f"--steps “500” is over the highest value for {name} ({spec.family} models are made for 1–4 steps); "
+        "used 4.",)
+    # --q that would make more steps than the recipe: capped too, the steps used shown instead
+    three = dataclasses.replace(spec, steps=3)
+    quality = build("a cat --q 2", three)
+    assert quality.steps == 4 and "--q" not in quality.parameters and "--steps 4" in quality.parameters
+    assert quality.notices == (f"--q 2 (6 steps) is over the highest value for {name} ({spec.family} models are "
+                               "made for 1–4 steps); used 4.",)
+    # within the recipe: nothing changed, nothing said
+    for text, steps in (("a cat --steps 4", 4), ("a cat --steps 1", 1), ("a cat --q 2", 4)):
+        within = build(text, spec)
+        assert within.steps == steps and within.notices == ()
+    # other families keep any --steps up to the parser's highest
+    assert build("a cat --steps 30").steps == 30 and build("a cat --steps 30").notices == ()
+
+
 def test_a_low_stylize_keeps_guidance_for_a_negative_prompt_and_says_so():
     request = build("a quiet street --no cars --s 0")
     assert request.negative == "cars" and request.guidance == 1.5 and "--no cars" in request.parameters

@@ -79,8 +79,8 @@ def test_a_servers_rules_with_hundreds_of_channels_and_models_fit_one_message(re
     shown = re.findall(r"<#(\d+)>", answers_in)
     assert shown == channels[:len(shown)] and answers_in.endswith(f", … and {300 - len(shown)} more")
     # names no longer configured do not count (all are allowed), and are listed as such, shortened
-    assert re.search(r"models allowed: all \(no longer configured, so not counted: "
-                     r"model-0, model-1, .*, … and \d+ more", content)
+    assert re.search(r"models allowed: all \(This server's allow-list names only models that are no longer "
+                     r"configured \(model-0, model-1, .*, … and \d+ more\): every model is allowed", content)
 
 
 @pytest.mark.parametrize("kind, outpaint, name", [

@@ -13,7 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import limits
-from bot.intake import Member, abilities, allowed_models
+from bot.intake import Member, abilities, allowed_models, stale_allow_list
 from storage.models import MAX_JOB_ID, JobStatus
 
 if TYPE_CHECKING:
@@ -153,6 +153,8 @@ class Account(commands.Cog):
         offered = [f"`{spec.name}`: {', '.join(abilities(studio.models, spec, controlnet=controlnet))}"
                    for spec in studio.models.generators() if not allowed or spec.name in allowed]
         embed.add_field(name="models", value=limits.listing(offered, limits.FIELD_VALUE), inline=False)
+        if stale := stale_allow_list(rules, studio.models):  # the sentence /settings and /pintor-admin show say
+            embed.add_field(name="allow-list", value=limits.clip(stale, limits.FIELD_VALUE), inline=False)
         embed.add_field(name="your jobs in the queue", value=limits.listing(places, limits.FIELD_VALUE), inline=False)
         if len(workers) == 1:
             embed.add_field(name="worker", value=limits.clip(workers[0], limits.FIELD_VALUE), inline=False)

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import allowed_loras, allowed_models, fallback_model, id_list, name_list
+from bot.intake import allowed_loras, allowed_models, fallback_model, id_list, name_list, stale_allow_list
 from bot.limits import listing, plain
 from generation.prompt import MAX_LORAS
 from generation.registry import Registry, UnknownLoraError, UnknownModelError
@@ -43,10 +43,8 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
     allowed = allowed_models(rules, registry)  # names no longer configured do not count
     default = fallback_model(registry, allowed)
     models = listing(allowed, 500, separator=", ", empty="all")
-    missing = [name for name in name_list(rules.allowed_models) if name not in registry.models]
-    if missing:
-        models += (f" (no longer configured, so not counted: {listing(missing, 300, separator=', ')}"
-                   + ("; the list names no configured model, so all are allowed" if not allowed else "") + ")")
+    if stale := stale_allow_list(rules, registry):  # the sentence /settings and /info say too
+        models += f" ({stale})"
     if default == registry.default:
         models += f" · prompts without --model use {default}"
     else:
@@ -64,7 +62,9 @@ def describe(rules: ServerRules, registry: Registry, *, author_only_forced: bool
         loras = listing(lora_names, 400, separator=", ", empty="none")
         gone = [name for name in lora_names if name not in registry.loras]
         if gone:
-            loras += f" (no longer configured: {listing(gone, 200, separator=', ')})"
+            loras += (f" (no longer configured: {listing(gone, 200, separator=', ')}"
+                      + ("; the list names no configured LoRA, so none is allowed until an admin sets it again"
+                         if len(gone) == len(lora_names) else ", not usable") + ")")
     loras += f" · at most {rules.max_loras if rules.max_loras is not None else MAX_LORAS} per job"
     # long lists end in "… and N more": the reply stays within Discord's 2,000 characters
     channels = listing([f"<#{c}>" for c in id_list(rules.channel_ids)], 500, separator=", ", empty="all channels")

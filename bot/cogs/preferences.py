@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_gone
+from bot.intake import USER_ERRORS, allowed_models, fallback_model, saved_model_gone, stale_allow_list
 from bot.limits import SELECT_OPTION_TEXT, clean, clip, echo, plain
 from generation.registry import Registry
 from storage.models import MemberPreferences, ServerRules
@@ -37,9 +37,11 @@ def describe(settings: MemberPreferences, registry: Registry, rules: ServerRules
     model = f"`{settings.model or f'{default} ({where})'}`"
     if settings.model and (gone := saved_model_gone(registry, settings.model, allowed)):
         model = f"`{settings.model}` — ⚠️ {gone.removeprefix('is ')}: `{default}` is used instead. Choose another below."
+    stale = stale_allow_list(rules, registry)  # the sentence /info and /pintor-admin show say too
     return "\n".join([
         "**Your defaults** (parameters in a prompt always win):",
         f"model: {model}",
+        *([f"ℹ️ {stale}"] if stale else []),
         f"aspect ratio: `{settings.aspect or '1:1'}` · quality: `{settings.quality or 1}` · "
         f"stylize: `{settings.stylize if settings.stylize is not None else 'model default'}`",
         f"private mode: {private}",

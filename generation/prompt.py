@@ -600,6 +600,13 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                              if _URL_RE.search(text) else ""))
     else:
         parts = _split_parts(prompt_text, notices)
+        for part in parts:
+            # "—ar::.5" is text only while glued to its '::': the part alone would read as --ar
+            # (and the prompt as shown would not read back as what the job used)
+            _, flags = _split_words(part.text.split(), table, [])
+            if flags:
+                raise PromptError(f"{quote(flags[0].typed)} before '::' reads as a parameter: write the parts' "
+                                  "words first and parameters after them (e.g. a castle::2 fog::1 --ar 16:9).")
     fields = {table[name].field: value for name, value in values.items()}
     return ParsedPrompt(parts=parts, given=frozenset(values), selectors=tuple(selectors),
                         image_urls=tuple(image_urls), notices=tuple(dict.fromkeys(notices)), **fields)

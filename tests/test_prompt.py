@@ -981,3 +981,13 @@ def test_weight_sides(parts, negative, positive, lessened, rest):
 def test_weight_sides_refuses_parts_without_a_positive_one():
     with pytest.raises(ValueError, match="positive weight"):
         weight_sides([("a", -1.0)])
+
+
+@pytest.mark.parametrize("text, word", [(" —ar::.5", "—ar"), ("x -- ar::2", "-- ar"), ("a —ar::.5 b::1", "—ar"),
+                                        ("a fox::2 —seed::1", "—seed")])
+def test_a_parameter_glued_before_a_weight_is_refused_not_read_as_text(text, word):
+    """"—ar::.5" was read as the text "—ar", which the prompt as shown ("—ar") reads back as a
+    parameter without its value (found by test_mixed_tokens_raise_only_prompt_error)."""
+    with pytest.raises(PromptError, match=f"“{word}” before '::' reads as a parameter"):
+        parse_prompt(text)
+    check_parse(text)

@@ -24,15 +24,21 @@ def environment(env: dict[str, str], cwd: Path) -> Iterator[None]:
     """os.environ set to `env` and the working folder `cwd` while the block runs; both as they
     were after it, whatever it raised."""
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    os.environ.clear()
-    os.environ.update(env)
+    _set_environment(env)
     os.chdir(cwd)
     try:
         yield
     finally:
         os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
+        _set_environment(saved_env)
+
+
+def _set_environment(env: dict[str, str]) -> None:
+    # only the variables that differ: os.environ.clear() took away, for a moment, variables that
+    # other threads of the process read (a KeyError b'COLUMNS' seen with the floors' versions)
+    for name in set(os.environ) - set(env):
+        os.environ.pop(name, None)
+    os.environ.update({name: value for name, value in env.items() if os.environ.get(name) != value})
 
 
 def pintor_here(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import logging
@@ -10,12 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from bot.cli_parser import JOB_COMMANDS, build_parser
 
-from bot.cli_jobs import JOB_COMMANDS, add_job_commands, run_job_command
-from bot.settings import Settings
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -252,42 +251,6 @@ def worker(settings: Settings) -> int:
     return run_redis_worker(url, config, name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pintor", description="A self-hosted, MidJourney-style image bot.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="start the Discord bot and its generation worker")
-    commands.add_parser("worker", help="run one generation worker for a Redis queue (PINTOR_QUEUE_URL; "
-                                       "PINTOR_DEVICE=cuda:N picks its GPU); SIGTERM stops it after its step")
-    p = commands.add_parser("imagine", help="make a 2×2 grid from a prompt (or one per line of a file), as /imagine does")
-    p.add_argument("prompt", nargs="?", help='e.g. "a red fox in the snow --ar 3:2 --seed 7 --no people"')
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="grid file (PNG; default pintor.png); with --from, the folder for the pictures")
-    p.add_argument("--separate", action="store_true", help="also write the four images as NAME-1.png …")
-    p.add_argument("--from", dest="batch", type=Path, default=None, metavar="FILE",
-                   help="a batch: one prompt per line (# comments), written as NNN-<prompt>.png")
-    p.add_argument("--resume", action="store_true", help="finish a batch that was interrupted")
-    add_job_commands(commands)
-    m = commands.add_parser("models", help="the configured models: where each comes from, downloaded or not, "
-                                           "what it can do; `pintor models pull [NAME…]` downloads them ahead")
-    m.add_argument("action", nargs="?", choices=["pull"], help="pull: download the models into the "
-                   "Hugging Face cache (HF_HOME), with progress, resuming an interrupted download")
-    m.add_argument("names", nargs="*", metavar="NAME", help="the models to pull (default: all)")
-    m.add_argument("--fp16", action="store_true", help="pull the half-precision weights (a GPU server's) even "
-                   "where this machine has no GPU")
-    d = commands.add_parser("doctor", help="check device, versions, database and models; say how to fix problems")
-    d.add_argument("--reach", action="store_true", help="also ask each remote model's API (OpenAI) whether "
-                   "it answers to Pintor's key (lists its models: costs nothing)")
-    commands.add_parser("health", help="cheap check for a container's HEALTHCHECK: database and data folder")
-    db = commands.add_parser("db", help="database maintenance")
-    db_actions = db.add_subparsers(dest="action", required=True)
-    db_actions.add_parser("upgrade", help="apply the migrations to DATABASE_URL")
-    copy = db_actions.add_parser("copy", help="copy every row (ids kept) of the database FROM into the new, "
-                                              "empty database TO, e.g. SQLite to PostgreSQL (docs/operations.md)")
-    copy.add_argument("source", metavar="FROM", help="a database URL, e.g. sqlite+aiosqlite:///./data/pintor.db")
-    copy.add_argument("target", metavar="TO", help="a database URL, e.g. postgresql+asyncpg://pintor:PASSWORD@host/pintor")
-    return parser
-
-
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell's own commands end when their reader stops
 
 
@@ -309,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    # imported once the arguments are read: `pintor --help` and a mistyped verb answer at once
+    from pydantic import ValidationError
+
+    from bot.settings import Settings
+
     try:
         settings = Settings()
     except ValidationError as err:
@@ -323,6 +291,8 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "worker":
             return worker(settings)
         if args.command in JOB_COMMANDS:
+            from bot.cli_jobs import run_job_command
+
             return run_job_command(settings, args)
         if args.command == "models":
             if args.action == "pull":

@@ -328,67 +328,6 @@ async def imagine_batch(settings: Settings, source: Path, folder: Path, resume: 
     return 0
 
 
-# -- the parser ---------------------------------------------------------------------------------
-
-def _index(text: str) -> int:
-    if text not in ("1", "2", "3", "4"):
-        raise argparse.ArgumentTypeError(f"picture number must be 1, 2, 3 or 4, not {text!r}")
-    return int(text)
-
-
-def _job_id(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a job number such as 42, not {text!r}")
-    return int(text)
-
-
-def _page(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a page number from 1, not {text!r}")
-    return int(text)
-
-
-def _outputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="file for the grid (PNG; default pintor-JOB.png)")
-    parser.add_argument("--separate", action="store_true", help="also write each picture as NAME-1.png …")
-
-
-def add_job_commands(commands) -> None:
-    """The job verbs beside `imagine` (added by `bot.cli.build_parser`)."""
-    p = commands.add_parser("blend", help="mix 2–5 pictures (and a text) into a new grid, as /blend does")
-    p.add_argument("images", nargs="+", type=Path, help="2–5 picture files (PNG, JPEG, WebP, GIF …)")
-    p.add_argument("--prompt", default="", help='optional text and parameters, e.g. "a new animal --seed 5" '
-                   '(parameters alone: --prompt="--seed 5")')
-    p.add_argument("--weights", default="", help="one per picture, and one more for the prompt: e.g. 1,1,0.5")
-    p.add_argument("--dimensions", default="square", help="square, portrait or landscape")
-    p.add_argument("--model", default=None, help="a model that can blend (pintor models)")
-    _outputs(p)
-    p = commands.add_parser("describe", help="four prompts that describe a picture, as /describe does")
-    p.add_argument("image", type=Path, help="a picture file (PNG, JPEG, WebP, GIF …)")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="also write the picture as described (upright PNG) here")
-    p.set_defaults(separate=False)
-    p = commands.add_parser("upscale", help="picture N of a job, larger (U1–U4)")
-    p.add_argument("job", type=_job_id)
-    p.add_argument("index", type=_index, metavar="N")
-    _outputs(p)
-    p = commands.add_parser("vary", help="four variations of picture N of a job (V1–V4)")
-    p.add_argument("job", type=_job_id)
-    p.add_argument("index", type=_index, metavar="N")
-    p.add_argument("--strong", action="store_true", help="vary more (Vary (Strong))")
-    _outputs(p)
-    p = commands.add_parser("reroll", help="a job's grid again with a new seed (🔄)")
-    p.add_argument("job", type=_job_id)
-    _outputs(p)
-    p = commands.add_parser("show", help="a finished job's details and pictures (yours, or posted publicly in a server)")
-    p.add_argument("job", type=_job_id)
-    p.add_argument("-o", "--output", type=Path, default=None, help="write the grid here (PNG)")
-    p.add_argument("--separate", action="store_true", help="also write each picture as NAME-1.png …")
-    p = commands.add_parser("history", help="the jobs you may read, newest first")
-    p.add_argument("--page", type=_page, default=1, help="20 jobs a page; 1 is the newest")
-
-
 def run_job_command(settings: Settings, args: argparse.Namespace) -> int:
     """Run a verb of `add_job_commands`, or `imagine` (one prompt or a batch)."""
     command = args.command
@@ -419,5 +358,3 @@ def run_job_command(settings: Settings, args: argparse.Namespace) -> int:
     }
     return asyncio.run(run_job(settings, args.output, args.separate, makers[command]))
 
-
-JOB_COMMANDS = ("imagine", "blend", "describe", "upscale", "vary", "reroll", "show", "history")

@@ -28,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.discord_bot import PintorBot
 from bot.discord_endpoints import point_discord_at
 from bot.metrics import Metrics, WorkerStatus, serve
-from bot.settings import Settings
+from bot.settings import Settings, registry_from
 from bot.studio import Studio
-from bot.wiring import build_studio, check_queue_url, registry_from
+from bot.wiring import build_studio, check_queue_url
 from generation.queue import WorkerState
 from storage.db import open_engine, upgrade
 

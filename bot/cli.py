@@ -59,7 +59,7 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 
 
 def models(settings: Settings) -> int:
-    from bot.wiring import registry_from
+    from bot.settings import registry_from
     from generation.availability import check_controlnet, index_for
     from generation.hub import is_local
     from generation.registry import KANDINSKY_20, WEIGHTS_FILE_FAMILIES
@@ -131,7 +131,7 @@ def models(settings: Settings) -> int:
 def pull_models(settings: Settings, names: list[str], fp16: bool) -> int:
     """`pintor models pull [NAME…]`: the named models (all for none) into the Hugging Face
     cache; each repo's size is said, and the free disk checked, before its download starts."""
-    from bot.wiring import registry_from
+    from bot.settings import registry_from
     from generation.hub import (
         addition_sources,
         controlnet_sources,

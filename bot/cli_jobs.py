@@ -123,7 +123,7 @@ async def run_job(settings: Settings, output: Path | None, separate: bool,
 
 async def imagine(settings: Settings, prompt: str, output: Path, separate: bool) -> int:
     from bot.intake import prepare
-    from bot.wiring import registry_from
+    from bot.settings import registry_from
 
     _check_writable(output_paths(output, separate))
     try:  # bad prompts and models that cannot be had are answered before the worker starts
@@ -195,7 +195,7 @@ def read_batch(settings: Settings, source: Path) -> list[Line]:
     """The prompts of a batch file (one per line; blank lines and lines starting with # are
     skipped), each checked as /imagine checks it. Raises RequestError naming every bad line."""
     from bot.intake import prepare
-    from bot.wiring import registry_from
+    from bot.settings import registry_from
 
     try:
         data = source.read_bytes()

@@ -81,7 +81,7 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
     else:
         report(PROBLEM, "data folder", f"{data_dir} is not writable", "check PINTOR_DATA_DIR and its permissions")
 
-    from bot.wiring import registry_from
+    from bot.settings import registry_from
     from generation.availability import index_for
     from generation.registry import WEIGHTS_FILE_FAMILIES, RegistryError
 

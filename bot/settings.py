@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from generation.registry import Registry
 
 # Discord's own endpoints (bot.discord_endpoints points discord.py at these settings). Here, not
 # there, so that reading the settings (every `pintor` command does) does not import discord.py.
@@ -138,3 +141,11 @@ class Settings(BaseSettings):
     def pictures_dir(self) -> Path:
         """The file store's folder (generation.files.FileStore): results, uploads, inputs."""
         return self.pintor_data_dir / "images"
+
+
+def registry_from(settings: Settings) -> Registry:
+    """The model registry `settings` configure (PINTOR_MODELS, or the built-in one if unset, with
+    PINTOR_DEFAULT_MODEL), read now; generation.registry's errors for a file that is wrong."""
+    from generation.registry import load_registry
+
+    return load_registry(settings.pintor_models, settings.pintor_default_model)

@@ -11,21 +11,17 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.downloads import Fetcher, FetchPolicy
-from bot.settings import Settings
+from bot.settings import Settings, registry_from
 from bot.studio import Studio
 from generation.files import FileStore
 from generation.queue import JobQueue, LocalQueue
 from generation.redis_queue import RedisQueue
 from generation.redis_worker import LocalWorkers
-from generation.registry import Registry, load_registry
+from generation.registry import Registry
 from generation.worker import WorkerConfig
 from storage.db import open_engine, upgrade
 from storage.jobs import JobStore
 from storage.owners import OwnerStore, this_host
-
-
-def registry_from(settings: Settings) -> Registry:
-    return load_registry(settings.pintor_models, settings.pintor_default_model)
 
 
 def worker_config(settings: Settings) -> WorkerConfig:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from bot.limits import listing
 from generation.availability import ModelLoadError, index_for, require, require_addition, require_controlnet
 from generation.inputs import UploadError
-from generation.prompt import CONTROL_AS_IS, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
+from generation.prompt import CONTROL_AS_IS, MAX_SEED, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
     CLIP_GUIDANCE_FAMILIES,
     WEIGHTS_FILE_FAMILIES,
@@ -22,7 +22,7 @@ from generation.registry import (
     UnknownLoraError,
     UnknownModelError,
 )
-from generation.request import GRID_SIZE, MAX_SEED, Request, build_request, random_seed
+from generation.request import GRID_SIZE, Request, build_request, random_seed
 from storage.models import MemberPreferences, ServerRules
 
 MIN_BLEND_IMAGES, MAX_BLEND_IMAGES = 2, 5

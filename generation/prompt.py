@@ -46,7 +46,7 @@ from typing import Any, Generic, TypeVar
 # cannot read of a shorter prompt is cut when the pictures are made, and the result says so.
 MAX_PROMPT_CHARS = 4000
 MAX_STEPS = 150
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1  # --seed's range, as MidJourney's: 0 to 4294967295 (what a torch.Generator takes)
 MAX_ASPECT_RATIO = 3  # max(W, H) / min(W, H)
 MAX_ASPECT_SIDE = 10_000
 QUALITIES = (0.5, 1.0, 2.0)

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from generation.prompt import (
+    MAX_SEED,
     ParsedPrompt,
     format_parameters,
     format_weight,
@@ -28,7 +29,6 @@ from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec, nearest_
 from generation.schedulers import recipe_for
 
 GRID_SIZE = 4
-MAX_SEED = 2**32 - 1
 
 
 class JobKind(StrEnum):

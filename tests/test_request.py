@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from generation.prompt import parse_prompt, size_for_aspect
+from generation.prompt import MAX_SEED, parse_prompt, size_for_aspect
 from generation.registry import load_registry
-from generation.request import GRID_SIZE, KINDS, MAX_SEED, Request, build_request
+from generation.request import GRID_SIZE, KINDS, Request, build_request
 
 REGISTRY = load_registry()
 SD15 = REGISTRY.get("sd-1.5")  # native 512, 30 steps, guidance 7

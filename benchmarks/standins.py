@@ -204,7 +204,12 @@ class WholePath:
 
     @property
     def worker_info(self) -> dict[str, Any]:
-        return dict(self.studio.worker_state.device)
+        """What the worker said of its device ("device", "device_name", "dtype", "offload")."""
+        return dict(self._worker().device)
+
+    def _worker(self) -> Any:
+        [state] = self.loop.run_until_complete(self.studio.workers())  # the one local worker
+        return state
 
     def job(self, prompt: str) -> float:
         """Seconds from Studio.imagine to the job's Done event (files and rows stored)."""
@@ -227,9 +232,9 @@ class WholePath:
         """Wait until the worker has started (and, with compile, warmed up)."""
         async def wait() -> None:
             deadline = time.monotonic() + timeout_s
-            while not self.studio.worker_state.ready:
-                if self.studio.worker_state.error:
-                    raise RuntimeError(f"worker: {self.studio.worker_state.error}")
+            while not (state := (await self.studio.workers())[0]).ready:
+                if state.error:
+                    raise RuntimeError(f"worker: {state.error}")
                 if time.monotonic() > deadline:
                     raise TimeoutError("the worker did not start")
                 await asyncio.sleep(0.05)

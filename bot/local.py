@@ -181,6 +181,7 @@ class Pintor:
         self.watcher = watcher or Watcher()
         self.studio: Studio | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._started = False  # the studio's worker: started at the first job (`_running`)
 
     @classmethod
     def sync(cls, settings: Settings | None = None, *, watcher: Watcher | None = None) -> SyncPintor:
@@ -189,8 +190,9 @@ class Pintor:
 
     async def __aenter__(self) -> Self:
         self._stack = contextlib.AsyncExitStack()
-        # the operator's unfinished jobs go on (a batch resumed); Discord's are the bot's to resume
-        self.studio = await self._stack.enter_async_context(open_studio(self.settings, resume_user=OPERATOR.id))
+        # started at the first job (`_running`): reading the history or a job needs no worker
+        self.studio = await self._stack.enter_async_context(open_studio(self.settings, start=False))
+        self._started = False
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -203,6 +205,16 @@ class Pintor:
             raise RuntimeError("use Pintor inside `async with Pintor() as pintor:`")
         return self.studio
 
+    async def _running(self) -> Studio:
+        """The studio with its worker started, at the first job made or waited for; the
+        operator's unfinished jobs go on then (a batch resumed: Studio.start), before the new
+        one is queued. Discord's unfinished jobs are the bot's to resume."""
+        studio = self._open()
+        if not self._started:
+            await studio.start(resume_user=OPERATOR.id)
+            self._started = True
+        return studio
+
     # -- jobs -----------------------------------------------------------------------------------
 
     async def imagine(self, prompt: str) -> Result:
@@ -211,7 +223,7 @@ class Pintor:
 
     async def submit_imagine(self, prompt: str) -> Submitted:
         """Store and queue an imagine job without waiting for it (`finish` waits)."""
-        studio = self._open()
+        studio = await self._running()
         return self._told(await studio.imagine(OPERATOR, prompt))  # links at its start: image prompts
 
     async def blend(self, images: Sequence[str | Path | bytes | Image.Image], *, prompt: str = "",
@@ -223,7 +235,7 @@ class Pintor:
         uploads = [await asyncio.to_thread(_upload, image, n) for n, image in enumerate(images, start=1)]
         if not isinstance(weights, str):
             weights = ",".join(str(w) for w in weights)
-        submitted = await self._open().blend(OPERATOR, uploads, prompt=prompt, weights=weights,
+        submitted = await (await self._running()).blend(OPERATOR, uploads, prompt=prompt, weights=weights,
                                              dimensions=dimensions, model=model)
         return await self.finish(self._told(submitted))
 
@@ -231,7 +243,7 @@ class Pintor:
         """Four prompts that describe a picture (a file path, PNG/JPEG bytes or a PIL image), as
         /describe: `Result.prompts`; its `grid` is the picture as read (upright, RGB)."""
         name, data = await asyncio.to_thread(_upload, image, 1)
-        return await self.finish(self._told(await self._open().describe(OPERATOR, name, data)))
+        return await self.finish(self._told(await (await self._running()).describe(OPERATOR, name, data)))
 
     async def upscale(self, job: JobRef, index: int) -> Result:
         """Picture `index` (1–4) of a finished job, larger (the U buttons). Asked again for the
@@ -239,7 +251,7 @@ class Pintor:
         queued or running), as a second press of the button in Discord points to it."""
         job_id = await self._readable(job)
         try:
-            submitted = await self._open().upscale(OPERATOR, job_id, index)
+            submitted = await (await self._running()).upscale(OPERATOR, job_id, index)
         except AlreadyMade as made:
             self.watcher.existing(made.job)
             return await self.finish(made.job.id)
@@ -248,12 +260,12 @@ class Pintor:
     async def vary(self, job: JobRef, index: int, *, strong: bool = False) -> Result:
         """Four variations of picture `index` (1–4) of a finished job (the V buttons)."""
         job_id = await self._readable(job)
-        return await self.finish(self._told(await self._open().vary(OPERATOR, job_id, index, strong=strong)))
+        return await self.finish(self._told(await (await self._running()).vary(OPERATOR, job_id, index, strong=strong)))
 
     async def reroll(self, job: JobRef) -> Result:
         """The same grid request again with a new seed (🔄)."""
         job_id = await self._readable(job)
-        return await self.finish(self._told(await self._open().reroll(OPERATOR, job_id)))
+        return await self.finish(self._told(await (await self._running()).reroll(OPERATOR, job_id)))
 
     async def show(self, job: JobRef) -> Result:
         """A finished job, as /show gives it (made here or posted publicly in Discord)."""
@@ -290,7 +302,7 @@ class Pintor:
             raise
 
     async def _finish(self, submitted: Submitted | int) -> Result:
-        studio = self._open()
+        studio = await self._running()
         if isinstance(submitted, Submitted):
             job_id, events = submitted.job_id, submitted.events
         else:
@@ -316,7 +328,7 @@ class Pintor:
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel one of the operator's queued or running jobs."""
-        return await self._open().cancel(job_id, member=OPERATOR)
+        return await (await self._running()).cancel(job_id, member=OPERATOR)
 
     def _told(self, submitted: Submitted) -> Submitted:
         self.watcher.submitted(submitted)

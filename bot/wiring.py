@@ -91,10 +91,13 @@ def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | N
 
 
 @asynccontextmanager
-async def open_studio(settings: Settings, *, resume_user: int | None = None) -> AsyncIterator[Studio]:
+async def open_studio(settings: Settings, *, resume_user: int | None = None,
+                      start: bool = True) -> AsyncIterator[Studio]:
     """A started studio (migrated database, worker process running); closed on exit, which
     lets the worker finish its step and leaves unfinished jobs queued for the next start.
-    `resume_user`: queue again only that member's unfinished jobs (`Studio.start`)."""
+    `resume_user`: queue again only that member's unfinished jobs (`Studio.start`). With
+    `start=False` the caller starts it (`Studio.start`) when it first makes a job: its reading
+    doors (history, show, look-ups) need the database alone, no worker."""
     check_queue_url(settings)
     registry = registry_from(settings)
     engine = open_engine(settings.database_url)
@@ -104,7 +107,8 @@ async def open_studio(settings: Settings, *, resume_user: int | None = None) -> 
         others = await OwnerStore(engine).alive()
         shared = bool(settings.pintor_queue_url) and any(o.queue == "redis" for o in others)
         studio = build_studio(settings, engine, registry, local_workers=0 if shared else None)
-        await studio.start(resume_user=resume_user)
+        if start:
+            await studio.start(resume_user=resume_user)
         try:
             yield studio
         finally:

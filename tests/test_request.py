@@ -16,6 +16,7 @@ from generation.request import GRID_SIZE, KINDS, MAX_SEED, Request, build_reques
 REGISTRY = load_registry()
 SD15 = REGISTRY.get("sd-1.5")  # native 512, 30 steps, guidance 7
 TURBO = REGISTRY.get("sd-turbo")  # 2 steps, no guidance
+KANDINSKY = REGISTRY.get("kandinsky-2.2")  # no emphasis (generation.registry.EMPHASIS_FAMILIES)
 
 
 def build(text: str, spec=SD15) -> Request:
@@ -268,3 +269,32 @@ def test_a_loras_trigger_words_join_the_last_part_that_is_not_negative(tmp_path)
     request = build_request(parse_prompt("a lighthouse::2 fog::-.5"), SD15, loras=[(lora, 1.0)])
     assert request.parts == (("a lighthouse, ink wash", 2.0), ("fog", -0.5))
     assert request.prompt == "a lighthouse, ink wash::2 fog::-0.5"
+
+
+# --- emphasis on a model that cannot weight words: the --no list is read as the prompt is ---
+
+
+@pytest.mark.parametrize("family", ["kandinsky22", "kandinsky21", "kandinsky3"])
+def test_emphasis_in_the_negative_is_read_as_plain_words_and_said_as_the_prompts_is(family: str):
+    spec = dataclasses.replace(KANDINSKY, family=family)
+    request = build("a red fox --no (blurry:1.4) people --seed 3", spec)
+    assert request.negative == "blurry people" and request.parts == (("a red fox", 1.0),)
+    assert request.parameters == "--no blurry people --model kandinsky-2.2"  # what the model reads is shown
+    assert request.notices == ("kandinsky-2.2 cannot weight words: the emphasis in --no “(blurry:1.4) people” "
+                               "is read as plain words.",)
+    # both sides weighted: one notice names each text
+    both = build("a ((red)) fox::2 [snow]::-1 --no [[blurry]]", spec)
+    assert both.parts == (("a red fox", 2.0), ("snow", -1.0)) and both.negative == "blurry"
+    assert both.notices[-1] == ("kandinsky-2.2 cannot weight words: the emphasis in “a ((red)) fox”, “[snow]” "
+                                "and --no “[[blurry]]” is read as plain words.")
+    # escaped brackets are words, not emphasis: kept as a prompt's are, nothing said
+    escaped = build(r"a fox --no makima \(chainsaw man\)", spec)
+    assert escaped.negative == r"makima \(chainsaw man\)" and escaped.notices == ()
+    # a plain --no: unchanged, nothing said
+    plain = build("a red fox --no blurry, people", spec)
+    assert plain.negative == "blurry, people" and plain.notices == ()
+
+
+def test_emphasis_in_the_negative_stays_where_the_model_weights_words():
+    request = build("a red fox --no (blurry:1.4) people")
+    assert request.negative == "(blurry:1.4) people" and request.notices == ()

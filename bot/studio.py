@@ -174,6 +174,9 @@ class Submitted:
     position: int
     request: Request
     events: AsyncIterator[Event]  # this job's events, each after it is stored; ends with the final one
+    # the size of the pictures it makes (Studio.made_size: an upscale's, enlarged); None: the request's
+    size: tuple[int, int] | None = None
+    notices: tuple[str, ...] = ()  # the job's own notices, stored with it (after the request's own)
 
 
 Listener = Callable[[int, Event], Awaitable[None]]
@@ -860,7 +863,7 @@ class Studio:
         return await self.submit(member, request, parent_id=job_id, parent_index=index, notices=notices, **where)
 
     async def upscale(self, member: Member, job_id: int, index: int, *, creative: bool = False,
-                      **where) -> Submitted:
+                      notices: Sequence[str] = (), **where) -> Submitted:
         """Image `index` of a job, larger. Upscale (Subtle): by the configured upscaler (an
         ESRGAN-family network ×2, the SD x4 upscaler ×4), or resampled ×2 (and said so) where
         there is none or the result would be too large for it. Upscale (Creative): that
@@ -871,6 +874,7 @@ class Studio:
 
         A second press for the same picture, by the same member, while the first upscale is
         queued, running or done, raises AlreadyMade (pointing to it) instead of upscaling twice.
+        `notices`: the front end's own, stored with the job before the upscale's.
         """
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
@@ -879,17 +883,17 @@ class Studio:
                                f"it cannot be upscaled further.")
         upscaler = self.registry.upscaler
         rules = where.get("rules")
-        notices: list[str] = []
+        said = list(notices)  # then the upscale's own
         if creative:
             grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
             spec = self._generator(grid.model) if grid is not None else None
             if grid is None or spec is None:
                 spec = self._fallback_vary_model(base, rules)
-                notices.append(self._replaced_model(base, grid, spec))
+                said.append(self._replaced_model(base, grid, spec))
                 grid, dropped = self._with_model(base, spec)
             else:  # its own model: its LoRAs still configured
                 grid, dropped = self._fitted_loras(grid, spec)
-            notices += dropped
+            said += dropped
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")
@@ -914,7 +918,7 @@ class Studio:
         key = (f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
                + (f":creative:{request.upscaler}" if creative else ""))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key,
-                                 notices=notices, **where)
+                                 notices=said, **where)
 
     async def describe(self, member: Member, name: str, data: bytes, **where) -> Submitted:
         """/describe: four prompts for an uploaded picture, written by the registry's captioner
@@ -1167,7 +1171,8 @@ class Studio:
         for job, request in zip(jobs, requests, strict=True):
             events = self.watch(job.id)
             position = await self.queue.submit(job.id, member.id, request)
-            submitted.append(Submitted(job.id, position, request, events))
+            submitted.append(Submitted(job.id, position, request, events, size=self.made_size(request),
+                                       notices=tuple(notices)))
         return submitted
 
     async def _check_not_made(self, result_key: str) -> None:
@@ -1178,6 +1183,18 @@ class Studio:
             await self.store.release_result_key(existing.id)  # its pictures are gone: make it anew
             return
         raise AlreadyMade(existing)
+
+    def made_size(self, request: Request) -> tuple[int, int]:
+        """The size of the pictures `request` makes: for an upscale (whose request holds the size
+        of the picture it enlarges) that picture enlarged as the worker will (×4 by the SD x4
+        upscaler while the result stays within MAX_UPSCALED_SIDE, else ×2: an ESRGAN-family
+        network, or resampling); for any other job its width × height."""
+        width, height = request.width, request.height
+        if request.kind != JobKind.UPSCALE:
+            return width, height
+        upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
+        factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
+        return width * factor, height * factor
 
     async def _check_rules(self, member: Member, request: Request, rules: ServerRules,
                            channel_id: int | None, *, check_channel: bool = True, jobs: int = 1) -> None:
@@ -1208,11 +1225,7 @@ class Studio:
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
-        width, height = request.width, request.height
-        if request.kind == JobKind.UPSCALE:  # what counts is the size it makes
-            upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
-            factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
-            width, height = width * factor, height * factor
+        width, height = self.made_size(request)  # an upscale: what counts is the size it makes
         if rules.max_side and max(width, height) > rules.max_side and request.kind != JobKind.DESCRIBE:
             raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
         if rules.max_queued_per_member is not None:

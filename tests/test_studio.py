@@ -209,6 +209,8 @@ async def test_upscale_one_image_with_the_model(env, parent: int):
     request = submitted.request
     assert (request.kind, request.model, request.count) == ("upscale", "tiny-upscaler", 1)
     assert request.seed == source.seed and request.init_image == source.path
+    # the request holds the picture it enlarges; the size it makes is said beside it (the CLI's header)
+    assert (request.width, request.height) == (64, 64) and submitted.size == (256, 256)
     done = await finish(submitted)
     job = await studio.job(submitted.job_id)
     assert (job.kind, job.parent_id, job.parent_index) == ("upscale", parent, 3)
@@ -228,7 +230,7 @@ async def test_upscale_without_a_model_resamples_and_says_so(env, parent: int, m
     studio = env.studio
     monkeypatch.setattr(studio, "registry", dataclasses.replace(studio.registry, upscaler=None))
     submitted = await studio.upscale(ANN, parent, 4)
-    assert submitted.request.model == RESAMPLE
+    assert submitted.request.model == RESAMPLE and submitted.size == (128, 128)
     await finish(submitted)
     job = await studio.job(submitted.job_id)
     assert [(image.width, image.height) for image in job.images] == [(128, 128)]

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from PIL import Image, ImageOps
@@ -143,26 +143,47 @@ NO_CONTROL = {"control": None, "control_kind": None, "controlnet": None, "contro
 REMIX_READS = frozenset({"no", "tile"})
 
 
-def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None) -> tuple[int, float]:
+def vary_name(strength: float) -> str:
+    """The button a variation at `strength` was made by: "Vary (Strong)" or "Vary (Subtle)"."""
+    return "Vary (Strong)" if strength >= VARY_STRONG else "Vary (Subtle)"
+
+
+class Fitted(NamedTuple):
+    """Steps and strength for an image-to-image job (`fit_image_to_image`), and the notices that
+    say what was changed to get them."""
+
+    steps: int
+    strength: float
+    notices: tuple[str, ...] = ()
+
+
+def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None, what: str = "Vary") -> Fitted:
     """Steps and strength for an image-to-image job a button makes, within the server's
     max_steps. Image to image runs int(steps × strength) steps (diffusers' img2img
     pipelines), so that product must be at least 1: steps are raised to ceil(1 / strength)
     where the limit allows; under a lower limit the strength is raised instead, up to
-    VARY_STRONG. Returns (steps, strength); raises LimitError when no pair fits (a limit of
-    1 step)."""
+    VARY_STRONG. Each change is said, naming the job as `what` ("Vary (Subtle)", "Upscale
+    (Creative)"): steps lowered to the limit, steps raised, strength raised. Returns
+    Fitted(steps, strength, notices); raises LimitError when no pair fits (a limit of 1 step)."""
     limit = rules.max_steps if rules is not None and rules.max_steps else None
-    if limit is not None:
-        steps = min(steps, limit)
+    notices = []
+    if limit is not None and steps > limit:
+        notices.append(f"{what}: {steps} steps is over this server's limit of {limit}; used {limit}.")
+        steps = limit
     needed = math.ceil(1 / strength - 1e-9)
     if steps >= needed:
-        return steps, strength
+        return Fitted(steps, strength, tuple(notices))
+    share = f"{what} runs {strength:.0%} of its steps on the picture (image to image)"
     if limit is None or needed <= limit:
-        return needed, strength
+        notices.append(f"{share}: {steps} step{'s' if steps != 1 else ''} would run none, so it used {needed}.")
+        return Fitted(needed, strength, tuple(notices))
     raised = math.ceil(100 / steps) / 100  # the smallest strength in hundredths with steps × it ≥ 1
     if raised > VARY_STRONG:
         raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to "
                          f"vary a picture (Vary needs at least {math.ceil(1 / VARY_STRONG - 1e-9)} steps).")
-    return steps, max(strength, raised)
+    notices.append(f"{share}: with this server's limit of {limit} step{'s' if limit != 1 else ''} none would "
+                   f"run, so it used strength {raised:g} instead of {strength:g} (further from the picture).")
+    return Fitted(steps, max(strength, raised), tuple(notices))
 
 
 @dataclass
@@ -252,7 +273,8 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
             parts=tuple((text, text_share * weight / total) for text, weight in request.parts),
             image_weights=(image_share / count,) * count, notices=(*request.notices, notice))
     try:
-        steps, strength = fit_image_to_image(request.steps, image_prompt_strength(iw), rules)
+        steps, strength, fitted = fit_image_to_image(request.steps, image_prompt_strength(iw), rules,
+                                                     f"Starting from the image prompt (--iw {iw:g})")
     except LimitError:
         limit = rules.max_steps if rules is not None else 0
         raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to start "
@@ -263,7 +285,7 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
               f"{'was' if len(others) == 1 else 'were'} not used (a Kandinsky model mixes several).") if others else ""
     notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
               f"{strength:g}).{unused}")
-    return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice))
+    return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice, *fitted))
 
 
 PAUSED = "Pintor is paused on this server by its admins. Try again later."
@@ -600,10 +622,11 @@ class Studio:
         if not request.init_image or not self.picture(request.init_image).is_file():
             raise RequestError(f"The picture job {variation.id} varied is gone from the file store.")
         strength = VARY_STRONG if request.strength >= VARY_STRONG else VARY_SUBTLE
-        steps, strength = fit_image_to_image(request.steps, strength, where.get("rules"))
+        steps, strength, fitted = fit_image_to_image(request.steps, strength, where.get("rules"),
+                                                     vary_name(strength))
         request = request.replace(seed=random_seed(), steps=steps, strength=strength)
         return await self.submit(member, request, parent_id=variation.parent_id,
-                                 parent_index=variation.parent_index, **where)
+                                 parent_index=variation.parent_index, notices=fitted, **where)
 
     async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, prompt: str | None = None,
                    **where) -> Submitted:
@@ -648,7 +671,8 @@ class Studio:
             notices += [notice for notice in remixed.notices if notice not in notices]
         base = remixed
         strength = VARY_STRONG if strong else VARY_SUBTLE
-        steps, strength = fit_image_to_image(base.steps, strength, rules)
+        steps, strength, fitted = fit_image_to_image(base.steps, strength, rules, vary_name(strength))
+        notices += fitted
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
         source = image.path  # by its key (generation/files.py), as the job stores it
         images = (source,) if spec.can_blend else ()
@@ -897,7 +921,8 @@ class Studio:
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")
-            steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
+            steps, strength, fitted = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules, "Upscale (Creative)")
+            said += fitted
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),

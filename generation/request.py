@@ -261,7 +261,8 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
     list or a negative `::` part (less of it: generation.prompt.weight_sides) on a model that
     runs without classifier-free guidance (Turbo) or a provider's API is not applied and not
     listed (not shown in the prompt either); where only a low --stylize would turn guidance
-    off, guidance stays at 1.5.
+    off, guidance stays at 1.5; an --ar whose ratio the size made does not keep exactly (sides
+    in multiples of 64, or a provider's few sizes) is said with the size made.
     """
     seed = parsed.seed if parsed.seed is not None else random_seed()
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
@@ -288,6 +289,11 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         if any(part.weight < 0 for part in parsed.parts):
             notices.append(f"{_negative_parts(parsed)} not applied: {spec.name}'s API takes no negative prompt.")
             parsed = without_negative_parts(parsed)
+    elif "ar" in parsed.given and width * parsed.aspect[1] != height * parsed.aspect[0]:
+        # sides in multiples of 64 at about the model's pixel count: most ratios come out near, not exact
+        notices.append(f"{spec.name} makes {width}×{height} for --ar {parsed.aspect[0]}:{parsed.aspect[1]} (the "
+                       f"nearest with sides in multiples of 64 pixels, at about its {spec.native_side}×"
+                       f"{spec.native_side} pixels).")
     guidance = guidance_for(spec, parsed.stylize)
     parsed, steps, capped = capped_steps(spec, parsed)
     if capped is not None:  # said once: instead of the parser's own cap of a --steps over MAX_STEPS

@@ -298,3 +298,28 @@ def test_emphasis_in_the_negative_is_read_as_plain_words_and_said_as_the_prompts
 def test_emphasis_in_the_negative_stays_where_the_model_weights_words():
     request = build("a red fox --no (blurry:1.4) people")
     assert request.negative == "(blurry:1.4) people" and request.notices == ()
+
+
+# --- an --ar whose ratio the size cannot keep exactly: the size made is said ---
+
+
+@pytest.mark.parametrize("native, aspect, size", [
+    (64, "16:9", (128, 64)),  # the tester's example: a 64 px model makes 2:1 for 16:9
+    (64, "3:2", (128, 64)), (512, "16:9", (704, 384)), (512, "4:3", (576, 448)), (512, "1:3", (320, 896)),
+])
+def test_an_aspect_ratio_the_size_does_not_keep_is_said_with_the_size(native: int, aspect: str, size):
+    spec = dataclasses.replace(SD15, native_side=native)
+    request = build(f"a cat --ar {aspect}", spec)
+    assert (request.width, request.height) == size
+    assert request.notices == (f"sd-1.5 makes {size[0]}×{size[1]} for --ar {aspect} (the nearest with sides in "
+                               f"multiples of 64 pixels, at about its {native}×{native} pixels).",)
+    assert f"--ar {aspect}" in request.parameters  # what was asked stays shown; the notice says what was made
+
+
+@pytest.mark.parametrize("native, aspect", [(512, "3:2"), (512, "2:3"), (512, "1:1"), (64, "1:1"), (64, "2:1"),
+                                            (256, "1:2"), (128, "3:2")])
+def test_an_aspect_ratio_kept_exactly_says_nothing(native: int, aspect: str):
+    request = build(f"a cat --ar {aspect}", dataclasses.replace(SD15, native_side=native))
+    w, h = map(int, aspect.split(":"))
+    assert request.width * h == request.height * w and request.notices == ()
+    assert build("a cat", dataclasses.replace(SD15, native_side=native)).notices == ()  # no --ar: square, nothing

@@ -159,7 +159,10 @@ async def test_a_pasted_prompt_is_made_and_its_notices_are_kept_with_the_job(env
         "Ignored what Pintor does not have: “--raw”; “--sref 4567” (×2) — Pintor has image prompts (links at "
         "the start of the prompt, --iw), not style or character references.",
         "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model "
-        "(tiny-sd, tiny-sdxl, tiny-kandinsky).")
+        "(tiny-sd, tiny-sdxl, tiny-kandinsky).",
+        # 3:1 at a 64 px model's pixel count, in multiples of 64: the size made is said
+        "tiny-sd makes 128×64 for --ar 3:1 (the nearest with sides in multiples of 64 pixels, at about its 64×64 "
+        "pixels).")
     # a re-roll keeps them (the same prompt); an upscale or a variation does not say them again
     reroll = await env.studio.reroll(ANN, submitted.job_id)
     await finish(reroll)

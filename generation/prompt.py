@@ -599,7 +599,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                           + (" (A link is an image prompt only at the start of the prompt.)"
                              if _URL_RE.search(text) else ""))
     else:
-        parts = _split_parts(prompt_text, notices)
+        parts = _split_parts(prompt_text, notices, typed=text)
         for part in parts:
             # "—ar::.5" is text only while glued to its '::': the part alone would read as --ar
             # (and the prompt as shown would not read back as what the job used)
@@ -729,7 +729,7 @@ def _host(link: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _split_parts(text: str, notices: list[str]) -> tuple[PromptPart, ...]:
+def _split_parts(text: str, notices: list[str], typed: str | None = None) -> tuple[PromptPart, ...]:
     """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text.
 
     A weight is a number glued after '::', maybe with the comma that separates the parts
@@ -738,14 +738,26 @@ def _split_parts(text: str, notices: list[str]) -> tuple[PromptPart, ...]:
     weight means less of that part, as MidJourney reads it (`weight_sides`); each is said in
     `notices`. A part of weight 0 adds nothing (weights are relative): it is left out, and
     said. Raises PromptError, quoting the part as typed, for an empty part, a weight that is
-    no number, no part with a weight above 0, or weights that add up to 0 or less.
+    no number, no part with a weight above 0, or weights that add up to 0 or less. `typed`:
+    the prompt as the member typed it (before links, tags and alternations were read), which
+    the notices quote from (default: `text`).
     """
+    flat = " ".join((typed if typed is not None else text).split())
     chunks = text.split("::")
     if len(chunks) == 1:
         return (PromptPart(text),)
 
     parts = []
-    typed: list[str] = []  # each part's text and weight as typed
+    typed_parts: list[str] = []  # each part's text and weight as typed, for refusals
+    # each part as a notice names it: its text and its weight quoted apart, as each is in the
+    # input (a parameter may stand between them: "fog --ar 2:1 ::0"); a text Pintor rewrote
+    # ("[a|b]" read as "a, b", said) by its weight alone
+    named: list[str] = []
+
+    def name(part: str, number: str) -> str:
+        weight = quote("::" + number)
+        return f"{quote(part)} ({weight})" if part in flat else f"the part before {weight}"
+
     pending = chunks[0]
     for chunk in chunks[1:]:
         glued = re.split(r"\s", chunk, maxsplit=1)[0]  # what is glued to '::' (maybe nothing)
@@ -753,31 +765,35 @@ def _split_parts(text: str, notices: list[str]) -> tuple[PromptPart, ...]:
         if number and not _WEIGHT_RE.fullmatch(number):
             glued = number = ""  # "a::b": the text after '::' starts right away
         weight = _parse_weight(number, " ".join(pending.split())) if number else 1.0
-        parts.append(_make_part(pending, weight, "::" + number, typed[-1] if typed else None))
-        typed.append(" ".join(f"{pending}::{number}".split()))
+        parts.append(_make_part(pending, weight, "::" + number, typed_parts[-1] if typed_parts else None))
+        typed_parts.append(" ".join(f"{pending}::{number}".split()))
+        named.append(name(parts[-1].text, number))
         pending = chunk[len(glued):]
     if pending.strip():
         parts.append(_make_part(pending, 1.0, "", None))
-        typed.append(" ".join(pending.split()))
+        typed_parts.append(" ".join(pending.split()))
+        named.append(quote(parts[-1].text) if parts[-1].text in flat else "the last part")
 
-    named = ", ".join(quote(as_typed) for as_typed in typed)
     if not any(part.weight > 0 for part in parts):
-        raise PromptError(f"No part of your multi-prompt has a weight above 0 ({named}): at least one part must "
+        listed = ", ".join(quote(as_typed) for as_typed in typed_parts)
+        raise PromptError(f"No part of your multi-prompt has a weight above 0 ({listed}): at least one part must "
                           "say what to draw, with a positive weight; a negative weight means less of that part "
                           "(as --no does) and a weight of 0 adds nothing (e.g. still life::1 fruit::-0.5).")
-    zero = [as_typed for part, as_typed in zip(parts, typed, strict=True) if part.weight == 0]
+    zero = [name for part, name in zip(parts, named, strict=True) if part.weight == 0]
     if zero:
         one = len(zero) == 1
-        notices.append(f"Left out {', '.join(quote(as_typed) for as_typed in zero)}: a weight of 0 adds none of "
-                       f"{'it' if one else 'them'} (weights are relative).")
-        typed = [as_typed for part, as_typed in zip(parts, typed, strict=True) if part.weight != 0]
+        notices.append(f"Left out {', '.join(zero)}: a weight of 0 adds none of {'it' if one else 'them'} "
+                       "(weights are relative).")
+        typed_parts = [as_typed for part, as_typed in zip(parts, typed_parts, strict=True) if part.weight != 0]
+        named = [name for part, name in zip(parts, named, strict=True) if part.weight != 0]
         parts = [part for part in parts if part.weight != 0]
     total = sum(part.weight for part in parts)
     if not total > 0:
-        raise PromptError(f"The weights of {', '.join(quote(as_typed) for as_typed in typed)} add up to {total:g}; "
+        listed = ", ".join(quote(as_typed) for as_typed in typed_parts)
+        raise PromptError(f"The weights of {listed} add up to {total:g}; "
                           "they must add up to more than 0: a negative part means less of it and cannot outweigh "
                           "the rest (e.g. castle::1 fog::-0.5).")
-    lessened = [quote(as_typed) for part, as_typed in zip(parts, typed, strict=True) if part.weight < 0]
+    lessened = [name for part, name in zip(parts, named, strict=True) if part.weight < 0]
     if lessened:
         one = len(lessened) == 1
         notices.append(f"Read {', '.join(lessened)} as less of {'it' if one else 'each'}, as --no does: "

@@ -944,7 +944,7 @@ def test_the_issues_negative_weight_is_kept_shown_and_said():
     p = parse_prompt("still life gouache painting::1 fruit::-.5")
     assert p.parts == (PromptPart("still life gouache painting", 1.0), PromptPart("fruit", -0.5))
     assert p.text == "still life gouache painting::1 fruit::-0.5"  # what the job uses, shown
-    assert p.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+    assert p.notices == ("Read “fruit” (“::-.5”) as less of it, as --no does: it goes to the negative side "
                          "(::-0.5 beside parts weighing 1 counts as much as --no).",)
     assert_names_the_input(p.notices[0], "still life gouache painting::1 fruit::-.5")
     assert parse_prompt(p.text).parts == p.parts
@@ -952,8 +952,8 @@ def test_the_issues_negative_weight_is_kept_shown_and_said():
     assert two.parts == (PromptPart("a bowl", 2.0), PromptPart("fruit", -0.5), PromptPart("dust", 1.0),
                          PromptPart("-1"))  # a weight is glued to '::'
     two = parse_prompt("a bowl::2 fruit::-.5 dust::-1")
-    assert two.notices == ("Read “fruit::-.5”, “dust::-1” as less of each, as --no does: they go to the negative "
-                           "side (::-0.5 beside parts weighing 1 counts as much as --no).",)
+    assert two.notices == ("Read “fruit” (“::-.5”), “dust” (“::-1”) as less of each, as --no does: they go to the "
+                           "negative side (::-0.5 beside parts weighing 1 counts as much as --no).",)
 
 
 @pytest.mark.parametrize("text, shown", [("fruit::-1 bowl::-.5", "(“fruit::-1”, “bowl::-.5”)"),
@@ -980,27 +980,34 @@ def test_a_negative_part_may_not_outweigh_the_rest():
 
 
 @pytest.mark.parametrize("text, parts, shown, left_out", [
-    ("castle::1 fog::-0", (PromptPart("castle"),), "castle", "“fog::-0”"),  # the tester's example
-    ("castle::1 fog::0", (PromptPart("castle"),), "castle", "“fog::0”"),
-    ("castle::3 fog::0 sky::2", (PromptPart("castle", 3.0), PromptPart("sky", 2.0)), "castle::3 sky::2", "“fog::0”"),
+    ("castle::1 fog::-0", (PromptPart("castle"),), "castle", "“fog” (“::-0”)"),  # the tester's example
+    ("castle::1 fog::0", (PromptPart("castle"),), "castle", "“fog” (“::0”)"),
+    ("castle::3 fog::0 sky::2", (PromptPart("castle", 3.0), PromptPart("sky", 2.0)), "castle::3 sky::2",
+     "“fog” (“::0”)"),
     ("castle::2 fog::0.0 dust::0 sky", (PromptPart("castle", 2.0), PromptPart("sky")), "castle::2 sky::1",
-     "“fog::0.0”, “dust::0”"),
-    ("fog::0 castle", (PromptPart("castle"),), "castle", "“fog::0”"),
+     "“fog” (“::0.0”), “dust” (“::0”)"),
+    ("fog::0 castle", (PromptPart("castle"),), "castle", "“fog” (“::0”)"),
+    # a parameter between a part's text and its weight: each is quoted as it is in the input
+    ("castle fog --niji ::0 sky", (PromptPart("sky"),), "sky", "“castle fog” (“::0”)"),
+    # a text Pintor rewrote (an alternation, said): named by its weight, as typed
+    ("[a|b] ::0 sky", (PromptPart("sky"),), "sky", "the part before “::0”"),
 ])
 def test_a_part_of_weight_zero_is_left_out_and_said(text, parts, shown, left_out):
     p = parse_prompt(text)
     assert p.parts == parts and p.text == shown  # what the job uses is what is shown
     one = ", " not in left_out
-    assert p.notices == (f"Left out {left_out}: a weight of 0 adds none of {'it' if one else 'them'} "
-                         "(weights are relative).",)
+    assert p.notices[-1] == (f"Left out {left_out}: a weight of 0 adds none of {'it' if one else 'them'} "
+                             "(weights are relative).")
+    for notice in p.notices:
+        assert_names_the_input(notice, text)
     assert parse_prompt(p.text).parts == p.parts and parse_prompt(p.text).notices == ()
 
 
 def test_a_part_of_weight_zero_beside_a_negative_one():
     p = parse_prompt("castle::2 fog::0 dust::-0.5")
     assert p.parts == (PromptPart("castle", 2.0), PromptPart("dust", -0.5))
-    assert p.notices[0] == "Left out “fog::0”: a weight of 0 adds none of it (weights are relative)."
-    assert p.notices[1].startswith("Read “dust::-0.5” as less of it")
+    assert p.notices[0] == "Left out “fog” (“::0”): a weight of 0 adds none of it (weights are relative)."
+    assert p.notices[1].startswith("Read “dust” (“::-0.5”) as less of it")
     # left out, the rest must still add up to more than 0
     assert "add up to -1" in error_for("castle::1 fog::0 dust::-2")
 

@@ -230,7 +230,7 @@ def test_a_negative_part_is_kept_and_shown_where_the_model_has_a_negative_side()
     request = build("still life gouache painting::1 fruit::-.5 --seed 3")
     assert request.parts == (("still life gouache painting", 1.0), ("fruit", -0.5))
     assert request.prompt == "still life gouache painting::1 fruit::-0.5" and request.guidance == 7.0
-    assert request.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+    assert request.notices == ("Read “fruit” (“::-.5”) as less of it, as --no does: it goes to the negative side "
                                "(::-0.5 beside parts weighing 1 counts as much as --no).",)
 
 

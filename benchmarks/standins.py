@@ -184,9 +184,12 @@ class WholePath:
                  compile_mode: str | None = None, offload: str = "none"):
         from bot.settings import Settings
 
-        self.settings = Settings(_env_file=None, database_url=f"sqlite+aiosqlite:///{root / 'pintor.db'}",
-                                 pintor_data_dir=root / "data", pintor_models=registry, pintor_device=device,
-                                 pintor_dtype=dtype, pintor_compile=compile_mode, pintor_offload=offload)
+        # `_env_file` (no .env file read) is pydantic-settings' own keyword, unknown to its types
+        values: dict[str, Any] = {"_env_file": None, "database_url": f"sqlite+aiosqlite:///{root / 'pintor.db'}",
+                                  "pintor_data_dir": root / "data", "pintor_models": registry,
+                                  "pintor_device": device, "pintor_dtype": dtype, "pintor_compile": compile_mode,
+                                  "pintor_offload": offload}
+        self.settings = Settings(**values)
         self.loop = asyncio.new_event_loop()
         self._context: Any = None
         self.studio: Any = None

@@ -61,10 +61,16 @@ class TerminalProgress(Watcher):
         self._bar = None
 
     def submitted(self, submitted: Submitted) -> None:
+        """The job's header (its kind, the size it makes, steps, seed, model), then its notices:
+        the prompt's, then the job's own (e.g. an upscale of an upscale, a model replaced)."""
         request = submitted.request
-        print(f"job {submitted.job_id}: {request.kind}, {request.width}×{request.height}, {request.steps} steps, "
+        size = f"{request.width}×{request.height}"
+        made = submitted.size or (request.width, request.height)
+        if made != (request.width, request.height):  # an upscale: the picture it enlarges, then what it makes
+            size += f" → {made[0]}×{made[1]}"
+        print(f"job {submitted.job_id}: {request.kind}, {size}, {request.steps} steps, "
               f"seed {request.seed}, model {request.model}", file=sys.stderr)
-        for notice in request.notices:  # what was changed or ignored in the prompt
+        for notice in dict.fromkeys((*request.notices, *submitted.notices)):  # what was changed or ignored
             print(f"note: {notice}", file=sys.stderr)
 
     def existing(self, job: Job) -> None:

@@ -94,19 +94,27 @@ class Member:
 
 def blend_weights(text: str, count: int, *, has_text: bool) -> tuple[list[float], float]:
     """'2,1' (or '2, 1', '2 1', '2;1') → image weights (and, with one more value, the text's
-    weight; default 1)."""
+    weight; default 1). Raises RequestError, quoting what was typed and the value refused: a
+    value that is no number, too few or too many values, a weight not above 0 or above 100."""
     if not text.strip():
         return [1.0] * count, 1.0
-    try:
-        values = [float(v) for v in re.split(r"[,;\s]+", text) if v]
-    except ValueError:
-        raise RequestError(f"weights must be numbers separated by commas, like 2,1 — not '{text[:40]}'.") from None
+    typed = [v for v in re.split(r"[,;\s]+", text) if v]
+    values = []
+    for value in typed:
+        try:
+            values.append(float(value))
+        except ValueError:
+            raise RequestError(f"weights must be numbers separated by commas, like 2,1: {quote(value)} in "
+                               f"{quote(text.strip())} is not a number.") from None
     allowed = (count, count + 1) if has_text else (count,)
     if len(values) not in allowed:
         expected = f"{count} (one per image{', and one more for the prompt' if has_text else ''})"
-        raise RequestError(f"weights: give {expected}, not {len(values)}.")
-    if any(not 0 < v <= 100 or v != v for v in values):
-        raise RequestError("weights must each be more than 0 and at most 100.")
+        raise RequestError(f"weights: give {expected}, not {len(values)} ({quote(text.strip())}).")
+    bad = [value for value, weight in zip(typed, values, strict=True) if not 0 < weight <= 100]
+    if bad:
+        raise RequestError(f"The weight{'s' if len(bad) > 1 else ''} {', '.join(quote(value) for value in bad)} in "
+                           f"{quote(text.strip())} {'are' if len(bad) > 1 else 'is'} not allowed: each weight must "
+                           "be more than 0 and at most 100 (e.g. 2,1).")
     return values[:count], values[count] if len(values) > count else 1.0
 
 

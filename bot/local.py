@@ -40,7 +40,7 @@ from bot.settings import Settings
 from bot.studio import AlreadyMade, Studio, Submitted
 from bot.wiring import open_studio
 from generation.events import Cancelled, Done, Event, Failed, Interrupted
-from generation.request import Request
+from generation.request import JobKind, Request
 from storage.models import Job, JobStatus
 
 __all__ = ["USER_ERRORS", "JobFailed", "Pintor", "Result", "SyncPintor", "Watcher"]
@@ -248,10 +248,15 @@ class Pintor:
     async def upscale(self, job: JobRef, index: int) -> Result:
         """Picture `index` (1–4) of a finished job, larger (the U buttons). Asked again for the
         same picture, it returns the upscale made the first time (waiting for it while it is
-        queued or running), as a second press of the button in Discord points to it."""
+        queued or running), as a second press of the button in Discord points to it. A job that
+        is an upscale already has one picture (1): it is upscaled again, as Upscale (Subtle)
+        under it in Discord does, and the result says so."""
         job_id = await self._readable(job)
+        found = await self._open().job(job_id)
+        again = ([f"Job {job_id} is an upscale already: its picture is upscaled again (as Upscale (Subtle) "
+                  "under it in Discord)."] if found is not None and found.kind == JobKind.UPSCALE else [])
         try:
-            submitted = await (await self._running()).upscale(OPERATOR, job_id, index)
+            submitted = await (await self._running()).upscale(OPERATOR, job_id, index, notices=again)
         except AlreadyMade as made:
             self.watcher.existing(made.job)
             return await self.finish(made.job.id)

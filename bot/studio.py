@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from PIL import Image, ImageOps
@@ -143,26 +143,47 @@ NO_CONTROL = {"control": None, "control_kind": None, "controlnet": None, "contro
 REMIX_READS = frozenset({"no", "tile"})
 
 
-def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None) -> tuple[int, float]:
+def vary_name(strength: float) -> str:
+    """The button a variation at `strength` was made by: "Vary (Strong)" or "Vary (Subtle)"."""
+    return "Vary (Strong)" if strength >= VARY_STRONG else "Vary (Subtle)"
+
+
+class Fitted(NamedTuple):
+    """Steps and strength for an image-to-image job (`fit_image_to_image`), and the notices that
+    say what was changed to get them."""
+
+    steps: int
+    strength: float
+    notices: tuple[str, ...] = ()
+
+
+def fit_image_to_image(steps: int, strength: float, rules: ServerRules | None, what: str = "Vary") -> Fitted:
     """Steps and strength for an image-to-image job a button makes, within the server's
     max_steps. Image to image runs int(steps × strength) steps (diffusers' img2img
     pipelines), so that product must be at least 1: steps are raised to ceil(1 / strength)
     where the limit allows; under a lower limit the strength is raised instead, up to
-    VARY_STRONG. Returns (steps, strength); raises LimitError when no pair fits (a limit of
-    1 step)."""
+    VARY_STRONG. Each change is said, naming the job as `what` ("Vary (Subtle)", "Upscale
+    (Creative)"): steps lowered to the limit, steps raised, strength raised. Returns
+    Fitted(steps, strength, notices); raises LimitError when no pair fits (a limit of 1 step)."""
     limit = rules.max_steps if rules is not None and rules.max_steps else None
-    if limit is not None:
-        steps = min(steps, limit)
+    notices = []
+    if limit is not None and steps > limit:
+        notices.append(f"{what}: {steps} steps is over this server's limit of {limit}; used {limit}.")
+        steps = limit
     needed = math.ceil(1 / strength - 1e-9)
     if steps >= needed:
-        return steps, strength
+        return Fitted(steps, strength, tuple(notices))
+    share = f"{what} runs {strength:.0%} of its steps on the picture (image to image)"
     if limit is None or needed <= limit:
-        return needed, strength
+        notices.append(f"{share}: {steps} step{'s' if steps != 1 else ''} would run none, so it used {needed}.")
+        return Fitted(needed, strength, tuple(notices))
     raised = math.ceil(100 / steps) / 100  # the smallest strength in hundredths with steps × it ≥ 1
     if raised > VARY_STRONG:
         raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to "
                          f"vary a picture (Vary needs at least {math.ceil(1 / VARY_STRONG - 1e-9)} steps).")
-    return steps, max(strength, raised)
+    notices.append(f"{share}: with this server's limit of {limit} step{'s' if limit != 1 else ''} none would "
+                   f"run, so it used strength {raised:g} instead of {strength:g} (further from the picture).")
+    return Fitted(steps, max(strength, raised), tuple(notices))
 
 
 @dataclass
@@ -174,6 +195,9 @@ class Submitted:
     position: int
     request: Request
     events: AsyncIterator[Event]  # this job's events, each after it is stored; ends with the final one
+    # the size of the pictures it makes (Studio.made_size: an upscale's, enlarged); None: the request's
+    size: tuple[int, int] | None = None
+    notices: tuple[str, ...] = ()  # the job's own notices, stored with it (after the request's own)
 
 
 Listener = Callable[[int, Event], Awaitable[None]]
@@ -249,7 +273,8 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
             parts=tuple((text, text_share * weight / total) for text, weight in request.parts),
             image_weights=(image_share / count,) * count, notices=(*request.notices, notice))
     try:
-        steps, strength = fit_image_to_image(request.steps, image_prompt_strength(iw), rules)
+        steps, strength, fitted = fit_image_to_image(request.steps, image_prompt_strength(iw), rules,
+                                                     f"Starting from the image prompt (--iw {iw:g})")
     except LimitError:
         limit = rules.max_steps if rules is not None else 0
         raise LimitError(f"This server allows {limit} step{'s' if limit != 1 else ''} per job: too few to start "
@@ -260,7 +285,7 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
               f"{'was' if len(others) == 1 else 'were'} not used (a Kandinsky model mixes several).") if others else ""
     notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
               f"{strength:g}).{unused}")
-    return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice))
+    return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice, *fitted))
 
 
 PAUSED = "Pintor is paused on this server by its admins. Try again later."
@@ -597,10 +622,11 @@ class Studio:
         if not request.init_image or not self.picture(request.init_image).is_file():
             raise RequestError(f"The picture job {variation.id} varied is gone from the file store.")
         strength = VARY_STRONG if request.strength >= VARY_STRONG else VARY_SUBTLE
-        steps, strength = fit_image_to_image(request.steps, strength, where.get("rules"))
+        steps, strength, fitted = fit_image_to_image(request.steps, strength, where.get("rules"),
+                                                     vary_name(strength))
         request = request.replace(seed=random_seed(), steps=steps, strength=strength)
         return await self.submit(member, request, parent_id=variation.parent_id,
-                                 parent_index=variation.parent_index, **where)
+                                 parent_index=variation.parent_index, notices=fitted, **where)
 
     async def vary(self, member: Member, job_id: int, index: int, *, strong: bool, prompt: str | None = None,
                    **where) -> Submitted:
@@ -645,7 +671,8 @@ class Studio:
             notices += [notice for notice in remixed.notices if notice not in notices]
         base = remixed
         strength = VARY_STRONG if strong else VARY_SUBTLE
-        steps, strength = fit_image_to_image(base.steps, strength, rules)
+        steps, strength, fitted = fit_image_to_image(base.steps, strength, rules, vary_name(strength))
+        notices += fitted
         # Kandinsky is steered by image embeddings: the chosen image itself steers its variations
         source = image.path  # by its key (generation/files.py), as the job stores it
         images = (source,) if spec.can_blend else ()
@@ -860,7 +887,7 @@ class Studio:
         return await self.submit(member, request, parent_id=job_id, parent_index=index, notices=notices, **where)
 
     async def upscale(self, member: Member, job_id: int, index: int, *, creative: bool = False,
-                      **where) -> Submitted:
+                      notices: Sequence[str] = (), **where) -> Submitted:
         """Image `index` of a job, larger. Upscale (Subtle): by the configured upscaler (an
         ESRGAN-family network ×2, the SD x4 upscaler ×4), or resampled ×2 (and said so) where
         there is none or the result would be too large for it. Upscale (Creative): that
@@ -871,6 +898,7 @@ class Studio:
 
         A second press for the same picture, by the same member, while the first upscale is
         queued, running or done, raises AlreadyMade (pointing to it) instead of upscaling twice.
+        `notices`: the front end's own, stored with the job before the upscale's.
         """
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
@@ -879,21 +907,22 @@ class Studio:
                                f"it cannot be upscaled further.")
         upscaler = self.registry.upscaler
         rules = where.get("rules")
-        notices: list[str] = []
+        said = list(notices)  # then the upscale's own
         if creative:
             grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
             spec = self._generator(grid.model) if grid is not None else None
             if grid is None or spec is None:
                 spec = self._fallback_vary_model(base, rules)
-                notices.append(self._replaced_model(base, grid, spec))
+                said.append(self._replaced_model(base, grid, spec))
                 grid, dropped = self._with_model(base, spec)
             else:  # its own model: its LoRAs still configured
                 grid, dropped = self._fitted_loras(grid, spec)
-            notices += dropped
+            said += dropped
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")
-            steps, strength = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules)
+            steps, strength, fitted = fit_image_to_image(grid.steps, CREATIVE_STRENGTH, rules, "Upscale (Creative)")
+            said += fitted
             request = grid.replace(
                 kind=JobKind.UPSCALE, model=spec.name, upscaler=upscaler or RESAMPLE, init_image=image.path,
                 seed=image.seed, width=image.width, height=image.height, count=1, strength=strength, images=(),
@@ -914,7 +943,7 @@ class Studio:
         key = (f"upscale:{member.id}:{job_id}:{index}:{request.model}:{request.steps}"
                + (f":creative:{request.upscaler}" if creative else ""))
         return await self.submit(member, request, parent_id=job_id, parent_index=index, result_key=key,
-                                 notices=notices, **where)
+                                 notices=said, **where)
 
     async def describe(self, member: Member, name: str, data: bytes, **where) -> Submitted:
         """/describe: four prompts for an uploaded picture, written by the registry's captioner
@@ -1167,7 +1196,8 @@ class Studio:
         for job, request in zip(jobs, requests, strict=True):
             events = self.watch(job.id)
             position = await self.queue.submit(job.id, member.id, request)
-            submitted.append(Submitted(job.id, position, request, events))
+            submitted.append(Submitted(job.id, position, request, events, size=self.made_size(request),
+                                       notices=tuple(notices)))
         return submitted
 
     async def _check_not_made(self, result_key: str) -> None:
@@ -1178,6 +1208,18 @@ class Studio:
             await self.store.release_result_key(existing.id)  # its pictures are gone: make it anew
             return
         raise AlreadyMade(existing)
+
+    def made_size(self, request: Request) -> tuple[int, int]:
+        """The size of the pictures `request` makes: for an upscale (whose request holds the size
+        of the picture it enlarges) that picture enlarged as the worker will (×4 by the SD x4
+        upscaler while the result stays within MAX_UPSCALED_SIDE, else ×2: an ESRGAN-family
+        network, or resampling); for any other job its width × height."""
+        width, height = request.width, request.height
+        if request.kind != JobKind.UPSCALE:
+            return width, height
+        upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
+        factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
+        return width * factor, height * factor
 
     async def _check_rules(self, member: Member, request: Request, rules: ServerRules,
                            channel_id: int | None, *, check_channel: bool = True, jobs: int = 1) -> None:
@@ -1208,11 +1250,7 @@ class Studio:
         if rules.max_steps and request.steps > rules.max_steps:
             raise LimitError(f"{request.steps} steps is over this server's limit of {rules.max_steps}: "
                              f"use --steps {rules.max_steps} or a lower --q.")
-        width, height = request.width, request.height
-        if request.kind == JobKind.UPSCALE:  # what counts is the size it makes
-            upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
-            factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
-            width, height = width * factor, height * factor
+        width, height = self.made_size(request)  # an upscale: what counts is the size it makes
         if rules.max_side and max(width, height) > rules.max_side and request.kind != JobKind.DESCRIBE:
             raise LimitError(f"{width}×{height} is over this server's limit of {rules.max_side} pixels per side.")
         if rules.max_queued_per_member is not None:

@@ -599,7 +599,7 @@ def parse_prompt(text: str, *, max_chars: int = MAX_PROMPT_CHARS, max_steps: int
                           + (" (A link is an image prompt only at the start of the prompt.)"
                              if _URL_RE.search(text) else ""))
     else:
-        parts = _split_parts(prompt_text, notices)
+        parts = _split_parts(prompt_text, notices, typed=text)
         for part in parts:
             # "—ar::.5" is text only while glued to its '::': the part alone would read as --ar
             # (and the prompt as shown would not read back as what the job used)
@@ -729,46 +729,71 @@ def _host(link: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _split_parts(text: str, notices: list[str]) -> tuple[PromptPart, ...]:
+def _split_parts(text: str, notices: list[str], typed: str | None = None) -> tuple[PromptPart, ...]:
     """Split "a::2 b::0.5 c" into weighted parts; a single ':' is plain text.
 
     A weight is a number glued after '::', maybe with the comma that separates the parts
     (`apple::2, leaves::1,`); anything else after '::' is text (`a::b` means `a:: b`). Weights
     are relative (`castle::20 fog::5` is 4:1) and must add up to more than 0. A negative
     weight means less of that part, as MidJourney reads it (`weight_sides`); each is said in
-    `notices`. Raises PromptError for an empty part, a weight that is no number, weights that
-    add up to 0 or less, or no part with a positive weight.
+    `notices`. A part of weight 0 adds nothing (weights are relative): it is left out, and
+    said. Raises PromptError, quoting the part as typed, for an empty part, a weight that is
+    no number, no part with a weight above 0, or weights that add up to 0 or less. `typed`:
+    the prompt as the member typed it (before links, tags and alternations were read), which
+    the notices quote from (default: `text`).
     """
+    flat = " ".join((typed if typed is not None else text).split())
     chunks = text.split("::")
     if len(chunks) == 1:
         return (PromptPart(text),)
 
     parts = []
-    typed: list[str] = []  # each part's text and weight as typed
+    typed_parts: list[str] = []  # each part's text and weight as typed, for refusals
+    # each part as a notice names it: its text and its weight quoted apart, as each is in the
+    # input (a parameter may stand between them: "fog --ar 2:1 ::0"); a text Pintor rewrote
+    # ("[a|b]" read as "a, b", said) by its weight alone
+    named: list[str] = []
+
+    def name(part: str, number: str) -> str:
+        weight = quote("::" + number)
+        return f"{quote(part)} ({weight})" if part in flat else f"the part before {weight}"
+
     pending = chunks[0]
     for chunk in chunks[1:]:
         glued = re.split(r"\s", chunk, maxsplit=1)[0]  # what is glued to '::' (maybe nothing)
         number = glued.rstrip(",;")
         if number and not _WEIGHT_RE.fullmatch(number):
             glued = number = ""  # "a::b": the text after '::' starts right away
-        weight = _parse_weight(number) if number else 1.0
-        parts.append(_make_part(pending, weight))
-        typed.append(" ".join(f"{pending}::{number}".split()))
+        weight = _parse_weight(number, " ".join(pending.split())) if number else 1.0
+        parts.append(_make_part(pending, weight, "::" + number, typed_parts[-1] if typed_parts else None))
+        typed_parts.append(" ".join(f"{pending}::{number}".split()))
+        named.append(name(parts[-1].text, number))
         pending = chunk[len(glued):]
     if pending.strip():
-        parts.append(_make_part(pending, 1.0))
+        parts.append(_make_part(pending, 1.0, "", None))
+        typed_parts.append(" ".join(pending.split()))
+        named.append(quote(parts[-1].text) if parts[-1].text in flat else "the last part")
 
-    total = sum(part.weight for part in parts)
-    weights = " + ".join(f"{part.weight:g}" for part in parts)
     if not any(part.weight > 0 for part in parts):
-        raise PromptError(f"The weights after '::' add up to {weights} = {total:g} and no part has a positive "
-                          "weight: a negative weight means less of that part (as --no does), so at least one part "
-                          "must say what to draw, and the weights must add up to more than 0 "
-                          "(e.g. still life::1 fruit::-0.5).")
+        listed = ", ".join(quote(as_typed) for as_typed in typed_parts)
+        raise PromptError(f"No part of your multi-prompt has a weight above 0 ({listed}): at least one part must "
+                          "say what to draw, with a positive weight; a negative weight means less of that part "
+                          "(as --no does) and a weight of 0 adds nothing (e.g. still life::1 fruit::-0.5).")
+    zero = [name for part, name in zip(parts, named, strict=True) if part.weight == 0]
+    if zero:
+        one = len(zero) == 1
+        notices.append(f"Left out {', '.join(zero)}: a weight of 0 adds none of {'it' if one else 'them'} "
+                       "(weights are relative).")
+        typed_parts = [as_typed for part, as_typed in zip(parts, typed_parts, strict=True) if part.weight != 0]
+        named = [name for part, name in zip(parts, named, strict=True) if part.weight != 0]
+        parts = [part for part in parts if part.weight != 0]
+    total = sum(part.weight for part in parts)
     if not total > 0:
-        raise PromptError(f"The weights after '::' add up to {weights} = {total:g}; they must add up to more "
-                          "than 0 (a negative part means less of it and cannot outweigh the rest).")
-    lessened = [quote(as_typed) for part, as_typed in zip(parts, typed, strict=False) if part.weight < 0]
+        listed = ", ".join(quote(as_typed) for as_typed in typed_parts)
+        raise PromptError(f"The weights of {listed} add up to {total:g}; "
+                          "they must add up to more than 0: a negative part means less of it and cannot outweigh "
+                          "the rest (e.g. castle::1 fog::-0.5).")
+    lessened = [name for part, name in zip(parts, named, strict=True) if part.weight < 0]
     if lessened:
         one = len(lessened) == 1
         notices.append(f"Read {', '.join(lessened)} as less of {'it' if one else 'each'}, as --no does: "
@@ -836,18 +861,25 @@ def positive_parts(parts: Sequence[tuple[str, float]]) -> list[tuple[str, float]
     return [(text, weight) for text, weight in parts if weight >= 0]
 
 
-def _make_part(text: str, weight: float) -> PromptPart:
+def _make_part(text: str, weight: float, marker: str, before: str | None) -> PromptPart:
+    """A part of a multi-prompt: its text (spaces tidied) and weight. `marker`: the '::' and
+    weight typed after it; `before`: the part typed before it (None: it is the first), to name
+    an empty one."""
     text = " ".join(text.split())
     if not text:
-        raise PromptError("A part of your multi-prompt is empty: "
-                          "write some text before each '::'.")
+        where = f"after {quote(before)}" if before is not None else "at the start"
+        raise PromptError(f"A part of your multi-prompt is empty: {quote(marker or '::')} {where} has no text "
+                          "before it. Write some text before each '::' (e.g. castle::2 fog::0.5).")
     return PromptPart(text, weight)
 
 
-def _parse_weight(glued: str) -> float:
+def _parse_weight(glued: str, part: str) -> float:
+    """The weight typed after '::' (`glued`) for the part whose text is `part` (named when it
+    is refused)."""
     weight = float(glued)
     if not math.isfinite(weight):
-        raise PromptError(f"Invalid weight {quote('::' + glued)}: after '::' write a number "
+        where = f" after {quote(part)}" if part else ""
+        raise PromptError(f"Invalid weight {quote('::' + glued)}{where}: after '::' write a number "
                           "(e.g. castle::2 fog::0.5), or a space.")
     return weight + 0.0  # turns -0.0 into 0.0
 

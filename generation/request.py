@@ -256,11 +256,13 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
     the model's family (`bot.intake` does); their trigger words are added to the prompt.
 
     What the model cannot do with the prompt is said in the request's notices (after the
-    parser's): emphasis on a model without weighted embeddings is read as plain words; a --no
+    parser's): emphasis on a model without weighted embeddings, in the prompt's parts or its --no
+    list, is read as plain words; a --no
     list or a negative `::` part (less of it: generation.prompt.weight_sides) on a model that
     runs without classifier-free guidance (Turbo) or a provider's API is not applied and not
     listed (not shown in the prompt either); where only a low --stylize would turn guidance
-    off, guidance stays at 1.5.
+    off, guidance stays at 1.5; an --ar whose ratio the size made does not keep exactly (sides
+    in multiples of 64, or a provider's few sizes) is said with the size made.
     """
     seed = parsed.seed if parsed.seed is not None else random_seed()
     width, height = size_for_aspect(parsed.aspect, spec.native_side)
@@ -287,17 +289,26 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
         if any(part.weight < 0 for part in parsed.parts):
             notices.append(f"{_negative_parts(parsed)} not applied: {spec.name}'s API takes no negative prompt.")
             parsed = without_negative_parts(parsed)
+    elif "ar" in parsed.given and width * parsed.aspect[1] != height * parsed.aspect[0]:
+        # sides in multiples of 64 at about the model's pixel count: most ratios come out near, not exact
+        notices.append(f"{spec.name} makes {width}×{height} for --ar {parsed.aspect[0]}:{parsed.aspect[1]} (the "
+                       f"nearest with sides in multiples of 64 pixels, at about its {spec.native_side}×"
+                       f"{spec.native_side} pixels).")
     guidance = guidance_for(spec, parsed.stylize)
     parsed, steps, capped = capped_steps(spec, parsed)
     if capped is not None:  # said once: instead of the parser's own cap of a --steps over MAX_STEPS
         notices = [notice for notice in notices if not _PARSER_STEPS_CAP.match(notice)] + [capped]
     if spec.family not in EMPHASIS_FAMILIES:
-        emphasised = [part.text for part in parsed.parts if has_emphasis(part.text)]
+        # the parts and the --no list alike: each text with emphasis is read as its plain words
+        emphasised = [quote(part.text) for part in parsed.parts if has_emphasis(part.text)]
+        if has_emphasis(parsed.negative):
+            emphasised.append(f"--no {quote(parsed.negative)}")
         if emphasised:
-            notices.append(f"{spec.name} cannot weight words: the emphasis in {quote(emphasised[0])} "
-                           "is read as plain words.")
+            named = emphasised[0] if len(emphasised) == 1 else f"{', '.join(emphasised[:-1])} and {emphasised[-1]}"
+            notices.append(f"{spec.name} cannot weight words: the emphasis in {named} is read as plain words.")
             parsed = dataclasses.replace(parsed, parts=tuple(
-                dataclasses.replace(part, text=plain_text(part.text)) for part in parsed.parts))
+                dataclasses.replace(part, text=plain_text(part.text)) for part in parsed.parts),
+                negative=plain_text(parsed.negative) if has_emphasis(parsed.negative) else parsed.negative)
     lessened = any(part.weight < 0 for part in parsed.parts)
     if (parsed.negative or lessened) and guidance <= 1.0:
         if spec.guidance <= 1.0:

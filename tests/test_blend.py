@@ -187,7 +187,26 @@ async def test_blend_weights_as_members_type_them(typed, weights):
     assert blend_weights(typed, 2, has_text=True) == weights
 
 
-@pytest.mark.parametrize("typed", ["2:1", "two, one", "2,,x"])
-async def test_blend_weights_that_are_not_numbers_are_refused(typed):
-    with pytest.raises(RequestError, match="weights must be numbers"):
+@pytest.mark.parametrize("typed, bad", [("2:1", "2:1"), ("two, one", "two"), ("2,,x", "x")])
+async def test_blend_weights_that_are_not_numbers_are_refused(typed, bad):
+    with pytest.raises(RequestError, match="weights must be numbers") as refused:
         blend_weights(typed, 2, has_text=True)
+    assert f"“{bad}” in “{typed.strip()}” is not a number" in str(refused.value)
+
+
+@pytest.mark.parametrize("typed, named", [
+    ("2,-1", "The weight “-1” in “2,-1” is"),  # the tester's example: it did not say which weight
+    ("0, 1", "The weight “0” in “0, 1” is"), ("1 101", "The weight “101” in “1 101” is"),
+    ("-1,-2", "The weights “-1”, “-2” in “-1,-2” are"), ("1,nan", "The weight “nan” in “1,nan” is"),
+    ("1,1,-0.5", "The weight “-0.5” in “1,1,-0.5” is"),  # the prompt's weight too
+])
+async def test_blend_weights_out_of_range_are_refused_quoting_each(typed, named):
+    with pytest.raises(RequestError) as refused:
+        blend_weights(typed, 2, has_text=True)
+    assert str(refused.value) == f"{named} not allowed: each weight must be more than 0 and at most 100 (e.g. 2,1)."
+
+
+async def test_the_wrong_number_of_blend_weights_is_refused_quoting_them():
+    with pytest.raises(RequestError) as refused:
+        blend_weights("1,1,1,1", 2, has_text=True)
+    assert str(refused.value) == "weights: give 2 (one per image, and one more for the prompt), not 4 (“1,1,1,1”)."

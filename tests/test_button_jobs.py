@@ -181,20 +181,32 @@ async def test_vary_of_an_upscale_whose_grid_is_gone_falls_back(studio):
 # -- server step limits --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps, strength, max_steps, expected", [
-    (2, VARY_SUBTLE, None, (3, VARY_SUBTLE)),  # a 2-step model: raised to int(3 × 0.35) = 1 step
-    (2, VARY_STRONG, None, (2, VARY_STRONG)),
-    (30, VARY_SUBTLE, None, (30, VARY_SUBTLE)),
-    (30, VARY_SUBTLE, 20, (20, VARY_SUBTLE)),  # Pintor's steps, lowered to the limit
-    (2, VARY_SUBTLE, 3, (3, VARY_SUBTLE)),
-    (2, VARY_SUBTLE, 2, (2, 0.5)),  # the limit forbids 3 steps: a stronger variation instead
-    (30, VARY_SUBTLE, 2, (2, 0.5)),
-    (30, VARY_STRONG, 2, (2, VARY_STRONG)),
-    (1, VARY_STRONG, None, (2, VARY_STRONG)),
+@pytest.mark.parametrize("steps, strength, max_steps, expected, said", [
+    # a 2-step model: raised to int(3 × 0.35) = 1 step, and said (it was silent)
+    (2, VARY_SUBTLE, None, (3, VARY_SUBTLE),
+     ["Vary (Subtle) runs 35% of its steps on the picture (image to image): 2 steps would run none, so it used 3."]),
+    (2, VARY_STRONG, None, (2, VARY_STRONG), []),
+    (30, VARY_SUBTLE, None, (30, VARY_SUBTLE), []),
+    (30, VARY_SUBTLE, 20, (20, VARY_SUBTLE),  # Pintor's steps, lowered to the limit
+     ["Vary (Subtle): 30 steps is over this server's limit of 20; used 20."]),
+    (2, VARY_SUBTLE, 3, (3, VARY_SUBTLE),
+     ["Vary (Subtle) runs 35% of its steps on the picture (image to image): 2 steps would run none, so it used 3."]),
+    (2, VARY_SUBTLE, 2, (2, 0.5),  # the limit forbids 3 steps: a stronger variation instead
+     ["Vary (Subtle) runs 35% of its steps on the picture (image to image): with this server's limit of 2 steps "
+      "none would run, so it used strength 0.5 instead of 0.35 (further from the picture)."]),
+    (30, VARY_SUBTLE, 2, (2, 0.5),
+     ["Vary (Subtle): 30 steps is over this server's limit of 2; used 2.",
+      "Vary (Subtle) runs 35% of its steps on the picture (image to image): with this server's limit of 2 steps "
+      "none would run, so it used strength 0.5 instead of 0.35 (further from the picture)."]),
+    (30, VARY_STRONG, 2, (2, VARY_STRONG), ["Vary (Strong): 30 steps is over this server's limit of 2; used 2."]),
+    (1, VARY_STRONG, None, (2, VARY_STRONG),
+     ["Vary (Strong) runs 70% of its steps on the picture (image to image): 1 step would run none, so it used 2."]),
 ])
-async def test_image_to_image_steps_and_strength_fit_the_limit(steps, strength, max_steps, expected):
-    fitted = fit_image_to_image(steps, strength, rules(max_steps=max_steps))
-    assert fitted == expected
+async def test_image_to_image_steps_and_strength_fit_the_limit_and_each_change_is_said(steps, strength, max_steps,
+                                                                                        expected, said):
+    name = "Vary (Strong)" if strength == VARY_STRONG else "Vary (Subtle)"
+    fitted = fit_image_to_image(steps, strength, rules(max_steps=max_steps), name)
+    assert (fitted.steps, fitted.strength) == expected and list(fitted.notices) == said
     assert int(fitted[0] * fitted[1]) >= 1 and (max_steps is None or fitted[0] <= max_steps)
 
 
@@ -205,6 +217,23 @@ async def test_one_step_is_too_few_to_vary(strength):
 
 
 @module_loop
+async def test_steps_raised_for_a_variation_are_said_with_the_job(studio, sdxl_grid):
+    """Vary (Subtle) of a 2-step model's picture runs 3 steps (int(2 × 0.35) would run none): the
+    job says so (it was silent); 🔄 of that variation keeps its 3 steps, nothing new to say;
+    Vary (Strong) changes nothing, says nothing."""
+    subtle = await finish(studio, await studio.vary(ANN, sdxl_grid.id, 1, strong=False))
+    assert Request.from_json(subtle.request).steps == 3
+    assert subtle.notices == ("Vary (Subtle) runs 35% of its steps on the picture (image to image): 2 steps would "
+                              "run none, so it used 3.")
+    again = await studio.reroll(ANN, subtle.id)
+    assert again.request.steps == 3 and again.notices == ()
+    await finish(studio, again)
+    strong = await studio.vary(ANN, sdxl_grid.id, 2, strong=True)
+    assert strong.request.steps == 2 and strong.notices == ()
+    await finish(studio, strong)
+
+
+@module_loop
 async def test_buttons_stay_within_max_steps(studio, sdxl_grid):
     two = rules(max_steps=2)
     upscale = await finish(studio, await studio.upscale(ANN, sdxl_grid.id, 2, rules=two))
@@ -212,6 +241,10 @@ async def test_buttons_stay_within_max_steps(studio, sdxl_grid):
         job = await finish(studio, await studio.vary(ANN, upscale.id, 1, strong=strong, rules=two))
         request = Request.from_json(job.request)
         assert request.steps == 2 and int(request.steps * request.strength) >= 1
+        # the strength raised for the limit is said; Vary (Strong) needed no change
+        assert (job.notices or "") == ("" if strong else "Vary (Subtle) runs 35% of its steps on the picture (image "
+                                       "to image): with this server's limit of 2 steps none would run, so it used "
+                                       "strength 0.5 instead of 0.35 (further from the picture).")
         again = await finish(studio, await studio.reroll(ANN, job.id, rules=two))  # 🔄 of it, too
         assert Request.from_json(again.request).steps == 2
 

@@ -335,3 +335,67 @@ def test_python_save_refuses_a_name_of_a_format_pillow_cannot_write(tmp_path):
     result.save(tmp_path / "fox")
     with Image.open(tmp_path / "fox") as written:
         assert written.format == "PNG"
+
+
+def test_the_header_says_the_size_a_job_makes_and_its_notices(capsys):
+    """An upscale's request holds the size of the picture it enlarges: the header says both,
+    what it starts from and what it makes (it said only the first); the job's own notices (an
+    upscale of an upscale, a model replaced) follow the prompt's."""
+    from bot.cli_jobs import TerminalProgress
+    from bot.studio import Submitted
+    from generation.request import JobKind, Request
+
+    async def no_events():
+        return
+        yield
+
+    request = Request(kind=JobKind.UPSCALE, model="tiny-upscaler", prompt="a fox", parts=(("a fox", 1.0),),
+                      negative="", width=256, height=192, steps=2, guidance=0.0, seed=7, count=1,
+                      notices=("Ignored what Pintor does not have: “--raw”.",))
+    again = "Job 2 is an upscale already: its picture is upscaled again (as Upscale (Subtle) under it in Discord)."
+    TerminalProgress().submitted(Submitted(3, 1, request, no_events(), size=(1024, 768), notices=(again,)))
+    assert capsys.readouterr().err.splitlines() == [
+        "job 3: upscale, 256×192 → 1024×768, 2 steps, seed 7, model tiny-upscaler",
+        "note: Ignored what Pintor does not have: “--raw”.",
+        f"note: {again}"]
+    # a grid makes its request's size: said once, as before
+    grid = request.replace(kind=JobKind.IMAGINE, width=64, height=64, count=4, notices=())
+    TerminalProgress().submitted(Submitted(4, 1, grid, no_events(), size=(64, 64)))
+    assert capsys.readouterr().err.splitlines() == ["job 4: imagine, 64×64, 2 steps, seed 7, model tiny-upscaler"]
+
+
+def test_an_upscale_of_an_upscale_is_upscaled_again_as_its_discord_button_does_and_said(
+        tmp_path, small_registry_file):
+    """`pintor upscale JOB 1` of a job that is an upscale: Discord has no U under an upscale,
+    its Upscale (Subtle) button enlarges that picture again; the CLI does the same, and says so
+    (it was silent). Without an upscaling model: resampled ×2 each time (cheap on a CPU)."""
+    from bot.local import USER_ERRORS, Pintor, Watcher
+
+    plain = tmp_path / "models.toml"  # the tiny models without the upscaler
+    text = re.sub(r'upscaler = "tiny-upscaler"\n|\[models\.tiny-upscaler\][^[]*', "",
+                  small_registry_file.read_text(encoding="utf-8"))
+    plain.write_text(text, encoding="utf-8")
+    told: list = []
+
+    class Told(Watcher):
+        def submitted(self, submitted) -> None:
+            told.append(submitted)
+
+    with environment(cli_env(tmp_path, plain), tmp_path):
+        with Pintor.sync(watcher=Told()) as pintor:
+            grid = pintor.imagine("a lighthouse at dusk --seed 9")
+            big = pintor.upscale(grid, 2)
+            assert big.kind == "upscale" and big.images[0].size == (128, 128)
+            assert not any("upscale already" in notice for notice in big.notices)
+            bigger = pintor.upscale(big, 1)
+            assert bigger.kind == "upscale" and bigger.images[0].size == (256, 256)
+            said = (f"Job {big.job_id} is an upscale already: its picture is upscaled again (as Upscale (Subtle) "
+                    "under it in Discord).")
+            assert bigger.notices[0] == said
+            # what the header is made of: the picture it enlarges, the size it makes, the notice
+            assert [(s.request.width, s.request.height, s.size) for s in told[1:]] == [
+                (64, 64, (128, 128)), (128, 128, (256, 256))]
+            assert told[2].notices[0] == said
+            with pytest.raises(USER_ERRORS, match=rf"Job {big.job_id} has no image 2 \(it has 1\)"):
+                pintor.upscale(big, 2)
+    assert len(jobs(tmp_path)) == 3

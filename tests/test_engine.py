@@ -204,6 +204,13 @@ def test_kandinsky_reads_emphasis_as_plain_words_and_says_so(engine, registry):
     result, _, _ = run(engine, req)
     same, _, _ = run(engine, request(registry, "a red fox in the snow --seed 6 --model tiny-kandinsky"))
     assert np.array_equal(pixels(result.images), pixels(same.images))
+    # in --no alike: the prior reads the plain words, the pictures are those of the plain --no, and it is said
+    weighted = request(registry, "a red fox --no (snow:1.5), [trees] --seed 6 --model tiny-kandinsky")
+    assert weighted.negative == "snow , trees" and weighted.notices == (
+        "tiny-kandinsky cannot weight words: the emphasis in --no “(snow:1.5), [trees]” is read as plain words.",)
+    plain = request(registry, "a red fox --no snow , trees --seed 6 --model tiny-kandinsky")
+    assert plain.notices == ()
+    assert np.array_equal(pixels(run(engine, weighted)[0].images), pixels(run(engine, plain)[0].images))
 
 
 # -- SDXL ---------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def test_the_issues_negative_weight_is_less_of_it_as_no_says(sd):
     lessened = request(registry, "still life gouache painting::1 fruit::-.5 --seed 3")
     assert lessened.parts == (("still life gouache painting", 1.0), ("fruit", -0.5))
     assert lessened.prompt == "still life gouache painting::1 fruit::-0.5"  # what the message shows
-    assert lessened.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+    assert lessened.notices == ("Read “fruit” (“::-.5”) as less of it, as --no does: it goes to the negative side "
                                 "(::-0.5 beside parts weighing 1 counts as much as --no).",)
     no = request(registry, "still life gouache painting --no fruit --seed 3")
     got, as_no = pixels(run(engine, lessened)[0].images), pixels(run(engine, no)[0].images)

@@ -63,10 +63,19 @@ def test_steps_are_raised_where_steps_times_strength_is_under_one():
     request = request_for("https://a.test/x.png a cat --iw 3", "sd-turbo").replace(image_prompts=("x.png",))
     made = image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, None)
     assert (made.steps, made.strength) == (4, 0.25) and int(made.steps * made.strength) >= 1
-    # under a server's limit of 2 steps the strength is raised instead
+    # the member's steps changed: said (it was silent)
+    assert made.notices[-1] == ("Starting from the image prompt (--iw 3) runs 25% of its steps on the picture (image "
+                                "to image): 2 steps would run none, so it used 4.")
+    # under a server's limit of 2 steps the strength is raised instead, and said
     rules = ServerRules(guild_id=1, max_steps=2)
-    assert (image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules).steps,
-            image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules).strength) == (2, 0.5)
+    limited = image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, rules)
+    assert (limited.steps, limited.strength) == (2, 0.5)
+    assert limited.notices[-1] == ("Starting from the image prompt (--iw 3) runs 25% of its steps on the picture "
+                                   "(image to image): with this server's limit of 2 steps none would run, so it used "
+                                   "strength 0.5 instead of 0.25 (further from the picture).")
+    # nothing to change: nothing said beyond how the picture is used
+    assert image_prompt_request(request.replace(image_weight=1.0), REGISTRY.get("sd-turbo"), 1, None).notices[-1] \
+        .startswith("🖼️ 1 image prompt (x.png): sd-turbo starts from the picture")
     with pytest.raises(LimitError, match="allows 1 step per job: too few to start from a picture at --iw 3"):
         image_prompt_request(request, REGISTRY.get("sd-turbo"), 1, ServerRules(guild_id=1, max_steps=1))
 

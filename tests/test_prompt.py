@@ -246,9 +246,11 @@ def test_single_part_weight_is_normalised():
     assert p.text == "a castle"
 
 
-@pytest.mark.parametrize("text", ["a::1e999 b", "a::-1e999 b::1"])
-def test_weight_refused(text):
-    assert "weight" in error_for(text)
+@pytest.mark.parametrize("text, named", [("a::1e999 b", "“::1e999” after “a”"),
+                                         ("a::-1e999 b::1", "“::-1e999” after “a”")])
+def test_weight_refused(text, named):
+    message = error_for(text)
+    assert "weight" in message and named in message
 
 
 def test_weights_are_relative_of_any_size():
@@ -269,16 +271,24 @@ def test_text_glued_after_double_colon_is_text(text, parts):
         assert parse_prompt(text).parts == parse_prompt(text.replace("::", ":: ")).parts
 
 
-@pytest.mark.parametrize("text", ["::2 a", "a::2 ::1", "a:::: b", "::"])
-def test_empty_part_refused(text):
-    assert "empty" in error_for(text)
+@pytest.mark.parametrize("text, named", [
+    ("::2 a", "“::2” at the start"), ("a::2 ::1", "“::1” after “a::2”"), ("a:::: b", "“::” after “a::”"),
+    ("::", "“::” at the start"),
+    # the tester's example: which part is empty, quoted (it said only "a part … is empty")
+    ("castle::1 fog::-.5::2", "“::2” after “fog::-.5”"), ("castle::1 fog::2 ::", "“::” after “fog::2”"),
+])
+def test_empty_part_refused_naming_it(text, named):
+    message = error_for(text)
+    assert "empty" in message and f"{named} has no text before it" in message
+    assert_names_the_input(message.replace("'::'", ""), text)
 
 
-@pytest.mark.parametrize("text, shown", [("a::-1", "-1"), ("a::0", "0"), ("a::1 b::-1", "1 + -1 = 0"),
-                                         ("a::-2 b::1", "-2 + 1 = -1")])
+@pytest.mark.parametrize("text, shown", [("a::1 b::-1", "“a::1”, “b::-1” add up to 0"),
+                                         ("a::-2 b::1", "“a::-2”, “b::1” add up to -1")])
 def test_weights_must_sum_above_zero(text, shown):
     message = error_for(text)
     assert "more than 0" in message and shown in message
+    assert " = " not in message  # it read "-1 = -1" for a lone weight
 
 
 def test_part_ending_in_colon_round_trips():
@@ -402,7 +412,8 @@ WORD = st.builds(
     lambda head, tail: head + (":" + tail if tail else ""),
     st.text(WORD_CHARS, min_size=1, max_size=8), st.text("ab12", max_size=3))
 PHRASE = st.lists(WORD, min_size=1, max_size=5).map(" ".join)
-WEIGHT = st.floats(-10, 10, allow_nan=False).map(lambda w: w + 0.0)
+# a part of weight 0 is left out when parsed (said): never in a parsed prompt
+WEIGHT = st.floats(-10, 10, allow_nan=False).map(lambda w: w + 0.0).filter(lambda w: w != 0)
 
 
 @st.composite
@@ -538,7 +549,7 @@ def test_values_with_a_plain_intent_are_brought_into_range_and_said(prompt, fiel
 @pytest.mark.parametrize("prompt, shown", [
     ("a castle --ar banana", "“banana”"), ("a castle --ar 0:1", "“0:1”"), ("a castle --seed -1", "“-1”"),
     ("a castle --chaos -5", "“-5”"), ("a castle --steps 0", "“0”"), ("a castle --q high", "“high”"),
-    ("castle::-1 fog::1", "-1 + 1 = 0"), ("castle::-3", "-3"),
+    ("castle::-1 fog::1", "“castle::-1”, “fog::1” add up to 0"), ("castle::-3", "(“castle::-3”)"),
 ])
 def test_nonsense_is_refused_showing_the_value(prompt, shown):
     assert shown in error_for(prompt)
@@ -933,7 +944,7 @@ def test_the_issues_negative_weight_is_kept_shown_and_said():
     p = parse_prompt("still life gouache painting::1 fruit::-.5")
     assert p.parts == (PromptPart("still life gouache painting", 1.0), PromptPart("fruit", -0.5))
     assert p.text == "still life gouache painting::1 fruit::-0.5"  # what the job uses, shown
-    assert p.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+    assert p.notices == ("Read “fruit” (“::-.5”) as less of it, as --no does: it goes to the negative side "
                          "(::-0.5 beside parts weighing 1 counts as much as --no).",)
     assert_names_the_input(p.notices[0], "still life gouache painting::1 fruit::-.5")
     assert parse_prompt(p.text).parts == p.parts
@@ -941,21 +952,64 @@ def test_the_issues_negative_weight_is_kept_shown_and_said():
     assert two.parts == (PromptPart("a bowl", 2.0), PromptPart("fruit", -0.5), PromptPart("dust", 1.0),
                          PromptPart("-1"))  # a weight is glued to '::'
     two = parse_prompt("a bowl::2 fruit::-.5 dust::-1")
-    assert two.notices == ("Read “fruit::-.5”, “dust::-1” as less of each, as --no does: they go to the negative "
-                           "side (::-0.5 beside parts weighing 1 counts as much as --no).",)
+    assert two.notices == ("Read “fruit” (“::-.5”), “dust” (“::-1”) as less of each, as --no does: they go to the "
+                           "negative side (::-0.5 beside parts weighing 1 counts as much as --no).",)
 
 
-@pytest.mark.parametrize("text, shown", [("fruit::-1 bowl::-.5", "-1 + -0.5 = -1.5"), ("fruit::-2", "-2"),
-                                         ("a::0 b::-1", "0 + -1 = -1"), ("a::0 b::0", "0 + 0 = 0")])
+@pytest.mark.parametrize("text, shown", [("fruit::-1 bowl::-.5", "(“fruit::-1”, “bowl::-.5”)"),
+                                         ("fruit::-2", "(“fruit::-2”)"), ("fog::-1", "(“fog::-1”)"),
+                                         ("a::0 b::-1", "(“a::0”, “b::-1”)"), ("a::0 b::0", "(“a::0”, “b::0”)"),
+                                         ("fog::0", "(“fog::0”)"), ("fog::-0", "(“fog::-0”)")])
 def test_a_prompt_of_negative_parts_only_is_refused_plainly(text, shown):
+    """It read "The weights after '::' add up to -1 = -1": now what is wrong (no part above 0),
+    the parts as typed, and what is allowed."""
     message = error_for(text)
-    assert "no part has a positive weight" in message and "more than 0" in message and shown in message
-    assert "less of that part" in message
+    assert message.startswith(f"No part of your multi-prompt has a weight above 0 {shown}: at least one part "
+                              "must say what to draw, with a positive weight")
+    assert "less of that part" in message and "a weight of 0 adds nothing" in message and " = " not in message
+    assert_names_the_input(message, text)
 
 
 def test_a_negative_part_may_not_outweigh_the_rest():
     message = error_for("a castle::1 fog::-2")
-    assert "1 + -2 = -1" in message and "cannot outweigh" in message
+    assert message == ("The weights of “a castle::1”, “fog::-2” add up to -1; they must add up to more than 0: a "
+                       "negative part means less of it and cannot outweigh the rest (e.g. castle::1 fog::-0.5).")
+
+
+# --- a part of weight 0 adds nothing: left out, and said (MidJourney: weights are relative) ---
+
+
+@pytest.mark.parametrize("text, parts, shown, left_out", [
+    ("castle::1 fog::-0", (PromptPart("castle"),), "castle", "“fog” (“::-0”)"),  # the tester's example
+    ("castle::1 fog::0", (PromptPart("castle"),), "castle", "“fog” (“::0”)"),
+    ("castle::3 fog::0 sky::2", (PromptPart("castle", 3.0), PromptPart("sky", 2.0)), "castle::3 sky::2",
+     "“fog” (“::0”)"),
+    ("castle::2 fog::0.0 dust::0 sky", (PromptPart("castle", 2.0), PromptPart("sky")), "castle::2 sky::1",
+     "“fog” (“::0.0”), “dust” (“::0”)"),
+    ("fog::0 castle", (PromptPart("castle"),), "castle", "“fog” (“::0”)"),
+    # a parameter between a part's text and its weight: each is quoted as it is in the input
+    ("castle fog --niji ::0 sky", (PromptPart("sky"),), "sky", "“castle fog” (“::0”)"),
+    # a text Pintor rewrote (an alternation, said): named by its weight, as typed
+    ("[a|b] ::0 sky", (PromptPart("sky"),), "sky", "the part before “::0”"),
+])
+def test_a_part_of_weight_zero_is_left_out_and_said(text, parts, shown, left_out):
+    p = parse_prompt(text)
+    assert p.parts == parts and p.text == shown  # what the job uses is what is shown
+    one = ", " not in left_out
+    assert p.notices[-1] == (f"Left out {left_out}: a weight of 0 adds none of {'it' if one else 'them'} "
+                             "(weights are relative).")
+    for notice in p.notices:
+        assert_names_the_input(notice, text)
+    assert parse_prompt(p.text).parts == p.parts and parse_prompt(p.text).notices == ()
+
+
+def test_a_part_of_weight_zero_beside_a_negative_one():
+    p = parse_prompt("castle::2 fog::0 dust::-0.5")
+    assert p.parts == (PromptPart("castle", 2.0), PromptPart("dust", -0.5))
+    assert p.notices[0] == "Left out “fog” (“::0”): a weight of 0 adds none of it (weights are relative)."
+    assert p.notices[1].startswith("Read “dust” (“::-0.5”) as less of it")
+    # left out, the rest must still add up to more than 0
+    assert "add up to -1" in error_for("castle::1 fog::0 dust::-2")
 
 
 @pytest.mark.parametrize("parts, negative, positive, lessened, rest", [

@@ -16,6 +16,7 @@ from generation.request import GRID_SIZE, KINDS, Request, build_request
 REGISTRY = load_registry()
 SD15 = REGISTRY.get("sd-1.5")  # native 512, 30 steps, guidance 7
 TURBO = REGISTRY.get("sd-turbo")  # 2 steps, no guidance
+KANDINSKY = REGISTRY.get("kandinsky-2.2")  # no emphasis (generation.registry.EMPHASIS_FAMILIES)
 
 
 def build(text: str, spec=SD15) -> Request:
@@ -229,7 +230,7 @@ def test_a_negative_part_is_kept_and_shown_where_the_model_has_a_negative_side()
     request = build("still life gouache painting::1 fruit::-.5 --seed 3")
     assert request.parts == (("still life gouache painting", 1.0), ("fruit", -0.5))
     assert request.prompt == "still life gouache painting::1 fruit::-0.5" and request.guidance == 7.0
-    assert request.notices == ("Read “fruit::-.5” as less of it, as --no does: it goes to the negative side "
+    assert request.notices == ("Read “fruit” (“::-.5”) as less of it, as --no does: it goes to the negative side "
                                "(::-0.5 beside parts weighing 1 counts as much as --no).",)
 
 
@@ -268,3 +269,57 @@ def test_a_loras_trigger_words_join_the_last_part_that_is_not_negative(tmp_path)
     request = build_request(parse_prompt("a lighthouse::2 fog::-.5"), SD15, loras=[(lora, 1.0)])
     assert request.parts == (("a lighthouse, ink wash", 2.0), ("fog", -0.5))
     assert request.prompt == "a lighthouse, ink wash::2 fog::-0.5"
+
+
+# --- emphasis on a model that cannot weight words: the --no list is read as the prompt is ---
+
+
+@pytest.mark.parametrize("family", ["kandinsky22", "kandinsky21", "kandinsky3"])
+def test_emphasis_in_the_negative_is_read_as_plain_words_and_said_as_the_prompts_is(family: str):
+    spec = dataclasses.replace(KANDINSKY, family=family)
+    request = build("a red fox --no (blurry:1.4) people --seed 3", spec)
+    assert request.negative == "blurry people" and request.parts == (("a red fox", 1.0),)
+    assert request.parameters == "--no blurry people --model kandinsky-2.2"  # what the model reads is shown
+    assert request.notices == ("kandinsky-2.2 cannot weight words: the emphasis in --no “(blurry:1.4) people” "
+                               "is read as plain words.",)
+    # both sides weighted: one notice names each text
+    both = build("a ((red)) fox::2 [snow]::-1 --no [[blurry]]", spec)
+    assert both.parts == (("a red fox", 2.0), ("snow", -1.0)) and both.negative == "blurry"
+    assert both.notices[-1] == ("kandinsky-2.2 cannot weight words: the emphasis in “a ((red)) fox”, “[snow]” "
+                                "and --no “[[blurry]]” is read as plain words.")
+    # escaped brackets are words, not emphasis: kept as a prompt's are, nothing said
+    escaped = build(r"a fox --no makima \(chainsaw man\)", spec)
+    assert escaped.negative == r"makima \(chainsaw man\)" and escaped.notices == ()
+    # a plain --no: unchanged, nothing said
+    plain = build("a red fox --no blurry, people", spec)
+    assert plain.negative == "blurry, people" and plain.notices == ()
+
+
+def test_emphasis_in_the_negative_stays_where_the_model_weights_words():
+    request = build("a red fox --no (blurry:1.4) people")
+    assert request.negative == "(blurry:1.4) people" and request.notices == ()
+
+
+# --- an --ar whose ratio the size cannot keep exactly: the size made is said ---
+
+
+@pytest.mark.parametrize("native, aspect, size", [
+    (64, "16:9", (128, 64)),  # the tester's example: a 64 px model makes 2:1 for 16:9
+    (64, "3:2", (128, 64)), (512, "16:9", (704, 384)), (512, "4:3", (576, 448)), (512, "1:3", (320, 896)),
+])
+def test_an_aspect_ratio_the_size_does_not_keep_is_said_with_the_size(native: int, aspect: str, size):
+    spec = dataclasses.replace(SD15, native_side=native)
+    request = build(f"a cat --ar {aspect}", spec)
+    assert (request.width, request.height) == size
+    assert request.notices == (f"sd-1.5 makes {size[0]}×{size[1]} for --ar {aspect} (the nearest with sides in "
+                               f"multiples of 64 pixels, at about its {native}×{native} pixels).",)
+    assert f"--ar {aspect}" in request.parameters  # what was asked stays shown; the notice says what was made
+
+
+@pytest.mark.parametrize("native, aspect", [(512, "3:2"), (512, "2:3"), (512, "1:1"), (64, "1:1"), (64, "2:1"),
+                                            (256, "1:2"), (128, "3:2")])
+def test_an_aspect_ratio_kept_exactly_says_nothing(native: int, aspect: str):
+    request = build(f"a cat --ar {aspect}", dataclasses.replace(SD15, native_side=native))
+    w, h = map(int, aspect.split(":"))
+    assert request.width * h == request.height * w and request.notices == ()
+    assert build("a cat", dataclasses.replace(SD15, native_side=native)).notices == ()  # no --ar: square, nothing

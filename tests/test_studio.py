@@ -159,7 +159,10 @@ async def test_a_pasted_prompt_is_made_and_its_notices_are_kept_with_the_job(env
         "Ignored what Pintor does not have: “--raw”; “--sref 4567” (×2) — Pintor has image prompts (links at "
         "the start of the prompt, --iw), not style or character references.",
         "Ignored “--v 5.2”: no model is mapped to it here; choose one with --model "
-        "(tiny-sd, tiny-sdxl, tiny-kandinsky).")
+        "(tiny-sd, tiny-sdxl, tiny-kandinsky).",
+        # 3:1 at a 64 px model's pixel count, in multiples of 64: the size made is said
+        "tiny-sd makes 128×64 for --ar 3:1 (the nearest with sides in multiples of 64 pixels, at about its 64×64 "
+        "pixels).")
     # a re-roll keeps them (the same prompt); an upscale or a variation does not say them again
     reroll = await env.studio.reroll(ANN, submitted.job_id)
     await finish(reroll)
@@ -209,6 +212,8 @@ async def test_upscale_one_image_with_the_model(env, parent: int):
     request = submitted.request
     assert (request.kind, request.model, request.count) == ("upscale", "tiny-upscaler", 1)
     assert request.seed == source.seed and request.init_image == source.path
+    # the request holds the picture it enlarges; the size it makes is said beside it (the CLI's header)
+    assert (request.width, request.height) == (64, 64) and submitted.size == (256, 256)
     done = await finish(submitted)
     job = await studio.job(submitted.job_id)
     assert (job.kind, job.parent_id, job.parent_index) == ("upscale", parent, 3)
@@ -228,7 +233,7 @@ async def test_upscale_without_a_model_resamples_and_says_so(env, parent: int, m
     studio = env.studio
     monkeypatch.setattr(studio, "registry", dataclasses.replace(studio.registry, upscaler=None))
     submitted = await studio.upscale(ANN, parent, 4)
-    assert submitted.request.model == RESAMPLE
+    assert submitted.request.model == RESAMPLE and submitted.size == (128, 128)
     await finish(submitted)
     job = await studio.job(submitted.job_id)
     assert [(image.width, image.height) for image in job.images] == [(128, 128)]

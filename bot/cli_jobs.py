@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,12 @@ def _check_writable(paths: list[Path]) -> None:
             raise SystemExit(EXIT_BAD_INPUT)
 
 
+def said_resumed(jobs: Sequence[Job]) -> None:
+    """On stderr: the operator's jobs that an earlier command left unfinished, run first now."""
+    print(f"note: first finishing {'this job' if len(jobs) == 1 else 'these jobs'} that an earlier command "
+          f"left unfinished (stopped or killed): {', '.join(f'job {job.id}' for job in jobs)}", file=sys.stderr)
+
+
 class TerminalProgress(Watcher):
     """One job on the terminal: what was queued, its position, notices, a progress bar."""
 
@@ -72,6 +78,9 @@ class TerminalProgress(Watcher):
               f"seed {request.seed}, model {request.model}", file=sys.stderr)
         for notice in dict.fromkeys((*request.notices, *submitted.notices)):  # what was changed or ignored
             print(f"note: {notice}", file=sys.stderr)
+
+    def resumed(self, jobs: Sequence[Job]) -> None:
+        said_resumed(jobs)
 
     def existing(self, job: Job) -> None:
         what = f"picture {job.parent_index} of job {job.parent_id}" if job.parent_id else "this picture"
@@ -167,18 +176,23 @@ async def show(settings: Settings, job_id: int, output: Path | None, separate: b
     return 0
 
 
+def jobs_count(total: int) -> str:
+    """"1 job", "2 jobs"."""
+    return f"{total} job" + ("" if total == 1 else "s")
+
+
 async def history(settings: Settings, page: int) -> int:
     async with Pintor(settings) as pintor:
         jobs, total = await pintor.history(page=page)
     if not jobs:
-        print("no jobs yet: try pintor imagine" if total == 0 else f"page {page} is empty ({total} jobs)")
+        print("no jobs yet: try pintor imagine" if total == 0 else f"page {page} is empty ({jobs_count(total)})")
         return 0
     for job in jobs:
         who = "operator" if job.user_id == 0 else f"member {job.user_id}"
         made = job.created_at.strftime("%Y-%m-%d %H:%M")
         kind = kind_name(job.kind, Request.from_json(job.request).outpaint, job.parent_index)  # "U2", "Zoom Out 2x"
         print(f"{job.id:>6}  {job.status:<9} {kind:<13} {job.model:<16} {made}  {who:<26} {clean(job.prompt)[:80]}")
-    print(f"page {page} · {total} jobs (yours and those posted publicly in a server)")
+    print(f"page {page} · {jobs_count(total)} (yours and those posted publicly in a server)")
     return 0
 
 
@@ -250,6 +264,11 @@ class BatchProgress(Watcher):
 
         self.bar = tqdm(total=total, initial=done, unit="prompt", desc="batch", file=sys.stderr)
         self.current = ""
+
+    def resumed(self, jobs: Sequence[Job]) -> None:
+        self.bar.clear()
+        said_resumed(jobs)
+        self.bar.refresh()
 
     def event(self, event: Event) -> None:
         if isinstance(event, Progress):

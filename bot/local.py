@@ -166,6 +166,10 @@ class Watcher:
         """Nothing new is made: `job` (queued, running or done) already makes what was asked
         for (an upscale asked for twice); its result is given instead."""
 
+    def resumed(self, jobs: Sequence[Job]) -> None:
+        """`jobs`, the operator's, were left unfinished by a command that stopped (interrupted,
+        killed, a closed pipe) and are queued again before anything new: they run first."""
+
 
 JobRef = int | Result
 
@@ -211,8 +215,10 @@ class Pintor:
         one is queued. Discord's unfinished jobs are the bot's to resume."""
         studio = self._open()
         if not self._started:
-            await studio.start(resume_user=OPERATOR.id)
+            resumed = await studio.start(resume_user=OPERATOR.id)
             self._started = True
+            if resumed:
+                self.watcher.resumed(resumed)
         return studio
 
     # -- jobs -----------------------------------------------------------------------------------

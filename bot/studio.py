@@ -345,11 +345,11 @@ class Studio:
         self.forgotten: set[int] = set()  # unfinished jobs deleted by /forget (their messages are settled)
         self.database_wait_s = DATABASE_WAIT_S
 
-    async def start(self, *, resume_user: int | None = None) -> None:
+    async def start(self, *, resume_user: int | None = None) -> list[Job]:
         """Start the worker and queue again the jobs a crash or a stop left unfinished whose
         owner is gone (storage.owners: a front end still running beside this one keeps its
         own); with `resume_user`, only that member's (the CLI resumes its own jobs, not those
-        the bot resumes for Discord's members).
+        the bot resumes for Discord's members). Returns those jobs, queued again in this order.
 
         Raises OwnerBusy when this studio's owner name is held by a live process (a second
         `pintor run` on one database). With the embedded queue beside another live front end,
@@ -388,6 +388,7 @@ class Studio:
             # while this front end was stopped is stored after its job's mark_queued, never
             # turned back to "queued" by it (and run and posted a second time)
             self._consumer = asyncio.create_task(self._consume(), name="studio-events")
+        return list(claimed)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -879,8 +879,8 @@ def _parse_weight(glued: str, part: str) -> float:
     weight = float(glued)
     if not math.isfinite(weight):
         where = f" after {quote(part)}" if part else ""
-        raise PromptError(f"Invalid weight {quote('::' + glued)}{where}: after '::' write a number "
-                          "(e.g. castle::2 fog::0.5), or a space.")
+        raise PromptError(f"The weight {quote('::' + glued)}{where} is too large to use: weights are "
+                          "relative, so small numbers say the same (e.g. castle::2 fog::0.5).")
     return weight + 0.0  # turns -0.0 into 0.0
 
 

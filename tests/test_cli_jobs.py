@@ -222,6 +222,8 @@ def test_a_batch_is_interrupted_and_resumed_without_redoing_or_doubling_a_line(e
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{len(written)} of 4 prompts already done" in resumed.stderr
     assert "following" in resumed.stderr  # the previous run's queued jobs, not new ones
+    unfinished = ", ".join(f"job {r[0]}" for r in before if r[2] != "done")
+    assert f"left unfinished (stopped or killed): {unfinished}" in resumed.stderr
     after = jobs(tmp_path)
     assert len(after) == 4 and all(r[2] == "done" for r in after)  # no line queued twice
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == NAMES
@@ -317,6 +319,28 @@ def test_the_synchronous_interface_gives_pil_images_and_the_same_pictures_for_th
 
         assert asyncio.run(main()) == ([3, 2, 1], 3)
     assert len(jobs(tmp_path)) == 3
+
+
+def test_a_job_a_stopped_command_left_unfinished_runs_first_and_is_said(env, tmp_path):
+    """A command that stops before its job ends (killed, a closed pipe, a Python script that
+    leaves) leaves it queued; the next command finishes it first and says so (it ran first
+    without a word: a tester's `pintor reroll` made two other jobs before its own, 39 s)."""
+    from bot.cli_jobs import jobs_count
+    from bot.local import Pintor
+
+    async def leave_one() -> int:
+        async with Pintor() as pintor:
+            return (await pintor.submit_imagine("a lighthouse at dusk --seed 4")).job_id
+
+    with environment(env, tmp_path):
+        left = asyncio.run(leave_one())
+    assert [(r[0], r[2]) for r in jobs(tmp_path)] in ([(left, "queued")], [(left, "running")])
+    made = pintor_here(env, "imagine", "a red fox --seed 5", "-o", "fox.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (f"note: first finishing this job that an earlier command left unfinished (stopped or killed): job {left}"
+            in made.stderr), made.stderr
+    assert [r[2] for r in jobs(tmp_path)] == ["done", "done"]
+    assert (jobs_count(1), jobs_count(2)) == ("1 job", "2 jobs")
 
 
 def test_python_save_refuses_a_name_of_a_format_pillow_cannot_write(tmp_path):

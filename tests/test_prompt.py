@@ -249,8 +249,11 @@ def test_single_part_weight_is_normalised():
 @pytest.mark.parametrize("text, named", [("a::1e999 b", "“::1e999” after “a”"),
                                          ("a::-1e999 b::1", "“::-1e999” after “a”")])
 def test_weight_refused(text, named):
+    """A weight too large for a float (1e999 reads as infinity) is refused as too large, not as
+    "not a number" (the tester's `a::1e999` was told to write a number)."""
     message = error_for(text)
-    assert "weight" in message and named in message
+    assert "weight" in message and named in message and "too large" in message
+    assert "write a number" not in message
 
 
 def test_weights_are_relative_of_any_size():

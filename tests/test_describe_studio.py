@@ -13,12 +13,13 @@ from PIL import Image
 
 from bot.intake import LimitError, Member, RequestError
 from bot.studio import NO_CAPTIONER
-from generation.events import Cancelled, Done
+from generation.events import Cancelled, Done, Progress
 from generation.inputs import UploadError
 from generation.request import Request
 from storage.models import ServerRules
 from tests.describe_helpers import build_describers, phone_jpeg, write_describe_registry
 from tests.studio_helpers import finish, started_studio
+from tests.waiting import collect_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -75,13 +76,21 @@ async def test_a_describes_prompts_are_imagined_as_the_members_own_imagine(studi
 
 
 async def test_a_queued_describe_can_be_cancelled(studio):
+    """Queued behind a running job, so that it is still queued when cancelled (alone in line it
+    could end before the cancel came, on a loaded machine)."""
     member = Member(103, "cy")
+    long = await studio.imagine(Member(190, "zed"), "a long wait --steps 150")
+    await collect_until(long.events, lambda event: isinstance(event, Progress))
     submitted = await studio.describe(member, "cat.png", png(colour=(1, 2, 3)))
+    assert submitted.position == 1
     assert await studio.cancel(submitted.job_id, member=member)
     events = [event async for event in submitted.events]
     assert isinstance(events[-1], Cancelled)
     job = await studio.job(submitted.job_id)
     assert job.status == "cancelled" and job.prompts == []
+    assert await studio.cancel(long.job_id)
+    async for _event in long.events:
+        pass
 
 
 @pytest.mark.parametrize("name, data, error", [

@@ -357,8 +357,12 @@ def run_job_command(settings: Settings, args: argparse.Namespace) -> int:
     """Run a verb of `add_job_commands`, or `imagine` (one prompt or a batch)."""
     command = args.command
     if command == "imagine":
-        if (args.prompt is None) == (args.batch is None):
-            print("error: give a prompt, or --from FILE with one prompt per line", file=sys.stderr)
+        if args.prompt is not None and args.batch is not None:
+            print("error: give a prompt or --from FILE, not both", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if args.prompt is None and args.batch is None:
+            print("error: " + ("--resume is for batches (--from FILE)" if args.resume
+                               else "give a prompt, or --from FILE with one prompt per line"), file=sys.stderr)
             return EXIT_BAD_INPUT
         if args.batch is not None:
             if args.separate:

@@ -107,4 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "empty database TO, e.g. SQLite to PostgreSQL (docs/operations.md)")
     copy.add_argument("source", metavar="FROM", help="a database URL, e.g. sqlite+aiosqlite:///./data/pintor.db")
     copy.add_argument("target", metavar="TO", help="a database URL, e.g. postgresql+asyncpg://pintor:PASSWORD@host/pintor")
+    # an option spelt in part (`--separat`, `--pag 2`) is refused, not read as the one it starts:
+    # a typo should not run a job
+    for sub in (parser, *commands.choices.values(), *db_actions.choices.values()):
+        sub.allow_abbrev = False
     return parser

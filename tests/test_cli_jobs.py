@@ -162,6 +162,10 @@ def test_every_job_verb_from_the_terminal(env, tmp_path):
     (["upscale", "1", "1", "-o", "x.psd"], "not .psd"),  # exited 1: bad output names are bad input too
     (["show", "1", "-o", "missing/x.png"], "the folder missing does not exist"),
     (["imagine"], "give a prompt, or --from FILE"),
+    (["imagine", "a fox", "--from", "notes.txt"], "give a prompt or --from FILE, not both"),
+    (["imagine", "--resume"], "--resume is for batches (--from FILE)"),
+    (["imagine", "a fox", "--separat"], "unrecognized arguments: --separat"),  # ran a job with --separate
+    (["history", "--pag", "2"], "unrecognized arguments: --pag"),
     (["history", "--page", "0"], "a page number from 1"),  # printed "page 0" with page 1's jobs
     (["history", "--page", "-1"], "a page number from 1"),
 ])

@@ -257,10 +257,10 @@ class Pintor:
         queued or running), as a second press of the button in Discord points to it. A job that
         is an upscale already has one picture (1): it is upscaled again, as Upscale (Subtle)
         under it in Discord does, and the result says so."""
-        job_id = await self._readable(job)
-        found = await self._open().job(job_id)
+        found = await self._readable(job)
+        job_id = found.id
         again = ([f"Job {job_id} is an upscale already: its picture is upscaled again (as Upscale (Subtle) "
-                  "under it in Discord)."] if found is not None and found.kind == JobKind.UPSCALE else [])
+                  "under it in Discord)."] if found.kind == JobKind.UPSCALE else [])
         try:
             submitted = await (await self._running()).upscale(OPERATOR, job_id, index, notices=again)
         except AlreadyMade as made:
@@ -270,18 +270,18 @@ class Pintor:
 
     async def vary(self, job: JobRef, index: int, *, strong: bool = False) -> Result:
         """Four variations of picture `index` (1–4) of a finished job (the V buttons)."""
-        job_id = await self._readable(job)
+        job_id = (await self._readable(job)).id
         return await self.finish(self._told(await (await self._running()).vary(OPERATOR, job_id, index, strong=strong)))
 
     async def reroll(self, job: JobRef) -> Result:
         """The same grid request again with a new seed (🔄)."""
-        job_id = await self._readable(job)
+        job_id = (await self._readable(job)).id
         return await self.finish(self._told(await (await self._running()).reroll(OPERATOR, job_id)))
 
     async def show(self, job: JobRef) -> Result:
         """A finished job, as /show gives it (made here or posted publicly in Discord)."""
-        job_id = await self._readable(job)
-        found = await self._open().job(job_id)
+        found = await self._readable(job)
+        job_id = found.id
         if found.status == JobStatus.FAILED:
             raise RequestError(f"Job {job_id} failed: {found.error or 'no reason recorded'}")
         if found.status == JobStatus.CANCELLED:
@@ -345,7 +345,8 @@ class Pintor:
         self.watcher.submitted(submitted)
         return submitted
 
-    async def _readable(self, job: JobRef) -> int:
+    async def _readable(self, job: JobRef) -> Job:
+        """The job the operator may read; RequestError when there is none or it is another's."""
         job_id = job.job_id if isinstance(job, Result) else int(job)
         found = await self._open().job(job_id)
         if found is None:
@@ -353,7 +354,7 @@ class Pintor:
         if not readable(found):
             raise RequestError(f"Job {job_id} was delivered privately: it belongs to its author. "
                                f"Pintor's operator reads only their own jobs and those posted in a server.")
-        return job_id
+        return found
 
 
 def _upload(image: str | Path | bytes | Image.Image, n: int) -> tuple[str, bytes]:

@@ -91,12 +91,10 @@ def build_studio(settings: Settings, engine: AsyncEngine, registry: Registry | N
 
 
 @asynccontextmanager
-async def open_studio(settings: Settings, *, resume_user: int | None = None,
-                      start: bool = True) -> AsyncIterator[Studio]:
+async def open_studio(settings: Settings, *, start: bool = True) -> AsyncIterator[Studio]:
     """A started studio (migrated database, worker process running); closed on exit, which
     lets the worker finish its step and leaves unfinished jobs queued for the next start.
-    `resume_user`: queue again only that member's unfinished jobs (`Studio.start`). With
-    `start=False` the caller starts it (`Studio.start`) when it first makes a job: its reading
+    With `start=False` the caller starts it (`Studio.start`) when it first makes a job: its reading
     doors (history, show, look-ups) need the database alone, no worker."""
     check_queue_url(settings)
     registry = registry_from(settings)
@@ -108,7 +106,7 @@ async def open_studio(settings: Settings, *, resume_user: int | None = None,
         shared = bool(settings.pintor_queue_url) and any(o.queue == "redis" for o in others)
         studio = build_studio(settings, engine, registry, local_workers=0 if shared else None)
         if start:
-            await studio.start(resume_user=resume_user)
+            await studio.start()
         try:
             yield studio
         finally:

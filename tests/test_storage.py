@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
-from storage.db import current_revision, downgrade, open_engine, upgrade
+from storage.db import HEAD_REVISION, alembic_config, current_revision, downgrade, open_engine, upgrade
 from storage.jobs import JobStore, NewImage
 from storage.models import MAX_JOB_ID, Base, Image, Job, User
 
@@ -75,7 +76,15 @@ async def test_migrations_create_the_tables_on_a_fresh_file(tmp_path: Path):
     assert current == head and head is not None
     await upgrade(engine)  # again: nothing to do, nothing breaks
     assert await current_revision(engine) == (head, head)
+    async with engine.connect() as conn:  # what Alembic itself reads there
+        assert await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision()) == head
     await engine.dispose()
+
+
+def test_the_head_revision_written_in_storage_is_alembics_head():
+    """`pintor health` compares with HEAD_REVISION instead of importing Alembic: a migration
+    added without moving it would make every healthy database read as out of date."""
+    assert HEAD_REVISION == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -65,9 +65,15 @@ def flatten_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# zlib's fastest level: lossless all the same, and on a smooth 512² picture about 10 % more bytes
+# for a third less time than Pillow's default (6) (issue 35; benchmarks/finishing.py measures it).
+PNG_COMPRESS_LEVEL = 1
+
+
 def png_bytes(image: Image.Image) -> bytes:
+    """`image` as a PNG file's bytes, losslessly, at zlib's fastest level (PNG_COMPRESS_LEVEL)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 

@@ -145,6 +145,7 @@ class LocalQueue:
         self._generation = 0  # which worker process the pipe messages come from
         self._closing = False
         self._stopped = asyncio.Event()
+        self._generating = False  # a batch is on the device (sent, its "free" not come back)
 
     # -- the JobQueue interface ---------------------------------------------------------------
 
@@ -231,12 +232,14 @@ class LocalQueue:
             self._emit(Queued(job_id, position))
 
     def _dispatch(self) -> None:
-        if not self.state.ready or self.state.running_jobs or self._closing:
+        if not self.state.ready or self._generating or self._closing:
             return
         batch = self._next_batch()
         if not batch:
             return
-        self._set_running(batch)
+        self._generating = True
+        # the batch before may still be being finished (its pictures written): running too
+        self._set_running([*self.state.running_jobs, *batch], generating=batch[0])
         self.state.step, self.state.total = 0, 0
         self.state.models = loaded_after(self.state.models, self._jobs[batch[0]][1].model, self.config.max_models)
         self._send("run", [(job_id, self._jobs[job_id][1].to_json()) for job_id in batch])
@@ -263,9 +266,15 @@ class LocalQueue:
 
         return self._waiting.pop_batch(joins, window=limit // max(1, first.count))
 
-    def _set_running(self, jobs: list[int]) -> None:
+    def _set_running(self, jobs: list[int], generating: int | None = None) -> None:
+        """The jobs sent to the worker and not ended, in the order sent; `generating`: the first
+        job of the batch on the device now (the job /info names; by default the first of
+        `jobs` still running)."""
         self.state.running_jobs = tuple(jobs)
-        self.state.running_job = jobs[0] if jobs else None
+        if generating is not None:
+            self.state.running_job = generating
+        elif self.state.running_job not in jobs:
+            self.state.running_job = jobs[0] if jobs else None
 
     def _send(self, *message: Any) -> None:
         if self._conn is None:
@@ -279,7 +288,7 @@ class LocalQueue:
         ctx = worker_context()
         parent_conn, child_conn = ctx.Pipe()
         self._generation += 1
-        self.state.ready = False
+        self.state.ready, self._generating = False, False
         process = ctx.Process(target=run_worker, args=(child_conn, self.config), name="pintor-worker", daemon=True)
         self._process = process
         with _main_script_hidden():
@@ -318,6 +327,9 @@ class LocalQueue:
             self.state.error = message[1]
             log.error("worker could not start: %s", message[1])
             self._fail_all(f"The generation worker could not start: {message[1]}")
+        elif kind == "free":  # the batch's pipeline call is over: the next one may start now
+            self._generating = False
+            self._dispatch()
         elif kind == "event":
             self._on_event(message[1])
 

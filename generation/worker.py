@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,7 +36,7 @@ from generation.imaging import make_grid, png_bytes, sha256
 from generation.request import JobKind, Request
 
 if TYPE_CHECKING:
-    from generation.engine import Engine  # imported in the worker process only: it loads torch
+    from generation.engine import Engine, Generated  # imported in the worker process only: it loads torch
 
 log = logging.getLogger(__name__)
 
@@ -209,36 +210,48 @@ class _Worker:
         info["batch_images"] = batch_images
         self.send("ready", info)
         threading.Thread(target=self.read_commands, daemon=True, name="commands").start()
-        while (batch := self.jobs.get()) is not None:
-            jobs = []
-            for job_id, request_json in batch:
-                if job_id in self.cancelled:  # cancelled before it started
-                    self.cancelled.discard(job_id)
-                    self.send("event", Cancelled(job_id))
-                else:
-                    jobs.append((job_id, Request.from_json(request_json)))
-            for job_id, _ in jobs:
-                self.send("event", Started(job_id))
-            if jobs:
-                self.run_batch(engine, jobs)
+        # A batch's pictures are encoded, written and reported in this thread of their own, one
+        # batch after another, while the next batch is generated: the device never waits for them.
+        finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
+        try:
+            while (batch := self.jobs.get()) is not None:
+                jobs = []
+                for job_id, request_json in batch:
+                    if job_id in self.cancelled:  # cancelled before it started
+                        self.cancelled.discard(job_id)
+                        self.send("event", Cancelled(job_id))
+                    else:
+                        jobs.append((job_id, Request.from_json(request_json)))
+                for job_id, _ in jobs:
+                    self.send("event", Started(job_id))
+                if jobs:
+                    self.run_batch(engine, jobs, finisher=finisher)
+                # the device is free (the batch's pictures may still be being written): the front
+                # end sends the next batch now
+                self.send("free", [job_id for job_id, _ in batch])
+        finally:
+            finisher.shutdown(wait=True)  # every finished batch is written and reported before the exit
 
     def run_job(self, engine: Engine, job_id: int, request: Request) -> None:
         """Run one job alone, from its Started to its end (the Redis worker's way)."""
         self.send("event", Started(job_id))
         self.run_batch(engine, [(job_id, request)])
 
-    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]], *, offloaded: bool = False) -> None:
+    def run_batch(self, engine: Engine, jobs: list[tuple[int, Request]], *, offloaded: bool = False,
+                  finisher: Executor | None = None) -> None:
         """Run jobs (already reported Started) as one pipeline call and report each one's end.
 
         A job cancelled while the batch runs is reported Cancelled at once (its images are
         dropped, the others go on). If a batch of several fails, each job still running is run
         again alone, so that one job's fault (a missing input picture, say) is its own. A job
         alone that runs out of memory runs once more with offloading on (`offloaded`:
-        PipelineCache.offloaded), then fails with the reason; the worker goes on serving."""
-        from generation.availability import ModelLoadError
-        from generation.devices import is_out_of_memory
+        PipelineCache.offloaded), then fails with the reason; the worker goes on serving.
+
+        `finisher`: where the pictures of a batch that ran are written and its jobs' ends sent
+        (a one-thread executor: batches end in the order they ran); this call then returns when
+        the pipeline call does. None: here, before this call returns (the Redis worker's way).
+        A write that fails (a full disk) fails the jobs not yet reported, with the reason."""
         from generation.engine import BatchJob, GenerationStopped
-        from generation.remote import RemoteRefusal
 
         ended: set[int] = set()  # jobs whose final event was sent
 
@@ -273,50 +286,87 @@ class _Worker:
             opened = [BatchJob(request.with_inputs(lambda name: str(store.local(name))), *callbacks(job_id))
                       for job_id, request in jobs]
             results = engine.generate_batch(opened)
-            for (job_id, request), result in zip(jobs, results, strict=True):
-                if result is None or job_id in ended:
-                    continue  # stopped: reported below
-                if request.kind == JobKind.DESCRIBE:  # prompts, and the picture they describe
-                    picture = save_picture(result.images[0], request, store, job_id)
-                    end(Done(job_id, (), picture, tuple(result.notices), captions=tuple(result.captions)))
-                    continue
-                files, grid = save_images(result.images, request, store, job_id, result.flagged)
-                control = save_control(result.control, request, store, job_id) if result.control else None
-                end(Done(job_id, tuple(files), grid, tuple(result.notices), control))
         except GenerationStopped:
             pass
         except Exception as err:  # noqa: BLE001 - one failed job must not stop the worker
-            still = [(job_id, request) for job_id, request in jobs if job_id not in ended]
-            if len(jobs) > 1 and not self.stopping.is_set():
-                log.warning("a batch of %d jobs failed (%s: %s); running each alone", len(jobs),
-                            type(err).__name__, err)
-                for job in still:
-                    if job[0] in self.cancelled:
-                        end(Cancelled(job[0]))
-                    else:
-                        self.run_batch(engine, [job])
-                        ended.add(job[0])
-            elif is_out_of_memory(err) and not offloaded and not self.stopping.is_set():  # any device's
-                log.warning("job %s ran out of memory; running it again with offloading on", jobs[0][0])
-                with engine.pipelines.offloaded():
-                    self.run_batch(engine, still, offloaded=True)
-                ended.update(job_id for job_id, _ in still)
-            elif isinstance(err, ModelLoadError):  # expected (files missing, offline…): the why, not a traceback
-                log.error("job %s failed: %s", jobs[0][0], err.detail)
-                for job_id, _ in still:
-                    end(Failed(job_id, str(err)))
-            elif isinstance(err, RemoteRefusal):  # the provider refused: said for the member, no traceback
-                log.warning("job %s failed: %s", jobs[0][0], err)
-                for job_id, _ in still:
-                    end(Failed(job_id, str(err)))
+            self._failed(engine, jobs, err, ended, end, offloaded=offloaded, finisher=finisher)
+        else:
+            def finish() -> None:
+                try:
+                    for (job_id, request), result in zip(jobs, results, strict=True):
+                        if result is not None and job_id not in ended:  # (stopped: reported below)
+                            end(_saved(job_id, request, result, store))
+                except Exception as err:  # noqa: BLE001 - a full disk fails these jobs, not the worker
+                    log.error("job %s failed:\n%s", jobs[0][0], traceback.format_exc())
+                    for job_id, _ in jobs:
+                        if job_id not in ended:
+                            end(Failed(job_id, _reason(err, engine.device.device)))
+                self._end_the_rest(jobs, ended, end)
+
+            if finisher is None:
+                finish()
             else:
-                log.error("job %s failed:\n%s", jobs[0][0], traceback.format_exc())
-                for job_id, _ in still:
-                    end(Failed(job_id, _reason(err, engine.device.device)))
+                finisher.submit(finish)
+            return
+        self._end_the_rest(jobs, ended, end)
+
+    def _end_the_rest(self, jobs: list[tuple[int, Request]], ended: set[int],
+                      end: Callable[[Cancelled | Interrupted | Done | Failed], None]) -> None:
+        """The end of each of `jobs` not reported yet: stopped by a cancel, or by the worker's stop."""
         for job_id, _ in jobs:
-            if job_id not in ended:  # stopped: by a cancel, or by the worker's stop
+            if job_id not in ended:
                 end(Cancelled(job_id) if job_id in self.cancelled else Interrupted(job_id))
             self.cancelled.discard(job_id)
+
+    def _failed(self, engine: Engine, jobs: list[tuple[int, Request]], err: Exception, ended: set[int],
+                end: Callable[[Cancelled | Interrupted | Done | Failed], None], *, offloaded: bool,
+                finisher: Executor | None) -> None:
+        """After a batch's pipeline call raised `err`: each job run again alone (a batch of
+        several), once more with offloading on (out of memory), or failed with the reason."""
+        from generation.availability import ModelLoadError
+        from generation.devices import is_out_of_memory
+        from generation.remote import RemoteRefusal
+
+        still = [(job_id, request) for job_id, request in jobs if job_id not in ended]
+        if len(jobs) > 1 and not self.stopping.is_set():
+            log.warning("a batch of %d jobs failed (%s: %s); running each alone", len(jobs),
+                        type(err).__name__, err)
+            for job in still:
+                if job[0] in self.cancelled:
+                    end(Cancelled(job[0]))
+                else:
+                    self.run_batch(engine, [job], finisher=finisher)
+                    ended.add(job[0])
+        elif is_out_of_memory(err) and not offloaded and not self.stopping.is_set():  # any device's
+            log.warning("job %s ran out of memory; running it again with offloading on", jobs[0][0])
+            with engine.pipelines.offloaded():
+                # finished here: the pictures are written while the pipelines are still offloaded
+                self.run_batch(engine, still, offloaded=True)
+            ended.update(job_id for job_id, _ in still)
+        elif isinstance(err, ModelLoadError):  # expected (files missing, offline…): the why, not a traceback
+            log.error("job %s failed: %s", jobs[0][0], err.detail)
+            for job_id, _ in still:
+                end(Failed(job_id, str(err)))
+        elif isinstance(err, RemoteRefusal):  # the provider refused: said for the member, no traceback
+            log.warning("job %s failed: %s", jobs[0][0], err)
+            for job_id, _ in still:
+                end(Failed(job_id, str(err)))
+        else:
+            log.error("job %s failed:\n%s", jobs[0][0], traceback.format_exc())
+            for job_id, _ in still:
+                end(Failed(job_id, _reason(err, engine.device.device)))
+
+
+def _saved(job_id: int, request: Request, result: Generated, store: FileStore) -> Done:
+    """A job's result written to `store`, as the Done
+    event that names its files (OSError when a write fails: nothing of the job is left)."""
+    if request.kind == JobKind.DESCRIBE:  # prompts, and the picture they describe
+        picture = save_picture(result.images[0], request, store, job_id)
+        return Done(job_id, (), picture, tuple(result.notices), captions=tuple(result.captions))
+    files, grid = save_images(result.images, request, store, job_id, result.flagged)
+    control = save_control(result.control, request, store, job_id) if result.control else None
+    return Done(job_id, tuple(files), grid, tuple(result.notices), control)
+
 
 
 # a path starts a word (so a hub id such as "stabilityai/sd-turbo" is left whole): /abs, ~/x,

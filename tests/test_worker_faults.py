@@ -5,6 +5,7 @@ tiny pipeline; its events come back over a real pipe."""
 from __future__ import annotations
 
 import errno
+import threading
 from multiprocessing import Pipe
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import generation.worker as worker_module
 from generation.devices import Offload, choose_device
 from generation.engine import Engine
-from generation.events import Done, Failed
+from generation.events import Done, Failed, Interrupted, Progress
 from generation.files import FileStore
 from generation.registry import load_registry
 from generation.worker import WorkerConfig, _Worker
@@ -114,3 +115,55 @@ def test_out_of_memory_twice_fails_the_job_with_the_reason_and_the_worker_serves
     assert failed.reason == "The worker's machine ran out of memory. Try a smaller --ar or fewer --steps."
     assert modes == ["auto", "model", "auto"]  # tried twice, not more; the next job ran as configured
     assert isinstance(done, Done) and done.job_id == 5
+
+
+class SlowDisk(FileStore):
+    """A file store whose writes of job 1's files wait until the test opens `gate`: a disk (or
+    an encoder) slower than the device."""
+
+    gate = threading.Event()
+
+    def put(self, key: str, data: bytes) -> Path:
+        if key.startswith("jobs/1/"):
+            assert SlowDisk.gate.wait(60), "the test never opened the gate"
+        return super().put(key, data)
+
+
+def test_the_next_job_runs_while_the_last_ones_pictures_are_written_and_none_is_lost(
+        small_registry_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 35: the device never waits for encoding and writing. The worker's own loop (in a
+    thread here) is sent two jobs; job 1's files cannot be written yet, and still the worker
+    says the device is free and job 2 starts and steps. Then job 1's files are written and it
+    ends Done before job 2 (batches end in the order they ran), and a stop sent while a job is
+    being written waits for its Done: nothing is lost."""
+    monkeypatch.setattr(worker_module, "FileStore", SlowDisk)
+    SlowDisk.gate.clear()
+    here, there = Pipe()
+    config = WorkerConfig(output_dir=str(tmp_path), registry_path=str(small_registry_file), device="cpu")
+    worker = threading.Thread(target=_Worker(there, config).run, daemon=True)
+    worker.start()
+    registry = load_registry(small_registry_file)
+    for job_id in (1, 2):
+        here.send(("run", [(job_id, request(registry, f"a lighthouse --seed {job_id}").to_json())]))
+
+    def until(wanted) -> list:
+        seen = []
+        while not seen or not wanted(seen[-1]):
+            assert here.poll(60), seen
+            seen.append(here.recv())
+        return seen
+
+    assert until(lambda m: m[0] == "ready")
+    before = until(lambda m: m[0] == "event" and isinstance(m[1], Progress) and m[1].job_id == 2)
+    assert ("free", [1]) in before  # job 1's pipeline call ended; its files wait for the gate
+    assert not any(m[0] == "event" and isinstance(m[1], Done) for m in before)
+    assert not (tmp_path / "jobs" / "1" / "grid.png").exists()
+    here.send(("stop",))  # job 2 stops at its next step (or ends, if it was done); job 1 is not lost
+    SlowDisk.gate.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    after = [here.recv() for _ in iter(lambda: here.poll(0), False)]
+    ends = [m[1] for m in after if m[0] == "event" and isinstance(m[1], (Done, Interrupted))]
+    assert [e.job_id for e in ends] == [1, 2] and isinstance(ends[0], Done)
+    assert sorted(p.name for p in (tmp_path / "jobs" / "1").iterdir()) == ["1.png", "2.png", "3.png", "4.png",
+                                                                            "grid.png"]

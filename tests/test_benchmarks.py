@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-BENCHMARKS = ["batching", "gpu", "killloop", "load", "overheads", "standins", "workers"]
+BENCHMARKS = ["batching", "finishing", "gpu", "killloop", "load", "overheads", "standins", "workers"]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

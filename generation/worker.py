@@ -308,7 +308,10 @@ class _Worker:
             else:
                 finisher.submit(finish)
             return
-        self._end_the_rest(jobs, ended, end)
+        if finisher is None:
+            self._end_the_rest(jobs, ended, end)
+        else:  # after the ends of the batches that ran before this one (in the order they ran)
+            finisher.submit(self._end_the_rest, jobs, ended, end)
 
     def _end_the_rest(self, jobs: list[tuple[int, Request]], ended: set[int],
                       end: Callable[[Cancelled | Interrupted | Done | Failed], None]) -> None:

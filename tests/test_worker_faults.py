@@ -146,7 +146,7 @@ def test_the_next_job_runs_while_the_last_ones_pictures_are_written_and_none_is_
         here.send(("run", [(job_id, request(registry, f"a lighthouse --seed {job_id}").to_json())]))
 
     def until(wanted) -> list:
-        seen = []
+        seen: list = []
         while not seen or not wanted(seen[-1]):
             assert here.poll(60), seen
             seen.append(here.recv())

@@ -248,7 +248,7 @@ class _Worker:
         PipelineCache.offloaded), then fails with the reason; the worker goes on serving.
 
         `finisher`: where the pictures of a batch that ran are written and its jobs' ends sent
-        (a one-thread executor: pictures are written in the order the batches ran); this call then returns when
+        (a one-thread executor: batches end in the order they ran); this call then returns when
         the pipeline call does. None: here, before this call returns (the Redis worker's way).
         A write that fails (a full disk) fails the jobs not yet reported, with the reason."""
         from generation.engine import BatchJob, GenerationStopped

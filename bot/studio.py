@@ -51,6 +51,7 @@ from bot.intake import (
     without_control_weight,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
+from generation.families import family_of
 from generation.files import CONTROL_FILE, INPUTS_FOLDER, FileStore, input_key, job_folder
 from generation.imaging import png_bytes
 from generation.inputs import open_upload
@@ -66,7 +67,7 @@ from generation.prompt import (
     without_loras,
 )
 from generation.queue import JobQueue, WorkerState
-from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
+from generation.registry import ModelSpec, Registry, nearest_size
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import CREATIVE_STRENGTH, RESAMPLE, can_upscale, upscale_factor
 from storage.db import unreachable
@@ -501,13 +502,13 @@ class Studio:
             return await self.submit_many(member, requests, **where)
         self.check_image_prompts(request)
         spec = self.registry.get(request.model)
-        if not spec.can_blend and spec.family not in EMPHASIS_FAMILIES:
-            users = [m.name for m in self.registry.generators() if m.can_blend or m.family in EMPHASIS_FAMILIES]
+        if not spec.can_blend and not family_of(spec.family).emphasis:
+            users = [m.name for m in self.registry.generators() if m.can_blend or family_of(m.family).emphasis]
             raise RequestError(f"{spec.name} cannot use image prompts. Models that can: {', '.join(users) or 'none'}.")
         names = [name for name, _ in sources]
         data = [(name, await self.fetch(url, name)) for name, url in sources]
         images = await asyncio.to_thread(lambda: [open_upload(blob, name) for name, blob in data])
-        if spec.family in EMPHASIS_FAMILIES:
+        if family_of(spec.family).emphasis:
             # image to image from the first picture, cropped to the grid's shape (not stretched)
             images = [await asyncio.to_thread(ImageOps.fit, images[0], (request.width, request.height),
                                               Image.Resampling.LANCZOS)]

@@ -26,11 +26,11 @@ MODEL_CONFIG = "config.json"
 
 def index_for(family: str) -> str:
     """The file that makes a folder or hub repo a model of `family`: a transformers model's
-    config.json for the captioners (generation.registry.CAPTION_FAMILIES), else diffusers'
+    config.json for the captioners (a `caption` family's record, generation.families), else diffusers'
     model_index.json."""
-    from generation.registry import CAPTION_FAMILIES
+    from generation.families import family_of
 
-    return MODEL_CONFIG if family in CAPTION_FAMILIES else PIPELINE_INDEX
+    return MODEL_CONFIG if family_of(family).caption else PIPELINE_INDEX
 
 
 class ModelLoadError(RuntimeError):

@@ -98,7 +98,7 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
             for source in filter(None, (spec.source, spec.prior, spec.inpaint, spec.clip)):
                 _check_source(report, spec.name, source, spec.config if source == spec.source else None,
                               weights_file=family_of(spec.family).weights_file, index=index_for(spec.family))
-            if spec.family == "esrgan" and spec.source:
+            if family_of(spec.family).weights_file and spec.source:
                 _check_upscaler(report, spec.name, spec.source)
             if spec.vae:
                 _check_addition(report, "VAE", spec.name, spec.vae)

@@ -874,10 +874,10 @@ class Studio:
         # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape; of
         # 64 for Kandinsky 2.2, whose decoders round their latents up to 64 pixels)
         width, height = size_for_aspect((width, height), spec.native_side,
-                                        multiple=64 if spec.family == "kandinsky22" else 8)
+                                        multiple=family_of(spec.family).outpaint_multiple)
         # Kandinsky's border is steered by the picture's own image embedding with the words (as its V)
         source = image.path  # by its key (generation/files.py), as the job stores it
-        images = (source,) if spec.family == "kandinsky22" else ()
+        images = (source,) if family_of(spec.family).blend else ()
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=source, outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=images,
@@ -1067,8 +1067,8 @@ class Studio:
             spec = self.registry.get(name)
             if not spec.can_blend:
                 can = [m.name for m in self.registry.models.values() if m.can_blend]
-                why = (" (Kandinsky 3 reads only text: it has no prior to mix images with)"
-                       if spec.family == "kandinsky3" else "")
+                reason = family_of(spec.family).no_blend_why
+                why = f" ({reason})" if reason else ""
                 raise RequestError(f"'{spec.name}' cannot blend images{why}. Models that can: "
                                    f"{', '.join(can) or 'none configured'}.")
             return spec
@@ -1220,7 +1220,8 @@ class Studio:
         if request.kind != JobKind.UPSCALE:
             return width, height
         upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
-        factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
+        factor = upscale_factor(width, height, with_model=upscaler is not None
+                                and family_of(upscaler.family).pipeline("upscale") is not None)
         return width * factor, height * factor
 
     async def _check_rules(self, member: Member, request: Request, rules: ServerRules,

@@ -213,7 +213,7 @@ class Engine:
                 batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
             elif family_of(spec.family).runner == "kandinsky":
                 batches = [self._kandinsky(first, spec, notices_per_job[0], callback, control)]
-            elif family_of(spec.family).runner == "kandinsky3":
+            elif family_of(spec.family).runner == "kandinsky_3":
                 batches = [self._kandinsky3(first, spec, notices_per_job[0], callback)]
             else:
                 batches = self._stable_diffusion(jobs, spec, notices_per_job, callback, control)
@@ -668,7 +668,7 @@ class Engine:
         if upscaler == RESAMPLE:
             return resampled("No upscaling model is configured")
         spec = self.registry.get(upscaler)
-        if spec.family == "esrgan":
+        if family_of(spec.family).weights_file:  # an ESRGAN-family network (spandrel)
             try:
                 model = self.pipelines.get(spec, "esrgan")
                 return esrgan.enlarge(model, image, ESRGAN_FACTOR, should_stop=should_stop,

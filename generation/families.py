@@ -69,8 +69,14 @@ class Family:
       pipeline takes (generation.prompt.CONTROL_KINDS; Kandinsky 2.2's takes depth "hint"s
       only). `separate_inpaint`: a model entry may name a
       separate inpainting decoder (`inpaint`) that gives it Zoom Out and Pan.
+      `controlnet_is_pipeline`: its ControlNets are whole decoder pipelines (hub repos pulled and
+      checked as models), not diffusers ControlNetModels. `outpaint_multiple`: the multiple in
+      pixels a Zoom Out or Pan canvas is rounded to (8, the latent grid; 64 for Kandinsky 2.2,
+      whose decoders round their latents up to 64 pixels).
+    - `no_prior_why`, `no_blend_why`: said (in parentheses) when an entry of the family names a
+      `prior`, and when a member asks it to blend; empty: nothing more to say.
     - `runner`: which of the engine's loops runs its text-to-image and image-to-image jobs
-      ("stable_diffusion", "kandinsky": prior then decoder, "kandinsky3"; "": none, its jobs
+      ("stable_diffusion", "kandinsky": prior then decoder, "kandinsky_3": T5 text into the UNet; "": none, its jobs
       are of another kind). `decoder_reads_text`: its decoder takes the prompt's text as well
       as the prior's embeddings (Kandinsky 2.1).
     - `pipelines`: diffusers pipeline class names by task where the AutoPipeline classes do not
@@ -104,6 +110,10 @@ class Family:
     remote: bool = False
     controlnet_families: tuple[str, ...] = ()
     separate_inpaint: bool = False
+    controlnet_is_pipeline: bool = False
+    outpaint_multiple: int = 8
+    no_prior_why: str = ""
+    no_blend_why: str = ""
     control_kinds: tuple[str, ...] = ("canny", "depth", "pose", "scribble", "lineart")
     runner: str = ""
     decoder_reads_text: bool = False
@@ -175,6 +185,7 @@ KANDINSKY21 = Family(
 KANDINSKY22 = Family(
     "kandinsky22", 768, 40, 4.0, text_to_image=True, blend=True, runner="kandinsky",
     controlnet_families=("kandinsky22",), control_kinds=("depth",), img2img_no_resize=True,
+    controlnet_is_pipeline=True, outpaint_multiple=64,
     pipelines=(("text2img", "KandinskyV22Pipeline"), ("img2img", "KandinskyV22Img2ImgPipeline"),
                ("prior", "KandinskyV22PriorPipeline"), ("inpaint", "KandinskyV22InpaintPipeline"),
                ("controlnet", "KandinskyV22ControlnetPipeline"),
@@ -187,7 +198,9 @@ KANDINSKY22 = Family(
 # estimate, as the rows above. Kandinsky3Pipeline: one loop, DDPM, no input scaling, `generator`
 # passed to step.
 KANDINSKY3 = Family(
-    "kandinsky3", 1024, 25, 3.0, text_to_image=True, runner="kandinsky3",
+    "kandinsky3", 1024, 25, 3.0, text_to_image=True, runner="kandinsky_3",
+    no_prior_why="Kandinsky 3 reads the text itself",
+    no_blend_why="Kandinsky 3 reads only text: it has no prior to mix images with",
     pipelines=(("text2img", "Kandinsky3Pipeline"), ("img2img", "Kandinsky3Img2ImgPipeline")),
     peak_gib=(25.0, 18.0, 4.0),
     loops=(Loop("denoising loop", "DDPMScheduler", scales_input=False, step_keywords=("generator",)),))

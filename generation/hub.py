@@ -163,7 +163,7 @@ def controlnet_sources(registry: Registry, names: list[str] | None = None) -> li
         if names is not None and controlnet.name not in names:
             continue
         if _is_hub_id(controlnet.source):
-            files = None if controlnet.family == "kandinsky22" else CONTROLNET_FILES
+            files = None if family_of(controlnet.family).controlnet_is_pipeline else CONTROLNET_FILES
             wanted.append((controlnet.name, controlnet.source, files))
         if controlnet.estimator and _is_hub_id(controlnet.estimator):
             wanted.append((controlnet.name, controlnet.estimator, DEPTH_ESTIMATOR_FILES))

@@ -199,7 +199,7 @@ class PipelineCache:
             return entry[key]
         require_controlnet(controlnet)
         task: PipelineTask = "img2img" if img2img else "text2img"
-        if family_of(spec.family).runner == "kandinsky":  # the ControlNet is a whole decoder
+        if family_of(spec.family).controlnet_is_pipeline:  # the ControlNet is a whole decoder
             if img2img:  # the same decoder's weights (its text-to-image pipeline's components)
                 base = self.controlled(spec, controlnet)
                 pipe = pipeline_class(spec, "controlnet_img2img")(**base.components)

@@ -389,9 +389,9 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
     if entry["family"] in names_where(lambda f: f.blend) and not entry.get("prior"):
         raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
     if "prior" in entry and entry["family"] not in names_where(lambda f: f.blend):
+        reason = FAMILIES[entry["family"]].no_prior_why
         raise RegistryError(f"model '{name}': 'prior' is for Kandinsky 2.1 and 2.2; the {entry['family']} "
-                            "family has none" + (" (Kandinsky 3 reads the text itself)"
-                                                 if entry["family"] == "kandinsky3" else ""))
+                            "family has none" + (f" ({reason})" if reason else ""))
     if "clip_model" in entry and entry["family"] not in names_where(lambda f: f.clip_guidance):
         raise RegistryError(f"model '{name}': 'clip_model' (CLIP guidance, --clip) works with the families "
                             f"{', '.join(sorted(names_where(lambda f: f.clip_guidance)))}, not '{entry['family']}'")

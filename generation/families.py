@@ -12,7 +12,7 @@ differs from one that exists, a tiny config in tests/tiny_models.py and a test.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,10 @@ class Family:
 _SD = (Loop("denoising loop", "EulerDiscreteScheduler", scales_input=True, distilled=True),)
 _PRIOR = Loop("prior", "UnCLIPScheduler", scales_input=False, step_keywords=("generator", "prev_timestep"))
 
-# The Stable Diffusion families share their capabilities: compel emphasis, CLIP guidance,
-# inpainting from their own parts, LoRAs/embeddings/VAEs, single files, batching (their
-# pipelines take a list of generators and per-image prompt embeddings).
-_SD_LIKE = dict(text_to_image=True, clip_guidance=True, inpaint=True, emphasis=True, additions=True,
-                single_file=True, loops=_SD, runner="stable_diffusion")
+# The Stable Diffusion families share their capabilities (SD below, the others are copies of
+# it with their differences): compel emphasis, CLIP guidance, inpainting from their own parts,
+# LoRAs/embeddings/VAEs, single files, batching (their pipelines take a list of generators and
+# per-image prompt embeddings).
 
 # Peak GPU memory in GiB of one grid (a batch of 4, guided: 8 UNet rows) at the family's native
 # size in fp16/bf16, per offload mode (none, model, sequential), weights included, with the VAE
@@ -164,17 +163,16 @@ _SD_PIPELINES = (("single_file", "StableDiffusionPipeline"), ("controlnet", "Sta
 _SDXL_PIPELINES = (("single_file", "StableDiffusionXLPipeline"),
                    ("controlnet", "StableDiffusionXLControlNetPipeline"),
                    ("controlnet_img2img", "StableDiffusionXLControlNetImg2ImgPipeline"))
-SD = Family("sd", 512, 30, 7.0, **_SD_LIKE, controlnet_families=("sd",), pipelines=_SD_PIPELINES,  # type: ignore[arg-type]
-            peak_gib=(5.0, 3.5, 1.5), batch_images_cuda=16)
-SD2 = Family("sd2", 768, 30, 7.0, **_SD_LIKE, pipelines=_SD_PIPELINES, peak_gib=(6.0, 4.0, 2.5), batch_images_cuda=16)  # type: ignore[arg-type]
-SDXL = Family("sdxl", 1024, 30, 6.0, **_SD_LIKE, controlnet_families=("sdxl", "sdxl-turbo"),  # type: ignore[arg-type]
-              pipelines=_SDXL_PIPELINES,
-              peak_gib=(10.0, 6.5, 3.0), batch_images_cuda=8)
+SD = Family("sd", 512, 30, 7.0, text_to_image=True, clip_guidance=True, inpaint=True, emphasis=True,
+            additions=True, single_file=True, loops=_SD, runner="stable_diffusion", controlnet_families=("sd",),
+            pipelines=_SD_PIPELINES, peak_gib=(5.0, 3.5, 1.5), batch_images_cuda=16)
+SD2 = replace(SD, name="sd2", side=768, controlnet_families=(), peak_gib=(6.0, 4.0, 2.5))
+SDXL = replace(SD, name="sdxl", side=1024, guidance=6.0, controlnet_families=("sdxl", "sdxl-turbo"),
+               pipelines=_SDXL_PIPELINES, peak_gib=(10.0, 6.5, 3.0), batch_images_cuda=8)
 # Turbo models are distilled for 1–4 steps without classifier-free guidance.
-SD_TURBO = Family("sd-turbo", 512, 2, 0.0, **_SD_LIKE, pipelines=_SD_PIPELINES, peak_gib=(5.0, 3.5, 1.5),  # type: ignore[arg-type]
-                  recipe=TURBO, batch_images_cuda=16)
-SDXL_TURBO = Family("sdxl-turbo", 512, 2, 0.0, **_SD_LIKE, pipelines=_SDXL_PIPELINES, peak_gib=(8.5, 6.0, 2.5),  # type: ignore[arg-type]
-                    recipe=TURBO, batch_images_cuda=16)
+SD_TURBO = replace(SD, name="sd-turbo", steps=2, guidance=0.0, controlnet_families=(), recipe=TURBO)
+SDXL_TURBO = replace(SDXL, name="sdxl-turbo", side=512, steps=2, guidance=0.0, controlnet_families=(),
+                     peak_gib=(8.5, 6.0, 2.5), recipe=TURBO, batch_images_cuda=16)
 # Kandinsky's prior runs per prompt, so its jobs stay one call each.
 KANDINSKY21 = Family(
     "kandinsky21", 768, 40, 4.0, text_to_image=True, blend=True, runner="kandinsky", decoder_reads_text=True,

@@ -10,7 +10,7 @@
    worker at start);
 3. SDXL architecture, 1024², 30 steps: plain diffusers at batch 1 and 4;
 4. peak VRAM of one grid with each offload mode (none, model, sequential), printed as the rows of
-   generation/devices.py's PEAK_GIB table, and what `auto` picks on this card;
+   the family records' peak_gib (generation/families.py), and what `auto` picks on this card;
 5. a preview's cost: the linear projection vs TAESD (AutoencoderTiny), relative to one step.
 
 Sections run in that order; one that would start after --budget-s is skipped (and says so).
@@ -46,8 +46,9 @@ from benchmarks.standins import (  # noqa: E402
     taesd,
     write_registry,
 )
-from generation.devices import GIB, PEAK_GIB, FastPath, Offload, choose_device, choose_offload  # noqa: E402
+from generation.devices import GIB, FastPath, Offload, choose_device, choose_offload  # noqa: E402
 from generation.engine import Engine  # noqa: E402
+from generation.families import peak_gib  # noqa: E402
 from generation.imaging import png_bytes  # noqa: E402
 from generation.previews import TinyDecoderPreview, latents_preview  # noqa: E402
 from generation.registry import load_registry  # noqa: E402
@@ -263,11 +264,11 @@ def peak_vram(run: Run, models: list[Model]) -> None:
                     f"(no CUDA: nothing to offload to, no VRAM to measure) in {seconds:.1f} s")
             del engine
         if row:
-            say(f'    PEAK_GIB row (reserved, rounded up): "{model.family}": '
+            say(f'    peak_gib row (reserved, rounded up): "{model.family}": '
                 f"({', '.join(f'{-(-r * 2 // 1) / 2:.1f}' for r in row)}),  # measured {time.strftime('%Y-%m-%d')}, "
                 f"{run.device.name}, {str(run.device.dtype).removeprefix('torch.')}")
             say(f"    PINTOR_OFFLOAD=auto here ({free / GIB:.1f} GiB free) picks: "
-                f"{choose_offload('auto', model.family, free).value} (table now: {PEAK_GIB.get(model.family)})")
+                f"{choose_offload('auto', model.family, free).value} (record now: {peak_gib(model.family)})")
 
 
 def preview_cost(run: Run, models: list[Model]) -> None:

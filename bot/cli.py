@@ -61,8 +61,9 @@ def _addition_state(kind: str, name: str, source: str, weight_name: str | None =
 def models(settings: Settings) -> int:
     from bot.settings import registry_from
     from generation.availability import check_controlnet, index_for
+    from generation.families import family_of
     from generation.hub import is_local
-    from generation.registry import KANDINSKY_20, WEIGHTS_FILE_FAMILIES
+    from generation.registry import KANDINSKY_20
     from generation.schedulers import check_scheduler
 
     registry = registry_from(settings)
@@ -79,11 +80,11 @@ def models(settings: Settings) -> int:
                   f"allow it with /pintor-admin remote-models; API key "
                   f"{'set' if settings.openai_key() else 'NOT set (OPENAI_API_KEY)'}")
             continue
-        where = ("single-file checkpoint" if spec.single_file else "weights file" if spec.family in WEIGHTS_FILE_FAMILIES
+        where = ("single-file checkpoint" if spec.single_file else "weights file" if family_of(spec.family).weights_file
                  else "local folder" if is_local(spec.source) else "hub id")
         print(f"  {spec.name:<16} {spec.family:<12} {spec.native_side}px {spec.steps} steps  "
               f"{spec.source} ({where}){'  [' + ', '.join(marks) + ']' if marks else ''}")
-        print(f"  {'':<16} can: {_capabilities(spec, registry)}; {_on_disk(spec.source, spec.config, weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))}")
+        print(f"  {'':<16} can: {_capabilities(spec, registry)}; {_on_disk(spec.source, spec.config, weights_file=family_of(spec.family).weights_file, index=index_for(spec.family))}")
         if spec.clip:
             print(f"  {'':<16} clip (style words): {spec.clip}; {_on_disk(spec.clip, index='config.json')}")
         if spec.config:

@@ -83,7 +83,8 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
 
     from bot.settings import registry_from
     from generation.availability import index_for
-    from generation.registry import WEIGHTS_FILE_FAMILIES, RegistryError
+    from generation.families import family_of
+    from generation.registry import RegistryError
 
     try:
         registry = registry_from(settings)
@@ -96,8 +97,8 @@ async def doctor(settings: Settings, *, reach: bool = False) -> int:
                 continue
             for source in filter(None, (spec.source, spec.prior, spec.inpaint, spec.clip)):
                 _check_source(report, spec.name, source, spec.config if source == spec.source else None,
-                              weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))
-            if spec.family == "esrgan" and spec.source:
+                              weights_file=family_of(spec.family).weights_file, index=index_for(spec.family))
+            if family_of(spec.family).weights_file and spec.source:
                 _check_upscaler(report, spec.name, spec.source)
             if spec.vae:
                 _check_addition(report, "VAE", spec.name, spec.vae)

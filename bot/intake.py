@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from bot.limits import listing
 from generation.availability import ModelLoadError, index_for, require, require_addition, require_controlnet
+from generation.families import family_of
 from generation.inputs import UploadError
 from generation.prompt import CONTROL_AS_IS, MAX_SEED, ParsedPrompt, PromptError, PromptPart, parse_prompt, quote
 from generation.registry import (
-    CLIP_GUIDANCE_FAMILIES,
-    WEIGHTS_FILE_FAMILIES,
     ControlNetSpec,
     LoraSpec,
     ModelSpec,
@@ -59,7 +58,7 @@ def check_model_files(registry: Registry, name: str, loras: Sequence[str] = (), 
     try:
         for source in filter(None, (spec.source, spec.prior, spec.clip)):
             require(spec.name, source, spec.config if source == spec.source else None,
-                    weights_file=spec.family in WEIGHTS_FILE_FAMILIES, index=index_for(spec.family))
+                    weights_file=family_of(spec.family).weights_file, index=index_for(spec.family))
         if spec.vae:
             require_addition("VAE", spec.name, spec.vae)
         for lora in map(registry.lora, loras):
@@ -353,7 +352,7 @@ def clip_refusal(registry: Registry, spec: ModelSpec) -> str:
     """Why --clip cannot be used with `spec`, with the models that take it."""
     able = [m.name for m in registry.generators() if m.can_clip_guide]
     why = (f"'{spec.name}' has no CLIP model configured (an admin names one as clip_model in models.toml)"
-           if spec.family in CLIP_GUIDANCE_FAMILIES else
+           if family_of(spec.family).clip_guidance else
            f"CLIP guidance steers Stable Diffusion models, and '{spec.name}' is a {spec.family} model")
     return (f"--clip cannot be used here: {why}. "
             + (f"Models with CLIP guidance: {', '.join(able)}." if able else "No model here has CLIP guidance."))

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     pintor_local_workers: int = 1  # with a Redis queue: worker processes `pintor run` starts beside the bot
     pintor_worker_name: str = ""  # `pintor worker`'s name in /info (empty: host name and process id)
     # most images in one pipeline call, several members' jobs together (unset: per model family
-    # and device, generation.batching.DEFAULT_BATCH_IMAGES: 16 for SD and 8 for SDXL on CUDA,
+    # and device, the family records' batch_images_cuda (generation/families.py): 16 for SD and 8 for SDXL on CUDA,
     # one job of 4 on a CPU; 4 or less: one job at a time)
     pintor_batch_images: int | None = None
     pintor_log_level: str = "INFO"

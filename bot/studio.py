@@ -51,6 +51,7 @@ from bot.intake import (
     without_control_weight,
 )
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
+from generation.families import family_of
 from generation.files import CONTROL_FILE, INPUTS_FOLDER, FileStore, input_key, job_folder
 from generation.imaging import png_bytes
 from generation.inputs import open_upload
@@ -66,7 +67,7 @@ from generation.prompt import (
     without_loras,
 )
 from generation.queue import JobQueue, WorkerState
-from generation.registry import EMPHASIS_FAMILIES, ModelSpec, Registry, nearest_size
+from generation.registry import ModelSpec, Registry, nearest_size
 from generation.request import GRID_SIZE, JobKind, Request, build_request, random_seed
 from generation.upscale import CREATIVE_STRENGTH, RESAMPLE, can_upscale, upscale_factor
 from storage.db import unreachable
@@ -501,13 +502,13 @@ class Studio:
             return await self.submit_many(member, requests, **where)
         self.check_image_prompts(request)
         spec = self.registry.get(request.model)
-        if not spec.can_blend and spec.family not in EMPHASIS_FAMILIES:
-            users = [m.name for m in self.registry.generators() if m.can_blend or m.family in EMPHASIS_FAMILIES]
+        if not spec.can_blend and not family_of(spec.family).emphasis:
+            users = [m.name for m in self.registry.generators() if m.can_blend or family_of(m.family).emphasis]
             raise RequestError(f"{spec.name} cannot use image prompts. Models that can: {', '.join(users) or 'none'}.")
         names = [name for name, _ in sources]
         data = [(name, await self.fetch(url, name)) for name, url in sources]
         images = await asyncio.to_thread(lambda: [open_upload(blob, name) for name, blob in data])
-        if spec.family in EMPHASIS_FAMILIES:
+        if family_of(spec.family).emphasis:
             # image to image from the first picture, cropped to the grid's shape (not stretched)
             images = [await asyncio.to_thread(ImageOps.fit, images[0], (request.width, request.height),
                                               Image.Resampling.LANCZOS)]
@@ -873,10 +874,10 @@ class Studio:
         # (in multiples of 8, the latent grid: coarser steps would change the canvas's shape; of
         # 64 for Kandinsky 2.2, whose decoders round their latents up to 64 pixels)
         width, height = size_for_aspect((width, height), spec.native_side,
-                                        multiple=64 if spec.family == "kandinsky22" else 8)
+                                        multiple=family_of(spec.family).outpaint_multiple)
         # Kandinsky's border is steered by the picture's own image embedding with the words (as its V)
         source = image.path  # by its key (generation/files.py), as the job stores it
-        images = (source,) if spec.family == "kandinsky22" else ()
+        images = (source,) if family_of(spec.family).blend else ()
         request = grid.replace(
             kind=JobKind.OUTPAINT, model=spec.name, init_image=source, outpaint=extension, width=width,
             height=height, seed=random_seed(), count=GRID_SIZE, strength=1.0, images=images,
@@ -1066,8 +1067,8 @@ class Studio:
             spec = self.registry.get(name)
             if not spec.can_blend:
                 can = [m.name for m in self.registry.models.values() if m.can_blend]
-                why = (" (Kandinsky 3 reads only text: it has no prior to mix images with)"
-                       if spec.family == "kandinsky3" else "")
+                reason = family_of(spec.family).no_blend_why
+                why = f" ({reason})" if reason else ""
                 raise RequestError(f"'{spec.name}' cannot blend images{why}. Models that can: "
                                    f"{', '.join(can) or 'none configured'}.")
             return spec
@@ -1219,7 +1220,8 @@ class Studio:
         if request.kind != JobKind.UPSCALE:
             return width, height
         upscaler = self.registry.models.get((request.upscaler if request.strength > 0 else request.model) or RESAMPLE)
-        factor = upscale_factor(width, height, with_model=upscaler is not None and upscaler.family == "upscale-x4")
+        factor = upscale_factor(width, height, with_model=upscaler is not None
+                                and family_of(upscaler.family).pipeline("upscale") is not None)
         return width * factor, height * factor
 
     async def _check_rules(self, member: Member, request: Request, rules: ServerRules,

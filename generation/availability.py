@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from generation.families import family_of
+
 if TYPE_CHECKING:
     from generation.registry import ControlNetSpec
 
@@ -26,11 +28,9 @@ MODEL_CONFIG = "config.json"
 
 def index_for(family: str) -> str:
     """The file that makes a folder or hub repo a model of `family`: a transformers model's
-    config.json for the captioners (generation.registry.CAPTION_FAMILIES), else diffusers'
+    config.json for the captioners (a `caption` family's record, generation.families), else diffusers'
     model_index.json."""
-    from generation.registry import CAPTION_FAMILIES
-
-    return MODEL_CONFIG if family in CAPTION_FAMILIES else PIPELINE_INDEX
+    return MODEL_CONFIG if family_of(family).caption else PIPELINE_INDEX
 
 
 class ModelLoadError(RuntimeError):
@@ -182,7 +182,7 @@ def check_controlnet(controlnet: ControlNetSpec) -> list[tuple[str, SourceState]
     network: its own (a diffusers ControlNetModel: config.json, as check_addition; a Kandinsky
     2.2 ControlNet is a whole decoder pipeline: check_source) and its depth estimator's (a
     transformers model folder or hub id: config.json). Returns (what, SourceState) pairs."""
-    if controlnet.family == "kandinsky22":
+    if family_of(controlnet.family).controlnet_is_pipeline:
         states = [("ControlNet", check_source(controlnet.name, controlnet.source))]
     else:
         states = [("ControlNet", check_addition("ControlNet", controlnet.name, controlnet.source))]

@@ -7,15 +7,11 @@ Pure rules, no torch: the queue (in the front end) uses them to pick a batch in 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from typing import Any
 
+from generation.families import family_of
 from generation.request import JobKind, Request
-
-# The families whose jobs can share one call: Stable Diffusion's pipelines take a list of
-# generators and per-image prompt embeddings. Kandinsky's prior runs per prompt and the
-# upscaler per picture, so their jobs stay one call each.
-BATCH_FAMILIES = frozenset({"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"})
 
 # Request fields that each job of a batch keeps for itself (its prompt embeddings, seeds,
 # noise, input picture, checks). Every other field goes into the batch key, so that a field
@@ -30,15 +26,11 @@ PER_JOB_FIELDS = frozenset({
     "image_prompts", "image_weight",
 })
 
-# Images per pipeline call, unless the operator sets PINTOR_BATCH_IMAGES. On CUDA: SD 1.x/2.x
-# four jobs of four (public figures: most of the batching gain is reached by then), SDXL two
-# (its 1024² latents take four times the memory). On a CPU or Apple GPU one job: at real sizes
+# Images per pipeline call, unless the operator sets PINTOR_BATCH_IMAGES. On CUDA: each
+# family's record (Family.batch_images_cuda, generation/families.py). On a CPU or Apple GPU one job: at real sizes
 # the cores are busy at batch 4 already (benchmarks/README.md: ×1.09 for 4 images in one call
 # vs four at 256²; batching only pays where fixed costs per call dominate, ×2.8 with 16² latents
 # on a loaded machine), while every member of a batch waits for the whole batch.
-DEFAULT_BATCH_IMAGES: Mapping[str, Mapping[str, int]] = {
-    "cuda": {"sd": 16, "sd2": 16, "sd-turbo": 16, "sdxl": 8, "sdxl-turbo": 16},
-}
 ONE_JOB = 4  # images: Pintor's grid
 
 
@@ -72,11 +64,11 @@ def max_batch_images(family: str, device: str, configured: int | None = None) ->
     """The most images one pipeline call of a model may make, counting every job in it.
 
     `family`: the model's family (generation.registry); `device`: "cuda", "mps" or "cpu";
-    `configured`: the operator's PINTOR_BATCH_IMAGES (None: DEFAULT_BATCH_IMAGES, else one
-    job of ONE_JOB images). Families outside BATCH_FAMILIES give 0: their jobs never share a
+    `configured`: the operator's PINTOR_BATCH_IMAGES (None: the family's `batch_images_cuda` on CUDA, else
+    one job of ONE_JOB images). Families whose record does not say `batches` give 0: their jobs never share a
     call. A job is always run, even one larger than the limit (alone)."""
-    if family not in BATCH_FAMILIES:
+    if not family_of(family).batches:
         return 0
     if configured is not None:
         return max(0, configured)
-    return DEFAULT_BATCH_IMAGES.get(device, {}).get(family, ONE_JOB)
+    return family_of(family).batch_images_cuda if device == "cuda" else ONE_JOB

@@ -8,6 +8,8 @@ from enum import StrEnum
 
 import torch
 
+from generation.families import peak_gib
+
 # Below this much VRAM, `pintor doctor` warns that bigger models need offloading.
 LOW_VRAM_BYTES = 10 * 1024**3
 GIB = 1024**3
@@ -45,28 +47,6 @@ class Offload(StrEnum):
     AUTO = "auto"
 
 
-# Peak GPU memory in GiB of one grid (a batch of 4, guided: 8 UNet rows) at the family's native
-# size in fp16/bf16, per offload mode (none, model, sequential), weights included, with the VAE
-# decoding as fit_vae sets it (SDXL grids one picture at a time). SD 1.5 and SDXL are what
-# benchmarks/gpu.py measures (its section 4 prints these rows to paste here); until a GPU run
-# replaces them, every row is an estimate: the 16-bit weights from the parameter counts (SD 1.5:
-# 1.07 G parameters = 2.0 GiB; SD 2: 1.3 G; SDXL: 3.5 G = 6.5 GiB, its UNet alone 4.8 GiB;
-# Kandinsky 2.2 prior + decoder: 2.2 G; Kandinsky 3: 11.9 G), for "model" the largest sub-model, plus activations
-# and the VAE decode, rounded up; "sequential" holds one layer at a time, so activations
-# dominate. Families without a row use "sdxl"'s, the largest.
-PEAK_GIB: dict[str, tuple[float, float, float]] = {
-    "sd": (5.0, 3.5, 1.5),
-    "sd-turbo": (5.0, 3.5, 1.5),
-    "sd2": (6.0, 4.0, 2.5),
-    "sdxl": (10.0, 6.5, 3.0),
-    "sdxl-turbo": (8.5, 6.0, 2.5),
-    "kandinsky21": (7.0, 4.5, 2.5),
-    "kandinsky22": (7.0, 4.5, 2.5),
-    # Kandinsky 3: 11.9 G parameters, the FLAN-UL2 T5 encoder alone 8.6 G (16 GiB in 16 bits),
-    # the UNet 3 G (5.6 GiB): an estimate, as the rows above
-    "kandinsky3": (25.0, 18.0, 4.0),
-    "upscale-x4": (8.0, 7.0, 5.0),
-}
 # what is kept free beyond the peak: other processes, the CUDA context, fragmentation
 HEADROOM_BYTES = GIB // 2
 
@@ -153,7 +133,7 @@ def choose_offload(mode: Offload | str, family: str, free_bytes: int | None) -> 
     """The offload mode to load a model of `family` with.
 
     `mode`: an explicit mode is kept; AUTO takes the first of none, model, sequential whose
-    peak (PEAK_GIB, GiB) plus HEADROOM_BYTES fits in `free_bytes` (the GPU's free memory before
+    peak (the family record's `peak_gib`, GiB) plus HEADROOM_BYTES fits in `free_bytes` (the GPU's free memory before
     loading), and sequential when none fits. `free_bytes` None (no GPU) gives NONE: offloading
     means nothing on the CPU. Returns a mode other than AUTO; raises ValueError for an
     unknown mode name."""
@@ -162,7 +142,7 @@ def choose_offload(mode: Offload | str, family: str, free_bytes: int | None) -> 
         return Offload.NONE
     if mode != Offload.AUTO:
         return mode
-    peaks = PEAK_GIB.get(family, PEAK_GIB["sdxl"])
+    peaks = peak_gib(family)
     for candidate, peak in zip((Offload.NONE, Offload.MODEL, Offload.SEQUENTIAL), peaks, strict=True):
         if peak * GIB + HEADROOM_BYTES <= free_bytes:
             return candidate

@@ -21,19 +21,18 @@ from compel.embeddings_provider import BaseTextualInversionManager, EmbeddingsPr
 from PIL import Image
 
 from generation import adapters, captions, esrgan, outpaint, remote, seamless
-from generation.batching import BATCH_FAMILIES, batch_key
+from generation.batching import batch_key
 from generation.clip_guidance import ClipGuide, slower_notice, steering, vae_decoder
 from generation.control import ControlError, depth_hint, make_control_image
 from generation.creative import repaint
 from generation.decoding import decoding_precision
 from generation.devices import DeviceChoice, FastPath, is_out_of_memory
+from generation.families import family_of
 from generation.imaging import flatten_to_rgb
 from generation.pipelines import ModelLoadError, PipelineCache
 from generation.previews import PREVIEW_SIDE, Preview, TinyDecoderPreview, latents_preview
 from generation.prompt import emphasis_segments, has_emphasis, plain_text, positive_parts, weight_sides
 from generation.registry import (
-    ADDITION_FAMILIES,
-    EMPHASIS_FAMILIES,
     ControlNetSpec,
     ModelSpec,
     Registry,
@@ -170,7 +169,7 @@ class Engine:
         """Make the images of several jobs in one pipeline call, each job as it would be alone.
 
         `jobs`: one or more; more than one must share generation.batching.batch_key and be of a
-        family in BATCH_FAMILIES (else ValueError). Each job keeps its own prompt embeddings
+        family whose record says `batches` (else ValueError). Each job keeps its own prompt embeddings
         (weights, emphasis, negative), starting noise (seed, --chaos), generators (one per
         image, seeded as alone), input picture, NSFW check and notices; `job.on_step` is called
         after every step with a preview of that job's images only; a job whose `should_stop()`
@@ -198,7 +197,7 @@ class Engine:
             image = self._upscale(first, notices, job.on_step, job.should_stop)
             return [Generated(images=[image], notices=notices)]
         spec = self.registry.get(first.model)
-        if len(jobs) > 1 and spec.family not in BATCH_FAMILIES:
+        if len(jobs) > 1 and not family_of(spec.family).batches:
             raise ValueError(f"{spec.family} jobs run one at a time")
         if spec.is_remote:
             return [self._remote(jobs[0], spec)]
@@ -208,13 +207,13 @@ class Engine:
         control = self._control(first, spec)  # a controlled job runs alone (batch_key)
         # a dedicated inpainting checkpoint has its own UNet and text encoders: the LoRAs go there
         painter = (self.pipelines.get(spec, "inpaint") if first.kind == JobKind.OUTPAINT and spec.inpaint
-                   and spec.family in ADDITION_FAMILIES else None)
+                   and family_of(spec.family).additions else None)
         with self._additions([job.request for job in jobs], spec, painter):
             if first.kind == JobKind.OUTPAINT:
                 batches = [self._outpaint(first, spec, notices_per_job[0], callback)]
-            elif spec.family in ("kandinsky21", "kandinsky22"):
+            elif family_of(spec.family).runner == "kandinsky":
                 batches = [self._kandinsky(first, spec, notices_per_job[0], callback, control)]
-            elif spec.family == "kandinsky3":
+            elif family_of(spec.family).runner == "kandinsky_3":
                 batches = [self._kandinsky3(first, spec, notices_per_job[0], callback)]
             else:
                 batches = self._stable_diffusion(jobs, spec, notices_per_job, callback, control)
@@ -268,7 +267,7 @@ class Engine:
         loaded (generation/adapters.py), in `pipe`: the pipeline whose UNet and text encoders
         the run uses (default: the model's text-to-image pipeline, whose modules its image to
         image, inpainting and ControlNet pipelines share); nothing for families without them."""
-        if spec.family not in ADDITION_FAMILIES:
+        if not family_of(spec.family).additions:
             return nullcontext()
         request = requests[0]
         try:
@@ -332,10 +331,10 @@ class Engine:
         """Zoom Out, Pan, Make Square: generation/outpaint.py with the model's inpainting pipeline."""
         if request.init_image is None or request.outpaint is None:
             raise ValueError("an outpaint request needs the picture (init_image) and its extension (outpaint)")
-        if spec.family not in EMPHASIS_FAMILIES and spec.family != "kandinsky22":
+        if not (family_of(spec.family).inpaint or family_of(spec.family).separate_inpaint):
             raise ValueError(f"{spec.name} cannot paint a canvas's border here (a Stable Diffusion model can)")
         pipe = self.pipelines.get(spec, "inpaint")
-        if spec.family == "kandinsky22":  # the prior's image embeddings steer its inpainting decoder
+        if family_of(spec.family).separate_inpaint:  # the prior's image embeddings steer its inpainting decoder
             image_embeds, negative, _ = self._image_embeds(request, spec, notices)
             embeds = {"image_embeds": image_embeds, "negative_image_embeds": negative}
         else:
@@ -489,7 +488,7 @@ class Engine:
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
                       generator=generators, callback_on_step_end=callback,
                       height=request.height, width=request.width)
-        if spec.family == "kandinsky21":
+        if family_of(spec.family).decoder_reads_text:
             # 2.1's decoder reads the text as well, one per image like the embeddings (a single
             # string would make a batch of one), and has only the older per-step callback
             kwargs["prompt"] = [texts[0] if texts else ""] * request.count
@@ -669,7 +668,7 @@ class Engine:
         if upscaler == RESAMPLE:
             return resampled("No upscaling model is configured")
         spec = self.registry.get(upscaler)
-        if spec.family == "esrgan":
+        if family_of(spec.family).weights_file:  # an ESRGAN-family network (spandrel)
             try:
                 model = self.pipelines.get(spec, "esrgan")
                 return esrgan.enlarge(model, image, ESRGAN_FACTOR, should_stop=should_stop,

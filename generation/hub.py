@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generation.availability import ADDITION_FILES, looks_like_path
-from generation.registry import CAPTION_FAMILIES, WEIGHTS_FILE_FAMILIES, ModelSpec, Registry
+from generation.families import family_of
+from generation.registry import ModelSpec, Registry
 
 # the files diffusers reads from a pipeline repo, besides the weights (configs, tokenizers)
 _SMALL_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model")
@@ -62,7 +63,7 @@ def missing_local_sources(registry: Registry, names: list[str] | None = None) ->
             if not source:
                 continue
             local = looks_like_path(source) or (what == "source" and (
-                spec.single_file or spec.family in WEIGHTS_FILE_FAMILIES))
+                spec.single_file or family_of(spec.family).weights_file))
             if local and not Path(source).expanduser().exists():
                 found.append((spec.name, what, source))
     additions = [(e.name, e.source) for e in registry.loras.values()]
@@ -83,9 +84,9 @@ def hub_sources(spec: ModelSpec) -> list[tuple[str, bool]]:
     """The hub ids a model loads from, each with whether its weights are needed: its source
     and, for Kandinsky, its prior (weights), a single-file checkpoint's config (configs and
     tokenizer only), a dedicated inpainting pipeline (weights). Folders and files are not pulled."""
-    if spec.family in WEIGHTS_FILE_FAMILIES or spec.is_remote:
+    if family_of(spec.family).weights_file or spec.is_remote:
         return []  # an upscaler's weights file (a local file, never pulled); a provider's API
-    if spec.family in CAPTION_FAMILIES:
+    if family_of(spec.family).caption:
         return []  # transformers repos: model_sources
     wanted = [(spec.config, False)] if spec.single_file else [(spec.source, True), (spec.prior, True)]
     wanted.append((spec.inpaint, True))  # a dedicated inpainting pipeline (Zoom Out, Pan)
@@ -100,7 +101,7 @@ CLIP_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_c
 def model_sources(spec: ModelSpec) -> list[str]:
     """The hub ids of a captioner's transformers models (its BLIP source, its CLIP), pulled
     with plan_model; [] for other entries and for folders."""
-    if spec.family not in CAPTION_FAMILIES:
+    if not family_of(spec.family).caption:
         return []
     return [source for source in (spec.source, spec.clip) if source and _is_hub_id(source)]
 
@@ -162,7 +163,7 @@ def controlnet_sources(registry: Registry, names: list[str] | None = None) -> li
         if names is not None and controlnet.name not in names:
             continue
         if _is_hub_id(controlnet.source):
-            files = None if controlnet.family == "kandinsky22" else CONTROLNET_FILES
+            files = None if family_of(controlnet.family).controlnet_is_pipeline else CONTROLNET_FILES
             wanted.append((controlnet.name, controlnet.source, files))
         if controlnet.estimator and _is_hub_id(controlnet.estimator):
             wanted.append((controlnet.name, controlnet.estimator, DEPTH_ESTIMATOR_FILES))

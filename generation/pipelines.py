@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -23,24 +24,6 @@ from diffusers import (
     AutoPipelineForText2Image,
     ControlNetModel,
     DiffusionPipeline,
-    Kandinsky3Img2ImgPipeline,
-    Kandinsky3Pipeline,
-    KandinskyImg2ImgPipeline,
-    KandinskyPipeline,
-    KandinskyPriorPipeline,
-    KandinskyV22ControlnetImg2ImgPipeline,
-    KandinskyV22ControlnetPipeline,
-    KandinskyV22Img2ImgPipeline,
-    KandinskyV22InpaintPipeline,
-    KandinskyV22Pipeline,
-    KandinskyV22PriorPipeline,
-    StableDiffusionControlNetImg2ImgPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionUpscalePipeline,
-    StableDiffusionXLControlNetImg2ImgPipeline,
-    StableDiffusionXLControlNetPipeline,
-    StableDiffusionXLPipeline,
 )
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
@@ -57,6 +40,7 @@ from generation.clip_guidance import load_clip
 from generation.control import DepthEstimator
 from generation.devices import DeviceChoice, FastPath, Offload, choose_offload, is_out_of_memory
 from generation.esrgan import load_esrgan
+from generation.families import family_of
 from generation.previews import Preview, TinyDecoderPreview, latents_preview, load_tiny_decoder
 from generation.registry import ControlNetSpec, ModelSpec
 from generation.safety import SafetyChecker
@@ -72,17 +56,14 @@ from generation.schedulers import (
 
 log = logging.getLogger(__name__)
 
-# family → (text-to-image class, image-to-image class, prior class); other families: the
-# AutoPipeline classes pick
-_KANDINSKY: dict[str, tuple[Any, Any, Any]] = {
-    "kandinsky21": (KandinskyPipeline, KandinskyImg2ImgPipeline, KandinskyPriorPipeline),
-    "kandinsky22": (KandinskyV22Pipeline, KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline),
-}
-# family → (text-to-image class, image-to-image class) of Kandinsky-like families without a prior
-# (Kandinsky 3: a T5 text encoder feeds its UNet directly)
-_NO_PRIOR: dict[str, tuple[Any, Any]] = {
-    "kandinsky3": (Kandinsky3Pipeline, Kandinsky3Img2ImgPipeline),
-}
+
+
+def pipeline_class(spec: ModelSpec, task: str) -> Any:
+    """The diffusers pipeline class the family record of `spec` names for `task`
+    (`Family.pipelines`, generation/families.py), or None when the AutoPipeline classes pick it.
+    Raises AttributeError when this diffusers has no class of that name."""
+    name = family_of(spec.family).pipeline(task)
+    return None if name is None else getattr(diffusers, name)
 
 
 __all__ = ["ModelLoadError", "PipelineCache", "PipelineTask", "load_vae"]
@@ -218,26 +199,22 @@ class PipelineCache:
             return entry[key]
         require_controlnet(controlnet)
         task: PipelineTask = "img2img" if img2img else "text2img"
-        if spec.family == "kandinsky22":
+        if family_of(spec.family).controlnet_is_pipeline:  # the ControlNet is a whole decoder
             if img2img:  # the same decoder's weights (its text-to-image pipeline's components)
                 base = self.controlled(spec, controlnet)
-                decoder: Any = KandinskyV22ControlnetImg2ImgPipeline  # (untyped in diffusers)
-                pipe = decoder(**base.components)
+                pipe = pipeline_class(spec, "controlnet_img2img")(**base.components)
                 # as for Kandinsky's img2img (_build): pictures arrive at the request's size, and
                 # its preprocess(image, width, height) swaps the sides
                 pipe.image_processor.register_to_config(do_resize=False)
                 pipe = self._finish(pipe, spec, task, placed=True)
             else:
-                pipe = self._finish(self._load(KandinskyV22ControlnetPipeline, controlnet.source, spec), spec, task)
+                pipe = self._finish(self._load(pipeline_class(spec, "controlnet"), controlnet.source, spec), spec, task)
         else:
             base = self.get(spec, "text2img")
             entry = self._models[spec.name]
             model = entry.get(f"controlnet:{controlnet.name}") or self._load_controlnet(spec, controlnet)
             entry[f"controlnet:{controlnet.name}"] = model
-            sdxl = spec.family.startswith("sdxl")
-            cls = ((StableDiffusionXLControlNetImg2ImgPipeline if img2img else StableDiffusionXLControlNetPipeline)
-                   if sdxl else (StableDiffusionControlNetImg2ImgPipeline if img2img
-                                 else StableDiffusionControlNetPipeline))
+            cls = pipeline_class(spec, "controlnet_img2img" if img2img else "controlnet")
             pipe = self._finish(derived(cls, base, self.device.dtype, controlnet=model), spec, task, placed=True)
         self._models[spec.name][key] = pipe
         return pipe
@@ -349,34 +326,36 @@ class PipelineCache:
     def _build(self, spec: ModelSpec, task: PipelineTask, entry: dict[str, Any]) -> Any:
         if task == "img2img":
             base = entry.get("text2img") or self.get(spec, "text2img")
-            if spec.family in _KANDINSKY:
-                pipe = _KANDINSKY[spec.family][1](**base.components)
+            decoder = pipeline_class(spec, "img2img")
+            if decoder is not None and family_of(spec.family).img2img_no_resize:
+                pipe = decoder(**base.components)
                 # diffusers' Kandinsky img2img calls preprocess(image, width, height) where it takes
                 # (height, width): a non-square picture comes out transposed (2.2) or fails (2.1).
                 # The engine hands pictures at the request's size already: no resizing needed.
                 pipe.image_processor.register_to_config(do_resize=False)
-            elif spec.family in _NO_PRIOR:
-                pipe = _NO_PRIOR[spec.family][1](**base.components)
+            elif decoder is not None:
+                pipe = decoder(**base.components)
             else:
                 pipe = derived(AutoPipelineForImage2Image, base, self.device.dtype)
             return self._finish(pipe, spec, task, placed=True)
         if task == "inpaint":  # Zoom Out, Pan, Make Square (generation/outpaint.py)
-            if spec.family == "kandinsky22":
+            if family_of(spec.family).separate_inpaint:
                 # its decoder's UNet reads 4 latent channels: painting needs the inpainting
                 # decoder (9: latents, masked picture, mask), which the entry must name
                 if not spec.inpaint:
                     raise ModelLoadError(f"Model '{spec.name}' has no inpainting decoder ('inpaint').")
-                return self._finish(self._load(KandinskyV22InpaintPipeline, spec.inpaint, spec), spec, task)
+                return self._finish(self._load(pipeline_class(spec, "inpaint"), spec.inpaint, spec), spec, task)
             if spec.inpaint:  # a dedicated inpainting checkpoint (its UNet reads the mask)
                 return self._finish(self._load(AutoPipelineForInpainting, spec.inpaint, spec), spec, task)
             base = entry.get("text2img") or self.get(spec, "text2img")
             return self._finish(derived(AutoPipelineForInpainting, base, self.device.dtype), spec, task, placed=True)
         if task == "prior":
-            if spec.family not in _KANDINSKY:
+            prior = pipeline_class(spec, "prior")
+            if prior is None:
                 raise ModelLoadError(f"Model '{spec.name}' has no prior.")
-            return self._finish(self._load(_KANDINSKY[spec.family][2], spec.prior, spec), spec, task)
+            return self._finish(self._load(prior, spec.prior, spec), spec, task)
         if task == "upscale":
-            pipe = self._finish(self._load(StableDiffusionUpscalePipeline, spec.source, spec), spec, task)
+            pipe = self._finish(self._load(pipeline_class(spec, "upscale"), spec.source, spec), spec, task)
             # the sizes Pintor sends it (a 512-pixel cell: a 2048-pixel decode) fit 8 GB with a
             # tiled decode. No attention slicing: diffusers' default attention (PyTorch's SDPA) is
             # as memory-efficient, and the sliced one computes scores and softmax in the weights'
@@ -396,8 +375,7 @@ class PipelineCache:
         if task == "caption":  # /describe: BLIP (and CLIP) from transformers, not a diffusers pipeline
             return load_captioner(spec, self.device)
         if task == "text2img":
-            cls = (_KANDINSKY[spec.family][0] if spec.family in _KANDINSKY else
-                   _NO_PRIOR[spec.family][0] if spec.family in _NO_PRIOR else AutoPipelineForText2Image)
+            cls = pipeline_class(spec, "text2img") or AutoPipelineForText2Image
             pipe = self._load(cls, spec.source, spec)
             checker = entry["safety"] = SafetyChecker.take_from(pipe)
             pipe = self._finish(pipe, spec, task)
@@ -417,7 +395,7 @@ class PipelineCache:
             kwargs["vae"] = load_vae(spec, self.device.dtype)
         if spec.single_file and source == spec.source:
             # the configuration from the entry's config, local files only: never silently from the hub
-            single = StableDiffusionXLPipeline if spec.family.startswith("sdxl") else StableDiffusionPipeline
+            single = pipeline_class(spec, "single_file")
             try:
                 return single.from_single_file(source, config=config, local_files_only=True, **kwargs)
             except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as err:

@@ -14,37 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from generation.families import FAMILIES, family_of, names_where
 from generation.prompt import CONTROL_KINDS, LORA_WEIGHT_RANGE, SELECTORS, selector_value
 from generation.schedulers import SchedulerError, check_recipe, check_scheduler
-
-# family → (native side in pixels, steps, guidance). Turbo models are distilled for 1–4
-# steps without classifier-free guidance.
-FAMILY_DEFAULTS: dict[str, tuple[int, int, float]] = {
-    "sd": (512, 30, 7.0),
-    "sd2": (768, 30, 7.0),
-    "sdxl": (1024, 30, 6.0),
-    "sd-turbo": (512, 2, 0.0),
-    "sdxl-turbo": (512, 2, 0.0),
-    "kandinsky21": (768, 40, 4.0),
-    "kandinsky22": (768, 40, 4.0),
-    # kandinsky-community/kandinsky-3's own defaults (its pipelines: 1024², 25 steps, guidance 3)
-    "kandinsky3": (1024, 25, 3.0),
-    # stabilityai/stable-diffusion-x4-upscaler's model card (its pipeline's defaults): 75 steps, guidance 9
-    "upscale-x4": (512, 75, 9.0),
-    "esrgan": (512, 1, 0.0),  # a super-resolution network (generation/esrgan.py): no steps, no guidance
-    "openai": (1024, 1, 0.0),  # OpenAI's image API (generation/remote.py): one request, no steps, no guidance
-    "blip": (384, 1, 0.0),  # a captioning model for /describe (generation/captions.py): BLIP's 384-px input
-}
-TEXT_TO_IMAGE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo", "kandinsky21", "kandinsky22", "kandinsky3",
-                          "openai"}
-# families that mix a text with images (/blend): a prior turns both into one image embedding.
-# Kandinsky 3 has no prior (its UNet reads T5 text embeddings only): it cannot blend.
-BLEND_FAMILIES = {"kandinsky21", "kandinsky22"}
-# families whose text-to-image and image-to-image runs CLIP guidance can steer (--clip,
-# generation/clip_guidance.py): Stable Diffusion's loops, with a VAE to decode predictions
-CLIP_GUIDANCE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
-# families whose parts make an inpainting pipeline (Zoom Out, Pan, Make Square)
-INPAINT_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 
 # family names admins write that no library here can run, and what to use instead: said when
 # the registry file is read (docs/models.md). Kandinsky 2.0 was published only as its authors'
@@ -55,30 +27,9 @@ KANDINSKY_20 = ("Kandinsky 2.0 exists neither in diffusers nor as a package on P
                 "instead; see docs/models.md.")
 UNAVAILABLE_FAMILIES = {name: KANDINSKY_20 for name in (
     "kandinsky2", "kandinsky20", "kandinsky2.0", "kandinsky-2", "kandinsky-2.0", "kandinsky-20")}
-# families whose text encoders take weighted embeddings (compel): SD emphasis works there
-EMPHASIS_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
-# families whose pipelines take LoRAs, textual-inversion embeddings and a replacement VAE
-# (diffusers' StableDiffusionLoraLoaderMixin / TextualInversionLoaderMixin, an AutoencoderKL)
-ADDITION_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
-
-
-UPSCALER_FAMILIES = {"upscale-x4", "esrgan"}
-# families whose source is one weights file read by spandrel (generation/esrgan.py), not diffusers
-WEIGHTS_FILE_FAMILIES = {"esrgan"}
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 
-# families of captioning models (/describe: generation/captions.py), transformers folders or hub
-# ids (config.json, not a diffusers model_index.json)
-CAPTION_FAMILIES = {"blip"}
-
-# the families diffusers' from_single_file builds here (StableDiffusionPipeline, …XLPipeline)
-SINGLE_FILE_FAMILIES = {"sd", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-# families whose pictures a provider's API makes (generation/remote.py): nothing is downloaded
-# or loaded here, the worker only calls the API, and each job costs the operator money
-REMOTE_FAMILIES = {"openai"}
-
 
 @dataclass(frozen=True)
 class RemoteLimits:
@@ -181,10 +132,6 @@ class EmbeddingSpec:
 # image from an upload (generation/control.py): "canny", "scribble", "lineart" with OpenCV,
 # "depth" with the entry's depth `estimator`; "pose" has no estimator here: a pose ControlNet
 # takes an OpenPose skeleton the member sends (--cn none).
-# families with a ControlNet pipeline in diffusers (StableDiffusion(XL)ControlNetPipeline,
-# KandinskyV22ControlnetPipeline: depth "hint" only)
-CONTROLNET_FAMILIES = {"sd": ("sd",), "sdxl": ("sdxl", "sdxl-turbo"), "kandinsky22": ("kandinsky22",)}
-KANDINSKY_CONTROL_KINDS = ("depth",)
 
 
 @dataclass(frozen=True)
@@ -205,7 +152,7 @@ class ControlNetSpec:
 
     def fits(self, family: str) -> bool:
         """Whether this ControlNet steers models of `family` (sdxl-turbo shares SDXL's)."""
-        return family in CONTROLNET_FAMILIES.get(self.family, ())
+        return family in family_of(self.family).controlnet_families
 
 
 class RegistryError(ValueError):
@@ -239,7 +186,7 @@ class ModelSpec:
     # "stable-diffusion-v1-5/stable-diffusion-inpainting"); without one the model's own
     # components paint (diffusers' AutoPipelineForInpainting.from_pipe)
     inpaint: str | None = None
-    # a remote family's (REMOTE_FAMILIES): the provider's model name ("dall-e-3"), its API's base
+    # a remote family's (a family whose record says `remote`): the provider's model name ("dall-e-3"), its API's base
     # URL when not the operator's (OPENAI_BASE_URL), and the pictures per grid (4, or 1: no grid)
     model: str | None = None
     base_url: str | None = None
@@ -257,24 +204,24 @@ class ModelSpec:
     def single_file(self) -> bool:
         """True when `source` is one diffusers checkpoint file (.safetensors / .ckpt) rather than a
         pipeline (an upscaler's weights file is not one: spandrel reads it)."""
-        return self.family not in WEIGHTS_FILE_FAMILIES and is_single_file(self.source)
+        return not family_of(self.family).weights_file and is_single_file(self.source)
 
     @property
     def can_generate(self) -> bool:
-        return self.family in TEXT_TO_IMAGE_FAMILIES
+        return family_of(self.family).text_to_image
 
     @property
     def can_blend(self) -> bool:
-        return self.family in BLEND_FAMILIES
+        return family_of(self.family).blend
 
     @property
     def is_upscaler(self) -> bool:
-        return self.family in UPSCALER_FAMILIES
+        return family_of(self.family).upscaler
 
     @property
     def is_remote(self) -> bool:
-        """True when a provider's API makes the pictures (REMOTE_FAMILIES): nothing to download."""
-        return self.family in REMOTE_FAMILIES
+        """True when a provider's API makes the pictures (a family whose record says `remote`): nothing to download."""
+        return family_of(self.family).remote
 
     @property
     def remote_limits(self) -> RemoteLimits | None:
@@ -284,21 +231,21 @@ class ModelSpec:
     @property
     def can_clip_guide(self) -> bool:
         """True when --clip works with this model: a Stable Diffusion family and a `clip_model`."""
-        return self.family in CLIP_GUIDANCE_FAMILIES and self.clip_model is not None
+        return family_of(self.family).clip_guidance and self.clip_model is not None
 
     @property
     def can_outpaint(self) -> bool:
         """True when Zoom Out, Pan and Make Square work with this model: a Stable Diffusion
         family (an inpainting pipeline from its parts, or its entry's `inpaint`), or Kandinsky
         2.2 whose entry names its inpainting decoder (`inpaint`)."""
-        return self.family in INPAINT_FAMILIES or (self.family == "kandinsky22" and self.inpaint is not None)
+        return family_of(self.family).inpaint or (family_of(self.family).separate_inpaint and self.inpaint is not None)
 
     @property
     def can_repaint(self) -> bool:
         """True when Upscale (Creative) repaints this model's enlarged pictures (image to image
         over tiles, with weighted embeddings: the Stable Diffusion families); the others'
         pictures get Upscale (Subtle) only."""
-        return self.family in EMPHASIS_FAMILIES
+        return family_of(self.family).emphasis
 
     def capabilities(self) -> list[str]:
         """What members can do with this model, in words (`pintor models`, /info): "text to
@@ -319,11 +266,12 @@ class ModelSpec:
 
     @property
     def is_captioner(self) -> bool:
-        return self.family in CAPTION_FAMILIES
+        return family_of(self.family).caption
 
 
 def _spec(name: str, source: str, family: str, **overrides: Any) -> ModelSpec:
-    side, steps, guidance = FAMILY_DEFAULTS[family]
+    record = family_of(family)
+    side, steps, guidance = record.side, record.steps, record.guidance
     values = {"native_side": side, "steps": steps, "guidance": guidance} | overrides
     return ModelSpec(name=name, source=source, family=family, **values)
 
@@ -352,7 +300,7 @@ class Registry:
     default: str
     upscaler: str | None = None
     origin: str = "built-in"  # where the entries came from, for `pintor models`
-    captioner: str | None = None  # the model /describe uses (a CAPTION_FAMILIES entry); None: no /describe
+    captioner: str | None = None  # the model /describe uses (of a `caption` family); None: no /describe
     # MidJourney's model choosers → model names: ("v", "6") → "sdxl"; ("niji", "") is any --niji
     selectors: dict[tuple[str, str], str] = field(default_factory=dict)
     loras: dict[str, LoraSpec] = field(default_factory=dict)
@@ -419,11 +367,11 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
     unknown = set(entry) - _FIELDS
     if unknown:
         raise RegistryError(f"model '{name}': unknown field(s) {', '.join(sorted(unknown))}")
-    if isinstance(entry.get("family"), str) and entry["family"] in REMOTE_FAMILIES:
+    if isinstance(entry.get("family"), str) and entry["family"] in names_where(lambda f: f.remote):
         return _parse_remote(name, entry)
     if set(entry) & _REMOTE_ONLY:
         raise RegistryError(f"model '{name}': {', '.join(sorted(set(entry) & _REMOTE_ONLY))} "
-                            f"belong to remote families ({', '.join(sorted(REMOTE_FAMILIES))}) only")
+                            f"belong to remote families ({', '.join(sorted(names_where(lambda f: f.remote)))}) only")
     if "source" not in entry or "family" not in entry:
         raise RegistryError(f"model '{name}': 'source' and 'family' are required")
     for key, value in entry.items():
@@ -433,29 +381,29 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
             raise RegistryError(f"model '{name}': '{key}' must be {wanted}, not {value!r}")
     if str(entry["family"]).lower() in UNAVAILABLE_FAMILIES:
         raise RegistryError(f"model '{name}': {UNAVAILABLE_FAMILIES[str(entry['family']).lower()]}")
-    if entry["family"] not in FAMILY_DEFAULTS:
+    if entry["family"] not in FAMILIES:
         raise RegistryError(
             f"model '{name}': unknown family '{entry['family']}' "
-            f"(one of {', '.join(FAMILY_DEFAULTS)})"
+            f"(one of {', '.join(FAMILIES)})"
         )
-    if entry["family"] in BLEND_FAMILIES and not entry.get("prior"):
+    if entry["family"] in names_where(lambda f: f.blend) and not entry.get("prior"):
         raise RegistryError(f"model '{name}': Kandinsky models need a 'prior' source")
-    if "prior" in entry and entry["family"] not in BLEND_FAMILIES:
+    if "prior" in entry and entry["family"] not in names_where(lambda f: f.blend):
+        reason = FAMILIES[entry["family"]].no_prior_why
         raise RegistryError(f"model '{name}': 'prior' is for Kandinsky 2.1 and 2.2; the {entry['family']} "
-                            "family has none" + (" (Kandinsky 3 reads the text itself)"
-                                                 if entry["family"] == "kandinsky3" else ""))
-    if "clip_model" in entry and entry["family"] not in CLIP_GUIDANCE_FAMILIES:
+                            "family has none" + (f" ({reason})" if reason else ""))
+    if "clip_model" in entry and entry["family"] not in names_where(lambda f: f.clip_guidance):
         raise RegistryError(f"model '{name}': 'clip_model' (CLIP guidance, --clip) works with the families "
-                            f"{', '.join(sorted(CLIP_GUIDANCE_FAMILIES))}, not '{entry['family']}'")
-    if entry["family"] in WEIGHTS_FILE_FAMILIES:
+                            f"{', '.join(sorted(names_where(lambda f: f.clip_guidance)))}, not '{entry['family']}'")
+    if entry["family"] in names_where(lambda f: f.weights_file):
         if not str(entry["source"]).lower().endswith(WEIGHTS_SUFFIXES) or "config" in entry:
             raise RegistryError(f"model '{name}': an {entry['family']} upscaler's source is its weights file "
                                 f"({', '.join(WEIGHTS_SUFFIXES)}), e.g. \"/models/4x-UltraSharp.pth\", without "
                                 "'config' (see docs/models.md)")
-    elif is_single_file(str(entry["source"])) and entry["family"] not in CAPTION_FAMILIES:
-        if entry["family"] not in SINGLE_FILE_FAMILIES:
+    elif is_single_file(str(entry["source"])) and entry["family"] not in names_where(lambda f: f.caption):
+        if entry["family"] not in names_where(lambda f: f.single_file):
             raise RegistryError(f"model '{name}': a single-file checkpoint works for the families "
-                                f"{', '.join(sorted(SINGLE_FILE_FAMILIES))}, not '{entry['family']}'")
+                                f"{', '.join(sorted(names_where(lambda f: f.single_file)))}, not '{entry['family']}'")
         if not entry.get("config"):
             raise RegistryError(f"model '{name}': a single-file checkpoint needs 'config', a diffusers folder "
                                 "(or downloaded hub id) of the same architecture whose configs and tokenizer "
@@ -463,15 +411,15 @@ def _parse_entry(name: str, entry: object) -> ModelSpec:
                                 "(see docs/models.md)")
     elif "config" in entry:
         raise RegistryError(f"model '{name}': 'config' is for single-file checkpoints (.safetensors, .ckpt) only")
-    if "clip" in entry and entry["family"] not in CAPTION_FAMILIES:
+    if "clip" in entry and entry["family"] not in names_where(lambda f: f.caption):
         raise RegistryError(f"model '{name}': 'clip' ranks style words for a captioner (family "
-                            f"{', '.join(sorted(CAPTION_FAMILIES))}), not for '{entry['family']}'")
-    if entry["family"] in CAPTION_FAMILIES and is_single_file(str(entry["source"])):
+                            f"{', '.join(sorted(names_where(lambda f: f.caption)))}), not for '{entry['family']}'")
+    if entry["family"] in names_where(lambda f: f.caption) and is_single_file(str(entry["source"])):
         raise RegistryError(f"model '{name}': a captioner's source is a transformers folder or hub id "
                             "(e.g. \"Salesforce/blip-image-captioning-base\"), not a single file")
-    if "vae" in entry and entry["family"] not in ADDITION_FAMILIES:
+    if "vae" in entry and entry["family"] not in names_where(lambda f: f.additions):
         raise RegistryError(f"model '{name}': 'vae' replaces the VAE of the families "
-                            f"{', '.join(sorted(ADDITION_FAMILIES))}, not '{entry['family']}'")
+                            f"{', '.join(sorted(names_where(lambda f: f.additions)))}, not '{entry['family']}'")
     if "scheduler" in entry:
         try:
             check_scheduler(entry["scheduler"], entry["family"])
@@ -504,7 +452,7 @@ def _parse_remote(name: str, entry: dict[str, Any]) -> ModelSpec:
     if isinstance(images, bool) or images not in REMOTE_IMAGES:
         raise RegistryError(f"model '{name}': 'images' must be 1 (one picture, no grid) or 4 (a grid), "
                             f"not {images!r}")
-    side = entry.get("native_side", FAMILY_DEFAULTS[entry["family"]][0])
+    side = entry.get("native_side", family_of(entry["family"]).side)
     if isinstance(side, bool) or not isinstance(side, int) or side < 64:
         raise RegistryError(f"model '{name}': 'native_side' must be a whole number of pixels, at least 64, "
                             f"not {side!r}")
@@ -523,10 +471,10 @@ def _families(where: str, value: object) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise RegistryError(f"{where}: 'families' must be a list of model families, e.g. [\"sd\"]")
-    wrong = [v for v in value if v not in ADDITION_FAMILIES]
+    wrong = [v for v in value if v not in names_where(lambda f: f.additions)]
     if wrong:
         raise RegistryError(f"{where}: family '{wrong[0]}' takes no LoRAs or embeddings "
-                            f"(one of {', '.join(sorted(ADDITION_FAMILIES))})")
+                            f"(one of {', '.join(sorted(names_where(lambda f: f.additions)))})")
     return tuple(dict.fromkeys(value))
 
 
@@ -586,11 +534,12 @@ def _parse_controlnet(name: str, entry: object) -> ControlNetSpec:
     table = _check_fields(where, entry, {"source", "family", "kind", "estimator", "description"},
                           ("source", "family", "kind"))
     family, kind = table["family"], table["kind"]
-    if family not in CONTROLNET_FAMILIES:
-        raise RegistryError(f"{where}: 'family' must be one of {', '.join(CONTROLNET_FAMILIES)}, not {family!r}")
+    controlled = [name for name, record in FAMILIES.items() if record.controlnet_families]
+    if family not in controlled:
+        raise RegistryError(f"{where}: 'family' must be one of {', '.join(controlled)}, not {family!r}")
     if kind not in CONTROL_KINDS:
         raise RegistryError(f"{where}: 'kind' must be one of {', '.join(CONTROL_KINDS)}, not {kind!r}")
-    if family == "kandinsky22" and kind not in KANDINSKY_CONTROL_KINDS:
+    if kind not in family_of(family).control_kinds:
         raise RegistryError(f"{where}: Kandinsky 2.2's ControlNet takes depth maps only (kind = \"depth\")")
     estimator = table.get("estimator")
     if estimator is not None and (not isinstance(estimator, str) or not estimator.strip() or kind != "depth"):
@@ -683,7 +632,7 @@ def load_registry(path: Path | None = None, default: str | None = None) -> Regis
     if captioner is not None and (not isinstance(captioner, str) or captioner not in models
                                   or not models[captioner].is_captioner):
         raise RegistryError(f"captioner '{captioner}' is not a configured captioning model "
-                            f"(family {', '.join(sorted(CAPTION_FAMILIES))})")
+                            f"(family {', '.join(sorted(names_where(lambda f: f.caption)))})")
     return Registry(models=models, default=chosen, upscaler=upscaler, origin=origin, selectors=selectors,
                     loras=loras, embeddings=embeddings, controlnets=controlnets,
                     captioner=captioner)

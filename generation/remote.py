@@ -1,7 +1,7 @@
 """Pictures made by a provider's API: OpenAI's image models (DALL·E 2 and 3, gpt-image-1).
 
 The worker calls this instead of a diffusers pipeline for a model of a remote family
-(generation.registry.REMOTE_FAMILIES), with the official `openai` client. Nothing here knows
+(a `remote` family: generation.families), with the official `openai` client. Nothing here knows
 about queues, databases or Discord; the API key is handed in (only bot/ reads settings).
 
 What a member hears when the provider refuses is said here (`RemoteRefusal`), in Pintor's own

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from generation.families import family_of
 from generation.prompt import (
     MAX_SEED,
     ParsedPrompt,
@@ -25,7 +26,7 @@ from generation.prompt import (
     quote,
     size_for_aspect,
 )
-from generation.registry import EMPHASIS_FAMILIES, LoraSpec, ModelSpec, nearest_size
+from generation.registry import LoraSpec, ModelSpec, nearest_size
 from generation.schedulers import recipe_for
 
 GRID_SIZE = 4
@@ -298,7 +299,7 @@ def build_request(parsed: ParsedPrompt, spec: ModelSpec, *, kind: JobKind = JobK
     parsed, steps, capped = capped_steps(spec, parsed)
     if capped is not None:  # said once: instead of the parser's own cap of a --steps over MAX_STEPS
         notices = [notice for notice in notices if not _PARSER_STEPS_CAP.match(notice)] + [capped]
-    if spec.family not in EMPHASIS_FAMILIES:
+    if not family_of(spec.family).emphasis:
         # the parts and the --no list alike: each text with emphasis is read as its plain words
         emphasised = [quote(part.text) for part in parsed.parts if has_emphasis(part.text)]
         if has_emphasis(parsed.negative):

@@ -28,9 +28,10 @@ import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
+
+from generation.families import FAMILIES, Loop, Recipe, family_of
 
 # Samplers for distilled models that diffusers' Stable Diffusion pipelines run, though not listed
 # as compatible with their schedulers.
@@ -38,31 +39,6 @@ DISTILLED_SAMPLERS = frozenset({"LCMScheduler", "TCDScheduler"})
 # For models trained in the EDM formulation (diffusers PR #7109: "solely intended for" them),
 # which no family here is, though diffusers lists EDMEulerScheduler as compatible.
 EDM_SAMPLERS = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"})
-
-
-@dataclass(frozen=True)
-class Loop:
-    name: str  # in messages: "denoising loop", "decoder", "prior"
-    scheduler: str  # the scheduler class its pipelines ship with (diffusers' class name)
-    scales_input: bool  # whether it calls scheduler.scale_model_input on the model's input
-    step_keywords: tuple[str, ...] = ()  # what it passes to scheduler.step whatever its signature
-    distilled: bool = False  # whether DISTILLED_SAMPLERS run in it
-
-
-_SD = (Loop("denoising loop", "EulerDiscreteScheduler", scales_input=True, distilled=True),)
-_PRIOR = Loop("prior", "UnCLIPScheduler", scales_input=False, step_keywords=("generator", "prev_timestep"))
-
-# family → its loops; the first one makes the pictures (text to image, image to image, upscale).
-# From diffusers 0.42's pipelines: KandinskyV22Pipeline, KandinskyPipeline (and their img2img and
-# prior pipelines), Kandinsky3Pipeline, StableDiffusion(XL)Pipeline, StableDiffusionUpscalePipeline.
-FAMILY_LOOPS: dict[str, tuple[Loop, ...]] = {
-    "sd": _SD, "sd2": _SD, "sdxl": _SD, "sd-turbo": _SD, "sdxl-turbo": _SD,
-    "kandinsky21": (Loop("decoder", "DDIMScheduler", scales_input=False, step_keywords=("generator",)), _PRIOR),
-    "kandinsky22": (Loop("decoder", "DDPMScheduler", scales_input=False, step_keywords=("generator",)), _PRIOR),
-    # Kandinsky3Pipeline: one loop, DDPM, no input scaling, `generator` passed to step
-    "kandinsky3": (Loop("denoising loop", "DDPMScheduler", scales_input=False, step_keywords=("generator",)),),
-    "upscale-x4": (Loop("upscaler", "DDIMScheduler", scales_input=True),),
-}
 
 
 class SchedulerError(ValueError):
@@ -76,30 +52,10 @@ class SchedulerError(ValueError):
 PipelineTask = Literal["text2img", "img2img", "upscale", "prior", "inpaint", "esrgan", "clip", "caption"]
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How a family's weights must be sampled, whatever the configuration they were read with:
-    `spacing` the schedulers' `timestep_spacing` (None: the model's own), `max_guidance` the
-    most classifier-free guidance, `max_steps` the most steps a model entry may set (None: any).
-
-    Turbo models (SD-Turbo, SDXL-Turbo: adversarial diffusion distillation) are sampled from the
-    last timestep, 'trailing', in 1–4 steps without guidance (their model cards: guidance_scale
-    0.0; their hub schedulers: EulerDiscrete / EulerAncestralDiscrete with 'trailing'). A Turbo
-    read from a single file takes its scheduler from the `config` it names, usually an SD or
-    SDXL base whose 'leading' spacing starts one step at t = 1 instead of 999: noise."""
-
-    spacing: str | None = None
-    max_guidance: float | None = None
-    max_steps: int | None = None
-
-
-TURBO = Recipe(spacing="trailing", max_guidance=1.0, max_steps=4)
-FAMILY_RECIPES: dict[str, Recipe] = {"sd-turbo": TURBO, "sdxl-turbo": TURBO}
-
-
 def recipe_for(family: str) -> Recipe:
-    """The family's sampling recipe (FAMILY_RECIPES; an empty Recipe for the others)."""
-    return FAMILY_RECIPES.get(family, Recipe())
+    """The family's sampling recipe (its record's `recipe`, generation/families.py; an empty Recipe
+    for a name no record has)."""
+    return FAMILIES[family].recipe if family in FAMILIES else Recipe()
 
 
 def check_recipe(family: str, steps: int | None, guidance: float | None) -> None:
@@ -123,9 +79,9 @@ def following_recipe(scheduler: Any, family: str) -> Any:
 
 def loop_for(family: str, task: PipelineTask) -> Loop:
     """The loop that runs `task` in `family`."""
-    loops = FAMILY_LOOPS[family]
+    loops = family_of(family).loops
     if task == "prior":
-        return next(loop for loop in loops if loop is _PRIOR)
+        return next(loop for loop in loops if loop.name == "prior")
     return loops[0]
 
 
@@ -137,10 +93,12 @@ def check_scheduler(name: str, family: str) -> list[str]:
     fits none of the family's loops (see the module's docstring).
     """
     scheduler_class(name)
-    fitting = [loop.name for loop in FAMILY_LOOPS[family] if fits(name, loop)]
+    if not family_of(family).loops:
+        raise KeyError(family)  # as before the records: a family without loops has no scheduler to replace
+    fitting = [loop.name for loop in family_of(family).loops if fits(name, loop)]
     if not fitting:
-        usable = sorted({c for loop in FAMILY_LOOPS[family] for c in _usable(loop)})
-        loops = " and ".join(loop.name for loop in FAMILY_LOOPS[family])
+        usable = sorted({c for loop in family_of(family).loops for c in _usable(loop)})
+        loops = " and ".join(loop.name for loop in family_of(family).loops)
         raise SchedulerError(f"scheduler '{name}' fits none of the {family} family's "
                              f"{loops}; these do: {', '.join(usable)}")
     return fitting

@@ -57,7 +57,7 @@ class WorkerConfig:
     preview_interval_s: float = 1.0
     log_level: str = "INFO"
     # most images in one pipeline call, the jobs of several members together (None: per family
-    # and device, generation.batching.DEFAULT_BATCH_IMAGES; 4 or less: one job at a time)
+    # and device, the family record's batch_images_cuda; 4 or less: one job at a time)
     batch_images: int | None = None
     # remote models (generation/remote.py): the provider's API key (kept out of repr and logs),
     # its base URL (None: the client's default), per-request timeout and the client's retries

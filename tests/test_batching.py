@@ -26,9 +26,10 @@ import torch
 
 from bot.settings import Settings
 from bot.wiring import worker_config
-from generation.batching import DEFAULT_BATCH_IMAGES, ONE_JOB, batch_key, max_batch_images
+from generation.batching import ONE_JOB, batch_key, max_batch_images
 from generation.devices import choose_device
 from generation.engine import BatchJob, Engine, GenerationStopped
+from generation.families import family_of
 from generation.imaging import png_bytes
 from generation.pipelines import PipelineTask
 from generation.registry import Registry, load_registry
@@ -152,7 +153,7 @@ def test_a_request_field_added_later_keeps_jobs_apart(registry):
 
 
 def test_limits_per_family_and_device():
-    assert max_batch_images("sd", "cuda") == DEFAULT_BATCH_IMAGES["cuda"]["sd"] == 16
+    assert max_batch_images("sd", "cuda") == family_of("sd").batch_images_cuda == 16
     assert max_batch_images("sdxl", "cuda") == 8
     assert max_batch_images("sd", "cpu") == max_batch_images("sdxl", "mps") == ONE_JOB
     assert max_batch_images("sd", "cpu", configured=12) == 12

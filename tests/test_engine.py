@@ -426,9 +426,10 @@ def test_a_kandinsky_scheduler_replaces_the_decoders_and_leaves_the_prior_its_ow
 
 
 def _accepted(family: str) -> list[str]:
-    from generation.schedulers import FAMILY_LOOPS, _usable
+    from generation.families import family_of
+    from generation.schedulers import _usable
 
-    return sorted({name for loop in FAMILY_LOOPS[family][:1] for name in _usable(loop)})
+    return sorted({name for loop in family_of(family).loops[:1] for name in _usable(loop)})
 
 
 @pytest.mark.parametrize("model, scheduler", [("tiny-sd", name) for name in _accepted("sd")]

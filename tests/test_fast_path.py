@@ -17,7 +17,6 @@ from bot.wiring import worker_config
 from generation.devices import (
     GIB,
     HEADROOM_BYTES,
-    PEAK_GIB,
     FastPath,
     Offload,
     choose_device,
@@ -25,6 +24,7 @@ from generation.devices import (
     cuda_dtype,
 )
 from generation.engine import Engine
+from generation.families import peak_gib
 from generation.registry import Registry, load_registry
 from generation.warmup import WARM_UP_STEPS, warm_up
 from tests.engine_helpers import pixels, request, run
@@ -61,7 +61,7 @@ def test_dtype_choice_on_the_cpu():
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "kandinsky22"])
 def test_auto_offload_takes_the_fastest_mode_whose_measured_peak_fits(family):
-    none, model, sequential = PEAK_GIB[family]
+    none, model, sequential = peak_gib(family)
 
     def fits(peak: float) -> int:
         return int(peak * GIB) + HEADROOM_BYTES
@@ -96,7 +96,7 @@ def test_an_explicit_offload_mode_is_kept_and_the_cpu_never_offloads():
 
 
 def test_the_cache_loads_with_the_mode_auto_chose_from_free_memory_and_runs(registry):
-    free = {"bytes": int(PEAK_GIB["sd"][1] * GIB) + HEADROOM_BYTES}  # fits model offloading, not all at once
+    free = {"bytes": int(peak_gib("sd")[1] * GIB) + HEADROOM_BYTES}  # fits model offloading, not all at once
     engine = Engine(registry, CPU)
     engine.pipelines.free_memory = lambda: free["bytes"]
     offloaded, _, _ = run(engine, request(registry, "a red fox --seed 7"))

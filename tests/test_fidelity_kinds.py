@@ -21,8 +21,9 @@ from generation.clip_guidance import ClipGuide, vae_decoder
 from generation.decoding import decoding_precision, upcasts
 from generation.devices import DeviceChoice, choose_device
 from generation.engine import Engine, prior_weights
+from generation.families import family_of
 from generation.pipelines import PipelineCache, derived
-from generation.registry import BUILTIN_MODELS, FAMILY_DEFAULTS, RegistryError, load_registry
+from generation.registry import BUILTIN_MODELS, RegistryError, load_registry
 from generation.safety import SafetyChecker
 from generation.schedulers import following_recipe
 from generation.upscale import RESAMPLE
@@ -477,7 +478,7 @@ def test_the_safety_checker_runs_where_the_pipeline_runs(tiny_models, tmp_path, 
 
 
 def test_the_x4_upscaler_runs_at_its_model_cards_settings_unless_the_admin_sets_others(tmp_path):
-    assert FAMILY_DEFAULTS["upscale-x4"][1:] == (75, 9.0)
+    assert (family_of("upscale-x4").steps, family_of("upscale-x4").guidance) == (75, 9.0)
     builtin = next(spec for spec in BUILTIN_MODELS if spec.family == "upscale-x4")
     assert (builtin.steps, builtin.guidance) == (75, 9.0)
     path = tmp_path / "models.toml"

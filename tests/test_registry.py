@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from generation.families import family_of
 from generation.registry import (
     BUILTIN_DEFAULT,
-    FAMILY_DEFAULTS,
     ModelSpec,
     RegistryError,
     UnknownLoraError,
@@ -100,7 +100,8 @@ family = "upscale-x4"
     for name in ("xl", "one-five", "kandy", "up"):
         spec = registry.get(name)
         assert isinstance(spec, ModelSpec) and spec.name == name
-        side, steps, guidance = FAMILY_DEFAULTS[spec.family]
+        record = family_of(spec.family)
+        side, steps, guidance = record.side, record.steps, record.guidance
         assert (spec.native_side, spec.steps, spec.guidance) == (side, steps, guidance)
     assert registry.get("one-five").source == "/models/sd15"
     assert registry.get("kandy").prior == "kandinsky-community/kandinsky-2-2-prior"
@@ -375,9 +376,9 @@ def test_zoom_and_pan_are_listed_exactly_where_they_work(family, inpaint, zooms)
     """`pintor models` and /info (ModelSpec.capabilities) left Zoom/Pan out for a Kandinsky 2.2
     entry with its inpainting decoder, though the Studio makes them: both now read
     ModelSpec.can_outpaint, the one rule the Studio checks."""
-    from generation.registry import FAMILY_DEFAULTS, ModelSpec
+    from generation.registry import ModelSpec
 
-    side, steps, guidance = FAMILY_DEFAULTS[family]
+    side, steps, guidance = family_of(family).side, family_of(family).steps, family_of(family).guidance
     spec = ModelSpec(name="m", source="a/b", family=family, native_side=side, steps=steps, guidance=guidance,
                      inpaint=inpaint, prior="a/prior" if family.startswith("kandinsky2") else None)
     assert spec.can_outpaint is zooms

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"bot.settings", "bot.limits", "bot.attachments", "bot.downloads", "bot.progress", "bot.metrics",
      "bot.cli_parser"},  # leaves
     {"bot.intake"},  # what members ask for, checked
+    {"bot.studio.rules", "bot.studio.words"},  # the Studio's pure parts
     {"bot.studio.facade"},  # the Studio's parts (issue 28: being split by job)
     {"bot.studio"},  # the one door of every front end (re-exports its parts)
     {"bot.wiring", "bot.discord_endpoints"},  # building a Studio; Discord's URLs

@@ -19,7 +19,7 @@ MAX_CLASS_LINES = 400
 
 # module path → its lines today; "path:Class" → the class's lines today. May only shrink.
 MODULE_EXCEPTIONS = {
-    "bot/studio/facade.py": 1552,  # being split by job (issue 28, item 3)
+    "bot/studio/facade.py": 1484,  # being split by job (issue 28, item 3)
     "generation/engine.py": 936,
     "generation/prompt.py": 1074,
     "generation/redis_queue.py": 560,

@@ -7,7 +7,6 @@ keeps working while parts move out into their own modules.
 
 from bot.studio.facade import (
     CAPTION_COUNT,
-    FORM_CHARS,
     NO_CAPTIONER,
     VARY_STRONG,
     VARY_SUBTLE,
@@ -15,16 +14,12 @@ from bot.studio.facade import (
     OwnerBusy,
     Studio,
     Submitted,
-    answer_refusal,
-    blend_label,
-    channel_refusal,
-    editable_prompt,
     fit_image_to_image,
     image_prompt_request,
     image_prompt_strength,
-    link_name,
-    own_words,
 )
+from bot.studio.rules import answer_refusal, channel_refusal
+from bot.studio.words import FORM_CHARS, blend_label, editable_prompt, link_name, own_words
 
 __all__ = [
     "CAPTION_COUNT", "FORM_CHARS", "NO_CAPTIONER", "VARY_STRONG", "VARY_SUBTLE", "AlreadyMade", "OwnerBusy",

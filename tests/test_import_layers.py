@@ -23,7 +23,9 @@ LAYERS: list[set[str]] = [
     {"bot.settings", "bot.limits", "bot.attachments", "bot.downloads", "bot.progress", "bot.metrics",
      "bot.cli_parser"},  # leaves
     {"bot.intake"},  # what members ask for, checked
-    {"bot.studio"},  # the one door of every front end
+    {"bot.studio.rules", "bot.studio.words"},  # the Studio's pure parts
+    {"bot.studio.facade"},  # the Studio's parts (issue 28: being split by job)
+    {"bot.studio"},  # the one door of every front end (re-exports its parts)
     {"bot.wiring", "bot.discord_endpoints"},  # building a Studio; Discord's URLs
     {"bot.local"},  # Python front end
     {"bot.cli_jobs", "bot.doctor"},  # terminal front end
@@ -62,6 +64,8 @@ def _is_type_checking(node: ast.If) -> bool:
 def imports_of(module: str) -> list[tuple[str, bool, bool]]:
     """(imported bot module, at top level, for types only) for each import in `module`."""
     path = ROOT / Path(*module.split(".")).with_suffix(".py")
+    if not path.is_file():  # a package: its __init__.py
+        path = ROOT / Path(*module.split(".")) / "__init__.py"
     found: list[tuple[str, bool, bool]] = []
 
     def visit(node: ast.AST, *, top: bool, types_only: bool) -> None:

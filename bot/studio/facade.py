@@ -12,13 +12,11 @@ import functools
 import logging
 import math
 import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, TypeVar
-from urllib.parse import urlsplit
 
 from PIL import Image, ImageOps
 
@@ -41,7 +39,6 @@ from bot.intake import (
     choose_loras,
     clip_refusal,
     fallback_model,
-    id_list,
     prepare,
     prepare_repeated,
     prepare_with_notices,
@@ -50,6 +47,8 @@ from bot.intake import (
     with_control,
     without_control_weight,
 )
+from bot.studio.rules import PAUSED, channel_refusal
+from bot.studio.words import blend_label, editable_prompt, link_name
 from generation.events import FINAL_EVENTS, Cancelled, Done, Event, Failed, Interrupted, Progress, Started
 from generation.families import family_of
 from generation.files import CONTROL_FILE, INPUTS_FOLDER, FileStore, input_key, job_folder
@@ -100,41 +99,6 @@ class AlreadyMade(RequestError):
     def __init__(self, job: Job):
         super().__init__(f"Job {job.id} already makes this ({job.status}).")
         self.job = job
-
-
-FORM_CHARS = 4000  # what a Discord form's text field holds at most (Remix, Custom Zoom)
-_BLEND_LABEL = re.compile(r"blend of [0-9]+ images(?:: (?P<words>.*))?", re.DOTALL)
-
-
-def blend_label(count: int, words: str) -> str:
-    """What a /blend's job shows as its prompt: "blend of 2 images: a sunset" (`own_words`
-    reads the words back)."""
-    return f"blend of {count} images" + (f": {words}" if words else "")
-
-
-def own_words(request: Request) -> str:
-    """The words of a job's prompt as the member wrote them: for a /blend's pictures (the
-    blend, its U, V, Zoom…) without the "blend of 2 images" label the blend shows."""
-    if request.images or request.kind == JobKind.BLEND:
-        if (label := _BLEND_LABEL.fullmatch(request.prompt)) is not None:
-            return label["words"] or ""
-    return request.prompt
-
-
-def editable_prompt(request: Request, limit: int = FORM_CHARS) -> str:
-    """What a form shows of a job's prompt to be changed (Remix, Custom Zoom): its words (with
-    their weights), its --no list and --tile, within `limit` characters: what `Studio.remixed`
-    reads back (the model and the picture's settings are the job's and are not shown). Where
-    the whole does not fit, the words are cut at a space, never the --no list or --tile; a
-    form sent back unchanged makes the job's own request either way (`Studio.remixed`)."""
-    tail = " ".join(filter(None, (f"--no {request.negative}" if request.negative else "",
-                                  "--tile" if request.tile else "")))
-    words = own_words(request)
-    room = limit - len(tail) - (1 if tail and words else 0)
-    if len(words) > room:
-        cut = words[:max(room, 0) + 1]
-        words = cut[:cut.rfind(" ")].rstrip() if " " in cut else ""
-    return " ".join(filter(None, (words, tail)))[:limit]
 
 
 # A job that does not use its picture's ControlNet carries none (and is not checked against its rule)
@@ -233,16 +197,6 @@ def _remove_empty_folders(folders: set[str]) -> None:
             pass
 
 
-def link_name(url: str, limit: int = 60) -> str:
-    """A link as messages name it: host and file name without the scheme or query (Discord's
-    signed attachment links are long; the scheme would make Discord preview them)."""
-    parsed = urlsplit(url)
-    path = parsed.path.rstrip("/")
-    file = path.rsplit("/", 1)[-1]
-    name = f"{parsed.hostname or ''}{'/…/' if path.count('/') > 1 else '/'}{file}" if file else parsed.hostname or url
-    return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
 # Stable Diffusion image prompts: image to image from the picture, at a strength that falls as
 # --iw rises: strength = 1 − iw / 4 (--iw 0: 1.0, the picture drowned in noise; the default 1:
 # 0.75, diffusers' own img2img default; 3: 0.25, close to the picture).
@@ -287,28 +241,6 @@ def image_prompt_request(request: Request, spec: ModelSpec, count: int, rules: S
     notice = (f"🖼️ {shown} ({names}): {spec.name} starts from the picture (image to image, strength "
               f"{strength:g}).{unused}")
     return request.replace(steps=steps, strength=strength, notices=(*request.notices, notice, *fitted))
-
-
-PAUSED = "Pintor is paused on this server by its admins. Try again later."
-
-
-def answer_refusal(rules: ServerRules | None, channel_id: int | None, *, check_channel: bool = True) -> str | None:
-    """Why Pintor takes no job at all under a server's `rules` (None: no server's), whatever is
-    asked: paused, or (with `check_channel`; not for a DM about a server's job) `channel_id` not
-    in its channel list; None where it answers. A button that opens a form checks this first, so
-    that a member does not type into a form that will be refused."""
-    if rules is not None and rules.paused:
-        return PAUSED
-    return channel_refusal(rules, channel_id) if check_channel else None
-
-
-def channel_refusal(rules: ServerRules | None, channel_id: int | None) -> str | None:
-    """Why Pintor does not answer in `channel_id` under a server's channel list; None where it
-    does (no list, or a listed channel)."""
-    channels = id_list(rules.channel_ids) if rules is not None else []
-    if channels and channel_id not in channels:
-        return "Pintor does not answer in this channel. Use one of: " + ", ".join(f"<#{c}>" for c in channels) + "."
-    return None
 
 
 class Studio:

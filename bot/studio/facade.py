@@ -623,6 +623,22 @@ class Studio:
             images=images, image_weights=(1.0,) * len(images), steps=steps, upscaler=None, outpaint=None)
         return await self.submit(member, request, parent_id=job_id, parent_index=index, notices=notices, **where)
 
+    async def _grid_to_repaint(self, parent: Job, base: Request,
+                               rules: ServerRules | None) -> tuple[Request, ModelSpec, list[str]]:
+        """What a repaint of `parent`'s picture (Zoom Out, Pan, Upscale (Creative)) starts from:
+        the request of its grid (`base` itself, or an upscale's or a pick's grid) on its own
+        model with the LoRAs that cannot apply dropped; where the grid is gone or its model was
+        removed, `base` on the fallback model. Returns (that request, its model, what to say)."""
+        grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
+        spec = self._generator(grid.model) if grid is not None else None
+        if grid is None or spec is None:
+            spec = self._fallback_vary_model(base, rules)
+            replaced = self._replaced_model(base, grid, spec)
+            grid, dropped = self._with_model(base, spec)
+            return grid, spec, [replaced, *dropped]
+        grid, dropped = self._fitted_loras(grid, spec)  # its own model: its LoRAs still configured
+        return grid, spec, list(dropped)
+
     async def _grid_request(self, upscale: Job) -> Request | None:
         """The request of the job whose grid an upscale comes from (through "Upscale again"
         chains); None when that job is gone."""
@@ -783,16 +799,7 @@ class Studio:
         parent, image = await self._image(job_id, index)
         base = Request.from_json(parent.request)
         rules = where.get("rules")
-        grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
-        spec = self._generator(grid.model) if grid is not None else None
-        notices: list[str] = []
-        if grid is None or spec is None:
-            spec = self._fallback_vary_model(base, rules)
-            notices.append(self._replaced_model(base, grid, spec))
-            grid, dropped = self._with_model(base, spec)
-        else:  # its own model: its LoRAs still configured
-            grid, dropped = self._fitted_loras(grid, spec)
-        notices += dropped
+        grid, spec, notices = await self._grid_to_repaint(parent, base, rules)
         grid = self.remixed(grid, prompt, rules)
         if not spec.can_outpaint:  # what `pintor models` and /info say it can do
             raise RequestError(f"{spec.name} cannot paint around a picture here: Zoom Out, Pan and Make Square "
@@ -843,15 +850,8 @@ class Studio:
         rules = where.get("rules")
         said = list(notices)  # then the upscale's own
         if creative:
-            grid = base if base.kind not in (JobKind.UPSCALE, JobKind.PICK) else await self._grid_request(parent)
-            spec = self._generator(grid.model) if grid is not None else None
-            if grid is None or spec is None:
-                spec = self._fallback_vary_model(base, rules)
-                said.append(self._replaced_model(base, grid, spec))
-                grid, dropped = self._with_model(base, spec)
-            else:  # its own model: its LoRAs still configured
-                grid, dropped = self._fitted_loras(grid, spec)
-            said += dropped
+            grid, spec, replaced = await self._grid_to_repaint(parent, base, rules)
+            said += replaced
             if not spec.can_repaint:  # offered only where it can (bot.results): an older message's button
                 raise RequestError(f"{spec.name} cannot repaint a picture here (Upscale (Creative) repaints with a "
                                    "Stable Diffusion model): use Upscale (Subtle).")

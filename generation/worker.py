@@ -248,9 +248,11 @@ class _Worker:
         PipelineCache.offloaded), then fails with the reason; the worker goes on serving.
 
         `finisher`: where the pictures of a batch that ran are written and its jobs' ends sent
-        (a one-thread executor: batches end in the order they ran); this call then returns when
-        the pipeline call does. None: here, before this call returns (the Redis worker's way).
-        A write that fails (a full disk) fails the jobs not yet reported, with the reason."""
+        (a one-thread executor: Done and Interrupted come in the order the batches ran; a
+        Cancelled seen while a batch runs and a Failed after its call raised are sent at once);
+        this call then returns when the pipeline call does. None: here, before this call
+        returns (the Redis worker's way). A write that fails (a full disk) fails the jobs not
+        yet reported, with the reason."""
         from generation.engine import BatchJob, GenerationStopped
 
         ended: set[int] = set()  # jobs whose final event was sent

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -137,8 +137,6 @@ async def current_revision(engine: AsyncEngine) -> tuple[str | None, str]:
 def _revision_in(connection: Connection) -> str | None:
     """The revision in Alembic's `alembic_version` table (one row, Pintor's migrations are one
     line), or None where the table does not exist yet."""
-    from sqlalchemy import inspect
-
     if not inspect(connection).has_table("alembic_version"):
         return None
     return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
